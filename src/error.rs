@@ -1,0 +1,59 @@
+//! The crate's one error type: every message names the file, the place and the numbers involved.
+
+use std::path::PathBuf;
+
+/// Result with the crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in edgetune, as a value (library code never panics on input).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An operating-system error on a file.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A malformed GGUF file: `offset` is the byte position where the problem was found.
+    #[error("{}: at byte {offset}: {what}", path.display())]
+    Gguf {
+        path: PathBuf,
+        offset: u64,
+        what: String,
+    },
+    /// A metadata key that is missing or holds a value of another type.
+    #[error("{}: metadata key `{key}`: {what}", path.display())]
+    Metadata {
+        path: PathBuf,
+        key: String,
+        what: String,
+    },
+    /// A tensor that is missing or has the wrong name, shape or type.
+    #[error("{}: tensor `{name}`: {what}", path.display())]
+    Tensor {
+        path: PathBuf,
+        name: String,
+        what: String,
+    },
+    /// A ggml type this build cannot decode or encode.
+    #[error("unsupported ggml type {id} ({name}): {what}")]
+    UnsupportedType {
+        id: u32,
+        name: &'static str,
+        what: String,
+    },
+    /// Arguments that do not fit together (shapes, lengths), with the numbers.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Error {
+    /// Wraps an I/O error with the path it happened on.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! edgetune: fine-tune quantized Llama 3.x GGUF models with LoRA-family adapters on edge devices.
+//!
+//! The crate is laid out as `../shared/DESIGN.md` §3 describes: `gguf` reads and writes the file
+//! format over a memory map, `quant` holds the ggml block formats and the quantized products.
+
+pub mod error;
+pub mod gguf;
+pub mod npy;
+pub mod quant;
+
+pub use error::{Error, Result};
+
+// The quant blocks and the GGUF reader decode little-endian data in place.
+#[cfg(not(target_endian = "little"))]
+compile_error!("edgetune supports little-endian targets only (GGUF is little-endian)");
