@@ -5,8 +5,10 @@
 
 pub mod error;
 pub mod gguf;
+pub mod inspect;
 pub mod npy;
 pub mod quant;
+pub mod testmodel;
 
 pub use error::{Error, Result};
 

@@ -17,6 +17,7 @@ pub mod float;
 pub mod iq4_nl;
 pub mod k_quants;
 pub mod matmul;
+pub mod microkernel;
 pub mod q4_0;
 pub mod q4_1;
 pub mod q5;

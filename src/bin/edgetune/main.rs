@@ -1,1 +1,40 @@
-fn main() {}
+//! The `edgetune` command line: one subcommand per job, each a thin layer over the library.
+
+mod inspect_cmd;
+mod testmodel_cmd;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Fine-tune quantized Llama 3.x models (GGUF) with LoRA-family adapters on edge devices.
+#[derive(Parser)]
+#[command(name = "edgetune", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show a GGUF file: architecture, hyper-parameters, tokenizer, tensors, totals by type.
+    Inspect(inspect_cmd::Args),
+    /// Write a Llama-architecture GGUF with seeded random weights (for tests and demos).
+    Testmodel(testmodel_cmd::Args),
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Inspect(args) => inspect_cmd::run(args),
+        Command::Testmodel(args) => testmodel_cmd::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("edgetune: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Creates .venv-ref: the Python tools the test suite checks edgetune against (gguf-py, numpy).
+# Idempotent; prints the interpreter path. Used by scripts/test.sh and .ci/run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv=.venv-ref
+if ! "$venv/bin/python" -c 'import gguf, numpy' 2>/dev/null; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check gguf==0.19.0 'numpy>=1.26,<3'
+fi
+echo "$PWD/$venv/bin/python"
