@@ -80,7 +80,8 @@ pub(crate) fn parse(path: &Path, bytes: &[u8]) -> crate::Result<Parsed> {
         let value_at = c.pos;
         let value = read_value(&mut c, 1).map_err(|e| in_context(e, &format!("key `{key}`: ")))?;
         if key == ALIGNMENT_KEY {
-            alignment = check_alignment(&c, value_at, &value)?;
+            // Report at the payload, after the u32 type.
+            alignment = check_alignment(&c, value_at + 4, &value)?;
         }
         if let Err(first) = metadata.insert(key, value) {
             let key = metadata.iter().nth(first).map(|(k, _)| k).unwrap_or("");
