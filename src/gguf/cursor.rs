@@ -83,12 +83,21 @@ impl<'a> Cursor<'a> {
         Ok(u64::from_le_bytes(self.array(what)?))
     }
 
-    /// A `u64` count that must not exceed `max`; `why` explains the limit in the message.
-    pub(crate) fn count(&mut self, what: &str, max: usize, why: &str) -> crate::Result<usize> {
+    /// A `u64` count that must not exceed `max`; `why()` explains the limit in the message
+    /// (a closure, so nothing is formatted on the success path).
+    pub(crate) fn count(
+        &mut self,
+        what: &str,
+        max: usize,
+        why: impl FnOnce() -> String,
+    ) -> crate::Result<usize> {
         let at = self.pos;
         let n = self.u64(what)?;
         if n > max as u64 {
-            return Err(self.err_at(at, format!("{what} {n} exceeds the limit {max} ({why})")));
+            return Err(self.err_at(
+                at,
+                format!("{what} {n} exceeds the limit {max} ({})", why()),
+            ));
         }
         Ok(n as usize)
     }

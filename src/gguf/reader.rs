@@ -1,6 +1,6 @@
 //! The GGUF parser: header, metadata, tensor infos and the data-section checks.
 //!
-//! The input is hostile. Every read is bounds-checked ([`Cursor`]); every count is capped by the
+//! The input is hostile. Every read is bounds-checked (`cursor::Cursor`); every count is capped by the
 //! bytes left in the file divided by the smallest encoding of one item, so no count can make the
 //! parser allocate more than a small multiple of the file size; all size arithmetic is checked.
 //! Layout (v2 and v3 are identical for little-endian files; v1 had u32 counts and is refused):
@@ -64,12 +64,12 @@ pub(crate) fn parse(path: &Path, bytes: &[u8]) -> crate::Result<Parsed> {
     let tensor_count = c.count(
         "tensor count",
         MAX_TENSOR_COUNT.min(c.remaining().saturating_sub(16) / MIN_TENSOR_INFO_LEN),
-        "capped by the file size and the reader's maximum",
+        || "capped by the file size and the reader's maximum".into(),
     )?;
     let kv_count = c.count(
         "metadata entry count",
         MAX_KV_COUNT.min(c.remaining().saturating_sub(8) / MIN_KV_LEN),
-        "capped by the file size and the reader's maximum",
+        || "capped by the file size and the reader's maximum".into(),
     )?;
 
     let mut metadata = Metadata::new();
@@ -229,15 +229,13 @@ fn read_array(c: &mut Cursor, depth: usize) -> crate::Result<Array> {
     let elem = read_type(c, "array element type")?;
     let min = elem.min_encoded_len();
     let max = MAX_ARRAY_LEN.min(c.remaining().saturating_sub(8) / min);
-    let n = c.count(
-        "array length",
-        max,
-        &format!(
-            "{} bytes left hold at most that many {} elements",
-            c.remaining().saturating_sub(8),
+    let left = c.remaining().saturating_sub(8);
+    let n = c.count("array length", max, || {
+        format!(
+            "{left} bytes left hold at most that many {} elements",
             elem.name()
-        ),
-    )?;
+        )
+    })?;
     Ok(match elem {
         ValueType::U8 => Array::U8(c.take(n, "u8 array")?.to_vec()),
         ValueType::I8 => Array::I8(pod_vec(c, n, "i8 array")?),

@@ -2,7 +2,7 @@
 //!
 //! The shape rules are shared by the reader and the writer so that every file we write is one
 //! we accept: 1..=4 dims, each ≥ 1 and ≤ i64::MAX (ggml stores ne as int64), the element count
-//! ≤ i64::MAX, and ne[0] (the contiguous dimension) a multiple of the type's block size.
+//! ≤ i64::MAX, and `ne[0]` (the contiguous dimension) a multiple of the type's block size.
 //! Zero-length dims are rejected (llama.cpp accepts them; no model file has one, and every
 //! consumer can then rely on `row_len() ≥ 1` and `n_rows() ≥ 1`).
 

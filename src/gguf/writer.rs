@@ -193,7 +193,7 @@ impl GgufWriter {
         Ok(())
     }
 
-    /// Adds a tensor of shape `dims` (ne order, 1..=4 dims, each ≥ 1, ne[0] a multiple of the
+    /// Adds a tensor of shape `dims` (ne order, 1..=4 dims, each ≥ 1, `ne[0]` a multiple of the
     /// block size) and type `ty`; its data offset follows the previous tensor, aligned.
     pub fn add_tensor(
         &mut self,
