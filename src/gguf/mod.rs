@@ -6,6 +6,13 @@
 //! OS when a kernel reads them. [`GgufFile::from_bytes`] runs the same checks on an owned buffer
 //! (tests, fuzzing).
 //!
+//! Limits (constants in [`reader`]): every count is first bounded by the bytes left in the file
+//! divided by the smallest encoding of one item (an array of `n` strings needs ≥ 8n bytes), so
+//! parsed metadata costs at most ~3× the file's bytes; on top of that, ≤ 2^20 metadata entries,
+//! ≤ 2^20 tensors, keys and tensor names ≤ 64 KiB, string values ≤ 1 GiB, arrays nested ≤ 8
+//! deep, 1..=4 dims each ≥ 1, `general.alignment` a power of two ≤ 2^31. Tensors may appear in
+//! any order in the data section but must not overlap (llama.cpp also requires file order).
+//!
 //! [`GgufWriter`] writes a file without holding its data: the header and infos are computed
 //! up front, then a callback streams each tensor's bytes, in chunks of any size, into a
 //! [`TensorSink`] that refuses too many bytes and reports too few.
