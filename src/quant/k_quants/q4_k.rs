@@ -6,11 +6,8 @@
 //! 64-element chunks: byte `l` of chunk `c` carries element `64c + l` in its low nibble and
 //! element `64c + 32 + l` in its high nibble.
 
-use super::scale_fit::make_qkx2_quants;
-use super::{
-    QK_K, dot_ref_with, f16_le, f16_le_from_f32, get_scale_min_k4, nearest_int,
-    pack_scales_mins_k4, unpack_scales_mins_k4,
-};
+use super::scale_fit::fit_scale_min_block;
+use super::{QK_K, dot_ref_with, f16_le, get_scale_min_k4, unpack_scales_mins_k4};
 use bytemuck::{Pod, Zeroable};
 
 /// Bytes per 256-element block.
@@ -88,58 +85,9 @@ pub fn quantize_ref(src: &[f32], dst: &mut [u8]) {
 }
 
 fn quantize_block(x: &[f32], y: &mut BlockQ4K) {
-    let mut levels = [0u8; QK_K];
-    let mut weights = [0f32; 32];
-    let mut scales = [0f32; 8];
-    let mut mins = [0f32; 8];
-    let (mut max_scale, mut max_min) = (0f32, 0f32);
-    for j in 0..8 {
-        let xs = &x[32 * j..32 * j + 32];
-        let mut sum_x2 = 0f32;
-        for v in xs {
-            sum_x2 += v * v;
-        }
-        let av_x = (sum_x2 / 32.0).sqrt();
-        for (w, v) in weights.iter_mut().zip(xs) {
-            *w = av_x + v.abs();
-        }
-        let lv = &mut levels[32 * j..32 * j + 32];
-        (scales[j], mins[j]) = make_qkx2_quants(15, xs, &weights, lv, -1.0, 0.1, 20);
-        if scales[j] > max_scale {
-            max_scale = scales[j];
-        }
-        if mins[j] > max_min {
-            max_min = mins[j];
-        }
-    }
-
-    let inv_scale = if max_scale > 0.0 { 63.0 / max_scale } else { 0.0 };
-    let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
-    let mut ls = [0u8; 8];
-    let mut lm = [0u8; 8];
-    for j in 0..8 {
-        // `as u8` wraps like C's int → uint8_t conversion before the clamp to 63.
-        ls[j] = (nearest_int(inv_scale * scales[j]) as u8).min(63);
-        lm[j] = (nearest_int(inv_min * mins[j]) as u8).min(63);
-    }
-    y.scales = pack_scales_mins_k4(&ls, &lm);
-    y.d = f16_le_from_f32(max_scale / 63.0);
-    y.dmin = f16_le_from_f32(max_min / 63.0);
-
-    // Re-quantize with the scales as they will be decoded.
-    let d = f16_le(y.d);
-    let dmin = f16_le(y.dmin);
-    for j in 0..8 {
-        let (sc, m) = get_scale_min_k4(j, &y.scales);
-        let dj = d * f32::from(sc);
-        if dj == 0.0 {
-            continue;
-        }
-        let dm = dmin * f32::from(m);
-        for i in 32 * j..32 * j + 32 {
-            levels[i] = nearest_int((x[i] + dm) / dj).clamp(0, 15) as u8;
-        }
-    }
+    let fit = fit_scale_min_block(x, 15, -1.0, 0.1, 20);
+    (y.d, y.dmin, y.scales) = (fit.d, fit.dmin, fit.scales);
+    let levels = &fit.levels;
     for (c, q) in y.qs.chunks_exact_mut(32).enumerate() {
         for l in 0..32 {
             q[l] = levels[64 * c + l] | (levels[64 * c + 32 + l] << 4);
@@ -356,6 +304,7 @@ mod neon {
 
 #[cfg(test)]
 mod tests {
+    use super::super::pack_scales_mins_k4;
     use super::super::test_util::*;
     use super::*;
 

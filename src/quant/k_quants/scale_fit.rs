@@ -8,7 +8,83 @@
 //! llama.cpp writes. Nothing here panics on NaN or infinite input: it just produces the same
 //! meaningless codes C would.
 
-use super::nearest_int;
+use super::{QK_K, f16_le, f16_le_from_f32, get_scale_min_k4, nearest_int, pack_scales_mins_k4};
+
+/// What the Q4_K / Q5_K reference quantizers decide for one 256-element block before packing
+/// the quants: f16 `d` and `dmin`, the 12 packed scale/min bytes, and one level per element.
+pub(crate) struct ScaleMinFit {
+    pub d: [u8; 2],
+    pub dmin: [u8; 2],
+    pub scales: [u8; 12],
+    pub levels: [u8; QK_K],
+}
+
+/// The shared part of llama.cpp's `quantize_row_q4_K_ref` and `quantize_row_q5_K_ref` for one
+/// block `x` (256 values): per 32-element sub-block a [`make_qkx2_quants`] fit with weights
+/// `rms(sub-block) + |x|`; the scales and mins rounded to 6 bits against the largest of each
+/// (super-scales `max/63` in f16); then every element re-quantized to `0..=nmax` with the
+/// scales as they will decode. Sub-blocks whose decoded scale is 0 keep the fit's levels, as in
+/// ggml.
+pub(crate) fn fit_scale_min_block(
+    x: &[f32],
+    nmax: i32,
+    rmin: f32,
+    rdelta: f32,
+    nstep: i32,
+) -> ScaleMinFit {
+    debug_assert_eq!(x.len(), QK_K);
+    let mut levels = [0u8; QK_K];
+    let mut weights = [0f32; 32];
+    let mut scales = [0f32; 8];
+    let mut mins = [0f32; 8];
+    let (mut max_scale, mut max_min) = (0f32, 0f32);
+    for j in 0..8 {
+        let xs = &x[32 * j..32 * j + 32];
+        let mut sum_x2 = 0f32;
+        for v in xs {
+            sum_x2 += v * v;
+        }
+        let av_x = (sum_x2 / 32.0).sqrt();
+        for (w, v) in weights.iter_mut().zip(xs) {
+            *w = av_x + v.abs();
+        }
+        let lv = &mut levels[32 * j..32 * j + 32];
+        (scales[j], mins[j]) = make_qkx2_quants(nmax, xs, &weights, lv, rmin, rdelta, nstep);
+        if scales[j] > max_scale {
+            max_scale = scales[j];
+        }
+        if mins[j] > max_min {
+            max_min = mins[j];
+        }
+    }
+
+    let inv_scale = if max_scale > 0.0 { 63.0 / max_scale } else { 0.0 };
+    let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
+    let mut ls = [0u8; 8];
+    let mut lm = [0u8; 8];
+    for j in 0..8 {
+        // `as u8` wraps like C's int → uint8_t conversion before the clamp to 63.
+        ls[j] = (nearest_int(inv_scale * scales[j]) as u8).min(63);
+        lm[j] = (nearest_int(inv_min * mins[j]) as u8).min(63);
+    }
+    let packed = pack_scales_mins_k4(&ls, &lm);
+    let (d16, dmin16) = (f16_le_from_f32(max_scale / 63.0), f16_le_from_f32(max_min / 63.0));
+
+    // Re-quantize with the scales as they will be decoded.
+    let (d, dmin) = (f16_le(d16), f16_le(dmin16));
+    for j in 0..8 {
+        let (sc, m) = get_scale_min_k4(j, &packed);
+        let dj = d * f32::from(sc);
+        if dj == 0.0 {
+            continue;
+        }
+        let dm = dmin * f32::from(m);
+        for i in 32 * j..32 * j + 32 {
+            levels[i] = nearest_int((x[i] + dm) / dj).clamp(0, nmax) as u8;
+        }
+    }
+    ScaleMinFit { d: d16, dmin: dmin16, scales: packed, levels }
+}
 
 /// Asymmetric fit `x ≈ scale·L − min` with `L` in `0..=nmax`, ggml's `make_qkx2_quants`.
 ///
