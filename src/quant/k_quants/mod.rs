@@ -217,16 +217,17 @@ pub(crate) mod x86 {
             for (yc, xc) in decoded.chunks_exact(32).zip(xb.chunks_exact(32)) {
                 for k in 0..4 {
                     // SAFETY: yc and xc hold 32 floats, so offsets 8k..8k+8 (k < 4) are in bounds.
-                    let (y, xv) =
-                        unsafe { (load_ps(yc.as_ptr().add(8 * k)), load_ps(xc.as_ptr().add(8 * k))) };
+                    let (y, xv) = unsafe {
+                        (
+                            load_ps(yc.as_ptr().add(8 * k)),
+                            load_ps(xc.as_ptr().add(8 * k)),
+                        )
+                    };
                     acc[k] = _mm256_fmadd_ps(y, xv, acc[k]);
                 }
             }
         }
-        let s = _mm256_add_ps(
-            _mm256_add_ps(acc[0], acc[1]),
-            _mm256_add_ps(acc[2], acc[3]),
-        );
+        let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
         hsum_ps(s)
     }
 }
@@ -327,7 +328,11 @@ mod tests {
                     sc[j] = s;
                     mn[j] = m;
                     let packed = pack_scales_mins_k4(&sc, &mn);
-                    assert_eq!(unpack_scales_mins_k4(&packed), (sc, mn), "s={s} m={m} j={j}");
+                    assert_eq!(
+                        unpack_scales_mins_k4(&packed),
+                        (sc, mn),
+                        "s={s} m={m} j={j}"
+                    );
                 }
             }
         }

@@ -32,7 +32,8 @@ const _: () = assert!(std::mem::align_of::<BlockQ4K>() == 1);
 
 #[inline(always)]
 fn blocks(src: &[u8]) -> impl Iterator<Item = &BlockQ4K> {
-    src.chunks_exact(BLOCK_BYTES).map(bytemuck::from_bytes::<BlockQ4K>)
+    src.chunks_exact(BLOCK_BYTES)
+        .map(bytemuck::from_bytes::<BlockQ4K>)
 }
 
 /// Reference dequantizer, bit-exact with ggml's `dequantize_row_q4_K` and gguf-py.
@@ -41,7 +42,11 @@ pub fn dequantize_ref(src: &[u8], dst: &mut [f32]) {
     for (b, y) in blocks(src).zip(dst.chunks_exact_mut(QK_K)) {
         let d = f16_le(b.d);
         let dmin = f16_le(b.dmin);
-        for (c, (q, y)) in b.qs.chunks_exact(32).zip(y.chunks_exact_mut(64)).enumerate() {
+        for (c, (q, y)) in
+            b.qs.chunks_exact(32)
+                .zip(y.chunks_exact_mut(64))
+                .enumerate()
+        {
             let (sc1, m1) = get_scale_min_k4(2 * c, &b.scales);
             let (sc2, m2) = get_scale_min_k4(2 * c + 1, &b.scales);
             let (d1, min1) = (d * f32::from(sc1), dmin * f32::from(m1));
@@ -79,7 +84,10 @@ pub fn dequantize(src: &[u8], dst: &mut [f32]) {
 /// rounded scales.
 pub fn quantize_ref(src: &[f32], dst: &mut [u8]) {
     debug_assert_eq!(src.len() / QK_K * BLOCK_BYTES, dst.len());
-    for (x, out) in src.chunks_exact(QK_K).zip(dst.chunks_exact_mut(BLOCK_BYTES)) {
+    for (x, out) in src
+        .chunks_exact(QK_K)
+        .zip(dst.chunks_exact_mut(BLOCK_BYTES))
+    {
         quantize_block(x, bytemuck::from_bytes_mut::<BlockQ4K>(out));
     }
 }
@@ -129,7 +137,8 @@ fn dot_scalar(row: &[u8], x: &[f32]) -> f32 {
         let (d, dmin) = (f16_le(b.d), f16_le(b.dmin));
         let (sc, mn) = unpack_scales_mins_k4(&b.scales);
         for (c, (q, xc)) in b.qs.chunks_exact(32).zip(xb.chunks_exact(64)).enumerate() {
-            let (mut qx_lo, mut qx_hi, mut x_lo, mut x_hi) = ([0f32; 8], [0f32; 8], [0f32; 8], [0f32; 8]);
+            let (mut qx_lo, mut qx_hi, mut x_lo, mut x_hi) =
+                ([0f32; 8], [0f32; 8], [0f32; 8], [0f32; 8]);
             for l in 0..32 {
                 let (xl, xh) = (xc[l], xc[l + 32]);
                 qx_lo[l % 8] += f32::from(q[l] & 0x0f) * xl;
@@ -164,7 +173,11 @@ mod x86 {
         let mask = _mm256_set1_epi32(0x0f);
         for (b, y) in blocks(src).zip(dst.chunks_exact_mut(QK_K)) {
             let (d, dmin) = (f16_le(b.d), f16_le(b.dmin));
-            for (c, (q, y)) in b.qs.chunks_exact(32).zip(y.chunks_exact_mut(64)).enumerate() {
+            for (c, (q, y)) in
+                b.qs.chunks_exact(32)
+                    .zip(y.chunks_exact_mut(64))
+                    .enumerate()
+            {
                 let (sc1, m1) = get_scale_min_k4(2 * c, &b.scales);
                 let (sc2, m2) = get_scale_min_k4(2 * c + 1, &b.scales);
                 let d1 = _mm256_set1_ps(d * f32::from(sc1));
@@ -244,7 +257,11 @@ mod neon {
     pub(super) fn dequantize_neon(src: &[u8], dst: &mut [f32]) {
         for (b, y) in blocks(src).zip(dst.chunks_exact_mut(QK_K)) {
             let (d, dmin) = (f16_le(b.d), f16_le(b.dmin));
-            for (c, (q, y)) in b.qs.chunks_exact(32).zip(y.chunks_exact_mut(64)).enumerate() {
+            for (c, (q, y)) in
+                b.qs.chunks_exact(32)
+                    .zip(y.chunks_exact_mut(64))
+                    .enumerate()
+            {
                 let (sc1, m1) = get_scale_min_k4(2 * c, &b.scales);
                 let (sc2, m2) = get_scale_min_k4(2 * c + 1, &b.scales);
                 let (d1, min1) = (d * f32::from(sc1), dmin * f32::from(m1));
@@ -277,7 +294,8 @@ mod neon {
             let (d, dmin) = (f16_le(b.d), f16_le(b.dmin));
             let (sc, mn) = unpack_scales_mins_k4(&b.scales);
             for (c, (q, xc)) in b.qs.chunks_exact(32).zip(xb.chunks_exact(64)).enumerate() {
-                let (mut qx_lo, mut qx_hi, mut x_lo, mut x_hi) = (zero4(), zero4(), zero4(), zero4());
+                let (mut qx_lo, mut qx_hi, mut x_lo, mut x_hi) =
+                    (zero4(), zero4(), zero4(), zero4());
                 for h in 0..2 {
                     // SAFETY: q has 32 bytes; 16h..16h+16 (h < 2) is readable.
                     let v = unsafe { vld1q_u8(q.as_ptr().add(16 * h)) };
@@ -331,13 +349,30 @@ mod tests {
 
     fn edge_blocks() -> Vec<BlockQ4K> {
         let mut v = Vec::new();
-        let max = BlockQ4K { d: [0xff, 0x7b], dmin: [0xff, 0x7b], scales: [0xff; 12], qs: [0xff; 128] };
+        let max = BlockQ4K {
+            d: [0xff, 0x7b],
+            dmin: [0xff, 0x7b],
+            scales: [0xff; 12],
+            qs: [0xff; 128],
+        };
         v.push(BlockQ4K::zeroed());
         v.push(max); // largest finite f16 d and dmin, scales/mins 63, q 15
-        v.push(BlockQ4K { qs: [0; 128], ..max }); // q 0: pure −dmin·63
+        v.push(BlockQ4K {
+            qs: [0; 128],
+            ..max
+        }); // q 0: pure −dmin·63
         v.push(BlockQ4K { d: [0, 0], ..max }); // d = 0
-        v.push(BlockQ4K { d: [1, 0], dmin: [1, 0], ..max }); // smallest subnormal f16
-        v.push(BlockQ4K { d: [0, 0x3c], dmin: [0, 0xbc], scales: [0xaa; 12], qs: [0x5a; 128] });
+        v.push(BlockQ4K {
+            d: [1, 0],
+            dmin: [1, 0],
+            ..max
+        }); // smallest subnormal f16
+        v.push(BlockQ4K {
+            d: [0, 0x3c],
+            dmin: [0, 0xbc],
+            scales: [0xaa; 12],
+            qs: [0x5a; 128],
+        });
         v
     }
 
@@ -362,10 +397,26 @@ mod tests {
         let edges = edge_blocks();
         let bytes: &[u8] = bytemuck::cast_slice(&edges);
         let x = gaussian(&mut rng, edges.len() * QK_K, 1.0);
-        check_dot(bytes, &x, edges.len(), dequantize_ref, &offsets(bytes), dot, dot_ref);
+        check_dot(
+            bytes,
+            &x,
+            edges.len(),
+            dequantize_ref,
+            &offsets(bytes),
+            dot,
+            dot_ref,
+        );
         for e in &edges {
             let one: &[u8] = bytemuck::bytes_of(e);
-            check_dot(one, &x[..QK_K], 1, dequantize_ref, &offsets(one), dot, dot_ref);
+            check_dot(
+                one,
+                &x[..QK_K],
+                1,
+                dequantize_ref,
+                &offsets(one),
+                dot,
+                dot_ref,
+            );
         }
     }
 
@@ -374,7 +425,12 @@ mod tests {
         let mut rng = rng(7);
         let mut row: Vec<BlockQ4K> = (0..9).map(|_| random_block(&mut rng)).collect();
         row.extend(edge_blocks());
-        check_dequantize_bitwise(bytemuck::cast_slice(&row), BLOCK_BYTES, dequantize, dequantize_ref);
+        check_dequantize_bitwise(
+            bytemuck::cast_slice(&row),
+            BLOCK_BYTES,
+            dequantize,
+            dequantize_ref,
+        );
     }
 
     #[test]

@@ -33,7 +33,8 @@ const _: () = assert!(std::mem::align_of::<BlockQ5K>() == 1);
 
 #[inline(always)]
 fn blocks(src: &[u8]) -> impl Iterator<Item = &BlockQ5K> {
-    src.chunks_exact(BLOCK_BYTES).map(bytemuck::from_bytes::<BlockQ5K>)
+    src.chunks_exact(BLOCK_BYTES)
+        .map(bytemuck::from_bytes::<BlockQ5K>)
 }
 
 /// The 5-bit quants of elements 64c+l and 64c+32+l.
@@ -73,7 +74,10 @@ pub fn dequantize(src: &[u8], dst: &mut [f32]) {
 /// (`make_qkx2_quants(32, 31, …, −0.5, 0.1, 15)`), then the fifth bits split into `qh`.
 pub fn quantize_ref(src: &[f32], dst: &mut [u8]) {
     debug_assert_eq!(src.len() / QK_K * BLOCK_BYTES, dst.len());
-    for (x, out) in src.chunks_exact(QK_K).zip(dst.chunks_exact_mut(BLOCK_BYTES)) {
+    for (x, out) in src
+        .chunks_exact(QK_K)
+        .zip(dst.chunks_exact_mut(BLOCK_BYTES))
+    {
         let y = bytemuck::from_bytes_mut::<BlockQ5K>(out);
         let fit = fit_scale_min_block(x, 31, -0.5, 0.1, 15);
         (y.d, y.dmin, y.scales) = (fit.d, fit.dmin, fit.scales);
@@ -180,7 +184,8 @@ mod x86 {
                     let h_lo = _mm256_and_si256(_mm256_srlv_epi32(h, shift_lo), one);
                     let h_hi = _mm256_and_si256(_mm256_srlv_epi32(h, shift_hi), one);
                     let lo = _mm256_or_si256(_mm256_and_si256(v, m4), _mm256_slli_epi32::<4>(h_lo));
-                    let hi = _mm256_or_si256(_mm256_srli_epi32::<4>(v), _mm256_slli_epi32::<4>(h_hi));
+                    let hi =
+                        _mm256_or_si256(_mm256_srli_epi32::<4>(v), _mm256_slli_epi32::<4>(h_hi));
                     qx_lo = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lo), xl, qx_lo);
                     qx_hi = _mm256_fmadd_ps(_mm256_cvtepi32_ps(hi), xh, qx_hi);
                     x_lo = _mm256_add_ps(x_lo, xl);
@@ -216,7 +221,8 @@ mod neon {
             let (d, dmin) = (f16_le(b.d), f16_le(b.dmin));
             let (sc, mn) = unpack_scales_mins_k4(&b.scales);
             for (c, xc) in xb.chunks_exact(64).enumerate() {
-                let (mut qx_lo, mut qx_hi, mut x_lo, mut x_hi) = (zero4(), zero4(), zero4(), zero4());
+                let (mut qx_lo, mut qx_hi, mut x_lo, mut x_hi) =
+                    (zero4(), zero4(), zero4(), zero4());
                 for h in 0..2 {
                     // SAFETY: qs has 128 bytes and qh 32: 32c+16h+16 ≤ 128, 16h+16 ≤ 32; the
                     // rest is register-only NEON arithmetic.
@@ -291,10 +297,23 @@ mod tests {
         vec![
             BlockQ5K::zeroed(),
             max, // largest finite d/dmin, scales/mins 63, q = 31
-            BlockQ5K { qs: [0; 128], qh: [0; 32], ..max },
+            BlockQ5K {
+                qs: [0; 128],
+                qh: [0; 32],
+                ..max
+            },
             BlockQ5K { d: [0, 0], ..max },
-            BlockQ5K { d: [1, 0], dmin: [1, 0], ..max },
-            BlockQ5K { qh: [0x55; 32], qs: [0x0f; 128], scales: [0x3c; 12], ..max },
+            BlockQ5K {
+                d: [1, 0],
+                dmin: [1, 0],
+                ..max
+            },
+            BlockQ5K {
+                qh: [0x55; 32],
+                qs: [0x0f; 128],
+                scales: [0x3c; 12],
+                ..max
+            },
         ]
     }
 
@@ -319,10 +338,26 @@ mod tests {
         let edges = edge_blocks();
         let bytes: &[u8] = bytemuck::cast_slice(&edges);
         let x = gaussian(&mut rng, edges.len() * QK_K, 1.0);
-        check_dot(bytes, &x, edges.len(), dequantize_ref, &offsets(bytes), dot, dot_ref);
+        check_dot(
+            bytes,
+            &x,
+            edges.len(),
+            dequantize_ref,
+            &offsets(bytes),
+            dot,
+            dot_ref,
+        );
         for e in &edges {
             let one = bytemuck::bytes_of(e);
-            check_dot(one, &x[..QK_K], 1, dequantize_ref, &offsets(one), dot, dot_ref);
+            check_dot(
+                one,
+                &x[..QK_K],
+                1,
+                dequantize_ref,
+                &offsets(one),
+                dot,
+                dot_ref,
+            );
         }
     }
 
@@ -331,7 +366,12 @@ mod tests {
         let mut rng = rng(9);
         let mut row: Vec<BlockQ5K> = (0..9).map(|_| random_block(&mut rng)).collect();
         row.extend(edge_blocks());
-        check_dequantize_bitwise(bytemuck::cast_slice(&row), BLOCK_BYTES, dequantize, dequantize_ref);
+        check_dequantize_bitwise(
+            bytemuck::cast_slice(&row),
+            BLOCK_BYTES,
+            dequantize,
+            dequantize_ref,
+        );
     }
 
     #[test]

@@ -34,7 +34,8 @@ const _: () = assert!(std::mem::align_of::<BlockQ6K>() == 1);
 
 #[inline(always)]
 fn blocks(src: &[u8]) -> impl Iterator<Item = &BlockQ6K> {
-    src.chunks_exact(BLOCK_BYTES).map(bytemuck::from_bytes::<BlockQ6K>)
+    src.chunks_exact(BLOCK_BYTES)
+        .map(bytemuck::from_bytes::<BlockQ6K>)
 }
 
 /// The four 6-bit quants (minus 32) held by `ql[l]`, `ql[l+32]`, `qh[l]` of one half, for
@@ -94,7 +95,10 @@ pub fn dequantize(src: &[u8], dst: &mut [f32]) {
 /// with the rounded scales.
 pub fn quantize_ref(src: &[f32], dst: &mut [u8]) {
     debug_assert_eq!(src.len() / QK_K * BLOCK_BYTES, dst.len());
-    for (x, out) in src.chunks_exact(QK_K).zip(dst.chunks_exact_mut(BLOCK_BYTES)) {
+    for (x, out) in src
+        .chunks_exact(QK_K)
+        .zip(dst.chunks_exact_mut(BLOCK_BYTES))
+    {
         quantize_block(x, bytemuck::from_bytes_mut::<BlockQ6K>(out));
     }
 }
@@ -136,10 +140,16 @@ fn quantize_block(x: &[f32], y: &mut BlockQ6K) {
     for n in 0..2 {
         let lv = &levels[128 * n..128 * n + 128];
         for l in 0..32 {
-            let q = [lv[l] as u8, lv[l + 32] as u8, lv[l + 64] as u8, lv[l + 96] as u8];
+            let q = [
+                lv[l] as u8,
+                lv[l + 32] as u8,
+                lv[l + 64] as u8,
+                lv[l + 96] as u8,
+            ];
             y.ql[64 * n + l] = (q[0] & 0x0f) | ((q[2] & 0x0f) << 4);
             y.ql[64 * n + l + 32] = (q[1] & 0x0f) | ((q[3] & 0x0f) << 4);
-            y.qh[32 * n + l] = (q[0] >> 4) | ((q[1] >> 4) << 2) | ((q[2] >> 4) << 4) | ((q[3] >> 4) << 6);
+            y.qh[32 * n + l] =
+                (q[0] >> 4) | ((q[1] >> 4) << 2) | ((q[2] >> 4) << 4) | ((q[3] >> 4) << 6);
         }
     }
 }
@@ -213,7 +223,11 @@ mod x86 {
         // SAFETY: the caller guarantees l + 8 ≤ 32, so ql[l..l+8], ql[32+l..40+l] and
         // qh[l..l+8] are inside the half.
         let (a, b, h) = unsafe {
-            (load_u8x8_epi32(ql.add(l)), load_u8x8_epi32(ql.add(32 + l)), load_u8x8_epi32(qh.add(l)))
+            (
+                load_u8x8_epi32(ql.add(l)),
+                load_u8x8_epi32(ql.add(32 + l)),
+                load_u8x8_epi32(qh.add(l)),
+            )
         };
         let m4 = _mm256_set1_epi32(0x0f);
         let m2 = _mm256_set1_epi32(0x03);
@@ -298,8 +312,14 @@ mod neon {
             let m2 = vdupq_n_u8(0x03);
             let q = [
                 vorrq_u8(vandq_u8(a, m4), vshlq_n_u8::<4>(vandq_u8(h, m2))),
-                vorrq_u8(vandq_u8(b, m4), vshlq_n_u8::<4>(vandq_u8(vshrq_n_u8::<2>(h), m2))),
-                vorrq_u8(vshrq_n_u8::<4>(a), vshlq_n_u8::<4>(vandq_u8(vshrq_n_u8::<4>(h), m2))),
+                vorrq_u8(
+                    vandq_u8(b, m4),
+                    vshlq_n_u8::<4>(vandq_u8(vshrq_n_u8::<2>(h), m2)),
+                ),
+                vorrq_u8(
+                    vshrq_n_u8::<4>(a),
+                    vshlq_n_u8::<4>(vandq_u8(vshrq_n_u8::<4>(h), m2)),
+                ),
                 vorrq_u8(vshrq_n_u8::<4>(b), vshlq_n_u8::<4>(vshrq_n_u8::<6>(h))),
             ];
             q.map(|v| vsubq_s8(vreinterpretq_s8_u8(v), vdupq_n_s8(32)))
@@ -367,14 +387,29 @@ mod tests {
     }
 
     fn edge_blocks() -> Vec<BlockQ6K> {
-        let max = BlockQ6K { ql: [0xff; 128], qh: [0xff; 64], scales: [127; 16], d: [0xff, 0x7b] };
+        let max = BlockQ6K {
+            ql: [0xff; 128],
+            qh: [0xff; 64],
+            scales: [127; 16],
+            d: [0xff, 0x7b],
+        };
         vec![
             BlockQ6K::zeroed(),
-            max,                                         // q = 63 (+31), largest scales and d
-            BlockQ6K { ql: [0; 128], qh: [0; 64], scales: [-128; 16], ..max }, // q − 32 = −32
-            BlockQ6K { d: [0, 0], ..max },               // d = 0
-            BlockQ6K { d: [1, 0], ..max },               // smallest subnormal d
-            BlockQ6K { d: [0, 0xbc], scales: [-77; 16], ql: [0xa5; 128], qh: [0x1b; 64] },
+            max, // q = 63 (+31), largest scales and d
+            BlockQ6K {
+                ql: [0; 128],
+                qh: [0; 64],
+                scales: [-128; 16],
+                ..max
+            }, // q − 32 = −32
+            BlockQ6K { d: [0, 0], ..max }, // d = 0
+            BlockQ6K { d: [1, 0], ..max }, // smallest subnormal d
+            BlockQ6K {
+                d: [0, 0xbc],
+                scales: [-77; 16],
+                ql: [0xa5; 128],
+                qh: [0x1b; 64],
+            },
         ]
     }
 
@@ -404,7 +439,15 @@ mod tests {
         check_dot(bytes, &x, edges.len(), dequantize_ref, &zeros, dot, dot_ref);
         for e in &edges {
             let one = bytemuck::bytes_of(e);
-            check_dot(one, &x[..QK_K], 1, dequantize_ref, &zeros[..QK_K], dot, dot_ref);
+            check_dot(
+                one,
+                &x[..QK_K],
+                1,
+                dequantize_ref,
+                &zeros[..QK_K],
+                dot,
+                dot_ref,
+            );
         }
     }
 
@@ -413,7 +456,12 @@ mod tests {
         let mut rng = rng(8);
         let mut row: Vec<BlockQ6K> = (0..9).map(|_| random_block(&mut rng)).collect();
         row.extend(edge_blocks());
-        check_dequantize_bitwise(bytemuck::cast_slice(&row), BLOCK_BYTES, dequantize, dequantize_ref);
+        check_dequantize_bitwise(
+            bytemuck::cast_slice(&row),
+            BLOCK_BYTES,
+            dequantize,
+            dequantize_ref,
+        );
     }
 
     #[test]
@@ -451,6 +499,9 @@ mod tests {
         assert!(rel > 0.014 && rel < 0.0195, "relative RMSE {rel}");
         let mut q = vec![0xffu8; BLOCK_BYTES];
         quantize_ref(&[0.0; QK_K], &mut q);
-        assert!(q.iter().all(|&b| b == 0), "an all-zero block encodes as all-zero bytes");
+        assert!(
+            q.iter().all(|&b| b == 0),
+            "an all-zero block encodes as all-zero bytes"
+        );
     }
 }

@@ -58,7 +58,11 @@ pub(crate) fn fit_scale_min_block(
         }
     }
 
-    let inv_scale = if max_scale > 0.0 { 63.0 / max_scale } else { 0.0 };
+    let inv_scale = if max_scale > 0.0 {
+        63.0 / max_scale
+    } else {
+        0.0
+    };
     let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
     let mut ls = [0u8; 8];
     let mut lm = [0u8; 8];
@@ -68,7 +72,10 @@ pub(crate) fn fit_scale_min_block(
         lm[j] = (nearest_int(inv_min * mins[j]) as u8).min(63);
     }
     let packed = pack_scales_mins_k4(&ls, &lm);
-    let (d16, dmin16) = (f16_le_from_f32(max_scale / 63.0), f16_le_from_f32(max_min / 63.0));
+    let (d16, dmin16) = (
+        f16_le_from_f32(max_scale / 63.0),
+        f16_le_from_f32(max_min / 63.0),
+    );
 
     // Re-quantize with the scales as they will be decoded.
     let (d, dmin) = (f16_le(d16), f16_le(dmin16));
@@ -83,7 +90,12 @@ pub(crate) fn fit_scale_min_block(
             levels[i] = nearest_int((x[i] + dm) / dj).clamp(0, nmax) as u8;
         }
     }
-    ScaleMinFit { d: d16, dmin: dmin16, scales: packed, levels }
+    ScaleMinFit {
+        d: d16,
+        dmin: dmin16,
+        scales: packed,
+        levels,
+    }
 }
 
 /// Asymmetric fit `x ≈ scale·L − min` with `L` in `0..=nmax`, ggml's `make_qkx2_quants`.
@@ -281,7 +293,11 @@ mod tests {
         let scale = make_qx_quants_rmse1(32, &x, &mut l);
         for i in 0..16 {
             let y = scale * (l[i] as f32 - 32.0);
-            assert!((y - x[i]).abs() <= 0.5 * scale.abs() + 1e-6, "{i}: {y} vs {}", x[i]);
+            assert!(
+                (y - x[i]).abs() <= 0.5 * scale.abs() + 1e-6,
+                "{i}: {y} vs {}",
+                x[i]
+            );
         }
         let mut l0 = [5i8; 16];
         assert_eq!(make_qx_quants_rmse1(32, &[0.0; 16], &mut l0), 0.0);

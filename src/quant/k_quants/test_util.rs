@@ -72,7 +72,11 @@ pub(crate) fn check_dot(
     if !(s.is_finite()) {
         // Values near f16::MAX × 63 × 15 times x can overflow f32 in both: then only require
         // the same class of result.
-        assert_eq!(got.is_finite(), want.is_finite(), "dot {got} vs dot_ref {want}");
+        assert_eq!(
+            got.is_finite(),
+            want.is_finite(),
+            "dot {got} vs dot_ref {want}"
+        );
         return;
     }
     assert!(
@@ -110,7 +114,11 @@ pub(crate) fn round_trip_rel_rmse(
     quantize_ref(&x, &mut q);
     let mut y = vec![0f32; x.len()];
     dequantize_ref(&q, &mut y);
-    let err: f64 = x.iter().zip(&y).map(|(a, b)| f64::from(a - b).powi(2)).sum();
+    let err: f64 = x
+        .iter()
+        .zip(&y)
+        .map(|(a, b)| f64::from(a - b).powi(2))
+        .sum();
     let norm: f64 = x.iter().map(|a| f64::from(*a).powi(2)).sum();
     (err / norm).sqrt()
 }
