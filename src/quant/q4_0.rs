@@ -207,26 +207,15 @@ mod tests {
     use super::*;
     use crate::quant::simd::test_util::*;
 
-    /// Σ|w·x| as the kernel sums it.
-    fn magnitude(row: &[u8], x: &[f32]) -> f64 {
-        let mut w = vec![0.0; x.len()];
-        dequantize_ref(row, &mut w);
-        w.iter()
-            .zip(x)
-            .map(|(a, b)| (*a as f64 * *b as f64).abs())
-            .sum()
-    }
-
-    fn check_row(row: &[u8], x: &[f32], what: &str) {
-        let blocks = row.len() / 18;
-        let mag = magnitude(row, x);
-        assert_dot_close(dot(row, x), dot_ref(row, x), mag, block_steps(blocks), what);
-        let mut a = vec![0.0; blocks * QK];
-        let mut b = vec![0.0; blocks * QK];
-        dequantize_ref(row, &mut a);
-        dequantize(row, &mut b);
-        assert_bits_eq(&a, &b, what);
-    }
+    const K: Kernels = Kernels {
+        block_bytes: 18,
+        scale_offsets: &[0],
+        dequantize_ref,
+        dequantize,
+        dot_ref,
+        dot,
+        magnitude: None,
+    };
 
     #[test]
     fn hand_built_block_decodes_to_known_values() {
@@ -253,43 +242,12 @@ mod tests {
 
     #[test]
     fn dot_matches_ref_on_random_rows() {
-        let mut r = rng(40);
-        for blocks in 1..=40 {
-            let mut row = bytes(&mut r, blocks * 18);
-            for b in row.chunks_exact_mut(18) {
-                b[..2].copy_from_slice(&scale(&mut r, 0.1));
-            }
-            let x = values(&mut r, blocks * QK, 1.0);
-            check_row(&row, &x, &format!("{blocks} blocks"));
-        }
+        check_random_rows(&K, 40, 0.1);
     }
 
     #[test]
     fn dot_matches_ref_on_edge_blocks() {
-        let mut r = rng(41);
-        let scales: [[u8; 2]; 7] = [
-            [0x00, 0x00], // d = 0
-            [0x00, 0x80], // d = −0
-            [0x01, 0x00], // smallest subnormal
-            [0xFF, 0x03], // largest subnormal
-            [0xFF, 0x7B], // 65504, largest finite
-            [0xFF, 0xFB], // −65504
-            [0x00, 0x3C], // 1
-        ];
-        let fills = [0x00u8, 0xFF, 0x88, 0x0F, 0xF0];
-        for d in scales {
-            for fill in fills {
-                let mut row = Vec::new();
-                for _ in 0..3 {
-                    row.extend_from_slice(&d);
-                    row.extend_from_slice(&[fill; 16]);
-                }
-                for xs in [1e-30f32, 1.0, 1e20] {
-                    let x = values(&mut r, 96, xs);
-                    check_row(&row, &x, &format!("d {d:?} fill {fill:#x} x {xs:e}"));
-                }
-            }
-        }
+        check_edge_rows(&K, 41);
     }
 
     #[test]

@@ -472,6 +472,95 @@ pub(crate) mod test_util {
         32 + 1 + blocks + 8
     }
 
+    /// The kernels of one block format, as the type table holds them.
+    pub(crate) struct Kernels {
+        pub block_bytes: usize,
+        /// Byte offsets of the block's f16 scale fields (d, and m or s where present).
+        pub scale_offsets: &'static [usize],
+        pub dequantize_ref: fn(&[u8], &mut [f32]),
+        pub dequantize: fn(&[u8], &mut [f32]),
+        pub dot_ref: fn(&[u8], &[f32]) -> f32,
+        pub dot: fn(&[u8], &[f32]) -> f32,
+        /// Σ|terms| as the SIMD kernel sums them; `None`: Σ|w·x| over the decoded weights.
+        pub magnitude: Option<fn(&[u8], &[f32]) -> f64>,
+    }
+
+    /// Σ|w·x| over the reference-decoded weights.
+    pub(crate) fn abs_dot(k: &Kernels, row: &[u8], x: &[f32]) -> f64 {
+        let mut w = vec![0.0f32; x.len()];
+        (k.dequantize_ref)(row, &mut w);
+        w.iter()
+            .zip(x)
+            .map(|(a, b)| (*a as f64 * *b as f64).abs())
+            .sum()
+    }
+
+    /// dot ≈ dot_ref within the tolerance above, and dequantize == dequantize_ref bitwise.
+    pub(crate) fn check_row(k: &Kernels, row: &[u8], x: &[f32], what: &str) {
+        let blocks = row.len() / k.block_bytes;
+        let mag = match k.magnitude {
+            Some(f) => f(row, x),
+            None => abs_dot(k, row, x),
+        };
+        assert_dot_close(
+            (k.dot)(row, x),
+            (k.dot_ref)(row, x),
+            mag,
+            block_steps(blocks),
+            what,
+        );
+        let mut a = vec![0.0; blocks * 32];
+        let mut b = vec![0.0; blocks * 32];
+        (k.dequantize_ref)(row, &mut a);
+        (k.dequantize)(row, &mut b);
+        assert_bits_eq(&a, &b, what);
+    }
+
+    /// Random rows of 1..=40 blocks (random quants, random f16 scales of size `s`) against
+    /// random activations.
+    pub(crate) fn check_random_rows(k: &Kernels, seed: u64, s: f32) {
+        let mut r = rng(seed);
+        for blocks in 1..=40 {
+            let mut row = bytes(&mut r, blocks * k.block_bytes);
+            for b in row.chunks_exact_mut(k.block_bytes) {
+                for &o in k.scale_offsets {
+                    b[o..o + 2].copy_from_slice(&scale(&mut r, s));
+                }
+            }
+            let x = values(&mut r, blocks * 32, 1.0);
+            check_row(k, &row, &x, &format!("{blocks} blocks"));
+        }
+    }
+
+    /// Edge blocks: every scale field set to zero, −0, subnormal, largest finite, 1; quants
+    /// all-zero / all-ones / alternating patterns; activations tiny, unit and huge.
+    pub(crate) fn check_edge_rows(k: &Kernels, seed: u64) {
+        let mut r = rng(seed);
+        let scales: [[u8; 2]; 7] = [
+            [0x00, 0x00], // 0
+            [0x00, 0x80], // −0
+            [0x01, 0x00], // smallest subnormal 2^-24
+            [0xFF, 0x03], // largest subnormal
+            [0xFF, 0x7B], // 65504, largest finite
+            [0xFF, 0xFB], // −65504
+            [0x00, 0x3C], // 1
+        ];
+        for d in scales {
+            for fill in [0x00u8, 0xFF, 0x88, 0x0F, 0xF0, 0x80, 0x7F] {
+                let mut row = vec![fill; 3 * k.block_bytes];
+                for b in row.chunks_exact_mut(k.block_bytes) {
+                    for &o in k.scale_offsets {
+                        b[o..o + 2].copy_from_slice(&d);
+                    }
+                }
+                for xs in [1e-30f32, 1.0, 1e20] {
+                    let x = values(&mut r, 96, xs);
+                    check_row(k, &row, &x, &format!("scale {d:?} fill {fill:#x} x {xs:e}"));
+                }
+            }
+        }
+    }
+
     /// Bitwise equality of two f32 slices (NaNs compared by bits too).
     pub(crate) fn assert_bits_eq(a: &[f32], b: &[f32], what: &str) {
         assert_eq!(a.len(), b.len(), "{what}: lengths");
