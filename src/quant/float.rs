@@ -104,7 +104,8 @@ pub mod fp16 {
             return unsafe { dot_f16c(row, x) };
         }
         #[cfg(target_arch = "aarch64")]
-        return dot_neon(row, x);
+        // SAFETY: NEON is part of the aarch64 baseline.
+        return unsafe { dot_neon(row, x) };
         #[allow(unreachable_code)]
         super::dot_chunked(row, 2, x, dequantize_ref)
     }
@@ -173,6 +174,7 @@ pub mod fp16 {
     /// NEON: halves widened to f32 by bit manipulation (exact for every half, including
     /// subnormals, infinities and NaN), since the f16 NEON types are not stable in Rust.
     #[cfg(target_arch = "aarch64")]
+    #[target_feature(enable = "neon")]
     fn dot_neon(row: &[u8], x: &[f32]) -> f32 {
         use std::arch::aarch64::*;
         let n = x.len().min(row.len() / 2);
@@ -276,7 +278,8 @@ pub mod bf16 {
             return unsafe { dot_avx2(row, x) };
         }
         #[cfg(target_arch = "aarch64")]
-        return dot_neon(row, x);
+        // SAFETY: NEON is part of the aarch64 baseline.
+        return unsafe { dot_neon(row, x) };
         #[allow(unreachable_code)]
         super::dot_chunked(row, 2, x, dequantize_ref)
     }
@@ -351,6 +354,7 @@ pub mod bf16 {
     }
 
     #[cfg(target_arch = "aarch64")]
+    #[target_feature(enable = "neon")]
     fn dot_neon(row: &[u8], x: &[f32]) -> f32 {
         use std::arch::aarch64::*;
         let n = x.len().min(row.len() / 2);
@@ -481,9 +485,10 @@ mod tests {
         );
         // A misaligned row takes the copying path.
         let w = [1.0f32, 2.0, 3.0];
-        let mut buf = vec![0u8; 13];
-        fp32::quantize_ref(&w, &mut buf[1..]);
-        assert_eq!(fp32::dot(&buf[1..], &[1.0, 1.0, 2.0]), 9.0);
+        let mut words = [0u32; 4];
+        let buf = &mut bytemuck::bytes_of_mut(&mut words)[1..13]; // 4-aligned + 1: misaligned
+        fp32::quantize_ref(&w, buf);
+        assert_eq!(fp32::dot(buf, &[1.0, 1.0, 2.0]), 9.0);
     }
 
     #[test]
@@ -496,6 +501,35 @@ mod tests {
             2,
         );
         check_dequantize_bits(2, fp16::dequantize_ref, fp16::dequantize, 3);
+    }
+
+    /// Every 16-bit pattern through the SIMD dot (one pattern in a 16-wide row, the rest
+    /// zeros, x all ones): exercises the vector widening of subnormals, ±inf and NaN.
+    #[test]
+    fn every_pattern_through_simd_dot() {
+        let x = [1.0f32; 16];
+        for (dot, decode) in [
+            (
+                fp16::dot as fn(&[u8], &[f32]) -> f32,
+                fp16::dequantize_ref as fn(&[u8], &mut [f32]),
+            ),
+            (bf16::dot, bf16::dequantize_ref),
+        ] {
+            for h in 0..=u16::MAX {
+                let mut row = [0u8; 32];
+                row[6..8].copy_from_slice(&h.to_le_bytes());
+                let mut w = [0.0f32; 16];
+                decode(&row, &mut w);
+                let got = dot(&row, &x);
+                assert!(
+                    got.to_bits() == w[3].to_bits()
+                        || got == w[3]
+                        || (got.is_nan() && w[3].is_nan()),
+                    "{h:#06x}: {got:e} vs {:e}",
+                    w[3]
+                );
+            }
+        }
     }
 
     #[test]

@@ -163,7 +163,8 @@ pub fn dot(row: &[u8], x: &[f32]) -> f32 {
         return unsafe { dot_avx2(row, x) };
     }
     #[cfg(target_arch = "aarch64")]
-    return dot_neon(row, x);
+    // SAFETY: NEON is part of the aarch64 baseline.
+    return unsafe { dot_neon(row, x) };
     #[allow(unreachable_code)]
     simd::dot_decoded_scalar(row, x, decode_block)
 }
@@ -190,6 +191,7 @@ unsafe fn dot_avx2(row: &[u8], x: &[f32]) -> f32 {
 }
 
 #[cfg(target_arch = "aarch64")]
+#[target_feature(enable = "neon")]
 fn dot_neon(row: &[u8], x: &[f32]) -> f32 {
     use simd::neon::{block_dot_i8, load16, nibbles};
     use std::arch::aarch64::*;

@@ -48,7 +48,8 @@ pub fn dequantize(src: &[u8], dst: &mut [f32]) {
         return unsafe { dequantize_avx2(src, dst) };
     }
     #[cfg(target_arch = "aarch64")]
-    return dequantize_neon(src, dst);
+    // SAFETY: NEON is part of the aarch64 baseline.
+    return unsafe { dequantize_neon(src, dst) };
     #[allow(unreachable_code)]
     dequantize_ref(src, dst)
 }
@@ -96,7 +97,8 @@ pub fn dot(row: &[u8], x: &[f32]) -> f32 {
         return unsafe { dot_avx2(row, x) };
     }
     #[cfg(target_arch = "aarch64")]
-    return dot_neon(row, x);
+    // SAFETY: NEON is part of the aarch64 baseline.
+    return unsafe { dot_neon(row, x) };
     #[allow(unreachable_code)]
     simd::dot_decoded_scalar(row, x, decode_block)
 }
@@ -154,6 +156,7 @@ unsafe fn dequantize_avx2(src: &[u8], dst: &mut [f32]) {
 }
 
 #[cfg(target_arch = "aarch64")]
+#[target_feature(enable = "neon")]
 fn dot_neon(row: &[u8], x: &[f32]) -> f32 {
     use simd::neon::{block_dot_i8, load16, nibbles};
     use std::arch::aarch64::*;
@@ -174,6 +177,7 @@ fn dot_neon(row: &[u8], x: &[f32]) -> f32 {
 }
 
 #[cfg(target_arch = "aarch64")]
+#[target_feature(enable = "neon")]
 fn dequantize_neon(src: &[u8], dst: &mut [f32]) {
     use simd::neon::{load16, nibbles};
     use std::arch::aarch64::*;
@@ -243,6 +247,17 @@ mod tests {
     #[test]
     fn dot_matches_ref_on_random_rows() {
         check_random_rows(&K, 40, 0.1);
+    }
+
+    /// The portable fallback (used on targets without AVX2/NEON) against the reference.
+    #[test]
+    fn portable_dot_matches_ref() {
+        let k = Kernels {
+            dot: |r, x| simd::dot_decoded_scalar(r, x, decode_block),
+            ..K
+        };
+        check_random_rows(&k, 43, 0.1);
+        check_edge_rows(&k, 44);
     }
 
     #[test]

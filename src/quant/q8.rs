@@ -71,7 +71,8 @@ fn decode_avx2(d: f32, qs: &[i8; QK], out: &mut [f32]) {
 }
 
 #[cfg(target_arch = "aarch64")]
-#[inline(always)]
+#[target_feature(enable = "neon")]
+#[inline]
 fn load_qs_neon(qs: &[i8; QK]) -> (std::arch::aarch64::int8x16_t, std::arch::aarch64::int8x16_t) {
     use std::arch::aarch64::*;
     // SAFETY: qs is exactly 32 bytes.
@@ -79,7 +80,8 @@ fn load_qs_neon(qs: &[i8; QK]) -> (std::arch::aarch64::int8x16_t, std::arch::aar
 }
 
 #[cfg(target_arch = "aarch64")]
-#[inline(always)]
+#[target_feature(enable = "neon")]
+#[inline]
 fn decode_neon(d: f32, qs: &[i8; QK], out: &mut [f32]) {
     use std::arch::aarch64::*;
     debug_assert!(out.len() >= QK);
@@ -130,7 +132,8 @@ macro_rules! q8_module {
                 .iter()
                 .zip(dst.chunks_exact_mut(QK))
             {
-                super::decode_neon(f16_le(b.d), &b.qs, out);
+                // SAFETY: NEON is part of the aarch64 baseline.
+                unsafe { super::decode_neon(f16_le(b.d), &b.qs, out) };
             }
             #[cfg(target_arch = "aarch64")]
             return;
@@ -154,7 +157,8 @@ macro_rules! q8_module {
                 return unsafe { dot_avx2(row, x) };
             }
             #[cfg(target_arch = "aarch64")]
-            return dot_neon(row, x);
+            // SAFETY: NEON is part of the aarch64 baseline.
+            return unsafe { dot_neon(row, x) };
             #[allow(unreachable_code)]
             simd::dot_decoded_scalar(row, x, |b: &$block, out: &mut [f32]| {
                 super::decode(f16_le(b.d), &b.qs, out)
@@ -195,6 +199,7 @@ macro_rules! q8_module {
         }
 
         #[cfg(target_arch = "aarch64")]
+        #[target_feature(enable = "neon")]
         fn dot_neon(row: &[u8], x: &[f32]) -> f32 {
             use std::arch::aarch64::*;
             let mut acc = [vdupq_n_f32(0.0); 2];

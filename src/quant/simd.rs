@@ -77,7 +77,8 @@ pub(crate) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
         return unsafe { x86::dot_f32_avx2(a, b) };
     }
     #[cfg(target_arch = "aarch64")]
-    return neon::dot_f32(a, b);
+    // SAFETY: NEON is part of the aarch64 baseline.
+    return unsafe { neon::dot_f32(a, b) };
     #[allow(unreachable_code)]
     dot_f32_scalar(a, b)
 }
@@ -277,7 +278,8 @@ pub(crate) mod neon {
 
     /// Σ q[i]·x[i] over one block of 32 signed bytes (`lo` = elements 0..16, `hi` = 16..32)
     /// and 32 activations, as four lane partial sums (the caller applies the block scale).
-    #[inline(always)]
+    #[target_feature(enable = "neon")]
+    #[inline]
     pub(crate) fn block_dot_i8(lo: int8x16_t, hi: int8x16_t, x: &[f32]) -> float32x4_t {
         debug_assert!(x.len() >= 32);
         let l0 = vmovl_s8(vget_low_s8(lo));
@@ -312,7 +314,8 @@ pub(crate) mod neon {
     }
 
     /// Σ x[i] over 32 activations as four lane partial sums.
-    #[inline(always)]
+    #[target_feature(enable = "neon")]
+    #[inline]
     pub(crate) fn block_sum(x: &[f32]) -> float32x4_t {
         debug_assert!(x.len() >= 32);
         let p = x.as_ptr();
@@ -327,19 +330,22 @@ pub(crate) mod neon {
     }
 
     /// Loads 16 bytes.
-    #[inline(always)]
+    #[target_feature(enable = "neon")]
+    #[inline]
     pub(crate) fn load16(bytes: &[u8; 16]) -> uint8x16_t {
         // SAFETY: `bytes` is exactly 16 readable bytes.
         unsafe { vld1q_u8(bytes.as_ptr()) }
     }
 
     /// Splits 16 packed bytes into (low nibbles, high nibbles), as bytes 0..=15.
-    #[inline(always)]
+    #[target_feature(enable = "neon")]
+    #[inline]
     pub(crate) fn nibbles(packed: uint8x16_t) -> (uint8x16_t, uint8x16_t) {
         (vandq_u8(packed, vdupq_n_u8(0x0F)), vshrq_n_u8::<4>(packed))
     }
 
     /// f32 dot with four 4-lane accumulators.
+    #[target_feature(enable = "neon")]
     pub(crate) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
         let n = a.len().min(b.len());
         let mut acc = [vdupq_n_f32(0.0); 4];
@@ -368,7 +374,8 @@ pub(crate) mod neon {
     }
 
     /// NEON dot of a row of blocks decoded one at a time by `decode`.
-    #[inline(always)]
+    #[target_feature(enable = "neon")]
+    #[inline]
     pub(crate) fn dot_decoded<B: bytemuck::Pod>(
         row: &[u8],
         x: &[f32],
@@ -407,7 +414,8 @@ pub(crate) fn dot_decoded<B: bytemuck::Pod>(
         return unsafe { x86::dot_decoded(row, x, decode) };
     }
     #[cfg(target_arch = "aarch64")]
-    return neon::dot_decoded(row, x, decode);
+    // SAFETY: NEON is part of the aarch64 baseline.
+    return unsafe { neon::dot_decoded(row, x, decode) };
     #[allow(unreachable_code)]
     dot_decoded_scalar(row, x, decode)
 }
@@ -472,17 +480,22 @@ pub(crate) mod test_util {
         32 + 1 + blocks + 8
     }
 
+    use crate::quant::{DequantizeFn, DotFn};
+
+    /// Σ|terms| of a row's dot product, as a kernel sums them.
+    pub(crate) type MagnitudeFn = fn(&[u8], &[f32]) -> f64;
+
     /// The kernels of one block format, as the type table holds them.
     pub(crate) struct Kernels {
         pub block_bytes: usize,
         /// Byte offsets of the block's f16 scale fields (d, and m or s where present).
         pub scale_offsets: &'static [usize],
-        pub dequantize_ref: fn(&[u8], &mut [f32]),
-        pub dequantize: fn(&[u8], &mut [f32]),
-        pub dot_ref: fn(&[u8], &[f32]) -> f32,
-        pub dot: fn(&[u8], &[f32]) -> f32,
+        pub dequantize_ref: DequantizeFn,
+        pub dequantize: DequantizeFn,
+        pub dot_ref: DotFn,
+        pub dot: DotFn,
         /// Σ|terms| as the SIMD kernel sums them; `None`: Σ|w·x| over the decoded weights.
-        pub magnitude: Option<fn(&[u8], &[f32]) -> f64>,
+        pub magnitude: Option<MagnitudeFn>,
     }
 
     /// Σ|w·x| over the reference-decoded weights.
