@@ -174,39 +174,27 @@ pub fn dot(row: &[u8], x: &[f32]) -> f32 {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_avx2(row: &[u8], x: &[f32]) -> f32 {
-    use simd::x86::{block_dot_i8, f16_scale, hsum, load16, nibbles};
+    use simd::x86::{block_dot_i8, f16_scale, load16, nibbles, sum_blocks};
     use std::arch::x86_64::*;
     let table = load16(&KVALUES.map(|k| k as u8));
-    let mut acc = [_mm256_setzero_ps(); 2];
-    for (i, (b, xb)) in as_blocks::<BlockIq4Nl>(row)
-        .iter()
-        .zip(x.chunks_exact(QK))
-        .enumerate()
-    {
+    sum_blocks(row, x, |b: &BlockIq4Nl, xb, acc| {
         let (lo, hi) = nibbles(load16(&b.qs));
         let sum = block_dot_i8(_mm_shuffle_epi8(table, lo), _mm_shuffle_epi8(table, hi), xb);
-        acc[i & 1] = _mm256_fmadd_ps(_mm256_set1_ps(f16_scale(b.d)), sum, acc[i & 1]);
-    }
-    hsum(_mm256_add_ps(acc[0], acc[1]))
+        _mm256_fmadd_ps(_mm256_set1_ps(f16_scale(b.d)), sum, acc)
+    })
 }
 
 #[cfg(target_arch = "aarch64")]
 #[target_feature(enable = "neon")]
 fn dot_neon(row: &[u8], x: &[f32]) -> f32 {
-    use simd::neon::{block_dot_i8, load16, nibbles};
+    use simd::neon::{block_dot_i8, load16, nibbles, sum_blocks};
     use std::arch::aarch64::*;
     let table = vreinterpretq_s8_u8(load16(&KVALUES.map(|k| k as u8)));
-    let mut acc = [vdupq_n_f32(0.0); 2];
-    for (i, (b, xb)) in as_blocks::<BlockIq4Nl>(row)
-        .iter()
-        .zip(x.chunks_exact(QK))
-        .enumerate()
-    {
+    sum_blocks(row, x, |b: &BlockIq4Nl, xb, acc| {
         let (lo, hi) = nibbles(load16(&b.qs));
         let sum = block_dot_i8(vqtbl1q_s8(table, lo), vqtbl1q_s8(table, hi), xb);
-        acc[i & 1] = vfmaq_n_f32(acc[i & 1], sum, f16_le(b.d));
-    }
-    vaddvq_f32(vaddq_f32(acc[0], acc[1]))
+        vfmaq_n_f32(acc, sum, f16_le(b.d))
+    })
 }
 
 #[cfg(test)]

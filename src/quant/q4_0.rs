@@ -108,22 +108,43 @@ pub fn dot(row: &[u8], x: &[f32]) -> f32 {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_avx2(row: &[u8], x: &[f32]) -> f32 {
-    use simd::x86::{block_dot_i8, f16_scale, hsum, load16, nibbles};
+    use simd::x86::{f16_scale, sum_blocks};
     use std::arch::x86_64::*;
-    let eight = _mm_set1_epi8(8);
-    // Two accumulators (even / odd blocks) so consecutive scale FMAs do not wait on each other.
-    let mut acc = [_mm256_setzero_ps(); 2];
-    for (i, (b, xb)) in as_blocks::<BlockQ4_0>(row)
-        .iter()
-        .zip(x.chunks_exact(QK))
-        .enumerate()
-    {
-        let (lo, hi) = nibbles(load16(&b.qs));
-        let sum = block_dot_i8(_mm_sub_epi8(lo, eight), _mm_sub_epi8(hi, eight), xb);
-        let d = _mm256_set1_ps(f16_scale(b.d));
-        acc[i & 1] = _mm256_fmadd_ps(d, sum, acc[i & 1]);
-    }
-    hsum(_mm256_add_ps(acc[0], acc[1]))
+    let mask = _mm256_set1_epi32(0x0F);
+    let eight = _mm256_set1_epi32(8);
+    sum_blocks(row, x, |b: &BlockQ4_0, xb, acc| {
+        // Bytes 0..8 and 8..16 zero-extended to i32 lanes straight from memory (one shuffle
+        // each): their low nibbles are elements 0..16, their high nibbles elements 16..32, so
+        // the lanes line up with contiguous activations and need no further shuffles.
+        let q = b.qs.as_ptr();
+        // SAFETY: qs is 16 bytes; each load reads 8 of them (unaligned load form).
+        let (a, c) = unsafe {
+            (
+                _mm256_cvtepu8_epi32(_mm_loadl_epi64(q.cast())),
+                _mm256_cvtepu8_epi32(_mm_loadl_epi64(q.add(8).cast())),
+            )
+        };
+        let f = |v: __m256i| _mm256_cvtepi32_ps(_mm256_sub_epi32(v, eight));
+        let (q0, q1) = (f(_mm256_and_si256(a, mask)), f(_mm256_and_si256(c, mask)));
+        let (q2, q3) = (f(_mm256_srli_epi32::<4>(a)), f(_mm256_srli_epi32::<4>(c)));
+        let p = xb.as_ptr();
+        debug_assert!(xb.len() >= QK);
+        // SAFETY: xb holds 32 activations (sum_blocks passes 32-element chunks).
+        let sum = unsafe {
+            let s0 = _mm256_fmadd_ps(
+                q2,
+                _mm256_loadu_ps(p.add(16)),
+                _mm256_mul_ps(q0, _mm256_loadu_ps(p)),
+            );
+            let s1 = _mm256_fmadd_ps(
+                q3,
+                _mm256_loadu_ps(p.add(24)),
+                _mm256_mul_ps(q1, _mm256_loadu_ps(p.add(8))),
+            );
+            _mm256_add_ps(s0, s1)
+        };
+        _mm256_fmadd_ps(_mm256_set1_ps(f16_scale(b.d)), sum, acc)
+    })
 }
 
 /// # Safety
@@ -158,22 +179,15 @@ unsafe fn dequantize_avx2(src: &[u8], dst: &mut [f32]) {
 #[cfg(target_arch = "aarch64")]
 #[target_feature(enable = "neon")]
 fn dot_neon(row: &[u8], x: &[f32]) -> f32 {
-    use simd::neon::{block_dot_i8, load16, nibbles};
+    use simd::neon::{block_dot_i8, load16, nibbles, sum_blocks};
     use std::arch::aarch64::*;
     let eight = vdupq_n_s8(8);
-    let mut acc = [vdupq_n_f32(0.0); 2];
-    for (i, (b, xb)) in as_blocks::<BlockQ4_0>(row)
-        .iter()
-        .zip(x.chunks_exact(QK))
-        .enumerate()
-    {
+    sum_blocks(row, x, |b: &BlockQ4_0, xb, acc| {
         let (lo, hi) = nibbles(load16(&b.qs));
         let lo = vsubq_s8(vreinterpretq_s8_u8(lo), eight);
         let hi = vsubq_s8(vreinterpretq_s8_u8(hi), eight);
-        let sum = block_dot_i8(lo, hi, xb);
-        acc[i & 1] = vfmaq_n_f32(acc[i & 1], sum, f16_le(b.d));
-    }
-    vaddvq_f32(vaddq_f32(acc[0], acc[1]))
+        vfmaq_n_f32(acc, block_dot_i8(lo, hi, xb), f16_le(b.d))
+    })
 }
 
 #[cfg(target_arch = "aarch64")]

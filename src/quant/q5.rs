@@ -9,15 +9,15 @@
 
 use super::simd::QK;
 
-/// The 5-bit quant of element `j` (0..32) from the packed nibbles and the fifth-bit word.
+/// The 32 five-bit quants of a block from its packed nibbles and fifth-bit word.
 #[inline(always)]
-fn quant5(qs: &[u8; 16], qh: u32, j: usize) -> u8 {
-    let nibble = if j < 16 {
-        qs[j] & 0x0F
-    } else {
-        qs[j - 16] >> 4
-    };
-    nibble | ((((qh >> j) & 1) as u8) << 4)
+fn unpack5(qs: &[u8; 16], qh: u32) -> [u8; QK] {
+    let mut q = [0u8; QK];
+    for j in 0..16 {
+        q[j] = (qs[j] & 0x0F) | ((((qh >> j) & 1) as u8) << 4);
+        q[j + 16] = (qs[j] >> 4) | ((((qh >> (j + 16)) & 1) as u8) << 4);
+    }
+    q
 }
 
 /// Splits 32 five-bit quants into (nibbles, fifth-bit word) as ggml stores them.
@@ -57,9 +57,9 @@ pub mod q5_0 {
     #[inline(always)]
     fn decode_block(b: &BlockQ5_0, out: &mut [f32]) {
         let d = f16_le(b.d);
-        let qh = u32::from_le_bytes(b.qh);
-        for (j, o) in out.iter_mut().enumerate().take(QK) {
-            *o = (super::quant5(&b.qs, qh, j) as i32 - 16) as f32 * d;
+        let q = super::unpack5(&b.qs, u32::from_le_bytes(b.qh));
+        for (o, &qj) in out.iter_mut().zip(&q) {
+            *o = (qj as i32 - 16) as f32 * d;
         }
     }
 
@@ -144,9 +144,9 @@ pub mod q5_1 {
     #[inline(always)]
     fn decode_block(b: &BlockQ5_1, out: &mut [f32]) {
         let (d, m) = (f16_le(b.d), f16_le(b.m));
-        let qh = u32::from_le_bytes(b.qh);
-        for (j, o) in out.iter_mut().enumerate().take(QK) {
-            *o = super::quant5(&b.qs, qh, j) as f32 * d + m;
+        let q = super::unpack5(&b.qs, u32::from_le_bytes(b.qh));
+        for (o, &qj) in out.iter_mut().zip(&q) {
+            *o = qj as f32 * d + m;
         }
     }
 

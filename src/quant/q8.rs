@@ -171,18 +171,10 @@ macro_rules! q8_module {
         #[target_feature(enable = "avx2,fma,f16c")]
         unsafe fn dot_avx2(row: &[u8], x: &[f32]) -> f32 {
             use std::arch::x86_64::*;
-            // Two accumulators (even / odd blocks) so the scale FMAs overlap.
-            let mut acc = [_mm256_setzero_ps(); 2];
-            for (i, (b, xb)) in as_blocks::<$block>(row)
-                .iter()
-                .zip(x.chunks_exact(QK))
-                .enumerate()
-            {
+            simd::x86::sum_blocks(row, x, |b: &$block, xb, acc| {
                 let sum = super::block_dot_avx2(&b.qs, xb);
-                let d = _mm256_set1_ps(simd::x86::f16_scale(b.d));
-                acc[i & 1] = _mm256_fmadd_ps(d, sum, acc[i & 1]);
-            }
-            simd::x86::hsum(_mm256_add_ps(acc[0], acc[1]))
+                _mm256_fmadd_ps(_mm256_set1_ps(simd::x86::f16_scale(b.d)), sum, acc)
+            })
         }
 
         /// # Safety
@@ -202,17 +194,10 @@ macro_rules! q8_module {
         #[target_feature(enable = "neon")]
         fn dot_neon(row: &[u8], x: &[f32]) -> f32 {
             use std::arch::aarch64::*;
-            let mut acc = [vdupq_n_f32(0.0); 2];
-            for (i, (b, xb)) in as_blocks::<$block>(row)
-                .iter()
-                .zip(x.chunks_exact(QK))
-                .enumerate()
-            {
+            simd::neon::sum_blocks(row, x, |b: &$block, xb, acc| {
                 let (lo, hi) = super::load_qs_neon(&b.qs);
-                let sum = simd::neon::block_dot_i8(lo, hi, xb);
-                acc[i & 1] = vfmaq_n_f32(acc[i & 1], sum, f16_le(b.d));
-            }
-            vaddvq_f32(vaddq_f32(acc[0], acc[1]))
+                vfmaq_n_f32(acc, simd::neon::block_dot_i8(lo, hi, xb), f16_le(b.d))
+            })
         }
     };
 }

@@ -125,6 +125,31 @@ pub(crate) mod x86 {
         _mm_cvtss_f32(s)
     }
 
+    /// Σ over a row's blocks of `step(block, its 32 activations, accumulator)`, alternating two
+    /// named accumulators so consecutive blocks' scale FMAs do not wait on each other (an
+    /// indexed accumulator array would live in memory).
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    pub(crate) fn sum_blocks<B: bytemuck::Pod>(
+        row: &[u8],
+        x: &[f32],
+        step: impl Fn(&B, &[f32], __m256) -> __m256,
+    ) -> f32 {
+        let blocks = super::as_blocks::<B>(row);
+        let n = blocks.len().min(x.len() / 32);
+        let (blocks, x) = (&blocks[..n], &x[..n * 32]);
+        let mut acc0 = _mm256_setzero_ps();
+        let mut acc1 = _mm256_setzero_ps();
+        for (bp, xp) in blocks.chunks_exact(2).zip(x.chunks_exact(64)) {
+            acc0 = step(&bp[0], &xp[..32], acc0);
+            acc1 = step(&bp[1], &xp[32..], acc1);
+        }
+        if n % 2 == 1 {
+            acc0 = step(&blocks[n - 1], &x[(n - 1) * 32..], acc0);
+        }
+        hsum(_mm256_add_ps(acc0, acc1))
+    }
+
     /// A block's f16 scale (two LE bytes) as f32 via F16C.
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
@@ -311,6 +336,30 @@ pub(crate) mod neon {
         a = vfmaq_f32(a, lo4(h1), xs[6]);
         b = vfmaq_f32(b, hi4(h1), xs[7]);
         vaddq_f32(a, b)
+    }
+
+    /// Σ over a row's blocks of `step(block, its 32 activations, accumulator)`, alternating two
+    /// named accumulators (see the x86 version).
+    #[target_feature(enable = "neon")]
+    #[inline]
+    pub(crate) fn sum_blocks<B: bytemuck::Pod>(
+        row: &[u8],
+        x: &[f32],
+        step: impl Fn(&B, &[f32], float32x4_t) -> float32x4_t,
+    ) -> f32 {
+        let blocks = super::as_blocks::<B>(row);
+        let n = blocks.len().min(x.len() / 32);
+        let (blocks, x) = (&blocks[..n], &x[..n * 32]);
+        let mut acc0 = vdupq_n_f32(0.0);
+        let mut acc1 = vdupq_n_f32(0.0);
+        for (bp, xp) in blocks.chunks_exact(2).zip(x.chunks_exact(64)) {
+            acc0 = step(&bp[0], &xp[..32], acc0);
+            acc1 = step(&bp[1], &xp[32..], acc1);
+        }
+        if n % 2 == 1 {
+            acc0 = step(&blocks[n - 1], &x[(n - 1) * 32..], acc0);
+        }
+        vaddvq_f32(vaddq_f32(acc0, acc1))
     }
 
     /// Σ x[i] over 32 activations as four lane partial sums.
