@@ -22,6 +22,7 @@ pub mod q4_0;
 pub mod q4_1;
 pub mod q5;
 pub mod q8;
+pub(crate) mod simd;
 
 use std::fmt;
 
