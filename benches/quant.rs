@@ -9,8 +9,13 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main, measurement::WallTime};
-use edgetune::quant::{self, GgmlType, matmul::{QuantMatrix, matmul_dyw, matmul_xwt, matmul_xwt_ref}};
+use criterion::{
+    BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main, measurement::WallTime,
+};
+use edgetune::quant::{
+    self, GgmlType,
+    matmul::{QuantMatrix, matmul_dyw, matmul_xwt, matmul_xwt_ref},
+};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use rayon::prelude::*;
 
@@ -25,14 +30,19 @@ fn types() -> Vec<GgmlType> {
 }
 
 fn one_thread() -> rayon::ThreadPool {
-    rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("pool")
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .expect("pool")
 }
 
 /// Valid blocks for `n` elements: a quantized (or scale-fixed random) seed tile, repeated.
 fn weights(ty: GgmlType, n: usize) -> Vec<u8> {
     let mut rng = StdRng::seed_from_u64(1);
     let seed_elems = 64 * 1024;
-    let seed: Vec<f32> = (0..seed_elems).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    let seed: Vec<f32> = (0..seed_elems)
+        .map(|_| rng.random_range(-1.0f32..1.0))
+        .collect();
     let mut tile = vec![0u8; ty.bytes_for(seed_elems as u64).unwrap() as usize];
     if quant::quantize(ty, &seed, &mut tile).is_err() {
         // Read-only types: random bytes are valid blocks once their f16/f32 scales are finite.
@@ -59,7 +69,9 @@ fn weights(ty: GgmlType, n: usize) -> Vec<u8> {
 
 fn group<'a>(c: &'a mut Criterion, name: &str) -> BenchmarkGroup<'a, WallTime> {
     let mut g = c.benchmark_group(name);
-    g.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
+    g.sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
     g
 }
 
@@ -111,22 +123,37 @@ fn probes(c: &mut Criterion) {
     let mut dst = vec![0u64; words];
     g.throughput(Throughput::Bytes(BIG_WEIGHT_BYTES as u64));
     let pool1 = one_thread();
-    g.bench_function("read_sum/1core", |b| b.iter(|| pool1.install(|| read_sum(black_box(&buf)))));
+    g.bench_function("read_sum/1core", |b| {
+        b.iter(|| pool1.install(|| read_sum(black_box(&buf))))
+    });
     g.bench_function("read_sum/allcores", |b| {
-        b.iter(|| buf.par_chunks(1 << 20).map(read_sum).reduce(|| 0, u64::wrapping_add))
+        b.iter(|| {
+            buf.par_chunks(1 << 20)
+                .map(read_sum)
+                .reduce(|| 0, u64::wrapping_add)
+        })
     });
     g.throughput(Throughput::Bytes(2 * BIG_WEIGHT_BYTES as u64));
-    g.bench_function("memcpy/1core", |b| b.iter(|| dst.copy_from_slice(black_box(&buf))));
+    g.bench_function("memcpy/1core", |b| {
+        b.iter(|| dst.copy_from_slice(black_box(&buf)))
+    });
     drop((buf, dst));
 
     let iters = 1 << 20;
     let flops = 2 * 8 * 12 * iters as u64;
     g.throughput(Throughput::Elements(flops));
-    g.bench_function("fma_peak/1core", |b| b.iter(|| fma_loop(iters, black_box(1.0))));
+    g.bench_function("fma_peak/1core", |b| {
+        b.iter(|| fma_loop(iters, black_box(1.0)))
+    });
     let threads = rayon::current_num_threads() as u64;
     g.throughput(Throughput::Elements(flops * threads));
     g.bench_function("fma_peak/allcores", |b| {
-        b.iter(|| (0..threads).into_par_iter().map(|t| fma_loop(iters, t as f32)).sum::<f32>())
+        b.iter(|| {
+            (0..threads)
+                .into_par_iter()
+                .map(|t| fma_loop(iters, t as f32))
+                .sum::<f32>()
+        })
     });
     g.finish();
 }
@@ -140,12 +167,20 @@ fn dequantize_and_dot(c: &mut Criterion) {
         let t = ty.traits();
         let data = weights(ty, n);
         g.throughput(Throughput::Bytes(data.len() as u64));
-        g.bench_function(format!("dequantize/{}/fast", t.name), |b| b.iter(|| (t.dequantize)(black_box(&data), &mut out)));
-        g.bench_function(format!("dequantize/{}/ref", t.name), |b| b.iter(|| (t.dequantize_ref)(black_box(&data), &mut out)));
+        g.bench_function(format!("dequantize/{}/fast", t.name), |b| {
+            b.iter(|| (t.dequantize)(black_box(&data), &mut out))
+        });
+        g.bench_function(format!("dequantize/{}/ref", t.name), |b| {
+            b.iter(|| (t.dequantize_ref)(black_box(&data), &mut out))
+        });
         // 2 flops per element, shown as elements/s.
         g.throughput(Throughput::Elements(2 * n as u64));
-        g.bench_function(format!("dot/{}/simd", t.name), |b| b.iter(|| (t.dot)(black_box(&data), &x)));
-        g.bench_function(format!("dot/{}/ref", t.name), |b| b.iter(|| (t.dot_ref)(black_box(&data), &x)));
+        g.bench_function(format!("dot/{}/simd", t.name), |b| {
+            b.iter(|| (t.dot)(black_box(&data), &x))
+        });
+        g.bench_function(format!("dot/{}/ref", t.name), |b| {
+            b.iter(|| (t.dot_ref)(black_box(&data), &x))
+        });
     }
     g.finish();
 }
@@ -161,8 +196,12 @@ fn matvec(c: &mut Criterion) {
         let x: Vec<f32> = (0..cols).map(|i| (i % 13) as f32 * 0.1).collect();
         let mut y = vec![0.0f32; rows];
         g.throughput(Throughput::Bytes(data.len() as u64));
-        g.bench_function(format!("{}/1core", ty), |b| b.iter(|| pool1.install(|| matmul_xwt(&x, 1, &w, &mut y).unwrap())));
-        g.bench_function(format!("{}/allcores", ty), |b| b.iter(|| matmul_xwt(&x, 1, &w, &mut y).unwrap()));
+        g.bench_function(format!("{}/1core", ty), |b| {
+            b.iter(|| pool1.install(|| matmul_xwt(&x, 1, &w, &mut y).unwrap()))
+        });
+        g.bench_function(format!("{}/allcores", ty), |b| {
+            b.iter(|| matmul_xwt(&x, 1, &w, &mut y).unwrap())
+        });
         if ty == GgmlType::Q4_0 {
             let small = QuantMatrix::new(ty, rows / 16, cols, &data[..data.len() / 16]).unwrap();
             g.throughput(Throughput::Bytes(small.data.len() as u64));
@@ -178,18 +217,30 @@ fn matmul64(c: &mut Criterion) {
     let mut g = group(c, "matmul64");
     let pool1 = one_thread();
     let (n, rows, cols) = (64usize, 2048usize, 4096usize);
-    let x: Vec<f32> = (0..n * cols).map(|i| (i % 29) as f32 * 0.01 - 0.1).collect();
-    let dy: Vec<f32> = (0..n * rows).map(|i| (i % 31) as f32 * 0.01 - 0.1).collect();
+    let x: Vec<f32> = (0..n * cols)
+        .map(|i| (i % 29) as f32 * 0.01 - 0.1)
+        .collect();
+    let dy: Vec<f32> = (0..n * rows)
+        .map(|i| (i % 31) as f32 * 0.01 - 0.1)
+        .collect();
     let mut y = vec![0.0f32; n * rows];
     let mut dx = vec![0.0f32; n * cols];
     g.throughput(Throughput::Elements(2 * (n * rows * cols) as u64));
     for ty in types() {
         let data = weights(ty, rows * cols);
         let w = QuantMatrix::new(ty, rows, cols, &data).unwrap();
-        g.bench_function(format!("xwt/{}/1core", ty), |b| b.iter(|| pool1.install(|| matmul_xwt(&x, n, &w, &mut y).unwrap())));
-        g.bench_function(format!("xwt/{}/allcores", ty), |b| b.iter(|| matmul_xwt(&x, n, &w, &mut y).unwrap()));
-        g.bench_function(format!("dyw/{}/1core", ty), |b| b.iter(|| pool1.install(|| matmul_dyw(&dy, n, &w, &mut dx).unwrap())));
-        g.bench_function(format!("dyw/{}/allcores", ty), |b| b.iter(|| matmul_dyw(&dy, n, &w, &mut dx).unwrap()));
+        g.bench_function(format!("xwt/{}/1core", ty), |b| {
+            b.iter(|| pool1.install(|| matmul_xwt(&x, n, &w, &mut y).unwrap()))
+        });
+        g.bench_function(format!("xwt/{}/allcores", ty), |b| {
+            b.iter(|| matmul_xwt(&x, n, &w, &mut y).unwrap())
+        });
+        g.bench_function(format!("dyw/{}/1core", ty), |b| {
+            b.iter(|| pool1.install(|| matmul_dyw(&dy, n, &w, &mut dx).unwrap()))
+        });
+        g.bench_function(format!("dyw/{}/allcores", ty), |b| {
+            b.iter(|| matmul_dyw(&dy, n, &w, &mut dx).unwrap())
+        });
     }
     g.finish();
 }

@@ -77,8 +77,8 @@ pub struct Report {
 
 fn array_len(v: Option<&Value>) -> usize {
     match v {
-        Some(v) => v.array_len().unwrap_or(0),
-        None => 0,
+        Some(Value::Array(a)) => a.len(),
+        _ => 0,
     }
 }
 
@@ -87,7 +87,11 @@ fn tokenizer_summary(f: &GgufFile) -> Result<Option<TokenizerSummary>> {
         return Ok(None);
     }
     let special_tokens = match f.get("tokenizer.ggml.token_type") {
-        Some(_) => f.i32_array("tokenizer.ggml.token_type")?.iter().filter(|t| matches!(t, 3 | 4)).count(),
+        Some(_) => f
+            .i32_array("tokenizer.ggml.token_type")?
+            .iter()
+            .filter(|t| matches!(t, 3 | 4))
+            .count(),
         None => 0,
     };
     Ok(Some(TokenizerSummary {
@@ -142,7 +146,11 @@ pub fn report(f: &GgufFile) -> Result<Report> {
         .collect();
     let mut totals_by_type: Vec<TypeTotal> = totals.into_values().collect();
     for t in &mut totals_by_type {
-        t.bits_per_weight = if t.elements == 0 { 0.0 } else { t.bytes as f64 * 8.0 / t.elements as f64 };
+        t.bits_per_weight = if t.elements == 0 {
+            0.0
+        } else {
+            t.bytes as f64 * 8.0 / t.elements as f64
+        };
     }
     Ok(Report {
         file: f.path().display().to_string(),
@@ -172,11 +180,17 @@ pub fn npy_shape(t: &TensorInfo) -> Vec<usize> {
 pub fn dequantize_to_npy(f: &GgufFile, name: &str, out: &Path) -> Result<()> {
     let (info, data) = f.tensor_by_name(name)?;
     let row_len = info.row_len() as usize;
-    let row_bytes = info.ty.bytes_for(info.row_len()).ok_or_else(|| Error::Tensor {
-        path: f.path().to_path_buf(),
-        name: name.to_owned(),
-        what: format!("row length {row_len} is not a whole number of {} blocks", info.ty),
-    })? as usize;
+    let row_bytes = info
+        .ty
+        .bytes_for(info.row_len())
+        .ok_or_else(|| Error::Tensor {
+            path: f.path().to_path_buf(),
+            name: name.to_owned(),
+            what: format!(
+                "row length {row_len} is not a whole number of {} blocks",
+                info.ty
+            ),
+        })? as usize;
     let mut w = NpyWriter::create(out, &npy_shape(info))?;
     // About 4 MiB of f32 per write; at least one row.
     let rows_per_chunk = (1 << 20) / row_len.max(1) + 1;

@@ -25,7 +25,10 @@ fn header(shape: &[usize]) -> Vec<u8> {
     let mut dict = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape_text}, }}");
     // magic (6) + version (2) + header length (2) + dict + '\n' must be a multiple of 64.
     let unpadded = 10 + dict.len() + 1;
-    dict.extend(std::iter::repeat_n(' ', unpadded.next_multiple_of(64) - unpadded));
+    dict.extend(std::iter::repeat_n(
+        ' ',
+        unpadded.next_multiple_of(64) - unpadded,
+    ));
     dict.push('\n');
     let mut out = Vec::with_capacity(10 + dict.len());
     out.extend_from_slice(MAGIC);
@@ -49,10 +52,13 @@ impl NpyWriter {
         let total = shape
             .iter()
             .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
-            .ok_or_else(|| Error::Invalid(format!("{}: npy shape {shape:?} overflows", path.display())))?;
+            .ok_or_else(|| {
+                Error::Invalid(format!("{}: npy shape {shape:?} overflows", path.display()))
+            })?;
         let file = File::create(&path).map_err(|e| Error::io(&path, e))?;
         let mut out = BufWriter::with_capacity(1 << 20, file);
-        out.write_all(&header(shape)).map_err(|e| Error::io(&path, e))?;
+        out.write_all(&header(shape))
+            .map_err(|e| Error::io(&path, e))?;
         Ok(NpyWriter {
             path,
             out,
@@ -85,7 +91,10 @@ impl NpyWriter {
             )));
         }
         self.out.flush().map_err(|e| Error::io(&self.path, e))?;
-        self.out.get_ref().sync_all().map_err(|e| Error::io(&self.path, e))
+        self.out
+            .get_ref()
+            .sync_all()
+            .map_err(|e| Error::io(&self.path, e))
     }
 }
 
@@ -103,7 +112,8 @@ pub fn read_f32(path: impl AsRef<Path>) -> Result<(Vec<usize>, Vec<f32>)> {
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut bytes))
         .map_err(|e| Error::io(path, e))?;
-    let bad = |what: String| Error::Invalid(format!("{}: not an f32 .npy file: {what}", path.display()));
+    let bad =
+        |what: String| Error::Invalid(format!("{}: not an f32 .npy file: {what}", path.display()));
     if bytes.len() < 10 || &bytes[..6] != MAGIC {
         return Err(bad("bad magic".into()));
     }
@@ -119,9 +129,13 @@ pub fn read_f32(path: impl AsRef<Path>) -> Result<(Vec<usize>, Vec<f32>)> {
         .checked_add(header_len)
         .filter(|&e| e <= bytes.len())
         .ok_or_else(|| bad(format!("header of {header_len} bytes runs past the end")))?;
-    let dict = std::str::from_utf8(&bytes[start..end]).map_err(|_| bad("header is not UTF-8".into()))?;
+    let dict =
+        std::str::from_utf8(&bytes[start..end]).map_err(|_| bad("header is not UTF-8".into()))?;
     if !dict.contains("'descr': '<f4'") || !dict.contains("'fortran_order': False") {
-        return Err(bad(format!("only C-order '<f4' arrays are read, header is {}", dict.trim())));
+        return Err(bad(format!(
+            "only C-order '<f4' arrays are read, header is {}",
+            dict.trim()
+        )));
     }
     let shape_text = dict
         .split("'shape':")
@@ -133,12 +147,18 @@ pub fn read_f32(path: impl AsRef<Path>) -> Result<(Vec<usize>, Vec<f32>)> {
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| s.parse::<usize>().map_err(|_| bad(format!("bad shape entry `{s}`"))))
+        .map(|s| {
+            s.parse::<usize>()
+                .map_err(|_| bad(format!("bad shape entry `{s}`")))
+        })
         .collect::<Result<Vec<_>>>()?;
     let count = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
     let data = &bytes[end..];
     if count.and_then(|c| c.checked_mul(4)) != Some(data.len()) {
-        return Err(bad(format!("shape {shape:?} does not match {} data bytes", data.len())));
+        return Err(bad(format!(
+            "shape {shape:?} does not match {} data bytes",
+            data.len()
+        )));
     }
     let values = data
         .chunks_exact(4)

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
-use crate::gguf::{GgufWriter, Value};
+use crate::gguf::{Array, GgufWriter, Value};
 use crate::quant::{self, GgmlType};
 use crate::{Error, Result};
 
@@ -44,7 +44,9 @@ pub const TINY: Preset = Preset {
 pub fn preset(name: &str) -> Result<Preset> {
     match name {
         "tiny" => Ok(TINY),
-        other => Err(Error::Invalid(format!("unknown test-model preset `{other}` (known: tiny)"))),
+        other => Err(Error::Invalid(format!(
+            "unknown test-model preset `{other}` (known: tiny)"
+        ))),
     }
 }
 
@@ -64,9 +66,12 @@ impl WeightTypes {
         if s.eq_ignore_ascii_case("q4_k_m") {
             return Ok(WeightTypes::Q4KM);
         }
-        let ty = GgmlType::from_name(s).ok_or_else(|| Error::Invalid(format!("unknown weight type `{s}`")))?;
+        let ty = GgmlType::from_name(s)
+            .ok_or_else(|| Error::Invalid(format!("unknown weight type `{s}`")))?;
         if ty.traits().quantize_ref.is_none() {
-            return Err(Error::Invalid(format!("edgetune cannot write {ty} weights")));
+            return Err(Error::Invalid(format!(
+                "edgetune cannot write {ty} weights"
+            )));
         }
         Ok(WeightTypes::Uniform(ty))
     }
@@ -75,11 +80,17 @@ impl WeightTypes {
         match self {
             WeightTypes::Uniform(t) => t,
             WeightTypes::Q4KM => {
-                let more_bits = |i: usize| i < n_layer / 8 || i >= 7 * n_layer / 8 || (i - n_layer / 8) % 3 == 2;
+                let more_bits = |i: usize| {
+                    i < n_layer / 8 || i >= 7 * n_layer / 8 || (i - n_layer / 8) % 3 == 2
+                };
                 let wants_q6 = name == "output.weight"
                     || ((name.ends_with("attn_v.weight") || name.ends_with("ffn_down.weight"))
                         && layer.is_some_and(more_bits));
-                if wants_q6 { GgmlType::Q6_K } else { GgmlType::Q4_K }
+                if wants_q6 {
+                    GgmlType::Q6_K
+                } else {
+                    GgmlType::Q4_K
+                }
             }
         }
     }
@@ -90,7 +101,8 @@ pub fn byte_to_unicode() -> [char; 256] {
     let mut map = ['\0'; 256];
     let mut extra = 0u32;
     for b in 0..256u32 {
-        let printable = (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+        let printable =
+            (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
         map[b as usize] = if printable {
             char::from_u32(b).unwrap_or('?')
         } else {
@@ -147,17 +159,45 @@ pub fn write_test_model(p: &Preset, types: WeightTypes, seed: u64, path: &Path) 
     let kv_dim = head_dim * p.n_head_kv;
     let mut w = GgufWriter::new(32);
     let kv = |w: &mut GgufWriter, k: &str, v: Value| w.add_kv(k, v);
-    kv(&mut w, "general.architecture", Value::String("llama".into()))?;
-    kv(&mut w, "general.name", Value::String(format!("edgetune-testmodel-{}", p.name)))?;
+    kv(
+        &mut w,
+        "general.architecture",
+        Value::String("llama".into()),
+    )?;
+    kv(
+        &mut w,
+        "general.name",
+        Value::String(format!("edgetune-testmodel-{}", p.name)),
+    )?;
     kv(&mut w, "llama.context_length", Value::U32(p.context as u32))?;
     kv(&mut w, "llama.embedding_length", Value::U32(p.dim as u32))?;
     kv(&mut w, "llama.block_count", Value::U32(p.n_layer as u32))?;
-    kv(&mut w, "llama.feed_forward_length", Value::U32(p.ffn as u32))?;
-    kv(&mut w, "llama.attention.head_count", Value::U32(p.n_head as u32))?;
-    kv(&mut w, "llama.attention.head_count_kv", Value::U32(p.n_head_kv as u32))?;
+    kv(
+        &mut w,
+        "llama.feed_forward_length",
+        Value::U32(p.ffn as u32),
+    )?;
+    kv(
+        &mut w,
+        "llama.attention.head_count",
+        Value::U32(p.n_head as u32),
+    )?;
+    kv(
+        &mut w,
+        "llama.attention.head_count_kv",
+        Value::U32(p.n_head_kv as u32),
+    )?;
     kv(&mut w, "llama.rope.freq_base", Value::F32(p.rope_base))?;
-    kv(&mut w, "llama.attention.layer_norm_rms_epsilon", Value::F32(p.rms_eps))?;
-    kv(&mut w, "llama.rope.dimension_count", Value::U32(head_dim as u32))?;
+    kv(
+        &mut w,
+        "llama.attention.layer_norm_rms_epsilon",
+        Value::F32(p.rms_eps),
+    )?;
+    kv(
+        &mut w,
+        "llama.rope.dimension_count",
+        Value::U32(head_dim as u32),
+    )?;
     kv(&mut w, "llama.vocab_size", Value::U32(vocab as u32))?;
     let map = byte_to_unicode();
     let mut tokens: Vec<String> = map.iter().map(|c| c.to_string()).collect();
@@ -165,35 +205,106 @@ pub fn write_test_model(p: &Preset, types: WeightTypes, seed: u64, path: &Path) 
     let mut token_types = vec![1i32; 256];
     token_types.extend([3i32; SPECIALS.len()]);
     kv(&mut w, "tokenizer.ggml.model", Value::String("gpt2".into()))?;
-    kv(&mut w, "tokenizer.ggml.pre", Value::String("llama-bpe".into()))?;
-    kv(&mut w, "tokenizer.ggml.tokens", Value::string_array(tokens))?;
-    kv(&mut w, "tokenizer.ggml.token_type", Value::i32_array(token_types))?;
-    kv(&mut w, "tokenizer.ggml.merges", Value::string_array(Vec::new()))?;
+    kv(
+        &mut w,
+        "tokenizer.ggml.pre",
+        Value::String("llama-bpe".into()),
+    )?;
+    kv(
+        &mut w,
+        "tokenizer.ggml.tokens",
+        Value::Array(Array::String(tokens)),
+    )?;
+    kv(
+        &mut w,
+        "tokenizer.ggml.token_type",
+        Value::Array(Array::I32(token_types)),
+    )?;
+    kv(
+        &mut w,
+        "tokenizer.ggml.merges",
+        Value::Array(Array::String(Vec::new())),
+    )?;
     kv(&mut w, "tokenizer.ggml.bos_token_id", Value::U32(256))?;
     kv(&mut w, "tokenizer.ggml.eos_token_id", Value::U32(257))?;
 
     let mut plan = Vec::new();
     let mut add = |name: String, dims: Vec<u64>, layer: Option<usize>, scale: Option<f32>| {
-        let ty = if dims.len() == 1 { GgmlType::F32 } else { types.for_tensor(&name, layer, p.n_layer) };
-        plan.push(TensorPlan { name, dims, ty, scale, fixed: None });
+        let ty = if dims.len() == 1 {
+            GgmlType::F32
+        } else {
+            types.for_tensor(&name, layer, p.n_layer)
+        };
+        plan.push(TensorPlan {
+            name,
+            dims,
+            ty,
+            scale,
+            fixed: None,
+        });
     };
     let (d, f) = (p.dim as u64, p.ffn as u64);
-    add("token_embd.weight".into(), vec![d, vocab as u64], None, Some(0.02));
+    add(
+        "token_embd.weight".into(),
+        vec![d, vocab as u64],
+        None,
+        Some(0.02),
+    );
     for l in 0..p.n_layer {
         let s_d = 1.0 / (p.dim as f32).sqrt();
         let s_f = 1.0 / (p.ffn as f32).sqrt();
         add(format!("blk.{l}.attn_norm.weight"), vec![d], Some(l), None);
-        add(format!("blk.{l}.attn_q.weight"), vec![d, d], Some(l), Some(s_d));
-        add(format!("blk.{l}.attn_k.weight"), vec![d, kv_dim as u64], Some(l), Some(s_d));
-        add(format!("blk.{l}.attn_v.weight"), vec![d, kv_dim as u64], Some(l), Some(s_d));
-        add(format!("blk.{l}.attn_output.weight"), vec![d, d], Some(l), Some(s_d));
+        add(
+            format!("blk.{l}.attn_q.weight"),
+            vec![d, d],
+            Some(l),
+            Some(s_d),
+        );
+        add(
+            format!("blk.{l}.attn_k.weight"),
+            vec![d, kv_dim as u64],
+            Some(l),
+            Some(s_d),
+        );
+        add(
+            format!("blk.{l}.attn_v.weight"),
+            vec![d, kv_dim as u64],
+            Some(l),
+            Some(s_d),
+        );
+        add(
+            format!("blk.{l}.attn_output.weight"),
+            vec![d, d],
+            Some(l),
+            Some(s_d),
+        );
         add(format!("blk.{l}.ffn_norm.weight"), vec![d], Some(l), None);
-        add(format!("blk.{l}.ffn_gate.weight"), vec![d, f], Some(l), Some(s_d));
-        add(format!("blk.{l}.ffn_up.weight"), vec![d, f], Some(l), Some(s_d));
-        add(format!("blk.{l}.ffn_down.weight"), vec![f, d], Some(l), Some(s_f));
+        add(
+            format!("blk.{l}.ffn_gate.weight"),
+            vec![d, f],
+            Some(l),
+            Some(s_d),
+        );
+        add(
+            format!("blk.{l}.ffn_up.weight"),
+            vec![d, f],
+            Some(l),
+            Some(s_d),
+        );
+        add(
+            format!("blk.{l}.ffn_down.weight"),
+            vec![f, d],
+            Some(l),
+            Some(s_f),
+        );
     }
     add("output_norm.weight".into(), vec![d], None, None);
-    add("output.weight".into(), vec![d, vocab as u64], None, Some(1.0 / (p.dim as f32).sqrt()));
+    add(
+        "output.weight".into(),
+        vec![d, vocab as u64],
+        None,
+        Some(1.0 / (p.dim as f32).sqrt()),
+    );
     plan.push(TensorPlan {
         name: "rope_freqs.weight".into(),
         dims: vec![head_dim as u64 / 2],
@@ -212,10 +323,13 @@ pub fn write_test_model(p: &Preset, types: WeightTypes, seed: u64, path: &Path) 
         let values: Vec<f32> = match (&t.fixed, t.scale) {
             (Some(v), _) => v.clone(),
             (None, scale) => {
-                let mut rng = StdRng::seed_from_u64(seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                let mut rng = StdRng::seed_from_u64(
+                    seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                );
                 (0..n)
                     .map(|_| {
-                        let g: f32 = (0..4).map(|_| rng.random_range(-1.0f32..1.0)).sum::<f32>() * 0.866;
+                        let g: f32 =
+                            (0..4).map(|_| rng.random_range(-1.0f32..1.0)).sum::<f32>() * 0.866;
                         match scale {
                             Some(s) => g * s,
                             None => 1.0 + 0.05 * g,
@@ -226,7 +340,7 @@ pub fn write_test_model(p: &Preset, types: WeightTypes, seed: u64, path: &Path) 
         };
         let mut bytes = vec![0u8; info.n_bytes as usize];
         quant::quantize(t.ty, &values, &mut bytes)?;
-        sink.write_all(&bytes).map_err(|e| Error::io(path, e))
+        sink.write_all(&bytes)
     })
 }
 
@@ -257,10 +371,25 @@ mod tests {
     fn q4_k_m_mix_matches_llama_cpp_rule() {
         let t = WeightTypes::Q4KM;
         assert_eq!(t.for_tensor("output.weight", None, 32), GgmlType::Q6_K);
-        assert_eq!(t.for_tensor("blk.0.attn_v.weight", Some(0), 32), GgmlType::Q6_K);
-        assert_eq!(t.for_tensor("blk.5.attn_v.weight", Some(5), 32), GgmlType::Q4_K);
-        assert_eq!(t.for_tensor("blk.6.ffn_down.weight", Some(6), 32), GgmlType::Q6_K);
-        assert_eq!(t.for_tensor("blk.31.ffn_down.weight", Some(31), 32), GgmlType::Q6_K);
-        assert_eq!(t.for_tensor("blk.0.attn_q.weight", Some(0), 32), GgmlType::Q4_K);
+        assert_eq!(
+            t.for_tensor("blk.0.attn_v.weight", Some(0), 32),
+            GgmlType::Q6_K
+        );
+        assert_eq!(
+            t.for_tensor("blk.5.attn_v.weight", Some(5), 32),
+            GgmlType::Q4_K
+        );
+        assert_eq!(
+            t.for_tensor("blk.6.ffn_down.weight", Some(6), 32),
+            GgmlType::Q6_K
+        );
+        assert_eq!(
+            t.for_tensor("blk.31.ffn_down.weight", Some(31), 32),
+            GgmlType::Q6_K
+        );
+        assert_eq!(
+            t.for_tensor("blk.0.attn_q.weight", Some(0), 32),
+            GgmlType::Q4_K
+        );
     }
 }

@@ -8,7 +8,10 @@ use edgetune::gguf::GgufFile;
 use edgetune::npy;
 
 fn edgetune(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_edgetune")).args(args).output().expect("run edgetune");
+    let out = Command::new(env!("CARGO_BIN_EXE_edgetune"))
+        .args(args)
+        .output()
+        .expect("run edgetune");
     assert!(
         out.status.success(),
         "edgetune {args:?} failed:\n{}",
@@ -20,7 +23,17 @@ fn edgetune(args: &[&str]) -> Output {
 fn tiny_q4km(dir: &Path) -> String {
     let path = dir.join("tiny.gguf");
     let p = path.to_str().unwrap().to_owned();
-    edgetune(&["testmodel", "--preset", "tiny", "--type", "q4_k_m", "--out", &p, "--seed", "3"]);
+    edgetune(&[
+        "testmodel",
+        "--preset",
+        "tiny",
+        "--type",
+        "q4_k_m",
+        "--out",
+        &p,
+        "--seed",
+        "3",
+    ]);
     p
 }
 
@@ -28,7 +41,8 @@ fn tiny_q4km(dir: &Path) -> String {
 fn inspect_reports_a_mixed_type_file_as_json_and_text() {
     let dir = tempfile::tempdir().unwrap();
     let file = tiny_q4km(dir.path());
-    let json: serde_json::Value = serde_json::from_slice(&edgetune(&["inspect", &file, "--json"]).stdout).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_slice(&edgetune(&["inspect", &file, "--json"]).stdout).unwrap();
     assert_eq!(json["architecture"], "llama");
     assert_eq!(json["hyperparameters"]["llama.block_count"], 2);
     assert_eq!(json["tokenizer"]["model"], "gpt2");
@@ -36,13 +50,22 @@ fn inspect_reports_a_mixed_type_file_as_json_and_text() {
     let tensors = json["tensors"].as_array().unwrap();
     assert_eq!(tensors.len(), 2 * 9 + 4);
     let type_of = |name: &str| {
-        tensors.iter().find(|t| t["name"] == name).map(|t| t["type"].as_str().unwrap().to_owned()).unwrap()
+        tensors
+            .iter()
+            .find(|t| t["name"] == name)
+            .map(|t| t["type"].as_str().unwrap().to_owned())
+            .unwrap()
     };
     assert_eq!(type_of("blk.0.attn_q.weight"), "Q4_K");
     assert_eq!(type_of("blk.1.attn_v.weight"), "Q6_K");
     assert_eq!(type_of("output.weight"), "Q6_K");
     assert_eq!(type_of("output_norm.weight"), "F32");
-    let totals: Vec<&str> = json["totals_by_type"].as_array().unwrap().iter().map(|t| t["type"].as_str().unwrap()).collect();
+    let totals: Vec<&str> = json["totals_by_type"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["type"].as_str().unwrap())
+        .collect();
     assert_eq!(totals, ["F32", "Q4_K", "Q6_K"]);
     // Totals add up to the tensors, and Q4_K stores 4.5 bits per weight.
     let sum: u64 = tensors.iter().map(|t| t["bytes"].as_u64().unwrap()).sum();
@@ -51,7 +74,13 @@ fn inspect_reports_a_mixed_type_file_as_json_and_text() {
     assert_eq!(q4k["bits_per_weight"].as_f64(), Some(4.5));
 
     let text = String::from_utf8(edgetune(&["inspect", &file]).stdout).unwrap();
-    for needle in ["architecture  llama", "llama.embedding_length", "blk.1.ffn_down.weight", "Q6_K", "totals by type"] {
+    for needle in [
+        "architecture  llama",
+        "llama.embedding_length",
+        "blk.1.ffn_down.weight",
+        "Q6_K",
+        "totals by type",
+    ] {
         assert!(text.contains(needle), "missing `{needle}` in:\n{text}");
     }
 }
@@ -61,9 +90,20 @@ fn inspect_dequantizes_a_tensor_to_npy() {
     let dir = tempfile::tempdir().unwrap();
     let file = tiny_q4km(dir.path());
     let f = GgufFile::open(&file).unwrap();
-    for name in ["blk.1.ffn_down.weight", "token_embd.weight", "output_norm.weight"] {
+    for name in [
+        "blk.1.ffn_down.weight",
+        "token_embd.weight",
+        "output_norm.weight",
+    ] {
         let out = dir.path().join("t.npy");
-        edgetune(&["inspect", &file, "--tensor", name, "--dequantize", out.to_str().unwrap()]);
+        edgetune(&[
+            "inspect",
+            &file,
+            "--tensor",
+            name,
+            "--dequantize",
+            out.to_str().unwrap(),
+        ]);
         let (shape, values) = npy::read_f32(&out).unwrap();
         let (info, data) = f.tensor_by_name(name).unwrap();
         let want_shape: Vec<usize> = info.dims.iter().rev().map(|&d| d as usize).collect();
@@ -79,13 +119,23 @@ fn inspect_errors_name_the_file_and_the_problem() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.gguf");
     std::fs::write(&bad, b"GGUF\x03\x00\x00\x00").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_edgetune")).args(["inspect", bad.to_str().unwrap()]).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_edgetune"))
+        .args(["inspect", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.gguf") && err.contains("byte"), "{err}");
     let file = tiny_q4km(dir.path());
     let out = Command::new(env!("CARGO_BIN_EXE_edgetune"))
-        .args(["inspect", &file, "--tensor", "nope", "--dequantize", "x.npy"])
+        .args([
+            "inspect",
+            &file,
+            "--tensor",
+            "nope",
+            "--dequantize",
+            "x.npy",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());

@@ -21,11 +21,18 @@ fn open_does_not_read_tensor_data() {
     let path = dir.path().join("big.gguf");
     let mut w = GgufWriter::new(32);
     let tokens: Vec<String> = (0..32_000).map(|i| format!("token{i}")).collect();
-    w.add_kv("tokenizer.ggml.tokens", Value::Array(Array::String(tokens))).unwrap();
+    w.add_kv("tokenizer.ggml.tokens", Value::Array(Array::String(tokens)))
+        .unwrap();
     for i in 0..8 {
-        w.add_tensor(format!("blk.{i}.ffn_up.weight"), &[4096, 4096], GgmlType::F32).unwrap();
+        w.add_tensor(
+            format!("blk.{i}.ffn_up.weight"),
+            &[4096, 4096],
+            GgmlType::F32,
+        )
+        .unwrap();
     }
-    w.write_to_path(&path, |_, t, sink| sink.write_zeros(t.n_bytes)).unwrap();
+    w.write_to_path(&path, |_, t, sink| sink.write_zeros(t.n_bytes))
+        .unwrap();
     let file_size = std::fs::metadata(&path).unwrap().len();
     assert!(file_size >= 512 * MIB);
 

@@ -119,8 +119,7 @@ fn every_ggml_type_and_alignment_round_trips() {
         let expected_size = w.file_size().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("types.gguf");
-        w.write_to_path(&path, stream_pattern)
-            .unwrap();
+        w.write_to_path(&path, stream_pattern).unwrap();
         // No temporary file is left behind.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
 

@@ -3,19 +3,29 @@
 mod common;
 
 use edgetune::quant::GgmlType;
-use edgetune::quant::matmul::{QuantMatrix, matmul_dyw, matmul_dyw_ref, matmul_xwt, matmul_xwt_ref};
+use edgetune::quant::matmul::{
+    QuantMatrix, matmul_dyw, matmul_dyw_ref, matmul_xwt, matmul_xwt_ref,
+};
 
 /// Naive f64 products over the reference dequantization (independent of `dot_ref`).
 fn naive(w: &QuantMatrix, x: &[f32], n: usize, transpose: bool) -> (Vec<f64>, Vec<f64>) {
     let mut wd = vec![0.0f32; w.rows * w.cols];
     (w.ty.traits().dequantize_ref)(w.data, &mut wd);
-    let (k_in, k_out) = if transpose { (w.rows, w.cols) } else { (w.cols, w.rows) };
+    let (k_in, k_out) = if transpose {
+        (w.rows, w.cols)
+    } else {
+        (w.cols, w.rows)
+    };
     let mut out = vec![0.0f64; n * k_out];
     let mut mag = vec![0.0f64; n * k_out];
     for i in 0..n {
         for o in 0..k_out {
             for p in 0..k_in {
-                let wv = if transpose { wd[p * w.cols + o] } else { wd[o * w.cols + p] } as f64;
+                let wv = if transpose {
+                    wd[p * w.cols + o]
+                } else {
+                    wd[o * w.cols + p]
+                } as f64;
                 let prod = x[i * k_in + p] as f64 * wv;
                 out[i * k_out + o] += prod;
                 mag[i * k_out + o] += prod.abs();
@@ -32,7 +42,10 @@ fn assert_close(what: &str, got: &[f32], want: &[f64], mag: &[f64], k: usize) {
     for (idx, ((g, w), m)) in got.iter().zip(want).zip(mag).enumerate() {
         let bound = (k as f64 + 2.0) * eps * m + 1e-30;
         let d = (*g as f64 - w).abs();
-        assert!(d <= bound, "{what}: element {idx}: got {g}, want {w}, |Δ| {d:e} > {bound:e}");
+        assert!(
+            d <= bound,
+            "{what}: element {idx}: got {g}, want {w}, |Δ| {d:e} > {bound:e}"
+        );
     }
 }
 
@@ -69,12 +82,18 @@ fn products_match_naive_f64_for_every_type() {
 #[test]
 fn shape_mismatches_are_errors_naming_the_numbers() {
     let data = vec![0u8; 2 * 18];
-    let err = QuantMatrix::new(GgmlType::Q4_0, 2, 48, &data).unwrap_err().to_string();
+    let err = QuantMatrix::new(GgmlType::Q4_0, 2, 48, &data)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("48") && err.contains("32"), "{err}");
-    let err = QuantMatrix::new(GgmlType::Q4_0, 3, 32, &data).unwrap_err().to_string();
+    let err = QuantMatrix::new(GgmlType::Q4_0, 3, 32, &data)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("54") && err.contains("36"), "{err}");
     let w = QuantMatrix::new(GgmlType::Q4_0, 2, 32, &data).unwrap();
     let mut y = vec![0.0; 3];
-    let err = matmul_xwt(&[0.0; 64], 2, &w, &mut y).unwrap_err().to_string();
+    let err = matmul_xwt(&[0.0; 64], 2, &w, &mut y)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("y has 3 values"), "{err}");
 }

@@ -52,7 +52,12 @@ impl<'a> QuantMatrix<'a> {
                 data.len()
             )));
         }
-        Ok(QuantMatrix { ty, rows, cols, data })
+        Ok(QuantMatrix {
+            ty,
+            rows,
+            cols,
+            data,
+        })
     }
 
     /// Bytes of one row.

@@ -82,7 +82,14 @@ pub fn tile<const M: usize>(
 }
 
 /// Scalar specification of [`tile`]: f64 sums of the same products.
-pub fn tile_ref(m: usize, k: usize, a: &[f32], a_rs: usize, b: &[f32], b_rs: usize) -> Vec<[f64; NR]> {
+pub fn tile_ref(
+    m: usize,
+    k: usize,
+    a: &[f32],
+    a_rs: usize,
+    b: &[f32],
+    b_rs: usize,
+) -> Vec<[f64; NR]> {
     (0..m)
         .map(|i| {
             std::array::from_fn(|j| {
@@ -127,7 +134,9 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(7);
         for &k in &[1usize, 2, 7, 64, 333] {
             let (a_rs, b_rs) = (k + 3, NR + 5);
-            let a: Vec<f32> = (0..MR * a_rs).map(|_| rng.random_range(-2.0..2.0)).collect();
+            let a: Vec<f32> = (0..MR * a_rs)
+                .map(|_| rng.random_range(-2.0..2.0))
+                .collect();
             let b: Vec<f32> = (0..k * b_rs).map(|_| rng.random_range(-2.0..2.0)).collect();
             for m in 1..=MR {
                 let want = tile_ref(m, k, &a, a_rs, &b, b_rs);

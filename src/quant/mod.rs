@@ -230,11 +230,13 @@ pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> crate::Result<()
 /// Quantizes `src` into `dst` with the reference quantizer of `ty`.
 pub fn quantize(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> crate::Result<()> {
     let t = ty.traits();
-    let q = t.quantize_ref.ok_or_else(|| crate::Error::UnsupportedType {
-        id: ty.id(),
-        name: t.name,
-        what: "edgetune reads this type but does not quantize to it".into(),
-    })?;
+    let q = t
+        .quantize_ref
+        .ok_or_else(|| crate::Error::UnsupportedType {
+            id: ty.id(),
+            name: t.name,
+            what: "edgetune reads this type but does not quantize to it".into(),
+        })?;
     check_lengths(t, dst.len(), src.len())?;
     q(src, dst);
     Ok(())

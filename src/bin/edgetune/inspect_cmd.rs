@@ -37,7 +37,8 @@ pub fn run(args: Args) -> Result<()> {
     }
     let report = inspect::report(&file)?;
     if args.json {
-        let text = serde_json::to_string_pretty(&report).map_err(|e| Error::Invalid(e.to_string()))?;
+        let text =
+            serde_json::to_string_pretty(&report).map_err(|e| Error::Invalid(e.to_string()))?;
         println!("{text}");
     } else {
         print_text(&report);
@@ -53,13 +54,23 @@ fn human_bytes(b: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{b} B") } else { format!("{v:.2} {}", UNITS[u]) }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.2} {}", UNITS[u])
+    }
 }
 
 fn print_text(r: &Report) {
     println!("file          {} ({})", r.file, human_bytes(r.file_bytes));
-    println!("gguf          v{}, alignment {}, data at byte {}", r.gguf_version, r.alignment, r.data_offset);
-    println!("architecture  {}", r.architecture.as_deref().unwrap_or("(none)"));
+    println!(
+        "gguf          v{}, alignment {}, data at byte {}",
+        r.gguf_version, r.alignment, r.data_offset
+    );
+    println!(
+        "architecture  {}",
+        r.architecture.as_deref().unwrap_or("(none)")
+    );
     if let Some(name) = &r.name {
         println!("name          {name}");
     }
@@ -83,24 +94,50 @@ fn print_text(r: &Report) {
             if t.has_chat_template { "yes" } else { "no" },
         );
     }
-    let other: Vec<_> = r.metadata.iter().filter(|(k, _)| !k.starts_with("tokenizer.ggml.")).collect();
+    let other: Vec<_> = r
+        .metadata
+        .iter()
+        .filter(|(k, _)| !k.starts_with("tokenizer.ggml."))
+        .collect();
     if !other.is_empty() {
         println!("\nmetadata");
         for (k, v) in other {
             let text = v.to_string();
             let shown: String = text.chars().take(100).collect();
-            println!("  {k:<48} {shown}{}", if text.chars().count() > 100 { "…" } else { "" });
+            println!(
+                "  {k:<48} {shown}{}",
+                if text.chars().count() > 100 {
+                    "…"
+                } else {
+                    ""
+                }
+            );
         }
     }
     println!("\ntensors ({})", r.tensors.len());
-    let width = r.tensors.iter().map(|t| t.name.len()).max().unwrap_or(4).max(4);
-    println!("  {:<width$}  {:<22} {:<7} {:>12}", "name", "shape (ne)", "type", "bytes");
+    let width = r
+        .tensors
+        .iter()
+        .map(|t| t.name.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    println!(
+        "  {:<width$}  {:<22} {:<7} {:>12}",
+        "name", "shape (ne)", "type", "bytes"
+    );
     for t in &r.tensors {
         let shape = format!("{:?}", t.shape);
-        println!("  {:<width$}  {:<22} {:<7} {:>12}", t.name, shape, t.ty, t.bytes);
+        println!(
+            "  {:<width$}  {:<22} {:<7} {:>12}",
+            t.name, shape, t.ty, t.bytes
+        );
     }
     println!("\ntotals by type");
-    println!("  {:<7} {:>7} {:>15} {:>12} {:>7}", "type", "tensors", "elements", "size", "bpw");
+    println!(
+        "  {:<7} {:>7} {:>15} {:>12} {:>7}",
+        "type", "tensors", "elements", "size", "bpw"
+    );
     for t in &r.totals_by_type {
         println!(
             "  {:<7} {:>7} {:>15} {:>12} {:>7.3}",

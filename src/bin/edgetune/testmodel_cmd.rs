@@ -26,6 +26,12 @@ pub fn run(args: Args) -> Result<()> {
     let preset = testmodel::preset(&args.preset)?;
     let types = WeightTypes::parse(&args.ty)?;
     testmodel::write_test_model(&preset, types, args.seed, &args.out)?;
-    eprintln!("wrote {} (preset {}, weights {}, seed {})", args.out.display(), preset.name, args.ty, args.seed);
+    eprintln!(
+        "wrote {} (preset {}, weights {}, seed {})",
+        args.out.display(),
+        preset.name,
+        args.ty,
+        args.seed
+    );
     Ok(())
 }
