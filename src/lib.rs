@@ -7,6 +7,7 @@ pub mod error;
 pub mod gguf;
 pub mod npy;
 pub mod quant;
+pub mod tokenizer;
 
 pub use error::{Error, Result};
 
