@@ -39,14 +39,15 @@ impl StreamDecoder {
 
     /// Feeds the piece of a text token (the space rule applies).
     pub fn push_text(&mut self, bytes: &[u8]) -> String {
-        let bytes = match (self.strip_space, bytes.first()) {
+        // Only the first non-empty piece of a run can start with the added space.
+        let stripped = match (self.strip_space, bytes.first()) {
             (true, Some(b' ')) => &bytes[1..],
             _ => bytes,
         };
         if !bytes.is_empty() {
             self.strip_space = false;
         }
-        self.push_bytes(bytes)
+        self.push_bytes(stripped)
     }
 
     /// Appends raw bytes and returns the text that is now complete. Invalid sequences become
@@ -124,11 +125,13 @@ mod tests {
     #[test]
     fn space_prefix_rule() {
         let mut d = StreamDecoder::new(true, true);
-        let mut s = d.push_text(b" Hello");
+        let mut s = d.push_text(b"");
+        s += &d.push_text(b" ");
+        s += &d.push_text(b" Hello");
         s += &d.push_text(b" world");
         s += &d.push_control(b"</s>");
         s += &d.push_text(b" again");
-        assert_eq!(s, "Hello world</s>again");
+        assert_eq!(s, " Hello world</s>again");
         // Not at the start (continuing after a prompt): the first space is kept.
         let mut d = StreamDecoder::new(true, false);
         assert_eq!(d.push_text(b" Hi"), " Hi");
