@@ -64,6 +64,12 @@ pub struct Tokenizer {
     space_prefix: bool,
 }
 
+// Data loaders share one tokenizer across threads.
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<Tokenizer>();
+};
+
 impl std::fmt::Debug for Tokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Tokenizer")
