@@ -1,7 +1,8 @@
 //! edgetune: fine-tune quantized Llama 3.x GGUF models with LoRA-family adapters on edge devices.
 //!
 //! The crate is laid out as `../shared/DESIGN.md` §3 describes: `gguf` reads and writes the file
-//! format over a memory map, `quant` holds the ggml block formats and the quantized products.
+//! format over a memory map, `quant` holds the ggml block formats and the quantized products,
+//! `tokenizer` builds the model's tokenizer from GGUF metadata.
 
 pub mod error;
 pub mod gguf;
@@ -9,6 +10,7 @@ pub mod inspect;
 pub mod npy;
 pub mod quant;
 pub mod testmodel;
+pub mod tokenizer;
 
 pub use error::{Error, Result};
 
