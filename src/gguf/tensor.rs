@@ -86,7 +86,7 @@ pub(crate) fn geometry(dims: &[u64], ty: GgmlType) -> Result<(u64, u64), String>
         };
     }
     let block = ty.block_elems() as u64;
-    if dims[0] % block != 0 {
+    if !dims[0].is_multiple_of(block) {
         return Err(format!(
             "row length ne[0] = {} is not a multiple of the {ty} block size {block} (shape {})",
             dims[0],

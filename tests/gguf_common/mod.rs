@@ -195,7 +195,7 @@ impl Spec {
             l.ti_offset.push(b.len());
             b.extend(le64(t.offset));
         }
-        while b.len() as u64 % self.alignment != 0 {
+        while !(b.len() as u64).is_multiple_of(self.alignment) {
             b.push(0);
         }
         l.data_offset = b.len();
