@@ -17,7 +17,6 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends \
     rustc-web cargo-web libstd-rust-web-dev:arm64 gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user >/dev/null
 fi
-# Debian's cargo with its own rustc (the rustup toolchain here has no aarch64 std). A separate
-# target dir keeps its artefacts apart from the host toolchain's.
-RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc CARGO_TARGET_DIR=target/debian \
+# Debian's cargo with its own rustc (the rustup toolchain here has no aarch64 std).
+RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc \
   /usr/bin/cargo test --locked --target aarch64-unknown-linux-gnu --lib "$@"
