@@ -3,6 +3,7 @@
 //! The crate is laid out as `../shared/DESIGN.md` §3 describes: `gguf` reads and writes the file
 //! format over a memory map, `quant` holds the ggml block formats and the quantized products.
 
+pub mod backend;
 pub mod error;
 pub mod gguf;
 pub mod inspect;
