@@ -7,6 +7,7 @@ pub mod backend;
 pub mod error;
 pub mod gguf;
 pub mod inspect;
+pub mod model;
 pub mod npy;
 pub mod quant;
 pub mod testmodel;
