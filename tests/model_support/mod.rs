@@ -102,3 +102,23 @@ pub fn rel_rms(a: &[f32], b: &[f32]) -> f64 {
 pub fn tokens(n: usize) -> Vec<u32> {
     (0..n as u32).map(|i| (i * 37 + 11) % 261).collect()
 }
+
+/// Relative RMS difference of all 2-D weights of `q` (dequantized) against those of `f`.
+pub fn weight_rel_rms(q: &Path, f: &Path) -> f64 {
+    let (q, f) = (GgufFile::open(q).unwrap(), GgufFile::open(f).unwrap());
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for t in q.tensors().iter().filter(|t| t.dims.len() == 2) {
+        let n = t.n_elements as usize;
+        let (mut a, mut b) = (vec![0.0f32; n], vec![0.0f32; n]);
+        edgetune::quant::dequantize(t.ty, q.tensor_data(t), &mut a).unwrap();
+        let (ft, fb) = f.tensor_by_name(&t.name).unwrap();
+        edgetune::quant::dequantize(ft.ty, fb, &mut b).unwrap();
+        num += a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| ((x - y) as f64).powi(2))
+            .sum::<f64>();
+        den += b.iter().map(|y| (*y as f64).powi(2)).sum::<f64>();
+    }
+    (num / den).sqrt()
+}

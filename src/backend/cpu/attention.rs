@@ -34,13 +34,13 @@ fn check(
     lse: Option<&[f32]>,
     d: AttentionDims,
 ) -> Result<()> {
-    if d.n_head_kv == 0 || d.n_head % d.n_head_kv != 0 || d.head_dim == 0 {
+    if d.n_head_kv == 0 || !d.n_head.is_multiple_of(d.n_head_kv) || d.head_dim == 0 {
         return Err(Error::Invalid(format!(
             "attention: {} query heads cannot share {} KV heads of dim {}",
             d.n_head, d.n_head_kv, d.head_dim
         )));
     }
-    let kv_len = d.pos0.checked_add(d.n_tokens).unwrap_or(usize::MAX);
+    let kv_len = d.pos0.saturating_add(d.n_tokens);
     let (qw, kvw) = (d.n_head * d.head_dim, d.n_head_kv * d.head_dim);
     check_len("attention", "q", q.len(), d.n_tokens, qw)?;
     check_len("attention", "out", out.len(), d.n_tokens, qw)?;

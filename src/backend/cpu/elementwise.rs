@@ -54,7 +54,7 @@ mod tests {
             add_assign_ref(&mut b, &y).unwrap();
             assert_eq!(a, b, "n = {n}");
         }
-        assert_eq!(add_assign(&mut [1.0, 2.0], &[3.0, 4.0, 5.0]).is_err(), true);
+        assert!(add_assign(&mut [1.0, 2.0], &[3.0, 4.0, 5.0]).is_err());
         let mut x = [1.0f32, -2.0];
         add_assign(&mut x, &[0.5, 0.25]).unwrap();
         assert_eq!(x, [1.5, -1.75]);

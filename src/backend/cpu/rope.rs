@@ -19,14 +19,14 @@ use crate::{Error, Result};
 pub const MAX_ROPE_DIM: usize = 512;
 
 fn check(x: &[f32], inv_freq: &[f32], d: RopeDims) -> Result<()> {
-    if d.rope_dim % 2 != 0 || d.rope_dim > d.head_dim || d.rope_dim > MAX_ROPE_DIM {
+    if !d.rope_dim.is_multiple_of(2) || d.rope_dim > d.head_dim || d.rope_dim > MAX_ROPE_DIM {
         return Err(Error::Invalid(format!(
             "rope: rope_dim {} must be even and ≤ head_dim {} (and ≤ {MAX_ROPE_DIM})",
             d.rope_dim, d.head_dim
         )));
     }
     check_len("rope", "inv_freq", inv_freq.len(), d.rope_dim / 2, 1)?;
-    let width = d.n_head.checked_mul(d.head_dim).unwrap_or(usize::MAX);
+    let width = d.n_head.saturating_mul(d.head_dim);
     check_len("rope", "x", x.len(), d.n_tokens, width)
 }
 
