@@ -2,12 +2,16 @@
 //!
 //! The crate is laid out as `../shared/DESIGN.md` §3 describes: `gguf` reads and writes the file
 //! format over a memory map, `quant` holds the ggml block formats and the quantized products,
-//! `tokenizer` builds the model's tokenizer from GGUF metadata.
+//! `tokenizer` builds the model's tokenizer from GGUF metadata, `backend` holds the ops (CPU now),
+//! `model` the Llama forward pass, `infer` generation and perplexity.
 
+pub mod backend;
 pub mod error;
 pub mod gguf;
+pub mod infer;
 pub mod inspect;
 pub mod memory;
+pub mod model;
 pub mod npy;
 pub mod quant;
 pub mod testmodel;

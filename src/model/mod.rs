@@ -1,0 +1,216 @@
+//! The Llama model: config from GGUF metadata, validated weight views, and inference on the
+//! CPU backend with a KV cache.
+//!
+//! ```no_run
+//! use edgetune::gguf::GgufFile;
+//! use edgetune::model::Llama;
+//!
+//! let file = GgufFile::open("model.gguf")?;
+//! let model = Llama::load(&file)?;
+//! let mut cache = model.new_cache(256)?;
+//! let mut logits = vec![0.0; model.config().n_vocab];
+//! model.forward_last(&mut cache, &[1, 2, 3], &mut logits)?;
+//! # Ok::<(), edgetune::Error>(())
+//! ```
+
+pub mod config;
+pub mod forward;
+pub mod kv_cache;
+pub mod weights;
+
+use std::sync::Mutex;
+
+pub use config::LlamaConfig;
+pub use forward::{BackendModel, Workspace};
+pub use kv_cache::{KvCache, KvCacheOf};
+pub use weights::{LayerWeights, LlamaWeights};
+
+use crate::backend::CpuBackend;
+use crate::gguf::GgufFile;
+use crate::{Error, Result};
+use forward::LogitRows;
+
+/// Default most tokens per internal chunk: long prompts run in chunks of this many tokens (the
+/// result is the same as one call; causal attention sees every earlier position via the cache).
+pub const DEFAULT_MAX_BATCH: usize = 64;
+
+/// A Llama model whose weights are views of a mapped GGUF file.
+pub struct Llama<'a> {
+    config: LlamaConfig,
+    weights: LlamaWeights<'a>,
+    model: BackendModel<'a, CpuBackend>,
+    max_batch: usize,
+    /// Activation buffers, allocated on first use for `min(tokens, max_batch)` tokens and grown
+    /// only when a larger chunk arrives.
+    workspace: Mutex<Option<Workspace<CpuBackend>>>,
+}
+
+impl<'a> Llama<'a> {
+    /// Reads the config and validates every weight of `file`.
+    pub fn load(file: &'a GgufFile) -> Result<Llama<'a>> {
+        let config = LlamaConfig::from_gguf(file)?;
+        let weights = LlamaWeights::from_gguf(file, &config)?;
+        let model = BackendModel::new(CpuBackend, &config, &weights)?;
+        log::debug!(
+            "{}: llama {} layers, dim {}, heads {}/{}, ffn {}, vocab {}, tied output {}, rope_freqs {}",
+            file.path().display(),
+            config.n_layer,
+            config.dim,
+            config.n_head,
+            config.n_head_kv,
+            config.ffn,
+            config.n_vocab,
+            weights.tied_output,
+            weights.rope_freqs.is_some()
+        );
+        Ok(Llama {
+            config,
+            weights,
+            model,
+            max_batch: DEFAULT_MAX_BATCH,
+            workspace: Mutex::new(None),
+        })
+    }
+
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    /// The validated weight views.
+    pub fn weights(&self) -> &LlamaWeights<'a> {
+        &self.weights
+    }
+
+    /// Most tokens per internal chunk (bounds the workspace).
+    pub fn max_batch_tokens(&self) -> usize {
+        self.max_batch
+    }
+
+    /// Sets the most tokens per internal chunk (≥ 1); the workspace is reallocated on next use.
+    pub fn set_max_batch_tokens(&mut self, n: usize) -> Result<()> {
+        if n == 0 {
+            return Err(Error::Invalid("max batch tokens must be at least 1".into()));
+        }
+        self.max_batch = n;
+        *self.workspace.get_mut().map_err(|_| poisoned())? = None;
+        Ok(())
+    }
+
+    /// A KV cache preallocated for `max_tokens` positions of every layer (f32).
+    pub fn new_cache(&self, max_tokens: usize) -> Result<KvCache> {
+        if max_tokens > self.config.context_length {
+            log::warn!(
+                "KV cache of {max_tokens} positions exceeds the model's context length {}",
+                self.config.context_length
+            );
+        }
+        KvCache::new(
+            &CpuBackend,
+            self.config.n_layer,
+            self.config.kv_dim(),
+            max_tokens,
+        )
+    }
+
+    /// Runs `tokens` at positions `cache.len()..`, appends their K/V to the cache, and writes
+    /// the logits of every token into `logits` (`[tokens.len(), n_vocab]` row-major).
+    pub fn forward(&self, cache: &mut KvCache, tokens: &[u32], logits: &mut [f32]) -> Result<()> {
+        let vocab = self.config.n_vocab;
+        if Some(logits.len()) != tokens.len().checked_mul(vocab) {
+            return Err(Error::Invalid(format!(
+                "forward: logits buffer has {} values, expected {} tokens × {vocab} = {}",
+                logits.len(),
+                tokens.len(),
+                tokens.len() * vocab
+            )));
+        }
+        self.run(cache, tokens, Wanted::All(logits))
+    }
+
+    /// Same as [`Llama::forward`], but only the last token's logits (`[n_vocab]`).
+    pub fn forward_last(
+        &self,
+        cache: &mut KvCache,
+        tokens: &[u32],
+        logits: &mut [f32],
+    ) -> Result<()> {
+        let vocab = self.config.n_vocab;
+        if tokens.is_empty() {
+            return Err(Error::Invalid("forward_last: no tokens".into()));
+        }
+        if logits.len() != vocab {
+            return Err(Error::Invalid(format!(
+                "forward_last: logits buffer has {} values, expected n_vocab = {vocab}",
+                logits.len()
+            )));
+        }
+        self.run(cache, tokens, Wanted::Last(logits))
+    }
+
+    /// Checks the inputs, then runs chunks of at most `max_batch` tokens.
+    fn run(&self, cache: &mut KvCache, tokens: &[u32], wanted: Wanted<'_>) -> Result<()> {
+        let c = &self.config;
+        if cache.n_layer() != c.n_layer || cache.kv_dim() != c.kv_dim() {
+            return Err(Error::Invalid(format!(
+                "KV cache of {} layers × {} values per position does not fit this model \
+                 ({} layers × {})",
+                cache.n_layer(),
+                cache.kv_dim(),
+                c.n_layer,
+                c.kv_dim()
+            )));
+        }
+        if let Some((i, &t)) = tokens
+            .iter()
+            .enumerate()
+            .find(|(_, t)| **t as usize >= c.n_vocab)
+        {
+            return Err(Error::Invalid(format!(
+                "token id {t} at position {i} is outside the vocabulary (n_vocab = {})",
+                c.n_vocab
+            )));
+        }
+        cache.check_room(tokens.len())?;
+        if tokens.is_empty() {
+            return Ok(());
+        }
+        let mut guard = self.workspace.lock().map_err(|_| poisoned())?;
+        let want = tokens.len().min(self.max_batch);
+        if guard.as_ref().is_none_or(|w| w.max_tokens() < want) {
+            *guard = None; // free the old one before allocating the larger one
+            *guard = Some(Workspace::new(&self.model.backend, c, want)?);
+        }
+        let ws = guard.as_mut().ok_or_else(poisoned)?;
+        let vocab = c.n_vocab;
+        let (mut all, mut last) = match wanted {
+            Wanted::All(out) => (out, None),
+            Wanted::Last(out) => (&mut [][..], Some(out)),
+        };
+        let mut start = 0;
+        while start < tokens.len() {
+            let end = (start + self.max_batch).min(tokens.len());
+            let rows = if let Some(out) = last.take_if(|_| end == tokens.len()) {
+                LogitRows::Last(out)
+            } else if last.is_some() {
+                LogitRows::None
+            } else {
+                let (head, tail) = std::mem::take(&mut all).split_at_mut((end - start) * vocab);
+                all = tail;
+                LogitRows::All(head)
+            };
+            forward::forward_chunk(&self.model, ws, cache, &tokens[start..end], rows)?;
+            start = end;
+        }
+        Ok(())
+    }
+}
+
+/// The logits a call asks for (sizes already checked).
+enum Wanted<'o> {
+    All(&'o mut [f32]),
+    Last(&'o mut [f32]),
+}
+
+fn poisoned() -> Error {
+    Error::Invalid("the model's workspace is unusable after a panic in another thread".into())
+}
