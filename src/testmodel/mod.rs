@@ -85,7 +85,7 @@ impl WeightTypes {
         let is_output = name == "output.weight" || (p.tied_output && name == "token_embd.weight");
         if is_output {
             // Q6_K needs rows of 256; llama.cpp falls back to Q8_0 otherwise.
-            return if base == GgmlType::Q8_0 || p.dim % 256 != 0 {
+            return if base == GgmlType::Q8_0 || !p.dim.is_multiple_of(256) {
                 GgmlType::Q8_0
             } else {
                 GgmlType::Q6_K

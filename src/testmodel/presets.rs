@@ -171,13 +171,16 @@ impl Preset {
         if self.n_layer == 0 || self.n_head == 0 || self.n_head_kv == 0 || self.ffn == 0 {
             return bad("layers, heads, KV heads and FFN size must be positive".into());
         }
-        if self.dim % self.n_head != 0 || self.n_head % self.n_head_kv != 0 {
+        if !self.dim.is_multiple_of(self.n_head) || !self.n_head.is_multiple_of(self.n_head_kv) {
             return bad(format!(
                 "dim {} must split into {} heads, grouped evenly over {} KV heads",
                 self.dim, self.n_head, self.n_head_kv
             ));
         }
-        if self.head_dim() % 2 != 0 || self.dim % 32 != 0 || self.ffn % 32 != 0 {
+        if !self.head_dim().is_multiple_of(2)
+            || !self.dim.is_multiple_of(32)
+            || !self.ffn.is_multiple_of(32)
+        {
             return bad(format!(
                 "head dim {} must be even and dim {} / FFN {} multiples of 32 (block size)",
                 self.head_dim(),

@@ -80,7 +80,7 @@ const K_SCALE_RMS: f32 = 36.9;
 /// deviation ≈ `std` (each block's scale jittered by ±25 % so blocks are not all alike).
 pub fn fill_random_blocks(ty: GgmlType, std: f32, rng: &mut FastRng, out: &mut [u8]) -> Result<()> {
     let bb = ty.block_bytes();
-    if out.len() % bb != 0 {
+    if !out.len().is_multiple_of(bb) {
         return Err(Error::Invalid(format!(
             "random {ty} blocks: {} bytes is not a whole number of {bb}-byte blocks",
             out.len()
