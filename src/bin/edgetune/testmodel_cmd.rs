@@ -1,37 +1,78 @@
-//! `edgetune testmodel --preset NAME --type TYPE --out FILE [--seed S]`.
+//! `edgetune testmodel --preset NAME --type TYPE --out FILE [--seed S] [--tokenizer FILE]`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
 
-use edgetune::Result;
-use edgetune::testmodel::{self, WeightTypes};
+use edgetune::gguf::Value;
+use edgetune::testmodel::{self, Vocabulary, WeightTypes};
+use edgetune::{Error, Result};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Model shape: tiny.
+    /// Model shape: tiny, small (≈100M), llama-3.2-1b, llama-3.1-8b, llama-3.1-70b.
     #[arg(long, default_value = "tiny")]
     preset: String,
     /// Weight type: q4_k_m (Q4_K + Q6_K mix) or one ggml type (f32, f16, bf16, q8_0, q4_0, q4_1,
-    /// q5_0, q5_1, q4_k, q5_k, q6_k, iq4_nl).
+    /// q5_0, q5_1, q4_k, q5_k, q6_k, iq4_nl), applied per tensor as llama-quantize does
+    /// (output in Q6_K) unless --pure.
     #[arg(long = "type", default_value = "q4_k_m")]
     ty: String,
+    /// Every 2-D weight in exactly --type (llama-quantize --pure).
+    #[arg(long)]
+    pure: bool,
     /// Output GGUF file.
     #[arg(long)]
     out: PathBuf,
     /// Seed of the random weights.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Embed this Hugging Face tokenizer.json's vocabulary (its size replaces the preset's).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+}
+
+/// The `tokenizer.*` GGUF metadata of a Hugging Face `tokenizer.json`.
+///
+/// COORDINATOR: wire `edgetune::tokenizer::hf_json::gguf_metadata(&json)` here once it is
+/// merged: `let json = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+/// edgetune::tokenizer::hf_json::gguf_metadata(&json)`.
+fn tokenizer_metadata(path: &Path) -> Result<Vec<(String, Value)>> {
+    Err(Error::Invalid(format!(
+        "--tokenizer is not available yet (cannot read {})",
+        path.display()
+    )))
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let preset = testmodel::preset(&args.preset)?;
-    let types = WeightTypes::parse(&args.ty)?;
-    testmodel::write_test_model(&preset, types, args.seed, &args.out)?;
+    let mut preset = testmodel::preset(&args.preset)?;
+    let mut types = WeightTypes::parse(&args.ty)?;
+    if args.pure {
+        types = types.pure();
+    }
+    let vocab = match &args.tokenizer {
+        None => Vocabulary::Synthetic,
+        Some(path) => {
+            let kv = tokenizer_metadata(path)?;
+            preset.n_vocab = testmodel::vocab_len(&kv)?;
+            Vocabulary::Metadata(kv)
+        }
+    };
+    let start = Instant::now();
+    let written = testmodel::write_test_model_with(&preset, types, args.seed, &vocab, &args.out)?;
     eprintln!(
-        "wrote {} (preset {}, weights {}, seed {})",
+        "wrote {}: {} bytes ({:.2} GiB), {} parameters ({:.3}B), preset {}, weights {}{}, \
+         vocab {}, seed {}, in {:.1} s",
         args.out.display(),
+        written.file_size,
+        written.file_size as f64 / (1u64 << 30) as f64,
+        written.n_params,
+        written.n_params as f64 / 1e9,
         preset.name,
         args.ty,
-        args.seed
+        if args.pure { " (pure)" } else { "" },
+        preset.n_vocab,
+        args.seed,
+        start.elapsed().as_secs_f64()
     );
     Ok(())
 }
