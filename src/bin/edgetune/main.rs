@@ -1,6 +1,8 @@
 //! The `edgetune` command line: one subcommand per job, each a thin layer over the library.
 
+mod generate_cmd;
 mod inspect_cmd;
+mod perplexity_cmd;
 mod testmodel_cmd;
 mod tokenize_cmd;
 
@@ -20,6 +22,10 @@ struct Cli {
 enum Command {
     /// Show a GGUF file: architecture, hyper-parameters, tokenizer, tensors, totals by type.
     Inspect(inspect_cmd::Args),
+    /// Generate text from a prompt, streaming it to stdout.
+    Generate(generate_cmd::Args),
+    /// Mean negative log-likelihood and perplexity of a text or token sequence.
+    Perplexity(perplexity_cmd::Args),
     /// Write a Llama-architecture GGUF with seeded random weights (for tests and demos).
     Testmodel(testmodel_cmd::Args),
     /// Print the token ids of a text with a model's tokenizer.
@@ -31,6 +37,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Inspect(args) => inspect_cmd::run(args),
+        Command::Generate(args) => generate_cmd::run(args),
+        Command::Perplexity(args) => perplexity_cmd::run(args),
         Command::Testmodel(args) => testmodel_cmd::run(args),
         Command::Tokenize(args) => tokenize_cmd::run(args),
     };

@@ -31,16 +31,10 @@ pub struct Args {
     tokenizer: Option<PathBuf>,
 }
 
-/// The `tokenizer.*` GGUF metadata of a Hugging Face `tokenizer.json`.
-///
-/// COORDINATOR: wire `edgetune::tokenizer::hf_json::gguf_metadata(&json)` here once it is
-/// merged: `let json = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-/// edgetune::tokenizer::hf_json::gguf_metadata(&json)`.
+/// The GGUF tokenizer keys for a Hugging Face `tokenizer.json`, as llama.cpp's converter writes them.
 fn tokenizer_metadata(path: &Path) -> Result<Vec<(String, Value)>> {
-    Err(Error::Invalid(format!(
-        "--tokenizer is not available yet (cannot read {})",
-        path.display()
-    )))
+    let json = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    edgetune::tokenizer::hf_json::gguf_metadata(&json)
 }
 
 pub fn run(args: Args) -> Result<()> {

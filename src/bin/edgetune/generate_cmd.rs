@@ -1,0 +1,114 @@
+//! `edgetune generate --model M --prompt TEXT [--template alpaca|llama3-chat|none] [--max-tokens N]
+//! [--temperature T] [--top-k K] [--top-p P] [--seed S] [--json]`: streams text to stdout.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::ValueEnum;
+use edgetune::gguf::GgufFile;
+use edgetune::infer::{GenerateOptions, SamplingParams, generate};
+use edgetune::model::Llama;
+use edgetune::tokenizer::Tokenizer;
+use edgetune::tokenizer::template::{self, Message};
+use edgetune::{Error, Result};
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Template {
+    /// The Alpaca instruction template (no input section).
+    Alpaca,
+    /// The Llama 3 chat format: one user turn, then the assistant header.
+    Llama3Chat,
+    /// The prompt as given.
+    None,
+}
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The model GGUF.
+    #[arg(long)]
+    model: PathBuf,
+    /// The prompt text (the instruction, with --template alpaca; the user turn, with llama3-chat).
+    #[arg(long)]
+    prompt: String,
+    #[arg(long, value_enum, default_value = "none")]
+    template: Template,
+    #[arg(long, default_value_t = 128)]
+    max_tokens: usize,
+    /// 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Sample among the K most likely tokens (0 = all).
+    #[arg(long, default_value_t = 40)]
+    top_k: usize,
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// After the text, print a JSON summary (tokens, stop reason, speeds) on stderr.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let file = GgufFile::open(&args.model)?;
+    let llama = Llama::load(&file)?;
+    let tokenizer = Tokenizer::from_gguf(&file)?;
+    let add_bos = tokenizer.add_bos_default();
+    let prompt = match args.template {
+        Template::None => tokenizer.encode(&args.prompt, add_bos, false)?,
+        Template::Alpaca => {
+            let rendered = template::alpaca(&args.prompt, None, None);
+            tokenizer.encode(rendered.prompt(), add_bos, false)?
+        }
+        Template::Llama3Chat => {
+            // The template writes <|begin_of_text|> itself: parse it as a special token, no BOS.
+            let rendered = template::llama3_chat(&[Message::new("user", args.prompt.as_str())], true);
+            tokenizer.encode(rendered.prompt(), false, true)?
+        }
+    };
+    let opts = GenerateOptions {
+        max_tokens: args.max_tokens,
+        sampling: SamplingParams {
+            temperature: args.temperature,
+            top_k: args.top_k,
+            top_p: args.top_p,
+            seed: args.seed,
+        },
+        stop_at_eos: true,
+    };
+    let mut stdout = std::io::stdout().lock();
+    let mut write_failed = None;
+    let out = generate(&llama, &tokenizer, &prompt, &opts, |piece| {
+        match stdout.write_all(piece.as_bytes()).and_then(|_| stdout.flush()) {
+            Ok(()) => true,
+            Err(e) => {
+                write_failed = Some(e);
+                false
+            }
+        }
+    })?;
+    if let Some(e) = write_failed {
+        return Err(Error::io("<stdout>", e));
+    }
+    let _ = writeln!(stdout);
+    if args.json {
+        let summary = serde_json::json!({
+            "prompt_tokens": out.prompt_tokens,
+            "tokens": out.tokens,
+            "stop": out.stop,
+            "prompt_tok_per_s": out.prompt_tok_per_s,
+            "gen_tok_per_s": out.gen_tok_per_s,
+        });
+        eprintln!("{summary}");
+    } else {
+        eprintln!(
+            "[{} prompt tokens at {:.1} tok/s; {} generated at {:.1} tok/s; stop: {:?}]",
+            out.prompt_tokens,
+            out.prompt_tok_per_s,
+            out.tokens.len(),
+            out.gen_tok_per_s,
+            out.stop
+        );
+    }
+    Ok(())
+}

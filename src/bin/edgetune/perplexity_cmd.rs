@@ -1,0 +1,65 @@
+//! `edgetune perplexity --model M (--text FILE | --tokens 1,2,3) [--dump-logits OUT.npy] [--json]`.
+
+use std::path::PathBuf;
+
+use edgetune::gguf::GgufFile;
+use edgetune::infer::perplexity;
+use edgetune::model::Llama;
+use edgetune::npy::NpyWriter;
+use edgetune::tokenizer::Tokenizer;
+use edgetune::{Error, Result};
+
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("input").required(true).args(["text", "tokens"])))]
+pub struct Args {
+    /// The model GGUF.
+    #[arg(long)]
+    model: PathBuf,
+    /// A text file, tokenized with the model's tokenizer (BOS added when the model asks for it).
+    #[arg(long)]
+    text: Option<PathBuf>,
+    /// Token ids, used exactly as given (no BOS added).
+    #[arg(long, value_delimiter = ',')]
+    tokens: Option<Vec<u32>>,
+    /// Write every position's logits as f32 [n_tokens, vocab].
+    #[arg(long, value_name = "OUT.npy")]
+    dump_logits: Option<PathBuf>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let file = GgufFile::open(&args.model)?;
+    let llama = Llama::load(&file)?;
+    let tokens = match (&args.tokens, &args.text) {
+        (Some(t), _) => t.clone(),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+            let tokenizer = Tokenizer::from_gguf(&file)?;
+            tokenizer.encode(&text, tokenizer.add_bos_default(), false)?
+        }
+        (None, None) => return Err(Error::Invalid("give --text or --tokens".into())),
+    };
+    let vocab = llama.config().n_vocab;
+    let mut dump = match &args.dump_logits {
+        Some(path) => Some(NpyWriter::create(path, &[tokens.len(), vocab])?),
+        None => None,
+    };
+    let result = perplexity(&llama, &tokens, |_, row| match dump.as_mut() {
+        Some(w) => w.write(row),
+        None => Ok(()),
+    })?;
+    if let Some(w) = dump {
+        w.finish()?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&result).map_err(|e| Error::Invalid(e.to_string()))?);
+    } else {
+        println!(
+            "{} tokens, {} predicted: mean NLL {:.6}, perplexity {:.4}",
+            result.tokens, result.predicted, result.mean_nll, result.perplexity
+        );
+    }
+    Ok(())
+}
