@@ -8,6 +8,7 @@ pub mod error;
 pub mod gguf;
 pub mod inspect;
 pub mod npy;
+pub mod optim;
 pub mod quant;
 pub mod testmodel;
 pub mod tokenizer;
