@@ -66,9 +66,10 @@ pub struct AdamWStep {
 impl AdamWStep {
     /// Scalars for step `t ≥ 1` at learning rate `lr` and decoupled weight decay `weight_decay`.
     pub fn new(cfg: &AdamWConfig, lr: f64, weight_decay: f64, t: u64) -> Self {
-        let t = t.min(i32::MAX as u64) as i32;
-        let bias_correction1 = 1.0 - cfg.beta1.powi(t);
-        let bias_correction2 = 1.0 - cfg.beta2.powi(t);
+        // Python's `beta ** step` is C `pow` (glibc: correctly rounded), not repeated products.
+        let t = t as f64;
+        let bias_correction1 = 1.0 - cfg.beta1.powf(t);
+        let bias_correction2 = 1.0 - cfg.beta2.powf(t);
         Self {
             decay: (1.0 - lr * weight_decay) as f32,
             one_minus_beta1: (1.0 - cfg.beta1) as f32,
@@ -304,6 +305,8 @@ impl AdamW {
 
     /// Reads what [`Self::save`] wrote into this optimizer, which must have been built with the
     /// same tensor list and state bits (storage may differ: RAM and disk pages are the same).
+    /// A header mismatch changes nothing; a read error part-way leaves the state unspecified
+    /// (load again or rebuild).
     pub fn load(&mut self, r: &mut impl Read) -> Result<()> {
         let io = |e| Error::io("<AdamW state>", e);
         let expected = self.header();
