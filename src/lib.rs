@@ -13,6 +13,7 @@ pub mod inspect;
 pub mod memory;
 pub mod model;
 pub mod npy;
+pub mod optim;
 pub mod quant;
 pub mod testmodel;
 pub mod tokenizer;
