@@ -4,6 +4,7 @@
 //! format over a memory map, `quant` holds the ggml block formats and the quantized products,
 //! `tokenizer` builds the model's tokenizer from GGUF metadata.
 
+pub mod data;
 pub mod error;
 pub mod gguf;
 pub mod inspect;
