@@ -239,9 +239,10 @@ fn run_all(b: &mut Batcher) -> Vec<Vec<Vec<(u32, usize)>>> {
                 row_examples(i, l, p)
             })
             .collect::<Vec<_>>();
-        for r in out.rows..out.batch_size {
-            assert!(rows[r].is_empty(), "rows past `rows` are padding");
-        }
+        assert!(
+            rows[out.rows..].iter().all(Vec::is_empty),
+            "rows past `rows` are padding"
+        );
         assert_eq!(
             out.n_targets,
             out.labels.iter().filter(|&&l| l != IGNORE).count()
