@@ -3,9 +3,11 @@
 //! The crate is laid out as `../shared/DESIGN.md` §3 describes: `gguf` reads and writes the file
 //! format over a memory map, `quant` holds the ggml block formats and the quantized products,
 //! `tokenizer` builds the model's tokenizer from GGUF metadata, `backend` holds the ops (CPU now),
-//! `model` the Llama forward pass, `infer` generation and perplexity.
+//! `model` the Llama forward pass, `infer` generation and perplexity, `data` datasets and the
+//! synthetic IoT set, `optim` the optimizers, `memory` board profiles and budgets.
 
 pub mod backend;
+pub mod data;
 pub mod error;
 pub mod gguf;
 pub mod infer;

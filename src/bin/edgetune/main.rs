@@ -1,5 +1,6 @@
 //! The `edgetune` command line: one subcommand per job, each a thin layer over the library.
 
+mod data_cmd;
 mod generate_cmd;
 mod inspect_cmd;
 mod perplexity_cmd;
@@ -22,6 +23,8 @@ struct Cli {
 enum Command {
     /// Show a GGUF file: architecture, hyper-parameters, tokenizer, tensors, totals by type.
     Inspect(inspect_cmd::Args),
+    /// Datasets: write the synthetic IoT set, check a dataset.
+    Data(data_cmd::Args),
     /// Generate text from a prompt, streaming it to stdout.
     Generate(generate_cmd::Args),
     /// Mean negative log-likelihood and perplexity of a text or token sequence.
@@ -37,6 +40,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Inspect(args) => inspect_cmd::run(args),
+        Command::Data(args) => data_cmd::run(args),
         Command::Generate(args) => generate_cmd::run(args),
         Command::Perplexity(args) => perplexity_cmd::run(args),
         Command::Testmodel(args) => testmodel_cmd::run(args),

@@ -1,0 +1,396 @@
+//! Tokenized examples → fixed-shape batches `[batch_size, seq_len]`: truncation or packing,
+//! seeded shuffling per epoch, a stop after some epochs or steps, and a serialisable
+//! [`Cursor`] from which a resumed run gets exactly the batches it would have had.
+//!
+//! Rows. Without packing each example is one row, cut to `seq_len` and padded. With packing,
+//! whole examples are laid one after the other into a row while they fit (next-fit, in an
+//! order shuffled once with the seed), so an example is never split across rows and every
+//! target keeps its whole prompt; an example longer than `seq_len` is cut and gets a row of
+//! its own. Each example's first token has label [`IGNORE`], so no token is predicted from
+//! the example before it (Hugging Face's simple packing does predict across; we do not).
+//! Attention may still see the previous examples of a row unless the trainer masks it:
+//! [`Batch::positions`] restarts at 0 with every example (a token at `i` belongs to the
+//! example starting at `i - positions[i]`) for RoPE positions and block-diagonal masks.
+//!
+//! Examples with no target left after truncation are dropped; truncated and dropped
+//! examples are counted ([`BatchStats`]) and logged as warnings.
+//!
+//! Order. The rows are shuffled at the start of every epoch with an RNG seeded from
+//! `(seed, epoch)`, so the order of any epoch follows from the cursor alone (no RNG state to
+//! save). A batch never spans two epochs: an epoch's last batch may hold fewer rows
+//! ([`Batch::rows`]), the rest being padding with no loss. A step is one batch.
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+
+use super::{IGNORE, TokenizedExample};
+use crate::Error;
+
+/// How to cut and order the data.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BatchConfig {
+    /// Tokens per row (L).
+    pub seq_len: usize,
+    /// Rows per batch (B).
+    pub batch_size: usize,
+    /// Pack several examples into a row (otherwise one example per row).
+    pub pack: bool,
+    /// Seeds the packing order and every epoch's shuffle.
+    pub seed: u64,
+    /// Stop after this many passes over the data (`None`: no limit from epochs).
+    pub epochs: Option<u64>,
+    /// Stop after this many batches (`None`: no limit from steps).
+    pub max_steps: Option<u64>,
+    /// The id written into padding (its label is always [`IGNORE`]).
+    pub pad_id: u32,
+}
+
+/// One batch, row-major `[batch_size, seq_len]`; allocate once with [`Batch::new`] and refill.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Batch {
+    pub batch_size: usize,
+    pub seq_len: usize,
+    pub ids: Vec<u32>,
+    /// Target of each position (Hugging Face convention: aligned with `ids`, the loss shifts),
+    /// or [`IGNORE`].
+    pub labels: Vec<i32>,
+    /// Position of each token within its example (0 at every example's start and in padding).
+    pub positions: Vec<u32>,
+    /// Rows holding data; rows `rows..batch_size` are padding.
+    pub rows: usize,
+    /// Positions with a label other than [`IGNORE`].
+    pub n_targets: usize,
+}
+
+impl Batch {
+    pub fn new(batch_size: usize, seq_len: usize) -> Batch {
+        let n = batch_size * seq_len;
+        Batch {
+            batch_size,
+            seq_len,
+            ids: vec![0; n],
+            labels: vec![IGNORE; n],
+            positions: vec![0; n],
+            rows: 0,
+            n_targets: 0,
+        }
+    }
+
+    /// Row `r`'s ids, labels and positions.
+    pub fn row(&self, r: usize) -> (&[u32], &[i32], &[u32]) {
+        let s = r * self.seq_len..(r + 1) * self.seq_len;
+        (
+            &self.ids[s.clone()],
+            &self.labels[s.clone()],
+            &self.positions[s],
+        )
+    }
+}
+
+/// Where a run is in the data; serialise it into checkpoints and hand it to
+/// [`Batcher::restore`] to continue with the same batches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Cursor {
+    pub seed: u64,
+    /// The epoch the next batch comes from (0-based).
+    pub epoch: u64,
+    /// Index, in that epoch's shuffled order, of the next row.
+    pub next_row: u64,
+    /// Batches handed out so far.
+    pub steps: u64,
+    /// A hash of the rows and the cut settings: a cursor only fits the data it came from.
+    pub fingerprint: u64,
+}
+
+/// What batching did to the examples.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BatchStats {
+    pub examples: usize,
+    /// Examples longer than `seq_len`, cut.
+    pub truncated: usize,
+    /// Examples without a target after the cut, left out.
+    pub dropped: usize,
+    pub rows: usize,
+    /// Data tokens in all rows (no padding).
+    pub tokens: usize,
+    pub targets: usize,
+}
+
+/// Hands out the batches of a tokenized dataset (see the module doc).
+#[derive(Clone, Debug)]
+pub struct Batcher {
+    cfg: BatchConfig,
+    /// Kept examples (already cut to `seq_len`), concatenated; example `e` is
+    /// `tokens[spans[e].0..][..spans[e].1]`.
+    tokens: Vec<u32>,
+    labels: Vec<i32>,
+    spans: Vec<(usize, usize)>,
+    /// Row `r` holds the examples `row_items[rows[r].0..rows[r].1]`.
+    rows: Vec<(usize, usize)>,
+    row_items: Vec<u32>,
+    /// The current epoch's row order.
+    order: Vec<u32>,
+    cursor: Cursor,
+    stats: BatchStats,
+}
+
+impl Batcher {
+    pub fn new(examples: &[TokenizedExample], cfg: BatchConfig) -> crate::Result<Batcher> {
+        if cfg.seq_len < 2 || cfg.batch_size == 0 {
+            return Err(Error::Invalid(format!(
+                "batching needs seq_len >= 2 and batch_size >= 1 (got seq_len {}, batch_size {})",
+                cfg.seq_len, cfg.batch_size
+            )));
+        }
+        if cfg.epochs == Some(0) || cfg.max_steps == Some(0) {
+            return Err(Error::Invalid(
+                "epochs and max_steps must be at least 1 when given".into(),
+            ));
+        }
+        let l = cfg.seq_len;
+        let mut stats = BatchStats {
+            examples: examples.len(),
+            ..BatchStats::default()
+        };
+        let mut tokens = Vec::new();
+        let mut labels = Vec::new();
+        let mut spans = Vec::new();
+        for ex in examples {
+            debug_assert_eq!(ex.ids.len(), ex.labels.len());
+            let len = ex.ids.len().min(ex.labels.len()).min(l);
+            if ex.ids.len() > l {
+                stats.truncated += 1;
+            }
+            // The first token is never a target (module doc), whatever the labels say.
+            let targets = ex.labels[..len]
+                .iter()
+                .skip(1)
+                .filter(|&&x| x != IGNORE)
+                .count();
+            if targets == 0 {
+                stats.dropped += 1;
+                continue;
+            }
+            spans.push((tokens.len(), len));
+            tokens.extend_from_slice(&ex.ids[..len]);
+            labels.push(IGNORE);
+            labels.extend_from_slice(&ex.labels[1..len]);
+            stats.targets += targets;
+            stats.tokens += len;
+        }
+        if stats.truncated > 0 {
+            log::warn!(
+                "{} of {} examples are longer than {l} tokens and were cut",
+                stats.truncated,
+                stats.examples
+            );
+        }
+        if stats.dropped > 0 {
+            log::warn!(
+                "{} of {} examples have no target within {l} tokens and were left out",
+                stats.dropped,
+                stats.examples
+            );
+        }
+        if spans.is_empty() {
+            return Err(Error::Invalid(format!(
+                "no example of {} has a target within the first {l} tokens",
+                stats.examples
+            )));
+        }
+
+        let mut rows = Vec::new();
+        let mut row_items = Vec::with_capacity(spans.len());
+        if cfg.pack {
+            let mut pack_order: Vec<u32> = (0..spans.len() as u32).collect();
+            pack_order.shuffle(&mut StdRng::seed_from_u64(mix(cfg.seed, u64::MAX)));
+            let (mut start, mut used) = (0usize, 0usize);
+            for e in pack_order {
+                let len = spans[e as usize].1;
+                if used + len > l && used > 0 {
+                    rows.push((start, row_items.len()));
+                    start = row_items.len();
+                    used = 0;
+                }
+                row_items.push(e);
+                used += len;
+            }
+            rows.push((start, row_items.len()));
+        } else {
+            for e in 0..spans.len() {
+                rows.push((e, e + 1));
+                row_items.push(e as u32);
+            }
+        }
+        stats.rows = rows.len();
+
+        let fingerprint = fingerprint(&cfg, &tokens, &labels, &spans, &rows, &row_items);
+        let mut b = Batcher {
+            order: Vec::with_capacity(rows.len()),
+            cursor: Cursor {
+                seed: cfg.seed,
+                epoch: 0,
+                next_row: 0,
+                steps: 0,
+                fingerprint,
+            },
+            cfg,
+            tokens,
+            labels,
+            spans,
+            rows,
+            row_items,
+            stats,
+        };
+        b.shuffle_epoch();
+        Ok(b)
+    }
+
+    pub fn config(&self) -> &BatchConfig {
+        &self.cfg
+    }
+
+    pub fn stats(&self) -> BatchStats {
+        self.stats
+    }
+
+    pub fn n_rows(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Batches in one epoch (the last may be partial).
+    pub fn steps_per_epoch(&self) -> u64 {
+        self.rows.len().div_ceil(self.cfg.batch_size) as u64
+    }
+
+    /// Batches the whole run hands out, or `None` when neither epochs nor steps limit it.
+    pub fn total_steps(&self) -> Option<u64> {
+        let by_epochs = self.cfg.epochs.map(|e| e * self.steps_per_epoch());
+        match (by_epochs, self.cfg.max_steps) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    pub fn cursor(&self) -> Cursor {
+        self.cursor
+    }
+
+    /// Continues from `c` (taken from a batcher over the same data and settings).
+    pub fn restore(&mut self, c: &Cursor) -> crate::Result<()> {
+        if c.fingerprint != self.cursor.fingerprint || c.seed != self.cfg.seed {
+            return Err(Error::Invalid(format!(
+                "the data cursor does not fit this dataset: fingerprint {:#018x} seed {} vs \
+                 {:#018x} seed {} (other data, seq_len, packing or seed)",
+                c.fingerprint, c.seed, self.cursor.fingerprint, self.cfg.seed
+            )));
+        }
+        if c.next_row >= self.rows.len() as u64 {
+            return Err(Error::Invalid(format!(
+                "the data cursor points at row {} of an epoch of {} rows",
+                c.next_row,
+                self.rows.len()
+            )));
+        }
+        self.cursor = *c;
+        self.shuffle_epoch();
+        Ok(())
+    }
+
+    /// Whether the run's epochs or steps are used up.
+    pub fn finished(&self) -> bool {
+        self.cfg.epochs.is_some_and(|e| self.cursor.epoch >= e)
+            || self.cfg.max_steps.is_some_and(|m| self.cursor.steps >= m)
+    }
+
+    /// Fills `out` with the next batch; false (and `out` untouched) when the run is over.
+    /// Allocates only if `out` does not have the configured shape.
+    pub fn next_batch(&mut self, out: &mut Batch) -> bool {
+        if self.finished() {
+            return false;
+        }
+        let (b, l) = (self.cfg.batch_size, self.cfg.seq_len);
+        if out.batch_size != b || out.seq_len != l || out.ids.len() != b * l {
+            *out = Batch::new(b, l);
+        }
+        out.rows = 0;
+        out.n_targets = 0;
+        for r in 0..b {
+            let row = r * l..(r + 1) * l;
+            let mut at = row.start;
+            if (self.cursor.next_row as usize) < self.rows.len() {
+                let src = self.order[self.cursor.next_row as usize] as usize;
+                self.cursor.next_row += 1;
+                out.rows += 1;
+                let (i0, i1) = self.rows[src];
+                for &e in &self.row_items[i0..i1] {
+                    let (s, n) = self.spans[e as usize];
+                    out.ids[at..at + n].copy_from_slice(&self.tokens[s..s + n]);
+                    out.labels[at..at + n].copy_from_slice(&self.labels[s..s + n]);
+                    for (k, p) in out.positions[at..at + n].iter_mut().enumerate() {
+                        *p = k as u32;
+                    }
+                    at += n;
+                }
+            }
+            out.ids[at..row.end].fill(self.cfg.pad_id);
+            out.labels[at..row.end].fill(IGNORE);
+            out.positions[at..row.end].fill(0);
+        }
+        out.n_targets = out.labels.iter().filter(|&&x| x != IGNORE).count();
+        self.cursor.steps += 1;
+        if self.cursor.next_row as usize >= self.rows.len() {
+            self.cursor.epoch += 1;
+            self.cursor.next_row = 0;
+            self.shuffle_epoch();
+        }
+        true
+    }
+
+    /// The current epoch's row order, from `(seed, epoch)` alone.
+    fn shuffle_epoch(&mut self) {
+        self.order.clear();
+        self.order.extend(0..self.rows.len() as u32);
+        let mut rng = StdRng::seed_from_u64(mix(self.cfg.seed, self.cursor.epoch));
+        self.order.shuffle(&mut rng);
+    }
+}
+
+/// A seed for stream `k` of `seed` (splitmix64 of both), so nearby seeds and epochs give
+/// unrelated orders.
+fn mix(seed: u64, k: u64) -> u64 {
+    let mut z = seed ^ k.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// FNV-1a over the settings that shape the rows and the rows' contents.
+fn fingerprint(
+    cfg: &BatchConfig,
+    tokens: &[u32],
+    labels: &[i32],
+    spans: &[(usize, usize)],
+    rows: &[(usize, usize)],
+    row_items: &[u32],
+) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    let mut eat = |x: u64| {
+        for b in x.to_le_bytes() {
+            h = (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    eat(cfg.seq_len as u64);
+    eat(cfg.pack as u64);
+    eat(tokens.len() as u64);
+    tokens.iter().for_each(|&t| eat(t as u64));
+    labels.iter().for_each(|&t| eat(t as u32 as u64));
+    spans
+        .iter()
+        .for_each(|&(s, n)| eat((s as u64) << 32 | n as u64));
+    rows.iter()
+        .for_each(|&(a, b)| eat((a as u64) << 32 | b as u64));
+    row_items.iter().for_each(|&e| eat(e as u64));
+    h
+}

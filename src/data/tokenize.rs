@@ -1,0 +1,160 @@
+//! Examples → token ids and labels (Hugging Face convention, see the [`super`] module doc):
+//! Alpaca through `template::alpaca` plus EOS, chat through `template::llama3_chat`, text as
+//! BOS + text + EOS, pre-tokenized as given.
+
+use rayon::prelude::*;
+
+use super::{Content, Dataset, Example, IGNORE, locate};
+use crate::Error;
+use crate::tokenizer::Tokenizer;
+use crate::tokenizer::template::{
+    self, LLAMA3_BOS, LLAMA3_END_HEADER, LLAMA3_EOT, LLAMA3_START_HEADER,
+};
+
+/// Choices in turning examples into training sequences.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TokenizeOptions {
+    /// Alpaca and chat: loss on the prompt too (every token after the first), not only on the
+    /// responses.
+    pub train_on_prompt: bool,
+}
+
+/// One training sequence: `labels[i]` is the target for position `i` (predicted from
+/// `ids[..i]`) or [`IGNORE`]; `labels[0]` is always [`IGNORE`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TokenizedExample {
+    pub ids: Vec<u32>,
+    pub labels: Vec<i32>,
+    pub task: Option<String>,
+}
+
+impl TokenizedExample {
+    /// How many positions carry loss.
+    pub fn n_targets(&self) -> usize {
+        self.labels.iter().filter(|&&l| l != IGNORE).count()
+    }
+
+    /// The ids of the positions that carry loss, in order.
+    pub fn target_ids(&self) -> Vec<u32> {
+        self.labels
+            .iter()
+            .filter(|&&l| l != IGNORE)
+            .map(|&l| l as u32)
+            .collect()
+    }
+}
+
+/// Tokenizes every example of `data` (in parallel, order kept); an error names the file and
+/// line of the example.
+pub fn tokenize_all(
+    tok: &Tokenizer,
+    data: &Dataset,
+    opts: &TokenizeOptions,
+) -> crate::Result<Vec<TokenizedExample>> {
+    data.examples
+        .par_iter()
+        .map(|ex| {
+            tokenize(tok, ex, opts).map_err(|e| {
+                let what = match e {
+                    Error::Invalid(m) => m,
+                    other => other.to_string(),
+                };
+                Error::Invalid(format!("{}: {what}", locate(&data.path, ex.line)))
+            })
+        })
+        .collect()
+}
+
+/// Tokenizes one example.
+pub fn tokenize(
+    tok: &Tokenizer,
+    ex: &Example,
+    opts: &TokenizeOptions,
+) -> crate::Result<TokenizedExample> {
+    let (ids, flags) = match &ex.content {
+        Content::Alpaca {
+            instruction,
+            input,
+            output,
+        } => {
+            let eos = *tok.eos_ids().first().ok_or_else(|| {
+                Error::Invalid("the tokenizer has no EOS token to end an Alpaca response".into())
+            })?;
+            let r = template::alpaca(instruction, Some(input), Some(output));
+            // User text never turns into control tokens.
+            let (mut ids, mut flags) = tok.encode_parts(r.parts(), tok.add_bos_default(), false)?;
+            ids.push(eos);
+            flags.push(true);
+            (ids, flags)
+        }
+        Content::Chat { messages } => {
+            for t in [
+                LLAMA3_BOS,
+                LLAMA3_START_HEADER,
+                LLAMA3_END_HEADER,
+                LLAMA3_EOT,
+            ] {
+                if !tok.token_id(t).is_some_and(|id| tok.is_special(id)) {
+                    return Err(Error::Invalid(format!(
+                        "the chat format needs the Llama 3 control token {t}, which this \
+                         model's vocabulary lacks"
+                    )));
+                }
+            }
+            let r = template::llama3_chat(messages, false);
+            // The template's control tokens must be parsed (as Hugging Face's
+            // apply_chat_template + tokenize does, for the contents too).
+            tok.encode_parts(r.parts(), false, true)?
+        }
+        Content::Text { text } => {
+            let eos = *tok.eos_ids().first().ok_or_else(|| {
+                Error::Invalid("the tokenizer has no EOS token to end a text".into())
+            })?;
+            let (mut ids, mut flags) =
+                tok.encode_parts([(text.as_str(), true)], tok.add_bos_default(), false)?;
+            ids.push(eos);
+            flags.push(true);
+            (ids, flags)
+        }
+        Content::PreTokenized { input_ids, labels } => {
+            let vocab = tok.vocab_size();
+            let bad = |what: &str, i: usize, v: i64| {
+                Error::Invalid(format!(
+                    "{what}[{i}] = {v} is outside the vocabulary of {vocab} tokens"
+                ))
+            };
+            if let Some(i) = input_ids.iter().position(|&id| id as usize >= vocab) {
+                return Err(bad("input_ids", i, input_ids[i] as i64));
+            }
+            let mut labels = match labels {
+                Some(l) => {
+                    if let Some(i) = l.iter().position(|&x| x != IGNORE && x as usize >= vocab) {
+                        return Err(bad("labels", i, l[i] as i64));
+                    }
+                    l.clone()
+                }
+                None => input_ids.iter().map(|&id| id as i32).collect(),
+            };
+            labels[0] = IGNORE;
+            return Ok(TokenizedExample {
+                ids: input_ids.clone(),
+                labels,
+                task: ex.task.clone(),
+            });
+        }
+    };
+    let train_all = opts.train_on_prompt;
+    let mut labels: Vec<i32> = ids
+        .iter()
+        .zip(&flags)
+        .map(|(&id, &f)| if f || train_all { id as i32 } else { IGNORE })
+        .collect();
+    if let Some(first) = labels.first_mut() {
+        *first = IGNORE;
+    }
+    Ok(TokenizedExample {
+        ids,
+        labels,
+        task: ex.task.clone(),
+    })
+}
