@@ -66,7 +66,9 @@ pub fn generate(
     mut on_text: impl FnMut(&str) -> bool,
 ) -> Result<Generation> {
     if prompt.is_empty() {
-        return Err(Error::Invalid("generation needs at least one prompt token".into()));
+        return Err(Error::Invalid(
+            "generation needs at least one prompt token".into(),
+        ));
     }
     let cfg = llama.config();
     let context = cfg.context_length.max(1);

@@ -37,10 +37,16 @@ impl Sampler {
     pub fn new(params: SamplingParams) -> Result<Sampler> {
         let p = &params;
         if !(p.temperature >= 0.0 && p.temperature.is_finite()) {
-            return Err(Error::Invalid(format!("temperature must be ≥ 0, got {}", p.temperature)));
+            return Err(Error::Invalid(format!(
+                "temperature must be ≥ 0, got {}",
+                p.temperature
+            )));
         }
         if !(p.top_p > 0.0 && p.top_p <= 1.0) {
-            return Err(Error::Invalid(format!("top-p must be in (0, 1], got {}", p.top_p)));
+            return Err(Error::Invalid(format!(
+                "top-p must be in (0, 1], got {}",
+                p.top_p
+            )));
         }
         Ok(Sampler {
             rng: StdRng::seed_from_u64(params.seed),
@@ -56,16 +62,25 @@ impl Sampler {
     /// The next token id. NaN logits count as impossible; all-NaN logits are an error.
     pub fn sample(&mut self, logits: &[f32]) -> Result<u32> {
         let best = argmax(logits).ok_or_else(|| {
-            Error::Invalid(format!("no finite logit among {} to sample from", logits.len()))
+            Error::Invalid(format!(
+                "no finite logit among {} to sample from",
+                logits.len()
+            ))
         })?;
         if self.params.temperature == 0.0 {
             return Ok(best);
         }
         let inv_t = 1.0 / self.params.temperature;
         self.candidates.clear();
-        self.candidates
-            .extend(logits.iter().enumerate().filter(|(_, l)| !l.is_nan()).map(|(i, &l)| (l * inv_t, i as u32)));
-        let by_logit_desc = |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
+        self.candidates.extend(
+            logits
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| !l.is_nan())
+                .map(|(i, &l)| (l * inv_t, i as u32)),
+        );
+        let by_logit_desc =
+            |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
         let k = self.params.top_k;
         if k > 0 && k < self.candidates.len() {
             self.candidates.select_nth_unstable_by(k - 1, by_logit_desc);
@@ -121,7 +136,12 @@ mod tests {
     use super::*;
 
     fn params(temperature: f32, top_k: usize, top_p: f32) -> SamplingParams {
-        SamplingParams { temperature, top_k, top_p, seed: 5 }
+        SamplingParams {
+            temperature,
+            top_k,
+            top_p,
+            seed: 5,
+        }
     }
 
     #[test]
@@ -153,13 +173,19 @@ mod tests {
         let ones = (0..n).filter(|_| s.sample(&logits).unwrap() == 0).count();
         let f = ones as f64 / n as f64;
         // 4.4 standard deviations of a binomial(20000, 0.75): fails by chance < 1e-5.
-        assert!((f - 0.75).abs() < 4.4 * (0.75 * 0.25 / n as f64).sqrt(), "{f}");
+        assert!(
+            (f - 0.75).abs() < 4.4 * (0.75 * 0.25 / n as f64).sqrt(),
+            "{f}"
+        );
     }
 
     #[test]
     fn top_p_cuts_the_tail() {
         // Probabilities ∝ 8, 4, 2, 1, 1: top_p 0.7 keeps the first two (8/16 + 4/16 = 0.75).
-        let logits: Vec<f32> = [8.0f32, 4.0, 2.0, 1.0, 1.0].iter().map(|v| v.ln()).collect();
+        let logits: Vec<f32> = [8.0f32, 4.0, 2.0, 1.0, 1.0]
+            .iter()
+            .map(|v| v.ln())
+            .collect();
         let mut s = Sampler::new(params(1.0, 0, 0.7)).unwrap();
         for _ in 0..2000 {
             assert!(s.sample(&logits).unwrap() < 2);
@@ -174,7 +200,10 @@ mod tests {
         let sa: Vec<u32> = (0..50).map(|_| a.sample(&logits).unwrap()).collect();
         let sb: Vec<u32> = (0..50).map(|_| b.sample(&logits).unwrap()).collect();
         assert_eq!(sa, sb);
-        assert!(sa.iter().any(|&t| t != sa[0]), "temperature 0.8 should vary");
+        assert!(
+            sa.iter().any(|&t| t != sa[0]),
+            "temperature 0.8 should vary"
+        );
     }
 
     #[test]

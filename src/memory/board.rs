@@ -12,11 +12,26 @@ const GIB: f64 = (1u64 << 30) as f64;
 
 /// The profiles shipped with edgetune, by name (the file stem in `targets/`).
 const BUILTIN: [(&str, &str); 6] = [
-    ("orin-nano-8gb", include_str!("../../targets/orin-nano-8gb.toml")),
-    ("orin-nano-super-8gb", include_str!("../../targets/orin-nano-super-8gb.toml")),
-    ("orin-nx-16gb", include_str!("../../targets/orin-nx-16gb.toml")),
-    ("agx-orin-64gb", include_str!("../../targets/agx-orin-64gb.toml")),
-    ("xavier-nx-8gb", include_str!("../../targets/xavier-nx-8gb.toml")),
+    (
+        "orin-nano-8gb",
+        include_str!("../../targets/orin-nano-8gb.toml"),
+    ),
+    (
+        "orin-nano-super-8gb",
+        include_str!("../../targets/orin-nano-super-8gb.toml"),
+    ),
+    (
+        "orin-nx-16gb",
+        include_str!("../../targets/orin-nx-16gb.toml"),
+    ),
+    (
+        "agx-orin-64gb",
+        include_str!("../../targets/agx-orin-64gb.toml"),
+    ),
+    (
+        "xavier-nx-8gb",
+        include_str!("../../targets/xavier-nx-8gb.toml"),
+    ),
     ("host", include_str!("../../targets/host.toml")),
 ];
 
@@ -88,21 +103,30 @@ impl Board {
 
     /// Parses a profile; `origin` names it in errors.
     pub fn from_toml(text: &str, origin: &str) -> Result<Board> {
-        let p: ProfileFile = toml::from_str(text).map_err(|e| Error::Invalid(format!("{origin}: {e}")))?;
+        let p: ProfileFile =
+            toml::from_str(text).map_err(|e| Error::Invalid(format!("{origin}: {e}")))?;
         let bad = |what: String| Error::Invalid(format!("{origin}: {what}"));
         let compute_capability = match &p.compute_capability {
             None => None,
             Some(cc) => {
-                let (a, b) = cc.split_once('.').ok_or_else(|| bad(format!("compute_capability `{cc}` is not MAJOR.MINOR")))?;
-                let parse = |s: &str| s.parse::<u32>().map_err(|_| bad(format!("compute_capability `{cc}` is not MAJOR.MINOR")));
+                let (a, b) = cc
+                    .split_once('.')
+                    .ok_or_else(|| bad(format!("compute_capability `{cc}` is not MAJOR.MINOR")))?;
+                let parse = |s: &str| {
+                    s.parse::<u32>()
+                        .map_err(|_| bad(format!("compute_capability `{cc}` is not MAJOR.MINOR")))
+                };
                 Some((parse(a)?, parse(b)?))
             }
         };
         let (total, budget, cores) = if p.detect {
-            let (total, available) = read_meminfo().map_err(|e| bad(format!("cannot detect memory: {e}")))?;
+            let (total, available) =
+                read_meminfo().map_err(|e| bad(format!("cannot detect memory: {e}")))?;
             let fraction = p.process_budget_fraction_of_available.unwrap_or(0.9);
             if !(fraction > 0.0 && fraction <= 1.0) {
-                return Err(bad(format!("process_budget_fraction_of_available {fraction} is not in (0, 1]")));
+                return Err(bad(format!(
+                    "process_budget_fraction_of_available {fraction} is not in (0, 1]"
+                )));
             }
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
             (total, (available as f64 * fraction) as u64, cores)
@@ -121,7 +145,9 @@ impl Board {
                     total as f64 / GIB
                 )));
             }
-            let cores = p.cpu_cores.ok_or_else(|| bad("cpu_cores is missing".into()))?;
+            let cores = p
+                .cpu_cores
+                .ok_or_else(|| bad("cpu_cores is missing".into()))?;
             (total, budget, cores)
         };
         Ok(Board {
@@ -144,11 +170,18 @@ impl Board {
 
 /// (MemTotal, MemAvailable) in bytes from /proc/meminfo.
 fn read_meminfo() -> std::result::Result<(u64, u64), String> {
-    let text = std::fs::read_to_string("/proc/meminfo").map_err(|e| format!("/proc/meminfo: {e}"))?;
+    let text =
+        std::fs::read_to_string("/proc/meminfo").map_err(|e| format!("/proc/meminfo: {e}"))?;
     let field = |name: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(name))
-            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .and_then(|rest| {
+                rest.trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
             .map(|kib| kib * 1024)
             .ok_or_else(|| format!("/proc/meminfo has no readable {name}"))
     };
@@ -159,7 +192,9 @@ fn read_meminfo() -> std::result::Result<(u64, u64), String> {
 /// and decimal (KB, MB, GB, TB) units; case-insensitive; `G`/`M`/`K` alone mean GiB/MiB/KiB.
 pub fn parse_bytes(s: &str) -> Result<u64> {
     let t = s.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let value: f64 = num
         .parse()
@@ -174,7 +209,11 @@ pub fn parse_bytes(s: &str) -> Result<u64> {
         "mb" => 1e6,
         "gb" => 1e9,
         "tb" => 1e12,
-        other => return Err(Error::Invalid(format!("`{s}`: unknown size unit `{other}`"))),
+        other => {
+            return Err(Error::Invalid(format!(
+                "`{s}`: unknown size unit `{other}`"
+            )));
+        }
     };
     let bytes = value * mult;
     if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
@@ -192,24 +231,40 @@ mod tests {
         for name in Board::builtin_names() {
             let b = Board::builtin(name).unwrap();
             assert_eq!(b.name, name);
-            assert!(b.process_budget_bytes > 0 && b.process_budget_bytes <= b.total_memory_bytes, "{name}");
+            assert!(
+                b.process_budget_bytes > 0 && b.process_budget_bytes <= b.total_memory_bytes,
+                "{name}"
+            );
             assert!(b.cpu_cores >= 1, "{name}");
         }
         let nano = Board::builtin("orin-nano-8gb").unwrap();
         assert_eq!(nano.compute_capability, Some((8, 7)));
         assert_eq!(nano.process_budget_bytes, 6 << 30);
-        assert_eq!(Board::builtin("xavier-nx-8gb").unwrap().compute_capability, Some((7, 2)));
+        assert_eq!(
+            Board::builtin("xavier-nx-8gb").unwrap().compute_capability,
+            Some((7, 2))
+        );
         assert_eq!(Board::builtin("host").unwrap().compute_capability, None);
     }
 
     #[test]
     fn bad_profiles_are_errors_naming_the_origin() {
-        assert!(Board::builtin("orin-mega").unwrap_err().to_string().contains("known: orin-nano-8gb"));
-        let err = Board::from_toml("name='x'\ndescription='y'\ntotal_memory_gib=4\nprocess_budget_gib=5\ncpu_cores=2", "t.toml")
+        assert!(
+            Board::builtin("orin-mega")
+                .unwrap_err()
+                .to_string()
+                .contains("known: orin-nano-8gb")
+        );
+        let err = Board::from_toml(
+            "name='x'\ndescription='y'\ntotal_memory_gib=4\nprocess_budget_gib=5\ncpu_cores=2",
+            "t.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("t.toml") && err.contains("exceeds"), "{err}");
+        let err = Board::from_toml("name='x'\ndescription='y'\ncolour='red'", "u.toml")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("t.toml") && err.contains("exceeds"), "{err}");
-        let err = Board::from_toml("name='x'\ndescription='y'\ncolour='red'", "u.toml").unwrap_err().to_string();
         assert!(err.contains("u.toml") && err.contains("colour"), "{err}");
     }
 

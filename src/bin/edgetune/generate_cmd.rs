@@ -62,7 +62,8 @@ pub fn run(args: Args) -> Result<()> {
         }
         Template::Llama3Chat => {
             // The template writes <|begin_of_text|> itself: parse it as a special token, no BOS.
-            let rendered = template::llama3_chat(&[Message::new("user", args.prompt.as_str())], true);
+            let rendered =
+                template::llama3_chat(&[Message::new("user", args.prompt.as_str())], true);
             tokenizer.encode(rendered.prompt(), false, true)?
         }
     };
@@ -79,7 +80,10 @@ pub fn run(args: Args) -> Result<()> {
     let mut stdout = std::io::stdout().lock();
     let mut write_failed = None;
     let out = generate(&llama, &tokenizer, &prompt, &opts, |piece| {
-        match stdout.write_all(piece.as_bytes()).and_then(|_| stdout.flush()) {
+        match stdout
+            .write_all(piece.as_bytes())
+            .and_then(|_| stdout.flush())
+        {
             Ok(()) => true,
             Err(e) => {
                 write_failed = Some(e);

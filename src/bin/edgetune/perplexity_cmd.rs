@@ -54,7 +54,10 @@ pub fn run(args: Args) -> Result<()> {
         w.finish()?;
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&result).map_err(|e| Error::Invalid(e.to_string()))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&result).map_err(|e| Error::Invalid(e.to_string()))?
+        );
     } else {
         println!(
             "{} tokens, {} predicted: mean NLL {:.6}, perplexity {:.4}",

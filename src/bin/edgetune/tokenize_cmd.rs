@@ -31,7 +31,10 @@ pub fn run(args: Args) -> Result<()> {
     let add_bos = !args.no_bos && tokenizer.add_bos_default();
     let ids = tokenizer.encode(&args.text, add_bos, args.special)?;
     if args.json {
-        println!("{}", serde_json::to_string(&ids).map_err(|e| Error::Invalid(e.to_string()))?);
+        println!(
+            "{}",
+            serde_json::to_string(&ids).map_err(|e| Error::Invalid(e.to_string()))?
+        );
     } else {
         for id in &ids {
             let piece = tokenizer.token_text(*id).unwrap_or("?");

@@ -1,0 +1,236 @@
+//! End to end through the CLI: `tokenize`, `generate` and `perplexity` on generated models, one of
+//! them carrying the real Llama 3.1 tokenizer (`testmodel --tokenizer`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn edgetune(args: &[&str]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_edgetune"))
+        .args(args)
+        .output()
+        .expect("run edgetune");
+    assert!(
+        out.status.success(),
+        "edgetune {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn tiny(dir: &Path) -> String {
+    let p = dir.join("tiny.gguf").to_str().unwrap().to_owned();
+    edgetune(&[
+        "testmodel",
+        "--preset",
+        "tiny",
+        "--type",
+        "q8_0",
+        "--out",
+        &p,
+        "--seed",
+        "9",
+    ]);
+    p
+}
+
+fn summary(out: &Output) -> serde_json::Value {
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = err
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .expect("JSON summary on stderr");
+    serde_json::from_str(line).unwrap()
+}
+
+#[test]
+fn generate_is_deterministic_and_respects_the_token_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny(dir.path());
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "generate",
+            "--model",
+            &model,
+            "--prompt",
+            "Sensor 3 reads",
+            "--max-tokens",
+            "12",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        edgetune(&args)
+    };
+    let greedy = run(&[]);
+    let s = summary(&greedy);
+    let tokens = s["tokens"].as_array().unwrap();
+    assert!(tokens.len() <= 12);
+    if tokens.len() < 12 {
+        assert_eq!(s["stop"], "end_of_text");
+    }
+    assert_eq!(
+        summary(&run(&[]))["tokens"],
+        s["tokens"],
+        "greedy is deterministic"
+    );
+    let a = summary(&run(&[
+        "--temperature",
+        "1.5",
+        "--seed",
+        "4",
+        "--top-k",
+        "0",
+        "--top-p",
+        "1",
+    ]));
+    let b = summary(&run(&[
+        "--temperature",
+        "1.5",
+        "--seed",
+        "4",
+        "--top-k",
+        "0",
+        "--top-p",
+        "1",
+    ]));
+    assert_eq!(a["tokens"], b["tokens"], "same seed, same sample");
+    for template in ["alpaca", "llama3-chat", "none"] {
+        run(&["--template", template]);
+    }
+}
+
+#[test]
+fn perplexity_matches_the_dumped_logits() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny(dir.path());
+    let npy = dir.path().join("logits.npy");
+    let tokens = [256u32, 72, 101, 108, 108, 111, 32, 57, 46, 57];
+    let list: Vec<String> = tokens.iter().map(|t| t.to_string()).collect();
+    let out = edgetune(&[
+        "perplexity",
+        "--model",
+        &model,
+        "--tokens",
+        &list.join(","),
+        "--dump-logits",
+        npy.to_str().unwrap(),
+        "--json",
+    ]);
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (shape, logits) = edgetune::npy::read_f32(&npy).unwrap();
+    assert_eq!(shape, vec![tokens.len(), 261]);
+    // Mean NLL recomputed from the dump, independently of the library's helper.
+    let mut nll = 0.0f64;
+    for (pos, row) in logits.chunks_exact(261).enumerate().take(tokens.len() - 1) {
+        let max = row
+            .iter()
+            .cloned()
+            .fold(f64::NEG_INFINITY, |m, v| m.max(v as f64));
+        let lse = max
+            + row
+                .iter()
+                .map(|&v| (v as f64 - max).exp())
+                .sum::<f64>()
+                .ln();
+        nll += lse - row[tokens[pos + 1] as usize] as f64;
+    }
+    let mean = nll / (tokens.len() - 1) as f64;
+    assert!(
+        (result["mean_nll"].as_f64().unwrap() - mean).abs() < 1e-9,
+        "{result} vs {mean}"
+    );
+    assert!((result["perplexity"].as_f64().unwrap() - mean.exp()).abs() < 1e-6 * mean.exp());
+    assert_eq!(result["predicted"], tokens.len() - 1);
+}
+
+fn llama3_tokenizer() -> PathBuf {
+    let p = std::env::var_os("EDGETUNE_LLAMA3_TOKENIZER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("target/llama3_1-tokenizer.json")
+        });
+    assert!(
+        p.exists(),
+        "run scripts/fetch-llama3-tokenizer.sh first (needs {})",
+        p.display()
+    );
+    p
+}
+
+#[test]
+fn a_test_model_with_the_real_tokenizer_tokenizes_like_hf() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = llama3_tokenizer();
+    let model = dir.path().join("tok.gguf");
+    edgetune(&[
+        "testmodel",
+        "--preset",
+        "tiny",
+        "--type",
+        "q8_0",
+        "--out",
+        model.to_str().unwrap(),
+        "--tokenizer",
+        json.to_str().unwrap(),
+    ]);
+    let hf = tokenizers::Tokenizer::from_file(&json).unwrap();
+    for text in [
+        "Which is larger, 9.11 or 9.9?",
+        "Suhu di zona B 31,5 °C 🌡️",
+        "  fn main() {\n\tprintln!(\"hi\");\n}",
+    ] {
+        let out = edgetune(&[
+            "tokenize",
+            "--model",
+            model.to_str().unwrap(),
+            "--text",
+            text,
+            "--json",
+        ]);
+        let ours: Vec<u32> = serde_json::from_slice(&out.stdout).unwrap();
+        let theirs = hf.encode(text, true).unwrap().get_ids().to_vec();
+        assert_eq!(ours, theirs, "{text:?}");
+    }
+    // Special-token text: plain text by default, one id with --special.
+    let plain: Vec<u32> = serde_json::from_slice(
+        &edgetune(&[
+            "tokenize",
+            "--model",
+            model.to_str().unwrap(),
+            "--text",
+            "<|eot_id|>",
+            "--json",
+            "--no-bos",
+        ])
+        .stdout,
+    )
+    .unwrap();
+    let special: Vec<u32> = serde_json::from_slice(
+        &edgetune(&[
+            "tokenize",
+            "--model",
+            model.to_str().unwrap(),
+            "--text",
+            "<|eot_id|>",
+            "--json",
+            "--no-bos",
+            "--special",
+        ])
+        .stdout,
+    )
+    .unwrap();
+    assert_eq!(special, vec![128009]);
+    assert!(plain.len() > 1 && !plain.contains(&128009), "{plain:?}");
+    // The model generates with it (random weights: only the mechanics are checked).
+    edgetune(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        "Hi",
+        "--template",
+        "llama3-chat",
+        "--max-tokens",
+        "4",
+    ]);
+}
