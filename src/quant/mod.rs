@@ -119,7 +119,7 @@ static TABLE: [TypeTraits; 16] = [
     traits!(Q8_1, "Q8_1", 32, 36, q8::q8_1),
     traits!(Q2_K, "Q2_K", 256, 84, k_quants::q2_k),
     traits!(Q3_K, "Q3_K", 256, 110, k_quants::q3_k),
-    traits!(Q4_K, "Q4_K", 256, 144, k_quants::q4_k, quantize),
+    traits!(Q4_K, "Q4_K", 256, 144, k_quants::q4_k, quantize, rows),
     traits!(Q5_K, "Q5_K", 256, 176, k_quants::q5_k, quantize),
     traits!(Q6_K, "Q6_K", 256, 210, k_quants::q6_k, quantize),
     traits!(Q8_K, "Q8_K", 256, 292, k_quants::q8_k),
