@@ -203,7 +203,8 @@ fn matvec(c: &mut Criterion) {
             b.iter(|| matmul_xwt(&x, 1, &w, &mut y).unwrap())
         });
         if ty == GgmlType::Q4_0 {
-            let small = QuantMatrix::new(ty, rows / 16, cols, &data[..data.len() / 16]).unwrap();
+            let small_bytes = rows / 16 * w.row_bytes();
+            let small = QuantMatrix::new(ty, rows / 16, cols, &data[..small_bytes]).unwrap();
             g.throughput(Throughput::Bytes(small.data.len() as u64));
             g.bench_function(format!("{}/1core/ref", ty), |b| {
                 b.iter(|| matmul_xwt_ref(&x, 1, &small, &mut y[..rows / 16]).unwrap())

@@ -132,6 +132,26 @@ fn xwt_dots(x: &[f32], n: usize, w: &QuantMatrix, out: SharedOut) {
     let dot = w.ty.traits().dot;
     let (rows, cols) = (w.rows, w.cols);
     let chunk = 64;
+    if let Some(dot_rows) = w.ty.traits().dot_rows {
+        let rb = w.row_bytes();
+        (0..rows.div_ceil(chunk)).into_par_iter().for_each(|c| {
+            let out = out;
+            let (r0, r1) = (c * chunk, ((c + 1) * chunk).min(rows));
+            for i in 0..n {
+                // SAFETY: y[i·rows + r0 .. i·rows + r1] lies inside y (i < n, r1 ≤ rows) and
+                // rows r0..r1 belong to this task only.
+                let y =
+                    unsafe { std::slice::from_raw_parts_mut(out.0.add(i * rows + r0), r1 - r0) };
+                dot_rows(
+                    &w.data[r0 * rb..r1 * rb],
+                    rb,
+                    &x[i * cols..(i + 1) * cols],
+                    y,
+                );
+            }
+        });
+        return;
+    }
     (0..rows.div_ceil(chunk)).into_par_iter().for_each(|c| {
         let out = out;
         for r in c * chunk..((c + 1) * chunk).min(rows) {

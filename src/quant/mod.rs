@@ -55,6 +55,9 @@ pub type DequantizeFn = fn(src: &[u8], dst: &mut [f32]);
 pub type QuantizeFn = fn(src: &[f32], dst: &mut [u8]);
 /// Σ dequantized(row)[i] · x[i] over a row of whole blocks.
 pub type DotFn = fn(row: &[u8], x: &[f32]) -> f32;
+/// Matrix-vector kernel: `y[r] = dot(row r, x)` for the `y.len()` rows stored back to back in
+/// `rows`, `row_bytes` apart (each `x.len()` elements). Several rows share each load of x.
+pub type DotRowsFn = fn(rows: &[u8], row_bytes: usize, x: &[f32], y: &mut [f32]);
 
 /// What edgetune knows about one ggml type: its block geometry and its kernels.
 pub struct TypeTraits {
@@ -71,16 +74,23 @@ pub struct TypeTraits {
     pub quantize_ref: Option<QuantizeFn>,
     pub dot_ref: DotFn,
     pub dot: DotFn,
+    /// A multi-row matrix-vector kernel, equal to `dot` per row within rounding (`None`: the
+    /// products call `dot` row by row).
+    pub dot_rows: Option<DotRowsFn>,
 }
 
 macro_rules! traits {
+    ($ty:ident, $name:literal, $elems:expr, $bytes:expr, $m:path, quantize, rows) => {
+        traits!(@make $ty, $name, $elems, $bytes, $m, Some({ use $m as m; m::quantize_ref }),
+            Some({ use $m as m; m::dot_rows }))
+    };
     ($ty:ident, $name:literal, $elems:expr, $bytes:expr, $m:path, quantize) => {
-        traits!(@make $ty, $name, $elems, $bytes, $m, Some({ use $m as m; m::quantize_ref }))
+        traits!(@make $ty, $name, $elems, $bytes, $m, Some({ use $m as m; m::quantize_ref }), None)
     };
     ($ty:ident, $name:literal, $elems:expr, $bytes:expr, $m:path) => {
-        traits!(@make $ty, $name, $elems, $bytes, $m, None)
+        traits!(@make $ty, $name, $elems, $bytes, $m, None, None)
     };
-    (@make $ty:ident, $name:literal, $elems:expr, $bytes:expr, $m:path, $q:expr) => {{
+    (@make $ty:ident, $name:literal, $elems:expr, $bytes:expr, $m:path, $q:expr, $rows:expr) => {{
         use $m as m;
         TypeTraits {
             ty: GgmlType::$ty,
@@ -92,6 +102,7 @@ macro_rules! traits {
             quantize_ref: $q,
             dot_ref: m::dot_ref,
             dot: m::dot,
+            dot_rows: $rows,
         }
     }};
 }
@@ -100,7 +111,7 @@ macro_rules! traits {
 static TABLE: [TypeTraits; 16] = [
     traits!(F32, "F32", 1, 4, float::fp32, quantize),
     traits!(F16, "F16", 1, 2, float::fp16, quantize),
-    traits!(Q4_0, "Q4_0", 32, 18, q4_0, quantize),
+    traits!(Q4_0, "Q4_0", 32, 18, q4_0, quantize, rows),
     traits!(Q4_1, "Q4_1", 32, 20, q4_1, quantize),
     traits!(Q5_0, "Q5_0", 32, 22, q5::q5_0, quantize),
     traits!(Q5_1, "Q5_1", 32, 24, q5::q5_1, quantize),
@@ -108,7 +119,7 @@ static TABLE: [TypeTraits; 16] = [
     traits!(Q8_1, "Q8_1", 32, 36, q8::q8_1),
     traits!(Q2_K, "Q2_K", 256, 84, k_quants::q2_k),
     traits!(Q3_K, "Q3_K", 256, 110, k_quants::q3_k),
-    traits!(Q4_K, "Q4_K", 256, 144, k_quants::q4_k, quantize),
+    traits!(Q4_K, "Q4_K", 256, 144, k_quants::q4_k, quantize, rows),
     traits!(Q5_K, "Q5_K", 256, 176, k_quants::q5_k, quantize),
     traits!(Q6_K, "Q6_K", 256, 210, k_quants::q6_k, quantize),
     traits!(Q8_K, "Q8_K", 256, 292, k_quants::q8_k),

@@ -130,6 +130,46 @@ pub fn dot(row: &[u8], x: &[f32]) -> f32 {
     dot_scalar(row, x)
 }
 
+/// Matrix-vector kernel: `y[r] = Σ dequantized(row r)·x` for the `y.len()` rows stored back to
+/// back in `rows` (`row_bytes` apart, `x.len() / 256` blocks each).
+///
+/// The AVX2 version streams four rows per pass over x (each load of x feeds four rows) and
+/// takes the Σx of every 32-element sub-block, computed once per call, for the min term: per
+/// block and row that term is one 8-lane FMA of the eight `dmin·m` against the eight sums.
+pub fn dot_rows(rows: &[u8], row_bytes: usize, x: &[f32], y: &mut [f32]) {
+    debug_assert_eq!(row_bytes, x.len() / QK_K * BLOCK_BYTES);
+    debug_assert!(rows.len() >= y.len() * row_bytes);
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("f16c")
+        {
+            // SAFETY: AVX2, FMA and F16C are available (checked just above).
+            return unsafe { x86::dot_rows_avx2(rows, row_bytes, x, y) };
+        }
+    }
+    for (r, out) in y.iter_mut().enumerate() {
+        *out = dot(&rows[r * row_bytes..(r + 1) * row_bytes], x);
+    }
+}
+
+/// The eight 6-bit scales and the eight 6-bit mins of a block as bytes of two u64 (byte j =
+/// sub-block j): [`get_scale_min_k4`] on four lanes at once.
+#[inline(always)]
+fn scales_mins_u64(q: &[u8; 12]) -> (u64, u64) {
+    let word = |i: usize| u32::from_le_bytes([q[i], q[i + 1], q[i + 2], q[i + 3]]);
+    let (a, b, c) = (word(0), word(4), word(8));
+    let sc_lo = a & 0x3f3f_3f3f;
+    let mn_lo = b & 0x3f3f_3f3f;
+    let sc_hi = (c & 0x0f0f_0f0f) | ((a >> 2) & 0x3030_3030);
+    let mn_hi = ((c >> 4) & 0x0f0f_0f0f) | ((b >> 2) & 0x3030_3030);
+    (
+        u64::from(sc_lo) | (u64::from(sc_hi) << 32),
+        u64::from(mn_lo) | (u64::from(mn_hi) << 32),
+    )
+}
+
 /// Portable version of the factorized dot (targets without AVX2 or NEON).
 fn dot_scalar(row: &[u8], x: &[f32]) -> f32 {
     let (mut acc_q, mut acc_m) = ([0f32; 8], [0f32; 8]);
@@ -200,6 +240,143 @@ mod x86 {
                 }
             }
         }
+    }
+
+    /// Super-blocks of x per segment: the sub-block sums of one segment live on the stack.
+    const SEG: usize = 32;
+
+    /// See [`super::dot_rows`].
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) fn dot_rows_avx2(rows: &[u8], row_bytes: usize, x: &[f32], y: &mut [f32]) {
+        // Clamp to what the slices hold, so the raw reads below stay in bounds.
+        let nb = x.len() / QK_K;
+        if row_bytes < nb * BLOCK_BYTES {
+            return y.fill(0.0);
+        }
+        let n_rows = y.len().min(rows.len() / row_bytes.max(1));
+        y.fill(0.0);
+        let mut sums = [0f32; 8 * SEG];
+        for s0 in (0..nb).step_by(SEG) {
+            let ns = SEG.min(nb - s0);
+            let xs = &x[s0 * QK_K..(s0 + ns) * QK_K];
+            for (s, xc) in sums.iter_mut().zip(xs.chunks_exact(32)) {
+                // SAFETY: xc holds 32 floats.
+                let v = unsafe {
+                    let p = xc.as_ptr();
+                    _mm256_add_ps(
+                        _mm256_add_ps(load_ps(p), load_ps(p.add(8))),
+                        _mm256_add_ps(load_ps(p.add(16)), load_ps(p.add(24))),
+                    )
+                };
+                *s = hsum_ps(v);
+            }
+            let base = s0 * BLOCK_BYTES;
+            let mut r = 0;
+            while r + 4 <= n_rows {
+                // SAFETY: rows r..r+4 hold blocks s0..s0+ns (row_bytes ≥ nb·144); xs holds
+                // ns·256 values and sums 8·ns.
+                let v = unsafe {
+                    rows_avx2::<4>(
+                        rows.as_ptr().add(r * row_bytes + base),
+                        row_bytes,
+                        xs,
+                        &sums,
+                        ns,
+                    )
+                };
+                for (out, v) in y[r..r + 4].iter_mut().zip(v) {
+                    *out += v;
+                }
+                r += 4;
+            }
+            while r < n_rows {
+                // SAFETY: as above, for one row.
+                let v = unsafe {
+                    rows_avx2::<1>(
+                        rows.as_ptr().add(r * row_bytes + base),
+                        row_bytes,
+                        xs,
+                        &sums,
+                        ns,
+                    )
+                };
+                y[r] += v[0];
+                r += 1;
+            }
+        }
+    }
+
+    /// Dots of `R` rows (from `p`, `row_bytes` apart, `nb` blocks each) with x (`256·nb`
+    /// values) whose 32-element sub-block sums are `sums`.
+    ///
+    /// # Safety
+    /// `p` must point at `R` readable rows of `nb` blocks `row_bytes` apart; x must hold
+    /// `256·nb` values and `sums` `8·nb`; the CPU must support AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn rows_avx2<const R: usize>(
+        p: *const u8,
+        row_bytes: usize,
+        x: &[f32],
+        sums: &[f32],
+        nb: usize,
+    ) -> [f32; R] {
+        const PREFETCH: usize = 768;
+        debug_assert!(x.len() >= nb * QK_K && sums.len() >= 8 * nb);
+        let mask = _mm256_set1_epi32(0x0f);
+        let mut acc = [_mm256_setzero_ps(); R];
+        let xp = x.as_ptr();
+        for sb in 0..nb {
+            // SAFETY (whole body): block sb of row r is the 144 bytes at
+            // p + r·row_bytes + 144·sb (d, dmin, 12 scale bytes, 128 quant bytes), and
+            // x[256·sb..256·sb + 256], sums[8·sb..8·sb + 8] are in bounds, per the contract.
+            unsafe {
+                let svec = load_ps(sums.as_ptr().add(8 * sb));
+                let mut scales = [[0f32; 8]; R];
+                for (r, (acc_r, sc_r)) in acc.iter_mut().zip(scales.iter_mut()).enumerate() {
+                    let blk = p.add(r * row_bytes + BLOCK_BYTES * sb);
+                    _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(PREFETCH).cast());
+                    // Lanes 0 and 1: d and dmin.
+                    let dm = _mm_cvtph_ps(_mm_cvtsi32_si128(std::ptr::read_unaligned(
+                        blk.cast::<i32>(),
+                    )));
+                    let d = _mm256_broadcastss_ps(dm);
+                    let dmin = _mm256_broadcastss_ps(_mm_movehdup_ps(dm));
+                    let (sc, mn) = super::scales_mins_u64(&*blk.add(4).cast::<[u8; 12]>());
+                    let widen = |v: u64| {
+                        _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(v as i64)))
+                    };
+                    // Min term of the whole block: −Σ_j (dmin·m_j)·(Σx of sub-block j).
+                    *acc_r = _mm256_fnmadd_ps(_mm256_mul_ps(dmin, widen(mn)), svec, *acc_r);
+                    _mm256_storeu_ps(sc_r.as_mut_ptr(), _mm256_mul_ps(d, widen(sc)));
+                }
+                let xb = xp.add(QK_K * sb);
+                for c in 0..4 {
+                    // Chunk c: 32 quant bytes, low nibbles sub-block 2c, high ones 2c + 1.
+                    let mut q_lo = [_mm256_setzero_ps(); R];
+                    let mut q_hi = [_mm256_setzero_ps(); R];
+                    for k in 0..4 {
+                        let xl = load_ps(xb.add(64 * c + 8 * k));
+                        let xh = load_ps(xb.add(64 * c + 32 + 8 * k));
+                        for r in 0..R {
+                            let qp = p.add(r * row_bytes + BLOCK_BYTES * sb + 16 + 32 * c + 8 * k);
+                            let v = load_u8x8_epi32(qp);
+                            let lo = _mm256_cvtepi32_ps(_mm256_and_si256(v, mask));
+                            let hi = _mm256_cvtepi32_ps(_mm256_srli_epi32::<4>(v));
+                            q_lo[r] = _mm256_fmadd_ps(lo, xl, q_lo[r]);
+                            q_hi[r] = _mm256_fmadd_ps(hi, xh, q_hi[r]);
+                        }
+                    }
+                    for r in 0..R {
+                        let s_lo = _mm256_broadcast_ss(&scales[r][2 * c]);
+                        let s_hi = _mm256_broadcast_ss(&scales[r][2 * c + 1]);
+                        acc[r] = _mm256_fmadd_ps(s_lo, q_lo[r], acc[r]);
+                        acc[r] = _mm256_fmadd_ps(s_hi, q_hi[r], acc[r]);
+                    }
+                }
+            }
+        }
+        acc.map(|v| hsum_ps(v))
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -417,6 +594,31 @@ mod tests {
                 dot,
                 dot_ref,
             );
+        }
+    }
+
+    /// `dot_rows` against `dot_ref` row by row: 1..=9 rows (the 4-row kernel and the
+    /// remainder), random, quantized and edge blocks, and 33 blocks per row (two segments).
+    #[test]
+    fn dot_rows_matches_dot_ref() {
+        let mut rng = rng(0x4c);
+        let edges = edge_blocks();
+        for nb in [1usize, 3, 33] {
+            for n_rows in 1..=9 {
+                let mut row: Vec<BlockQ4K> =
+                    (0..nb * n_rows).map(|_| random_block(&mut rng)).collect();
+                for (i, b) in row.iter_mut().enumerate().step_by(5) {
+                    *b = edges[i % edges.len()];
+                }
+                let bytes: &[u8] = bytemuck::cast_slice(&row);
+                let x = gaussian(&mut rng, nb * QK_K, 1.0);
+                let row_bytes = nb * BLOCK_BYTES;
+                let mut y = vec![f32::NAN; n_rows];
+                dot_rows(bytes, row_bytes, &x, &mut y);
+                for (r, one) in bytes.chunks_exact(row_bytes).enumerate() {
+                    check_dot_value(one, &x, nb, dequantize_ref, &offsets(one), y[r], dot_ref);
+                }
+            }
         }
     }
 

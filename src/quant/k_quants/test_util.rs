@@ -54,6 +54,19 @@ pub(crate) fn check_dot(
     dot: fn(&[u8], &[f32]) -> f32,
     dot_ref: fn(&[u8], &[f32]) -> f32,
 ) {
+    check_dot_value(row, x, nb, dequantize_ref, offsets, dot(row, x), dot_ref);
+}
+
+/// [`check_dot`] for a value `got` already computed (by a multi-row kernel).
+pub(crate) fn check_dot_value(
+    row: &[u8],
+    x: &[f32],
+    nb: usize,
+    dequantize_ref: fn(&[u8], &mut [f32]),
+    offsets: &[f32],
+    got: f32,
+    dot_ref: fn(&[u8], &[f32]) -> f32,
+) {
     let mut y = vec![0f32; nb * QK_K];
     dequantize_ref(row, &mut y);
     assert_eq!(offsets.len(), y.len());
@@ -68,7 +81,7 @@ pub(crate) fn check_dot(
         .sum();
     let k = (16 * nb + 24) as f64;
     let tol = k * f64::from(f32::EPSILON) * s + 1e-30;
-    let (got, want) = (dot(row, x), dot_ref(row, x));
+    let want = dot_ref(row, x);
     if !(s.is_finite()) {
         // Values near f16::MAX × 63 × 15 times x can overflow f32 in both: then only require
         // the same class of result.
