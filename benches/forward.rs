@@ -21,7 +21,8 @@ fn model_path(ty: GgmlType) -> PathBuf {
     std::fs::create_dir_all(&dir).expect("bench model dir");
     let path = dir.join(format!("small-{}.gguf", ty.name().to_lowercase()));
     if !path.exists() {
-        testmodel::write_test_model(&SMALL, WeightTypes::Uniform(ty), 1, &path).expect("write the small model");
+        testmodel::write_test_model(&SMALL, WeightTypes::Uniform(ty), 1, &path)
+            .expect("write the small model");
     }
     path
 }
@@ -35,12 +36,16 @@ fn types() -> Vec<GgmlType> {
 
 fn forward(c: &mut Criterion) {
     let mut g = c.benchmark_group("forward_small");
-    g.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5));
+    g.sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(5));
     for ty in types() {
         let file = GgufFile::open(model_path(ty)).expect("open");
         let llama = Llama::load(&file).expect("load");
         let vocab = llama.config().n_vocab;
-        let prompt: Vec<u32> = (0..PROMPT as u32).map(|i| (i * 7 + 3) % vocab as u32).collect();
+        let prompt: Vec<u32> = (0..PROMPT as u32)
+            .map(|i| (i * 7 + 3) % vocab as u32)
+            .collect();
         let mut cache = llama.new_cache(PROMPT + 1).expect("cache");
         let mut logits = vec![0.0f32; vocab];
 
@@ -48,17 +53,23 @@ fn forward(c: &mut Criterion) {
         g.bench_function(format!("prompt128/{ty}"), |b| {
             b.iter(|| {
                 cache.clear();
-                llama.forward_last(&mut cache, &prompt, &mut logits).expect("prefill");
+                llama
+                    .forward_last(&mut cache, &prompt, &mut logits)
+                    .expect("prefill");
             })
         });
 
         cache.clear();
-        llama.forward_last(&mut cache, &prompt, &mut logits).expect("prefill");
+        llama
+            .forward_last(&mut cache, &prompt, &mut logits)
+            .expect("prefill");
         g.throughput(Throughput::Elements(1));
         g.bench_function(format!("generate/{ty}"), |b| {
             b.iter(|| {
                 cache.truncate(PROMPT);
-                llama.forward_last(&mut cache, &[42], &mut logits).expect("decode");
+                llama
+                    .forward_last(&mut cache, &[42], &mut logits)
+                    .expect("decode");
             })
         });
     }

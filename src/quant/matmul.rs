@@ -91,6 +91,14 @@ fn check_dims(what: &str, a: usize, n: usize, width: usize, a_name: &str) -> Res
 /// A raw output pointer shared by tasks that write disjoint elements.
 #[derive(Clone, Copy)]
 struct SharedOut(*mut f32);
+
+impl SharedOut {
+    /// A method (not a field access) so closures capture the whole `Sync` wrapper rather than
+    /// the raw pointer inside it.
+    fn ptr(self) -> *mut f32 {
+        self.0
+    }
+}
 // SAFETY: every task writes a disjoint set of indices (its own columns), and the slice outlives
 // the parallel section (it is borrowed mutably for the whole call).
 unsafe impl Send for SharedOut {}
@@ -135,13 +143,13 @@ fn xwt_dots(x: &[f32], n: usize, w: &QuantMatrix, out: SharedOut) {
     if let Some(dot_rows) = w.ty.traits().dot_rows {
         let rb = w.row_bytes();
         (0..rows.div_ceil(chunk)).into_par_iter().for_each(|c| {
-            let out = out;
             let (r0, r1) = (c * chunk, ((c + 1) * chunk).min(rows));
             for i in 0..n {
                 // SAFETY: y[i·rows + r0 .. i·rows + r1] lies inside y (i < n, r1 ≤ rows) and
                 // rows r0..r1 belong to this task only.
-                let y =
-                    unsafe { std::slice::from_raw_parts_mut(out.0.add(i * rows + r0), r1 - r0) };
+                let y = unsafe {
+                    std::slice::from_raw_parts_mut(out.ptr().add(i * rows + r0), r1 - r0)
+                };
                 dot_rows(
                     &w.data[r0 * rb..r1 * rb],
                     rb,
@@ -153,13 +161,12 @@ fn xwt_dots(x: &[f32], n: usize, w: &QuantMatrix, out: SharedOut) {
         return;
     }
     (0..rows.div_ceil(chunk)).into_par_iter().for_each(|c| {
-        let out = out;
         for r in c * chunk..((c + 1) * chunk).min(rows) {
             let row = w.row(r);
             for i in 0..n {
                 let v = dot(row, &x[i * cols..(i + 1) * cols]);
                 // SAFETY: index i·rows + r < n·rows = y.len(); row r belongs to this task only.
-                unsafe { *out.0.add(i * rows + r) = v };
+                unsafe { *out.ptr().add(i * rows + r) = v };
             }
         }
     });
@@ -170,7 +177,6 @@ fn xwt_panels(x: &[f32], n: usize, w: &QuantMatrix, out: SharedOut) {
     let (rows, cols) = (w.rows, w.cols);
     let dequantize = w.ty.traits().dequantize;
     (0..rows.div_ceil(NR)).into_par_iter().for_each(|p| {
-        let out = out;
         let r0 = p * NR;
         let nr = NR.min(rows - r0);
         with_scratch(cols * NR + cols, |scratch| {
@@ -193,7 +199,7 @@ fn xwt_panels(x: &[f32], n: usize, w: &QuantMatrix, out: SharedOut) {
                         for (j, v) in acc_row.iter().take(nr).enumerate() {
                             // SAFETY: (i0+i) < n and r0+j < rows: inside y; columns r0..r0+nr
                             // belong to this task only.
-                            unsafe { *out.0.add((i0 + i) * rows + r0 + j) = *v };
+                            unsafe { *out.ptr().add((i0 + i) * rows + r0 + j) = *v };
                         }
                     }
                 });
@@ -220,7 +226,6 @@ pub fn matmul_dyw(dy: &[f32], n: usize, w: &QuantMatrix, dx: &mut [f32]) -> Resu
     let dequantize = w.ty.traits().dequantize;
     let out = SharedOut(dx.as_mut_ptr());
     (0..cols.div_ceil(STRIP)).into_par_iter().for_each(|s| {
-        let out = out;
         let c0 = s * STRIP;
         let width = STRIP.min(cols - c0);
         // Row stride of the tile, padded to whole 16-column register tiles (padding stays 0).
@@ -244,7 +249,7 @@ pub fn matmul_dyw(dy: &[f32], n: usize, w: &QuantMatrix, dx: &mut [f32]) -> Resu
                                 for (j, v) in acc_row.iter().take(width - j0).enumerate() {
                                     // SAFETY: (i0+i) < n, c0+j0+j < cols: inside dx; columns
                                     // c0..c0+width belong to this task only.
-                                    unsafe { *out.0.add((i0 + i) * cols + c0 + j0 + j) += *v };
+                                    unsafe { *out.ptr().add((i0 + i) * cols + c0 + j0 + j) += *v };
                                 }
                             }
                         });

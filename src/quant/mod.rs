@@ -188,7 +188,7 @@ impl GgmlType {
     /// size overflows.
     pub fn bytes_for(self, n: u64) -> Option<u64> {
         let t = self.traits();
-        if n % t.block_elems as u64 != 0 {
+        if !n.is_multiple_of(t.block_elems as u64) {
             return None;
         }
         (n / t.block_elems as u64).checked_mul(t.block_bytes as u64)
@@ -254,8 +254,8 @@ pub fn quantize(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> crate::Result<()> 
 }
 
 fn check_lengths(t: &TypeTraits, bytes: usize, elems: usize) -> crate::Result<()> {
-    if elems % t.block_elems != 0
-        || bytes % t.block_bytes != 0
+    if !elems.is_multiple_of(t.block_elems)
+        || !bytes.is_multiple_of(t.block_bytes)
         || bytes / t.block_bytes != elems / t.block_elems
     {
         return Err(crate::Error::Invalid(format!(
