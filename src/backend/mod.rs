@@ -35,14 +35,19 @@
 //! - ✓ `swiglu`: `silu(gate) · up`;
 //! - ✓ `add_assign`: the residual stream `x += y`.
 //!
-//! Next issue (training), each the exact adjoint of its forward, checked by finite differences:
-//! - `matmul_dyw`: `dx = dy · W` (quantized; the frozen base gets no weight gradient);
-//! - `rmsnorm_backward(x, w, rstd, dy) -> dx` (no `dw`: norms are frozen);
-//! - `rope_backward(dy) -> dx` (rotation by −θ, in place);
-//! - `attention_backward(q, k, v, out, lse, dout) -> dq, dk, dv` (tiled, recomputing scores);
-//! - `swiglu_backward(gate, up, dh) -> dgate, dup`;
-//! - `cross_entropy(logits chunk, targets, mask) -> loss, dlogits` (chunked over the vocab
-//!   projection so `[tokens, vocab]` never exists whole);
+//! Backward (training), each the exact adjoint of its forward, checked by finite differences in
+//! f64 (`tests/backend_grad_*.rs`) against generic scalar references; outputs are overwritten:
+//! - ✓ `matmul_dyw`: `dx = dy · Ŵ` (quantized; the frozen base gets no weight gradient);
+//! - ✓ `rmsnorm_backward(x, w, rstd, dy) -> dx` (no `dw`: norms are frozen);
+//! - ✓ `rope_backward(dy)` (rotation by −θ, in place);
+//! - ✓ `attention_backward(q, k, v, out, lse, dout) -> dq, dk, dv` (tiled, recomputing scores
+//!   from the saved `lse`; GQA; any `pos0`);
+//! - ✓ `swiglu_backward(gate, up, dh) -> dgate, dup`;
+//! - ✓ `cross_entropy(h, W_out, targets, scale, chunk scratch) -> Σ loss, dh` (the output
+//!   projection, softmax and its gradient fused in chunks of tokens so `[tokens, vocab]` never
+//!   exists whole; −100 targets ignored).
+//!
+//! Planned:
 //! - dense f32 GEMMs for adapters: `gemm(a, b, c, transpose flags, alpha, beta)`;
 //! - `adamw(param, grad, m, v, step, hyper)` (paged state handled by the caller);
 //! - `zero`, `copy`, `scale` utilities.
@@ -186,6 +191,88 @@ pub trait Backend: Send + Sync {
 
     /// `x += y` element-wise (the residual stream).
     fn add_assign(&self, x: Self::ViewMut<'_>, y: Self::View<'_>) -> Result<()>;
+
+    // ---- backward ops (each the exact adjoint of its forward; outputs are overwritten) -----
+
+    /// Input gradient of [`Backend::matmul_xwt`]: `dx[n, in] = dy[n, out] · Ŵ`, `Ŵ` the
+    /// dequantized `W` [out, in]. The frozen base gets no weight gradient.
+    fn matmul_dyw(
+        &self,
+        dy: Self::View<'_>,
+        n: usize,
+        w: &Self::Weight<'_>,
+        dx: Self::ViewMut<'_>,
+    ) -> Result<()>;
+
+    /// Input gradient of [`Backend::rmsnorm`] (norm weights are frozen: no `dw`). `x`, `dy`, `dx`
+    /// are `[n, dim]`, `w` `[dim]`, `rstd` `[n]` as saved by the forward:
+    /// `dx = rstd · (w ⊙ dy − x · rstd² / dim · Σ_j dy_j w_j x_j)` per row.
+    fn rmsnorm_backward(
+        &self,
+        x: Self::View<'_>,
+        w: Self::View<'_>,
+        rstd: Self::View<'_>,
+        dy: Self::View<'_>,
+        dx: Self::ViewMut<'_>,
+    ) -> Result<()>;
+
+    /// Input gradient of [`Backend::rope`], in place: rotates the pairs of `dy` by −θ (same
+    /// `inv_freq` and dims as the forward, any `pos0`).
+    fn rope_backward(
+        &self,
+        dy: Self::ViewMut<'_>,
+        inv_freq: Self::View<'_>,
+        dims: RopeDims,
+    ) -> Result<()>;
+
+    /// Gradients of [`Backend::swiglu`]: `dgate = dh · up · silu'(gate)`, `dup = dh · silu(gate)`.
+    fn swiglu_backward(
+        &self,
+        gate: Self::View<'_>,
+        up: Self::View<'_>,
+        dh: Self::View<'_>,
+        dgate: Self::ViewMut<'_>,
+        dup: Self::ViewMut<'_>,
+    ) -> Result<()>;
+
+    /// Gradients of [`Backend::attention`] given the forward's `out` and `lse` and the upstream
+    /// `dout` (layouts of [`AttentionDims`]; `dq` like `q`, `dk`/`dv` like `k`/`v`, i.e. the
+    /// whole `pos0 + n_tokens` keys, cache keys included). Scores are recomputed tile by tile
+    /// from `q`, `k` and `lse` (no `[seq, seq]` buffer); a KV head's `dk`/`dv` sum over its
+    /// query group.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_backward(
+        &self,
+        q: Self::View<'_>,
+        k: Self::View<'_>,
+        v: Self::View<'_>,
+        out: Self::View<'_>,
+        lse: Self::View<'_>,
+        dout: Self::View<'_>,
+        dq: Self::ViewMut<'_>,
+        dk: Self::ViewMut<'_>,
+        dv: Self::ViewMut<'_>,
+        dims: AttentionDims,
+    ) -> Result<()>;
+
+    /// Next-token cross-entropy over the output projection, forward and backward fused and
+    /// chunked: `h` `[n, dim]` (after the final norm), `w` the output weight `[vocab, dim]`,
+    /// `targets` `[n]` (already shifted: token `i`'s logits predict `targets[i]`; −100 =
+    /// ignored). `logits` is a `[chunk, vocab]` scratch (exactly `chunk × vocab` values), so
+    /// `[n, vocab]` never exists. Returns `Σ loss` over the non-ignored targets (f64) and writes
+    /// `dh` = the gradient of `scale · Σ loss` (`scale` = 1 / number of counted targets for a
+    /// mean, passed in so that accumulation over micro-batches can use a global count).
+    #[allow(clippy::too_many_arguments)]
+    fn cross_entropy(
+        &self,
+        h: Self::View<'_>,
+        w: &Self::Weight<'_>,
+        targets: &[i32],
+        scale: f32,
+        chunk: usize,
+        logits: Self::ViewMut<'_>,
+        dh: Self::ViewMut<'_>,
+    ) -> Result<f64>;
 }
 
 /// Checks that `len` values hold `rows × width` (an error naming the op and the numbers).

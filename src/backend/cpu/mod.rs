@@ -5,6 +5,7 @@
 //! specification, f64 accumulation where it matters) and tests comparing the two.
 
 pub mod attention;
+pub mod cross_entropy;
 pub mod elementwise;
 pub mod embedding;
 pub mod matmul;
@@ -27,6 +28,36 @@ fn range_err(range: &Range<usize>, len: usize) -> Error {
         "view range {}..{} is outside a view of {len} values",
         range.start, range.end
     ))
+}
+
+/// The element type of the generic scalar references of the backward ops (`f32` for parity with
+/// the fast kernels, `f64` for the finite-difference checks). The references compute in f64 and
+/// round only on input and output, so their two instantiations differ by those roundings alone.
+pub trait Real: Copy + Send + Sync + 'static {
+    fn to_f64(self) -> f64;
+    fn from_f64(v: f64) -> Self;
+}
+
+impl Real for f32 {
+    #[inline]
+    fn to_f64(self) -> f64 {
+        self as f64
+    }
+    #[inline]
+    fn from_f64(v: f64) -> f32 {
+        v as f32
+    }
+}
+
+impl Real for f64 {
+    #[inline]
+    fn to_f64(self) -> f64 {
+        self
+    }
+    #[inline]
+    fn from_f64(v: f64) -> f64 {
+        v
+    }
 }
 
 /// `Σ a[i]·b[i]` in f32 with 8 independent accumulators, so the loop vectorises (a single
@@ -159,6 +190,65 @@ impl Backend for CpuBackend {
 
     fn add_assign(&self, x: &mut [f32], y: &[f32]) -> Result<()> {
         elementwise::add_assign(x, y)
+    }
+
+    fn matmul_dyw(&self, dy: &[f32], n: usize, w: &QuantMatrix<'_>, dx: &mut [f32]) -> Result<()> {
+        matmul::matmul_dyw(dy, n, w, dx)
+    }
+
+    fn rmsnorm_backward(
+        &self,
+        x: &[f32],
+        w: &[f32],
+        rstd: &[f32],
+        dy: &[f32],
+        dx: &mut [f32],
+    ) -> Result<()> {
+        rmsnorm::rmsnorm_backward(x, w, rstd, dy, dx)
+    }
+
+    fn rope_backward(&self, dy: &mut [f32], inv_freq: &[f32], dims: RopeDims) -> Result<()> {
+        rope::rope_backward(dy, inv_freq, dims)
+    }
+
+    fn swiglu_backward(
+        &self,
+        gate: &[f32],
+        up: &[f32],
+        dh: &[f32],
+        dgate: &mut [f32],
+        dup: &mut [f32],
+    ) -> Result<()> {
+        swiglu::swiglu_backward(gate, up, dh, dgate, dup)
+    }
+
+    fn attention_backward(
+        &self,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        out: &[f32],
+        lse: &[f32],
+        dout: &[f32],
+        dq: &mut [f32],
+        dk: &mut [f32],
+        dv: &mut [f32],
+        dims: AttentionDims,
+    ) -> Result<()> {
+        attention::attention_backward(q, k, v, out, lse, dout, dq, dk, dv, dims)
+    }
+
+    fn cross_entropy(
+        &self,
+        h: &[f32],
+        w: &QuantMatrix<'_>,
+        targets: &[i32],
+        scale: f32,
+        chunk: usize,
+        logits: &mut [f32],
+        dh: &mut [f32],
+    ) -> Result<f64> {
+        cross_entropy::cross_entropy(h, w, targets, scale, chunk, logits, dh)
     }
 }
 

@@ -3,9 +3,13 @@
 //! `x`, `y`: `[n, dim]` with `dim = w.len()`; `rstd` (optional, saved for the backward): `[n]`.
 //! The fast version sums squares in f32 with 8 independent accumulators (vectorises) and runs
 //! rows in parallel; the reference sums in f64.
+//!
+//! Backward (norm weights are frozen, so only the input gradient): with `r = rstd[i]`,
+//! `dx[i, k] = r · (w[k]·dy[i, k] − x[i, k] · r² / dim · Σ_j dy[i, j]·w[j]·x[i, j])`.
 
 use rayon::prelude::*;
 
+use super::Real;
 use crate::backend::check_len;
 use crate::{Error, Result};
 
@@ -94,6 +98,92 @@ pub fn rmsnorm_ref(
     Ok(())
 }
 
+/// Lengths of a backward call (any element type): returns the row count.
+fn check_backward<T>(x: &[T], w: &[T], rstd: &[T], dy: &[T], dx: &[T]) -> Result<usize> {
+    let dim = w.len();
+    if dim == 0 {
+        return Err(Error::Invalid("rmsnorm_backward: empty weight".into()));
+    }
+    let n = x.len() / dim;
+    check_len("rmsnorm_backward", "x", x.len(), n, dim)?;
+    check_len("rmsnorm_backward", "dy", dy.len(), n, dim)?;
+    check_len("rmsnorm_backward", "dx", dx.len(), n, dim)?;
+    check_len("rmsnorm_backward", "rstd", rstd.len(), n, 1)?;
+    Ok(n)
+}
+
+/// Input gradient of [`rmsnorm`] (overwrites `dx`): `x`, `dy`, `dx` `[n, dim]`, `rstd` `[n]` as
+/// saved by the forward. Rows in parallel, f32 with 8-lane partial sums.
+pub fn rmsnorm_backward(
+    x: &[f32],
+    w: &[f32],
+    rstd: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+) -> Result<()> {
+    check_backward(x, w, rstd, dy, dx)?;
+    let dim = w.len();
+    let row = |x_row: &[f32], dy_row: &[f32], r: f32, dx_row: &mut [f32]| {
+        // Σ_j dy_j·w_j·x_j with independent lanes so the loop vectorises.
+        let mut acc = [0.0f32; 8];
+        let mut j = 0;
+        while j + 8 <= dim {
+            for l in 0..8 {
+                acc[l] += dy_row[j + l] * w[j + l] * x_row[j + l];
+            }
+            j += 8;
+        }
+        let mut c = acc.iter().sum::<f32>();
+        for t in j..dim {
+            c += dy_row[t] * w[t] * x_row[t];
+        }
+        let k = r * r * c / dim as f32;
+        for (((o, &xv), &g), &wv) in dx_row.iter_mut().zip(x_row).zip(dy_row).zip(w) {
+            *o = r * (wv * g - xv * k);
+        }
+    };
+    let chunk = ROWS_PER_TASK * dim;
+    dx.par_chunks_mut(chunk)
+        .zip(x.par_chunks(chunk))
+        .zip(dy.par_chunks(chunk))
+        .zip(rstd.par_chunks(ROWS_PER_TASK))
+        .for_each(|(((dxc, xc), dyc), rc)| {
+            for (((dxr, xr), dyr), &r) in dxc
+                .chunks_mut(dim)
+                .zip(xc.chunks(dim))
+                .zip(dyc.chunks(dim))
+                .zip(rc)
+            {
+                row(xr, dyr, r, dxr);
+            }
+        });
+    Ok(())
+}
+
+/// Scalar specification of [`rmsnorm_backward`], generic over the element type (f64 inside).
+pub fn rmsnorm_backward_ref<T: Real>(
+    x: &[T],
+    w: &[T],
+    rstd: &[T],
+    dy: &[T],
+    dx: &mut [T],
+) -> Result<()> {
+    let n = check_backward(x, w, rstd, dy, dx)?;
+    let dim = w.len();
+    for i in 0..n {
+        let r = rstd[i].to_f64();
+        let (xr, dyr) = (&x[i * dim..(i + 1) * dim], &dy[i * dim..(i + 1) * dim]);
+        let c: f64 = (0..dim)
+            .map(|j| dyr[j].to_f64() * w[j].to_f64() * xr[j].to_f64())
+            .sum();
+        for j in 0..dim {
+            let v = r * (w[j].to_f64() * dyr[j].to_f64() - xr[j].to_f64() * r * r * c / dim as f64);
+            dx[i * dim + j] = T::from_f64(v);
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,6 +206,30 @@ mod tests {
             rmsnorm(&x, &w, 1e-5, &mut c, None).unwrap();
             assert_eq!(a, c, "rstd output does not change y");
         }
+    }
+
+    #[test]
+    fn backward_matches_ref() {
+        // Each dx is r·(w·dy − x·k) with k an f32 sum of `dim` products (relative error
+        // ≲ dim/8·2^-24 of Σ|dy·w·x|): the two terms are O(1) each, 1e-5 relative to
+        // max(1, |dx|) holds with margin, also where they nearly cancel.
+        for (n, dim) in [(1, 1), (3, 7), (5, 256), (9, 300), (13, 1024)] {
+            let x = random(n * dim, 3.0, n as u64);
+            let w = random(dim, 1.5, 7);
+            let dy = random(n * dim, 1.0, 11 + n as u64);
+            let (mut y, mut rstd) = (vec![0.0; n * dim], vec![0.0; n]);
+            rmsnorm(&x, &w, 1e-5, &mut y, Some(&mut rstd)).unwrap();
+            let (mut a, mut b) = (vec![0.0; n * dim], vec![0.0; n * dim]);
+            rmsnorm_backward(&x, &w, &rstd, &dy, &mut a).unwrap();
+            rmsnorm_backward_ref(&x, &w, &rstd, &dy, &mut b).unwrap();
+            assert_close(&a, &b, 1e-5, "rmsnorm dx");
+        }
+        let one = [1.0f32; 4];
+        assert!(rmsnorm_backward(&one, &one[..2], &one[..1], &one, &mut [0.0; 4]).is_err());
+        assert!(rmsnorm_backward(&one, &one[..2], &one[..2], &one, &mut [0.0; 3]).is_err());
+        assert!(
+            rmsnorm_backward_ref(&one, &one[..2], &one[..2], &one[..2], &mut [0.0; 4]).is_err()
+        );
     }
 
     #[test]
