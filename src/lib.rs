@@ -6,6 +6,7 @@
 //! `model` the Llama forward pass, `infer` generation and perplexity, `data` datasets and the
 //! synthetic IoT set, `optim` the optimizers, `memory` board profiles and budgets.
 
+pub mod adapters;
 pub mod backend;
 pub mod data;
 pub mod error;

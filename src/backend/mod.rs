@@ -33,7 +33,8 @@
 //! - ✓ `attention`: causal, GQA, tiled with an online softmax, optionally saving the
 //!   log-sum-exp per (token, head) for the backward;
 //! - ✓ `swiglu`: `silu(gate) · up`;
-//! - ✓ `add_assign`: the residual stream `x += y`.
+//! - ✓ `add_assign`: the residual stream `x += y`;
+//! - ✓ `gemm`: dense f32 `C = α·op(A)·op(B) + β·C` (adapter products).
 //!
 //! Backward (training), each the exact adjoint of its forward, checked by finite differences in
 //! f64 (`tests/backend_grad_*.rs`) against generic scalar references; outputs are overwritten:
@@ -48,7 +49,6 @@
 //!   exists whole; −100 targets ignored).
 //!
 //! Planned:
-//! - dense f32 GEMMs for adapters: `gemm(a, b, c, transpose flags, alpha, beta)`;
 //! - `adamw(param, grad, m, v, step, hyper)` (paged state handled by the caller);
 //! - `zero`, `copy`, `scale` utilities.
 //!
@@ -62,6 +62,7 @@ use crate::Result;
 use crate::quant::matmul::QuantMatrix;
 
 pub use cpu::CpuBackend;
+pub use cpu::gemm::GemmDims;
 
 /// Sizes of one attention call.
 ///
@@ -191,6 +192,18 @@ pub trait Backend: Send + Sync {
 
     /// `x += y` element-wise (the residual stream).
     fn add_assign(&self, x: Self::ViewMut<'_>, y: Self::View<'_>) -> Result<()>;
+
+    /// Dense `c = alpha · op(a) · op(b) + beta · c` (row-major, layouts in [`GemmDims`];
+    /// `beta == 0` overwrites `c`): the adapters' products.
+    fn gemm(
+        &self,
+        dims: GemmDims,
+        alpha: f32,
+        a: Self::View<'_>,
+        b: Self::View<'_>,
+        beta: f32,
+        c: Self::ViewMut<'_>,
+    ) -> Result<()>;
 
     // ---- backward ops (each the exact adjoint of its forward; outputs are overwritten) -----
 

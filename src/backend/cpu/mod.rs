@@ -8,6 +8,7 @@ pub mod attention;
 pub mod cross_entropy;
 pub mod elementwise;
 pub mod embedding;
+pub mod gemm;
 pub mod matmul;
 pub mod rmsnorm;
 pub mod rope;
@@ -16,6 +17,7 @@ pub mod swiglu;
 use std::ops::Range;
 
 use super::{AttentionDims, Backend, RopeDims};
+use gemm::GemmDims;
 use crate::quant::matmul::QuantMatrix;
 use crate::{Error, Result};
 
@@ -190,6 +192,18 @@ impl Backend for CpuBackend {
 
     fn add_assign(&self, x: &mut [f32], y: &[f32]) -> Result<()> {
         elementwise::add_assign(x, y)
+    }
+
+    fn gemm(
+        &self,
+        dims: GemmDims,
+        alpha: f32,
+        a: &[f32],
+        b: &[f32],
+        beta: f32,
+        c: &mut [f32],
+    ) -> Result<()> {
+        gemm::gemm(dims, alpha, a, b, beta, c)
     }
 
     fn matmul_dyw(&self, dy: &[f32], n: usize, w: &QuantMatrix<'_>, dx: &mut [f32]) -> Result<()> {

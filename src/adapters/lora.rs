@@ -1,0 +1,487 @@
+//! LoRA and rsLoRA (derivatives.md §0.3, §1): `y += s · D(x)·Aᵀ·Bᵀ` with `A` `[r, in]`,
+//! `B` `[out, r]`, f32 master weights, PEFT init, optional input dropout; LoRA+ is only the
+//! optimizer groups ([`super::Group`]).
+//!
+//! Forward / backward (§0.3), `X_d = D(X)`:
+//! `H = X_d·Aᵀ` `[N, r]` (saved), `Y += s·H·Bᵀ`;
+//! `dB = s·Gᵀ·H`, `dH = s·G·B`, `dA = dHᵀ·X_d`, `dX += D'(dH·A)`.
+//! Dropout masks come from a counter-based hash of (adapter seed, pass seed, element index),
+//! so the backward (and a recomputed forward) regenerates the forward's mask without storing it.
+
+use std::str::FromStr;
+
+use rand::{Rng, SeedableRng, rngs::StdRng};
+
+use super::{Adapter, Export, Group, ParamInfo, Pass, Workspace};
+use crate::backend::check_len;
+use crate::backend::cpu::Real;
+use crate::backend::cpu::gemm::{GemmDims, gemm, gemm_ref};
+use crate::{Error, Result};
+
+/// A linear layer of a Llama block that can carry an adapter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Target {
+    AttnQ,
+    AttnK,
+    AttnV,
+    AttnOutput,
+    FfnGate,
+    FfnUp,
+    FfnDown,
+}
+
+impl Target {
+    /// All seven, in block order (the default target set).
+    pub const ALL: [Target; 7] = [
+        Target::AttnQ,
+        Target::AttnK,
+        Target::AttnV,
+        Target::AttnOutput,
+        Target::FfnGate,
+        Target::FfnUp,
+        Target::FfnDown,
+    ];
+
+    /// The GGUF tensor-name stem (`blk.N.<stem>.weight`).
+    pub fn gguf_stem(self) -> &'static str {
+        match self {
+            Target::AttnQ => "attn_q",
+            Target::AttnK => "attn_k",
+            Target::AttnV => "attn_v",
+            Target::AttnOutput => "attn_output",
+            Target::FfnGate => "ffn_gate",
+            Target::FfnUp => "ffn_up",
+            Target::FfnDown => "ffn_down",
+        }
+    }
+
+    /// The PEFT / Hugging Face module name.
+    pub fn peft_name(self) -> &'static str {
+        match self {
+            Target::AttnQ => "q_proj",
+            Target::AttnK => "k_proj",
+            Target::AttnV => "v_proj",
+            Target::AttnOutput => "o_proj",
+            Target::FfnGate => "gate_proj",
+            Target::FfnUp => "up_proj",
+            Target::FfnDown => "down_proj",
+        }
+    }
+}
+
+impl FromStr for Target {
+    type Err = Error;
+
+    /// Accepts the GGUF stem (`attn_q`) or the PEFT name (`q_proj`).
+    fn from_str(s: &str) -> Result<Target> {
+        Target::ALL
+            .into_iter()
+            .find(|t| t.gguf_stem() == s || t.peft_name() == s)
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "unknown LoRA target {s:?} (expected attn_q|attn_k|attn_v|attn_output|ffn_gate|ffn_up|ffn_down or q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+                ))
+            })
+    }
+}
+
+/// LoRA hyperparameters. The defaults are PEFT's (§1.2) with all seven linears adapted.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoraConfig {
+    pub rank: usize,
+    pub alpha: f32,
+    /// rsLoRA scaling `alpha / √rank` instead of `alpha / rank`.
+    pub rslora: bool,
+    /// Dropout probability on the adapter input, in `[0, 1)`.
+    pub dropout: f32,
+    pub targets: Vec<Target>,
+}
+
+impl Default for LoraConfig {
+    fn default() -> Self {
+        LoraConfig {
+            rank: 8,
+            alpha: 8.0,
+            rslora: false,
+            dropout: 0.0,
+            targets: Target::ALL.to_vec(),
+        }
+    }
+}
+
+impl LoraConfig {
+    /// Rejects rank 0, a non-finite alpha and a dropout outside `[0, 1)`.
+    pub fn validate(&self) -> Result<()> {
+        if self.rank == 0 {
+            return Err(Error::Invalid("LoRA rank must be at least 1".into()));
+        }
+        if !self.alpha.is_finite() {
+            return Err(Error::Invalid(format!(
+                "LoRA alpha {} is not finite",
+                self.alpha
+            )));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(Error::Invalid(format!(
+                "LoRA dropout {} is outside [0, 1)",
+                self.dropout
+            )));
+        }
+        Ok(())
+    }
+
+    /// `s = alpha / rank` (LoRA) or `alpha / √rank` (rsLoRA), §1.2.
+    pub fn scale(&self) -> f32 {
+        let r = self.rank as f64;
+        let d = if self.rslora { r.sqrt() } else { r };
+        (self.alpha as f64 / d) as f32
+    }
+}
+
+/// SplitMix64 finaliser: a well-mixed 64-bit hash of `z`.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Dropout multiplier of element `idx` of `X` `[N, in]`: `0` with probability `p`, else
+/// `1/(1−p)` (`D(X) = X ⊙ M / (1−p)`).
+#[inline]
+fn dropout_factor(stream: u64, idx: usize, p: f32) -> f32 {
+    let u = (mix(stream ^ mix(idx as u64)) >> 40) as f32 / (1u64 << 24) as f32;
+    if u < p { 0.0 } else { 1.0 / (1.0 - p) }
+}
+
+/// A LoRA branch on one linear `[out, in]`.
+#[derive(Clone, Debug)]
+pub struct Lora {
+    cfg: LoraConfig,
+    in_f: usize,
+    out_f: usize,
+    /// `[rank, in]`.
+    a: Vec<f32>,
+    /// `[out, rank]`.
+    b: Vec<f32>,
+    seed: u64,
+}
+
+impl Lora {
+    /// A LoRA branch for a linear of `in_f` inputs and `out_f` outputs, initialised from `seed`.
+    pub fn new(in_f: usize, out_f: usize, cfg: &LoraConfig, seed: u64) -> Result<Lora> {
+        cfg.validate()?;
+        if in_f == 0 || out_f == 0 {
+            return Err(Error::Invalid(format!(
+                "LoRA on an empty linear [{out_f}, {in_f}]"
+            )));
+        }
+        let mut lora = Lora {
+            cfg: cfg.clone(),
+            in_f,
+            out_f,
+            a: vec![0.0; cfg.rank * in_f],
+            b: vec![0.0; out_f * cfg.rank],
+            seed,
+        };
+        lora.init(seed);
+        Ok(lora)
+    }
+
+    pub fn rank(&self) -> usize {
+        self.cfg.rank
+    }
+    /// `A` `[rank, in]`.
+    pub fn a(&self) -> &[f32] {
+        &self.a
+    }
+    /// `B` `[out, rank]`.
+    pub fn b(&self) -> &[f32] {
+        &self.b
+    }
+    pub fn a_mut(&mut self) -> &mut [f32] {
+        &mut self.a
+    }
+    pub fn b_mut(&mut self) -> &mut [f32] {
+        &mut self.b
+    }
+
+    /// The dropout stream of `pass`, or `None` when dropout is off.
+    fn stream(&self, pass: Pass) -> Option<u64> {
+        (pass.training && self.cfg.dropout > 0.0).then(|| mix(self.seed ^ mix(pass.seed)))
+    }
+
+    /// The dropout multipliers `M/(1−p)` `[n, in]` of `pass` (`None` when dropout is off): the
+    /// mask the forward and backward use, for references and tests (allocates).
+    pub fn dropout_mask(&self, pass: Pass) -> Option<Vec<f32>> {
+        let stream = self.stream(pass)?;
+        Some(
+            (0..pass.n * self.in_f)
+                .map(|i| dropout_factor(stream, i, self.cfg.dropout))
+                .collect(),
+        )
+    }
+
+    /// `xd = D(x)` with the pass's mask (`xd` `[n, in]`).
+    fn apply_mask(&self, stream: u64, x: &[f32], xd: &mut [f32]) {
+        for (i, (d, &v)) in xd.iter_mut().zip(x).enumerate() {
+            *d = v * dropout_factor(stream, i, self.cfg.dropout);
+        }
+    }
+}
+
+impl Adapter for Lora {
+    fn method(&self) -> &'static str {
+        "lora"
+    }
+    fn in_features(&self) -> usize {
+        self.in_f
+    }
+    fn out_features(&self) -> usize {
+        self.out_f
+    }
+
+    fn params(&self) -> Vec<ParamInfo> {
+        vec![
+            ParamInfo {
+                name: "lora_A",
+                shape: vec![self.cfg.rank, self.in_f],
+                group: Group::A,
+            },
+            ParamInfo {
+                name: "lora_B",
+                shape: vec![self.out_f, self.cfg.rank],
+                group: Group::B,
+            },
+        ]
+    }
+
+    fn param(&self, i: usize) -> Option<&[f32]> {
+        match i {
+            0 => Some(&self.a),
+            1 => Some(&self.b),
+            _ => None,
+        }
+    }
+
+    fn param_mut(&mut self, i: usize) -> Option<&mut [f32]> {
+        match i {
+            0 => Some(&mut self.a),
+            1 => Some(&mut self.b),
+            _ => None,
+        }
+    }
+
+    /// PEFT init (§1.4): `A ~ U(−1/√in, 1/√in)` (kaiming-uniform a=√5), `B = 0`.
+    fn init(&mut self, seed: u64) {
+        self.seed = seed;
+        let bound = 1.0 / (self.in_f as f32).sqrt();
+        let mut rng = StdRng::seed_from_u64(seed);
+        for v in &mut self.a {
+            *v = rng.random_range(-bound..bound);
+        }
+        self.b.fill(0.0);
+    }
+
+    fn scale(&self) -> f32 {
+        self.cfg.scale()
+    }
+
+    /// Saved: `H` (r per token). Scratch: `dH` (r) in the backward, plus `X_d` / `dH·A` (in)
+    /// when dropout is on.
+    fn workspace(&self) -> Workspace {
+        let drop = if self.cfg.dropout > 0.0 { self.in_f } else { 0 };
+        Workspace {
+            saved_per_token: self.cfg.rank,
+            scratch_per_token: self.cfg.rank + drop,
+        }
+    }
+
+    fn forward(
+        &self,
+        pass: Pass,
+        x: &[f32],
+        y: &mut [f32],
+        saved: &mut [f32],
+        scratch: &mut [f32],
+    ) -> Result<()> {
+        let (n, r, inf, outf) = (pass.n, self.cfg.rank, self.in_f, self.out_f);
+        check_len("lora forward", "x", x.len(), n, inf)?;
+        check_len("lora forward", "y", y.len(), n, outf)?;
+        let h = saved
+            .get_mut(..n * r)
+            .ok_or_else(|| short("saved", n * r))?;
+        // H = X_d·Aᵀ: [n, in] × [r, in]ᵀ.
+        let hd = d(n, r, inf, false, true);
+        match self.stream(pass) {
+            Some(stream) => {
+                let xd = scratch
+                    .get_mut(..n * inf)
+                    .ok_or_else(|| short("scratch", n * inf))?;
+                self.apply_mask(stream, x, xd);
+                gemm(hd, 1.0, xd, &self.a, 0.0, h)?;
+            }
+            None => gemm(hd, 1.0, x, &self.a, 0.0, h)?,
+        }
+        // Y += s·H·Bᵀ: [n, r] × [out, r]ᵀ.
+        gemm(d(n, outf, r, false, true), self.scale(), h, &self.b, 1.0, y)
+    }
+
+    fn backward(
+        &self,
+        pass: Pass,
+        x: &[f32],
+        g: &[f32],
+        saved: &[f32],
+        scratch: &mut [f32],
+        dx: &mut [f32],
+        grads: &mut [f32],
+    ) -> Result<()> {
+        let (n, r, inf, outf) = (pass.n, self.cfg.rank, self.in_f, self.out_f);
+        let s = self.scale();
+        check_len("lora backward", "x", x.len(), n, inf)?;
+        check_len("lora backward", "dx", dx.len(), n, inf)?;
+        check_len("lora backward", "g", g.len(), n, outf)?;
+        check_len("lora backward", "grads", grads.len(), 1, r * (inf + outf))?;
+        let h = saved.get(..n * r).ok_or_else(|| short("saved", n * r))?;
+        let (da, db) = grads.split_at_mut(r * inf);
+        let stream = self.stream(pass);
+        let need = n * r + if stream.is_some() { n * inf } else { 0 };
+        let scratch = scratch
+            .get_mut(..need)
+            .ok_or_else(|| short("scratch", need))?;
+        let (dh, xd) = scratch.split_at_mut(n * r);
+        // dB = s·Gᵀ·H: [n, out]ᵀ × [n, r].
+        gemm(d(outf, r, n, true, false), s, g, h, 0.0, db)?;
+        // dH = s·G·B: [n, out] × [out, r].
+        gemm(d(n, r, outf, false, false), s, g, &self.b, 0.0, dh)?;
+        let da_dims = d(r, inf, n, true, false);
+        let dxa_dims = d(n, inf, r, false, false);
+        match stream {
+            Some(stream) => {
+                // dA = dHᵀ·X_d, then dX += D'(dH·A) through the same buffer.
+                self.apply_mask(stream, x, xd);
+                gemm(da_dims, 1.0, dh, xd, 0.0, da)?;
+                gemm(dxa_dims, 1.0, dh, &self.a, 0.0, xd)?;
+                for (i, (d, &v)) in dx.iter_mut().zip(xd.iter()).enumerate() {
+                    *d += v * dropout_factor(stream, i, self.cfg.dropout);
+                }
+                Ok(())
+            }
+            None => {
+                gemm(da_dims, 1.0, dh, x, 0.0, da)?;
+                gemm(dxa_dims, 1.0, dh, &self.a, 1.0, dx)
+            }
+        }
+    }
+
+    /// `ΔW = s·B·A` `[out, in]` (§1.6).
+    fn delta_weight(&self, dw: &mut [f32]) -> Result<()> {
+        let (r, inf, outf) = (self.cfg.rank, self.in_f, self.out_f);
+        gemm(
+            d(outf, inf, r, false, false),
+            self.scale(),
+            &self.b,
+            &self.a,
+            0.0,
+            dw,
+        )
+    }
+
+    fn export(&self) -> Export<'_> {
+        Export::LowRank {
+            a: &self.a,
+            b: &self.b,
+            rank: self.cfg.rank,
+            scale: self.scale(),
+        }
+    }
+}
+
+fn short(what: &str, need: usize) -> Error {
+    Error::Invalid(format!("lora: {what} workspace shorter than {need} values"))
+}
+
+/// Shapes of the generic references: `n` tokens, `in`, `out`, rank `r`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BranchDims {
+    pub n: usize,
+    pub in_f: usize,
+    pub out_f: usize,
+    pub r: usize,
+}
+
+fn d(m: usize, n: usize, k: usize, trans_a: bool, trans_b: bool) -> GemmDims {
+    GemmDims {
+        m,
+        n,
+        k,
+        trans_a,
+        trans_b,
+    }
+}
+
+/// `X_d = X ⊙ mask` (`mask` holds the multipliers `M/(1−p)`), or `X`.
+fn masked<R: Real>(x: &[R], mask: Option<&[R]>) -> Vec<R> {
+    match mask {
+        Some(m) => x
+            .iter()
+            .zip(m)
+            .map(|(&v, &f)| R::from_f64(v.to_f64() * f.to_f64()))
+            .collect(),
+        None => x.to_vec(),
+    }
+}
+
+/// Scalar specification of the branch forward (§0.3), generic over f32/f64 with f64 sums:
+/// returns `(ΔY = s·X_d·Aᵀ·Bᵀ [n, out], H [n, r])`.
+pub fn forward_ref<R: Real>(
+    dm: BranchDims,
+    s: f64,
+    x: &[R],
+    a: &[R],
+    b: &[R],
+    mask: Option<&[R]>,
+) -> (Vec<R>, Vec<R>) {
+    let xd = masked(x, mask);
+    let mut h = vec![R::from_f64(0.0); dm.n * dm.r];
+    gemm_ref(
+        d(dm.n, dm.r, dm.in_f, false, true),
+        1.0,
+        &xd,
+        a,
+        0.0,
+        &mut h,
+    );
+    let mut y = vec![R::from_f64(0.0); dm.n * dm.out_f];
+    gemm_ref(d(dm.n, dm.out_f, dm.r, false, true), s, &h, b, 0.0, &mut y);
+    (y, h)
+}
+
+/// Scalar specification of the branch backward (§0.3): returns `(dX_branch [n, in],
+/// dA [r, in], dB [out, r])` for upstream `g` `[n, out]`.
+#[allow(clippy::too_many_arguments)]
+pub fn backward_ref<R: Real>(
+    dm: BranchDims,
+    s: f64,
+    x: &[R],
+    a: &[R],
+    b: &[R],
+    mask: Option<&[R]>,
+    g: &[R],
+) -> (Vec<R>, Vec<R>, Vec<R>) {
+    let (n, inf, outf, r) = (dm.n, dm.in_f, dm.out_f, dm.r);
+    let xd = masked(x, mask);
+    let zero = R::from_f64(0.0);
+    let mut h = vec![zero; n * r];
+    gemm_ref(d(n, r, inf, false, true), 1.0, &xd, a, 0.0, &mut h);
+    let mut db = vec![zero; outf * r];
+    gemm_ref(d(outf, r, n, true, false), s, g, &h, 0.0, &mut db);
+    let mut dh = vec![zero; n * r];
+    gemm_ref(d(n, r, outf, false, false), s, g, b, 0.0, &mut dh);
+    let mut da = vec![zero; r * inf];
+    gemm_ref(d(r, inf, n, true, false), 1.0, &dh, &xd, 0.0, &mut da);
+    let mut dxd = vec![zero; n * inf];
+    gemm_ref(d(n, inf, r, false, false), 1.0, &dh, a, 0.0, &mut dxd);
+    (masked(&dxd, mask), da, db)
+}

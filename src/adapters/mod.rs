@@ -1,0 +1,187 @@
+//! Adapters as plug-ins (DESIGN.md §4.7): the [`Adapter`] trait is one adapted linear layer's
+//! trainable branch; each method (LoRA now; DoRA, AdaLoRA, … later) implements it, so the
+//! trainer never names a method.
+//!
+//! # Why a trait object over host f32 slices
+//!
+//! The trait is object-safe: the trainer keeps a `Vec<Box<dyn Adapter>>` (one per adapted
+//! linear), so one model can mix methods and the method is picked from the config at run time
+//! without monomorphising the trainer per method. A virtual call per layer per pass is nothing
+//! next to the GEMMs inside it. The views are CPU slices (the CPU backend's `View`s); a device
+//! backend will get the same trait with its view types when it exists.
+//!
+//! # Contract
+//!
+//! Shapes: `x` `[n, in]`, `y` and `g` `[n, out]`, one token per row. A [`Pass`] carries `n` and
+//! the dropout stream, so the forward and the backward of the same micro-batch (and a
+//! recomputed forward under gradient checkpointing) see the same mask.
+//! - [`Adapter::forward`] adds the branch output to the base output `y` and writes what the
+//!   backward needs into `saved` ([`Adapter::saved_len`] values), using `scratch`
+//!   ([`Adapter::scratch_len`] values, dead after the call).
+//! - [`Adapter::backward`] adds the branch's input gradient to `dx` (the base's `G·Ŵ` is the
+//!   trainer's) and OVERWRITES `grads`, the parameter gradients concatenated in the order of
+//!   [`Adapter::params`].
+//! - Workspace sizes are linear in `n` ([`Workspace`] per token), so the memory planner sizes
+//!   them before step 1 and nothing is allocated during a step.
+
+pub mod lora;
+
+pub use lora::{Lora, LoraConfig, Target};
+
+use crate::Result;
+
+/// One forward/backward pass over a micro-batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pass {
+    /// Tokens (rows of `x`).
+    pub n: usize,
+    /// Training (dropout active) or inference (dropout is the identity).
+    pub training: bool,
+    /// The dropout stream of this micro-batch (the trainer derives it from step and micro-batch
+    /// index; each adapter mixes in its own seed, so layers get different masks).
+    pub seed: u64,
+}
+
+/// Which optimizer group a tensor belongs to (LoRA+, derivatives.md §1.5): `A` maps to
+/// [`crate::optim::LORA_PLUS_GROUP_A`], `B` to [`crate::optim::LORA_PLUS_GROUP_B`]. Without
+/// LoRA+ both groups have the same learning rate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Group {
+    /// Every non-`B` matrix, at `lr`.
+    A,
+    /// `lora_B` and every 1-D trainable tensor, at `lr·λ`.
+    B,
+}
+
+impl Group {
+    /// The index into [`crate::optim::lora_plus_groups`].
+    pub fn index(self) -> usize {
+        match self {
+            Group::A => crate::optim::LORA_PLUS_GROUP_A,
+            Group::B => crate::optim::LORA_PLUS_GROUP_B,
+        }
+    }
+}
+
+/// A trainable tensor of an adapter (f32 master weights).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParamInfo {
+    /// PEFT name (`lora_A`, `lora_B`).
+    pub name: &'static str,
+    /// Row-major shape.
+    pub shape: Vec<usize>,
+    pub group: Group,
+}
+
+impl ParamInfo {
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// The optimizer's view of this tensor.
+    pub fn spec(&self) -> crate::optim::ParamSpec {
+        crate::optim::ParamSpec {
+            numel: self.numel(),
+            group: self.group.index(),
+        }
+    }
+}
+
+/// Workspace an adapter needs, in f32 values per token of the micro-batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Workspace {
+    /// Written by the forward, read by the backward (lives across the layer's interval).
+    pub saved_per_token: usize,
+    /// Temporary inside one forward or one backward call.
+    pub scratch_per_token: usize,
+}
+
+impl Workspace {
+    /// Bytes of (saved, scratch) for `n` tokens.
+    pub fn bytes(&self, n: usize) -> (usize, usize) {
+        (4 * n * self.saved_per_token, 4 * n * self.scratch_per_token)
+    }
+}
+
+/// How an adapter is exported.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Export<'a> {
+    /// A plain `ΔW = scale · B·A` (GGUF/PEFT LoRA): `b` `[out, rank]`, `a` `[rank, in]`.
+    LowRank {
+        a: &'a [f32],
+        b: &'a [f32],
+        rank: usize,
+        scale: f32,
+    },
+    /// Not expressible as a plain `B·A`; only merging into a new base works.
+    MergeOnly,
+}
+
+/// One adapted linear layer's trainable branch. See the module docs for the contract.
+pub trait Adapter: Send + Sync {
+    /// Short method name (`lora`).
+    fn method(&self) -> &'static str;
+    /// Input features of the adapted linear.
+    fn in_features(&self) -> usize;
+    /// Output features of the adapted linear.
+    fn out_features(&self) -> usize;
+
+    /// The trainable tensors, in the order of `grads` and [`Adapter::param`].
+    fn params(&self) -> Vec<ParamInfo>;
+    /// Tensor `i` of [`Adapter::params`] (`None` out of range).
+    fn param(&self, i: usize) -> Option<&[f32]>;
+    /// Tensor `i`, writable (the optimizer updates it in place).
+    fn param_mut(&mut self, i: usize) -> Option<&mut [f32]>;
+    /// Σ numel over [`Adapter::params`]: the length of `grads`.
+    fn n_params(&self) -> usize {
+        self.params().iter().map(ParamInfo::numel).sum()
+    }
+
+    /// (Re-)initialises the parameters from `seed` (deterministic).
+    fn init(&mut self, seed: u64);
+    /// The branch's output scaling `s`.
+    fn scale(&self) -> f32;
+
+    /// Workspace per token.
+    fn workspace(&self) -> Workspace;
+    /// `saved` length for `n` tokens.
+    fn saved_len(&self, n: usize) -> usize {
+        n * self.workspace().saved_per_token
+    }
+    /// `scratch` length for `n` tokens.
+    fn scratch_len(&self, n: usize) -> usize {
+        n * self.workspace().scratch_per_token
+    }
+
+    /// `y += branch(x)`; fills `saved` for the backward.
+    fn forward(
+        &self,
+        pass: Pass,
+        x: &[f32],
+        y: &mut [f32],
+        saved: &mut [f32],
+        scratch: &mut [f32],
+    ) -> Result<()>;
+
+    /// Given `g = ∂L/∂y`: `dx += ∂(branch)/∂x ᵀ g`, `grads` = the parameter gradients.
+    #[allow(clippy::too_many_arguments)]
+    fn backward(
+        &self,
+        pass: Pass,
+        x: &[f32],
+        g: &[f32],
+        saved: &[f32],
+        scratch: &mut [f32],
+        dx: &mut [f32],
+        grads: &mut [f32],
+    ) -> Result<()>;
+
+    /// Writes the dense `ΔW` `[out, in]` the branch adds to the base weight (for merging).
+    fn delta_weight(&self, dw: &mut [f32]) -> Result<()>;
+    /// How the adapter exports (plain low-rank, or merge-only).
+    fn export(&self) -> Export<'_>;
+
+    /// Schedule hook, called by the trainer before each optimizer step (AdaLoRA budget, DyLoRA
+    /// rank sampling). Default: nothing.
+    fn on_step(&mut self, _step: u64) {}
+}
