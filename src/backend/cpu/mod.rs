@@ -17,9 +17,9 @@ pub mod swiglu;
 use std::ops::Range;
 
 use super::{AttentionDims, Backend, RopeDims};
-use gemm::GemmDims;
 use crate::quant::matmul::QuantMatrix;
 use crate::{Error, Result};
+use gemm::GemmDims;
 
 /// The CPU backend (stateless; rayon's global pool does the threading).
 #[derive(Clone, Copy, Debug, Default)]
