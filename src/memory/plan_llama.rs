@@ -45,6 +45,9 @@ use super::plan::{Category, PlanBuilder};
 use crate::model::config::LlamaConfig;
 use crate::{Error, Result};
 
+use Bwd as B;
+use Fwd as F;
+
 /// Forward sub-steps of one layer (and of its recompute), in order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fwd {
@@ -251,137 +254,27 @@ pub fn llama_training_buffers(
             s.bwd(l, Bwd::AttnNorm),
         )?;
 
+        // (name, shape, made at, last forward use, last backward use, recomputed)
+        #[rustfmt::skip]
         let mut acts = vec![
-            a(
-                "xn",
-                act,
-                &[t, d],
-                Fwd::AttnNorm,
-                Some(Fwd::Qkv),
-                Some(Bwd::Qkv),
-                true,
-            ),
-            a(
-                "rstd_attn",
-                act,
-                &[t],
-                Fwd::AttnNorm,
-                None,
-                Some(Bwd::AttnNorm),
-                true,
-            ),
-            a(
-                "q",
-                act,
-                &[t, q],
-                Fwd::Qkv,
-                Some(Fwd::Attention),
-                Some(Bwd::Attention),
-                true,
-            ),
-            a(
-                "k",
-                act,
-                &[t, kv],
-                Fwd::Qkv,
-                Some(Fwd::Attention),
-                Some(Bwd::Attention),
-                true,
-            ),
-            a(
-                "v",
-                act,
-                &[t, kv],
-                Fwd::Qkv,
-                Some(Fwd::Attention),
-                Some(Bwd::Attention),
-                true,
-            ),
-            // Read by the attention backward (Bwd::Attention) and by dA of attn_output (OutProj).
-            a(
-                "att",
-                act,
-                &[t, q],
-                Fwd::Attention,
-                Some(Fwd::OutProj),
-                Some(Bwd::Attention),
-                true,
-            ),
-            a(
-                "lse",
-                act,
-                &[t, h],
-                Fwd::Attention,
-                None,
-                Some(Bwd::Attention),
-                true,
-            ),
-            a(
-                "o",
-                act,
-                &[t, d],
-                Fwd::OutProj,
-                Some(Fwd::OutProj),
-                None,
-                true,
-            ),
+            a("xn",        act, &[t, d],  F::AttnNorm,  Some(F::Qkv),       Some(B::Qkv),       true),
+            a("rstd_attn", act, &[t],     F::AttnNorm,  None,               Some(B::AttnNorm),  true),
+            a("q",         act, &[t, q],  F::Qkv,       Some(F::Attention), Some(B::Attention), true),
+            a("k",         act, &[t, kv], F::Qkv,       Some(F::Attention), Some(B::Attention), true),
+            a("v",         act, &[t, kv], F::Qkv,       Some(F::Attention), Some(B::Attention), true),
+            // Read by the attention backward and, before it, by dA of attn_output (OutProj).
+            a("att",       act, &[t, q],  F::Attention, Some(F::OutProj),   Some(B::Attention), true),
+            a("lse",       act, &[t, h],  F::Attention, None,               Some(B::Attention), true),
+            a("o",         act, &[t, d],  F::OutProj,   Some(F::OutProj),   None,               true),
             // The forward writes the residual straight into x_{l+1}; only the backward needs
             // a separate copy (ffn_norm's input).
-            a(
-                "mid",
-                act,
-                &[t, d],
-                Fwd::OutProj,
-                None,
-                Some(Bwd::FfnNorm),
-                true,
-            ),
-            a(
-                "fn",
-                act,
-                &[t, d],
-                Fwd::FfnNorm,
-                Some(Fwd::GateUp),
-                Some(Bwd::GateUp),
-                true,
-            ),
-            a(
-                "rstd_ffn",
-                act,
-                &[t],
-                Fwd::FfnNorm,
-                None,
-                Some(Bwd::FfnNorm),
-                true,
-            ),
-            a(
-                "gate",
-                act,
-                &[t, f],
-                Fwd::GateUp,
-                Some(Fwd::Swiglu),
-                Some(Bwd::Swiglu),
-                true,
-            ),
-            a(
-                "up",
-                act,
-                &[t, f],
-                Fwd::GateUp,
-                Some(Fwd::Swiglu),
-                Some(Bwd::Swiglu),
-                true,
-            ),
-            a(
-                "sw",
-                act,
-                &[t, f],
-                Fwd::Swiglu,
-                Some(Fwd::Down),
-                Some(Bwd::Down),
-                true,
-            ),
-            a("y", act, &[t, d], Fwd::Down, Some(Fwd::Down), None, false),
+            a("mid",       act, &[t, d],  F::OutProj,   None,               Some(B::FfnNorm),   true),
+            a("fn",        act, &[t, d],  F::FfnNorm,   Some(F::GateUp),    Some(B::GateUp),    true),
+            a("rstd_ffn",  act, &[t],     F::FfnNorm,   None,               Some(B::FfnNorm),   true),
+            a("gate",      act, &[t, f],  F::GateUp,    Some(F::Swiglu),    Some(B::Swiglu),    true),
+            a("up",        act, &[t, f],  F::GateUp,    Some(F::Swiglu),    Some(B::Swiglu),    true),
+            a("sw",        act, &[t, f],  F::Swiglu,    Some(F::Down),      Some(B::Down),      true),
+            a("y",         act, &[t, d],  F::Down,      Some(F::Down),      None,               false),
         ];
         for (name, &(_, _, made, used)) in TARGETS.iter().zip(&proj).take(n_targets) {
             let cat = Category::AdapterActivation;
