@@ -1,0 +1,511 @@
+//! The buffer list of one Llama LoRA training step, with and without gradient checkpointing:
+//! the first client of [`super::plan`]. Shapes are f32, `T = seq_len × micro_batch` tokens,
+//! `D = dim`, `Q = n_head · head_dim`, `K = n_head_kv · head_dim`, `F = ffn`, `H = n_head`,
+//! `r` the LoRA rank.
+//!
+//! # Schedule ([`LlamaSchedule`])
+//!
+//! `embed`, then per layer 0..L the 8 forward sub-steps of [`Fwd`], the 3 loss sub-steps of
+//! [`Loss`], then per layer L−1..0 the 8 recompute sub-steps (a copy of [`Fwd`]; empty without
+//! checkpointing) followed by the 8 backward sub-steps of [`Bwd`], then `optimizer`.
+//!
+//! # Buffers (names `L{l}.…` per layer)
+//!
+//! - `x` `[T, D]`: the layer's input (the residual stream), written by the previous layer's
+//!   forward (or the embedding), kept until the layer's `AttnNorm` backward. With
+//!   checkpointing these are the only per-layer activations that cross layers ([`Category::Checkpoint`]).
+//! - Layer activations: `xn` (attn_norm out) `[T, D]`, `rstd_attn` `[T]`, `q` `[T, Q]`,
+//!   `k`/`v` `[T, K]`, `att` (attention out) `[T, Q]`, `lse` `[T, H]`, `o` (attn_output out)
+//!   `[T, D]`, `mid` (residual after attention) `[T, D]`, `fn` (ffn_norm out) `[T, D]`,
+//!   `rstd_ffn` `[T]`, `gate`/`up`/`sw` (SwiGLU out) `[T, F]`, `y` (ffn_down out) `[T, D]`, and
+//!   the LoRA branch `h.{target}` `[T, r]` (`H = x · Aᵀ`, saved for `dB = dyᵀ · H`). Without
+//!   checkpointing each lives from its forward sub-step to its last backward use. With
+//!   checkpointing the forward keeps only what the forward itself needs, one sub-step or two
+//!   (`x_{l+1}` doubles as `mid`; `rstd`/`lse` are not saved), and the backward recomputes the
+//!   layer into `L{l}.rc.…` buffers ([`Category::Recompute`]) that live only within that
+//!   layer's backward.
+//! - Backward scratch ([`Category::Temporary`]): `dsw` `[T, F]`, `dgate`/`dup` `[T, F]`, `dfn`
+//!   `[T, D]` (+ `dfn_tmp` for the second input gradient before it is added), `dmid` `[T, D]`
+//!   (ffn_norm's input gradient, added into the residual gradient), `datt` `[T, Q]`, `dq`
+//!   `[T, Q]`, `dk`/`dv` `[T, K]`, `dxn` `[T, D]` (+ `dxn_tmp`), `dx` `[T, D]`, and the LoRA
+//!   `dh.{target}` `[T, r]` (`dH = dy · B`).
+//! - Loss: `final.norm` `[T, D]`, `final.rstd` `[T]`, `ce.logits` `[chunk, vocab]` (the
+//!   chunked cross-entropy's scratch: `[T, vocab]` never exists), `ce.dh` `[T, D]`.
+//! - `dres` `[T, D]` ([`Category::ResidualGrad`]): the gradient of the residual stream, from the
+//!   final norm's backward down to layer 0, updated in place.
+//! - `L{l}.grad.{target}` `r·(in + out)` ([`Category::AdapterGrad`]): `dA [r, in]` then
+//!   `dB [out, r]`, zeroed at the start of the backward and kept until the optimizer.
+//! - `opt.m`, `opt.v` ([`Category::OptimizerStaging`]): AdamW state of the largest single
+//!   adapter tensor, paged in for its update (the state itself lives outside the arena).
+//!
+//! Attention needs no tile buffer: the backends' attention kernels tile in registers / on the
+//! stack / in shared memory, and recompute scores from the saved `lse`.
+
+use super::plan::{Category, PlanBuilder};
+use crate::model::config::LlamaConfig;
+use crate::{Error, Result};
+
+use Bwd as B;
+use Fwd as F;
+
+/// Forward sub-steps of one layer (and of its recompute), in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fwd {
+    AttnNorm = 0,
+    Qkv,
+    Attention,
+    OutProj,
+    FfnNorm,
+    GateUp,
+    Swiglu,
+    Down,
+}
+
+/// Loss sub-steps, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Loss {
+    FinalNorm = 0,
+    CrossEntropy,
+    FinalNormBackward,
+}
+
+/// Backward sub-steps of one layer, in order (the reverse of [`Fwd`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bwd {
+    Down = 0,
+    Swiglu,
+    GateUp,
+    FfnNorm,
+    OutProj,
+    Attention,
+    Qkv,
+    AttnNorm,
+}
+
+const FWD_STEPS: u32 = 8;
+const LOSS_STEPS: u32 = 3;
+/// Recompute (8) then backward (8).
+const BWD_STEPS: u32 = 16;
+
+/// Step numbers of a training step's schedule (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LlamaSchedule {
+    n_layer: u32,
+}
+
+impl LlamaSchedule {
+    /// A schedule for `n_layer` layers; an error when its steps do not fit in `u32`.
+    pub fn new(n_layer: usize) -> Result<LlamaSchedule> {
+        let steps = u32::try_from(n_layer)
+            .ok()
+            .and_then(|l| l.checked_mul(FWD_STEPS + BWD_STEPS))
+            .and_then(|s| s.checked_add(2 + LOSS_STEPS));
+        match steps {
+            Some(_) => Ok(LlamaSchedule {
+                n_layer: n_layer as u32,
+            }),
+            None => Err(Error::Invalid(format!(
+                "plan: {n_layer} layers make more schedule steps than fit in u32"
+            ))),
+        }
+    }
+
+    pub fn embed(&self) -> u32 {
+        0
+    }
+
+    /// Sub-step `sub` of layer `layer`'s forward (`layer < n_layer`).
+    pub fn fwd(&self, layer: usize, sub: Fwd) -> u32 {
+        debug_assert!(layer < self.n_layer as usize);
+        1 + layer as u32 * FWD_STEPS + sub as u32
+    }
+
+    pub fn loss(&self, sub: Loss) -> u32 {
+        1 + self.n_layer * FWD_STEPS + sub as u32
+    }
+
+    fn bwd_base(&self, layer: usize) -> u32 {
+        debug_assert!(layer < self.n_layer as usize);
+        1 + self.n_layer * FWD_STEPS + LOSS_STEPS + (self.n_layer - 1 - layer as u32) * BWD_STEPS
+    }
+
+    /// Sub-step `sub` of the recompute of layer `layer` at the start of its backward.
+    pub fn recompute(&self, layer: usize, sub: Fwd) -> u32 {
+        self.bwd_base(layer) + sub as u32
+    }
+
+    /// Sub-step `sub` of layer `layer`'s backward (after its recompute).
+    pub fn bwd(&self, layer: usize, sub: Bwd) -> u32 {
+        self.bwd_base(layer) + FWD_STEPS + sub as u32
+    }
+
+    /// The first step of the backward (the top layer's recompute).
+    pub fn backward_start(&self) -> u32 {
+        1 + self.n_layer * FWD_STEPS + LOSS_STEPS
+    }
+
+    pub fn optimizer(&self) -> u32 {
+        1 + self.n_layer * (FWD_STEPS + BWD_STEPS) + LOSS_STEPS
+    }
+
+    /// Number of steps (`optimizer() + 1`).
+    pub fn n_steps(&self) -> u32 {
+        self.optimizer() + 1
+    }
+}
+
+/// The adaptable projections, in the order `n_targets` counts them.
+pub const TARGETS: [&str; 7] = ["q", "k", "v", "o", "gate", "up", "down"];
+
+/// One layer activation: produced at forward sub-step `made`, last read by the forward at
+/// `fwd_last` (`None`: the forward need not write it) and by the backward at `bwd_last`
+/// (`None`: only the forward / recompute uses it); `recompute`: whether the recompute must
+/// produce it again.
+struct Act {
+    name: String,
+    category: Category,
+    dims: Vec<usize>,
+    made: Fwd,
+    fwd_last: Option<Fwd>,
+    bwd_last: Option<Bwd>,
+    recompute: bool,
+}
+
+/// Bytes of an f32 tensor of shape `dims`, with the shape in the overflow error.
+fn f32_bytes(name: &str, dims: &[usize]) -> Result<u64> {
+    dims.iter()
+        .try_fold(4u64, |acc, &d| acc.checked_mul(d as u64))
+        .ok_or_else(|| {
+            Error::Invalid(format!(
+                "plan: buffer `{name}` of shape {dims:?} f32 overflows u64 bytes"
+            ))
+        })
+}
+
+/// The buffers of one training step of `cfg` (see the module docs for each buffer and the
+/// schedule): `seq_len × micro_batch` tokens, LoRA of rank `rank` on the first `n_targets` of
+/// [`TARGETS`], cross-entropy in chunks of `ce_chunk` tokens, with or without gradient
+/// checkpointing. Errors name a zero size, more than 7 targets, or an overflow.
+pub fn llama_training_buffers(
+    cfg: &LlamaConfig,
+    seq_len: usize,
+    micro_batch: usize,
+    rank: usize,
+    n_targets: usize,
+    ce_chunk: usize,
+    checkpointing: bool,
+) -> Result<PlanBuilder> {
+    if n_targets > TARGETS.len() {
+        return Err(Error::Invalid(format!(
+            "plan: {n_targets} adapted projections per layer, a Llama layer has {}",
+            TARGETS.len()
+        )));
+    }
+    for (what, v) in [
+        ("seq_len", seq_len),
+        ("micro_batch", micro_batch),
+        ("ce_chunk", ce_chunk),
+    ] {
+        if v == 0 {
+            return Err(Error::Invalid(format!("plan: {what} is 0")));
+        }
+    }
+    if n_targets > 0 && rank == 0 {
+        return Err(Error::Invalid("plan: LoRA rank is 0".into()));
+    }
+    let t = seq_len.checked_mul(micro_batch).ok_or_else(|| {
+        Error::Invalid(format!("plan: {seq_len} × {micro_batch} tokens overflow"))
+    })?;
+    let s = LlamaSchedule::new(cfg.n_layer)?;
+    let (d, q, kv, f, h) = (cfg.dim, cfg.q_dim(), cfg.kv_dim(), cfg.ffn, cfg.n_head);
+    // (in, out, forward sub-step, backward sub-step) of each projection, in TARGETS order.
+    let proj = [
+        (d, q, Fwd::Qkv, Bwd::Qkv),
+        (d, kv, Fwd::Qkv, Bwd::Qkv),
+        (d, kv, Fwd::Qkv, Bwd::Qkv),
+        (q, d, Fwd::OutProj, Bwd::OutProj),
+        (d, f, Fwd::GateUp, Bwd::GateUp),
+        (d, f, Fwd::GateUp, Bwd::GateUp),
+        (f, d, Fwd::Down, Bwd::Down),
+    ];
+
+    let mut b = PlanBuilder::new();
+    let x_cat = if checkpointing {
+        Category::Checkpoint
+    } else {
+        Category::Activation
+    };
+    let act = Category::Activation;
+
+    for l in 0..cfg.n_layer {
+        // The layer input: written by the embedding or by the previous layer's OutProj
+        // (x_{l+1} = x_l + o, then += y), read until this layer's AttnNorm backward.
+        let first = if l == 0 {
+            s.embed()
+        } else {
+            s.fwd(l - 1, Fwd::OutProj)
+        };
+        add(
+            &mut b,
+            format!("L{l}.x"),
+            x_cat,
+            &[t, d],
+            first,
+            s.bwd(l, Bwd::AttnNorm),
+        )?;
+
+        // (name, shape, made at, last forward use, last backward use, recomputed)
+        #[rustfmt::skip]
+        let mut acts = vec![
+            a("xn",        act, &[t, d],  F::AttnNorm,  Some(F::Qkv),       Some(B::Qkv),       true),
+            a("rstd_attn", act, &[t],     F::AttnNorm,  None,               Some(B::AttnNorm),  true),
+            a("q",         act, &[t, q],  F::Qkv,       Some(F::Attention), Some(B::Attention), true),
+            a("k",         act, &[t, kv], F::Qkv,       Some(F::Attention), Some(B::Attention), true),
+            a("v",         act, &[t, kv], F::Qkv,       Some(F::Attention), Some(B::Attention), true),
+            // Read by the attention backward and, before it, by dA of attn_output (OutProj).
+            a("att",       act, &[t, q],  F::Attention, Some(F::OutProj),   Some(B::Attention), true),
+            a("lse",       act, &[t, h],  F::Attention, None,               Some(B::Attention), true),
+            a("o",         act, &[t, d],  F::OutProj,   Some(F::OutProj),   None,               true),
+            // The forward writes the residual straight into x_{l+1}; only the backward needs
+            // a separate copy (ffn_norm's input).
+            a("mid",       act, &[t, d],  F::OutProj,   None,               Some(B::FfnNorm),   true),
+            a("fn",        act, &[t, d],  F::FfnNorm,   Some(F::GateUp),    Some(B::GateUp),    true),
+            a("rstd_ffn",  act, &[t],     F::FfnNorm,   None,               Some(B::FfnNorm),   true),
+            a("gate",      act, &[t, f],  F::GateUp,    Some(F::Swiglu),    Some(B::Swiglu),    true),
+            a("up",        act, &[t, f],  F::GateUp,    Some(F::Swiglu),    Some(B::Swiglu),    true),
+            a("sw",        act, &[t, f],  F::Swiglu,    Some(F::Down),      Some(B::Down),      true),
+            a("y",         act, &[t, d],  F::Down,      Some(F::Down),      None,               false),
+        ];
+        for (name, &(_, _, made, used)) in TARGETS.iter().zip(&proj).take(n_targets) {
+            let cat = Category::AdapterActivation;
+            acts.push(a(
+                &format!("h.{name}"),
+                cat,
+                &[t, rank],
+                made,
+                Some(made),
+                Some(used),
+                true,
+            ));
+        }
+        for ac in &acts {
+            let dims = &ac.dims;
+            if checkpointing {
+                if let Some(last) = ac.fwd_last {
+                    add(
+                        &mut b,
+                        format!("L{l}.{}", ac.name),
+                        ac.category,
+                        dims,
+                        s.fwd(l, ac.made),
+                        s.fwd(l, last),
+                    )?;
+                }
+                if ac.recompute {
+                    let cat = if ac.category == act {
+                        Category::Recompute
+                    } else {
+                        ac.category
+                    };
+                    let first = s.recompute(l, ac.made);
+                    let last = match (ac.bwd_last, ac.fwd_last) {
+                        (Some(bw), _) => s.bwd(l, bw),
+                        (None, Some(fw)) => s.recompute(l, fw),
+                        (None, None) => first,
+                    };
+                    add(
+                        &mut b,
+                        format!("L{l}.rc.{}", ac.name),
+                        cat,
+                        dims,
+                        first,
+                        last,
+                    )?;
+                }
+            } else if ac.fwd_last.is_some() || ac.bwd_last.is_some() {
+                let first = s.fwd(l, ac.made);
+                let last = match (ac.bwd_last, ac.fwd_last) {
+                    (Some(bw), _) => s.bwd(l, bw),
+                    (None, Some(fw)) => s.fwd(l, fw),
+                    (None, None) => first,
+                };
+                add(
+                    &mut b,
+                    format!("L{l}.{}", ac.name),
+                    ac.category,
+                    dims,
+                    first,
+                    last,
+                )?;
+            }
+        }
+
+        // Backward scratch: (name, shape, first, last).
+        let tmp = Category::Temporary;
+        let scratch: [(&str, [usize; 2], Bwd, Bwd); 13] = [
+            ("dsw", [t, f], Bwd::Down, Bwd::Swiglu),
+            ("dgate", [t, f], Bwd::Swiglu, Bwd::GateUp),
+            ("dup", [t, f], Bwd::Swiglu, Bwd::GateUp),
+            ("dfn", [t, d], Bwd::GateUp, Bwd::FfnNorm),
+            ("dfn_tmp", [t, d], Bwd::GateUp, Bwd::GateUp),
+            ("dmid", [t, d], Bwd::FfnNorm, Bwd::FfnNorm),
+            ("datt", [t, q], Bwd::OutProj, Bwd::Attention),
+            ("dq", [t, q], Bwd::Attention, Bwd::Qkv),
+            ("dk", [t, kv], Bwd::Attention, Bwd::Qkv),
+            ("dv", [t, kv], Bwd::Attention, Bwd::Qkv),
+            ("dxn", [t, d], Bwd::Qkv, Bwd::AttnNorm),
+            ("dxn_tmp", [t, d], Bwd::Qkv, Bwd::Qkv),
+            ("dx", [t, d], Bwd::AttnNorm, Bwd::AttnNorm),
+        ];
+        for (name, dims, first, last) in scratch {
+            add(
+                &mut b,
+                format!("L{l}.{name}"),
+                tmp,
+                &dims,
+                s.bwd(l, first),
+                s.bwd(l, last),
+            )?;
+        }
+        for (name, &(_, _, _, used)) in TARGETS.iter().zip(&proj).take(n_targets) {
+            add(
+                &mut b,
+                format!("L{l}.dh.{name}"),
+                tmp,
+                &[t, rank],
+                s.bwd(l, used),
+                s.bwd(l, used),
+            )?;
+        }
+        for (name, &(fan_in, fan_out, _, _)) in TARGETS.iter().zip(&proj).take(n_targets) {
+            let n = rank
+                .checked_mul(fan_in)
+                .and_then(|a| rank.checked_mul(fan_out).and_then(|bb| a.checked_add(bb)))
+                .ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "plan: LoRA rank {rank} × ({fan_in} + {fan_out}) overflows"
+                    ))
+                })?;
+            let cat = Category::AdapterGrad;
+            add(
+                &mut b,
+                format!("L{l}.grad.{name}"),
+                cat,
+                &[n],
+                s.backward_start(),
+                s.optimizer(),
+            )?;
+        }
+    }
+
+    if cfg.n_layer > 0 {
+        let top = cfg.n_layer - 1;
+        let first = s.fwd(top, Fwd::OutProj);
+        add(
+            &mut b,
+            "final.x".into(),
+            x_cat,
+            &[t, d],
+            first,
+            s.loss(Loss::FinalNormBackward),
+        )?;
+    }
+    let (n0, n1, n2) = (
+        s.loss(Loss::FinalNorm),
+        s.loss(Loss::CrossEntropy),
+        s.loss(Loss::FinalNormBackward),
+    );
+    add(&mut b, "final.norm".into(), act, &[t, d], n0, n1)?;
+    add(&mut b, "final.rstd".into(), act, &[t], n0, n2)?;
+    add(
+        &mut b,
+        "ce.logits".into(),
+        Category::CrossEntropy,
+        &[ce_chunk, cfg.n_vocab],
+        n1,
+        n1,
+    )?;
+    add(
+        &mut b,
+        "ce.dh".into(),
+        Category::CrossEntropy,
+        &[t, d],
+        n1,
+        n2,
+    )?;
+    let bottom = if cfg.n_layer > 0 {
+        s.bwd(0, Bwd::AttnNorm)
+    } else {
+        n2
+    };
+    add(
+        &mut b,
+        "dres".into(),
+        Category::ResidualGrad,
+        &[t, d],
+        n2,
+        bottom,
+    )?;
+
+    // AdamW m and v of the largest single adapter tensor (A [r, in] or B [out, r]).
+    let largest = proj
+        .iter()
+        .take(n_targets)
+        .map(|&(fan_in, fan_out, _, _)| fan_in.max(fan_out))
+        .max()
+        .unwrap_or(0);
+    if largest > 0 {
+        let o = s.optimizer();
+        add(
+            &mut b,
+            "opt.m".into(),
+            Category::OptimizerStaging,
+            &[rank, largest],
+            o,
+            o,
+        )?;
+        add(
+            &mut b,
+            "opt.v".into(),
+            Category::OptimizerStaging,
+            &[rank, largest],
+            o,
+            o,
+        )?;
+    }
+    Ok(b)
+}
+
+/// Adds an f32 buffer of shape `dims`.
+fn add(
+    b: &mut PlanBuilder,
+    name: String,
+    cat: Category,
+    dims: &[usize],
+    first: u32,
+    last: u32,
+) -> Result<()> {
+    let bytes = f32_bytes(&name, dims)?;
+    b.add_buffer(name, cat, bytes, first, last);
+    Ok(())
+}
+
+fn a(
+    name: &str,
+    category: Category,
+    dims: &[usize],
+    made: Fwd,
+    fwd_last: Option<Fwd>,
+    bwd_last: Option<Bwd>,
+    recompute: bool,
+) -> Act {
+    Act {
+        name: name.to_string(),
+        category,
+        dims: dims.to_vec(),
+        made,
+        fwd_last,
+        bwd_last,
+        recompute,
+    }
+}
