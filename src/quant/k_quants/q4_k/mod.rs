@@ -155,7 +155,8 @@ pub fn dot_rows(rows: &[u8], row_bytes: usize, x: &[f32], y: &mut [f32]) {
 }
 
 /// The eight 6-bit scales and the eight 6-bit mins of a block as bytes of two u64 (byte j =
-/// sub-block j): [`get_scale_min_k4`] on four lanes at once.
+/// sub-block j): [`get_scale_min_k4`] on four lanes at once. Used by the AVX2 `dot_rows`.
+#[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn scales_mins_u64(q: &[u8; 12]) -> (u64, u64) {
     let word = |i: usize| u32::from_le_bytes([q[i], q[i + 1], q[i + 2], q[i + 3]]);
