@@ -26,7 +26,7 @@ pub use presets::{
     LLAMA_3_1_8B, LLAMA_3_1_70B, LLAMA_3_2_1B, PRESETS, Preset, SMALL, TINY, preset,
 };
 pub use random_blocks::{FastRng, fill_random_blocks};
-pub use vocab::{BYTE_VOCAB, byte_to_unicode, synthetic_vocab_metadata, vocab_len};
+pub use vocab::{BYTE_VOCAB, synthetic_vocab_metadata, vocab_len};
 
 /// How the projection weights are stored.
 #[derive(Clone, Copy, Debug, PartialEq)]

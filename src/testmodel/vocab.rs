@@ -9,24 +9,8 @@
 //!   (`<|begin_of_text|>` = 128000, `<|eot_id|>` = 128009, reserved tokens in between).
 
 use crate::gguf::{Array, Value};
+use crate::tokenizer::bpe::byte_to_char_table;
 use crate::{Error, Result};
-
-/// GPT-2's byte → printable-character map used by byte-level BPE vocabularies.
-pub fn byte_to_unicode() -> [char; 256] {
-    let mut map = ['\0'; 256];
-    let mut extra = 0u32;
-    for b in 0..256u32 {
-        let printable =
-            (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
-        map[b as usize] = if printable {
-            char::from_u32(b).unwrap_or('?')
-        } else {
-            extra += 1;
-            char::from_u32(255 + extra).unwrap_or('?')
-        };
-    }
-    map
-}
 
 /// Llama 3's chat special tokens, placed after the byte tokens in the byte vocabulary.
 const BYTE_VOCAB_SPECIALS: [&str; 5] = [
@@ -66,7 +50,7 @@ fn llama3_special(i: usize) -> String {
 
 /// The `tokenizer.*` metadata of a synthetic vocabulary of `n_vocab` entries.
 pub fn synthetic_vocab_metadata(n_vocab: usize) -> Result<Vec<(String, Value)>> {
-    let map = byte_to_unicode();
+    let map = byte_to_char_table();
     let mut tokens: Vec<String> = map.iter().map(|c| c.to_string()).collect();
     let mut types = vec![NORMAL; 256];
     let mut merges = Vec::new();
@@ -166,7 +150,7 @@ mod tests {
 
     #[test]
     fn byte_map_is_a_bijection_onto_printable_chars() {
-        let map = byte_to_unicode();
+        let map = byte_to_char_table();
         let set: std::collections::HashSet<char> = map.iter().copied().collect();
         assert_eq!(set.len(), 256);
         assert_eq!(map[b'A' as usize], 'A');
