@@ -20,6 +20,7 @@ pub mod optim;
 pub mod quant;
 pub mod testmodel;
 pub mod tokenizer;
+pub mod train;
 
 pub use error::{Error, Result};
 

@@ -18,8 +18,9 @@ use crate::backend::cpu::Real;
 use crate::backend::cpu::gemm::{GemmDims, gemm, gemm_ref};
 use crate::{Error, Result};
 
-/// A linear layer of a Llama block that can carry an adapter.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// A linear layer of a Llama block that can carry an adapter (serialised as its GGUF stem).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Target {
     AttnQ,
     AttnK,
@@ -86,7 +87,8 @@ impl FromStr for Target {
 }
 
 /// LoRA hyperparameters. The defaults are PEFT's (§1.2) with all seven linears adapted.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct LoraConfig {
     pub rank: usize,
     pub alpha: f32,

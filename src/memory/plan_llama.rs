@@ -18,7 +18,8 @@
 //!   `k`/`v` `[T, K]`, `att` (attention out) `[T, Q]`, `lse` `[T, H]`, `o` (attn_output out)
 //!   `[T, D]`, `mid` (residual after attention) `[T, D]`, `fn` (ffn_norm out) `[T, D]`,
 //!   `rstd_ffn` `[T]`, `gate`/`up`/`sw` (SwiGLU out) `[T, F]`, `y` (ffn_down out) `[T, D]`, and
-//!   the LoRA branch `h.{target}` `[T, r]` (`H = x · Aᵀ`, saved for `dB = dyᵀ · H`). Without
+//!   each adapter's saved activations `h.{target}` `[T, saved_per_token]` (LoRA: `H = x · Aᵀ`,
+//!   `[T, r]`, saved for `dB = dyᵀ · H`). Without
 //!   checkpointing each lives from its forward sub-step to its last backward use. With
 //!   checkpointing the forward keeps only what the forward itself needs, one sub-step or two
 //!   (`x_{l+1}` doubles as `mid`; `rstd`/`lse` are not saved), and the backward recomputes the
@@ -33,10 +34,14 @@
 //!   chunked cross-entropy's scratch: `[T, vocab]` never exists), `ce.dh` `[T, D]`.
 //! - `dres` `[T, D]` ([`Category::ResidualGrad`]): the gradient of the residual stream, from the
 //!   final norm's backward down to layer 0, updated in place.
-//! - `L{l}.grad.{target}` `r·(in + out)` ([`Category::AdapterGrad`]): `dA [r, in]` then
-//!   `dB [out, r]`, zeroed at the start of the backward and kept until the optimizer.
-//! - `opt.m`, `opt.v` ([`Category::OptimizerStaging`]): AdamW state of the largest single
-//!   adapter tensor, paged in for its update (the state itself lives outside the arena).
+//! - `L{l}.grad.{target}` `n_params` ([`Category::AdapterGrad`]): the adapter's gradients in
+//!   its parameter order (LoRA: `dA [r, in]` then `dB [out, r]`), from the start of the
+//!   backward until the optimizer — or for the whole step when gradients are accumulated over
+//!   micro-batches, where `grad.tmp` (the largest adapter's `n_params`) receives each later
+//!   micro-batch's gradients before they are added.
+//! - `opt.m`, `opt.v` ([`Category::OptimizerStaging`], only when [`TrainShape::optimizer_staging`]):
+//!   AdamW state of the largest single adapter tensor, staged for its update (a device backend
+//!   copies pages in; the CPU updates the pages in place and needs no staging).
 //!
 //! Attention needs no tile buffer: the backends' attention kernels tile in registers / on the
 //! stack / in shared memory, and recompute scores from the saved `lse`.
@@ -182,10 +187,94 @@ fn f32_bytes(name: &str, dims: &[usize]) -> Result<u64> {
         })
 }
 
-/// The buffers of one training step of `cfg` (see the module docs for each buffer and the
-/// schedule): `seq_len × micro_batch` tokens, LoRA of rank `rank` on the first `n_targets` of
-/// [`TARGETS`], cross-entropy in chunks of `ce_chunk` tokens, with or without gradient
-/// checkpointing. Errors name a zero size, more than 7 targets, or an overflow.
+/// What one adapted projection needs from the plan (from its adapter's
+/// [`crate::adapters::Workspace`] and parameter count).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AdapterShape {
+    /// f32 per token the forward saves for the backward.
+    pub saved_per_token: usize,
+    /// f32 per token of scratch inside one forward or backward call.
+    pub scratch_per_token: usize,
+    /// Trainable values (the gradient buffer's length).
+    pub n_params: usize,
+    /// Values of its largest single tensor (the optimizer staging window).
+    pub largest_param: usize,
+}
+
+impl AdapterShape {
+    /// LoRA of rank `rank` on a linear `[out, in]` (with input dropout: `in` more scratch).
+    pub fn lora(rank: usize, fan_in: usize, fan_out: usize, dropout: bool) -> AdapterShape {
+        AdapterShape {
+            saved_per_token: rank,
+            scratch_per_token: rank + if dropout { fan_in } else { 0 },
+            n_params: rank * (fan_in + fan_out),
+            largest_param: rank * fan_in.max(fan_out),
+        }
+    }
+}
+
+/// The shape of one training step: tokens, loss chunk, checkpointing and the adapters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrainShape {
+    pub seq_len: usize,
+    pub micro_batch: usize,
+    /// Tokens per cross-entropy chunk.
+    pub ce_chunk: usize,
+    pub checkpointing: bool,
+    /// Gradients accumulate over several micro-batches (adds `grad.tmp`, and the gradients
+    /// live for the whole step).
+    pub accumulate: bool,
+    /// Stage the largest tensor's optimizer state in the arena (`opt.m`, `opt.v`).
+    pub optimizer_staging: bool,
+    /// Per projection in [`TARGETS`] order: its adapter, or `None`.
+    pub adapters: [Option<AdapterShape>; 7],
+}
+
+impl TrainShape {
+    /// LoRA of rank `rank` on the first `n_targets` of [`TARGETS`] of a model `cfg`.
+    pub fn lora(
+        cfg: &LlamaConfig,
+        seq_len: usize,
+        micro_batch: usize,
+        rank: usize,
+        n_targets: usize,
+        ce_chunk: usize,
+        checkpointing: bool,
+    ) -> Result<TrainShape> {
+        if n_targets > TARGETS.len() {
+            return Err(Error::Invalid(format!(
+                "plan: {n_targets} adapted projections per layer, a Llama layer has {}",
+                TARGETS.len()
+            )));
+        }
+        if n_targets > 0 && rank == 0 {
+            return Err(Error::Invalid("plan: LoRA rank is 0".into()));
+        }
+        let mut adapters = [None; 7];
+        for (i, slot) in adapters.iter_mut().enumerate().take(n_targets) {
+            let (fan_in, fan_out) = projection_shape(cfg, i);
+            *slot = Some(AdapterShape::lora(rank, fan_in, fan_out, false));
+        }
+        Ok(TrainShape {
+            seq_len,
+            micro_batch,
+            ce_chunk,
+            checkpointing,
+            accumulate: false,
+            optimizer_staging: false,
+            adapters,
+        })
+    }
+}
+
+/// `(in, out)` of projection `i` of [`TARGETS`].
+pub fn projection_shape(cfg: &LlamaConfig, i: usize) -> (usize, usize) {
+    let (d, q, kv, f) = (cfg.dim, cfg.q_dim(), cfg.kv_dim(), cfg.ffn);
+    [(d, q), (d, kv), (d, kv), (q, d), (d, f), (d, f), (f, d)][i.min(6)]
+}
+
+/// [`llama_training_plan`] for LoRA of rank `rank` on the first `n_targets` of [`TARGETS`]
+/// (see [`TrainShape::lora`]).
 pub fn llama_training_buffers(
     cfg: &LlamaConfig,
     seq_len: usize,
@@ -195,12 +284,27 @@ pub fn llama_training_buffers(
     ce_chunk: usize,
     checkpointing: bool,
 ) -> Result<PlanBuilder> {
-    if n_targets > TARGETS.len() {
-        return Err(Error::Invalid(format!(
-            "plan: {n_targets} adapted projections per layer, a Llama layer has {}",
-            TARGETS.len()
-        )));
-    }
+    let shape = TrainShape::lora(
+        cfg,
+        seq_len,
+        micro_batch,
+        rank,
+        n_targets,
+        ce_chunk,
+        checkpointing,
+    )?;
+    llama_training_plan(cfg, &shape)
+}
+
+/// The buffers of one training step of `cfg` with `shape` (see the module docs for each
+/// buffer and the schedule). Errors name a zero size or an overflow.
+pub fn llama_training_plan(cfg: &LlamaConfig, shape: &TrainShape) -> Result<PlanBuilder> {
+    let (seq_len, micro_batch, ce_chunk, checkpointing) = (
+        shape.seq_len,
+        shape.micro_batch,
+        shape.ce_chunk,
+        shape.checkpointing,
+    );
     for (what, v) in [
         ("seq_len", seq_len),
         ("micro_batch", micro_batch),
@@ -210,24 +314,28 @@ pub fn llama_training_buffers(
             return Err(Error::Invalid(format!("plan: {what} is 0")));
         }
     }
-    if n_targets > 0 && rank == 0 {
-        return Err(Error::Invalid("plan: LoRA rank is 0".into()));
-    }
     let t = seq_len.checked_mul(micro_batch).ok_or_else(|| {
         Error::Invalid(format!("plan: {seq_len} × {micro_batch} tokens overflow"))
     })?;
     let s = LlamaSchedule::new(cfg.n_layer)?;
     let (d, q, kv, f, h) = (cfg.dim, cfg.q_dim(), cfg.kv_dim(), cfg.ffn, cfg.n_head);
-    // (in, out, forward sub-step, backward sub-step) of each projection, in TARGETS order.
+    // (forward sub-step, backward sub-step) of each projection, in TARGETS order.
     let proj = [
-        (d, q, Fwd::Qkv, Bwd::Qkv),
-        (d, kv, Fwd::Qkv, Bwd::Qkv),
-        (d, kv, Fwd::Qkv, Bwd::Qkv),
-        (q, d, Fwd::OutProj, Bwd::OutProj),
-        (d, f, Fwd::GateUp, Bwd::GateUp),
-        (d, f, Fwd::GateUp, Bwd::GateUp),
-        (f, d, Fwd::Down, Bwd::Down),
+        (Fwd::Qkv, Bwd::Qkv),
+        (Fwd::Qkv, Bwd::Qkv),
+        (Fwd::Qkv, Bwd::Qkv),
+        (Fwd::OutProj, Bwd::OutProj),
+        (Fwd::GateUp, Bwd::GateUp),
+        (Fwd::GateUp, Bwd::GateUp),
+        (Fwd::Down, Bwd::Down),
     ];
+    let adapted = || {
+        TARGETS
+            .iter()
+            .zip(&proj)
+            .zip(&shape.adapters)
+            .filter_map(|((name, p), a)| a.map(|a| (*name, *p, a)))
+    };
 
     let mut b = PlanBuilder::new();
     let x_cat = if checkpointing {
@@ -257,31 +365,34 @@ pub fn llama_training_buffers(
         // (name, shape, made at, last forward use, last backward use, recomputed)
         #[rustfmt::skip]
         let mut acts = vec![
-            a("xn",        act, &[t, d],  F::AttnNorm,  Some(F::Qkv),       Some(B::Qkv),       true),
-            a("rstd_attn", act, &[t],     F::AttnNorm,  None,               Some(B::AttnNorm),  true),
-            a("q",         act, &[t, q],  F::Qkv,       Some(F::Attention), Some(B::Attention), true),
-            a("k",         act, &[t, kv], F::Qkv,       Some(F::Attention), Some(B::Attention), true),
-            a("v",         act, &[t, kv], F::Qkv,       Some(F::Attention), Some(B::Attention), true),
+            a_("xn",        act, &[t, d],  F::AttnNorm,  Some(F::Qkv),       Some(B::Qkv),       true),
+            a_("rstd_attn", act, &[t],     F::AttnNorm,  None,               Some(B::AttnNorm),  true),
+            a_("q",         act, &[t, q],  F::Qkv,       Some(F::Attention), Some(B::Attention), true),
+            a_("k",         act, &[t, kv], F::Qkv,       Some(F::Attention), Some(B::Attention), true),
+            a_("v",         act, &[t, kv], F::Qkv,       Some(F::Attention), Some(B::Attention), true),
             // Read by the attention backward and, before it, by dA of attn_output (OutProj).
-            a("att",       act, &[t, q],  F::Attention, Some(F::OutProj),   Some(B::Attention), true),
-            a("lse",       act, &[t, h],  F::Attention, None,               Some(B::Attention), true),
-            a("o",         act, &[t, d],  F::OutProj,   Some(F::OutProj),   None,               true),
+            a_("att",       act, &[t, q],  F::Attention, Some(F::OutProj),   Some(B::Attention), true),
+            a_("lse",       act, &[t, h],  F::Attention, None,               Some(B::Attention), true),
+            a_("o",         act, &[t, d],  F::OutProj,   Some(F::OutProj),   None,               true),
             // The forward writes the residual straight into x_{l+1}; only the backward needs
             // a separate copy (ffn_norm's input).
-            a("mid",       act, &[t, d],  F::OutProj,   None,               Some(B::FfnNorm),   true),
-            a("fn",        act, &[t, d],  F::FfnNorm,   Some(F::GateUp),    Some(B::GateUp),    true),
-            a("rstd_ffn",  act, &[t],     F::FfnNorm,   None,               Some(B::FfnNorm),   true),
-            a("gate",      act, &[t, f],  F::GateUp,    Some(F::Swiglu),    Some(B::Swiglu),    true),
-            a("up",        act, &[t, f],  F::GateUp,    Some(F::Swiglu),    Some(B::Swiglu),    true),
-            a("sw",        act, &[t, f],  F::Swiglu,    Some(F::Down),      Some(B::Down),      true),
-            a("y",         act, &[t, d],  F::Down,      Some(F::Down),      None,               false),
+            a_("mid",       act, &[t, d],  F::OutProj,   None,               Some(B::FfnNorm),   true),
+            a_("fn",        act, &[t, d],  F::FfnNorm,   Some(F::GateUp),    Some(B::GateUp),    true),
+            a_("rstd_ffn",  act, &[t],     F::FfnNorm,   None,               Some(B::FfnNorm),   true),
+            a_("gate",      act, &[t, f],  F::GateUp,    Some(F::Swiglu),    Some(B::Swiglu),    true),
+            a_("up",        act, &[t, f],  F::GateUp,    Some(F::Swiglu),    Some(B::Swiglu),    true),
+            a_("sw",        act, &[t, f],  F::Swiglu,    Some(F::Down),      Some(B::Down),      true),
+            // Recomputed too: the adapter on ffn_down re-saves its activations by adding into it.
+            a_("y",         act, &[t, d],  F::Down,      Some(F::Down),      None,               true),
         ];
-        for (name, &(_, _, made, used)) in TARGETS.iter().zip(&proj).take(n_targets) {
-            let cat = Category::AdapterActivation;
-            acts.push(a(
+        for (name, (made, used), a) in adapted() {
+            if a.saved_per_token == 0 {
+                continue;
+            }
+            acts.push(a_(
                 &format!("h.{name}"),
-                cat,
-                &[t, rank],
+                Category::AdapterActivation,
+                &[t, a.saved_per_token],
                 made,
                 Some(made),
                 Some(used),
@@ -367,33 +478,19 @@ pub fn llama_training_buffers(
                 s.bwd(l, last),
             )?;
         }
-        for (name, &(_, _, _, used)) in TARGETS.iter().zip(&proj).take(n_targets) {
-            add(
-                &mut b,
-                format!("L{l}.dh.{name}"),
-                tmp,
-                &[t, rank],
-                s.bwd(l, used),
-                s.bwd(l, used),
-            )?;
-        }
-        for (name, &(fan_in, fan_out, _, _)) in TARGETS.iter().zip(&proj).take(n_targets) {
-            let n = rank
-                .checked_mul(fan_in)
-                .and_then(|a| rank.checked_mul(fan_out).and_then(|bb| a.checked_add(bb)))
-                .ok_or_else(|| {
-                    Error::Invalid(format!(
-                        "plan: LoRA rank {rank} × ({fan_in} + {fan_out}) overflows"
-                    ))
-                })?;
-            let cat = Category::AdapterGrad;
+        let (grad_first, grad_last) = if shape.accumulate {
+            (s.embed(), s.optimizer())
+        } else {
+            (s.backward_start(), s.optimizer())
+        };
+        for (name, _, a) in adapted() {
             add(
                 &mut b,
                 format!("L{l}.grad.{name}"),
-                cat,
-                &[n],
-                s.backward_start(),
-                s.optimizer(),
+                Category::AdapterGrad,
+                &[a.n_params],
+                grad_first,
+                grad_last,
             )?;
         }
     }
@@ -447,31 +544,48 @@ pub fn llama_training_buffers(
         bottom,
     )?;
 
-    // AdamW m and v of the largest single adapter tensor (A [r, in] or B [out, r]).
-    let largest = proj
-        .iter()
-        .take(n_targets)
-        .map(|&(fan_in, fan_out, _, _)| fan_in.max(fan_out))
+    let max_scratch = adapted()
+        .map(|(_, _, a)| a.scratch_per_token)
         .max()
         .unwrap_or(0);
-    if largest > 0 {
+    if max_scratch > 0 {
+        add(
+            &mut b,
+            "adapter.scratch".into(),
+            Category::Temporary,
+            &[t, max_scratch],
+            s.embed(),
+            s.optimizer(),
+        )?;
+    }
+    let max_params = adapted().map(|(_, _, a)| a.n_params).max().unwrap_or(0);
+    if shape.accumulate && max_params > 0 && cfg.n_layer > 0 {
+        add(
+            &mut b,
+            "grad.tmp".into(),
+            Category::AdapterGrad,
+            &[max_params],
+            s.backward_start(),
+            s.bwd(0, Bwd::AttnNorm),
+        )?;
+    }
+    // AdamW m and v of the largest single adapter tensor.
+    let largest = adapted()
+        .map(|(_, _, a)| a.largest_param)
+        .max()
+        .unwrap_or(0);
+    if shape.optimizer_staging && largest > 0 {
         let o = s.optimizer();
-        add(
-            &mut b,
-            "opt.m".into(),
-            Category::OptimizerStaging,
-            &[rank, largest],
-            o,
-            o,
-        )?;
-        add(
-            &mut b,
-            "opt.v".into(),
-            Category::OptimizerStaging,
-            &[rank, largest],
-            o,
-            o,
-        )?;
+        for name in ["opt.m", "opt.v"] {
+            add(
+                &mut b,
+                name.into(),
+                Category::OptimizerStaging,
+                &[largest],
+                o,
+                o,
+            )?;
+        }
     }
     Ok(b)
 }
@@ -490,7 +604,7 @@ fn add(
     Ok(())
 }
 
-fn a(
+fn a_(
     name: &str,
     category: Category,
     dims: &[usize],

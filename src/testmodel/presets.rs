@@ -165,6 +165,24 @@ impl Preset {
         self.n_vocab > BYTE_VOCAB || self.n_params() > 200_000_000
     }
 
+    /// The [`crate::model::LlamaConfig`] a model written from this preset reads back as
+    /// (what plans and adapter shapes need, without writing a file).
+    pub fn llama_config(&self) -> crate::model::LlamaConfig {
+        crate::model::LlamaConfig {
+            n_layer: self.n_layer,
+            dim: self.dim,
+            n_head: self.n_head,
+            n_head_kv: self.n_head_kv,
+            head_dim: self.head_dim(),
+            ffn: self.ffn,
+            n_vocab: self.n_vocab,
+            context_length: self.context,
+            rope_base: self.rope_base,
+            rms_eps: self.rms_eps,
+            rope_dim: self.head_dim(),
+        }
+    }
+
     /// Shapes the writer and the Llama layout accept.
     pub fn validate(&self) -> Result<()> {
         let bad = |what: String| Err(Error::Invalid(format!("preset {}: {what}", self.name)));

@@ -1,0 +1,254 @@
+//! The training configuration: everything `edgetune train` (and the C ABI's `et_train`) takes,
+//! serialisable so that a checkpoint records the run it belongs to and `--resume` can check the
+//! other arguments are the same.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::adapters::LoraConfig;
+use crate::data::Format;
+use crate::{Error, Result};
+
+/// Which optimizer updates the adapter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    #[default]
+    AdamW,
+    Sgd,
+}
+
+/// The learning-rate decay after the warmup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Decay {
+    #[default]
+    Constant,
+    Linear,
+    Cosine,
+}
+
+/// Where AdamW's moments live (`--optimizer-state ram|disk`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StatePlace {
+    #[default]
+    Ram,
+    Disk,
+}
+
+/// One training run. Defaults are the CLI's.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TrainConfig {
+    /// The base GGUF.
+    pub model: PathBuf,
+    /// The dataset file (formats.md §5).
+    pub data: PathBuf,
+    /// `None`: detected from the fields.
+    pub format: Option<Format>,
+    /// The run directory (metrics.jsonl, summary.json, checkpoints/).
+    pub out: PathBuf,
+    pub lora: LoraConfig,
+    pub lr: f32,
+    /// Optimizer steps (`None` with `epochs`: as many as the epochs make).
+    pub steps: Option<u64>,
+    pub epochs: Option<u64>,
+    /// Sequences per micro-batch.
+    pub batch: usize,
+    /// Micro-batches per optimizer step.
+    pub accum: u32,
+    pub seq_len: usize,
+    /// Pack several examples into one row.
+    pub pack: bool,
+    pub optimizer: OptimizerKind,
+    pub weight_decay: f32,
+    /// SGD momentum (0 = plain SGD).
+    pub momentum: f32,
+    pub warmup_steps: u64,
+    pub decay: Decay,
+    /// Clip the global gradient norm to this (0 = off).
+    pub max_grad_norm: f32,
+    pub seed: u64,
+    /// Checkpoint every this many steps (0 = only at the end).
+    pub save_every: u64,
+    /// Continue from the latest checkpoint in `out`.
+    pub resume: bool,
+    /// Start from this adapter instead of the fresh init.
+    pub init_adapter: Option<PathBuf>,
+    /// Tokens per cross-entropy chunk.
+    pub ce_chunk: usize,
+    /// Keep only layer inputs and recompute each layer in the backward.
+    pub checkpointing: bool,
+    pub optimizer_state: StatePlace,
+    /// 32 or 8 (blockwise 8-bit moments).
+    pub optimizer_state_bits: u32,
+    /// The memory budget in bytes (`None`: no check).
+    pub budget_bytes: Option<u64>,
+    /// `mlock` the mapped weights.
+    pub lock_weights: bool,
+    /// Worker threads (`None`: rayon's default, one per core).
+    pub threads: Option<usize>,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            model: PathBuf::new(),
+            data: PathBuf::new(),
+            format: None,
+            out: PathBuf::from("run"),
+            lora: LoraConfig {
+                rank: 16,
+                alpha: 32.0,
+                ..LoraConfig::default()
+            },
+            lr: 2e-4,
+            steps: None,
+            epochs: None,
+            batch: 1,
+            accum: 1,
+            seq_len: 256,
+            pack: false,
+            optimizer: OptimizerKind::AdamW,
+            weight_decay: 0.0,
+            momentum: 0.0,
+            warmup_steps: 0,
+            decay: Decay::Constant,
+            max_grad_norm: 1.0,
+            seed: 42,
+            save_every: 0,
+            resume: false,
+            init_adapter: None,
+            ce_chunk: 64,
+            checkpointing: true,
+            optimizer_state: StatePlace::Ram,
+            optimizer_state_bits: 32,
+            budget_bytes: None,
+            lock_weights: false,
+            threads: None,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Rejects sizes of zero, a non-finite or negative learning rate, and the like, naming the
+    /// setting and its value.
+    pub fn validate(&self) -> Result<()> {
+        self.lora.validate()?;
+        let bad = |what: &str, v: String| Err(Error::Invalid(format!("train: {what} {v}")));
+        if self.batch == 0 {
+            return bad("--batch must be at least 1, got", "0".into());
+        }
+        if self.accum == 0 {
+            return bad("--accum must be at least 1, got", "0".into());
+        }
+        if self.seq_len < 2 {
+            return bad(
+                "--seq-len must be at least 2, got",
+                self.seq_len.to_string(),
+            );
+        }
+        if self.ce_chunk == 0 {
+            return bad("--ce-chunk must be at least 1, got", "0".into());
+        }
+        if !(self.lr.is_finite() && self.lr >= 0.0) {
+            return bad("--lr must be finite and ≥ 0, got", self.lr.to_string());
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return bad(
+                "--weight-decay must be ≥ 0, got",
+                self.weight_decay.to_string(),
+            );
+        }
+        if !(self.max_grad_norm.is_finite() && self.max_grad_norm >= 0.0) {
+            return bad(
+                "--max-grad-norm must be ≥ 0, got",
+                self.max_grad_norm.to_string(),
+            );
+        }
+        if !(0.0..1.0).contains(&self.momentum) {
+            return bad(
+                "--momentum must be in [0, 1), got",
+                self.momentum.to_string(),
+            );
+        }
+        if self.optimizer_state_bits != 32 && self.optimizer_state_bits != 8 {
+            return bad(
+                "--optimizer-state-bits must be 32 or 8, got",
+                self.optimizer_state_bits.to_string(),
+            );
+        }
+        if self.steps == Some(0) {
+            return bad("--steps must be at least 1, got", "0".into());
+        }
+        if self.epochs == Some(0) {
+            return bad("--epochs must be at least 1, got", "0".into());
+        }
+        if self.steps.is_none() && self.epochs.is_none() {
+            return Err(Error::Invalid(
+                "train: give --steps N or --epochs E (or both: whichever ends first)".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Tokens per micro-batch (`batch × seq_len`).
+    pub fn tokens_per_micro_batch(&self) -> usize {
+        self.batch * self.seq_len
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_round_trip_and_defaults_fill_missing_fields() {
+        let mut c = TrainConfig {
+            steps: Some(10),
+            ..TrainConfig::default()
+        };
+        c.lora.rank = 4;
+        let text = serde_json::to_string(&c).unwrap();
+        let back: TrainConfig = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, c);
+        let partial: TrainConfig = serde_json::from_str(r#"{"steps": 3, "lr": 0.001}"#).unwrap();
+        assert_eq!(partial.steps, Some(3));
+        assert_eq!(partial.lr, 0.001);
+        assert_eq!(partial.seq_len, TrainConfig::default().seq_len);
+    }
+
+    #[test]
+    fn validate_names_the_bad_setting() {
+        let ok = TrainConfig {
+            steps: Some(1),
+            ..TrainConfig::default()
+        };
+        ok.validate().unwrap();
+        let e = TrainConfig {
+            batch: 0,
+            ..ok.clone()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(e.to_string().contains("--batch"), "{e}");
+        let e = TrainConfig {
+            steps: None,
+            ..ok.clone()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(e.to_string().contains("--steps"), "{e}");
+        let e = TrainConfig {
+            optimizer_state_bits: 4,
+            ..ok.clone()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(e.to_string().contains("bits"), "{e}");
+        let e = TrainConfig { lr: f32::NAN, ..ok }.validate().unwrap_err();
+        assert!(e.to_string().contains("--lr"), "{e}");
+    }
+}

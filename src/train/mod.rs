@@ -1,0 +1,9 @@
+//! Training: the configuration, the model's adapter set, the training step (forward with
+//! gradient checkpointing, chunked loss, backward) over one planned arena, checkpoints, and the
+//! trainer loop behind `edgetune train`.
+
+pub mod adapter_set;
+pub mod config;
+
+pub use adapter_set::{AdapterSet, target_shape, tensor_name};
+pub use config::{Decay, OptimizerKind, StatePlace, TrainConfig};
