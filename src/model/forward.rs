@@ -13,6 +13,10 @@
 //! logits = rmsnorm(x, output_norm)·Woutputᵀ   (only the rows asked for)
 //! ```
 //!
+//! Each projection `y = x·Wᵀ` is followed by a [`ProjectionHook`] call (`y += branch(x)`), which
+//! is how trained adapters join inference ([`NoAdapters`] does nothing). The hook on `attn_k`
+//! runs before RoPE, as in training.
+//!
 //! K and V are projected straight into the cache rows of the new positions (no copy). Every
 //! activation lives in a [`Workspace`] allocated once for a maximum chunk size and reused; the
 //! logits pass through a `[LOGIT_ROWS, vocab]` staging buffer so that `[tokens, vocab]` never
@@ -22,8 +26,38 @@ use super::config::LlamaConfig;
 use super::kv_cache::KvCacheOf;
 use super::weights::LlamaWeights;
 use crate::Result;
+use crate::adapters::Target;
 use crate::backend::cpu::rope::inv_freq;
 use crate::backend::{AttentionDims, Backend, RopeDims};
+
+/// Adds an adapter branch after a base projection: `y += branch(x)` for `target` of `layer`,
+/// `x` `[n, in]`, `y` `[n, out]`.
+pub trait ProjectionHook<B: Backend> {
+    fn apply(
+        &mut self,
+        layer: usize,
+        target: Target,
+        n: usize,
+        x: B::View<'_>,
+        y: B::ViewMut<'_>,
+    ) -> Result<()>;
+}
+
+/// The base model alone.
+pub struct NoAdapters;
+
+impl<B: Backend> ProjectionHook<B> for NoAdapters {
+    fn apply(
+        &mut self,
+        _: usize,
+        _: Target,
+        _: usize,
+        _: B::View<'_>,
+        _: B::ViewMut<'_>,
+    ) -> Result<()> {
+        Ok(())
+    }
+}
 
 /// Rows of logits computed per output-projection call.
 pub const LOGIT_ROWS: usize = 8;
@@ -160,6 +194,7 @@ pub fn forward_chunk<B: Backend>(
     cache: &mut KvCacheOf<B>,
     tokens: &[u32],
     logits: LogitRows<'_>,
+    hook: &mut dyn ProjectionHook<B>,
 ) -> Result<()> {
     let b = &m.backend;
     let c = &m.config;
@@ -188,11 +223,22 @@ pub fn forward_chunk<B: Backend>(
             &lw.attn_q,
             B::slice_mut(B::view_mut(&mut ws.q), 0..n * qd)?,
         )?;
+        hook.apply(
+            l,
+            Target::AttnQ,
+            n,
+            xn,
+            B::slice_mut(B::view_mut(&mut ws.q), 0..n * qd)?,
+        )?;
         let new_rows = pos0 * kvd..(pos0 + n) * kvd;
         let k_new = B::slice_mut(B::view_mut(&mut cache.k[l]), new_rows.clone())?;
         b.matmul_xwt(xn, n, &lw.attn_k, k_new)?;
+        let k_new = B::slice_mut(B::view_mut(&mut cache.k[l]), new_rows.clone())?;
+        hook.apply(l, Target::AttnK, n, xn, k_new)?;
         let v_new = B::slice_mut(B::view_mut(&mut cache.v[l]), new_rows.clone())?;
         b.matmul_xwt(xn, n, &lw.attn_v, v_new)?;
+        let v_new = B::slice_mut(B::view_mut(&mut cache.v[l]), new_rows.clone())?;
+        hook.apply(l, Target::AttnV, n, xn, v_new)?;
         let rope_q = RopeDims {
             n_tokens: n,
             pos0,
@@ -232,6 +278,14 @@ pub fn forward_chunk<B: Backend>(
         )?;
         let proj = B::slice_mut(B::view_mut(&mut ws.proj), 0..n * dim)?;
         b.matmul_xwt(rows_of::<B>(&ws.att, n * qd)?, n, &lw.attn_output, proj)?;
+        let proj = B::slice_mut(B::view_mut(&mut ws.proj), 0..n * dim)?;
+        hook.apply(
+            l,
+            Target::AttnOutput,
+            n,
+            rows_of::<B>(&ws.att, n * qd)?,
+            proj,
+        )?;
         b.add_assign(
             B::slice_mut(B::view_mut(&mut ws.x), 0..n * dim)?,
             rows_of::<B>(&ws.proj, n * dim)?,
@@ -251,10 +305,24 @@ pub fn forward_chunk<B: Backend>(
             &lw.ffn_gate,
             B::slice_mut(B::view_mut(&mut ws.gate), 0..n * ffn)?,
         )?;
+        hook.apply(
+            l,
+            Target::FfnGate,
+            n,
+            xn,
+            B::slice_mut(B::view_mut(&mut ws.gate), 0..n * ffn)?,
+        )?;
         b.matmul_xwt(
             xn,
             n,
             &lw.ffn_up,
+            B::slice_mut(B::view_mut(&mut ws.up), 0..n * ffn)?,
+        )?;
+        hook.apply(
+            l,
+            Target::FfnUp,
+            n,
+            xn,
             B::slice_mut(B::view_mut(&mut ws.up), 0..n * ffn)?,
         )?;
         b.swiglu(
@@ -264,6 +332,8 @@ pub fn forward_chunk<B: Backend>(
         )?;
         let proj = B::slice_mut(B::view_mut(&mut ws.proj), 0..n * dim)?;
         b.matmul_xwt(rows_of::<B>(&ws.h, n * ffn)?, n, &lw.ffn_down, proj)?;
+        let proj = B::slice_mut(B::view_mut(&mut ws.proj), 0..n * dim)?;
+        hook.apply(l, Target::FfnDown, n, rows_of::<B>(&ws.h, n * ffn)?, proj)?;
         b.add_assign(
             B::slice_mut(B::view_mut(&mut ws.x), 0..n * dim)?,
             rows_of::<B>(&ws.proj, n * dim)?,

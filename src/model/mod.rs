@@ -13,12 +13,13 @@
 //! # Ok::<(), edgetune::Error>(())
 //! ```
 
+pub mod adapter_hook;
 pub mod config;
 pub mod forward;
 pub mod kv_cache;
 pub mod weights;
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 pub use config::LlamaConfig;
 pub use forward::{BackendModel, Workspace};
@@ -27,8 +28,10 @@ pub use weights::{LayerWeights, LlamaWeights};
 
 use crate::backend::CpuBackend;
 use crate::gguf::GgufFile;
+use crate::train::AdapterSet;
 use crate::{Error, Result};
-use forward::LogitRows;
+use adapter_hook::{AdapterBuffers, AdapterHook};
+use forward::{LogitRows, NoAdapters};
 
 /// Default most tokens per internal chunk: long prompts run in chunks of this many tokens (the
 /// result is the same as one call; causal attention sees every earlier position via the cache).
@@ -41,8 +44,10 @@ pub struct Llama<'a> {
     model: BackendModel<'a, CpuBackend>,
     max_batch: usize,
     /// Activation buffers, allocated on first use for `min(tokens, max_batch)` tokens and grown
-    /// only when a larger chunk arrives.
-    workspace: Mutex<Option<Workspace<CpuBackend>>>,
+    /// only when a larger chunk arrives; with adapters, their buffers too.
+    workspace: Mutex<Option<(Workspace<CpuBackend>, AdapterBuffers)>>,
+    /// Trained adapters applied after the base projections.
+    adapters: Option<Arc<AdapterSet>>,
 }
 
 impl<'a> Llama<'a> {
@@ -69,7 +74,24 @@ impl<'a> Llama<'a> {
             model,
             max_batch: DEFAULT_MAX_BATCH,
             workspace: Mutex::new(None),
+            adapters: None,
         })
+    }
+
+    /// Applies `adapters` (checked against this model's shapes) in every later forward, or
+    /// none again with `None`.
+    pub fn set_adapters(&mut self, adapters: Option<Arc<AdapterSet>>) -> Result<()> {
+        if let Some(set) = &adapters {
+            set.check_fits(&self.config)?;
+        }
+        self.adapters = adapters;
+        *self.workspace.get_mut().map_err(|_| poisoned())? = None;
+        Ok(())
+    }
+
+    /// The adapters applied, if any.
+    pub fn adapters(&self) -> Option<&Arc<AdapterSet>> {
+        self.adapters.as_ref()
     }
 
     pub fn config(&self) -> &LlamaConfig {
@@ -176,11 +198,15 @@ impl<'a> Llama<'a> {
         }
         let mut guard = self.workspace.lock().map_err(|_| poisoned())?;
         let want = tokens.len().min(self.max_batch);
-        if guard.as_ref().is_none_or(|w| w.max_tokens() < want) {
+        if guard.as_ref().is_none_or(|(w, _)| w.max_tokens() < want) {
             *guard = None; // free the old one before allocating the larger one
-            *guard = Some(Workspace::new(&self.model.backend, c, want)?);
+            let ab = match &self.adapters {
+                Some(set) => AdapterBuffers::new(set, want),
+                None => AdapterBuffers::default(),
+            };
+            *guard = Some((Workspace::new(&self.model.backend, c, want)?, ab));
         }
-        let ws = guard.as_mut().ok_or_else(poisoned)?;
+        let (ws, ab) = guard.as_mut().ok_or_else(poisoned)?;
         let vocab = c.n_vocab;
         let (mut all, mut last) = match wanted {
             Wanted::All(out) => (out, None),
@@ -198,7 +224,16 @@ impl<'a> Llama<'a> {
                 all = tail;
                 LogitRows::All(head)
             };
-            forward::forward_chunk(&self.model, ws, cache, &tokens[start..end], rows)?;
+            let chunk = &tokens[start..end];
+            match &self.adapters {
+                Some(set) => {
+                    let mut hook = AdapterHook { set, buffers: ab };
+                    forward::forward_chunk(&self.model, ws, cache, chunk, rows, &mut hook)?
+                }
+                None => {
+                    forward::forward_chunk(&self.model, ws, cache, chunk, rows, &mut NoAdapters)?
+                }
+            }
             start = end;
         }
         Ok(())
