@@ -27,6 +27,12 @@ pub struct Args {
     /// The model GGUF.
     #[arg(long)]
     model: PathBuf,
+    /// An adapter applied on top of the model: an edgetune or PEFT directory, or a GGUF adapter.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+    /// Multiplies the adapter's output (llama.cpp's `--lora-scaled`).
+    #[arg(long, default_value_t = 1.0, requires = "adapter")]
+    adapter_scale: f32,
     /// The prompt text (the instruction, with --template alpaca; the user turn, with llama3-chat).
     #[arg(long)]
     prompt: String,
@@ -51,7 +57,11 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let file = GgufFile::open(&args.model)?;
-    let llama = Llama::load(&file)?;
+    let mut llama = Llama::load(&file)?;
+    if let Some(path) = &args.adapter {
+        let set = edgetune::export::load_scaled(path, llama.config(), args.adapter_scale)?;
+        llama.set_adapters(Some(std::sync::Arc::new(set)))?;
+    }
     let tokenizer = Tokenizer::from_gguf(&file)?;
     let add_bos = tokenizer.add_bos_default();
     let prompt = match args.template {

@@ -1,8 +1,10 @@
 //! The `edgetune` command line: one subcommand per job, each a thin layer over the library.
 
 mod data_cmd;
+mod export_cmd;
 mod generate_cmd;
 mod inspect_cmd;
+mod merge_cmd;
 mod perplexity_cmd;
 mod testmodel_cmd;
 mod tokenize_cmd;
@@ -29,6 +31,10 @@ enum Command {
     Generate(generate_cmd::Args),
     /// Mean negative log-likelihood and perplexity of a text or token sequence.
     Perplexity(perplexity_cmd::Args),
+    /// Convert an adapter for llama.cpp (GGUF), Hugging Face PEFT, or edgetune's own format.
+    Export(export_cmd::Args),
+    /// Bake an adapter into a new GGUF (dequantize, add s·B·A, re-quantize).
+    Merge(merge_cmd::Args),
     /// Write a Llama-architecture GGUF with seeded random weights (for tests and demos).
     Testmodel(testmodel_cmd::Args),
     /// Print the token ids of a text with a model's tokenizer.
@@ -43,6 +49,8 @@ fn main() -> ExitCode {
         Command::Data(args) => data_cmd::run(args),
         Command::Generate(args) => generate_cmd::run(args),
         Command::Perplexity(args) => perplexity_cmd::run(args),
+        Command::Export(args) => export_cmd::run(args),
+        Command::Merge(args) => merge_cmd::run(args),
         Command::Testmodel(args) => testmodel_cmd::run(args),
         Command::Tokenize(args) => tokenize_cmd::run(args),
     };
