@@ -63,6 +63,25 @@ pub fn decode_safetensors(dtype: Dtype, bytes: &[u8], n: usize) -> Option<Vec<f3
     decode(ty, bytes, n).ok()
 }
 
+/// The bytes of a tensor file (safetensors), mapped read-only rather than read: an 8B adapter
+/// is then held once, as the f32 values it is decoded into, not twice.
+pub fn map_file(path: &std::path::Path) -> Result<memmap2::Mmap> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    if len < 8 {
+        return Err(Error::Gguf {
+            path: path.to_path_buf(),
+            offset: 0,
+            what: format!("{len} bytes: too short for a safetensors file"),
+        });
+    }
+    // SAFETY: the map is only read as `&[u8]` and the safetensors parser bounds-checks
+    // everything, so any contents are fine. As for GGUF files (`GgufFile::open`), we assume no
+    // other process truncates the file while it is mapped; edgetune itself replaces files by
+    // rename, which leaves an existing map on the old inode.
+    unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

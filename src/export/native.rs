@@ -223,7 +223,7 @@ pub fn load_adapter(dir: &Path, model: &LlamaConfig) -> Result<AdapterSet> {
     };
 
     let st_path = dir.join(ADAPTER_TENSORS);
-    let bytes = std::fs::read(&st_path).map_err(|e| Error::io(&st_path, e))?;
+    let bytes = super::codec::map_file(&st_path)?;
     let st = SafeTensors::deserialize(&bytes).map_err(|e| Error::Gguf {
         path: st_path.clone(),
         offset: 0,

@@ -248,7 +248,7 @@ pub fn load_peft(dir: &Path, model: &LlamaConfig) -> Result<AdapterSet> {
             dir.display()
         )));
     }
-    let bytes = std::fs::read(&st_path).map_err(|e| Error::io(&st_path, e))?;
+    let bytes = super::codec::map_file(&st_path)?;
     let st = SafeTensors::deserialize(&bytes).map_err(|e| Error::Gguf {
         path: st_path.clone(),
         offset: 0,

@@ -51,13 +51,13 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     let file = GgufFile::open(&args.model)?;
     let model = LlamaConfig::from_gguf(&file)?;
-    let (source, _) = export::detect_format(&args.adapter)?;
+    let (source, source_path) = export::detect_format(&args.adapter)?;
     let set = export::load_any(&args.adapter, &model)?;
     let dtype = GgmlType::from_name(&args.dtype)
         .ok_or_else(|| Error::Invalid(format!("unknown --dtype `{}`", args.dtype)))?;
     // Our format carries the training configuration and metrics; pass them on.
     let notes = match source {
-        AdapterFormat::Native => Json::Object(native::extra_meta(&args.adapter)?),
+        AdapterFormat::Native => Json::Object(native::extra_meta(&source_path)?),
         _ => Json::Null,
     };
     let report = match args.format {
