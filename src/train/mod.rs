@@ -4,6 +4,10 @@
 
 pub mod adapter_set;
 pub mod config;
+pub mod step;
+mod step_ids;
+mod step_layer;
 
 pub use adapter_set::{AdapterSet, target_shape, tensor_name};
 pub use config::{Decay, OptimizerKind, StatePlace, TrainConfig};
+pub use step::TrainStep;
