@@ -25,7 +25,7 @@ use crate::adapters::{Adapter, Pass};
 use crate::backend::{AttentionDims, Backend, CpuBackend, RopeDims};
 use crate::memory::arena::Arena;
 use crate::memory::plan::{BufferId, Bwd, Fwd};
-use crate::model::LlamaConfig;
+use crate::model::{BackendModel, LlamaConfig};
 use crate::train::AdapterSet;
 
 const Q: usize = 0;
@@ -128,17 +128,18 @@ fn att_dims(cfg: &LlamaConfig, n_tokens: usize) -> AttentionDims {
     }
 }
 
-impl TrainStep<'_, '_> {
+impl TrainStep {
     /// The forward of layer `l` from its saved input: in [`Phase::Forward`] into the forward
     /// buffers, writing `x_{l+1}`; in [`Phase::Recompute`] into the saved-for-backward buffers.
     pub(super) fn layer_forward(
         &mut self,
+        m: &BackendModel<'_, CpuBackend>,
         phase: Phase,
         l: usize,
         set: &AdapterSet,
         pass: Pass,
     ) -> Result<()> {
-        let (m, be) = (self.model, CpuBackend);
+        let be = CpuBackend;
         let lw = &m.layers[l];
         let li = self.ids.layers[l];
         let (a, next) = match phase {
@@ -258,12 +259,13 @@ impl TrainStep<'_, '_> {
     /// gradients are written (`first`) or added.
     pub(super) fn layer_backward(
         &mut self,
+        m: &BackendModel<'_, CpuBackend>,
         l: usize,
         set: &AdapterSet,
         pass: Pass,
         first: bool,
     ) -> Result<()> {
-        let (m, be) = (self.model, CpuBackend);
+        let be = CpuBackend;
         let lw = &m.layers[l];
         let li = self.ids.layers[l];
         let a = li.saved;
