@@ -154,6 +154,10 @@ impl Dora {
 }
 
 impl Adapter for Dora {
+    fn reads_base_output(&self) -> bool {
+        true
+    }
+
     fn method(&self) -> &'static str {
         "dora"
     }

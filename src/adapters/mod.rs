@@ -206,6 +206,13 @@ pub trait Adapter: std::any::Any + Send + Sync {
     fn extra_bytes(&self) -> usize {
         0
     }
+
+    /// Whether [`Adapter::forward`] reads `y` on entry as the base output `X·Ŵᵀ` (DoRA
+    /// without dropout reuses it). The training step's recompute skips base products nobody
+    /// reads, and keeps them for such adapters. Default: no (the branch only adds to `y`).
+    fn reads_base_output(&self) -> bool {
+        false
+    }
 }
 
 impl dyn Adapter {

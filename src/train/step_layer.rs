@@ -16,8 +16,9 @@
 //! y   = sw·Wdᵀ (+ adapter);  x_{l+1} = mid + y
 //! ```
 //!
-//! The recompute skips the base `sw·Wdᵀ` (the backward never reads `y`); it runs only the
-//! ffn_down adapter, to re-save its activations.
+//! The recompute skips the base `sw·Wdᵀ` (the backward never reads `y`) unless the ffn_down
+//! adapter reads the base output ([`Adapter::reads_base_output`], DoRA); it runs the adapter to
+//! re-save its activations.
 
 use super::step::{Phase, TrainStep, adapter_at};
 use crate::Result;
@@ -249,8 +250,12 @@ impl TrainStep {
             adapter_forward(ar, st, ad(DOWN), pass, a.sw, a.y, a.h[DOWN], scr)?;
             let [y, xn1] = ar.views_mut_at(st, [a.y, next])?;
             be.add_assign(xn1, y)?;
-        } else {
-            adapter_forward(ar, st, ad(DOWN), pass, a.sw, a.y, a.h[DOWN], scr)?;
+        } else if let Some(down) = ad(DOWN) {
+            if down.reads_base_output() {
+                let [sw, y] = ar.views_mut_at(st, [a.sw, a.y])?;
+                be.matmul_xwt(sw, n, &lw.ffn_down, y)?;
+            }
+            adapter_forward(ar, st, Some(down), pass, a.sw, a.y, a.h[DOWN], scr)?;
         }
         Ok(())
     }
