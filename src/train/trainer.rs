@@ -22,7 +22,9 @@ use crate::data::batch::{BatchConfig, Batcher};
 use crate::data::tokenize::{TokenizeOptions, tokenize_all};
 use crate::data::{Batch, formats};
 use crate::gguf::GgufFile;
+use crate::memory::budget;
 use crate::memory::plan::TrainShape;
+use crate::memory::rss::{MemoryUsage, memory_usage};
 use crate::model::Llama;
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
@@ -65,6 +67,9 @@ pub struct Summary {
     pub planned_bytes: u64,
     /// The process's measured high-water mark (VmHWM, weights included); `None` off Linux.
     pub peak_bytes: Option<u64>,
+    /// The resident set at the end, split into file-backed (the mapped weights) and
+    /// anonymous (everything else); `None` off Linux.
+    pub memory: Option<MemoryUsage>,
     pub last_checkpoint: Option<PathBuf>,
 }
 
@@ -90,6 +95,12 @@ impl<'f> Trainer<'f> {
     /// resumes from the newest checkpoint in `cfg.out` when `cfg.resume` is set.
     pub fn new(file: &'f GgufFile, cfg: &TrainConfig) -> Result<Trainer<'f>> {
         cfg.validate()?;
+        // The plan from the header alone: over budget, refuse before allocating anything.
+        let planned = budget::plan_training(file, cfg)?;
+        planned.breakdown.check()?;
+        if cfg.lock_weights {
+            file.lock()?;
+        }
         let llama = Llama::load(file)?;
         let model_cfg = llama.config().clone();
         let tok = Tokenizer::from_gguf(file)?;
@@ -133,7 +144,7 @@ impl<'f> Trainer<'f> {
         let shape = TrainShape {
             seq_len: cfg.seq_len,
             micro_batch: cfg.batch,
-            ce_chunk: cfg.ce_chunk.min(cfg.seq_len * cfg.batch),
+            ce_chunk: planned.shape.ce_chunk,
             checkpointing: cfg.checkpointing,
             accumulate: cfg.accum > 1,
             optimizer_staging: false,
@@ -142,10 +153,14 @@ impl<'f> Trainer<'f> {
         fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
         let mut opt = Optimizer::new(cfg, &set, total_steps, &cfg.out)?;
         let step = TrainStep::new(llama.backend_model(), &set, shape)?;
-        let planned_bytes = step.arena_bytes() as u64
-            + 4 * set.n_params() as u64
-            + opt.state_bytes() as u64
-            + file.file_size();
+        if step.plan().arena_bytes() != planned.plan.arena_bytes() {
+            log::warn!(
+                "the step's arena ({} bytes) differs from the budget plan's ({} bytes)",
+                step.plan().arena_bytes(),
+                planned.plan.arena_bytes()
+            );
+        }
+        let planned_bytes = planned.breakdown.total_bytes;
 
         let (mut tokens, mut elapsed_s, mut resumed_from) = (0, 0.0, None);
         if let Some(dir) = resume_dir {
@@ -328,6 +343,10 @@ fn run_in_pool(
     if !at_end {
         last_ckpt = Some(trainer.checkpoint()?);
     }
+    let usage = memory_usage().unwrap_or_else(|e| {
+        log::warn!("cannot read the memory usage: {e}");
+        None
+    });
     let summary = Summary {
         config: cfg.clone(),
         steps: trainer.completed(),
@@ -340,7 +359,8 @@ fn run_in_pool(
         trainable_params: trainer.set.n_params(),
         arena_bytes: trainer.step.arena_bytes() as u64,
         planned_bytes: trainer.planned_bytes,
-        peak_bytes: peak_rss(),
+        peak_bytes: usage.as_ref().map(|m| m.peak_rss),
+        memory: usage,
         last_checkpoint: last_ckpt,
     };
     let json =
@@ -376,12 +396,4 @@ fn keep_metrics_through(path: &std::path::Path, step: u64) -> Result<Option<f64>
     }
     crate::export::atomic::write_bytes(path, kept.as_bytes())?;
     Ok(first)
-}
-
-/// The process's peak resident set (VmHWM), Linux only.
-fn peak_rss() -> Option<u64> {
-    let status = fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
 }

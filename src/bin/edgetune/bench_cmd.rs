@@ -109,7 +109,7 @@ fn bench_train(a: TrainArgs) -> Result<()> {
             "loss": last_loss,
             "arena_bytes": trainer.train_step().arena_bytes(),
             "trainable_params": trainer.adapters().n_params(),
-            "peak_rss_bytes": serde_json::Value::Null, // BUDGET-MERGE
+            "peak_rss_bytes": edgetune::memory::rss::memory_usage().ok().flatten().map(|m| m.peak_rss),
         }))
     });
     let _ = std::fs::remove_dir_all(&dir);

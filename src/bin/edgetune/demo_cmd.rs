@@ -13,6 +13,7 @@ use std::sync::Arc;
 use edgetune::data::synth;
 use edgetune::gguf::GgufFile;
 use edgetune::infer::{GenerateOptions, SamplingParams, generate};
+use edgetune::memory::budget;
 use edgetune::model::Llama;
 use edgetune::testmodel::{self, WeightTypes};
 use edgetune::tokenizer::{Tokenizer, template};
@@ -85,7 +86,12 @@ pub fn run(args: Args) -> Result<()> {
         ..TrainConfig::default()
     };
     let file = GgufFile::open(&model)?;
-    // BUDGET-MERGE plan print
+    let planned = budget::plan_training(&file, &cfg)?;
+    println!(
+        "3. memory plan (LoRA r={}, all 7 projections, {} × {} tokens):",
+        cfg.lora.rank, cfg.batch, cfg.seq_len
+    );
+    println!("{}", planned.breakdown.report());
 
     let tok = Tokenizer::from_gguf(&file)?;
     let prompts: Vec<&edgetune::data::AlpacaExample> = heldout.iter().take(SHOWN).collect();

@@ -6,6 +6,7 @@ mod demo_cmd;
 mod generate_cmd;
 mod inspect_cmd;
 mod perplexity_cmd;
+mod plan_cmd;
 mod shape_args;
 mod testmodel_cmd;
 mod tokenize_cmd;
@@ -37,6 +38,8 @@ enum Command {
     Generate(generate_cmd::Args),
     /// Mean negative log-likelihood and perplexity of a text or token sequence.
     Perplexity(perplexity_cmd::Args),
+    /// The memory plan of a training run (from the GGUF header alone) against a budget.
+    Plan(plan_cmd::Args),
     /// Write a Llama-architecture GGUF with seeded random weights (for tests and demos).
     Testmodel(testmodel_cmd::Args),
     /// Print the token ids of a text with a model's tokenizer.
@@ -53,6 +56,7 @@ fn main() -> ExitCode {
         Command::Data(args) => data_cmd::run(args),
         Command::Generate(args) => generate_cmd::run(args),
         Command::Perplexity(args) => perplexity_cmd::run(args),
+        Command::Plan(args) => plan_cmd::run(args),
         Command::Testmodel(args) => testmodel_cmd::run(args),
         Command::Tokenize(args) => tokenize_cmd::run(args),
         Command::Train(args) => train_cmd::run_cmd(*args),

@@ -6,6 +6,8 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use edgetune::data::Format;
+use edgetune::gguf::GgufFile;
+use edgetune::memory::budget;
 use edgetune::train::{Decay, Progress, Summary, TrainConfig, run};
 use edgetune::{Error, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -123,8 +125,7 @@ impl Args {
             )));
         }
         self.shape.apply(&mut cfg)?;
-        cfg.budget_bytes = self.budget.resolve()?;
-        cfg.lock_weights = self.budget.lock_weights;
+        self.budget.apply(&mut cfg)?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -133,7 +134,12 @@ impl Args {
 pub fn run_cmd(args: Args) -> Result<()> {
     let cfg = args.config()?;
     // Refuse before anything is allocated when the plan does not fit the budget.
-    // BUDGET-MERGE: let file = GgufFile::open(&cfg.model)?;
+    let file = GgufFile::open(&cfg.model)?;
+    let planned = budget::plan_training(&file, &cfg)?;
+    eprintln!("{}", planned.breakdown.report());
+    // The trainer checks the budget again (before allocating) and refuses with this table.
+    planned.breakdown.check()?;
+    drop(file);
     let summary = train_with_progress(&cfg)?;
     if args.json {
         let text = serde_json::to_string_pretty(&summary)
@@ -195,8 +201,13 @@ fn print_summary(s: &Summary) {
     );
     println!("trainable params {}", s.trainable_params);
     println!("planned memory   {:.1} MiB", mib(s.planned_bytes));
-    if let Some(p) = s.peak_bytes {
-        println!("peak RSS         {:.1} MiB", mib(p));
+    if let Some(m) = &s.memory {
+        println!(
+            "peak RSS         {:.1} MiB (at the end: {:.1} MiB file-backed, {:.1} MiB anonymous)",
+            mib(m.peak_rss),
+            mib(m.rss_file),
+            mib(m.rss_anon)
+        );
     }
     if let Some(c) = &s.last_checkpoint {
         println!("checkpoint       {}", c.display());
