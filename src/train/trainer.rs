@@ -101,6 +101,7 @@ impl<'f> Trainer<'f> {
         if cfg.lock_weights {
             file.lock()?;
         }
+        log_memory("before loading");
         let llama = Llama::load(file)?;
         let model_cfg = llama.config().clone();
         let tok = Tokenizer::from_gguf(file)?;
@@ -119,6 +120,7 @@ impl<'f> Trainer<'f> {
                 pad_id: tok.eos_ids().first().copied().unwrap_or(0),
             },
         )?;
+        log_memory("data tokenized and batched");
         drop(examples);
         let total_steps = match cfg.steps {
             Some(s) => s,
@@ -186,6 +188,7 @@ impl<'f> Trainer<'f> {
             (tokens, elapsed_s, resumed_from) = (state.tokens, state.elapsed_s, Some(state.step));
             log::info!("resuming from {} (step {})", dir.display(), state.step);
         }
+        log_memory("step planned and allocated");
         let batches = (0..cfg.accum)
             .map(|_| Batch::new(cfg.batch, cfg.seq_len))
             .collect();
@@ -396,4 +399,17 @@ fn keep_metrics_through(path: &std::path::Path, step: u64) -> Result<Option<f64>
     }
     crate::export::atomic::write_bytes(path, kept.as_bytes())?;
     Ok(first)
+}
+
+/// Logs the resident set at `stage` (debug level).
+fn log_memory(stage: &str) {
+    if let Ok(Some(m)) = memory_usage() {
+        log::debug!(
+            "memory {stage}: rss {} (file {}, anon {}), peak {}",
+            m.rss,
+            m.rss_file,
+            m.rss_anon,
+            m.peak_rss
+        );
+    }
 }
