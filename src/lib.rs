@@ -10,6 +10,8 @@ pub mod adapters;
 pub mod backend;
 pub mod data;
 pub mod error;
+#[cfg(feature = "ffi")]
+pub mod ffi;
 pub mod gguf;
 pub mod infer;
 pub mod inspect;
