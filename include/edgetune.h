@@ -198,6 +198,22 @@ EtStatus et_generate(const EtModel *model, const char *prompt, const EtGenerateO
 // or valid for `out_cap` bytes; `out_len` is NULL or valid for one `size_t` write.
 EtStatus et_plan_json(const char *model_path, const char *train_config_json, char *out_buf, size_t out_cap, size_t *out_len);
 
+// Trains with the configuration in `config_json` (`model`, `data`, `out`, `steps`, `lora`
+// {`rank`, `alpha`, `targets`, ...}, `seq_len`, `batch`, ...: the fields of `edgetune train`;
+// missing fields take the CLI's defaults, unknown fields are an error). Writes
+// `out/metrics.jsonl`, checkpoints and `out/summary.json` as the CLI does, and refuses a run
+// over `budget_bytes` before allocating anything.
+//
+// `progress` (may be NULL) is called after every optimizer step, from one of the library's
+// worker threads (never two at once), with a report valid during the call; a nonzero return
+// stops training after that step: a checkpoint is written and the call returns
+// `ET_STATUS_CANCELLED`.
+//
+// # Safety
+// `config_json` is NULL or a NUL-terminated string valid for the call; `progress`, when not
+// NULL, is safe to call with a valid `EtProgress` pointer and `user_data` from another thread.
+EtStatus et_train(const char *config_json, EtProgressFn progress, void *user_data);
+
 #ifdef __cplusplus
 }  // extern "C"
 #endif  // __cplusplus

@@ -432,3 +432,67 @@ fn plan_json_rejects_bad_configurations() {
     assert!(len > 100, "{len}");
     assert_eq!(plan(Some(&path), None).unwrap().to_string().len(), len);
 }
+
+/// Counts the steps it sees; asks to stop after `user_data`'s limit.
+unsafe extern "C" fn count_steps(
+    p: *const edgetune::ffi::progress::EtProgress,
+    user_data: *mut std::ffi::c_void,
+) -> std::ffi::c_int {
+    // SAFETY: the test passes a pointer to a (u64 seen, u64 limit) pair; `p` is valid here.
+    let (seen, limit) = unsafe { &mut *(user_data as *mut (u64, u64)) };
+    let p = unsafe { &*p };
+    assert!(p.loss.is_finite() && p.step == *seen + 1);
+    *seen += 1;
+    (*seen >= *limit) as std::ffi::c_int
+}
+
+#[test]
+fn et_train_runs_reports_progress_and_can_be_cancelled() {
+    use edgetune::ffi::train::et_train;
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let data = dir.path().join("d.jsonl");
+    let lines: Vec<String> = (0..20)
+        .map(|i| format!("{{\"text\": \"sensor {i} reads {} degrees\"}}", 20 + i))
+        .collect();
+    std::fs::write(&data, lines.join("\n")).unwrap();
+    let cfg = |out: &Path, steps: u64| {
+        c(&format!(
+            "{{\"model\": {:?}, \"data\": {:?}, \"out\": {:?}, \"steps\": {steps}, \
+             \"seq_len\": 32, \"lora\": {{\"rank\": 2, \"alpha\": 4}}}}",
+            model.to_str().unwrap(),
+            data.to_str().unwrap(),
+            out.to_str().unwrap()
+        ))
+    };
+    let out = dir.path().join("run");
+    let mut state = (0u64, u64::MAX);
+    let st = unsafe {
+        et_train(
+            cfg(&out, 3).as_ptr(),
+            Some(count_steps),
+            &mut state as *mut _ as *mut std::ffi::c_void,
+        )
+    };
+    assert_eq!(st, EtStatus::Ok, "{}", last_error());
+    assert_eq!(state.0, 3);
+    assert!(out.join("summary.json").is_file());
+
+    let out = dir.path().join("cancelled");
+    let mut state = (0u64, 2u64);
+    let st = unsafe {
+        et_train(
+            cfg(&out, 10).as_ptr(),
+            Some(count_steps),
+            &mut state as *mut _ as *mut std::ffi::c_void,
+        )
+    };
+    assert_eq!(st, EtStatus::Cancelled);
+    assert_eq!(state.0, 2);
+    assert!(last_error().contains("stopped"));
+    assert!(out.join("checkpoints").join("step-00000002").is_dir());
+
+    let st = unsafe { et_train(c("{\"stepz\": 1}").as_ptr(), None, null_mut()) };
+    assert_eq!(st, EtStatus::InvalidArgument);
+    assert!(last_error().contains("stepz"), "{}", last_error());
+}

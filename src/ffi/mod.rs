@@ -36,6 +36,7 @@
 pub mod model;
 pub mod plan;
 pub mod progress;
+pub mod train;
 
 use std::cell::RefCell;
 use std::ffi::{CStr, CString, c_char};

@@ -1,15 +1,6 @@
 //! The training progress record of the C ABI and its callback type, for `et_train`.
 //!
-//! `et_train` itself arrives with the trainer (`train::run`); its C signature is fixed here so
-//! integrators can write against it:
-//!
-//! ```c
-//! /* Trains with the configuration in `config_json` (the fields of edgetune train, as JSON;
-//!  * the same parser as et_plan_json). Calls `progress` after every optimizer step on the
-//!  * calling thread; a nonzero return stops training after that step (ET_STATUS_CANCELLED,
-//!  * the last checkpoint and the adapter are still written). `progress` may be NULL. */
-//! EtStatus et_train(const char *config_json, EtProgressFn progress, void *user_data);
-//! ```
+//! `et_train` (train.rs) calls the callback after every optimizer step.
 
 use std::ffi::{c_int, c_void};
 
