@@ -10,6 +10,7 @@ pub mod adapters;
 pub mod backend;
 pub mod data;
 pub mod error;
+pub mod export;
 pub mod gguf;
 pub mod infer;
 pub mod inspect;

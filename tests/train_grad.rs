@@ -149,7 +149,14 @@ fn check(types: WeightTypes, ckpt: bool, packed: bool, rows: usize) {
     let mut step =
         TrainStep::new(llama.backend_model(), &set, shape(&set, rows, ckpt, false)).unwrap();
     let loss = step
-        .micro_batch(&set, &b, 1.0 / n_targets as f32, true, 0)
+        .micro_batch(
+            llama.backend_model(),
+            &set,
+            &b,
+            1.0 / n_targets as f32,
+            true,
+            0,
+        )
         .unwrap();
     let base = load(&path);
     let ref_loss = reference_loss(&base, &set, &b);

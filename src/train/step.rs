@@ -32,8 +32,7 @@ pub(super) enum Phase {
 }
 
 /// A training step's engine: the plan, its arena, and per-step host scratch (all sized once).
-pub struct TrainStep<'m, 'w> {
-    pub(super) model: &'m BackendModel<'w, CpuBackend>,
+pub struct TrainStep {
     pub(super) cfg: LlamaConfig,
     pub(super) shape: TrainShape,
     pub(super) sched: LlamaSchedule,
@@ -86,10 +85,10 @@ pub fn step_plan(cfg: &LlamaConfig, shape: &TrainShape) -> Result<Plan> {
     b.pack()
 }
 
-impl<'m, 'w> TrainStep<'m, 'w> {
+impl TrainStep {
     /// Plans the step for `set`'s adapters on `model` and allocates the arena.
     pub fn new(
-        model: &'m BackendModel<'w, CpuBackend>,
+        model: &BackendModel<'_, CpuBackend>,
         set: &AdapterSet,
         shape: TrainShape,
     ) -> Result<Self> {
@@ -110,7 +109,6 @@ impl<'m, 'w> TrainStep<'m, 'w> {
         }
         let t = shape.seq_len * shape.micro_batch;
         Ok(TrainStep {
-            model,
             sched: LlamaSchedule::new(cfg.n_layer)?,
             cfg,
             shape,
@@ -144,6 +142,7 @@ impl<'m, 'w> TrainStep<'m, 'w> {
     /// dropout stream of this micro-batch. Returns `Σ loss` over its targets.
     pub fn micro_batch(
         &mut self,
+        model: &BackendModel<'_, CpuBackend>,
         set: &AdapterSet,
         batch: &Batch,
         loss_scale: f32,
@@ -155,24 +154,31 @@ impl<'m, 'w> TrainStep<'m, 'w> {
                 "training step: planned without gradient accumulation".into(),
             ));
         }
-        let pass = self.prepare(batch, true, seed)?;
-        self.forward_all(set, pass)?;
-        let loss = self.loss(loss_scale)?;
+        self.check_model(model)?;
+        let pass = self.prepare(model, batch, true, seed)?;
+        self.forward_all(model, set, pass)?;
+        let loss = self.loss(model, loss_scale)?;
         for l in (0..self.cfg.n_layer).rev() {
             if self.shape.checkpointing {
-                self.layer_forward(Phase::Recompute, l, set, pass)?;
+                self.layer_forward(model, Phase::Recompute, l, set, pass)?;
             }
-            self.layer_backward(l, set, pass, first)?;
+            self.layer_backward(model, l, set, pass, first)?;
         }
         Ok(loss)
     }
 
     /// The forward and the loss only (no dropout, no gradients): `(Σ loss, targets)` — for
     /// held-out evaluation.
-    pub fn eval_loss(&mut self, set: &AdapterSet, batch: &Batch) -> Result<(f64, usize)> {
-        let pass = self.prepare(batch, false, 0)?;
-        self.forward_all(set, pass)?;
-        let loss = self.loss(0.0)?;
+    pub fn eval_loss(
+        &mut self,
+        model: &BackendModel<'_, CpuBackend>,
+        set: &AdapterSet,
+        batch: &Batch,
+    ) -> Result<(f64, usize)> {
+        self.check_model(model)?;
+        let pass = self.prepare(model, batch, false, 0)?;
+        self.forward_all(model, set, pass)?;
+        let loss = self.loss(model, 0.0)?;
         let counted = self.targets.iter().filter(|&&t| t != IGNORE).count();
         Ok((loss, counted))
     }
@@ -208,7 +214,23 @@ impl<'m, 'w> TrainStep<'m, 'w> {
     }
 
     /// Checks the batch, fills the shifted targets and the segments, embeds the tokens.
-    fn prepare(&mut self, batch: &Batch, training: bool, seed: u64) -> Result<Pass> {
+    /// The model must be the one planned for.
+    fn check_model(&self, model: &BackendModel<'_, CpuBackend>) -> Result<()> {
+        if model.config != self.cfg {
+            return Err(Error::Invalid(
+                "training step: called with another model than it was planned for".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn prepare(
+        &mut self,
+        m: &BackendModel<'_, CpuBackend>,
+        batch: &Batch,
+        training: bool,
+        seed: u64,
+    ) -> Result<Pass> {
         let (b, l) = (self.shape.micro_batch, self.shape.seq_len);
         if batch.batch_size != b || batch.seq_len != l || batch.ids.len() != b * l {
             return Err(Error::Invalid(format!(
@@ -243,7 +265,6 @@ impl<'m, 'w> TrainStep<'m, 'w> {
                 }
             }
         }
-        let m = self.model;
         let [x0] = self
             .arena
             .views_mut_at(self.sched.embed(), [self.ids.layers[0].x])?;
@@ -255,17 +276,22 @@ impl<'m, 'w> TrainStep<'m, 'w> {
         })
     }
 
-    fn forward_all(&mut self, set: &AdapterSet, pass: Pass) -> Result<()> {
+    fn forward_all(
+        &mut self,
+        m: &BackendModel<'_, CpuBackend>,
+        set: &AdapterSet,
+        pass: Pass,
+    ) -> Result<()> {
         for l in 0..self.cfg.n_layer {
-            self.layer_forward(Phase::Forward, l, set, pass)?;
+            self.layer_forward(m, Phase::Forward, l, set, pass)?;
         }
         Ok(())
     }
 
     /// Final norm, chunked cross-entropy (gradient scaled by `scale`) and the final norm's
     /// backward into `dres`. Returns `Σ loss`.
-    fn loss(&mut self, scale: f32) -> Result<f64> {
-        let (m, ids, s) = (self.model, &self.ids, &self.sched);
+    fn loss(&mut self, m: &BackendModel<'_, CpuBackend>, scale: f32) -> Result<f64> {
+        let (ids, s) = (&self.ids, &self.sched);
         let eps = self.cfg.rms_eps;
         let be = CpuBackend;
         let [x, norm, rstd] = self.arena.views_mut_at(

@@ -16,8 +16,9 @@
 //! y   = sw·Wdᵀ (+ adapter);  x_{l+1} = mid + y
 //! ```
 //!
-//! The recompute skips the base `sw·Wdᵀ` (the backward never reads `y`); it runs only the
-//! ffn_down adapter, to re-save its activations.
+//! The recompute skips the base `sw·Wdᵀ` (the backward never reads `y`) unless the ffn_down
+//! adapter reads the base output ([`Adapter::reads_base_output`], DoRA); it runs the adapter to
+//! re-save its activations.
 
 use super::step::{Phase, TrainStep, adapter_at};
 use crate::Result;
@@ -25,7 +26,7 @@ use crate::adapters::{Adapter, Pass};
 use crate::backend::{AttentionDims, Backend, CpuBackend, RopeDims};
 use crate::memory::arena::Arena;
 use crate::memory::plan::{BufferId, Bwd, Fwd};
-use crate::model::LlamaConfig;
+use crate::model::{BackendModel, LlamaConfig};
 use crate::train::AdapterSet;
 
 const Q: usize = 0;
@@ -128,17 +129,18 @@ fn att_dims(cfg: &LlamaConfig, n_tokens: usize) -> AttentionDims {
     }
 }
 
-impl TrainStep<'_, '_> {
+impl TrainStep {
     /// The forward of layer `l` from its saved input: in [`Phase::Forward`] into the forward
     /// buffers, writing `x_{l+1}`; in [`Phase::Recompute`] into the saved-for-backward buffers.
     pub(super) fn layer_forward(
         &mut self,
+        m: &BackendModel<'_, CpuBackend>,
         phase: Phase,
         l: usize,
         set: &AdapterSet,
         pass: Pass,
     ) -> Result<()> {
-        let (m, be) = (self.model, CpuBackend);
+        let be = CpuBackend;
         let lw = &m.layers[l];
         let li = self.ids.layers[l];
         let (a, next) = match phase {
@@ -248,8 +250,12 @@ impl TrainStep<'_, '_> {
             adapter_forward(ar, st, ad(DOWN), pass, a.sw, a.y, a.h[DOWN], scr)?;
             let [y, xn1] = ar.views_mut_at(st, [a.y, next])?;
             be.add_assign(xn1, y)?;
-        } else {
-            adapter_forward(ar, st, ad(DOWN), pass, a.sw, a.y, a.h[DOWN], scr)?;
+        } else if let Some(down) = ad(DOWN) {
+            if down.reads_base_output() {
+                let [sw, y] = ar.views_mut_at(st, [a.sw, a.y])?;
+                be.matmul_xwt(sw, n, &lw.ffn_down, y)?;
+            }
+            adapter_forward(ar, st, Some(down), pass, a.sw, a.y, a.h[DOWN], scr)?;
         }
         Ok(())
     }
@@ -258,12 +264,13 @@ impl TrainStep<'_, '_> {
     /// gradients are written (`first`) or added.
     pub(super) fn layer_backward(
         &mut self,
+        m: &BackendModel<'_, CpuBackend>,
         l: usize,
         set: &AdapterSet,
         pass: Pass,
         first: bool,
     ) -> Result<()> {
-        let (m, be) = (self.model, CpuBackend);
+        let be = CpuBackend;
         let lw = &m.layers[l];
         let li = self.ids.layers[l];
         let a = li.saved;

@@ -44,6 +44,10 @@ pub struct Args {
     top_p: f32,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Apply a trained adapter: a checkpoint directory (`RUN/checkpoints/step-N`), a PEFT
+    /// directory or a GGUF LoRA adapter.
+    #[arg(long, value_name = "PATH")]
+    adapter: Option<PathBuf>,
     /// After the text, print a JSON summary (tokens, stop reason, speeds) on stderr.
     #[arg(long)]
     json: bool,
@@ -51,7 +55,11 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let file = GgufFile::open(&args.model)?;
-    let llama = Llama::load(&file)?;
+    let mut llama = Llama::load(&file)?;
+    if let Some(path) = &args.adapter {
+        let set = edgetune::export::native::load_adapter(path, llama.config())?;
+        llama.set_adapters(Some(std::sync::Arc::new(set)))?;
+    }
     let tokenizer = Tokenizer::from_gguf(&file)?;
     let add_bos = tokenizer.add_bos_default();
     let prompt = match args.template {

@@ -21,6 +21,10 @@ pub struct Args {
     /// Token ids, used exactly as given (no BOS added).
     #[arg(long, value_delimiter = ',')]
     tokens: Option<Vec<u32>>,
+    /// Apply a trained adapter: a checkpoint directory (`RUN/checkpoints/step-N`), a PEFT
+    /// directory or a GGUF LoRA adapter.
+    #[arg(long, value_name = "PATH")]
+    adapter: Option<PathBuf>,
     /// Write every position's logits as f32 [n_tokens, vocab].
     #[arg(long, value_name = "OUT.npy")]
     dump_logits: Option<PathBuf>,
@@ -31,7 +35,11 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let file = GgufFile::open(&args.model)?;
-    let llama = Llama::load(&file)?;
+    let mut llama = Llama::load(&file)?;
+    if let Some(path) = &args.adapter {
+        let set = edgetune::export::native::load_adapter(path, llama.config())?;
+        llama.set_adapters(Some(std::sync::Arc::new(set)))?;
+    }
     let tokens = match (&args.tokens, &args.text) {
         (Some(t), _) => t.clone(),
         (None, Some(path)) => {
