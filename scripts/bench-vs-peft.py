@@ -285,7 +285,9 @@ def main():
     work = a.keep or tmp.name
     os.makedirs(work, exist_ok=True)
     print(f"{a.preset}: seq len {a.seq_len}, rank {a.rank}, batch 1, {a.steps} timed steps after "
-          f"1 warm-up, {a.threads} threads; {os.cpu_count()} CPUs, {load()}", flush=True)
+          f"1 warm-up, {a.threads} threads; {os.cpu_count()} CPUs, {load()}; this script's own "
+          f"peak RSS {mib(proc_status_bytes('VmHWM'))} MiB (a floor under a child's ru_maxrss)",
+          flush=True)
     results = []
     peer = None
     for ty in a.types.split(","):

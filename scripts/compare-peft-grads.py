@@ -19,8 +19,9 @@ What it does, on a generated `tiny` F32 model (`edgetune testmodel --preset tiny
    is metrics.jsonl's step-1 "loss" (computed at the initial adapter).
 4. PEFT: the same model converted to HF (scripts/hf_from_gguf.py), LoraConfig(r, alpha, all 7
    projections, dropout 0), the same A and B loaded (B's rows of q_proj/k_proj un-permuted to
-   HF order, formats.md §4), loss = HF's causal-LM loss with labels = input ids; backward; B's
-   q/k gradient rows permuted back to GGUF order. Run in f32 and in f64 (the reference).
+   HF order, formats.md §4), loss = mean cross-entropy of logits[:-1] against ids[1:];
+   backward; B's q/k gradient rows permuted back to GGUF order. Run in f32, and in f64 as the
+   reference (with transformers' f32 islands, RMSNorm and the softmax, patched to stay f64).
 
 Prints the losses, the loss's relative difference, the gradient's relative error
 ‖g − g_ref‖/‖g_ref‖ over all tensors and the worst single tensor, for ours vs PEFT f64 and for
@@ -75,8 +76,42 @@ def train(a, model, data, out, extra):
     return metrics, checkpoint(out)
 
 
+class WideLlama:
+    """While active, transformers' Llama keeps f64 in the places it computes in f32 whatever the
+    model's dtype (RMSNorm, the eager attention's softmax), so an f64 model is f64 throughout.
+    RoPE's cos/sin stay f32-computed: the model's angles are f32 by definition (edgetune's too)."""
+
+    def __enter__(self):
+        import torch
+        import transformers.models.llama.modeling_llama as ml
+
+        self.ml = ml
+        self.saved = (ml.LlamaRMSNorm.forward, ml.eager_attention_forward)
+
+        def rms_norm(mod, x):
+            return mod.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + mod.variance_epsilon))
+
+        def attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+            k = ml.repeat_kv(key, module.num_key_value_groups)
+            v = ml.repeat_kv(value, module.num_key_value_groups)
+            w = torch.matmul(query, k.transpose(2, 3)) * scaling
+            if attention_mask is not None:
+                w = w + attention_mask[:, :, :, : k.shape[-2]]
+            w = torch.softmax(w, dim=-1)
+            return torch.matmul(w, v).transpose(1, 2).contiguous(), w
+
+        ml.LlamaRMSNorm.forward = rms_norm
+        ml.eager_attention_forward = attention
+        return self
+
+    def __exit__(self, *exc):
+        self.ml.LlamaRMSNorm.forward, self.ml.eager_attention_forward = self.saved
+
+
 def peft_grads(a, model_path, tokens, adapter, dtype):
-    """(loss, {our tensor name: gradient in GGUF row order}) from PEFT in `dtype`."""
+    """(loss, {our tensor name: gradient in GGUF row order}) from PEFT in `dtype`. The loss is
+    the mean next-token cross-entropy computed here in `dtype` (HF's own loss upcasts the logits
+    to f32 only)."""
     import torch
     import transformers
     from peft import LoraConfig, get_peft_model
@@ -107,7 +142,8 @@ def peft_grads(a, model_path, tokens, adapter, dtype):
                     sys.exit(f"PEFT scaling {mod.scaling['default']} ≠ alpha/r")
                 modules[(layer, ours)] = mod
     ids = torch.tensor([tokens])
-    loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+    logits = model(input_ids=ids, use_cache=False).logits[0, :-1]
+    loss = torch.nn.functional.cross_entropy(logits, ids[0, 1:])
     loss.backward()
     grads = {}
     for (layer, ours), mod in modules.items():
@@ -196,7 +232,8 @@ def main():
     floor_sq = sum(float(((np.spacing(np.abs(after[k])) / 2 / a.lr) ** 2).sum()) for k in after)
 
     loss32, g32 = peft_grads(a, model, tokens, before, torch.float32)
-    loss64, g64 = peft_grads(a, model, tokens, before, torch.float64)
+    with WideLlama():
+        loss64, g64 = peft_grads(a, model, tokens, before, torch.float64)
     ref_norm = sum(float((v ** 2).sum()) for v in g64.values()) ** 0.5
     floor = floor_sq ** 0.5 / ref_norm
 
