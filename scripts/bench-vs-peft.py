@@ -215,8 +215,10 @@ def bench_ours(a, model):
     check(rc, out, err, " ".join(cmd))
     r = last_json(out)
     r["ru_maxrss_bytes"] = maxrss
-    if r.get("peak_rss_bytes") is None:
+    r["peak_rss_source"] = "self-reported VmHWM"
+    if r.get("peak_rss_bytes") is None:  # a build whose bench does not report it yet
         r["peak_rss_bytes"] = maxrss
+        r["peak_rss_source"] = "ru_maxrss of the child"
     return r
 
 
@@ -341,7 +343,8 @@ def main():
     for res in results:
         o, p = res["ours"], res["peer"]
         p["peak_above_libraries_bytes"] = p["peak_rss_bytes"] - p["rss_after_imports_bytes"]
-        print(f"{res['type']:<6} {'edgetune':<14} {o['tok_per_s']:>8.1f} {mib(o['peak_rss_bytes']):>13}")
+        print(f"{res['type']:<6} {'edgetune':<14} {o['tok_per_s']:>8.1f} {mib(o['peak_rss_bytes']):>13}"
+              f"  ({o['peak_rss_source']})")
         print(f"{'f32':<6} {'PyTorch+PEFT':<14} {p['tok_per_s']:>8.1f} {mib(p['peak_rss_bytes']):>13}"
               f" {mib(p['peak_rss_training_bytes']):>15} {mib(p['peak_above_libraries_bytes']):>15}")
     print()
