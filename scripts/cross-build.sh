@@ -2,19 +2,32 @@
 # Builds edgetune for Jetson (aarch64-unknown-linux-gnu) with Debian's rustc 1.96 and its arm64
 # std (../shared/specs/toolchain.md §1), installing the toolchain from Debian when missing.
 #
-#   scripts/cross-build.sh                 # JetPack 6 (glibc ≤ 2.35): release binary (+ libraries
-#                                          # and the cuda build when those features exist)
+#   scripts/cross-build.sh                 # JetPack 6 (glibc ≤ 2.35): release binary (+ the cuda
+#                                          # build when that feature exists)
 #   scripts/cross-build.sh --glibc 2.31    # JetPack 5 / Xavier: links against glibc 2.31 through
 #                                          # cargo-zigbuild + ziglang from PyPI
+#   scripts/cross-build.sh --lib [--out DIR] [--profile P]
+#                                          # the C libraries instead (feature ffi, cdylib +
+#                                          # staticlib): DIR/include/edgetune.h, DIR/lib/libedgetune.{a,so}
+#                                          # (DIR/cuda/lib/ for the cuda build); DIR defaults to
+#                                          # target/aarch64-unknown-linux-gnu/edgetune-c; P to
+#                                          # release (examples/c/run.sh uses `test`, whose
+#                                          # dependencies scripts/test-aarch64.sh already built)
 #
 # Prints each artefact and the highest GLIBC symbol version it needs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 glibc=""
+lib=0
+dist=""
+profile=release
 while [ $# -gt 0 ]; do
   case "$1" in
     --glibc) glibc="$2"; shift 2 ;;
-    *) echo "usage: $0 [--glibc 2.31]" >&2; exit 2 ;;
+    --lib) lib=1; shift ;;
+    --out) dist="$2"; shift 2 ;;
+    --profile) profile="$2"; shift 2 ;;
+    *) echo "usage: $0 [--glibc 2.31] [--lib [--out DIR] [--profile P]]" >&2; exit 2 ;;
   esac
 done
 
@@ -53,19 +66,41 @@ report() {
   printf '%-70s %8s KiB  needs %s\n' "$f" "$(( $(stat -c %s "$f") / 1024 ))" "${v:-no GLIBC symbols}"
 }
 
+out=target/$target/release
+if [ "$lib" = 1 ]; then
+  # The C libraries: `cargo rustc --crate-type` so that the crate's normal build stays rlib-only.
+  dist=${dist:-target/$target/edgetune-c}
+  case "$profile" in
+    dev | test) out=target/$target/debug ;;
+    *) out=target/$target/$profile ;;
+  esac
+  mkdir -p "$dist/include"
+  cp include/edgetune.h "$dist/include/"
+  for feat in "${variants[@]}"; do
+    args=(rustc --profile "$profile" --locked --target "$build_target" --lib --features "${feat:+$feat,}ffi"
+      --crate-type cdylib,staticlib)
+    echo "== $cargo ${args[*]}"
+    $cargo "${args[@]}"
+    dest=$dist/${feat:+$feat/}lib
+    mkdir -p "$dest"
+    cp "$out/libedgetune.a" "$out/libedgetune.so" "$dest/"
+    report "$dest/libedgetune.so"
+    # A static archive's symbols carry no GLIBC versions until the final link.
+    printf '%-70s %8s KiB\n' "$dest/libedgetune.a" "$(( $(stat -c %s "$dest/libedgetune.a") / 1024 ))"
+  done
+  echo "header and libraries in $dist"
+  exit 0
+fi
+
 for feat in "${variants[@]}"; do
-  args=(build --release --locked --target "$build_target")
+  args=(build --release --locked --target "$build_target" --bin edgetune)
   [ -n "$feat" ] && args+=(--features "$feat")
-  grep -q '^ffi *=' <<<"$features" && args+=(--features "${feat:+$feat,}ffi")
   echo "== $cargo ${args[*]}"
   $cargo "${args[@]}"
-  out=target/$target/release
   if [ -n "$feat" ]; then
     mkdir -p "$out/$feat" && cp "$out/edgetune" "$out/$feat/edgetune"
     report "$out/$feat/edgetune"
   else
     report "$out/edgetune"
   fi
-  report "$out/libedgetune.so"
-  report "$out/libedgetune.a"
 done

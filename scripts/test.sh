@@ -8,4 +8,5 @@ EDGETUNE_PYTHON=$(scripts/setup-python.sh)
 export EDGETUNE_PYTHON
 EDGETUNE_LLAMA3_TOKENIZER=$(scripts/fetch-llama3-tokenizer.sh)
 export EDGETUNE_LLAMA3_TOKENIZER
-cargo test --locked "$@"
+# --features ffi: the C ABI's tests (tests/ffi_c_abi.rs, src/ffi/) run with the rest.
+cargo test --locked --features ffi "$@"

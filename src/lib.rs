@@ -11,6 +11,8 @@ pub mod backend;
 pub mod data;
 pub mod error;
 pub mod export;
+#[cfg(feature = "ffi")]
+pub mod ffi;
 pub mod gguf;
 pub mod infer;
 pub mod inspect;

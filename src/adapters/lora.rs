@@ -141,7 +141,7 @@ impl LoraConfig {
 }
 
 /// SplitMix64 finaliser: a well-mixed 64-bit hash of `z`.
-fn mix(mut z: u64) -> u64 {
+pub(crate) fn mix(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
@@ -151,7 +151,7 @@ fn mix(mut z: u64) -> u64 {
 /// Dropout multiplier of element `idx` of `X` `[N, in]`: `0` with probability `p`, else
 /// `1/(1−p)` (`D(X) = X ⊙ M / (1−p)`).
 #[inline]
-fn dropout_factor(stream: u64, idx: usize, p: f32) -> f32 {
+pub(crate) fn dropout_factor(stream: u64, idx: usize, p: f32) -> f32 {
     let u = (mix(stream ^ mix(idx as u64)) >> 40) as f32 / (1u64 << 24) as f32;
     if u < p { 0.0 } else { 1.0 / (1.0 - p) }
 }
@@ -392,8 +392,8 @@ impl Adapter for Lora {
 
     fn export(&self) -> Export<'_> {
         Export::LowRank {
-            a: &self.a,
-            b: &self.b,
+            a: (&self.a[..]).into(),
+            b: (&self.b[..]).into(),
             rank: self.cfg.rank,
             scale: self.scale(),
         }

@@ -24,9 +24,19 @@
 //! - Workspace sizes are linear in `n` ([`Workspace`] per token), so the memory planner sizes
 //!   them before step 1 and nothing is allocated during a step.
 
+pub mod adalora;
+pub mod adalora_alloc;
+pub mod base;
+pub mod dora;
+pub mod dylora;
+pub mod hira;
+pub mod linalg;
 pub mod lora;
+pub mod olora_pissa;
 
 pub use lora::{Lora, LoraConfig, Target};
+
+use std::borrow::Cow;
 
 use crate::Result;
 
@@ -104,12 +114,14 @@ impl Workspace {
 }
 
 /// How an adapter is exported.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Export<'a> {
     /// A plain `ΔW = scale · B·A` (GGUF/PEFT LoRA): `b` `[out, rank]`, `a` `[rank, in]`.
+    /// Owned when the method has to fold or concatenate tensors first (AdaLoRA's `B·diag(e)`,
+    /// OLoRA/PiSSA's rank-2r `[B | −B0]·[A; A0]`, DyLoRA's `B[:, :b*]`).
     LowRank {
-        a: &'a [f32],
-        b: &'a [f32],
+        a: Cow<'a, [f32]>,
+        b: Cow<'a, [f32]>,
         rank: usize,
         scale: f32,
     },
@@ -118,7 +130,10 @@ pub enum Export<'a> {
 }
 
 /// One adapted linear layer's trainable branch. See the module docs for the contract.
-pub trait Adapter: Send + Sync {
+/// `Any` is a supertrait so the trainer can reach a method's own API through `dyn Adapter`
+/// (`downcast_ref` / `downcast_mut` on `dyn Adapter`): AdaLoRA's rank allocator and
+/// regularizer, DyLoRA's evaluation rank.
+pub trait Adapter: std::any::Any + Send + Sync {
     /// Short method name (`lora`).
     fn method(&self) -> &'static str;
     /// Input features of the adapted linear.
@@ -184,4 +199,30 @@ pub trait Adapter: Send + Sync {
     /// Schedule hook, called by the trainer before each optimizer step (AdaLoRA budget, DyLoRA
     /// rank sampling). Default: nothing.
     fn on_step(&mut self, _step: u64) {}
+
+    /// Bytes the adapter holds besides its parameters and the per-token workspace: frozen
+    /// copies of the base or frozen factors, importance buffers, fixed-size transients (for
+    /// the memory plan). Default: none.
+    fn extra_bytes(&self) -> usize {
+        0
+    }
+
+    /// Whether [`Adapter::forward`] reads `y` on entry as the base output `X·Ŵᵀ` (DoRA
+    /// without dropout reuses it). The training step's recompute skips base products nobody
+    /// reads, and keeps them for such adapters. Default: no (the branch only adds to `y`).
+    fn reads_base_output(&self) -> bool {
+        false
+    }
+}
+
+impl dyn Adapter {
+    /// The concrete adapter, if it is a `T`.
+    pub fn downcast_ref<T: Adapter>(&self) -> Option<&T> {
+        (self as &dyn std::any::Any).downcast_ref::<T>()
+    }
+
+    /// The concrete adapter, writable, if it is a `T`.
+    pub fn downcast_mut<T: Adapter>(&mut self) -> Option<&mut T> {
+        (self as &mut dyn std::any::Any).downcast_mut::<T>()
+    }
 }

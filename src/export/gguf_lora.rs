@@ -130,7 +130,7 @@ pub fn export_gguf(
             (
                 Half::A,
                 [m.in_f as u64, m.rank as u64],
-                std::borrow::Cow::Borrowed(m.a),
+                std::borrow::Cow::Borrowed(&m.a[..]),
             ),
             (Half::B, [m.rank as u64, m.out_f as u64], b),
         ] {

@@ -21,10 +21,10 @@ pub struct LowRank<'a> {
     pub rank: usize,
     pub in_f: usize,
     pub out_f: usize,
-    /// `[rank, in]`.
-    pub a: &'a [f32],
+    /// `[rank, in]` (borrowed from the adapter, or computed by its export rule).
+    pub a: Cow<'a, [f32]>,
     /// `[out, rank]`.
-    pub b: &'a [f32],
+    pub b: Cow<'a, [f32]>,
     /// The adapter's own `s`.
     pub scale: f32,
 }
@@ -83,9 +83,9 @@ pub fn same_scale(own: f32, applied: f32) -> bool {
 
 /// `B` for a file that applies `applied`: borrowed when it equals the module's own scale
 /// (bit-exact export), else `B·s/applied` (and `true`). `applied` must be non-zero.
-pub fn b_for_scale<'a>(m: &LowRank<'a>, applied: f32) -> Result<(Cow<'a, [f32]>, bool)> {
+pub fn b_for_scale<'a>(m: &'a LowRank<'a>, applied: f32) -> Result<(Cow<'a, [f32]>, bool)> {
     if same_scale(m.scale, applied) {
-        return Ok((Cow::Borrowed(m.b), false));
+        return Ok((Cow::Borrowed(&m.b[..]), false));
     }
     if applied == 0.0 || !applied.is_finite() {
         return Err(Error::Invalid(format!(

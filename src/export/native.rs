@@ -85,7 +85,7 @@ pub fn save_adapter(set: &AdapterSet, dir: &Path, extra_meta: &Json) -> Result<(
         tensors.push((
             tensor_name(m.layer, m.target, "lora_A"),
             vec![m.rank, m.in_f],
-            std::borrow::Cow::Borrowed(m.a),
+            std::borrow::Cow::Borrowed(&m.a[..]),
         ));
         tensors.push((
             tensor_name(m.layer, m.target, "lora_B"),

@@ -132,7 +132,7 @@ pub fn export_peft(
         tensors.push((
             tensor_name(m.layer, m.target, Half::A),
             vec![m.rank, m.in_f],
-            codec::encode(opts.dtype, m.a)?,
+            codec::encode(opts.dtype, &m.a)?,
         ));
         tensors.push((
             tensor_name(m.layer, m.target, Half::B),

@@ -194,6 +194,27 @@ impl GgufFile {
         }
     }
 
+    /// Locks the whole map in memory (`mlock`), so no weight page is evicted and re-read
+    /// during training (`--lock-weights`). Fails, with a message naming `RLIMIT_MEMLOCK` and its
+    /// current value, when the limit is below the file size (and the process lacks
+    /// `CAP_IPC_LOCK`), and for a file that was not mapped ([`GgufFile::from_bytes`]).
+    pub fn lock(&self) -> crate::Result<()> {
+        match &self.backing {
+            Backing::Map(m) => m.lock().map_err(|e| {
+                crate::memory::rss::memlock_error(
+                    &self.path,
+                    m.len() as u64,
+                    crate::memory::rss::memlock_limit(),
+                    e,
+                )
+            }),
+            Backing::Owned(_) => Err(Error::Invalid(format!(
+                "{}: held in memory, not mapped: there is no map to lock",
+                self.path.display()
+            ))),
+        }
+    }
+
     /// The info and bytes of tensor `name`; a missing tensor is `Error::Tensor` naming the file.
     pub fn tensor_by_name(&self, name: &str) -> crate::Result<(&TensorInfo, &[u8])> {
         let t = self.tensor(name).ok_or_else(|| Error::Tensor {

@@ -2,9 +2,15 @@
 
 pub mod arena;
 pub mod board;
+pub mod budget;
+mod budget_report;
+pub mod overheads;
 pub mod plan;
 mod plan_llama;
+pub mod rss;
+mod suggest;
 
 pub use arena::Arena;
 pub use board::{Board, parse_bytes};
+pub use budget::{Breakdown, ModelWeights, TrainingPlan, plan_training, plan_training_for};
 pub use plan::{BufferId, BufferRequest, Category, Plan, PlanBuilder};

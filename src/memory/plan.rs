@@ -140,6 +140,12 @@ impl PlanBuilder {
         self.requests.is_empty()
     }
 
+    /// Max over steps of Σ live sizes, without packing: a lower bound of the arena (what
+    /// budget searches use to skip hopeless configurations).
+    pub fn peak_live_bytes(&self) -> u64 {
+        peak_live(self.requests.iter())
+    }
+
     /// Packs the requests into one arena (see the module docs for the placement rule), then
     /// checks the result with [`Plan::verify`]. Errors: a lifetime that ends before it starts,
     /// sizes whose aligned sum or whose offsets overflow `u64` (with the numbers).
@@ -216,7 +222,7 @@ impl PlanBuilder {
                 offset: offset.unwrap_or(0),
             })
             .collect::<Vec<_>>();
-        let peak_live_bytes = peak_live(&buffers);
+        let peak_live_bytes = peak_live(buffers.iter().map(|p| &p.request));
         let by_name = buffers
             .iter()
             .enumerate()
@@ -258,23 +264,23 @@ fn best_fit(conflicts: &[(u64, u64)], size: u64) -> u64 {
 }
 
 /// Max over steps of the summed sizes of the buffers live at that step.
-fn peak_live(buffers: &[Placement]) -> u64 {
+fn peak_live<'a>(requests: impl Iterator<Item = &'a BufferRequest>) -> u64 {
     // (step, +bytes) at first_use and (last_use + 1, −bytes); removals sort first at a step.
-    let mut events: Vec<(u64, bool, u64)> = Vec::with_capacity(buffers.len() * 2);
-    for p in buffers {
-        let r = &p.request;
+    let mut events: Vec<(u64, bool, u64)> = Vec::new();
+    for r in requests {
         events.push((u64::from(r.first_use), true, r.bytes));
         events.push((u64::from(r.last_use) + 1, false, r.bytes));
     }
     events.sort_unstable();
     let (mut live, mut peak) = (0u64, 0u64);
     for (_, is_start, bytes) in events {
-        // The total never exceeds the (checked) sum of sizes.
+        // Saturating: a builder's requests are not checked yet (sizes may sum past u64, a
+        // lifetime may end before it starts).
         if is_start {
-            live += bytes;
+            live = live.saturating_add(bytes);
             peak = peak.max(live);
         } else {
-            live -= bytes;
+            live = live.saturating_sub(bytes);
         }
     }
     peak

@@ -98,6 +98,11 @@ impl<'a> Llama<'a> {
         &self.config
     }
 
+    /// The weights prepared for the CPU backend (what the training step runs on).
+    pub fn backend_model(&self) -> &BackendModel<'a, CpuBackend> {
+        &self.model
+    }
+
     /// The validated weight views.
     pub fn weights(&self) -> &LlamaWeights<'a> {
         &self.weights

@@ -102,6 +102,58 @@ impl Sgd {
         Ok(())
     }
 
+    /// Writes the step count and the momentum buffers (for a checkpoint). Format
+    /// (little-endian): `"ETSGD\0\0\0"`, u64 step, u64 tensor count, per tensor u64 length and
+    /// u8 started flag, then every buffer's f32 values.
+    pub fn save(&self, w: &mut impl std::io::Write) -> Result<()> {
+        let io = |e| Error::io("<SGD state>", e);
+        w.write_all(&self.header()).map_err(io)?;
+        for b in &self.bufs {
+            w.write_all(bytemuck::cast_slice(b)).map_err(io)?;
+        }
+        Ok(())
+    }
+
+    /// Reads what [`Self::save`] wrote into an optimizer built with the same tensor list.
+    pub fn load(&mut self, r: &mut impl std::io::Read) -> Result<()> {
+        let io = |e| Error::io("<SGD state>", e);
+        let expected = self.header();
+        let mut header = vec![0u8; expected.len()];
+        r.read_exact(&mut header).map_err(io)?;
+        // Only the step count (bytes 8..16) and the started flags may differ.
+        let n = self.bufs.len();
+        let mut masked = header.clone();
+        masked[8..16].copy_from_slice(&expected[8..16]);
+        for i in 0..n {
+            let at = 24 + 9 * i + 8;
+            masked[at] = expected[at];
+        }
+        if masked != expected {
+            return Err(Error::Invalid(
+                "SGD checkpoint: header does not match this optimizer (different tensors or momentum)"
+                    .into(),
+            ));
+        }
+        for (i, b) in self.bufs.iter_mut().enumerate() {
+            r.read_exact(bytemuck::cast_slice_mut(b)).map_err(io)?;
+            self.started[i] = header[24 + 9 * i + 8] != 0;
+        }
+        self.t = u64::from_le_bytes(header[8..16].try_into().unwrap_or_default());
+        Ok(())
+    }
+
+    fn header(&self) -> Vec<u8> {
+        let mut h = Vec::with_capacity(24 + 9 * self.bufs.len());
+        h.extend_from_slice(b"ETSGD\0\0\0");
+        h.extend_from_slice(&self.t.to_le_bytes());
+        h.extend_from_slice(&(self.bufs.len() as u64).to_le_bytes());
+        for (b, &started) in self.bufs.iter().zip(&self.started) {
+            h.extend_from_slice(&(b.len() as u64).to_le_bytes());
+            h.push(started as u8);
+        }
+        h
+    }
+
     /// One full step over all tensors.
     pub fn step(&mut self, params: &mut [&mut [f32]], grads: &[&[f32]], lr: f32) -> Result<()> {
         check_list(self.specs.len(), params.len(), grads.len())?;
@@ -118,6 +170,40 @@ impl Sgd {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn save_load_round_trips_momentum_and_step() {
+        let specs = [
+            ParamSpec { numel: 3, group: 0 },
+            ParamSpec { numel: 2, group: 0 },
+        ];
+        let cfg = SgdConfig {
+            momentum: 0.9,
+            ..SgdConfig::default()
+        };
+        let groups = [ParamGroup::new(0.0)];
+        let mut a = Sgd::new(cfg, &groups, &specs).unwrap();
+        let (mut p0, mut p1) = (vec![1.0f32, 2.0, 3.0], vec![4.0f32, 5.0]);
+        a.begin_step();
+        a.update(0, &mut p0, &[0.1, 0.2, 0.3], 0.1).unwrap();
+        let mut bytes = Vec::new();
+        a.save(&mut bytes).unwrap();
+        let mut b = Sgd::new(cfg, &groups, &specs).unwrap();
+        b.load(&mut bytes.as_slice()).unwrap();
+        assert_eq!(b.step_count(), 1);
+        // Both continue identically (tensor 0 has momentum, tensor 1 starts fresh).
+        let (mut q0, mut q1) = (p0.clone(), p1.clone());
+        for (o, p, q) in [(&mut a, &mut p0, &mut p1), (&mut b, &mut q0, &mut q1)] {
+            o.begin_step();
+            o.update(0, p, &[0.5, -0.5, 0.25], 0.1).unwrap();
+            o.update(1, q, &[1.0, 1.0], 0.1).unwrap();
+        }
+        assert_eq!(p0, q0);
+        assert_eq!(p1, q1);
+        let other = Sgd::new(cfg, &groups, &specs[..1]).unwrap();
+        let mut other = other;
+        assert!(other.load(&mut bytes.as_slice()).is_err());
+    }
+
     use super::*;
 
     /// PyTorch SGD on one scalar, f64, from the documented algorithm.

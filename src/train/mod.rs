@@ -3,7 +3,15 @@
 //! trainer loop behind `edgetune train`.
 
 pub mod adapter_set;
+pub mod checkpoint;
 pub mod config;
+pub mod optimizer;
+pub mod step;
+mod step_ids;
+mod step_layer;
+pub mod trainer;
 
 pub use adapter_set::{AdapterSet, target_shape, tensor_name};
 pub use config::{Decay, OptimizerKind, StatePlace, TrainConfig};
+pub use step::TrainStep;
+pub use trainer::{Progress, Summary, Trainer, run};

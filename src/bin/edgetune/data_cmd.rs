@@ -77,7 +77,7 @@ fn synth_cmd(a: SynthArgs) -> Result<()> {
 }
 
 /// Writes one JSON object per line, through a temporary file renamed into place.
-fn write_jsonl(path: &Path, items: &[data::AlpacaExample]) -> Result<()> {
+pub(crate) fn write_jsonl(path: &Path, items: &[data::AlpacaExample]) -> Result<()> {
     let tmp = path.with_extension("partial");
     let io = |e| Error::io(&tmp, e);
     let mut w = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(io)?);

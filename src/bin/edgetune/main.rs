@@ -1,13 +1,18 @@
 //! The `edgetune` command line: one subcommand per job, each a thin layer over the library.
 
+mod bench_cmd;
 mod data_cmd;
+mod demo_cmd;
 mod export_cmd;
 mod generate_cmd;
 mod inspect_cmd;
 mod merge_cmd;
 mod perplexity_cmd;
+mod plan_cmd;
+mod shape_args;
 mod testmodel_cmd;
 mod tokenize_cmd;
+mod train_cmd;
 
 use std::process::ExitCode;
 
@@ -23,6 +28,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Benchmarks: `bench train` (tok/s and peak RSS of training steps).
+    Bench(bench_cmd::Args),
+    /// The whole path on built-in data: test model, IoT set, plan, training, before/after.
+    Demo(demo_cmd::Args),
     /// Show a GGUF file: architecture, hyper-parameters, tokenizer, tensors, totals by type.
     Inspect(inspect_cmd::Args),
     /// Datasets: write the synthetic IoT set, check a dataset.
@@ -35,10 +44,14 @@ enum Command {
     Export(export_cmd::Args),
     /// Bake an adapter into a new GGUF (dequantize, add s·B·A, re-quantize).
     Merge(merge_cmd::Args),
+    /// The memory plan of a training run (from the GGUF header alone) against a budget.
+    Plan(plan_cmd::Args),
     /// Write a Llama-architecture GGUF with seeded random weights (for tests and demos).
     Testmodel(testmodel_cmd::Args),
     /// Print the token ids of a text with a model's tokenizer.
     Tokenize(tokenize_cmd::Args),
+    /// Fine-tune a LoRA adapter on a dataset.
+    Train(Box<train_cmd::Args>),
 }
 
 fn main() -> ExitCode {
@@ -51,8 +64,12 @@ fn main() -> ExitCode {
         Command::Perplexity(args) => perplexity_cmd::run(args),
         Command::Export(args) => export_cmd::run(args),
         Command::Merge(args) => merge_cmd::run(args),
+        Command::Plan(args) => plan_cmd::run(args),
         Command::Testmodel(args) => testmodel_cmd::run(args),
         Command::Tokenize(args) => tokenize_cmd::run(args),
+        Command::Train(args) => train_cmd::run_cmd(*args),
+        Command::Bench(args) => bench_cmd::run(args),
+        Command::Demo(args) => demo_cmd::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,88 @@
+//! `edgetune plan --model M [--board B | --budget X] [training flags] [--json]`: the memory
+//! breakdown of a training run from the GGUF header alone (no tensor data is read), against a
+//! budget, with the nearest configurations that fit when it does not. `plan` only reports: it
+//! exits 0 whether or not the plan fits (`fits: false` in the JSON); `train` is what refuses.
+
+use std::path::PathBuf;
+
+use edgetune::gguf::GgufFile;
+use edgetune::memory::{ModelWeights, plan_training_for};
+use edgetune::testmodel::{WeightTypes, preset};
+use edgetune::train::TrainConfig;
+use edgetune::{Error, Result};
+
+use crate::shape_args::{BudgetArgs, ShapeArgs};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The base model (GGUF); only its header is read.
+    #[arg(long, required_unless_present = "preset", conflicts_with = "preset")]
+    model: Option<PathBuf>,
+    /// Plan a test-model preset instead of a file (tiny, small, llama-3.2-1b, llama-3.1-8b,
+    /// llama-3.1-70b), with --type.
+    #[arg(long, value_name = "NAME")]
+    preset: Option<String>,
+    /// With --preset: the weight types, as for `edgetune testmodel` (q4_0, q4_k_m, q8_0, …).
+    #[arg(
+        long = "type",
+        value_name = "TYPE",
+        default_value = "q4_0",
+        requires = "preset"
+    )]
+    weight_type: String,
+    #[command(flatten)]
+    shape: ShapeArgs,
+    #[command(flatten)]
+    budget: BudgetArgs,
+    /// Worker threads (default: the board's cores, else this machine's).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// The dataset, to count its memory (its size only is read).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Print one JSON object: total_bytes, budget_bytes, fits, board, breakdown.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let mut cfg = TrainConfig {
+        threads: args.threads,
+        ..TrainConfig::default()
+    };
+    args.shape.apply(&mut cfg)?;
+    let board = args.budget.apply(&mut cfg)?;
+    if let Some(data) = &args.data {
+        cfg.data = data.clone();
+    }
+    let model = match (&args.model, &args.preset) {
+        (Some(path), _) => {
+            cfg.model = path.clone();
+            ModelWeights::from_gguf(&GgufFile::open(path)?)?
+        }
+        (None, Some(name)) => {
+            ModelWeights::from_preset(&preset(name)?, WeightTypes::parse(&args.weight_type)?)?
+        }
+        (None, None) => return Err(Error::Invalid("give --model FILE or --preset NAME".into())),
+    };
+    let planned = plan_training_for(&model, &cfg)?;
+    let b = &planned.breakdown;
+    if args.json {
+        let doc = serde_json::json!({
+            "model": b.model,
+            "board": board.as_ref().map(|b| b.name.clone()),
+            "total_bytes": b.total_bytes,
+            "budget_bytes": b.budget_bytes,
+            "fits": b.fits,
+            "breakdown": b,
+        });
+        let text = serde_json::to_string_pretty(&doc).map_err(|e| Error::Invalid(e.to_string()))?;
+        println!("{text}");
+    } else {
+        if let Some(board) = &board {
+            println!("board   {} ({})", board.name, board.description);
+        }
+        print!("{}", b.report());
+    }
+    Ok(())
+}

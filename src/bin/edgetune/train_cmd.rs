@@ -1,0 +1,215 @@
+//! `edgetune train --model M --data D --out DIR [training flags]`: LoRA fine-tuning with a
+//! progress bar (plain lines when stderr is not a terminal), `DIR/metrics.jsonl`, checkpoints
+//! and `DIR/summary.json`.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use edgetune::data::Format;
+use edgetune::gguf::GgufFile;
+use edgetune::memory::budget;
+use edgetune::train::{Decay, Progress, Summary, TrainConfig, run};
+use edgetune::{Error, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::shape_args::{BudgetArgs, ShapeArgs};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The base model GGUF.
+    #[arg(long)]
+    model: PathBuf,
+    /// The dataset: Alpaca JSON/JSONL, chat JSONL, text, `{"text"}` or `{"input_ids"}` JSONL.
+    #[arg(long)]
+    data: PathBuf,
+    /// Force the dataset format (alpaca, chat, text, pretokenized) instead of detecting it.
+    #[arg(long)]
+    format: Option<Format>,
+    /// The run directory (metrics.jsonl, summary.json, checkpoints/).
+    #[arg(long, required_unless_present = "resume")]
+    out: Option<PathBuf>,
+    /// Continue the run in DIR from its newest checkpoint (give the same other arguments).
+    #[arg(long, value_name = "DIR")]
+    resume: Option<PathBuf>,
+    /// Start from this adapter instead of the fresh init (a checkpoint directory).
+    #[arg(long, value_name = "PATH")]
+    init_adapter: Option<PathBuf>,
+    #[command(flatten)]
+    shape: ShapeArgs,
+    #[command(flatten)]
+    budget: BudgetArgs,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 2e-4)]
+    lr: f32,
+    /// Optimizer steps (with --epochs: whichever ends first).
+    #[arg(long)]
+    steps: Option<u64>,
+    /// Passes over the data.
+    #[arg(long)]
+    epochs: Option<u64>,
+    /// Pack several examples into each sequence.
+    #[arg(long)]
+    pack: bool,
+    /// Decoupled (AdamW) or L2 (SGD) weight decay.
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f32,
+    /// SGD momentum.
+    #[arg(long, default_value_t = 0.0)]
+    momentum: f32,
+    /// Linear warmup steps.
+    #[arg(long, default_value_t = 0)]
+    warmup_steps: u64,
+    /// Decay after the warmup: constant, linear, cosine.
+    #[arg(long, default_value = "constant")]
+    decay: String,
+    /// Clip the global gradient norm (0 = off).
+    #[arg(long, default_value_t = 1.0)]
+    max_grad_norm: f32,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Checkpoint every N steps (0 = only at the end).
+    #[arg(long, default_value_t = 0)]
+    save_every: u64,
+    /// Worker threads (default: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Print the summary as JSON at the end (progress still goes to stderr).
+    #[arg(long)]
+    json: bool,
+}
+
+impl Args {
+    /// The library configuration these flags describe.
+    pub fn config(&self) -> Result<TrainConfig> {
+        let mut cfg = TrainConfig {
+            model: self.model.clone(),
+            data: self.data.clone(),
+            format: self.format,
+            out: self
+                .resume
+                .clone()
+                .or_else(|| self.out.clone())
+                .ok_or_else(|| Error::Invalid("give --out DIR".into()))?,
+            resume: self.resume.is_some(),
+            init_adapter: self.init_adapter.clone(),
+            lr: self.lr,
+            steps: self.steps,
+            epochs: self.epochs,
+            pack: self.pack,
+            weight_decay: self.weight_decay,
+            momentum: self.momentum,
+            warmup_steps: self.warmup_steps,
+            decay: match self.decay.as_str() {
+                "constant" => Decay::Constant,
+                "linear" => Decay::Linear,
+                "cosine" => Decay::Cosine,
+                d => {
+                    return Err(Error::Invalid(format!(
+                        "--decay {d}: expected constant, linear or cosine"
+                    )));
+                }
+            },
+            max_grad_norm: self.max_grad_norm,
+            seed: self.seed,
+            save_every: self.save_every,
+            threads: self.threads,
+            ..TrainConfig::default()
+        };
+        if let (Some(out), Some(res)) = (&self.out, &self.resume)
+            && out != res
+        {
+            return Err(Error::Invalid(format!(
+                "--out {} and --resume {} name different run directories",
+                out.display(),
+                res.display()
+            )));
+        }
+        self.shape.apply(&mut cfg)?;
+        self.budget.apply(&mut cfg)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+pub fn run_cmd(args: Args) -> Result<()> {
+    let cfg = args.config()?;
+    // Refuse before anything is allocated when the plan does not fit the budget.
+    let file = GgufFile::open(&cfg.model)?;
+    let planned = budget::plan_training(&file, &cfg)?;
+    eprintln!("{}", planned.breakdown.report());
+    // The trainer checks the budget again (before allocating) and refuses with this table.
+    planned.breakdown.check()?;
+    drop(file);
+    let summary = train_with_progress(&cfg)?;
+    if args.json {
+        let text = serde_json::to_string_pretty(&summary)
+            .map_err(|e| Error::Invalid(format!("summary: {e}")))?;
+        println!("{text}");
+    } else {
+        print_summary(&summary);
+    }
+    Ok(())
+}
+
+/// Runs `cfg` with a progress bar on a terminal (plain lines otherwise).
+pub fn train_with_progress(cfg: &TrainConfig) -> Result<Summary> {
+    let tty = std::io::stderr().is_terminal();
+    let bar = tty.then(|| {
+        let b = ProgressBar::new(cfg.steps.unwrap_or(0));
+        b.set_style(
+            ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        b
+    });
+    let mut on_step = |p: &Progress| {
+        let msg = format!(
+            "loss {:.4}  lr {:.2e}  |g| {:.3}  {:.0} tok/s",
+            p.loss, p.lr, p.grad_norm, p.tok_per_s
+        );
+        match &bar {
+            Some(b) => {
+                b.set_length(p.total_steps);
+                b.set_position(p.step);
+                b.set_message(msg);
+            }
+            None => eprintln!(
+                "step {}/{}  {msg}  elapsed {:.1}s",
+                p.step, p.total_steps, p.elapsed_s
+            ),
+        }
+        true
+    };
+    let result = run(cfg, &mut on_step);
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    result
+}
+
+fn print_summary(s: &Summary) {
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    println!("steps            {}", s.steps);
+    if let (Some(a), Some(b)) = (s.first_loss, s.final_loss) {
+        println!("loss             {a:.4} → {b:.4}");
+    }
+    println!(
+        "time             {:.1} s ({:.0} tok/s)",
+        s.elapsed_s, s.tok_per_s
+    );
+    println!("trainable params {}", s.trainable_params);
+    println!("planned memory   {:.1} MiB", mib(s.planned_bytes));
+    if let Some(m) = &s.memory {
+        println!(
+            "peak RSS         {:.1} MiB (at the end: {:.1} MiB file-backed, {:.1} MiB anonymous)",
+            mib(m.peak_rss),
+            mib(m.rss_file),
+            mib(m.rss_anon)
+        );
+    }
+    if let Some(c) = &s.last_checkpoint {
+        println!("checkpoint       {}", c.display());
+    }
+}

@@ -1,0 +1,522 @@
+//! The memory budget of a training run (DESIGN.md §4.3, issue #5): what one process holds in
+//! total — the weight pages a step reads, the arena, the adapters' f32 master weights, the
+//! optimizer state kept in RAM, and measured runtime overheads — computed from the GGUF header
+//! and the [`TrainConfig`] alone, before anything is allocated. [`Breakdown::check`] refuses a
+//! plan over budget with the table and the nearest configurations that fit (suggest.rs).
+//!
+//! # What counts, and why
+//!
+//! - **Weights**: every tensor a step reads stays resident (file-backed pages of the map), in
+//!   full — except `token_embd.weight` when the output projection is a separate
+//!   `output.weight`: a step only *gathers* its rows (one per token), so only those pages must
+//!   be resident: `min(tokens, n_vocab)` rows × the pages a row can touch
+//!   (`⌈row_bytes / 4096⌉ + 1`), capped at the tensor. The other rows are clean file pages the
+//!   kernel evicts under pressure (a measured RSS may show more of them after many steps). With a
+//!   tied output (Llama 3.2 1B) the whole matrix is read every step and counts in full; with
+//!   `--lock-weights` the whole map is locked and everything counts.
+//! - **Arena**: [`llama_training_plan`] packed ([`Plan::arena_bytes`]); the adapter gradients
+//!   live there.
+//! - **Adapters**: the f32 `A`/`B` master weights (`rank · (in + out)` per adapted linear).
+//! - **Optimizer**: AdamW `m`/`v` pages (f32, or 8-bit blockwise for tensors of at least
+//!   [`MIN_8BIT_NUMEL`] elements), each rounded to [`page_round`], counted in RAM unless the
+//!   state is on disk — then only the largest tensor's page (the one being updated) is counted,
+//!   the file's size is reported as `disk_bytes`. SGD: one f32 momentum buffer per tensor, or
+//!   nothing without momentum.
+//! - **Overheads**: the measured constants of overheads.rs (binary, GGUF header, tokenizer,
+//!   dataset, threads; no KV cache in training).
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::plan::{Plan, TrainShape, llama_training_plan};
+use super::plan_llama::AdapterShape;
+use crate::adapters::Target;
+use crate::gguf::{GgufFile, Metadata, TensorInfo};
+use crate::model::LlamaConfig;
+use crate::optim::paged::page_round;
+use crate::optim::state8bit::{MIN_8BIT_NUMEL, state_bytes_8bit};
+use crate::testmodel::{Preset, Vocabulary, WeightTypes, plan_test_model};
+use crate::train::{OptimizerKind, StatePlace, TrainConfig, target_shape};
+use crate::{Error, Result};
+
+pub use super::overheads::{
+    BINARY_RESIDENT_BYTES, DATASET_BYTES_PER_FILE_BYTE, Overhead, THREAD_RESIDENT_BYTES,
+    TOKENIZER_BYTES_PER_ENTRY, TOKENIZER_FIXED_BYTES,
+};
+pub use super::suggest::{Change, Suggestion, Suggestions};
+
+/// The page size resident memory is counted in (4 KiB on x86-64 and on JetPack's arm64 kernels).
+pub const PAGE_BYTES: u64 = 4096;
+
+/// What the budget needs from a model: its shapes, its tensors (name, type, size), the size of
+/// the header (read at open) and the tokenizer's size.
+#[derive(Clone, Debug)]
+pub struct ModelWeights {
+    /// For messages (the file name, or a preset name).
+    pub name: String,
+    pub config: LlamaConfig,
+    pub tensors: Vec<TensorInfo>,
+    /// Bytes before the data section: header, metadata and tensor infos.
+    pub header_bytes: u64,
+    /// Tokens + merge rules of the tokenizer ([`tokenizer_entries`]).
+    pub tokenizer_entries: u64,
+}
+
+impl ModelWeights {
+    /// From an open file's header (no tensor data is read).
+    pub fn from_gguf(file: &GgufFile) -> Result<ModelWeights> {
+        Ok(ModelWeights {
+            name: file.path().display().to_string(),
+            config: LlamaConfig::from_gguf(file)?,
+            tensors: file.tensors().to_vec(),
+            header_bytes: file.data_offset(),
+            tokenizer_entries: tokenizer_entries(file.metadata()),
+        })
+    }
+}
+
+impl ModelWeights {
+    /// The model `edgetune testmodel --preset p --type types` would write (its tensor infos and
+    /// header, with the synthetic vocabulary), without writing it. The synthetic Llama 3
+    /// vocabulary has 127,744 merges where the real one has 280,147, so its tokenizer counts
+    /// 37 MiB less than a real Llama 3 file's.
+    pub fn from_preset(p: &Preset, types: WeightTypes) -> Result<ModelWeights> {
+        let w = plan_test_model(p, types, &Vocabulary::Synthetic)?;
+        let data_end = w
+            .tensors()
+            .iter()
+            .map(|t| t.offset + t.n_bytes)
+            .max()
+            .unwrap_or(0);
+        let data = data_end.div_ceil(32) * 32;
+        Ok(ModelWeights {
+            name: format!("preset {} ({})", p.name, types_label(types)),
+            config: p.llama_config(),
+            tensors: w.tensors().to_vec(),
+            header_bytes: w.file_size()?.saturating_sub(data),
+            tokenizer_entries: tokenizer_entries(w.metadata()),
+        })
+    }
+}
+
+/// `q4_0`, `q4_0 pure`, `q4_k_m`.
+fn types_label(types: WeightTypes) -> String {
+    match types {
+        WeightTypes::Uniform(t) => format!("{} pure", t.name().to_ascii_lowercase()),
+        WeightTypes::LlamaCpp(t) => t.name().to_ascii_lowercase(),
+        WeightTypes::Q4KM => "q4_k_m".into(),
+    }
+}
+
+/// `tokenizer.ggml.tokens` + `tokenizer.ggml.merges` entries (0 for absent keys).
+pub fn tokenizer_entries(metadata: &Metadata) -> u64 {
+    ["tokenizer.ggml.tokens", "tokenizer.ggml.merges"]
+        .iter()
+        .filter_map(|k| match metadata.get(k) {
+            Some(crate::gguf::Value::Array(a)) => Some(a.len() as u64),
+            _ => None,
+        })
+        .sum()
+}
+
+/// Weight bytes of one ggml type.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TypeBytes {
+    pub ty: String,
+    pub tensors: usize,
+    /// Bytes in the file.
+    pub file_bytes: u64,
+    /// Bytes that must stay resident during a step.
+    pub resident_bytes: u64,
+}
+
+/// A tensor whose rows are only gathered (the untied `token_embd`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct GatheredRows {
+    pub tensor: String,
+    pub rows_per_step: u64,
+    pub n_rows: u64,
+    pub row_bytes: u64,
+    pub file_bytes: u64,
+    pub resident_bytes: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct WeightsBreakdown {
+    pub by_type: Vec<TypeBytes>,
+    pub file_bytes: u64,
+    pub resident_bytes: u64,
+    /// `Some` when `token_embd` counts only its gathered rows.
+    pub gathered: Option<GatheredRows>,
+    /// `--lock-weights`: the whole map counts.
+    pub locked: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CategoryBytes {
+    pub category: String,
+    pub buffers: usize,
+    pub bytes: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ArenaBreakdown {
+    /// The one allocation.
+    pub arena_bytes: u64,
+    /// Σ buffer sizes (no reuse).
+    pub sum_bytes: u64,
+    /// Max of simultaneously live bytes: a lower bound for any packing.
+    pub peak_live_bytes: u64,
+    pub buffers: usize,
+    pub categories: Vec<CategoryBytes>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AdapterBreakdown {
+    /// Adapted linears (layers × targets).
+    pub adapted: usize,
+    pub n_params: u64,
+    /// f32 master weights (gradients are in the arena).
+    pub master_bytes: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct OptimizerBreakdown {
+    /// `adamw` or `sgd`.
+    pub kind: String,
+    /// 32 or 8 (AdamW).
+    pub state_bits: u32,
+    /// `ram` or `disk`.
+    pub place: String,
+    /// Tensors whose AdamW state is 8-bit (the others keep f32).
+    pub tensors_8bit: usize,
+    pub tensors_f32: usize,
+    /// Held in RAM: all state pages, or with the state on disk the largest page (the one being
+    /// updated).
+    pub ram_bytes: u64,
+    /// Size of the state file on disk.
+    pub disk_bytes: u64,
+}
+
+/// Everything one training process holds, and whether it fits the budget.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Breakdown {
+    pub model: String,
+    /// The training settings, in CLI flags.
+    pub config: String,
+    pub weights: WeightsBreakdown,
+    pub arena: ArenaBreakdown,
+    pub adapters: AdapterBreakdown,
+    pub optimizer: OptimizerBreakdown,
+    pub overheads: Vec<Overhead>,
+    pub overhead_bytes: u64,
+    /// weights resident + arena + adapters + optimizer RAM + overheads.
+    pub total_bytes: u64,
+    pub budget_bytes: Option<u64>,
+    /// `total_bytes ≤ budget_bytes` (true without a budget).
+    pub fits: bool,
+    /// The nearest configurations that fit (only when it does not).
+    pub suggestions: Option<Suggestions>,
+}
+
+impl Breakdown {
+    /// `Ok` when the plan fits; otherwise an error holding the whole table (with the numbers:
+    /// total, budget, excess) and the suggestions.
+    pub fn check(&self) -> Result<()> {
+        match self.budget_bytes {
+            Some(budget) if !self.fits => Err(Error::Invalid(format!(
+                "memory plan over budget: needs {} bytes ({}) but the budget is {} bytes ({}), \
+                 {} over; refusing before allocating anything\n\n{}",
+                self.total_bytes,
+                super::budget_report::gib(self.total_bytes),
+                budget,
+                super::budget_report::gib(budget),
+                super::budget_report::gib(self.total_bytes - budget),
+                self.report()
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// The breakdown as a text table (budget_report.rs).
+    pub fn report(&self) -> String {
+        super::budget_report::report(self)
+    }
+}
+
+/// A planned training step: its shape, the packed arena and the budget breakdown.
+#[derive(Clone, Debug)]
+pub struct TrainingPlan {
+    pub shape: TrainShape,
+    pub plan: Plan,
+    pub breakdown: Breakdown,
+}
+
+/// Plans a training run of `file` (header only) with `cfg`; `cfg.budget_bytes` is the budget.
+/// When it does not fit, the breakdown carries suggestions; call [`Breakdown::check`] to refuse.
+pub fn plan_training(file: &GgufFile, cfg: &TrainConfig) -> Result<TrainingPlan> {
+    plan_training_for(&ModelWeights::from_gguf(file)?, cfg)
+}
+
+/// [`plan_training`] for a model given by its shapes and tensor list (no file needed).
+pub fn plan_training_for(model: &ModelWeights, cfg: &TrainConfig) -> Result<TrainingPlan> {
+    let mut planned = evaluate(model, cfg)?;
+    if !planned.breakdown.fits {
+        planned.breakdown.suggestions =
+            Some(super::suggest::search(model, cfg, &planned.breakdown)?);
+    }
+    Ok(planned)
+}
+
+/// Checks the settings the plan depends on, naming the flag.
+fn validate(model: &LlamaConfig, cfg: &TrainConfig) -> Result<()> {
+    cfg.lora.validate()?;
+    let bad = |flag: &str, v: String| Err(Error::Invalid(format!("plan: {flag} {v}")));
+    if cfg.lora.targets.is_empty() {
+        return bad(
+            "--targets",
+            "is empty: adapt at least one projection".into(),
+        );
+    }
+    if cfg.batch == 0 || cfg.accum == 0 || cfg.ce_chunk == 0 {
+        return bad(
+            "--batch, --accum and --ce-chunk",
+            "must be at least 1".into(),
+        );
+    }
+    if cfg.seq_len < 2 {
+        return bad(
+            "--seq-len",
+            format!("must be at least 2, got {}", cfg.seq_len),
+        );
+    }
+    if cfg.seq_len > model.context_length {
+        return bad(
+            "--seq-len",
+            format!(
+                "{} exceeds the model's context of {}",
+                cfg.seq_len, model.context_length
+            ),
+        );
+    }
+    if cfg.optimizer_state_bits != 32 && cfg.optimizer_state_bits != 8 {
+        return bad(
+            "--optimizer-state-bits",
+            format!("must be 32 or 8, got {}", cfg.optimizer_state_bits),
+        );
+    }
+    Ok(())
+}
+
+/// The step shape of `cfg` on `model`: LoRA on exactly `cfg.lora.targets` (in [`Target::ALL`]
+/// order), gradients accumulated when `accum > 1`, no optimizer staging (the CPU updates state
+/// pages in place), and the cross-entropy chunk capped at the step's tokens.
+pub fn train_shape(model: &LlamaConfig, cfg: &TrainConfig) -> Result<TrainShape> {
+    validate(model, cfg)?;
+    let tokens = cfg.seq_len.checked_mul(cfg.batch).ok_or_else(|| {
+        Error::Invalid(format!(
+            "plan: {} × {} tokens overflow",
+            cfg.seq_len, cfg.batch
+        ))
+    })?;
+    let mut adapters = [None; 7];
+    for (slot, target) in adapters.iter_mut().zip(Target::ALL) {
+        if cfg.lora.targets.contains(&target) {
+            let (fan_in, fan_out) = target_shape(model, target);
+            *slot = Some(AdapterShape::lora(
+                cfg.lora.rank,
+                fan_in,
+                fan_out,
+                cfg.lora.dropout > 0.0,
+            ));
+        }
+    }
+    Ok(TrainShape {
+        seq_len: cfg.seq_len,
+        micro_batch: cfg.batch,
+        ce_chunk: cfg.ce_chunk.min(tokens),
+        checkpointing: cfg.checkpointing,
+        accumulate: cfg.accum > 1,
+        optimizer_staging: false,
+        adapters,
+    })
+}
+
+/// The plan and its breakdown without suggestions.
+pub(crate) fn evaluate(model: &ModelWeights, cfg: &TrainConfig) -> Result<TrainingPlan> {
+    let shape = train_shape(&model.config, cfg)?;
+    let plan = llama_training_plan(&model.config, &shape)?.pack()?;
+    let arena = ArenaBreakdown {
+        arena_bytes: plan.arena_bytes(),
+        sum_bytes: plan.sum_bytes(),
+        peak_live_bytes: plan.peak_live_bytes(),
+        buffers: plan.buffers().len(),
+        categories: plan
+            .category_totals()
+            .into_iter()
+            .map(|(c, buffers, bytes)| CategoryBytes {
+                category: format!("{c:?}"),
+                buffers,
+                bytes,
+            })
+            .collect(),
+    };
+    let breakdown = assemble(model, cfg, arena)?;
+    Ok(TrainingPlan {
+        shape,
+        plan,
+        breakdown,
+    })
+}
+
+/// Everything but the arena (which the caller computed), summed and compared to the budget.
+pub(crate) fn assemble(
+    model: &ModelWeights,
+    cfg: &TrainConfig,
+    arena: ArenaBreakdown,
+) -> Result<Breakdown> {
+    let tokens = (cfg.seq_len as u64).saturating_mul(cfg.batch as u64);
+    let weights = weights_breakdown(model, tokens, cfg.lock_weights);
+    let (adapters, tensor_numels) = adapter_breakdown(&model.config, cfg);
+    let optimizer = optimizer_breakdown(cfg, &tensor_numels);
+    let overheads = super::overheads::overheads(model, cfg, tokens)?;
+    let overhead_bytes = overheads.iter().map(|o| o.bytes).sum::<u64>();
+    let total_bytes = [
+        weights.resident_bytes,
+        arena.arena_bytes,
+        adapters.master_bytes,
+        optimizer.ram_bytes,
+        overhead_bytes,
+    ]
+    .iter()
+    .try_fold(0u64, |acc, &b| acc.checked_add(b))
+    .ok_or_else(|| Error::Invalid("plan: the total overflows u64".into()))?;
+    Ok(Breakdown {
+        model: model.name.clone(),
+        config: super::suggest::config_flags(cfg),
+        weights,
+        arena,
+        adapters,
+        optimizer,
+        overheads,
+        overhead_bytes,
+        total_bytes,
+        budget_bytes: cfg.budget_bytes,
+        fits: cfg.budget_bytes.is_none_or(|b| total_bytes <= b),
+        suggestions: None,
+    })
+}
+
+/// Resident weight bytes by type; the untied `token_embd` counts only the rows one micro-batch
+/// of `tokens` gathers (unless `locked`).
+fn weights_breakdown(model: &ModelWeights, tokens: u64, locked: bool) -> WeightsBreakdown {
+    let tied = !model.tensors.iter().any(|t| t.name == "output.weight");
+    let mut by_type: BTreeMap<&str, TypeBytes> = BTreeMap::new();
+    let mut gathered = None;
+    for t in &model.tensors {
+        let resident = if t.name == "token_embd.weight" && !tied && !locked {
+            let rows = tokens.min(t.n_rows());
+            let per_row = (t.row_bytes().div_ceil(PAGE_BYTES) + 1) * PAGE_BYTES;
+            let bytes = rows.saturating_mul(per_row).min(t.n_bytes);
+            gathered = Some(GatheredRows {
+                tensor: t.name.clone(),
+                rows_per_step: rows,
+                n_rows: t.n_rows(),
+                row_bytes: t.row_bytes(),
+                file_bytes: t.n_bytes,
+                resident_bytes: bytes,
+            });
+            bytes
+        } else {
+            t.n_bytes
+        };
+        let e = by_type.entry(t.ty.name()).or_insert_with(|| TypeBytes {
+            ty: t.ty.name().to_string(),
+            tensors: 0,
+            file_bytes: 0,
+            resident_bytes: 0,
+        });
+        e.tensors += 1;
+        e.file_bytes += t.n_bytes;
+        e.resident_bytes += resident;
+    }
+    let by_type: Vec<TypeBytes> = by_type.into_values().collect();
+    WeightsBreakdown {
+        file_bytes: by_type.iter().map(|t| t.file_bytes).sum(),
+        resident_bytes: by_type.iter().map(|t| t.resident_bytes).sum(),
+        by_type,
+        gathered,
+        locked,
+    }
+}
+
+/// The adapters' parameter count and master bytes, and the element count of every trainable
+/// tensor in optimizer order (per layer, per target: `A [r, in]`, then `B [out, r]`).
+fn adapter_breakdown(model: &LlamaConfig, cfg: &TrainConfig) -> (AdapterBreakdown, Vec<u64>) {
+    let r = cfg.lora.rank as u64;
+    let mut numels = Vec::new();
+    for _ in 0..model.n_layer {
+        for &t in Target::ALL.iter().filter(|t| cfg.lora.targets.contains(t)) {
+            let (fan_in, fan_out) = target_shape(model, t);
+            numels.push(r * fan_in as u64);
+            numels.push(r * fan_out as u64);
+        }
+    }
+    let n_params: u64 = numels.iter().sum();
+    let adapters = AdapterBreakdown {
+        adapted: numels.len() / 2,
+        n_params,
+        master_bytes: 4 * n_params,
+    };
+    (adapters, numels)
+}
+
+/// Optimizer state bytes for the trainable tensors `numels`.
+fn optimizer_breakdown(cfg: &TrainConfig, numels: &[u64]) -> OptimizerBreakdown {
+    match cfg.optimizer {
+        OptimizerKind::Sgd => {
+            // One f32 momentum buffer per tensor (a plain Vec, in RAM), none without momentum.
+            let ram = if cfg.momentum != 0.0 {
+                4 * numels.iter().sum::<u64>()
+            } else {
+                0
+            };
+            OptimizerBreakdown {
+                kind: "sgd".into(),
+                state_bits: 32,
+                place: "ram".into(),
+                tensors_8bit: 0,
+                tensors_f32: if ram > 0 { numels.len() } else { 0 },
+                ram_bytes: ram,
+                disk_bytes: 0,
+            }
+        }
+        OptimizerKind::AdamW => {
+            let eight = cfg.optimizer_state_bits == 8;
+            let page = |n: u64| -> (bool, u64) {
+                let is8 = eight && n >= MIN_8BIT_NUMEL as u64;
+                let bytes = if is8 {
+                    state_bytes_8bit(n as usize) as u64
+                } else {
+                    8 * n
+                };
+                (is8, page_round(bytes as usize) as u64)
+            };
+            let pages: Vec<(bool, u64)> = numels.iter().map(|&n| page(n)).collect();
+            let all: u64 = pages.iter().map(|p| p.1).sum();
+            let largest = pages.iter().map(|p| p.1).max().unwrap_or(0);
+            let tensors_8bit = pages.iter().filter(|p| p.0).count();
+            let on_disk = cfg.optimizer_state == StatePlace::Disk;
+            OptimizerBreakdown {
+                kind: "adamw".into(),
+                state_bits: cfg.optimizer_state_bits,
+                place: if on_disk { "disk" } else { "ram" }.into(),
+                tensors_8bit,
+                tensors_f32: pages.len() - tensors_8bit,
+                ram_bytes: if on_disk { largest } else { all },
+                disk_bytes: if on_disk { all } else { 0 },
+            }
+        }
+    }
+}

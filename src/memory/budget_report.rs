@@ -1,0 +1,160 @@
+//! The budget breakdown as a text table (`edgetune plan`, and the refusal message of
+//! [`super::budget::Breakdown::check`]).
+
+use std::fmt::Write as _;
+
+use super::budget::Breakdown;
+
+const MIB: f64 = (1u64 << 20) as f64;
+const GIB: f64 = (1u64 << 30) as f64;
+
+/// `5.50 GiB`.
+pub fn gib(bytes: u64) -> String {
+    format!("{:.2} GiB", bytes as f64 / GIB)
+}
+
+/// `12.34` (MiB, for the table's column).
+fn mib(bytes: u64) -> String {
+    format!("{:.2}", bytes as f64 / MIB)
+}
+
+/// The table: weights by type, arena by category, adapters, optimizer state, overheads, the
+/// total against the budget, and the suggestions when it does not fit.
+pub fn report(b: &Breakdown) -> String {
+    let mut s = String::new();
+    let w = 44;
+    let line = |s: &mut String, label: &str, bytes: u64, note: &str| {
+        let _ = writeln!(s, "  {label:<w$} {:>11}  {note}", mib(bytes));
+    };
+    let _ = writeln!(s, "model   {}", b.model);
+    let _ = writeln!(s, "config  {}", b.config);
+    let _ = writeln!(s, "\n{:<w$}   {:>11}", "", "MiB");
+
+    let wt = &b.weights;
+    let how = if wt.locked {
+        "locked in memory (--lock-weights)"
+    } else {
+        "mapped, resident during a step"
+    };
+    let _ = writeln!(s, "weights ({how})");
+    for t in &wt.by_type {
+        let note = if t.resident_bytes == t.file_bytes {
+            format!("{} tensors", t.tensors)
+        } else {
+            format!(
+                "{} tensors, {} MiB in the file",
+                t.tensors,
+                mib(t.file_bytes)
+            )
+        };
+        line(&mut s, &t.ty, t.resident_bytes, &note);
+    }
+    if let Some(g) = &wt.gathered {
+        let _ = writeln!(
+            s,
+            "  ({}: only the rows a step gathers count: {} of {} rows of {} B)",
+            g.tensor, g.rows_per_step, g.n_rows, g.row_bytes
+        );
+    }
+    line(
+        &mut s,
+        "weights resident",
+        wt.resident_bytes,
+        &format!("of {} MiB in the file", mib(wt.file_bytes)),
+    );
+
+    let a = &b.arena;
+    let _ = writeln!(s, "arena (one allocation)");
+    for c in &a.categories {
+        line(
+            &mut s,
+            &c.category,
+            c.bytes,
+            &format!("{} buffers", c.buffers),
+        );
+    }
+    line(&mut s, "sum of buffers (no reuse)", a.sum_bytes, "");
+    line(&mut s, "peak live (lower bound)", a.peak_live_bytes, "");
+    line(
+        &mut s,
+        "arena",
+        a.arena_bytes,
+        &format!("{} buffers packed", a.buffers),
+    );
+
+    let ad = &b.adapters;
+    let _ = writeln!(s, "adapters");
+    line(
+        &mut s,
+        "f32 master weights",
+        ad.master_bytes,
+        &format!(
+            "{} linears, {} parameters (gradients are in the arena)",
+            ad.adapted, ad.n_params
+        ),
+    );
+
+    let o = &b.optimizer;
+    let what = if o.kind == "adamw" {
+        format!("AdamW, {}-bit state in {}", o.state_bits, o.place)
+    } else {
+        "SGD".to_string()
+    };
+    let _ = writeln!(s, "optimizer state ({what})");
+    let note = if o.disk_bytes > 0 {
+        format!(
+            "one tensor's page in use; {} MiB on disk",
+            mib(o.disk_bytes)
+        )
+    } else if o.kind == "adamw" {
+        format!("{} tensors 8-bit, {} f32", o.tensors_8bit, o.tensors_f32)
+    } else if o.ram_bytes > 0 {
+        "momentum buffers".to_string()
+    } else {
+        "no momentum: no state".to_string()
+    };
+    line(&mut s, "in RAM", o.ram_bytes, &note);
+
+    let _ = writeln!(s, "runtime overheads");
+    for ov in &b.overheads {
+        line(&mut s, &ov.name, ov.bytes, &ov.note);
+    }
+    line(&mut s, "overheads", b.overhead_bytes, "");
+
+    let _ = writeln!(s);
+    line(&mut s, "TOTAL", b.total_bytes, &gib(b.total_bytes));
+    match b.budget_bytes {
+        None => {
+            let _ = writeln!(s, "  no budget given (--board NAME or --budget SIZE)");
+        }
+        Some(budget) => {
+            line(&mut s, "budget", budget, &gib(budget));
+            if b.fits {
+                let _ = writeln!(s, "  fits, {} to spare", gib(budget - b.total_bytes));
+            } else {
+                let _ = writeln!(s, "  does NOT fit: {} over", gib(b.total_bytes - budget));
+            }
+        }
+    }
+    if let Some(sg) = &b.suggestions {
+        if sg.found.is_empty() {
+            let _ = writeln!(s, "\n{}", sg.note.as_deref().unwrap_or("nothing fits"));
+        } else {
+            let _ = writeln!(
+                s,
+                "\nnearest configurations that fit ({} evaluated):",
+                sg.evaluated
+            );
+            for (i, x) in sg.found.iter().enumerate() {
+                let _ = writeln!(
+                    s,
+                    "  {}. {:<60} total {}",
+                    i + 1,
+                    x.flags,
+                    gib(x.total_bytes)
+                );
+            }
+        }
+    }
+    s
+}

@@ -1,0 +1,191 @@
+//! The trainer's optimizer: AdamW or SGD over every adapter tensor of an [`AdapterSet`], in the
+//! set's parameter order (slot order, then each adapter's `params()` order), with the
+//! learning-rate schedule and global-norm clipping applied across all of them.
+
+use std::io::{Read, Write};
+
+use super::adapter_set::{AdapterSet, target_index};
+use super::config::{Decay, OptimizerKind, StatePlace, TrainConfig};
+use super::step::TrainStep;
+use crate::adapters::Target;
+use crate::optim::adamw::{AdamW, AdamWConfig};
+use crate::optim::clip::{clip_scale, sum_squares};
+use crate::optim::paged::StateStorage;
+use crate::optim::schedule::Schedule;
+use crate::optim::sgd::{Sgd, SgdConfig};
+use crate::optim::{ParamSpec, StateBits, lora_plus_groups};
+use crate::{Error, Result};
+
+enum Inner {
+    AdamW(AdamW),
+    Sgd(Sgd),
+}
+
+/// AdamW or SGD with the run's schedule and clipping.
+pub struct Optimizer {
+    inner: Inner,
+    schedule: Schedule,
+    base_lr: f32,
+    max_grad_norm: f64,
+}
+
+/// What one optimizer step did.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct UpdateStats {
+    /// The 1-based step number.
+    pub step: u64,
+    pub lr: f32,
+    /// The global gradient norm before clipping.
+    pub grad_norm: f64,
+}
+
+impl Optimizer {
+    /// The optimizer of `cfg` for `set`'s tensors, over `total_steps` steps (for the decay);
+    /// AdamW state goes to RAM or to a file in `state_dir`.
+    pub fn new(
+        cfg: &TrainConfig,
+        set: &AdapterSet,
+        total_steps: u64,
+        state_dir: &std::path::Path,
+    ) -> Result<Optimizer> {
+        let groups = lora_plus_groups(1.0, cfg.weight_decay);
+        let specs: Vec<ParamSpec> = set.param_infos().iter().map(|(_, p)| p.spec()).collect();
+        let inner = match cfg.optimizer {
+            OptimizerKind::AdamW => {
+                let bits = StateBits::from_bits(cfg.optimizer_state_bits)?;
+                let storage = match cfg.optimizer_state {
+                    StatePlace::Ram => StateStorage::Ram,
+                    StatePlace::Disk => StateStorage::Disk(state_dir.to_path_buf()),
+                };
+                Inner::AdamW(AdamW::new(
+                    AdamWConfig::default(),
+                    &groups,
+                    &specs,
+                    bits,
+                    &storage,
+                )?)
+            }
+            OptimizerKind::Sgd => {
+                let sgd = SgdConfig {
+                    momentum: cfg.momentum as f64,
+                    ..SgdConfig::default()
+                };
+                Inner::Sgd(Sgd::new(sgd, &groups, &specs)?)
+            }
+        };
+        let warmup = cfg.warmup_steps;
+        let schedule = match cfg.decay {
+            Decay::Constant if warmup == 0 => Schedule::Constant,
+            Decay::Constant => Schedule::WarmupLinear {
+                warmup,
+                total: u64::MAX,
+            },
+            Decay::Linear => Schedule::WarmupLinear {
+                warmup,
+                total: total_steps,
+            },
+            Decay::Cosine => Schedule::WarmupCosine {
+                warmup,
+                total: total_steps,
+                min_lr_ratio: 0.0,
+            },
+        };
+        Ok(Optimizer {
+            inner,
+            schedule,
+            base_lr: cfg.lr,
+            max_grad_norm: cfg.max_grad_norm as f64,
+        })
+    }
+
+    /// Completed steps.
+    pub fn step_count(&self) -> u64 {
+        match &self.inner {
+            Inner::AdamW(o) => o.step_count(),
+            Inner::Sgd(o) => o.step_count(),
+        }
+    }
+
+    /// Bytes of optimizer state (AdamW moments; SGD momentum).
+    pub fn state_bytes(&self) -> usize {
+        match &self.inner {
+            Inner::AdamW(o) => o.store_bytes(),
+            Inner::Sgd(_) => 0,
+        }
+    }
+
+    /// Clips the gradients left in `step`'s arena by their global norm, then updates every
+    /// tensor of `set`. A non-finite norm is an error (nothing is updated). No allocation.
+    pub fn update(&mut self, step: &mut TrainStep, set: &mut AdapterSet) -> Result<UpdateStats> {
+        let n_layer = set.n_layer();
+        let mut sq = 0f64;
+        for layer in 0..n_layer {
+            for target in Target::ALL {
+                if set.get(layer, target).is_some() {
+                    sq += sum_squares(step.grads_mut(layer, target_index(target))?);
+                }
+            }
+        }
+        let norm = sq.sqrt();
+        if !norm.is_finite() {
+            return Err(Error::Invalid(format!(
+                "training diverged: the gradient norm is {norm} (lower --lr, or set \
+                 --max-grad-norm)"
+            )));
+        }
+        let scale = if self.max_grad_norm > 0.0 {
+            clip_scale(norm, self.max_grad_norm)
+        } else {
+            1.0
+        };
+        let t = match &mut self.inner {
+            Inner::AdamW(o) => o.begin_step(),
+            Inner::Sgd(o) => o.begin_step(),
+        };
+        let lr = self.schedule.lr_at(self.base_lr, t);
+        let mut id = 0;
+        for (layer, target, a) in set.iter_mut() {
+            let grads = step.grads_mut(layer, target_index(target))?;
+            if scale != 1.0 {
+                grads.iter_mut().for_each(|g| *g *= scale);
+            }
+            let mut off = 0;
+            let mut p = 0;
+            while let Some(param) = a.param_mut(p) {
+                let n = param.len();
+                let g = grads.get(off..off + n).ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "optimizer: adapter blk.{layer}.{} has more parameters than gradients",
+                        target.gguf_stem()
+                    ))
+                })?;
+                match &mut self.inner {
+                    Inner::AdamW(o) => o.update(id, param, g, lr)?,
+                    Inner::Sgd(o) => o.update(id, param, g, lr)?,
+                }
+                off += n;
+                p += 1;
+                id += 1;
+            }
+        }
+        Ok(UpdateStats {
+            step: t,
+            lr,
+            grad_norm: norm,
+        })
+    }
+
+    pub fn save(&self, w: &mut impl Write) -> Result<()> {
+        match &self.inner {
+            Inner::AdamW(o) => o.save(w),
+            Inner::Sgd(o) => o.save(w),
+        }
+    }
+
+    pub fn load(&mut self, r: &mut impl Read) -> Result<()> {
+        match &mut self.inner {
+            Inner::AdamW(o) => o.load(r),
+            Inner::Sgd(o) => o.load(r),
+        }
+    }
+}

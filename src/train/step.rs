@@ -1,0 +1,320 @@
+//! One training step over a planned arena: embedding, the layers' forward (keeping only layer
+//! inputs under gradient checkpointing), the chunked cross-entropy, and the backward from the
+//! top layer down (recomputing each layer first), leaving the adapter gradients in the arena
+//! for the optimizer. Nothing is allocated after [`TrainStep::new`].
+//!
+//! Shapes: a micro-batch is `[B, L]` tokens, flattened to `T = B·L` rows; the residual stream
+//! is `[T, D]`. Rows are independent sequences, and inside a row every packed example is its
+//! own causal sequence: RoPE and attention run per *segment* (an example, with the padding
+//! after a row's last example folded into it — padding has no loss and nothing attends to
+//! it), so attention is block-diagonal and positions restart at 0 with every example.
+//!
+//! The loss of token `i` is the cross-entropy of its logits against `labels[i + 1]` of the
+//! same row (Hugging Face's shift); a row's last token and ignored labels carry none.
+
+use super::adapter_set::AdapterSet;
+use super::step_ids::{EMPTY, StepIds};
+use crate::adapters::{Adapter, Pass};
+use crate::backend::{Backend, CpuBackend};
+use crate::data::{Batch, IGNORE};
+use crate::memory::arena::Arena;
+use crate::memory::plan::{
+    AdapterShape, Category, LlamaSchedule, Loss, Plan, TARGETS, TrainShape, llama_training_plan,
+};
+use crate::model::{BackendModel, LlamaConfig};
+use crate::{Error, Result};
+
+/// Which pass of a layer's forward runs (it decides the schedule steps and the buffers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Phase {
+    Forward,
+    Recompute,
+}
+
+/// A training step's engine: the plan, its arena, and per-step host scratch (all sized once).
+pub struct TrainStep {
+    pub(super) cfg: LlamaConfig,
+    pub(super) shape: TrainShape,
+    pub(super) sched: LlamaSchedule,
+    plan: Plan,
+    pub(super) arena: Arena,
+    pub(super) ids: StepIds,
+    /// Per slot (`layer · 7 + target`): the adapter's parameter count (0: none).
+    pub(super) n_params: Vec<usize>,
+    /// Shifted targets `[T]` of the current micro-batch.
+    targets: Vec<i32>,
+    /// `(first token, tokens)` of each causal segment of the current micro-batch.
+    pub(super) segments: Vec<(usize, usize)>,
+}
+
+/// The per-projection shapes of `set`'s adapters (the largest over layers).
+pub fn adapter_shapes(set: &AdapterSet) -> [Option<AdapterShape>; 7] {
+    let mut shapes: [Option<AdapterShape>; 7] = [None; 7];
+    for (_, target, a) in set.iter() {
+        let i = super::adapter_set::target_index(target);
+        let w = a.workspace();
+        let largest = (0..)
+            .map_while(|p| a.param(p))
+            .map(<[f32]>::len)
+            .max()
+            .unwrap_or(0);
+        let new = AdapterShape {
+            saved_per_token: w.saved_per_token,
+            scratch_per_token: w.scratch_per_token,
+            n_params: a.n_params(),
+            largest_param: largest,
+        };
+        shapes[i] = Some(match shapes[i] {
+            None => new,
+            Some(s) => AdapterShape {
+                saved_per_token: s.saved_per_token.max(new.saved_per_token),
+                scratch_per_token: s.scratch_per_token.max(new.scratch_per_token),
+                n_params: s.n_params.max(new.n_params),
+                largest_param: s.largest_param.max(new.largest_param),
+            },
+        });
+    }
+    shapes
+}
+
+/// The plan of one step of `shape` on `cfg`, with the step's zero-length [`EMPTY`] buffer.
+pub fn step_plan(cfg: &LlamaConfig, shape: &TrainShape) -> Result<Plan> {
+    let mut b = llama_training_plan(cfg, shape)?;
+    let s = LlamaSchedule::new(cfg.n_layer)?;
+    b.add_buffer(EMPTY, Category::Temporary, 0, 0, s.optimizer());
+    b.pack()
+}
+
+impl TrainStep {
+    /// Plans the step for `set`'s adapters on `model` and allocates the arena.
+    pub fn new(
+        model: &BackendModel<'_, CpuBackend>,
+        set: &AdapterSet,
+        shape: TrainShape,
+    ) -> Result<Self> {
+        let cfg = model.config.clone();
+        set.check_fits(&cfg)?;
+        if shape.adapters != adapter_shapes(set) {
+            return Err(Error::Invalid(
+                "training step: the shape's adapters differ from the adapter set's".into(),
+            ));
+        }
+        let plan = step_plan(&cfg, &shape)?;
+        let arena = Arena::new(&plan)?;
+        let ids = StepIds::resolve(&plan, cfg.n_layer, shape.checkpointing)?;
+        let mut n_params = vec![0; cfg.n_layer * TARGETS.len()];
+        for (layer, target, a) in set.iter() {
+            n_params[layer * TARGETS.len() + super::adapter_set::target_index(target)] =
+                a.n_params();
+        }
+        let t = shape.seq_len * shape.micro_batch;
+        Ok(TrainStep {
+            sched: LlamaSchedule::new(cfg.n_layer)?,
+            cfg,
+            shape,
+            plan,
+            arena,
+            ids,
+            n_params,
+            targets: vec![IGNORE; t],
+            segments: Vec::with_capacity(t),
+        })
+    }
+
+    /// The packed plan (for reports).
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// Bytes of the arena.
+    pub fn arena_bytes(&self) -> usize {
+        self.arena.bytes()
+    }
+
+    /// Tokens per micro-batch (`T`).
+    pub fn tokens(&self) -> usize {
+        self.shape.seq_len * self.shape.micro_batch
+    }
+
+    /// Forward, loss and backward of one micro-batch. The loss gradient is that of
+    /// `loss_scale · Σ loss` (`1 / targets of the whole step` for a mean); `first` overwrites
+    /// the adapter gradients, later micro-batches of the step add to them. `seed` is the
+    /// dropout stream of this micro-batch. Returns `Σ loss` over its targets.
+    pub fn micro_batch(
+        &mut self,
+        model: &BackendModel<'_, CpuBackend>,
+        set: &AdapterSet,
+        batch: &Batch,
+        loss_scale: f32,
+        first: bool,
+        seed: u64,
+    ) -> Result<f64> {
+        if !first && !self.shape.accumulate {
+            return Err(Error::Invalid(
+                "training step: planned without gradient accumulation".into(),
+            ));
+        }
+        self.check_model(model)?;
+        let pass = self.prepare(model, batch, true, seed)?;
+        self.forward_all(model, set, pass)?;
+        let loss = self.loss(model, loss_scale)?;
+        for l in (0..self.cfg.n_layer).rev() {
+            if self.shape.checkpointing {
+                self.layer_forward(model, Phase::Recompute, l, set, pass)?;
+            }
+            self.layer_backward(model, l, set, pass, first)?;
+        }
+        Ok(loss)
+    }
+
+    /// The forward and the loss only (no dropout, no gradients): `(Σ loss, targets)` — for
+    /// held-out evaluation.
+    pub fn eval_loss(
+        &mut self,
+        model: &BackendModel<'_, CpuBackend>,
+        set: &AdapterSet,
+        batch: &Batch,
+    ) -> Result<(f64, usize)> {
+        self.check_model(model)?;
+        let pass = self.prepare(model, batch, false, 0)?;
+        self.forward_all(model, set, pass)?;
+        let loss = self.loss(model, 0.0)?;
+        let counted = self.targets.iter().filter(|&&t| t != IGNORE).count();
+        Ok((loss, counted))
+    }
+
+    /// Number of loss targets of `batch` under the step's shift (a step's loss scale is one
+    /// over their sum across its micro-batches).
+    pub fn count_targets(batch: &Batch) -> usize {
+        let l = batch.seq_len;
+        (0..batch.batch_size)
+            .map(|r| {
+                batch.labels[r * l + 1..(r + 1) * l]
+                    .iter()
+                    .filter(|&&t| t != IGNORE)
+                    .count()
+            })
+            .sum()
+    }
+
+    /// The gradients of the adapter in slot `layer · 7 + target` (after a micro-batch), in its
+    /// parameter order; empty for an unadapted slot.
+    pub fn grads_mut(&mut self, layer: usize, target_index: usize) -> Result<&mut [f32]> {
+        let id = self
+            .ids
+            .layers
+            .get(layer)
+            .and_then(|l| l.grad.get(target_index))
+            .copied()
+            .unwrap_or(self.ids.empty);
+        let n = self.n_params[layer * TARGETS.len() + target_index.min(6)];
+        let [g] = self.arena.views_mut_at(self.sched.optimizer(), [id])?;
+        let len = n.min(g.len());
+        Ok(&mut g[..len])
+    }
+
+    /// Checks the batch, fills the shifted targets and the segments, embeds the tokens.
+    /// The model must be the one planned for.
+    fn check_model(&self, model: &BackendModel<'_, CpuBackend>) -> Result<()> {
+        if model.config != self.cfg {
+            return Err(Error::Invalid(
+                "training step: called with another model than it was planned for".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn prepare(
+        &mut self,
+        m: &BackendModel<'_, CpuBackend>,
+        batch: &Batch,
+        training: bool,
+        seed: u64,
+    ) -> Result<Pass> {
+        let (b, l) = (self.shape.micro_batch, self.shape.seq_len);
+        if batch.batch_size != b || batch.seq_len != l || batch.ids.len() != b * l {
+            return Err(Error::Invalid(format!(
+                "training step: batch of {} × {} tokens, planned for {b} × {l}",
+                batch.batch_size, batch.seq_len
+            )));
+        }
+        let vocab = self.cfg.n_vocab;
+        if let Some(i) = batch.ids.iter().position(|&t| t as usize >= vocab) {
+            return Err(Error::Invalid(format!(
+                "training step: token id {} at row {}, position {} is outside the vocabulary \
+                 ({vocab})",
+                batch.ids[i],
+                i / l,
+                i % l
+            )));
+        }
+        self.segments.clear();
+        for r in 0..b {
+            let row = r * l..(r + 1) * l;
+            let (labels, pos) = (&batch.labels[row.clone()], &batch.positions[row.clone()]);
+            for i in 0..l {
+                self.targets[r * l + i] = if i + 1 < l { labels[i + 1] } else { IGNORE };
+                // An example starts where the position is 0 and the next is 1; padding (all
+                // zeros) stays with the segment before it.
+                let starts = i == 0 || (pos[i] == 0 && i + 1 < l && pos[i + 1] == 1);
+                if starts {
+                    self.segments.push((r * l + i, 0));
+                }
+                if let Some(last) = self.segments.last_mut() {
+                    last.1 += 1;
+                }
+            }
+        }
+        let [x0] = self
+            .arena
+            .views_mut_at(self.sched.embed(), [self.ids.layers[0].x])?;
+        CpuBackend.embedding(&m.token_embd, &batch.ids, x0)?;
+        Ok(Pass {
+            n: b * l,
+            training,
+            seed,
+        })
+    }
+
+    fn forward_all(
+        &mut self,
+        m: &BackendModel<'_, CpuBackend>,
+        set: &AdapterSet,
+        pass: Pass,
+    ) -> Result<()> {
+        for l in 0..self.cfg.n_layer {
+            self.layer_forward(m, Phase::Forward, l, set, pass)?;
+        }
+        Ok(())
+    }
+
+    /// Final norm, chunked cross-entropy (gradient scaled by `scale`) and the final norm's
+    /// backward into `dres`. Returns `Σ loss`.
+    fn loss(&mut self, m: &BackendModel<'_, CpuBackend>, scale: f32) -> Result<f64> {
+        let (ids, s) = (&self.ids, &self.sched);
+        let eps = self.cfg.rms_eps;
+        let be = CpuBackend;
+        let [x, norm, rstd] = self.arena.views_mut_at(
+            s.loss(Loss::FinalNorm),
+            [ids.final_x, ids.final_norm, ids.final_rstd],
+        )?;
+        be.rmsnorm(x, &m.output_norm, eps, norm, Some(rstd))?;
+        let [norm, logits, dh] = self.arena.views_mut_at(
+            s.loss(Loss::CrossEntropy),
+            [ids.final_norm, ids.ce_logits, ids.ce_dh],
+        )?;
+        let chunk = self.shape.ce_chunk;
+        let loss = be.cross_entropy(norm, &m.output, &self.targets, scale, chunk, logits, dh)?;
+        let [x, rstd, dh, dres] = self.arena.views_mut_at(
+            s.loss(Loss::FinalNormBackward),
+            [ids.final_x, ids.final_rstd, ids.ce_dh, ids.dres],
+        )?;
+        be.rmsnorm_backward(x, &m.output_norm, rstd, dh, dres)?;
+        Ok(loss)
+    }
+}
+
+/// The adapter of slot (`layer`, `TARGETS[i]`), if any.
+pub(super) fn adapter_at(set: &AdapterSet, layer: usize, i: usize) -> Option<&dyn Adapter> {
+    set.get(layer, crate::adapters::Target::ALL[i])
+}

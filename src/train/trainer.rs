@@ -1,0 +1,415 @@
+//! The trainer loop behind `edgetune train`: loads the model and the data, plans and allocates
+//! the step, builds the adapters and the optimizer (or resumes them from the newest
+//! checkpoint), then runs optimizer steps — each `accum` micro-batches of forward, loss and
+//! backward, one clipped update — writing `metrics.jsonl`, checkpoints and `summary.json`.
+//!
+//! [`Trainer::step`] is one optimizer step and allocates nothing (tests/train_alloc.rs);
+//! [`run`] drives it, reporting each step through the caller's callback (never printing).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::adapter_set::AdapterSet;
+use super::checkpoint::{self, RunState};
+use super::config::TrainConfig;
+use super::optimizer::Optimizer;
+use super::step::{TrainStep, adapter_shapes};
+use crate::data::batch::{BatchConfig, Batcher};
+use crate::data::tokenize::{TokenizeOptions, tokenize_all};
+use crate::data::{Batch, formats};
+use crate::gguf::GgufFile;
+use crate::memory::budget;
+use crate::memory::plan::TrainShape;
+use crate::memory::rss::{MemoryUsage, memory_usage};
+use crate::model::Llama;
+use crate::tokenizer::Tokenizer;
+use crate::{Error, Result};
+
+/// One optimizer step, as reported to the callback and written to `metrics.jsonl`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Progress {
+    /// 1-based.
+    pub step: u64,
+    pub total_steps: u64,
+    /// Mean loss over the step's target tokens.
+    pub loss: f64,
+    pub lr: f32,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Tokens (`batch × seq_len × micro-batches`) per second of this step.
+    pub tok_per_s: f64,
+    /// Target tokens of this step.
+    pub targets: u64,
+    /// Training seconds so far (this step included).
+    pub elapsed_s: f64,
+}
+
+/// What a finished run reports (`DIR/summary.json`).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Summary {
+    pub config: TrainConfig,
+    /// Optimizer steps completed (a resumed run counts the earlier ones too).
+    pub steps: u64,
+    pub resumed_from_step: Option<u64>,
+    pub first_loss: Option<f64>,
+    pub final_loss: Option<f64>,
+    pub elapsed_s: f64,
+    pub tokens: u64,
+    pub tok_per_s: f64,
+    pub trainable_params: usize,
+    /// The arena of the step plan.
+    pub arena_bytes: u64,
+    /// The plan's total (weights, arena, adapters, optimizer state, overheads).
+    pub planned_bytes: u64,
+    /// The process's measured high-water mark (VmHWM, weights included); `None` off Linux.
+    pub peak_bytes: Option<u64>,
+    /// The resident set at the end, split into file-backed (the mapped weights) and
+    /// anonymous (everything else); `None` off Linux.
+    pub memory: Option<MemoryUsage>,
+    pub last_checkpoint: Option<PathBuf>,
+}
+
+/// A loaded, planned training run over one mapped model.
+pub struct Trainer<'f> {
+    cfg: TrainConfig,
+    llama: Llama<'f>,
+    set: AdapterSet,
+    step: TrainStep,
+    opt: Optimizer,
+    batcher: Batcher,
+    /// One per micro-batch of a step.
+    batches: Vec<Batch>,
+    total_steps: u64,
+    tokens: u64,
+    elapsed_s: f64,
+    resumed_from: Option<u64>,
+    planned_bytes: u64,
+}
+
+impl<'f> Trainer<'f> {
+    /// Loads the data and the model of `cfg` (from `file`), builds and plans everything, and
+    /// resumes from the newest checkpoint in `cfg.out` when `cfg.resume` is set.
+    pub fn new(file: &'f GgufFile, cfg: &TrainConfig) -> Result<Trainer<'f>> {
+        cfg.validate()?;
+        // The plan from the header alone: over budget, refuse before allocating anything.
+        let planned = budget::plan_training(file, cfg)?;
+        planned.breakdown.check()?;
+        if cfg.lock_weights {
+            file.lock()?;
+        }
+        log_memory("before loading");
+        let llama = Llama::load(file)?;
+        let model_cfg = llama.config().clone();
+        let tok = Tokenizer::from_gguf(file)?;
+        let data = formats::load(&cfg.data, cfg.format)?;
+        let examples = tokenize_all(&tok, &data, &TokenizeOptions::default())?;
+        let micro_steps = cfg.steps.map(|s| s.saturating_mul(cfg.accum as u64));
+        let mut batcher = Batcher::new(
+            &examples,
+            BatchConfig {
+                seq_len: cfg.seq_len,
+                batch_size: cfg.batch,
+                pack: cfg.pack,
+                seed: cfg.seed,
+                epochs: cfg.epochs,
+                max_steps: micro_steps,
+                pad_id: tok.eos_ids().first().copied().unwrap_or(0),
+            },
+        )?;
+        log_memory("data tokenized and batched");
+        drop(examples);
+        let total_steps = match cfg.steps {
+            Some(s) => s,
+            None => batcher
+                .total_steps()
+                .map_or(0, |m| m.div_ceil(cfg.accum as u64)),
+        };
+
+        // Adapters: resumed, given, or fresh.
+        let resume_dir = if cfg.resume {
+            checkpoint::latest(&cfg.out)?
+        } else {
+            None
+        };
+        let mut set = match &cfg.init_adapter {
+            Some(path) if resume_dir.is_none() => {
+                let set = crate::export::load_any(path, &model_cfg)?;
+                log::info!("starting from adapter {}", path.display());
+                set
+            }
+            _ => AdapterSet::new_lora(&model_cfg, &cfg.lora, cfg.seed)?,
+        };
+        let shape = TrainShape {
+            seq_len: cfg.seq_len,
+            micro_batch: cfg.batch,
+            ce_chunk: planned.shape.ce_chunk,
+            checkpointing: cfg.checkpointing,
+            accumulate: cfg.accum > 1,
+            optimizer_staging: false,
+            adapters: adapter_shapes(&set),
+        };
+        fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
+        let mut opt = Optimizer::new(cfg, &set, total_steps, &cfg.out)?;
+        let step = TrainStep::new(llama.backend_model(), &set, shape)?;
+        if step.plan().arena_bytes() != planned.plan.arena_bytes() {
+            log::warn!(
+                "the step's arena ({} bytes) differs from the budget plan's ({} bytes)",
+                step.plan().arena_bytes(),
+                planned.plan.arena_bytes()
+            );
+        }
+        let planned_bytes = planned.breakdown.total_bytes;
+
+        let (mut tokens, mut elapsed_s, mut resumed_from) = (0, 0.0, None);
+        if let Some(dir) = resume_dir {
+            let state = checkpoint::read_state(&dir)?;
+            let diff = checkpoint::config_differences(&state.config, cfg);
+            if !diff.is_empty() {
+                return Err(Error::Invalid(format!(
+                    "{}: --resume needs the same settings as the checkpointed run; these differ: {}",
+                    dir.display(),
+                    diff.join("; ")
+                )));
+            }
+            set = checkpoint::load_into(&dir, &model_cfg, &mut opt)?;
+            batcher.restore(&state.cursor)?;
+            if opt.step_count() != state.step {
+                return Err(Error::Invalid(format!(
+                    "{}: optimizer state is at step {}, the run state at {}",
+                    dir.display(),
+                    opt.step_count(),
+                    state.step
+                )));
+            }
+            (tokens, elapsed_s, resumed_from) = (state.tokens, state.elapsed_s, Some(state.step));
+            log::info!("resuming from {} (step {})", dir.display(), state.step);
+        }
+        log_memory("step planned and allocated");
+        let batches = (0..cfg.accum)
+            .map(|_| Batch::new(cfg.batch, cfg.seq_len))
+            .collect();
+        Ok(Trainer {
+            cfg: cfg.clone(),
+            llama,
+            set,
+            step,
+            opt,
+            batcher,
+            batches,
+            total_steps,
+            tokens,
+            elapsed_s,
+            resumed_from,
+            planned_bytes,
+        })
+    }
+
+    /// Optimizer steps completed.
+    pub fn completed(&self) -> u64 {
+        self.opt.step_count()
+    }
+
+    pub fn total_steps(&self) -> u64 {
+        self.total_steps
+    }
+
+    pub fn adapters(&self) -> &AdapterSet {
+        &self.set
+    }
+
+    pub fn train_step(&self) -> &TrainStep {
+        &self.step
+    }
+
+    /// One optimizer step: `accum` micro-batches, clipping, the update. `None` when the steps
+    /// or the data are used up. Allocates nothing.
+    pub fn step(&mut self) -> Result<Option<Progress>> {
+        if self.completed() >= self.total_steps {
+            return Ok(None);
+        }
+        let t0 = Instant::now();
+        let mut n = 0;
+        for b in self.batches.iter_mut() {
+            if !self.batcher.next_batch(b) {
+                break;
+            }
+            n += 1;
+        }
+        if n == 0 {
+            return Ok(None);
+        }
+        let targets: usize = self.batches[..n].iter().map(TrainStep::count_targets).sum();
+        let scale = 1.0 / targets.max(1) as f32;
+        let step_no = self.completed() + 1;
+        let mut loss = 0.0;
+        let model = self.llama.backend_model();
+        for (i, b) in self.batches[..n].iter().enumerate() {
+            let seed = micro_seed(self.cfg.seed, step_no, i);
+            loss += self
+                .step
+                .micro_batch(model, &self.set, b, scale, i == 0, seed)?;
+        }
+        let stats = self.opt.update(&mut self.step, &mut self.set)?;
+        let secs = t0.elapsed().as_secs_f64();
+        let tokens = (n * self.cfg.batch * self.cfg.seq_len) as u64;
+        self.tokens += tokens;
+        self.elapsed_s += secs;
+        Ok(Some(Progress {
+            step: stats.step,
+            total_steps: self.total_steps,
+            loss: loss / targets.max(1) as f64,
+            lr: stats.lr,
+            grad_norm: stats.grad_norm,
+            tok_per_s: tokens as f64 / secs.max(1e-9),
+            targets: targets as u64,
+            elapsed_s: self.elapsed_s,
+        }))
+    }
+
+    /// Writes a checkpoint of the current state.
+    pub fn checkpoint(&self) -> Result<PathBuf> {
+        let state = RunState::new(
+            self.completed(),
+            self.batcher.cursor(),
+            self.tokens,
+            self.elapsed_s,
+            &self.cfg,
+        );
+        checkpoint::save(&self.cfg.out, &self.set, &self.opt, &state)
+    }
+}
+
+/// The dropout stream of micro-batch `micro` of step `step`.
+fn micro_seed(seed: u64, step: u64, micro: usize) -> u64 {
+    let mut z = seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ ((micro as u64) << 48);
+    z = (z ^ (z >> 31)).wrapping_mul(0xD6E8_FEB8_6659_FD93);
+    z ^ (z >> 32)
+}
+
+/// Runs `cfg` to the end: checkpoints every `save_every` steps and at the end,
+/// `DIR/metrics.jsonl` (one line per step; on resume, lines after the checkpoint are dropped),
+/// `DIR/summary.json`. `progress` is called after every step; returning `false` stops the run
+/// early (after a checkpoint).
+pub fn run(
+    cfg: &TrainConfig,
+    progress: &mut (dyn FnMut(&Progress) -> bool + Send),
+) -> Result<Summary> {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(cfg.threads.unwrap_or(0))
+        .build()
+        .map_err(|e| Error::Invalid(format!("train: cannot start worker threads: {e}")))?;
+    pool.install(|| run_in_pool(cfg, progress))
+}
+
+fn run_in_pool(
+    cfg: &TrainConfig,
+    progress: &mut (dyn FnMut(&Progress) -> bool + Send),
+) -> Result<Summary> {
+    let file = GgufFile::open(&cfg.model)?;
+    let mut trainer = Trainer::new(&file, cfg)?;
+    let metrics_path = cfg.out.join("metrics.jsonl");
+    let mut earlier = keep_metrics_through(&metrics_path, trainer.completed())?;
+    let mut metrics = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&metrics_path)
+        .map_err(|e| Error::io(&metrics_path, e))?;
+    let first_loss = earlier.take();
+    let (mut first, mut last, mut last_ckpt) = (first_loss, None, None);
+    while let Some(p) = trainer.step()? {
+        first.get_or_insert(p.loss);
+        last = Some(p.loss);
+        let mut line =
+            serde_json::to_string(&p).map_err(|e| Error::Invalid(format!("metrics: {e}")))?;
+        line.push('\n');
+        metrics
+            .write_all(line.as_bytes())
+            .and_then(|_| metrics.flush())
+            .map_err(|e| Error::io(&metrics_path, e))?;
+        let go_on = progress(&p);
+        let due = cfg.save_every > 0 && p.step % cfg.save_every == 0;
+        if due || !go_on {
+            last_ckpt = Some(trainer.checkpoint()?);
+        }
+        if !go_on {
+            break;
+        }
+    }
+    let at_end = last_ckpt
+        .as_deref()
+        .and_then(|d| d.file_name())
+        .is_some_and(|n| *n == *format!("step-{:08}", trainer.completed()));
+    if !at_end {
+        last_ckpt = Some(trainer.checkpoint()?);
+    }
+    let usage = memory_usage().unwrap_or_else(|e| {
+        log::warn!("cannot read the memory usage: {e}");
+        None
+    });
+    let summary = Summary {
+        config: cfg.clone(),
+        steps: trainer.completed(),
+        resumed_from_step: trainer.resumed_from,
+        first_loss: first,
+        final_loss: last,
+        elapsed_s: trainer.elapsed_s,
+        tokens: trainer.tokens,
+        tok_per_s: trainer.tokens as f64 / trainer.elapsed_s.max(1e-9),
+        trainable_params: trainer.set.n_params(),
+        arena_bytes: trainer.step.arena_bytes() as u64,
+        planned_bytes: trainer.planned_bytes,
+        peak_bytes: usage.as_ref().map(|m| m.peak_rss),
+        memory: usage,
+        last_checkpoint: last_ckpt,
+    };
+    let json =
+        serde_json::to_vec_pretty(&summary).map_err(|e| Error::Invalid(format!("summary: {e}")))?;
+    crate::export::atomic::write_bytes(&cfg.out.join("summary.json"), &json)?;
+    Ok(summary)
+}
+
+/// Cuts `metrics.jsonl` to the steps `≤ step` (what a resumed run already did) and returns
+/// the first step's loss, if it is there.
+fn keep_metrics_through(path: &std::path::Path, step: u64) -> Result<Option<f64>> {
+    let f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    let mut kept = String::new();
+    let mut first = None;
+    for line in BufReader::new(f).lines() {
+        let line = line.map_err(|e| Error::io(path, e))?;
+        let v: serde_json::Value = match serde_json::from_str(&line) {
+            Ok(v) => v,
+            Err(_) => continue, // a line cut by a kill
+        };
+        let s = v.get("step").and_then(|s| s.as_u64()).unwrap_or(u64::MAX);
+        if s <= step {
+            if s == 1 {
+                first = v.get("loss").and_then(|l| l.as_f64());
+            }
+            kept.push_str(&line);
+            kept.push('\n');
+        }
+    }
+    crate::export::atomic::write_bytes(path, kept.as_bytes())?;
+    Ok(first)
+}
+
+/// Logs the resident set at `stage` (debug level).
+fn log_memory(stage: &str) {
+    if let Ok(Some(m)) = memory_usage() {
+        log::debug!(
+            "memory {stage}: rss {} (file {}, anon {}), peak {}",
+            m.rss,
+            m.rss_file,
+            m.rss_anon,
+            m.peak_rss
+        );
+    }
+}

@@ -1,0 +1,150 @@
+//! `edgetune plan` end to end on a written tiny test model: the text table, `--json` (the same
+//! numbers as the library's plan), `--board`, `--budget` over budget (still exit 0, `fits:
+//! false`), and a clear error for an unknown board.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use edgetune::gguf::GgufFile;
+use edgetune::memory::budget::plan_training;
+use edgetune::train::TrainConfig;
+
+fn edgetune(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_edgetune"))
+        .args(args)
+        .output()
+        .expect("run edgetune")
+}
+
+fn ok(args: &[&str]) -> Output {
+    let out = edgetune(args);
+    assert!(
+        out.status.success(),
+        "edgetune {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn tiny(dir: &Path) -> String {
+    let p = dir.join("tiny.gguf").to_str().unwrap().to_owned();
+    ok(&[
+        "testmodel",
+        "--preset",
+        "tiny",
+        "--type",
+        "q4_0",
+        "--out",
+        &p,
+    ]);
+    p
+}
+
+fn json(args: &[&str]) -> serde_json::Value {
+    serde_json::from_slice(&ok(args).stdout).expect("plan --json prints JSON")
+}
+
+#[test]
+fn plan_prints_the_table_and_json_matching_the_library() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny(dir.path());
+    let text = String::from_utf8(ok(&["plan", "--model", &model]).stdout).unwrap();
+    for part in [
+        "weights",
+        "Q4_0",
+        "arena",
+        "optimizer state",
+        "tokenizer",
+        "TOTAL",
+    ] {
+        assert!(text.contains(part), "missing {part}:\n{text}");
+    }
+    assert!(text.contains("no budget given"), "{text}");
+
+    let args = [
+        "plan",
+        "--model",
+        &model,
+        "--seq-len",
+        "64",
+        "--rank",
+        "4",
+        "--threads",
+        "2",
+        "--json",
+    ];
+    let j = json(&args);
+    assert!(j["budget_bytes"].is_null());
+    assert_eq!(j["fits"], true);
+    let total = j["total_bytes"].as_u64().unwrap();
+    let b = &j["breakdown"];
+    let parts = ["weights", "arena", "adapters", "optimizer"].map(|k| {
+        let key = match k {
+            "weights" => "resident_bytes",
+            "arena" => "arena_bytes",
+            "adapters" => "master_bytes",
+            _ => "ram_bytes",
+        };
+        b[k][key].as_u64().unwrap()
+    });
+    assert_eq!(
+        total,
+        parts.iter().sum::<u64>() + b["overhead_bytes"].as_u64().unwrap()
+    );
+
+    // The library, given the same settings, plans the same total.
+    let mut cfg = TrainConfig {
+        seq_len: 64,
+        threads: Some(2),
+        ..TrainConfig::default()
+    };
+    cfg.lora.rank = 4;
+    let lib = plan_training(&GgufFile::open(&model).unwrap(), &cfg).unwrap();
+    assert_eq!(lib.breakdown.total_bytes, total);
+}
+
+#[test]
+fn plan_against_a_board_and_an_impossible_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny(dir.path());
+    let j = json(&[
+        "plan",
+        "--model",
+        &model,
+        "--board",
+        "orin-nano-8gb",
+        "--json",
+    ]);
+    assert_eq!(j["board"], "orin-nano-8gb");
+    assert_eq!(j["budget_bytes"].as_u64(), Some(6 << 30));
+    assert_eq!(j["fits"], true);
+
+    // Over budget: plan reports (exit 0) with fits = false and the suggestions' verdict.
+    let j = json(&["plan", "--model", &model, "--budget", "2MiB", "--json"]);
+    assert_eq!(j["fits"], false);
+    assert_eq!(j["budget_bytes"].as_u64(), Some(2 << 20));
+    let note = j["breakdown"]["suggestions"]["note"].as_str().unwrap();
+    assert!(note.contains("nothing fits"), "{note}");
+    let text =
+        String::from_utf8(ok(&["plan", "--model", &model, "--budget", "2MiB"]).stdout).unwrap();
+    assert!(text.contains("does NOT fit"), "{text}");
+}
+
+#[test]
+fn unknown_board_and_bad_flags_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny(dir.path());
+    let out = edgetune(&["plan", "--model", &model, "--board", "orin-mega"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("unknown board `orin-mega`") && err.contains("orin-nano-8gb"),
+        "{err}"
+    );
+    let out = edgetune(&["plan", "--model", &model, "--targets", "attn_x"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("attn_x"));
+    let out = edgetune(&["plan", "--model", &model, "--budget", "lots"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--budget"));
+}

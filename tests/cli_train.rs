@@ -1,0 +1,247 @@
+//! `edgetune train`, `demo`, `bench train` and `--adapter` end to end through the binary.
+
+mod train_support;
+
+use std::path::Path;
+use std::process::Command;
+
+fn edgetune(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_edgetune"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn train_writes_metrics_summary_and_a_checkpoint_and_planned_matches_measured() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, data) = train_support::write_fixture(dir.path(), "q4_0", 400);
+    let out = dir.path().join("run");
+    let o = edgetune(&[
+        "train",
+        "--model",
+        s(&model),
+        "--data",
+        s(&data),
+        "--out",
+        s(&out),
+        "--steps",
+        "4",
+        "--seq-len",
+        "512",
+        "--batch",
+        "2",
+        "--rank",
+        "4",
+        "--alpha",
+        "8",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let on_disk: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary, on_disk);
+    assert_eq!(summary["steps"], 4);
+    // Planned vs measured: the plan counts weights, arena, adapters, optimizer state and the
+    // measured overheads (memory/overheads.rs); the peak is the process's VmHWM.
+    let planned = summary["planned_bytes"].as_f64().unwrap();
+    let peak = summary["peak_bytes"].as_f64().unwrap();
+    let rel = (peak - planned).abs() / peak;
+    assert!(
+        rel <= 0.10,
+        "planned {planned} vs measured peak {peak} ({:.1} %)",
+        rel * 100.0
+    );
+    assert!(summary["memory"]["rss_file"].as_u64().unwrap() > 0);
+
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = metrics
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4);
+    for (i, l) in lines.iter().enumerate() {
+        assert_eq!(l["step"], i as u64 + 1);
+        for key in ["loss", "lr", "grad_norm", "tok_per_s"] {
+            assert!(l[key].as_f64().unwrap().is_finite(), "{key} in {l}");
+        }
+    }
+    // The loss round-trips exactly through the JSON text.
+    let text = metrics.lines().next().unwrap();
+    let loss = lines[0]["loss"].as_f64().unwrap();
+    assert!(text.contains(&format!("\"loss\":{loss}")), "{text}");
+    let ckpt = out.join("checkpoints").join("step-00000004");
+    for f in [
+        "adapter.safetensors",
+        "adapter.json",
+        "optimizer.bin",
+        "state.json",
+    ] {
+        assert!(ckpt.join(f).is_file(), "{f}");
+    }
+
+    // The adapter changes what perplexity and generate see.
+    let tokens = "10,20,30,40,50,60,70,80";
+    let base = edgetune(&[
+        "perplexity",
+        "--model",
+        s(&model),
+        "--tokens",
+        tokens,
+        "--json",
+    ]);
+    let adapted = edgetune(&[
+        "perplexity",
+        "--model",
+        s(&model),
+        "--tokens",
+        tokens,
+        "--json",
+        "--adapter",
+        s(&ckpt),
+    ]);
+    assert!(
+        adapted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&adapted.stderr)
+    );
+    let nll = |o: &std::process::Output| {
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["mean_nll"].as_f64().unwrap()
+    };
+    assert_ne!(nll(&base), nll(&adapted));
+    let g = edgetune(&[
+        "generate",
+        "--model",
+        s(&model),
+        "--prompt",
+        "Hi",
+        "--max-tokens",
+        "4",
+        "--adapter",
+        s(&ckpt),
+    ]);
+    assert!(g.status.success(), "{}", String::from_utf8_lossy(&g.stderr));
+
+    // A second run from this adapter (--init-adapter) starts where the first ended.
+    let out2 = dir.path().join("run2");
+    let o = edgetune(&[
+        "train",
+        "--model",
+        s(&model),
+        "--data",
+        s(&data),
+        "--out",
+        s(&out2),
+        "--steps",
+        "1",
+        "--seq-len",
+        "512",
+        "--batch",
+        "2",
+        "--rank",
+        "4",
+        "--alpha",
+        "8",
+        "--init-adapter",
+        s(&ckpt),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let first_fresh = lines[0]["loss"].as_f64().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_ne!(v["first_loss"].as_f64().unwrap(), first_fresh);
+}
+
+#[test]
+fn over_budget_is_refused_before_anything_is_written_with_suggestions() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, data) = train_support::write_fixture(dir.path(), "q4_0", 50);
+    let out = dir.path().join("run");
+    let o = edgetune(&[
+        "train",
+        "--model",
+        s(&model),
+        "--data",
+        s(&data),
+        "--out",
+        s(&out),
+        "--steps",
+        "2",
+        "--seq-len",
+        "512",
+        "--batch",
+        "4",
+        "--budget",
+        "40MiB",
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("over budget") && err.contains("41943040"),
+        "{err}"
+    );
+    assert!(
+        err.contains("--batch 1") || err.contains("seq-len"),
+        "{err}"
+    );
+    assert!(!out.join("checkpoints").exists());
+}
+
+#[test]
+fn bench_train_reports_throughput_and_peak_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, _) = train_support::write_fixture(dir.path(), "q4_0", 10);
+    let o = edgetune(&[
+        "bench",
+        "train",
+        "--model",
+        s(&model),
+        "--seq-len",
+        "64",
+        "--rank",
+        "4",
+        "--steps",
+        "2",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["steps"], 2);
+    assert!(v["tok_per_s"].as_f64().unwrap() > 0.0);
+    assert!(v["peak_rss_bytes"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn demo_runs_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = edgetune(&[
+        "demo",
+        "--dir",
+        s(dir.path()),
+        "--steps",
+        "2",
+        "--seq-len",
+        "512",
+        "--batch",
+        "1",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout);
+    for want in [
+        "memory plan",
+        "TOTAL",
+        "loss per step",
+        "before",
+        "after",
+        "random weights",
+    ] {
+        assert!(out.contains(want), "{want} missing from:\n{out}");
+    }
+    assert!(dir.path().join("run").join("metrics.jsonl").is_file());
+}

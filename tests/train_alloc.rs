@@ -1,0 +1,91 @@
+//! A counting global allocator proves that a whole training step — every micro-batch's
+//! forward, loss and backward, clipping and the optimizer update, on rayon's worker threads
+//! too — allocates nothing after the first step (DESIGN.md §4.1, issue #5).
+//!
+//! All threads are counted while the flag is up; this file holds one test, so the harness has
+//! nothing else running meanwhile. The steps run inside a rayon pool, as `train::run` runs
+//! them: work submitted from outside a pool goes through rayon's global injector queue, which
+//! allocates a block per 63 submissions; inside, it goes to the worker's own deque, which
+//! stops growing after the first step.
+
+mod train_support;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use edgetune::gguf::GgufFile;
+use edgetune::train::{OptimizerKind, StatePlace, Trainer};
+
+struct Counting;
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static ALLOCS: AtomicU64 = AtomicU64::new(0);
+
+fn count() {
+    if COUNTING.load(Ordering::Relaxed) {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count();
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        count();
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count();
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+#[test]
+fn training_steps_after_the_first_allocate_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, data) = train_support::write_fixture(dir.path(), "q4_0", 200);
+    let file = GgufFile::open(&model).unwrap();
+    let base = train_support::config(&model, &data, &dir.path().join("run"), 6);
+    // Checkpointing with accumulation and dropout, AdamW 8-bit on disk; then no checkpointing
+    // with SGD momentum.
+    let mut a = base.clone();
+    a.accum = 2;
+    a.lora.dropout = 0.1;
+    a.optimizer_state_bits = 8;
+    a.optimizer_state = StatePlace::Disk;
+    let mut b = base.clone();
+    b.checkpointing = false;
+    b.optimizer = OptimizerKind::Sgd;
+    b.momentum = 0.9;
+    b.pack = true;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    pool.install(|| steps_allocate_nothing(&file, [base, a, b]));
+}
+
+fn steps_allocate_nothing(file: &GgufFile, configs: [edgetune::train::TrainConfig; 3]) {
+    for cfg in configs {
+        let mut trainer = Trainer::new(file, &cfg).unwrap();
+        trainer.step().unwrap().expect("a first step");
+        for _ in 0..2 {
+            ALLOCS.store(0, Ordering::SeqCst);
+            COUNTING.store(true, Ordering::SeqCst);
+            let p = trainer.step();
+            COUNTING.store(false, Ordering::SeqCst);
+            let p = p.unwrap().expect("another step");
+            assert!(p.loss.is_finite());
+            let n = ALLOCS.load(Ordering::SeqCst);
+            assert_eq!(n, 0, "step {} allocated {n} times (config {cfg:?})", p.step);
+        }
+    }
+}

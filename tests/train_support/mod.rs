@@ -1,0 +1,41 @@
+//! Shared by the training tests: a seeded tiny model and a small synthetic IoT dataset on
+//! disk, and the training configuration over them.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use edgetune::data::synth;
+use edgetune::testmodel::{self, TINY, WeightTypes};
+use edgetune::train::TrainConfig;
+
+/// Writes `dir/tiny.gguf` (weights of `ty`) and `dir/iot.jsonl` (`n` Alpaca examples).
+pub fn write_fixture(dir: &Path, ty: &str, n: usize) -> (PathBuf, PathBuf) {
+    let model = dir.join("tiny.gguf");
+    testmodel::write_test_model(&TINY, WeightTypes::parse(ty).unwrap(), 3, &model).unwrap();
+    let data = dir.join("iot.jsonl");
+    let (train, _) = synth::generate(5, n);
+    let mut f = std::fs::File::create(&data).unwrap();
+    for ex in &train {
+        writeln!(f, "{}", serde_json::to_string(ex).unwrap()).unwrap();
+    }
+    (model, data)
+}
+
+/// A small run over the fixture.
+pub fn config(model: &Path, data: &Path, out: &Path, steps: u64) -> TrainConfig {
+    let mut cfg = TrainConfig {
+        model: model.to_path_buf(),
+        data: data.to_path_buf(),
+        out: out.to_path_buf(),
+        steps: Some(steps),
+        seq_len: 256,
+        batch: 2,
+        lr: 1e-3,
+        ce_chunk: 16,
+        ..TrainConfig::default()
+    };
+    cfg.lora.rank = 4;
+    cfg.lora.alpha = 8.0;
+    cfg
+}
