@@ -106,6 +106,33 @@ pub fn b_for_scale<'a>(m: &'a LowRank<'a>, applied: f32) -> Result<(Cow<'a, [f32
     ))
 }
 
+/// Multiplies every adapter's output by `factor` (its `lora_B` by `factor`, exactly for powers
+/// of two): llama.cpp's `--lora-scaled FILE S` on our side.
+pub fn scale_outputs(set: &mut AdapterSet, factor: f32) -> Result<()> {
+    if !factor.is_finite() {
+        return Err(Error::Invalid(format!(
+            "adapter scale {factor} is not finite"
+        )));
+    }
+    for (layer, target, ad) in set.iter_mut() {
+        let i = ad
+            .params()
+            .iter()
+            .position(|p| p.name == "lora_B")
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "adapter blk.{layer}.{} ({}) has no lora_B to scale",
+                    target.gguf_stem(),
+                    ad.method()
+                ))
+            })?;
+        for v in ad.param_mut(i).unwrap_or_default() {
+            *v *= factor;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

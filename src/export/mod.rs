@@ -1,13 +1,98 @@
 //! Adapters out and in (formats.md §2–4): our own format ([`native`], for checkpoints),
-//! llama.cpp's GGUF LoRA, Hugging Face PEFT, and merging an adapter into a new base GGUF.
+//! llama.cpp's GGUF LoRA ([`gguf_lora`]), Hugging Face PEFT ([`peft`]), and merging an adapter
+//! into a new base GGUF ([`merge`]).
 //!
-//! All three formats import into an [`crate::train::AdapterSet`] validated against the base
-//! model's [`crate::model::LlamaConfig`] ([`collect`]), and export from one ([`lowrank`]).
+//! All three formats import into an [`AdapterSet`] validated against the base model's
+//! [`LlamaConfig`] ([`collect`]) and export from one ([`lowrank`]); [`load_any`] tells them
+//! apart by what is on disk.
 
 pub mod atomic;
 pub mod codec;
 pub mod collect;
+pub mod gguf_lora;
 pub mod lowrank;
+pub mod merge;
 pub mod native;
+pub mod peft;
+pub mod peft_config;
+pub mod qk_permute;
+pub mod readme;
+pub mod sha256;
 
+use std::path::{Path, PathBuf};
+
+use crate::model::LlamaConfig;
+use crate::train::AdapterSet;
+use crate::{Error, Result};
+
+pub use gguf_lora::{export_gguf, load_gguf_adapter};
+pub use merge::{MergeType, merge_adapter};
 pub use native::{load_adapter, save_adapter};
+pub use peft::{PeftOptions, export_peft, load_peft};
+
+/// The adapter formats edgetune reads and writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AdapterFormat {
+    /// Our directory (`adapter.json` + `adapter.safetensors`).
+    Native,
+    /// A Hugging Face PEFT directory (`adapter_config.json` + `adapter_model.safetensors`).
+    Peft,
+    /// A llama.cpp LoRA GGUF file.
+    Gguf,
+}
+
+/// What `path` holds, and the path to load it from (a file inside an adapter directory names
+/// the directory).
+pub fn detect_format(path: &Path) -> Result<(AdapterFormat, PathBuf)> {
+    if path.is_dir() {
+        if path.join(native::ADAPTER_JSON).is_file() {
+            return Ok((AdapterFormat::Native, path.to_path_buf()));
+        }
+        if path.join(peft_config::CONFIG_FILE).is_file() {
+            return Ok((AdapterFormat::Peft, path.to_path_buf()));
+        }
+        return Err(Error::Invalid(format!(
+            "{}: an adapter directory holds {} (edgetune) or {} (PEFT); neither is there",
+            path.display(),
+            native::ADAPTER_JSON,
+            peft_config::CONFIG_FILE
+        )));
+    }
+    if !path.exists() {
+        return Err(Error::io(path, std::io::ErrorKind::NotFound.into()));
+    }
+    if gguf_lora::is_gguf(path) {
+        return Ok((AdapterFormat::Gguf, path.to_path_buf()));
+    }
+    let parent = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    match path.file_name().and_then(|n| n.to_str()) {
+        Some(native::ADAPTER_JSON | native::ADAPTER_TENSORS) => Ok((AdapterFormat::Native, parent)),
+        Some(peft_config::CONFIG_FILE | peft::TENSORS_FILE) => Ok((AdapterFormat::Peft, parent)),
+        _ => Err(Error::Invalid(format!(
+            "{}: not a GGUF adapter and not an adapter directory (edgetune or PEFT)",
+            path.display()
+        ))),
+    }
+}
+
+/// Loads an adapter in any of the three formats for `model` (see [`detect_format`]).
+pub fn load_any(path: &Path, model: &LlamaConfig) -> Result<AdapterSet> {
+    let (format, path) = detect_format(path)?;
+    log::debug!("{}: loading a {format:?} adapter", path.display());
+    match format {
+        AdapterFormat::Native => native::load_adapter(&path, model),
+        AdapterFormat::Peft => peft::load_peft(&path, model),
+        AdapterFormat::Gguf => gguf_lora::load_gguf_adapter(&path, model),
+    }
+}
+
+/// [`load_any`], with every adapter's output multiplied by `scale` (llama.cpp's
+/// `--lora-scaled`; 1 leaves the tensors untouched).
+pub fn load_scaled(path: &Path, model: &LlamaConfig, scale: f32) -> Result<AdapterSet> {
+    let mut set = load_any(path, model)?;
+    if scale != 1.0 {
+        lowrank::scale_outputs(&mut set, scale)?;
+    }
+    Ok(set)
+}

@@ -137,7 +137,7 @@ impl<'f> Trainer<'f> {
         };
         let mut set = match &cfg.init_adapter {
             Some(path) if resume_dir.is_none() => {
-                let set = crate::export::native::load_adapter(path, &model_cfg)?;
+                let set = crate::export::load_any(path, &model_cfg)?;
                 log::info!("starting from adapter {}", path.display());
                 set
             }

@@ -114,3 +114,47 @@ pub fn write_safetensors(
     let bytes = safetensors::serialize(views, &meta).unwrap();
     std::fs::write(path, bytes).unwrap();
 }
+
+/// Writes the tiny preset in `ty` (every 2-D weight) with `seed` into `dir/name`.
+pub fn tiny_model(
+    dir: &Path,
+    name: &str,
+    ty: edgetune::quant::GgmlType,
+    seed: u64,
+) -> std::path::PathBuf {
+    let p = dir.join(name);
+    edgetune::testmodel::write_test_model(
+        &edgetune::testmodel::TINY,
+        edgetune::testmodel::WeightTypes::Uniform(ty),
+        seed,
+        &p,
+    )
+    .unwrap();
+    p
+}
+
+/// Fixed token ids inside the tiny vocabulary.
+pub fn tokens() -> Vec<u32> {
+    vec![1, 17, 200, 5, 99, 42, 130, 7, 64, 250, 3, 111]
+}
+
+/// The logits `[tokens, vocab]` of the model in `path` with `set` applied (or none).
+pub fn logits(path: &Path, set: Option<AdapterSet>) -> Vec<f32> {
+    let file = edgetune::gguf::GgufFile::open(path).unwrap();
+    let mut m = edgetune::model::Llama::load(&file).unwrap();
+    m.set_adapters(set.map(std::sync::Arc::new)).unwrap();
+    let t = tokens();
+    let mut cache = m.new_cache(t.len()).unwrap();
+    let mut out = vec![0.0; t.len() * m.config().n_vocab];
+    m.forward(&mut cache, &t, &mut out).unwrap();
+    out
+}
+
+/// max |x − y|.
+pub fn max_abs_diff(x: &[f32], y: &[f32]) -> f32 {
+    assert_eq!(x.len(), y.len());
+    x.iter()
+        .zip(y)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max)
+}

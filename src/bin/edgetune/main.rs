@@ -3,8 +3,10 @@
 mod bench_cmd;
 mod data_cmd;
 mod demo_cmd;
+mod export_cmd;
 mod generate_cmd;
 mod inspect_cmd;
+mod merge_cmd;
 mod perplexity_cmd;
 mod plan_cmd;
 mod shape_args;
@@ -40,6 +42,10 @@ enum Command {
     Perplexity(perplexity_cmd::Args),
     /// The memory plan of a training run (from the GGUF header alone) against a budget.
     Plan(plan_cmd::Args),
+    /// Convert an adapter for llama.cpp (GGUF), Hugging Face PEFT, or edgetune's own format.
+    Export(export_cmd::Args),
+    /// Bake an adapter into a new GGUF (dequantize, add s·B·A, re-quantize).
+    Merge(merge_cmd::Args),
     /// Write a Llama-architecture GGUF with seeded random weights (for tests and demos).
     Testmodel(testmodel_cmd::Args),
     /// Print the token ids of a text with a model's tokenizer.
@@ -57,6 +63,8 @@ fn main() -> ExitCode {
         Command::Generate(args) => generate_cmd::run(args),
         Command::Perplexity(args) => perplexity_cmd::run(args),
         Command::Plan(args) => plan_cmd::run(args),
+        Command::Export(args) => export_cmd::run(args),
+        Command::Merge(args) => merge_cmd::run(args),
         Command::Testmodel(args) => testmodel_cmd::run(args),
         Command::Tokenize(args) => tokenize_cmd::run(args),
         Command::Train(args) => train_cmd::run_cmd(*args),
