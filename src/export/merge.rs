@@ -8,7 +8,6 @@
 //! and the mapped input. The added error of the re-quantization, `deq(quant(W')) − W'`, is
 //! measured per tensor (RMS and max) and reported next to the RMS of `s·B·A` itself.
 
-use std::borrow::Cow;
 use std::path::Path;
 
 use serde::Serialize;
@@ -310,8 +309,8 @@ fn merge_tensor(
 enum Delta<'a> {
     /// `s·B·A`, `A` `[rank, in]`, `B` `[out, rank]`.
     LowRank {
-        a: Cow<'a, [f32]>,
-        b: Cow<'a, [f32]>,
+        a: std::borrow::Cow<'a, [f32]>,
+        b: std::borrow::Cow<'a, [f32]>,
         rank: usize,
         scale: f32,
     },

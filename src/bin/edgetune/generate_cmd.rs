@@ -27,6 +27,12 @@ pub struct Args {
     /// The model GGUF.
     #[arg(long)]
     model: PathBuf,
+    /// An adapter applied on top of the model: an edgetune or PEFT directory, or a GGUF adapter.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+    /// Multiplies the adapter's output (llama.cpp's `--lora-scaled`).
+    #[arg(long, default_value_t = 1.0, requires = "adapter")]
+    adapter_scale: f32,
     /// The prompt text (the instruction, with --template alpaca; the user turn, with llama3-chat).
     #[arg(long)]
     prompt: String,
@@ -44,13 +50,6 @@ pub struct Args {
     top_p: f32,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Apply a trained adapter: a checkpoint directory (`RUN/checkpoints/step-N`), a PEFT
-    /// directory or a GGUF LoRA adapter.
-    #[arg(long, value_name = "PATH")]
-    adapter: Option<PathBuf>,
-    /// Multiplies the adapter's output (llama.cpp's `--lora-scaled`).
-    #[arg(long, default_value_t = 1.0, requires = "adapter")]
-    adapter_scale: f32,
     /// After the text, print a JSON summary (tokens, stop reason, speeds) on stderr.
     #[arg(long)]
     json: bool,

@@ -40,12 +40,12 @@ enum Command {
     Generate(generate_cmd::Args),
     /// Mean negative log-likelihood and perplexity of a text or token sequence.
     Perplexity(perplexity_cmd::Args),
+    /// The memory plan of a training run (from the GGUF header alone) against a budget.
+    Plan(plan_cmd::Args),
     /// Convert an adapter for llama.cpp (GGUF), Hugging Face PEFT, or edgetune's own format.
     Export(export_cmd::Args),
     /// Bake an adapter into a new GGUF (dequantize, add s·B·A, re-quantize).
     Merge(merge_cmd::Args),
-    /// The memory plan of a training run (from the GGUF header alone) against a budget.
-    Plan(plan_cmd::Args),
     /// Write a Llama-architecture GGUF with seeded random weights (for tests and demos).
     Testmodel(testmodel_cmd::Args),
     /// Print the token ids of a text with a model's tokenizer.
@@ -62,9 +62,9 @@ fn main() -> ExitCode {
         Command::Data(args) => data_cmd::run(args),
         Command::Generate(args) => generate_cmd::run(args),
         Command::Perplexity(args) => perplexity_cmd::run(args),
+        Command::Plan(args) => plan_cmd::run(args),
         Command::Export(args) => export_cmd::run(args),
         Command::Merge(args) => merge_cmd::run(args),
-        Command::Plan(args) => plan_cmd::run(args),
         Command::Testmodel(args) => testmodel_cmd::run(args),
         Command::Tokenize(args) => tokenize_cmd::run(args),
         Command::Train(args) => train_cmd::run_cmd(*args),

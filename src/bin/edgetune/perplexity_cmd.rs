@@ -15,19 +15,18 @@ pub struct Args {
     /// The model GGUF.
     #[arg(long)]
     model: PathBuf,
+    /// An adapter applied on top of the model: an edgetune or PEFT directory, or a GGUF adapter.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+    /// Multiplies the adapter's output (llama.cpp's `--lora-scaled`).
+    #[arg(long, default_value_t = 1.0, requires = "adapter")]
+    adapter_scale: f32,
     /// A text file, tokenized with the model's tokenizer (BOS added when the model asks for it).
     #[arg(long)]
     text: Option<PathBuf>,
     /// Token ids, used exactly as given (no BOS added).
     #[arg(long, value_delimiter = ',')]
     tokens: Option<Vec<u32>>,
-    /// Apply a trained adapter: a checkpoint directory (`RUN/checkpoints/step-N`), a PEFT
-    /// directory or a GGUF LoRA adapter.
-    #[arg(long, value_name = "PATH")]
-    adapter: Option<PathBuf>,
-    /// Multiplies the adapter's output (llama.cpp's `--lora-scaled`).
-    #[arg(long, default_value_t = 1.0, requires = "adapter")]
-    adapter_scale: f32,
     /// Write every position's logits as f32 [n_tokens, vocab].
     #[arg(long, value_name = "OUT.npy")]
     dump_logits: Option<PathBuf>,
