@@ -75,6 +75,7 @@ struct AdapterGrad {
 
 /// `dx += ∂branch/∂x ᵀ g`; the parameter gradients go into `grad` (`first`) or are added to it
 /// through `tmp`.
+#[allow(clippy::too_many_arguments)]
 fn adapter_backward(
     arena: &mut Arena,
     step: u32,
