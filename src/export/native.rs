@@ -102,8 +102,23 @@ pub fn save_adapter(set: &AdapterSet, dir: &Path, extra_meta: &Json) -> Result<(
         })
         .collect::<Result<Vec<_>>>()?;
     let st_meta = Some([("format".to_string(), FORMAT.to_string())].into());
-    let bytes = safetensors::serialize(views, &st_meta)
-        .map_err(|e| Error::Invalid(format!("serialising {ADAPTER_TENSORS}: {e}")))?;
+    // Streamed tensor by tensor into a temporary file (no whole-file buffer: an 8B adapter is
+    // 160 MiB, which the memory plan does not hold), then fsynced and renamed.
+    atomic::ensure_dir(dir)?;
+    let st_path = dir.join(ADAPTER_TENSORS);
+    let tmp = atomic::temp_path(&st_path);
+    let written = safetensors::serialize_to_file(views, &st_meta, &tmp)
+        .map_err(|e| Error::Invalid(format!("serialising {}: {e}", st_path.display())))
+        .and_then(|()| {
+            std::fs::File::open(&tmp)
+                .and_then(|f| f.sync_all())
+                .and_then(|()| std::fs::rename(&tmp, &st_path))
+                .map_err(|e| Error::io(&st_path, e))
+        });
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written?;
 
     let mut meta = Map::new();
     meta.insert("format".into(), FORMAT.into());
@@ -119,8 +134,6 @@ pub fn save_adapter(set: &AdapterSet, dir: &Path, extra_meta: &Json) -> Result<(
         .map_err(|e| Error::Invalid(format!("serialising {ADAPTER_JSON}: {e}")))?;
     text.push('\n');
 
-    atomic::ensure_dir(dir)?;
-    atomic::write_bytes(&dir.join(ADAPTER_TENSORS), &bytes)?;
     atomic::write_bytes(&dir.join(ADAPTER_JSON), text.as_bytes())
 }
 
