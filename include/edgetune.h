@@ -19,14 +19,13 @@
  * Threading: a model handle may be used from several threads at once; calls on one handle are
  * serialised internally. Freeing a handle while another thread uses it is undefined behaviour.
  *
- * Training (coming with the trainer): the run is configured by JSON with the fields of
- * `edgetune train` (the same parser as et_plan_json), and reports progress through a callback:
- *
- *   EtStatus et_train(const char *config_json, EtProgressFn progress, void *user_data);
- *
- * `progress` (may be NULL) is called on the calling thread after every optimizer step with an
- * EtProgress that is valid during the call; a nonzero return stops training after that step
- * (the call then returns ET_STATUS_CANCELLED, with the checkpoint and adapter written).
+ * Training: et_train runs a whole run configured by JSON with the fields of `edgetune train`
+ * (the same parser as et_plan_json); `progress` (may be NULL) is called after every optimizer
+ * step, from a library thread (never two at once), with an EtProgress valid during the call; a
+ * nonzero return stops training after that step (ET_STATUS_CANCELLED, checkpoint written).
+ * et_train_latest_checkpoint gives the newest checkpoint directory of a run: an adapter that
+ * et_model_set_adapter attaches to a model (et_generate then uses it) and et_adapter_export
+ * converts to a llama.cpp LoRA GGUF or a Hugging Face PEFT directory.
  */
 
 
@@ -146,6 +145,29 @@ const char *et_version(void);
 // this thread; copy it to keep it.
 const char *et_last_error(void);
 
+// Loads the adapter at `path` (a checkpoint or edgetune adapter directory, a Hugging Face
+// PEFT directory, or a llama.cpp LoRA GGUF) for `model` and attaches it, replacing any
+// adapter attached before; `path` NULL removes the adapter. Later `et_generate` calls on the
+// handle use it. An adapter made for another model (other shapes or layer count) is refused
+// with `ET_STATUS_INVALID_ARGUMENT` or `ET_STATUS_FORMAT` and a message naming the tensor and
+// the shapes; the model keeps its previous adapter then. Waits for generations running on
+// other threads to finish.
+//
+// # Safety
+// `model` is NULL or a live handle from `et_model_open`; `path` is NULL or a NUL-terminated
+// string valid for the call.
+EtStatus et_model_set_adapter(const EtModel *model, const char *path);
+
+// Converts the adapter at `adapter_path` (any format `et_model_set_adapter` reads) for the
+// base model at `model_path`, as `edgetune export --format FORMAT` with f32 tensors does:
+// `format` `"gguf"` writes a llama.cpp LoRA GGUF file at `out_path` (`llama-cli --lora`),
+// `"peft"` a Hugging Face PEFT directory (`adapter_config.json`, `adapter_model.safetensors`,
+// `README.md` with the base file's SHA-256). The adapter is checked against the model first.
+//
+// # Safety
+// Each argument is NULL or a NUL-terminated string valid for the call.
+EtStatus et_adapter_export(const char *model_path, const char *adapter_path, const char *format, const char *out_path);
+
 // The defaults: 128 tokens, greedy, top-k 40, top-p 0.95, seed 0, no template.
 EtGenerateOptions et_generate_default_options(void);
 
@@ -213,6 +235,17 @@ EtStatus et_plan_json(const char *model_path, const char *train_config_json, cha
 // `config_json` is NULL or a NUL-terminated string valid for the call; `progress`, when not
 // NULL, is safe to call with a valid `EtProgress` pointer and `user_data` from another thread.
 EtStatus et_train(const char *config_json, EtProgressFn progress, void *user_data);
+
+// Copies the path of the newest checkpoint directory under `out_dir` (the `out` of an
+// `et_train` configuration: `out_dir/checkpoints/step-NNNNNNNN`) into `out_buf`. The directory
+// is an adapter directory: pass it to `et_model_set_adapter` or `et_adapter_export`.
+// `ET_STATUS_IO` when `out_dir` holds no checkpoint; buffer rules as for `et_generate`
+// (`*out_len` gets the path's length in bytes, also on `ET_STATUS_BUFFER_TOO_SMALL`).
+//
+// # Safety
+// `out_dir` is NULL or a NUL-terminated string valid for the call; `out_buf` is NULL or valid
+// for `out_cap` bytes; `out_len` is NULL or valid for one `size_t` write.
+EtStatus et_train_latest_checkpoint(const char *out_dir, char *out_buf, size_t out_cap, size_t *out_len);
 
 #ifdef __cplusplus
 }  // extern "C"

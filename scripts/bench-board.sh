@@ -6,14 +6,19 @@
 #   - `edgetune testmodel` (writing each preset × type model),
 #   - `edgetune generate --json` (prompt and generation tokens/s),
 #   - `edgetune perplexity --json` (a full-sequence forward, tokens/s),
-#   - and, when `edgetune help` lists them: `plan`, `train` and `bench train` (on the CPU, and
-#     CUDA where a GPU is present; run with the flags their --help shows; recorded as skipped
-#     otherwise).
+#   - `edgetune plan --model M --board B --seq-len 64 --json` (the memory plan of a LoRA run on
+#     the detected board profile, or --board NAME; total, budget, fits),
+#   - `edgetune bench train --model M --seq-len 64 --steps N --json` (N = --bench-steps, default 1,
+#     timed after one warm-up step: tok/s, s/step, peak RSS) on the CPU, and on CUDA where a GPU
+#     is present and the CLI has --backend (recorded as skipped otherwise),
+#   - `edgetune train` for --train-steps steps (0 skips it) on a synthetic dataset.
+# Subcommands a build lacks are recorded as skipped; flags are passed only when their --help
+# lists them.
 # Writes DIR/results.json and DIR/results.md and prints the table. Needs bash and python3.
 #
 #   scripts/bench-board.sh [--bin PATH] [--presets "small llama-3.2-1b"] [--types "q4_0 q4_k_m"]
 #       [--prompt-tokens 128] [--gen-tokens 64] [--ppl-tokens 256] [--train-steps 5]
-#       [--threads N] [--models DIR] [--out DIR]
+#       [--bench-steps 1] [--board NAME] [--threads N] [--models DIR] [--out DIR]
 #   scripts/bench-board.sh --presets tiny --types q4_0 --gen-tokens 8   # a quick check
 #
 # Models are written once into --models (default bench-models/) and reused. Peak memory comes
@@ -42,6 +47,8 @@ ap.add_argument("--prompt-tokens", type=int, default=128)
 ap.add_argument("--gen-tokens", type=int, default=64)
 ap.add_argument("--ppl-tokens", type=int, default=256)
 ap.add_argument("--train-steps", type=int, default=5)
+ap.add_argument("--bench-steps", type=int, default=1)
+ap.add_argument("--board", help="board profile for plan (default: detected)")
 ap.add_argument("--threads", type=int)
 ap.add_argument("--models", default="bench-models")
 ap.add_argument("--out")
@@ -145,7 +152,8 @@ def profile_for(model, mem):
 
 board = {
     "model": model or f"{uname.system} {uname.machine}",
-    "profile": profile_for(model, mem_total),
+    "profile": args.board or profile_for(model, mem_total),
+    "profile_detected": profile_for(model, mem_total),
     "hostname": uname.node,
     "kernel": uname.release,
     "arch": uname.machine,
@@ -205,8 +213,12 @@ ppl_text = os.path.join(out_dir, "ppl.txt")
 with open(ppl_text, "w") as f:
     f.write((base * (args.ppl_tokens // len(base) + 1))[: args.ppl_tokens])
 data_file = os.path.join(out_dir, "train.jsonl")
-if "train" in commands or "bench" in commands:
-    run([bin_path, "data", "synth", "--out", data_file, "--n", "64"])
+# Plain {"text": ...} lines: every token is a target, so a short --seq-len still trains (an
+# instruction dataset's answer can start past 64 tokens with a byte-level vocabulary).
+with open(data_file, "w") as f:
+    for i in range(64):
+        f.write(json.dumps({"text": f"Sensor {i % 7} reads {18 + i % 11}.{i % 10} C; battery "
+                                    f"3.{60 + i % 40} V; status ok."}) + "\n")
 
 rows = []
 for preset in args.presets.split():
@@ -231,15 +243,24 @@ for preset in args.presets.split():
         row["perplexity"] = {"wall_s": r["wall_s"], "peak_rss_kib": r["peak_rss_kib"], **(p or {"error": r["stderr"].strip()})}
         if p and r["wall_s"] > 0:
             row["perplexity"]["tok_per_s_with_load"] = round(p["tokens"] / r["wall_s"], 2)
-        row["plan"] = optional(["plan"], [("model", path), ("board", board["profile"]), ("json", None)])
-        row["train"] = optional(["train"], [
+        row["plan"] = optional(["plan"], [("model", path), ("board", board["profile"]),
+                                          ("seq-len", 64), ("json", None)])
+        row["train"] = (optional(["train"], [
             ("model", path), ("data", data_file), ("out", os.path.join(out_dir, f"run-{preset}-{ty}")),
             ("steps", args.train_steps), ("seq-len", 64), ("json", None)])
-        # Every backend the board has: the CPU, and CUDA where a GPU shows up.
+            if args.train_steps > 0 else {"skipped": "--train-steps 0"})
+        # Every backend the board has: the CPU, and CUDA where a GPU shows up and the CLI can
+        # pick it (without --backend a second run would only repeat the CPU one).
         backends = ["cpu"] + (["cuda"] if board["gpu"] or board["jetpack_l4t"] else [])
-        row["bench_train"] = {b: optional(["bench", "train"], [
-            ("model", path), ("preset", preset), ("steps", args.train_steps), ("seq-len", 64),
-            ("board", board["profile"]), ("backend", b), ("json", None)]) for b in backends}
+        bench_flags = flags_of(["bench", "train"])
+        row["bench_train"] = {}
+        for b in backends:
+            if b != "cpu" and "backend" not in bench_flags:
+                row["bench_train"][b] = {"skipped": "`edgetune bench train` has no --backend"}
+                continue
+            row["bench_train"][b] = optional(["bench", "train"], [
+                ("model", path), ("seq-len", 64), ("steps", args.bench_steps),
+                ("backend", b), ("json", None)])
         rows.append(row)
         gen = row["generate"]
         print(f"{preset} {ty}: prompt {gen.get('prompt_tok_per_s', float('nan')):.1f} tok/s, "
@@ -260,25 +281,58 @@ lines = [
     f"{board['cpu_model']}, {board['cpu_cores']} cores ({board['threads_used']} used), "
     f"{(mem_total or 0) / 2**30:.1f} GiB, {board['arch']}, kernel {board['kernel']}; "
     f"profile `{board['profile']}`; edgetune {board['edgetune']}; {board['date']}", "",
-    "| preset | type | file MiB | prompt tok/s | gen tok/s | gen peak RSS MiB | ppl tok/s (with load) | train | bench train |",
-    "|---|---|---:|---:|---:|---:|---:|---|---|",
+    f"| preset | type | file MiB | prompt tok/s | gen tok/s | gen peak RSS MiB | ppl tok/s (with load) "
+    f"| plan on {board['profile']} | train | bench train tok/s |",
+    "|---|---|---:|---:|---:|---:|---:|---|---|---|",
 ]
+
+
+def state(x):
+    if not x:
+        return "–"
+    if "skipped" in x:
+        return "skipped"
+    return "ok " + fmt(x["wall_s"]) + " s" if x["rc"] == 0 else "failed"
+
+
+def plan_cell(x):
+    """`total MiB / budget MiB fits|over` from plan --json."""
+    res = (x or {}).get("result") or {}
+    if not res or x.get("rc") != 0:
+        return state(x)
+    total, budget = res.get("total_bytes"), res.get("budget_bytes")
+    verdict = {True: "fits", False: "over"}.get(res.get("fits"), "")
+    return (f"{fmt(total and total / 2**20, '.0f')} / {fmt(budget and budget / 2**20, '.0f')} MiB "
+            f"{verdict}").strip()
+
+
+def bench_cell(d):
+    """`backend: tok/s` per backend from bench train --json."""
+    cells = []
+    for b, x in (d or {}).items():
+        res = x.get("result") or {}
+        tps = res.get("tok_per_s") if x.get("rc") == 0 else None
+        cells.append(f"{b}: {fmt(tps) if tps is not None else state(x)}")
+    return ", ".join(cells) or "–"
+
+
 for r in rows:
     g, p = r.get("generate", {}), r.get("perplexity", {})
-    state = lambda x: "–" if not x else ("skipped" if "skipped" in x else ("ok " + fmt(x["wall_s"]) + " s" if x["rc"] == 0 else "failed"))
-    states = lambda d: ", ".join(f"{b}: {state(x)}" for b, x in (d or {}).items()) or "–"
     lines.append(
         f"| {r['preset']} | {r['type']} | {fmt(r.get('file_bytes', 0) / 2**20)} | "
         f"{fmt(g.get('prompt_tok_per_s'))} | {fmt(g.get('gen_tok_per_s'))} | {fmt(mib(g.get('peak_rss_kib')))} | "
-        f"{fmt(p.get('tok_per_s_with_load'))} | {state(r.get('train'))} | {states(r.get('bench_train'))} |")
+        f"{fmt(p.get('tok_per_s_with_load'))} | {plan_cell(r.get('plan'))} | {state(r.get('train'))} | "
+        f"{bench_cell(r.get('bench_train'))} |")
 lines += ["", f"Settings: prompt {args.prompt_tokens} tokens, {args.gen_tokens} generated, "
-          f"perplexity over {args.ppl_tokens}; details in results.json."]
+          f"perplexity over {args.ppl_tokens}; plan and bench train at seq-len 64, bench train "
+          f"{args.bench_steps} timed step(s) after a warm-up; details in results.json."]
 md = "\n".join(lines) + "\n"
 with open(os.path.join(out_dir, "results.md"), "w") as f:
     f.write(md)
 print()
 print(md)
 print(f"wrote {out_dir}/results.json and {out_dir}/results.md")
-failed = [r for r in rows if "error" in r or "error" in r.get("generate", {}) or "error" in r.get("perplexity", {})]
+failed = [r for r in rows if "error" in r or "error" in r.get("generate", {}) or "error" in r.get("perplexity", {})
+          or "error" in r.get("plan", {}) or any("error" in x for x in r.get("bench_train", {}).values())]
 sys.exit(1 if failed else 0)
 PY

@@ -6,6 +6,14 @@
 use std::ffi::{CStr, CString, c_char};
 use std::path::{Path, PathBuf};
 use std::ptr::{null, null_mut};
+use std::sync::Arc;
+
+use edgetune::adapters::LoraConfig;
+use edgetune::export::{AdapterFormat, detect_format, load_any, save_adapter};
+use edgetune::ffi::adapter::{et_adapter_export, et_model_set_adapter};
+use edgetune::ffi::train::et_train_latest_checkpoint;
+use edgetune::model::LlamaConfig;
+use edgetune::train::AdapterSet;
 
 use edgetune::ffi::model::{
     EtGenerateOptions, EtModel, EtModelInfo, EtTemplate, et_generate, et_generate_default_options,
@@ -492,7 +500,312 @@ fn et_train_runs_reports_progress_and_can_be_cancelled() {
     assert!(last_error().contains("stopped"));
     assert!(out.join("checkpoints").join("step-00000002").is_dir());
 
+    // The newest checkpoint is an adapter directory the model handle takes.
+    let (o, mut buf, mut len) = (c(out.to_str().unwrap()), [0 as c_char; 512], 0usize);
+    let st = unsafe { et_train_latest_checkpoint(o.as_ptr(), buf.as_mut_ptr(), 512, &mut len) };
+    assert_eq!(st, EtStatus::Ok, "{}", last_error());
+    let ckpt = unsafe { CStr::from_ptr(buf.as_ptr()) }.to_str().unwrap();
+    assert_eq!(
+        Path::new(ckpt),
+        out.join("checkpoints").join("step-00000002")
+    );
+    let m = open(&model);
+    let st = unsafe { et_model_set_adapter(m, buf.as_ptr()) };
+    assert_eq!(st, EtStatus::Ok, "{}", last_error());
+    unsafe { et_model_free(m) };
+
     let st = unsafe { et_train(c("{\"stepz\": 1}").as_ptr(), None, null_mut()) };
     assert_eq!(st, EtStatus::InvalidArgument);
     assert!(last_error().contains("stepz"), "{}", last_error());
+}
+
+/// A LoRA set on every linear of `cfg` with nonzero A and B (fresh PEFT init has B = 0, which
+/// would make an attached adapter indistinguishable from none), saved in our format at `dir`.
+fn strong_adapter(cfg: &LlamaConfig, dir: &Path, seed: u64) -> AdapterSet {
+    use rand::{Rng, SeedableRng};
+    let lora = LoraConfig {
+        rank: 4,
+        alpha: 8.0,
+        ..LoraConfig::default()
+    };
+    let mut set = AdapterSet::new_lora(cfg, &lora, seed).unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    for (_, _, a) in set.iter_mut() {
+        for i in 0..a.params().len() {
+            for v in a.param_mut(i).unwrap() {
+                *v = rng.random_range(-0.5f32..0.5);
+            }
+        }
+    }
+    save_adapter(&set, dir, &serde_json::json!({"seed": seed})).unwrap();
+    set
+}
+
+/// Greedy generation through the Rust API with `set` attached.
+fn reference_with_adapter(path: &Path, set: AdapterSet, prompt: &str, max_tokens: u32) -> String {
+    let file = GgufFile::open(path).unwrap();
+    let mut llama = Llama::load(&file).unwrap();
+    llama.set_adapters(Some(Arc::new(set))).unwrap();
+    let tok = Tokenizer::from_gguf(&file).unwrap();
+    let ids = tok.encode(prompt, tok.add_bos_default(), false).unwrap();
+    let opts = GenerateOptions {
+        max_tokens: max_tokens as usize,
+        sampling: SamplingParams {
+            temperature: 0.0,
+            top_k: 40,
+            top_p: 0.95,
+            seed: 0,
+        },
+        stop_at_eos: true,
+    };
+    generate(&llama, &tok, &ids, &opts, |_| true).unwrap().text
+}
+
+/// Every adapter's dense ΔW (invariant to how an export folds the scale into B).
+fn deltas(set: &AdapterSet) -> Vec<(usize, String, Vec<f32>)> {
+    set.iter()
+        .map(|(layer, target, a)| {
+            let mut dw = vec![0f32; a.in_features() * a.out_features()];
+            a.delta_weight(&mut dw).unwrap();
+            (layer, format!("{target:?}"), dw)
+        })
+        .collect()
+}
+
+fn assert_same_deltas(want: &AdapterSet, got: &AdapterSet) {
+    let (want, got) = (deltas(want), deltas(got));
+    assert_eq!(want.len(), got.len());
+    for ((lw, tw, w), (lg, tg, g)) in want.iter().zip(&got) {
+        assert_eq!((lw, tw), (lg, tg));
+        for (x, y) in w.iter().zip(g) {
+            assert!(
+                (x - y).abs() <= 1e-5 * (1.0 + x.abs()),
+                "{lw} {tw}: {x} vs {y}"
+            );
+        }
+    }
+}
+
+#[test]
+fn set_adapter_changes_generation_like_the_rust_api_and_can_be_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = tiny_model(dir.path());
+    let cfg = LlamaConfig::from_gguf(&GgufFile::open(&path).unwrap()).unwrap();
+    let adapter_dir = dir.path().join("adapter");
+    let set = strong_adapter(&cfg, &adapter_dir, 11);
+    let m = open(&path);
+    let prompt = c("Sensor 3 reads");
+    let mut opts = et_generate_default_options();
+    opts.max_tokens = 12;
+    let (st, base, _) = gen_into(m, &prompt, Some(&opts), 4096);
+    assert_eq!(st, EtStatus::Ok, "{}", last_error());
+
+    let p = c(adapter_dir.to_str().unwrap());
+    assert_eq!(
+        unsafe { et_model_set_adapter(m, p.as_ptr()) },
+        EtStatus::Ok,
+        "{}",
+        last_error()
+    );
+    let (st, adapted, _) = gen_into(m, &prompt, Some(&opts), 4096);
+    assert_eq!(st, EtStatus::Ok, "{}", last_error());
+    let want = reference_with_adapter(&path, set, "Sensor 3 reads", 12);
+    assert_eq!(adapted, want);
+    // The adapter has weight: the comparison above is not base against base.
+    assert_ne!(adapted, base);
+
+    // NULL removes it.
+    assert_eq!(
+        unsafe { et_model_set_adapter(m, null()) },
+        EtStatus::Ok,
+        "{}",
+        last_error()
+    );
+    let (_, again, _) = gen_into(m, &prompt, Some(&opts), 4096);
+    assert_eq!(again, base);
+    unsafe { et_model_free(m) };
+}
+
+#[test]
+fn set_adapter_refuses_nulls_and_adapters_of_other_models() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = tiny_model(dir.path());
+    let cfg = LlamaConfig::from_gguf(&GgufFile::open(&path).unwrap()).unwrap();
+    let p = c(dir.path().to_str().unwrap());
+    assert_eq!(
+        unsafe { et_model_set_adapter(null(), p.as_ptr()) },
+        EtStatus::NullPointer
+    );
+    assert!(last_error().contains("`model`"), "{}", last_error());
+
+    let m = open(&path);
+    // A good adapter first: a refused one must leave it attached.
+    let good = dir.path().join("good");
+    let good_set = strong_adapter(&cfg, &good, 2);
+    let g = c(good.to_str().unwrap());
+    assert_eq!(
+        unsafe { et_model_set_adapter(m, g.as_ptr()) },
+        EtStatus::Ok,
+        "{}",
+        last_error()
+    );
+
+    // Made for a model with twice the feed-forward width.
+    let mut other = cfg.clone();
+    other.ffn *= 2;
+    let wrong = dir.path().join("wrong");
+    strong_adapter(&other, &wrong, 3);
+    let w = c(wrong.to_str().unwrap());
+    let st = unsafe { et_model_set_adapter(m, w.as_ptr()) };
+    assert!(
+        matches!(st, EtStatus::InvalidArgument | EtStatus::Format),
+        "{st:?}: {}",
+        last_error()
+    );
+    let msg = last_error();
+    let (ffn, wide) = (cfg.ffn.to_string(), other.ffn.to_string());
+    assert!(msg.contains(&ffn) && msg.contains(&wide), "{msg}");
+
+    // Not an adapter at all, and a missing path.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let e = c(empty.to_str().unwrap());
+    assert_eq!(
+        unsafe { et_model_set_adapter(m, e.as_ptr()) },
+        EtStatus::InvalidArgument
+    );
+    assert!(last_error().contains("empty"), "{}", last_error());
+    let missing = c(dir.path().join("missing").to_str().unwrap());
+    assert_eq!(
+        unsafe { et_model_set_adapter(m, missing.as_ptr()) },
+        EtStatus::Io
+    );
+    assert!(last_error().contains("missing"), "{}", last_error());
+
+    // The good adapter is still in use.
+    let mut opts = et_generate_default_options();
+    opts.max_tokens = 8;
+    let (st, text, _) = gen_into(m, &c("hello"), Some(&opts), 4096);
+    assert_eq!(st, EtStatus::Ok, "{}", last_error());
+    assert_eq!(text, reference_with_adapter(&path, good_set, "hello", 8));
+    unsafe { et_model_free(m) };
+}
+
+#[test]
+fn adapter_export_writes_files_load_any_reads_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = tiny_model(dir.path());
+    let cfg = LlamaConfig::from_gguf(&GgufFile::open(&path).unwrap()).unwrap();
+    let adapter_dir = dir.path().join("adapter");
+    let set = strong_adapter(&cfg, &adapter_dir, 5);
+    let (mp, ap) = (c(path.to_str().unwrap()), c(adapter_dir.to_str().unwrap()));
+    let export = |format: &str, out: &Path| {
+        let (f, o) = (c(format), c(out.to_str().unwrap()));
+        unsafe { et_adapter_export(mp.as_ptr(), ap.as_ptr(), f.as_ptr(), o.as_ptr()) }
+    };
+
+    let gguf = dir.path().join("lora.gguf");
+    assert_eq!(export("gguf", &gguf), EtStatus::Ok, "{}", last_error());
+    assert_eq!(detect_format(&gguf).unwrap().0, AdapterFormat::Gguf);
+    assert_same_deltas(&set, &load_any(&gguf, &cfg).unwrap());
+
+    let peft = dir.path().join("peft");
+    assert_eq!(export("peft", &peft), EtStatus::Ok, "{}", last_error());
+    assert_eq!(detect_format(&peft).unwrap().0, AdapterFormat::Peft);
+    assert_same_deltas(&set, &load_any(&peft, &cfg).unwrap());
+
+    // The GGUF export is itself an adapter the C ABI reads: round trip through it.
+    let back = dir.path().join("back.gguf");
+    let (g, b, f) = (
+        c(gguf.to_str().unwrap()),
+        c(back.to_str().unwrap()),
+        c("gguf"),
+    );
+    let st = unsafe { et_adapter_export(mp.as_ptr(), g.as_ptr(), f.as_ptr(), b.as_ptr()) };
+    assert_eq!(st, EtStatus::Ok, "{}", last_error());
+    assert_same_deltas(&set, &load_any(&back, &cfg).unwrap());
+
+    // Bad arguments.
+    assert_eq!(
+        export("onnx", &dir.path().join("x")),
+        EtStatus::InvalidArgument
+    );
+    assert!(last_error().contains("onnx"), "{}", last_error());
+    assert!(!dir.path().join("x").exists());
+    let o = c(dir.path().join("y.gguf").to_str().unwrap());
+    let st = unsafe { et_adapter_export(mp.as_ptr(), ap.as_ptr(), null(), o.as_ptr()) };
+    assert_eq!(st, EtStatus::NullPointer);
+    assert!(last_error().contains("`format`"), "{}", last_error());
+    let st = unsafe { et_adapter_export(null(), ap.as_ptr(), f.as_ptr(), o.as_ptr()) };
+    assert_eq!(st, EtStatus::NullPointer);
+    assert!(last_error().contains("`model_path`"), "{}", last_error());
+    let missing = c(dir.path().join("missing.gguf").to_str().unwrap());
+    let st = unsafe { et_adapter_export(missing.as_ptr(), ap.as_ptr(), f.as_ptr(), o.as_ptr()) };
+    assert_eq!(st, EtStatus::Io);
+    // An adapter for another model is refused before anything is written.
+    let mut other = cfg.clone();
+    other.n_layer += 1;
+    let wrong = dir.path().join("wrong");
+    strong_adapter(&other, &wrong, 6);
+    let w = c(wrong.to_str().unwrap());
+    let st = unsafe { et_adapter_export(mp.as_ptr(), w.as_ptr(), f.as_ptr(), o.as_ptr()) };
+    assert!(
+        matches!(st, EtStatus::InvalidArgument | EtStatus::Format),
+        "{st:?}: {}",
+        last_error()
+    );
+    assert!(last_error().contains("layer"), "{}", last_error());
+    assert!(!dir.path().join("y.gguf").exists());
+}
+
+#[test]
+fn latest_checkpoint_finds_the_newest_step_and_reports_missing_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let o = c(out.to_str().unwrap());
+    let latest = |cap: usize| {
+        let mut buf = vec![b'x' as c_char; cap + 1];
+        buf[cap] = 0;
+        let mut len = usize::MAX;
+        let st = unsafe { et_train_latest_checkpoint(o.as_ptr(), buf.as_mut_ptr(), cap, &mut len) };
+        let text = unsafe { CStr::from_ptr(buf.as_ptr()) }
+            .to_str()
+            .unwrap()
+            .to_owned();
+        (st, text, len)
+    };
+    let (st, _, _) = latest(256);
+    assert_eq!(st, EtStatus::Io);
+    assert!(last_error().contains("no checkpoint"), "{}", last_error());
+
+    // Numeric order, not creation order; other names are not checkpoints.
+    for name in [
+        "step-00000010",
+        "step-00000009",
+        "step-00000100",
+        "notes",
+        "step-x",
+    ] {
+        std::fs::create_dir_all(out.join("checkpoints").join(name)).unwrap();
+    }
+    let want = out.join("checkpoints").join("step-00000100");
+    let want = want.to_str().unwrap();
+    let (st, text, len) = latest(256);
+    assert_eq!(st, EtStatus::Ok, "{}", last_error());
+    assert_eq!((text.as_str(), len), (want, want.len()));
+    // Exactly the length is one byte short (the NUL).
+    let (st, text, len) = latest(want.len());
+    assert_eq!(
+        (st, text.as_str(), len),
+        (EtStatus::BufferTooSmall, "", want.len())
+    );
+    let (st, _, _) = latest(want.len() + 1);
+    assert_eq!(st, EtStatus::Ok);
+
+    let mut len = 0usize;
+    let st = unsafe { et_train_latest_checkpoint(null(), null_mut(), 0, &mut len) };
+    assert_eq!(st, EtStatus::NullPointer);
+    assert!(last_error().contains("`out_dir`"), "{}", last_error());
+    let st = unsafe { et_train_latest_checkpoint(o.as_ptr(), null_mut(), 8, &mut len) };
+    assert_eq!(st, EtStatus::NullPointer);
 }

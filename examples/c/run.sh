@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the C libraries (feature `ffi`), compiles examples/c/main.c against include/edgetune.h,
-# writes a tiny test model and runs the program.
+# writes a tiny test model and runs the program (which also trains a LoRA adapter for a few
+# steps into target/c-example/ARCH/run-*, generates with it and exports it as a GGUF).
 #
 #   examples/c/run.sh            # host: links libedgetune.a, then libedgetune.so, runs both
 #   examples/c/run.sh --aarch64  # cross: scripts/cross-build.sh --lib, aarch64-linux-gnu-gcc,
@@ -26,6 +27,8 @@ cflags=(-std=c11 -O2 -Wall -Wextra -Werror)
 cargo build --locked --release --quiet --bin edgetune
 model=$out/tiny-q4km.gguf
 target/release/edgetune testmodel --preset tiny --type q4_k_m --seed 3 --out "$model" >/dev/null
+# Training runs start fresh: no checkpoints of an earlier run in the way.
+rm -rf "$out"/run-static "$out"/run-dynamic "$out"/run-*.jsonl
 
 if [ "$arch" = host ]; then
   cargo rustc --locked --release --quiet --lib --features ffi --crate-type cdylib,staticlib
@@ -37,9 +40,9 @@ if [ "$arch" = host ]; then
     echo '#include "edgetune.h"' | c++ -std=c++17 -Wall -Werror -I include -fsyntax-only -x c++ -
   fi
   echo "== static: $out/main-static"
-  "$out/main-static" "$model"
+  "$out/main-static" "$model" "Sensor 3 reads" "$out/run-static"
   echo "== dynamic: $out/main-dynamic"
-  "$out/main-dynamic" "$model" >/dev/null
+  "$out/main-dynamic" "$model" "Sensor 3 reads" "$out/run-dynamic" >/dev/null
   echo "dynamic run ok"
 else
   dist=target/c-example/aarch64-dist
@@ -52,5 +55,5 @@ else
   # spawn once libc6:arm64 is installed (toolchain.md §1).
   echo "== qemu-aarch64: $out/main-static"
   qemu-aarch64 -L /usr/aarch64-linux-gnu -E LD_LIBRARY_PATH=/usr/aarch64-linux-gnu/lib \
-    "$out/main-static" "$model"
+    "$out/main-static" "$model" "Sensor 3 reads" "$out/run-static"
 fi

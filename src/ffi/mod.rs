@@ -33,6 +33,7 @@
 //! `examples/c/run.sh`, `scripts/cross-build.sh --lib` and the README's "C API" section), so the
 //! normal build does not pay for them.
 
+pub mod adapter;
 pub mod model;
 pub mod plan;
 pub mod progress;

@@ -3,6 +3,7 @@
 
 use std::ffi::c_char;
 use std::path::PathBuf;
+use std::sync::{PoisonError, RwLock};
 
 use self_cell::self_cell;
 
@@ -13,13 +14,18 @@ use crate::model::Llama;
 use crate::tokenizer::Tokenizer;
 use crate::tokenizer::template::{self, Message};
 
+/// The model behind a lock: generation takes it shared (the model's own workspace mutex
+/// serialises the forward passes), `et_model_set_adapter` takes it exclusively because
+/// [`Llama::set_adapters`] needs `&mut`.
+type LockedLlama<'a> = RwLock<Llama<'a>>;
+
 self_cell!(
     /// The mapped file and the model whose weights are views of it, owned together. `Llama` is
     /// invariant in its lifetime (its workspace mutex), so it is reached through `with_dependent`.
     struct MappedLlama {
         owner: GgufFile,
         #[not_covariant]
-        dependent: Llama,
+        dependent: LockedLlama,
     }
 );
 
@@ -41,13 +47,23 @@ impl EtModel {
     pub fn open(path: impl Into<PathBuf>) -> crate::Result<EtModel> {
         let file = GgufFile::open(path.into())?;
         let tokenizer = Tokenizer::from_gguf(&file)?;
-        let llama = MappedLlama::try_new(file, |f| Llama::load(f))?;
+        let llama = MappedLlama::try_new(file, |f| Llama::load(f).map(RwLock::new))?;
         Ok(EtModel { llama, tokenizer })
     }
 
     /// Runs `f` on the model (its lifetime is tied to the handle's file).
     pub fn with_llama<R>(&self, f: impl for<'a> FnOnce(&Llama<'a>) -> R) -> R {
-        self.llama.with_dependent(|_, llama| f(llama))
+        // A poisoned lock is taken anyway: the only writer (`with_llama_mut`) swaps the
+        // adapter `Arc` in one assignment, so a panic there cannot leave a half-updated model.
+        self.llama
+            .with_dependent(|_, llama| f(&llama.read().unwrap_or_else(PoisonError::into_inner)))
+    }
+
+    /// Runs `f` on the model with exclusive access (waits for running generations).
+    pub fn with_llama_mut<R>(&self, f: impl for<'a> FnOnce(&mut Llama<'a>) -> R) -> R {
+        self.llama.with_dependent(|_, llama| {
+            f(&mut llama.write().unwrap_or_else(PoisonError::into_inner))
+        })
     }
 
     pub fn file(&self) -> &GgufFile {

@@ -1,12 +1,14 @@
 //! `et_train`: a whole training run from a JSON configuration (the fields of
-//! `edgetune train`, parsed like `et_plan_json`'s), with a progress callback that can stop it.
+//! `edgetune train`, parsed like `et_plan_json`'s), with a progress callback that can stop it;
+//! `et_train_latest_checkpoint`: where the run's newest adapter is.
 
 use std::ffi::{c_char, c_void};
+use std::path::Path;
 
 use super::plan::train_config_from_json;
 use super::progress::{EtProgress, EtProgressFn};
-use super::{EtStatus, FfiError, guard, str_arg};
-use crate::train::{Progress, run};
+use super::{EtStatus, FfiError, guard, str_arg, write_text};
+use crate::train::{Progress, checkpoint, run};
 
 /// The caller's `user_data`, handed back to the callback untouched.
 struct UserData(*mut c_void);
@@ -74,5 +76,41 @@ pub unsafe extern "C" fn et_train(
             ));
         }
         Ok(())
+    })
+}
+
+/// Copies the path of the newest checkpoint directory under `out_dir` (the `out` of an
+/// `et_train` configuration: `out_dir/checkpoints/step-NNNNNNNN`) into `out_buf`. The directory
+/// is an adapter directory: pass it to `et_model_set_adapter` or `et_adapter_export`.
+/// `ET_STATUS_IO` when `out_dir` holds no checkpoint; buffer rules as for `et_generate`
+/// (`*out_len` gets the path's length in bytes, also on `ET_STATUS_BUFFER_TOO_SMALL`).
+///
+/// # Safety
+/// `out_dir` is NULL or a NUL-terminated string valid for the call; `out_buf` is NULL or valid
+/// for `out_cap` bytes; `out_len` is NULL or valid for one `size_t` write.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn et_train_latest_checkpoint(
+    out_dir: *const c_char,
+    out_buf: *mut c_char,
+    out_cap: usize,
+    out_len: *mut usize,
+) -> EtStatus {
+    guard(|| {
+        // SAFETY: the caller promises NULL or a NUL-terminated string valid for the call.
+        let out_dir = Path::new(unsafe { str_arg(out_dir, "out_dir") }?);
+        let dir = checkpoint::latest(out_dir)?.ok_or_else(|| {
+            FfiError::new(
+                EtStatus::Io,
+                format!(
+                    "{}: no checkpoint (step-NNNNNNNN directory) there",
+                    checkpoint::checkpoints_dir(out_dir).display()
+                ),
+            )
+        })?;
+        let text = dir.to_str().ok_or_else(|| {
+            FfiError::invalid(format!("{}: the path is not UTF-8", dir.display()))
+        })?;
+        // SAFETY: forwarded caller contract for out_buf / out_cap / out_len.
+        unsafe { write_text(text, out_buf, out_cap, out_len) }
     })
 }
