@@ -43,9 +43,9 @@ fn training_forward_and_inference_with_adapters_agree() {
         .collect();
     let mut batch = Batch::new(1, n);
     batch.ids.copy_from_slice(&tokens);
-    for i in 0..n {
+    for (i, &t) in tokens.iter().enumerate() {
         batch.positions[i] = i as u32;
-        batch.labels[i] = if i == 0 { -100 } else { tokens[i] as i32 };
+        batch.labels[i] = if i == 0 { -100 } else { t as i32 };
     }
     batch.rows = 1;
     let shape = TrainShape {
