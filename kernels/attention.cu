@@ -54,7 +54,7 @@ extern "C" __global__ void __launch_bounds__(128)
 et_attention_fwd(const float* __restrict__ q, const float* __restrict__ k,
                  const float* __restrict__ v, float* __restrict__ out, float* __restrict__ lse,
                  int n_tokens, int pos0, int n_head, int n_head_kv, int hd) {
-  extern __shared__ float sm[];
+  ET_DYNAMIC_SHARED(float, sm);
   float* qs = sm;                       // [4][hd]
   float* ks = qs + AT_QW * hd;          // [32][hd+1]
   float* vs = ks + AT_KT * (hd + 1);    // [32][hd+1]
@@ -66,7 +66,7 @@ et_attention_fwd(const float* __restrict__ q, const float* __restrict__ k,
   const float scale = 1.0f / sqrtf((float)hd);
   float* qrow = qs + warp * hd;
   for (int d = lane; d < hd; d += 32) qrow[d] = live ? q[(size_t)i * qw + h * hd + d] : 0.0f;
-  const int kend = pos0 + min(blockIdx.x * AT_QW + AT_QW, n_tokens);  // block's visible keys
+  const int kend = pos0 + min((int)blockIdx.x * AT_QW + AT_QW, n_tokens);  // block's visible keys
   const int my_end = pos0 + i + 1;
   float m = -__int_as_float(0x7f800000), l = 0.0f;
   float acc[AT_DPL];
@@ -118,7 +118,7 @@ et_attention_bwd_dq(const float* __restrict__ q, const float* __restrict__ k,
                     const float* __restrict__ lse, const float* __restrict__ dout,
                     float* __restrict__ dq, int n_tokens, int pos0, int n_head, int n_head_kv,
                     int hd) {
-  extern __shared__ float sm[];
+  ET_DYNAMIC_SHARED(float, sm);
   float* qs = sm;                       // [4][hd]
   float* dos = qs + AT_QW * hd;         // [4][hd]
   float* ks = dos + AT_QW * hd;         // [32][hd+1]
@@ -141,7 +141,7 @@ et_attention_bwd_dq(const float* __restrict__ q, const float* __restrict__ k,
   }
   const float D = et_warp_sum(dsum);
   const float L = live ? lse[(size_t)i * n_head + h] : 0.0f;
-  const int kend = pos0 + min(blockIdx.x * AT_QW + AT_QW, n_tokens);
+  const int kend = pos0 + min((int)blockIdx.x * AT_QW + AT_QW, n_tokens);
   const int my_end = pos0 + i + 1;
   float acc[AT_DPL];
 #pragma unroll
@@ -186,7 +186,7 @@ et_attention_bwd_dkdv(const float* __restrict__ q, const float* __restrict__ k,
                       const float* __restrict__ lse, const float* __restrict__ dout,
                       float* __restrict__ dk, float* __restrict__ dv, int n_tokens, int pos0,
                       int n_head, int n_head_kv, int hd) {
-  extern __shared__ float sm[];
+  ET_DYNAMIC_SHARED(float, sm);
   float* ks = sm;                        // [32][hd+1]
   float* vs = ks + AT_KT * (hd + 1);     // [32][hd+1]
   float* qs = vs + AT_KT * (hd + 1);     // [8][hd]

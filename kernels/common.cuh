@@ -9,10 +9,14 @@
 #if defined(__CUDACC__) || defined(__CUDACC_RTC__)
 #define ET_CUDA 1
 #define ET_HD __device__ __forceinline__
+// Dynamic shared memory of a launch, as an array of T.
+#define ET_DYNAMIC_SHARED(T, name) extern __shared__ T name[]
 #else
+// Host build: the CPU emulation of the CUDA execution model used by the kernel tests
+// (kernels/test/emu.h: one std::thread per CUDA thread, barriers for __syncthreads and warps).
 #define ET_CUDA 0
+#include "test/emu.h"
 #define ET_HD static inline
-#include <cstring>
 #endif
 
 typedef unsigned char u8;
@@ -83,7 +87,6 @@ ET_HD float et_ld_f32(const u8* p) {
 #endif
 }
 
-#if ET_CUDA
 // Warp-wide sum / max (all 32 lanes active), result in every lane.
 __device__ __forceinline__ float et_warp_sum(float v) {
 #pragma unroll
@@ -130,4 +133,3 @@ __device__ __forceinline__ float et_block_max(float v, float* scratch) {
   v = lane < nw ? scratch[lane] : -__int_as_float(0x7f800000);
   return et_warp_max(v);
 }
-#endif

@@ -25,10 +25,11 @@ et_ce_softmax_grad(float* __restrict__ logits, const int* __restrict__ targets,
     if (threadIdx.x == 0) row_loss[r] = 0.0f;
     return;
   }
+  // Read before the reduction's barriers: afterwards another thread may overwrite row[t].
+  const float target_logit = row[t];
   float mx = -__int_as_float(0x7f800000);
   for (int j = threadIdx.x; j < vocab; j += blockDim.x) mx = fmaxf(mx, row[j]);
   mx = et_block_max(mx, fscratch);
-  const float target_logit = row[t];
   // e^(logit − max) in place (f32, as the CPU), summed in f64.
   double sum = 0.0;
   for (int j = threadIdx.x; j < vocab; j += blockDim.x) {

@@ -101,7 +101,7 @@ et_matmul_dyw_simple(const float* __restrict__ dy, const unsigned char* __restri
 // ---------------------------------------------------------------------------------------------
 // Tensor-core paths (sm_80+: bf16 mma.sync)
 
-#if __CUDA_ARCH__ >= 800
+#if !ET_CUDA || __CUDA_ARCH__ >= 800
 
 #define MM_BM 64
 #define MM_BN 64
@@ -110,9 +110,13 @@ et_matmul_dyw_simple(const float* __restrict__ dy, const unsigned char* __restri
 
 // Two f32 -> one register of two bf16 (round to nearest even); `lo` in the low half.
 __device__ __forceinline__ u32 et_pack_bf16x2(float lo, float hi) {
+#if ET_CUDA
   u32 r;
   asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
   return r;
+#else
+  return et_emu_bf16_bits(lo) | (et_emu_bf16_bits(hi) << 16);
+#endif
 }
 
 // A tile: rows m0.. of a row-major f32 [rows, ld] matrix, columns k0..k0+32, to bf16 As[64][LD]
@@ -159,12 +163,16 @@ __device__ __forceinline__ void et_mma_tile(const u16* As, const u16* Bs, float 
 #pragma unroll
       for (int nt = 0; nt < 4; nt++) {
         float* c = acc[mt][nt];
+#if !ET_CUDA
+        et_emu_mma_m16n8k16_bf16(c, a[mt], b[nt]);
+#else
         asm volatile(
             "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
             "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
             : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
             : "r"(a[mt][0]), "r"(a[mt][1]), "r"(a[mt][2]), "r"(a[mt][3]), "r"(b[nt][0]),
               "r"(b[nt][1]));
+#endif
       }
   }
 }
@@ -269,4 +277,4 @@ et_matmul_dyw_mma(const float* __restrict__ dy, const unsigned char* __restrict_
   et_store_tile(dx, n, in, m0, n0, acc);
 }
 
-#endif  // __CUDA_ARCH__ >= 800
+#endif  // !ET_CUDA || __CUDA_ARCH__ >= 800
