@@ -177,6 +177,7 @@ inline void et_emu_mma_m16n8k16_bf16(float* c, const uint32_t* a, const uint32_t
 // Runs kernel<<<grid, block, shmem>>>(args...) on the CPU: blocks one after another, the
 // block's threads as fibers scheduled round-robin. Returns when the launch is complete.
 inline std::function<void()> et_emu_body;
+inline uint64_t et_emu_rng = 0x853c49e6748fea9bull;
 inline void et_emu_entry() {
   et_emu_body();
   et_emu_cur->done = true;  // uc_link returns to the scheduler
@@ -206,9 +207,19 @@ inline void et_emu_launch(void (*kernel)(P...), EtDim3 grid, unsigned block, siz
           f.ctx.uc_link = &et_emu_sched;
           makecontext(&f.ctx, et_emu_entry, 0);
         }
+        // Each pass resumes every live fiber once, in a fresh pseudo-random order, so that a
+        // missing barrier (two threads touching one address between the same two barriers)
+        // shows up as a wrong result instead of depending on a fixed thread order.
+        std::vector<unsigned> order(block);
+        for (unsigned t = 0; t < block; t++) order[t] = t;
         for (unsigned left = block; left > 0;) {
           left = 0;
-          for (auto& f : fibers) {
+          for (unsigned t = block - 1; t > 0; t--) {
+            et_emu_rng = et_emu_rng * 6364136223846793005ull + 1442695040888963407ull;
+            std::swap(order[t], order[(et_emu_rng >> 33) % (t + 1)]);
+          }
+          for (unsigned t : order) {
+            EtFiber& f = fibers[t];
             if (f.done) continue;
             threadIdx = {f.tid, 0, 0};
             et_emu_cur = &f;
