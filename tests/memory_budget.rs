@@ -61,17 +61,17 @@ fn tiny_breakdown_by_hand() {
     let token_embd = 261 * 144;
     assert_eq!(
         type_bytes(b, "Q4_0"),
-        (15, 2 * layer + token_embd, 2 * layer + 16_384)
+        (15, 2 * layer + token_embd, 2 * layer + 2 * 144)
     );
     // llama-quantize puts the output in Q6_K: 261 rows of one 210-byte block.
     assert_eq!(type_bytes(b, "Q6_K"), (1, 261 * 210, 261 * 210));
     // Norms (2 per layer + output_norm) of 256 f32, rope_freqs 32 f32.
     assert_eq!(type_bytes(b, "F32"), (6, 5 * 1024 + 128, 5 * 1024 + 128));
-    // token_embd: 2 tokens gather 2 rows, each counted as the 2 pages a 144-byte row can span.
+    // token_embd: 2 tokens gather 2 rows by pread: the 144-byte staging copy of each counts.
     let g = b.weights.gathered.as_ref().unwrap();
     assert_eq!(
         (g.rows_per_step, g.n_rows, g.resident_bytes),
-        (2, 261, 2 * 8192)
+        (2, 261, 2 * 144)
     );
 
     // The arena: the same buffers as the plan's own LoRA constructor (all 7 targets, r = 4,
@@ -100,7 +100,7 @@ fn tiny_breakdown_by_hand() {
     let tokenizer = TOKENIZER_FIXED_BYTES + TOKENIZER_BYTES_PER_ENTRY * 261;
     let overheads = BINARY_RESIDENT_BYTES + file.data_offset() + tokenizer + 24 + threads;
     assert_eq!(b.overhead_bytes, overheads);
-    let total = (2 * layer + 16_384 + 261 * 210 + 5 * 1024 + 128)
+    let total = (2 * layer + 2 * 144 + 261 * 210 + 5 * 1024 + 128)
         + arena.arena_bytes()
         + 4 * 2 * 4 * 4096
         + 8 * 2 * 4 * 4096
@@ -204,7 +204,7 @@ fn llama_8b_q4_0_fits_5_5_gib() {
     let token_embd = 128_256 * 2304;
     assert_eq!(
         b.weights.resident_bytes,
-        b.weights.file_bytes - token_embd + 512 * 8192
+        b.weights.file_bytes - token_embd + 512 * 2304
     );
     assert!(b.fits, "{}", b.report());
     assert!(b.total_bytes <= parse_bytes("5.5GiB").unwrap());

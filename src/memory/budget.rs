@@ -8,10 +8,11 @@
 //!
 //! - **Weights**: every tensor a step reads stays resident (file-backed pages of the map), in
 //!   full — except `token_embd.weight` when the output projection is a separate
-//!   `output.weight`: a step only *gathers* its rows (one per token), so only those pages must
-//!   be resident: `min(tokens, n_vocab)` rows × the pages a row can touch
-//!   (`⌈row_bytes / 4096⌉ + 1`), capped at the tensor. The other rows are clean file pages the
-//!   kernel evicts under pressure (a measured RSS may show more of them after many steps). With a
+//!   `output.weight`: a step only *gathers* its rows (one per token), and reads them with
+//!   `pread` into a staging buffer of one micro-batch (`train::embed_rows`), never through the
+//!   map: what counts is that copy, `tokens × row_bytes`. (Through the map, the kernel's
+//!   page-cache folios and fault-around made 512 random rows of the 8B table cost 92 MiB of RSS,
+//!   more with every step: no plan could bound that.) With a
 //!   tied output (Llama 3.2 1B) the whole matrix is read every step and counts in full; with
 //!   `--lock-weights` the whole map is locked and everything counts.
 //! - **Arena**: [`llama_training_plan`] packed ([`Plan::arena_bytes`]); the adapter gradients
@@ -45,9 +46,6 @@ pub use super::overheads::{
     TOKENIZER_BYTES_PER_ENTRY, TOKENIZER_FIXED_BYTES,
 };
 pub use super::suggest::{Change, Suggestion, Suggestions};
-
-/// The page size resident memory is counted in (4 KiB on x86-64 and on JetPack's arm64 kernels).
-pub const PAGE_BYTES: u64 = 4096;
 
 /// What the budget needs from a model: its shapes, its tensors (name, type, size), the size of
 /// the header (read at open) and the tokenizer's size.
@@ -408,17 +406,19 @@ pub(crate) fn assemble(
     })
 }
 
-/// Resident weight bytes by type; the untied `token_embd` counts only the rows one micro-batch
-/// of `tokens` gathers (unless `locked`).
+/// Resident weight bytes by type; the untied `token_embd` counts only the staging copy of the
+/// rows one micro-batch of `tokens` gathers (unless `locked`).
 fn weights_breakdown(model: &ModelWeights, tokens: u64, locked: bool) -> WeightsBreakdown {
     let tied = !model.tensors.iter().any(|t| t.name == "output.weight");
     let mut by_type: BTreeMap<&str, TypeBytes> = BTreeMap::new();
     let mut gathered = None;
     for t in &model.tensors {
         let resident = if t.name == "token_embd.weight" && !tied && !locked {
-            let rows = tokens.min(t.n_rows());
-            let per_row = (t.row_bytes().div_ceil(PAGE_BYTES) + 1) * PAGE_BYTES;
-            let bytes = rows.saturating_mul(per_row).min(t.n_bytes);
+            // The step reads its rows with `pread` into a staging buffer of one micro-batch
+            // (`train::embed_rows`: mapped, the kernel's folios and fault-around made 512 rows
+            // of the 8B table cost 92 MiB); the table itself is never mapped in.
+            let rows = tokens;
+            let bytes = rows.saturating_mul(t.row_bytes());
             gathered = Some(GatheredRows {
                 tensor: t.name.clone(),
                 rows_per_step: rows,

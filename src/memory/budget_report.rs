@@ -52,7 +52,7 @@ pub fn report(b: &Breakdown) -> String {
     if let Some(g) = &wt.gathered {
         let _ = writeln!(
             s,
-            "  ({}: only the rows a step gathers count: {} of {} rows of {} B)",
+            "  ({}: read by pread, never mapped: a staging copy of {} of {} rows of {} B counts)",
             g.tensor, g.rows_per_step, g.n_rows, g.row_bytes
         );
     }

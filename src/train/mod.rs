@@ -5,6 +5,7 @@
 pub mod adapter_set;
 pub mod checkpoint;
 pub mod config;
+pub mod embed_rows;
 pub mod optimizer;
 pub mod step;
 mod step_ids;

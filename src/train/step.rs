@@ -13,6 +13,7 @@
 //! same row (Hugging Face's shift); a row's last token and ignored labels carry none.
 
 use super::adapter_set::AdapterSet;
+use super::embed_rows::EmbeddingRows;
 use super::step_ids::{EMPTY, StepIds};
 use crate::adapters::{Adapter, Pass};
 use crate::backend::{Backend, CpuBackend};
@@ -45,6 +46,8 @@ pub struct TrainStep {
     targets: Vec<i32>,
     /// `(first token, tokens)` of each causal segment of the current micro-batch.
     pub(super) segments: Vec<(usize, usize)>,
+    /// The embedding gather by positioned reads ([`EmbeddingRows`]); `None`: through the map.
+    embed_rows: Option<EmbeddingRows>,
 }
 
 /// The per-projection shapes of `set`'s adapters (the largest over layers).
@@ -118,7 +121,22 @@ impl TrainStep {
             n_params,
             targets: vec![IGNORE; t],
             segments: Vec::with_capacity(t),
+            embed_rows: None,
         })
+    }
+
+    /// Gathers the embedding rows with `rows` (sized for at least [`TrainStep::tokens`]) instead
+    /// of through the map, so `token_embd` stays out of the process's memory.
+    pub fn set_embedding_rows(&mut self, rows: EmbeddingRows) -> Result<()> {
+        if rows.capacity() < self.tokens() {
+            return Err(Error::Invalid(format!(
+                "training step: the embedding staging buffer holds {} rows, a micro-batch has {}",
+                rows.capacity(),
+                self.tokens()
+            )));
+        }
+        self.embed_rows = Some(rows);
+        Ok(())
     }
 
     /// The packed plan (for reports).
@@ -268,7 +286,10 @@ impl TrainStep {
         let [x0] = self
             .arena
             .views_mut_at(self.sched.embed(), [self.ids.layers[0].x])?;
-        CpuBackend.embedding(&m.token_embd, &batch.ids, x0)?;
+        match &mut self.embed_rows {
+            Some(rows) => rows.gather(&batch.ids, x0)?,
+            None => CpuBackend.embedding(&m.token_embd, &batch.ids, x0)?,
+        }
         Ok(Pass {
             n: b * l,
             training,

@@ -16,6 +16,7 @@ use serde::Serialize;
 use super::adapter_set::AdapterSet;
 use super::checkpoint::{self, RunState};
 use super::config::TrainConfig;
+use super::embed_rows::EmbeddingRows;
 use super::optimizer::Optimizer;
 use super::step::{TrainStep, adapter_shapes};
 use crate::data::batch::{BatchConfig, Batcher};
@@ -154,7 +155,10 @@ impl<'f> Trainer<'f> {
         };
         fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
         let mut opt = Optimizer::new(cfg, &set, total_steps, &cfg.out)?;
-        let step = TrainStep::new(llama.backend_model(), &set, shape)?;
+        let mut step = TrainStep::new(llama.backend_model(), &set, shape)?;
+        if let Some(rows) = EmbeddingRows::for_file(file, step.tokens(), cfg.lock_weights)? {
+            step.set_embedding_rows(rows)?;
+        }
         if step.plan().arena_bytes() != planned.plan.arena_bytes() {
             log::warn!(
                 "the step's arena ({} bytes) differs from the budget plan's ({} bytes)",
