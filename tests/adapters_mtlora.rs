@@ -170,14 +170,8 @@ fn gradients_with_fixed_dropout_mask_match_finite_differences_f64() {
         training: true,
         seed: 77,
     };
-    let mask = to64(
-        &edgetune::adapters::base::Dropout::new(0.3, 9)
-            .unwrap()
-            .mask(pass, IN)
-            .unwrap(),
-    );
-    let _ = m;
-    assert!(mask.iter().any(|&v| v == 0.0));
+    let mask = to64(&m.dropout_mask(pass).unwrap());
+    assert!(mask.contains(&0.0));
     fd_check(Some(&mask));
 }
 
@@ -199,10 +193,7 @@ fn parity(dropout: f32) {
     let g = to32(&random64(N * OUT, 1.0, 8));
     let dx0 = to32(&random64(N * IN, 1.0, 9));
     let out = run(&m, pass, &x, &y0, &g, &dx0);
-    let mask = edgetune::adapters::base::Dropout::new(dropout, 9)
-        .unwrap()
-        .mask(pass, IN)
-        .map(|v| to64(&v));
+    let mask = m.dropout_mask(pass).map(|v| to64(&v));
     let p32: Vec<Vec<f64>> = (0..8).map(|i| to64(m.param(i).unwrap())).collect();
     let (ss, st) = (c.shared.scale() as f64, c.task_scale() as f64);
     let (y, dx, grads) = reference(ss, st, &to64(&x), &p32, mask.as_deref(), &to64(&g));
@@ -276,9 +267,9 @@ fn routing_errors_export_and_merge() {
         &m,
         pass,
         &x,
-        &vec![0.0; N * OUT],
-        &vec![0.0; N * OUT],
-        &vec![0.0; N * IN],
+        &[0.0; N * OUT],
+        &[0.0; N * OUT],
+        &[0.0; N * IN],
     );
     for task in 0..3 {
         let Export::LowRank { a, b, rank, scale } = m.export_for_task(task).unwrap() else {

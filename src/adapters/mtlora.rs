@@ -132,6 +132,11 @@ impl MtLora {
         self.cfg.tasks.len()
     }
 
+    /// The dropout multipliers of `pass` (`None` when off), for references and tests.
+    pub fn dropout_mask(&self, pass: Pass) -> Option<Vec<f32>> {
+        self.drop.mask(pass, self.in_f)
+    }
+
     /// Routes the next micro-batch: row `i` (tokens `i·seq_len..(i+1)·seq_len`) uses task
     /// `tasks[i]`. Fails on an unknown task id.
     pub fn set_row_tasks(&mut self, tasks: &[u32], seq_len: usize) -> Result<()> {
