@@ -1,8 +1,10 @@
 //! IEC, MT-LoRA and ResLoRA inside the real training step ([`TrainStep`] over the tiny test
 //! model, gradient checkpointing on): a few Adam steps on one fixed batch, and the loss falls.
 //! MT-LoRA is routed the way the trainer must route it: `set_row_tasks(batch.tasks, seq_len)`
-//! on every MT-LoRA adapter before each micro-batch. ResLoRA runs through the `Adapter` trait,
-//! i.e. its layer-0 rule (`2·X`) in every layer (the cross-layer input needs step plumbing).
+//! on every MT-LoRA adapter before each micro-batch. ResLoRA runs with the step's cross-layer
+//! plumbing (src/train/step_reslora.rs), whose gradients are checked here against directional
+//! central differences of the step's own loss (F32 weights) and between checkpointing on and
+//! off.
 
 use edgetune::adapters::iec::Iec;
 use edgetune::adapters::mtlora::{MtLora, MtLoraConfig};
@@ -152,10 +154,171 @@ fn mtlora_trains_in_the_step_with_rows_routed_by_task() {
 }
 
 #[test]
-fn reslora_trains_in_the_step_through_the_trait() {
+fn reslora_trains_in_the_step_with_the_previous_layers_input() {
     let losses = train(
         &|fin, fout, seed| Box::new(ResLora::new(fin, fout, &lora(), 100, seed).unwrap()),
         8,
     );
     assert_falls("ResLoRA", &losses);
+}
+
+/// The step over an F32 tiny model with ResLoRA on every target (`B` random, so every path
+/// carries gradient): returns (model file dir, gradients per slot, the step's mean loss).
+struct ResRun {
+    llama_dir: tempfile::TempDir,
+    set: AdapterSet,
+    grads: Vec<Vec<f32>>,
+    loss: f64,
+    reslora_bytes: usize,
+}
+
+fn reslora_set(cfg: &LlamaConfig) -> AdapterSet {
+    let mut set = AdapterSet::empty(cfg.n_layer, lora());
+    let mut rng = StdRng::seed_from_u64(11);
+    for layer in 0..cfg.n_layer {
+        for t in Target::ALL {
+            let (fin, fout) = target_shape(cfg, t);
+            let mut r = ResLora::new(fin, fout, &lora(), 100, (layer * 7) as u64 + 1).unwrap();
+            // Large B: the branches (and so the cross-layer path) carry much of the gradient.
+            for v in r.param_mut(1).unwrap() {
+                *v = rng.random_range(-0.5..0.5);
+            }
+            set.insert(layer, t, Box::new(r)).unwrap();
+        }
+    }
+    set
+}
+
+fn reslora_step(ckpt: bool) -> ResRun {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.gguf");
+    testmodel::write_test_model(&TINY, WeightTypes::parse("f32").unwrap(), 5, &path).unwrap();
+    let file = GgufFile::open(&path).unwrap();
+    let llama = Llama::load(&file).unwrap();
+    let cfg = llama.config().clone();
+    let set = reslora_set(&cfg);
+    let shape = TrainShape {
+        seq_len: SEQ,
+        micro_batch: ROWS,
+        ce_chunk: 8,
+        checkpointing: ckpt,
+        accumulate: false,
+        optimizer_staging: false,
+        adapters: adapter_shapes(&set),
+    };
+    let mut step = TrainStep::new(llama.backend_model(), &set, shape).unwrap();
+    let b = batch(cfg.n_vocab);
+    let scale = 1.0 / b.n_targets as f32;
+    let loss = step
+        .micro_batch(llama.backend_model(), &set, &b, scale, true, 0)
+        .unwrap()
+        / b.n_targets as f64;
+    let grads = set
+        .iter()
+        .map(|(l, t, _)| {
+            let ti = Target::ALL.iter().position(|&x| x == t).unwrap();
+            step.grads_mut(l, ti).unwrap().to_vec()
+        })
+        .collect();
+    let reslora_bytes = step.reslora_bytes();
+    drop(step);
+    drop(llama);
+    ResRun {
+        llama_dir: dir,
+        set,
+        grads,
+        loss,
+        reslora_bytes,
+    }
+}
+
+#[test]
+fn reslora_step_gradients_match_directional_differences_and_checkpointing() {
+    let run = reslora_step(true);
+    let plain = reslora_step(false);
+    assert!(run.reslora_bytes > 0);
+    // Checkpointing recomputes with the stored inputs: same gradients.
+    assert!((run.loss - plain.loss).abs() < 1e-6 * run.loss);
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for (a, b) in run.grads.iter().zip(&plain.grads) {
+        for (x, y) in a.iter().zip(b) {
+            num += ((x - y) as f64).powi(2);
+            den += (*y as f64).powi(2);
+        }
+    }
+    assert!(
+        (num / den).sqrt() < 1e-5,
+        "checkpointing changes the gradients"
+    );
+
+    let path = run.llama_dir.path().join("m.gguf");
+    let file = GgufFile::open(&path).unwrap();
+    let llama = Llama::load(&file).unwrap();
+    let cfg = llama.config().clone();
+    let b = batch(cfg.n_vocab);
+    let mut set = run.set;
+    let shape = TrainShape {
+        seq_len: SEQ,
+        micro_batch: ROWS,
+        ce_chunk: 8,
+        checkpointing: true,
+        accumulate: false,
+        optimizer_staging: false,
+        adapters: adapter_shapes(&set),
+    };
+    let mut step = TrainStep::new(llama.backend_model(), &set, shape).unwrap();
+    // Directions: the whole gradient, and only layer 0's part (what the cross-layer pending
+    // gradient of layer 1 feeds).
+    let slots: Vec<(usize, Target)> = set.iter().map(|(l, t, _)| (l, t)).collect();
+    for only_layer0 in [false, true] {
+        let dir: Vec<Vec<f32>> = run
+            .grads
+            .iter()
+            .zip(&slots)
+            .map(|(g, &(l, _))| {
+                if only_layer0 && l != 0 {
+                    vec![0.0; g.len()]
+                } else {
+                    g.clone()
+                }
+            })
+            .collect();
+        let norm = dir
+            .iter()
+            .flatten()
+            .map(|&v| (v as f64).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        let eps = 1e-3 / norm; // a step of 1e-3 along the unit direction
+        let mut at = |k: f64| {
+            for (d, &(l, t)) in dir.iter().zip(&slots) {
+                let a = set.get_mut(l, t).unwrap();
+                let mut off = 0;
+                for p in 0..a.params().len() {
+                    let w = a.param_mut(p).unwrap();
+                    for (j, v) in w.iter_mut().enumerate() {
+                        *v += (k * d[off + j] as f64) as f32;
+                    }
+                    off += w.len();
+                }
+            }
+            let (sum, count) = step.eval_loss(llama.backend_model(), &set, &b).unwrap();
+            sum / count as f64
+        };
+        let up = at(eps);
+        let down = at(-2.0 * eps);
+        at(eps);
+        // d/dk L(θ + k·g) at 0 is ‖g‖² when g is the true gradient.
+        let fd = (up - down) / (2.0 * eps);
+        let rel = (fd - norm * norm).abs() / (norm * norm);
+        eprintln!(
+            "ResLoRA step, layer-0 only {only_layer0}: ‖g‖² {:.6e} vs fd {fd:.6e} (rel {rel:.2e})",
+            norm * norm
+        );
+        assert!(
+            rel < 5e-3,
+            "directional derivative {fd} vs ‖g‖² {}",
+            norm * norm
+        );
+    }
 }

@@ -45,6 +45,8 @@ pub struct TrainStep {
     targets: Vec<i32>,
     /// `(first token, tokens)` of each causal segment of the current micro-batch.
     pub(super) segments: Vec<(usize, usize)>,
+    /// ResLoRA's cross-layer module inputs and pending gradients (`None` without ResLoRA).
+    pub(super) res: Option<super::step_reslora::ResStore>,
 }
 
 /// The per-projection shapes of `set`'s adapters (the largest over layers).
@@ -108,6 +110,7 @@ impl TrainStep {
                 a.n_params();
         }
         let t = shape.seq_len * shape.micro_batch;
+        let res = super::step_reslora::ResStore::new(set, cfg.n_layer, t);
         Ok(TrainStep {
             sched: LlamaSchedule::new(cfg.n_layer)?,
             cfg,
@@ -118,6 +121,7 @@ impl TrainStep {
             n_params,
             targets: vec![IGNORE; t],
             segments: Vec::with_capacity(t),
+            res,
         })
     }
 
@@ -129,6 +133,11 @@ impl TrainStep {
     /// Bytes of the arena.
     pub fn arena_bytes(&self) -> usize {
         self.arena.bytes()
+    }
+
+    /// Bytes of ResLoRA's cross-layer store, held outside the arena (0 without ResLoRA).
+    pub fn reslora_bytes(&self) -> usize {
+        self.res.as_ref().map_or(0, |r| r.bytes())
     }
 
     /// Tokens per micro-batch (`T`).
@@ -158,6 +167,9 @@ impl TrainStep {
         let pass = self.prepare(model, batch, true, seed)?;
         self.forward_all(model, set, pass)?;
         let loss = self.loss(model, loss_scale)?;
+        if let Some(r) = &mut self.res {
+            r.clear_pending();
+        }
         for l in (0..self.cfg.n_layer).rev() {
             if self.shape.checkpointing {
                 self.layer_forward(model, Phase::Recompute, l, set, pass)?;
