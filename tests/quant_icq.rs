@@ -347,3 +347,42 @@ fn quantized_test_model_still_loads_and_bad_requests_are_refused() {
     let e = quantize_gguf(&input, &src, opts, &mut |_| {}).unwrap_err();
     assert!(e.to_string().contains("overwrite"), "{e}");
 }
+
+#[test]
+fn cli_quantize_icq_writes_the_file_and_reports_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src.gguf");
+    write_gaussian_file(&src);
+    let out = dir.path().join("icq.gguf");
+    let run = Command::new(env!("CARGO_BIN_EXE_edgetune"))
+        .args(["quantize", "--icq", "--type", "q4_1", "--json", "--in"])
+        .arg(&src)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(report["icq"], true);
+    assert_eq!(report["quantized"].as_array().unwrap().len(), 2);
+    assert_eq!(report["copied"], 1);
+    let f = GgufFile::open(&out).unwrap();
+    let (a, data) = f.tensor_by_name("a.weight").unwrap();
+    assert_eq!(a.ty, GgmlType::Q4_1);
+    let h = report["quantized"][0]["mean_entropy"].as_f64().unwrap();
+    assert!((h - icq::mean_code_entropy(data)).abs() < 1e-9);
+    // ICQ with a type that has no offset is refused, naming the fix.
+    let bad = Command::new(env!("CARGO_BIN_EXE_edgetune"))
+        .args(["quantize", "--icq", "--type", "q8_0", "--in"])
+        .arg(&src)
+        .arg("--out")
+        .arg(dir.path().join("bad.gguf"))
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("q4_1"));
+}

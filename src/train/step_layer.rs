@@ -134,6 +134,7 @@ fn any_forward(
 
 /// [`adapter_backward`] after adding ResLoRA's pending gradient for this module input, or
 /// ResLoRA's cross-layer backward. `bufs` = `[scratch, tmp]`.
+#[allow(clippy::too_many_arguments)]
 fn any_backward(
     ar: &mut Arena,
     mut res: Option<&mut ResStore>,
