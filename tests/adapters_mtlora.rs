@@ -226,6 +226,23 @@ fn f32_adapter_with_dropout_matches_reference() {
 #[test]
 fn routing_errors_export_and_merge() {
     let mut m = MtLora::new(IN, OUT, &cfg(0.0), 3).unwrap();
+    let names: Vec<_> = m.params().iter().map(|p| p.name).collect();
+    assert_eq!(
+        names,
+        [
+            "lora_A",
+            "lora_B",
+            "task0_lora_A",
+            "task0_lora_B",
+            "task1_lora_A",
+            "task1_lora_B",
+            "task2_lora_A",
+            "task2_lora_B"
+        ]
+    );
+    let mut many = cfg(0.0);
+    many.tasks = (0..33).map(|i| format!("t{i}")).collect();
+    assert!(MtLora::new(IN, OUT, &many, 1).is_err());
     assert!(
         m.set_row_tasks(&[0, 3], SEQ)
             .unwrap_err()

@@ -29,6 +29,79 @@ use crate::backend::check_len;
 use crate::backend::cpu::gemm::gemm;
 use crate::{Error, Result};
 
+/// Most tasks an MT-LoRA adapter carries (parameter names are static: `task<i>_lora_A/B`).
+pub const MAX_TASKS: usize = 32;
+
+/// Parameter names of task `i`'s factors (unique per adapter, for checkpoints and exports).
+const TASK_A: [&str; MAX_TASKS] = [
+    "task0_lora_A",
+    "task1_lora_A",
+    "task2_lora_A",
+    "task3_lora_A",
+    "task4_lora_A",
+    "task5_lora_A",
+    "task6_lora_A",
+    "task7_lora_A",
+    "task8_lora_A",
+    "task9_lora_A",
+    "task10_lora_A",
+    "task11_lora_A",
+    "task12_lora_A",
+    "task13_lora_A",
+    "task14_lora_A",
+    "task15_lora_A",
+    "task16_lora_A",
+    "task17_lora_A",
+    "task18_lora_A",
+    "task19_lora_A",
+    "task20_lora_A",
+    "task21_lora_A",
+    "task22_lora_A",
+    "task23_lora_A",
+    "task24_lora_A",
+    "task25_lora_A",
+    "task26_lora_A",
+    "task27_lora_A",
+    "task28_lora_A",
+    "task29_lora_A",
+    "task30_lora_A",
+    "task31_lora_A",
+];
+const TASK_B: [&str; MAX_TASKS] = [
+    "task0_lora_B",
+    "task1_lora_B",
+    "task2_lora_B",
+    "task3_lora_B",
+    "task4_lora_B",
+    "task5_lora_B",
+    "task6_lora_B",
+    "task7_lora_B",
+    "task8_lora_B",
+    "task9_lora_B",
+    "task10_lora_B",
+    "task11_lora_B",
+    "task12_lora_B",
+    "task13_lora_B",
+    "task14_lora_B",
+    "task15_lora_B",
+    "task16_lora_B",
+    "task17_lora_B",
+    "task18_lora_B",
+    "task19_lora_B",
+    "task20_lora_B",
+    "task21_lora_B",
+    "task22_lora_B",
+    "task23_lora_B",
+    "task24_lora_B",
+    "task25_lora_B",
+    "task26_lora_B",
+    "task27_lora_B",
+    "task28_lora_B",
+    "task29_lora_B",
+    "task30_lora_B",
+    "task31_lora_B",
+];
+
 /// MT-LoRA hyper-parameters: the shared LoRA is `shared` (rank, alpha, rsLoRA, dropout,
 /// targets); every task LoRA has `task_rank` and `task_alpha` (same rsLoRA rule).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -68,8 +141,11 @@ impl MtLoraConfig {
                 self.task_rank, self.task_alpha
             )));
         }
-        if self.tasks.is_empty() {
-            return Err(Error::Invalid("MT-LoRA needs at least one task".into()));
+        if self.tasks.is_empty() || self.tasks.len() > MAX_TASKS {
+            return Err(Error::Invalid(format!(
+                "MT-LoRA needs 1 to {MAX_TASKS} tasks, got {}",
+                self.tasks.len()
+            )));
         }
         Ok(())
     }
@@ -267,7 +343,7 @@ impl Adapter for MtLora {
         self.out_f
     }
 
-    /// `lora_A`, `lora_B` (shared), then `task_A`, `task_B` per task in id order.
+    /// `lora_A`, `lora_B` (shared), then `task<i>_lora_A`, `task<i>_lora_B` per task `i`.
     fn params(&self) -> Vec<ParamInfo> {
         let (rs, rt) = (self.cfg.shared.rank, self.cfg.task_rank);
         let mut p = vec![
@@ -282,14 +358,14 @@ impl Adapter for MtLora {
                 group: Group::B,
             },
         ];
-        for _ in &self.cfg.tasks {
+        for i in 0..self.n_tasks() {
             p.push(ParamInfo {
-                name: "task_A",
+                name: TASK_A[i],
                 shape: vec![rt, self.in_f],
                 group: Group::A,
             });
             p.push(ParamInfo {
-                name: "task_B",
+                name: TASK_B[i],
                 shape: vec![self.out_f, rt],
                 group: Group::B,
             });
