@@ -428,3 +428,24 @@ fn sgd_fits_two_tasks_that_need_different_adapters() {
     eprintln!("MT-LoRA fit: loss {first:.4} → {last:.4}");
     assert!(last < 0.5 * first, "{first} → {last}");
 }
+
+#[test]
+fn adaptive_task_weights_follow_the_study_rule() {
+    use edgetune::adapters::mtlora::AdaptiveTaskWeights;
+    let mut w = AdaptiveTaskWeights::new(2, 1.0).unwrap();
+    assert_eq!(w.weights(), [1.0, 1.0]);
+    // Task 1 at accuracy 0: γ = [1, e], rescaled to sum 2.
+    w.update(1, 0.0).unwrap();
+    let e = std::f64::consts::E;
+    let want = [2.0 / (1.0 + e), 2.0 * e / (1.0 + e)];
+    for (g, w) in w.weights().iter().zip(want) {
+        assert!((*g as f64 - w).abs() < 1e-6, "{g} vs {w}");
+    }
+    // Perfect accuracy leaves γ as is.
+    let before = w.weights().to_vec();
+    w.update(0, 1.0).unwrap();
+    assert_eq!(w.weights(), &before[..]);
+    assert!(w.update(2, 0.5).is_err());
+    assert!(w.update(0, 1.5).is_err());
+    assert!(AdaptiveTaskWeights::new(0, 1.0).is_err());
+}

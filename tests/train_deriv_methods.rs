@@ -322,3 +322,108 @@ fn reslora_step_gradients_match_directional_differences_and_checkpointing() {
         );
     }
 }
+
+/// One micro-batch of an MT-LoRA set (random `B`) with task `weights` (empty: plain loss):
+/// `(Σ loss, gradients per slot, per-task losses)`.
+#[allow(clippy::type_complexity)]
+fn mtlora_step(weights: &[f32]) -> (f64, Vec<Vec<f32>>, Vec<(f64, usize)>) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.gguf");
+    testmodel::write_test_model(&TINY, WeightTypes::parse("f32").unwrap(), 5, &path).unwrap();
+    let file = GgufFile::open(&path).unwrap();
+    let llama = Llama::load(&file).unwrap();
+    let cfg = llama.config().clone();
+    let mc = MtLoraConfig {
+        shared: lora(),
+        task_rank: 2,
+        task_alpha: 4.0,
+        tasks: vec!["a".into(), "b".into()],
+    };
+    let mut set = AdapterSet::empty(cfg.n_layer, lora());
+    let mut rng = StdRng::seed_from_u64(5);
+    for layer in 0..cfg.n_layer {
+        for t in [Target::AttnQ, Target::FfnDown] {
+            let (fin, fout) = target_shape(&cfg, t);
+            let mut m = MtLora::new(fin, fout, &mc, layer as u64 + 1).unwrap();
+            for p in [1, 3, 5] {
+                for v in m.param_mut(p).unwrap() {
+                    *v = rng.random_range(-0.1..0.1);
+                }
+            }
+            set.insert(layer, t, Box::new(m)).unwrap();
+        }
+    }
+    let shape = TrainShape {
+        seq_len: SEQ,
+        micro_batch: ROWS,
+        ce_chunk: 8,
+        checkpointing: true,
+        accumulate: false,
+        optimizer_staging: false,
+        adapters: adapter_shapes(&set),
+    };
+    let mut step = TrainStep::new(llama.backend_model(), &set, shape).unwrap();
+    step.set_task_weights(weights).unwrap();
+    let b = batch(cfg.n_vocab);
+    for (_, _, a) in set.iter_mut() {
+        a.downcast_mut::<MtLora>()
+            .unwrap()
+            .set_row_tasks(&b.tasks, SEQ)
+            .unwrap();
+    }
+    let loss = step
+        .micro_batch(llama.backend_model(), &set, &b, 1.0, true, 0)
+        .unwrap();
+    let grads = set
+        .iter()
+        .map(|(l, t, _)| {
+            let ti = Target::ALL.iter().position(|&x| x == t).unwrap();
+            step.grads_mut(l, ti).unwrap().to_vec()
+        })
+        .collect();
+    (loss, grads, step.task_losses().to_vec())
+}
+
+#[test]
+fn multitask_loss_weights_scale_each_tasks_rows_and_report_per_task_losses() {
+    let (plain_loss, plain, none) = mtlora_step(&[]);
+    assert!(none.is_empty());
+    let (loss, ones, per_task) = mtlora_step(&[1.0, 1.0]);
+    assert!((loss - plain_loss).abs() < 1e-9 * plain_loss);
+    let b = batch(TINY.n_vocab);
+    let counted: usize = per_task.iter().map(|p| p.1).sum();
+    assert_eq!(counted, b.n_targets);
+    assert!(per_task.iter().all(|p| p.1 > 0 && p.0 > 0.0));
+    let summed: f64 = per_task.iter().map(|p| p.0).sum();
+    assert!((summed - loss).abs() < 1e-9 * loss);
+    let close = |x: &[Vec<f32>], y: &[Vec<f32>], k: f32, what: &str| {
+        for (a, b) in x.iter().flatten().zip(y.iter().flatten()) {
+            assert!(
+                (a - k * b).abs() <= 1e-4 * (k * b).abs().max(1e-3),
+                "{what}: {a} vs {}",
+                k * b
+            );
+        }
+    };
+    close(&ones, &plain, 1.0, "weights 1 = plain");
+    // Linear in the weights: w = (1, 0) plus w = (0, 1) gives w = (1, 1); w = (2, 2) doubles.
+    let (_, g0, _) = mtlora_step(&[1.0, 0.0]);
+    let (_, g1, _) = mtlora_step(&[0.0, 1.0]);
+    let sum: Vec<Vec<f32>> = g0
+        .iter()
+        .zip(&g1)
+        .map(|(a, b)| a.iter().zip(b).map(|(x, y)| x + y).collect())
+        .collect();
+    close(&sum, &ones, 1.0, "w0 + w1");
+    let (_, twice, _) = mtlora_step(&[2.0, 2.0]);
+    close(&twice, &ones, 2.0, "w = 2");
+    // Only task 0's rows in the loss: task 1's factors (the last r_t·(in + out) values of a
+    // slot's [A_sh, B_sh, A_0, B_0, A_1, B_1] = 8·(in + out) values) get exactly zero.
+    for (a, b) in g0.iter().zip(&g1) {
+        let tail = a.len() / 4;
+        assert!(a[a.len() - tail..].iter().all(|&v| v == 0.0));
+        assert!(b[b.len() - tail..].iter().any(|&v| v != 0.0));
+        let task0 = &a[a.len() - 2 * tail..a.len() - tail];
+        assert!(task0.iter().any(|&v| v != 0.0));
+    }
+}

@@ -588,3 +588,51 @@ fn short(need: usize) -> Error {
         "mtlora: saved workspace shorter than {need} values"
     ))
 }
+
+/// Accuracy-adaptive task weights (derivatives.md §10.4, the study's multi-task loop): every
+/// task starts at `γ_i = 1`; after an evaluation of task `i` with accuracy `acc_i ∈ [0, 1]`,
+/// `γ_i ← γ_i·exp(α·(1 − acc_i))`, then all `γ` are rescaled to sum to the task count (so the
+/// learning rate keeps its meaning). Hand [`AdaptiveTaskWeights::weights`] to
+/// `TrainStep::set_task_weights`.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AdaptiveTaskWeights {
+    pub alpha: f32,
+    pub gamma: Vec<f32>,
+}
+
+impl AdaptiveTaskWeights {
+    pub fn new(n_tasks: usize, alpha: f32) -> Result<AdaptiveTaskWeights> {
+        if n_tasks == 0 || !alpha.is_finite() {
+            return Err(Error::Invalid(format!(
+                "adaptive task weights: {n_tasks} tasks, alpha {alpha} (need >= 1 task, finite alpha)"
+            )));
+        }
+        Ok(AdaptiveTaskWeights {
+            alpha,
+            gamma: vec![1.0; n_tasks],
+        })
+    }
+
+    /// Applies task `task`'s evaluation accuracy.
+    pub fn update(&mut self, task: usize, accuracy: f64) -> Result<()> {
+        if task >= self.gamma.len() || !(0.0..=1.0).contains(&accuracy) {
+            return Err(Error::Invalid(format!(
+                "adaptive task weights: task {task} of {}, accuracy {accuracy} (in [0, 1])",
+                self.gamma.len()
+            )));
+        }
+        let g = self.gamma[task] as f64 * (self.alpha as f64 * (1.0 - accuracy)).exp();
+        self.gamma[task] = g as f32;
+        let sum: f64 = self.gamma.iter().map(|&v| v as f64).sum();
+        let k = self.gamma.len() as f64 / sum;
+        self.gamma
+            .iter_mut()
+            .for_each(|v| *v = (*v as f64 * k) as f32);
+        Ok(())
+    }
+
+    /// The current `γ`, index = task id.
+    pub fn weights(&self) -> &[f32] {
+        &self.gamma
+    }
+}

@@ -151,7 +151,8 @@ impl Batcher {
     /// [`Batcher::new`] with task ids fixed for the names in `known` (a checkpoint's or a
     /// config's list, so a resumed run and an export see the same ids): `known[i]` is id `i`;
     /// other names of the data get the next ids in first-seen (file) order. A record without
-    /// `task` belongs to [`super::tasks::DEFAULT_TASK`]. With packing, a row only holds examples of one task.
+    /// `task` belongs to [`super::tasks::DEFAULT_TASK`]. With packing, a row only holds
+    /// examples of one task.
     pub fn with_tasks(
         examples: &[TokenizedExample],
         cfg: BatchConfig,
