@@ -30,9 +30,12 @@ pub mod base;
 pub mod dora;
 pub mod dylora;
 pub mod hira;
+pub mod iec;
 pub mod linalg;
 pub mod lora;
+pub mod mtlora;
 pub mod olora_pissa;
+pub mod reslora;
 
 pub use lora::{Lora, LoraConfig, Target};
 

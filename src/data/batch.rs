@@ -61,6 +61,9 @@ pub struct Batch {
     pub rows: usize,
     /// Positions with a label other than [`IGNORE`].
     pub n_targets: usize,
+    /// Task id of each row (`[batch_size]`, 0 in padding rows and single-task data): the
+    /// index into [`Batcher::task_names`] (MT-LoRA routes rows by it, derivatives.md §5.2).
+    pub tasks: Vec<u32>,
 }
 
 impl Batch {
@@ -74,6 +77,7 @@ impl Batch {
             positions: vec![0; n],
             rows: 0,
             n_targets: 0,
+            tasks: vec![0; batch_size],
         }
     }
 
@@ -126,6 +130,10 @@ pub struct Batcher {
     tokens: Vec<u32>,
     labels: Vec<i32>,
     spans: Vec<(usize, usize)>,
+    /// Task id of each kept example (rows never mix tasks).
+    span_tasks: Vec<u32>,
+    /// Task names, index = id (see [`Batcher::with_tasks`]).
+    task_names: Vec<String>,
     /// Row `r` holds the examples `row_items[rows[r].0..rows[r].1]`.
     rows: Vec<(usize, usize)>,
     row_items: Vec<u32>,
@@ -137,6 +145,20 @@ pub struct Batcher {
 
 impl Batcher {
     pub fn new(examples: &[TokenizedExample], cfg: BatchConfig) -> crate::Result<Batcher> {
+        Batcher::with_tasks(examples, cfg, &[])
+    }
+
+    /// [`Batcher::new`] with task ids fixed for the names in `known` (a checkpoint's or a
+    /// config's list, so a resumed run and an export see the same ids): `known[i]` is id `i`;
+    /// other names of the data get the next ids in first-seen (file) order. A record without
+    /// `task` belongs to [`super::tasks::DEFAULT_TASK`]. With packing, a row only holds
+    /// examples of one task.
+    pub fn with_tasks(
+        examples: &[TokenizedExample],
+        cfg: BatchConfig,
+        known: &[String],
+    ) -> crate::Result<Batcher> {
+        let (task_names, example_tasks) = super::tasks::assign(examples, known);
         if cfg.seq_len < 2 || cfg.batch_size == 0 {
             return Err(Error::Invalid(format!(
                 "batching needs seq_len >= 2 and batch_size >= 1 (got seq_len {}, batch_size {})",
@@ -156,7 +178,8 @@ impl Batcher {
         let mut tokens = Vec::new();
         let mut labels = Vec::new();
         let mut spans = Vec::new();
-        for ex in examples {
+        let mut span_tasks = Vec::new();
+        for (ex, &task) in examples.iter().zip(&example_tasks) {
             debug_assert_eq!(ex.ids.len(), ex.labels.len());
             let len = ex.ids.len().min(ex.labels.len()).min(l);
             if ex.ids.len() > l {
@@ -173,6 +196,7 @@ impl Batcher {
                 continue;
             }
             spans.push((tokens.len(), len));
+            span_tasks.push(task);
             tokens.extend_from_slice(&ex.ids[..len]);
             labels.push(IGNORE);
             labels.extend_from_slice(&ex.labels[1..len]);
@@ -205,10 +229,16 @@ impl Batcher {
         if cfg.pack {
             let mut pack_order: Vec<u32> = (0..spans.len() as u32).collect();
             pack_order.shuffle(&mut StdRng::seed_from_u64(mix(cfg.seed, u64::MAX)));
+            // One task per row: group the shuffled order by task (stable, so single-task
+            // data packs exactly as before).
+            pack_order.sort_by_key(|&e| span_tasks[e as usize]);
             let (mut start, mut used) = (0usize, 0usize);
             for e in pack_order {
                 let len = spans[e as usize].1;
-                if used + len > l && used > 0 {
+                let other_task = row_items
+                    .get(start)
+                    .is_some_and(|&f: &u32| span_tasks[f as usize] != span_tasks[e as usize]);
+                if (used + len > l || other_task) && used > 0 {
                     rows.push((start, row_items.len()));
                     start = row_items.len();
                     used = 0;
@@ -225,7 +255,11 @@ impl Batcher {
         }
         stats.rows = rows.len();
 
-        let fingerprint = fingerprint(&cfg, &tokens, &labels, &spans, &rows, &row_items);
+        let mut fingerprint = fingerprint(&cfg, &tokens, &labels, &spans, &rows, &row_items);
+        if task_names.len() > 1 {
+            // Multi-task data: the ids are part of the data (single-task keeps old cursors).
+            fingerprint = mix(fingerprint, super::tasks::hash(&task_names, &span_tasks));
+        }
         let mut b = Batcher {
             order: Vec::with_capacity(rows.len()),
             cursor: Cursor {
@@ -239,6 +273,8 @@ impl Batcher {
             tokens,
             labels,
             spans,
+            span_tasks,
+            task_names,
             rows,
             row_items,
             stats,
@@ -253,6 +289,11 @@ impl Batcher {
 
     pub fn stats(&self) -> BatchStats {
         self.stats
+    }
+
+    /// Task names, index = task id ([`Batch::tasks`]); `["default"]` for data without tasks.
+    pub fn task_names(&self) -> &[String] {
+        &self.task_names
     }
 
     pub fn n_rows(&self) -> usize {
@@ -316,6 +357,8 @@ impl Batcher {
         }
         out.rows = 0;
         out.n_targets = 0;
+        out.tasks.resize(b, 0);
+        out.tasks.fill(0);
         for r in 0..b {
             let row = r * l..(r + 1) * l;
             let mut at = row.start;
@@ -324,6 +367,9 @@ impl Batcher {
                 self.cursor.next_row += 1;
                 out.rows += 1;
                 let (i0, i1) = self.rows[src];
+                out.tasks[r] = self.row_items[i0..i1]
+                    .first()
+                    .map_or(0, |&e| self.span_tasks[e as usize]);
                 for &e in &self.row_items[i0..i1] {
                     let (s, n) = self.spans[e as usize];
                     out.ids[at..at + n].copy_from_slice(&self.tokens[s..s + n]);

@@ -37,6 +37,7 @@
 pub mod batch;
 pub mod formats;
 pub mod synth;
+pub mod tasks;
 pub mod tokenize;
 
 use std::path::{Path, PathBuf};

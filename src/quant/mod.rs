@@ -14,6 +14,7 @@
 //! mapped file can be viewed as blocks without copying and without alignment requirements.
 
 pub mod float;
+pub mod icq;
 pub mod iq4_nl;
 pub mod k_quants;
 pub mod matmul;
@@ -22,6 +23,7 @@ pub mod q4_0;
 pub mod q4_1;
 pub mod q5;
 pub mod q8;
+pub mod requantize;
 pub(crate) mod simd;
 
 use std::fmt;

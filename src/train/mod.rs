@@ -10,6 +10,7 @@ pub mod optimizer;
 pub mod step;
 mod step_ids;
 mod step_layer;
+pub mod step_reslora;
 pub mod trainer;
 
 pub use adapter_set::{AdapterSet, target_shape, tensor_name};

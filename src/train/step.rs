@@ -48,6 +48,14 @@ pub struct TrainStep {
     pub(super) segments: Vec<(usize, usize)>,
     /// The embedding gather by positioned reads ([`EmbeddingRows`]); `None`: through the map.
     embed_rows: Option<EmbeddingRows>,
+    /// ResLoRA's cross-layer module inputs and pending gradients (`None` without ResLoRA).
+    pub(super) res: Option<super::step_reslora::ResStore>,
+    /// Multi-task loss (MT-LoRA, derivatives.md §5.2 / §10.4): the task of each row of the
+    /// current micro-batch, the weight `w_t` of each task (empty: one plain loss), and the
+    /// last micro-batch's per-task `(Σ loss, targets)` (unweighted).
+    row_tasks: Vec<u32>,
+    task_weights: Vec<f32>,
+    task_losses: Vec<(f64, usize)>,
 }
 
 /// The per-projection shapes of `set`'s adapters (the largest over layers).
@@ -111,6 +119,8 @@ impl TrainStep {
                 a.n_params();
         }
         let t = shape.seq_len * shape.micro_batch;
+        let res = super::step_reslora::ResStore::new(set, cfg.n_layer, t);
+        let rows = shape.micro_batch;
         Ok(TrainStep {
             sched: LlamaSchedule::new(cfg.n_layer)?,
             cfg,
@@ -122,6 +132,10 @@ impl TrainStep {
             targets: vec![IGNORE; t],
             segments: Vec::with_capacity(t),
             embed_rows: None,
+            res,
+            row_tasks: vec![0; rows],
+            task_weights: Vec::new(),
+            task_losses: Vec::new(),
         })
     }
 
@@ -147,6 +161,32 @@ impl TrainStep {
     /// Bytes of the arena.
     pub fn arena_bytes(&self) -> usize {
         self.arena.bytes()
+    }
+
+    /// Turns on the multi-task loss `Σ_t w_t·L_t` (§5.2): row `r`'s loss gradient is scaled
+    /// by `weights[batch.tasks[r]]`, and [`TrainStep::task_losses`] reports each task's
+    /// unweighted `(Σ loss, targets)`. Empty `weights`: off (one plain loss, the default).
+    pub fn set_task_weights(&mut self, weights: &[f32]) -> Result<()> {
+        if let Some(w) = weights.iter().find(|w| !w.is_finite() || **w < 0.0) {
+            return Err(Error::Invalid(format!(
+                "task weight {w} must be finite and >= 0"
+            )));
+        }
+        self.task_weights.clear();
+        self.task_weights.extend_from_slice(weights);
+        self.task_losses.resize(weights.len(), (0.0, 0));
+        Ok(())
+    }
+
+    /// Per task id: `(Σ loss, targets)` of the last micro-batch (empty when the multi-task
+    /// loss is off).
+    pub fn task_losses(&self) -> &[(f64, usize)] {
+        &self.task_losses
+    }
+
+    /// Bytes of ResLoRA's cross-layer store, held outside the arena (0 without ResLoRA).
+    pub fn reslora_bytes(&self) -> usize {
+        self.res.as_ref().map_or(0, |r| r.bytes())
     }
 
     /// Tokens per micro-batch (`T`).
@@ -176,6 +216,9 @@ impl TrainStep {
         let pass = self.prepare(model, batch, true, seed)?;
         self.forward_all(model, set, pass)?;
         let loss = self.loss(model, loss_scale)?;
+        if let Some(r) = &mut self.res {
+            r.clear_pending();
+        }
         for l in (0..self.cfg.n_layer).rev() {
             if self.shape.checkpointing {
                 self.layer_forward(model, Phase::Recompute, l, set, pass)?;
@@ -266,6 +309,18 @@ impl TrainStep {
                 i % l
             )));
         }
+        self.row_tasks.fill(0);
+        if !self.task_weights.is_empty() {
+            let nt = self.task_weights.len();
+            for (r, &t) in batch.tasks.iter().enumerate().take(b) {
+                if t as usize >= nt {
+                    return Err(Error::Invalid(format!(
+                        "training step: row {r} has task {t}, {nt} task weights are set"
+                    )));
+                }
+                self.row_tasks[r] = t;
+            }
+        }
         self.segments.clear();
         for r in 0..b {
             let row = r * l..(r + 1) * l;
@@ -325,7 +380,33 @@ impl TrainStep {
             [ids.final_norm, ids.ce_logits, ids.ce_dh],
         )?;
         let chunk = self.shape.ce_chunk;
-        let loss = be.cross_entropy(norm, &m.output, &self.targets, scale, chunk, logits, dh)?;
+        let loss = if self.task_weights.is_empty() {
+            be.cross_entropy(norm, &m.output, &self.targets, scale, chunk, logits, dh)?
+        } else {
+            // Multi-task loss: one cross-entropy per row, scaled by its task's weight.
+            let (l, d) = (self.shape.seq_len, self.cfg.dim);
+            self.task_losses.fill((0.0, 0));
+            let mut total = 0.0;
+            for (r, &t) in self.row_tasks.iter().enumerate() {
+                let (t0, t1) = (r * l, (r + 1) * l);
+                let w = scale * self.task_weights[t as usize];
+                let tg = &self.targets[t0..t1];
+                let lr = be.cross_entropy(
+                    &norm[t0 * d..t1 * d],
+                    &m.output,
+                    tg,
+                    w,
+                    chunk,
+                    &mut *logits,
+                    &mut dh[t0 * d..t1 * d],
+                )?;
+                let e = &mut self.task_losses[t as usize];
+                e.0 += lr;
+                e.1 += tg.iter().filter(|&&x| x != IGNORE).count();
+                total += lr;
+            }
+            total
+        };
         let [x, rstd, dh, dres] = self.arena.views_mut_at(
             s.loss(Loss::FinalNormBackward),
             [ids.final_x, ids.final_rstd, ids.ce_dh, ids.dres],

@@ -21,6 +21,7 @@
 //! re-save its activations.
 
 use super::step::{Phase, TrainStep, adapter_at};
+use super::step_reslora::{self, ResStore};
 use crate::Result;
 use crate::adapters::{Adapter, Pass};
 use crate::backend::{AttentionDims, Backend, CpuBackend, RopeDims};
@@ -110,6 +111,48 @@ fn adapter_backward(
     }
 }
 
+// ResLoRA plumbing (derivatives.md §8.3): these two wrap the plain adapter calls so that
+// targets carrying ResLoRA read / feed the previous layer's module input; see step_reslora.rs.
+
+/// [`adapter_forward`], or ResLoRA's cross-layer forward; stores module inputs it needs.
+/// `ids` = `[x, y, h, scratch]`.
+fn any_forward(
+    ar: &mut Arena,
+    res: Option<&mut ResStore>,
+    step: u32,
+    a: Option<&dyn Adapter>,
+    pass: Pass,
+    ids: [BufferId; 4],
+    at: (usize, usize, Phase),
+) -> Result<()> {
+    if step_reslora::forward(res, ar, step, a, pass, ids, at)? {
+        return Ok(());
+    }
+    let [x, y, h, scratch] = ids;
+    adapter_forward(ar, step, a, pass, x, y, h, scratch)
+}
+
+/// [`adapter_backward`] after adding ResLoRA's pending gradient for this module input, or
+/// ResLoRA's cross-layer backward. `bufs` = `[scratch, tmp]`.
+#[allow(clippy::too_many_arguments)]
+fn any_backward(
+    ar: &mut Arena,
+    mut res: Option<&mut ResStore>,
+    step: u32,
+    a: Option<&dyn Adapter>,
+    pass: Pass,
+    io: AdapterGrad,
+    [scratch, tmp]: [BufferId; 2],
+    (l, i, first): (usize, usize, bool),
+) -> Result<()> {
+    step_reslora::take_pending(res.as_deref_mut(), ar, step, io.dx, i)?;
+    let ids = [io.x, io.g, io.h, scratch, io.dx, io.grad, tmp];
+    if step_reslora::backward(res, ar, step, a, pass, ids, io.n_params, (l, i, first))? {
+        return Ok(());
+    }
+    adapter_backward(ar, step, a, pass, io, scratch, tmp, first)
+}
+
 fn rope_dims(cfg: &LlamaConfig, n_head: usize, n_tokens: usize) -> RopeDims {
     RopeDims {
         n_tokens,
@@ -157,6 +200,7 @@ impl TrainStep {
         let (qd, kvd) = (self.cfg.q_dim(), self.cfg.kv_dim());
         let ad = |i: usize| adapter_at(set, l, i);
         let (cfg, ar) = (&self.cfg, &mut self.arena);
+        let res = &mut self.res; // ResLoRA's cross-layer store (step_reslora.rs)
 
         let st = at(Fwd::AttnNorm);
         let [x, xn, rstd] = ar.views_mut_at(st, [li.x, a.xn, a.rstd_attn])?;
@@ -176,7 +220,15 @@ impl TrainStep {
         ] {
             let [xn, y] = ar.views_mut_at(st, [a.xn, out])?;
             be.matmul_xwt(xn, n, w, y)?;
-            adapter_forward(ar, st, ad(i), pass, a.xn, out, a.h[i], scr)?;
+            any_forward(
+                ar,
+                res.as_mut(),
+                st,
+                ad(i),
+                pass,
+                [a.xn, out, a.h[i], scr],
+                (l, i, phase),
+            )?;
         }
         let [q, k] = ar.views_mut_at(st, [a.q, a.k])?;
         for &(t0, len) in &self.segments {
@@ -208,7 +260,15 @@ impl TrainStep {
         let st = at(Fwd::OutProj);
         let [att, o] = ar.views_mut_at(st, [a.att, a.o])?;
         be.matmul_xwt(att, n, &lw.attn_output, o)?;
-        adapter_forward(ar, st, ad(O), pass, a.att, a.o, a.h[O], scr)?;
+        any_forward(
+            ar,
+            res.as_mut(),
+            st,
+            ad(O),
+            pass,
+            [a.att, a.o, a.h[O], scr],
+            (l, O, phase),
+        )?;
         if let Some(next) = next {
             let [x, o, xn1] = ar.views_mut_at(st, [li.x, a.o, next])?;
             xn1.copy_from_slice(x);
@@ -237,7 +297,15 @@ impl TrainStep {
         for (i, out, w) in [(GATE, a.gate, &lw.ffn_gate), (UP, a.up, &lw.ffn_up)] {
             let [fnv, y] = ar.views_mut_at(st, [a.fn_, out])?;
             be.matmul_xwt(fnv, n, w, y)?;
-            adapter_forward(ar, st, ad(i), pass, a.fn_, out, a.h[i], scr)?;
+            any_forward(
+                ar,
+                res.as_mut(),
+                st,
+                ad(i),
+                pass,
+                [a.fn_, out, a.h[i], scr],
+                (l, i, phase),
+            )?;
         }
 
         let st = at(Fwd::Swiglu);
@@ -248,7 +316,15 @@ impl TrainStep {
         if let Some(next) = next {
             let [sw, y] = ar.views_mut_at(st, [a.sw, a.y])?;
             be.matmul_xwt(sw, n, &lw.ffn_down, y)?;
-            adapter_forward(ar, st, ad(DOWN), pass, a.sw, a.y, a.h[DOWN], scr)?;
+            any_forward(
+                ar,
+                res.as_mut(),
+                st,
+                ad(DOWN),
+                pass,
+                [a.sw, a.y, a.h[DOWN], scr],
+                (l, DOWN, phase),
+            )?;
             let [y, xn1] = ar.views_mut_at(st, [a.y, next])?;
             be.add_assign(xn1, y)?;
         } else if let Some(down) = ad(DOWN) {
@@ -256,7 +332,15 @@ impl TrainStep {
                 let [sw, y] = ar.views_mut_at(st, [a.sw, a.y])?;
                 be.matmul_xwt(sw, n, &lw.ffn_down, y)?;
             }
-            adapter_forward(ar, st, Some(down), pass, a.sw, a.y, a.h[DOWN], scr)?;
+            any_forward(
+                ar,
+                res.as_mut(),
+                st,
+                Some(down),
+                pass,
+                [a.sw, a.y, a.h[DOWN], scr],
+                (l, DOWN, phase),
+            )?;
         }
         Ok(())
     }
@@ -291,12 +375,22 @@ impl TrainStep {
             n_params: np(i),
         };
         let (cfg, ar) = (&self.cfg, &mut self.arena);
+        let res = &mut self.res; // ResLoRA's cross-layer store (step_reslora.rs)
 
         let st = s.bwd(l, Bwd::Down);
         let [g, dsw] = ar.views_mut_at(st, [dres, li.dsw])?;
         be.matmul_dyw(g, n, &lw.ffn_down, dsw)?;
         let grad_io = io(DOWN, a.sw, dres, li.dsw);
-        adapter_backward(ar, st, ad(DOWN), pass, grad_io, scr, tmp, first)?;
+        any_backward(
+            ar,
+            res.as_mut(),
+            st,
+            ad(DOWN),
+            pass,
+            grad_io,
+            [scr, tmp],
+            (l, DOWN, first),
+        )?;
 
         let st = s.bwd(l, Bwd::Swiglu);
         let [gate, up, dsw, dgate, dup] =
@@ -307,11 +401,29 @@ impl TrainStep {
         let [dgate, dfn] = ar.views_mut_at(st, [li.dgate, li.dfn])?;
         be.matmul_dyw(dgate, n, &lw.ffn_gate, dfn)?;
         let grad_io = io(GATE, a.fn_, li.dgate, li.dfn);
-        adapter_backward(ar, st, ad(GATE), pass, grad_io, scr, tmp, first)?;
+        any_backward(
+            ar,
+            res.as_mut(),
+            st,
+            ad(GATE),
+            pass,
+            grad_io,
+            [scr, tmp],
+            (l, GATE, first),
+        )?;
         let [dup, dfn_tmp] = ar.views_mut_at(st, [li.dup, li.dfn_tmp])?;
         be.matmul_dyw(dup, n, &lw.ffn_up, dfn_tmp)?;
         let grad_io = io(UP, a.fn_, li.dup, li.dfn_tmp);
-        adapter_backward(ar, st, ad(UP), pass, grad_io, scr, tmp, first)?;
+        any_backward(
+            ar,
+            res.as_mut(),
+            st,
+            ad(UP),
+            pass,
+            grad_io,
+            [scr, tmp],
+            (l, UP, first),
+        )?;
         let [dfn, dfn_tmp] = ar.views_mut_at(st, [li.dfn, li.dfn_tmp])?;
         be.add_assign(dfn, dfn_tmp)?;
 
@@ -325,7 +437,16 @@ impl TrainStep {
         let [g, datt] = ar.views_mut_at(st, [dres, li.datt])?;
         be.matmul_dyw(g, n, &lw.attn_output, datt)?;
         let grad_io = io(O, a.att, dres, li.datt);
-        adapter_backward(ar, st, ad(O), pass, grad_io, scr, tmp, first)?;
+        any_backward(
+            ar,
+            res.as_mut(),
+            st,
+            ad(O),
+            pass,
+            grad_io,
+            [scr, tmp],
+            (l, O, first),
+        )?;
 
         let st = s.bwd(l, Bwd::Attention);
         let [q, k, v, att, lse, datt, dq, dk, dv] = ar.views_mut_at(
@@ -364,7 +485,16 @@ impl TrainStep {
         for (i, g, w, into) in parts {
             let [g_v, dx] = ar.views_mut_at(st, [g, into])?;
             be.matmul_dyw(g_v, n, w, dx)?;
-            adapter_backward(ar, st, ad(i), pass, io(i, a.xn, g, into), scr, tmp, first)?;
+            any_backward(
+                ar,
+                res.as_mut(),
+                st,
+                ad(i),
+                pass,
+                io(i, a.xn, g, into),
+                [scr, tmp],
+                (l, i, first),
+            )?;
             if i != Q {
                 let [dxn, dxn_tmp] = ar.views_mut_at(st, [li.dxn, li.dxn_tmp])?;
                 be.add_assign(dxn, dxn_tmp)?;

@@ -9,6 +9,7 @@ mod inspect_cmd;
 mod merge_cmd;
 mod perplexity_cmd;
 mod plan_cmd;
+mod quantize_cmd;
 mod shape_args;
 mod testmodel_cmd;
 mod tokenize_cmd;
@@ -46,6 +47,8 @@ enum Command {
     Export(export_cmd::Args),
     /// Bake an adapter into a new GGUF (dequantize, add s·B·A, re-quantize).
     Merge(merge_cmd::Args),
+    /// Quantize a full-precision GGUF (plain Q4_1, or IR-QLoRA's ICQ search).
+    Quantize(quantize_cmd::Args),
     /// Write a Llama-architecture GGUF with seeded random weights (for tests and demos).
     Testmodel(testmodel_cmd::Args),
     /// Print the token ids of a text with a model's tokenizer.
@@ -65,6 +68,7 @@ fn main() -> ExitCode {
         Command::Plan(args) => plan_cmd::run(args),
         Command::Export(args) => export_cmd::run(args),
         Command::Merge(args) => merge_cmd::run(args),
+        Command::Quantize(args) => quantize_cmd::run(args),
         Command::Testmodel(args) => testmodel_cmd::run(args),
         Command::Tokenize(args) => tokenize_cmd::run(args),
         Command::Train(args) => train_cmd::run_cmd(*args),

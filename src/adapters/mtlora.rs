@@ -1,0 +1,638 @@
+//! MT-LoRA for a decoder-only LLM (derivatives.md §5.2, the additive "matrixv2" form): a shared
+//! LoRA on every token plus one LoRA per task, each sequence (batch row) using its task's.
+//!
+//! ```text
+//! Y_n = X_n·Ŵᵀ + s_sh·D(X_n)·A_shᵀ·B_shᵀ + s_τ·D(X_n)·A_τᵀ·B_τᵀ      τ = task of row n
+//! ```
+//! `A_sh [r_sh, in]`, `B_sh [out, r_sh]`, `A_t [r_t, in]`, `B_t [out, r_t]`, one dropout mask
+//! shared by both terms. The backward is §0.3 for the shared LoRA over all tokens and for task
+//! `t`'s over its rows only; tasks absent from the micro-batch get zero gradients (AdamW still
+//! moves them, §0.5).
+//!
+//! Routing. [`Adapter::forward`] takes `&self`, so the trainer tells the adapter the row tasks
+//! of the next micro-batch with [`MtLora::set_row_tasks`] (the batch's [`crate::data::Batch::tasks`]
+//! and its `seq_len`) before running it; with none set every row is task 0. Rows are
+//! contiguous `seq_len` tokens, so a run of rows with one task is one GEMM (no gather).
+//!
+//! Export: one plain LoRA per task, `[s_sh·B_sh | s_t·B_t]·[A_sh; A_t]` of rank `r_sh + r_t`
+//! with scale 1 ([`MtLora::export_for_task`]); [`Adapter::export`] gives the task chosen with
+//! [`MtLora::set_export_task`] (0 by default), which is how `edgetune export --task NAME`
+//! picks: NAME's index in [`MtLoraConfig::tasks`].
+
+use std::borrow::Cow;
+
+use rand::{SeedableRng, rngs::StdRng};
+
+use super::base::{Dropout, dims, kaiming_uniform, take};
+use super::{Adapter, Export, Group, LoraConfig, ParamInfo, Pass, Workspace};
+use crate::backend::check_len;
+use crate::backend::cpu::gemm::gemm;
+use crate::{Error, Result};
+
+/// Most tasks an MT-LoRA adapter carries (parameter names are static: `task<i>_lora_A/B`).
+pub const MAX_TASKS: usize = 32;
+
+/// Parameter names of task `i`'s factors (unique per adapter, for checkpoints and exports).
+const TASK_A: [&str; MAX_TASKS] = [
+    "task0_lora_A",
+    "task1_lora_A",
+    "task2_lora_A",
+    "task3_lora_A",
+    "task4_lora_A",
+    "task5_lora_A",
+    "task6_lora_A",
+    "task7_lora_A",
+    "task8_lora_A",
+    "task9_lora_A",
+    "task10_lora_A",
+    "task11_lora_A",
+    "task12_lora_A",
+    "task13_lora_A",
+    "task14_lora_A",
+    "task15_lora_A",
+    "task16_lora_A",
+    "task17_lora_A",
+    "task18_lora_A",
+    "task19_lora_A",
+    "task20_lora_A",
+    "task21_lora_A",
+    "task22_lora_A",
+    "task23_lora_A",
+    "task24_lora_A",
+    "task25_lora_A",
+    "task26_lora_A",
+    "task27_lora_A",
+    "task28_lora_A",
+    "task29_lora_A",
+    "task30_lora_A",
+    "task31_lora_A",
+];
+const TASK_B: [&str; MAX_TASKS] = [
+    "task0_lora_B",
+    "task1_lora_B",
+    "task2_lora_B",
+    "task3_lora_B",
+    "task4_lora_B",
+    "task5_lora_B",
+    "task6_lora_B",
+    "task7_lora_B",
+    "task8_lora_B",
+    "task9_lora_B",
+    "task10_lora_B",
+    "task11_lora_B",
+    "task12_lora_B",
+    "task13_lora_B",
+    "task14_lora_B",
+    "task15_lora_B",
+    "task16_lora_B",
+    "task17_lora_B",
+    "task18_lora_B",
+    "task19_lora_B",
+    "task20_lora_B",
+    "task21_lora_B",
+    "task22_lora_B",
+    "task23_lora_B",
+    "task24_lora_B",
+    "task25_lora_B",
+    "task26_lora_B",
+    "task27_lora_B",
+    "task28_lora_B",
+    "task29_lora_B",
+    "task30_lora_B",
+    "task31_lora_B",
+];
+
+/// MT-LoRA hyper-parameters: the shared LoRA is `shared` (rank, alpha, rsLoRA, dropout,
+/// targets); every task LoRA has `task_rank` and `task_alpha` (same rsLoRA rule).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct MtLoraConfig {
+    pub shared: LoraConfig,
+    pub task_rank: usize,
+    pub task_alpha: f32,
+    /// Task names, index = task id (from the data's first-seen order, then kept in the
+    /// checkpoint so ids stay stable).
+    pub tasks: Vec<String>,
+}
+
+impl Default for MtLoraConfig {
+    /// MTLoRA's provided config: `r_sh = 16`, `r_t = 4`, multipliers 4.0 (alpha = 4·r).
+    fn default() -> Self {
+        MtLoraConfig {
+            shared: LoraConfig {
+                rank: 16,
+                alpha: 64.0,
+                dropout: 0.05,
+                ..LoraConfig::default()
+            },
+            task_rank: 4,
+            task_alpha: 16.0,
+            tasks: vec!["default".into()],
+        }
+    }
+}
+
+impl MtLoraConfig {
+    pub fn validate(&self) -> Result<()> {
+        self.shared.validate()?;
+        if self.task_rank == 0 || !self.task_alpha.is_finite() {
+            return Err(Error::Invalid(format!(
+                "MT-LoRA task rank {} must be >= 1 and task alpha {} finite",
+                self.task_rank, self.task_alpha
+            )));
+        }
+        if self.tasks.is_empty() || self.tasks.len() > MAX_TASKS {
+            return Err(Error::Invalid(format!(
+                "MT-LoRA needs 1 to {MAX_TASKS} tasks, got {}",
+                self.tasks.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// `s_t`: `task_alpha / task_rank` (or `/ √task_rank` under rsLoRA).
+    pub fn task_scale(&self) -> f32 {
+        let r = self.task_rank as f64;
+        let d = if self.shared.rslora { r.sqrt() } else { r };
+        (self.task_alpha as f64 / d) as f32
+    }
+}
+
+/// An MT-LoRA branch on one linear `[out, in]`.
+#[derive(Clone, Debug)]
+pub struct MtLora {
+    cfg: MtLoraConfig,
+    in_f: usize,
+    out_f: usize,
+    /// `[A_sh, B_sh, A_0, B_0, A_1, B_1, …]` (the order of [`Adapter::params`]).
+    tensors: Vec<Vec<f32>>,
+    drop: Dropout,
+    /// Task of each row of the next micro-batch (empty: all task 0) and the row length.
+    row_tasks: Vec<u32>,
+    seq_len: usize,
+    export_task: usize,
+}
+
+impl MtLora {
+    pub fn new(in_f: usize, out_f: usize, cfg: &MtLoraConfig, seed: u64) -> Result<MtLora> {
+        cfg.validate()?;
+        if in_f == 0 || out_f == 0 {
+            return Err(Error::Invalid(format!(
+                "MT-LoRA on an empty linear [{out_f}, {in_f}]"
+            )));
+        }
+        let (rs, rt) = (cfg.shared.rank, cfg.task_rank);
+        let mut tensors = vec![vec![0.0; rs * in_f], vec![0.0; out_f * rs]];
+        for _ in &cfg.tasks {
+            tensors.push(vec![0.0; rt * in_f]);
+            tensors.push(vec![0.0; out_f * rt]);
+        }
+        let mut m = MtLora {
+            cfg: cfg.clone(),
+            in_f,
+            out_f,
+            tensors,
+            drop: Dropout::new(cfg.shared.dropout, seed)?,
+            row_tasks: Vec::new(),
+            seq_len: 0,
+            export_task: 0,
+        };
+        m.init(seed);
+        Ok(m)
+    }
+
+    pub fn config(&self) -> &MtLoraConfig {
+        &self.cfg
+    }
+    pub fn n_tasks(&self) -> usize {
+        self.cfg.tasks.len()
+    }
+
+    /// The dropout multipliers of `pass` (`None` when off), for references and tests.
+    pub fn dropout_mask(&self, pass: Pass) -> Option<Vec<f32>> {
+        self.drop.mask(pass, self.in_f)
+    }
+
+    /// Routes the next micro-batch: row `i` (tokens `i·seq_len..(i+1)·seq_len`) uses task
+    /// `tasks[i]`. Fails on an unknown task id.
+    pub fn set_row_tasks(&mut self, tasks: &[u32], seq_len: usize) -> Result<()> {
+        if let Some((i, &t)) = tasks
+            .iter()
+            .enumerate()
+            .find(|&(_, &t)| t as usize >= self.n_tasks())
+        {
+            return Err(Error::Invalid(format!(
+                "MT-LoRA: row {i} has task id {t}, the adapter has {} tasks ({:?})",
+                self.n_tasks(),
+                self.cfg.tasks
+            )));
+        }
+        if seq_len == 0 {
+            return Err(Error::Invalid("MT-LoRA: row length 0".into()));
+        }
+        self.row_tasks.clear();
+        self.row_tasks.extend_from_slice(tasks);
+        self.seq_len = seq_len;
+        Ok(())
+    }
+
+    /// The task [`Adapter::export`] and [`Adapter::delta_weight`] use.
+    pub fn set_export_task(&mut self, task: usize) -> Result<()> {
+        if task >= self.n_tasks() {
+            return Err(Error::Invalid(format!(
+                "MT-LoRA: task {task} of {} ({:?})",
+                self.n_tasks(),
+                self.cfg.tasks
+            )));
+        }
+        self.export_task = task;
+        Ok(())
+    }
+
+    /// Task `t`'s merged adapter as a plain LoRA `[s_sh·B_sh | s_t·B_t]·[A_sh; A_t]` of rank
+    /// `r_sh + r_t`, scale 1 (`A` `[r_sh + r_t, in]`, `B` `[out, r_sh + r_t]`).
+    pub fn export_for_task(&self, t: usize) -> Result<Export<'static>> {
+        if t >= self.n_tasks() {
+            return Err(Error::Invalid(format!(
+                "MT-LoRA: no task {t} (the adapter has {})",
+                self.n_tasks()
+            )));
+        }
+        let (rs, rt, outf) = (self.cfg.shared.rank, self.cfg.task_rank, self.out_f);
+        let rank = rs + rt;
+        let mut a = self.tensors[0].clone();
+        a.extend_from_slice(&self.tensors[2 + 2 * t]);
+        let (ss, st) = (self.cfg.shared.scale(), self.cfg.task_scale());
+        let mut b = vec![0.0f32; outf * rank];
+        for o in 0..outf {
+            for j in 0..rs {
+                b[o * rank + j] = ss * self.tensors[1][o * rs + j];
+            }
+            for j in 0..rt {
+                b[o * rank + rs + j] = st * self.tensors[3 + 2 * t][o * rt + j];
+            }
+        }
+        Ok(Export::LowRank {
+            a: Cow::Owned(a),
+            b: Cow::Owned(b),
+            rank,
+            scale: 1.0,
+        })
+    }
+
+    /// `out = β·out + dH_sh·A_sh + dH_τ·A_τ` (per run of rows) `[n, in]`.
+    fn dh_a(
+        &self,
+        dhs: &[f32],
+        dht: &[f32],
+        runs: &[(usize, usize, usize)],
+        out: &mut [f32],
+        beta: f32,
+    ) -> Result<()> {
+        let (inf, rs, rt) = (self.in_f, self.cfg.shared.rank, self.cfg.task_rank);
+        let n = out.len() / inf;
+        gemm(
+            dims(n, inf, rs, false, false),
+            1.0,
+            dhs,
+            &self.tensors[0],
+            beta,
+            out,
+        )?;
+        for &(t0, len, task) in runs {
+            let dh = &dht[t0 * rt..(t0 + len) * rt];
+            let o = &mut out[t0 * inf..(t0 + len) * inf];
+            let a = &self.tensors[2 + 2 * task];
+            gemm(dims(len, inf, rt, false, false), 1.0, dh, a, 1.0, o)?;
+        }
+        Ok(())
+    }
+
+    /// `(first row, rows, task)` runs of equal task over the `n` tokens of a pass, as token
+    /// ranges `(t0, len, task)`.
+    fn runs(&self, n: usize) -> Result<Vec<(usize, usize, usize)>> {
+        if self.row_tasks.is_empty() {
+            return Ok(vec![(0, n, 0)]);
+        }
+        let l = self.seq_len;
+        if self.row_tasks.len() * l != n {
+            return Err(Error::Invalid(format!(
+                "MT-LoRA: {} row tasks of {l} tokens set, the pass has {n} tokens",
+                self.row_tasks.len()
+            )));
+        }
+        let mut runs: Vec<(usize, usize, usize)> = Vec::new();
+        for (i, &t) in self.row_tasks.iter().enumerate() {
+            match runs.last_mut() {
+                Some(last) if last.2 == t as usize => last.1 += l,
+                _ => runs.push((i * l, l, t as usize)),
+            }
+        }
+        Ok(runs)
+    }
+}
+
+impl Adapter for MtLora {
+    fn method(&self) -> &'static str {
+        "mtlora"
+    }
+    fn in_features(&self) -> usize {
+        self.in_f
+    }
+    fn out_features(&self) -> usize {
+        self.out_f
+    }
+
+    /// `lora_A`, `lora_B` (shared), then `task<i>_lora_A`, `task<i>_lora_B` per task `i`.
+    fn params(&self) -> Vec<ParamInfo> {
+        let (rs, rt) = (self.cfg.shared.rank, self.cfg.task_rank);
+        let mut p = vec![
+            ParamInfo {
+                name: "lora_A",
+                shape: vec![rs, self.in_f],
+                group: Group::A,
+            },
+            ParamInfo {
+                name: "lora_B",
+                shape: vec![self.out_f, rs],
+                group: Group::B,
+            },
+        ];
+        for i in 0..self.n_tasks() {
+            p.push(ParamInfo {
+                name: TASK_A[i],
+                shape: vec![rt, self.in_f],
+                group: Group::A,
+            });
+            p.push(ParamInfo {
+                name: TASK_B[i],
+                shape: vec![self.out_f, rt],
+                group: Group::B,
+            });
+        }
+        p
+    }
+
+    fn param(&self, i: usize) -> Option<&[f32]> {
+        self.tensors.get(i).map(Vec::as_slice)
+    }
+
+    fn param_mut(&mut self, i: usize) -> Option<&mut [f32]> {
+        self.tensors.get_mut(i).map(Vec::as_mut_slice)
+    }
+
+    /// kaiming(√5) `A`s, zero `B`s (§5.1).
+    fn init(&mut self, seed: u64) {
+        self.drop.seed = seed;
+        let mut rng = StdRng::seed_from_u64(seed);
+        for (i, t) in self.tensors.iter_mut().enumerate() {
+            if i % 2 == 0 {
+                kaiming_uniform(&mut rng, self.in_f, t);
+            } else {
+                t.fill(0.0);
+            }
+        }
+    }
+
+    /// The shared LoRA's `s_sh` (the task terms use [`MtLoraConfig::task_scale`]).
+    fn scale(&self) -> f32 {
+        self.cfg.shared.scale()
+    }
+
+    /// Saved: `H_sh` (r_sh) and the token's task `H_τ` (r_t). Scratch: `dH_sh`, `dH_τ` in the
+    /// backward, plus `X_d` / `dX_d` (in) with dropout.
+    fn workspace(&self) -> Workspace {
+        let r = self.cfg.shared.rank + self.cfg.task_rank;
+        let drop = if self.drop.enabled() { self.in_f } else { 0 };
+        Workspace {
+            saved_per_token: r,
+            scratch_per_token: r + drop,
+        }
+    }
+
+    fn forward(
+        &self,
+        pass: Pass,
+        x: &[f32],
+        y: &mut [f32],
+        saved: &mut [f32],
+        scratch: &mut [f32],
+    ) -> Result<()> {
+        let (n, inf, outf) = (pass.n, self.in_f, self.out_f);
+        let (rs, rt) = (self.cfg.shared.rank, self.cfg.task_rank);
+        check_len("mtlora forward", "x", x.len(), n, inf)?;
+        check_len("mtlora forward", "y", y.len(), n, outf)?;
+        let runs = self.runs(n)?;
+        let mut saved = saved;
+        let hs = take("mtlora", "saved", &mut saved, n * rs)?;
+        let ht = take("mtlora", "saved", &mut saved, n * rt)?;
+        let mut scratch = scratch;
+        let xd: &[f32] = match self.drop.stream(pass) {
+            Some(stream) => {
+                let xd = take("mtlora", "scratch", &mut scratch, n * inf)?;
+                self.drop.apply(stream, x, xd);
+                xd
+            }
+            None => x,
+        };
+        // Shared: H_sh = X_d·A_shᵀ, Y += s_sh·H_sh·B_shᵀ.
+        gemm(
+            dims(n, rs, inf, false, true),
+            1.0,
+            xd,
+            &self.tensors[0],
+            0.0,
+            hs,
+        )?;
+        gemm(
+            dims(n, outf, rs, false, true),
+            self.scale(),
+            hs,
+            &self.tensors[1],
+            1.0,
+            y,
+        )?;
+        // Each run of one task's rows: H_τ = X_d·A_τᵀ, Y += s_τ·H_τ·B_τᵀ.
+        let st = self.cfg.task_scale();
+        for (t0, len, task) in runs {
+            let (a, b) = (&self.tensors[2 + 2 * task], &self.tensors[3 + 2 * task]);
+            let h = &mut ht[t0 * rt..(t0 + len) * rt];
+            gemm(
+                dims(len, rt, inf, false, true),
+                1.0,
+                &xd[t0 * inf..(t0 + len) * inf],
+                a,
+                0.0,
+                h,
+            )?;
+            let yr = &mut y[t0 * outf..(t0 + len) * outf];
+            gemm(dims(len, outf, rt, false, true), st, h, b, 1.0, yr)?;
+        }
+        Ok(())
+    }
+
+    fn backward(
+        &self,
+        pass: Pass,
+        x: &[f32],
+        g: &[f32],
+        saved: &[f32],
+        scratch: &mut [f32],
+        dx: &mut [f32],
+        grads: &mut [f32],
+    ) -> Result<()> {
+        let (n, inf, outf) = (pass.n, self.in_f, self.out_f);
+        let (rs, rt) = (self.cfg.shared.rank, self.cfg.task_rank);
+        let (ss, st) = (self.scale(), self.cfg.task_scale());
+        check_len("mtlora backward", "x", x.len(), n, inf)?;
+        check_len("mtlora backward", "dx", dx.len(), n, inf)?;
+        check_len("mtlora backward", "g", g.len(), n, outf)?;
+        check_len("mtlora backward", "grads", grads.len(), 1, self.n_params())?;
+        let runs = self.runs(n)?;
+        let (hs, ht) = (
+            saved.get(..n * rs).ok_or_else(|| short(n * (rs + rt)))?,
+            saved
+                .get(n * rs..n * (rs + rt))
+                .ok_or_else(|| short(n * (rs + rt)))?,
+        );
+        // grads = [dA_sh, dB_sh, dA_0, dB_0, …]; absent tasks stay zero.
+        grads.fill(0.0);
+        let mut rest = &mut grads[..];
+        let da_sh = take("mtlora", "grads", &mut rest, rs * inf)?;
+        let db_sh = take("mtlora", "grads", &mut rest, outf * rs)?;
+        let mut task_grads = Vec::with_capacity(self.n_tasks());
+        for _ in 0..self.n_tasks() {
+            let da = take("mtlora", "grads", &mut rest, rt * inf)?;
+            let db = take("mtlora", "grads", &mut rest, outf * rt)?;
+            task_grads.push((da, db));
+        }
+        let mut scratch = scratch;
+        let dhs = take("mtlora", "scratch", &mut scratch, n * rs)?;
+        let dht = take("mtlora", "scratch", &mut scratch, n * rt)?;
+        let stream = self.drop.stream(pass);
+        let xd_buf = match stream {
+            Some(stream) => {
+                let xd = take("mtlora", "scratch", &mut scratch, n * inf)?;
+                self.drop.apply(stream, x, xd);
+                Some(xd)
+            }
+            None => None,
+        };
+        let xd: &[f32] = xd_buf.as_deref().unwrap_or(x);
+        // Shared (§0.3): dB = s·Gᵀ·H, dH = s·G·B, dA = dHᵀ·X_d.
+        gemm(dims(outf, rs, n, true, false), ss, g, hs, 0.0, db_sh)?;
+        gemm(
+            dims(n, rs, outf, false, false),
+            ss,
+            g,
+            &self.tensors[1],
+            0.0,
+            dhs,
+        )?;
+        gemm(dims(rs, inf, n, true, false), 1.0, dhs, xd, 0.0, da_sh)?;
+        // Task runs: the same restricted to the run's rows, accumulated per task.
+        for &(t0, len, task) in &runs {
+            let (da, db) = &mut task_grads[task];
+            let (gr, hr) = (
+                &g[t0 * outf..(t0 + len) * outf],
+                &ht[t0 * rt..(t0 + len) * rt],
+            );
+            gemm(dims(outf, rt, len, true, false), st, gr, hr, 1.0, db)?;
+            let dh = &mut dht[t0 * rt..(t0 + len) * rt];
+            gemm(
+                dims(len, rt, outf, false, false),
+                st,
+                gr,
+                &self.tensors[3 + 2 * task],
+                0.0,
+                dh,
+            )?;
+            let xr = &xd[t0 * inf..(t0 + len) * inf];
+            gemm(dims(rt, inf, len, true, false), 1.0, dh, xr, 1.0, da)?;
+        }
+        // dX += D'(dH_sh·A_sh + dH_τ·A_τ).
+        match (xd_buf, stream) {
+            (Some(buf), Some(stream)) => {
+                self.dh_a(dhs, dht, &runs, buf, 0.0)?;
+                self.drop.add_masked(stream, buf, dx);
+            }
+            _ => self.dh_a(dhs, dht, &runs, dx, 1.0)?,
+        }
+        Ok(())
+    }
+
+    /// `ΔW` of the export task: `s_sh·B_sh·A_sh + s_t·B_t·A_t`.
+    fn delta_weight(&self, dw: &mut [f32]) -> Result<()> {
+        let Export::LowRank { a, b, rank, .. } = self.export_for_task(self.export_task)? else {
+            return Err(Error::Invalid("MT-LoRA export is always low-rank".into()));
+        };
+        gemm(
+            dims(self.out_f, self.in_f, rank, false, false),
+            1.0,
+            &b,
+            &a,
+            0.0,
+            dw,
+        )
+    }
+
+    fn export(&self) -> Export<'_> {
+        // export_task is validated by set_export_task, so this cannot fail.
+        self.export_for_task(self.export_task)
+            .unwrap_or(Export::MergeOnly)
+    }
+}
+
+fn short(need: usize) -> Error {
+    Error::Invalid(format!(
+        "mtlora: saved workspace shorter than {need} values"
+    ))
+}
+
+/// Accuracy-adaptive task weights (derivatives.md §10.4, the study's multi-task loop): every
+/// task starts at `γ_i = 1`; after an evaluation of task `i` with accuracy `acc_i ∈ [0, 1]`,
+/// `γ_i ← γ_i·exp(α·(1 − acc_i))`, then all `γ` are rescaled to sum to the task count (so the
+/// learning rate keeps its meaning). Hand [`AdaptiveTaskWeights::weights`] to
+/// `TrainStep::set_task_weights`.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AdaptiveTaskWeights {
+    pub alpha: f32,
+    pub gamma: Vec<f32>,
+}
+
+impl AdaptiveTaskWeights {
+    pub fn new(n_tasks: usize, alpha: f32) -> Result<AdaptiveTaskWeights> {
+        if n_tasks == 0 || !alpha.is_finite() {
+            return Err(Error::Invalid(format!(
+                "adaptive task weights: {n_tasks} tasks, alpha {alpha} (need >= 1 task, finite alpha)"
+            )));
+        }
+        Ok(AdaptiveTaskWeights {
+            alpha,
+            gamma: vec![1.0; n_tasks],
+        })
+    }
+
+    /// Applies task `task`'s evaluation accuracy.
+    pub fn update(&mut self, task: usize, accuracy: f64) -> Result<()> {
+        if task >= self.gamma.len() || !(0.0..=1.0).contains(&accuracy) {
+            return Err(Error::Invalid(format!(
+                "adaptive task weights: task {task} of {}, accuracy {accuracy} (in [0, 1])",
+                self.gamma.len()
+            )));
+        }
+        let g = self.gamma[task] as f64 * (self.alpha as f64 * (1.0 - accuracy)).exp();
+        self.gamma[task] = g as f32;
+        let sum: f64 = self.gamma.iter().map(|&v| v as f64).sum();
+        let k = self.gamma.len() as f64 / sum;
+        self.gamma
+            .iter_mut()
+            .for_each(|v| *v = (*v as f64 * k) as f32);
+        Ok(())
+    }
+
+    /// The current `γ`, index = task id.
+    pub fn weights(&self) -> &[f32] {
+        &self.gamma
+    }
+}

@@ -1,0 +1,450 @@
+//! ResLoRA, input-shortcut variant res_is (derivatives.md §8.2–8.4): layer `l`'s branch sees
+//! its own module input plus the same-target module input of layer `l − 1` in the same pass,
+//!
+//! ```text
+//! S_l  = D(X_l + X_{l−1})           [N, in]     (X_{−1} := X_0, i.e. 2·X_0 in layer 0)
+//! H_l  = S_l·A_lᵀ                   [N, r]      (saved)
+//! ΔY_l = s·H_l·B_lᵀ                 [N, out]
+//! ```
+//! Backward (§8.3): `dB = s·Gᵀ·H`, `dH = s·G·B`, `dA = dHᵀ·S`, and `V = D'(dH·A)` goes to BOTH
+//! inputs: `dX_l += V` and `dX_{l−1} += V` — a cross-layer gradient the training step carries
+//! in a per-target "pending" buffer, filled by layer `l`'s backward and added to layer `l−1`'s
+//! module-input gradient when the backward reaches it.
+//!
+//! The [`Adapter`] trait has no second input, so its `forward`/`backward` are the layer-0 rule
+//! (`X_{l−1} = X_l`, `V` added twice to `dx`); a step that plumbs the previous layer's input
+//! calls [`ResLora::forward_res`] / [`ResLora::backward_res`] (through `downcast_ref`).
+//!
+//! Export, merge_bw (§8.4): training keeps a sliding window (default 100 passes) of the
+//! Frobenius norms `‖X_l‖` and `‖X_{l−1}‖` of the micro-batch inputs; then
+//! `α_l = mean‖X_{l−1}‖ / mean‖X_l‖` (1 when empty, or a norm is 0, or in layer 0) and
+//! `ΔW_l = (1 + α_l)·s·B_l·A_l`, a plain rank-`r` LoRA.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use rand::{SeedableRng, rngs::StdRng};
+
+use super::base::{Dropout, dims, kaiming_uniform, take};
+use super::lora::BranchDims;
+use super::{Adapter, Export, Group, LoraConfig, ParamInfo, Pass, Workspace};
+use crate::backend::check_len;
+use crate::backend::cpu::Real;
+use crate::backend::cpu::gemm::gemm;
+use crate::{Error, Result};
+
+/// ResLoRA's `merge_4_len`: passes in the norm window.
+pub const DEFAULT_WINDOW: usize = 100;
+
+/// The merge_bw statistics: the last `len` passes' `‖X_l‖_F` and `‖X_{l−1}‖_F`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NormWindow {
+    pub len: usize,
+    pub cur: VecDeque<f64>,
+    pub prev: VecDeque<f64>,
+    /// The seed of the last recorded pass: a recompute (same seed) is not counted twice.
+    pub last_seed: Option<u64>,
+}
+
+impl NormWindow {
+    fn record(&mut self, seed: u64, cur: f64, prev: f64) {
+        if self.last_seed == Some(seed) || self.len == 0 {
+            return;
+        }
+        self.last_seed = Some(seed);
+        if self.cur.len() == self.len {
+            self.cur.pop_front();
+            self.prev.pop_front();
+        }
+        self.cur.push_back(cur);
+        self.prev.push_back(prev);
+    }
+
+    /// `α = mean‖X_{l−1}‖ / mean‖X_l‖`, 1 when undefined.
+    pub fn alpha(&self) -> f64 {
+        let c: f64 = self.cur.iter().sum();
+        let p: f64 = self.prev.iter().sum();
+        if self.cur.is_empty() || c == 0.0 || p == 0.0 {
+            1.0
+        } else {
+            p / c
+        }
+    }
+}
+
+/// A res_is ResLoRA branch on one linear `[out, in]`.
+#[derive(Debug)]
+pub struct ResLora {
+    cfg: LoraConfig,
+    in_f: usize,
+    out_f: usize,
+    /// `[r, in]`.
+    a: Vec<f32>,
+    /// `[out, r]`.
+    b: Vec<f32>,
+    drop: Dropout,
+    /// Interior mutability: the forward (`&self`) records the norms.
+    window: Mutex<NormWindow>,
+}
+
+impl Clone for ResLora {
+    fn clone(&self) -> Self {
+        ResLora {
+            cfg: self.cfg.clone(),
+            in_f: self.in_f,
+            out_f: self.out_f,
+            a: self.a.clone(),
+            b: self.b.clone(),
+            drop: self.drop,
+            window: Mutex::new(self.norm_window()),
+        }
+    }
+}
+
+impl ResLora {
+    /// A res_is branch with LoRA hyper-parameters `cfg` and a norm window of `window` passes.
+    pub fn new(
+        in_f: usize,
+        out_f: usize,
+        cfg: &LoraConfig,
+        window: usize,
+        seed: u64,
+    ) -> Result<ResLora> {
+        cfg.validate()?;
+        if in_f == 0 || out_f == 0 {
+            return Err(Error::Invalid(format!(
+                "ResLoRA on an empty linear [{out_f}, {in_f}]"
+            )));
+        }
+        let mut r = ResLora {
+            cfg: cfg.clone(),
+            in_f,
+            out_f,
+            a: vec![0.0; cfg.rank * in_f],
+            b: vec![0.0; out_f * cfg.rank],
+            drop: Dropout::new(cfg.dropout, seed)?,
+            window: Mutex::new(NormWindow {
+                len: window,
+                ..NormWindow::default()
+            }),
+        };
+        r.init(seed);
+        Ok(r)
+    }
+
+    pub fn rank(&self) -> usize {
+        self.cfg.rank
+    }
+
+    /// The dropout multipliers of `pass` (`None` when off), for references and tests.
+    pub fn dropout_mask(&self, pass: Pass) -> Option<Vec<f32>> {
+        self.drop.mask(pass, self.in_f)
+    }
+
+    /// A copy of the norm window (for checkpoints).
+    pub fn norm_window(&self) -> NormWindow {
+        self.window
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Restores a checkpoint's norm window.
+    pub fn set_norm_window(&mut self, w: NormWindow) {
+        *self.window.get_mut().unwrap_or_else(|e| e.into_inner()) = w;
+    }
+
+    /// merge_bw's `α_l` (module doc).
+    pub fn merge_alpha(&self) -> f64 {
+        self.window
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .alpha()
+    }
+
+    /// `s_buf = D(x + x_prev)` (`x_prev = x` when `None`).
+    fn summed(&self, pass: Pass, x: &[f32], x_prev: Option<&[f32]>, s_buf: &mut [f32]) {
+        match x_prev {
+            Some(p) => s_buf
+                .iter_mut()
+                .zip(x.iter().zip(p))
+                .for_each(|(s, (a, b))| *s = a + b),
+            None => s_buf.iter_mut().zip(x).for_each(|(s, a)| *s = 2.0 * a),
+        }
+        if let Some(stream) = self.drop.stream(pass) {
+            for (i, v) in s_buf.iter_mut().enumerate() {
+                *v *= super::lora::dropout_factor(stream, i, self.drop.p);
+            }
+        }
+    }
+
+    /// `y += s·D(x + x_prev)·Aᵀ·Bᵀ`; `x_prev` is layer `l−1`'s same-target module input
+    /// (`None` in layer 0: `2·x`). Records the norms in training passes.
+    pub fn forward_res(
+        &self,
+        pass: Pass,
+        x: &[f32],
+        x_prev: Option<&[f32]>,
+        y: &mut [f32],
+        saved: &mut [f32],
+        scratch: &mut [f32],
+    ) -> Result<()> {
+        let (n, r, inf, outf) = (pass.n, self.cfg.rank, self.in_f, self.out_f);
+        check_len("reslora forward", "x", x.len(), n, inf)?;
+        if let Some(p) = x_prev {
+            check_len("reslora forward", "x_prev", p.len(), n, inf)?;
+        }
+        check_len("reslora forward", "y", y.len(), n, outf)?;
+        let mut saved = saved;
+        let h = take("reslora", "saved", &mut saved, n * r)?;
+        let mut scratch = scratch;
+        let s_buf = take("reslora", "scratch", &mut scratch, n * inf)?;
+        self.summed(pass, x, x_prev, s_buf);
+        gemm(dims(n, r, inf, false, true), 1.0, s_buf, &self.a, 0.0, h)?;
+        gemm(
+            dims(n, outf, r, false, true),
+            self.scale(),
+            h,
+            &self.b,
+            1.0,
+            y,
+        )?;
+        if pass.training {
+            let norm = |v: &[f32]| v.iter().map(|&a| (a as f64).powi(2)).sum::<f64>().sqrt();
+            let cur = norm(x);
+            let prev = x_prev.map_or(cur, norm);
+            self.window
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .record(pass.seed, cur, prev);
+        }
+        Ok(())
+    }
+
+    /// The backward of [`ResLora::forward_res`]: `dx += V`, and `dx_prev += V` (the pending
+    /// gradient of layer `l−1`'s module input), or `dx += V` once more when `x_prev` is `None`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_res(
+        &self,
+        pass: Pass,
+        x: &[f32],
+        x_prev: Option<&[f32]>,
+        g: &[f32],
+        saved: &[f32],
+        scratch: &mut [f32],
+        dx: &mut [f32],
+        dx_prev: Option<&mut [f32]>,
+        grads: &mut [f32],
+    ) -> Result<()> {
+        let (n, r, inf, outf) = (pass.n, self.cfg.rank, self.in_f, self.out_f);
+        let s = self.scale();
+        check_len("reslora backward", "x", x.len(), n, inf)?;
+        check_len("reslora backward", "dx", dx.len(), n, inf)?;
+        check_len("reslora backward", "g", g.len(), n, outf)?;
+        check_len(
+            "reslora backward",
+            "grads",
+            grads.len(),
+            1,
+            r * (inf + outf),
+        )?;
+        if x_prev.is_some() != dx_prev.is_some() {
+            return Err(Error::Invalid(
+                "reslora backward: x_prev and dx_prev go together".into(),
+            ));
+        }
+        if let Some(p) = x_prev {
+            check_len("reslora backward", "x_prev", p.len(), n, inf)?;
+        }
+        let h = saved.get(..n * r).ok_or_else(|| {
+            Error::Invalid(format!("reslora: saved shorter than {} values", n * r))
+        })?;
+        let (da, db) = grads.split_at_mut(r * inf);
+        let mut scratch = scratch;
+        let s_buf = take("reslora", "scratch", &mut scratch, n * inf)?;
+        let dh = take("reslora", "scratch", &mut scratch, n * r)?;
+        self.summed(pass, x, x_prev, s_buf);
+        gemm(dims(outf, r, n, true, false), s, g, h, 0.0, db)?;
+        gemm(dims(n, r, outf, false, false), s, g, &self.b, 0.0, dh)?;
+        gemm(dims(r, inf, n, true, false), 1.0, dh, s_buf, 0.0, da)?;
+        // V = D'(dH·A), into the S buffer.
+        gemm(dims(n, inf, r, false, false), 1.0, dh, &self.a, 0.0, s_buf)?;
+        if let Some(stream) = self.drop.stream(pass) {
+            for (i, v) in s_buf.iter_mut().enumerate() {
+                *v *= super::lora::dropout_factor(stream, i, self.drop.p);
+            }
+        }
+        let twice = dx_prev.is_none();
+        for (d, &v) in dx.iter_mut().zip(s_buf.iter()) {
+            *d += if twice { 2.0 * v } else { v };
+        }
+        if let Some(dp) = dx_prev {
+            check_len("reslora backward", "dx_prev", dp.len(), n, inf)?;
+            dp.iter_mut().zip(s_buf.iter()).for_each(|(d, &v)| *d += v);
+        }
+        Ok(())
+    }
+}
+
+impl Adapter for ResLora {
+    fn method(&self) -> &'static str {
+        "reslora"
+    }
+    fn in_features(&self) -> usize {
+        self.in_f
+    }
+    fn out_features(&self) -> usize {
+        self.out_f
+    }
+
+    fn params(&self) -> Vec<ParamInfo> {
+        vec![
+            ParamInfo {
+                name: "lora_A",
+                shape: vec![self.cfg.rank, self.in_f],
+                group: Group::A,
+            },
+            ParamInfo {
+                name: "lora_B",
+                shape: vec![self.out_f, self.cfg.rank],
+                group: Group::B,
+            },
+        ]
+    }
+
+    fn param(&self, i: usize) -> Option<&[f32]> {
+        match i {
+            0 => Some(&self.a),
+            1 => Some(&self.b),
+            _ => None,
+        }
+    }
+
+    fn param_mut(&mut self, i: usize) -> Option<&mut [f32]> {
+        match i {
+            0 => Some(&mut self.a),
+            1 => Some(&mut self.b),
+            _ => None,
+        }
+    }
+
+    /// kaiming(√5) `A`, zero `B` (§8.1); the norm window is emptied.
+    fn init(&mut self, seed: u64) {
+        self.drop.seed = seed;
+        let mut rng = StdRng::seed_from_u64(seed);
+        kaiming_uniform(&mut rng, self.in_f, &mut self.a);
+        self.b.fill(0.0);
+        let w = self.window.get_mut().unwrap_or_else(|e| e.into_inner());
+        *w = NormWindow {
+            len: w.len,
+            ..NormWindow::default()
+        };
+    }
+
+    fn scale(&self) -> f32 {
+        self.cfg.scale()
+    }
+
+    /// Saved: `H` (r). Scratch: `S` (in) and, in the backward, `dH` (r).
+    fn workspace(&self) -> Workspace {
+        Workspace {
+            saved_per_token: self.cfg.rank,
+            scratch_per_token: self.in_f + self.cfg.rank,
+        }
+    }
+
+    /// The layer-0 rule (`X_{l−1} = X_l`); see [`ResLora::forward_res`].
+    fn forward(
+        &self,
+        pass: Pass,
+        x: &[f32],
+        y: &mut [f32],
+        saved: &mut [f32],
+        scratch: &mut [f32],
+    ) -> Result<()> {
+        self.forward_res(pass, x, None, y, saved, scratch)
+    }
+
+    fn backward(
+        &self,
+        pass: Pass,
+        x: &[f32],
+        g: &[f32],
+        saved: &[f32],
+        scratch: &mut [f32],
+        dx: &mut [f32],
+        grads: &mut [f32],
+    ) -> Result<()> {
+        self.backward_res(pass, x, None, g, saved, scratch, dx, None, grads)
+    }
+
+    /// merge_bw: `ΔW = (1 + α)·s·B·A`.
+    fn delta_weight(&self, dw: &mut [f32]) -> Result<()> {
+        let k = ((1.0 + self.merge_alpha()) * self.scale() as f64) as f32;
+        let (r, inf, outf) = (self.cfg.rank, self.in_f, self.out_f);
+        gemm(
+            dims(outf, inf, r, false, false),
+            k,
+            &self.b,
+            &self.a,
+            0.0,
+            dw,
+        )
+    }
+
+    fn export(&self) -> Export<'_> {
+        Export::LowRank {
+            a: (&self.a[..]).into(),
+            b: (&self.b[..]).into(),
+            rank: self.cfg.rank,
+            scale: ((1.0 + self.merge_alpha()) * self.scale() as f64) as f32,
+        }
+    }
+
+    /// The norm window (two f64 per pass).
+    fn extra_bytes(&self) -> usize {
+        16 * self.window.lock().unwrap_or_else(|e| e.into_inner()).len
+    }
+}
+
+/// Scalar specification of the res_is forward, generic over f32/f64: `(ΔY [n, out], H [n, r])`
+/// for `S = (x + x_prev)⊙mask`.
+#[allow(clippy::too_many_arguments)]
+pub fn forward_ref<R: Real>(
+    dm: BranchDims,
+    s: f64,
+    x: &[R],
+    x_prev: &[R],
+    a: &[R],
+    b: &[R],
+    mask: Option<&[R]>,
+) -> (Vec<R>, Vec<R>) {
+    let sum: Vec<R> = x
+        .iter()
+        .zip(x_prev)
+        .map(|(p, q)| R::from_f64(p.to_f64() + q.to_f64()))
+        .collect();
+    super::lora::forward_ref(dm, s, &sum, a, b, mask)
+}
+
+/// Scalar specification of the res_is backward (§8.3): `(dX_l, dX_{l−1}, dA, dB)`; the two input
+/// gradients are the same `D'(dH·A)`.
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+pub fn backward_ref<R: Real>(
+    dm: BranchDims,
+    s: f64,
+    x: &[R],
+    x_prev: &[R],
+    a: &[R],
+    b: &[R],
+    mask: Option<&[R]>,
+    g: &[R],
+) -> (Vec<R>, Vec<R>, Vec<R>, Vec<R>) {
+    let sum: Vec<R> = x
+        .iter()
+        .zip(x_prev)
+        .map(|(p, q)| R::from_f64(p.to_f64() + q.to_f64()))
+        .collect();
+    let (dv, da, db) = super::lora::backward_ref(dm, s, &sum, a, b, mask, g);
+    (dv.clone(), dv, da, db)
+}
