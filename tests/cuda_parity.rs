@@ -919,3 +919,48 @@ fn llama_forward_in_both_weight_modes_matches_the_cpu_model() {
         );
     }
 }
+
+/// The layer composition itself, on the CPU alone (runs everywhere, so the body the GPU test
+/// compares is known to be a correct backward before any device time): the directional
+/// derivative `dx · δ` of `scale · Σ loss` matches central differences of the forward along a
+/// random direction `δ`.
+#[test]
+fn layer_body_backward_matches_finite_differences_on_the_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny.gguf");
+    testmodel::write_test_model(
+        &testmodel::TINY,
+        WeightTypes::Uniform(GgmlType::Q8_0),
+        3,
+        &path,
+    )
+    .unwrap();
+    let file = GgufFile::open(&path).unwrap();
+    let cfg = LlamaConfig::from_gguf(&file).unwrap();
+    let w = LlamaWeights::from_gguf(&file, &cfg).unwrap();
+    let n = 6;
+    let x = gaussian(&mut rng(12), n * cfg.dim, 1.0);
+    let delta = gaussian(&mut rng(13), n * cfg.dim, 1.0);
+    let targets: Vec<i32> = (0..n as i32)
+        .map(|i| if i == 2 { -100 } else { i * 31 + 5 })
+        .collect();
+    let scale = 1.0 / count_targets(&targets) as f64;
+    let out = layer_body(&CpuBackend, &cfg, &w, &x, &targets);
+    let analytic: f64 = out[2]
+        .iter()
+        .zip(&delta)
+        .map(|(g, d)| *g as f64 * *d as f64)
+        .sum();
+    let eps = 1e-2f32;
+    let loss_at = |s: f32| {
+        let xs: Vec<f32> = x.iter().zip(&delta).map(|(a, d)| a + s * d).collect();
+        layer_body(&CpuBackend, &cfg, &w, &xs, &targets)[0][0] as f64 * scale
+    };
+    let numeric = (loss_at(eps) - loss_at(-eps)) / (2.0 * eps as f64);
+    // A direction the loss actually changes along (else the check below would be vacuous).
+    assert!(numeric.abs() > 1e-3, "finite differences {numeric}: flat direction");
+    assert!(
+        (analytic - numeric).abs() <= 0.05 * numeric.abs().max(1e-3),
+        "dx·δ = {analytic}, finite differences {numeric}"
+    );
+}
