@@ -14,4 +14,5 @@ cargo test --locked --features ffi "$@"
 # time; kernels/ptx/*.ptx are embedded). Its unit tests, the CLI's driverless fallback and the
 # CPU-vs-CUDA parity tests (which print "skipped: no CUDA device" where there is none).
 cargo test --locked --features cuda --lib -- backend::cuda backend::choice
-cargo test --locked --features cuda --test cuda_backend_cli --test cuda_parity
+cargo test --locked --features cuda --test cuda_backend_cli --test cuda_parity \
+  --test cuda_parity_optim --test cuda_parity_model
