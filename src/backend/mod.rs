@@ -54,13 +54,17 @@
 //!
 //! `embedding_backward` is not needed: the base (including `token_embd`) is frozen.
 
+pub mod choice;
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 
 use std::ops::Range;
 
 use crate::Result;
 use crate::quant::matmul::QuantMatrix;
 
+pub use choice::BackendChoice;
 pub use cpu::CpuBackend;
 pub use cpu::gemm::GemmDims;
 

@@ -3,7 +3,6 @@
 
 use std::time::Instant;
 
-use crate::model::Llama;
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
 
@@ -59,7 +58,7 @@ pub struct Generation {
 /// Generates from `prompt` (token ids, BOS included if wanted). `on_text` receives each piece of
 /// decoded text as soon as it is complete UTF-8; returning `false` stops generation.
 pub fn generate(
-    llama: &Llama,
+    llama: &impl super::CausalLm,
     tokenizer: &Tokenizer,
     prompt: &[u32],
     opts: &GenerateOptions,

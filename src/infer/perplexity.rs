@@ -1,6 +1,5 @@
 //! Perplexity of a token sequence: mean negative log-likelihood of each next token.
 
-use crate::model::Llama;
 use crate::{Error, Result};
 
 /// The result of [`perplexity`].
@@ -17,7 +16,7 @@ pub struct Perplexity {
 /// that length, and scores every next-token prediction. `on_logits(position, row)` sees each
 /// position's logits (for `--dump-logits`), in order.
 pub fn perplexity(
-    llama: &Llama,
+    llama: &impl super::CausalLm,
     tokens: &[u32],
     mut on_logits: impl FnMut(usize, &[f32]) -> Result<()>,
 ) -> Result<Perplexity> {

@@ -45,6 +45,9 @@ struct TrainArgs {
     no_checkpointing: bool,
     #[arg(long)]
     json: bool,
+    // The training step runs on the CPU in this version: `cuda` is refused, `auto` is the CPU.
+    #[command(flatten)]
+    backend: crate::backend_args::BackendArgs,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -54,6 +57,7 @@ pub fn run(args: Args) -> Result<()> {
 }
 
 fn bench_train(a: TrainArgs) -> Result<()> {
+    a.backend.require_cpu()?;
     let file = GgufFile::open(&a.model)?;
     let model_cfg = LlamaConfig::from_gguf(&file)?;
     let dir = tempfile_dir()?;

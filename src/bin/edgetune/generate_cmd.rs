@@ -1,16 +1,19 @@
 //! `edgetune generate --model M --prompt TEXT [--template alpaca|llama3-chat|none] [--max-tokens N]
-//! [--temperature T] [--top-k K] [--top-p P] [--seed S] [--json]`: streams text to stdout.
+//! [--temperature T] [--top-k K] [--top-p P] [--seed S] [--backend cpu|cuda|auto]
+//! [--weights auto|map|upload] [--json]`: streams text to stdout.
 
 use std::io::Write;
 use std::path::PathBuf;
 
 use clap::ValueEnum;
 use edgetune::gguf::GgufFile;
-use edgetune::infer::{GenerateOptions, SamplingParams, generate};
+use edgetune::infer::{CausalLm, GenerateOptions, SamplingParams, generate};
 use edgetune::model::Llama;
 use edgetune::tokenizer::Tokenizer;
 use edgetune::tokenizer::template::{self, Message};
 use edgetune::{Error, Result};
+
+use crate::backend_args::{BackendArgs, Chosen};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum Template {
@@ -53,16 +56,38 @@ pub struct Args {
     /// After the text, print a JSON summary (tokens, stop reason, speeds) on stderr.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    backend: BackendArgs,
 }
 
 pub fn run(args: Args) -> Result<()> {
     let file = GgufFile::open(&args.model)?;
-    let mut llama = Llama::load(&file)?;
-    if let Some(path) = &args.adapter {
-        let set = edgetune::export::load_scaled(path, llama.config(), args.adapter_scale)?;
-        llama.set_adapters(Some(std::sync::Arc::new(set)))?;
+    match args.backend.resolve()? {
+        Chosen::Cpu => {
+            let mut llama = Llama::load(&file)?;
+            if let Some(path) = &args.adapter {
+                let set = edgetune::export::load_scaled(path, llama.config(), args.adapter_scale)?;
+                llama.set_adapters(Some(std::sync::Arc::new(set)))?;
+            }
+            run_on(&args, &file, &llama)
+        }
+        #[cfg(feature = "cuda")]
+        Chosen::Cuda(backend) => {
+            if args.adapter.is_some() {
+                return Err(Error::Invalid(
+                    "--adapter runs on the CPU backend only in this version; use --backend cpu"
+                        .into(),
+                ));
+            }
+            let llama = edgetune::backend::cuda::llama::CudaLlama::load(&file, backend)?;
+            run_on(&args, &file, &llama)
+        }
     }
-    let tokenizer = Tokenizer::from_gguf(&file)?;
+}
+
+/// Tokenizes the prompt, generates on `llama` and prints.
+fn run_on(args: &Args, file: &GgufFile, llama: &impl CausalLm) -> Result<()> {
+    let tokenizer = Tokenizer::from_gguf(file)?;
     let add_bos = tokenizer.add_bos_default();
     let prompt = match args.template {
         Template::None => tokenizer.encode(&args.prompt, add_bos, false)?,
@@ -89,7 +114,7 @@ pub fn run(args: Args) -> Result<()> {
     };
     let mut stdout = std::io::stdout().lock();
     let mut write_failed = None;
-    let out = generate(&llama, &tokenizer, &prompt, &opts, |piece| {
+    let out = generate(llama, &tokenizer, &prompt, &opts, |piece| {
         match stdout
             .write_all(piece.as_bytes())
             .and_then(|_| stdout.flush())

@@ -1,5 +1,6 @@
 //! The `edgetune` command line: one subcommand per job, each a thin layer over the library.
 
+mod backend_args;
 mod bench_cmd;
 mod data_cmd;
 mod demo_cmd;

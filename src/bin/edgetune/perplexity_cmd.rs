@@ -1,13 +1,16 @@
-//! `edgetune perplexity --model M (--text FILE | --tokens 1,2,3) [--dump-logits OUT.npy] [--json]`.
+//! `edgetune perplexity --model M (--text FILE | --tokens 1,2,3) [--dump-logits OUT.npy]
+//! [--backend cpu|cuda|auto] [--weights auto|map|upload] [--json]`.
 
 use std::path::PathBuf;
 
 use edgetune::gguf::GgufFile;
-use edgetune::infer::perplexity;
+use edgetune::infer::{CausalLm, perplexity};
 use edgetune::model::Llama;
 use edgetune::npy::NpyWriter;
 use edgetune::tokenizer::Tokenizer;
 use edgetune::{Error, Result};
+
+use crate::backend_args::{BackendArgs, Chosen};
 
 #[derive(clap::Args)]
 #[command(group(clap::ArgGroup::new("input").required(true).args(["text", "tokens"])))]
@@ -33,20 +36,42 @@ pub struct Args {
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    backend: BackendArgs,
 }
 
 pub fn run(args: Args) -> Result<()> {
     let file = GgufFile::open(&args.model)?;
-    let mut llama = Llama::load(&file)?;
-    if let Some(path) = &args.adapter {
-        let set = edgetune::export::load_scaled(path, llama.config(), args.adapter_scale)?;
-        llama.set_adapters(Some(std::sync::Arc::new(set)))?;
+    match args.backend.resolve()? {
+        Chosen::Cpu => {
+            let mut llama = Llama::load(&file)?;
+            if let Some(path) = &args.adapter {
+                let set = edgetune::export::load_scaled(path, llama.config(), args.adapter_scale)?;
+                llama.set_adapters(Some(std::sync::Arc::new(set)))?;
+            }
+            run_on(&args, &file, &llama)
+        }
+        #[cfg(feature = "cuda")]
+        Chosen::Cuda(backend) => {
+            if args.adapter.is_some() {
+                return Err(Error::Invalid(
+                    "--adapter runs on the CPU backend only in this version; use --backend cpu"
+                        .into(),
+                ));
+            }
+            let llama = edgetune::backend::cuda::llama::CudaLlama::load(&file, backend)?;
+            run_on(&args, &file, &llama)
+        }
     }
+}
+
+/// Tokenizes the input, scores it on `llama` and prints.
+fn run_on(args: &Args, file: &GgufFile, llama: &impl CausalLm) -> Result<()> {
     let tokens = match (&args.tokens, &args.text) {
         (Some(t), _) => t.clone(),
         (None, Some(path)) => {
             let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-            let tokenizer = Tokenizer::from_gguf(&file)?;
+            let tokenizer = Tokenizer::from_gguf(file)?;
             tokenizer.encode(&text, tokenizer.add_bos_default(), false)?
         }
         (None, None) => return Err(Error::Invalid("give --text or --tokens".into())),
@@ -56,7 +81,7 @@ pub fn run(args: Args) -> Result<()> {
         Some(path) => Some(NpyWriter::create(path, &[tokens.len(), vocab])?),
         None => None,
     };
-    let result = perplexity(&llama, &tokens, |_, row| match dump.as_mut() {
+    let result = perplexity(llama, &tokens, |_, row| match dump.as_mut() {
         Some(w) => w.write(row),
         None => Ok(()),
     })?;

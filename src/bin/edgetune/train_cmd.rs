@@ -76,6 +76,9 @@ pub struct Args {
     /// Print the summary as JSON at the end (progress still goes to stderr).
     #[arg(long)]
     json: bool,
+    // The training step runs on the CPU in this version: `cuda` is refused, `auto` is the CPU.
+    #[command(flatten)]
+    backend: crate::backend_args::BackendArgs,
 }
 
 impl Args {
@@ -132,6 +135,7 @@ impl Args {
 }
 
 pub fn run_cmd(args: Args) -> Result<()> {
+    args.backend.require_cpu()?;
     let cfg = args.config()?;
     // Refuse before anything is allocated when the plan does not fit the budget.
     let file = GgufFile::open(&cfg.model)?;

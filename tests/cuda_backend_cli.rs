@@ -1,0 +1,219 @@
+//! `--backend cpu|cuda|auto` through the CLI on this machine, with or without the `cuda` feature
+//! and with or without a driver: `cuda` either runs on a device or fails with a clear message
+//! (exit status 1, no panic), `auto` always produces the CPU's answer when it falls back, and
+//! `train --backend cuda` is refused (the training step is CPU-only in this version).
+//!
+//! `scripts/test.sh` also runs this file with `--features cuda`, so the driverless path of the
+//! cuda-featured binary is exercised (libcuda absent → the NO_DRIVER message, not a panic).
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn edgetune(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_edgetune"))
+        .args(args)
+        .output()
+        .expect("run edgetune")
+}
+
+fn ok(args: &[&str]) -> Output {
+    let out = edgetune(args);
+    assert!(
+        out.status.success(),
+        "edgetune {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn tiny(dir: &Path) -> String {
+    let p = dir.join("tiny.gguf").to_str().unwrap().to_owned();
+    ok(&[
+        "testmodel",
+        "--preset",
+        "tiny",
+        "--type",
+        "q8_0",
+        "--out",
+        &p,
+        "--seed",
+        "5",
+    ]);
+    p
+}
+
+/// Whether this binary can use a CUDA device: `--backend cuda` succeeds exactly then.
+fn cuda_usable(model: &str) -> bool {
+    edgetune(&[
+        "perplexity",
+        "--model",
+        model,
+        "--tokens",
+        "1,2",
+        "--backend",
+        "cuda",
+    ])
+    .status
+    .success()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn cuda_without_a_device_fails_cleanly_and_auto_falls_back_to_the_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny(dir.path());
+    let ppl = |backend: &str| {
+        edgetune(&[
+            "perplexity",
+            "--model",
+            &model,
+            "--tokens",
+            "1,5,9,13,2,7",
+            "--json",
+            "--backend",
+            backend,
+        ])
+    };
+    let cpu = ppl("cpu");
+    assert!(cpu.status.success(), "{}", stderr(&cpu));
+    let cpu_json: serde_json::Value = serde_json::from_slice(&cpu.stdout).unwrap();
+    let cuda = ppl("cuda");
+    if cuda.status.success() {
+        eprintln!("a CUDA device is usable here: the no-device path is not exercised");
+        return;
+    }
+    // A clear one-line error, exit status 1, never a panic (101).
+    let err = stderr(&cuda);
+    assert_eq!(cuda.status.code(), Some(1), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(err.contains("edgetune: error:"), "{err}");
+    assert!(
+        err.contains("--backend cpu")
+            && (err.contains("no CUDA driver found")
+                || err.contains("without the `cuda` feature")
+                || err.contains("cuda:")),
+        "{err}"
+    );
+    #[cfg(feature = "cuda")]
+    if !edgetune::backend::cuda::driver_present() {
+        // The CLI was built with the feature too: without libcuda the message is the driver one.
+        assert!(err.contains(edgetune::backend::cuda::NO_DRIVER), "{err}");
+    }
+    #[cfg(not(feature = "cuda"))]
+    assert!(err.contains("without the `cuda` feature"), "{err}");
+    // auto: the CPU, with a notice, and the same numbers as --backend cpu.
+    let auto = ppl("auto");
+    assert!(auto.status.success(), "{}", stderr(&auto));
+    assert!(
+        stderr(&auto).contains("notice: --backend auto: using the CPU"),
+        "{}",
+        stderr(&auto)
+    );
+    let auto_json: serde_json::Value = serde_json::from_slice(&auto.stdout).unwrap();
+    assert_eq!(auto_json, cpu_json);
+}
+
+#[test]
+fn generate_honours_the_backend_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny(dir.path());
+    let gen_ = |backend: &str| {
+        edgetune(&[
+            "generate",
+            "--model",
+            &model,
+            "--prompt",
+            "Sensor 3 reads",
+            "--max-tokens",
+            "6",
+            "--backend",
+            backend,
+            "--weights",
+            "upload",
+        ])
+    };
+    let cpu = gen_("cpu");
+    assert!(cpu.status.success(), "{}", stderr(&cpu));
+    if cuda_usable(&model) {
+        eprintln!("a CUDA device is usable here: the fallback is not exercised");
+        return;
+    }
+    let cuda = gen_("cuda");
+    assert_eq!(cuda.status.code(), Some(1), "{}", stderr(&cuda));
+    assert!(!stderr(&cuda).contains("panicked"));
+    let auto = gen_("auto");
+    assert!(auto.status.success(), "{}", stderr(&auto));
+    // Greedy decoding: the CPU fallback writes the CPU's text.
+    assert_eq!(auto.stdout, cpu.stdout);
+}
+
+#[test]
+fn training_refuses_cuda_and_runs_auto_on_the_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny(dir.path());
+    let bench = |backend: &str| {
+        edgetune(&[
+            "bench",
+            "train",
+            "--model",
+            &model,
+            "--seq-len",
+            "8",
+            "--rank",
+            "2",
+            "--steps",
+            "1",
+            "--json",
+            "--backend",
+            backend,
+        ])
+    };
+    let cuda = bench("cuda");
+    assert_eq!(cuda.status.code(), Some(1), "{}", stderr(&cuda));
+    assert!(
+        stderr(&cuda).contains("the training step runs on the CPU backend only in this version"),
+        "{}",
+        stderr(&cuda)
+    );
+    let auto = bench("auto");
+    assert!(auto.status.success(), "{}", stderr(&auto));
+    assert!(stderr(&auto).contains("notice: --backend auto: using the CPU"));
+    let j: serde_json::Value = serde_json::from_slice(&auto.stdout).unwrap();
+    assert_eq!(j["steps"], 1);
+    // `train` refuses before reading anything (the data path does not even exist).
+    let train = edgetune(&[
+        "train",
+        "--model",
+        &model,
+        "--data",
+        "/nonexistent.jsonl",
+        "--out",
+        dir.path().join("run").to_str().unwrap(),
+        "--backend",
+        "cuda",
+    ]);
+    assert_eq!(train.status.code(), Some(1), "{}", stderr(&train));
+    assert!(
+        stderr(&train).contains("CPU backend only"),
+        "{}",
+        stderr(&train)
+    );
+}
+
+#[test]
+fn unknown_backend_names_are_rejected_by_the_parser() {
+    let out = edgetune(&[
+        "perplexity",
+        "--model",
+        "x.gguf",
+        "--tokens",
+        "1,2",
+        "--backend",
+        "gpu",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("gpu"), "{}", stderr(&out));
+}
