@@ -1,10 +1,12 @@
 //! `edgetune generate --model M --prompt TEXT [--template alpaca|llama3-chat|none] [--max-tokens N]
-//! [--temperature T] [--top-k K] [--top-p P] [--seed S] [--json]`: streams text to stdout.
+//! [--temperature T] [--top-k K] [--top-p P] [--seed S] [--guard POLICY.toml] [--json]`: streams
+//! text to stdout (with `--guard`, the answer is printed once the policy has checked it).
 
 use std::io::Write;
 use std::path::PathBuf;
 
 use clap::ValueEnum;
+use edgetune::eval::{Policy, REFUSAL};
 use edgetune::gguf::GgufFile;
 use edgetune::infer::{GenerateOptions, SamplingParams, generate};
 use edgetune::model::Llama;
@@ -53,9 +55,22 @@ pub struct Args {
     /// After the text, print a JSON summary (tokens, stop reason, speeds) on stderr.
     #[arg(long)]
     json: bool,
+    /// A guard policy (TOML, see policies/default.toml): a prompt it matches is not answered,
+    /// an output it matches is replaced; both print "Sorry, I can't help you with that. Do
+    /// you need anything else?". The output is then printed whole, not streamed.
+    #[arg(long, value_name = "POLICY.toml")]
+    guard: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> Result<()> {
+    let policy = args.guard.as_deref().map(Policy::load).transpose()?;
+    if let Some(hit) = policy.as_ref().and_then(|p| p.check_prompt(&args.prompt)) {
+        println!("{REFUSAL}");
+        if args.json {
+            eprintln!("{}", serde_json::json!({ "tokens": [], "blocked": hit }));
+        }
+        return Ok(());
+    }
     let file = GgufFile::open(&args.model)?;
     let mut llama = Llama::load(&file)?;
     if let Some(path) = &args.adapter {
@@ -88,6 +103,26 @@ pub fn run(args: Args) -> Result<()> {
         stop_at_eos: true,
     };
     let mut stdout = std::io::stdout().lock();
+    if let Some(policy) = &policy {
+        let out = generate(&llama, &tokenizer, &prompt, &opts, |_| true)?;
+        let hit = policy.check_output(&out.text);
+        let text = if hit.is_some() {
+            REFUSAL
+        } else {
+            out.text.as_str()
+        };
+        writeln!(stdout, "{text}").map_err(|e| Error::io("<stdout>", e))?;
+        if args.json {
+            let summary = serde_json::json!({
+                "prompt_tokens": out.prompt_tokens,
+                "tokens": out.tokens,
+                "stop": out.stop,
+                "blocked": hit,
+            });
+            eprintln!("{summary}");
+        }
+        return Ok(());
+    }
     let mut write_failed = None;
     let out = generate(&llama, &tokenizer, &prompt, &opts, |piece| {
         match stdout

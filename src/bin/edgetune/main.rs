@@ -1,8 +1,10 @@
 //! The `edgetune` command line: one subcommand per job, each a thin layer over the library.
 
 mod bench_cmd;
+mod compare_cmd;
 mod data_cmd;
 mod demo_cmd;
+mod eval_cmd;
 mod export_cmd;
 mod generate_cmd;
 mod inspect_cmd;
@@ -52,6 +54,10 @@ enum Command {
     Tokenize(tokenize_cmd::Args),
     /// Fine-tune a LoRA adapter on a dataset.
     Train(Box<train_cmd::Args>),
+    /// Greedy answers to a JSONL suite of checked prompts: pass rate and failures.
+    Eval(eval_cmd::Args),
+    /// Train every method on the same data, seed, steps and budget; measure and score them.
+    Compare(compare_cmd::Args),
 }
 
 fn main() -> ExitCode {
@@ -70,6 +76,8 @@ fn main() -> ExitCode {
         Command::Train(args) => train_cmd::run_cmd(*args),
         Command::Bench(args) => bench_cmd::run(args),
         Command::Demo(args) => demo_cmd::run(args),
+        Command::Eval(args) => eval_cmd::run(args),
+        Command::Compare(args) => compare_cmd::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
