@@ -9,6 +9,7 @@ mod export_cmd;
 mod generate_cmd;
 mod inspect_cmd;
 mod merge_cmd;
+mod method_args;
 mod perplexity_cmd;
 mod plan_cmd;
 mod shape_args;
