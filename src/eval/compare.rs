@@ -37,13 +37,14 @@ pub const BASELINE: &str = "lora";
 
 /// One method's measures (`DIR/compare.json` holds a list of these). Every measure is
 /// optional: a method that failed part-way keeps what it got, and says why in `error`.
+/// `adapter_bytes` is [`adapter_bytes`] of the last checkpoint.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct MethodResult {
     pub method: String,
     pub trainable_params: Option<u64>,
     pub planned_bytes: Option<u64>,
     pub peak_bytes: Option<u64>,
-    /// Bytes on disk of the adapter as checkpointed (optimizer state and run state excluded).
+    /// Bytes on disk of the deployable adapter ([`adapter_bytes`]).
     pub adapter_bytes: Option<u64>,
     pub tok_per_s: Option<f64>,
     pub loss_first: Option<f64>,
@@ -202,23 +203,25 @@ pub fn markdown_table(results: &[MethodResult]) -> String {
     out
 }
 
-/// Bytes of the adapter in a checkpoint directory: every file but the optimizer state
-/// (`optimizer.bin`) and the run state (`state.json`).
+/// The deployable adapter's files in a checkpoint directory: the plain low-rank export
+/// (`adapter.json` + `adapter.safetensors`) when the method has one, else the method state
+/// (`method.json` + `method.safetensors`: DoRA, HiRA, which only merge). The optimizer state,
+/// the run state, and a method's training-only state beside a low-rank export are not counted.
+pub const ADAPTER_FILES: [&str; 2] = ["adapter.json", "adapter.safetensors"];
+pub const METHOD_FILES: [&str; 2] = ["method.json", "method.safetensors"];
+
+/// Bytes on disk of the deployable adapter in `checkpoint` (see [`ADAPTER_FILES`]).
 pub fn adapter_bytes(checkpoint: &Path) -> Result<u64> {
-    let mut total = 0;
-    let entries = std::fs::read_dir(checkpoint).map_err(|e| Error::io(checkpoint, e))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| Error::io(checkpoint, e))?;
-        let name = entry.file_name();
-        if name == "optimizer.bin" || name == "state.json" {
-            continue;
-        }
-        let meta = entry.metadata().map_err(|e| Error::io(entry.path(), e))?;
-        if meta.is_file() {
-            total += meta.len();
-        }
-    }
-    Ok(total)
+    let files = if checkpoint.join(ADAPTER_FILES[1]).is_file() {
+        ADAPTER_FILES
+    } else {
+        METHOD_FILES
+    };
+    files.iter().try_fold(0u64, |total, name| {
+        let path = checkpoint.join(name);
+        let meta = std::fs::metadata(&path).map_err(|e| Error::io(&path, e))?;
+        Ok(total + meta.len())
+    })
 }
 
 /// A dataset cut into what is trained on (written to `train_path`) and the held-out records.
@@ -331,6 +334,24 @@ mod tests {
         };
         assert!((score_against(&m, &base).unwrap() - 4.0).abs() < 1e-12);
         assert_eq!(score_against(&MethodResult::new("y"), &base), None);
+    }
+
+    #[test]
+    fn adapter_bytes_counts_the_deployable_files_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let put =
+            |name: &str, n: usize| std::fs::write(dir.path().join(name), vec![0u8; n]).unwrap();
+        put("method.json", 5);
+        put("method.safetensors", 700);
+        put("optimizer.bin", 9000);
+        put("state.json", 40);
+        assert_eq!(adapter_bytes(dir.path()).unwrap(), 705);
+        put("adapter.json", 30);
+        put("adapter.safetensors", 300);
+        assert_eq!(adapter_bytes(dir.path()).unwrap(), 330);
+        std::fs::remove_file(dir.path().join("adapter.json")).unwrap();
+        let e = adapter_bytes(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("adapter.json"), "{e}");
     }
 
     #[test]

@@ -6,8 +6,9 @@
 //! Each method trains in a child process of this same binary (`edgetune train --method NAME
 //! … --json`, into `DIR/<method>/`, its log in `DIR/<method>/train.log`) because the peak RSS
 //! is per process: one process per method keeps each peak its own. The held-out loss and the
-//! suite run here afterwards, with each method's checkpointed adapter on the base. A method
-//! that fails gets its `error` and the others go on.
+//! suite run here afterwards, with each method's checkpointed adapter on the base (its method
+//! state when it has one, else the plain-LoRA files). A method that fails gets its `error` and
+//! the others go on.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -19,6 +20,7 @@ use edgetune::eval::{EvalOptions, PromptStyle, Suite, heldout_loss, load_suite, 
 use edgetune::gguf::GgufFile;
 use edgetune::model::Llama;
 use edgetune::tokenizer::Tokenizer;
+use edgetune::train::method_io;
 use edgetune::{Error, Result};
 
 /// The suite used without `--suite` (relative to the working directory).
@@ -248,8 +250,14 @@ fn measure(
         Ok(b) => r.adapter_bytes = Some(b),
         Err(e) => r.add_error(format!("adapter size: {e}")),
     }
+    // The method state when there is one (exact for every method; DoRA and HiRA have no
+    // other form), else the plain-LoRA adapter.
     let llama = Llama::load(file).and_then(|mut llama| {
-        let set = edgetune::export::load_any(checkpoint, llama.config())?;
+        let set = if method_io::has_method_state(checkpoint) {
+            method_io::load_set(checkpoint, file)?
+        } else {
+            edgetune::export::load_any(checkpoint, llama.config())?
+        };
         llama.set_adapters(Some(Arc::new(set)))?;
         Ok(llama)
     });
