@@ -14,7 +14,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use edgetune::gguf::GgufFile;
-use edgetune::train::{OptimizerKind, StatePlace, Trainer};
+use edgetune::train::{Method, OptimizerKind, StatePlace, Trainer};
 
 struct Counting;
 
@@ -66,14 +66,31 @@ fn training_steps_after_the_first_allocate_nothing() {
     b.optimizer = OptimizerKind::Sgd;
     b.momentum = 0.9;
     b.pack = true;
+    // The methods with per-step hooks or extra buffers: AdaLoRA (orthogonal regularizer,
+    // importance and masking every step), DoRA (norms through its fixed transient), DyLoRA
+    // (rank drawn per step), layer importance (gradient weights).
+    let methods = [
+        Method::Adalora,
+        Method::Dora,
+        Method::Dylora,
+        Method::Layerimp,
+    ]
+    .map(|m| {
+        let mut c = base.clone();
+        c.method = m;
+        c.method_opts.adalora_target_r = Some(2);
+        c
+    });
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(2)
         .build()
         .unwrap();
-    pool.install(|| steps_allocate_nothing(&file, [base, a, b]));
+    let mut all = vec![base, a, b];
+    all.extend(methods);
+    pool.install(|| steps_allocate_nothing(&file, all));
 }
 
-fn steps_allocate_nothing(file: &GgufFile, configs: [edgetune::train::TrainConfig; 3]) {
+fn steps_allocate_nothing(file: &GgufFile, configs: Vec<edgetune::train::TrainConfig>) {
     for cfg in configs {
         let mut trainer = Trainer::new(file, &cfg).unwrap();
         trainer.step().unwrap().expect("a first step");

@@ -117,6 +117,22 @@ impl AdaLora {
     pub fn keep(&self) -> &[bool] {
         &self.keep
     }
+    /// The allocator's state for a checkpoint: `Ī`, `Ū` (params layout) and the keep flags.
+    pub fn importance_state(&self) -> (&[f32], &[f32], &[bool]) {
+        (&self.ipt_avg, &self.unc_avg, &self.keep)
+    }
+
+    /// Restores [`AdaLora::importance_state`] (lengths checked).
+    pub fn set_importance_state(&mut self, ipt: &[f32], unc: &[f32], keep: &[bool]) -> Result<()> {
+        check_len("adalora state", "ipt", ipt.len(), 1, self.ipt_avg.len())?;
+        check_len("adalora state", "unc", unc.len(), 1, self.unc_avg.len())?;
+        check_len("adalora state", "keep", keep.len(), 1, self.keep.len())?;
+        self.ipt_avg.copy_from_slice(ipt);
+        self.unc_avg.copy_from_slice(unc);
+        self.keep.copy_from_slice(keep);
+        Ok(())
+    }
+
     /// Components with `e_i ≠ 0`.
     pub fn active_rank(&self) -> usize {
         self.e.iter().filter(|&&v| v != 0.0).count()

@@ -52,6 +52,17 @@ pub fn detect_format(path: &Path) -> Result<(AdapterFormat, PathBuf)> {
         if path.join(peft_config::CONFIG_FILE).is_file() {
             return Ok((AdapterFormat::Peft, path.to_path_buf()));
         }
+        if crate::train::method_io::has_method_state(path) {
+            let method = crate::train::method_io::read_meta(path)
+                .map_or_else(|_| "merge-only".to_string(), |m| m.method.to_string());
+            return Err(Error::Invalid(format!(
+                "{}: a {method} checkpoint: {method} is merge-only (not a plain B·A), so it \
+                 cannot be loaded as a LoRA or exported as GGUF/PEFT; fold it into a new base \
+                 with `edgetune merge --model BASE.gguf --adapter {} --out MERGED.gguf`",
+                path.display(),
+                path.display()
+            )));
+        }
         return Err(Error::Invalid(format!(
             "{}: an adapter directory holds {} (edgetune) or {} (PEFT); neither is there",
             path.display(),

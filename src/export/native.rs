@@ -63,13 +63,9 @@ pub fn save_adapter(set: &AdapterSet, dir: &Path, extra_meta: &Json) -> Result<(
             "adapter metadata key `{k}` is reserved for the format"
         )));
     }
-    if let Some((l, t, a)) = set.iter().find(|(_, _, a)| a.method() != "lora") {
-        return Err(Error::Invalid(format!(
-            "adapter blk.{l}.{} is {}: only LoRA adapters can be saved yet",
-            t.gguf_stem(),
-            a.method()
-        )));
-    }
+    // Any method whose adapters export as plain low-rank pairs (LoRA, AdaLoRA's folded
+    // `B·diag(e)`, OLoRA/PiSSA's rank-2r pair, DyLoRA at its evaluation rank) is written in
+    // its exported form; merge-only ones (DoRA, HiRA) are refused by `low_rank_modules`.
     let global = set.lora_config();
     global.validate()?;
     let modules = low_rank_modules(set)?;

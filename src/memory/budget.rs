@@ -38,6 +38,7 @@ use crate::model::LlamaConfig;
 use crate::optim::paged::page_round;
 use crate::optim::state8bit::{MIN_8BIT_NUMEL, state_bytes_8bit};
 use crate::testmodel::{Preset, Vocabulary, WeightTypes, plan_test_model};
+use crate::train::method_plan::{adapter_cost, method_wide_bytes};
 use crate::train::{OptimizerKind, StatePlace, TrainConfig, target_shape};
 use crate::{Error, Result};
 
@@ -177,6 +178,9 @@ pub struct AdapterBreakdown {
     pub n_params: u64,
     /// f32 master weights (gradients are in the arena).
     pub master_bytes: u64,
+    /// What the method's adapters hold besides their weights (base copies, frozen factors,
+    /// importance buffers, fixed transients) plus its model-wide buffers; 0 for LoRA.
+    pub extra_bytes: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -318,16 +322,13 @@ pub fn train_shape(model: &LlamaConfig, cfg: &TrainConfig) -> Result<TrainShape>
             cfg.seq_len, cfg.batch
         ))
     })?;
-    let mut adapters = [None; 7];
+    let mut adapters: [Option<AdapterShape>; 7] = [None; 7];
     for (slot, target) in adapters.iter_mut().zip(Target::ALL) {
         if cfg.lora.targets.contains(&target) {
             let (fan_in, fan_out) = target_shape(model, target);
-            *slot = Some(AdapterShape::lora(
-                cfg.lora.rank,
-                fan_in,
-                fan_out,
-                cfg.lora.dropout > 0.0,
-            ));
+            // The method's workspace and tensors (LoRA's for the LoRA family).
+            let cost = adapter_cost(cfg.method, &cfg.lora, &cfg.method_opts, fan_in, fan_out, 0);
+            *slot = Some(cost.shape);
         }
     }
     Ok(TrainShape {
@@ -376,7 +377,7 @@ pub(crate) fn assemble(
 ) -> Result<Breakdown> {
     let tokens = (cfg.seq_len as u64).saturating_mul(cfg.batch as u64);
     let weights = weights_breakdown(model, tokens, cfg.lock_weights);
-    let (adapters, tensor_numels) = adapter_breakdown(&model.config, cfg);
+    let (adapters, tensor_numels) = adapter_breakdown(model, cfg);
     let optimizer = optimizer_breakdown(cfg, &tensor_numels);
     let overheads = super::overheads::overheads(model, cfg, tokens)?;
     let overhead_bytes = overheads.iter().map(|o| o.bytes).sum::<u64>();
@@ -384,6 +385,7 @@ pub(crate) fn assemble(
         weights.resident_bytes,
         arena.arena_bytes,
         adapters.master_bytes,
+        adapters.extra_bytes,
         optimizer.ram_bytes,
         overhead_bytes,
     ]
@@ -451,23 +453,36 @@ fn weights_breakdown(model: &ModelWeights, tokens: u64, locked: bool) -> Weights
     }
 }
 
-/// The adapters' parameter count and master bytes, and the element count of every trainable
-/// tensor in optimizer order (per layer, per target: `A [r, in]`, then `B [out, r]`).
-fn adapter_breakdown(model: &LlamaConfig, cfg: &TrainConfig) -> (AdapterBreakdown, Vec<u64>) {
-    let r = cfg.lora.rank as u64;
+/// The adapters' parameter count, master and extra bytes (train/method_plan.rs), and the
+/// element count of every trainable tensor in optimizer order (per layer, per target, the
+/// method's `params()` order: LoRA's `A [r, in]`, then `B [out, r]`).
+fn adapter_breakdown(model: &ModelWeights, cfg: &TrainConfig) -> (AdapterBreakdown, Vec<u64>) {
+    let mc = &model.config;
     let mut numels = Vec::new();
-    for _ in 0..model.n_layer {
+    let (mut adapted, mut extra) = (0usize, 0u64);
+    for layer in 0..mc.n_layer {
         for &t in Target::ALL.iter().filter(|t| cfg.lora.targets.contains(t)) {
-            let (fan_in, fan_out) = target_shape(model, t);
-            numels.push(r * fan_in as u64);
-            numels.push(r * fan_out as u64);
+            let (fan_in, fan_out) = target_shape(mc, t);
+            let name = format!("blk.{layer}.{}.weight", t.gguf_stem());
+            let base_bytes = model
+                .tensors
+                .iter()
+                .find(|x| x.name == name)
+                .map_or(0, |x| x.n_bytes);
+            let cost =
+                adapter_cost(cfg.method, &cfg.lora, &cfg.method_opts, fan_in, fan_out, base_bytes);
+            numels.extend_from_slice(&cost.tensors);
+            extra += cost.extra_bytes;
+            adapted += 1;
         }
     }
+    extra += method_wide_bytes(cfg.method, &cfg.lora, &cfg.method_opts, mc.n_layer, adapted);
     let n_params: u64 = numels.iter().sum();
     let adapters = AdapterBreakdown {
-        adapted: numels.len() / 2,
+        adapted,
         n_params,
         master_bytes: 4 * n_params,
+        extra_bytes: extra,
     };
     (adapters, numels)
 }

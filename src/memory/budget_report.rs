@@ -93,6 +93,14 @@ pub fn report(b: &Breakdown) -> String {
             ad.adapted, ad.n_params
         ),
     );
+    if ad.extra_bytes > 0 {
+        line(
+            &mut s,
+            "method extras",
+            ad.extra_bytes,
+            "base copies, frozen factors, importance buffers",
+        );
+    }
 
     let o = &b.optimizer;
     let what = if o.kind == "adamw" {

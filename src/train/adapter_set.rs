@@ -5,8 +5,17 @@
 //! name, `blk.{layer}.{gguf stem}.{param}` (e.g. `blk.3.attn_q.lora_A`), used by our checkpoint
 //! file and by the optimizer's parameter order (slot order, then [`Adapter::params`] order).
 
+use super::config::TrainConfig;
+use super::method::{BaseCopy, Method, MethodOptions};
+use crate::adapters::adalora::{AdaLora, AdaloraConfig};
+use crate::adapters::base::BaseWeight;
+use crate::adapters::dora::Dora;
+use crate::adapters::dylora::{Dylora, DyloraConfig};
+use crate::adapters::hira::Hira;
+use crate::adapters::olora_pissa::{ResidualInit, ResidualLora};
 use crate::adapters::{Adapter, Lora, LoraConfig, ParamInfo, Target};
-use crate::model::LlamaConfig;
+use crate::model::{LayerWeights, LlamaConfig, LlamaWeights};
+use crate::quant::matmul::QuantMatrix;
 use crate::{Error, Result};
 
 /// `(in, out)` features of `target`'s linear in a Llama block of `cfg`.
@@ -55,6 +64,77 @@ impl AdapterSet {
                 let (fan_in, fan_out) = target_shape(model, target);
                 let s = slot_seed(seed, layer, target);
                 set.insert(layer, target, Box::new(Lora::new(fan_in, fan_out, cfg, s)?))?;
+            }
+        }
+        Ok(set)
+    }
+
+    /// Fresh adapters of `method` on `cfg.lora.targets` of every layer, with `cfg.method_opts`
+    /// (the `method` argument wins over `cfg.method`). `total_steps` is the run's length
+    /// (AdaLoRA's budget schedule needs it). `base` gives the mapped weights to the methods
+    /// that read `Ŵ` (DoRA and HiRA keep a copy, OLoRA and PiSSA decompose it); the others
+    /// accept `None`. Seeds per slot as [`AdapterSet::new_lora`], so `lora` here builds the
+    /// same set as `new_lora`. MT-LoRA, ResLoRA and IR-QLoRA are an error (not wired yet).
+    pub fn new_for(
+        method: Method,
+        model: &LlamaConfig,
+        cfg: &TrainConfig,
+        total_steps: u64,
+        seed: u64,
+        base: Option<&LlamaWeights<'_>>,
+    ) -> Result<AdapterSet> {
+        method.check_wired()?;
+        let lora = method_lora_config(method, &cfg.lora);
+        lora.validate()?;
+        cfg.method_opts.validate(method, lora.rank)?;
+        if method.reads_base() && base.is_none() {
+            return Err(Error::Invalid(format!(
+                "method {method}: building its adapters needs the base weights"
+            )));
+        }
+        if let Some(w) = base
+            && w.layers.len() != model.n_layer
+        {
+            return Err(Error::Invalid(format!(
+                "method {method}: the weights have {} layers, the config {}",
+                w.layers.len(),
+                model.n_layer
+            )));
+        }
+        let opts = &cfg.method_opts;
+        let ada = adalora_config(&lora, opts, total_steps);
+        let dy = dylora_config(method, &lora, opts, seed);
+        let mut set = AdapterSet::empty(model.n_layer, lora.clone());
+        for layer in 0..model.n_layer {
+            for &target in &lora.targets {
+                let (fan_in, fan_out) = target_shape(model, target);
+                let s = slot_seed(seed, layer, target);
+                let w = base.map(|b| target_matrix(&b.layers[layer], target));
+                let adapter: Box<dyn Adapter> = match method {
+                    Method::Dora => Box::new(Dora::new(&lora, base_copy(w, opts.base_copy)?, s)?),
+                    Method::Hira => Box::new(Hira::new(&lora, base_copy(w, opts.base_copy)?, s)?),
+                    Method::Olora | Method::Pissa => {
+                        let kind = if method == Method::Olora {
+                            ResidualInit::Olora
+                        } else {
+                            ResidualInit::Pissa {
+                                niter: opts.pissa_niter,
+                            }
+                        };
+                        let dense = dequantized(w)?;
+                        Box::new(ResidualLora::new(kind, &lora, &dense, fan_out, fan_in, s)?)
+                    }
+                    Method::Adalora => Box::new(AdaLora::new(fan_in, fan_out, &ada, s)?),
+                    Method::Dylora | Method::Qdylora => {
+                        let mut d = Dylora::new(fan_in, fan_out, &dy, s)?;
+                        if let Some(b) = opts.dylora_eval_rank {
+                            d.set_eval_rank(b)?;
+                        }
+                        Box::new(d)
+                    }
+                    _ => Box::new(Lora::new(fan_in, fan_out, &lora, s)?),
+                };
+                set.insert(layer, target, adapter)?;
             }
         }
         Ok(set)
@@ -175,6 +255,90 @@ impl AdapterSet {
             }
         }
         Ok(())
+    }
+}
+
+/// The LoRA settings `method` trains with: rsLoRA sets `rslora`; the others take `lora` as
+/// it is (QLoRA's preset is applied to the config beforehand, [`super::method::apply_preset`]).
+pub fn method_lora_config(method: Method, lora: &LoraConfig) -> LoraConfig {
+    let mut l = lora.clone();
+    if method == Method::Rslora {
+        l.rslora = true;
+    }
+    l
+}
+
+/// AdaLoRA's configuration from the run's LoRA settings and the method options.
+pub fn adalora_config(lora: &LoraConfig, opts: &MethodOptions, total_steps: u64) -> AdaloraConfig {
+    let init_r = opts.adalora_init_r.unwrap_or(lora.rank);
+    AdaloraConfig {
+        init_r,
+        target_r: opts
+            .adalora_target_r
+            .unwrap_or((2 * init_r / 3).max(1).min(init_r)),
+        alpha: lora.alpha,
+        dropout: lora.dropout,
+        tinit: opts.adalora_tinit,
+        tfinal: opts.adalora_tfinal,
+        delta_t: opts.adalora_delta_t,
+        total_step: total_steps,
+        beta1: opts.adalora_beta1,
+        beta2: opts.adalora_beta2,
+        orth_reg_weight: opts.adalora_orth_reg_weight,
+    }
+}
+
+/// DyLoRA's configuration: frozen for `dylora`, unfrozen for `qdylora` unless the options
+/// say otherwise; the rank draw is seeded by the run's seed.
+pub fn dylora_config(
+    method: Method,
+    lora: &LoraConfig,
+    opts: &MethodOptions,
+    seed: u64,
+) -> DyloraConfig {
+    let mut c = if method == Method::Qdylora {
+        DyloraConfig::qdylora(lora.clone())
+    } else {
+        DyloraConfig::dylora(lora.clone())
+    };
+    if let Some(f) = opts.dylora_frozen {
+        c.frozen = f;
+    }
+    c.rank_seed = seed;
+    c
+}
+
+/// The matrix of `target` in a block's weights.
+pub fn target_matrix<'a, 'w>(w: &'a LayerWeights<'w>, target: Target) -> &'a QuantMatrix<'w> {
+    match target {
+        Target::AttnQ => &w.attn_q,
+        Target::AttnK => &w.attn_k,
+        Target::AttnV => &w.attn_v,
+        Target::AttnOutput => &w.attn_output,
+        Target::FfnGate => &w.ffn_gate,
+        Target::FfnUp => &w.ffn_up,
+        Target::FfnDown => &w.ffn_down,
+    }
+}
+
+/// The dequantized `Ŵ` `[out, in]` of `w` (f32, row-major).
+fn dequantized(w: Option<&QuantMatrix<'_>>) -> Result<Vec<f32>> {
+    let w = w.ok_or_else(|| Error::Invalid("the base weights are missing".into()))?;
+    let mut out = vec![0.0f32; w.rows * w.cols];
+    crate::quant::dequantize(w.ty, w.data, &mut out)?;
+    Ok(out)
+}
+
+/// A method's private copy of `Ŵ` in the configured form.
+fn base_copy(w: Option<&QuantMatrix<'_>>, form: BaseCopy) -> Result<BaseWeight> {
+    match form {
+        BaseCopy::Quant => BaseWeight::quant(
+            w.ok_or_else(|| Error::Invalid("the base weights are missing".into()))?,
+        ),
+        BaseCopy::Dense => {
+            let q = w.ok_or_else(|| Error::Invalid("the base weights are missing".into()))?;
+            BaseWeight::dense(q.rows, q.cols, dequantized(Some(q))?)
+        }
     }
 }
 

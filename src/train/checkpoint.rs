@@ -19,6 +19,9 @@ use serde::{Deserialize, Serialize};
 
 use super::adapter_set::AdapterSet;
 use super::config::TrainConfig;
+use super::method::Method;
+use super::method_hooks::MethodHooks;
+use super::method_io;
 use super::optimizer::Optimizer;
 use crate::data::Cursor;
 use crate::model::LlamaConfig;
@@ -54,6 +57,13 @@ fn step_dir_name(step: u64) -> String {
     format!("step-{step:08}")
 }
 
+/// Whether a run of `method` checkpoints its full method state (`method.json` +
+/// `method.safetensors`, method_io.rs) and resumes from it; plain LoRA resumes from the
+/// adapter itself, as before methods existed.
+pub fn keeps_method_state(method: Method) -> bool {
+    method != Method::Lora
+}
+
 /// Writes a checkpoint of step `state.step` atomically; returns its directory.
 pub fn save(
     out: &Path,
@@ -61,6 +71,22 @@ pub fn save(
     optimizer: &Optimizer,
     state: &RunState,
 ) -> Result<PathBuf> {
+    save_with(out, set, optimizer, state, None)
+}
+
+/// [`save`] with the method's hooks: for every method but plain LoRA the method state is
+/// written too (without `hooks`, fresh hooks stand in). The plain-LoRA adapter files
+/// (`adapter.json`, `adapter.safetensors`: what `generate`, `export` and `merge` read) are
+/// written when every adapter exports as a low-rank pair; merge-only methods (DoRA, HiRA)
+/// have only the method state, which `edgetune merge` reads with the base.
+pub fn save_with(
+    out: &Path,
+    set: &AdapterSet,
+    optimizer: &Optimizer,
+    state: &RunState,
+    hooks: Option<&MethodHooks>,
+) -> Result<PathBuf> {
+    let method = state.config.method;
     let root = checkpoints_dir(out);
     fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
     let name = step_dir_name(state.step);
@@ -70,7 +96,23 @@ pub fn save(
     }
     fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
     let meta = serde_json::json!({ "step": state.step, "seed": state.seed });
-    crate::export::native::save_adapter(set, &tmp, &meta)?;
+    let low_rank = set
+        .iter()
+        .all(|(_, _, a)| matches!(a.export(), crate::adapters::Export::LowRank { .. }));
+    if low_rank {
+        crate::export::native::save_adapter(set, &tmp, &meta)?;
+    }
+    if keeps_method_state(method) {
+        let fresh;
+        let hooks = match hooks {
+            Some(h) => h,
+            None => {
+                fresh = MethodHooks::new(method, set, state.config.method_opts.layerimp_tau)?;
+                &fresh
+            }
+        };
+        method_io::save(&tmp, set, hooks, method, &state.config.method_opts)?;
+    }
     write_synced(&tmp.join("optimizer.bin"), |w| optimizer.save(w))?;
     let json = serde_json::to_vec_pretty(state)
         .map_err(|e| Error::Invalid(format!("checkpoint state: {e}")))?;
@@ -120,6 +162,33 @@ pub fn load_into(dir: &Path, model: &LlamaConfig, optimizer: &mut Optimizer) -> 
         .load(&mut BufReader::new(f))
         .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
     Ok(set)
+}
+
+/// Restores a method checkpoint `dir` into `set` (freshly built for the run's
+/// configuration), `hooks` and `optimizer`.
+pub fn load_method_into(
+    dir: &Path,
+    set: &mut AdapterSet,
+    hooks: &mut MethodHooks,
+    optimizer: &mut Optimizer,
+) -> Result<()> {
+    let meta = method_io::read_meta(dir)?;
+    if meta.method != hooks.method() || meta.n_layer != set.n_layer() {
+        return Err(Error::Invalid(format!(
+            "{}: a {} checkpoint of {} layers, the run is {} with {} layers",
+            dir.display(),
+            meta.method,
+            meta.n_layer,
+            hooks.method(),
+            set.n_layer()
+        )));
+    }
+    method_io::load_into(dir, set, hooks)?;
+    let path = dir.join("optimizer.bin");
+    let f = File::open(&path).map_err(|e| Error::io(&path, e))?;
+    optimizer
+        .load(&mut BufReader::new(f))
+        .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))
 }
 
 impl RunState {

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::method::{Method, MethodOptions};
 use crate::adapters::LoraConfig;
 use crate::data::Format;
 use crate::{Error, Result};
@@ -51,6 +52,10 @@ pub struct TrainConfig {
     /// The run directory (metrics.jsonl, summary.json, checkpoints/).
     pub out: PathBuf,
     pub lora: LoraConfig,
+    /// The fine-tuning method (`lora` when absent, as before methods existed).
+    pub method: Method,
+    /// The method's own settings (see [`MethodOptions`]).
+    pub method_opts: MethodOptions,
     pub lr: f32,
     /// Optimizer steps (`None` with `epochs`: as many as the epochs make).
     pub steps: Option<u64>,
@@ -104,6 +109,8 @@ impl Default for TrainConfig {
                 alpha: 32.0,
                 ..LoraConfig::default()
             },
+            method: Method::Lora,
+            method_opts: MethodOptions::default(),
             lr: 2e-4,
             steps: None,
             epochs: None,
@@ -137,6 +144,8 @@ impl TrainConfig {
     /// setting and its value.
     pub fn validate(&self) -> Result<()> {
         self.lora.validate()?;
+        self.method.check_wired()?;
+        self.method_opts.validate(self.method, self.lora.rank)?;
         let bad = |what: &str, v: String| Err(Error::Invalid(format!("train: {what} {v}")));
         if self.batch == 0 {
             return bad("--batch must be at least 1, got", "0".into());
@@ -218,6 +227,17 @@ mod tests {
         assert_eq!(partial.steps, Some(3));
         assert_eq!(partial.lr, 0.001);
         assert_eq!(partial.seq_len, TrainConfig::default().seq_len);
+        // Configs written before methods existed are LoRA runs.
+        assert_eq!(partial.method, Method::Lora);
+        let dora: TrainConfig =
+            serde_json::from_str(r#"{"method": "dora", "method_opts": {"loraplus_ratio": 4}}"#)
+                .unwrap();
+        assert_eq!(dora.method, Method::Dora);
+        assert_eq!(dora.method_opts.loraplus_ratio, 4.0);
+        assert_eq!(
+            dora.method_opts.layerimp_tau,
+            MethodOptions::default().layerimp_tau
+        );
     }
 
     #[test]

@@ -6,6 +6,10 @@ pub mod adapter_set;
 pub mod checkpoint;
 pub mod config;
 pub mod embed_rows;
+pub mod method;
+pub mod method_hooks;
+pub mod method_io;
+pub mod method_plan;
 pub mod optimizer;
 pub mod step;
 mod step_ids;
@@ -15,5 +19,6 @@ pub mod trainer;
 
 pub use adapter_set::{AdapterSet, target_shape, tensor_name};
 pub use config::{Decay, OptimizerKind, StatePlace, TrainConfig};
+pub use method::{BaseCopy, Method, MethodOptions};
 pub use step::TrainStep;
 pub use trainer::{Progress, Summary, Trainer, run};

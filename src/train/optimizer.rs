@@ -48,7 +48,14 @@ impl Optimizer {
         total_steps: u64,
         state_dir: &std::path::Path,
     ) -> Result<Optimizer> {
-        let groups = lora_plus_groups(1.0, cfg.weight_decay);
+        // LoRA+ (§1.5): group B (`lora_B`, 1-D tensors) at `lr·λ`; every other method trains
+        // both groups at `lr`.
+        let ratio = if cfg.method == super::method::Method::Loraplus {
+            cfg.method_opts.loraplus_ratio
+        } else {
+            1.0
+        };
+        let groups = lora_plus_groups(ratio, cfg.weight_decay);
         let specs: Vec<ParamSpec> = set.param_infos().iter().map(|(_, p)| p.spec()).collect();
         let inner = match cfg.optimizer {
             OptimizerKind::AdamW => {

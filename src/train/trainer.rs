@@ -17,6 +17,8 @@ use super::adapter_set::AdapterSet;
 use super::checkpoint::{self, RunState};
 use super::config::TrainConfig;
 use super::embed_rows::EmbeddingRows;
+use super::method::Method;
+use super::method_hooks::MethodHooks;
 use super::optimizer::Optimizer;
 use super::step::{TrainStep, adapter_shapes};
 use crate::data::batch::{BatchConfig, Batcher};
@@ -79,6 +81,8 @@ pub struct Trainer<'f> {
     cfg: TrainConfig,
     llama: Llama<'f>,
     set: AdapterSet,
+    /// The method's additions to the step (AdaLoRA allocation, layer importance, on_step).
+    hooks: MethodHooks,
     step: TrainStep,
     opt: Optimizer,
     batcher: Batcher,
@@ -138,12 +142,29 @@ impl<'f> Trainer<'f> {
         };
         let mut set = match &cfg.init_adapter {
             Some(path) if resume_dir.is_none() => {
+                if !matches!(
+                    cfg.method,
+                    Method::Lora | Method::Rslora | Method::Loraplus | Method::Qlora
+                ) {
+                    return Err(Error::Invalid(format!(
+                        "--init-adapter starts a plain LoRA; method {} builds its own adapters",
+                        cfg.method
+                    )));
+                }
                 let set = crate::export::load_any(path, &model_cfg)?;
                 log::info!("starting from adapter {}", path.display());
                 set
             }
-            _ => AdapterSet::new_lora(&model_cfg, &cfg.lora, cfg.seed)?,
+            _ => AdapterSet::new_for(
+                cfg.method,
+                &model_cfg,
+                cfg,
+                total_steps,
+                cfg.seed,
+                Some(llama.weights()),
+            )?,
         };
+        let mut hooks = MethodHooks::new(cfg.method, &set, cfg.method_opts.layerimp_tau)?;
         let shape = TrainShape {
             seq_len: cfg.seq_len,
             micro_batch: cfg.batch,
@@ -179,7 +200,11 @@ impl<'f> Trainer<'f> {
                     diff.join("; ")
                 )));
             }
-            set = checkpoint::load_into(&dir, &model_cfg, &mut opt)?;
+            if checkpoint::keeps_method_state(cfg.method) {
+                checkpoint::load_method_into(&dir, &mut set, &mut hooks, &mut opt)?;
+            } else {
+                set = checkpoint::load_into(&dir, &model_cfg, &mut opt)?;
+            }
             batcher.restore(&state.cursor)?;
             if opt.step_count() != state.step {
                 return Err(Error::Invalid(format!(
@@ -200,6 +225,7 @@ impl<'f> Trainer<'f> {
             cfg: cfg.clone(),
             llama,
             set,
+            hooks,
             step,
             opt,
             batcher,
@@ -223,6 +249,11 @@ impl<'f> Trainer<'f> {
 
     pub fn adapters(&self) -> &AdapterSet {
         &self.set
+    }
+
+    /// The method's hooks (AdaLoRA allocation, layer-importance weights).
+    pub fn hooks(&self) -> &MethodHooks {
+        &self.hooks
     }
 
     pub fn train_step(&self) -> &TrainStep {
@@ -250,6 +281,7 @@ impl<'f> Trainer<'f> {
         let scale = 1.0 / targets.max(1) as f32;
         let step_no = self.completed() + 1;
         let mut loss = 0.0;
+        self.hooks.before_step(&mut self.set, step_no);
         let model = self.llama.backend_model();
         for (i, b) in self.batches[..n].iter().enumerate() {
             let seed = micro_seed(self.cfg.seed, step_no, i);
@@ -257,7 +289,10 @@ impl<'f> Trainer<'f> {
                 .step
                 .micro_batch(model, &self.set, b, scale, i == 0, seed)?;
         }
+        self.hooks.after_backward(&mut self.step, &self.set)?;
         let stats = self.opt.update(&mut self.step, &mut self.set)?;
+        self.hooks
+            .after_update(step_no - 1, &mut self.step, &mut self.set)?;
         let secs = t0.elapsed().as_secs_f64();
         let tokens = (n * self.cfg.batch * self.cfg.seq_len) as u64;
         self.tokens += tokens;
@@ -283,7 +318,13 @@ impl<'f> Trainer<'f> {
             self.elapsed_s,
             &self.cfg,
         );
-        checkpoint::save(&self.cfg.out, &self.set, &self.opt, &state)
+        checkpoint::save_with(
+            &self.cfg.out,
+            &self.set,
+            &self.opt,
+            &state,
+            Some(&self.hooks),
+        )
     }
 }
 

@@ -1,11 +1,13 @@
 //! `edgetune generate --model M --prompt TEXT [--template alpaca|llama3-chat|none] [--max-tokens N]
 //! [--temperature T] [--top-k K] [--top-p P] [--seed S] [--backend cpu|cuda|auto]
-//! [--weights auto|map|upload] [--json]`: streams text to stdout.
+//! [--weights auto|map|upload] [--guard POLICY.toml] [--json]`: streams text to stdout (with
+//! `--guard`, the answer is printed once the policy has checked it).
 
 use std::io::Write;
 use std::path::PathBuf;
 
 use clap::ValueEnum;
+use edgetune::eval::{Policy, REFUSAL};
 use edgetune::gguf::GgufFile;
 use edgetune::infer::{CausalLm, GenerateOptions, SamplingParams, generate};
 use edgetune::model::Llama;
@@ -58,9 +60,22 @@ pub struct Args {
     json: bool,
     #[command(flatten)]
     backend: BackendArgs,
+    /// A guard policy (TOML, see policies/default.toml): a prompt it matches is not answered,
+    /// an output it matches is replaced; both print "Sorry, I can't help you with that. Do
+    /// you need anything else?". The output is then printed whole, not streamed.
+    #[arg(long, value_name = "POLICY.toml")]
+    guard: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> Result<()> {
+    let policy = args.guard.as_deref().map(Policy::load).transpose()?;
+    if let Some(hit) = policy.as_ref().and_then(|p| p.check_prompt(&args.prompt)) {
+        println!("{REFUSAL}");
+        if args.json {
+            eprintln!("{}", serde_json::json!({ "tokens": [], "blocked": hit }));
+        }
+        return Ok(());
+    }
     let file = GgufFile::open(&args.model)?;
     match args.backend.resolve()? {
         Chosen::Cpu => {
@@ -69,7 +84,7 @@ pub fn run(args: Args) -> Result<()> {
                 let set = edgetune::export::load_scaled(path, llama.config(), args.adapter_scale)?;
                 llama.set_adapters(Some(std::sync::Arc::new(set)))?;
             }
-            run_on(&args, &file, &llama)
+            run_on(&args, &file, &llama, policy.as_ref())
         }
         #[cfg(feature = "cuda")]
         Chosen::Cuda(backend) => {
@@ -80,13 +95,18 @@ pub fn run(args: Args) -> Result<()> {
                 ));
             }
             let llama = edgetune::backend::cuda::llama::CudaLlama::load(&file, backend)?;
-            run_on(&args, &file, &llama)
+            run_on(&args, &file, &llama, policy.as_ref())
         }
     }
 }
 
 /// Tokenizes the prompt, generates on `llama` and prints.
-fn run_on(args: &Args, file: &GgufFile, llama: &impl CausalLm) -> Result<()> {
+fn run_on(
+    args: &Args,
+    file: &GgufFile,
+    llama: &impl CausalLm,
+    policy: Option<&Policy>,
+) -> Result<()> {
     let tokenizer = Tokenizer::from_gguf(file)?;
     let add_bos = tokenizer.add_bos_default();
     let prompt = match args.template {
@@ -113,6 +133,26 @@ fn run_on(args: &Args, file: &GgufFile, llama: &impl CausalLm) -> Result<()> {
         stop_at_eos: true,
     };
     let mut stdout = std::io::stdout().lock();
+    if let Some(policy) = policy {
+        let out = generate(llama, &tokenizer, &prompt, &opts, |_| true)?;
+        let hit = policy.check_output(&out.text);
+        let text = if hit.is_some() {
+            REFUSAL
+        } else {
+            out.text.as_str()
+        };
+        writeln!(stdout, "{text}").map_err(|e| Error::io("<stdout>", e))?;
+        if args.json {
+            let summary = serde_json::json!({
+                "prompt_tokens": out.prompt_tokens,
+                "tokens": out.tokens,
+                "stop": out.stop,
+                "blocked": hit,
+            });
+            eprintln!("{summary}");
+        }
+        return Ok(());
+    }
     let mut write_failed = None;
     let out = generate(llama, &tokenizer, &prompt, &opts, |piece| {
         match stdout

@@ -2,12 +2,15 @@
 
 mod backend_args;
 mod bench_cmd;
+mod compare_cmd;
 mod data_cmd;
 mod demo_cmd;
+mod eval_cmd;
 mod export_cmd;
 mod generate_cmd;
 mod inspect_cmd;
 mod merge_cmd;
+mod method_args;
 mod perplexity_cmd;
 mod plan_cmd;
 mod quantize_cmd;
@@ -56,6 +59,10 @@ enum Command {
     Tokenize(tokenize_cmd::Args),
     /// Fine-tune a LoRA adapter on a dataset.
     Train(Box<train_cmd::Args>),
+    /// Greedy answers to a JSONL suite of checked prompts: pass rate and failures.
+    Eval(eval_cmd::Args),
+    /// Train every method on the same data, seed, steps and budget; measure and score them.
+    Compare(compare_cmd::Args),
 }
 
 fn main() -> ExitCode {
@@ -75,6 +82,8 @@ fn main() -> ExitCode {
         Command::Train(args) => train_cmd::run_cmd(*args),
         Command::Bench(args) => bench_cmd::run(args),
         Command::Demo(args) => demo_cmd::run(args),
+        Command::Eval(args) => eval_cmd::run(args),
+        Command::Compare(args) => compare_cmd::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

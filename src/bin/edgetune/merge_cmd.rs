@@ -32,7 +32,14 @@ pub fn run(args: Args) -> Result<()> {
     let ty = MergeType::parse(&args.ty)?;
     let file = GgufFile::open(&args.model)?;
     let model = LlamaConfig::from_gguf(&file)?;
-    let set = export::load_any(&args.adapter, &model)?;
+    // A DoRA or HiRA checkpoint has no plain-LoRA form: rebuild it on the base.
+    let method_only = edgetune::train::method_io::has_method_state(&args.adapter)
+        && !args.adapter.join(export::native::ADAPTER_JSON).is_file();
+    let set = if method_only {
+        edgetune::train::method_io::load_set(&args.adapter, &file)?
+    } else {
+        export::load_any(&args.adapter, &model)?
+    };
     let quiet = args.json;
     let report = export::merge_adapter(&file, &set, &args.out, ty, &mut |m| {
         if !quiet {

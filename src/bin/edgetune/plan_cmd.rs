@@ -11,6 +11,7 @@ use edgetune::testmodel::{WeightTypes, preset};
 use edgetune::train::TrainConfig;
 use edgetune::{Error, Result};
 
+use crate::method_args::MethodArgs;
 use crate::shape_args::{BudgetArgs, ShapeArgs};
 
 #[derive(clap::Args)]
@@ -34,6 +35,8 @@ pub struct Args {
     shape: ShapeArgs,
     #[command(flatten)]
     budget: BudgetArgs,
+    #[command(flatten)]
+    method: MethodArgs,
     /// Worker threads (default: the board's cores, else this machine's).
     #[arg(long)]
     threads: Option<usize>,
@@ -52,6 +55,7 @@ pub fn run(args: Args) -> Result<()> {
     };
     args.shape.apply(&mut cfg)?;
     let board = args.budget.apply(&mut cfg)?;
+    args.method.apply(&mut cfg)?;
     if let Some(data) = &args.data {
         cfg.data = data.clone();
     }

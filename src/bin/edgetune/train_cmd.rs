@@ -1,5 +1,5 @@
-//! `edgetune train --model M --data D --out DIR [training flags]`: LoRA fine-tuning with a
-//! progress bar (plain lines when stderr is not a terminal), `DIR/metrics.jsonl`, checkpoints
+//! `edgetune train --model M --data D --out DIR [--method NAME] [training flags]`: fine-tuning
+//! with LoRA or one of its derivatives (method_args.rs), with a progress bar (plain lines when stderr is not a terminal), `DIR/metrics.jsonl`, checkpoints
 //! and `DIR/summary.json`.
 
 use std::io::IsTerminal;
@@ -12,6 +12,7 @@ use edgetune::train::{Decay, Progress, Summary, TrainConfig, run};
 use edgetune::{Error, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::method_args::MethodArgs;
 use crate::shape_args::{BudgetArgs, ShapeArgs};
 
 #[derive(clap::Args)]
@@ -38,6 +39,8 @@ pub struct Args {
     shape: ShapeArgs,
     #[command(flatten)]
     budget: BudgetArgs,
+    #[command(flatten)]
+    method: MethodArgs,
     /// Peak learning rate.
     #[arg(long, default_value_t = 2e-4)]
     lr: f32,
@@ -129,6 +132,7 @@ impl Args {
         }
         self.shape.apply(&mut cfg)?;
         self.budget.apply(&mut cfg)?;
+        self.method.apply(&mut cfg)?;
         cfg.validate()?;
         Ok(cfg)
     }

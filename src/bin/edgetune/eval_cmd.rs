@@ -1,0 +1,114 @@
+//! `edgetune eval --model M [--adapter A] --suite FILE [--guard POLICY.toml] [--max-tokens N]
+//! [--json]`: greedy answers to a JSONL suite of prompts, each checked (`contains`, `regex`,
+//! `equals`, `not_contains`); prints the pass rate and every failure. Failing cases are a
+//! result, not an error: the exit status is 0 whenever the suite ran.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use edgetune::eval::{EvalOptions, EvalReport, Policy, PromptStyle, load_suite, run_suite};
+use edgetune::gguf::GgufFile;
+use edgetune::model::Llama;
+use edgetune::tokenizer::Tokenizer;
+use edgetune::{Error, Result};
+
+#[derive(clap::Args)]
+#[command(
+    after_help = "Suite lines: {\"id\": \"fib\", \"input\": \"1, 1, 2, 3, 5, 8, 13,\", \
+\"checks\": [{\"contains\": \"21\"}], \"template\": \"…{input}…\" (optional), \"lang\": \"en\" \
+(optional)}. A case without a template is wrapped in the model's chat template when it has one. \
+A case passes when all its checks pass. Shipped: suites/basic.jsonl."
+)]
+pub struct Args {
+    /// The model GGUF.
+    #[arg(long)]
+    model: PathBuf,
+    /// An adapter applied on top of the model: an edgetune or PEFT directory, or a GGUF adapter.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+    /// Multiplies the adapter's output (llama.cpp's `--lora-scaled`).
+    #[arg(long, default_value_t = 1.0, requires = "adapter")]
+    adapter_scale: f32,
+    /// The suite: JSONL, one case per line.
+    #[arg(long)]
+    suite: PathBuf,
+    /// A guard policy (TOML): prompts or outputs it matches are answered with the refusal.
+    #[arg(long, value_name = "POLICY.toml")]
+    guard: Option<PathBuf>,
+    /// Tokens generated per case at most.
+    #[arg(long, default_value_t = 32)]
+    max_tokens: usize,
+    /// Print the report as JSON (pass_rate, passed, total, by_lang, failures).
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    // Read the suite and the policy first: a typo there should not wait for the model.
+    let suite = load_suite(&args.suite)?;
+    let policy = args.guard.as_deref().map(Policy::load).transpose()?;
+    let file = GgufFile::open(&args.model)?;
+    let mut llama = Llama::load(&file)?;
+    if let Some(path) = &args.adapter {
+        let set = edgetune::export::load_scaled(path, llama.config(), args.adapter_scale)?;
+        llama.set_adapters(Some(Arc::new(set)))?;
+    }
+    let tokenizer = Tokenizer::from_gguf(&file)?;
+    let opts = EvalOptions {
+        max_tokens: args.max_tokens,
+        style: PromptStyle::of_model(&file, &tokenizer)?,
+    };
+    let total = suite.cases.len();
+    let report = run_suite(
+        &llama,
+        &tokenizer,
+        &suite,
+        policy.as_ref(),
+        &opts,
+        |i, passed| {
+            log::info!(
+                "case {}/{total}: {}",
+                i + 1,
+                if passed { "pass" } else { "fail" }
+            );
+        },
+    )?;
+    if args.json {
+        let text = serde_json::to_string_pretty(&report)
+            .map_err(|e| Error::Invalid(format!("eval report: {e}")))?;
+        println!("{text}");
+    } else {
+        print_report(&report);
+    }
+    Ok(())
+}
+
+fn print_report(r: &EvalReport) {
+    let langs: Vec<String> = r
+        .by_lang
+        .iter()
+        .map(|(lang, c)| format!("{lang} {}/{}", c.passed, c.total))
+        .collect();
+    println!(
+        "{}: {}/{} passed ({:.1}%)  [{}]",
+        r.suite.display(),
+        r.passed,
+        r.total,
+        r.pass_rate * 100.0,
+        langs.join(", ")
+    );
+    if r.blocked > 0 {
+        println!("{} answer(s) replaced by the guard", r.blocked);
+    }
+    for f in &r.failures {
+        let guard = f
+            .blocked
+            .as_ref()
+            .map(|h| format!(" [guard: rule {:?} on the {:?}]", h.rule, h.stage))
+            .unwrap_or_default();
+        println!(
+            "FAIL {} (line {}): {}{guard}\n     output: {:?}",
+            f.id, f.line, f.check, f.output
+        );
+    }
+}

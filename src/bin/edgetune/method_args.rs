@@ -1,0 +1,119 @@
+//! `--method NAME` and each method's flags, shared by `edgetune train` and `edgetune plan`
+//! (derivatives.md; the library side is `edgetune::train::method`).
+
+use edgetune::Result;
+use edgetune::train::TrainConfig;
+use edgetune::train::method::{BaseCopy, Method, MethodOptions, apply_preset};
+
+#[derive(clap::Args, Debug, Clone)]
+#[command(next_help_heading = "Method (derivatives.md)")]
+pub struct MethodArgs {
+    /// The fine-tuning method: lora, rslora (scale alpha/√r), loraplus (B at lr·ratio),
+    /// qlora (QLoRA's reference preset: r 64, alpha 16, dropout 0.1, lr 2e-4 constant, 3 %
+    /// warmup, max-grad-norm 0.3, weight decay 0 — flags left at their defaults take the
+    /// preset), dora (magnitude + direction; merge-only), adalora (SVD form, rank budget),
+    /// olora / pissa (QR / SVD init with a frozen correction; export as rank-2r LoRA), dylora /
+    /// qdylora (rank sampled per step), hira (Hadamard with the base; merge-only), layerimp
+    /// (per-layer EMA gradient weights). mtlora, reslora, irqlora: not wired yet.
+    #[arg(long, default_value = "lora", value_name = "NAME")]
+    pub method: Method,
+    /// loraplus: λ, group B (lora_B and 1-D tensors) trains at lr·λ.
+    #[arg(long, default_value_t = MethodOptions::default().loraplus_ratio)]
+    pub loraplus_ratio: f32,
+    /// adalora: components per layer at the start, r0 (default: --rank).
+    #[arg(long)]
+    pub adalora_init_r: Option<usize>,
+    /// adalora: average components per layer at the end (default: ⌊2·r0/3⌋).
+    #[arg(long)]
+    pub adalora_target_r: Option<usize>,
+    /// adalora: steps before the budget starts to shrink.
+    #[arg(long, default_value_t = MethodOptions::default().adalora_tinit)]
+    pub adalora_tinit: u64,
+    /// adalora: final steps at the target budget with the rank pattern frozen.
+    #[arg(long, default_value_t = MethodOptions::default().adalora_tfinal)]
+    pub adalora_tfinal: u64,
+    /// adalora: mask every N steps while the budget shrinks.
+    #[arg(long, default_value_t = MethodOptions::default().adalora_delta_t)]
+    pub adalora_delta_t: u64,
+    /// adalora: sensitivity EMA β1.
+    #[arg(long, default_value_t = MethodOptions::default().adalora_beta1)]
+    pub adalora_beta1: f32,
+    /// adalora: uncertainty EMA β2.
+    #[arg(long, default_value_t = MethodOptions::default().adalora_beta2)]
+    pub adalora_beta2: f32,
+    /// adalora: orthogonal regularizer weight γ (PEFT 0.5, original AdaLoRA 0.1).
+    #[arg(long, default_value_t = MethodOptions::default().adalora_orth_reg_weight)]
+    pub adalora_orth_reg: f32,
+    /// dylora/qdylora: train only the newest component of the drawn rank (true|false;
+    /// default true for dylora, false for qdylora).
+    #[arg(long, value_name = "BOOL")]
+    pub dylora_frozen: Option<bool>,
+    /// dylora/qdylora: the rank used for evaluation and export (default: --rank).
+    #[arg(long)]
+    pub dylora_eval_rank: Option<usize>,
+    /// dora/hira: their copy of the base weight: quant (the file's blocks) or dense (f32,
+    /// 4 bytes per weight, faster).
+    #[arg(long, default_value = "quant", value_name = "FORM")]
+    pub base_copy: String,
+    /// pissa: subspace iterations of the truncated SVD.
+    #[arg(long, default_value_t = MethodOptions::default().pissa_niter)]
+    pub pissa_niter: usize,
+    /// layerimp: EMA factor τ of the per-layer gradient weights.
+    #[arg(long, default_value_t = MethodOptions::default().layerimp_tau)]
+    pub layerimp_tau: f32,
+}
+
+impl MethodArgs {
+    /// Sets `cfg.method` and `cfg.method_opts`, then QLoRA's preset (after the other flags:
+    /// a setting left at its default value takes the preset's).
+    pub fn apply(&self, cfg: &mut TrainConfig) -> Result<()> {
+        cfg.method = self.method;
+        cfg.method_opts = MethodOptions {
+            loraplus_ratio: self.loraplus_ratio,
+            adalora_init_r: self.adalora_init_r,
+            adalora_target_r: self.adalora_target_r,
+            adalora_tinit: self.adalora_tinit,
+            adalora_tfinal: self.adalora_tfinal,
+            adalora_delta_t: self.adalora_delta_t,
+            adalora_beta1: self.adalora_beta1,
+            adalora_beta2: self.adalora_beta2,
+            adalora_orth_reg_weight: self.adalora_orth_reg,
+            dylora_frozen: self.dylora_frozen,
+            dylora_eval_rank: self.dylora_eval_rank,
+            base_copy: match self.base_copy.as_str() {
+                "quant" => BaseCopy::Quant,
+                "dense" => BaseCopy::Dense,
+                other => {
+                    return Err(edgetune::Error::Invalid(format!(
+                        "--base-copy {other}: expected quant or dense"
+                    )));
+                }
+            },
+            pissa_niter: self.pissa_niter,
+            layerimp_tau: self.layerimp_tau,
+        };
+        let d = TrainConfig::default();
+        let mut explicit = Vec::new();
+        let mut note = |changed: bool, key: &'static str| {
+            if changed {
+                explicit.push(key);
+            }
+        };
+        note(cfg.lora.rank != d.lora.rank, "lora.rank");
+        note(cfg.lora.alpha != d.lora.alpha, "lora.alpha");
+        note(cfg.lora.dropout != d.lora.dropout, "lora.dropout");
+        note(cfg.lr != d.lr, "lr");
+        note(cfg.decay != d.decay, "decay");
+        note(cfg.warmup_steps != d.warmup_steps, "warmup_steps");
+        note(cfg.max_grad_norm != d.max_grad_norm, "max_grad_norm");
+        note(cfg.weight_decay != d.weight_decay, "weight_decay");
+        note(cfg.optimizer != d.optimizer, "optimizer");
+        note(cfg.optimizer_state != d.optimizer_state, "optimizer_state");
+        note(
+            cfg.optimizer_state_bits != d.optimizer_state_bits,
+            "optimizer_state_bits",
+        );
+        apply_preset(cfg, &explicit);
+        Ok(())
+    }
+}

@@ -1,0 +1,16 @@
+//! Measuring adapters: eval suites with checks ([`suite`], [`checks`], [`runner`]), the
+//! guardrail ([`guard`]), the held-out loss ([`heldout`]) and the side-by-side comparison of
+//! training methods behind `edgetune compare` ([`compare`]).
+
+pub mod checks;
+pub mod compare;
+pub mod guard;
+pub mod heldout;
+pub mod runner;
+pub mod suite;
+
+pub use checks::Check;
+pub use guard::{Guarded, Hit, Policy, REFUSAL, guard_generation};
+pub use heldout::{HeldoutLoss, heldout_loss};
+pub use runner::{EvalOptions, EvalReport, Failure, PromptStyle, run_suite};
+pub use suite::{Case, Suite, load_suite, parse_suite};

@@ -1,0 +1,184 @@
+//! Running a suite: each case's prompt rendered (its own template, else the model's chat
+//! template, else plain), greedy generation (optionally under a guard policy), the checks, and
+//! a report with the pass rate, per-language counts and every failure.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use super::checks::first_failure;
+use super::guard::{Hit, Policy, guard_generation};
+use super::suite::{Case, Suite};
+use crate::gguf::GgufFile;
+use crate::infer::{GenerateOptions, SamplingParams, generate};
+use crate::model::Llama;
+use crate::tokenizer::Tokenizer;
+use crate::tokenizer::template::{self, LLAMA3_START_HEADER, Message};
+use crate::{Error, Result};
+
+/// How a case without its own template becomes a prompt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PromptStyle {
+    /// One user turn in the Llama 3 chat format, then the assistant header.
+    Llama3Chat,
+    /// The input as it is (BOS added when the model asks for it).
+    Plain,
+}
+
+impl PromptStyle {
+    /// The model's own: Llama 3 chat when the GGUF carries a chat template and the tokenizer
+    /// knows its header token, plain otherwise (the test models' byte vocabularies).
+    pub fn of_model(file: &GgufFile, tokenizer: &Tokenizer) -> Result<PromptStyle> {
+        let has_template = file.opt_str("tokenizer.chat_template")?.is_some();
+        let has_headers = tokenizer.token_id(LLAMA3_START_HEADER).is_some();
+        Ok(if has_template && has_headers {
+            PromptStyle::Llama3Chat
+        } else {
+            PromptStyle::Plain
+        })
+    }
+}
+
+/// Settings of a suite run.
+#[derive(Clone, Debug)]
+pub struct EvalOptions {
+    /// Tokens generated per case at most.
+    pub max_tokens: usize,
+    /// For cases without a template.
+    pub style: PromptStyle,
+}
+
+/// Pass counts of one language (or of cases without `lang`, under `"-"`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Counts {
+    pub passed: usize,
+    pub total: usize,
+}
+
+/// A case that failed.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Failure {
+    pub id: String,
+    pub line: usize,
+    pub lang: Option<String>,
+    /// The first check that failed (`kind "value"`), or `error: …` when generation failed.
+    pub check: String,
+    pub output: String,
+    /// The guard rule that replaced the answer, if one did.
+    pub blocked: Option<Hit>,
+}
+
+/// The result of [`run_suite`].
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct EvalReport {
+    pub suite: PathBuf,
+    /// `passed / total` (0 for an empty run).
+    pub pass_rate: f64,
+    pub passed: usize,
+    pub total: usize,
+    /// Cases whose prompt or output the guard replaced.
+    pub blocked: usize,
+    pub by_lang: BTreeMap<String, Counts>,
+    pub failures: Vec<Failure>,
+}
+
+/// The prompt text the guard sees for `case` (before any chat template): its template with
+/// the input, or the input.
+pub fn case_text(case: &Case) -> String {
+    case.templated().unwrap_or_else(|| case.input.clone())
+}
+
+/// The token ids of `case`'s prompt: its own template as plain text, else `style`.
+pub fn encode_case(tokenizer: &Tokenizer, case: &Case, style: PromptStyle) -> Result<Vec<u32>> {
+    if let Some(text) = case.templated() {
+        return tokenizer.encode(&text, tokenizer.add_bos_default(), false);
+    }
+    match style {
+        PromptStyle::Plain => tokenizer.encode(&case.input, tokenizer.add_bos_default(), false),
+        PromptStyle::Llama3Chat => {
+            // The rendering starts with <|begin_of_text|>: parse specials, add no BOS.
+            let r = template::llama3_chat(&[Message::new("user", case.input.as_str())], true);
+            tokenizer.encode(r.prompt(), false, true)
+        }
+    }
+}
+
+/// Greedy answer to `case` under `policy`.
+pub fn answer_case(
+    llama: &Llama,
+    tokenizer: &Tokenizer,
+    case: &Case,
+    policy: Option<&Policy>,
+    opts: &EvalOptions,
+) -> Result<super::guard::Guarded> {
+    let gen_opts = GenerateOptions {
+        max_tokens: opts.max_tokens,
+        sampling: SamplingParams {
+            temperature: 0.0,
+            ..SamplingParams::default()
+        },
+        stop_at_eos: true,
+    };
+    guard_generation(policy, &case_text(case), || {
+        let ids = encode_case(tokenizer, case, opts.style)?;
+        Ok(generate(llama, tokenizer, &ids, &gen_opts, |_| true)?.text)
+    })
+}
+
+/// Runs every case of `suite`; `on_case(index, passed)` is called after each (for progress).
+/// A case whose generation fails (e.g. a prompt longer than the context) counts as a failure
+/// carrying the error; nothing else stops the run.
+pub fn run_suite(
+    llama: &Llama,
+    tokenizer: &Tokenizer,
+    suite: &Suite,
+    policy: Option<&Policy>,
+    opts: &EvalOptions,
+    mut on_case: impl FnMut(usize, bool),
+) -> Result<EvalReport> {
+    if opts.max_tokens == 0 {
+        return Err(Error::Invalid(
+            "eval: --max-tokens must be at least 1".into(),
+        ));
+    }
+    let mut report = EvalReport {
+        suite: suite.path.clone(),
+        pass_rate: 0.0,
+        passed: 0,
+        total: suite.cases.len(),
+        blocked: 0,
+        by_lang: BTreeMap::new(),
+        failures: Vec::new(),
+    };
+    for (i, case) in suite.cases.iter().enumerate() {
+        let (output, failed, blocked) = match answer_case(llama, tokenizer, case, policy, opts) {
+            Ok(g) => {
+                let failed = first_failure(&case.checks, &g.text).map(|c| c.describe());
+                (g.text, failed, g.blocked)
+            }
+            Err(e) => (String::new(), Some(format!("error: {e}")), None),
+        };
+        report.blocked += blocked.is_some() as usize;
+        let lang = case.lang.clone().unwrap_or_else(|| "-".into());
+        let counts = report.by_lang.entry(lang).or_default();
+        counts.total += 1;
+        let passed = failed.is_none();
+        match failed {
+            None => {
+                counts.passed += 1;
+                report.passed += 1;
+            }
+            Some(check) => report.failures.push(Failure {
+                id: case.id.clone(),
+                line: case.line,
+                lang: case.lang.clone(),
+                check,
+                output,
+                blocked,
+            }),
+        }
+        on_case(i, passed);
+    }
+    report.pass_rate = report.passed as f64 / report.total.max(1) as f64;
+    Ok(report)
+}

@@ -1,0 +1,249 @@
+//! A method's full training state in a checkpoint directory, beside the plain-LoRA export
+//! (`adapter.json` + `adapter.safetensors`, written only when every adapter is a low-rank
+//! pair): `method.json` (method, LoRA settings, method options, layer count) and
+//! `method.safetensors` holding, in f32,
+//!
+//! - every trainable tensor, `blk.{l}.{stem}.{param}` with [`crate::adapters::Adapter::params`]
+//!   names and shapes (DoRA's `lora_magnitude_vector`, AdaLoRA's `lora_E`, HiRA's `hira_A`, …);
+//! - OLoRA/PiSSA's frozen factors `blk.{l}.{stem}.lora_A0` `[r, in]`, `lora_B0` `[out, r]`
+//!   (stored, not recomputed: decompositions differ in signs between builds, §0.6);
+//! - AdaLoRA's allocator state `blk.{l}.{stem}.adalora_ipt`, `adalora_unc` (params layout) and
+//!   `adalora_keep` `[r0]` (1.0 = kept);
+//! - the layer-importance weights `layerimp.weights` `[n_layer · 7]`.
+//!
+//! Loading restores these into a set freshly built by
+//! [`AdapterSet::new_for`](super::AdapterSet::new_for) with the run's configuration (the
+//! methods that read `Ŵ` rebuild their base copy from the model file), so a resumed run is
+//! bit-exact; DyLoRA's training rank is a function of the step number and needs no state.
+
+use std::borrow::Cow;
+use std::path::Path;
+
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use serde::{Deserialize, Serialize};
+
+use super::adapter_set::{AdapterSet, tensor_name};
+use super::method::{Method, MethodOptions};
+use super::method_hooks::MethodHooks;
+use crate::adapters::adalora::AdaLora;
+use crate::adapters::olora_pissa::ResidualLora;
+use crate::adapters::{Adapter, LoraConfig};
+use crate::{Error, Result};
+
+pub const METHOD_JSON: &str = "method.json";
+pub const METHOD_TENSORS: &str = "method.safetensors";
+const FORMAT: &str = "edgetune-method-state";
+const LAYERIMP: &str = "layerimp.weights";
+
+/// `method.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MethodMeta {
+    pub format: String,
+    pub version: u64,
+    pub method: Method,
+    pub lora: LoraConfig,
+    pub method_opts: MethodOptions,
+    pub n_layer: usize,
+}
+
+/// Whether `dir` holds a method state.
+pub fn has_method_state(dir: &Path) -> bool {
+    dir.join(METHOD_JSON).is_file()
+}
+
+/// Reads `dir/method.json`.
+pub fn read_meta(dir: &Path) -> Result<MethodMeta> {
+    let path = dir.join(METHOD_JSON);
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let meta: MethodMeta = serde_json::from_str(&text)
+        .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+    if meta.format != FORMAT || meta.version != 1 {
+        return Err(Error::Invalid(format!(
+            "{}: format {:?} version {}, expected {FORMAT:?} version 1",
+            path.display(),
+            meta.format,
+            meta.version
+        )));
+    }
+    Ok(meta)
+}
+
+/// Writes `method.json` and `method.safetensors` of `set` (and `hooks`) into `dir`.
+pub fn save(
+    dir: &Path,
+    set: &AdapterSet,
+    hooks: &MethodHooks,
+    method: Method,
+    opts: &MethodOptions,
+) -> Result<()> {
+    let mut tensors: Vec<(String, Vec<usize>, Cow<'_, [f32]>)> = Vec::new();
+    for (layer, target, a) in set.iter() {
+        for (i, p) in a.params().iter().enumerate() {
+            let v = a.param(i).ok_or_else(|| {
+                Error::Invalid(format!(
+                    "adapter blk.{layer}.{}: no tensor {i}",
+                    target.gguf_stem()
+                ))
+            })?;
+            tensors.push((
+                tensor_name(layer, target, p.name),
+                p.shape.clone(),
+                Cow::Borrowed(v),
+            ));
+        }
+        for (name, shape, v) in extra_state(a) {
+            tensors.push((tensor_name(layer, target, name), shape, v));
+        }
+    }
+    if method == Method::Layerimp {
+        let w = hooks.layer_weights();
+        tensors.push((LAYERIMP.into(), vec![w.len()], Cow::Borrowed(w)));
+    }
+    let views = tensors
+        .iter()
+        .map(|(name, shape, v)| {
+            TensorView::new(Dtype::F32, shape.clone(), bytemuck::cast_slice(v))
+                .map(|view| (name.as_str(), view))
+                .map_err(|e| Error::Invalid(format!("tensor {name}: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let path = dir.join(METHOD_TENSORS);
+    safetensors::serialize_to_file(views, &None, &path)
+        .map_err(|e| Error::Invalid(format!("writing {}: {e}", path.display())))?;
+    let meta = MethodMeta {
+        format: FORMAT.into(),
+        version: 1,
+        method,
+        lora: set.lora_config().clone(),
+        method_opts: opts.clone(),
+        n_layer: set.n_layer(),
+    };
+    let json = serde_json::to_vec_pretty(&meta)
+        .map_err(|e| Error::Invalid(format!("{METHOD_JSON}: {e}")))?;
+    let jpath = dir.join(METHOD_JSON);
+    std::fs::write(&jpath, json).map_err(|e| Error::io(&jpath, e))
+}
+
+/// The non-trainable state of an adapter a checkpoint must keep: (name, shape, values).
+fn extra_state(a: &dyn Adapter) -> Vec<(&'static str, Vec<usize>, Cow<'_, [f32]>)> {
+    if let Some(x) = a.downcast_ref::<ResidualLora>() {
+        let (r, inf, outf) = (x.lora().rank(), a.in_features(), a.out_features());
+        return vec![
+            ("lora_A0", vec![r, inf], Cow::Borrowed(x.a0())),
+            ("lora_B0", vec![outf, r], Cow::Borrowed(x.b0())),
+        ];
+    }
+    if let Some(x) = a.downcast_ref::<AdaLora>() {
+        let (ipt, unc, keep) = x.importance_state();
+        let keep: Vec<f32> = keep.iter().map(|&k| if k { 1.0 } else { 0.0 }).collect();
+        return vec![
+            ("adalora_ipt", vec![ipt.len()], Cow::Borrowed(ipt)),
+            ("adalora_unc", vec![unc.len()], Cow::Borrowed(unc)),
+            ("adalora_keep", vec![keep.len()], Cow::Owned(keep)),
+        ];
+    }
+    Vec::new()
+}
+
+/// Restores `dir/method.safetensors` into `set` (built fresh for the same configuration) and
+/// `hooks`; every tensor must be there with its shape. Errors name the file and the tensor.
+pub fn load_into(dir: &Path, set: &mut AdapterSet, hooks: &mut MethodHooks) -> Result<()> {
+    let path = dir.join(METHOD_TENSORS);
+    let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+    let st = SafeTensors::deserialize(&bytes)
+        .map_err(|e| Error::Invalid(format!("{}: not a safetensors file: {e}", path.display())))?;
+    let get = |name: &str, n: usize| -> Result<Vec<f32>> {
+        let terr = |what: String| Error::Tensor {
+            path: path.clone(),
+            name: name.into(),
+            what,
+        };
+        let v = st.tensor(name).map_err(|e| terr(e.to_string()))?;
+        if v.dtype() != Dtype::F32 || v.data().len() != 4 * n {
+            return Err(terr(format!(
+                "{:?} with {} bytes, expected F32 with {n} values",
+                v.dtype(),
+                v.data().len()
+            )));
+        }
+        Ok(v.data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect())
+    };
+    let slots: Vec<_> = set.iter().map(|(l, t, _)| (l, t)).collect();
+    for (layer, target) in slots {
+        let a = set
+            .get_mut(layer, target)
+            .ok_or_else(|| Error::Invalid("adapter slot vanished".into()))?;
+        let infos = a.params();
+        for (i, p) in infos.iter().enumerate() {
+            let v = get(&tensor_name(layer, target, p.name), p.numel())?;
+            let dst = a
+                .param_mut(i)
+                .ok_or_else(|| Error::Invalid("no tensor".into()))?;
+            dst.copy_from_slice(&v);
+        }
+        if let Some(x) = a.downcast_mut::<AdaLora>() {
+            let n = x.n_params();
+            let r = x.init_rank();
+            let ipt = get(&tensor_name(layer, target, "adalora_ipt"), n)?;
+            let unc = get(&tensor_name(layer, target, "adalora_unc"), n)?;
+            let keep: Vec<bool> = get(&tensor_name(layer, target, "adalora_keep"), r)?
+                .into_iter()
+                .map(|k| k != 0.0)
+                .collect();
+            x.set_importance_state(&ipt, &unc, &keep)?;
+        }
+        let rebuilt = if let Some(x) = a.downcast_ref::<ResidualLora>() {
+            let (r, inf, outf) = (x.lora().rank(), x.in_features(), x.out_features());
+            let a0 = get(&tensor_name(layer, target, "lora_A0"), r * inf)?;
+            let b0 = get(&tensor_name(layer, target, "lora_B0"), outf * r)?;
+            Some(ResidualLora::from_parts(
+                x.kind(),
+                x.lora().clone(),
+                a0,
+                b0,
+            )?)
+        } else {
+            None
+        };
+        if let Some(x) = rebuilt {
+            set.insert(layer, target, Box::new(x))?;
+        }
+    }
+    if hooks.method() == Method::Layerimp {
+        let n = hooks.layer_weights().len();
+        hooks.set_layer_weights(&get(LAYERIMP, n)?)?;
+    }
+    Ok(())
+}
+
+/// The adapter set of method checkpoint `dir` on the base model `file` (whose weights the
+/// methods that read `Ŵ` copy again): what `edgetune merge` loads for DoRA and HiRA, which
+/// have no plain-LoRA form.
+pub fn load_set(dir: &Path, file: &crate::gguf::GgufFile) -> Result<AdapterSet> {
+    let meta = read_meta(dir)?;
+    let model = crate::model::LlamaConfig::from_gguf(file)?;
+    if meta.n_layer != model.n_layer {
+        return Err(Error::Invalid(format!(
+            "{}: the adapter is for a {}-layer model, the base has {} layers",
+            dir.join(METHOD_JSON).display(),
+            meta.n_layer,
+            model.n_layer
+        )));
+    }
+    let weights = crate::model::LlamaWeights::from_gguf(file, &model)?;
+    let cfg = super::TrainConfig {
+        lora: meta.lora.clone(),
+        method: meta.method,
+        method_opts: meta.method_opts.clone(),
+        ..super::TrainConfig::default()
+    };
+    // Any schedule length AdaLoRA accepts: the step count only shapes the training budget.
+    let steps = meta.method_opts.adalora_tinit + meta.method_opts.adalora_tfinal + 1;
+    let mut set = AdapterSet::new_for(meta.method, &model, &cfg, steps, 0, Some(&weights))?;
+    let mut hooks = MethodHooks::new(meta.method, &set, meta.method_opts.layerimp_tau)?;
+    load_into(dir, &mut set, &mut hooks)?;
+    Ok(set)
+}

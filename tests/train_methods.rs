@@ -1,0 +1,259 @@
+//! Every wired `--method` trains on the tiny model (the loss falls), checkpoints, and reloads:
+//! a resumed trainer holds bit-identical parameters; low-rank methods reload through
+//! `load_any` as the same `ΔW`, merge-only ones point at `edgetune merge` and rebuild on the
+//! base. DoRA and AdaLoRA resume exactly (2 + 2 steps against 4). The memory plan's adapter
+//! numbers equal the built adapters' for every method.
+
+mod train_support;
+
+use std::path::Path;
+
+use edgetune::adapters::adalora::AdaLora;
+use edgetune::adapters::{Adapter, Target};
+use edgetune::gguf::GgufFile;
+use edgetune::memory::budget;
+use edgetune::model::{LlamaConfig, LlamaWeights};
+use edgetune::train::method_hooks::MethodHooks;
+use edgetune::train::method_plan::{adapter_cost, method_wide_bytes};
+use edgetune::train::{AdapterSet, Method, TrainConfig, Trainer, method_io, target_shape};
+
+/// Steps per method run; the loss compares the mean of the first and of the last three.
+const STEPS: u64 = 12;
+
+fn config(model: &Path, data: &Path, out: &Path, method: Method) -> TrainConfig {
+    let mut cfg = train_support::config(model, data, out, STEPS);
+    cfg.method = method;
+    cfg.seq_len = 128;
+    cfg.batch = 2;
+    cfg.lr = 2e-3;
+    // AdaLoRA: prune from 4 to 2 components per linear over the run.
+    cfg.method_opts.adalora_target_r = Some(2);
+    cfg.method_opts.adalora_tinit = 2;
+    cfg.method_opts.adalora_tfinal = 3;
+    cfg
+}
+
+/// Every parameter of `set`, slot by slot.
+fn params(set: &AdapterSet) -> Vec<Vec<f32>> {
+    let mut out = Vec::new();
+    for (_, _, a) in set.iter() {
+        let mut i = 0;
+        while let Some(p) = a.param(i) {
+            out.push(p.to_vec());
+            i += 1;
+        }
+    }
+    out
+}
+
+fn delta(a: &dyn Adapter) -> Vec<f32> {
+    let mut dw = vec![0.0; a.in_features() * a.out_features()];
+    a.delta_weight(&mut dw).unwrap();
+    dw
+}
+
+fn assert_close(got: &[f32], want: &[f32], what: &str) {
+    let scale = want.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= 1e-4 * scale,
+            "{what}[{i}]: {g} vs {w} (scale {scale})"
+        );
+    }
+}
+
+#[test]
+fn every_wired_method_trains_checkpoints_and_reloads() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, data) = train_support::write_fixture(dir.path(), "q4_0", 120);
+    let file = GgufFile::open(&model).unwrap();
+    let model_cfg = LlamaConfig::from_gguf(&file).unwrap();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    pool.install(|| {
+        for method in Method::wired() {
+            let out = dir.path().join(method.name());
+            let cfg = config(&model, &data, &out, method);
+            let mut t = Trainer::new(&file, &cfg).unwrap();
+            assert!(
+                t.adapters().iter().count() > 0,
+                "{method}: no adapters built"
+            );
+            let mut losses = Vec::new();
+            while let Some(p) = t.step().unwrap() {
+                assert!(p.loss.is_finite(), "{method}: loss {}", p.loss);
+                losses.push(p.loss);
+            }
+            assert_eq!(losses.len() as u64, STEPS, "{method}");
+            let first = losses[..3].iter().sum::<f64>() / 3.0;
+            let last = losses[losses.len() - 3..].iter().sum::<f64>() / 3.0;
+            assert!(last < first, "{method}: the loss did not fall: {losses:?}");
+            if method == Method::Adalora {
+                // The budget pruned components: at most target_r·L live at the end.
+                let live: usize = t
+                    .adapters()
+                    .iter()
+                    .map(|(_, _, a)| a.downcast_ref::<AdaLora>().unwrap().active_rank())
+                    .sum();
+                assert!(
+                    live <= 2 * t.adapters().len(),
+                    "adalora: {live} live components"
+                );
+            }
+            let ckpt = t.checkpoint().unwrap();
+            let trained = params(t.adapters());
+
+            // A resumed trainer restores every parameter bit for bit.
+            let resumed = Trainer::new(
+                &file,
+                &TrainConfig {
+                    resume: true,
+                    ..cfg.clone()
+                },
+            )
+            .unwrap();
+            assert_eq!(resumed.completed(), STEPS, "{method}");
+            assert!(
+                params(resumed.adapters()) == trained,
+                "{method}: resumed params differ"
+            );
+
+            // Export form: a plain LoRA with the same ΔW, or merge-only.
+            if method.merge_only() {
+                let e = edgetune::export::load_any(&ckpt, &model_cfg)
+                    .unwrap_err()
+                    .to_string();
+                assert!(e.contains("edgetune merge"), "{method}: {e}");
+                let set = method_io::load_set(&ckpt, &file).unwrap();
+                for ((_, _, a), (_, _, b)) in set.iter().zip(t.adapters().iter()) {
+                    assert_eq!(delta(a), delta(b), "{method}");
+                }
+            } else {
+                let set = edgetune::export::load_any(&ckpt, &model_cfg).unwrap();
+                assert_eq!(set.len(), t.adapters().len(), "{method}");
+                for ((l, tg, a), (_, _, b)) in set.iter().zip(t.adapters().iter()) {
+                    assert_close(
+                        &delta(a),
+                        &delta(b),
+                        &format!("{method} blk.{l}.{}", tg.gguf_stem()),
+                    );
+                }
+            }
+        }
+    });
+}
+
+/// 2 steps, checkpoint, resume, 2 steps = 4 steps, bit for bit (per-step losses and params).
+#[test]
+fn dora_and_adalora_resume_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, data) = train_support::write_fixture(dir.path(), "q4_0", 60);
+    let file = GgufFile::open(&model).unwrap();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    pool.install(|| {
+        for method in [Method::Dora, Method::Adalora, Method::Layerimp] {
+            let mut cfg = config(&model, &data, &dir.path().join("full"), method);
+            cfg.steps = Some(4);
+            cfg.method_opts.adalora_tinit = 0;
+            cfg.method_opts.adalora_tfinal = 1;
+            let mut full = Trainer::new(&file, &cfg).unwrap();
+            let mut want = Vec::new();
+            while let Some(p) = full.step().unwrap() {
+                want.push(p.loss.to_bits());
+            }
+            let cut = TrainConfig {
+                out: dir.path().join(format!("cut-{method}")),
+                ..cfg.clone()
+            };
+            let mut first = Trainer::new(&file, &cut).unwrap();
+            let mut got = Vec::new();
+            for _ in 0..2 {
+                got.push(first.step().unwrap().unwrap().loss.to_bits());
+            }
+            first.checkpoint().unwrap();
+            drop(first);
+            let mut second = Trainer::new(
+                &file,
+                &TrainConfig {
+                    resume: true,
+                    ..cut.clone()
+                },
+            )
+            .unwrap();
+            while let Some(p) = second.step().unwrap() {
+                got.push(p.loss.to_bits());
+            }
+            assert_eq!(got, want, "{method}: per-step losses differ after resume");
+            assert!(
+                params(second.adapters()) == params(full.adapters()),
+                "{method}: final params differ after resume"
+            );
+        }
+    });
+}
+
+/// The plan's per-method numbers (train/method_plan.rs) equal the built adapters'.
+#[test]
+fn plan_adapter_bytes_match_the_built_adapters() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, data) = train_support::write_fixture(dir.path(), "q4_0", 10);
+    let file = GgufFile::open(&model).unwrap();
+    let mc = LlamaConfig::from_gguf(&file).unwrap();
+    let weights = LlamaWeights::from_gguf(&file, &mc).unwrap();
+    for method in Method::wired() {
+        let mut cfg = config(&model, &data, &dir.path().join("p"), method);
+        cfg.lora.dropout = if method == Method::Hira { 0.1 } else { 0.0 };
+        let set = AdapterSet::new_for(method, &mc, &cfg, STEPS, 1, Some(&weights)).unwrap();
+        let mut extra = 0u64;
+        let mut n_params = 0u64;
+        for (l, t, a) in set.iter() {
+            let (fi, fo) = target_shape(&mc, t);
+            let name = format!("blk.{l}.{}.weight", t.gguf_stem());
+            let base = file.tensor(&name).unwrap().n_bytes;
+            let c = adapter_cost(method, &cfg.lora, &cfg.method_opts, fi, fo, base);
+            let w = a.workspace();
+            let what = format!("{method} blk.{l}.{}", t.gguf_stem());
+            assert_eq!(c.shape.saved_per_token, w.saved_per_token, "{what} saved");
+            assert_eq!(
+                c.shape.scratch_per_token, w.scratch_per_token,
+                "{what} scratch"
+            );
+            let numels: Vec<u64> = a.params().iter().map(|p| p.numel() as u64).collect();
+            assert_eq!(c.tensors, numels, "{what} tensors");
+            assert_eq!(c.extra_bytes, a.extra_bytes() as u64, "{what} extra");
+            extra += c.extra_bytes;
+            n_params += a.n_params() as u64;
+        }
+        let hooks = MethodHooks::new(method, &set, cfg.method_opts.layerimp_tau).unwrap();
+        let wide = method_wide_bytes(method, &cfg.lora, &cfg.method_opts, mc.n_layer, set.len());
+        assert_eq!(wide, hooks.bytes() as u64, "{method} method-wide bytes");
+        let plan = budget::plan_training(&file, &cfg).unwrap();
+        assert_eq!(plan.breakdown.adapters.n_params, n_params, "{method}");
+        assert_eq!(
+            plan.breakdown.adapters.extra_bytes,
+            extra + wide,
+            "{method}"
+        );
+        assert_eq!(set.len(), Target::ALL.len() * mc.n_layer, "{method}");
+    }
+}
+
+#[test]
+fn unwired_methods_are_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, data) = train_support::write_fixture(dir.path(), "q4_0", 10);
+    let file = GgufFile::open(&model).unwrap();
+    for method in [Method::Mtlora, Method::Reslora, Method::Irqlora] {
+        let cfg = config(&model, &data, &dir.path().join("x"), method);
+        let e = Trainer::new(&file, &cfg).err().unwrap().to_string();
+        assert!(
+            e.contains(&format!("method {method}: not wired yet")),
+            "{e}"
+        );
+    }
+}
