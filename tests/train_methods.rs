@@ -18,12 +18,27 @@ use edgetune::train::method_plan::{adapter_cost, method_wide_bytes};
 use edgetune::train::{AdapterSet, Method, TrainConfig, Trainer, method_io, target_shape};
 
 /// Steps per method run; the loss compares the mean of the first and of the last three.
-const STEPS: u64 = 12;
+const STEPS: u64 = 8;
+
+/// The tiny model and a short `{"text"}` dataset (64-byte sequences keep every method's run
+/// to about a second).
+fn fixture(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (model, _) = train_support::write_fixture(dir, "q4_0", 4);
+    let data = dir.join("short.jsonl");
+    let lines: Vec<String> = (0..40)
+        .map(|i| {
+            let text = format!("sensor {} reads {} C; status ok. ", i % 7, 20 + i % 5);
+            serde_json::json!({ "text": text.repeat(2) }).to_string()
+        })
+        .collect();
+    std::fs::write(&data, lines.join("\n")).unwrap();
+    (model, data)
+}
 
 fn config(model: &Path, data: &Path, out: &Path, method: Method) -> TrainConfig {
     let mut cfg = train_support::config(model, data, out, STEPS);
     cfg.method = method;
-    cfg.seq_len = 128;
+    cfg.seq_len = 64;
     cfg.batch = 2;
     cfg.lr = 2e-3;
     // AdaLoRA: prune from 4 to 2 components per linear over the run.
@@ -65,7 +80,7 @@ fn assert_close(got: &[f32], want: &[f32], what: &str) {
 #[test]
 fn every_wired_method_trains_checkpoints_and_reloads() {
     let dir = tempfile::tempdir().unwrap();
-    let (model, data) = train_support::write_fixture(dir.path(), "q4_0", 120);
+    let (model, data) = fixture(dir.path());
     let file = GgufFile::open(&model).unwrap();
     let model_cfg = LlamaConfig::from_gguf(&file).unwrap();
     let pool = rayon::ThreadPoolBuilder::new()
@@ -76,6 +91,7 @@ fn every_wired_method_trains_checkpoints_and_reloads() {
         for method in Method::wired() {
             let out = dir.path().join(method.name());
             let cfg = config(&model, &data, &out, method);
+            let t0 = std::time::Instant::now();
             let mut t = Trainer::new(&file, &cfg).unwrap();
             assert!(
                 t.adapters().iter().count() > 0,
@@ -102,6 +118,7 @@ fn every_wired_method_trains_checkpoints_and_reloads() {
                     "adalora: {live} live components"
                 );
             }
+            eprintln!("{method}: {STEPS} steps in {:.2?}", t0.elapsed());
             let ckpt = t.checkpoint().unwrap();
             let trained = params(t.adapters());
 
@@ -149,7 +166,7 @@ fn every_wired_method_trains_checkpoints_and_reloads() {
 #[test]
 fn dora_and_adalora_resume_exactly() {
     let dir = tempfile::tempdir().unwrap();
-    let (model, data) = train_support::write_fixture(dir.path(), "q4_0", 60);
+    let (model, data) = fixture(dir.path());
     let file = GgufFile::open(&model).unwrap();
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(2)
@@ -201,7 +218,7 @@ fn dora_and_adalora_resume_exactly() {
 #[test]
 fn plan_adapter_bytes_match_the_built_adapters() {
     let dir = tempfile::tempdir().unwrap();
-    let (model, data) = train_support::write_fixture(dir.path(), "q4_0", 10);
+    let (model, data) = fixture(dir.path());
     let file = GgufFile::open(&model).unwrap();
     let mc = LlamaConfig::from_gguf(&file).unwrap();
     let weights = LlamaWeights::from_gguf(&file, &mc).unwrap();
@@ -246,7 +263,7 @@ fn plan_adapter_bytes_match_the_built_adapters() {
 #[test]
 fn unwired_methods_are_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    let (model, data) = train_support::write_fixture(dir.path(), "q4_0", 10);
+    let (model, data) = fixture(dir.path());
     let file = GgufFile::open(&model).unwrap();
     for method in [Method::Mtlora, Method::Reslora, Method::Irqlora] {
         let cfg = config(&model, &data, &dir.path().join("x"), method);
