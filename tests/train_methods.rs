@@ -274,3 +274,98 @@ fn unwired_methods_are_a_clear_error() {
         );
     }
 }
+
+fn edgetune(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_edgetune"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// `edgetune plan --method`: the method's extras enter the plan (none for LoRA).
+#[test]
+fn cli_plan_and_train_take_the_method() {
+    let plan = |method: &str| -> serde_json::Value {
+        let out = edgetune(&[
+            "plan", "--preset", "tiny", "--method", method, "--rank", "4", "--json",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let extra = |v: &serde_json::Value| v["breakdown"]["adapters"]["extra_bytes"].as_u64().unwrap();
+    let (lora, dora, adalora) = (plan("lora"), plan("dora"), plan("adalora"));
+    assert_eq!(extra(&lora), 0);
+    assert!(extra(&dora) > 0 && extra(&adalora) > 0);
+    assert!(dora["total_bytes"].as_u64() > lora["total_bytes"].as_u64());
+    // AdaLoRA's e vectors: r0 more parameters per adapted linear (2 layers × 7).
+    let params = |v: &serde_json::Value| v["breakdown"]["adapters"]["n_params"].as_u64().unwrap();
+    assert_eq!(params(&adalora), params(&lora) + 4 * 14);
+
+    let help = String::from_utf8_lossy(&edgetune(&["train", "--help"]).stdout).to_string();
+    for flag in [
+        "--method",
+        "--loraplus-ratio",
+        "--adalora-target-r",
+        "--dylora-eval-rank",
+        "--layerimp-tau",
+    ] {
+        assert!(help.contains(flag), "train --help lacks {flag}");
+    }
+
+    // qlora: the preset fills what was left at its default, an explicit --rank wins.
+    let dir = tempfile::tempdir().unwrap();
+    let (model, data) = fixture(dir.path());
+    let out = dir.path().join("q");
+    let run = edgetune(&[
+        "train",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--method",
+        "qlora",
+        "--rank",
+        "8",
+        "--steps",
+        "2",
+        "--seq-len",
+        "64",
+        "--threads",
+        "2",
+        "--json",
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    let c = &summary["config"];
+    assert_eq!(c["method"], "qlora");
+    assert_eq!(c["lora"]["rank"], 8);
+    assert_eq!(c["lora"]["alpha"].as_f64(), Some(16.0));
+    assert_eq!(c["max_grad_norm"].as_f64().map(|v| v as f32), Some(0.3));
+
+    let bad = edgetune(&[
+        "train",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--method",
+        "reslora",
+        "--steps",
+        "2",
+    ]);
+    assert!(!bad.status.success());
+    let e = String::from_utf8_lossy(&bad.stderr);
+    assert!(e.contains("method reslora: not wired yet"), "{e}");
+}
