@@ -369,3 +369,53 @@ fn cli_plan_and_train_take_the_method() {
     let e = String::from_utf8_lossy(&bad.stderr);
     assert!(e.contains("method reslora: not wired yet"), "{e}");
 }
+
+/// A DoRA checkpoint: `export --format gguf|peft` refuses, pointing at `merge`; `merge` folds
+/// it into a new base.
+#[test]
+fn cli_merge_only_checkpoint_exports_by_merging() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, data) = fixture(dir.path());
+    let file = GgufFile::open(&model).unwrap();
+    let mut cfg = config(&model, &data, &dir.path().join("d"), Method::Dora);
+    cfg.steps = Some(1);
+    let mut t = Trainer::new(&file, &cfg).unwrap();
+    t.step().unwrap().unwrap();
+    let ckpt = t.checkpoint().unwrap();
+    let (m, c) = (model.to_str().unwrap(), ckpt.to_str().unwrap());
+    for format in ["gguf", "peft"] {
+        let o = dir.path().join(format!("out-{format}"));
+        let r = edgetune(&[
+            "export",
+            "--model",
+            m,
+            "--adapter",
+            c,
+            "--format",
+            format,
+            "--out",
+            o.to_str().unwrap(),
+        ]);
+        assert!(!r.status.success(), "{format}");
+        let e = String::from_utf8_lossy(&r.stderr);
+        assert!(
+            e.contains("edgetune merge") && e.contains("dora"),
+            "{format}: {e}"
+        );
+    }
+    let merged = dir.path().join("merged.gguf");
+    let r = edgetune(&[
+        "merge",
+        "--model",
+        m,
+        "--adapter",
+        c,
+        "--out",
+        merged.to_str().unwrap(),
+        "--type",
+        "f32",
+        "--json",
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(GgufFile::open(&merged).is_ok());
+}
