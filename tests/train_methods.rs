@@ -119,6 +119,18 @@ fn every_wired_method_trains_checkpoints_and_reloads() {
                 );
             }
             eprintln!("{method}: {STEPS} steps in {:.2?}", t0.elapsed());
+            if matches!(method, Method::Dylora | Method::Qdylora) {
+                // Every rank evaluated; the export rank is the lowest-loss one.
+                let (b, losses) = t.choose_dylora_rank().unwrap().unwrap();
+                assert_eq!(losses.len(), cfg.lora.rank, "{method}");
+                let min = losses.iter().cloned().fold(f64::INFINITY, f64::min);
+                assert_eq!(losses[b - 1], min, "{method}: {losses:?}");
+                let dy = t.adapters().iter().next().unwrap().2;
+                let dy = dy
+                    .downcast_ref::<edgetune::adapters::dylora::Dylora>()
+                    .unwrap();
+                assert_eq!(dy.eval_rank(), b, "{method}");
+            }
             let ckpt = t.checkpoint().unwrap();
             let trained = params(t.adapters());
 
