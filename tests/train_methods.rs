@@ -18,12 +18,27 @@ use edgetune::train::method_plan::{adapter_cost, method_wide_bytes};
 use edgetune::train::{AdapterSet, Method, TrainConfig, Trainer, method_io, target_shape};
 
 /// Steps per method run; the loss compares the mean of the first and of the last three.
-const STEPS: u64 = 12;
+const STEPS: u64 = 8;
+
+/// The tiny model and a short `{"text"}` dataset (64-byte sequences keep every method's run
+/// to about a second).
+fn fixture(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (model, _) = train_support::write_fixture(dir, "q4_0", 4);
+    let data = dir.join("short.jsonl");
+    let lines: Vec<String> = (0..40)
+        .map(|i| {
+            let text = format!("sensor {} reads {} C; status ok. ", i % 7, 20 + i % 5);
+            serde_json::json!({ "text": text.repeat(2) }).to_string()
+        })
+        .collect();
+    std::fs::write(&data, lines.join("\n")).unwrap();
+    (model, data)
+}
 
 fn config(model: &Path, data: &Path, out: &Path, method: Method) -> TrainConfig {
     let mut cfg = train_support::config(model, data, out, STEPS);
     cfg.method = method;
-    cfg.seq_len = 128;
+    cfg.seq_len = 64;
     cfg.batch = 2;
     cfg.lr = 2e-3;
     // AdaLoRA: prune from 4 to 2 components per linear over the run.
@@ -65,7 +80,7 @@ fn assert_close(got: &[f32], want: &[f32], what: &str) {
 #[test]
 fn every_wired_method_trains_checkpoints_and_reloads() {
     let dir = tempfile::tempdir().unwrap();
-    let (model, data) = train_support::write_fixture(dir.path(), "q4_0", 120);
+    let (model, data) = fixture(dir.path());
     let file = GgufFile::open(&model).unwrap();
     let model_cfg = LlamaConfig::from_gguf(&file).unwrap();
     let pool = rayon::ThreadPoolBuilder::new()
@@ -76,6 +91,7 @@ fn every_wired_method_trains_checkpoints_and_reloads() {
         for method in Method::wired() {
             let out = dir.path().join(method.name());
             let cfg = config(&model, &data, &out, method);
+            let t0 = std::time::Instant::now();
             let mut t = Trainer::new(&file, &cfg).unwrap();
             assert!(
                 t.adapters().iter().count() > 0,
@@ -101,6 +117,19 @@ fn every_wired_method_trains_checkpoints_and_reloads() {
                     live <= 2 * t.adapters().len(),
                     "adalora: {live} live components"
                 );
+            }
+            eprintln!("{method}: {STEPS} steps in {:.2?}", t0.elapsed());
+            if matches!(method, Method::Dylora | Method::Qdylora) {
+                // Every rank evaluated; the export rank is the lowest-loss one.
+                let (b, losses) = t.choose_dylora_rank().unwrap().unwrap();
+                assert_eq!(losses.len(), cfg.lora.rank, "{method}");
+                let min = losses.iter().cloned().fold(f64::INFINITY, f64::min);
+                assert_eq!(losses[b - 1], min, "{method}: {losses:?}");
+                let dy = t.adapters().iter().next().unwrap().2;
+                let dy = dy
+                    .downcast_ref::<edgetune::adapters::dylora::Dylora>()
+                    .unwrap();
+                assert_eq!(dy.eval_rank(), b, "{method}");
             }
             let ckpt = t.checkpoint().unwrap();
             let trained = params(t.adapters());
@@ -149,7 +178,7 @@ fn every_wired_method_trains_checkpoints_and_reloads() {
 #[test]
 fn dora_and_adalora_resume_exactly() {
     let dir = tempfile::tempdir().unwrap();
-    let (model, data) = train_support::write_fixture(dir.path(), "q4_0", 60);
+    let (model, data) = fixture(dir.path());
     let file = GgufFile::open(&model).unwrap();
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(2)
@@ -201,7 +230,7 @@ fn dora_and_adalora_resume_exactly() {
 #[test]
 fn plan_adapter_bytes_match_the_built_adapters() {
     let dir = tempfile::tempdir().unwrap();
-    let (model, data) = train_support::write_fixture(dir.path(), "q4_0", 10);
+    let (model, data) = fixture(dir.path());
     let file = GgufFile::open(&model).unwrap();
     let mc = LlamaConfig::from_gguf(&file).unwrap();
     let weights = LlamaWeights::from_gguf(&file, &mc).unwrap();
@@ -246,7 +275,7 @@ fn plan_adapter_bytes_match_the_built_adapters() {
 #[test]
 fn unwired_methods_are_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    let (model, data) = train_support::write_fixture(dir.path(), "q4_0", 10);
+    let (model, data) = fixture(dir.path());
     let file = GgufFile::open(&model).unwrap();
     for method in [Method::Mtlora, Method::Reslora, Method::Irqlora] {
         let cfg = config(&model, &data, &dir.path().join("x"), method);
@@ -256,4 +285,149 @@ fn unwired_methods_are_a_clear_error() {
             "{e}"
         );
     }
+}
+
+fn edgetune(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_edgetune"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// `edgetune plan --method`: the method's extras enter the plan (none for LoRA).
+#[test]
+fn cli_plan_and_train_take_the_method() {
+    let plan = |method: &str| -> serde_json::Value {
+        let out = edgetune(&[
+            "plan", "--preset", "tiny", "--method", method, "--rank", "4", "--json",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let extra = |v: &serde_json::Value| v["breakdown"]["adapters"]["extra_bytes"].as_u64().unwrap();
+    let (lora, dora, adalora) = (plan("lora"), plan("dora"), plan("adalora"));
+    assert_eq!(extra(&lora), 0);
+    assert!(extra(&dora) > 0 && extra(&adalora) > 0);
+    assert!(dora["total_bytes"].as_u64() > lora["total_bytes"].as_u64());
+    // AdaLoRA's e vectors: r0 more parameters per adapted linear (2 layers × 7).
+    let params = |v: &serde_json::Value| v["breakdown"]["adapters"]["n_params"].as_u64().unwrap();
+    assert_eq!(params(&adalora), params(&lora) + 4 * 14);
+
+    let help = String::from_utf8_lossy(&edgetune(&["train", "--help"]).stdout).to_string();
+    for flag in [
+        "--method",
+        "--loraplus-ratio",
+        "--adalora-target-r",
+        "--dylora-eval-rank",
+        "--layerimp-tau",
+    ] {
+        assert!(help.contains(flag), "train --help lacks {flag}");
+    }
+
+    // qlora: the preset fills what was left at its default, an explicit --rank wins.
+    let dir = tempfile::tempdir().unwrap();
+    let (model, data) = fixture(dir.path());
+    let out = dir.path().join("q");
+    let run = edgetune(&[
+        "train",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--method",
+        "qlora",
+        "--rank",
+        "8",
+        "--steps",
+        "2",
+        "--seq-len",
+        "64",
+        "--threads",
+        "2",
+        "--json",
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    let c = &summary["config"];
+    assert_eq!(c["method"], "qlora");
+    assert_eq!(c["lora"]["rank"], 8);
+    assert_eq!(c["lora"]["alpha"].as_f64(), Some(16.0));
+    assert_eq!(c["max_grad_norm"].as_f64().map(|v| v as f32), Some(0.3));
+
+    let bad = edgetune(&[
+        "train",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--method",
+        "reslora",
+        "--steps",
+        "2",
+    ]);
+    assert!(!bad.status.success());
+    let e = String::from_utf8_lossy(&bad.stderr);
+    assert!(e.contains("method reslora: not wired yet"), "{e}");
+}
+
+/// A DoRA checkpoint: `export --format gguf|peft` refuses, pointing at `merge`; `merge` folds
+/// it into a new base.
+#[test]
+fn cli_merge_only_checkpoint_exports_by_merging() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, data) = fixture(dir.path());
+    let file = GgufFile::open(&model).unwrap();
+    let mut cfg = config(&model, &data, &dir.path().join("d"), Method::Dora);
+    cfg.steps = Some(1);
+    let mut t = Trainer::new(&file, &cfg).unwrap();
+    t.step().unwrap().unwrap();
+    let ckpt = t.checkpoint().unwrap();
+    let (m, c) = (model.to_str().unwrap(), ckpt.to_str().unwrap());
+    for format in ["gguf", "peft"] {
+        let o = dir.path().join(format!("out-{format}"));
+        let r = edgetune(&[
+            "export",
+            "--model",
+            m,
+            "--adapter",
+            c,
+            "--format",
+            format,
+            "--out",
+            o.to_str().unwrap(),
+        ]);
+        assert!(!r.status.success(), "{format}");
+        let e = String::from_utf8_lossy(&r.stderr);
+        assert!(
+            e.contains("edgetune merge") && e.contains("dora"),
+            "{format}: {e}"
+        );
+    }
+    let merged = dir.path().join("merged.gguf");
+    let r = edgetune(&[
+        "merge",
+        "--model",
+        m,
+        "--adapter",
+        c,
+        "--out",
+        merged.to_str().unwrap(),
+        "--type",
+        "f32",
+        "--json",
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(GgufFile::open(&merged).is_ok());
 }

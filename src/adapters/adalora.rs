@@ -331,6 +331,11 @@ impl Adapter for AdaLora {
         ]
     }
 
+    /// Without building `params()` (a step calls it: no allocation).
+    fn n_params(&self) -> usize {
+        self.cfg.init_r * (self.in_f + self.out_f + 1)
+    }
+
     fn param(&self, i: usize) -> Option<&[f32]> {
         [&self.a, &self.b, &self.e].get(i).map(|v| v.as_slice())
     }

@@ -190,6 +190,11 @@ impl Adapter for Dora {
         ]
     }
 
+    /// Without building `params()` (a step calls it: no allocation).
+    fn n_params(&self) -> usize {
+        self.cfg.rank * (self.in_f + self.out_f) + self.out_f
+    }
+
     fn param(&self, i: usize) -> Option<&[f32]> {
         [&self.a, &self.b, &self.m].get(i).map(|v| v.as_slice())
     }

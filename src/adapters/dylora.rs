@@ -77,11 +77,11 @@ impl DyloraConfig {
 
     /// `s_b = alpha/b` (`alpha/√b` under rsLoRA).
     pub fn scale_at(&self, b: usize) -> f32 {
-        LoraConfig {
-            rank: b,
-            ..self.lora.clone()
-        }
-        .scale()
+        // LoraConfig::scale at rank b, without cloning the config (its target list would be
+        // an allocation in every pass).
+        let r = b as f64;
+        let d = if self.lora.rslora { r.sqrt() } else { r };
+        (self.lora.alpha as f64 / d) as f32
     }
 }
 

@@ -124,8 +124,11 @@ pub fn save(
     std::fs::write(&jpath, json).map_err(|e| Error::io(&jpath, e))
 }
 
-/// The non-trainable state of an adapter a checkpoint must keep: (name, shape, values).
-fn extra_state(a: &dyn Adapter) -> Vec<(&'static str, Vec<usize>, Cow<'_, [f32]>)> {
+/// One stored tensor: (name, shape, values).
+type StateTensor<'a> = (&'static str, Vec<usize>, Cow<'a, [f32]>);
+
+/// The non-trainable state of an adapter a checkpoint must keep.
+fn extra_state(a: &dyn Adapter) -> Vec<StateTensor<'_>> {
     if let Some(x) = a.downcast_ref::<ResidualLora>() {
         let (r, inf, outf) = (x.lora().rank(), a.in_features(), a.out_features());
         return vec![

@@ -74,6 +74,9 @@ pub struct Summary {
     /// anonymous (everything else); `None` off Linux.
     pub memory: Option<MemoryUsage>,
     pub last_checkpoint: Option<PathBuf>,
+    /// DyLoRA / QDyLoRA: the rank chosen for export ([`Trainer::choose_dylora_rank`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dylora_rank: Option<usize>,
 }
 
 /// A loaded, planned training run over one mapped model.
@@ -309,6 +312,46 @@ impl<'f> Trainer<'f> {
         }))
     }
 
+    /// DyLoRA / QDyLoRA without `--dylora-eval-rank` (§9.1, "evaluation at every rank"):
+    /// evaluates every rank `1..=r_max` on the last step's micro-batches (no dropout; a proxy
+    /// for a held-out set, which the trainer does not have), makes the lowest-loss rank (ties:
+    /// the smaller) every adapter's evaluation and export rank, and returns it with the mean
+    /// loss per rank. `None` for other methods, when a rank was given, or before any step.
+    pub fn choose_dylora_rank(&mut self) -> Result<Option<(usize, Vec<f64>)>> {
+        if !matches!(self.cfg.method, Method::Dylora | Method::Qdylora)
+            || self.cfg.method_opts.dylora_eval_rank.is_some()
+            || self.completed() == 0
+        {
+            return Ok(None);
+        }
+        let r_max = self.set.lora_config().rank;
+        let model = self.llama.backend_model();
+        let mut losses = Vec::with_capacity(r_max);
+        for b in 1..=r_max {
+            set_dylora_eval_rank(&mut self.set, b)?;
+            let (mut sum, mut n) = (0.0, 0usize);
+            for batch in &self.batches {
+                let (l, c) = self.step.eval_loss(model, &self.set, batch)?;
+                sum += l;
+                n += c;
+            }
+            losses.push(sum / n.max(1) as f64);
+        }
+        let best = losses
+            .iter()
+            .enumerate()
+            .fold(
+                (0, f64::INFINITY),
+                |(bi, bl), (i, &l)| {
+                    if l < bl { (i, l) } else { (bi, bl) }
+                },
+            )
+            .0
+            + 1;
+        set_dylora_eval_rank(&mut self.set, best)?;
+        Ok(Some((best, losses)))
+    }
+
     /// Writes a checkpoint of the current state.
     pub fn checkpoint(&self) -> Result<PathBuf> {
         let state = RunState::new(
@@ -326,6 +369,16 @@ impl<'f> Trainer<'f> {
             Some(&self.hooks),
         )
     }
+}
+
+/// Sets the evaluation / export rank of every DyLoRA adapter of `set`.
+fn set_dylora_eval_rank(set: &mut AdapterSet, b: usize) -> Result<()> {
+    for (_, _, a) in set.iter_mut() {
+        if let Some(d) = a.downcast_mut::<crate::adapters::dylora::Dylora>() {
+            d.set_eval_rank(b)?;
+        }
+    }
+    Ok(())
 }
 
 /// The dropout stream of micro-batch `micro` of step `step`.
@@ -388,7 +441,11 @@ fn run_in_pool(
         .as_deref()
         .and_then(|d| d.file_name())
         .is_some_and(|n| *n == *format!("step-{:08}", trainer.completed()));
-    if !at_end {
+    let dylora_rank = trainer.choose_dylora_rank()?;
+    if let Some((b, losses)) = &dylora_rank {
+        log::info!("DyLoRA: rank {b} chosen for export (loss per rank {losses:?})");
+    }
+    if !at_end || dylora_rank.is_some() {
         last_ckpt = Some(trainer.checkpoint()?);
     }
     let usage = memory_usage().unwrap_or_else(|e| {
@@ -410,6 +467,7 @@ fn run_in_pool(
         peak_bytes: usage.as_ref().map(|m| m.peak_rss),
         memory: usage,
         last_checkpoint: last_ckpt,
+        dylora_rank: dylora_rank.map(|(b, _)| b),
     };
     let json =
         serde_json::to_vec_pretty(&summary).map_err(|e| Error::Invalid(format!("summary: {e}")))?;
