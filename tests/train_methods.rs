@@ -261,11 +261,16 @@ fn plan_adapter_bytes_match_the_built_adapters() {
         let hooks = MethodHooks::new(method, &set, cfg.method_opts.layerimp_tau).unwrap();
         let wide = method_wide_bytes(method, &cfg.lora, &cfg.method_opts, mc.n_layer, set.len());
         assert_eq!(wide, hooks.bytes() as u64, "{method} method-wide bytes");
+        // ResLoRA's cross-layer store, as the step allocates it.
+        let store =
+            edgetune::train::step_reslora::store_bytes(&set, mc.n_layer, cfg.batch * cfg.seq_len)
+                as u64;
+        assert_eq!(store > 0, method == Method::Reslora, "{method} store");
         let plan = budget::plan_training(&file, &cfg).unwrap();
         assert_eq!(plan.breakdown.adapters.n_params, n_params, "{method}");
         assert_eq!(
             plan.breakdown.adapters.extra_bytes,
-            extra + wide,
+            extra + wide + store,
             "{method}"
         );
         assert_eq!(set.len(), Target::ALL.len() * mc.n_layer, "{method}");
@@ -277,7 +282,7 @@ fn unwired_methods_are_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let (model, data) = fixture(dir.path());
     let file = GgufFile::open(&model).unwrap();
-    for method in [Method::Mtlora, Method::Reslora, Method::Irqlora] {
+    for method in [Method::Mtlora] {
         let cfg = config(&model, &data, &dir.path().join("x"), method);
         let e = Trainer::new(&file, &cfg).err().unwrap().to_string();
         assert!(
@@ -373,13 +378,13 @@ fn cli_plan_and_train_take_the_method() {
         "--out",
         out.to_str().unwrap(),
         "--method",
-        "reslora",
+        "mtlora",
         "--steps",
         "2",
     ]);
     assert!(!bad.status.success());
     let e = String::from_utf8_lossy(&bad.stderr);
-    assert!(e.contains("method reslora: not wired yet"), "{e}");
+    assert!(e.contains("method mtlora: not wired yet"), "{e}");
 }
 
 /// A DoRA checkpoint: `export --format gguf|peft` refuses, pointing at `merge`; `merge` folds

@@ -38,7 +38,8 @@ use crate::model::LlamaConfig;
 use crate::optim::paged::page_round;
 use crate::optim::state8bit::{MIN_8BIT_NUMEL, state_bytes_8bit};
 use crate::testmodel::{Preset, Vocabulary, WeightTypes, plan_test_model};
-use crate::train::method_plan::{adapter_cost, method_wide_bytes};
+use crate::train::method::Method;
+use crate::train::method_plan::{adapter_cost, method_wide_bytes, reslora_store_bytes};
 use crate::train::{OptimizerKind, StatePlace, TrainConfig, target_shape};
 use crate::{Error, Result};
 
@@ -469,14 +470,29 @@ fn adapter_breakdown(model: &ModelWeights, cfg: &TrainConfig) -> (AdapterBreakdo
                 .iter()
                 .find(|x| x.name == name)
                 .map_or(0, |x| x.n_bytes);
-            let cost =
-                adapter_cost(cfg.method, &cfg.lora, &cfg.method_opts, fan_in, fan_out, base_bytes);
+            let cost = adapter_cost(
+                cfg.method,
+                &cfg.lora,
+                &cfg.method_opts,
+                fan_in,
+                fan_out,
+                base_bytes,
+            );
             numels.extend_from_slice(&cost.tensors);
             extra += cost.extra_bytes;
             adapted += 1;
         }
     }
     extra += method_wide_bytes(cfg.method, &cfg.lora, &cfg.method_opts, mc.n_layer, adapted);
+    if cfg.method == Method::Reslora {
+        let fan_ins: Vec<usize> = Target::ALL
+            .iter()
+            .filter(|t| cfg.lora.targets.contains(t))
+            .map(|&t| target_shape(mc, t).0)
+            .collect();
+        let tokens = cfg.batch.saturating_mul(cfg.seq_len);
+        extra += reslora_store_bytes(&fan_ins, mc.n_layer, tokens);
+    }
     let n_params: u64 = numels.iter().sum();
     let adapters = AdapterBreakdown {
         adapted,

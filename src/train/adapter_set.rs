@@ -12,7 +12,9 @@ use crate::adapters::base::BaseWeight;
 use crate::adapters::dora::Dora;
 use crate::adapters::dylora::{Dylora, DyloraConfig};
 use crate::adapters::hira::Hira;
+use crate::adapters::iec::Iec;
 use crate::adapters::olora_pissa::{ResidualInit, ResidualLora};
+use crate::adapters::reslora::{DEFAULT_WINDOW as RESLORA_NORM_WINDOW, ResLora};
 use crate::adapters::{Adapter, Lora, LoraConfig, ParamInfo, Target};
 use crate::model::{LayerWeights, LlamaConfig, LlamaWeights};
 use crate::quant::matmul::QuantMatrix;
@@ -74,7 +76,7 @@ impl AdapterSet {
     /// (AdaLoRA's budget schedule needs it). `base` gives the mapped weights to the methods
     /// that read `Ŵ` (DoRA and HiRA keep a copy, OLoRA and PiSSA decompose it); the others
     /// accept `None`. Seeds per slot as [`AdapterSet::new_lora`], so `lora` here builds the
-    /// same set as `new_lora`. MT-LoRA, ResLoRA and IR-QLoRA are an error (not wired yet).
+    /// same set as `new_lora`. MT-LoRA is an error (not wired yet).
     pub fn new_for(
         method: Method,
         model: &LlamaConfig,
@@ -132,6 +134,15 @@ impl AdapterSet {
                         }
                         Box::new(d)
                     }
+                    // IR-QLoRA's adapter half; its ICQ half is the base file (`edgetune quantize --icq`).
+                    Method::Irqlora => Box::new(Iec::new(fan_in, fan_out, &lora, s)?),
+                    Method::Reslora => Box::new(ResLora::new(
+                        fan_in,
+                        fan_out,
+                        &lora,
+                        RESLORA_NORM_WINDOW,
+                        s,
+                    )?),
                     _ => Box::new(Lora::new(fan_in, fan_out, &lora, s)?),
                 };
                 set.insert(layer, target, adapter)?;

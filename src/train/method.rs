@@ -16,7 +16,9 @@
 //! | `dylora`, `qdylora` | [`crate::adapters::dylora::Dylora`] | rank drawn per step; frozen / unfrozen (§9) |
 //! | `hira` | [`crate::adapters::hira::Hira`] | `ΔW = Ŵ ⊙ BA`; merge-only (§10) |
 //! | `layerimp` | `Lora` | per-layer EMA gradient weights (§10.4, the study's "AdaLoRA") |
-//! | `mtlora`, `reslora`, `irqlora` | — | not wired into training yet |
+//! | `irqlora` | [`crate::adapters::iec::Iec`] | IEC adapter (§6.2) on a base re-quantized by `edgetune quantize --icq` (§6.1) |
+//! | `reslora` | [`crate::adapters::reslora::ResLora`] | res_is input shortcut across layers (§8); the step keeps every layer's module input |
+//! | `mtlora` | — | not wired into the trainer yet (the adapter and the step's per-task loss exist) |
 
 use std::fmt;
 use std::str::FromStr;
@@ -91,7 +93,7 @@ impl Method {
 
     /// Whether `edgetune train` can run it in this build.
     pub fn is_wired(self) -> bool {
-        !matches!(self, Method::Mtlora | Method::Reslora | Method::Irqlora)
+        !matches!(self, Method::Mtlora)
     }
 
     /// The methods `edgetune train` can run in this build.

@@ -23,6 +23,7 @@ use super::adapter_set::{adalora_config, method_lora_config};
 use super::method::{BaseCopy, Method, MethodOptions};
 use crate::adapters::LoraConfig;
 use crate::adapters::hira::TILE;
+use crate::adapters::reslora::DEFAULT_WINDOW as RESLORA_NORM_WINDOW;
 use crate::memory::plan::AdapterShape;
 
 /// One adapted linear's cost under a method.
@@ -85,6 +86,16 @@ pub fn adapter_cost(
             lora_tensors,
             4 * (r * inf + outf * r) as u64,
         ),
+        // IEC: A, B and the two scalar gates β_A, β_B; scratch for the group sums.
+        Method::Irqlora => (
+            r,
+            3 * r + if drop { inf } else { 0 },
+            vec![(r * inf) as u64, (outf * r) as u64, 1, 1],
+            0,
+        ),
+        // ResLoRA: the shortcut sum `X_l + X_{l−1}` in scratch; the merge_bw norm window. Its
+        // cross-layer input store is per step, not per adapter: `reslora_store_bytes`.
+        Method::Reslora => (r, inf + r, lora_tensors, 16 * RESLORA_NORM_WINDOW as u64),
         _ => (r, r + if drop { inf } else { 0 }, lora_tensors, 0),
     };
     let n_params: u64 = tensors.iter().sum();
@@ -118,4 +129,14 @@ pub fn method_wide_bytes(
         Method::Layerimp => 4 * 7 * n_layer as u64,
         _ => 0,
     }
+}
+
+/// ResLoRA's cross-layer store held by the training step (`train::step_reslora::store_bytes`):
+/// for each adapted target of input width `in`, every layer's module input `[n_layer, T, in]`
+/// plus one pending input gradient `[T, in]`, f32, for the whole step.
+pub fn reslora_store_bytes(fan_ins: &[usize], n_layer: usize, tokens: usize) -> u64 {
+    fan_ins
+        .iter()
+        .map(|&fan_in| 4 * (tokens * (n_layer + 1) * fan_in) as u64)
+        .sum()
 }

@@ -14,7 +14,9 @@ pub struct MethodArgs {
     /// preset), dora (magnitude + direction; merge-only), adalora (SVD form, rank budget),
     /// olora / pissa (QR / SVD init with a frozen correction; export as rank-2r LoRA), dylora /
     /// qdylora (rank sampled per step), hira (Hadamard with the base; merge-only), layerimp
-    /// (per-layer EMA gradient weights). mtlora, reslora, irqlora: not wired yet.
+    /// (per-layer EMA gradient weights), irqlora (IR-QLoRA's IEC adapter; make its base with
+    /// `edgetune quantize --icq`), reslora (res_is: each layer's branch also reads the previous
+    /// layer's module input). mtlora: not wired into the trainer yet.
     #[arg(long, default_value = "lora", value_name = "NAME")]
     pub method: Method,
     /// loraplus: λ, group B (lora_B and 1-D tensors) trains at lr·λ.
