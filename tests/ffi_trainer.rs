@@ -418,7 +418,7 @@ fn exports_read_back_equal_and_generate_like_the_rust_api() {
 
 /// `et_trainer_new` expecting failure: (status, message); the out pointer stays NULL.
 fn new_fails(model: *const EtModel, cfg: Option<&str>) -> (EtStatus, String) {
-    let mut t = 0x1 as *mut EtTrainer; // not NULL: the call must reset it
+    let mut t = std::ptr::dangling_mut::<EtTrainer>(); // not NULL: the call must reset it
     let cfg = cfg.map(c);
     let st = unsafe { et_trainer_new(model, cfg.as_ref().map_or(null(), |s| s.as_ptr()), &mut t) };
     assert_ne!(st, EtStatus::Ok);
