@@ -1,7 +1,7 @@
 /*
  * edgetune C API: open a quantized Llama GGUF, inspect it, generate text, plan the memory of a
- * LoRA fine-tuning run. Link libedgetune.a (plus -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc
- * on Linux) or libedgetune.so; build them with
+ * LoRA fine-tuning run, train adapters step by step, export them. Link libedgetune.a (plus
+ * -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc on Linux) or libedgetune.so; build them with
  * `cargo rustc --release --lib --features ffi --crate-type cdylib,staticlib` (README, "C API").
  *
  * Errors: every fallible function returns an EtStatus (ET_STATUS_OK = 0). On failure,
@@ -10,22 +10,30 @@
  * until the next et_ call on that thread. No function unwinds, exits or prints: internal
  * failures come back as ET_STATUS_PANIC.
  *
- * Ownership: handles from et_model_open are released with et_model_free (NULL is ignored).
- * Strings passed in are borrowed for the call only. Text results are copied into a buffer the
- * caller owns: out_cap is its size in bytes; *out_len receives the text's length without the
- * NUL, also on ET_STATUS_BUFFER_TOO_SMALL, when the buffer needs *out_len + 1 bytes. Strings
- * returned as const char * (et_version, et_last_error) belong to the library; never free them.
+ * Ownership: handles from et_model_open / et_trainer_new are released with et_model_free /
+ * et_trainer_free (NULL is ignored). Strings passed in are borrowed for the call only. Text
+ * results are copied into a buffer the caller owns: out_cap is its size in bytes; *out_len
+ * receives the text's length without the NUL, also on ET_STATUS_BUFFER_TOO_SMALL, when the
+ * buffer needs *out_len + 1 bytes. Strings returned as const char * (et_version,
+ * et_last_error) belong to the library; never free them.
  *
  * Threading: a model handle may be used from several threads at once; calls on one handle are
- * serialised internally. Freeing a handle while another thread uses it is undefined behaviour.
+ * serialised internally. A trainer handle is not thread-safe: one call at a time (it may move
+ * between threads between calls). Freeing a handle while another thread uses it is undefined
+ * behaviour.
  *
- * Training: et_train runs a whole run configured by JSON with the fields of `edgetune train`
- * (the same parser as et_plan_json); `progress` (may be NULL) is called after every optimizer
- * step, from a library thread (never two at once), with an EtProgress valid during the call; a
- * nonzero return stops training after that step (ET_STATUS_CANCELLED, checkpoint written).
- * et_train_latest_checkpoint gives the newest checkpoint directory of a run: an adapter that
- * et_model_set_adapter attaches to a model (et_generate then uses it) and et_adapter_export
- * converts to a llama.cpp LoRA GGUF or a Hugging Face PEFT directory.
+ * Training, step by step: et_trainer_new creates a trainer from a JSON configuration with the
+ * fields of `edgetune train` (the same parser as et_plan_json) and an optional model handle;
+ * et_trainer_step runs up to N optimizer steps, calling `progress` (may be NULL) on the calling
+ * thread after each with an EtProgress valid during the call (a nonzero return stops the call:
+ * ET_STATUS_CANCELLED); et_trainer_checkpoint writes a resumable checkpoint (an adapter
+ * directory); et_trainer_export writes the adapters as "native", "gguf" (llama.cpp) or "peft".
+ * Training in one call: et_train runs a whole configuration, calling `progress` from a library
+ * thread (never two at once); a nonzero return stops it (ET_STATUS_CANCELLED, checkpoint
+ * written). et_train_latest_checkpoint gives the newest checkpoint directory of a run.
+ * Adapters: et_model_set_adapter attaches a checkpoint or export to a model (et_generate then
+ * uses it); et_adapter_export converts one to a llama.cpp LoRA GGUF or a Hugging Face PEFT
+ * directory.
  */
 
 
@@ -73,6 +81,11 @@ typedef enum {
 // An open model: the memory-mapped GGUF, its validated weights and its tokenizer. Opaque to
 // C; create with `et_model_open`, release with `et_model_free`.
 typedef struct EtModel EtModel;
+
+// A training run driven step by step: the mapped model, the data, the adapters, the
+// optimizer and the step's arena. Opaque to C; create with `et_trainer_new`, release with
+// `et_trainer_free`. Not thread-safe: one call at a time (it may move between threads).
+typedef struct EtTrainer EtTrainer;
 
 // How to generate. Start from `et_generate_default_options` and change what you need.
 typedef struct {
@@ -123,7 +136,7 @@ typedef struct {
   float loss;
   // Learning rate used by the last step.
   float lr;
-  // Training throughput over the run so far.
+  // Training throughput of the last step (tokens of its micro-batches per second).
   double tokens_per_s;
   // Seconds since training started.
   double elapsed_s;
@@ -246,6 +259,83 @@ EtStatus et_train(const char *config_json, EtProgressFn progress, void *user_dat
 // `out_dir` is NULL or a NUL-terminated string valid for the call; `out_buf` is NULL or valid
 // for `out_cap` bytes; `out_len` is NULL or valid for one `size_t` write.
 EtStatus et_train_latest_checkpoint(const char *out_dir, char *out_buf, size_t out_cap, size_t *out_len);
+
+// Creates a trainer from `config_json` (the fields of `edgetune train`: `data`, `out`,
+// `steps` or `epochs`, `lora` {`rank`, `alpha`, `targets`, ...}, `seq_len`, `batch`, `lr`,
+// `save_every`, `resume`, `threads`, ...; missing fields take the CLI's defaults, unknown
+// fields are an error) and stores it in `*out_trainer` (NULL on failure). The model is
+// `model`'s file when `model` is not NULL (the configuration may then omit `"model"`, or must
+// name the same file), else the configuration's `"model"`; the trainer maps the file itself,
+// so `model` may be freed before the trainer. Loads and tokenizes the data, plans the memory
+// (refusing a run over `budget_bytes` before allocating anything), builds the adapters and
+// the optimizer, and with `"resume": true` continues from the newest checkpoint in `out`.
+//
+// # Safety
+// `model` is NULL or a live handle from `et_model_open`; `config_json` is NULL or a
+// NUL-terminated string valid for the call; `out_trainer` is NULL or valid for one pointer
+// write.
+EtStatus et_trainer_new(const EtModel *model, const char *config_json, EtTrainer **out_trainer);
+
+// Releases a trainer from `et_trainer_new` (NULL is ignored). Nothing is saved: call
+// `et_trainer_checkpoint` or `et_trainer_export` first to keep the adapters.
+//
+// # Safety
+// `trainer` is NULL or a handle from `et_trainer_new` not yet freed and not in use.
+void et_trainer_free(EtTrainer *trainer);
+
+// Runs up to `n_steps` optimizer steps. After each, `progress` (may be NULL) is called on the
+// calling thread with a report valid during the call; a nonzero return stops after that step
+// with `ET_STATUS_CANCELLED` (nothing is written then: checkpoint if you want to keep it).
+// `*out_steps_done` (may be NULL) receives the steps this call made, also on failure. Fewer
+// than `n_steps` with `ET_STATUS_OK` means the run is over (its `steps`, or its `epochs` of
+// data, are used up); later calls then make no step. A `save_every` of the configuration
+// writes its checkpoints as `edgetune train` does. The work itself runs on the trainer's
+// worker threads (`threads` of the configuration).
+//
+// # Safety
+// `trainer` is NULL or a live handle not used by another call now; `progress`, when not NULL,
+// is safe to call with a valid `EtProgress` pointer and `user_data`; `out_steps_done` is NULL
+// or valid for one `uint64_t` write.
+EtStatus et_trainer_step(EtTrainer *trainer, uint64_t n_steps, EtProgressFn progress, void *user_data, uint64_t *out_steps_done);
+
+// Writes a checkpoint of the current state into `out/checkpoints/step-NNNNNNNN` (the adapter,
+// the optimizer state and the data position: `"resume": true` continues from it; it is also
+// an adapter directory for `et_model_set_adapter` and `et_adapter_export`) and copies its path
+// into `out_buf`. Buffer rules as for `et_generate`, except that `out_buf` NULL with
+// `out_cap` 0 just skips the copy (`*out_len` still gets the path's length). On
+// `ET_STATUS_BUFFER_TOO_SMALL` the checkpoint is written; `et_train_latest_checkpoint` on
+// `out` finds it too.
+//
+// # Safety
+// `trainer` is NULL or a live handle not used by another call now; `out_buf` is NULL or
+// valid for `out_cap` bytes; `out_len` is NULL or valid for one `size_t` write.
+EtStatus et_trainer_checkpoint(EtTrainer *trainer, char *out_buf, size_t out_cap, size_t *out_len);
+
+// Writes the trainer's current adapters to `out_path` as `format`: `"native"` an edgetune
+// adapter directory (`adapter.json`, `adapter.safetensors`: what `et_model_set_adapter` and
+// `edgetune generate --adapter` read), `"gguf"` a llama.cpp LoRA GGUF file (`llama-cli
+// --lora`), `"peft"` a Hugging Face PEFT directory (`adapter_config.json`,
+// `adapter_model.safetensors`, `README.md` with the base file's SHA-256); tensors in f32.
+//
+// # Safety
+// `trainer` is NULL or a live handle not used by another call now; `format` and `out_path`
+// are NULL or NUL-terminated strings valid for the call.
+EtStatus et_trainer_export(EtTrainer *trainer, const char *format, const char *out_path);
+
+// Stores the optimizer steps completed so far in `*out_steps` (a resumed run counts the
+// checkpoint's steps).
+//
+// # Safety
+// `trainer` is NULL or a live handle not used by another call now; `out_steps` is NULL or
+// valid for one `uint64_t` write.
+EtStatus et_trainer_completed(const EtTrainer *trainer, uint64_t *out_steps);
+
+// Stores the optimizer steps the run makes in all in `*out_steps` (`steps` of the
+// configuration, or what `epochs` of the data give).
+//
+// # Safety
+// As for `et_trainer_completed`.
+EtStatus et_trainer_total_steps(const EtTrainer *trainer, uint64_t *out_steps);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -14,7 +14,8 @@
 #                                          # release (examples/c/run.sh uses `test`, whose
 #                                          # dependencies scripts/test-aarch64.sh already built)
 #
-# Prints each artefact and the highest GLIBC symbol version it needs.
+# Prints each artefact and the highest GLIBC symbol version it needs, and fails when that is
+# newer than the target's glibc (2.35 for JetPack 6, or the --glibc value).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 glibc=""
@@ -50,6 +51,9 @@ if [ -n "$glibc" ]; then
   export PATH="$PWD/$venv/bin:$PATH"
   cargo="cargo-zigbuild"
   build_target="$target.$glibc"
+  # cargo-zigbuild runs `$CARGO` (else `cargo` from PATH, rustup's): use Debian's, whose
+  # rustc has the arm64 std.
+  export CARGO=/usr/bin/cargo
   # cargo-zigbuild needs the zig it wraps on PATH under that name.
   ln -sf "$($venv/bin/python -c 'import ziglang, os; print(os.path.dirname(ziglang.__file__))')/zig" $venv/bin/zig
 fi
@@ -57,13 +61,35 @@ fi
 features=$(sed -n '/^\[features\]/,/^\[/p' Cargo.toml)
 variants=("")
 grep -q '^cuda *=' <<<"$features" && variants+=("cuda")
+if [ ${#variants[@]} -gt 1 ]; then
+  echo "building the default and the cuda variants (Cargo.toml has a cuda feature)"
+else
+  echo "building the default variant only (Cargo.toml has no cuda feature)"
+fi
 
+# The newest glibc the artefacts may need: JetPack 6 ships 2.35, JetPack 5 2.31.
+max_glibc=${glibc:-2.35}
+built=()
+too_new=()
 report() {
   local f=$1
   [ -f "$f" ] || return 0
   local v
   v=$(aarch64-linux-gnu-objdump -T "$f" 2>/dev/null | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -1)
   printf '%-70s %8s KiB  needs %s\n' "$f" "$(( $(stat -c %s "$f") / 1024 ))" "${v:-no GLIBC symbols}"
+  built+=("$f (${v:-no GLIBC symbols})")
+  if [ -n "$v" ] && [ "$(printf '%s\n%s\n' "${v#GLIBC_}" "$max_glibc" | sort -V | tail -1)" != "$max_glibc" ]; then
+    too_new+=("$f needs $v > GLIBC_$max_glibc")
+  fi
+}
+# Lists what was built; fails when an artefact needs a newer glibc than the target has.
+summary() {
+  echo "built (target glibc $max_glibc):"
+  printf '  %s\n' "${built[@]}"
+  if [ ${#too_new[@]} -gt 0 ]; then
+    printf 'error: %s\n' "${too_new[@]}" >&2
+    exit 1
+  fi
 }
 
 out=target/$target/release
@@ -89,6 +115,7 @@ if [ "$lib" = 1 ]; then
     printf '%-70s %8s KiB\n' "$dest/libedgetune.a" "$(( $(stat -c %s "$dest/libedgetune.a") / 1024 ))"
   done
   echo "header and libraries in $dist"
+  summary
   exit 0
 fi
 
@@ -104,3 +131,4 @@ for feat in "${variants[@]}"; do
     report "$out/edgetune"
   fi
 done
+summary

@@ -1,14 +1,14 @@
 /*
  * edgetune C API example: open a model, print its shapes, generate a few tokens, print the
  * memory plan of a LoRA run as JSON, and show how a failure reads (a missing file). Then
- * fine-tune: write a small JSONL dataset, train a LoRA adapter for a few steps with a progress
- * callback, attach the newest checkpoint to the model, generate with it, and export it as a
- * llama.cpp LoRA GGUF.
+ * fine-tune step by step: write a small JSONL dataset, create a trainer on the open model,
+ * run its steps in two calls with a progress callback, write a checkpoint, export the adapter
+ * (edgetune's format and a llama.cpp LoRA GGUF), attach it to the model and generate with it.
  *
  *   usage: main MODEL.gguf [PROMPT [RUN_DIR]]
  *
- * RUN_DIR (default MODEL.gguf.run) receives the training run (checkpoints/, metrics.jsonl,
- * summary.json) and adapter.gguf; the dataset is written to RUN_DIR.jsonl.
+ * RUN_DIR (default MODEL.gguf.run) receives the run's checkpoints/, the exports adapter/ and
+ * adapter.gguf; the dataset is written to RUN_DIR.jsonl.
  * Exit status 0 when every step behaved as expected. Built and run by examples/c/run.sh.
  */
 #include <stdio.h>
@@ -23,8 +23,8 @@ static int fail(const char *what, EtStatus st) {
   return 1;
 }
 
-/* Training progress: called after every optimizer step (from a library thread). Returning
- * nonzero would stop the run after this step. */
+/* Training progress: called on this thread after every optimizer step of et_trainer_step.
+ * Returning nonzero would stop the call after this step (ET_STATUS_CANCELLED). */
 static int on_progress(const EtProgress *p, void *user_data) {
   unsigned *calls = user_data;
   *calls += 1;
@@ -57,9 +57,10 @@ int main(int argc, char **argv) {
   }
   const char *path = argv[1];
   const char *prompt = argc > 2 ? argv[2] : "Sensor 3 reads";
-  char run_dir[1024], data_path[1100], adapter_gguf[1100];
+  char run_dir[1024], data_path[1100], adapter_dir[1100], adapter_gguf[1100];
   snprintf(run_dir, sizeof run_dir, argc > 3 ? "%s" : "%s.run", argc > 3 ? argv[3] : path);
   snprintf(data_path, sizeof data_path, "%s.jsonl", run_dir);
+  snprintf(adapter_dir, sizeof adapter_dir, "%s/adapter", run_dir);
   snprintf(adapter_gguf, sizeof adapter_gguf, "%s/adapter.gguf", run_dir);
   printf("edgetune %s\n", et_version());
 
@@ -144,32 +145,72 @@ int main(int argc, char **argv) {
     return 1;
   }
 
-  /* The configuration has the fields of `edgetune train`; missing ones take its defaults. */
+  /* The configuration has the fields of `edgetune train`; missing ones take its defaults.
+   * "model" is left out: the trainer takes the open model's file. */
   char train_cfg[4096];
   snprintf(train_cfg, sizeof train_cfg,
-           "{\"model\": \"%s\", \"data\": \"%s\", \"out\": \"%s\", \"steps\": 4,"
-           " \"seq_len\": 32, \"batch\": 1, \"lr\": 0.005,"
-           " \"lora\": {\"rank\": 4, \"alpha\": 8}}",
-           path, data_path, run_dir);
-  printf("training: %s\n", train_cfg);
+           "{\"data\": \"%s\", \"out\": \"%s\", \"steps\": 4, \"seq_len\": 32,"
+           " \"batch\": 1, \"lr\": 0.005, \"lora\": {\"rank\": 4, \"alpha\": 8}}",
+           data_path, run_dir);
+  printf("trainer configuration: %s\n", train_cfg);
+
+  /* A misspelt setting is refused, naming it. */
+  EtTrainer *trainer = NULL;
+  st = et_trainer_new(model, "{\"stepz\": 4}", &trainer);
+  if (st != ET_STATUS_INVALID_ARGUMENT || trainer != NULL) {
+    fprintf(stderr, "expected ET_STATUS_INVALID_ARGUMENT for an unknown key, got %d\n", (int)st);
+    return 1;
+  }
+  printf("bad trainer config -> status %d: %s\n", (int)st, et_last_error());
+
+  st = et_trainer_new(model, train_cfg, &trainer);
+  if (st != ET_STATUS_OK) return fail("et_trainer_new", st);
+  uint64_t total = 0, done = 0, completed = 0;
+  st = et_trainer_total_steps(trainer, &total);
+  if (st != ET_STATUS_OK) return fail("et_trainer_total_steps", st);
+
+  /* Two steps, then the rest: a call makes at most n_steps, fewer once the run is over. */
   unsigned progress_calls = 0;
-  st = et_train(train_cfg, on_progress, &progress_calls);
-  if (st != ET_STATUS_OK) return fail("et_train", st);
-  if (progress_calls != 4) {
-    fprintf(stderr, "expected 4 progress reports, got %u\n", progress_calls);
+  st = et_trainer_step(trainer, 2, on_progress, &progress_calls, &done);
+  if (st != ET_STATUS_OK) return fail("et_trainer_step (2)", st);
+  printf("  -- %llu steps in the first call\n", (unsigned long long)done);
+  st = et_trainer_step(trainer, 1000, on_progress, &progress_calls, &done);
+  if (st != ET_STATUS_OK) return fail("et_trainer_step (rest)", st);
+  st = et_trainer_completed(trainer, &completed);
+  if (st != ET_STATUS_OK) return fail("et_trainer_completed", st);
+  printf("  -- %llu steps in the second call; %llu of %llu done\n", (unsigned long long)done,
+         (unsigned long long)completed, (unsigned long long)total);
+  if (total != 4 || completed != 4 || done != 2 || progress_calls != 4) {
+    fprintf(stderr, "expected 4 steps (2 + 2) and 4 progress reports, got %llu/%llu and %u\n",
+            (unsigned long long)completed, (unsigned long long)total, progress_calls);
     return 1;
   }
 
-  /* The newest checkpoint is an adapter directory. */
-  char ckpt[1024];
-  st = et_train_latest_checkpoint(run_dir, ckpt, sizeof ckpt, &len);
+  /* A resumable checkpoint ("resume": true continues from it), itself an adapter directory. */
+  char ckpt[1024], latest[1024];
+  st = et_trainer_checkpoint(trainer, ckpt, sizeof ckpt, &len);
+  if (st != ET_STATUS_OK) return fail("et_trainer_checkpoint", st);
+  st = et_train_latest_checkpoint(run_dir, latest, sizeof latest, NULL);
   if (st != ET_STATUS_OK) return fail("et_train_latest_checkpoint", st);
-  printf("latest checkpoint: %s\n", ckpt);
+  if (strcmp(ckpt, latest) != 0) {
+    fprintf(stderr, "the newest checkpoint should be %s, is %s\n", ckpt, latest);
+    return 1;
+  }
+  printf("checkpoint: %s\n", ckpt);
 
-  static char base_text[4096], tuned_text[4096];
+  /* Exports: edgetune's adapter directory, and a llama.cpp LoRA GGUF
+   * (`llama-cli -m MODEL --lora adapter.gguf`). */
+  st = et_trainer_export(trainer, "native", adapter_dir);
+  if (st != ET_STATUS_OK) return fail("et_trainer_export (native)", st);
+  st = et_trainer_export(trainer, "gguf", adapter_gguf);
+  if (st != ET_STATUS_OK) return fail("et_trainer_export (gguf)", st);
+  printf("exported %s and %s\n", adapter_dir, adapter_gguf);
+  et_trainer_free(trainer);
+
+  static char base_text[4096], tuned_text[4096], again_text[4096];
   st = generate_greedy(model, prompt, 16, base_text, sizeof base_text);
   if (st != ET_STATUS_OK) return fail("et_generate (base)", st);
-  st = et_model_set_adapter(model, ckpt);
+  st = et_model_set_adapter(model, adapter_dir);
   if (st != ET_STATUS_OK) return fail("et_model_set_adapter", st);
   st = generate_greedy(model, prompt, 16, tuned_text, sizeof tuned_text);
   if (st != ET_STATUS_OK) return fail("et_generate (adapter)", st);
@@ -183,12 +224,16 @@ int main(int argc, char **argv) {
   }
   printf("missing adapter -> status %d: %s\n", (int)st, et_last_error());
 
-  /* Export for llama.cpp (`llama-cli -m MODEL --lora adapter.gguf`), then load it back. */
-  st = et_adapter_export(path, ckpt, "gguf", adapter_gguf);
-  if (st != ET_STATUS_OK) return fail("et_adapter_export", st);
+  /* The GGUF export holds the same adapter: the same greedy text. */
   st = et_model_set_adapter(model, adapter_gguf);
   if (st != ET_STATUS_OK) return fail("et_model_set_adapter (exported GGUF)", st);
-  printf("exported %s and attached it again\n", adapter_gguf);
+  st = generate_greedy(model, prompt, 16, again_text, sizeof again_text);
+  if (st != ET_STATUS_OK) return fail("et_generate (GGUF adapter)", st);
+  if (strcmp(again_text, tuned_text) != 0) {
+    fprintf(stderr, "the GGUF export should generate what the native export does\n");
+    return 1;
+  }
+  printf("attached %s: same text\n", adapter_gguf);
 
   /* NULL detaches the adapter: generation is the base model's again. */
   st = et_model_set_adapter(model, NULL);

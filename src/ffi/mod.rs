@@ -38,6 +38,7 @@ pub mod model;
 pub mod plan;
 pub mod progress;
 pub mod train;
+pub mod trainer;
 
 use std::cell::RefCell;
 use std::ffi::{CStr, CString, c_char};

@@ -54,14 +54,7 @@ pub unsafe extern "C" fn et_train(
         let mut stopped = false;
         let mut on_step = |p: &Progress| -> bool {
             let Some(f) = progress else { return true };
-            let report = EtProgress {
-                step: p.step,
-                total_steps: p.total_steps,
-                loss: p.loss as f32,
-                lr: p.lr,
-                tokens_per_s: p.tok_per_s,
-                elapsed_s: p.elapsed_s,
-            };
+            let report = EtProgress::from(p);
             // SAFETY: the caller promises `f` may be called with a valid report and its
             // `user_data`; `report` lives for the call.
             let go_on = unsafe { f(&report, user.get()) } == 0;
