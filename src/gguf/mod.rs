@@ -159,6 +159,11 @@ impl GgufFile {
         self.data_offset
     }
 
+    /// Whether the bytes are a map of the file at [`GgufFile::path`] (not [`GgufFile::from_bytes`]).
+    pub fn is_mapped(&self) -> bool {
+        matches!(self.backing, Backing::Map(_))
+    }
+
     pub fn file_size(&self) -> u64 {
         self.backing.bytes().len() as u64
     }

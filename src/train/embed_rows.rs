@@ -55,9 +55,11 @@ impl std::fmt::Debug for EmbeddingRows {
 impl EmbeddingRows {
     /// Whether the training step of `file` gathers its embedding rows by positioned reads: the
     /// output projection is a separate tensor and the weights are not locked. The memory plan
-    /// (`memory::budget`) counts the gathered rows accordingly.
+    /// (`memory::budget`) counts the gathered rows accordingly. A file held in memory
+    /// ([`GgufFile::from_bytes`]) has no path to read from and keeps the in-memory gather.
     pub fn applies(file: &GgufFile, lock_weights: bool) -> bool {
         !lock_weights
+            && file.is_mapped()
             && file.tensor("output.weight").is_some()
             && file.tensor("token_embd.weight").is_some()
     }
@@ -190,7 +192,13 @@ mod tests {
             .unwrap_err();
         assert!(e.to_string().contains("outside the vocabulary"), "{e}");
         assert!(rows.gather(&[0; 5], &mut vec![0.0; 5 * dim]).is_err());
-        // Locked weights and tied embeddings keep the mapped gather.
+        // Locked weights and an in-memory file keep the mapped gather.
         assert!(EmbeddingRows::for_file(&file, 4, true).unwrap().is_none());
+        let in_memory = GgufFile::from_bytes("m.gguf", std::fs::read(&path).unwrap()).unwrap();
+        assert!(
+            EmbeddingRows::for_file(&in_memory, 4, false)
+                .unwrap()
+                .is_none()
+        );
     }
 }
