@@ -218,14 +218,17 @@ EtStatus et_model_info(const EtModel *model, EtModelInfo *out_info);
 // `out_len` is NULL or valid for one `size_t` write.
 EtStatus et_generate(const EtModel *model, const char *prompt, const EtGenerateOptions *options, char *out_buf, size_t out_cap, size_t *out_len);
 
-// Writes the memory plan of a LoRA training run as JSON (NUL-terminated) into `out_buf`.
+// Writes the memory plan of a training run as JSON (NUL-terminated) into `out_buf`.
 // `train_config_json` holds the fields of the training configuration (`edgetune train`'s
-// settings: `seq_len`, `batch`, `accum`, `lora` {`rank`, `targets`, ...}, `ce_chunk`,
-// `checkpointing`, `optimizer`, `optimizer_state_bits`, `budget_bytes`, ...; missing fields
-// take the CLI's defaults, unknown fields are an error); NULL means all defaults.
-// `model_path` NULL means the configuration's `model`. The report holds `weight_bytes`,
-// `adapter_bytes`, `optimizer_state_bytes`, `arena_bytes` (and the arena's breakdown),
-// `total_bytes`, and when `budget_bytes` is set, `fits` and `headroom_bytes`.
+// settings: `method`, `seq_len`, `batch`, `accum`, `lora` {`rank`, `targets`, ...},
+// `ce_chunk`, `checkpointing`, `optimizer`, `optimizer_state_bits`, `budget_bytes`, ...;
+// missing fields take the CLI's defaults, unknown fields are an error); NULL means all
+// defaults. `model_path` NULL means the configuration's `model`. The report holds
+// `weight_bytes` (the file's tensors) and `weight_resident_bytes`, `adapter_bytes`,
+// `adapter_extra_bytes` (the method's), `optimizer_state_bytes`, `arena_bytes` (and the
+// arena's categories), `overhead_bytes`, `total_bytes` (resident weights + arena + adapters +
+// extra + optimizer state in RAM + overheads: what `edgetune plan` compares to the budget),
+// the whole `breakdown`, and when `budget_bytes` is set, `fits` and `headroom_bytes`.
 // `out_len` / buffer rules as for `et_generate`.
 //
 // # Safety

@@ -147,4 +147,23 @@ fn unknown_board_and_bad_flags_are_clear_errors() {
     let out = edgetune(&["plan", "--model", &model, "--budget", "lots"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--budget"));
+    // A rank whose byte counts would overflow is a clear error (it used to overflow a multiply),
+    // for every method's cost formula.
+    for method in ["lora", "dora", "hira", "adalora"] {
+        let out = edgetune(&[
+            "plan",
+            "--model",
+            &model,
+            "--method",
+            method,
+            "--rank",
+            "4611686018427387904",
+        ]);
+        assert_eq!(out.status.code(), Some(1), "{method}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("--rank") && err.contains("too large"),
+            "{method}: {err}"
+        );
+    }
 }

@@ -363,8 +363,27 @@ fn plan_json_matches_the_planner_and_hand_counts() {
         8 * params,
         "AdamW m and v in f32"
     );
-    let weights = r["weight_bytes"].as_u64().unwrap();
-    assert_eq!(r["total_bytes"], weights + 4 * params + 8 * params + arena);
+    // The total is the budget planner's (the same function `edgetune plan` uses), and it is the
+    // sum of its parts: resident weights, arena, adapters, optimizer state, overheads.
+    let mut planner_cfg = edgetune::ffi::plan::train_config_from_json(cfg).unwrap();
+    planner_cfg.model = path.clone();
+    let planner = edgetune::memory::budget::plan_training(
+        &edgetune::gguf::GgufFile::open(&path).unwrap(),
+        &planner_cfg,
+    )
+    .unwrap();
+    assert_eq!(r["total_bytes"], planner.breakdown.total_bytes);
+    assert_eq!(r["breakdown"]["total_bytes"], planner.breakdown.total_bytes);
+    let field = |k: &str| r[k].as_u64().unwrap();
+    let weights = field("weight_resident_bytes");
+    assert!(weights <= field("weight_bytes"));
+    assert!(field("overhead_bytes") > 0);
+    assert_eq!(
+        field("total_bytes"),
+        weights + 4 * params + 8 * params + arena + field("overhead_bytes"),
+        "LoRA has no extra bytes"
+    );
+    assert_eq!(r["adapter_extra_bytes"], 0);
     assert!(r["fits"].is_null(), "no budget, no verdict");
     assert_eq!(r["shape"]["tokens_per_micro_batch"], 64);
 

@@ -1,7 +1,8 @@
-//! `et_plan_json`: the memory plan of a LoRA training run as a JSON report — mapped weights,
-//! adapter parameters, optimizer state, and the one arena of a training step (from
-//! [`crate::memory::plan::llama_training_plan`]) — with the budget verdict when the
-//! configuration gives one. Only the model's metadata is read; the weights are not touched.
+//! `et_plan_json`: the memory plan of a training run as a JSON report — the budget planner's
+//! breakdown ([`crate::memory::budget::plan_training_for`], the same numbers as `edgetune plan
+//! --json`: resident weights, the step's arena, adapters and the method's extra bytes,
+//! optimizer state, overheads) with the budget verdict when the configuration gives one. Only
+//! the model's header is read; the weights are not touched.
 
 use std::ffi::c_char;
 use std::path::Path;
@@ -10,11 +11,8 @@ use serde_json::{Value, json};
 
 use super::{EtStatus, guard, str_arg, write_text};
 use crate::gguf::GgufFile;
-use crate::memory::plan::{AdapterShape, TrainShape, llama_training_plan};
-use crate::model::LlamaConfig;
-use crate::optim::state8bit::{MIN_8BIT_NUMEL, state_bytes_8bit};
-use crate::train::adapter_set::{target_index, target_shape};
-use crate::train::{OptimizerKind, StatePlace, TrainConfig};
+use crate::memory::budget::{ModelWeights, plan_training_for};
+use crate::train::{StatePlace, TrainConfig};
 use crate::{Error, Result};
 
 /// Parses a `TrainConfig` from JSON (missing fields take the CLI's defaults). Unknown
@@ -43,28 +41,11 @@ pub fn train_config_from_json(text: &str) -> Result<TrainConfig> {
         .map_err(|e| Error::Invalid(format!("training configuration JSON: {e}")))
 }
 
-/// Bytes of optimizer state for one trainable tensor of `n` values.
-fn optimizer_state_bytes(cfg: &TrainConfig, n: usize) -> u128 {
-    let n128 = n as u128;
-    match cfg.optimizer {
-        OptimizerKind::AdamW if cfg.optimizer_state_bits == 8 && n >= MIN_8BIT_NUMEL => {
-            state_bytes_8bit(n) as u128
-        }
-        // m and v in f32.
-        OptimizerKind::AdamW => 8 * n128,
-        OptimizerKind::Sgd if cfg.momentum > 0.0 => 4 * n128,
-        OptimizerKind::Sgd => 0,
-    }
-}
-
-/// `v` as u64, or an error naming `what` (sizes are summed in u128 so nothing wraps).
-fn to_u64(what: &str, v: u128) -> Result<u64> {
-    u64::try_from(v).map_err(|_| Error::Invalid(format!("plan: {what} of {v} bytes overflows u64")))
-}
-
-/// The plan report of `cfg` for the model at `model_path` (or `cfg.model` when `None`).
+/// The plan report of `cfg` for the model at `model_path` (or `cfg.model` when `None`): the
+/// budget planner's [`crate::memory::budget::Breakdown`] (the numbers `edgetune plan --json`
+/// prints, every method's extra bytes and the process overheads included) under `breakdown`,
+/// with its headline numbers repeated at the top level for C callers.
 pub fn plan_report(model_path: Option<&Path>, cfg: &TrainConfig) -> Result<Value> {
-    cfg.lora.validate()?;
     // A plan needs no step count: check the rest of the configuration as if one were given.
     let mut checked = cfg.clone();
     checked.steps.get_or_insert(1);
@@ -76,89 +57,23 @@ pub fn plan_report(model_path: Option<&Path>, cfg: &TrainConfig) -> Result<Value
         ));
     }
     let file = GgufFile::open(path)?;
-    let mc = LlamaConfig::from_gguf(&file)?;
-    let weight_bytes: u64 = file.tensors().iter().map(|t| t.n_bytes).sum();
-    // The plan lists ~60 buffers per layer and the weights are not loaded here: check the
-    // layer count against the file before trusting it (every layer has 9 tensors).
-    if file.tensors().len() < mc.n_layer {
-        return Err(Error::Metadata {
-            path: path.to_path_buf(),
-            key: "llama.block_count".into(),
-            what: format!(
-                "{} layers, but the file holds only {} tensors",
-                mc.n_layer,
-                file.tensors().len()
-            ),
-        });
-    }
-
-    // One AdapterShape per adapted projection, in TARGETS (= Target::ALL) order.
-    let rank = cfg.lora.rank;
-    let mut adapters = [None; 7];
-    let (mut params_per_layer, mut optim_per_layer) = (0u128, 0u128);
-    for &target in &cfg.lora.targets {
-        let (fan_in, fan_out) = target_shape(&mc, target);
-        // AdapterShape::lora and state_bytes_8bit multiply in usize: refuse ranks whose counts
-        // would not fit.
-        if fan_in
-            .checked_add(fan_out)
-            .and_then(|f| f.checked_mul(rank))
-            .is_none_or(|n| n > isize::MAX as usize / 8)
-        {
-            return Err(Error::Invalid(format!(
-                "plan: LoRA rank {rank} on a {fan_in}×{fan_out} linear is too large to count"
-            )));
-        }
-        adapters[target_index(target)] = Some(AdapterShape::lora(
-            rank,
-            fan_in,
-            fan_out,
-            cfg.lora.dropout > 0.0,
-        ));
-        // LoRA's two tensors: A [r, in] and B [out, r].
-        for n in [rank * fan_in, fan_out * rank] {
-            params_per_layer += n as u128;
-            optim_per_layer += optimizer_state_bytes(cfg, n);
-        }
-    }
-    let shape = TrainShape {
-        seq_len: cfg.seq_len,
-        micro_batch: cfg.batch,
-        ce_chunk: cfg.ce_chunk,
-        checkpointing: cfg.checkpointing,
-        accumulate: cfg.accum > 1,
-        // The CPU backend updates the optimizer pages in place: no staging window.
-        optimizer_staging: false,
-        adapters,
-    };
-    let plan = llama_training_plan(&mc, &shape)?.pack()?;
-    let layers = mc.n_layer as u128;
-    let adapter_params = to_u64("adapter parameter count", params_per_layer * layers)?;
-    let adapter_bytes = to_u64("adapter weights", 4 * params_per_layer * layers)?;
-    let optimizer_bytes = to_u64("optimizer state", optim_per_layer * layers)?;
-    let optimizer_ram = match cfg.optimizer_state {
-        StatePlace::Ram => optimizer_bytes,
-        StatePlace::Disk => 0,
-    };
-    let total = to_u64(
-        "the total",
-        weight_bytes as u128
-            + adapter_bytes as u128
-            + optimizer_ram as u128
-            + plan.arena_bytes() as u128,
-    )?;
+    let model = ModelWeights::from_gguf(&file)?;
+    let mc = &model.config;
+    let planned = plan_training_for(&model, cfg)?;
+    let b = &planned.breakdown;
     // Budget minus total, clamped to i64 (JSON integers beyond it lose precision).
-    let headroom = cfg
-        .budget_bytes
-        .map(|b| (b as i128 - total as i128).clamp(i64::MIN as i128, i64::MAX as i128) as i64);
-    let categories: Vec<Value> = plan
-        .category_totals()
-        .into_iter()
-        .map(|(c, n, bytes)| json!({"category": format!("{c:?}"), "buffers": n, "bytes": bytes}))
-        .collect();
+    let headroom = cfg.budget_bytes.map(|x| {
+        (x as i128 - b.total_bytes as i128).clamp(i64::MIN as i128, i64::MAX as i128) as i64
+    });
+    // All of the optimizer state, wherever it lives (with `disk`, RAM holds one page).
+    let optimizer_state_bytes = match cfg.optimizer_state {
+        StatePlace::Ram => b.optimizer.ram_bytes,
+        StatePlace::Disk => b.optimizer.disk_bytes,
+    };
     let targets: Vec<&str> = cfg.lora.targets.iter().map(|t| t.gguf_stem()).collect();
     Ok(json!({
         "model": path.display().to_string(),
+        "method": cfg.method.name(),
         "llama": {
             "n_layer": mc.n_layer, "dim": mc.dim, "n_head": mc.n_head, "n_head_kv": mc.n_head_kv,
             "head_dim": mc.head_dim, "ffn": mc.ffn, "n_vocab": mc.n_vocab,
@@ -166,34 +81,43 @@ pub fn plan_report(model_path: Option<&Path>, cfg: &TrainConfig) -> Result<Value
         },
         "shape": {
             "seq_len": cfg.seq_len, "micro_batch": cfg.batch, "accum": cfg.accum,
-            "tokens_per_micro_batch": cfg.tokens_per_micro_batch(), "ce_chunk": cfg.ce_chunk,
-            "checkpointing": cfg.checkpointing, "lora_rank": rank, "targets": targets,
+            "tokens_per_micro_batch": cfg.tokens_per_micro_batch(),
+            "ce_chunk": planned.shape.ce_chunk, "checkpointing": cfg.checkpointing,
+            "lora_rank": cfg.lora.rank, "targets": targets,
         },
-        "weight_bytes": weight_bytes,
-        "adapter_params": adapter_params,
-        "adapter_bytes": adapter_bytes,
-        "optimizer_state_bytes": optimizer_bytes,
+        "weight_bytes": b.weights.file_bytes,
+        "weight_resident_bytes": b.weights.resident_bytes,
+        "adapter_params": b.adapters.n_params,
+        "adapter_bytes": b.adapters.master_bytes,
+        "adapter_extra_bytes": b.adapters.extra_bytes,
+        "optimizer_state_bytes": optimizer_state_bytes,
+        "optimizer_state_ram_bytes": b.optimizer.ram_bytes,
         "optimizer_state_place": cfg.optimizer_state,
-        "arena_bytes": plan.arena_bytes(),
-        "arena_peak_live_bytes": plan.peak_live_bytes(),
-        "arena_sum_bytes": plan.sum_bytes(),
-        "arena_buffers": plan.buffers().len(),
-        "arena_categories": categories,
-        "total_bytes": total,
+        "arena_bytes": b.arena.arena_bytes,
+        "arena_peak_live_bytes": b.arena.peak_live_bytes,
+        "arena_sum_bytes": b.arena.sum_bytes,
+        "arena_buffers": b.arena.buffers,
+        "arena_categories": b.arena.categories,
+        "overhead_bytes": b.overhead_bytes,
+        "total_bytes": b.total_bytes,
         "budget_bytes": cfg.budget_bytes,
-        "fits": cfg.budget_bytes.map(|b| total <= b),
+        "fits": cfg.budget_bytes.map(|_| b.fits),
         "headroom_bytes": headroom,
+        "breakdown": b,
     }))
 }
 
-/// Writes the memory plan of a LoRA training run as JSON (NUL-terminated) into `out_buf`.
+/// Writes the memory plan of a training run as JSON (NUL-terminated) into `out_buf`.
 /// `train_config_json` holds the fields of the training configuration (`edgetune train`'s
-/// settings: `seq_len`, `batch`, `accum`, `lora` {`rank`, `targets`, ...}, `ce_chunk`,
-/// `checkpointing`, `optimizer`, `optimizer_state_bits`, `budget_bytes`, ...; missing fields
-/// take the CLI's defaults, unknown fields are an error); NULL means all defaults.
-/// `model_path` NULL means the configuration's `model`. The report holds `weight_bytes`,
-/// `adapter_bytes`, `optimizer_state_bytes`, `arena_bytes` (and the arena's breakdown),
-/// `total_bytes`, and when `budget_bytes` is set, `fits` and `headroom_bytes`.
+/// settings: `method`, `seq_len`, `batch`, `accum`, `lora` {`rank`, `targets`, ...},
+/// `ce_chunk`, `checkpointing`, `optimizer`, `optimizer_state_bits`, `budget_bytes`, ...;
+/// missing fields take the CLI's defaults, unknown fields are an error); NULL means all
+/// defaults. `model_path` NULL means the configuration's `model`. The report holds
+/// `weight_bytes` (the file's tensors) and `weight_resident_bytes`, `adapter_bytes`,
+/// `adapter_extra_bytes` (the method's), `optimizer_state_bytes`, `arena_bytes` (and the
+/// arena's categories), `overhead_bytes`, `total_bytes` (resident weights + arena + adapters +
+/// extra + optimizer state in RAM + overheads: what `edgetune plan` compares to the budget),
+/// the whole `breakdown`, and when `budget_bytes` is set, `fits` and `headroom_bytes`.
 /// `out_len` / buffer rules as for `et_generate`.
 ///
 /// # Safety

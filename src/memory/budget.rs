@@ -276,6 +276,26 @@ pub fn plan_training_for(model: &ModelWeights, cfg: &TrainConfig) -> Result<Trai
 fn validate(model: &LlamaConfig, cfg: &TrainConfig) -> Result<()> {
     cfg.lora.validate()?;
     let bad = |flag: &str, v: String| Err(Error::Invalid(format!("plan: {flag} {v}")));
+    // The methods' byte counts multiply rank by fan-in/out (and by rank): refuse ranks whose
+    // counts could overflow before anything multiplies (a rank this size is a typo anyway).
+    const MAX_RANK: usize = 1 << 20;
+    const MAX_ADAPTER_VALUES: usize = 1 << 40;
+    for &target in &cfg.lora.targets {
+        let (fan_in, fan_out) = target_shape(model, target);
+        let values = fan_in
+            .checked_add(fan_out)
+            .and_then(|f| f.checked_mul(cfg.lora.rank));
+        if cfg.lora.rank > MAX_RANK || values.is_none_or(|n| n > MAX_ADAPTER_VALUES) {
+            return bad(
+                "--rank",
+                format!(
+                    "{} on the {fan_in}×{fan_out} {} linear is too large to count (at most {MAX_RANK})",
+                    cfg.lora.rank,
+                    target.gguf_stem()
+                ),
+            );
+        }
+    }
     if cfg.lora.targets.is_empty() {
         return bad(
             "--targets",
