@@ -291,8 +291,9 @@ void et_trainer_free(EtTrainer *trainer);
 // with `ET_STATUS_CANCELLED` (nothing is written then: checkpoint if you want to keep it).
 // `*out_steps_done` (may be NULL) receives the steps this call made, also on failure. Fewer
 // than `n_steps` with `ET_STATUS_OK` means the run is over (its `steps`, or its `epochs` of
-// data, are used up); later calls then make no step. A `save_every` of the configuration
-// writes its checkpoints as `edgetune train` does. The work itself runs on the trainer's
+// data, are used up); later calls then make no step. Each step appends its line to
+// `out/metrics.jsonl` and a `save_every` of the configuration writes its checkpoints, as
+// `edgetune train` does (`summary.json` is `et_train`'s only). The work itself runs on the trainer's
 // worker threads (`threads` of the configuration).
 //
 // # Safety

@@ -112,6 +112,21 @@ fn losses(seen: &Seen) -> Vec<f32> {
     seen.reports.iter().map(|p| p.loss).collect()
 }
 
+/// `(step, loss)` of each line of `out/metrics.jsonl`.
+fn metrics_lines(out: &Path) -> Vec<(u64, f32)> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v = serde_json::from_str::<serde_json::Value>(l).unwrap();
+            (
+                v["step"].as_u64().unwrap(),
+                v["loss"].as_f64().unwrap() as f32,
+            )
+        })
+        .collect()
+}
+
 #[test]
 fn steps_in_two_calls_equal_one_call_and_et_train() {
     let dir = tempfile::tempdir().unwrap();
@@ -149,6 +164,9 @@ fn steps_in_two_calls_equal_one_call_and_et_train() {
     assert_eq!(step(two, 1, &mut split), (EtStatus::Ok, 1));
     assert_eq!(step(two, 3, &mut split), (EtStatus::Ok, 3));
     assert_eq!(losses(&split), losses(&all));
+    // The handle writes metrics.jsonl as `edgetune train` does, one line per step.
+    let want: Vec<(u64, f32)> = (1..=4).zip(losses(&all)).collect();
+    assert_eq!(metrics_lines(&dir.path().join("two")), want);
     // A zero-step call is a no-op.
     assert_eq!(step(two, 0, &mut split), (EtStatus::Ok, 0));
     unsafe {
@@ -167,15 +185,7 @@ fn steps_in_two_calls_equal_one_call_and_et_train() {
         )
     };
     assert_eq!(st, EtStatus::Ok, "{}", last_error());
-    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
-    let want: Vec<f32> = metrics
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"]
-                .as_f64()
-                .unwrap() as f32
-        })
-        .collect();
+    let want: Vec<f32> = metrics_lines(&out).into_iter().map(|(_, l)| l).collect();
     assert_eq!(losses(&all), want);
 }
 
@@ -229,6 +239,9 @@ fn a_checkpoint_resumes_where_the_trainer_stopped() {
     assert_eq!(losses(&seen), losses(&want));
     let steps: Vec<u64> = seen.reports.iter().map(|p| p.step).collect();
     assert_eq!(steps, [1, 2, 3, 4]);
+    // Resuming kept metrics.jsonl's first two lines and appended the last two.
+    let want_lines: Vec<(u64, f32)> = (1..=4).zip(losses(&want)).collect();
+    assert_eq!(metrics_lines(&out), want_lines);
 
     // Checkpointing without a buffer: written, only the length comes back.
     let mut len = 0usize;

@@ -20,6 +20,7 @@ use crate::export::{self, PeftOptions};
 use crate::gguf::GgufFile;
 use crate::model::LlamaConfig;
 use crate::quant::GgmlType;
+use crate::train::metrics::MetricsLog;
 use crate::train::{Progress, TrainConfig, Trainer};
 use crate::{Error, Result};
 
@@ -44,6 +45,8 @@ pub struct EtTrainer {
     pool: rayon::ThreadPool,
     save_every: u64,
     seed: u64,
+    /// `out/metrics.jsonl`, one line per step as `edgetune train` writes it.
+    metrics: MetricsLog,
     /// Set while a call changes the trainer; still set on entry means that call panicked
     /// half-way, and the adapters and optimizer may be inconsistent.
     broken: bool,
@@ -66,12 +69,15 @@ impl EtTrainer {
         let file = GgufFile::open(&cfg.model)?;
         let model_config = LlamaConfig::from_gguf(&file)?;
         let trainer = MappedTrainer::try_new(file, |f| pool.install(|| Trainer::new(f, cfg)))?;
+        let completed = trainer.with_dependent(|_, t| t.completed());
+        let metrics = MetricsLog::open(&cfg.out, completed)?;
         Ok(EtTrainer {
             trainer,
             model_config,
             pool,
             save_every: cfg.save_every,
             seed: cfg.seed,
+            metrics,
             broken: false,
         })
     }
@@ -97,12 +103,16 @@ impl EtTrainer {
     }
 
     /// One optimizer step on the run's pool; `None` when the steps or the data are used up.
-    /// A due `save_every` checkpoint is written before returning.
+    /// The step's line goes to `out/metrics.jsonl`; a due `save_every` checkpoint is written
+    /// before returning.
     pub fn step(&mut self) -> Result<Option<Progress>> {
         let pool = &self.pool;
         let p = self
             .trainer
             .with_dependent_mut(|_, t| pool.install(|| t.step()))?;
+        if let Some(p) = &p {
+            self.metrics.append(p)?;
+        }
         if let Some(p) = &p
             && self.save_every > 0
             && p.step % self.save_every == 0
@@ -262,8 +272,9 @@ pub unsafe extern "C" fn et_trainer_free(trainer: *mut EtTrainer) {
 /// with `ET_STATUS_CANCELLED` (nothing is written then: checkpoint if you want to keep it).
 /// `*out_steps_done` (may be NULL) receives the steps this call made, also on failure. Fewer
 /// than `n_steps` with `ET_STATUS_OK` means the run is over (its `steps`, or its `epochs` of
-/// data, are used up); later calls then make no step. A `save_every` of the configuration
-/// writes its checkpoints as `edgetune train` does. The work itself runs on the trainer's
+/// data, are used up); later calls then make no step. Each step appends its line to
+/// `out/metrics.jsonl` and a `save_every` of the configuration writes its checkpoints, as
+/// `edgetune train` does (`summary.json` is `et_train`'s only). The work itself runs on the trainer's
 /// worker threads (`threads` of the configuration).
 ///
 /// # Safety

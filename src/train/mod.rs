@@ -10,6 +10,7 @@ pub mod method;
 pub mod method_hooks;
 pub mod method_io;
 pub mod method_plan;
+pub mod metrics;
 pub mod optimizer;
 pub mod step;
 mod step_ids;

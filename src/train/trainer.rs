@@ -6,8 +6,7 @@
 //! [`Trainer::step`] is one optimizer step and allocates nothing (tests/train_alloc.rs);
 //! [`run`] drives it, reporting each step through the caller's callback (never printing).
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::fs;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -19,6 +18,7 @@ use super::config::TrainConfig;
 use super::embed_rows::EmbeddingRows;
 use super::method::Method;
 use super::method_hooks::MethodHooks;
+use super::metrics::MetricsLog;
 use super::optimizer::Optimizer;
 use super::step::{TrainStep, adapter_shapes};
 use crate::data::batch::{BatchConfig, Batcher};
@@ -409,25 +409,12 @@ fn run_in_pool(
 ) -> Result<Summary> {
     let file = GgufFile::open(&cfg.model)?;
     let mut trainer = Trainer::new(&file, cfg)?;
-    let metrics_path = cfg.out.join("metrics.jsonl");
-    let mut earlier = keep_metrics_through(&metrics_path, trainer.completed())?;
-    let mut metrics = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&metrics_path)
-        .map_err(|e| Error::io(&metrics_path, e))?;
-    let first_loss = earlier.take();
-    let (mut first, mut last, mut last_ckpt) = (first_loss, None, None);
+    let mut metrics = MetricsLog::open(&cfg.out, trainer.completed())?;
+    let (mut first, mut last, mut last_ckpt) = (metrics.first_loss(), None, None);
     while let Some(p) = trainer.step()? {
         first.get_or_insert(p.loss);
         last = Some(p.loss);
-        let mut line =
-            serde_json::to_string(&p).map_err(|e| Error::Invalid(format!("metrics: {e}")))?;
-        line.push('\n');
-        metrics
-            .write_all(line.as_bytes())
-            .and_then(|_| metrics.flush())
-            .map_err(|e| Error::io(&metrics_path, e))?;
+        metrics.append(&p)?;
         let go_on = progress(&p);
         let due = cfg.save_every > 0 && p.step % cfg.save_every == 0;
         if due || !go_on {
@@ -473,35 +460,6 @@ fn run_in_pool(
         serde_json::to_vec_pretty(&summary).map_err(|e| Error::Invalid(format!("summary: {e}")))?;
     crate::export::atomic::write_bytes(&cfg.out.join("summary.json"), &json)?;
     Ok(summary)
-}
-
-/// Cuts `metrics.jsonl` to the steps `≤ step` (what a resumed run already did) and returns
-/// the first step's loss, if it is there.
-fn keep_metrics_through(path: &std::path::Path, step: u64) -> Result<Option<f64>> {
-    let f = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io(path, e)),
-    };
-    let mut kept = String::new();
-    let mut first = None;
-    for line in BufReader::new(f).lines() {
-        let line = line.map_err(|e| Error::io(path, e))?;
-        let v: serde_json::Value = match serde_json::from_str(&line) {
-            Ok(v) => v,
-            Err(_) => continue, // a line cut by a kill
-        };
-        let s = v.get("step").and_then(|s| s.as_u64()).unwrap_or(u64::MAX);
-        if s <= step {
-            if s == 1 {
-                first = v.get("loss").and_then(|l| l.as_f64());
-            }
-            kept.push_str(&line);
-            kept.push('\n');
-        }
-    }
-    crate::export::atomic::write_bytes(path, kept.as_bytes())?;
-    Ok(first)
 }
 
 /// Logs the resident set at `stage` (debug level).
