@@ -26,6 +26,7 @@
 use rand::{SeedableRng, rngs::StdRng};
 
 use super::base::{Dropout, Transient, dims as d, normal, take};
+use super::base::{nth_param, nth_param_mut};
 use super::lora::{self, BranchDims};
 use super::{Adapter, Export, Group, ParamInfo, Pass, Workspace};
 use crate::backend::check_len;
@@ -337,16 +338,11 @@ impl Adapter for AdaLora {
     }
 
     fn param(&self, i: usize) -> Option<&[f32]> {
-        [&self.a, &self.b, &self.e].get(i).map(|v| v.as_slice())
+        nth_param([&self.a, &self.b, &self.e], i)
     }
 
     fn param_mut(&mut self, i: usize) -> Option<&mut [f32]> {
-        match i {
-            0 => Some(&mut self.a),
-            1 => Some(&mut self.b),
-            2 => Some(&mut self.e),
-            _ => None,
-        }
+        nth_param_mut([&mut self.a, &mut self.b, &mut self.e], i)
     }
 
     /// §4.4: `e = 0`, `A`, `B ~ N(0, 0.02²)`; importance cleared, every component kept.

@@ -16,8 +16,8 @@ use std::sync::{Mutex, MutexGuard};
 
 use rand::{Rng, rngs::StdRng};
 
-use super::Pass;
 use super::lora::{dropout_factor, mix};
+use super::{Group, ParamInfo, Pass};
 use crate::backend::cpu::gemm::{GemmDims, gemm};
 use crate::quant::matmul::{QuantMatrix, matmul_dyw, matmul_xwt};
 use crate::quant::{self, GgmlType};
@@ -321,4 +321,43 @@ pub(crate) fn dims(m: usize, n: usize, k: usize, trans_a: bool, trans_b: bool) -
         trans_a,
         trans_b,
     }
+}
+
+/// The `ParamInfo` pair of a LoRA-shaped adapter: `A [rank, in]` (group A) and `B [out, rank]`
+/// (group B) named `a_name` / `b_name` (PEFT's `lora_A` / `lora_B` unless the method has its
+/// own names). Methods with more tensors append theirs.
+pub(crate) fn lora_pair_params(
+    a_name: &'static str,
+    b_name: &'static str,
+    rank: usize,
+    in_f: usize,
+    out_f: usize,
+) -> Vec<ParamInfo> {
+    vec![
+        ParamInfo {
+            name: a_name,
+            shape: vec![rank, in_f],
+            group: Group::A,
+        },
+        ParamInfo {
+            name: b_name,
+            shape: vec![out_f, rank],
+            group: Group::B,
+        },
+    ]
+}
+
+/// Parameter `i` of an adapter whose parameters are `tensors` in [`Adapter::params`] order.
+///
+/// [`Adapter::params`]: super::Adapter::params
+pub(crate) fn nth_param<const N: usize>(tensors: [&Vec<f32>; N], i: usize) -> Option<&[f32]> {
+    tensors.get(i).map(|v| v.as_slice())
+}
+
+/// [`nth_param`], writable.
+pub(crate) fn nth_param_mut<const N: usize>(
+    tensors: [&mut Vec<f32>; N],
+    i: usize,
+) -> Option<&mut [f32]> {
+    tensors.into_iter().nth(i).map(|v| v.as_mut_slice())
 }

@@ -27,6 +27,7 @@
 use rand::{SeedableRng, rngs::StdRng};
 
 use super::base::{BaseWeight, Dropout, Transient, dims as d, kaiming_uniform, take};
+use super::base::{lora_pair_params, nth_param, nth_param_mut};
 use super::lora::BranchDims;
 use super::{Adapter, Export, Group, LoraConfig, ParamInfo, Pass, Workspace};
 use crate::backend::check_len;
@@ -169,25 +170,14 @@ impl Adapter for Dora {
     }
 
     fn params(&self) -> Vec<ParamInfo> {
-        let r = self.cfg.rank;
-        vec![
-            ParamInfo {
-                name: "lora_A",
-                shape: vec![r, self.in_f],
-                group: Group::A,
-            },
-            ParamInfo {
-                name: "lora_B",
-                shape: vec![self.out_f, r],
-                group: Group::B,
-            },
-            // 1-D, so LoRA+ puts it in the high-lr group (§1.5).
-            ParamInfo {
-                name: "lora_magnitude_vector",
-                shape: vec![self.out_f],
-                group: Group::B,
-            },
-        ]
+        let mut params = lora_pair_params("lora_A", "lora_B", self.cfg.rank, self.in_f, self.out_f);
+        // 1-D, so LoRA+ puts it in the high-lr group (§1.5).
+        params.push(ParamInfo {
+            name: "lora_magnitude_vector",
+            shape: vec![self.out_f],
+            group: Group::B,
+        });
+        params
     }
 
     /// Without building `params()` (a step calls it: no allocation).
@@ -196,16 +186,11 @@ impl Adapter for Dora {
     }
 
     fn param(&self, i: usize) -> Option<&[f32]> {
-        [&self.a, &self.b, &self.m].get(i).map(|v| v.as_slice())
+        nth_param([&self.a, &self.b, &self.m], i)
     }
 
     fn param_mut(&mut self, i: usize) -> Option<&mut [f32]> {
-        match i {
-            0 => Some(&mut self.a),
-            1 => Some(&mut self.b),
-            2 => Some(&mut self.m),
-            _ => None,
-        }
+        nth_param_mut([&mut self.a, &mut self.b, &mut self.m], i)
     }
 
     /// §3.6: `A` kaiming-uniform, `B = 0`, `m = ‖Ŵ‖_row` (so `c = 1`: exactly the base).

@@ -27,8 +27,9 @@
 use rand::{SeedableRng, rngs::StdRng};
 
 use super::base::{Dropout, dims as d, kaiming_uniform, take};
+use super::base::{lora_pair_params, nth_param, nth_param_mut};
 use super::lora::{self, BranchDims, mix};
-use super::{Adapter, Export, Group, LoraConfig, ParamInfo, Pass, Workspace};
+use super::{Adapter, Export, LoraConfig, ParamInfo, Pass, Workspace};
 use crate::backend::check_len;
 use crate::backend::cpu::Real;
 use crate::backend::cpu::gemm::gemm;
@@ -212,30 +213,15 @@ impl Adapter for Dylora {
     }
 
     fn params(&self) -> Vec<ParamInfo> {
-        vec![
-            ParamInfo {
-                name: "lora_A",
-                shape: vec![self.r_max(), self.in_f],
-                group: Group::A,
-            },
-            ParamInfo {
-                name: "lora_B",
-                shape: vec![self.out_f, self.r_max()],
-                group: Group::B,
-            },
-        ]
+        lora_pair_params("lora_A", "lora_B", self.r_max(), self.in_f, self.out_f)
     }
 
     fn param(&self, i: usize) -> Option<&[f32]> {
-        [&self.a, &self.b].get(i).map(|v| v.as_slice())
+        nth_param([&self.a, &self.b], i)
     }
 
     fn param_mut(&mut self, i: usize) -> Option<&mut [f32]> {
-        match i {
-            0 => Some(&mut self.a),
-            1 => Some(&mut self.b),
-            _ => None,
-        }
+        nth_param_mut([&mut self.a, &mut self.b], i)
     }
 
     /// PEFT LoRA init: `A` kaiming-uniform, `B = 0`.

@@ -25,8 +25,9 @@
 use rand::{SeedableRng, rngs::StdRng};
 
 use super::base::{BaseWeight, Dropout, Transient, dims as d, kaiming_uniform, take};
+use super::base::{lora_pair_params, nth_param, nth_param_mut};
 use super::lora::BranchDims;
-use super::{Adapter, Export, Group, LoraConfig, ParamInfo, Pass, Workspace};
+use super::{Adapter, Export, LoraConfig, ParamInfo, Pass, Workspace};
 use crate::backend::check_len;
 use crate::backend::cpu::Real;
 use crate::backend::cpu::gemm::{gemm, gemm_ref};
@@ -132,30 +133,15 @@ impl Adapter for Hira {
     }
 
     fn params(&self) -> Vec<ParamInfo> {
-        vec![
-            ParamInfo {
-                name: "hira_A",
-                shape: vec![self.cfg.rank, self.in_f],
-                group: Group::A,
-            },
-            ParamInfo {
-                name: "hira_B",
-                shape: vec![self.out_f, self.cfg.rank],
-                group: Group::B,
-            },
-        ]
+        lora_pair_params("hira_A", "hira_B", self.cfg.rank, self.in_f, self.out_f)
     }
 
     fn param(&self, i: usize) -> Option<&[f32]> {
-        [&self.a, &self.b].get(i).map(|v| v.as_slice())
+        nth_param([&self.a, &self.b], i)
     }
 
     fn param_mut(&mut self, i: usize) -> Option<&mut [f32]> {
-        match i {
-            0 => Some(&mut self.a),
-            1 => Some(&mut self.b),
-            _ => None,
-        }
+        nth_param_mut([&mut self.a, &mut self.b], i)
     }
 
     /// §10.1: `A` kaiming-uniform, `B = 0` (a no-op at init).

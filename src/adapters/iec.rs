@@ -18,6 +18,7 @@
 use rand::{SeedableRng, rngs::StdRng};
 
 use super::base::{Dropout, dims, kaiming_uniform, take};
+use super::base::{lora_pair_params, nth_param, nth_param_mut};
 use super::{Adapter, Export, Group, LoraConfig, ParamInfo, Pass, Workspace};
 use crate::backend::check_len;
 use crate::backend::cpu::gemm::gemm;
@@ -130,18 +131,8 @@ impl Adapter for Iec {
     }
 
     fn params(&self) -> Vec<ParamInfo> {
-        let r = self.cfg.rank;
-        vec![
-            ParamInfo {
-                name: "lora_A",
-                shape: vec![r, self.in_f],
-                group: Group::A,
-            },
-            ParamInfo {
-                name: "lora_B",
-                shape: vec![self.out_f, r],
-                group: Group::B,
-            },
+        let mut params = lora_pair_params("lora_A", "lora_B", self.cfg.rank, self.in_f, self.out_f);
+        params.extend([
             ParamInfo {
                 name: "lora_A_scale",
                 shape: vec![1],
@@ -152,27 +143,19 @@ impl Adapter for Iec {
                 shape: vec![1],
                 group: Group::B,
             },
-        ]
+        ]);
+        params
     }
 
     fn param(&self, i: usize) -> Option<&[f32]> {
-        match i {
-            0 => Some(&self.a),
-            1 => Some(&self.b),
-            2 => Some(&self.beta_a),
-            3 => Some(&self.beta_b),
-            _ => None,
-        }
+        nth_param([&self.a, &self.b, &self.beta_a, &self.beta_b], i)
     }
 
     fn param_mut(&mut self, i: usize) -> Option<&mut [f32]> {
-        match i {
-            0 => Some(&mut self.a),
-            1 => Some(&mut self.b),
-            2 => Some(&mut self.beta_a),
-            3 => Some(&mut self.beta_b),
-            _ => None,
-        }
+        nth_param_mut(
+            [&mut self.a, &mut self.b, &mut self.beta_a, &mut self.beta_b],
+            i,
+        )
     }
 
     /// PEFT LoRA init plus `β_A = β_B = 0` (§6.2).

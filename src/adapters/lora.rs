@@ -12,7 +12,8 @@ use std::str::FromStr;
 
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
-use super::{Adapter, Export, Group, ParamInfo, Pass, Workspace};
+use super::base::{lora_pair_params, nth_param, nth_param_mut};
+use super::{Adapter, Export, ParamInfo, Pass, Workspace};
 use crate::backend::check_len;
 use crate::backend::cpu::Real;
 use crate::backend::cpu::gemm::{GemmDims, gemm, gemm_ref};
@@ -244,34 +245,15 @@ impl Adapter for Lora {
     }
 
     fn params(&self) -> Vec<ParamInfo> {
-        vec![
-            ParamInfo {
-                name: "lora_A",
-                shape: vec![self.cfg.rank, self.in_f],
-                group: Group::A,
-            },
-            ParamInfo {
-                name: "lora_B",
-                shape: vec![self.out_f, self.cfg.rank],
-                group: Group::B,
-            },
-        ]
+        lora_pair_params("lora_A", "lora_B", self.cfg.rank, self.in_f, self.out_f)
     }
 
     fn param(&self, i: usize) -> Option<&[f32]> {
-        match i {
-            0 => Some(&self.a),
-            1 => Some(&self.b),
-            _ => None,
-        }
+        nth_param([&self.a, &self.b], i)
     }
 
     fn param_mut(&mut self, i: usize) -> Option<&mut [f32]> {
-        match i {
-            0 => Some(&mut self.a),
-            1 => Some(&mut self.b),
-            _ => None,
-        }
+        nth_param_mut([&mut self.a, &mut self.b], i)
     }
 
     /// PEFT init (§1.4): `A ~ U(−1/√in, 1/√in)` (kaiming-uniform a=√5), `B = 0`.

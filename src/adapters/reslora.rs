@@ -26,8 +26,9 @@ use std::sync::Mutex;
 use rand::{SeedableRng, rngs::StdRng};
 
 use super::base::{Dropout, dims, kaiming_uniform, take};
+use super::base::{lora_pair_params, nth_param, nth_param_mut};
 use super::lora::BranchDims;
-use super::{Adapter, Export, Group, LoraConfig, ParamInfo, Pass, Workspace};
+use super::{Adapter, Export, LoraConfig, ParamInfo, Pass, Workspace};
 use crate::backend::check_len;
 use crate::backend::cpu::Real;
 use crate::backend::cpu::gemm::gemm;
@@ -298,34 +299,15 @@ impl Adapter for ResLora {
     }
 
     fn params(&self) -> Vec<ParamInfo> {
-        vec![
-            ParamInfo {
-                name: "lora_A",
-                shape: vec![self.cfg.rank, self.in_f],
-                group: Group::A,
-            },
-            ParamInfo {
-                name: "lora_B",
-                shape: vec![self.out_f, self.cfg.rank],
-                group: Group::B,
-            },
-        ]
+        lora_pair_params("lora_A", "lora_B", self.cfg.rank, self.in_f, self.out_f)
     }
 
     fn param(&self, i: usize) -> Option<&[f32]> {
-        match i {
-            0 => Some(&self.a),
-            1 => Some(&self.b),
-            _ => None,
-        }
+        nth_param([&self.a, &self.b], i)
     }
 
     fn param_mut(&mut self, i: usize) -> Option<&mut [f32]> {
-        match i {
-            0 => Some(&mut self.a),
-            1 => Some(&mut self.b),
-            _ => None,
-        }
+        nth_param_mut([&mut self.a, &mut self.b], i)
     }
 
     /// kaiming(√5) `A`, zero `B` (§8.1); the norm window is emptied.
