@@ -277,16 +277,6 @@ fn plan_adapter_bytes_match_the_built_adapters() {
     }
 }
 
-#[test]
-fn unwired_methods_are_a_clear_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let (model, data) = fixture(dir.path());
-    let file = GgufFile::open(&model).unwrap();
-    let cfg = config(&model, &data, &dir.path().join("x"), Method::Mtlora);
-    let e = Trainer::new(&file, &cfg).err().unwrap().to_string();
-    assert!(e.contains("method mtlora: not wired yet"), "{e}");
-}
-
 fn edgetune(args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_edgetune"))
         .args(args)
@@ -324,6 +314,11 @@ fn cli_plan_and_train_take_the_method() {
         "--adalora-target-r",
         "--dylora-eval-rank",
         "--layerimp-tau",
+        "--mtlora-task-rank",
+        "--mtlora-task-alpha",
+        "--task-weights",
+        "--task-weights-alpha",
+        "--task-weights-every",
     ] {
         assert!(help.contains(flag), "train --help lacks {flag}");
     }
@@ -374,12 +369,14 @@ fn cli_plan_and_train_take_the_method() {
         out.to_str().unwrap(),
         "--method",
         "mtlora",
+        "--task-weights",
+        "greedy",
         "--steps",
         "2",
     ]);
     assert!(!bad.status.success());
     let e = String::from_utf8_lossy(&bad.stderr);
-    assert!(e.contains("method mtlora: not wired yet"), "{e}");
+    assert!(e.contains("--task-weights greedy"), "{e}");
 }
 
 /// A DoRA checkpoint: `export --format gguf|peft` refuses, pointing at `merge`; `merge` folds

@@ -9,7 +9,10 @@
 //!   (stored, not recomputed: decompositions differ in signs between builds, §0.6);
 //! - AdaLoRA's allocator state `blk.{l}.{stem}.adalora_ipt`, `adalora_unc` (params layout) and
 //!   `adalora_keep` `[r0]` (1.0 = kept);
-//! - the layer-importance weights `layerimp.weights` `[n_layer · 7]`.
+//! - the layer-importance weights `layerimp.weights` `[n_layer · 7]`;
+//! - MT-LoRA's task weights `mtlora.gamma` `[T]` and its adaptive window `mtlora.window_loss`,
+//!   `mtlora.window_targets` `[T]` (F64: sums must come back bit for bit). Its task names are
+//!   `method_opts.mtlora_tasks` in `method.json`.
 //!
 //! Loading restores these into a set freshly built by
 //! [`AdapterSet::new_for`](super::AdapterSet::new_for) with the run's configuration (the
@@ -34,6 +37,9 @@ pub const METHOD_JSON: &str = "method.json";
 pub const METHOD_TENSORS: &str = "method.safetensors";
 const FORMAT: &str = "edgetune-method-state";
 const LAYERIMP: &str = "layerimp.weights";
+const MT_GAMMA: &str = "mtlora.gamma";
+const MT_WIN_LOSS: &str = "mtlora.window_loss";
+const MT_WIN_TARGETS: &str = "mtlora.window_targets";
 
 /// `method.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -99,7 +105,14 @@ pub fn save(
         let w = hooks.layer_weights();
         tensors.push((LAYERIMP.into(), vec![w.len()], Cow::Borrowed(w)));
     }
-    let views = tensors
+    let mut wide: Vec<(&str, Vec<f64>)> = Vec::new();
+    if let Some(mt) = hooks.tasks() {
+        let (gamma, win_loss, win_n) = mt.state();
+        tensors.push((MT_GAMMA.into(), vec![gamma.len()], Cow::Borrowed(gamma)));
+        wide.push((MT_WIN_LOSS, win_loss.to_vec()));
+        wide.push((MT_WIN_TARGETS, win_n.iter().map(|&n| n as f64).collect()));
+    }
+    let mut views = tensors
         .iter()
         .map(|(name, shape, v)| {
             TensorView::new(Dtype::F32, shape.clone(), bytemuck::cast_slice(v))
@@ -107,6 +120,11 @@ pub fn save(
                 .map_err(|e| Error::Invalid(format!("tensor {name}: {e}")))
         })
         .collect::<Result<Vec<_>>>()?;
+    for (name, v) in &wide {
+        let view = TensorView::new(Dtype::F64, vec![v.len()], bytemuck::cast_slice(v))
+            .map_err(|e| Error::Invalid(format!("tensor {name}: {e}")))?;
+        views.push((name, view));
+    }
     let path = dir.join(METHOD_TENSORS);
     safetensors::serialize_to_file(views, &None, &path)
         .map_err(|e| Error::Invalid(format!("writing {}: {e}", path.display())))?;
@@ -219,6 +237,32 @@ pub fn load_into(dir: &Path, set: &mut AdapterSet, hooks: &mut MethodHooks) -> R
         let n = hooks.layer_weights().len();
         hooks.set_layer_weights(&get(LAYERIMP, n)?)?;
     }
+    if let Some(mt) = hooks.tasks_mut() {
+        let n = mt.n_tasks();
+        let get64 = |name: &str| -> Result<Vec<f64>> {
+            let terr = |what: String| Error::Tensor {
+                path: path.clone(),
+                name: name.into(),
+                what,
+            };
+            let v = st.tensor(name).map_err(|e| terr(e.to_string()))?;
+            if v.dtype() != Dtype::F64 || v.data().len() != 8 * n {
+                return Err(terr(format!(
+                    "{:?} with {} bytes, expected F64 with {n} values",
+                    v.dtype(),
+                    v.data().len()
+                )));
+            }
+            Ok(v.data()
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+                .collect())
+        };
+        let gamma = get(MT_GAMMA, n)?;
+        let win_loss = get64(MT_WIN_LOSS)?;
+        let win_n: Vec<u64> = get64(MT_WIN_TARGETS)?.iter().map(|&v| v as u64).collect();
+        mt.set_state(&gamma, &win_loss, &win_n)?;
+    }
     Ok(())
 }
 
@@ -246,7 +290,7 @@ pub fn load_set(dir: &Path, file: &crate::gguf::GgufFile) -> Result<AdapterSet> 
     // Any schedule length AdaLoRA accepts: the step count only shapes the training budget.
     let steps = meta.method_opts.adalora_tinit + meta.method_opts.adalora_tfinal + 1;
     let mut set = AdapterSet::new_for(meta.method, &model, &cfg, steps, 0, Some(&weights))?;
-    let mut hooks = MethodHooks::new(meta.method, &set, meta.method_opts.layerimp_tau)?;
+    let mut hooks = MethodHooks::with_options(meta.method, &set, &meta.method_opts)?;
     load_into(dir, &mut set, &mut hooks)?;
     Ok(set)
 }
