@@ -73,7 +73,13 @@ fn training_steps_after_the_first_allocate_nothing() {
     // since `scale_at` stopped cloning the config).
     // MT-LoRA on the synthetic data's six tasks: row routing, per-task weights and losses,
     // adaptive weights updated every step.
-    let methods = [Method::Adalora, Method::Dora, Method::Layerimp, Method::Mtlora].map(|m| {
+    let methods = [
+        Method::Adalora,
+        Method::Dora,
+        Method::Layerimp,
+        Method::Mtlora,
+    ]
+    .map(|m| {
         let mut c = base.clone();
         c.method = m;
         c.method_opts.adalora_target_r = Some(2);

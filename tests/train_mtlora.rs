@@ -27,7 +27,11 @@ fn write_data(path: &Path, n: usize, tasks: [&str; 2]) {
                 )
             } else {
                 (
-                    format!("turn {} lamp {} now; done. ", ["on", "off"][i % 4 / 2], i % 3),
+                    format!(
+                        "turn {} lamp {} now; done. ",
+                        ["on", "off"][i % 4 / 2],
+                        i % 3
+                    ),
                     tasks[1],
                 )
             };
@@ -179,7 +183,10 @@ fn mtlora_resumes_exactly_and_refuses_other_tasks() {
             got.push(p.loss.to_bits());
         }
         assert_eq!(got, want, "per-step losses differ after resume");
-        assert!(params(&second) == params(&full), "params differ after resume");
+        assert!(
+            params(&second) == params(&full),
+            "params differ after resume"
+        );
         assert_eq!(second.hooks().tasks().unwrap().weights(), &w[..]);
 
         // Data with another task set: a clear error naming both lists.

@@ -399,6 +399,12 @@ impl Adapter for MtLora {
         p
     }
 
+    /// Σ of the tensors' sizes, without building [`Adapter::params`] (the backward checks it
+    /// every pass, which must not allocate).
+    fn n_params(&self) -> usize {
+        self.tensors.iter().map(Vec::len).sum()
+    }
+
     fn param(&self, i: usize) -> Option<&[f32]> {
         self.tensors.get(i).map(Vec::as_slice)
     }

@@ -104,7 +104,12 @@ impl MtTasks {
             }
         }
         let total: u64 = self.step_n.iter().sum();
-        for ((w, &n), &g) in self.step_w.iter_mut().zip(&self.step_n).zip(&self.gamma.gamma) {
+        for ((w, &n), &g) in self
+            .step_w
+            .iter_mut()
+            .zip(&self.step_n)
+            .zip(&self.gamma.gamma)
+        {
             *w = if n == 0 {
                 0.0
             } else {
