@@ -289,7 +289,11 @@ pub fn method_lora_config(method: Method, lora: &LoraConfig) -> LoraConfig {
 /// are `opts.mtlora_tasks` (`["default"]` when empty).
 pub fn mtlora_config(lora: &LoraConfig, opts: &MethodOptions) -> MtLoraConfig {
     let (rt, rs) = (opts.mtlora_task_rank as f64, lora.rank.max(1) as f64);
-    let ratio = if lora.rslora { (rt / rs).sqrt() } else { rt / rs };
+    let ratio = if lora.rslora {
+        (rt / rs).sqrt()
+    } else {
+        rt / rs
+    };
     MtLoraConfig {
         shared: lora.clone(),
         task_rank: opts.mtlora_task_rank,

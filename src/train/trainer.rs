@@ -322,8 +322,7 @@ impl<'f> Trainer<'f> {
         let step_no = self.completed() + 1;
         let mut loss = 0.0;
         self.hooks.before_step(&mut self.set, step_no);
-        self.hooks
-            .weigh_tasks(&self.batches[..n], &mut self.step)?;
+        self.hooks.weigh_tasks(&self.batches[..n], &mut self.step)?;
         let model = self.llama.backend_model();
         for (i, b) in self.batches[..n].iter().enumerate() {
             let seed = micro_seed(self.cfg.seed, step_no, i);
