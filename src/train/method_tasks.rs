@@ -139,7 +139,7 @@ impl MtTasks {
             self.win_n[t] += n;
             self.win_sum[t] += self.step_sum[t];
         }
-        if step_no % self.every != 0 {
+        if !step_no.is_multiple_of(self.every) {
             return Ok(());
         }
         if self.weighting == TaskWeights::Adaptive {
