@@ -1,7 +1,8 @@
 //! Every wired `--method` trains on the tiny model (the loss falls), checkpoints, and reloads:
 //! a resumed trainer holds bit-identical parameters; low-rank methods reload through
 //! `load_any` as the same `ΔW`, merge-only ones point at `edgetune merge` and rebuild on the
-//! base. DoRA and AdaLoRA resume exactly (2 + 2 steps against 4). The memory plan's adapter
+//! base. DoRA, AdaLoRA, layerimp and ResLoRA (with its norm window) resume exactly (2 + 2
+//! steps against 4). The memory plan's adapter
 //! numbers equal the built adapters' for every method.
 
 mod train_support;
@@ -9,6 +10,7 @@ mod train_support;
 use std::path::Path;
 
 use edgetune::adapters::adalora::AdaLora;
+use edgetune::adapters::reslora::ResLora;
 use edgetune::adapters::{Adapter, Target};
 use edgetune::gguf::GgufFile;
 use edgetune::memory::budget;
@@ -185,7 +187,12 @@ fn dora_and_adalora_resume_exactly() {
         .build()
         .unwrap();
     pool.install(|| {
-        for method in [Method::Dora, Method::Adalora, Method::Layerimp] {
+        for method in [
+            Method::Dora,
+            Method::Adalora,
+            Method::Layerimp,
+            Method::Reslora,
+        ] {
             let mut cfg = config(&model, &data, &dir.path().join("full"), method);
             cfg.steps = Some(4);
             cfg.method_opts.adalora_tinit = 0;
@@ -222,6 +229,19 @@ fn dora_and_adalora_resume_exactly() {
                 params(second.adapters()) == params(full.adapters()),
                 "{method}: final params differ after resume"
             );
+            // ResLoRA: merge_bw's norm window is restored too (its export α).
+            for ((_, _, a), (_, _, b)) in second.adapters().iter().zip(full.adapters().iter()) {
+                if let (Some(x), Some(y)) =
+                    (a.downcast_ref::<ResLora>(), b.downcast_ref::<ResLora>())
+                {
+                    assert_eq!(x.norm_window(), y.norm_window(), "{method}: norm window");
+                    assert_eq!(
+                        y.norm_window().cur.len(),
+                        4,
+                        "{method}: one record per pass"
+                    );
+                }
+            }
         }
     });
 }
