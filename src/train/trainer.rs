@@ -194,6 +194,10 @@ impl<'f> Trainer<'f> {
         fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
         let mut opt = Optimizer::new(cfg, &set, total_steps, &cfg.out)?;
         let mut step = TrainStep::new(llama.backend_model(), &set, shape)?;
+        // Every worker's quantized-matmul scratch sized for the widest matrix up front.
+        crate::quant::matmul::reserve_scratch(
+            model_cfg.dim.max(model_cfg.q_dim()).max(model_cfg.ffn),
+        );
         if let Some(rows) = EmbeddingRows::for_file(file, step.tokens(), cfg.lock_weights)? {
             step.set_embedding_rows(rows)?;
         }
