@@ -180,3 +180,59 @@ fn a_failing_method_is_recorded_and_unknown_methods_are_refused() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("qqlora"));
 }
+
+/// MT-LoRA in a comparison: trained on the synthetic data's tasks (its records carry `task`),
+/// measured with every held-out record routed to its task.
+#[test]
+fn compare_runs_mtlora_on_the_data_tasks() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, data) = train_support::write_fixture(dir.path(), "q4_0", 30);
+    let suite = dir.path().join("suite.jsonl");
+    std::fs::write(
+        &suite,
+        "{\"id\": \"any\", \"input\": \"Sensor\", \"checks\": [{\"regex\": \"(?s)^.*$\"}]}\n",
+    )
+    .unwrap();
+    let out = dir.path().join("cmp");
+    let o = edgetune(&[
+        "compare",
+        "--model",
+        s(&model),
+        "--data",
+        s(&data),
+        "--methods",
+        "lora,mtlora",
+        "--steps",
+        "2",
+        "--seq-len",
+        "256",
+        "--rank",
+        "4",
+        "--suite",
+        s(&suite),
+        "--max-tokens",
+        "2",
+        "--out",
+        s(&out),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let results = json(&out.join("compare.json"));
+    let r = &results.as_array().unwrap()[1];
+    assert_eq!(r["method"], "mtlora");
+    assert!(r["error"].is_null(), "{r}");
+    let h = r["heldout_loss"].as_f64().unwrap();
+    assert!(h.is_finite() && h > 0.0, "{h}");
+    // The run's tasks are the synthetic generator's categories.
+    let summary = json(&out.join("mtlora").join("summary.json"));
+    let tasks = summary["config"]["method_opts"]["mtlora_tasks"]
+        .as_array()
+        .unwrap();
+    assert!(tasks.len() >= 2, "{tasks:?}");
+    // Every metrics line names the step's tasks.
+    let metrics = std::fs::read_to_string(out.join("mtlora").join("metrics.jsonl")).unwrap();
+    for line in metrics.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(!v["task_losses"].as_object().unwrap().is_empty(), "{line}");
+        assert_eq!(v["task_weights"].as_object().unwrap().len(), tasks.len());
+    }
+}

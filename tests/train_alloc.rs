@@ -68,13 +68,24 @@ fn training_steps_after_the_first_allocate_nothing() {
     b.pack = true;
     // The methods with per-step hooks or extra buffers: AdaLoRA (orthogonal regularizer,
     // importance and masking every step), DoRA (norms through its fixed transient), layer
-    // importance (gradient weights). DyLoRA is not here: it was seen to allocate 3 times in a
-    // later step once in three runs (cause not yet found; its own passes allocate nothing
-    // since `scale_at` stopped cloning the config).
-    let methods = [Method::Adalora, Method::Dora, Method::Layerimp].map(|m| {
+    // importance (gradient weights), DyLoRA (rank drawn per step). DyLoRA was seen to allocate
+    // 3 times in a later step once in three runs: the quantized kernels' per-thread scratch
+    // growing on a thread that met the widest matrix late; the trainer now sizes every
+    // worker's scratch up front (quant::matmul::reserve_scratch).
+    // MT-LoRA on the synthetic data's six tasks: row routing, per-task weights and losses,
+    // adaptive weights updated every step.
+    let methods = [
+        Method::Adalora,
+        Method::Dora,
+        Method::Layerimp,
+        Method::Mtlora,
+    ]
+    .map(|m| {
         let mut c = base.clone();
         c.method = m;
         c.method_opts.adalora_target_r = Some(2);
+        c.method_opts.task_weights = edgetune::train::TaskWeights::Adaptive;
+        c.method_opts.task_weights_every = 1;
         c
     });
     let pool = rayon::ThreadPoolBuilder::new()

@@ -1,7 +1,8 @@
 //! Every wired `--method` trains on the tiny model (the loss falls), checkpoints, and reloads:
 //! a resumed trainer holds bit-identical parameters; low-rank methods reload through
 //! `load_any` as the same `ΔW`, merge-only ones point at `edgetune merge` and rebuild on the
-//! base. DoRA and AdaLoRA resume exactly (2 + 2 steps against 4). The memory plan's adapter
+//! base. DoRA, AdaLoRA, layerimp and ResLoRA (with its norm window) resume exactly (2 + 2
+//! steps against 4). The memory plan's adapter
 //! numbers equal the built adapters' for every method.
 
 mod train_support;
@@ -9,6 +10,7 @@ mod train_support;
 use std::path::Path;
 
 use edgetune::adapters::adalora::AdaLora;
+use edgetune::adapters::reslora::ResLora;
 use edgetune::adapters::{Adapter, Target};
 use edgetune::gguf::GgufFile;
 use edgetune::memory::budget;
@@ -185,7 +187,12 @@ fn dora_and_adalora_resume_exactly() {
         .build()
         .unwrap();
     pool.install(|| {
-        for method in [Method::Dora, Method::Adalora, Method::Layerimp] {
+        for method in [
+            Method::Dora,
+            Method::Adalora,
+            Method::Layerimp,
+            Method::Reslora,
+        ] {
             let mut cfg = config(&model, &data, &dir.path().join("full"), method);
             cfg.steps = Some(4);
             cfg.method_opts.adalora_tinit = 0;
@@ -222,6 +229,19 @@ fn dora_and_adalora_resume_exactly() {
                 params(second.adapters()) == params(full.adapters()),
                 "{method}: final params differ after resume"
             );
+            // ResLoRA: merge_bw's norm window is restored too (its export α).
+            for ((_, _, a), (_, _, b)) in second.adapters().iter().zip(full.adapters().iter()) {
+                if let (Some(x), Some(y)) =
+                    (a.downcast_ref::<ResLora>(), b.downcast_ref::<ResLora>())
+                {
+                    assert_eq!(x.norm_window(), y.norm_window(), "{method}: norm window");
+                    assert_eq!(
+                        y.norm_window().cur.len(),
+                        4,
+                        "{method}: one record per pass"
+                    );
+                }
+            }
         }
     });
 }
@@ -277,16 +297,6 @@ fn plan_adapter_bytes_match_the_built_adapters() {
     }
 }
 
-#[test]
-fn unwired_methods_are_a_clear_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let (model, data) = fixture(dir.path());
-    let file = GgufFile::open(&model).unwrap();
-    let cfg = config(&model, &data, &dir.path().join("x"), Method::Mtlora);
-    let e = Trainer::new(&file, &cfg).err().unwrap().to_string();
-    assert!(e.contains("method mtlora: not wired yet"), "{e}");
-}
-
 fn edgetune(args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_edgetune"))
         .args(args)
@@ -324,6 +334,11 @@ fn cli_plan_and_train_take_the_method() {
         "--adalora-target-r",
         "--dylora-eval-rank",
         "--layerimp-tau",
+        "--mtlora-task-rank",
+        "--mtlora-task-alpha",
+        "--task-weights",
+        "--task-weights-alpha",
+        "--task-weights-every",
     ] {
         assert!(help.contains(flag), "train --help lacks {flag}");
     }
@@ -374,12 +389,14 @@ fn cli_plan_and_train_take_the_method() {
         out.to_str().unwrap(),
         "--method",
         "mtlora",
+        "--task-weights",
+        "greedy",
         "--steps",
         "2",
     ]);
     assert!(!bad.status.success());
     let e = String::from_utf8_lossy(&bad.stderr);
-    assert!(e.contains("method mtlora: not wired yet"), "{e}");
+    assert!(e.contains("--task-weights greedy"), "{e}");
 }
 
 /// A DoRA checkpoint: `export --format gguf|peft` refuses, pointing at `merge`; `merge` folds

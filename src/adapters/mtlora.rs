@@ -11,7 +11,8 @@
 //!
 //! Routing. [`Adapter::forward`] takes `&self`, so the trainer tells the adapter the row tasks
 //! of the next micro-batch with [`MtLora::set_row_tasks`] (the batch's [`crate::data::Batch::tasks`]
-//! and its `seq_len`) before running it; with none set every row is task 0. Rows are
+//! and its `seq_len`) before running it; with none set every row uses the export task
+//! ([`MtLora::set_export_task`], 0 by default: how one task is served). Rows are
 //! contiguous `seq_len` tokens, so a run of rows with one task is one GEMM (no gather).
 //!
 //! Export: one plain LoRA per task, `[s_sh·B_sh | s_t·B_t]·[A_sh; A_t]` of rank `r_sh + r_t`
@@ -285,7 +286,7 @@ impl MtLora {
         &self,
         dhs: &[f32],
         dht: &[f32],
-        runs: &[(usize, usize, usize)],
+        runs: Runs<'_>,
         out: &mut [f32],
         beta: f32,
     ) -> Result<()> {
@@ -299,7 +300,7 @@ impl MtLora {
             beta,
             out,
         )?;
-        for &(t0, len, task) in runs {
+        for (t0, len, task) in runs {
             let dh = &dht[t0 * rt..(t0 + len) * rt];
             let o = &mut out[t0 * inf..(t0 + len) * inf];
             let a = &self.tensors[2 + 2 * task];
@@ -308,27 +309,52 @@ impl MtLora {
         Ok(())
     }
 
-    /// `(first row, rows, task)` runs of equal task over the `n` tokens of a pass, as token
-    /// ranges `(t0, len, task)`.
-    fn runs(&self, n: usize) -> Result<Vec<(usize, usize, usize)>> {
-        if self.row_tasks.is_empty() {
-            return Ok(vec![(0, n, 0)]);
-        }
-        let l = self.seq_len;
-        if self.row_tasks.len() * l != n {
+    /// The runs of equal task over the `n` tokens of a pass, as token ranges
+    /// `(t0, len, task)` (an iterator over the row tasks: nothing is allocated per pass).
+    fn runs(&self, n: usize) -> Result<Runs<'_>> {
+        if !self.row_tasks.is_empty() && self.row_tasks.len() * self.seq_len != n {
             return Err(Error::Invalid(format!(
-                "MT-LoRA: {} row tasks of {l} tokens set, the pass has {n} tokens",
-                self.row_tasks.len()
+                "MT-LoRA: {} row tasks of {} tokens set, the pass has {n} tokens",
+                self.row_tasks.len(),
+                self.seq_len
             )));
         }
-        let mut runs: Vec<(usize, usize, usize)> = Vec::new();
-        for (i, &t) in self.row_tasks.iter().enumerate() {
-            match runs.last_mut() {
-                Some(last) if last.2 == t as usize => last.1 += l,
-                _ => runs.push((i * l, l, t as usize)),
-            }
+        Ok(Runs {
+            tasks: &self.row_tasks,
+            seq_len: self.seq_len,
+            row: 0,
+            whole: self
+                .row_tasks
+                .is_empty()
+                .then_some((0, n, self.export_task)),
+        })
+    }
+}
+
+/// Runs of rows with one task (see [`MtLora::runs`]); without row tasks, one run of every
+/// token with the export task.
+#[derive(Clone, Debug)]
+struct Runs<'a> {
+    tasks: &'a [u32],
+    seq_len: usize,
+    row: usize,
+    whole: Option<(usize, usize, usize)>,
+}
+
+impl Iterator for Runs<'_> {
+    type Item = (usize, usize, usize);
+
+    fn next(&mut self) -> Option<(usize, usize, usize)> {
+        if let Some(w) = self.whole.take() {
+            return Some(w);
         }
-        Ok(runs)
+        let start = self.row;
+        let &task = self.tasks.get(start)?;
+        while self.tasks.get(self.row) == Some(&task) {
+            self.row += 1;
+        }
+        let l = self.seq_len;
+        Some((start * l, (self.row - start) * l, task as usize))
     }
 }
 
@@ -371,6 +397,12 @@ impl Adapter for MtLora {
             });
         }
         p
+    }
+
+    /// Σ of the tensors' sizes, without building [`Adapter::params`] (the backward checks it
+    /// every pass, which must not allocate).
+    fn n_params(&self) -> usize {
+        self.tensors.iter().map(Vec::len).sum()
     }
 
     fn param(&self, i: usize) -> Option<&[f32]> {
@@ -495,17 +527,12 @@ impl Adapter for MtLora {
                 .get(n * rs..n * (rs + rt))
                 .ok_or_else(|| short(n * (rs + rt)))?,
         );
-        // grads = [dA_sh, dB_sh, dA_0, dB_0, …]; absent tasks stay zero.
+        // grads = [dA_sh, dB_sh, dA_0, dB_0, …]; absent tasks stay zero. Task `t`'s pair is
+        // at `shared + t·per_task` (indexed, so nothing is collected per pass).
         grads.fill(0.0);
-        let mut rest = &mut grads[..];
-        let da_sh = take("mtlora", "grads", &mut rest, rs * inf)?;
-        let db_sh = take("mtlora", "grads", &mut rest, outf * rs)?;
-        let mut task_grads = Vec::with_capacity(self.n_tasks());
-        for _ in 0..self.n_tasks() {
-            let da = take("mtlora", "grads", &mut rest, rt * inf)?;
-            let db = take("mtlora", "grads", &mut rest, outf * rt)?;
-            task_grads.push((da, db));
-        }
+        let (shared_grads, task_grads) = grads.split_at_mut(rs * inf + outf * rs);
+        let (da_sh, db_sh) = shared_grads.split_at_mut(rs * inf);
+        let per_task = rt * inf + outf * rt;
         let mut scratch = scratch;
         let dhs = take("mtlora", "scratch", &mut scratch, n * rs)?;
         let dht = take("mtlora", "scratch", &mut scratch, n * rt)?;
@@ -531,8 +558,11 @@ impl Adapter for MtLora {
         )?;
         gemm(dims(rs, inf, n, true, false), 1.0, dhs, xd, 0.0, da_sh)?;
         // Task runs: the same restricted to the run's rows, accumulated per task.
-        for &(t0, len, task) in &runs {
-            let (da, db) = &mut task_grads[task];
+        for (t0, len, task) in runs.clone() {
+            let pair = task_grads
+                .get_mut(task * per_task..(task + 1) * per_task)
+                .ok_or_else(|| short(per_task))?;
+            let (da, db) = pair.split_at_mut(rt * inf);
             let (gr, hr) = (
                 &g[t0 * outf..(t0 + len) * outf],
                 &ht[t0 * rt..(t0 + len) * rt],
@@ -553,10 +583,10 @@ impl Adapter for MtLora {
         // dX += D'(dH_sh·A_sh + dH_τ·A_τ).
         match (xd_buf, stream) {
             (Some(buf), Some(stream)) => {
-                self.dh_a(dhs, dht, &runs, buf, 0.0)?;
+                self.dh_a(dhs, dht, runs, buf, 0.0)?;
                 self.drop.add_masked(stream, buf, dx);
             }
-            _ => self.dh_a(dhs, dht, &runs, dx, 1.0)?,
+            _ => self.dh_a(dhs, dht, runs, dx, 1.0)?,
         }
         Ok(())
     }

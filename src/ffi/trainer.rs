@@ -111,7 +111,8 @@ impl EtTrainer {
             .trainer
             .with_dependent_mut(|_, t| pool.install(|| t.step()))?;
         if let Some(p) = &p {
-            self.metrics.append(p)?;
+            let tasks = self.trainer.with_dependent(|_, t| t.task_metrics());
+            self.metrics.append(p, tasks)?;
         }
         if let Some(p) = &p
             && self.save_every > 0

@@ -109,6 +109,17 @@ thread_local! {
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
+/// Grows every thread's scratch of the current rayon pool to what a matrix of `max_cols`
+/// columns needs (both kernels), so a thread that meets the widest matrix only in a later
+/// step does not allocate then (the training step's zero-allocation rule; which thread takes
+/// which matrix first varies from run to run).
+pub fn reserve_scratch(max_cols: usize) {
+    let xwt = max_cols * NR + max_cols;
+    let dyw = ROW_TILE * STRIP.min(max_cols).next_multiple_of(NR);
+    let len = xwt.max(dyw);
+    rayon::broadcast(|_| with_scratch(len, |_| ()));
+}
+
 fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     SCRATCH.with(|s| {
         let mut s = s.borrow_mut();

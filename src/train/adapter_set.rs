@@ -13,6 +13,7 @@ use crate::adapters::dora::Dora;
 use crate::adapters::dylora::{Dylora, DyloraConfig};
 use crate::adapters::hira::Hira;
 use crate::adapters::iec::Iec;
+use crate::adapters::mtlora::{MtLora, MtLoraConfig};
 use crate::adapters::olora_pissa::{ResidualInit, ResidualLora};
 use crate::adapters::reslora::{DEFAULT_WINDOW as RESLORA_NORM_WINDOW, ResLora};
 use crate::adapters::{Adapter, Lora, LoraConfig, ParamInfo, Target};
@@ -76,7 +77,8 @@ impl AdapterSet {
     /// (AdaLoRA's budget schedule needs it). `base` gives the mapped weights to the methods
     /// that read `Ŵ` (DoRA and HiRA keep a copy, OLoRA and PiSSA decompose it); the others
     /// accept `None`. Seeds per slot as [`AdapterSet::new_lora`], so `lora` here builds the
-    /// same set as `new_lora`. MT-LoRA is an error (not wired yet).
+    /// same set as `new_lora`. MT-LoRA's tasks are `cfg.method_opts.mtlora_tasks` (the
+    /// trainer fills them from the data; empty: one task, `default`).
     pub fn new_for(
         method: Method,
         model: &LlamaConfig,
@@ -106,6 +108,7 @@ impl AdapterSet {
         let opts = &cfg.method_opts;
         let ada = adalora_config(&lora, opts, total_steps);
         let dy = dylora_config(method, &lora, opts, seed);
+        let mt = mtlora_config(&lora, opts);
         let mut set = AdapterSet::empty(model.n_layer, lora.clone());
         for layer in 0..model.n_layer {
             for &target in &lora.targets {
@@ -134,6 +137,7 @@ impl AdapterSet {
                         }
                         Box::new(d)
                     }
+                    Method::Mtlora => Box::new(MtLora::new(fan_in, fan_out, &mt, s)?),
                     // IR-QLoRA's adapter half; its ICQ half is the base file (`edgetune quantize --icq`).
                     Method::Irqlora => Box::new(Iec::new(fan_in, fan_out, &lora, s)?),
                     Method::Reslora => Box::new(ResLora::new(
@@ -277,6 +281,31 @@ pub fn method_lora_config(method: Method, lora: &LoraConfig) -> LoraConfig {
         l.rslora = true;
     }
     l
+}
+
+/// MT-LoRA's configuration: the shared LoRA is `lora`; the task LoRAs have
+/// `opts.mtlora_task_rank` and `opts.mtlora_task_alpha` (default: the shared scale
+/// `alpha/r_sh`, so `alpha_t = alpha·r_t/r_sh`, or `alpha·√(r_t/r_sh)` under rsLoRA); the tasks
+/// are `opts.mtlora_tasks` (`["default"]` when empty).
+pub fn mtlora_config(lora: &LoraConfig, opts: &MethodOptions) -> MtLoraConfig {
+    let (rt, rs) = (opts.mtlora_task_rank as f64, lora.rank.max(1) as f64);
+    let ratio = if lora.rslora {
+        (rt / rs).sqrt()
+    } else {
+        rt / rs
+    };
+    MtLoraConfig {
+        shared: lora.clone(),
+        task_rank: opts.mtlora_task_rank,
+        task_alpha: opts
+            .mtlora_task_alpha
+            .unwrap_or((lora.alpha as f64 * ratio) as f32),
+        tasks: if opts.mtlora_tasks.is_empty() {
+            vec![crate::data::tasks::DEFAULT_TASK.to_string()]
+        } else {
+            opts.mtlora_tasks.clone()
+        },
+    }
 }
 
 /// AdaLoRA's configuration from the run's LoRA settings and the method options.

@@ -107,7 +107,7 @@ pub fn save_with(
         let hooks = match hooks {
             Some(h) => h,
             None => {
-                fresh = MethodHooks::new(method, set, state.config.method_opts.layerimp_tau)?;
+                fresh = MethodHooks::with_options(method, set, &state.config.method_opts)?;
                 &fresh
             }
         };

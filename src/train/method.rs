@@ -18,7 +18,7 @@
 //! | `layerimp` | `Lora` | per-layer EMA gradient weights (§10.4, the study's "AdaLoRA") |
 //! | `irqlora` | [`crate::adapters::iec::Iec`] | IEC adapter (§6.2) on a base re-quantized by `edgetune quantize --icq` (§6.1) |
 //! | `reslora` | [`crate::adapters::reslora::ResLora`] | res_is input shortcut across layers (§8); the step keeps every layer's module input |
-//! | `mtlora` | — | not wired into the trainer yet (the adapter and the step's per-task loss exist) |
+//! | `mtlora` | [`crate::adapters::mtlora::MtLora`] | shared LoRA (`lora.rank`) + one rank-`r_t` LoRA per data task, rows routed by their record's `task`; loss `Σ_t w_t·L_t`, uniform or accuracy-adaptive `w` (§5.2, §10.4); export one task |
 
 use std::fmt;
 use std::str::FromStr;
@@ -91,9 +91,9 @@ impl Method {
         }
     }
 
-    /// Whether `edgetune train` can run it in this build.
+    /// Whether `edgetune train` can run it in this build (every method is, now).
     pub fn is_wired(self) -> bool {
-        !matches!(self, Method::Mtlora)
+        true
     }
 
     /// The methods `edgetune train` can run in this build.
@@ -191,6 +191,34 @@ pub struct MethodOptions {
     pub pissa_niter: usize,
     /// Layer-importance EMA `τ` (§10.4): `w ← τ·w + (1−τ)·s`.
     pub layerimp_tau: f32,
+    /// MT-LoRA: rank `r_t` of every task LoRA (the shared LoRA is `lora.rank`, `lora.alpha`).
+    pub mtlora_task_rank: usize,
+    /// MT-LoRA: alpha of the task LoRAs (`None`: the shared LoRA's scale, i.e.
+    /// `alpha·r_t/r_sh`, or `alpha·√(r_t/r_sh)` under rsLoRA).
+    pub mtlora_task_alpha: Option<f32>,
+    /// MT-LoRA: the task weights `w_t` of the loss `Σ_t w_t·L_t` (§5.2, §10.4).
+    pub task_weights: TaskWeights,
+    /// Adaptive task weights: `α` of `γ_t ← γ_t·exp(α·(1 − acc_t))`.
+    pub task_weights_alpha: f32,
+    /// Adaptive task weights: update every N optimizer steps, from the window's losses.
+    pub task_weights_every: u64,
+    /// MT-LoRA task names, index = task id. Empty in a fresh configuration: the trainer fills
+    /// it from the data's `task` fields (first-seen order; records without one are
+    /// `default`), names given here keep their ids first.
+    pub mtlora_tasks: Vec<String>,
+}
+
+/// How MT-LoRA weighs the per-task losses `L_t` (mean cross-entropy over task `t`'s targets of
+/// the step).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskWeights {
+    /// `w_t = 1` (§5.2).
+    #[default]
+    Uniform,
+    /// `w_t = γ_t`, the accuracy-adaptive weights of §10.4; the accuracy of task `t` is
+    /// `exp(−L̄_t)` over the last `task_weights_every` steps (train/method_tasks.rs).
+    Adaptive,
 }
 
 /// The form of a method's private copy of the base weight.
@@ -219,6 +247,12 @@ impl Default for MethodOptions {
             base_copy: BaseCopy::Quant,
             pissa_niter: 4,
             layerimp_tau: 0.9,
+            mtlora_task_rank: 4,
+            mtlora_task_alpha: None,
+            task_weights: TaskWeights::Uniform,
+            task_weights_alpha: 1.0,
+            task_weights_every: 10,
+            mtlora_tasks: Vec::new(),
         }
     }
 }
@@ -247,8 +281,40 @@ impl MethodOptions {
             Method::Pissa if self.pissa_niter == 0 => {
                 bad("--pissa-niter must be at least 1".into())
             }
+            Method::Mtlora => self.validate_mtlora(),
             _ => Ok(()),
         }
+    }
+}
+
+impl MethodOptions {
+    fn validate_mtlora(&self) -> Result<()> {
+        let bad = |what: String| Err(Error::Invalid(format!("method mtlora: {what}")));
+        if self.mtlora_task_rank == 0 {
+            return bad("--mtlora-task-rank must be at least 1".into());
+        }
+        if let Some(a) = self.mtlora_task_alpha
+            && !a.is_finite()
+        {
+            return bad(format!("--mtlora-task-alpha must be finite, got {a}"));
+        }
+        if !(self.task_weights_alpha.is_finite() && self.task_weights_alpha >= 0.0) {
+            return bad(format!(
+                "--task-weights-alpha must be finite and >= 0, got {}",
+                self.task_weights_alpha
+            ));
+        }
+        if self.task_weights_every == 0 {
+            return bad("--task-weights-every must be at least 1".into());
+        }
+        let max = crate::adapters::mtlora::MAX_TASKS;
+        if self.mtlora_tasks.len() > max {
+            return bad(format!(
+                "{} tasks, at most {max} are supported",
+                self.mtlora_tasks.len()
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -320,8 +386,8 @@ mod tests {
         assert_eq!("DoRA".parse::<Method>().unwrap(), Method::Dora);
         let e = "lorax".parse::<Method>().unwrap_err().to_string();
         assert!(e.contains("lorax") && e.contains("dylora"), "{e}");
-        let e = Method::Mtlora.check_wired().unwrap_err().to_string();
-        assert!(e.contains("mtlora: not wired yet"), "{e}");
+        Method::Mtlora.check_wired().unwrap();
+        assert_eq!(Method::wired().count(), Method::ALL.len());
     }
 
     #[test]

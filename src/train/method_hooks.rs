@@ -4,11 +4,15 @@
 //!
 //! ```text
 //! before_step(t+1)   every adapter's on_step (DyLoRA draws the step's rank)
-//! micro-batches      forward, loss, backward → adapter gradients in the step's arena
+//! weigh_tasks        MT-LoRA: per-task targets of the step → the step's row weights
+//! micro-batches      route (MT-LoRA: row tasks into every adapter), forward, loss,
+//!                    backward → adapter gradients in the step's arena; MT-LoRA adds the
+//!                    micro-batch's per-task losses
 //! after_backward     AdaLoRA: += γ/n_mat·∇R (orthogonal regularizer) per AdaLoRA layer
 //!                    layerimp: w_i ← τ·w_i + (1−τ)·mean|g_i|, g_i ← w_i·g_i per adapted linear
 //! optimizer          global-norm clip, then the update (LoRA+ groups by tensor)
-//! after_update(t)    AdaLoRA: importance EMAs with the (clipped) gradients, the cubic budget,
+//! after_update(t)    MT-LoRA: per-task mean losses, adaptive task weights (method_tasks.rs)
+//!                    AdaLoRA: importance EMAs with the (clipped) gradients, the cubic budget,
 //!                    masking e_i (PEFT's update_and_allocate(t), 0-based t)
 //! ```
 //!
@@ -23,10 +27,12 @@
 //! the clipping sees, the `ε` regime and SGD — that is the study's procedure as written.
 
 use super::adapter_set::{AdapterSet, target_index};
-use super::method::Method;
+use super::method::{Method, MethodOptions};
+use super::method_tasks::{self, MtTasks};
 use super::step::TrainStep;
 use crate::adapters::Target;
 use crate::adapters::adalora::{AdaLora, AdaloraConfig};
+use crate::data::Batch;
 use crate::{Error, Result};
 
 /// AdaLoRA's global allocator state (the per-layer EMAs live in the adapters).
@@ -51,12 +57,28 @@ pub struct MethodHooks {
     tau: f32,
     /// The last step's orthogonal-regularizer value `γ·R` (AdaLoRA), for reporting.
     last_reg: f64,
+    /// MT-LoRA's multi-task loss state.
+    mt: Option<MtTasks>,
 }
 
 impl MethodHooks {
     /// The hooks of `method` for `set` (AdaLoRA: every AdaLoRA adapter of the set takes part
     /// in the allocation, with the first one's configuration).
     pub fn new(method: Method, set: &AdapterSet, layerimp_tau: f32) -> Result<MethodHooks> {
+        let opts = MethodOptions {
+            layerimp_tau,
+            ..MethodOptions::default()
+        };
+        MethodHooks::with_options(method, set, &opts)
+    }
+
+    /// [`MethodHooks::new`] with all of the run's method options (MT-LoRA's task weighting).
+    pub fn with_options(
+        method: Method,
+        set: &AdapterSet,
+        opts: &MethodOptions,
+    ) -> Result<MethodHooks> {
+        let layerimp_tau = opts.layerimp_tau;
         let mut ada = None;
         if method == Method::Adalora {
             let mut cfg = None;
@@ -101,6 +123,10 @@ impl MethodHooks {
             },
             tau: layerimp_tau,
             last_reg: 0.0,
+            mt: match method {
+                Method::Mtlora => Some(MtTasks::new(method_tasks::set_task_count(set), opts)?),
+                _ => None,
+            },
         })
     }
 
@@ -115,6 +141,17 @@ impl MethodHooks {
                 .ada
                 .as_ref()
                 .map_or(0, |a| 4 * (a.scores.len() + a.select.len()))
+            + self.mt.as_ref().map_or(0, MtTasks::bytes)
+    }
+
+    /// MT-LoRA's task state (`None` for other methods).
+    pub fn tasks(&self) -> Option<&MtTasks> {
+        self.mt.as_ref()
+    }
+
+    /// Writable [`MethodHooks::tasks`] (checkpoint restore).
+    pub fn tasks_mut(&mut self) -> Option<&mut MtTasks> {
+        self.mt.as_mut()
     }
 
     /// The layer-importance weights, per slot (`layer · 7 + target`).
@@ -145,6 +182,29 @@ impl MethodHooks {
     pub fn before_step(&mut self, set: &mut AdapterSet, step: u64) {
         for (_, _, a) in set.iter_mut() {
             a.on_step(step);
+        }
+    }
+
+    /// MT-LoRA, before the micro-batches of a step: the step's row weights from `batches`.
+    pub fn weigh_tasks(&mut self, batches: &[Batch], step: &mut TrainStep) -> Result<()> {
+        match &mut self.mt {
+            Some(mt) => mt.weigh(batches, step),
+            None => Ok(()),
+        }
+    }
+
+    /// MT-LoRA, before micro-batch `batch`: routes its rows to their tasks' LoRAs.
+    pub fn route(&mut self, set: &mut AdapterSet, batch: &Batch) -> Result<()> {
+        match self.mt {
+            Some(_) => method_tasks::route(set, batch),
+            None => Ok(()),
+        }
+    }
+
+    /// MT-LoRA, after each micro-batch: its per-task losses.
+    pub fn after_micro_batch(&mut self, step: &TrainStep) {
+        if let Some(mt) = &mut self.mt {
+            mt.add_micro_batch(step);
         }
     }
 
@@ -187,6 +247,9 @@ impl MethodHooks {
         step: &mut TrainStep,
         set: &mut AdapterSet,
     ) -> Result<()> {
+        if let Some(mt) = &mut self.mt {
+            mt.finish_step(t + 1)?;
+        }
         let Some(ada) = &mut self.ada else {
             return Ok(());
         };

@@ -9,7 +9,13 @@
 //!   (stored, not recomputed: decompositions differ in signs between builds, §0.6);
 //! - AdaLoRA's allocator state `blk.{l}.{stem}.adalora_ipt`, `adalora_unc` (params layout) and
 //!   `adalora_keep` `[r0]` (1.0 = kept);
-//! - the layer-importance weights `layerimp.weights` `[n_layer · 7]`.
+//! - the layer-importance weights `layerimp.weights` `[n_layer · 7]`;
+//! - MT-LoRA's task weights `mtlora.gamma` `[T]` and its adaptive window `mtlora.window_loss`,
+//!   `mtlora.window_targets` `[T]` (F64: sums must come back bit for bit). Its task names are
+//!   `method_opts.mtlora_tasks` in `method.json`;
+//! - ResLoRA's merge_bw norm window `blk.{l}.{stem}.reslora_norm_cur`, `reslora_norm_prev`
+//!   `[k ≤ window]` (F64) and `reslora_last_seed` `[0 or 1]` (U64), so merge_bw's `α` after a
+//!   resume is the uninterrupted run's.
 //!
 //! Loading restores these into a set freshly built by
 //! [`AdapterSet::new_for`](super::AdapterSet::new_for) with the run's configuration (the
@@ -27,6 +33,7 @@ use super::method::{Method, MethodOptions};
 use super::method_hooks::MethodHooks;
 use crate::adapters::adalora::AdaLora;
 use crate::adapters::olora_pissa::ResidualLora;
+use crate::adapters::reslora::ResLora;
 use crate::adapters::{Adapter, LoraConfig};
 use crate::{Error, Result};
 
@@ -34,6 +41,12 @@ pub const METHOD_JSON: &str = "method.json";
 pub const METHOD_TENSORS: &str = "method.safetensors";
 const FORMAT: &str = "edgetune-method-state";
 const LAYERIMP: &str = "layerimp.weights";
+const MT_GAMMA: &str = "mtlora.gamma";
+const MT_WIN_LOSS: &str = "mtlora.window_loss";
+const MT_WIN_TARGETS: &str = "mtlora.window_targets";
+const RES_CUR: &str = "reslora_norm_cur";
+const RES_PREV: &str = "reslora_norm_prev";
+const RES_SEED: &str = "reslora_last_seed";
 
 /// `method.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -99,7 +112,28 @@ pub fn save(
         let w = hooks.layer_weights();
         tensors.push((LAYERIMP.into(), vec![w.len()], Cow::Borrowed(w)));
     }
-    let views = tensors
+    // Tensors in other dtypes than f32: (name, dtype, little-endian bytes).
+    let mut wide: Vec<(String, Dtype, Vec<u8>)> = Vec::new();
+    let f64s = |v: &[f64]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    if let Some(mt) = hooks.tasks() {
+        let (gamma, win_loss, win_n) = mt.state();
+        tensors.push((MT_GAMMA.into(), vec![gamma.len()], Cow::Borrowed(gamma)));
+        let n: Vec<f64> = win_n.iter().map(|&n| n as f64).collect();
+        wide.push((MT_WIN_LOSS.into(), Dtype::F64, f64s(win_loss)));
+        wide.push((MT_WIN_TARGETS.into(), Dtype::F64, f64s(&n)));
+    }
+    for (layer, target, a) in set.iter() {
+        if let Some(x) = a.downcast_ref::<ResLora>() {
+            let w = x.norm_window();
+            let (cur, prev): (Vec<f64>, Vec<f64>) = (w.cur.into(), w.prev.into());
+            let name = |p: &str| tensor_name(layer, target, p);
+            wide.push((name(RES_CUR), Dtype::F64, f64s(&cur)));
+            wide.push((name(RES_PREV), Dtype::F64, f64s(&prev)));
+            let seed: Vec<u8> = w.last_seed.iter().flat_map(|s| s.to_le_bytes()).collect();
+            wide.push((name(RES_SEED), Dtype::U64, seed));
+        }
+    }
+    let mut views = tensors
         .iter()
         .map(|(name, shape, v)| {
             TensorView::new(Dtype::F32, shape.clone(), bytemuck::cast_slice(v))
@@ -107,6 +141,11 @@ pub fn save(
                 .map_err(|e| Error::Invalid(format!("tensor {name}: {e}")))
         })
         .collect::<Result<Vec<_>>>()?;
+    for (name, dtype, bytes) in &wide {
+        let view = TensorView::new(*dtype, vec![bytes.len() / 8], bytes)
+            .map_err(|e| Error::Invalid(format!("tensor {name}: {e}")))?;
+        views.push((name, view));
+    }
     let path = dir.join(METHOD_TENSORS);
     safetensors::serialize_to_file(views, &None, &path)
         .map_err(|e| Error::Invalid(format!("writing {}: {e}", path.display())))?;
@@ -174,6 +213,34 @@ pub fn load_into(dir: &Path, set: &mut AdapterSet, hooks: &mut MethodHooks) -> R
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect())
     };
+    // A 64-bit tensor of `dtype` (F64 or U64) as raw little-endian words; `n`: the expected
+    // count, or any when `None`.
+    let get_words = |name: &str, dtype: Dtype, n: Option<usize>| -> Result<Vec<[u8; 8]>> {
+        let terr = |what: String| Error::Tensor {
+            path: path.clone(),
+            name: name.into(),
+            what,
+        };
+        let v = st.tensor(name).map_err(|e| terr(e.to_string()))?;
+        let len = v.data().len();
+        if v.dtype() != dtype || len % 8 != 0 || n.is_some_and(|n| len != 8 * n) {
+            return Err(terr(format!(
+                "{:?} with {len} bytes, expected {dtype:?} with {} values",
+                v.dtype(),
+                n.map_or("some".into(), |n| n.to_string())
+            )));
+        }
+        Ok(v.data()
+            .chunks_exact(8)
+            .map(|c| c.try_into().unwrap_or([0; 8]))
+            .collect())
+    };
+    let get64 = |name: &str, n: Option<usize>| -> Result<Vec<f64>> {
+        Ok(get_words(name, Dtype::F64, n)?
+            .into_iter()
+            .map(f64::from_le_bytes)
+            .collect())
+    };
     let slots: Vec<_> = set.iter().map(|(l, t, _)| (l, t)).collect();
     for (layer, target) in slots {
         let a = set
@@ -198,6 +265,26 @@ pub fn load_into(dir: &Path, set: &mut AdapterSet, hooks: &mut MethodHooks) -> R
                 .collect();
             x.set_importance_state(&ipt, &unc, &keep)?;
         }
+        if let Some(x) = a.downcast_mut::<ResLora>() {
+            let name = |p: &str| tensor_name(layer, target, p);
+            let mut w = x.norm_window();
+            let cur = get64(&name(RES_CUR), None)?;
+            let prev = get64(&name(RES_PREV), Some(cur.len()))?;
+            let seed = get_words(&name(RES_SEED), Dtype::U64, None)?;
+            if cur.len() > w.len || seed.len() > 1 {
+                return Err(Error::Invalid(format!(
+                    "{}: {}: {} norms for a window of {}, {} seeds (at most 1)",
+                    path.display(),
+                    name(RES_CUR),
+                    cur.len(),
+                    w.len,
+                    seed.len()
+                )));
+            }
+            (w.cur, w.prev) = (cur.into(), prev.into());
+            w.last_seed = seed.first().map(|&b| u64::from_le_bytes(b));
+            x.set_norm_window(w);
+        }
         let rebuilt = if let Some(x) = a.downcast_ref::<ResidualLora>() {
             let (r, inf, outf) = (x.lora().rank(), x.in_features(), x.out_features());
             let a0 = get(&tensor_name(layer, target, "lora_A0"), r * inf)?;
@@ -218,6 +305,16 @@ pub fn load_into(dir: &Path, set: &mut AdapterSet, hooks: &mut MethodHooks) -> R
     if hooks.method() == Method::Layerimp {
         let n = hooks.layer_weights().len();
         hooks.set_layer_weights(&get(LAYERIMP, n)?)?;
+    }
+    if let Some(mt) = hooks.tasks_mut() {
+        let n = mt.n_tasks();
+        let gamma = get(MT_GAMMA, n)?;
+        let win_loss = get64(MT_WIN_LOSS, Some(n))?;
+        let win_n: Vec<u64> = get64(MT_WIN_TARGETS, Some(n))?
+            .iter()
+            .map(|&v| v as u64)
+            .collect();
+        mt.set_state(&gamma, &win_loss, &win_n)?;
     }
     Ok(())
 }
@@ -246,7 +343,7 @@ pub fn load_set(dir: &Path, file: &crate::gguf::GgufFile) -> Result<AdapterSet> 
     // Any schedule length AdaLoRA accepts: the step count only shapes the training budget.
     let steps = meta.method_opts.adalora_tinit + meta.method_opts.adalora_tfinal + 1;
     let mut set = AdapterSet::new_for(meta.method, &model, &cfg, steps, 0, Some(&weights))?;
-    let mut hooks = MethodHooks::new(meta.method, &set, meta.method_opts.layerimp_tau)?;
+    let mut hooks = MethodHooks::with_options(meta.method, &set, &meta.method_opts)?;
     load_into(dir, &mut set, &mut hooks)?;
     Ok(set)
 }

@@ -14,10 +14,12 @@
 //! | DoRA | `r + out` | `out + r + in + drop·in` | `r·in`, `out·r`, `out` | base copy + `8·out` + `4·(r·out + r² + 2·out)` |
 //! | HiRA | 0 | `min(64, out) + drop·2·in` | `r·in`, `out·r` | base copy + `4·3·min(64, out)·in` |
 //! | AdaLoRA | `r0` | `r0 + drop·in` | `r0·in`, `out·r0`, `r0` | `8·r0·(in + out + 1)` + `4·r0²` + `r0` |
+//! | MT-LoRA (`T` tasks, `r_t`) | `r + r_t` | `r + r_t + drop·in` | `r·in`, `out·r`, then `r_t·in`, `out·r_t` per task | 0 |
 //!
 //! The base copy is the tensor's quantized bytes (`BaseCopy::Quant`) or `4·out·in`
 //! (`BaseCopy::Dense`). Method-wide buffers (AdaLoRA's score arrays, the layer-importance
-//! weights) are [`method_wide_bytes`].
+//! weights, MT-LoRA's per-task weights and loss sums) are [`method_wide_bytes`]. MT-LoRA's task
+//! count `T` is `opts.mtlora_tasks` (filled from the data by the trainer; 1 when empty).
 
 use super::adapter_set::{adalora_config, method_lora_config};
 use super::method::{BaseCopy, Method, MethodOptions};
@@ -93,6 +95,15 @@ pub fn adapter_cost(
             vec![(r * inf) as u64, (outf * r) as u64, 1, 1],
             0,
         ),
+        Method::Mtlora => {
+            let t = opts.mtlora_tasks.len().max(1);
+            let rt = opts.mtlora_task_rank;
+            let mut tensors = lora_tensors;
+            for _ in 0..t {
+                tensors.extend([(rt * inf) as u64, (outf * rt) as u64]);
+            }
+            (r + rt, r + rt + if drop { inf } else { 0 }, tensors, 0)
+        }
         // ResLoRA: the shortcut sum `X_l + X_{l−1}` in scratch; the merge_bw norm window. Its
         // cross-layer input store is per step, not per adapter: `reslora_store_bytes`.
         Method::Reslora => (r, inf + r, lora_tensors, 16 * RESLORA_NORM_WINDOW as u64),
@@ -113,7 +124,8 @@ pub fn adapter_cost(
 
 /// Bytes of the method's buffers over the whole model (train/method_hooks.rs): the
 /// layer-importance weights (`4` per slot of `n_layer × 7`, layerimp only), AdaLoRA's score and
-/// selection arrays (`8·r0` per adapted linear).
+/// selection arrays (`8·r0` per adapted linear), MT-LoRA's per-task state
+/// ([`MT_BYTES_PER_TASK`] per task, train/method_tasks.rs).
 pub fn method_wide_bytes(
     method: Method,
     lora: &LoraConfig,
@@ -127,9 +139,14 @@ pub fn method_wide_bytes(
             8 * (adapted * r0) as u64
         }
         Method::Layerimp => 4 * 7 * n_layer as u64,
+        Method::Mtlora => MT_BYTES_PER_TASK * opts.mtlora_tasks.len().max(1) as u64,
         _ => 0,
     }
 }
+
+/// MT-LoRA's per-task state in the hooks: `γ_t` and the step weight (f32), the step's and the
+/// window's target counts (u64) and loss sums (f64), the last step's mean loss (f64).
+pub const MT_BYTES_PER_TASK: u64 = 4 + 4 + 8 + 8 + 8 + 8 + 8;
 
 /// ResLoRA's cross-layer store held by the training step (`train::step_reslora::store_bytes`):
 /// for each adapted target of input width `in`, every layer's module input `[n_layer, T, in]`

@@ -8,6 +8,8 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
+use serde_json::Value;
+
 use super::trainer::Progress;
 use crate::{Error, Result};
 
@@ -47,9 +49,16 @@ impl MetricsLog {
     }
 
     /// Appends one step's line and flushes it (a kill loses at most the line being written).
-    pub fn append(&mut self, p: &Progress) -> Result<()> {
-        let mut line =
-            serde_json::to_string(p).map_err(|e| Error::Invalid(format!("metrics: {e}")))?;
+    /// `tasks`: MT-LoRA's per-task `(task_losses, task_weights)` objects
+    /// ([`super::Trainer::task_metrics`]), added to the line.
+    pub fn append(&mut self, p: &Progress, tasks: Option<(Value, Value)>) -> Result<()> {
+        let mut value =
+            serde_json::to_value(p).map_err(|e| Error::Invalid(format!("metrics: {e}")))?;
+        if let Some((losses, weights)) = tasks {
+            value["task_losses"] = losses;
+            value["task_weights"] = weights;
+        }
+        let mut line = value.to_string();
         line.push('\n');
         self.file
             .write_all(line.as_bytes())

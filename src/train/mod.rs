@@ -10,6 +10,7 @@ pub mod method;
 pub mod method_hooks;
 pub mod method_io;
 pub mod method_plan;
+pub mod method_tasks;
 pub mod metrics;
 pub mod optimizer;
 pub mod step;
@@ -20,6 +21,6 @@ pub mod trainer;
 
 pub use adapter_set::{AdapterSet, target_shape, tensor_name};
 pub use config::{Decay, OptimizerKind, StatePlace, TrainConfig};
-pub use method::{BaseCopy, Method, MethodOptions};
+pub use method::{BaseCopy, Method, MethodOptions, TaskWeights};
 pub use step::TrainStep;
 pub use trainer::{Progress, Summary, Trainer, run};

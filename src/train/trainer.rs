@@ -103,6 +103,9 @@ impl<'f> Trainer<'f> {
     /// resumes from the newest checkpoint in `cfg.out` when `cfg.resume` is set.
     pub fn new(file: &'f GgufFile, cfg: &TrainConfig) -> Result<Trainer<'f>> {
         cfg.validate()?;
+        // MT-LoRA: the task names come from the data (the plan needs their count).
+        let (cfg, early_data) = super::method_tasks::prepare(cfg)?;
+        let cfg = &cfg;
         // The plan from the header alone: over budget, refuse before allocating anything.
         let planned = budget::plan_training(file, cfg)?;
         planned.breakdown.check()?;
@@ -113,10 +116,13 @@ impl<'f> Trainer<'f> {
         let llama = Llama::load(file)?;
         let model_cfg = llama.config().clone();
         let tok = Tokenizer::from_gguf(file)?;
-        let data = formats::load(&cfg.data, cfg.format)?;
+        let data = match early_data {
+            Some(d) => d,
+            None => formats::load(&cfg.data, cfg.format)?,
+        };
         let examples = tokenize_all(&tok, &data, &TokenizeOptions::default())?;
         let micro_steps = cfg.steps.map(|s| s.saturating_mul(cfg.accum as u64));
-        let mut batcher = Batcher::new(
+        let mut batcher = Batcher::with_tasks(
             &examples,
             BatchConfig {
                 seq_len: cfg.seq_len,
@@ -127,7 +133,15 @@ impl<'f> Trainer<'f> {
                 max_steps: micro_steps,
                 pad_id: tok.eos_ids().first().copied().unwrap_or(0),
             },
+            &cfg.method_opts.mtlora_tasks,
         )?;
+        if cfg.method == Method::Mtlora && batcher.task_names() != cfg.method_opts.mtlora_tasks {
+            return Err(Error::Invalid(format!(
+                "MT-LoRA: the batcher's tasks {:?} differ from the run's {:?}",
+                batcher.task_names(),
+                cfg.method_opts.mtlora_tasks
+            )));
+        }
         log_memory("data tokenized and batched");
         drop(examples);
         let total_steps = match cfg.steps {
@@ -167,7 +181,7 @@ impl<'f> Trainer<'f> {
                 Some(llama.weights()),
             )?,
         };
-        let mut hooks = MethodHooks::new(cfg.method, &set, cfg.method_opts.layerimp_tau)?;
+        let mut hooks = MethodHooks::with_options(cfg.method, &set, &cfg.method_opts)?;
         let shape = TrainShape {
             seq_len: cfg.seq_len,
             micro_batch: cfg.batch,
@@ -180,6 +194,10 @@ impl<'f> Trainer<'f> {
         fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
         let mut opt = Optimizer::new(cfg, &set, total_steps, &cfg.out)?;
         let mut step = TrainStep::new(llama.backend_model(), &set, shape)?;
+        // Every worker's quantized-matmul scratch sized for the widest matrix up front.
+        crate::quant::matmul::reserve_scratch(
+            model_cfg.dim.max(model_cfg.q_dim()).max(model_cfg.ffn),
+        );
         if let Some(rows) = EmbeddingRows::for_file(file, step.tokens(), cfg.lock_weights)? {
             step.set_embedding_rows(rows)?;
         }
@@ -263,6 +281,29 @@ impl<'f> Trainer<'f> {
         &self.step
     }
 
+    /// The run's configuration (MT-LoRA: with the data's task names filled in).
+    pub fn config(&self) -> &TrainConfig {
+        &self.cfg
+    }
+
+    /// MT-LoRA: the last step's mean loss and the weight of each task, by name, for
+    /// `metrics.jsonl` (`task_losses` leaves out tasks absent from the step). `None` otherwise.
+    pub fn task_metrics(&self) -> Option<(serde_json::Value, serde_json::Value)> {
+        let mt = self.hooks.tasks()?;
+        let names = &self.cfg.method_opts.mtlora_tasks;
+        let mut losses = serde_json::Map::new();
+        let mut weights = serde_json::Map::new();
+        for (i, name) in names.iter().enumerate() {
+            if let Some(&l) = mt.last_losses().get(i).filter(|l| l.is_finite()) {
+                losses.insert(name.clone(), l.into());
+            }
+            if let Some(&w) = mt.weights().get(i) {
+                weights.insert(name.clone(), (w as f64).into());
+            }
+        }
+        Some((losses.into(), weights.into()))
+    }
+
     /// One optimizer step: `accum` micro-batches, clipping, the update. `None` when the steps
     /// or the data are used up. Allocates nothing.
     pub fn step(&mut self) -> Result<Option<Progress>> {
@@ -285,12 +326,15 @@ impl<'f> Trainer<'f> {
         let step_no = self.completed() + 1;
         let mut loss = 0.0;
         self.hooks.before_step(&mut self.set, step_no);
+        self.hooks.weigh_tasks(&self.batches[..n], &mut self.step)?;
         let model = self.llama.backend_model();
         for (i, b) in self.batches[..n].iter().enumerate() {
             let seed = micro_seed(self.cfg.seed, step_no, i);
+            self.hooks.route(&mut self.set, b)?;
             loss += self
                 .step
                 .micro_batch(model, &self.set, b, scale, i == 0, seed)?;
+            self.hooks.after_micro_batch(&self.step);
         }
         self.hooks.after_backward(&mut self.step, &self.set)?;
         let stats = self.opt.update(&mut self.step, &mut self.set)?;
@@ -414,7 +458,7 @@ fn run_in_pool(
     while let Some(p) = trainer.step()? {
         first.get_or_insert(p.loss);
         last = Some(p.loss);
-        metrics.append(&p)?;
+        metrics.append(&p, trainer.task_metrics())?;
         let go_on = progress(&p);
         let due = cfg.save_every > 0 && p.step % cfg.save_every == 0;
         if due || !go_on {
@@ -440,7 +484,7 @@ fn run_in_pool(
         None
     });
     let summary = Summary {
-        config: cfg.clone(),
+        config: trainer.cfg.clone(),
         steps: trainer.completed(),
         resumed_from_step: trainer.resumed_from,
         first_loss: first,

@@ -8,19 +8,22 @@
 //! is per process: one process per method keeps each peak its own. The held-out loss and the
 //! suite run here afterwards, with each method's checkpointed adapter on the base (its method
 //! state when it has one, else the plain-LoRA files). A method that fails gets its `error` and
-//! the others go on.
+//! the others go on. MT-LoRA's held-out loss routes every held-out record to its task's
+//! adapter (the record's `task`; a task the run did not see uses the first), and the suite runs
+//! with the first task.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
-use edgetune::data::{TokenizeOptions, TokenizedExample, tokenize_all};
+use edgetune::data::tasks::DEFAULT_TASK;
+use edgetune::data::{IGNORE, TokenizeOptions, TokenizedExample, tokenize_all};
 use edgetune::eval::compare::{self, MethodResult, Split};
 use edgetune::eval::{EvalOptions, PromptStyle, Suite, heldout_loss, load_suite, run_suite};
 use edgetune::gguf::GgufFile;
 use edgetune::model::Llama;
 use edgetune::tokenizer::Tokenizer;
-use edgetune::train::method_io;
+use edgetune::train::{Method, method_io, method_tasks};
 use edgetune::{Error, Result};
 
 /// The suite used without `--suite` (relative to the working directory).
@@ -261,12 +264,16 @@ fn measure(
         llama.set_adapters(Some(Arc::new(set)))?;
         Ok(llama)
     });
-    let llama = match llama {
+    let mut llama = match llama {
         Ok(l) => l,
         Err(e) => return r.add_error(format!("loading the adapter: {e}")),
     };
-    match heldout_loss(&llama, heldout, args.seq_len) {
-        Ok(h) => r.heldout_loss = Some(h.mean_nll),
+    let loss = match mtlora_tasks(checkpoint) {
+        Some(tasks) => mtlora_heldout(&mut llama, file, checkpoint, &tasks, heldout, args.seq_len),
+        None => heldout_loss(&llama, heldout, args.seq_len).map(|h| h.mean_nll),
+    };
+    match loss {
+        Ok(h) => r.heldout_loss = Some(h),
         Err(e) => r.add_error(format!("held-out loss: {e}")),
     }
     if let Some(suite) = suite {
@@ -279,6 +286,71 @@ fn measure(
             Err(e) => r.add_error(format!("eval: {e}")),
         }
     }
+}
+
+/// The task names of an MT-LoRA checkpoint (`None` for other methods).
+fn mtlora_tasks(checkpoint: &Path) -> Option<Vec<String>> {
+    let meta = method_io::read_meta(checkpoint).ok()?;
+    (meta.method == Method::Mtlora).then(|| {
+        let t = meta.method_opts.mtlora_tasks;
+        if t.is_empty() {
+            vec![DEFAULT_TASK.to_string()]
+        } else {
+            t
+        }
+    })
+}
+
+/// The held-out loss of an MT-LoRA checkpoint: each record scored with its task's adapter
+/// (unknown tasks: the first), the targets-weighted mean over the tasks. Leaves `llama` with
+/// the last task's adapters; the caller sets them back.
+fn mtlora_heldout(
+    llama: &mut Llama,
+    file: &GgufFile,
+    checkpoint: &Path,
+    tasks: &[String],
+    heldout: &[TokenizedExample],
+    seq_len: usize,
+) -> Result<f64> {
+    let task_of = |ex: &TokenizedExample| {
+        let name = ex.task.as_deref().unwrap_or(DEFAULT_TASK);
+        if tasks.iter().any(|t| t == name) {
+            name.to_string()
+        } else {
+            tasks[0].clone()
+        }
+    };
+    // Records with a target within the scored length (as `heldout_loss` counts them), so a
+    // task with none is skipped rather than an error.
+    let max_len = seq_len.min(llama.config().context_length).max(2);
+    let scored = |ex: &TokenizedExample| {
+        let n = ex.ids.len().min(ex.labels.len()).min(max_len);
+        ex.labels[..n].iter().skip(1).any(|&l| l != IGNORE)
+    };
+    let (mut nll, mut targets) = (0.0f64, 0usize);
+    for task in tasks {
+        let subset: Vec<TokenizedExample> = heldout
+            .iter()
+            .filter(|ex| task_of(ex) == *task && scored(ex))
+            .cloned()
+            .collect();
+        if subset.is_empty() {
+            continue;
+        }
+        let mut set = method_io::load_set(checkpoint, file)?;
+        method_tasks::select_task(&mut set, task)?;
+        llama.set_adapters(Some(Arc::new(set)))?;
+        let h = heldout_loss(llama, &subset, seq_len)?;
+        nll += h.mean_nll * h.targets as f64;
+        targets += h.targets;
+    }
+    let mut first = method_io::load_set(checkpoint, file)?;
+    method_tasks::select_task(&mut first, &tasks[0])?;
+    llama.set_adapters(Some(Arc::new(first)))?;
+    if targets == 0 {
+        return Err(Error::Invalid("no held-out record has a target".into()));
+    }
+    Ok(nll / targets as f64)
 }
 
 fn write_json(dir: &Path, results: &[MethodResult]) -> Result<()> {

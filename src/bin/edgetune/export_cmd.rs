@@ -1,6 +1,8 @@
 //! `edgetune export --model M --adapter PATH --format gguf|peft|native --out PATH
-//! [--dtype f32|f16|bf16|q8_0] [--base-name ID] [--json]`: converts an adapter (any format
-//! edgetune reads) for llama.cpp, Hugging Face PEFT, or our own format.
+//! [--dtype f32|f16|bf16|q8_0] [--base-name ID] [--task NAME] [--json]`: converts an adapter
+//! (any format edgetune reads) for llama.cpp, Hugging Face PEFT, or our own format. An MT-LoRA
+//! checkpoint exports one task (`--task`, default its first) as a plain LoRA of rank
+//! `r_sh + r_t`.
 
 use std::path::PathBuf;
 
@@ -9,6 +11,7 @@ use edgetune::export::{self, AdapterFormat, PeftOptions, native};
 use edgetune::gguf::GgufFile;
 use edgetune::model::LlamaConfig;
 use edgetune::quant::GgmlType;
+use edgetune::train::{method_io, method_tasks};
 use edgetune::{Error, Result};
 use serde_json::{Value as Json, json};
 
@@ -40,6 +43,10 @@ pub struct Args {
     /// f16). Native is always f32.
     #[arg(long, default_value = "f32")]
     dtype: String,
+    /// mtlora checkpoints: the task to export (a name of the training data's `task` field);
+    /// default: the checkpoint's plain-LoRA files, which hold its first task.
+    #[arg(long, value_name = "NAME")]
+    task: Option<String>,
     /// `base_model_name_or_path` for PEFT (a Hugging Face id).
     #[arg(long)]
     base_name: Option<String>,
@@ -52,7 +59,21 @@ pub fn run(args: Args) -> Result<()> {
     let file = GgufFile::open(&args.model)?;
     let model = LlamaConfig::from_gguf(&file)?;
     let (source, source_path) = export::detect_format(&args.adapter)?;
-    let set = export::load_any(&args.adapter, &model)?;
+    let set = match &args.task {
+        None => export::load_any(&args.adapter, &model)?,
+        Some(name) => {
+            if !method_io::has_method_state(&args.adapter) {
+                return Err(Error::Invalid(format!(
+                    "--task {name}: {} is not an edgetune method checkpoint (only MT-LoRA \
+                     checkpoints have tasks)",
+                    args.adapter.display()
+                )));
+            }
+            let mut set = method_io::load_set(&args.adapter, &file)?;
+            method_tasks::select_task(&mut set, name)?;
+            set
+        }
+    };
     let dtype = GgmlType::from_name(&args.dtype)
         .ok_or_else(|| Error::Invalid(format!("unknown --dtype `{}`", args.dtype)))?;
     // Our format carries the training configuration and metrics; pass them on.
@@ -91,6 +112,9 @@ pub fn run(args: Args) -> Result<()> {
     if args.json {
         let mut r = report;
         r["adapters"] = set.len().into();
+        if let Some(t) = &args.task {
+            r["task"] = t.clone().into();
+        }
         r["out"] = args.out.display().to_string().into();
         println!(
             "{}",

@@ -46,7 +46,7 @@ enum Command {
     /// Mean negative log-likelihood and perplexity of a text or token sequence.
     Perplexity(perplexity_cmd::Args),
     /// The memory plan of a training run (from the GGUF header alone) against a budget.
-    Plan(plan_cmd::Args),
+    Plan(Box<plan_cmd::Args>),
     /// Convert an adapter for llama.cpp (GGUF), Hugging Face PEFT, or edgetune's own format.
     Export(export_cmd::Args),
     /// Bake an adapter into a new GGUF (dequantize, add s·B·A, re-quantize).
@@ -73,7 +73,7 @@ fn main() -> ExitCode {
         Command::Data(args) => data_cmd::run(args),
         Command::Generate(args) => generate_cmd::run(args),
         Command::Perplexity(args) => perplexity_cmd::run(args),
-        Command::Plan(args) => plan_cmd::run(args),
+        Command::Plan(args) => plan_cmd::run(*args),
         Command::Export(args) => export_cmd::run(args),
         Command::Merge(args) => merge_cmd::run(args),
         Command::Quantize(args) => quantize_cmd::run(args),

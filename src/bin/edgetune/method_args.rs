@@ -3,7 +3,7 @@
 
 use edgetune::Result;
 use edgetune::train::TrainConfig;
-use edgetune::train::method::{BaseCopy, Method, MethodOptions, apply_preset};
+use edgetune::train::method::{BaseCopy, Method, MethodOptions, TaskWeights, apply_preset};
 
 #[derive(clap::Args, Debug, Clone)]
 #[command(next_help_heading = "Method (derivatives.md)")]
@@ -16,7 +16,9 @@ pub struct MethodArgs {
     /// qdylora (rank sampled per step), hira (Hadamard with the base; merge-only), layerimp
     /// (per-layer EMA gradient weights), irqlora (IR-QLoRA's IEC adapter; make its base with
     /// `edgetune quantize --icq`), reslora (res_is: each layer's branch also reads the previous
-    /// layer's module input). mtlora: not wired into the trainer yet.
+    /// layer's module input), mtlora (a shared LoRA of --rank plus one LoRA per task of the
+    /// data's `task` field, each row trained through its task's; export one task with
+    /// `edgetune export --task NAME`).
     #[arg(long, default_value = "lora", value_name = "NAME")]
     pub method: Method,
     /// loraplus: λ, group B (lora_B and 1-D tensors) trains at lr·λ.
@@ -63,6 +65,24 @@ pub struct MethodArgs {
     /// layerimp: EMA factor τ of the per-layer gradient weights.
     #[arg(long, default_value_t = MethodOptions::default().layerimp_tau)]
     pub layerimp_tau: f32,
+    /// mtlora: rank r_t of every task LoRA (the shared LoRA has --rank, --alpha).
+    #[arg(long, default_value_t = MethodOptions::default().mtlora_task_rank)]
+    pub mtlora_task_rank: usize,
+    /// mtlora: alpha of the task LoRAs (default: the shared LoRA's scale, alpha·r_t/rank).
+    #[arg(long)]
+    pub mtlora_task_alpha: Option<f32>,
+    /// mtlora: the weights w_t of the loss Σ_t w_t·L_t (L_t: mean cross-entropy over task t's
+    /// targets of the step): uniform (w_t = 1) or adaptive (γ_t ← γ_t·exp(α·(1 − acc_t)),
+    /// rescaled to sum to the task count; acc_t = exp(−mean training loss of task t over the
+    /// last --task-weights-every steps), i.e. 1/perplexity, as there is no validation split).
+    #[arg(long, default_value = "uniform", value_name = "uniform|adaptive")]
+    pub task_weights: String,
+    /// mtlora --task-weights adaptive: α.
+    #[arg(long, default_value_t = MethodOptions::default().task_weights_alpha)]
+    pub task_weights_alpha: f32,
+    /// mtlora --task-weights adaptive: update the weights every N steps.
+    #[arg(long, default_value_t = MethodOptions::default().task_weights_every)]
+    pub task_weights_every: u64,
 }
 
 impl MethodArgs {
@@ -93,6 +113,20 @@ impl MethodArgs {
             },
             pissa_niter: self.pissa_niter,
             layerimp_tau: self.layerimp_tau,
+            mtlora_task_rank: self.mtlora_task_rank,
+            mtlora_task_alpha: self.mtlora_task_alpha,
+            task_weights: match self.task_weights.as_str() {
+                "uniform" => TaskWeights::Uniform,
+                "adaptive" => TaskWeights::Adaptive,
+                other => {
+                    return Err(edgetune::Error::Invalid(format!(
+                        "--task-weights {other}: expected uniform or adaptive"
+                    )));
+                }
+            },
+            task_weights_alpha: self.task_weights_alpha,
+            task_weights_every: self.task_weights_every,
+            mtlora_tasks: Vec::new(),
         };
         let d = TrainConfig::default();
         let mut explicit = Vec::new();

@@ -1,0 +1,285 @@
+//! MT-LoRA in the trainer (derivatives.md §5.2, §10.4): the task names from the data, the
+//! routing of every micro-batch's rows to their task's LoRA, the multi-task loss
+//! `L = Σ_t w_t·L_t` (`L_t` the mean cross-entropy over task `t`'s targets of the optimizer
+//! step, `w_t = 1` or the accuracy-adaptive `γ_t`), and the per-task losses for the metrics.
+//!
+//! The step's loss gradient is `loss_scale · w'_t` per row of task `t`, with the trainer's
+//! `loss_scale = 1/N` (`N` targets of the step), so [`MtTasks::weigh`] hands it
+//! `w'_t = w_t·N/N_t` (`N_t` the step's targets of task `t`, over all micro-batches): the
+//! gradient is that of `Σ_t w_t·L_t`. With `T` tasks present and uniform weights this is `T`
+//! times the mean loss's gradient (§5.2's loss as written). The reported step loss stays the
+//! plain mean over all targets, comparable with the other methods.
+//!
+//! Adaptive weights (§10.4): "accuracy" needs an evaluation the trainer does not have (no
+//! validation split, and the step keeps no logits to take an argmax of), so task `t`'s
+//! accuracy is `acc_t = exp(−L̄_t)`, the geometric-mean probability the model gives task `t`'s
+//! target tokens (1 / perplexity, in `(0, 1]`), with `L̄_t` the mean training loss of task `t`
+//! over the last `task_weights_every` steps. Every that many steps each task seen in the
+//! window updates `γ_t ← γ_t·exp(α·(1 − acc_t))`, then the `γ` are rescaled to sum to `T`
+//! ([`AdaptiveTaskWeights`]).
+//!
+//! Nothing here allocates after [`MtTasks::new`] (the step's zero-allocation rule).
+
+use super::adapter_set::AdapterSet;
+use super::checkpoint;
+use super::config::TrainConfig;
+use super::method::{Method, MethodOptions, TaskWeights};
+use super::step::TrainStep;
+use crate::adapters::mtlora::{AdaptiveTaskWeights, MtLora};
+use crate::data::tasks::DEFAULT_TASK;
+use crate::data::{Batch, Dataset, IGNORE, formats};
+use crate::{Error, Result};
+
+/// The multi-task loss state of a run (`T` tasks; every buffer `[T]`, sized once).
+#[derive(Clone, Debug)]
+pub struct MtTasks {
+    weighting: TaskWeights,
+    every: u64,
+    gamma: AdaptiveTaskWeights,
+    /// `w'_t` of the current step (handed to the step).
+    step_w: Vec<f32>,
+    /// The current step's targets and loss sum per task.
+    step_n: Vec<u64>,
+    step_sum: Vec<f64>,
+    /// The adaptive window's targets and loss sum per task.
+    win_n: Vec<u64>,
+    win_sum: Vec<f64>,
+    /// The last step's mean loss per task (NaN: absent from the step).
+    last: Vec<f64>,
+}
+
+impl MtTasks {
+    pub fn new(n_tasks: usize, opts: &MethodOptions) -> Result<MtTasks> {
+        let n = n_tasks.max(1);
+        Ok(MtTasks {
+            weighting: opts.task_weights,
+            every: opts.task_weights_every.max(1),
+            gamma: AdaptiveTaskWeights::new(n, opts.task_weights_alpha)?,
+            step_w: vec![0.0; n],
+            step_n: vec![0; n],
+            step_sum: vec![0.0; n],
+            win_n: vec![0; n],
+            win_sum: vec![0.0; n],
+            last: vec![f64::NAN; n],
+        })
+    }
+
+    pub fn n_tasks(&self) -> usize {
+        self.step_w.len()
+    }
+
+    /// Bytes of the buffers (`method_plan::MT_BYTES_PER_TASK` per task).
+    pub fn bytes(&self) -> usize {
+        4 * (self.gamma.gamma.len() + self.step_w.len())
+            + 8 * (self.step_n.len() + self.step_sum.len())
+            + 8 * (self.win_n.len() + self.win_sum.len() + self.last.len())
+    }
+
+    /// The task weights `w_t` (`γ_t`; all 1 under uniform weighting).
+    pub fn weights(&self) -> &[f32] {
+        self.gamma.weights()
+    }
+
+    /// The last step's mean loss per task (NaN for a task absent from it).
+    pub fn last_losses(&self) -> &[f64] {
+        &self.last
+    }
+
+    /// Before the micro-batches of a step: counts each task's targets over `batches` and
+    /// gives the step the row weights `w_t·N/N_t` (module doc).
+    pub fn weigh(&mut self, batches: &[Batch], step: &mut TrainStep) -> Result<()> {
+        self.step_n.fill(0);
+        self.step_sum.fill(0.0);
+        let nt = self.n_tasks();
+        for b in batches {
+            let l = b.seq_len;
+            for (r, &t) in b.tasks.iter().enumerate().take(b.batch_size) {
+                let Some(n) = self.step_n.get_mut(t as usize) else {
+                    return Err(Error::Invalid(format!(
+                        "MT-LoRA: row {r} has task id {t}, the run has {nt} tasks"
+                    )));
+                };
+                let row = &b.labels[r * l + 1..(r + 1) * l];
+                *n += row.iter().filter(|&&x| x != IGNORE).count() as u64;
+            }
+        }
+        let total: u64 = self.step_n.iter().sum();
+        for ((w, &n), &g) in self
+            .step_w
+            .iter_mut()
+            .zip(&self.step_n)
+            .zip(&self.gamma.gamma)
+        {
+            *w = if n == 0 {
+                0.0
+            } else {
+                (g as f64 * total as f64 / n as f64) as f32
+            };
+        }
+        step.set_task_weights(&self.step_w)
+    }
+
+    /// After each micro-batch: adds its per-task `(Σ loss, targets)`.
+    pub fn add_micro_batch(&mut self, step: &TrainStep) {
+        for (s, &(l, _)) in self.step_sum.iter_mut().zip(step.task_losses()) {
+            *s += l;
+        }
+    }
+
+    /// After the update of 1-based step `step_no`: the step's mean losses, the window, and
+    /// (adaptive, every `task_weights_every` steps) the `γ` update.
+    pub fn finish_step(&mut self, step_no: u64) -> Result<()> {
+        for t in 0..self.n_tasks() {
+            let n = self.step_n[t];
+            self.last[t] = if n == 0 {
+                f64::NAN
+            } else {
+                self.step_sum[t] / n as f64
+            };
+            self.win_n[t] += n;
+            self.win_sum[t] += self.step_sum[t];
+        }
+        if !step_no.is_multiple_of(self.every) {
+            return Ok(());
+        }
+        if self.weighting == TaskWeights::Adaptive {
+            for t in 0..self.n_tasks() {
+                if self.win_n[t] > 0 {
+                    let acc = (-self.win_sum[t] / self.win_n[t] as f64).exp();
+                    self.gamma.update(t, acc.clamp(0.0, 1.0))?;
+                }
+            }
+        }
+        self.win_n.fill(0);
+        self.win_sum.fill(0.0);
+        Ok(())
+    }
+
+    /// `(γ, window loss sums, window target counts)`, for checkpoints.
+    pub fn state(&self) -> (&[f32], &[f64], &[u64]) {
+        (&self.gamma.gamma, &self.win_sum, &self.win_n)
+    }
+
+    /// Restores [`MtTasks::state`].
+    pub fn set_state(&mut self, gamma: &[f32], win_sum: &[f64], win_n: &[u64]) -> Result<()> {
+        let n = self.n_tasks();
+        if gamma.len() != n || win_sum.len() != n || win_n.len() != n {
+            return Err(Error::Invalid(format!(
+                "MT-LoRA task state: {}/{}/{} values for {n} tasks",
+                gamma.len(),
+                win_sum.len(),
+                win_n.len()
+            )));
+        }
+        self.gamma.gamma.copy_from_slice(gamma);
+        self.win_sum.copy_from_slice(win_sum);
+        self.win_n.copy_from_slice(win_n);
+        Ok(())
+    }
+}
+
+/// Routes `batch`'s rows: every MT-LoRA adapter of `set` gets the row tasks (allocates
+/// nothing once the adapters have seen a batch of this size).
+pub fn route(set: &mut AdapterSet, batch: &Batch) -> Result<()> {
+    for (_, _, a) in set.iter_mut() {
+        if let Some(m) = a.downcast_mut::<MtLora>() {
+            m.set_row_tasks(&batch.tasks, batch.seq_len)?;
+        }
+    }
+    Ok(())
+}
+
+/// The task count of `set`'s MT-LoRA adapters (the first one's; 0 without any).
+pub fn set_task_count(set: &AdapterSet) -> usize {
+    set.iter()
+        .find_map(|(_, _, a)| a.downcast_ref::<MtLora>().map(MtLora::n_tasks))
+        .unwrap_or(0)
+}
+
+/// For an MT-LoRA run: loads the data and fills `method_opts.mtlora_tasks` (names given there
+/// keep their ids; the data's other names follow in first-seen order; records without a
+/// `task` are `default`). Resuming, the checkpoint's names keep their ids and the data must
+/// have exactly those tasks. Other methods: the configuration as given and no data.
+pub fn prepare(cfg: &TrainConfig) -> Result<(TrainConfig, Option<Dataset>)> {
+    let mut cfg = cfg.clone();
+    if cfg.method != Method::Mtlora {
+        return Ok((cfg, None));
+    }
+    let data = formats::load(&cfg.data, cfg.format)?;
+    let mut in_data: Vec<String> = Vec::new();
+    for ex in &data.examples {
+        let name = ex.task.as_deref().unwrap_or(DEFAULT_TASK);
+        if !in_data.iter().any(|n| n == name) {
+            in_data.push(name.to_string());
+        }
+    }
+    let saved = match cfg.resume {
+        true => match checkpoint::latest(&cfg.out)? {
+            Some(dir) => {
+                let state = checkpoint::read_state(&dir)?;
+                Some((dir, state.config.method_opts.mtlora_tasks))
+            }
+            None => None,
+        },
+        false => None,
+    };
+    let mut names = match &saved {
+        Some((_, s)) if !s.is_empty() => s.clone(),
+        _ => cfg.method_opts.mtlora_tasks.clone(),
+    };
+    if let Some((dir, s)) = &saved {
+        let same = s.len() == in_data.len() && s.iter().all(|n| in_data.contains(n));
+        if !s.is_empty() && !same {
+            return Err(Error::Invalid(format!(
+                "{}: --resume: the checkpoint was trained on the tasks [{}], the data {} has \
+                 [{}]; MT-LoRA resumes only on data with the same tasks",
+                dir.display(),
+                s.join(", "),
+                cfg.data.display(),
+                in_data.join(", ")
+            )));
+        }
+    }
+    for n in in_data {
+        if !names.contains(&n) {
+            names.push(n);
+        }
+    }
+    let max = crate::adapters::mtlora::MAX_TASKS;
+    if names.len() > max {
+        return Err(Error::Invalid(format!(
+            "{}: {} tasks ({}); MT-LoRA supports at most {max}",
+            cfg.data.display(),
+            names.len(),
+            names.join(", ")
+        )));
+    }
+    cfg.method_opts.mtlora_tasks = names;
+    Ok((cfg, Some(data)))
+}
+
+/// Makes task `name` the export (and serving) task of every MT-LoRA adapter of `set`;
+/// returns its id. An unknown name is an error listing the known ones.
+pub fn select_task(set: &mut AdapterSet, name: &str) -> Result<usize> {
+    let names = set
+        .iter()
+        .find_map(|(_, _, a)| a.downcast_ref::<MtLora>())
+        .map(|m| m.config().tasks.clone())
+        .ok_or_else(|| {
+            Error::Invalid(format!(
+                "--task {name}: the adapter is not MT-LoRA (only MT-LoRA has tasks)"
+            ))
+        })?;
+    let id = names.iter().position(|n| n == name).ok_or_else(|| {
+        Error::Invalid(format!(
+            "--task {name}: unknown task; the adapter's tasks are {}",
+            names.join(", ")
+        ))
+    })?;
+    for (_, _, a) in set.iter_mut() {
+        if let Some(m) = a.downcast_mut::<MtLora>() {
+            m.set_export_task(id)?;
+        }
+    }
+    Ok(id)
+}
