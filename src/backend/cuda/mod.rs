@@ -286,6 +286,19 @@ impl Backend for CudaBackend {
         v.slice(range)
     }
 
+    fn split_mut<'a, const N: usize>(
+        v: Self::ViewMut<'a>,
+        ranges: [Range<usize>; N],
+    ) -> Result<[Self::ViewMut<'a>; N]> {
+        super::disjoint_order(&ranges, v.len())?;
+        // Checked in range and pairwise disjoint: each is a unique sub-range of `v`'s borrow.
+        Ok(ranges.map(|r| CudaViewMut::from_raw(v.ptr() + r.start as u64 * 4, r.end - r.start)))
+    }
+
+    fn freeze<'a>(v: Self::ViewMut<'a>) -> Self::View<'a> {
+        CudaView::from_raw(v.ptr(), v.len())
+    }
+
     fn upload(&self, src: &[f32], dst: CudaViewMut<'_>) -> Result<()> {
         check_len("upload", "destination", dst.len(), 1, src.len())?;
         self.bind()?;
