@@ -9,7 +9,8 @@
 //!   ([`Backend::View`] / [`Backend::ViewMut`]: `&[f32]` / `&mut [f32]` on the CPU). Views are
 //!   sub-ranged with [`Backend::slice`] / [`Backend::slice_mut`], so the memory planner can carve
 //!   every buffer of a training step out of ONE arena ([`Backend::alloc`] is called once for
-//!   it) and hand ops disjoint ranges of it.
+//!   it) and hand ops disjoint ranges of it ([`Backend::split_mut`], [`Backend::freeze`]; as
+//!   `src/train/step_device.rs` does).
 //! - **Weights.** [`Backend::Weight`] is a quantized matrix the backend can read, borrowed for
 //!   the lifetime of the mapped file; [`Backend::weight`] prepares one from a [`QuantMatrix`]
 //!   (CPU: the same view — weights are never copied; CUDA: host-registered map pages or one

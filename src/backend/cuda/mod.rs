@@ -19,6 +19,11 @@
 //! Testing: `tests/cuda_parity.rs` runs every op here against the CPU backend (skipped, with a
 //! printed "skipped: no CUDA device", where none exists); the CPU-side logic (views, weight
 //! lookup, PTX choice, launch grids, page schedule) has unit tests that run everywhere.
+//!
+//! Training: `src/train/step_device.rs` (`DeviceStep<B>`) is a whole LoRA training micro-batch
+//! in `Backend` ops over one workspace allocation; on this backend it is the `--backend cuda`
+//! engine of `edgetune train` (`src/train/engine.rs`), checked against the CPU `TrainStep` by
+//! `tests/cuda_parity_step.rs`.
 
 pub mod adamw;
 pub mod attention;
