@@ -135,3 +135,41 @@ fn split_mut_hands_out_disjoint_ranges_and_refuses_overlaps() {
         .to_string();
     assert!(err.contains("8..11") && err.contains("10 values"), "{err}");
 }
+
+#[test]
+fn grads_of_unadapted_or_out_of_range_slots_are_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = model(dir.path(), GgmlType::Q8_0);
+    let llama = Llama::load(&file).unwrap();
+    let cfg = llama.config().clone();
+    let lc = edgetune::adapters::LoraConfig {
+        rank: 2,
+        targets: vec![
+            edgetune::adapters::Target::AttnQ,
+            edgetune::adapters::Target::AttnV,
+        ],
+        ..Default::default()
+    };
+    let set = AdapterSet::new_lora(&cfg, &lc, 1).unwrap();
+    let m = llama.backend_model();
+    let mut step = DeviceStep::new(m, &set, 2, 16, 5, false).unwrap();
+    step.micro_batch(m, &two_micro_batches(cfg.n_vocab)[0], 0.01, true)
+        .unwrap();
+    let (d, kv) = (cfg.dim, cfg.kv_dim());
+    assert_eq!(
+        step.grads_mut(&CpuBackend, 0, 2).unwrap().len(),
+        2 * (d + kv)
+    );
+    assert_eq!(
+        step.grads_mut(&CpuBackend, 1, 0).unwrap().len(),
+        2 * (d + cfg.q_dim())
+    );
+    assert!(step.grads_mut(&CpuBackend, 0, 1).unwrap().is_empty());
+    // Index 7 is not layer 1's slot 0, and a layer past the model is empty too.
+    assert!(step.grads_mut(&CpuBackend, 0, 7).unwrap().is_empty());
+    assert!(
+        step.grads_mut(&CpuBackend, cfg.n_layer, 2)
+            .unwrap()
+            .is_empty()
+    );
+}

@@ -360,9 +360,9 @@ impl<B: Backend> DeviceStep<B> {
             be.download(B::slice(ws, self.lay.grads.clone())?, &mut self.host_grads)?;
             self.grads_stale = false;
         }
-        let slot = self
-            .slots
-            .get(layer * TARGETS.len() + target_index.min(TARGETS.len()))
+        let slot = (target_index < TARGETS.len())
+            .then(|| self.slots.get(layer * TARGETS.len() + target_index))
+            .flatten()
             .and_then(Option::as_ref);
         let Some(s) = slot else {
             return Ok(&mut []);

@@ -276,6 +276,11 @@ impl<'f> Trainer<'f> {
         &self.step
     }
 
+    /// Bytes of the device engine's one workspace (0 when the micro-batches run on the CPU).
+    pub fn device_bytes(&self) -> usize {
+        self.engine.device_bytes()
+    }
+
     /// One optimizer step: `accum` micro-batches, clipping, the update. `None` when the steps
     /// or the data are used up. Allocates nothing.
     pub fn step(&mut self) -> Result<Option<Progress>> {

@@ -120,6 +120,7 @@ fn bench_train(a: TrainArgs) -> Result<()> {
             "tok_per_s": tokens / secs.max(1e-9),
             "loss": last_loss,
             "arena_bytes": trainer.train_step().arena_bytes(),
+            "device_workspace_bytes": trainer.device_bytes(),
             "trainable_params": trainer.adapters().n_params(),
             "peak_rss_bytes": edgetune::memory::rss::memory_usage().ok().flatten().map(|m| m.peak_rss),
         }))
