@@ -55,7 +55,6 @@ fn three_trainer_steps_on_cuda_follow_the_cpu() {
     let (model, data) = train_support::write_fixture(dir.path(), "q8_0", 40);
     let file = GgufFile::open(&model).unwrap();
     let mut cfg = train_support::config(&model, &data, &dir.path().join("run"), 3);
-    cfg.seq_len = 64;
     cfg.accum = 2;
     cfg.pack = true;
     let losses = |device: Device| {

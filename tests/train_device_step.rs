@@ -10,6 +10,7 @@
 //! adapter gradient), the bounds.
 
 mod device_step_support;
+mod train_support;
 
 use device_step_support::{compare, device_step, lora_set, train_step, two_micro_batches};
 use edgetune::backend::CpuBackend;
@@ -172,4 +173,50 @@ fn grads_of_unadapted_or_out_of_range_slots_are_empty() {
             .unwrap()
             .is_empty()
     );
+}
+
+#[test]
+fn trainer_steps_through_the_device_engine_follow_the_cpu_step() {
+    // The device engine's trainer path (gradients downloaded for the host optimizer, the
+    // parameters mirrored back after every update) on the CPU backend: 3 optimizer steps of 2
+    // accumulated micro-batches, step losses and final adapters as the CPU TrainStep's.
+    use edgetune::train::Trainer;
+    use edgetune::train::engine::Device;
+    let dir = tempfile::tempdir().unwrap();
+    let (model, data) = train_support::write_fixture(dir.path(), "q8_0", 40);
+    let file = GgufFile::open(&model).unwrap();
+    let mut cfg = train_support::config(&model, &data, &dir.path().join("run"), 3);
+    cfg.accum = 2;
+    cfg.pack = true;
+    let run = |device: Device| {
+        let mut t = Trainer::new(&file, &cfg).unwrap();
+        t.use_device(&file, device).unwrap();
+        let losses: Vec<f64> = (0..3)
+            .map(|_| t.step().unwrap().expect("a step").loss)
+            .collect();
+        let b: Vec<f32> = t
+            .adapters()
+            .iter()
+            .flat_map(|(_, _, a)| a.param(1).unwrap().to_vec())
+            .collect();
+        (losses, b, t.device_bytes())
+    };
+    let (cpu, cpu_b, none) = run(Device::Cpu);
+    let (dev, dev_b, bytes) = run(Device::CpuDeviceStep);
+    eprintln!("trainer losses cpu {cpu:?} device step {dev:?}");
+    assert_eq!(none, 0);
+    assert!(bytes > 0);
+    assert!(
+        cpu_b.iter().any(|v| *v != 0.0),
+        "B stayed zero: no update happened"
+    );
+    for (s, (d, c)) in dev.iter().zip(&cpu).enumerate() {
+        assert!(
+            ((d - c) / c).abs() < 1e-5,
+            "step {}: loss {d} vs {c}",
+            s + 1
+        );
+    }
+    let e = device_step_support::rel_rms(&dev_b, &cpu_b);
+    assert!(e < 1e-4, "lora_B after 3 steps: relative RMS {e:.2e}");
 }

@@ -7,7 +7,6 @@
 //! Kept out of trainer.rs so that the trainer only swaps two calls (`micro_batch`, `update`)
 //! for this module's.
 
-#[cfg(feature = "cuda")]
 use super::DeviceStep;
 use super::adapter_set::AdapterSet;
 use super::optimizer::{Optimizer, UpdateStats};
@@ -32,13 +31,11 @@ impl GradSlots for TrainStep {
 }
 
 /// A [`DeviceStep`]'s gradients as the optimizer sees them (downloaded on first access).
-#[cfg(feature = "cuda")]
 pub struct DeviceGrads<'s, B: crate::backend::Backend> {
     pub step: &'s mut DeviceStep<B>,
     pub backend: &'s B,
 }
 
-#[cfg(feature = "cuda")]
 impl<B: crate::backend::Backend> GradSlots for DeviceGrads<'_, B> {
     fn grads_mut(&mut self, layer: usize, target_index: usize) -> Result<&mut [f32]> {
         self.step.grads_mut(self.backend, layer, target_index)
@@ -49,6 +46,9 @@ impl<B: crate::backend::Backend> GradSlots for DeviceGrads<'_, B> {
 pub enum Device {
     /// The CPU [`TrainStep`] (every method).
     Cpu,
+    /// The device engine's code on the CPU backend: `DeviceStep<CpuBackend>` (the plain-LoRA
+    /// family), so the trainer path of the device engine is tested without a device.
+    CpuDeviceStep,
     /// A CUDA device ([`DeviceStep`]; the plain-LoRA family only).
     #[cfg(feature = "cuda")]
     Cuda(CudaBackend),
@@ -68,6 +68,8 @@ pub struct CudaEngine<'f> {
 pub enum Engine<'f> {
     #[default]
     Cpu,
+    /// [`Device::CpuDeviceStep`].
+    CpuDevice(Box<DeviceStep<crate::backend::CpuBackend>>),
     #[cfg(feature = "cuda")]
     Cuda(Box<CudaEngine<'f>>),
     #[doc(hidden)]
@@ -89,6 +91,11 @@ impl<'f> Engine<'f> {
     ) -> Result<Engine<'f>> {
         match device {
             Device::Cpu => Ok(Engine::Cpu),
+            Device::CpuDeviceStep => {
+                let (m, accumulate) = (llama.backend_model(), cfg.accum > 1);
+                let step = DeviceStep::new(m, set, cfg.batch, cfg.seq_len, ce_chunk, accumulate)?;
+                Ok(Engine::CpuDevice(Box::new(step)))
+            }
             #[cfg(feature = "cuda")]
             Device::Cuda(be) => {
                 let attached = be.attach_weights(file.as_bytes())?;
@@ -108,9 +115,11 @@ impl<'f> Engine<'f> {
         }
     }
 
-    /// Bytes of the device workspace (0 on the CPU, whose arena the trainer reports).
+    /// Bytes of the device step's workspace (0 for the CPU `TrainStep`, whose arena the
+    /// trainer reports).
     pub fn device_bytes(&self) -> usize {
         match self {
+            Engine::CpuDevice(s) => s.workspace_bytes(),
             #[cfg(feature = "cuda")]
             Engine::Cuda(e) => e.step.workspace_bytes(),
             _ => 0,
@@ -131,6 +140,7 @@ impl<'f> Engine<'f> {
         seed: u64,
     ) -> Result<f64> {
         match self {
+            Engine::CpuDevice(s) => s.micro_batch(model, batch, loss_scale, first),
             #[cfg(feature = "cuda")]
             Engine::Cuda(e) => e.step.micro_batch(&e.model, batch, loss_scale, first),
             _ => cpu.micro_batch(model, set, batch, loss_scale, first, seed),
@@ -146,6 +156,16 @@ impl<'f> Engine<'f> {
         set: &mut AdapterSet,
     ) -> Result<UpdateStats> {
         match self {
+            Engine::CpuDevice(step) => {
+                let be = crate::backend::CpuBackend;
+                let mut grads = DeviceGrads {
+                    step: &mut **step,
+                    backend: &be,
+                };
+                let stats = opt.update(&mut grads, set)?;
+                step.sync_params(&be, set)?;
+                Ok(stats)
+            }
             #[cfg(feature = "cuda")]
             Engine::Cuda(e) => {
                 let CudaEngine { model, step, .. } = &mut **e;

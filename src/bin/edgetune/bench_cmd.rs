@@ -60,7 +60,9 @@ fn bench_train(a: TrainArgs) -> Result<()> {
     // The bench trains plain LoRA without dropout: the device step runs it.
     let device = a.backend.train_device(true)?;
     let backend = match &device {
-        edgetune::train::engine::Device::Cpu => "cpu",
+        edgetune::train::engine::Device::Cpu | edgetune::train::engine::Device::CpuDeviceStep => {
+            "cpu"
+        }
         #[cfg(feature = "cuda")]
         edgetune::train::engine::Device::Cuda(_) => "cuda",
     };
