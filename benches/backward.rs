@@ -14,6 +14,11 @@
 //!   (the default `ce_chunk`), so it stays cheap.
 //!
 //! Weights are random valid blocks (`testmodel::fill_random_blocks`), made in well under a second.
+//!
+//! `train_step/{train_step,device_step}`: one whole training micro-batch (256 tokens, rank-16
+//! LoRA on all seven projections, checkpointing) on a 2-layer `small` model written by
+//! `testmodel` (Q4_0): the CPU `TrainStep` beside `DeviceStep<CpuBackend>` (the same step in
+//! `Backend` ops over one workspace, the CUDA engine's code).
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -251,5 +256,66 @@ fn cross_entropy(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, matmul, elementwise, attention, cross_entropy);
+/// A whole micro-batch: the CPU `TrainStep` beside `DeviceStep<CpuBackend>`.
+fn train_step(c: &mut Criterion) {
+    use edgetune::adapters::LoraConfig;
+    use edgetune::data::Batch;
+    use edgetune::memory::plan::TrainShape;
+    use edgetune::testmodel::{Preset, WeightTypes, write_test_model};
+    use edgetune::train::step::adapter_shapes;
+    use edgetune::train::{AdapterSet, DeviceStep, TrainStep};
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = dir.path().join("small-2l.gguf");
+    let p = Preset {
+        n_layer: 2,
+        ..SMALL
+    };
+    write_test_model(&p, WeightTypes::Uniform(GgmlType::Q4_0), 3, &path).expect("model");
+    let file = edgetune::gguf::GgufFile::open(&path).expect("open");
+    let llama = edgetune::model::Llama::load(&file).expect("load");
+    let m = llama.backend_model();
+    let cfg = llama.config().clone();
+    let lora = LoraConfig {
+        rank: 16,
+        alpha: 32.0,
+        ..LoraConfig::default()
+    };
+    let set = AdapterSet::new_lora(&cfg, &lora, 1).expect("adapters");
+    let mut batch = Batch::new(1, TOKENS);
+    for i in 0..TOKENS {
+        batch.ids[i] = ((i * 37 + 11) % cfg.n_vocab) as u32;
+        batch.positions[i] = i as u32;
+        batch.labels[i] = batch.ids[i] as i32;
+    }
+    let scale = 1.0 / (TOKENS - 1) as f32;
+    let shape = TrainShape {
+        seq_len: TOKENS,
+        micro_batch: 1,
+        ce_chunk: 64,
+        checkpointing: true,
+        accumulate: false,
+        optimizer_staging: false,
+        adapters: adapter_shapes(&set),
+    };
+    let mut cpu = TrainStep::new(m, &set, shape).expect("train step");
+    let mut dev = DeviceStep::new(m, &set, 1, TOKENS, 64, false).expect("device step");
+    let mut g = group(c, "train_step");
+    g.throughput(Throughput::Elements(TOKENS as u64));
+    g.bench_function("train_step", |b| {
+        b.iter(|| cpu.micro_batch(m, &set, &batch, scale, true, 0).unwrap())
+    });
+    g.bench_function("device_step", |b| {
+        b.iter(|| dev.micro_batch(m, &batch, scale, true).unwrap())
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    matmul,
+    elementwise,
+    attention,
+    cross_entropy,
+    train_step
+);
 criterion_main!(benches);

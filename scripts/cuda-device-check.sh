@@ -12,12 +12,13 @@ cargo build --features cuda --tests 2>&1 | tail -5 > "$out/build.txt"
 cargo test --features cuda --lib -- backend::cuda backend::choice > "$out/unit.txt" 2>&1
 unit=$?
 cargo test --features cuda --test cuda_parity --test cuda_parity_optim --test cuda_parity_model \
-  --test cuda_backend_cli -- --nocapture --test-threads 1 > "$out/parity.txt" 2>&1
+  --test cuda_parity_step --test cuda_backend_cli -- --nocapture --test-threads 1 > "$out/parity.txt" 2>&1
 parity=$?
 if grep -q "skipped: no CUDA device" "$out/parity.txt"; then
   echo "WARNING: parity tests skipped (no usable device)" | tee -a "$out/parity.txt"
 fi
 timeout 300 cargo bench --features cuda --bench cuda > "$out/bench.txt" 2>&1 || true
 grep -E "test result|panicked|skipped" "$out/unit.txt" "$out/parity.txt"
+grep -E "^cuda_|rslora=|trainer losses" "$out/parity.txt"
 grep -E "^cuda_|time:|thrpt:" "$out/bench.txt" | head -80
 exit $(( unit || parity ))

@@ -2,8 +2,9 @@
 //! tiny test model, and the whole-model forward, CUDA against CPU: loss within 1e-3 relative,
 //! activations and gradients within 1e-2 relative RMS (bf16 tensor cores). The layer body is
 //! also checked on the CPU alone against finite differences, so the composition the GPU test
-//! compares is a correct backward. A whole `TrainStep` on CUDA is out of scope in this version
-//! (src/train runs on the CPU backend only). No-device skip: `tests/cuda_support/mod.rs`.
+//! compares is a correct backward. The whole training step on CUDA (`DeviceStep`, built from
+//! the same ops) is compared in `tests/cuda_parity_step.rs`. No-device skip:
+//! `tests/cuda_support/mod.rs`.
 
 use edgetune::backend::cpu::cross_entropy::count_targets;
 use edgetune::backend::cuda::{CudaBackend, WeightsMode};

@@ -9,7 +9,8 @@
 //!   ([`Backend::View`] / [`Backend::ViewMut`]: `&[f32]` / `&mut [f32]` on the CPU). Views are
 //!   sub-ranged with [`Backend::slice`] / [`Backend::slice_mut`], so the memory planner can carve
 //!   every buffer of a training step out of ONE arena ([`Backend::alloc`] is called once for
-//!   it) and hand ops disjoint ranges of it.
+//!   it) and hand ops disjoint ranges of it ([`Backend::split_mut`], [`Backend::freeze`]; as
+//!   `src/train/step_device.rs` does).
 //! - **Weights.** [`Backend::Weight`] is a quantized matrix the backend can read, borrowed for
 //!   the lifetime of the mapped file; [`Backend::weight`] prepares one from a [`QuantMatrix`]
 //!   (CPU: the same view — weights are never copied; CUDA: host-registered map pages or one
@@ -128,6 +129,15 @@ pub trait Backend: Send + Sync {
     fn slice<'a>(v: Self::View<'a>, range: Range<usize>) -> Result<Self::View<'a>>;
     /// `v[range]`, writable; a range outside the view is an error.
     fn slice_mut<'a>(v: Self::ViewMut<'a>, range: Range<usize>) -> Result<Self::ViewMut<'a>>;
+    /// Disjoint writable ranges of one view at once (how a training step carves the buffers
+    /// of every op out of its one allocation: an op writes some ranges while reading others).
+    /// Ranges outside `v`, or overlapping ones (empty ranges overlap nothing), are an error.
+    fn split_mut<'a, const N: usize>(
+        v: Self::ViewMut<'a>,
+        ranges: [Range<usize>; N],
+    ) -> Result<[Self::ViewMut<'a>; N]>;
+    /// The same range, read-only, for the rest of the borrow (`&mut [f32]` → `&[f32]`).
+    fn freeze<'a>(v: Self::ViewMut<'a>) -> Self::View<'a>;
     /// Copies host data into `dst` (same length).
     fn upload(&self, src: &[f32], dst: Self::ViewMut<'_>) -> Result<()>;
     /// Copies `src` to the host (same length); waits for queued work that writes `src`.
@@ -290,6 +300,36 @@ pub trait Backend: Send + Sync {
         logits: Self::ViewMut<'_>,
         dh: Self::ViewMut<'_>,
     ) -> Result<f64>;
+}
+
+/// The order of `ranges` by start after checking that each lies in `0..len` and that none
+/// overlap (empty ranges overlap nothing): the check behind [`Backend::split_mut`].
+pub(crate) fn disjoint_order<const N: usize>(
+    ranges: &[Range<usize>; N],
+    len: usize,
+) -> Result<[usize; N]> {
+    let mut order: [usize; N] = std::array::from_fn(|i| i);
+    order.sort_unstable_by_key(|&i| (ranges[i].start, ranges[i].end));
+    let mut end = 0;
+    for &i in &order {
+        let r = &ranges[i];
+        if r.start > r.end || r.end > len {
+            return Err(crate::Error::Invalid(format!(
+                "view range {}..{} is outside a view of {len} values",
+                r.start, r.end
+            )));
+        }
+        if r.start < r.end {
+            if r.start < end {
+                return Err(crate::Error::Invalid(format!(
+                    "view range {}..{} overlaps another range ending at {end}",
+                    r.start, r.end
+                )));
+            }
+            end = r.end;
+        }
+    }
+    Ok(order)
 }
 
 /// Checks that `len` values hold `rows × width` (an error naming the op and the numbers).

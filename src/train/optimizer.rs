@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 
 use super::adapter_set::{AdapterSet, target_index};
 use super::config::{Decay, OptimizerKind, StatePlace, TrainConfig};
-use super::step::TrainStep;
+use super::engine::GradSlots;
 use crate::adapters::Target;
 use crate::optim::adamw::{AdamW, AdamWConfig};
 use crate::optim::clip::{clip_scale, sum_squares};
@@ -123,7 +123,11 @@ impl Optimizer {
 
     /// Clips the gradients left in `step`'s arena by their global norm, then updates every
     /// tensor of `set`. A non-finite norm is an error (nothing is updated). No allocation.
-    pub fn update(&mut self, step: &mut TrainStep, set: &mut AdapterSet) -> Result<UpdateStats> {
+    pub fn update(
+        &mut self,
+        step: &mut impl GradSlots,
+        set: &mut AdapterSet,
+    ) -> Result<UpdateStats> {
         let n_layer = set.n_layer();
         let mut sq = 0f64;
         for layer in 0..n_layer {

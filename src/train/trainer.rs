@@ -87,6 +87,8 @@ pub struct Trainer<'f> {
     /// The method's additions to the step (AdaLoRA allocation, layer importance, on_step).
     hooks: MethodHooks,
     step: TrainStep,
+    /// Where the micro-batches run (engine.rs; the CPU `step` unless a device was chosen).
+    engine: super::engine::Engine<'f>,
     opt: Optimizer,
     batcher: Batcher,
     /// One per micro-batch of a step.
@@ -248,6 +250,7 @@ impl<'f> Trainer<'f> {
             set,
             hooks,
             step,
+            engine: Default::default(),
             opt,
             batcher,
             batches,
@@ -257,6 +260,16 @@ impl<'f> Trainer<'f> {
             resumed_from,
             planned_bytes,
         })
+    }
+
+    /// Runs the micro-batches on `device` from now on (engine.rs): `Cpu` keeps the CPU step;
+    /// CUDA builds a device step for the plain-LoRA family (other methods are an error).
+    /// `file` is the one the trainer was made from.
+    pub fn use_device(&mut self, file: &'f GgufFile, device: super::engine::Device) -> Result<()> {
+        let chunk = self.step.shape.ce_chunk;
+        self.engine =
+            super::engine::Engine::new(device, file, &self.llama, &self.set, &self.cfg, chunk)?;
+        Ok(())
     }
 
     /// Optimizer steps completed.
@@ -304,6 +317,11 @@ impl<'f> Trainer<'f> {
         Some((losses.into(), weights.into()))
     }
 
+    /// Bytes of the device engine's one workspace (0 when the micro-batches run on the CPU).
+    pub fn device_bytes(&self) -> usize {
+        self.engine.device_bytes()
+    }
+
     /// One optimizer step: `accum` micro-batches, clipping, the update. `None` when the steps
     /// or the data are used up. Allocates nothing.
     pub fn step(&mut self) -> Result<Option<Progress>> {
@@ -331,13 +349,21 @@ impl<'f> Trainer<'f> {
         for (i, b) in self.batches[..n].iter().enumerate() {
             let seed = micro_seed(self.cfg.seed, step_no, i);
             self.hooks.route(&mut self.set, b)?;
-            loss += self
-                .step
-                .micro_batch(model, &self.set, b, scale, i == 0, seed)?;
+            loss += self.engine.micro_batch(
+                &mut self.step,
+                model,
+                &self.set,
+                b,
+                scale,
+                i == 0,
+                seed,
+            )?;
             self.hooks.after_micro_batch(&self.step);
         }
         self.hooks.after_backward(&mut self.step, &self.set)?;
-        let stats = self.opt.update(&mut self.step, &mut self.set)?;
+        let stats = self
+            .engine
+            .update(&mut self.opt, &mut self.step, &mut self.set)?;
         self.hooks
             .after_update(step_no - 1, &mut self.step, &mut self.set)?;
         let secs = t0.elapsed().as_secs_f64();
@@ -440,19 +466,30 @@ pub fn run(
     cfg: &TrainConfig,
     progress: &mut (dyn FnMut(&Progress) -> bool + Send),
 ) -> Result<Summary> {
+    run_on(cfg, super::engine::Device::Cpu, progress)
+}
+
+/// [`run`] with the micro-batches on `device` ([`Trainer::use_device`]).
+pub fn run_on(
+    cfg: &TrainConfig,
+    device: super::engine::Device,
+    progress: &mut (dyn FnMut(&Progress) -> bool + Send),
+) -> Result<Summary> {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(cfg.threads.unwrap_or(0))
         .build()
         .map_err(|e| Error::Invalid(format!("train: cannot start worker threads: {e}")))?;
-    pool.install(|| run_in_pool(cfg, progress))
+    pool.install(|| run_in_pool(cfg, device, progress))
 }
 
 fn run_in_pool(
     cfg: &TrainConfig,
+    device: super::engine::Device,
     progress: &mut (dyn FnMut(&Progress) -> bool + Send),
 ) -> Result<Summary> {
     let file = GgufFile::open(&cfg.model)?;
     let mut trainer = Trainer::new(&file, cfg)?;
+    trainer.use_device(&file, device)?;
     let mut metrics = MetricsLog::open(&cfg.out, trainer.completed())?;
     let (mut first, mut last, mut last_ckpt) = (metrics.first_loss(), None, None);
     while let Some(p) = trainer.step()? {

@@ -131,6 +131,30 @@ impl Backend for CpuBackend {
             .ok_or_else(|| range_err(&range, len))
     }
 
+    fn split_mut<'a, const N: usize>(
+        v: Self::ViewMut<'a>,
+        ranges: [Range<usize>; N],
+    ) -> Result<[Self::ViewMut<'a>; N]> {
+        let order = super::disjoint_order(&ranges, v.len())?;
+        let mut out: [&'a mut [f32]; N] = std::array::from_fn(|_| Default::default());
+        let (mut rest, mut base) = (v, 0);
+        for i in order {
+            let r = &ranges[i];
+            if r.start == r.end {
+                continue; // empty: stays the default empty slice
+            }
+            let (_, tail) = std::mem::take(&mut rest).split_at_mut(r.start - base);
+            let (mid, tail) = tail.split_at_mut(r.end - r.start);
+            out[i] = mid;
+            (rest, base) = (tail, r.end);
+        }
+        Ok(out)
+    }
+
+    fn freeze<'a>(v: Self::ViewMut<'a>) -> Self::View<'a> {
+        v
+    }
+
     fn upload(&self, src: &[f32], dst: &mut [f32]) -> Result<()> {
         super::check_len("upload", "destination", dst.len(), 1, src.len())?;
         dst.copy_from_slice(src);

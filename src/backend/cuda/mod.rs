@@ -19,6 +19,11 @@
 //! Testing: `tests/cuda_parity.rs` runs every op here against the CPU backend (skipped, with a
 //! printed "skipped: no CUDA device", where none exists); the CPU-side logic (views, weight
 //! lookup, PTX choice, launch grids, page schedule) has unit tests that run everywhere.
+//!
+//! Training: `src/train/step_device.rs` (`DeviceStep<B>`) is a whole LoRA training micro-batch
+//! in `Backend` ops over one workspace allocation; on this backend it is the `--backend cuda`
+//! engine of `edgetune train` (`src/train/engine.rs`), checked against the CPU `TrainStep` by
+//! `tests/cuda_parity_step.rs`.
 
 pub mod adamw;
 pub mod attention;
@@ -284,6 +289,19 @@ impl Backend for CudaBackend {
 
     fn slice_mut<'a>(v: Self::ViewMut<'a>, range: Range<usize>) -> Result<Self::ViewMut<'a>> {
         v.slice(range)
+    }
+
+    fn split_mut<'a, const N: usize>(
+        v: Self::ViewMut<'a>,
+        ranges: [Range<usize>; N],
+    ) -> Result<[Self::ViewMut<'a>; N]> {
+        super::disjoint_order(&ranges, v.len())?;
+        // Checked in range and pairwise disjoint: each is a unique sub-range of `v`'s borrow.
+        Ok(ranges.map(|r| CudaViewMut::from_raw(v.ptr() + r.start as u64 * 4, r.end - r.start)))
+    }
+
+    fn freeze<'a>(v: Self::ViewMut<'a>) -> Self::View<'a> {
+        CudaView::from_raw(v.ptr(), v.len())
     }
 
     fn upload(&self, src: &[f32], dst: CudaViewMut<'_>) -> Result<()> {

@@ -3,13 +3,9 @@
 //! driver is an error saying why; `auto` falls back to the CPU and prints a one-line notice.
 
 use clap::ValueEnum;
+use edgetune::Result;
 use edgetune::backend::BackendChoice;
 use edgetune::backend::choice::{NOT_BUILT, resolve_with};
-use edgetune::{Error, Result};
-
-/// The message for `--backend cuda` on a command whose work runs on the CPU only.
-pub const TRAIN_CPU_ONLY: &str =
-    "the training step runs on the CPU backend only in this version; use --backend cpu (or auto)";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum BackendArg {
@@ -70,7 +66,7 @@ impl BackendArgs {
             CudaBackend::with_weights(0, mode)
         };
         #[cfg(not(feature = "cuda"))]
-        let open = || -> Result<()> { Err(Error::Invalid(NOT_BUILT.into())) };
+        let open = || -> Result<()> { Err(edgetune::Error::Invalid(NOT_BUILT.into())) };
         match resolve_with(self.choice(), open)? {
             #[cfg(feature = "cuda")]
             Ok(b) => {
@@ -88,20 +84,23 @@ impl BackendArgs {
         }
     }
 
-    /// For commands that run on the CPU only (training): `cuda` is an error, `auto` the CPU
-    /// with a notice.
-    pub fn require_cpu(&self) -> Result<()> {
-        match self.backend {
-            BackendArg::Cpu => Ok(()),
-            BackendArg::Cuda => Err(Error::Invalid(TRAIN_CPU_ONLY.into())),
-            BackendArg::Auto => {
-                log::info!("--backend auto: {TRAIN_CPU_ONLY}");
-                eprintln!(
-                    "edgetune: notice: --backend auto: using the CPU (the training step runs on \
-                     the CPU backend only in this version)"
-                );
-                Ok(())
-            }
+    /// The device a training run uses: `cpu` the CPU step; `cuda` the device step (an error
+    /// saying why when no device can be opened); `auto` the device when there is one and
+    /// `lora_family` (the device step trains the plain-LoRA family without dropout), else the
+    /// CPU with a notice.
+    pub fn train_device(&self, lora_family: bool) -> Result<edgetune::train::engine::Device> {
+        use edgetune::train::engine::Device;
+        if self.backend == BackendArg::Auto && !lora_family {
+            eprintln!(
+                "edgetune: notice: --backend auto: using the CPU (the CUDA training step runs \
+                 the LoRA family without dropout only)"
+            );
+            return Ok(Device::Cpu);
+        }
+        match self.resolve()? {
+            Chosen::Cpu => Ok(Device::Cpu),
+            #[cfg(feature = "cuda")]
+            Chosen::Cuda(b) => Ok(Device::Cuda(b)),
         }
     }
 }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use edgetune::data::Format;
 use edgetune::gguf::GgufFile;
 use edgetune::memory::budget;
-use edgetune::train::{Decay, Progress, Summary, TrainConfig, run};
+use edgetune::train::{Decay, Progress, Summary, TrainConfig};
 use edgetune::{Error, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -79,7 +79,7 @@ pub struct Args {
     /// Print the summary as JSON at the end (progress still goes to stderr).
     #[arg(long)]
     json: bool,
-    // The training step runs on the CPU in this version: `cuda` is refused, `auto` is the CPU.
+    // `cuda`: the device training step (the LoRA family); `auto`: the device when it can run.
     #[command(flatten)]
     backend: crate::backend_args::BackendArgs,
 }
@@ -139,8 +139,18 @@ impl Args {
 }
 
 pub fn run_cmd(args: Args) -> Result<()> {
-    args.backend.require_cpu()?;
+    // `--backend cuda` opens the device first: without one it fails before any reading. A
+    // method the device step does not run is then refused by name when the trainer starts.
+    use crate::backend_args::BackendArg;
+    let cuda = match args.backend.backend {
+        BackendArg::Cuda => Some(args.backend.train_device(true)?),
+        _ => None,
+    };
     let cfg = args.config()?;
+    let device = match cuda {
+        Some(d) => d,
+        None => args.backend.train_device(lora_family(&cfg))?,
+    };
     // Refuse before anything is allocated when the plan does not fit the budget.
     let file = GgufFile::open(&cfg.model)?;
     let planned = budget::plan_training(&file, &cfg)?;
@@ -148,7 +158,7 @@ pub fn run_cmd(args: Args) -> Result<()> {
     // The trainer checks the budget again (before allocating) and refuses with this table.
     planned.breakdown.check()?;
     drop(file);
-    let summary = train_with_progress(&cfg)?;
+    let summary = train_with_progress_on(&cfg, device)?;
     if args.json {
         let text = serde_json::to_string_pretty(&summary)
             .map_err(|e| Error::Invalid(format!("summary: {e}")))?;
@@ -159,8 +169,26 @@ pub fn run_cmd(args: Args) -> Result<()> {
     Ok(())
 }
 
+/// Whether `cfg` trains what the device step runs: the plain-LoRA family without dropout.
+pub fn lora_family(cfg: &TrainConfig) -> bool {
+    use edgetune::train::Method;
+    let family = matches!(
+        cfg.method,
+        Method::Lora | Method::Rslora | Method::Loraplus | Method::Qlora
+    );
+    family && cfg.lora.dropout == 0.0
+}
+
 /// Runs `cfg` with a progress bar on a terminal (plain lines otherwise).
 pub fn train_with_progress(cfg: &TrainConfig) -> Result<Summary> {
+    train_with_progress_on(cfg, edgetune::train::engine::Device::Cpu)
+}
+
+/// [`train_with_progress`] with the micro-batches on `device`.
+pub fn train_with_progress_on(
+    cfg: &TrainConfig,
+    device: edgetune::train::engine::Device,
+) -> Result<Summary> {
     let tty = std::io::stderr().is_terminal();
     let bar = tty.then(|| {
         let b = ProgressBar::new(cfg.steps.unwrap_or(0));
@@ -190,7 +218,7 @@ pub fn train_with_progress(cfg: &TrainConfig) -> Result<Summary> {
         }
         true
     };
-    let result = run(cfg, &mut on_step);
+    let result = edgetune::train::run_on(cfg, device, &mut on_step);
     if let Some(b) = bar {
         b.finish_and_clear();
     }

@@ -1,0 +1,183 @@
+//! Which engine runs the trainer's micro-batches: the CPU [`TrainStep`] (the default, every
+//! method) or, with the `cuda` feature, a [`DeviceStep`] on a CUDA device for the plain-LoRA
+//! family (issue #7). The host [`AdapterSet`] and the host optimizer stay the same on both:
+//! the device engine hands the optimizer its downloaded gradients through [`GradSlots`] and
+//! mirrors the updated parameters back ([`DeviceStep::sync_params`]) after every update.
+//!
+//! Kept out of trainer.rs so that the trainer only swaps two calls (`micro_batch`, `update`)
+//! for this module's.
+
+use super::DeviceStep;
+use super::adapter_set::AdapterSet;
+use super::optimizer::{Optimizer, UpdateStats};
+use super::step::TrainStep;
+use crate::Result;
+#[cfg(feature = "cuda")]
+use crate::backend::cuda::CudaBackend;
+use crate::data::Batch;
+use crate::model::{BackendModel, Llama};
+
+/// Where the gradients of a micro-batch step are read (and clipped) by the optimizer and the
+/// method hooks: per slot `layer · 7 + target`, in the adapter's parameter order; empty for
+/// an unadapted slot.
+pub trait GradSlots {
+    fn grads_mut(&mut self, layer: usize, target_index: usize) -> Result<&mut [f32]>;
+}
+
+impl GradSlots for TrainStep {
+    fn grads_mut(&mut self, layer: usize, target_index: usize) -> Result<&mut [f32]> {
+        TrainStep::grads_mut(self, layer, target_index)
+    }
+}
+
+/// A [`DeviceStep`]'s gradients as the optimizer sees them (downloaded on first access).
+pub struct DeviceGrads<'s, B: crate::backend::Backend> {
+    pub step: &'s mut DeviceStep<B>,
+    pub backend: &'s B,
+}
+
+impl<B: crate::backend::Backend> GradSlots for DeviceGrads<'_, B> {
+    fn grads_mut(&mut self, layer: usize, target_index: usize) -> Result<&mut [f32]> {
+        self.step.grads_mut(self.backend, layer, target_index)
+    }
+}
+
+/// The device a run trains on (`train::run_on`).
+pub enum Device {
+    /// The CPU [`TrainStep`] (every method).
+    Cpu,
+    /// The device engine's code on the CPU backend: `DeviceStep<CpuBackend>` (the plain-LoRA
+    /// family), so the trainer path of the device engine is tested without a device.
+    CpuDeviceStep,
+    /// A CUDA device ([`DeviceStep`]; the plain-LoRA family only).
+    #[cfg(feature = "cuda")]
+    Cuda(CudaBackend),
+}
+
+/// The model, the weights' device residency and the step of the CUDA engine. Field order is
+/// drop order: the model's weights go before the attachment they point into.
+#[cfg(feature = "cuda")]
+pub struct CudaEngine<'f> {
+    model: BackendModel<'f, CudaBackend>,
+    step: DeviceStep<CudaBackend>,
+    _attached: crate::backend::cuda::AttachedWeights<'f>,
+}
+
+/// The trainer's engine.
+#[derive(Default)]
+pub enum Engine<'f> {
+    #[default]
+    Cpu,
+    /// [`Device::CpuDeviceStep`].
+    CpuDevice(Box<DeviceStep<crate::backend::CpuBackend>>),
+    #[cfg(feature = "cuda")]
+    Cuda(Box<CudaEngine<'f>>),
+    #[doc(hidden)]
+    _Unused(std::marker::PhantomData<&'f ()>),
+}
+
+impl<'f> Engine<'f> {
+    /// The engine for `device`: the CPU needs nothing more; CUDA attaches the file's weights,
+    /// prepares the model and builds a [`DeviceStep`] of the trainer's shape for `set` (an
+    /// error naming the method for anything but the plain-LoRA family without dropout).
+    #[allow(unused_variables)]
+    pub fn new(
+        device: Device,
+        file: &'f crate::gguf::GgufFile,
+        llama: &Llama<'f>,
+        set: &AdapterSet,
+        cfg: &super::TrainConfig,
+        ce_chunk: usize,
+    ) -> Result<Engine<'f>> {
+        match device {
+            Device::Cpu => Ok(Engine::Cpu),
+            Device::CpuDeviceStep => {
+                let (m, accumulate) = (llama.backend_model(), cfg.accum > 1);
+                let step = DeviceStep::new(m, set, cfg.batch, cfg.seq_len, ce_chunk, accumulate)?;
+                Ok(Engine::CpuDevice(Box::new(step)))
+            }
+            #[cfg(feature = "cuda")]
+            Device::Cuda(be) => {
+                let attached = be.attach_weights(file.as_bytes())?;
+                let model = BackendModel::new(be, llama.config(), llama.weights())?;
+                let step =
+                    DeviceStep::new(&model, set, cfg.batch, cfg.seq_len, ce_chunk, cfg.accum > 1)?;
+                log::info!(
+                    "cuda training step: one workspace of {} bytes",
+                    step.workspace_bytes()
+                );
+                Ok(Engine::Cuda(Box::new(CudaEngine {
+                    model,
+                    step,
+                    _attached: attached,
+                })))
+            }
+        }
+    }
+
+    /// Bytes of the device step's workspace (0 for the CPU `TrainStep`, whose arena the
+    /// trainer reports).
+    pub fn device_bytes(&self) -> usize {
+        match self {
+            Engine::CpuDevice(s) => s.workspace_bytes(),
+            #[cfg(feature = "cuda")]
+            Engine::Cuda(e) => e.step.workspace_bytes(),
+            _ => 0,
+        }
+    }
+
+    /// One micro-batch on this engine (see [`TrainStep::micro_batch`]; the device engine has
+    /// no dropout, so `seed` is unused there).
+    #[allow(clippy::too_many_arguments)]
+    pub fn micro_batch(
+        &mut self,
+        cpu: &mut TrainStep,
+        model: &BackendModel<'_, crate::backend::CpuBackend>,
+        set: &AdapterSet,
+        batch: &Batch,
+        loss_scale: f32,
+        first: bool,
+        seed: u64,
+    ) -> Result<f64> {
+        match self {
+            Engine::CpuDevice(s) => s.micro_batch(model, batch, loss_scale, first),
+            #[cfg(feature = "cuda")]
+            Engine::Cuda(e) => e.step.micro_batch(&e.model, batch, loss_scale, first),
+            _ => cpu.micro_batch(model, set, batch, loss_scale, first, seed),
+        }
+    }
+
+    /// Clipping and the optimizer update from this engine's gradients; the device engine then
+    /// mirrors the updated parameters.
+    pub fn update(
+        &mut self,
+        opt: &mut Optimizer,
+        cpu: &mut TrainStep,
+        set: &mut AdapterSet,
+    ) -> Result<UpdateStats> {
+        match self {
+            Engine::CpuDevice(step) => {
+                let be = crate::backend::CpuBackend;
+                let mut grads = DeviceGrads {
+                    step: &mut **step,
+                    backend: &be,
+                };
+                let stats = opt.update(&mut grads, set)?;
+                step.sync_params(&be, set)?;
+                Ok(stats)
+            }
+            #[cfg(feature = "cuda")]
+            Engine::Cuda(e) => {
+                let CudaEngine { model, step, .. } = &mut **e;
+                let mut grads = DeviceGrads {
+                    step,
+                    backend: &model.backend,
+                };
+                let stats = opt.update(&mut grads, set)?;
+                step.sync_params(&model.backend, set)?;
+                Ok(stats)
+            }
+            _ => opt.update(cpu, set),
+        }
+    }
+}
