@@ -190,7 +190,11 @@ fn trainer_steps_through_the_device_engine_follow_the_cpu_step() {
     cfg.pack = true;
     let run = |device: Device| {
         let mut t = Trainer::new(&file, &cfg).unwrap();
+        let cpu_arena = t.train_step().arena_bytes();
         t.use_device(&file, device).unwrap();
+        // A device engine frees the CPU step's arena (no second, unused step in host memory).
+        let kept = t.train_step().arena_bytes();
+        assert_eq!(kept, if t.device_bytes() > 0 { 0 } else { cpu_arena });
         let losses: Vec<f64> = (0..3)
             .map(|_| t.step().unwrap().expect("a step").loss)
             .collect();
@@ -219,4 +223,29 @@ fn trainer_steps_through_the_device_engine_follow_the_cpu_step() {
     }
     let e = device_step_support::rel_rms(&dev_b, &cpu_b);
     assert!(e < 1e-4, "lora_B after 3 steps: relative RMS {e:.2e}");
+}
+
+#[test]
+fn methods_whose_hooks_read_cpu_gradients_are_refused_by_the_device_engine() {
+    // layerimp trains plain LoRA adapters (DeviceStep::new alone would take them) but scales
+    // the CPU step's gradients in a hook: the engine refuses it by name, before any step.
+    use edgetune::train::engine::Device;
+    use edgetune::train::{Method, Trainer};
+    let dir = tempfile::tempdir().unwrap();
+    let (model, data) = train_support::write_fixture(dir.path(), "q8_0", 20);
+    let file = GgufFile::open(&model).unwrap();
+    let mut cfg = train_support::config(&model, &data, &dir.path().join("run"), 2);
+    cfg.method = Method::Layerimp;
+    let mut t = Trainer::new(&file, &cfg).unwrap();
+    let err = t
+        .use_device(&file, Device::CpuDeviceStep)
+        .err()
+        .expect("layerimp refused")
+        .to_string();
+    assert!(
+        err.contains("layerimp") && err.contains("--backend cpu"),
+        "{err}"
+    );
+    // The trainer is unchanged: it still steps on the CPU.
+    assert!(t.step().unwrap().is_some());
 }

@@ -63,6 +63,12 @@ impl Arena {
         Ok(Arena { lines, ranges })
     }
 
+    /// Frees the storage (the buffers' ranges stay, so every later view is an error naming the
+    /// buffer, not a panic): for a step whose work moved to a device engine.
+    pub fn release(&mut self) {
+        self.lines = Vec::new();
+    }
+
     /// Size of the allocation in bytes.
     pub fn bytes(&self) -> usize {
         self.lines.len() * std::mem::size_of::<Line>()

@@ -11,11 +11,11 @@ use super::DeviceStep;
 use super::adapter_set::AdapterSet;
 use super::optimizer::{Optimizer, UpdateStats};
 use super::step::TrainStep;
-use crate::Result;
 #[cfg(feature = "cuda")]
 use crate::backend::cuda::CudaBackend;
 use crate::data::Batch;
 use crate::model::{BackendModel, Llama};
+use crate::{Error, Result};
 
 /// Where the gradients of a micro-batch step are read (and clipped) by the optimizer and the
 /// method hooks: per slot `layer · 7 + target`, in the adapter's parameter order; empty for
@@ -89,6 +89,20 @@ impl<'f> Engine<'f> {
         cfg: &super::TrainConfig,
         ce_chunk: usize,
     ) -> Result<Engine<'f>> {
+        use super::Method;
+        let lora_family = matches!(
+            cfg.method,
+            Method::Lora | Method::Rslora | Method::Loraplus | Method::Qlora
+        );
+        if !matches!(device, Device::Cpu) && !lora_family {
+            // Other methods' hooks read and scale the CPU step's gradients (layerimp uses
+            // plain LoRA adapters, so the adapter check in DeviceStep::new alone would pass it).
+            return Err(Error::Invalid(format!(
+                "device training step: method {} is not supported; only lora, rslora, loraplus \
+                 and qlora run on the device (use --backend cpu)",
+                cfg.method
+            )));
+        }
         match device {
             Device::Cpu => Ok(Engine::Cpu),
             Device::CpuDeviceStep => {

@@ -163,6 +163,12 @@ impl TrainStep {
         self.arena.bytes()
     }
 
+    /// Frees the arena when a device engine runs the micro-batches instead (engine.rs), so the
+    /// host does not hold a second, unused step; any later CPU micro-batch is an error.
+    pub fn release_arena(&mut self) {
+        self.arena.release();
+    }
+
     /// Turns on the multi-task loss `Σ_t w_t·L_t` (§5.2): row `r`'s loss gradient is scaled
     /// by `weights[batch.tasks[r]]`, and [`TrainStep::task_losses`] reports each task's
     /// unweighted `(Σ loss, targets)`. Empty `weights`: off (one plain loss, the default).

@@ -269,6 +269,11 @@ impl<'f> Trainer<'f> {
         let chunk = self.step.shape.ce_chunk;
         self.engine =
             super::engine::Engine::new(device, file, &self.llama, &self.set, &self.cfg, chunk)?;
+        if self.engine.device_bytes() > 0 {
+            // The CPU step's arena would sit unused beside the device workspace (on a Jetson
+            // both are the same DRAM): free it.
+            self.step.release_arena();
+        }
         Ok(())
     }
 
@@ -530,7 +535,7 @@ fn run_in_pool(
         tokens: trainer.tokens,
         tok_per_s: trainer.tokens as f64 / trainer.elapsed_s.max(1e-9),
         trainable_params: trainer.set.n_params(),
-        arena_bytes: trainer.step.arena_bytes() as u64,
+        arena_bytes: trainer.step.arena_bytes().max(trainer.device_bytes()) as u64,
         planned_bytes: trainer.planned_bytes,
         peak_bytes: usage.as_ref().map(|m| m.peak_rss),
         memory: usage,
