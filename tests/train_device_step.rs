@@ -239,8 +239,7 @@ fn methods_whose_hooks_read_cpu_gradients_are_refused_by_the_device_engine() {
     let mut t = Trainer::new(&file, &cfg).unwrap();
     let err = t
         .use_device(&file, Device::CpuDeviceStep)
-        .err()
-        .expect("layerimp refused")
+        .expect_err("layerimp refused")
         .to_string();
     assert!(
         err.contains("layerimp") && err.contains("--backend cpu"),
