@@ -427,5 +427,32 @@ mod tests {
         };
         let e = o.validate(Method::Dylora, 8).unwrap_err().to_string();
         assert!(e.contains("--dylora-eval-rank"), "{e}");
+        for (o, flag) in [
+            (
+                MethodOptions {
+                    mtlora_task_rank: 0,
+                    ..MethodOptions::default()
+                },
+                "--mtlora-task-rank",
+            ),
+            (
+                MethodOptions {
+                    task_weights_every: 0,
+                    ..MethodOptions::default()
+                },
+                "--task-weights-every",
+            ),
+            (
+                MethodOptions {
+                    task_weights_alpha: f32::NAN,
+                    ..MethodOptions::default()
+                },
+                "--task-weights-alpha",
+            ),
+        ] {
+            let e = o.validate(Method::Mtlora, 8).unwrap_err().to_string();
+            assert!(e.contains(flag), "{e}");
+            o.validate(Method::Lora, 8).unwrap();
+        }
     }
 }

@@ -88,6 +88,12 @@ impl MtTasks {
     /// Before the micro-batches of a step: counts each task's targets over `batches` and
     /// gives the step the row weights `w_t·N/N_t` (module doc).
     pub fn weigh(&mut self, batches: &[Batch], step: &mut TrainStep) -> Result<()> {
+        self.count(batches)?;
+        step.set_task_weights(&self.step_w)
+    }
+
+    /// [`MtTasks::weigh`] without the step: the step's targets per task and `w'_t`.
+    fn count(&mut self, batches: &[Batch]) -> Result<&[f32]> {
         self.step_n.fill(0);
         self.step_sum.fill(0.0);
         let nt = self.n_tasks();
@@ -116,7 +122,7 @@ impl MtTasks {
                 (g as f64 * total as f64 / n as f64) as f32
             };
         }
-        step.set_task_weights(&self.step_w)
+        Ok(&self.step_w)
     }
 
     /// After each micro-batch: adds its per-task `(Σ loss, targets)`.
@@ -282,4 +288,76 @@ pub fn select_task(set: &mut AdapterSet, name: &str) -> Result<usize> {
         }
     }
     Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A batch of `tasks.len()` rows of 4 tokens; row `r` has `targets[r]` targets.
+    fn batch(tasks: &[u32], targets: &[usize]) -> Batch {
+        let mut b = Batch::new(tasks.len(), 4);
+        b.tasks.copy_from_slice(tasks);
+        for (r, &n) in targets.iter().enumerate() {
+            // Position 0 never counts (the shift): targets at 1..=n.
+            for i in 1..=n {
+                b.labels[r * 4 + i] = 7;
+            }
+        }
+        b
+    }
+
+    #[test]
+    fn step_weights_make_the_loss_a_sum_of_task_means() {
+        let opts = MethodOptions::default();
+        let mut mt = MtTasks::new(3, &opts).unwrap();
+        // Task 0: 3 + 1 targets, task 1: 2, task 2: absent. N = 6.
+        let bs = [batch(&[0, 1], &[3, 2]), batch(&[0, 0], &[1, 0])];
+        let w = mt.count(&bs).unwrap().to_vec();
+        // w'_t = N/N_t: with the step's 1/N, each row of task t weighs 1/N_t.
+        assert_eq!(w, [6.0 / 4.0, 6.0 / 2.0, 0.0]);
+        let e = mt.count(&[batch(&[3], &[1])]).unwrap_err().to_string();
+        assert!(e.contains("task id 3"), "{e}");
+    }
+
+    #[test]
+    fn adaptive_weights_update_every_n_steps_from_the_window() {
+        let opts = MethodOptions {
+            task_weights: TaskWeights::Adaptive,
+            task_weights_alpha: 1.0,
+            task_weights_every: 2,
+            ..MethodOptions::default()
+        };
+        let mut mt = MtTasks::new(2, &opts).unwrap();
+        let bs = [batch(&[0, 1], &[2, 2])];
+        // Step 1: task 0 loss sum 2 over 2 targets (mean 1), task 1 sum 0.4 (mean 0.2).
+        mt.count(&bs).unwrap();
+        mt.step_sum.copy_from_slice(&[2.0, 0.4]);
+        mt.finish_step(1).unwrap();
+        assert_eq!(mt.last_losses(), [1.0, 0.2]);
+        assert_eq!(mt.weights(), [1.0, 1.0], "no update before step 2");
+        // Step 2: task 0 sum 12 over 4 targets, task 1 absent. Window: task 0 mean (2+12)/(2+4),
+        // task 1 0.4/2.
+        mt.count(&[batch(&[0, 0], &[2, 2])]).unwrap();
+        mt.step_sum.copy_from_slice(&[12.0, 0.0]);
+        mt.finish_step(2).unwrap();
+        assert!(mt.last_losses()[1].is_nan());
+        // Hand-computed: task by task, γ_t ·= exp(1 − acc_t), acc_t = exp(−window mean), then
+        // rescaled to sum to 2.
+        let mut g = [1.0f64, 1.0];
+        for (t, mean) in [(0, 14.0f64 / 6.0), (1, 0.2)] {
+            let acc = (-mean).exp();
+            g[t] *= (1.0 - acc).exp();
+            let k = 2.0 / (g[0] + g[1]);
+            g.iter_mut().for_each(|v| *v *= k);
+        }
+        for (got, want) in mt.weights().iter().zip(g) {
+            assert!((*got as f64 - want).abs() < 1e-6, "{got} vs {want}");
+        }
+        assert!(
+            mt.weights()[0] > mt.weights()[1],
+            "the harder task weighs more"
+        );
+        assert_eq!(mt.state().2, [0, 0], "window reset");
+    }
 }

@@ -40,7 +40,8 @@ pub struct Args {
     /// Worker threads (default: the board's cores, else this machine's).
     #[arg(long)]
     threads: Option<usize>,
-    /// The dataset, to count its memory (its size only is read).
+    /// The dataset, to count its memory (its size only is read; for mtlora its records are
+    /// read for their task names, whose count sizes the adapters — without --data, 1 task).
     #[arg(long)]
     data: Option<PathBuf>,
     /// Print one JSON object: total_bytes, budget_bytes, fits, board, breakdown.
@@ -58,6 +59,9 @@ pub fn run(args: Args) -> Result<()> {
     args.method.apply(&mut cfg)?;
     if let Some(data) = &args.data {
         cfg.data = data.clone();
+        if cfg.method == edgetune::train::Method::Mtlora {
+            cfg = edgetune::train::method_tasks::prepare(&cfg)?.0;
+        }
     }
     let model = match (&args.model, &args.preset) {
         (Some(path), _) => {
