@@ -248,3 +248,46 @@ fn methods_whose_hooks_read_cpu_gradients_are_refused_by_the_device_engine() {
     // The trainer is unchanged: it still steps on the CPU.
     assert!(t.step().unwrap().is_some());
 }
+
+#[test]
+fn the_device_step_is_planned_in_place_of_the_cpu_arena_and_held_to_the_budget() {
+    // On the CPU backend the device workspace lives in host memory, so it counts in full, with
+    // the host staging, in place of the CPU step's arena; a budget below that is refused.
+    use edgetune::train::Trainer;
+    use edgetune::train::engine::Device;
+    let dir = tempfile::tempdir().unwrap();
+    let (model, data) = train_support::write_fixture(dir.path(), "q8_0", 20);
+    let file = GgufFile::open(&model).unwrap();
+    let mut cfg = train_support::config(&model, &data, &dir.path().join("run"), 2);
+    let mut t = Trainer::new(&file, &cfg).unwrap();
+    let (cpu_total, cpu_arena) = (t.planned_bytes(), t.train_step().arena_bytes() as u64);
+    t.use_device(&file, Device::CpuDeviceStep).unwrap();
+    let device_total = t.planned_bytes();
+    let workspace = t.device_bytes() as u64;
+    assert!(
+        device_total > cpu_total - cpu_arena + workspace,
+        "the staging counts too: {device_total} vs {cpu_total} − {cpu_arena} + {workspace}"
+    );
+    eprintln!(
+        "cpu plan {cpu_total} (arena {cpu_arena}), device plan {device_total} (workspace {workspace})"
+    );
+    // The workspace is not packed by lifetime like the CPU arena, so it is the larger: a budget
+    // between the two plans passes the CPU plan and refuses the device step.
+    assert!(device_total > cpu_total);
+    for (budget, fits) in [(device_total, true), (device_total - 1, false)] {
+        cfg.budget_bytes = Some(budget);
+        let mut t = Trainer::new(&file, &cfg).unwrap();
+        let r = t.use_device(&file, Device::CpuDeviceStep);
+        assert_eq!(r.is_ok(), fits, "budget {budget}: {r:?}");
+        if let Err(e) = r {
+            let e = e.to_string();
+            assert!(
+                e.contains("device training step") && e.contains(&budget.to_string()),
+                "{e}"
+            );
+            // Refused before anything was freed: the CPU step still trains.
+            assert_eq!(t.train_step().arena_bytes() as u64, cpu_arena);
+            assert!(t.step().unwrap().is_some());
+        }
+    }
+}

@@ -140,6 +140,27 @@ impl<'f> Engine<'f> {
         }
     }
 
+    /// Host bytes of the device step's staging (0 for the CPU `TrainStep`).
+    pub fn host_bytes(&self) -> usize {
+        match self {
+            Engine::CpuDevice(s) => s.host_bytes(),
+            #[cfg(feature = "cuda")]
+            Engine::Cuda(e) => e.step.host_bytes(),
+            _ => 0,
+        }
+    }
+
+    /// Whether the device workspace lives in host DRAM: the CPU backend, or an integrated GPU
+    /// (Jetson) whose memory is the host's — then it counts against the host budget.
+    pub fn workspace_in_host_memory(&self) -> bool {
+        match self {
+            Engine::CpuDevice(_) => true,
+            #[cfg(feature = "cuda")]
+            Engine::Cuda(e) => e.model.backend.info().integrated,
+            _ => false,
+        }
+    }
+
     /// One micro-batch on this engine (see [`TrainStep::micro_batch`]; the device engine has
     /// no dropout, so `seed` is unused there).
     #[allow(clippy::too_many_arguments)]

@@ -276,6 +276,12 @@ impl<B: Backend> DeviceStep<B> {
         self.lay.len * 4
     }
 
+    /// Bytes of the host staging: the parameters uploaded after each update and the gradients
+    /// downloaded for the host optimizer (`2 × Σ r·(in + out)` f32).
+    pub fn host_bytes(&self) -> usize {
+        (self.host_params.len() + self.host_grads.len()) * 4
+    }
+
     /// Tokens per micro-batch (`T`).
     pub fn tokens(&self) -> usize {
         self.rows * self.seq_len

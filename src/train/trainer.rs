@@ -263,15 +263,50 @@ impl<'f> Trainer<'f> {
     }
 
     /// Runs the micro-batches on `device` from now on (engine.rs): `Cpu` keeps the CPU step;
-    /// CUDA builds a device step for the plain-LoRA family (other methods are an error).
+    /// CUDA builds a device step for the plain-LoRA family (other methods are an error). The
+    /// plan is redone with the device step's bytes in place of the CPU arena (its workspace
+    /// counts where it lives in host DRAM) and checked against the budget again; the CPU arena
+    /// is then freed.
     /// `file` is the one the trainer was made from.
     pub fn use_device(&mut self, file: &'f GgufFile, device: super::engine::Device) -> Result<()> {
         let chunk = self.step.shape.ce_chunk;
         self.engine =
             super::engine::Engine::new(device, file, &self.llama, &self.set, &self.cfg, chunk)?;
-        if self.engine.device_bytes() > 0 {
-            // The CPU step's arena would sit unused beside the device workspace (on a Jetson
-            // both are the same DRAM): free it.
+        let workspace = self.engine.device_bytes() as u64;
+        if workspace > 0 {
+            // The plan counted the CPU step's arena; the device step replaces it with its host
+            // staging, and with its workspace too where that lives in host DRAM (a Jetson).
+            let arena = self.step.arena_bytes() as u64;
+            let staging = self.engine.host_bytes() as u64;
+            let shared = if self.engine.workspace_in_host_memory() {
+                workspace
+            } else {
+                0
+            };
+            let total = self.planned_bytes.saturating_sub(arena) + staging + shared;
+            if let Some(budget) = self.cfg.budget_bytes
+                && total > budget
+            {
+                self.engine = super::engine::Engine::Cpu;
+                return Err(Error::Invalid(format!(
+                    "device training step: needs {total} bytes with its workspace of {workspace} \
+                     bytes{} and {staging} bytes of host staging in place of the CPU arena's \
+                     {arena}, over the budget of {budget} bytes by {}; lower --seq-len, --batch \
+                     or --rank, or use --backend cpu",
+                    if shared > 0 {
+                        " (in host DRAM)"
+                    } else {
+                        " (device memory)"
+                    },
+                    total - budget
+                )));
+            }
+            log::info!(
+                "device training step: plan {total} bytes (workspace {workspace}, staging \
+                 {staging}, replacing the CPU arena of {arena})"
+            );
+            self.planned_bytes = total;
+            // The CPU step's arena would sit unused beside the device workspace: free it.
             self.step.release_arena();
         }
         Ok(())
@@ -320,6 +355,12 @@ impl<'f> Trainer<'f> {
             }
         }
         Some((losses.into(), weights.into()))
+    }
+
+    /// The run's planned peak in bytes (the budget's total; with a device engine, its
+    /// workspace and staging in place of the CPU arena).
+    pub fn planned_bytes(&self) -> u64 {
+        self.planned_bytes
     }
 
     /// Bytes of the device engine's one workspace (0 when the micro-batches run on the CPU).
