@@ -126,8 +126,8 @@ pub struct DeviceStep<B: Backend> {
     pub(super) slots: Vec<Option<Slot>>,
     /// The one allocation.
     pub(super) ws: B::Buffer,
-    /// Host staging of the parameters (`lay.params` order) and the downloaded gradients.
-    host_params: Vec<f32>,
+    /// The gradients downloaded for the host optimizer (`lay.grads` order; they stand in for
+    /// the CPU arena's gradient buffers, which the device engine frees).
     host_grads: Vec<f32>,
     /// Whether `host_grads` is older than the device gradients.
     grads_stale: bool,
@@ -259,7 +259,6 @@ impl<B: Backend> DeviceStep<B> {
             accumulate,
             slots,
             ws,
-            host_params: vec![0.0; n_params],
             host_grads: vec![0.0; n_params],
             grads_stale: false,
             targets: vec![IGNORE; t],
@@ -276,10 +275,10 @@ impl<B: Backend> DeviceStep<B> {
         self.lay.len * 4
     }
 
-    /// Bytes of the host staging: the parameters uploaded after each update and the gradients
-    /// downloaded for the host optimizer (`2 × Σ r·(in + out)` f32).
+    /// Bytes of the host staging: the gradients downloaded for the host optimizer
+    /// (`Σ r·(in + out)` f32; the parameters upload from the adapters' own storage).
     pub fn host_bytes(&self) -> usize {
-        (self.host_params.len() + self.host_grads.len()) * 4
+        self.host_grads.len() * 4
     }
 
     /// Tokens per micro-batch (`T`).
@@ -287,10 +286,9 @@ impl<B: Backend> DeviceStep<B> {
         self.rows * self.seq_len
     }
 
-    /// Mirrors `set`'s parameters into the workspace (one upload); call after every optimizer
-    /// update. `set` must have the adapters the step was built for.
+    /// Mirrors `set`'s parameters into the workspace (one upload of `A` and of `B` per adapted
+    /// linear); call after every optimizer update. `set` must have the adapters the step was built for.
     pub fn sync_params(&mut self, be: &B, set: &AdapterSet) -> Result<()> {
-        let p0 = self.lay.params.start;
         for (layer, target, a) in set.iter() {
             let lora = plain_lora(a, layer, target)?;
             let slot = self
@@ -307,11 +305,13 @@ impl<B: Backend> DeviceStep<B> {
                     target.gguf_stem()
                 )));
             };
-            self.host_params[s.a.start - p0..s.a.end - p0].copy_from_slice(lora.a());
-            self.host_params[s.b.start - p0..s.b.end - p0].copy_from_slice(lora.b());
+            // Straight from the adapter's own storage (no host staging copy: on an 8B model
+            // that copy would be another 160 MiB): two small uploads per adapted linear.
+            let [da, db] = B::split_mut(B::view_mut(&mut self.ws), [s.a.clone(), s.b.clone()])?;
+            be.upload(lora.a(), da)?;
+            be.upload(lora.b(), db)?;
         }
-        let [p] = B::split_mut(B::view_mut(&mut self.ws), [self.lay.params.clone()])?;
-        be.upload(&self.host_params, p)
+        Ok(())
     }
 
     /// Forward, loss and backward of one micro-batch (as [`super::TrainStep::micro_batch`],
