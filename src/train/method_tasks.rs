@@ -49,6 +49,22 @@ pub struct MtTasks {
 }
 
 impl MtTasks {
+    /// The last step's mean loss and the weight of each task, by name (`names[i]` is task
+    /// `i`), for `metrics.jsonl`; tasks absent from the step have no loss.
+    pub fn metrics(&self, names: &[String]) -> (serde_json::Value, serde_json::Value) {
+        let mut losses = serde_json::Map::new();
+        let mut weights = serde_json::Map::new();
+        for (i, name) in names.iter().enumerate() {
+            if let Some(&l) = self.last_losses().get(i).filter(|l| l.is_finite()) {
+                losses.insert(name.clone(), l.into());
+            }
+            if let Some(&w) = self.weights().get(i) {
+                weights.insert(name.clone(), (w as f64).into());
+            }
+        }
+        (losses.into(), weights.into())
+    }
+
     pub fn new(n_tasks: usize, opts: &MethodOptions) -> Result<MtTasks> {
         let n = n_tasks.max(1);
         Ok(MtTasks {

@@ -342,19 +342,11 @@ impl<'f> Trainer<'f> {
     /// MT-LoRA: the last step's mean loss and the weight of each task, by name, for
     /// `metrics.jsonl` (`task_losses` leaves out tasks absent from the step). `None` otherwise.
     pub fn task_metrics(&self) -> Option<(serde_json::Value, serde_json::Value)> {
-        let mt = self.hooks.tasks()?;
-        let names = &self.cfg.method_opts.mtlora_tasks;
-        let mut losses = serde_json::Map::new();
-        let mut weights = serde_json::Map::new();
-        for (i, name) in names.iter().enumerate() {
-            if let Some(&l) = mt.last_losses().get(i).filter(|l| l.is_finite()) {
-                losses.insert(name.clone(), l.into());
-            }
-            if let Some(&w) = mt.weights().get(i) {
-                weights.insert(name.clone(), (w as f64).into());
-            }
-        }
-        Some((losses.into(), weights.into()))
+        Some(
+            self.hooks
+                .tasks()?
+                .metrics(&self.cfg.method_opts.mtlora_tasks),
+        )
     }
 
     /// The run's planned peak in bytes (the budget's total; with a device engine, its
