@@ -3,37 +3,14 @@
 //! `n × vocab` f32 a whole-logits implementation would need. One test per binary, so no other
 //! test's allocations are counted.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+mod alloc_support;
 
 use edgetune::backend::{Backend, CpuBackend};
 use edgetune::quant::matmul::QuantMatrix;
 
-struct Counting;
-
-static COUNTING: AtomicBool = AtomicBool::new(false);
-static BYTES: AtomicUsize = AtomicUsize::new(0);
-static LARGEST: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: forwards to the system allocator; the counters are atomics.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if COUNTING.load(Ordering::Relaxed) {
-            BYTES.fetch_add(layout.size(), Ordering::Relaxed);
-            LARGEST.fetch_max(layout.size(), Ordering::Relaxed);
-        }
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
-
 #[test]
 fn a_warm_call_allocates_far_less_than_the_whole_logits() {
+    alloc_support::assert_counting_works();
     let (n, vocab, dim, chunk) = (64usize, 4096usize, 32usize, 4usize);
     let bytes: Vec<u8> = (0..vocab * dim)
         .flat_map(|i| (((i * 7919) % 1000) as f32 / 1000.0 - 0.5).to_le_bytes())
@@ -58,9 +35,8 @@ fn a_warm_call_allocates_far_less_than_the_whole_logits() {
             &mut dh,
         )
         .unwrap();
-    COUNTING.store(true, Ordering::SeqCst);
-    let second = be
-        .cross_entropy(
+    let (second, counted) = alloc_support::counted(|| {
+        be.cross_entropy(
             &h,
             &w,
             &targets,
@@ -69,11 +45,11 @@ fn a_warm_call_allocates_far_less_than_the_whole_logits() {
             &mut scratch,
             &mut dh,
         )
-        .unwrap();
-    COUNTING.store(false, Ordering::SeqCst);
+        .unwrap()
+    });
     assert_eq!(first, second);
     assert!(first.is_finite() && first > 0.0);
-    let (total, largest) = (BYTES.load(Ordering::SeqCst), LARGEST.load(Ordering::SeqCst));
+    let (total, largest) = (counted.bytes as usize, counted.largest as usize);
     println!("warm call: {total} bytes allocated, largest {largest}");
     let whole_logits = n * vocab * 4;
     assert!(

@@ -8,48 +8,15 @@
 //! allocates a block per 63 submissions; inside, it goes to the worker's own deque, which
 //! stops growing after the first step.
 
+mod alloc_support;
 mod train_support;
-
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use edgetune::gguf::GgufFile;
 use edgetune::train::{Method, OptimizerKind, StatePlace, Trainer};
 
-struct Counting;
-
-static COUNTING: AtomicBool = AtomicBool::new(false);
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-
-fn count() {
-    if COUNTING.load(Ordering::Relaxed) {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count();
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        count();
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count();
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
-
 #[test]
 fn training_steps_after_the_first_allocate_nothing() {
+    alloc_support::assert_counting_works();
     let dir = tempfile::tempdir().unwrap();
     let (model, data) = train_support::write_fixture(dir.path(), "q4_0", 200);
     let file = GgufFile::open(&model).unwrap();
@@ -112,13 +79,10 @@ fn steps_allocate_nothing(file: &GgufFile, configs: Vec<edgetune::train::TrainCo
             }
         }
         for _ in 0..2 {
-            ALLOCS.store(0, Ordering::SeqCst);
-            COUNTING.store(true, Ordering::SeqCst);
-            let p = trainer.step();
-            COUNTING.store(false, Ordering::SeqCst);
+            let (p, counted) = alloc_support::counted(|| trainer.step());
             let p = p.unwrap().expect("another step");
             assert!(p.loss.is_finite());
-            let n = ALLOCS.load(Ordering::SeqCst);
+            let n = counted.allocs;
             assert_eq!(n, 0, "step {} allocated {n} times (config {cfg:?})", p.step);
         }
     }

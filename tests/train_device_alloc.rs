@@ -3,10 +3,8 @@
 //! the one allocation of `DeviceStep::new`. One test in this file, run inside a rayon pool
 //! (see tests/train_alloc.rs for why).
 
+mod alloc_support;
 mod device_step_support;
-
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use device_step_support::{CHUNK, ROWS, SEQ, lora_set, loss_scale, two_micro_batches};
 use edgetune::backend::CpuBackend;
@@ -16,40 +14,9 @@ use edgetune::quant::GgmlType;
 use edgetune::testmodel::{self, TINY, WeightTypes};
 use edgetune::train::DeviceStep;
 
-struct Counting;
-
-static COUNTING: AtomicBool = AtomicBool::new(false);
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-
-fn count() {
-    if COUNTING.load(Ordering::Relaxed) {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count();
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        count();
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count();
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
-
 #[test]
 fn device_step_micro_batches_after_the_first_allocate_nothing() {
+    alloc_support::assert_counting_works();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tiny.gguf");
     testmodel::write_test_model(&TINY, WeightTypes::Uniform(GgmlType::Q4_0), 5, &path).unwrap();
@@ -81,12 +48,9 @@ fn device_step_micro_batches_after_the_first_allocate_nothing() {
             run(&mut step);
         }
         for _ in 0..2 {
-            ALLOCS.store(0, Ordering::SeqCst);
-            COUNTING.store(true, Ordering::SeqCst);
-            let loss = run(&mut step);
-            COUNTING.store(false, Ordering::SeqCst);
+            let (loss, counted) = alloc_support::counted(|| run(&mut step));
             assert!(loss.is_finite());
-            let n = ALLOCS.load(Ordering::SeqCst);
+            let n = counted.allocs;
             assert_eq!(n, 0, "a step of 2 micro-batches allocated {n} times");
         }
     });
