@@ -112,6 +112,35 @@ fn unsupported_methods_and_dropout_are_refused_by_name() {
         .unwrap()
         .to_string();
     assert!(e.contains("accumulation"), "{e}");
+    // A batch whose labels or positions do not match its ids is an error in both steps, not
+    // an out-of-bounds panic (Batch's fields are public).
+    let mut short = two_micro_batches(cfg.n_vocab)[0].clone();
+    short.labels.truncate(3);
+    let e = step
+        .micro_batch(m, &short, 1.0, true)
+        .expect_err("short labels")
+        .to_string();
+    assert!(e.contains("3 labels"), "{e}");
+    let shape = edgetune::train::step::adapter_shapes(&set);
+    let mut cpu = edgetune::train::TrainStep::new(
+        m,
+        &set,
+        edgetune::memory::plan::TrainShape {
+            seq_len: 16,
+            micro_batch: 2,
+            ce_chunk: 5,
+            checkpointing: true,
+            accumulate: false,
+            optimizer_staging: false,
+            adapters: shape,
+        },
+    )
+    .unwrap();
+    let e = cpu
+        .micro_batch(m, &set, &short, 1.0, true, 1)
+        .expect_err("short labels")
+        .to_string();
+    assert!(e.contains("3 labels"), "{e}");
 }
 
 #[test]

@@ -299,6 +299,14 @@ impl TrainStep {
         seed: u64,
     ) -> Result<Pass> {
         let (b, l) = (self.shape.micro_batch, self.shape.seq_len);
+        if batch.labels.len() != batch.ids.len() || batch.positions.len() != batch.ids.len() {
+            return Err(Error::Invalid(format!(
+                "training step: batch has {} ids, {} labels and {} positions",
+                batch.ids.len(),
+                batch.labels.len(),
+                batch.positions.len()
+            )));
+        }
         if batch.batch_size != b || batch.seq_len != l || batch.ids.len() != b * l {
             return Err(Error::Invalid(format!(
                 "training step: batch of {} × {} tokens, planned for {b} × {l}",

@@ -386,6 +386,14 @@ impl<B: Backend> DeviceStep<B> {
             ));
         }
         let (b, l) = (self.rows, self.seq_len);
+        if batch.labels.len() != batch.ids.len() || batch.positions.len() != batch.ids.len() {
+            return Err(Error::Invalid(format!(
+                "device training step: batch has {} ids, {} labels and {} positions",
+                batch.ids.len(),
+                batch.labels.len(),
+                batch.positions.len()
+            )));
+        }
         if batch.batch_size != b || batch.seq_len != l || batch.ids.len() != b * l {
             return Err(Error::Invalid(format!(
                 "device training step: batch of {} × {} tokens, built for {b} × {l}",
