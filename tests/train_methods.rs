@@ -9,9 +9,9 @@ mod train_support;
 
 use std::path::Path;
 
+use edgetune::adapters::Target;
 use edgetune::adapters::adalora::AdaLora;
 use edgetune::adapters::reslora::ResLora;
-use edgetune::adapters::{Adapter, Target};
 use edgetune::gguf::GgufFile;
 use edgetune::memory::budget;
 use edgetune::model::{LlamaConfig, LlamaWeights};
@@ -48,25 +48,6 @@ fn config(model: &Path, data: &Path, out: &Path, method: Method) -> TrainConfig 
     cfg.method_opts.adalora_tinit = 2;
     cfg.method_opts.adalora_tfinal = 3;
     cfg
-}
-
-/// Every parameter of `set`, slot by slot.
-fn params(set: &AdapterSet) -> Vec<Vec<f32>> {
-    let mut out = Vec::new();
-    for (_, _, a) in set.iter() {
-        let mut i = 0;
-        while let Some(p) = a.param(i) {
-            out.push(p.to_vec());
-            i += 1;
-        }
-    }
-    out
-}
-
-fn delta(a: &dyn Adapter) -> Vec<f32> {
-    let mut dw = vec![0.0; a.in_features() * a.out_features()];
-    a.delta_weight(&mut dw).unwrap();
-    dw
 }
 
 fn assert_close(got: &[f32], want: &[f32], what: &str) {
@@ -134,7 +115,7 @@ fn every_wired_method_trains_checkpoints_and_reloads() {
                 assert_eq!(dy.eval_rank(), b, "{method}");
             }
             let ckpt = t.checkpoint().unwrap();
-            let trained = params(t.adapters());
+            let trained = train_support::all_params(t.adapters());
 
             // A resumed trainer restores every parameter bit for bit.
             let resumed = Trainer::new(
@@ -147,7 +128,7 @@ fn every_wired_method_trains_checkpoints_and_reloads() {
             .unwrap();
             assert_eq!(resumed.completed(), STEPS, "{method}");
             assert!(
-                params(resumed.adapters()) == trained,
+                train_support::all_params(resumed.adapters()) == trained,
                 "{method}: resumed params differ"
             );
 
@@ -159,15 +140,19 @@ fn every_wired_method_trains_checkpoints_and_reloads() {
                 assert!(e.contains("edgetune merge"), "{method}: {e}");
                 let set = method_io::load_set(&ckpt, &file).unwrap();
                 for ((_, _, a), (_, _, b)) in set.iter().zip(t.adapters().iter()) {
-                    assert_eq!(delta(a), delta(b), "{method}");
+                    assert_eq!(
+                        train_support::delta_weight(a),
+                        train_support::delta_weight(b),
+                        "{method}"
+                    );
                 }
             } else {
                 let set = edgetune::export::load_any(&ckpt, &model_cfg).unwrap();
                 assert_eq!(set.len(), t.adapters().len(), "{method}");
                 for ((l, tg, a), (_, _, b)) in set.iter().zip(t.adapters().iter()) {
                     assert_close(
-                        &delta(a),
-                        &delta(b),
+                        &train_support::delta_weight(a),
+                        &train_support::delta_weight(b),
                         &format!("{method} blk.{l}.{}", tg.gguf_stem()),
                     );
                 }
@@ -226,7 +211,8 @@ fn dora_and_adalora_resume_exactly() {
             }
             assert_eq!(got, want, "{method}: per-step losses differ after resume");
             assert!(
-                params(second.adapters()) == params(full.adapters()),
+                train_support::all_params(second.adapters())
+                    == train_support::all_params(full.adapters()),
                 "{method}: final params differ after resume"
             );
             // ResLoRA: merge_bw's norm window is restored too (its export α).

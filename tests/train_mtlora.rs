@@ -58,24 +58,6 @@ fn config(model: &Path, data: &Path, out: &Path, steps: u64) -> TrainConfig {
     cfg
 }
 
-fn params(t: &Trainer) -> Vec<Vec<f32>> {
-    let mut out = Vec::new();
-    for (_, _, a) in t.adapters().iter() {
-        let mut i = 0;
-        while let Some(p) = a.param(i) {
-            out.push(p.to_vec());
-            i += 1;
-        }
-    }
-    out
-}
-
-fn delta(a: &dyn Adapter) -> Vec<f32> {
-    let mut dw = vec![0.0; a.in_features() * a.out_features()];
-    a.delta_weight(&mut dw).unwrap();
-    dw
-}
-
 fn edgetune(args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_edgetune"))
         .args(args)
@@ -184,7 +166,8 @@ fn mtlora_resumes_exactly_and_refuses_other_tasks() {
         }
         assert_eq!(got, want, "per-step losses differ after resume");
         assert!(
-            params(&second) == params(&full),
+            train_support::all_params(second.adapters())
+                == train_support::all_params(full.adapters()),
             "params differ after resume"
         );
         assert_eq!(second.hooks().tasks().unwrap().weights(), &w[..]);
@@ -255,7 +238,10 @@ fn export_task_writes_each_task_as_a_plain_lora() {
                 panic!("{task} {format}: not low-rank");
             };
             assert_eq!(rank, cfg.lora.rank + 2, "{task} {format}: rank r_sh + r_t");
-            let (x, y) = (delta(a), delta(b));
+            let (x, y) = (
+                train_support::delta_weight(a),
+                train_support::delta_weight(b),
+            );
             let scale = y.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
             for (g, w) in x.iter().zip(&y) {
                 assert!((g - w).abs() <= 1e-4 * scale, "{task} {format}: {g} vs {w}");

@@ -1,5 +1,5 @@
 //! Shared by the training tests: a seeded tiny model and a small synthetic IoT dataset on
-//! disk, and the training configuration over them.
+//! disk, the training configuration over them, and comparison helpers (parameters, ΔW).
 #![allow(dead_code)]
 
 use std::io::Write;
@@ -38,4 +38,25 @@ pub fn config(model: &Path, data: &Path, out: &Path, steps: u64) -> TrainConfig 
     cfg.lora.rank = 4;
     cfg.lora.alpha = 8.0;
     cfg
+}
+
+/// Every parameter of `set`, adapter by adapter in the set's order (for exact comparisons of
+/// two runs).
+pub fn all_params(set: &edgetune::train::AdapterSet) -> Vec<Vec<f32>> {
+    let mut out = Vec::new();
+    for (_, _, a) in set.iter() {
+        let mut i = 0;
+        while let Some(p) = a.param(i) {
+            out.push(p.to_vec());
+            i += 1;
+        }
+    }
+    out
+}
+
+/// The adapter's `ΔW` `[out, in]` (what its exports must reproduce).
+pub fn delta_weight(a: &dyn edgetune::adapters::Adapter) -> Vec<f32> {
+    let mut dw = vec![0.0; a.in_features() * a.out_features()];
+    a.delta_weight(&mut dw).unwrap();
+    dw
 }
