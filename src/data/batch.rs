@@ -81,6 +81,55 @@ impl Batch {
         }
     }
 
+    /// Checks that this batch is `rows × seq_len` tokens with as many labels and positions as
+    /// ids (the fields are public, so a hand-made batch may not be); `who` names the caller.
+    pub fn check_shape(&self, rows: usize, seq_len: usize, who: &str) -> crate::Result<()> {
+        let n = self.ids.len();
+        if self.labels.len() != n || self.positions.len() != n {
+            return Err(Error::Invalid(format!(
+                "{who}: batch has {n} ids, {} labels and {} positions",
+                self.labels.len(),
+                self.positions.len()
+            )));
+        }
+        if self.batch_size != rows || self.seq_len != seq_len || n != rows * seq_len {
+            return Err(Error::Invalid(format!(
+                "{who}: batch of {} × {} tokens, the step is for {rows} × {seq_len}",
+                self.batch_size, self.seq_len
+            )));
+        }
+        Ok(())
+    }
+
+    /// What a training step reads off a checked batch ([`Batch::check_shape`]):
+    /// `targets[i]` = the label of token `i + 1` of the same row ([`IGNORE`] for a row's last
+    /// token: Hugging Face's shift), and the causal `segments` as `(first token, tokens)`.
+    /// An example starts where the position is 0 and the next is 1; padding (all zeros) stays
+    /// with the segment before it (it has no loss and nothing attends to it). `targets` holds
+    /// `ids.len()` values; `segments` is cleared first (reserve its capacity to stay
+    /// allocation-free).
+    pub fn shifted_targets_and_segments(
+        &self,
+        targets: &mut [i32],
+        segments: &mut Vec<(usize, usize)>,
+    ) {
+        let l = self.seq_len;
+        segments.clear();
+        for r in 0..self.batch_size {
+            let (_, labels, pos) = self.row(r);
+            for i in 0..l {
+                targets[r * l + i] = if i + 1 < l { labels[i + 1] } else { IGNORE };
+                let starts = i == 0 || (pos[i] == 0 && i + 1 < l && pos[i + 1] == 1);
+                if starts {
+                    segments.push((r * l + i, 0));
+                }
+                if let Some(last) = segments.last_mut() {
+                    last.1 += 1;
+                }
+            }
+        }
+    }
+
     /// Row `r`'s ids, labels and positions.
     pub fn row(&self, r: usize) -> (&[u32], &[i32], &[u32]) {
         let s = r * self.seq_len..(r + 1) * self.seq_len;
@@ -439,4 +488,33 @@ fn fingerprint(
         .for_each(|&(a, b)| eat((a as u64) << 32 | b as u64));
     row_items.iter().for_each(|&e| eat(e as u64));
     h
+}
+
+#[cfg(test)]
+mod shape_tests {
+    use super::*;
+
+    #[test]
+    fn targets_shift_within_rows_and_segments_follow_positions() {
+        // Two rows of 5: row 0 packs two examples (3 + 2 tokens), row 1 one example of 3 and
+        // 2 padding tokens (positions 0, labels ignored).
+        let mut b = Batch::new(2, 5);
+        b.labels = vec![10, 11, 12, 20, 21, 30, 31, 32, IGNORE, IGNORE];
+        b.positions = vec![0, 1, 2, 0, 1, 0, 1, 2, 0, 0];
+        b.check_shape(2, 5, "test").unwrap();
+        let mut targets = vec![0; 10];
+        let mut segments = Vec::with_capacity(10);
+        b.shifted_targets_and_segments(&mut targets, &mut segments);
+        assert_eq!(
+            targets,
+            [11, 12, 20, 21, IGNORE, 31, 32, IGNORE, IGNORE, IGNORE]
+        );
+        assert_eq!(segments, [(0, 3), (3, 2), (5, 5)]);
+        // A mismatched batch is an error naming the numbers.
+        let e = b.check_shape(1, 5, "test").unwrap_err().to_string();
+        assert!(e.contains("2 × 5") && e.contains("1 × 5"), "{e}");
+        b.positions.pop();
+        let e = b.check_shape(2, 5, "test").unwrap_err().to_string();
+        assert!(e.contains("9 positions"), "{e}");
+    }
 }

@@ -299,20 +299,7 @@ impl TrainStep {
         seed: u64,
     ) -> Result<Pass> {
         let (b, l) = (self.shape.micro_batch, self.shape.seq_len);
-        if batch.labels.len() != batch.ids.len() || batch.positions.len() != batch.ids.len() {
-            return Err(Error::Invalid(format!(
-                "training step: batch has {} ids, {} labels and {} positions",
-                batch.ids.len(),
-                batch.labels.len(),
-                batch.positions.len()
-            )));
-        }
-        if batch.batch_size != b || batch.seq_len != l || batch.ids.len() != b * l {
-            return Err(Error::Invalid(format!(
-                "training step: batch of {} × {} tokens, planned for {b} × {l}",
-                batch.batch_size, batch.seq_len
-            )));
-        }
+        batch.check_shape(b, l, "training step")?;
         let vocab = self.cfg.n_vocab;
         if let Some(i) = batch.ids.iter().position(|&t| t as usize >= vocab) {
             return Err(Error::Invalid(format!(
@@ -335,23 +322,7 @@ impl TrainStep {
                 self.row_tasks[r] = t;
             }
         }
-        self.segments.clear();
-        for r in 0..b {
-            let row = r * l..(r + 1) * l;
-            let (labels, pos) = (&batch.labels[row.clone()], &batch.positions[row.clone()]);
-            for i in 0..l {
-                self.targets[r * l + i] = if i + 1 < l { labels[i + 1] } else { IGNORE };
-                // An example starts where the position is 0 and the next is 1; padding (all
-                // zeros) stays with the segment before it.
-                let starts = i == 0 || (pos[i] == 0 && i + 1 < l && pos[i + 1] == 1);
-                if starts {
-                    self.segments.push((r * l + i, 0));
-                }
-                if let Some(last) = self.segments.last_mut() {
-                    last.1 += 1;
-                }
-            }
-        }
+        batch.shifted_targets_and_segments(&mut self.targets, &mut self.segments);
         let [x0] = self
             .arena
             .views_mut_at(self.sched.embed(), [self.ids.layers[0].x])?;

@@ -386,37 +386,8 @@ impl<B: Backend> DeviceStep<B> {
             ));
         }
         let (b, l) = (self.rows, self.seq_len);
-        if batch.labels.len() != batch.ids.len() || batch.positions.len() != batch.ids.len() {
-            return Err(Error::Invalid(format!(
-                "device training step: batch has {} ids, {} labels and {} positions",
-                batch.ids.len(),
-                batch.labels.len(),
-                batch.positions.len()
-            )));
-        }
-        if batch.batch_size != b || batch.seq_len != l || batch.ids.len() != b * l {
-            return Err(Error::Invalid(format!(
-                "device training step: batch of {} × {} tokens, built for {b} × {l}",
-                batch.batch_size, batch.seq_len
-            )));
-        }
-        self.segments.clear();
-        for r in 0..b {
-            let row = r * l..(r + 1) * l;
-            let (labels, pos) = (&batch.labels[row.clone()], &batch.positions[row]);
-            for i in 0..l {
-                self.targets[r * l + i] = if i + 1 < l { labels[i + 1] } else { IGNORE };
-                // An example starts where the position is 0 and the next is 1; padding (all
-                // zeros) stays with the segment before it (step.rs).
-                let starts = i == 0 || (pos[i] == 0 && i + 1 < l && pos[i + 1] == 1);
-                if starts {
-                    self.segments.push((r * l + i, 0));
-                }
-                if let Some(last) = self.segments.last_mut() {
-                    last.1 += 1;
-                }
-            }
-        }
+        batch.check_shape(b, l, "device training step")?;
+        batch.shifted_targets_and_segments(&mut self.targets, &mut self.segments);
         let [x0] = B::split_mut(B::view_mut(&mut self.ws), [self.lay.x(0)])?;
         m.backend.embedding(&m.token_embd, &batch.ids, x0)
     }
