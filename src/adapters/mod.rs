@@ -34,6 +34,7 @@ pub mod iec;
 pub mod linalg;
 pub mod lora;
 pub mod mtlora;
+mod mtlora_config;
 pub mod olora_pissa;
 pub mod reslora;
 
