@@ -3,7 +3,8 @@
 //! the built adapters', a resumed run (adaptive task weights, window across the cut) repeats
 //! the uninterrupted losses bit for bit, resuming on data with other tasks is an error, and
 //! `edgetune export --task` writes each task as a plain LoRA of rank `r_sh + r_t` that loads
-//! back with that task's `ΔW` (the two tasks differ).
+//! back with that task's `ΔW` (the two tasks differ), and `--all-tasks` writes every task's
+//! files byte for byte as `--task` does.
 
 mod train_support;
 
@@ -268,4 +269,139 @@ fn export_task_writes_each_task_as_a_plain_lora() {
     assert!(!bad.status.success());
     let e = String::from_utf8_lossy(&bad.stderr);
     assert!(e.contains("nope") && e.contains("sensor, switch"), "{e}");
+}
+
+/// The files of `path` (a file, or a directory's files by name) and their bytes.
+fn files_of(path: &Path) -> Vec<(String, Vec<u8>)> {
+    if path.is_file() {
+        return vec![(String::new(), std::fs::read(path).unwrap())];
+    }
+    let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(path)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn export_all_tasks_writes_what_each_task_export_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, data) = fixture(dir.path());
+    let file = GgufFile::open(&model).unwrap();
+    let cfg = config(&model, &data, &dir.path().join("run"), 2);
+    let ckpt = {
+        let mut t = Trainer::new(&file, &cfg).unwrap();
+        while t.step().unwrap().is_some() {}
+        t.checkpoint().unwrap()
+    };
+    let (m, c) = (model.to_str().unwrap(), ckpt.to_str().unwrap());
+    let export = |format: &str, out: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "export",
+            "--model",
+            m,
+            "--adapter",
+            c,
+            "--format",
+            format,
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        edgetune(&args)
+    };
+    let all = dir.path().join("all");
+    for (format, out, want) in [
+        (
+            "gguf",
+            all.join("lamp.gguf"),
+            ["lamp.sensor.gguf", "lamp.switch.gguf"].map(|f| all.join(f)),
+        ),
+        (
+            "peft",
+            all.join("peft"),
+            ["sensor", "switch"].map(|t| all.join("peft").join(t)),
+        ),
+        (
+            "native",
+            all.join("native"),
+            ["sensor", "switch"].map(|t| all.join("native").join(t)),
+        ),
+    ] {
+        std::fs::create_dir_all(&all).unwrap();
+        let r = export(format, &out, &["--all-tasks", "--json"]);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        let j: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+        let listed: Vec<&str> = j["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f.as_str().unwrap())
+            .collect();
+        let want_str: Vec<&str> = want.iter().map(|p| p.to_str().unwrap()).collect();
+        assert_eq!(listed, want_str, "{format}");
+        assert_eq!(j["tasks"][1]["task"], "switch", "{format}");
+        // Each task's files are byte for byte what `--task NAME` writes.
+        for (task, path) in ["sensor", "switch"].iter().zip(&want) {
+            let single = dir.path().join(format!("single-{task}-{format}"));
+            let r = export(format, &single, &["--task", task]);
+            assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+            let (got, expect) = (files_of(path), files_of(&single));
+            assert!(!expect.is_empty() && !expect[0].1.is_empty());
+            assert_eq!(
+                got.iter().map(|f| &f.0).collect::<Vec<_>>(),
+                expect.iter().map(|f| &f.0).collect::<Vec<_>>(),
+                "{format} {task}"
+            );
+            for (g, e) in got.iter().zip(&expect) {
+                assert!(g.1 == e.1, "{format} {task}: {} differs", g.0);
+            }
+        }
+        let (a, b) = (files_of(&want[0]), files_of(&want[1]));
+        assert!(a != b, "{format}: the two tasks wrote the same files");
+    }
+
+    // Without --task: the first task (the checkpoint's plain-LoRA files), and a note on the
+    // others.
+    let plain = dir.path().join("plain.gguf");
+    let r = export("gguf", &plain, &[]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let text = String::from_utf8_lossy(&r.stdout);
+    assert!(
+        text.contains("`sensor`") && text.contains("--all-tasks"),
+        "{text}"
+    );
+    // --all-tasks on an adapter without tasks, and with --task, is refused.
+    let r = edgetune(&[
+        "export",
+        "--model",
+        m,
+        "--adapter",
+        all.join("peft").join("sensor").to_str().unwrap(),
+        "--format",
+        "gguf",
+        "--all-tasks",
+        "--out",
+        dir.path().join("x.gguf").to_str().unwrap(),
+    ]);
+    assert!(!r.status.success());
+    let e = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        e.contains("--all-tasks") && e.contains("not an edgetune method"),
+        "{e}"
+    );
+    let r = export(
+        "gguf",
+        &dir.path().join("y.gguf"),
+        &["--all-tasks", "--task", "sensor"],
+    );
+    assert!(!r.status.success());
+    assert!(String::from_utf8_lossy(&r.stderr).contains("cannot be used with"));
 }

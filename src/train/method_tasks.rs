@@ -280,18 +280,23 @@ pub fn prepare(cfg: &TrainConfig) -> Result<(TrainConfig, Option<Dataset>)> {
     Ok((cfg, Some(data)))
 }
 
-/// Makes task `name` the export (and serving) task of every MT-LoRA adapter of `set`;
-/// returns its id. An unknown name is an error listing the known ones.
-pub fn select_task(set: &mut AdapterSet, name: &str) -> Result<usize> {
-    let names = set
-        .iter()
+/// The task names of `set`'s MT-LoRA adapters, index = task id; `flag` (the option asking,
+/// `--task NAME`, `--all-tasks`) names it in the error when `set` is not MT-LoRA.
+pub fn task_names(set: &AdapterSet, flag: &str) -> Result<Vec<String>> {
+    set.iter()
         .find_map(|(_, _, a)| a.downcast_ref::<MtLora>())
         .map(|m| m.config().tasks.clone())
         .ok_or_else(|| {
             Error::Invalid(format!(
-                "--task {name}: the adapter is not MT-LoRA (only MT-LoRA has tasks)"
+                "{flag}: the adapter is not MT-LoRA (only MT-LoRA has tasks)"
             ))
-        })?;
+        })
+}
+
+/// Makes task `name` the export (and serving) task of every MT-LoRA adapter of `set`;
+/// returns its id. An unknown name is an error listing the known ones.
+pub fn select_task(set: &mut AdapterSet, name: &str) -> Result<usize> {
+    let names = task_names(set, &format!("--task {name}"))?;
     let id = names.iter().position(|n| n == name).ok_or_else(|| {
         Error::Invalid(format!(
             "--task {name}: unknown task; the adapter's tasks are {}",
