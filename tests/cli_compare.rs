@@ -182,7 +182,9 @@ fn a_failing_method_is_recorded_and_unknown_methods_are_refused() {
 }
 
 /// MT-LoRA in a comparison: trained on the synthetic data's tasks (its records carry `task`),
-/// measured with every held-out record routed to its task.
+/// measured with every held-out record routed to its task, and the suite run with every
+/// task's adapter: each task's pass rate is what `edgetune eval` gives on that task's export,
+/// and `eval_pass_rate` is their mean.
 #[test]
 fn compare_runs_mtlora_on_the_data_tasks() {
     let dir = tempfile::tempdir().unwrap();
@@ -190,7 +192,9 @@ fn compare_runs_mtlora_on_the_data_tasks() {
     let suite = dir.path().join("suite.jsonl");
     std::fs::write(
         &suite,
-        "{\"id\": \"any\", \"input\": \"Sensor\", \"checks\": [{\"regex\": \"(?s)^.*$\"}]}\n",
+        "{\"id\": \"any\", \"input\": \"Sensor\", \"checks\": [{\"regex\": \"(?s)^.*$\"}]}\n\
+         {\"id\": \"e\", \"input\": \"Switch\", \"checks\": [{\"contains\": \"e\"}]}\n\
+         {\"id\": \"o\", \"input\": \"Lamp\", \"checks\": [{\"contains\": \"o\"}]}\n",
     )
     .unwrap();
     let out = dir.path().join("cmp");
@@ -235,4 +239,53 @@ fn compare_runs_mtlora_on_the_data_tasks() {
         assert!(!v["task_losses"].as_object().unwrap().is_empty(), "{line}");
         assert_eq!(v["task_weights"].as_object().unwrap().len(), tasks.len());
     }
+    // The suite ran once per task; each rate is `edgetune eval` on that task's export.
+    assert!(
+        results[0]["eval_pass_rate_by_task"].is_null(),
+        "lora has no tasks"
+    );
+    let by_task = r["eval_pass_rate_by_task"].as_object().unwrap();
+    let mut names: Vec<&str> = tasks.iter().map(|t| t.as_str().unwrap()).collect();
+    names.sort();
+    assert_eq!(
+        by_task.keys().map(String::as_str).collect::<Vec<_>>(),
+        names
+    );
+    let ckpt = summary["last_checkpoint"].as_str().unwrap();
+    let mut sum = 0.0;
+    for name in &names {
+        let export = dir.path().join(format!("task-{name}"));
+        let x = edgetune(&[
+            "export",
+            "--model",
+            s(&model),
+            "--adapter",
+            ckpt,
+            "--format",
+            "native",
+            "--task",
+            name,
+            "--out",
+            s(&export),
+        ]);
+        assert!(x.status.success(), "{}", String::from_utf8_lossy(&x.stderr));
+        let e = edgetune(&[
+            "eval",
+            "--model",
+            s(&model),
+            "--adapter",
+            s(&export),
+            "--suite",
+            s(&suite),
+            "--max-tokens",
+            "2",
+            "--json",
+        ]);
+        assert!(e.status.success(), "{}", String::from_utf8_lossy(&e.stderr));
+        let report: serde_json::Value = serde_json::from_slice(&e.stdout).unwrap();
+        assert_eq!(by_task[*name], report["pass_rate"], "task {name}");
+        sum += report["pass_rate"].as_f64().unwrap();
+    }
+    let mean = r["eval_pass_rate"].as_f64().unwrap();
+    assert!((mean - sum / names.len() as f64).abs() < 1e-12, "{mean}");
 }

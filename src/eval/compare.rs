@@ -17,6 +17,7 @@
 //! to the score but not in it (a dozen cases moves in steps too coarse to weigh against
 //! continuous measures).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -51,6 +52,10 @@ pub struct MethodResult {
     pub loss_final: Option<f64>,
     pub heldout_loss: Option<f64>,
     pub eval_pass_rate: Option<f64>,
+    /// MT-LoRA: the suite's pass rate with each task's adapter, by task name (the suite runs
+    /// once per task; `eval_pass_rate` is their mean). Absent for the other methods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_pass_rate_by_task: Option<BTreeMap<String, f64>>,
     pub score: Option<f64>,
     pub error: Option<String>,
 }

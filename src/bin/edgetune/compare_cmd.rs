@@ -9,9 +9,12 @@
 //! suite run here afterwards, with each method's checkpointed adapter on the base (its method
 //! state when it has one, else the plain-LoRA files). A method that fails gets its `error` and
 //! the others go on. MT-LoRA's held-out loss routes every held-out record to its task's
-//! adapter (the record's `task`; a task the run did not see uses the first), and the suite runs
-//! with the first task.
+//! adapter (the record's `task`; a task the run did not see uses the first). Suite cases have
+//! no task, so for MT-LoRA the whole suite runs once with each task's adapter:
+//! `eval_pass_rate_by_task` holds each task's pass rate and `eval_pass_rate` their mean (what
+//! serving a task picked uniformly at random passes; every task counts, not only the first).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -36,7 +39,8 @@ run, each higher-is-better: memory = peak_lora / peak (planned bytes when no pea
 measured), disk = adapter_bytes_lora / adapter_bytes, time = tok_per_s / tok_per_s_lora, \
 quality = exp(heldout_loss_lora - heldout_loss) (the held-out perplexity ratio). A missing \
 measure is left out of the mean; failed methods have no score. The eval pass rate is shown but \
-not scored. lora is always run (added first when missing from --methods)."
+not scored; for mtlora the suite runs with each task's adapter and the pass rate is the mean \
+over the tasks (each task's in compare.json, eval_pass_rate_by_task). lora is always run (added first when missing from --methods)."
 )]
 pub struct Args {
     /// The base model GGUF.
@@ -268,8 +272,9 @@ fn measure(
         Ok(l) => l,
         Err(e) => return r.add_error(format!("loading the adapter: {e}")),
     };
-    let loss = match mtlora_tasks(checkpoint) {
-        Some(tasks) => mtlora_heldout(&mut llama, file, checkpoint, &tasks, heldout, args.seq_len),
+    let tasks = mtlora_tasks(checkpoint);
+    let loss = match &tasks {
+        Some(tasks) => mtlora_heldout(&mut llama, file, checkpoint, tasks, heldout, args.seq_len),
         None => heldout_loss(&llama, heldout, args.seq_len).map(|h| h.mean_nll),
     };
     match loss {
@@ -281,11 +286,37 @@ fn measure(
             max_tokens: args.max_tokens,
             style,
         };
-        match run_suite(&llama, tokenizer, suite, None, &opts, |_, _| {}) {
-            Ok(rep) => r.eval_pass_rate = Some(rep.pass_rate),
-            Err(e) => r.add_error(format!("eval: {e}")),
+        let run = |llama: &Llama| run_suite(llama, tokenizer, suite, None, &opts, |_, _| {});
+        match &tasks {
+            Some(tasks) => {
+                let mut by_task = BTreeMap::new();
+                let rates = tasks.iter().map(|task| {
+                    use_task(&mut llama, file, checkpoint, task)?;
+                    let rate = run(&llama)?.pass_rate;
+                    by_task.insert(task.clone(), rate);
+                    Ok(rate)
+                });
+                match rates.collect::<Result<Vec<f64>>>() {
+                    Ok(rates) => {
+                        r.eval_pass_rate = Some(rates.iter().sum::<f64>() / rates.len() as f64);
+                        r.eval_pass_rate_by_task = Some(by_task);
+                    }
+                    Err(e) => r.add_error(format!("eval: {e}")),
+                }
+            }
+            None => match run(&llama) {
+                Ok(rep) => r.eval_pass_rate = Some(rep.pass_rate),
+                Err(e) => r.add_error(format!("eval: {e}")),
+            },
         }
     }
+}
+
+/// Puts `checkpoint`'s MT-LoRA adapters on `llama` with `task` selected.
+fn use_task(llama: &mut Llama, file: &GgufFile, checkpoint: &Path, task: &str) -> Result<()> {
+    let mut set = method_io::load_set(checkpoint, file)?;
+    method_tasks::select_task(&mut set, task)?;
+    llama.set_adapters(Some(Arc::new(set)))
 }
 
 /// The task names of an MT-LoRA checkpoint (`None` for other methods).
@@ -303,7 +334,7 @@ fn mtlora_tasks(checkpoint: &Path) -> Option<Vec<String>> {
 
 /// The held-out loss of an MT-LoRA checkpoint: each record scored with its task's adapter
 /// (unknown tasks: the first), the targets-weighted mean over the tasks. Leaves `llama` with
-/// the last task's adapters; the caller sets them back.
+/// the first task's adapters.
 fn mtlora_heldout(
     llama: &mut Llama,
     file: &GgufFile,
@@ -337,16 +368,12 @@ fn mtlora_heldout(
         if subset.is_empty() {
             continue;
         }
-        let mut set = method_io::load_set(checkpoint, file)?;
-        method_tasks::select_task(&mut set, task)?;
-        llama.set_adapters(Some(Arc::new(set)))?;
+        use_task(llama, file, checkpoint, task)?;
         let h = heldout_loss(llama, &subset, seq_len)?;
         nll += h.mean_nll * h.targets as f64;
         targets += h.targets;
     }
-    let mut first = method_io::load_set(checkpoint, file)?;
-    method_tasks::select_task(&mut first, &tasks[0])?;
-    llama.set_adapters(Some(Arc::new(first)))?;
+    use_task(llama, file, checkpoint, &tasks[0])?;
     if targets == 0 {
         return Err(Error::Invalid("no held-out record has a target".into()));
     }
