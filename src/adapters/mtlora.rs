@@ -7,7 +7,7 @@
 //! `A_sh [r_sh, in]`, `B_sh [out, r_sh]`, `A_t [r_t, in]`, `B_t [out, r_t]`, one dropout mask
 //! shared by both terms. The backward is §0.3 for the shared LoRA over all tokens and for task
 //! `t`'s over its rows only; tasks absent from the micro-batch get zero gradients (AdamW still
-//! moves them, §0.5).
+//! moves them, §0.5, unless the trainer's `mtlora_skip_absent` skips them).
 //!
 //! Routing. [`Adapter::forward`] takes `&self`, so the trainer tells the adapter the row tasks
 //! of the next micro-batch with [`MtLora::set_row_tasks`] (the batch's [`crate::data::Batch::tasks`]

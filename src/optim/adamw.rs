@@ -224,6 +224,14 @@ impl AdamW {
         Ok(())
     }
 
+    /// Tensor `id`'s state bytes (f32 `m` then `v`, or the 8-bit codes and scales).
+    pub fn tensor_state(&self, id: ParamId) -> Option<&[u8]> {
+        let page = self.pages.get(id)?;
+        self.store
+            .bytes()
+            .get(page.offset..page.offset + page.state_bytes())
+    }
+
     /// One full step: `begin_step` and `update` of every tensor, `params[id]` with `grads[id]`.
     pub fn step(&mut self, params: &mut [&mut [f32]], grads: &[&[f32]], lr: f32) -> Result<()> {
         check_list(self.specs.len(), params.len(), grads.len())?;

@@ -206,6 +206,10 @@ pub struct MethodOptions {
     /// it from the data's `task` fields (first-seen order; records without one are
     /// `default`), names given here keep their ids first.
     pub mtlora_tasks: Vec<String>,
+    /// MT-LoRA: the optimizer leaves the task LoRAs of tasks without targets in the step alone
+    /// (tensors and optimizer state), the "only update tasks present" variant of §5.2; off:
+    /// AdamW moves them through momentum and weight decay (§0.5).
+    pub mtlora_skip_absent: bool,
 }
 
 /// How MT-LoRA weighs the per-task losses `L_t` (mean cross-entropy over task `t`'s targets of
@@ -253,6 +257,7 @@ impl Default for MethodOptions {
             task_weights_alpha: 1.0,
             task_weights_every: 10,
             mtlora_tasks: Vec::new(),
+            mtlora_skip_absent: false,
         }
     }
 }

@@ -29,6 +29,7 @@
 use super::adapter_set::{AdapterSet, target_index};
 use super::method::{Method, MethodOptions};
 use super::method_tasks::{self, MtTasks};
+use super::optimizer::Optimizer;
 use super::step::TrainStep;
 use crate::adapters::Target;
 use crate::adapters::adalora::{AdaLora, AdaloraConfig};
@@ -124,7 +125,13 @@ impl MethodHooks {
             tau: layerimp_tau,
             last_reg: 0.0,
             mt: match method {
-                Method::Mtlora => Some(MtTasks::new(method_tasks::set_task_count(set), opts)?),
+                Method::Mtlora => {
+                    let mut mt = MtTasks::new(method_tasks::set_task_count(set), opts)?;
+                    if opts.mtlora_skip_absent {
+                        mt.skip_absent(set.param_infos().len());
+                    }
+                    Some(mt)
+                }
                 _ => None,
             },
         })
@@ -238,6 +245,15 @@ impl MethodHooks {
             }
         }
         Ok(())
+    }
+
+    /// Just before the optimizer update: MT-LoRA's skip mask of absent tasks (with
+    /// `mtlora_skip_absent`; otherwise every parameter is updated).
+    pub fn before_update(&mut self, set: &AdapterSet, opt: &mut Optimizer) -> Result<()> {
+        match &mut self.mt {
+            Some(mt) => opt.set_skip(mt.skip_mask(set)),
+            None => Ok(()),
+        }
     }
 
     /// After the optimizer update of step `t` (0-based: steps completed before it).

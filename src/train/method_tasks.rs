@@ -46,6 +46,9 @@ pub struct MtTasks {
     win_sum: Vec<f64>,
     /// The last step's mean loss per task (NaN: absent from the step).
     last: Vec<f64>,
+    /// `--mtlora-skip-absent`: per parameter tensor of the set (the optimizer's ids), whether
+    /// the current step skips it; empty when the option is off.
+    skip: Vec<bool>,
 }
 
 impl MtTasks {
@@ -77,14 +80,47 @@ impl MtTasks {
             win_n: vec![0; n],
             win_sum: vec![0.0; n],
             last: vec![f64::NAN; n],
+            skip: Vec::new(),
         })
+    }
+
+    /// Turns on "only update the tasks present" (§5.2) for a set of `n_param_tensors`
+    /// parameter tensors: [`MtTasks::skip_mask`] then marks the task LoRAs of absent tasks.
+    pub fn skip_absent(&mut self, n_param_tensors: usize) {
+        self.skip = vec![false; n_param_tensors];
+    }
+
+    /// With [`MtTasks::skip_absent`] on: after [`MtTasks::weigh`], the optimizer's skip mask
+    /// for `set` (true for `task<t>_lora_A/B` of every MT-LoRA adapter whose task `t` has no
+    /// target in the step: its gradient is zero, §0.5). `None` when off. No allocation.
+    pub fn skip_mask(&mut self, set: &AdapterSet) -> Option<&[bool]> {
+        if self.skip.is_empty() {
+            return None;
+        }
+        let mut id = 0;
+        for (_, _, a) in set.iter() {
+            let is_mt = a.downcast_ref::<MtLora>().is_some();
+            let mut p = 0;
+            while a.param(p).is_some() {
+                // Params `[A_sh, B_sh, A_0, B_0, …]`: task `(p − 2)/2` from p = 2 on.
+                let absent =
+                    is_mt && p >= 2 && self.step_n.get((p - 2) / 2).is_none_or(|&n| n == 0);
+                if let Some(s) = self.skip.get_mut(id) {
+                    *s = absent;
+                }
+                id += 1;
+                p += 1;
+            }
+        }
+        Some(&self.skip)
     }
 
     pub fn n_tasks(&self) -> usize {
         self.step_w.len()
     }
 
-    /// Bytes of the buffers (`method_plan::MT_BYTES_PER_TASK` per task).
+    /// Bytes of the buffers (`method_plan::MT_BYTES_PER_TASK` per task; the skip mask, one
+    /// byte per parameter tensor, is left out as negligible).
     pub fn bytes(&self) -> usize {
         4 * (self.gamma.gamma.len() + self.step_w.len())
             + 8 * (self.step_n.len() + self.step_sum.len())

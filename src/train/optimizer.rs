@@ -27,6 +27,10 @@ pub struct Optimizer {
     schedule: Schedule,
     base_lr: f32,
     max_grad_norm: f64,
+    /// Parameter ids (the set's parameter order) the next update leaves alone, tensor and
+    /// state ([`Optimizer::set_skip`]); empty: every one is updated. Capacity for every
+    /// parameter from the start, so setting it allocates nothing.
+    skip: Vec<bool>,
 }
 
 /// What one optimizer step did.
@@ -102,6 +106,7 @@ impl Optimizer {
             schedule,
             base_lr: cfg.lr,
             max_grad_norm: cfg.max_grad_norm as f64,
+            skip: Vec::with_capacity(specs.len()),
         })
     }
 
@@ -110,6 +115,33 @@ impl Optimizer {
         match &self.inner {
             Inner::AdamW(o) => o.step_count(),
             Inner::Sgd(o) => o.step_count(),
+        }
+    }
+
+    /// Makes the next updates skip the parameters `skip[id]` is true for (id: the set's
+    /// parameter order): neither the tensor nor its optimizer state changes (MT-LoRA's absent
+    /// tasks). AdamW's bias correction stays the global step's. `None`: update every one.
+    pub fn set_skip(&mut self, skip: Option<&[bool]>) -> Result<()> {
+        self.skip.clear();
+        if let Some(s) = skip {
+            if s.len() != self.skip.capacity() {
+                return Err(Error::Invalid(format!(
+                    "optimizer: a skip mask of {} parameters for {}",
+                    s.len(),
+                    self.skip.capacity()
+                )));
+            }
+            self.skip.extend_from_slice(s);
+        }
+        Ok(())
+    }
+
+    /// The AdamW state bytes of parameter `id` (its moments; `None` for SGD or an unknown id),
+    /// for checks that a skipped parameter's state did not move.
+    pub fn tensor_state(&self, id: usize) -> Option<&[u8]> {
+        match &self.inner {
+            Inner::AdamW(o) => o.tensor_state(id),
+            Inner::Sgd(_) => None,
         }
     }
 
@@ -170,7 +202,9 @@ impl Optimizer {
                         target.gguf_stem()
                     ))
                 })?;
+                let skipped = self.skip.get(id) == Some(&true);
                 match &mut self.inner {
+                    _ if skipped => {}
                     Inner::AdamW(o) => o.update(id, param, g, lr)?,
                     Inner::Sgd(o) => o.update(id, param, g, lr)?,
                 }

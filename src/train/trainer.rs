@@ -326,6 +326,10 @@ impl<'f> Trainer<'f> {
     }
 
     /// The method's hooks (AdaLoRA allocation, layer-importance weights).
+    pub fn optimizer(&self) -> &Optimizer {
+        &self.opt
+    }
+
     pub fn hooks(&self) -> &MethodHooks {
         &self.hooks
     }
@@ -399,6 +403,7 @@ impl<'f> Trainer<'f> {
             self.hooks.after_micro_batch(&self.step);
         }
         self.hooks.after_backward(&mut self.step, &self.set)?;
+        self.hooks.before_update(&self.set, &mut self.opt)?;
         let stats = self
             .engine
             .update(&mut self.opt, &mut self.step, &mut self.set)?;

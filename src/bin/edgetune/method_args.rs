@@ -83,6 +83,10 @@ pub struct MethodArgs {
     /// mtlora --task-weights adaptive: update the weights every N steps.
     #[arg(long, default_value_t = MethodOptions::default().task_weights_every)]
     pub task_weights_every: u64,
+    /// mtlora: the optimizer skips the task LoRAs of tasks with no targets in the step (their
+    /// tensors and AdamW moments stay as they are; default: AdamW moves them, §0.5).
+    #[arg(long)]
+    pub mtlora_skip_absent: bool,
 }
 
 impl MethodArgs {
@@ -127,6 +131,7 @@ impl MethodArgs {
             task_weights_alpha: self.task_weights_alpha,
             task_weights_every: self.task_weights_every,
             mtlora_tasks: Vec::new(),
+            mtlora_skip_absent: self.mtlora_skip_absent,
         };
         let d = TrainConfig::default();
         let mut explicit = Vec::new();
