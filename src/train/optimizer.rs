@@ -31,6 +31,8 @@ pub struct Optimizer {
     /// state ([`Optimizer::set_skip`]); empty: every one is updated. Capacity for every
     /// parameter from the start, so setting it allocates nothing.
     skip: Vec<bool>,
+    /// Number of parameter tensors (the length a skip mask must have).
+    n_params: usize,
 }
 
 /// What one optimizer step did.
@@ -107,6 +109,7 @@ impl Optimizer {
             base_lr: cfg.lr,
             max_grad_norm: cfg.max_grad_norm as f64,
             skip: Vec::with_capacity(specs.len()),
+            n_params: specs.len(),
         })
     }
 
@@ -124,11 +127,11 @@ impl Optimizer {
     pub fn set_skip(&mut self, skip: Option<&[bool]>) -> Result<()> {
         self.skip.clear();
         if let Some(s) = skip {
-            if s.len() != self.skip.capacity() {
+            if s.len() != self.n_params {
                 return Err(Error::Invalid(format!(
                     "optimizer: a skip mask of {} parameters for {}",
                     s.len(),
-                    self.skip.capacity()
+                    self.n_params
                 )));
             }
             self.skip.extend_from_slice(s);

@@ -325,11 +325,12 @@ impl<'f> Trainer<'f> {
         &self.set
     }
 
-    /// The method's hooks (AdaLoRA allocation, layer-importance weights).
+    /// The optimizer (its state, for checks).
     pub fn optimizer(&self) -> &Optimizer {
         &self.opt
     }
 
+    /// The method's hooks (AdaLoRA allocation, layer-importance weights).
     pub fn hooks(&self) -> &MethodHooks {
         &self.hooks
     }
