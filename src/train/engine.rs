@@ -1,7 +1,7 @@
 //! Which engine runs the trainer's micro-batches: the CPU [`TrainStep`] (the default, every
 //! method) or, with the `cuda` feature, a [`DeviceStep`] on a CUDA device for the plain-LoRA
 //! family (issue #7). The host [`AdapterSet`] and the host optimizer stay the same on both:
-//! the device engine hands the optimizer its downloaded gradients through [`GradSlots`] and
+//! the device engine hands the optimizer its gradients one slot at a time through [`GradSlots`] and
 //! mirrors the updated parameters back ([`DeviceStep::sync_params`]) after every update.
 //!
 //! Kept out of trainer.rs so that the trainer only swaps two calls (`micro_batch`, `update`)
@@ -22,6 +22,12 @@ use crate::{Error, Result};
 /// an unadapted slot.
 pub trait GradSlots {
     fn grads_mut(&mut self, layer: usize, target_index: usize) -> Result<&mut [f32]>;
+
+    /// The same gradients for reading only (the optimizer's norm pass): a device engine need
+    /// not send them back.
+    fn grads(&mut self, layer: usize, target_index: usize) -> Result<&[f32]> {
+        self.grads_mut(layer, target_index).map(|g| &*g)
+    }
 }
 
 impl GradSlots for TrainStep {
@@ -30,7 +36,8 @@ impl GradSlots for TrainStep {
     }
 }
 
-/// A [`DeviceStep`]'s gradients as the optimizer sees them (downloaded on first access).
+/// A [`DeviceStep`]'s gradients as the optimizer sees them: one slot at a time, staged on the
+/// host ([`DeviceStep::grads_mut`]).
 pub struct DeviceGrads<'s, B: crate::backend::Backend> {
     pub step: &'s mut DeviceStep<B>,
     pub backend: &'s B,
@@ -39,6 +46,10 @@ pub struct DeviceGrads<'s, B: crate::backend::Backend> {
 impl<B: crate::backend::Backend> GradSlots for DeviceGrads<'_, B> {
     fn grads_mut(&mut self, layer: usize, target_index: usize) -> Result<&mut [f32]> {
         self.step.grads_mut(self.backend, layer, target_index)
+    }
+
+    fn grads(&mut self, layer: usize, target_index: usize) -> Result<&[f32]> {
+        self.step.grads(self.backend, layer, target_index)
     }
 }
 
@@ -52,6 +63,19 @@ pub enum Device {
     /// A CUDA device ([`DeviceStep`]; the plain-LoRA family only).
     #[cfg(feature = "cuda")]
     Cuda(CudaBackend),
+}
+
+impl Device {
+    /// Whether a device step's workspace on this device lives in host DRAM: the CPU backend,
+    /// or an integrated GPU (Jetson) whose memory is the host's — then it counts against the
+    /// host budget (as [`Engine::workspace_in_host_memory`], known before the engine exists).
+    pub fn workspace_in_host_memory(&self) -> bool {
+        match self {
+            Device::Cpu | Device::CpuDeviceStep => true,
+            #[cfg(feature = "cuda")]
+            Device::Cuda(be) => be.info().integrated,
+        }
+    }
 }
 
 /// The model, the weights' device residency and the step of the CUDA engine. Field order is
@@ -89,20 +113,7 @@ impl<'f> Engine<'f> {
         cfg: &super::TrainConfig,
         ce_chunk: usize,
     ) -> Result<Engine<'f>> {
-        use super::Method;
-        let lora_family = matches!(
-            cfg.method,
-            Method::Lora | Method::Rslora | Method::Loraplus | Method::Qlora
-        );
-        if !matches!(device, Device::Cpu) && !lora_family {
-            // Other methods' hooks read and scale the CPU step's gradients (layerimp uses
-            // plain LoRA adapters, so the adapter check in DeviceStep::new alone would pass it).
-            return Err(Error::Invalid(format!(
-                "device training step: method {} is not supported; only lora, rslora, loraplus \
-                 and qlora run on the device (use --backend cpu)",
-                cfg.method
-            )));
-        }
+        Self::check_method(&device, cfg)?;
         match device {
             Device::Cpu => Ok(Engine::Cpu),
             Device::CpuDeviceStep => {
@@ -127,6 +138,25 @@ impl<'f> Engine<'f> {
                 })))
             }
         }
+    }
+
+    /// Refuses a device engine for methods other than the plain-LoRA family (by name).
+    pub fn check_method(device: &Device, cfg: &super::TrainConfig) -> Result<()> {
+        use super::Method;
+        let lora_family = matches!(
+            cfg.method,
+            Method::Lora | Method::Rslora | Method::Loraplus | Method::Qlora
+        );
+        if !matches!(device, Device::Cpu) && !lora_family {
+            // Other methods' hooks read and scale the CPU step's gradients (layerimp uses
+            // plain LoRA adapters, so the adapter check in DeviceStep::new alone would pass it).
+            return Err(Error::Invalid(format!(
+                "device training step: method {} is not supported; only lora, rslora, loraplus \
+                 and qlora run on the device (use --backend cpu)",
+                cfg.method
+            )));
+        }
+        Ok(())
     }
 
     /// Bytes of the device step's workspace (0 for the CPU `TrainStep`, whose arena the
