@@ -17,6 +17,7 @@ pub mod optimizer;
 pub mod step;
 pub mod step_device;
 mod step_device_layer;
+mod step_device_layout;
 pub mod step_device_plan;
 mod step_ids;
 mod step_layer;

@@ -34,7 +34,8 @@
 //! per segment; the loss of token `i` is against `labels[i + 1]` of its row.
 
 use super::adapter_set::{AdapterSet, target_index};
-use super::step_device_plan::{DevicePlan, DeviceShape, Layout, Slot, plan_device_step};
+use super::step_device_layout::{Layout, Slot};
+use super::step_device_plan::{DevicePlan, DeviceShape, plan_device_step};
 use crate::adapters::{Adapter, Lora, Pass, Target};
 use crate::backend::Backend;
 use crate::data::{Batch, IGNORE};

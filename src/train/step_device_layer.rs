@@ -35,7 +35,7 @@
 use std::ops::Range;
 
 use super::step_device::DeviceStep;
-use super::step_device_plan::{AttnRanges, FfnRanges};
+use super::step_device_layout::{AttnRanges, FfnRanges};
 use crate::Result;
 use crate::backend::{AttentionDims, Backend, GemmDims, RopeDims};
 use crate::model::BackendModel;
