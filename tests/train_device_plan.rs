@@ -18,7 +18,8 @@ use edgetune::memory::parse_bytes;
 use edgetune::model::Llama;
 use edgetune::quant::GgmlType;
 use edgetune::testmodel::{self, LLAMA_3_1_8B, TINY, WeightTypes};
-use edgetune::train::{AdapterSet, DeviceShape, DeviceStep, TrainConfig, plan_device_step};
+use edgetune::train::{AdapterSet, DevicePlan, DeviceShape, DeviceStep, TrainConfig};
+use edgetune::train::{plan_device_step, plan_device_step_within};
 
 const MIB: u64 = 1 << 20;
 
@@ -89,6 +90,20 @@ fn llama_8b_device_plan_fits_5_5_gib_on_an_integrated_gpu() {
             plan.host_bytes() as u64,
             4 * 16 * (4096 + 14_336) + 512 * 4 + 512 * 16
         );
+        // Under the budget the trainer takes the largest FFN chunk that still fits it.
+        let fits = |p: &DevicePlan| {
+            p.total_in_place_of(cpu.total_bytes, cpu.arena.arena_bytes, true) <= budget
+        };
+        let within = plan_device_step_within(&llama, &shape, fits).unwrap();
+        let within_total = within.total_in_place_of(cpu.total_bytes, cpu.arena.arena_bytes, true);
+        eprintln!(
+            "{types} under 5.5 GiB: FFN chunk {}, workspace {:.1} MiB, plan {:.3} GiB",
+            within.ffn_chunk(),
+            within.workspace_bytes() as f64 / MIB as f64,
+            within_total as f64 / (1u64 << 30) as f64
+        );
+        assert!(within_total <= budget);
+        assert!(within.ffn_chunk() >= plan.ffn_chunk());
         // A discrete GPU's workspace is device memory: only the host bytes replace the arena.
         let discrete = plan.total_in_place_of(cpu.total_bytes, cpu.arena.arena_bytes, false);
         assert_eq!(
@@ -172,7 +187,8 @@ fn planned_bytes_are_what_a_device_step_allocates() {
 }
 
 /// The trainer holds exactly the planned bytes against the budget, and they are the bytes
-/// the engine's step allocated.
+/// the engine's step allocated: without a budget the smallest workspace's FFN chunk, under one
+/// the largest chunk that fits.
 #[test]
 fn the_trainer_plans_the_device_step_it_builds() {
     use edgetune::train::Trainer;
@@ -180,21 +196,35 @@ fn the_trainer_plans_the_device_step_it_builds() {
     let dir = tempfile::tempdir().unwrap();
     let (model, data) = train_support::write_fixture(dir.path(), "q8_0", 20);
     let file = GgufFile::open(&model).unwrap();
+    let llama = Llama::load(&file).unwrap();
     let mut cfg = train_support::config(&model, &data, &dir.path().join("run"), 2);
     cfg.accum = 2;
-    let mut t = Trainer::new(&file, &cfg).unwrap();
-    let (cpu_total, cpu_arena) = (t.planned_bytes(), t.train_step().arena_bytes() as u64);
-    let llama = Llama::load(&file).unwrap();
-    let chunk = cfg.ce_chunk.min(cfg.batch * cfg.seq_len);
-    let shape = DeviceShape::for_set(t.adapters(), cfg.batch, cfg.seq_len, chunk, true).unwrap();
-    assert_eq!(shape, DeviceShape::lora(llama.config(), &cfg, chunk));
-    let plan = plan_device_step(llama.config(), &shape).unwrap();
-    t.use_device(&file, Device::CpuDeviceStep).unwrap();
-    assert_eq!(t.device_bytes(), plan.workspace_bytes());
-    let want = cpu_total - cpu_arena + (plan.workspace_bytes() + plan.host_bytes()) as u64;
-    assert_eq!(t.planned_bytes(), want);
-    assert_eq!(plan.total_in_place_of(cpu_total, cpu_arena, true), want);
-    assert!(t.step().unwrap().is_some());
+    let tokens = cfg.batch * cfg.seq_len;
+    let chunk = cfg.ce_chunk.min(tokens);
+    for budget in [None, Some(1u64 << 40)] {
+        cfg.budget_bytes = budget;
+        let mut t = Trainer::new(&file, &cfg).unwrap();
+        let (cpu_total, cpu_arena) = (t.planned_bytes(), t.train_step().arena_bytes() as u64);
+        let shape =
+            DeviceShape::for_set(t.adapters(), cfg.batch, cfg.seq_len, chunk, true).unwrap();
+        assert_eq!(shape, DeviceShape::lora(llama.config(), &cfg, chunk));
+        let plan = match budget {
+            None => plan_device_step(llama.config(), &shape).unwrap(),
+            Some(b) => plan_device_step_within(llama.config(), &shape, |p| {
+                p.total_in_place_of(cpu_total, cpu_arena, true) <= b
+            })
+            .unwrap(),
+        };
+        if budget.is_some() {
+            assert_eq!(plan.ffn_chunk(), tokens);
+        }
+        t.use_device(&file, Device::CpuDeviceStep).unwrap();
+        assert_eq!(t.device_bytes(), plan.workspace_bytes(), "{budget:?}");
+        let want = cpu_total - cpu_arena + (plan.workspace_bytes() + plan.host_bytes()) as u64;
+        assert_eq!(t.planned_bytes(), want);
+        assert_eq!(plan.total_in_place_of(cpu_total, cpu_arena, true), want);
+        assert!(t.step().unwrap().is_some());
+    }
 }
 
 /// [`device_step_support::device_step`] with an explicit FFN chunk.

@@ -11,6 +11,7 @@ use super::DeviceStep;
 use super::adapter_set::AdapterSet;
 use super::optimizer::{Optimizer, UpdateStats};
 use super::step::TrainStep;
+use super::step_device_plan::DeviceShape;
 #[cfg(feature = "cuda")]
 use crate::backend::cuda::CudaBackend;
 use crate::data::Batch;
@@ -102,8 +103,9 @@ pub enum Engine<'f> {
 
 impl<'f> Engine<'f> {
     /// The engine for `device`: the CPU needs nothing more; CUDA attaches the file's weights,
-    /// prepares the model and builds a [`DeviceStep`] of the trainer's shape for `set` (an
-    /// error naming the method for anything but the plain-LoRA family without dropout).
+    /// prepares the model and builds a [`DeviceStep`] of `shape` (the trainer's, as planned)
+    /// for `set` (an error naming the method for anything but the plain-LoRA family without
+    /// dropout).
     #[allow(unused_variables)]
     pub fn new(
         device: Device,
@@ -111,22 +113,20 @@ impl<'f> Engine<'f> {
         llama: &Llama<'f>,
         set: &AdapterSet,
         cfg: &super::TrainConfig,
-        ce_chunk: usize,
+        shape: &DeviceShape,
     ) -> Result<Engine<'f>> {
         Self::check_method(&device, cfg)?;
         match device {
             Device::Cpu => Ok(Engine::Cpu),
             Device::CpuDeviceStep => {
-                let (m, accumulate) = (llama.backend_model(), cfg.accum > 1);
-                let step = DeviceStep::new(m, set, cfg.batch, cfg.seq_len, ce_chunk, accumulate)?;
+                let step = DeviceStep::with_shape(llama.backend_model(), set, shape)?;
                 Ok(Engine::CpuDevice(Box::new(step)))
             }
             #[cfg(feature = "cuda")]
             Device::Cuda(be) => {
                 let attached = be.attach_weights(file.as_bytes())?;
                 let model = BackendModel::new(be, llama.config(), llama.weights())?;
-                let step =
-                    DeviceStep::new(&model, set, cfg.batch, cfg.seq_len, ce_chunk, cfg.accum > 1)?;
+                let step = DeviceStep::with_shape(&model, set, shape)?;
                 log::info!(
                     "cuda training step: one workspace of {} bytes",
                     step.workspace_bytes()

@@ -29,5 +29,7 @@ pub use config::{Decay, OptimizerKind, StatePlace, TrainConfig};
 pub use method::{BaseCopy, Method, MethodOptions, TaskWeights};
 pub use step::TrainStep;
 pub use step_device::DeviceStep;
-pub use step_device_plan::{DevicePlan, DeviceShape, SlotShape, plan_device_step};
+pub use step_device_plan::{
+    DevicePlan, DeviceShape, SlotShape, plan_device_step, plan_device_step_within,
+};
 pub use trainer::{Progress, Summary, Trainer, run, run_on};

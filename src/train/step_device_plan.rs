@@ -257,14 +257,7 @@ pub fn plan_device_step(cfg: &LlamaConfig, shape: &DeviceShape) -> Result<Device
         None => {
             // Smaller FFN chunks only lower the FFN's peak; take the largest chunk that does
             // not raise the workspace above the smallest chunk's (larger GEMMs run faster).
-            let mut candidates = vec![t];
-            let mut c = 1024;
-            while c >= 16 {
-                if c < t {
-                    candidates.push(c);
-                }
-                c /= 2;
-            }
+            let candidates = ffn_chunk_candidates(t);
             let smallest = layout(cfg, shape, t, *candidates.last().unwrap_or(&t))?;
             for &c in &candidates {
                 let p = layout(cfg, shape, t, c)?;
@@ -275,6 +268,43 @@ pub fn plan_device_step(cfg: &LlamaConfig, shape: &DeviceShape) -> Result<Device
             Ok(smallest)
         }
     }
+}
+
+/// FFN chunk sizes tried, largest first: `T`, then 1024, 512, … 16 below `T`.
+fn ffn_chunk_candidates(t: usize) -> Vec<usize> {
+    let mut candidates = vec![t];
+    let mut c = 1024;
+    while c >= 16 {
+        if c < t {
+            candidates.push(c);
+        }
+        c /= 2;
+    }
+    candidates
+}
+
+/// [`plan_device_step`] with the largest FFN chunk (of `T`, 1024, 512, … 16) whose plan `fits`
+/// (larger chunks run faster: fewer passes over the FFN weights), when `shape.ffn_chunk` is
+/// `None`; otherwise, or when none fits, [`plan_device_step`]'s plan.
+pub fn plan_device_step_within(
+    cfg: &LlamaConfig,
+    shape: &DeviceShape,
+    fits: impl Fn(&DevicePlan) -> bool,
+) -> Result<DevicePlan> {
+    let smallest = plan_device_step(cfg, shape)?;
+    if shape.ffn_chunk.is_some() {
+        return Ok(smallest);
+    }
+    for c in ffn_chunk_candidates(smallest.tokens) {
+        if c <= smallest.ffn_chunk {
+            break;
+        }
+        let p = layout(cfg, shape, smallest.tokens, c)?;
+        if fits(&p) {
+            return Ok(p);
+        }
+    }
+    Ok(smallest)
 }
 
 /// The plan with FFN chunks of `tc` rows.

@@ -281,13 +281,18 @@ impl<'f> Trainer<'f> {
         // allocated or attached. The plan counted the CPU step's arena; the device step
         // replaces it with its host bytes, and with its workspace too where that lives in host
         // DRAM (the CPU backend, a Jetson).
+        // Under a budget, the FFN runs in the largest row chunks that fit it (fewer passes
+        // over its weights); without one, in the chunks of the smallest workspace.
         let (rows, seq, accumulate) = (self.cfg.batch, self.cfg.seq_len, self.cfg.accum > 1);
-        let shape = super::DeviceShape::for_set(&self.set, rows, seq, chunk, accumulate)?;
-        let plan = super::plan_device_step(self.llama.config(), &shape)?;
-        let (workspace, staging) = (plan.workspace_bytes() as u64, plan.host_bytes() as u64);
+        let mut shape = super::DeviceShape::for_set(&self.set, rows, seq, chunk, accumulate)?;
         let in_host = device.workspace_in_host_memory();
-        let arena = self.step.arena_bytes() as u64;
-        let total = plan.total_in_place_of(self.planned_bytes, arena, in_host);
+        let (cpu_total, arena) = (self.planned_bytes, self.step.arena_bytes() as u64);
+        let budget = self.cfg.budget_bytes.unwrap_or(0);
+        let fits = |p: &super::DevicePlan| p.total_in_place_of(cpu_total, arena, in_host) <= budget;
+        let plan = super::plan_device_step_within(self.llama.config(), &shape, fits)?;
+        shape.ffn_chunk = Some(plan.ffn_chunk());
+        let (workspace, staging) = (plan.workspace_bytes() as u64, plan.host_bytes() as u64);
+        let total = plan.total_in_place_of(cpu_total, arena, in_host);
         if let Some(budget) = self.cfg.budget_bytes
             && total > budget
         {
@@ -304,7 +309,7 @@ impl<'f> Trainer<'f> {
                 total - budget
             )));
         }
-        let engine = Engine::new(device, file, &self.llama, &self.set, &self.cfg, chunk)?;
+        let engine = Engine::new(device, file, &self.llama, &self.set, &self.cfg, &shape)?;
         if (engine.device_bytes() as u64, engine.host_bytes() as u64) != (workspace, staging) {
             return Err(Error::Invalid(format!(
                 "device training step: allocated {} + {} bytes, planned {workspace} + {staging}",
@@ -314,7 +319,8 @@ impl<'f> Trainer<'f> {
         }
         log::info!(
             "device training step: plan {total} bytes (workspace {workspace}, staging \
-             {staging}, replacing the CPU arena of {arena})"
+             {staging}, replacing the CPU arena of {arena}; FFN in chunks of {} tokens)",
+            plan.ffn_chunk()
         );
         self.engine = engine;
         self.planned_bytes = total;
