@@ -1,7 +1,7 @@
 //! Which engine runs the trainer's micro-batches: the CPU [`TrainStep`] (the default, every
 //! method) or, with the `cuda` feature, a [`DeviceStep`] on a CUDA device for the plain-LoRA
 //! family (issue #7). The host [`AdapterSet`] and the host optimizer stay the same on both:
-//! the device engine hands the optimizer its downloaded gradients through [`GradSlots`] and
+//! the device engine hands the optimizer its gradients one slot at a time through [`GradSlots`] and
 //! mirrors the updated parameters back ([`DeviceStep::sync_params`]) after every update.
 //!
 //! Kept out of trainer.rs so that the trainer only swaps two calls (`micro_batch`, `update`)
@@ -11,6 +11,7 @@ use super::DeviceStep;
 use super::adapter_set::AdapterSet;
 use super::optimizer::{Optimizer, UpdateStats};
 use super::step::TrainStep;
+use super::step_device_plan::DeviceShape;
 #[cfg(feature = "cuda")]
 use crate::backend::cuda::CudaBackend;
 use crate::data::Batch;
@@ -22,6 +23,12 @@ use crate::{Error, Result};
 /// an unadapted slot.
 pub trait GradSlots {
     fn grads_mut(&mut self, layer: usize, target_index: usize) -> Result<&mut [f32]>;
+
+    /// The same gradients for reading only (the optimizer's norm pass): a device engine need
+    /// not send them back.
+    fn grads(&mut self, layer: usize, target_index: usize) -> Result<&[f32]> {
+        self.grads_mut(layer, target_index).map(|g| &*g)
+    }
 }
 
 impl GradSlots for TrainStep {
@@ -30,7 +37,8 @@ impl GradSlots for TrainStep {
     }
 }
 
-/// A [`DeviceStep`]'s gradients as the optimizer sees them (downloaded on first access).
+/// A [`DeviceStep`]'s gradients as the optimizer sees them: one slot at a time, staged on the
+/// host ([`DeviceStep::grads_mut`]).
 pub struct DeviceGrads<'s, B: crate::backend::Backend> {
     pub step: &'s mut DeviceStep<B>,
     pub backend: &'s B,
@@ -39,6 +47,10 @@ pub struct DeviceGrads<'s, B: crate::backend::Backend> {
 impl<B: crate::backend::Backend> GradSlots for DeviceGrads<'_, B> {
     fn grads_mut(&mut self, layer: usize, target_index: usize) -> Result<&mut [f32]> {
         self.step.grads_mut(self.backend, layer, target_index)
+    }
+
+    fn grads(&mut self, layer: usize, target_index: usize) -> Result<&[f32]> {
+        self.step.grads(self.backend, layer, target_index)
     }
 }
 
@@ -52,6 +64,19 @@ pub enum Device {
     /// A CUDA device ([`DeviceStep`]; the plain-LoRA family only).
     #[cfg(feature = "cuda")]
     Cuda(CudaBackend),
+}
+
+impl Device {
+    /// Whether a device step's workspace on this device lives in host DRAM: the CPU backend,
+    /// or an integrated GPU (Jetson) whose memory is the host's — then it counts against the
+    /// host budget (as [`Engine::workspace_in_host_memory`], known before the engine exists).
+    pub fn workspace_in_host_memory(&self) -> bool {
+        match self {
+            Device::Cpu | Device::CpuDeviceStep => true,
+            #[cfg(feature = "cuda")]
+            Device::Cuda(be) => be.info().integrated,
+        }
+    }
 }
 
 /// The model, the weights' device residency and the step of the CUDA engine. Field order is
@@ -78,8 +103,9 @@ pub enum Engine<'f> {
 
 impl<'f> Engine<'f> {
     /// The engine for `device`: the CPU needs nothing more; CUDA attaches the file's weights,
-    /// prepares the model and builds a [`DeviceStep`] of the trainer's shape for `set` (an
-    /// error naming the method for anything but the plain-LoRA family without dropout).
+    /// prepares the model and builds a [`DeviceStep`] of `shape` (the trainer's, as planned)
+    /// for `set` (an error naming the method for anything but the plain-LoRA family without
+    /// dropout).
     #[allow(unused_variables)]
     pub fn new(
         device: Device,
@@ -87,8 +113,35 @@ impl<'f> Engine<'f> {
         llama: &Llama<'f>,
         set: &AdapterSet,
         cfg: &super::TrainConfig,
-        ce_chunk: usize,
+        shape: &DeviceShape,
     ) -> Result<Engine<'f>> {
+        Self::check_method(&device, cfg)?;
+        match device {
+            Device::Cpu => Ok(Engine::Cpu),
+            Device::CpuDeviceStep => {
+                let step = DeviceStep::with_shape(llama.backend_model(), set, shape)?;
+                Ok(Engine::CpuDevice(Box::new(step)))
+            }
+            #[cfg(feature = "cuda")]
+            Device::Cuda(be) => {
+                let attached = be.attach_weights(file.as_bytes())?;
+                let model = BackendModel::new(be, llama.config(), llama.weights())?;
+                let step = DeviceStep::with_shape(&model, set, shape)?;
+                log::info!(
+                    "cuda training step: one workspace of {} bytes",
+                    step.workspace_bytes()
+                );
+                Ok(Engine::Cuda(Box::new(CudaEngine {
+                    model,
+                    step,
+                    _attached: attached,
+                })))
+            }
+        }
+    }
+
+    /// Refuses a device engine for methods other than the plain-LoRA family (by name).
+    pub fn check_method(device: &Device, cfg: &super::TrainConfig) -> Result<()> {
         use super::Method;
         let lora_family = matches!(
             cfg.method,
@@ -103,30 +156,7 @@ impl<'f> Engine<'f> {
                 cfg.method
             )));
         }
-        match device {
-            Device::Cpu => Ok(Engine::Cpu),
-            Device::CpuDeviceStep => {
-                let (m, accumulate) = (llama.backend_model(), cfg.accum > 1);
-                let step = DeviceStep::new(m, set, cfg.batch, cfg.seq_len, ce_chunk, accumulate)?;
-                Ok(Engine::CpuDevice(Box::new(step)))
-            }
-            #[cfg(feature = "cuda")]
-            Device::Cuda(be) => {
-                let attached = be.attach_weights(file.as_bytes())?;
-                let model = BackendModel::new(be, llama.config(), llama.weights())?;
-                let step =
-                    DeviceStep::new(&model, set, cfg.batch, cfg.seq_len, ce_chunk, cfg.accum > 1)?;
-                log::info!(
-                    "cuda training step: one workspace of {} bytes",
-                    step.workspace_bytes()
-                );
-                Ok(Engine::Cuda(Box::new(CudaEngine {
-                    model,
-                    step,
-                    _attached: attached,
-                })))
-            }
-        }
+        Ok(())
     }
 
     /// Bytes of the device step's workspace (0 for the CPU `TrainStep`, whose arena the

@@ -17,6 +17,8 @@ pub mod optimizer;
 pub mod step;
 pub mod step_device;
 mod step_device_layer;
+mod step_device_layout;
+pub mod step_device_plan;
 mod step_ids;
 mod step_layer;
 pub mod step_reslora;
@@ -27,4 +29,7 @@ pub use config::{Decay, OptimizerKind, StatePlace, TrainConfig};
 pub use method::{BaseCopy, Method, MethodOptions, TaskWeights};
 pub use step::TrainStep;
 pub use step_device::DeviceStep;
+pub use step_device_plan::{
+    DevicePlan, DeviceShape, SlotShape, plan_device_step, plan_device_step_within,
+};
 pub use trainer::{Progress, Summary, Trainer, run, run_on};

@@ -168,7 +168,7 @@ impl Optimizer {
         for layer in 0..n_layer {
             for target in Target::ALL {
                 if set.get(layer, target).is_some() {
-                    sq += sum_squares(step.grads_mut(layer, target_index(target))?);
+                    sq += sum_squares(step.grads(layer, target_index(target))?);
                 }
             }
         }

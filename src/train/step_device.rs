@@ -5,23 +5,39 @@
 //! same code runs on the CPU (where the tests compare it with [`super::TrainStep`]) and on
 //! CUDA.
 //!
+//! The workspace is laid out by [`plan_device_step`] (step_device_plan.rs), from shapes alone,
+//! so the trainer holds the step to the budget before allocating it: the parameters, the
+//! gradients and the layer inputs for the whole step, and one layer's buffers packed by
+//! lifetime (the forward's, the head's and the backward's share addresses); the FFN and the
+//! head run in row chunks (`Tc`, `C` tokens), so no `[T, F]` or `[T, vocab]` buffer exists.
+//! Llama 3.1 8B at 1 × 512 tokens, LoRA r = 16 on all 7 projections, C = 64 (Tc = 32, the
+//! automatic choice): a workspace of 625.5 MiB (160 of A/B, 160 of gradients, 256 of layer
+//! inputs, 49.5 packed — the head's chunk at its peak) and 1.1 MiB on the host, in place of
+//! the CPU step's 608 MiB arena (tests/train_device_plan.rs). Under `--budget` the trainer
+//! takes the largest FFN chunk that still fits ([`super::plan_device_step_within`]: larger
+//! chunks read the FFN weights fewer times): `Tc = 512` for Q4_0 and 128 for Q4_K_M there.
+//!
 //! Scope: the plain-LoRA family (methods `lora`, `rslora`, `loraplus`, `qlora` — every adapter
 //! a [`Lora`], `y += s·(x·Aᵀ)·Bᵀ`) without dropout; anything else is refused at
 //! [`DeviceStep::new`] with an error naming the method or the flag.
 //!
 //! Parameters are *bridged*: the host [`AdapterSet`] stays the master copy that the host
 //! optimizer updates; [`DeviceStep::sync_params`] mirrors it into the workspace after each
-//! update. Gradients accumulate on the device (`gemm` with `β = 1` over micro-batches) and are
-//! downloaded once into a host copy the first time [`DeviceStep::grads_mut`] is called after a
-//! micro-batch (the optimizer's view, as [`super::TrainStep::grads_mut`]).
+//! update. Gradients accumulate on the device (`gemm` with `β = 1` over micro-batches and FFN
+//! row chunks) and the optimizer sees them one slot at a time ([`DeviceStep::grads_mut`], as
+//! [`super::TrainStep::grads_mut`]): downloaded into a host staging buffer of the largest
+//! slot, the previously staged slot uploaded back first if it was handed out writable, so a
+//! write (clipping) reaches the update and any later read. The optimizer's norm pass reads
+//! ([`DeviceStep::grads`]) and its update pass writes: two downloads and one upload of the
+//! gradients per step, and no host copy of all of them.
 //!
 //! Shapes as in step.rs: a micro-batch is `[B, L]` tokens flattened to `T = B·L` rows;
 //! packed examples are causal segments (positions restart at 0), so RoPE and attention run
 //! per segment; the loss of token `i` is against `labels[i + 1]` of its row.
 
-use std::ops::Range;
-
 use super::adapter_set::{AdapterSet, target_index};
+use super::step_device_layout::{Layout, Slot};
+use super::step_device_plan::{DevicePlan, DeviceShape, plan_device_step};
 use crate::adapters::{Adapter, Lora, Pass, Target};
 use crate::backend::Backend;
 use crate::data::{Batch, IGNORE};
@@ -29,115 +45,33 @@ use crate::memory::plan::TARGETS;
 use crate::model::{BackendModel, LlamaConfig};
 use crate::{Error, Result};
 
-/// One adapted linear: where its mirrored `A` `[r, in]`, `B` `[out, r]` and their gradients
-/// live in the workspace, and its scale.
-#[derive(Clone, Debug)]
-pub(super) struct Slot {
-    pub(super) rank: usize,
-    pub(super) in_f: usize,
-    pub(super) out_f: usize,
-    pub(super) scale: f32,
-    pub(super) a: Range<usize>,
-    pub(super) b: Range<usize>,
-    pub(super) ga: Range<usize>,
-    pub(super) gb: Range<usize>,
-}
-
-/// The workspace layout: f32 ranges of the one buffer (`T` tokens, `D` dim, `Q`/`K` the
-/// query / key-value widths, `F` the FFN width, `r_i` the largest rank of target `i`).
-#[derive(Clone, Debug)]
-pub(super) struct Layout {
-    /// `L + 1` × `[T, D]` from here: the input of every layer and the final hidden state
-    /// ([`Layout::x`]; no `Vec`, so that cloning the layout allocates nothing).
-    pub(super) xs: usize,
-    /// `T · D`.
-    pub(super) td: usize,
-    // One layer's activations (written by the forward, rewritten by the recompute).
-    pub(super) xn: Range<usize>,    // [T, D] attention-norm output
-    pub(super) rstd1: Range<usize>, // [T]
-    pub(super) q: Range<usize>,     // [T, Q]
-    pub(super) k: Range<usize>,     // [T, K]
-    pub(super) v: Range<usize>,     // [T, K]
-    pub(super) att: Range<usize>,   // [T, Q]
-    pub(super) lse: Range<usize>,   // [T, n_head]
-    pub(super) mid: Range<usize>,   // [T, D] x + o (recompute only)
-    pub(super) fn_: Range<usize>,   // [T, D] ffn-norm output
-    pub(super) rstd2: Range<usize>, // [T]
-    pub(super) gate: Range<usize>,  // [T, F]
-    pub(super) up: Range<usize>,    // [T, F]
-    pub(super) sw: Range<usize>,    // [T, F]
-    pub(super) y: Range<usize>,     // [T, D] ffn output
-    /// Per target: the adapter's saved `H = x·Aᵀ` `[T, r_i]`.
-    pub(super) h: [Range<usize>; 7],
-    /// `[T, max r]`: `dH` of one adapter backward.
-    pub(super) dh: Range<usize>,
-    // Head.
-    pub(super) fnorm: Range<usize>,  // [T, D]
-    pub(super) frstd: Range<usize>,  // [T]
-    pub(super) logits: Range<usize>, // [chunk, vocab]
-    pub(super) dhead: Range<usize>,  // [T, D]
-    // Backward.
-    pub(super) dres: Range<usize>,  // [T, D] ∂L/∂x_{l+1} → ∂L/∂x_l
-    pub(super) dsw: Range<usize>,   // [T, F]
-    pub(super) dgate: Range<usize>, // [T, F]
-    pub(super) dup: Range<usize>,   // [T, F]
-    pub(super) dfn: Range<usize>,   // [T, D]
-    pub(super) dtmp: Range<usize>,  // [T, D]
-    pub(super) datt: Range<usize>,  // [T, Q]
-    pub(super) dq: Range<usize>,    // [T, Q]
-    pub(super) dk: Range<usize>,    // [T, K]
-    pub(super) dv: Range<usize>,    // [T, K]
-    pub(super) dxn: Range<usize>,   // [T, D]
-    /// Every slot's `A`, `B` (slot order), then every slot's `dA`, `dB` (same order: the
-    /// host gradient copy is this range downloaded).
-    pub(super) params: Range<usize>,
-    pub(super) grads: Range<usize>,
-    /// Total f32 of the workspace.
-    pub(super) len: usize,
-}
-
-impl Layout {
-    /// `x_l` `[T, D]`, `l ≤ L` (`x_L` the final hidden state).
-    pub(super) fn x(&self, l: usize) -> Range<usize> {
-        self.xs + l * self.td..self.xs + (l + 1) * self.td
-    }
-}
-
-/// Hands out consecutive ranges.
-struct Carver(usize);
-
-impl Carver {
-    fn take(&mut self, len: usize) -> Range<usize> {
-        let r = self.0..self.0 + len;
-        self.0 += len;
-        r
-    }
-}
-
 /// A training step on backend `B` for the plain-LoRA family. See the module docs.
 pub struct DeviceStep<B: Backend> {
     pub(super) cfg: LlamaConfig,
     pub(super) rows: usize,
     pub(super) seq_len: usize,
     pub(super) ce_chunk: usize,
+    pub(super) ffn_chunk: usize,
     pub(super) accumulate: bool,
     pub(super) lay: Layout,
     /// Per slot `layer · 7 + target`.
     pub(super) slots: Vec<Option<Slot>>,
     /// The one allocation.
     pub(super) ws: B::Buffer,
-    /// The gradients downloaded for the host optimizer (`lay.grads` order; they stand in for
-    /// the CPU arena's gradient buffers, which the device engine frees).
-    host_grads: Vec<f32>,
-    /// Whether `host_grads` is older than the device gradients.
-    grads_stale: bool,
+    /// One slot's gradients on the host (the largest slot's `r·(in + out)` f32): the
+    /// optimizer's window onto the device gradients ([`DeviceStep::grads_mut`]).
+    staging: Vec<f32>,
+    /// The slot whose gradients `staging` holds, and whether they may have been written
+    /// (then they go back to the device before another slot is staged).
+    staged: Option<usize>,
+    staged_dirty: bool,
     /// Shifted targets `[T]` and the causal segments `(first token, tokens)`.
     targets: Vec<i32>,
     pub(super) segments: Vec<(usize, usize)>,
 }
 
 /// The adapter in `a`, as a [`Lora`] without dropout, or an error naming what it is.
-fn plain_lora(a: &dyn Adapter, layer: usize, target: Target) -> Result<&Lora> {
+pub(super) fn plain_lora(a: &dyn Adapter, layer: usize, target: Target) -> Result<&Lora> {
     let lora = a.downcast_ref::<Lora>().ok_or_else(|| {
         Error::Invalid(format!(
             "device training step: method {:?} (blk.{layer}.{}) is not supported; only the \
@@ -162,10 +96,10 @@ fn plain_lora(a: &dyn Adapter, layer: usize, target: Target) -> Result<&Lora> {
 }
 
 impl<B: Backend> DeviceStep<B> {
-    /// Lays out and allocates (once) the workspace for micro-batches of `rows × seq_len`
-    /// tokens on `model` with `set`'s adapters, the head in chunks of `ce_chunk` tokens;
-    /// `accumulate`: later micro-batches of a step may add to the gradients. Uploads the
-    /// parameters.
+    /// Lays out ([`plan_device_step`]) and allocates (once) the workspace for micro-batches of
+    /// `rows × seq_len` tokens on `model` with `set`'s adapters, the head in chunks of
+    /// `ce_chunk` tokens, the FFN in the plan's automatic row chunks; `accumulate`: later
+    /// micro-batches of a step may add to the gradients. Uploads the parameters.
     pub fn new(
         model: &BackendModel<'_, B>,
         set: &AdapterSet,
@@ -174,93 +108,55 @@ impl<B: Backend> DeviceStep<B> {
         ce_chunk: usize,
         accumulate: bool,
     ) -> Result<Self> {
+        let shape = DeviceShape::for_set(set, rows, seq_len, ce_chunk, accumulate)?;
+        Self::with_shape(model, set, &shape)
+    }
+
+    /// [`DeviceStep::new`] for an explicit `shape` (its slots must be `set`'s adapters; e.g.
+    /// [`DeviceShape::for_set`] with a chosen `ffn_chunk`).
+    pub fn with_shape(
+        model: &BackendModel<'_, B>,
+        set: &AdapterSet,
+        shape: &DeviceShape,
+    ) -> Result<Self> {
         let cfg = model.config.clone();
         set.check_fits(&cfg)?;
-        if rows == 0 || seq_len == 0 || ce_chunk == 0 {
-            return Err(Error::Invalid(format!(
-                "device training step: empty shape ({rows} rows × {seq_len} tokens, chunk \
-                 {ce_chunk})"
-            )));
-        }
-        let t = rows * seq_len;
-        let (d, qd, kvd, f) = (cfg.dim, cfg.q_dim(), cfg.kv_dim(), cfg.ffn);
-        let mut slots: Vec<Option<Slot>> = vec![None; cfg.n_layer * TARGETS.len()];
-        let mut max_rank = [0usize; 7];
-        let mut n_params = 0;
+        let DevicePlan {
+            lay,
+            mut slots,
+            tokens: t,
+            ce_chunk,
+            ffn_chunk,
+            staging_len,
+            ..
+        } = plan_device_step(&cfg, shape)?;
         for (layer, target, a) in set.iter() {
             let lora = plain_lora(a, layer, target)?;
-            let i = target_index(target);
-            let (rank, in_f, out_f) = (lora.rank(), a.in_features(), a.out_features());
-            max_rank[i] = max_rank[i].max(rank);
-            slots[layer * TARGETS.len() + i] = Some(Slot {
-                rank,
-                in_f,
-                out_f,
-                scale: a.scale(),
-                a: n_params..n_params + rank * in_f,
-                b: n_params + rank * in_f..n_params + rank * (in_f + out_f),
-                ga: 0..0,
-                gb: 0..0,
-            });
-            n_params += rank * (in_f + out_f);
-        }
-        let mut c = Carver(0);
-        let lay = Layout {
-            xs: c.take((cfg.n_layer + 1) * t * d).start,
-            td: t * d,
-            xn: c.take(t * d),
-            rstd1: c.take(t),
-            q: c.take(t * qd),
-            k: c.take(t * kvd),
-            v: c.take(t * kvd),
-            att: c.take(t * qd),
-            lse: c.take(t * cfg.n_head),
-            mid: c.take(t * d),
-            fn_: c.take(t * d),
-            rstd2: c.take(t),
-            gate: c.take(t * f),
-            up: c.take(t * f),
-            sw: c.take(t * f),
-            y: c.take(t * d),
-            h: max_rank.map(|r| c.take(t * r)),
-            dh: c.take(t * max_rank.iter().copied().max().unwrap_or(0)),
-            fnorm: c.take(t * d),
-            frstd: c.take(t),
-            logits: c.take(ce_chunk.min(t) * cfg.n_vocab),
-            dhead: c.take(t * d),
-            dres: c.take(t * d),
-            dsw: c.take(t * f),
-            dgate: c.take(t * f),
-            dup: c.take(t * f),
-            dfn: c.take(t * d),
-            dtmp: c.take(t * d),
-            datt: c.take(t * qd),
-            dq: c.take(t * qd),
-            dk: c.take(t * kvd),
-            dv: c.take(t * kvd),
-            dxn: c.take(t * d),
-            params: c.take(n_params),
-            grads: c.take(n_params),
-            len: c.0,
-        };
-        // Place the slots inside the parameter and gradient ranges.
-        let (p0, g0) = (lay.params.start, lay.grads.start);
-        for s in slots.iter_mut().flatten() {
-            s.ga = g0 + s.a.start..g0 + s.a.end;
-            s.gb = g0 + s.b.start..g0 + s.b.end;
-            s.a = p0 + s.a.start..p0 + s.a.end;
-            s.b = p0 + s.b.start..p0 + s.b.end;
+            let slot = slots
+                .get_mut(layer * TARGETS.len() + target_index(target))
+                .and_then(Option::as_mut)
+                .filter(|s| s.a.len() == lora.a().len() && s.b.len() == lora.b().len());
+            let Some(s) = slot else {
+                return Err(Error::Invalid(format!(
+                    "device training step: the adapter of blk.{layer}.{} is not in the planned \
+                     shape",
+                    target.gguf_stem()
+                )));
+            };
+            s.scale = a.scale();
         }
         let ws = model.backend.alloc(lay.len)?;
         let mut step = DeviceStep {
-            rows,
-            seq_len,
-            ce_chunk: ce_chunk.min(t),
-            accumulate,
+            rows: shape.rows,
+            seq_len: shape.seq_len,
+            ce_chunk,
+            ffn_chunk,
+            accumulate: shape.accumulate,
             slots,
             ws,
-            host_grads: vec![0.0; n_params],
-            grads_stale: false,
+            staging: vec![0.0; staging_len],
+            staged: None,
+            staged_dirty: false,
             targets: vec![IGNORE; t],
             segments: Vec::with_capacity(t),
             lay,
@@ -275,10 +171,19 @@ impl<B: Backend> DeviceStep<B> {
         self.lay.len * 4
     }
 
-    /// Bytes of the host staging: the gradients downloaded for the host optimizer
-    /// (`Σ r·(in + out)` f32; the parameters upload from the adapters' own storage).
+    /// Host bytes of the step's own buffers: one slot's gradient staging, the targets and the
+    /// segments (the parameters upload from the adapters' own storage).
     pub fn host_bytes(&self) -> usize {
-        self.host_grads.len() * 4
+        super::step_device_plan::host_bytes_of(
+            self.staging.capacity(),
+            self.targets.capacity(),
+            self.segments.capacity(),
+        )
+    }
+
+    /// Tokens per FFN row chunk.
+    pub fn ffn_chunk(&self) -> usize {
+        self.ffn_chunk
     }
 
     /// Tokens per micro-batch (`T`).
@@ -329,16 +234,20 @@ impl<B: Backend> DeviceStep<B> {
                 "device training step: built without gradient accumulation".into(),
             ));
         }
+        // The device gradients change: the staged slot is stale (its writes first reach the
+        // device when this micro-batch adds to them; a first one overwrites them anyway).
+        if !first {
+            self.flush_staged(&model.backend)?;
+        }
+        (self.staged, self.staged_dirty) = (None, false);
         self.prepare(model, batch)?;
         for l in 0..self.cfg.n_layer {
-            self.layer_forward(model, l, false)?;
+            self.layer_forward(model, l)?;
         }
         let loss = self.loss(model, loss_scale)?;
         for l in (0..self.cfg.n_layer).rev() {
-            self.layer_forward(model, l, true)?;
             self.layer_backward(model, l, first)?;
         }
-        self.grads_stale = true;
         Ok(loss)
     }
 
@@ -350,7 +259,7 @@ impl<B: Backend> DeviceStep<B> {
     ) -> Result<(f64, usize)> {
         self.prepare(model, batch)?;
         for l in 0..self.cfg.n_layer {
-            self.layer_forward(model, l, false)?;
+            self.layer_forward(model, l)?;
         }
         let loss = self.loss(model, 0.0)?;
         let counted = self.targets.iter().filter(|&&t| t != IGNORE).count();
@@ -358,23 +267,55 @@ impl<B: Backend> DeviceStep<B> {
     }
 
     /// The gradients of the adapter in slot `layer · 7 + target` in its parameter order
-    /// (`dA`, `dB`), downloading all of them first if a micro-batch ran since the last call;
-    /// empty for an unadapted slot. Writes go to the host copy only (clipping, hooks).
+    /// (`dA`, `dB`), staged on the host: downloaded when another slot (or a micro-batch) was
+    /// the last one, while the previously staged slot's values go back to the device first,
+    /// so writes (clipping, hooks) reach the device gradients and every later read. Empty for
+    /// an unadapted slot.
     pub fn grads_mut(&mut self, be: &B, layer: usize, target_index: usize) -> Result<&mut [f32]> {
-        if self.grads_stale {
-            let ws = B::view(&self.ws);
-            be.download(B::slice(ws, self.lay.grads.clone())?, &mut self.host_grads)?;
-            self.grads_stale = false;
-        }
+        let n = self.stage(be, layer, target_index)?;
+        self.staged_dirty |= n > 0;
+        Ok(&mut self.staging[..n])
+    }
+
+    /// [`DeviceStep::grads_mut`] for reading only (the optimizer's norm pass): nothing goes
+    /// back to the device for it.
+    pub fn grads(&mut self, be: &B, layer: usize, target_index: usize) -> Result<&[f32]> {
+        let n = self.stage(be, layer, target_index)?;
+        Ok(&self.staging[..n])
+    }
+
+    /// Stages slot `layer · 7 + target_index` (see [`DeviceStep::grads_mut`]); returns its
+    /// number of gradients (0: unadapted or out of range).
+    fn stage(&mut self, be: &B, layer: usize, target_index: usize) -> Result<usize> {
+        let idx = layer * TARGETS.len() + target_index;
         let slot = (target_index < TARGETS.len())
-            .then(|| self.slots.get(layer * TARGETS.len() + target_index))
+            .then(|| self.slots.get(idx))
             .flatten()
             .and_then(Option::as_ref);
         let Some(s) = slot else {
-            return Ok(&mut []);
+            return Ok(0);
         };
-        let g0 = self.lay.grads.start;
-        Ok(&mut self.host_grads[s.ga.start - g0..s.gb.end - g0])
+        let (range, n) = (s.ga.start..s.gb.end, s.ga.len() + s.gb.len());
+        if self.staged != Some(idx) {
+            self.flush_staged(be)?;
+            let src = B::slice(B::view(&self.ws), range)?;
+            be.download(src, &mut self.staging[..n])?;
+            (self.staged, self.staged_dirty) = (Some(idx), false);
+        }
+        Ok(n)
+    }
+
+    /// Uploads the staged slot's gradients if they may have been written.
+    fn flush_staged(&mut self, be: &B) -> Result<()> {
+        if let (Some(idx), true) = (self.staged, self.staged_dirty)
+            && let Some(s) = self.slots.get(idx).and_then(Option::as_ref)
+        {
+            let n = s.ga.len() + s.gb.len();
+            let dst = B::slice_mut(B::view_mut(&mut self.ws), s.ga.start..s.gb.end)?;
+            be.upload(&self.staging[..n], dst)?;
+        }
+        self.staged_dirty = false;
+        Ok(())
     }
 
     /// Checks the model and the batch, fills the shifted targets and the segments (exactly as
@@ -392,46 +333,39 @@ impl<B: Backend> DeviceStep<B> {
         m.backend.embedding(&m.token_embd, &batch.ids, x0)
     }
 
-    /// Final norm, chunked cross-entropy (gradient scaled by `scale`) and the final norm's
-    /// backward into `dres`. Returns `Σ loss`.
+    /// Final norm, cross-entropy (gradient scaled by `scale`) and the final norm's backward
+    /// into `dres`, in row chunks of `C = ce_chunk` tokens (all three are per row, so `[T, D]`
+    /// of the norm and of its gradient never exist). Returns `Σ loss`.
     fn loss(&mut self, m: &BackendModel<'_, B>, scale: f32) -> Result<f64> {
         let (be, lay) = (&m.backend, &self.lay);
-        let top = lay.x(self.cfg.n_layer);
-        let [x, norm, rstd] = B::split_mut(
-            B::view_mut(&mut self.ws),
-            [top.clone(), lay.fnorm.clone(), lay.frstd.clone()],
-        )?;
-        be.rmsnorm(
-            B::freeze(x),
-            B::view(&m.output_norm),
-            self.cfg.rms_eps,
-            norm,
-            Some(rstd),
-        )?;
-        let [norm, logits, dh] = B::split_mut(
-            B::view_mut(&mut self.ws),
-            [lay.fnorm.clone(), lay.logits.clone(), lay.dhead.clone()],
-        )?;
-        let loss = be.cross_entropy(
-            B::freeze(norm),
-            &m.output,
-            &self.targets,
-            scale,
-            self.ce_chunk,
-            logits,
-            dh,
-        )?;
-        let [x, rstd, dh, dres] = B::split_mut(
-            B::view_mut(&mut self.ws),
-            [top, lay.frstd.clone(), lay.dhead.clone(), lay.dres.clone()],
-        )?;
-        be.rmsnorm_backward(
-            B::freeze(x),
-            B::view(&m.output_norm),
-            B::freeze(rstd),
-            B::freeze(dh),
-            dres,
-        )?;
+        let (t, d, chunk) = (self.rows * self.seq_len, self.cfg.dim, self.ce_chunk);
+        let hd = &lay.head;
+        let mut loss = 0.0;
+        let mut t0 = 0;
+        while t0 < t {
+            let c = chunk.min(t - t0);
+            let x = lay.x(self.cfg.n_layer).start + t0 * d
+                ..lay.x(self.cfg.n_layer).start + (t0 + c) * d;
+            let (norm, rstd) = (
+                hd.norm.start..hd.norm.start + c * d,
+                hd.rstd.start..hd.rstd.start + c,
+            );
+            let dh = hd.dh.start..hd.dh.start + c * d;
+            let dres = lay.dres.start + t0 * d..lay.dres.start + (t0 + c) * d;
+            let ws = &mut self.ws;
+            let [xv, nv, rv] =
+                B::split_mut(B::view_mut(ws), [x.clone(), norm.clone(), rstd.clone()])?;
+            let w = B::view(&m.output_norm);
+            be.rmsnorm(B::freeze(xv), w, self.cfg.rms_eps, nv, Some(rv))?;
+            let [nv, lv, dv] =
+                B::split_mut(B::view_mut(ws), [norm, hd.logits.clone(), dh.clone()])?;
+            let targets = &self.targets[t0..t0 + c];
+            loss += be.cross_entropy(B::freeze(nv), &m.output, targets, scale, chunk, lv, dv)?;
+            let [xv, rv, dv, gv] = B::split_mut(B::view_mut(ws), [x, rstd, dh, dres])?;
+            let (xv, rv, dv) = (B::freeze(xv), B::freeze(rv), B::freeze(dv));
+            be.rmsnorm_backward(xv, B::view(&m.output_norm), rv, dv, gv)?;
+            t0 += c;
+        }
         Ok(loss)
     }
 }

@@ -1,33 +1,41 @@
-//! One Llama layer of a [`DeviceStep`]: its forward (or its recompute from the saved layer
-//! input) and its backward, op by op over ranges of the step's one workspace, with the LoRA
-//! branches as dense `gemm`s. `T` tokens; `D` dim, `Q`/`K` the query / key-value widths, `F`
-//! the FFN width, `r` an adapter's rank. The dataflow is step_layer.rs's:
+//! One Llama layer of a [`DeviceStep`]: its forward, and its backward (the attention half
+//! recomputed from the saved layer input, then the FFN recomputed and differentiated in row
+//! chunks, then the attention half's backward), op by op over ranges of the step's one
+//! workspace, with the LoRA branches as dense `gemm`s. `T` tokens, `Tc` an FFN row chunk; `D`
+//! dim, `Q`/`K` the query / key-value widths, `F` the FFN width, `r` an adapter's rank. The
+//! dataflow is step_layer.rs's; the buffers and their lifetimes are step_device_plan.rs's
+//! (steps 1–8 forward, 12–28 backward):
 //!
 //! ```text
 //! forward                                  backward (dres = ∂L/∂x_{l+1} → ∂L/∂x_l, in place)
-//! xn  = rmsnorm(x)                         dsw  = dres·Wd (+ adapter)
-//! q,k,v = xn·W{q,k,v}ᵀ (+ adapters)        dgate, dup = swiglu'(gate, up, dsw)
-//! q,k = rope(q,k)   (per segment)          dfn  = dgate·Wg + dup·Wu (+ adapters)
-//! att = attention(q,k,v) (per segment)     dres += rmsnorm'(mid, dfn)
-//! mid = att·Woᵀ (+ adapter) + x            datt = dres·Wo (+ adapter)
-//! fn  = rmsnorm(mid)                       dq,dk,dv = attention'(datt); dq,dk = rope'(dq,dk)
-//! gate,up = fn·W{gate,up}ᵀ (+ adapters)    dxn  = dq·Wq + dk·Wk + dv·Wv (+ adapters)
-//! sw  = swiglu(gate, up)                   dres += rmsnorm'(x, dxn)
-//! x_{l+1} = mid + sw·Wdᵀ (+ adapter)
+//! xn  = rmsnorm(x)                         (attention half recomputed: q, k, v, att, mid)
+//! q,k,v = xn·W{q,k,v}ᵀ (+ adapters)        per chunk of Tc rows:
+//! q,k = rope(q,k)   (per segment)            fn, gate, up, sw recomputed for the rows
+//! att = attention(q,k,v) (per segment)       dsw  = dres·Wd (+ adapter)
+//! mid = att·Woᵀ (+ adapter) + x              dgate, dup = swiglu'(gate, up, dsw)
+//! per chunk of Tc rows:                      dfn  = dgate·Wg + dup·Wu (+ adapters)
+//!   fn  = rmsnorm(mid)                       dres += rmsnorm'(mid, dfn)
+//!   gate,up = fn·W{gate,up}ᵀ (+ adapters)  datt = dres·Wo (+ adapter)
+//!   sw  = swiglu(gate, up)                 dq,dk,dv = attention'(datt); dq,dk = rope'(dq,dk)
+//!   x_{l+1} = mid + sw·Wdᵀ (+ adapter)     xn recomputed; dxn = Σ d{q,k,v}·W (+ adapters)
+//!                                          dres += rmsnorm'(x, dxn)
 //! ```
 //!
-//! The forward builds `mid` and then `x_{l+1}` in place in `x_{l+1}`'s range (no copy op);
-//! the recompute builds `mid` in its own range and skips the base `sw·Wdᵀ` (the backward
-//! never reads it), running only the ffn_down adapter's `H = sw·Aᵀ`.
+//! Every FFN op is per row, so the chunks compute exactly the full-width values; the adapters'
+//! weight gradients sum over the chunks (`β = 1` after the first). The forward builds `mid`
+//! and then `x_{l+1}` in place in `x_{l+1}`'s range (no copy op); the recompute builds `mid`
+//! in its own range and skips the base `sw·Wdᵀ` (the backward never reads it), running only
+//! the ffn_down adapter's `H = sw·Aᵀ`.
 //!
-//! LoRA on `[T, in] → [T, out]` (derivatives.md §0.3, no dropout), `β` = 0 on a step's first
-//! micro-batch and 1 after (accumulation on the device):
-//! `H = X·Aᵀ` `[T, r]`, `Y += s·H·Bᵀ`; `dB = s·Gᵀ·H + β·dB`, `dH = s·G·B`,
+//! LoRA on `[n, in] → [n, out]` (derivatives.md §0.3, no dropout), `β` = 0 on a step's first
+//! micro-batch (and first chunk) and 1 after (accumulation on the device):
+//! `H = X·Aᵀ` `[n, r]`, `Y += s·H·Bᵀ`; `dB = s·Gᵀ·H + β·dB`, `dH = s·G·B`,
 //! `dA = dHᵀ·X + β·dA`, `dX += dH·A`.
 
 use std::ops::Range;
 
 use super::step_device::DeviceStep;
+use super::step_device_layout::{AttnRanges, FfnRanges};
 use crate::Result;
 use crate::backend::{AttentionDims, Backend, GemmDims, RopeDims};
 use crate::model::BackendModel;
@@ -84,21 +92,21 @@ impl<B: Backend> DeviceStep<B> {
         }
     }
 
-    /// Adapter `i` of layer `l` (if any): `H = x·Aᵀ` into its saved range, then `y += s·H·Bᵀ`
-    /// when `y` is given.
+    /// Adapter `i` of layer `l` (if any) on rows `t0..t0 + n`: `H = x·Aᵀ` into those rows of
+    /// its saved range, then `y += s·H·Bᵀ` when `y` is given (`x` `[n, in]`, `y` `[n, out]`).
     fn adapter_forward(
         &mut self,
         be: &B,
         l: usize,
         i: usize,
+        (t0, n): (usize, usize),
         x: &Range<usize>,
         y: Option<&Range<usize>>,
     ) -> Result<()> {
         let Some(s) = &self.slots[l * 7 + i] else {
             return Ok(());
         };
-        let n = self.tokens();
-        let h = self.lay.h[i].start..self.lay.h[i].start + n * s.rank;
+        let h = rows(&self.lay.h[i], t0, n, s.rank);
         let [xv, a, hv] = cut::<B, 3>(&mut self.ws, [x, &s.a, &h])?;
         let dims = gd(n, s.rank, s.in_f, false, true);
         be.gemm(dims, 1.0, B::freeze(xv), B::freeze(a), 0.0, hv)?;
@@ -110,48 +118,52 @@ impl<B: Backend> DeviceStep<B> {
         Ok(())
     }
 
-    /// Adapter `i` of layer `l` (if any), given `g = ∂L/∂y` `[T, out]` and its input `x`
-    /// `[T, in]`: writes (`first`) or adds its `dA`, `dB`, and adds its input gradient to `dx`.
+    /// Adapter `i` of layer `l` (if any) on rows `t0..t0 + n`, given `g = ∂L/∂y` `[n, out]` and
+    /// its input `x` `[n, in]`: writes (`first`) or adds its `dA`, `dB`, and adds its input
+    /// gradient to `dx` `[n, in]`.
     fn adapter_backward(
         &mut self,
         be: &B,
         l: usize,
         i: usize,
+        (t0, n): (usize, usize),
         [x, g, dx]: [&Range<usize>; 3],
         first: bool,
     ) -> Result<()> {
         let Some(s) = &self.slots[l * 7 + i] else {
             return Ok(());
         };
-        let (n, r, beta) = (self.tokens(), s.rank, if first { 0.0 } else { 1.0 });
-        let h = self.lay.h[i].start..self.lay.h[i].start + n * r;
+        let (r, beta) = (s.rank, if first { 0.0 } else { 1.0 });
+        let h = rows(&self.lay.h[i], t0, n, r);
         let dh = self.lay.dh.start..self.lay.dh.start + n * r;
         let ws = &mut self.ws;
-        // dB [out, r] = s·Gᵀ·H: [T, out]ᵀ × [T, r].
+        // dB [out, r] = s·Gᵀ·H: [n, out]ᵀ × [n, r].
         let [gv, hv, gb] = cut::<B, 3>(ws, [g, &h, &s.gb])?;
         let dims = gd(s.out_f, r, n, true, false);
         be.gemm(dims, s.scale, B::freeze(gv), B::freeze(hv), beta, gb)?;
-        // dH [T, r] = s·G·B: [T, out] × [out, r].
+        // dH [n, r] = s·G·B: [n, out] × [out, r].
         let [gv, b, dhv] = cut::<B, 3>(ws, [g, &s.b, &dh])?;
         let dims = gd(n, r, s.out_f, false, false);
         be.gemm(dims, s.scale, B::freeze(gv), B::freeze(b), 0.0, dhv)?;
-        // dA [r, in] = dHᵀ·X: [T, r]ᵀ × [T, in].
+        // dA [r, in] = dHᵀ·X: [n, r]ᵀ × [n, in].
         let [dhv, xv, ga] = cut::<B, 3>(ws, [&dh, x, &s.ga])?;
         let dims = gd(r, s.in_f, n, true, false);
         be.gemm(dims, 1.0, B::freeze(dhv), B::freeze(xv), beta, ga)?;
-        // dX [T, in] += dH·A: [T, r] × [r, in].
+        // dX [n, in] += dH·A: [n, r] × [r, in].
         let [dhv, a, dxv] = cut::<B, 3>(ws, [&dh, &s.a, dx])?;
         let dims = gd(n, s.in_f, r, false, false);
         be.gemm(dims, 1.0, B::freeze(dhv), B::freeze(a), 1.0, dxv)
     }
 
-    /// The forward of layer `l` from its saved input `x_l`: writes `x_{l+1}`, or with
-    /// `recompute` only re-saves the activations the backward reads.
-    pub(super) fn layer_forward(
+    /// The attention half of layer `l` from `x_l` into `a`'s buffers (steps 1–4 / 12–15 of the
+    /// plan): `out = x_l + att·Woᵀ (+ adapter)`, `out` being `x_{l+1}` in the forward and
+    /// `mid` in the recompute.
+    fn attention_half(
         &mut self,
         m: &BackendModel<'_, B>,
         l: usize,
-        recompute: bool,
+        a: &AttnRanges,
+        out: &Range<usize>,
     ) -> Result<()> {
         let (be, lw) = (&m.backend, &m.layers[l]);
         let n = self.tokens();
@@ -161,26 +173,22 @@ impl<B: Backend> DeviceStep<B> {
             self.cfg.kv_dim(),
             self.cfg.n_head,
         );
-        let lay = self.lay.clone(); // ranges only: no allocation
-        let (x, next) = (&lay.x(l), lay.x(l + 1));
-        // `mid` (and, in the forward, `x_{l+1}` built on top of it).
-        let mid = if recompute { &lay.mid } else { &next };
-
-        let [xv, xn, rstd] = cut::<B, 3>(&mut self.ws, [x, &lay.xn, &lay.rstd1])?;
+        let x = &self.lay.x(l);
+        let [xv, xn, rstd] = cut::<B, 3>(&mut self.ws, [x, &a.xn, &a.rstd])?;
         be.rmsnorm(B::freeze(xv), B::view(&lw.attn_norm), eps, xn, Some(rstd))?;
-        for (i, out, w) in [
-            (Q, &lay.q, &lw.attn_q),
-            (K, &lay.k, &lw.attn_k),
-            (V, &lay.v, &lw.attn_v),
+        for (i, y, w) in [
+            (Q, &a.q, &lw.attn_q),
+            (K, &a.k, &lw.attn_k),
+            (V, &a.v, &lw.attn_v),
         ] {
-            let [xn, y] = cut::<B, 2>(&mut self.ws, [&lay.xn, out])?;
-            be.matmul_xwt(B::freeze(xn), n, w, y)?;
-            self.adapter_forward(be, l, i, &lay.xn, Some(out))?;
+            let [xn, yv] = cut::<B, 2>(&mut self.ws, [&a.xn, y])?;
+            be.matmul_xwt(B::freeze(xn), n, w, yv)?;
+            self.adapter_forward(be, l, i, (0, n), &a.xn, Some(y))?;
         }
         let inv = B::view(&m.inv_freq);
         for si in 0..self.segments.len() {
             let (t0, len) = self.segments[si];
-            let (qr, kr) = (rows(&lay.q, t0, len, qd), rows(&lay.k, t0, len, kvd));
+            let (qr, kr) = (rows(&a.q, t0, len, qd), rows(&a.k, t0, len, kvd));
             let (dq, dk) = (
                 self.rope_dims(nh, len),
                 self.rope_dims(self.cfg.n_head_kv, len),
@@ -188,48 +196,164 @@ impl<B: Backend> DeviceStep<B> {
             let [qv, kv] = cut::<B, 2>(&mut self.ws, [&qr, &kr])?;
             be.rope(qv, inv, dq)?;
             be.rope(kv, inv, dk)?;
-            let vr = rows(&lay.v, t0, len, kvd);
-            let (ar, lr) = (rows(&lay.att, t0, len, qd), rows(&lay.lse, t0, len, nh));
+            let vr = rows(&a.v, t0, len, kvd);
+            let (ar, lr) = (rows(&a.att, t0, len, qd), rows(&a.lse, t0, len, nh));
             let ad = self.att_dims(len);
             let [qv, kv, vv, att, lse] = cut::<B, 5>(&mut self.ws, [&qr, &kr, &vr, &ar, &lr])?;
             let (qv, kv, vv) = (B::freeze(qv), B::freeze(kv), B::freeze(vv));
             be.attention(qv, kv, vv, att, Some(lse), ad)?;
         }
-        // mid = att·Woᵀ (+ adapter) + x.
-        let [att, o] = cut::<B, 2>(&mut self.ws, [&lay.att, mid])?;
+        let [att, o] = cut::<B, 2>(&mut self.ws, [&a.att, out])?;
         be.matmul_xwt(B::freeze(att), n, &lw.attn_output, o)?;
-        self.adapter_forward(be, l, O, &lay.att, Some(mid))?;
-        let [o, xv] = cut::<B, 2>(&mut self.ws, [mid, x])?;
-        be.add_assign(o, B::freeze(xv))?;
-
-        let [midv, fnv, rstd] = cut::<B, 3>(&mut self.ws, [mid, &lay.fn_, &lay.rstd2])?;
-        be.rmsnorm(B::freeze(midv), B::view(&lw.ffn_norm), eps, fnv, Some(rstd))?;
-        for (i, out, w) in [(GATE, &lay.gate, &lw.ffn_gate), (UP, &lay.up, &lw.ffn_up)] {
-            let [fnv, y] = cut::<B, 2>(&mut self.ws, [&lay.fn_, out])?;
-            be.matmul_xwt(B::freeze(fnv), n, w, y)?;
-            self.adapter_forward(be, l, i, &lay.fn_, Some(out))?;
-        }
-        let [gate, up, sw] = cut::<B, 3>(&mut self.ws, [&lay.gate, &lay.up, &lay.sw])?;
-        be.swiglu(B::freeze(gate), B::freeze(up), sw)?;
-        if recompute {
-            return self.adapter_forward(be, l, DOWN, &lay.sw, None);
-        }
-        // x_{l+1} = mid + sw·Wdᵀ (+ adapter).
-        let [sw, y] = cut::<B, 2>(&mut self.ws, [&lay.sw, &lay.y])?;
-        be.matmul_xwt(B::freeze(sw), n, &lw.ffn_down, y)?;
-        self.adapter_forward(be, l, DOWN, &lay.sw, Some(&lay.y))?;
-        let [next, y] = cut::<B, 2>(&mut self.ws, [mid, &lay.y])?;
-        be.add_assign(next, B::freeze(y))
+        self.adapter_forward(be, l, O, (0, n), &a.att, Some(out))?;
+        let [o, xv] = cut::<B, 2>(&mut self.ws, [out, x])?;
+        be.add_assign(o, B::freeze(xv))
     }
 
-    /// The backward of layer `l` (after its recompute): `dres` goes from `∂L/∂x_{l+1}` to
-    /// `∂L/∂x_l`; the adapters' gradients are written (`first`) or added.
+    /// Rows `t0..t0 + n` of layer `l`'s FFN from the residual `resid` `[T, D]` (`x_{l+1}`
+    /// holding `mid` in the forward, `mid` in the recompute) into `f`'s chunk buffers (steps
+    /// 5–8 / 16–18): norm, gate and up, SwiGLU; then in the forward `resid[rows] += sw·Wdᵀ
+    /// (+ adapter)`, in the recompute only the ffn_down adapter's `H = sw·Aᵀ` (the backward
+    /// never reads the base `sw·Wdᵀ`).
+    fn ffn_rows(
+        &mut self,
+        m: &BackendModel<'_, B>,
+        l: usize,
+        (t0, n): (usize, usize),
+        f: &FfnRanges,
+        resid: &Range<usize>,
+        recompute: bool,
+    ) -> Result<()> {
+        let (be, lw) = (&m.backend, &m.layers[l]);
+        let (d, ff) = (self.cfg.dim, self.cfg.ffn);
+        let (fnr, rstd) = (rows(&f.fn_, 0, n, d), rows(&f.rstd, 0, n, 1));
+        let (gate, up, sw) = (
+            rows(&f.gate, 0, n, ff),
+            rows(&f.up, 0, n, ff),
+            rows(&f.sw, 0, n, ff),
+        );
+        let mid = rows(resid, t0, n, d);
+        let eps = self.cfg.rms_eps;
+        let [midv, fnv, rv] = cut::<B, 3>(&mut self.ws, [&mid, &fnr, &rstd])?;
+        be.rmsnorm(B::freeze(midv), B::view(&lw.ffn_norm), eps, fnv, Some(rv))?;
+        for (i, y, w) in [(GATE, &gate, &lw.ffn_gate), (UP, &up, &lw.ffn_up)] {
+            let [fnv, yv] = cut::<B, 2>(&mut self.ws, [&fnr, y])?;
+            be.matmul_xwt(B::freeze(fnv), n, w, yv)?;
+            self.adapter_forward(be, l, i, (t0, n), &fnr, Some(y))?;
+        }
+        let [gv, uv, sv] = cut::<B, 3>(&mut self.ws, [&gate, &up, &sw])?;
+        be.swiglu(B::freeze(gv), B::freeze(uv), sv)?;
+        if recompute {
+            return self.adapter_forward(be, l, DOWN, (t0, n), &sw, None);
+        }
+        let y = rows(&f.y, 0, n, d);
+        let [sv, yv] = cut::<B, 2>(&mut self.ws, [&sw, &y])?;
+        be.matmul_xwt(B::freeze(sv), n, &lw.ffn_down, yv)?;
+        self.adapter_forward(be, l, DOWN, (t0, n), &sw, Some(&y))?;
+        let [next, yv] = cut::<B, 2>(&mut self.ws, [&mid, &y])?;
+        be.add_assign(next, B::freeze(yv))
+    }
+
+    /// The forward of layer `l` from its saved input `x_l` into `x_{l+1}` (the FFN in row
+    /// chunks of `Tc`).
+    pub(super) fn layer_forward(&mut self, m: &BackendModel<'_, B>, l: usize) -> Result<()> {
+        let lay = self.lay.clone(); // ranges only: no allocation
+        let next = lay.x(l + 1);
+        self.attention_half(m, l, &lay.fwd, &next)?;
+        let (n, tc) = (self.tokens(), self.ffn_chunk);
+        let mut t0 = 0;
+        while t0 < n {
+            let c = tc.min(n - t0);
+            self.ffn_rows(m, l, (t0, c), &lay.ffn, &next, false)?;
+            t0 += c;
+        }
+        Ok(())
+    }
+
+    /// The backward of layer `l`: recomputes its attention half from `x_l`, then per FFN row
+    /// chunk recomputes and differentiates the FFN, then the attention half's backward;
+    /// `dres` goes from `∂L/∂x_{l+1}` to `∂L/∂x_l`, the adapters' gradients are written
+    /// (`first`: on the first chunk) or added.
     pub(super) fn layer_backward(
         &mut self,
         m: &BackendModel<'_, B>,
         l: usize,
         first: bool,
     ) -> Result<()> {
+        let lay = self.lay.clone();
+        let mid = &lay.datt.mid;
+        self.attention_half(m, l, &lay.rc, mid)?;
+        let (n, tc) = (self.tokens(), self.ffn_chunk);
+        let mut t0 = 0;
+        while t0 < n {
+            let c = tc.min(n - t0);
+            self.ffn_rows(m, l, (t0, c), &lay.rc_ffn, mid, true)?;
+            self.ffn_rows_backward(m, l, (t0, c), first && t0 == 0)?;
+            t0 += c;
+        }
+        self.attention_backward(m, l, first)
+    }
+
+    /// The FFN backward of rows `t0..t0 + n` after their recompute (steps 19–23): `dres[rows]`
+    /// goes from `∂L/∂x_{l+1}` to `∂L/∂mid`.
+    fn ffn_rows_backward(
+        &mut self,
+        m: &BackendModel<'_, B>,
+        l: usize,
+        (t0, n): (usize, usize),
+        first: bool,
+    ) -> Result<()> {
+        let (be, lw) = (&m.backend, &m.layers[l]);
+        let (d, ff) = (self.cfg.dim, self.cfg.ffn);
+        let (f, g) = (&self.lay.rc_ffn, &self.lay.dffn);
+        let (fnr, rstd) = (rows(&f.fn_, 0, n, d), rows(&f.rstd, 0, n, 1));
+        let (gate, up, sw) = (
+            rows(&f.gate, 0, n, ff),
+            rows(&f.up, 0, n, ff),
+            rows(&f.sw, 0, n, ff),
+        );
+        let (dsw, dgate, dup) = (
+            rows(&g.dsw, 0, n, ff),
+            rows(&g.dgate, 0, n, ff),
+            rows(&g.dup, 0, n, ff),
+        );
+        let (dfn, dtmp, dmid) = (
+            rows(&g.dfn, 0, n, d),
+            rows(&g.dtmp, 0, n, d),
+            rows(&g.dmid, 0, n, d),
+        );
+        let (dres, mid) = (
+            rows(&self.lay.dres, t0, n, d),
+            rows(&self.lay.datt.mid, t0, n, d),
+        );
+
+        let [gv, dswv] = cut::<B, 2>(&mut self.ws, [&dres, &dsw])?;
+        be.matmul_dyw(B::freeze(gv), n, &lw.ffn_down, dswv)?;
+        self.adapter_backward(be, l, DOWN, (t0, n), [&sw, &dres, &dsw], first)?;
+
+        let [gv, uv, dswv, dgv, duv] = cut::<B, 5>(&mut self.ws, [&gate, &up, &dsw, &dgate, &dup])?;
+        let (gv, uv, dswv) = (B::freeze(gv), B::freeze(uv), B::freeze(dswv));
+        be.swiglu_backward(gv, uv, dswv, dgv, duv)?;
+
+        let [dgv, dfnv] = cut::<B, 2>(&mut self.ws, [&dgate, &dfn])?;
+        be.matmul_dyw(B::freeze(dgv), n, &lw.ffn_gate, dfnv)?;
+        self.adapter_backward(be, l, GATE, (t0, n), [&fnr, &dgate, &dfn], first)?;
+        let [duv, dtv] = cut::<B, 2>(&mut self.ws, [&dup, &dtmp])?;
+        be.matmul_dyw(B::freeze(duv), n, &lw.ffn_up, dtv)?;
+        self.adapter_backward(be, l, UP, (t0, n), [&fnr, &dup, &dtmp], first)?;
+        let [dfnv, dtv] = cut::<B, 2>(&mut self.ws, [&dfn, &dtmp])?;
+        be.add_assign(dfnv, B::freeze(dtv))?;
+
+        let [midv, rv, dfnv, dmv] = cut::<B, 4>(&mut self.ws, [&mid, &rstd, &dfn, &dmid])?;
+        let (midv, rv, dfnv) = (B::freeze(midv), B::freeze(rv), B::freeze(dfnv));
+        be.rmsnorm_backward(midv, B::view(&lw.ffn_norm), rv, dfnv, dmv)?;
+        let [gv, dmv] = cut::<B, 2>(&mut self.ws, [&dres, &dmid])?;
+        be.add_assign(gv, B::freeze(dmv))
+    }
+
+    /// The attention half's backward of layer `l` after the FFN's (steps 24–28): `dres` goes
+    /// from `∂L/∂mid` to `∂L/∂x_l`.
+    fn attention_backward(&mut self, m: &BackendModel<'_, B>, l: usize, first: bool) -> Result<()> {
         let (be, lw) = (&m.backend, &m.layers[l]);
         let n = self.tokens();
         let (qd, kvd, nh, nkv) = (
@@ -239,48 +363,22 @@ impl<B: Backend> DeviceStep<B> {
             self.cfg.n_head_kv,
         );
         let lay = self.lay.clone();
-        let dres = &lay.dres;
+        let (a, g, dres) = (&lay.rc, &lay.datt, &lay.dres);
+        let all = (0, n);
 
-        let [g, dsw] = cut::<B, 2>(&mut self.ws, [dres, &lay.dsw])?;
-        be.matmul_dyw(B::freeze(g), n, &lw.ffn_down, dsw)?;
-        self.adapter_backward(be, l, DOWN, [&lay.sw, dres, &lay.dsw], first)?;
-
-        let [gate, up, dsw, dgate, dup] = cut::<B, 5>(
-            &mut self.ws,
-            [&lay.gate, &lay.up, &lay.dsw, &lay.dgate, &lay.dup],
-        )?;
-        let (gate, up, dsw) = (B::freeze(gate), B::freeze(up), B::freeze(dsw));
-        be.swiglu_backward(gate, up, dsw, dgate, dup)?;
-
-        let [dgate, dfn] = cut::<B, 2>(&mut self.ws, [&lay.dgate, &lay.dfn])?;
-        be.matmul_dyw(B::freeze(dgate), n, &lw.ffn_gate, dfn)?;
-        self.adapter_backward(be, l, GATE, [&lay.fn_, &lay.dgate, &lay.dfn], first)?;
-        let [dup, dtmp] = cut::<B, 2>(&mut self.ws, [&lay.dup, &lay.dtmp])?;
-        be.matmul_dyw(B::freeze(dup), n, &lw.ffn_up, dtmp)?;
-        self.adapter_backward(be, l, UP, [&lay.fn_, &lay.dup, &lay.dtmp], first)?;
-        let [dfn, dtmp] = cut::<B, 2>(&mut self.ws, [&lay.dfn, &lay.dtmp])?;
-        be.add_assign(dfn, B::freeze(dtmp))?;
-
-        let [mid, rstd, dfn, dmid] =
-            cut::<B, 4>(&mut self.ws, [&lay.mid, &lay.rstd2, &lay.dfn, &lay.dtmp])?;
-        let (mid, rstd, dfn) = (B::freeze(mid), B::freeze(rstd), B::freeze(dfn));
-        be.rmsnorm_backward(mid, B::view(&lw.ffn_norm), rstd, dfn, dmid)?;
-        let [g, dmid] = cut::<B, 2>(&mut self.ws, [dres, &lay.dtmp])?;
-        be.add_assign(g, B::freeze(dmid))?;
-
-        let [g, datt] = cut::<B, 2>(&mut self.ws, [dres, &lay.datt])?;
-        be.matmul_dyw(B::freeze(g), n, &lw.attn_output, datt)?;
-        self.adapter_backward(be, l, O, [&lay.att, dres, &lay.datt], first)?;
+        let [gv, datt] = cut::<B, 2>(&mut self.ws, [dres, &g.datt])?;
+        be.matmul_dyw(B::freeze(gv), n, &lw.attn_output, datt)?;
+        self.adapter_backward(be, l, O, all, [&a.att, dres, &g.datt], first)?;
 
         let inv = B::view(&m.inv_freq);
         for si in 0..self.segments.len() {
             let (t0, len) = self.segments[si];
-            let (qr, kr) = (rows(&lay.q, t0, len, qd), rows(&lay.k, t0, len, kvd));
-            let vr = rows(&lay.v, t0, len, kvd);
-            let (ar, lr) = (rows(&lay.att, t0, len, qd), rows(&lay.lse, t0, len, nh));
-            let dar = rows(&lay.datt, t0, len, qd);
-            let (dqr, dkr) = (rows(&lay.dq, t0, len, qd), rows(&lay.dk, t0, len, kvd));
-            let dvr = rows(&lay.dv, t0, len, kvd);
+            let (qr, kr) = (rows(&a.q, t0, len, qd), rows(&a.k, t0, len, kvd));
+            let vr = rows(&a.v, t0, len, kvd);
+            let (ar, lr) = (rows(&a.att, t0, len, qd), rows(&a.lse, t0, len, nh));
+            let dar = rows(&g.datt, t0, len, qd);
+            let (dqr, dkr) = (rows(&g.dq, t0, len, qd), rows(&g.dk, t0, len, kvd));
+            let dvr = rows(&g.dv, t0, len, kvd);
             let ad = self.att_dims(len);
             let [q, k, v, att, lse, datt, dq, dk, dv] = cut::<B, 9>(
                 &mut self.ws,
@@ -295,26 +393,32 @@ impl<B: Backend> DeviceStep<B> {
             be.rope_backward(dk, inv, rk)?;
         }
 
+        // xn again (rather than kept through the FFN and the attention backward): the same
+        // rmsnorm of the same x_l, the same values.
+        let x = lay.x(l);
+        let [xv, xn, rstd] = cut::<B, 3>(&mut self.ws, [&x, &g.xn, &a.rstd])?;
+        let eps = self.cfg.rms_eps;
+        be.rmsnorm(B::freeze(xv), B::view(&lw.attn_norm), eps, xn, Some(rstd))?;
+
         // dxn = dq·Wq + dk·Wk + dv·Wv (+ adapters), the K and V parts through dtmp.
-        for (i, g, w, into) in [
-            (Q, &lay.dq, &lw.attn_q, &lay.dxn),
-            (K, &lay.dk, &lw.attn_k, &lay.dtmp),
-            (V, &lay.dv, &lw.attn_v, &lay.dtmp),
+        for (i, gr, w, into) in [
+            (Q, &g.dq, &lw.attn_q, &g.dxn),
+            (K, &g.dk, &lw.attn_k, &g.dtmp),
+            (V, &g.dv, &lw.attn_v, &g.dtmp),
         ] {
-            let [gv, dx] = cut::<B, 2>(&mut self.ws, [g, into])?;
+            let [gv, dx] = cut::<B, 2>(&mut self.ws, [gr, into])?;
             be.matmul_dyw(B::freeze(gv), n, w, dx)?;
-            self.adapter_backward(be, l, i, [&lay.xn, g, into], first)?;
+            self.adapter_backward(be, l, i, all, [&g.xn, gr, into], first)?;
             if i != Q {
-                let [dxn, dtmp] = cut::<B, 2>(&mut self.ws, [&lay.dxn, &lay.dtmp])?;
+                let [dxn, dtmp] = cut::<B, 2>(&mut self.ws, [&g.dxn, &g.dtmp])?;
                 be.add_assign(dxn, B::freeze(dtmp))?;
             }
         }
 
-        let [x, rstd, dxn, dx] =
-            cut::<B, 4>(&mut self.ws, [&lay.x(l), &lay.rstd1, &lay.dxn, &lay.dtmp])?;
-        let (x, rstd, dxn) = (B::freeze(x), B::freeze(rstd), B::freeze(dxn));
-        be.rmsnorm_backward(x, B::view(&lw.attn_norm), rstd, dxn, dx)?;
-        let [g, dx] = cut::<B, 2>(&mut self.ws, [dres, &lay.dtmp])?;
-        be.add_assign(g, B::freeze(dx))
+        let [xv, rstd, dxn, dx] = cut::<B, 4>(&mut self.ws, [&x, &a.rstd, &g.dxn, &g.dx])?;
+        let (xv, rstd, dxn) = (B::freeze(xv), B::freeze(rstd), B::freeze(dxn));
+        be.rmsnorm_backward(xv, B::view(&lw.attn_norm), rstd, dxn, dx)?;
+        let [gv, dx] = cut::<B, 2>(&mut self.ws, [dres, &g.dx])?;
+        be.add_assign(gv, B::freeze(dx))
     }
 }

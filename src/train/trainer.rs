@@ -264,51 +264,68 @@ impl<'f> Trainer<'f> {
 
     /// Runs the micro-batches on `device` from now on (engine.rs): `Cpu` keeps the CPU step;
     /// CUDA builds a device step for the plain-LoRA family (other methods are an error). The
-    /// plan is redone with the device step's bytes in place of the CPU arena (its workspace
-    /// counts where it lives in host DRAM) and checked against the budget again; the CPU arena
-    /// is then freed.
+    /// plan is redone with the device step's planned bytes ([`super::plan_device_step`], before
+    /// anything is allocated) in place of the CPU arena (its workspace counts where it lives in
+    /// host DRAM) and checked against the budget again; the step is then built (an error if it
+    /// allocated other than planned) and the CPU arena freed.
     /// `file` is the one the trainer was made from.
     pub fn use_device(&mut self, file: &'f GgufFile, device: super::engine::Device) -> Result<()> {
+        use super::engine::{Device, Engine};
         let chunk = self.step.shape.ce_chunk;
-        self.engine =
-            super::engine::Engine::new(device, file, &self.llama, &self.set, &self.cfg, chunk)?;
-        let workspace = self.engine.device_bytes() as u64;
-        if workspace > 0 {
-            // The plan counted the CPU step's arena; the device step replaces it with its host
-            // staging, and with its workspace too where that lives in host DRAM (a Jetson).
-            let arena = self.step.arena_bytes() as u64;
-            let staging = self.engine.host_bytes() as u64;
-            let shared = if self.engine.workspace_in_host_memory() {
-                workspace
-            } else {
-                0
-            };
-            let total = self.planned_bytes.saturating_sub(arena) + staging + shared;
-            if let Some(budget) = self.cfg.budget_bytes
-                && total > budget
-            {
-                self.engine = super::engine::Engine::Cpu;
-                return Err(Error::Invalid(format!(
-                    "device training step: needs {total} bytes with its workspace of {workspace} \
-                     bytes{} and {staging} bytes of host staging in place of the CPU arena's \
-                     {arena}, over the budget of {budget} bytes by {}; lower --seq-len, --batch \
-                     or --rank, or use --backend cpu",
-                    if shared > 0 {
-                        " (in host DRAM)"
-                    } else {
-                        " (device memory)"
-                    },
-                    total - budget
-                )));
-            }
-            log::info!(
-                "device training step: plan {total} bytes (workspace {workspace}, staging \
-                 {staging}, replacing the CPU arena of {arena})"
-            );
-            self.planned_bytes = total;
-            // The CPU step's arena would sit unused beside the device workspace: free it.
-            self.step.release_arena();
+        if matches!(device, Device::Cpu) {
+            self.engine = Engine::Cpu;
+            return Ok(());
         }
+        Engine::check_method(&device, &self.cfg)?;
+        // The device step's plan, from shapes alone: held to the budget before anything is
+        // allocated or attached. The plan counted the CPU step's arena; the device step
+        // replaces it with its host bytes, and with its workspace too where that lives in host
+        // DRAM (the CPU backend, a Jetson).
+        // Under a budget, the FFN runs in the largest row chunks that fit it (fewer passes
+        // over its weights); without one, in the chunks of the smallest workspace.
+        let (rows, seq, accumulate) = (self.cfg.batch, self.cfg.seq_len, self.cfg.accum > 1);
+        let mut shape = super::DeviceShape::for_set(&self.set, rows, seq, chunk, accumulate)?;
+        let in_host = device.workspace_in_host_memory();
+        let (cpu_total, arena) = (self.planned_bytes, self.step.arena_bytes() as u64);
+        let budget = self.cfg.budget_bytes.unwrap_or(0);
+        let fits = |p: &super::DevicePlan| p.total_in_place_of(cpu_total, arena, in_host) <= budget;
+        let plan = super::plan_device_step_within(self.llama.config(), &shape, fits)?;
+        shape.ffn_chunk = Some(plan.ffn_chunk());
+        let (workspace, staging) = (plan.workspace_bytes() as u64, plan.host_bytes() as u64);
+        let total = plan.total_in_place_of(cpu_total, arena, in_host);
+        if let Some(budget) = self.cfg.budget_bytes
+            && total > budget
+        {
+            return Err(Error::Invalid(format!(
+                "device training step: needs {total} bytes with its workspace of {workspace} \
+                 bytes{} and {staging} bytes of host staging in place of the CPU arena's \
+                 {arena}, over the budget of {budget} bytes by {}; lower --seq-len, --batch \
+                 or --rank, or use --backend cpu",
+                if in_host {
+                    " (in host DRAM)"
+                } else {
+                    " (device memory)"
+                },
+                total - budget
+            )));
+        }
+        let engine = Engine::new(device, file, &self.llama, &self.set, &self.cfg, &shape)?;
+        if (engine.device_bytes() as u64, engine.host_bytes() as u64) != (workspace, staging) {
+            return Err(Error::Invalid(format!(
+                "device training step: allocated {} + {} bytes, planned {workspace} + {staging}",
+                engine.device_bytes(),
+                engine.host_bytes()
+            )));
+        }
+        log::info!(
+            "device training step: plan {total} bytes (workspace {workspace}, staging \
+             {staging}, replacing the CPU arena of {arena}; FFN in chunks of {} tokens)",
+            plan.ffn_chunk()
+        );
+        self.engine = engine;
+        self.planned_bytes = total;
+        // The CPU step's arena would sit unused beside the device workspace: free it.
+        self.step.release_arena();
         Ok(())
     }
 
