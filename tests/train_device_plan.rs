@@ -187,8 +187,8 @@ fn planned_bytes_are_what_a_device_step_allocates() {
 }
 
 /// The trainer holds exactly the planned bytes against the budget, and they are the bytes
-/// the engine's step allocated: without a budget the smallest workspace's FFN chunk, under one
-/// the largest chunk that fits.
+/// the engine's step allocated: without a budget the whole micro-batch as the FFN chunk, under
+/// one the largest chunk that fits (a budget of the smallest workspace's total included).
 #[test]
 fn the_trainer_plans_the_device_step_it_builds() {
     use edgetune::train::Trainer;
@@ -201,22 +201,28 @@ fn the_trainer_plans_the_device_step_it_builds() {
     cfg.accum = 2;
     let tokens = cfg.batch * cfg.seq_len;
     let chunk = cfg.ce_chunk.min(tokens);
-    for budget in [None, Some(1u64 << 40)] {
+    // The smallest device plan's total (or the CPU plan's, which Trainer::new holds to the
+    // budget first, if larger), as a budget that the whole-batch FFN chunk may not meet.
+    let tight = {
+        let t = Trainer::new(&file, &cfg).unwrap();
+        let (cpu_total, cpu_arena) = (t.planned_bytes(), t.train_step().arena_bytes() as u64);
+        let shape = DeviceShape::lora(llama.config(), &cfg, chunk);
+        let smallest = plan_device_step(llama.config(), &shape).unwrap();
+        smallest.total_in_place_of(cpu_total, cpu_arena, true).max(cpu_total)
+    };
+    for budget in [None, Some(1u64 << 40), Some(tight)] {
         cfg.budget_bytes = budget;
         let mut t = Trainer::new(&file, &cfg).unwrap();
         let (cpu_total, cpu_arena) = (t.planned_bytes(), t.train_step().arena_bytes() as u64);
         let shape =
             DeviceShape::for_set(t.adapters(), cfg.batch, cfg.seq_len, chunk, true).unwrap();
         assert_eq!(shape, DeviceShape::lora(llama.config(), &cfg, chunk));
-        let plan = match budget {
-            None => plan_device_step(llama.config(), &shape).unwrap(),
-            Some(b) => plan_device_step_within(llama.config(), &shape, |p| {
-                p.total_in_place_of(cpu_total, cpu_arena, true) <= b
-            })
-            .unwrap(),
-        };
-        if budget.is_some() {
-            assert_eq!(plan.ffn_chunk(), tokens);
+        let plan = plan_device_step_within(llama.config(), &shape, |p| {
+            budget.is_none_or(|b| p.total_in_place_of(cpu_total, cpu_arena, true) <= b)
+        })
+        .unwrap();
+        if budget != Some(tight) {
+            assert_eq!(plan.ffn_chunk(), tokens, "{budget:?}");
         }
         t.use_device(&file, Device::CpuDeviceStep).unwrap();
         assert_eq!(t.device_bytes(), plan.workspace_bytes(), "{budget:?}");

@@ -306,6 +306,14 @@ fn the_device_step_is_planned_in_place_of_the_cpu_arena_and_held_to_the_budget()
     // and refuses the device step (before building it; tests/train_device_plan.rs checks the
     // planned numbers against the allocation).
     assert!(device_total > cpu_total);
+    // Without a budget the FFN runs over the whole micro-batch; under one the trainer tries
+    // smaller FFN chunks first, so the refusal comes only below the smallest plan's total.
+    let llama = Llama::load(&file).unwrap();
+    let chunk = cfg.ce_chunk.min(cfg.batch * cfg.seq_len);
+    let shape = edgetune::train::DeviceShape::lora(llama.config(), &cfg, chunk);
+    let smallest = edgetune::train::plan_device_step(llama.config(), &shape).unwrap();
+    let device_total = smallest.total_in_place_of(cpu_total, cpu_arena, true);
+    assert!(device_total > cpu_total);
     for (budget, fits) in [(device_total, true), (device_total - 1, false)] {
         cfg.budget_bytes = Some(budget);
         let mut t = Trainer::new(&file, &cfg).unwrap();

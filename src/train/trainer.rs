@@ -281,14 +281,16 @@ impl<'f> Trainer<'f> {
         // allocated or attached. The plan counted the CPU step's arena; the device step
         // replaces it with its host bytes, and with its workspace too where that lives in host
         // DRAM (the CPU backend, a Jetson).
-        // Under a budget, the FFN runs in the largest row chunks that fit it (fewer passes
-        // over its weights); without one, in the chunks of the smallest workspace.
+        // The FFN runs in the largest row chunks that fit the budget (fewer passes over its
+        // weights); without a budget, over the whole micro-batch (the fastest).
         let (rows, seq, accumulate) = (self.cfg.batch, self.cfg.seq_len, self.cfg.accum > 1);
         let mut shape = super::DeviceShape::for_set(&self.set, rows, seq, chunk, accumulate)?;
         let in_host = device.workspace_in_host_memory();
         let (cpu_total, arena) = (self.planned_bytes, self.step.arena_bytes() as u64);
-        let budget = self.cfg.budget_bytes.unwrap_or(0);
-        let fits = |p: &super::DevicePlan| p.total_in_place_of(cpu_total, arena, in_host) <= budget;
+        let budget = self.cfg.budget_bytes;
+        let fits = |p: &super::DevicePlan| {
+            budget.is_none_or(|b| p.total_in_place_of(cpu_total, arena, in_host) <= b)
+        };
         let plan = super::plan_device_step_within(self.llama.config(), &shape, fits)?;
         shape.ffn_chunk = Some(plan.ffn_chunk());
         let (workspace, staging) = (plan.workspace_bytes() as u64, plan.host_bytes() as u64);
