@@ -140,6 +140,72 @@ impl<'f> Engine<'f> {
         }
     }
 
+    /// The engine for `device`, planned before it is built, with the run's new planned total:
+    /// `None` for [`Device::Cpu`] (the CPU step stays). The device step's plan, from shapes
+    /// alone ([`super::plan_device_step_within`]), replaces the CPU step's `arena` in the
+    /// trainer's `cpu_total` with its host bytes, and with its workspace too where that lives
+    /// in host DRAM (the CPU backend, a Jetson); over `cfg.budget_bytes` it is refused before
+    /// anything is allocated or attached. The FFN runs in the largest row chunks that fit the
+    /// budget (fewer passes over its weights); without a budget, over the whole micro-batch
+    /// (the fastest). Built, the step must hold exactly the planned bytes.
+    #[allow(clippy::too_many_arguments)]
+    pub fn planned(
+        device: Device,
+        file: &'f crate::gguf::GgufFile,
+        llama: &Llama<'f>,
+        set: &AdapterSet,
+        cfg: &super::TrainConfig,
+        ce_chunk: usize,
+        cpu_total: u64,
+        arena: u64,
+    ) -> Result<Option<(Engine<'f>, u64)>> {
+        if matches!(device, Device::Cpu) {
+            return Ok(None);
+        }
+        Engine::check_method(&device, cfg)?;
+        let (rows, seq, accumulate) = (cfg.batch, cfg.seq_len, cfg.accum > 1);
+        let mut shape = DeviceShape::for_set(set, rows, seq, ce_chunk, accumulate)?;
+        let in_host = device.workspace_in_host_memory();
+        let budget = cfg.budget_bytes;
+        let fits = |p: &super::DevicePlan| {
+            budget.is_none_or(|b| p.total_in_place_of(cpu_total, arena, in_host) <= b)
+        };
+        let plan = super::plan_device_step_within(llama.config(), &shape, fits)?;
+        shape.ffn_chunk = Some(plan.ffn_chunk());
+        let (workspace, staging) = (plan.workspace_bytes() as u64, plan.host_bytes() as u64);
+        let total = plan.total_in_place_of(cpu_total, arena, in_host);
+        if let Some(budget) = budget
+            && total > budget
+        {
+            return Err(Error::Invalid(format!(
+                "device training step: needs {total} bytes with its workspace of {workspace} \
+                 bytes{} and {staging} bytes of host staging in place of the CPU arena's \
+                 {arena}, over the budget of {budget} bytes by {}; lower --seq-len, --batch \
+                 or --rank, or use --backend cpu",
+                if in_host {
+                    " (in host DRAM)"
+                } else {
+                    " (device memory)"
+                },
+                total - budget
+            )));
+        }
+        let engine = Engine::new(device, file, llama, set, cfg, &shape)?;
+        if (engine.device_bytes() as u64, engine.host_bytes() as u64) != (workspace, staging) {
+            return Err(Error::Invalid(format!(
+                "device training step: allocated {} + {} bytes, planned {workspace} + {staging}",
+                engine.device_bytes(),
+                engine.host_bytes()
+            )));
+        }
+        log::info!(
+            "device training step: plan {total} bytes (workspace {workspace}, staging \
+             {staging}, replacing the CPU arena of {arena}; FFN in chunks of {} tokens)",
+            plan.ffn_chunk()
+        );
+        Ok(Some((engine, total)))
+    }
+
     /// Refuses a device engine for methods other than the plain-LoRA family (by name).
     pub fn check_method(device: &Device, cfg: &super::TrainConfig) -> Result<()> {
         use super::Method;

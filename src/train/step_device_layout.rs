@@ -1,4 +1,5 @@
-//! The ranges of a [`super::DeviceStep`]'s workspace, by what they hold (the types of
+//! What a [`super::DeviceStep`] is planned for ([`DeviceShape`]: tokens, chunks, each adapted
+//! linear's rank and features) and the ranges of its workspace, by what they hold (the types of
 //! step_device_plan.rs's layout): each adapted linear's parameters and gradients, one layer's
 //! attention half and FFN row chunk (forward and recompute), their gradients, the head's
 //! chunk, the layer inputs. Shapes in f32: `T` tokens, `Tc` an FFN row chunk, `C` a
@@ -6,6 +7,92 @@
 //! heads, `V` the vocabulary. Ranges only, so that cloning a layout allocates nothing.
 
 use std::ops::Range;
+
+use super::adapter_set::{AdapterSet, target_index, target_shape};
+use super::config::TrainConfig;
+use crate::Result;
+use crate::adapters::Target;
+use crate::model::LlamaConfig;
+
+/// The shape of one adapted linear: LoRA rank and the linear's `in`/`out` features.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlotShape {
+    pub rank: usize,
+    pub in_f: usize,
+    pub out_f: usize,
+}
+
+/// What a device step is planned for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceShape {
+    pub rows: usize,
+    pub seq_len: usize,
+    /// Tokens per cross-entropy chunk (capped at `T`).
+    pub ce_chunk: usize,
+    /// Later micro-batches of a step add to the gradients.
+    pub accumulate: bool,
+    /// Tokens per FFN row chunk; `None`: the largest of `T`, 1024, 512, … 16 that does not
+    /// make the workspace larger than the smallest of them does.
+    pub ffn_chunk: Option<usize>,
+    /// Per slot `layer · 7 + target` ([`Target::ALL`] order): its adapter, if any.
+    pub slots: Vec<Option<SlotShape>>,
+}
+
+impl DeviceShape {
+    /// LoRA of `tc.lora.rank` on `tc.lora.targets` of every layer, `tc.batch × tc.seq_len`
+    /// tokens, accumulation when `tc.accum > 1`, the loss in chunks of `ce_chunk`.
+    pub fn lora(cfg: &LlamaConfig, tc: &TrainConfig, ce_chunk: usize) -> DeviceShape {
+        let per_layer: Vec<Option<SlotShape>> = Target::ALL
+            .iter()
+            .map(|&t| {
+                tc.lora.targets.contains(&t).then(|| {
+                    let (in_f, out_f) = target_shape(cfg, t);
+                    SlotShape {
+                        rank: tc.lora.rank,
+                        in_f,
+                        out_f,
+                    }
+                })
+            })
+            .collect();
+        DeviceShape {
+            rows: tc.batch,
+            seq_len: tc.seq_len,
+            ce_chunk,
+            accumulate: tc.accum > 1,
+            ffn_chunk: None,
+            slots: (0..cfg.n_layer).flat_map(|_| per_layer.clone()).collect(),
+        }
+    }
+
+    /// The shape of `set`'s adapters (each must be a plain LoRA without dropout: an error
+    /// naming the method or the flag otherwise).
+    pub fn for_set(
+        set: &AdapterSet,
+        rows: usize,
+        seq_len: usize,
+        ce_chunk: usize,
+        accumulate: bool,
+    ) -> Result<DeviceShape> {
+        let mut slots = vec![None; set.n_layer() * Target::ALL.len()];
+        for (layer, target, a) in set.iter() {
+            let lora = super::step_device::plain_lora(a, layer, target)?;
+            slots[layer * Target::ALL.len() + target_index(target)] = Some(SlotShape {
+                rank: lora.rank(),
+                in_f: a.in_features(),
+                out_f: a.out_features(),
+            });
+        }
+        Ok(DeviceShape {
+            rows,
+            seq_len,
+            ce_chunk,
+            accumulate,
+            ffn_chunk: None,
+            slots,
+        })
+    }
+}
 
 /// One adapted linear: where its `A` `[r, in]`, `B` `[out, r]` and their gradients live in the
 /// workspace (`ga`, `gb` adjacent: the slot's gradients are `ga.start..gb.end`), and its scale

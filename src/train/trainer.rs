@@ -270,60 +270,22 @@ impl<'f> Trainer<'f> {
     /// allocated other than planned) and the CPU arena freed.
     /// `file` is the one the trainer was made from.
     pub fn use_device(&mut self, file: &'f GgufFile, device: super::engine::Device) -> Result<()> {
-        use super::engine::{Device, Engine};
-        let chunk = self.step.shape.ce_chunk;
-        if matches!(device, Device::Cpu) {
-            self.engine = Engine::Cpu;
-            return Ok(());
-        }
-        Engine::check_method(&device, &self.cfg)?;
-        // The device step's plan, from shapes alone: held to the budget before anything is
-        // allocated or attached. The plan counted the CPU step's arena; the device step
-        // replaces it with its host bytes, and with its workspace too where that lives in host
-        // DRAM (the CPU backend, a Jetson).
-        // The FFN runs in the largest row chunks that fit the budget (fewer passes over its
-        // weights); without a budget, over the whole micro-batch (the fastest).
-        let (rows, seq, accumulate) = (self.cfg.batch, self.cfg.seq_len, self.cfg.accum > 1);
-        let mut shape = super::DeviceShape::for_set(&self.set, rows, seq, chunk, accumulate)?;
-        let in_host = device.workspace_in_host_memory();
         let (cpu_total, arena) = (self.planned_bytes, self.step.arena_bytes() as u64);
-        let budget = self.cfg.budget_bytes;
-        let fits = |p: &super::DevicePlan| {
-            budget.is_none_or(|b| p.total_in_place_of(cpu_total, arena, in_host) <= b)
+        let chunk = self.step.shape.ce_chunk;
+        let Some((engine, total)) = super::engine::Engine::planned(
+            device,
+            file,
+            &self.llama,
+            &self.set,
+            &self.cfg,
+            chunk,
+            cpu_total,
+            arena,
+        )?
+        else {
+            self.engine = super::engine::Engine::Cpu;
+            return Ok(());
         };
-        let plan = super::plan_device_step_within(self.llama.config(), &shape, fits)?;
-        shape.ffn_chunk = Some(plan.ffn_chunk());
-        let (workspace, staging) = (plan.workspace_bytes() as u64, plan.host_bytes() as u64);
-        let total = plan.total_in_place_of(cpu_total, arena, in_host);
-        if let Some(budget) = self.cfg.budget_bytes
-            && total > budget
-        {
-            return Err(Error::Invalid(format!(
-                "device training step: needs {total} bytes with its workspace of {workspace} \
-                 bytes{} and {staging} bytes of host staging in place of the CPU arena's \
-                 {arena}, over the budget of {budget} bytes by {}; lower --seq-len, --batch \
-                 or --rank, or use --backend cpu",
-                if in_host {
-                    " (in host DRAM)"
-                } else {
-                    " (device memory)"
-                },
-                total - budget
-            )));
-        }
-        let engine = Engine::new(device, file, &self.llama, &self.set, &self.cfg, &shape)?;
-        if (engine.device_bytes() as u64, engine.host_bytes() as u64) != (workspace, staging) {
-            return Err(Error::Invalid(format!(
-                "device training step: allocated {} + {} bytes, planned {workspace} + {staging}",
-                engine.device_bytes(),
-                engine.host_bytes()
-            )));
-        }
-        log::info!(
-            "device training step: plan {total} bytes (workspace {workspace}, staging \
-             {staging}, replacing the CPU arena of {arena}; FFN in chunks of {} tokens)",
-            plan.ffn_chunk()
-        );
         self.engine = engine;
         self.planned_bytes = total;
         // The CPU step's arena would sit unused beside the device workspace: free it.
