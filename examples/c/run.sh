@@ -46,11 +46,12 @@ if [ "$arch" = host ]; then
   echo "dynamic run ok"
 else
   dist=target/c-example/aarch64-dist
-  # The dev profile with the test profile's opt-level hashes like the test profile, so it reuses
-  # the dependencies scripts/test-aarch64.sh built (CI runs it first). (`cargo rustc --profile
-  # test` itself would build the test harness, not the libraries.) Deployments use
-  # scripts/cross-build.sh --lib (release).
-  CARGO_PROFILE_DEV_OPT_LEVEL=2 scripts/cross-build.sh --lib --profile dev --out "$dist"
+  # The dev profile with the test profile's opt-level and debug info (Cargo.toml) hashes like the
+  # test profile, so it reuses the dependencies scripts/test-aarch64.sh built (CI runs it first).
+  # (`cargo rustc --profile test` itself would build the test harness, not the libraries.)
+  # Deployments use scripts/cross-build.sh --lib (release).
+  CARGO_PROFILE_DEV_OPT_LEVEL=2 CARGO_PROFILE_DEV_DEBUG=line-tables-only \
+    scripts/cross-build.sh --lib --profile dev --out "$dist"
   aarch64-linux-gnu-gcc "${cflags[@]}" -I "$dist/include" examples/c/main.c "$dist/lib/libedgetune.a" \
     "${native_libs[@]}" -o "$out/main-static"
   # Same runner as .cargo/config.toml: without LD_LIBRARY_PATH qemu hangs at the first thread
