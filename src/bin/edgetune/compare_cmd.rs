@@ -40,7 +40,8 @@ measured), disk = adapter_bytes_lora / adapter_bytes, time = tok_per_s / tok_per
 quality = exp(heldout_loss_lora - heldout_loss) (the held-out perplexity ratio). A missing \
 measure is left out of the mean; failed methods have no score. The eval pass rate is shown but \
 not scored; for mtlora the suite runs with each task's adapter and the pass rate is the mean \
-over the tasks (each task's in compare.json, eval_pass_rate_by_task). lora is always run (added first when missing from --methods)."
+over the tasks (each task's in compare.json, eval_pass_rate_by_task). lora is always run \
+(added first when missing from --methods)."
 )]
 pub struct Args {
     /// The base model GGUF.
