@@ -208,7 +208,9 @@ fn the_trainer_plans_the_device_step_it_builds() {
         let (cpu_total, cpu_arena) = (t.planned_bytes(), t.train_step().arena_bytes() as u64);
         let shape = DeviceShape::lora(llama.config(), &cfg, chunk);
         let smallest = plan_device_step(llama.config(), &shape).unwrap();
-        smallest.total_in_place_of(cpu_total, cpu_arena, true).max(cpu_total)
+        smallest
+            .total_in_place_of(cpu_total, cpu_arena, true)
+            .max(cpu_total)
     };
     for budget in [None, Some(1u64 << 40), Some(tight)] {
         cfg.budget_bytes = budget;
