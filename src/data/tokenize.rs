@@ -117,30 +117,12 @@ pub fn tokenize(
             (ids, flags)
         }
         Content::PreTokenized { input_ids, labels } => {
-            let vocab = tok.vocab_size();
-            let bad = |what: &str, i: usize, v: i64| {
-                Error::Invalid(format!(
-                    "{what}[{i}] = {v} is outside the vocabulary of {vocab} tokens"
-                ))
-            };
-            if let Some(i) = input_ids.iter().position(|&id| id as usize >= vocab) {
-                return Err(bad("input_ids", i, input_ids[i] as i64));
-            }
-            let mut labels = match labels {
-                Some(l) => {
-                    if let Some(i) = l.iter().position(|&x| x != IGNORE && x as usize >= vocab) {
-                        return Err(bad("labels", i, l[i] as i64));
-                    }
-                    l.clone()
-                }
-                None => input_ids.iter().map(|&id| id as i32).collect(),
-            };
-            labels[0] = IGNORE;
-            return Ok(TokenizedExample {
-                ids: input_ids.clone(),
-                labels,
-                task: ex.task.clone(),
-            });
+            return from_ids(
+                input_ids,
+                labels.as_deref(),
+                tok.vocab_size(),
+                ex.task.clone(),
+            );
         }
     };
     let train_all = opts.train_on_prompt;
@@ -157,4 +139,59 @@ pub fn tokenize(
         labels,
         task: ex.task.clone(),
     })
+}
+
+/// A pre-tokenized example as a training sequence: `labels` default to the ids; every id and
+/// label is checked against the vocabulary of `vocab` tokens. Needs no tokenizer, so a model
+/// whose tokenizer cannot be built still trains on pre-tokenized data.
+pub fn from_ids(
+    input_ids: &[u32],
+    labels: Option<&[i32]>,
+    vocab: usize,
+    task: Option<String>,
+) -> crate::Result<TokenizedExample> {
+    let bad = |what: &str, i: usize, v: i64| {
+        Error::Invalid(format!(
+            "{what}[{i}] = {v} is outside the vocabulary of {vocab} tokens"
+        ))
+    };
+    if let Some(i) = input_ids.iter().position(|&id| id as usize >= vocab) {
+        return Err(bad("input_ids", i, input_ids[i] as i64));
+    }
+    let mut labels = match labels {
+        Some(l) => {
+            if let Some(i) = l.iter().position(|&x| x != IGNORE && x as usize >= vocab) {
+                return Err(bad("labels", i, l[i] as i64));
+            }
+            l.to_vec()
+        }
+        None => input_ids.iter().map(|&id| id as i32).collect(),
+    };
+    if let Some(first) = labels.first_mut() {
+        *first = IGNORE;
+    }
+    Ok(TokenizedExample {
+        ids: input_ids.to_vec(),
+        labels,
+        task,
+    })
+}
+
+/// Every example of `data` through [`from_ids`] when all of them are pre-tokenized; `None` when
+/// any one needs a tokenizer.
+pub fn pretokenized_all(
+    data: &Dataset,
+    vocab: usize,
+) -> Option<crate::Result<Vec<TokenizedExample>>> {
+    let mut out = Vec::with_capacity(data.examples.len());
+    for ex in &data.examples {
+        let Content::PreTokenized { input_ids, labels } = &ex.content else {
+            return None;
+        };
+        out.push(
+            from_ids(input_ids, labels.as_deref(), vocab, ex.task.clone())
+                .map_err(|e| Error::Invalid(format!("{}: {e}", locate(&data.path, ex.line)))),
+        );
+    }
+    Some(out.into_iter().collect())
 }

@@ -24,8 +24,9 @@ use toml::Spanned;
 
 use crate::{Error, Result};
 
-/// The answer that replaces a blocked prompt's or output's.
-pub const REFUSAL: &str = "Sorry, I can't help you with that. Do you need anything else?";
+/// The answer that replaces a blocked prompt's or output's: the same sentence the assistant
+/// set trains a model to answer harmful requests with.
+pub const REFUSAL: &str = crate::data::synth::REFUSAL;
 
 /// What a rule looks at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]

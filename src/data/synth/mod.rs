@@ -1,6 +1,11 @@
-//! The built-in synthetic IoT instruction set: a seeded, deterministic generator of Alpaca
-//! examples about gateways, in English and Indonesian, so the demo needs no download.
+//! The built-in synthetic IoT data, seeded and deterministic, in English and Indonesian:
+//! - the assistant set ([`assistant`], over the fictional devices of [`catalog`]): chat
+//!   conversations a real pretrained model learns in the demo, with a held-out split, harmful
+//!   prompts, a retention suite and the seed cases to measure it;
+//! - the generated task set (below, Alpaca records): computed answers about readings, units,
+//!   commands and decimals, which the random-weights test models learn the format of.
 //!
+//! The generated task set:
 //! Categories (each example's `task` field names it): `threshold` (a sensor reading against
 //! its alarm threshold: temperature, humidity, pressure, CO₂, vibration), `convert` (°C↔°F,
 //! kPa↔psi, m/s↔km/h), `command` (an operator's request → a JSON command), `anomaly` (a
@@ -16,7 +21,12 @@
 //!
 //! Prompts (instruction + input) are unique across the train and held-out splits together.
 
+pub mod assistant;
+pub mod catalog;
+mod refusals;
 mod tasks;
+
+pub use assistant::{AssistantSet, AssistantSizes, ChatPair, HeldoutCase, REFUSAL, assistant_set};
 
 use std::collections::HashSet;
 
