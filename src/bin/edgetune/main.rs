@@ -15,6 +15,7 @@ mod perplexity_cmd;
 mod plan_cmd;
 mod quantize_cmd;
 mod shape_args;
+mod template_args;
 mod template_cmd;
 mod testmodel_cmd;
 mod tokenize_cmd;
