@@ -22,7 +22,7 @@ use super::metrics::MetricsLog;
 use super::optimizer::Optimizer;
 use super::step::{TrainStep, adapter_shapes};
 use crate::data::batch::{BatchConfig, Batcher};
-use crate::data::tokenize::{TokenizeOptions, tokenize_all};
+use crate::data::tokenize::{TokenizeOptions, chat_template_for, tokenize_all};
 use crate::data::{Batch, formats};
 use crate::gguf::GgufFile;
 use crate::memory::budget;
@@ -122,7 +122,12 @@ impl<'f> Trainer<'f> {
             Some(d) => d,
             None => formats::load(&cfg.data, cfg.format)?,
         };
-        let examples = tokenize_all(&tok, &data, &TokenizeOptions::default())?;
+        let chat = chat_template_for(file, &tok, &data)?;
+        let tokenize_opts = TokenizeOptions {
+            chat_template: chat.as_ref(),
+            ..TokenizeOptions::default()
+        };
+        let examples = tokenize_all(&tok, &data, &tokenize_opts)?;
         let micro_steps = cfg.steps.map(|s| s.saturating_mul(cfg.accum as u64));
         let mut batcher = Batcher::with_tasks(
             &examples,

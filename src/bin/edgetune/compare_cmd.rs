@@ -20,7 +20,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use edgetune::data::tasks::DEFAULT_TASK;
-use edgetune::data::{IGNORE, TokenizeOptions, TokenizedExample, tokenize_all};
+use edgetune::data::{IGNORE, TokenizeOptions, TokenizedExample, chat_template_for, tokenize_all};
 use edgetune::eval::compare::{self, MethodResult, Split};
 use edgetune::eval::{EvalOptions, PromptFormat, Suite, heldout_loss, load_suite, run_suite};
 use edgetune::gguf::GgufFile;
@@ -114,7 +114,12 @@ pub fn run(args: Args) -> Result<()> {
     );
     let file = GgufFile::open(&args.model)?;
     let tokenizer = Tokenizer::from_gguf(&file)?;
-    let heldout = tokenize_all(&tokenizer, &split.heldout, &TokenizeOptions::default())?;
+    let chat = chat_template_for(&file, &tokenizer, &split.heldout)?;
+    let opts = TokenizeOptions {
+        chat_template: chat.as_ref(),
+        ..TokenizeOptions::default()
+    };
+    let heldout = tokenize_all(&tokenizer, &split.heldout, &opts)?;
     let style = PromptFormat::of_model(&file, &tokenizer)?;
 
     let mut results: Vec<MethodResult> = Vec::with_capacity(methods.len());
