@@ -146,6 +146,13 @@ fn string_methods(
     minijinja_contrib::pycompat::unknown_method_callback(state, value, method, args)
 }
 
+/// The widest `indent` accepted.
+const MAX_INDENT: i64 = 1024;
+
+/// How deep `tojson` descends, as Python's recursion limit stops `json.dumps` (a template can
+/// nest a list in itself in a loop; the stack must not be the limit).
+const MAX_JSON_DEPTH: usize = 512;
+
 /// How `json.dumps` lays out its output.
 struct JsonStyle {
     item_sep: String,
@@ -167,11 +174,14 @@ fn tojson(value: &Value, kwargs: Kwargs) -> Result<String, Error> {
         Some(v) if v.is_none() || v.is_undefined() => None,
         Some(v) => Some(match (v.as_str(), i64::try_from(v.clone())) {
             (Some(s), _) => s.to_owned(),
-            (None, Ok(n)) => " ".repeat(n.max(0) as usize),
+            // A template's typo must not allocate gigabytes of spaces.
+            (None, Ok(n)) if n <= MAX_INDENT => " ".repeat(n.max(0) as usize),
             _ => {
                 return Err(Error::new(
                     ErrorKind::InvalidOperation,
-                    format!("tojson: indent must be an integer or a string, not {v}"),
+                    format!(
+                        "tojson: indent must be a string or an integer up to {MAX_INDENT}, not {v}"
+                    ),
                 ));
             }
         }),
@@ -209,6 +219,12 @@ fn not_serializable(v: &Value) -> Error {
 }
 
 fn write_json(v: &Value, st: &JsonStyle, depth: usize, out: &mut String) -> Result<(), Error> {
+    if depth > MAX_JSON_DEPTH {
+        return Err(Error::new(
+            ErrorKind::InvalidOperation,
+            format!("tojson: a value nested more than {MAX_JSON_DEPTH} levels deep"),
+        ));
+    }
     match v.kind() {
         ValueKind::None => out.push_str("null"),
         ValueKind::Bool => out.push_str(if v.is_true() { "true" } else { "false" }),

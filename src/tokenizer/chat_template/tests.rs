@@ -205,3 +205,22 @@ fn compiled_templates_are_shared_across_threads() {
         assert_eq!(h.join().unwrap(), want);
     }
 }
+
+#[test]
+fn hostile_tojson_arguments_are_errors_not_aborts() {
+    let render = |src: &str| {
+        ChatTemplate::new("t.jinja", src, SpecialTexts::default())
+            .unwrap()
+            .render(&[], false)
+    };
+    assert_eq!(
+        render("{{ [1, [2]] | tojson(indent=1) }}").unwrap(),
+        "[\n 1,\n [\n  2\n ]\n]"
+    );
+    let e = render("{{ [1] | tojson(indent=1000000000000) }}").unwrap_err();
+    assert!(e.to_string().contains("indent"), "{e}");
+    let deep = "{% set ns = namespace(x=[]) %}{% for i in range(2000) %}{% set ns.x = [ns.x] %}\
+                {% endfor %}{{ ns.x | tojson }}";
+    let e = render(deep).unwrap_err();
+    assert!(e.to_string().contains("nested more than"), "{e}");
+}
