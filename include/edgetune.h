@@ -76,10 +76,14 @@ typedef enum {
   ET_TEMPLATE_ALPACA = 1,
   // One Llama 3 chat user turn, then the assistant header.
   ET_TEMPLATE_LLAMA3_CHAT = 2,
+  // The model's chat template (`tokenizer.chat_template`): the prompt as one user message,
+  // then the generation prompt. A model without one gets the Llama 3 template when its
+  // vocabulary has Llama 3's header tokens, else ChatML.
+  ET_TEMPLATE_AUTO = 3,
 } EtTemplate;
 
-// An open model: the memory-mapped GGUF, its validated weights and its tokenizer. Opaque to
-// C; create with `et_model_open`, release with `et_model_free`.
+// An open model: the memory-mapped GGUF, its validated weights, its tokenizer and its chat
+// template. Opaque to C; create with `et_model_open`, release with `et_model_free`.
 typedef struct EtModel EtModel;
 
 // A training run driven step by step: the mapped model, the data, the adapters, the
@@ -181,7 +185,8 @@ EtStatus et_model_set_adapter(const EtModel *model, const char *path);
 // Each argument is NULL or a NUL-terminated string valid for the call.
 EtStatus et_adapter_export(const char *model_path, const char *adapter_path, const char *format, const char *out_path);
 
-// The defaults: 128 tokens, greedy, top-k 40, top-p 0.95, seed 0, no template.
+// The defaults: 128 tokens, greedy, top-k 40, top-p 0.95, seed 0, the model's chat template
+// (`ET_TEMPLATE_AUTO`).
 EtGenerateOptions et_generate_default_options(void);
 
 // Opens the GGUF model at `path` (memory-mapped; the weights are not copied) and stores a new

@@ -234,8 +234,9 @@ for preset in args.presets.split():
                 print(f"{preset} {ty}: testmodel failed: {row['error']}", file=sys.stderr)
                 continue
         row["file_bytes"] = os.path.getsize(path)
-        r = run([bin_path, "generate", "--model", path, "--prompt", prompt, "--max-tokens",
-                 str(args.gen_tokens), "--json"])
+        # The raw prompt (no chat template), so prompt lengths stay comparable across models.
+        r = run([bin_path, "generate", "--model", path, "--prompt", prompt, "--template", "none",
+                 "--max-tokens", str(args.gen_tokens), "--json"])
         g = last_json(r["stderr"]) if r["rc"] == 0 else None
         row["generate"] = {"wall_s": r["wall_s"], "peak_rss_kib": r["peak_rss_kib"], **(g or {"error": r["stderr"].strip()})}
         r = run([bin_path, "perplexity", "--model", path, "--text", ppl_text, "--json"])

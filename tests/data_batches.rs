@@ -72,6 +72,7 @@ fn alpaca_loss_on_response_and_eos_only() {
         &ex,
         &TokenizeOptions {
             train_on_prompt: true,
+            ..TokenizeOptions::default()
         },
     )
     .unwrap();

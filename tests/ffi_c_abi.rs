@@ -22,12 +22,17 @@ use edgetune::ffi::model::{
 use edgetune::ffi::plan::et_plan_json;
 use edgetune::ffi::{EtStatus, et_last_error, et_version};
 use edgetune::gguf::GgufFile;
+use edgetune::gguf::Value;
 use edgetune::infer::{GenerateOptions, SamplingParams, generate};
 use edgetune::memory::plan::{TrainShape, llama_training_plan};
 use edgetune::model::Llama;
-use edgetune::testmodel::{TINY, WeightTypes, write_test_model};
+use edgetune::testmodel::{
+    TINY, Vocabulary, WeightTypes, synthetic_vocab_metadata, write_test_model,
+    write_test_model_with,
+};
 use edgetune::tokenizer::Tokenizer;
-use edgetune::tokenizer::template;
+use edgetune::tokenizer::chat_template::{ChatTemplate, PromptFormat};
+use edgetune::tokenizer::template::Message;
 
 fn last_error() -> String {
     // SAFETY: et_last_error never returns NULL and the string is NUL-terminated.
@@ -85,12 +90,14 @@ fn reference_generation(path: &Path, prompt: &str, o: &EtGenerateOptions) -> Str
     let file = GgufFile::open(path).unwrap();
     let llama = Llama::load(&file).unwrap();
     let tok = Tokenizer::from_gguf(&file).unwrap();
-    let text = if o.prompt_template == EtTemplate::Alpaca as u32 {
-        template::alpaca(prompt, None, None).prompt().to_owned()
-    } else {
-        prompt.to_owned()
+    let format = match o.prompt_template {
+        t if t == EtTemplate::None as u32 => PromptFormat::Plain,
+        t if t == EtTemplate::Alpaca as u32 => PromptFormat::Alpaca,
+        t if t == EtTemplate::Llama3Chat as u32 => PromptFormat::Llama3Chat,
+        t if t == EtTemplate::Auto as u32 => PromptFormat::of_model(&file, &tok).unwrap(),
+        t => panic!("no EtTemplate {t}"),
     };
-    let ids = tok.encode(&text, tok.add_bos_default(), false).unwrap();
+    let ids = format.encode(&tok, prompt).unwrap();
     let opts = GenerateOptions {
         max_tokens: o.max_tokens as usize,
         sampling: SamplingParams {
@@ -310,6 +317,75 @@ fn generate_rejects_bad_options_and_text() {
         EtStatus::InvalidArgument
     );
     assert!(last_error().contains("UTF-8"), "{}", last_error());
+    unsafe { et_model_free(m) };
+}
+
+/// The tiny test model with `template` stored as its `tokenizer.chat_template`.
+fn tiny_model_with_template(dir: &Path, template: &str) -> PathBuf {
+    let path = dir.join("templated.gguf");
+    let mut kv = synthetic_vocab_metadata(TINY.n_vocab).unwrap();
+    kv.push((
+        "tokenizer.chat_template".into(),
+        Value::String(template.into()),
+    ));
+    let types = WeightTypes::parse("q8_0").unwrap();
+    write_test_model_with(&TINY, types, 5, &Vocabulary::Metadata(kv), &path).unwrap();
+    path
+}
+
+#[test]
+fn generate_uses_the_models_chat_template_by_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let smollm2 = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/templates/smollm2.jinja"
+    );
+    let path = tiny_model_with_template(dir.path(), &std::fs::read_to_string(smollm2).unwrap());
+    let m = open(&path);
+    let prompt = c("Sensor 3 reads");
+    let mut opts = et_generate_default_options();
+    assert_eq!(opts.prompt_template, EtTemplate::Auto as u32);
+    opts.max_tokens = 10;
+    let (st, text, _) = gen_into(m, &prompt, Some(&opts), 4096);
+    assert_eq!(st, EtStatus::Ok, "{}", last_error());
+    // The reference prompt: SmolLM2's rendering of the one user message, BOS first.
+    let file = GgufFile::open(&path).unwrap();
+    let llama = Llama::load(&file).unwrap();
+    let tok = Tokenizer::from_gguf(&file).unwrap();
+    let rendered = ChatTemplate::from_gguf(&file)
+        .unwrap()
+        .unwrap()
+        .render(&[Message::new("user", "Sensor 3 reads")], true)
+        .unwrap();
+    assert!(rendered.starts_with("<|im_start|>system\n"), "{rendered:?}");
+    let ids = tok
+        .encode(&format!("<|begin_of_text|>{rendered}"), false, true)
+        .unwrap();
+    let gen_opts = GenerateOptions {
+        max_tokens: 10,
+        sampling: SamplingParams {
+            temperature: 0.0,
+            ..SamplingParams::default()
+        },
+        stop_at_eos: true,
+    };
+    let want = generate(&llama, &tok, &ids, &gen_opts, |_| true)
+        .unwrap()
+        .text;
+    assert_eq!(text, want);
+    unsafe { et_model_free(m) };
+
+    // A template that does not compile fails only the calls that use it.
+    let path = tiny_model_with_template(dir.path(), "{% for m in messages %}");
+    let m = open(&path);
+    assert_eq!(gen_into(m, &prompt, Some(&opts), 4096).0, EtStatus::Format);
+    assert!(
+        last_error().contains("tokenizer.chat_template"),
+        "{}",
+        last_error()
+    );
+    opts.prompt_template = EtTemplate::None as u32;
+    assert_eq!(gen_into(m, &prompt, Some(&opts), 4096).0, EtStatus::Ok);
     unsafe { et_model_free(m) };
 }
 
@@ -566,7 +642,11 @@ fn reference_with_adapter(path: &Path, set: AdapterSet, prompt: &str, max_tokens
     let mut llama = Llama::load(&file).unwrap();
     llama.set_adapters(Some(Arc::new(set))).unwrap();
     let tok = Tokenizer::from_gguf(&file).unwrap();
-    let ids = tok.encode(prompt, tok.add_bos_default(), false).unwrap();
+    // et_generate's default format: the model's chat template.
+    let ids = PromptFormat::of_model(&file, &tok)
+        .unwrap()
+        .encode(&tok, prompt)
+        .unwrap();
     let opts = GenerateOptions {
         max_tokens: max_tokens as usize,
         sampling: SamplingParams {

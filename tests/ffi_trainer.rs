@@ -28,6 +28,7 @@ use edgetune::infer::{GenerateOptions, SamplingParams, generate};
 use edgetune::model::{Llama, LlamaConfig};
 use edgetune::testmodel::{TINY, WeightTypes, write_test_model};
 use edgetune::tokenizer::Tokenizer;
+use edgetune::tokenizer::chat_template::PromptFormat;
 use edgetune::train::AdapterSet;
 
 fn last_error() -> String {
@@ -408,8 +409,10 @@ fn exports_read_back_equal_and_generate_like_the_rust_api() {
     let mut llama = Llama::load(&file).unwrap();
     llama.set_adapters(Some(Arc::new(reference))).unwrap();
     let tok = Tokenizer::from_gguf(&file).unwrap();
-    let ids = tok
-        .encode("sensor 3 reads", tok.add_bos_default(), false)
+    // et_generate's default format: the model's chat template.
+    let ids = PromptFormat::of_model(&file, &tok)
+        .unwrap()
+        .encode(&tok, "sensor 3 reads")
         .unwrap();
     let gen_opts = GenerateOptions {
         max_tokens: 10,

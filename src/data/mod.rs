@@ -10,7 +10,9 @@
 //!
 //! # Formats ([`Format`])
 //! - **Alpaca**: a JSON array, or JSONL, of `{"instruction", "input"?, "output"}`.
-//! - **Chat**: JSONL of `{"messages": [{"role", "content"}, …]}` (Llama 3 chat template).
+//! - **Chat**: JSONL of `{"messages": [{"role", "content"}, …]}`, rendered with the model's chat
+//!   template (`tokenizer.chat_template`; without one, the fallback of
+//!   [`crate::tokenizer::chat_template::ChatTemplate::fallback`]: Llama 3's or ChatML).
 //! - **Text**: JSONL of `{"text": …}`, or a `.txt` file, where each paragraph (lines up to a
 //!   blank line) is one example.
 //! - **Pre-tokenized**: JSONL of `{"input_ids": [..], "labels"?: [..]}`.
@@ -30,7 +32,9 @@
 //!
 //! - Alpaca: the classic template; EOS is appended to the output. Loss on the output and its
 //!   EOS only (or on everything but the first token with `train_on_prompt`).
-//! - Chat: loss on assistant contents and their `<|eot_id|>` (no extra EOS).
+//! - Chat: loss on each assistant turn as the template renders it: its content, its end-of-turn
+//!   token (`<|eot_id|>`, `<|im_end|>`…) and whatever the template writes after them up to the
+//!   next message (no extra EOS). A template that is not prefix-stable is an error.
 //! - Text: BOS (when the model adds one), the text, EOS; loss on everything after BOS.
 //! - Pre-tokenized: as given; without `labels`, every token after the first is a target.
 
@@ -44,7 +48,7 @@ use std::path::{Path, PathBuf};
 
 pub use batch::{Batch, BatchConfig, Batcher, Cursor};
 pub use formats::{Content, load};
-pub use tokenize::{TokenizeOptions, TokenizedExample, tokenize, tokenize_all};
+pub use tokenize::{TokenizeOptions, TokenizedExample, chat_template_for, tokenize, tokenize_all};
 
 use crate::Error;
 

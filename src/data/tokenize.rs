@@ -1,22 +1,25 @@
 //! Examples → token ids and labels (Hugging Face convention, see the [`super`] module doc):
-//! Alpaca through `template::alpaca` plus EOS, chat through `template::llama3_chat`, text as
-//! BOS + text + EOS, pre-tokenized as given.
+//! Alpaca through `template::alpaca` plus EOS, chat through the model's chat template
+//! ([`ChatTemplate::render_for_training`]), text as BOS + text + EOS, pre-tokenized as given.
 
 use rayon::prelude::*;
 
 use super::{Content, Dataset, Example, IGNORE, locate};
 use crate::Error;
+use crate::gguf::GgufFile;
 use crate::tokenizer::Tokenizer;
-use crate::tokenizer::template::{
-    self, LLAMA3_BOS, LLAMA3_END_HEADER, LLAMA3_EOT, LLAMA3_START_HEADER,
-};
+use crate::tokenizer::chat_template::{self, ChatTemplate};
+use crate::tokenizer::template;
 
 /// Choices in turning examples into training sequences.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct TokenizeOptions {
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TokenizeOptions<'a> {
     /// Alpaca and chat: loss on the prompt too (every token after the first), not only on the
     /// responses.
     pub train_on_prompt: bool,
+    /// Chat: the model's template ([`ChatTemplate::for_model`]). `None` uses
+    /// [`ChatTemplate::fallback`], the template of a model without one.
+    pub chat_template: Option<&'a ChatTemplate>,
 }
 
 /// One training sequence: `labels[i]` is the target for position `i` (predicted from
@@ -44,17 +47,43 @@ impl TokenizedExample {
     }
 }
 
+/// The chat template `data` needs: the model's ([`ChatTemplate::for_model`]) when `data` holds
+/// chat examples, else `None`, so a template is compiled only when it is used.
+pub fn chat_template_for(
+    file: &GgufFile,
+    tok: &Tokenizer,
+    data: &Dataset,
+) -> crate::Result<Option<ChatTemplate>> {
+    if !has_chat(data) {
+        return Ok(None);
+    }
+    ChatTemplate::for_model(file, tok).map(Some)
+}
+
+fn has_chat(data: &Dataset) -> bool {
+    data.examples
+        .iter()
+        .any(|ex| matches!(ex.content, Content::Chat { .. }))
+}
+
 /// Tokenizes every example of `data` (in parallel, order kept); an error names the file and
 /// line of the example.
 pub fn tokenize_all(
     tok: &Tokenizer,
     data: &Dataset,
-    opts: &TokenizeOptions,
+    opts: &TokenizeOptions<'_>,
 ) -> crate::Result<Vec<TokenizedExample>> {
+    // The fallback template is compiled once here, not once per example.
+    let fallback;
+    let mut opts = *opts;
+    if opts.chat_template.is_none() && has_chat(data) {
+        fallback = ChatTemplate::fallback(tok)?;
+        opts.chat_template = Some(&fallback);
+    }
     data.examples
         .par_iter()
         .map(|ex| {
-            tokenize(tok, ex, opts).map_err(|e| {
+            tokenize(tok, ex, &opts).map_err(|e| {
                 let what = match e {
                     Error::Invalid(m) => m,
                     other => other.to_string(),
@@ -69,7 +98,7 @@ pub fn tokenize_all(
 pub fn tokenize(
     tok: &Tokenizer,
     ex: &Example,
-    opts: &TokenizeOptions,
+    opts: &TokenizeOptions<'_>,
 ) -> crate::Result<TokenizedExample> {
     let (ids, flags) = match &ex.content {
         Content::Alpaca {
@@ -88,23 +117,18 @@ pub fn tokenize(
             (ids, flags)
         }
         Content::Chat { messages } => {
-            for t in [
-                LLAMA3_BOS,
-                LLAMA3_START_HEADER,
-                LLAMA3_END_HEADER,
-                LLAMA3_EOT,
-            ] {
-                if !tok.token_id(t).is_some_and(|id| tok.is_special(id)) {
-                    return Err(Error::Invalid(format!(
-                        "the chat format needs the Llama 3 control token {t}, which this \
-                         model's vocabulary lacks"
-                    )));
+            let fallback;
+            let template = match opts.chat_template {
+                Some(t) => t,
+                None => {
+                    fallback = ChatTemplate::fallback(tok)?;
+                    &fallback
                 }
-            }
-            let r = template::llama3_chat(messages, false);
-            // The template's control tokens must be parsed (as Hugging Face's
-            // apply_chat_template + tokenize does, for the contents too).
-            tok.encode_parts(r.parts(), false, true)?
+            };
+            let r = template.render_for_training(messages)?;
+            // The template's control tokens are parsed, in the contents too, as after
+            // Hugging Face's apply_chat_template; BOS only when the template did not write it.
+            chat_template::encode_rendered_parts(tok, &r)?
         }
         Content::Text { text } => {
             let eos = *tok.eos_ids().first().ok_or_else(|| {

@@ -9,8 +9,9 @@ pub mod heldout;
 pub mod runner;
 pub mod suite;
 
+pub use crate::tokenizer::chat_template::PromptFormat;
 pub use checks::Check;
 pub use guard::{Guarded, Hit, Policy, REFUSAL, guard_generation};
 pub use heldout::{HeldoutLoss, heldout_loss};
-pub use runner::{EvalOptions, EvalReport, Failure, PromptStyle, run_suite};
+pub use runner::{EvalOptions, EvalReport, Failure, run_suite};
 pub use suite::{Case, Suite, load_suite, parse_suite};

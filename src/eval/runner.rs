@@ -1,6 +1,7 @@
-//! Running a suite: each case's prompt rendered (its own template, else the model's chat
-//! template, else plain), greedy generation (optionally under a guard policy), the checks, and
-//! a report with the pass rate, per-language counts and every failure.
+//! Running a suite: each case's prompt rendered (its own template, else a [`PromptFormat`]: by
+//! default the model's chat template, see [`PromptFormat::of_model`]), greedy generation
+//! (optionally under a guard policy), the checks, and a report with the pass rate,
+//! per-language counts and every failure.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -8,44 +9,19 @@ use std::path::PathBuf;
 use super::checks::first_failure;
 use super::guard::{Hit, Policy, guard_generation};
 use super::suite::{Case, Suite};
-use crate::gguf::GgufFile;
 use crate::infer::{GenerateOptions, SamplingParams, generate};
 use crate::model::Llama;
 use crate::tokenizer::Tokenizer;
-use crate::tokenizer::template::{self, LLAMA3_START_HEADER, Message};
+use crate::tokenizer::chat_template::PromptFormat;
 use crate::{Error, Result};
-
-/// How a case without its own template becomes a prompt.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PromptStyle {
-    /// One user turn in the Llama 3 chat format, then the assistant header.
-    Llama3Chat,
-    /// The input as it is (BOS added when the model asks for it).
-    Plain,
-}
-
-impl PromptStyle {
-    /// The model's own: Llama 3 chat when the GGUF carries a chat template and the tokenizer
-    /// knows its header token, plain otherwise (the test models' byte vocabularies).
-    pub fn of_model(file: &GgufFile, tokenizer: &Tokenizer) -> Result<PromptStyle> {
-        let has_template = file.opt_str("tokenizer.chat_template")?.is_some();
-        let has_headers = tokenizer.token_id(LLAMA3_START_HEADER).is_some();
-        Ok(if has_template && has_headers {
-            PromptStyle::Llama3Chat
-        } else {
-            PromptStyle::Plain
-        })
-    }
-}
 
 /// Settings of a suite run.
 #[derive(Clone, Debug)]
 pub struct EvalOptions {
     /// Tokens generated per case at most.
     pub max_tokens: usize,
-    /// For cases without a template.
-    pub style: PromptStyle,
+    /// For cases without a template: usually [`PromptFormat::of_model`].
+    pub style: PromptFormat,
 }
 
 /// Pass counts of one language (or of cases without `lang`, under `"-"`).
@@ -89,18 +65,11 @@ pub fn case_text(case: &Case) -> String {
 }
 
 /// The token ids of `case`'s prompt: its own template as plain text, else `style`.
-pub fn encode_case(tokenizer: &Tokenizer, case: &Case, style: PromptStyle) -> Result<Vec<u32>> {
+pub fn encode_case(tokenizer: &Tokenizer, case: &Case, style: &PromptFormat) -> Result<Vec<u32>> {
     if let Some(text) = case.templated() {
         return tokenizer.encode(&text, tokenizer.add_bos_default(), false);
     }
-    match style {
-        PromptStyle::Plain => tokenizer.encode(&case.input, tokenizer.add_bos_default(), false),
-        PromptStyle::Llama3Chat => {
-            // The rendering starts with <|begin_of_text|>: parse specials, add no BOS.
-            let r = template::llama3_chat(&[Message::new("user", case.input.as_str())], true);
-            tokenizer.encode(r.prompt(), false, true)
-        }
-    }
+    style.encode(tokenizer, &case.input)
 }
 
 /// Greedy answer to `case` under `policy`.
@@ -120,7 +89,7 @@ pub fn answer_case(
         stop_at_eos: true,
     };
     guard_generation(policy, &case_text(case), || {
-        let ids = encode_case(tokenizer, case, opts.style)?;
+        let ids = encode_case(tokenizer, case, &opts.style)?;
         Ok(generate(llama, tokenizer, &ids, &gen_opts, |_| true)?.text)
     })
 }

@@ -12,7 +12,7 @@ use crate::gguf::GgufFile;
 use crate::infer::{GenerateOptions, SamplingParams, generate};
 use crate::model::Llama;
 use crate::tokenizer::Tokenizer;
-use crate::tokenizer::template::{self, Message};
+use crate::tokenizer::chat_template::PromptFormat;
 
 /// The model behind a lock: generation takes it shared (the model's own workspace mutex
 /// serialises the forward passes), `et_model_set_adapter` takes it exclusively because
@@ -29,11 +29,15 @@ self_cell!(
     }
 );
 
-/// An open model: the memory-mapped GGUF, its validated weights and its tokenizer. Opaque to
-/// C; create with `et_model_open`, release with `et_model_free`.
+/// An open model: the memory-mapped GGUF, its validated weights, its tokenizer and its chat
+/// template. Opaque to C; create with `et_model_open`, release with `et_model_free`.
 pub struct EtModel {
     llama: MappedLlama,
     tokenizer: Tokenizer,
+    /// The model's chat template (or the fallback, see [`PromptFormat::of_model`]), compiled
+    /// once; a template that does not compile only fails the calls that ask for it
+    /// (`ET_TEMPLATE_AUTO`).
+    chat: Result<PromptFormat, String>,
 }
 
 // The handle is shared across threads by C callers: it must stay Send + Sync.
@@ -43,12 +47,20 @@ const _: () = {
 };
 
 impl EtModel {
-    /// Maps `path`, validates the model and builds its tokenizer.
+    /// Maps `path`, validates the model and builds its tokenizer and chat template.
     pub fn open(path: impl Into<PathBuf>) -> crate::Result<EtModel> {
         let file = GgufFile::open(path.into())?;
         let tokenizer = Tokenizer::from_gguf(&file)?;
+        let chat = PromptFormat::of_model(&file, &tokenizer).map_err(|e| {
+            log::warn!("{e}");
+            e.to_string()
+        });
         let llama = MappedLlama::try_new(file, |f| Llama::load(f).map(RwLock::new))?;
-        Ok(EtModel { llama, tokenizer })
+        Ok(EtModel {
+            llama,
+            tokenizer,
+            chat,
+        })
     }
 
     /// Runs `f` on the model (its lifetime is tied to the handle's file).
@@ -109,6 +121,10 @@ pub enum EtTemplate {
     Alpaca = 1,
     /// One Llama 3 chat user turn, then the assistant header.
     Llama3Chat = 2,
+    /// The model's chat template (`tokenizer.chat_template`): the prompt as one user message,
+    /// then the generation prompt. A model without one gets the Llama 3 template when its
+    /// vocabulary has Llama 3's header tokens, else ChatML.
+    Auto = 3,
 }
 
 /// How to generate. Start from `et_generate_default_options` and change what you need.
@@ -129,7 +145,8 @@ pub struct EtGenerateOptions {
     pub prompt_template: u32,
 }
 
-/// The defaults: 128 tokens, greedy, top-k 40, top-p 0.95, seed 0, no template.
+/// The defaults: 128 tokens, greedy, top-k 40, top-p 0.95, seed 0, the model's chat template
+/// (`ET_TEMPLATE_AUTO`).
 #[unsafe(no_mangle)]
 pub extern "C" fn et_generate_default_options() -> EtGenerateOptions {
     EtGenerateOptions {
@@ -138,7 +155,7 @@ pub extern "C" fn et_generate_default_options() -> EtGenerateOptions {
         top_k: 40,
         top_p: 0.95,
         seed: 0,
-        prompt_template: EtTemplate::None as u32,
+        prompt_template: EtTemplate::Auto as u32,
     }
 }
 
@@ -235,26 +252,22 @@ pub unsafe extern "C" fn et_model_info(
 /// Tokenizes `prompt` with `template` the way `edgetune generate --template` does.
 fn encode_prompt(model: &EtModel, prompt: &str, template: u32) -> FfiResult<Vec<u32>> {
     let tok = model.tokenizer();
-    let add_bos = tok.add_bos_default();
-    let ids = match template {
-        t if t == EtTemplate::None as u32 => tok.encode(prompt, add_bos, false)?,
-        t if t == EtTemplate::Alpaca as u32 => tok.encode(
-            template::alpaca(prompt, None, None).prompt(),
-            add_bos,
-            false,
-        )?,
-        t if t == EtTemplate::Llama3Chat as u32 => {
-            // The template writes <|begin_of_text|> itself: parse it as a special token, no BOS.
-            let rendered = template::llama3_chat(&[Message::new("user", prompt)], true);
-            tok.encode(rendered.prompt(), false, true)?
-        }
+    let format = match template {
+        t if t == EtTemplate::None as u32 => &PromptFormat::Plain,
+        t if t == EtTemplate::Alpaca as u32 => &PromptFormat::Alpaca,
+        t if t == EtTemplate::Llama3Chat as u32 => &PromptFormat::Llama3Chat,
+        t if t == EtTemplate::Auto as u32 => match &model.chat {
+            Ok(f) => f,
+            // The model's template does not compile: the file is not usable this way.
+            Err(e) => return Err(FfiError::new(EtStatus::Format, e.clone())),
+        },
         other => {
             return Err(FfiError::invalid(format!(
-                "template {other} is not an EtTemplate (0 none, 1 alpaca, 2 llama3-chat)"
+                "template {other} is not an EtTemplate (0 none, 1 alpaca, 2 llama3-chat, 3 auto)"
             )));
         }
     };
-    Ok(ids)
+    Ok(format.encode(tok, prompt)?)
 }
 
 /// Generates text after `prompt` and copies it, NUL-terminated, into `out_buf` (`out_cap`
@@ -325,9 +338,17 @@ mod tests {
         let e = encode_prompt(&m, "hi", 9).unwrap_err();
         assert_eq!(e.status, EtStatus::InvalidArgument);
         assert!(e.message.contains("template 9"), "{}", e.message);
+        for t in [0, 1, 2, 3] {
+            assert_eq!(
+                guard(|| encode_prompt(&m, "hi", t).map(|_| ())),
+                EtStatus::Ok
+            );
+        }
+        // Auto on a model without a template: the Llama 3 fallback (its vocabulary has the
+        // header tokens), the same ids as the built-in Llama 3 format.
         assert_eq!(
-            guard(|| encode_prompt(&m, "hi", 1).map(|_| ())),
-            EtStatus::Ok
+            encode_prompt(&m, "hi", EtTemplate::Auto as u32).unwrap(),
+            encode_prompt(&m, "hi", EtTemplate::Llama3Chat as u32).unwrap()
         );
     }
 }

@@ -16,6 +16,7 @@
 //! `decode(encode(s, false, p)) == s` for both families.
 
 pub mod bpe;
+pub mod chat_template;
 pub mod hf_json;
 pub mod special;
 pub mod spm;

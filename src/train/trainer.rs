@@ -22,7 +22,7 @@ use super::metrics::MetricsLog;
 use super::optimizer::Optimizer;
 use super::step::{TrainStep, adapter_shapes};
 use crate::data::batch::{BatchConfig, Batcher};
-use crate::data::tokenize::{TokenizeOptions, pretokenized_all, tokenize_all};
+use crate::data::tokenize::{TokenizeOptions, chat_template_for, pretokenized_all, tokenize_all};
 use crate::data::{Batch, formats};
 use crate::gguf::GgufFile;
 use crate::memory::budget;
@@ -125,11 +125,15 @@ impl<'f> Trainer<'f> {
         // (e.g. an unknown pre-tokenizer) still trains on it.
         let examples = match pretokenized_all(&data, model_cfg.n_vocab) {
             Some(examples) => examples?,
-            None => tokenize_all(
-                &Tokenizer::from_gguf(file)?,
-                &data,
-                &TokenizeOptions::default(),
-            )?,
+            None => {
+                let tok = Tokenizer::from_gguf(file)?;
+                let chat = chat_template_for(file, &tok, &data)?;
+                let tokenize_opts = TokenizeOptions {
+                    chat_template: chat.as_ref(),
+                    ..TokenizeOptions::default()
+                };
+                tokenize_all(&tok, &data, &tokenize_opts)?
+            }
         };
         let micro_steps = cfg.steps.map(|s| s.saturating_mul(cfg.accum as u64));
         let mut batcher = Batcher::with_tasks(

@@ -20,9 +20,9 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use edgetune::data::tasks::DEFAULT_TASK;
-use edgetune::data::{IGNORE, TokenizeOptions, TokenizedExample, tokenize_all};
+use edgetune::data::{IGNORE, TokenizeOptions, TokenizedExample, chat_template_for, tokenize_all};
 use edgetune::eval::compare::{self, MethodResult, Split};
-use edgetune::eval::{EvalOptions, PromptStyle, Suite, heldout_loss, load_suite, run_suite};
+use edgetune::eval::{EvalOptions, PromptFormat, Suite, heldout_loss, load_suite, run_suite};
 use edgetune::gguf::GgufFile;
 use edgetune::model::Llama;
 use edgetune::tokenizer::Tokenizer;
@@ -114,8 +114,13 @@ pub fn run(args: Args) -> Result<()> {
     );
     let file = GgufFile::open(&args.model)?;
     let tokenizer = Tokenizer::from_gguf(&file)?;
-    let heldout = tokenize_all(&tokenizer, &split.heldout, &TokenizeOptions::default())?;
-    let style = PromptStyle::of_model(&file, &tokenizer)?;
+    let chat = chat_template_for(&file, &tokenizer, &split.heldout)?;
+    let opts = TokenizeOptions {
+        chat_template: chat.as_ref(),
+        ..TokenizeOptions::default()
+    };
+    let heldout = tokenize_all(&tokenizer, &split.heldout, &opts)?;
+    let style = PromptFormat::of_model(&file, &tokenizer)?;
 
     let mut results: Vec<MethodResult> = Vec::with_capacity(methods.len());
     for method in &methods {
@@ -137,7 +142,7 @@ pub fn run(args: Args) -> Result<()> {
                         &dir,
                         &heldout,
                         suite.as_ref(),
-                        style,
+                        &style,
                     ),
                     None => r.add_error("the run wrote no checkpoint"),
                 }
@@ -252,7 +257,7 @@ fn measure(
     checkpoint: &Path,
     heldout: &[TokenizedExample],
     suite: Option<&Suite>,
-    style: PromptStyle,
+    style: &PromptFormat,
 ) {
     match compare::adapter_bytes(checkpoint) {
         Ok(b) => r.adapter_bytes = Some(b),
@@ -285,7 +290,7 @@ fn measure(
     if let Some(suite) = suite {
         let opts = EvalOptions {
             max_tokens: args.max_tokens,
-            style,
+            style: style.clone(),
         };
         let run = |llama: &Llama| run_suite(llama, tokenizer, suite, None, &opts, |_, _| {});
         match &tasks {

@@ -154,8 +154,14 @@ fn check_cmd(a: CheckArgs) -> Result<()> {
     let Some(model) = &a.model else {
         return Ok(());
     };
-    let tok = Tokenizer::from_gguf(&GgufFile::open(model)?)?;
-    let examples = data::tokenize_all(&tok, &ds, &TokenizeOptions::default())?;
+    let file = GgufFile::open(model)?;
+    let tok = Tokenizer::from_gguf(&file)?;
+    let chat = data::chat_template_for(&file, &tok, &ds)?;
+    let opts = TokenizeOptions {
+        chat_template: chat.as_ref(),
+        ..TokenizeOptions::default()
+    };
+    let examples = data::tokenize_all(&tok, &ds, &opts)?;
     let lens: Vec<usize> = examples.iter().map(|e| e.ids.len()).collect();
     let total: usize = lens.iter().sum();
     println!(

@@ -1,23 +1,27 @@
 //! `edgetune eval --model M [--adapter A] --suite FILE [--guard POLICY.toml] [--max-tokens N]
-//! [--json]`: greedy answers to a JSONL suite of prompts, each checked (`contains`, `regex`,
-//! `equals`, `not_contains`); prints the pass rate and every failure. Failing cases are a
+//! [--template auto|alpaca|llama3-chat|none] [--template-file FILE.jinja] [--json]`: greedy
+//! answers to a JSONL suite of prompts, each checked (`contains`, `regex`, `equals`,
+//! `not_contains`); prints the pass rate and every failure. Failing cases are a
 //! result, not an error: the exit status is 0 whenever the suite ran.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use edgetune::eval::{EvalOptions, EvalReport, Policy, PromptStyle, load_suite, run_suite};
+use edgetune::eval::{EvalOptions, EvalReport, Policy, load_suite, run_suite};
 use edgetune::gguf::GgufFile;
 use edgetune::model::Llama;
 use edgetune::tokenizer::Tokenizer;
 use edgetune::{Error, Result};
 
+use crate::template_args::TemplateArgs;
+
 #[derive(clap::Args)]
 #[command(
     after_help = "Suite lines: {\"id\": \"fib\", \"input\": \"1, 1, 2, 3, 5, 8, 13,\", \
 \"checks\": [{\"contains\": \"21\"}], \"template\": \"…{input}…\" (optional), \"lang\": \"en\" \
-(optional)}. A case without a template is wrapped in the model's chat template when it has one. \
-A case passes when all its checks pass. Shipped: suites/basic.jsonl."
+(optional)}. A case without a template is formatted by --template: by default the model's chat \
+template (the Llama 3 template or ChatML for a model without one). A case passes when all its \
+checks pass. Shipped: suites/basic.jsonl."
 )]
 pub struct Args {
     /// The model GGUF.
@@ -41,6 +45,9 @@ pub struct Args {
     /// Print the report as JSON (pass_rate, passed, total, by_lang, failures).
     #[arg(long)]
     json: bool,
+    /// How cases without their own template are formatted.
+    #[command(flatten)]
+    template: TemplateArgs,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -56,7 +63,7 @@ pub fn run(args: Args) -> Result<()> {
     let tokenizer = Tokenizer::from_gguf(&file)?;
     let opts = EvalOptions {
         max_tokens: args.max_tokens,
-        style: PromptStyle::of_model(&file, &tokenizer)?,
+        style: args.template.format(&file, &tokenizer)?,
     };
     let total = suite.cases.len();
     let report = run_suite(

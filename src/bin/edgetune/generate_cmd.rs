@@ -1,31 +1,21 @@
-//! `edgetune generate --model M --prompt TEXT [--template alpaca|llama3-chat|none] [--max-tokens N]
-//! [--temperature T] [--top-k K] [--top-p P] [--seed S] [--backend cpu|cuda|auto]
-//! [--weights auto|map|upload] [--guard POLICY.toml] [--json]`: streams text to stdout (with
-//! `--guard`, the answer is printed once the policy has checked it).
+//! `edgetune generate --model M --prompt TEXT [--template auto|alpaca|llama3-chat|none]
+//! [--template-file FILE.jinja] [--max-tokens N] [--temperature T] [--top-k K] [--top-p P]
+//! [--seed S] [--backend cpu|cuda|auto] [--weights auto|map|upload] [--guard POLICY.toml]
+//! [--json]`: streams text to stdout (with `--guard`, the answer is printed once the policy has
+//! checked it). By default the prompt is one user message in the model's chat template.
 
 use std::io::Write;
 use std::path::PathBuf;
 
-use clap::ValueEnum;
 use edgetune::eval::{Policy, REFUSAL};
 use edgetune::gguf::GgufFile;
 use edgetune::infer::{CausalLm, GenerateOptions, SamplingParams, generate};
 use edgetune::model::Llama;
 use edgetune::tokenizer::Tokenizer;
-use edgetune::tokenizer::template::{self, Message};
 use edgetune::{Error, Result};
 
 use crate::backend_args::{BackendArgs, Chosen};
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum Template {
-    /// The Alpaca instruction template (no input section).
-    Alpaca,
-    /// The Llama 3 chat format: one user turn, then the assistant header.
-    Llama3Chat,
-    /// The prompt as given.
-    None,
-}
+use crate::template_args::TemplateArgs;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -38,11 +28,11 @@ pub struct Args {
     /// Multiplies the adapter's output (llama.cpp's `--lora-scaled`).
     #[arg(long, default_value_t = 1.0, requires = "adapter")]
     adapter_scale: f32,
-    /// The prompt text (the instruction, with --template alpaca; the user turn, with llama3-chat).
+    /// The prompt text (the user message with a chat template; the instruction with alpaca).
     #[arg(long)]
     prompt: String,
-    #[arg(long, value_enum, default_value = "none")]
-    template: Template,
+    #[command(flatten)]
+    template: TemplateArgs,
     #[arg(long, default_value_t = 128)]
     max_tokens: usize,
     /// 0 is greedy.
@@ -108,20 +98,10 @@ fn run_on(
     policy: Option<&Policy>,
 ) -> Result<()> {
     let tokenizer = Tokenizer::from_gguf(file)?;
-    let add_bos = tokenizer.add_bos_default();
-    let prompt = match args.template {
-        Template::None => tokenizer.encode(&args.prompt, add_bos, false)?,
-        Template::Alpaca => {
-            let rendered = template::alpaca(&args.prompt, None, None);
-            tokenizer.encode(rendered.prompt(), add_bos, false)?
-        }
-        Template::Llama3Chat => {
-            // The template writes <|begin_of_text|> itself: parse it as a special token, no BOS.
-            let rendered =
-                template::llama3_chat(&[Message::new("user", args.prompt.as_str())], true);
-            tokenizer.encode(rendered.prompt(), false, true)?
-        }
-    };
+    let prompt = args
+        .template
+        .format(file, &tokenizer)?
+        .encode(&tokenizer, &args.prompt)?;
     let opts = GenerateOptions {
         max_tokens: args.max_tokens,
         sampling: SamplingParams {

@@ -16,6 +16,8 @@ mod perplexity_cmd;
 mod plan_cmd;
 mod quantize_cmd;
 mod shape_args;
+mod template_args;
+mod template_cmd;
 mod testmodel_cmd;
 mod tokenize_cmd;
 mod train_cmd;
@@ -60,6 +62,8 @@ enum Command {
     Testmodel(testmodel_cmd::Args),
     /// Print the token ids of a text with a model's tokenizer.
     Tokenize(tokenize_cmd::Args),
+    /// Print a conversation rendered with the model's chat template (or a template file).
+    Template(template_cmd::Args),
     /// Fine-tune a LoRA adapter on a dataset.
     Train(Box<train_cmd::Args>),
     /// Greedy answers to a JSONL suite of checked prompts: pass rate and failures.
@@ -83,6 +87,7 @@ fn main() -> ExitCode {
         Command::Quantize(args) => quantize_cmd::run(args),
         Command::Testmodel(args) => testmodel_cmd::run(args),
         Command::Tokenize(args) => tokenize_cmd::run(args),
+        Command::Template(args) => template_cmd::run(args),
         Command::Train(args) => train_cmd::run_cmd(*args),
         Command::Bench(args) => bench_cmd::run(args),
         Command::Demo(args) => demo_cmd::run(args),

@@ -1,10 +1,12 @@
-//! `edgetune testmodel --preset NAME --type TYPE --out FILE [--seed S] [--tokenizer FILE]`.
+//! `edgetune testmodel --preset NAME --type TYPE --out FILE [--seed S] [--tokenizer FILE]
+//! [--chat-template FILE.jinja]`.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use edgetune::gguf::Value;
 use edgetune::testmodel::{self, Vocabulary, WeightTypes};
+use edgetune::tokenizer::chat_template::KEY_CHAT_TEMPLATE;
 use edgetune::{Error, Result};
 
 #[derive(clap::Args)]
@@ -29,6 +31,9 @@ pub struct Args {
     /// Embed this Hugging Face tokenizer.json's vocabulary (its size replaces the preset's).
     #[arg(long)]
     tokenizer: Option<PathBuf>,
+    /// Store this Jinja file as the model's chat template (`tokenizer.chat_template`).
+    #[arg(long, value_name = "FILE.jinja")]
+    chat_template: Option<PathBuf>,
 }
 
 /// The GGUF tokenizer keys for a Hugging Face `tokenizer.json`, as llama.cpp's converter writes them.
@@ -43,7 +48,7 @@ pub fn run(args: Args) -> Result<()> {
     if args.pure {
         types = types.pure();
     }
-    let vocab = match &args.tokenizer {
+    let mut vocab = match &args.tokenizer {
         None => Vocabulary::Synthetic,
         Some(path) => {
             let kv = tokenizer_metadata(path)?;
@@ -51,6 +56,16 @@ pub fn run(args: Args) -> Result<()> {
             Vocabulary::Metadata(kv)
         }
     };
+    if let Some(path) = &args.chat_template {
+        let source = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let mut kv = match vocab {
+            Vocabulary::Synthetic => testmodel::synthetic_vocab_metadata(preset.n_vocab)?,
+            Vocabulary::Metadata(kv) => kv,
+        };
+        kv.retain(|(k, _)| k != KEY_CHAT_TEMPLATE);
+        kv.push((KEY_CHAT_TEMPLATE.into(), Value::String(source)));
+        vocab = Vocabulary::Metadata(kv);
+    }
     let start = Instant::now();
     let written = testmodel::write_test_model_with(&preset, types, args.seed, &vocab, &args.out)?;
     eprintln!(
