@@ -1,7 +1,9 @@
 //! Measuring adapters: eval suites with checks ([`suite`], [`checks`], [`runner`]), the
+//! assistant set's before/after measures ([`assistant`]), the
 //! guardrail ([`guard`]), the held-out loss ([`heldout`]) and the side-by-side comparison of
 //! training methods behind `edgetune compare` ([`compare`]).
 
+pub mod assistant;
 pub mod checks;
 pub mod compare;
 pub mod guard;
@@ -13,5 +15,5 @@ pub use crate::tokenizer::chat_template::PromptFormat;
 pub use checks::Check;
 pub use guard::{Guarded, Hit, Policy, REFUSAL, guard_generation};
 pub use heldout::{HeldoutLoss, heldout_loss};
-pub use runner::{EvalOptions, EvalReport, Failure, run_suite};
+pub use runner::{EvalOptions, EvalReport, Failure, run_suite, run_suite_answers};
 pub use suite::{Case, Suite, load_suite, parse_suite};
