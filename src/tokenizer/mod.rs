@@ -17,10 +17,15 @@
 
 pub mod bpe;
 pub mod hf_json;
+pub mod pre_custom;
+pub mod pre_regex;
+pub mod pre_table;
+pub mod pretokenize;
 pub mod special;
 pub mod spm;
 pub mod stream;
 pub mod template;
+pub mod unicode_cat;
 pub mod vocab;
 
 use std::path::PathBuf;
