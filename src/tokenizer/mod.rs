@@ -16,6 +16,7 @@
 //! `decode(encode(s, false, p)) == s` for both families.
 
 pub mod bpe;
+pub mod eog;
 pub mod hf_json;
 pub mod pre_custom;
 pub mod pre_regex;
@@ -38,18 +39,6 @@ use special::{Segment, SpecialMatcher};
 pub use stream::StreamDecoder;
 pub use vocab::{ModelKind, TokenType};
 
-/// Texts of control tokens that end a turn: generation stops at them as at EOS (llama.cpp
-/// detects end-of-turn and end-of-message tokens by the same texts).
-const END_OF_TURN_TEXTS: &[&str] = &[
-    "<|eot_id|>",
-    "<|eom_id|>",
-    "<|end_of_text|>",
-    "<|endoftext|>",
-    "<|im_end|>",
-    "<|end|>",
-    "<end_of_turn>",
-];
-
 /// A tokenizer for one model, built from its GGUF metadata.
 pub struct Tokenizer {
     path: PathBuf,
@@ -63,7 +52,8 @@ pub struct Tokenizer {
     piece_offsets: Vec<usize>,
     matcher: SpecialMatcher,
     bos: Option<u32>,
-    eos: Vec<u32>,
+    /// The end-of-generation ids, EOS first.
+    eog: Vec<u32>,
     add_bos: bool,
     /// SentencePiece with `add_space_prefix`: a space goes before each run of text.
     space_prefix: bool,
@@ -82,7 +72,7 @@ impl std::fmt::Debug for Tokenizer {
             .field("kind", &self.kind)
             .field("vocab_size", &self.tokens.len())
             .field("bos", &self.bos)
-            .field("eos", &self.eos)
+            .field("eog", &self.eog)
             .finish()
     }
 }
@@ -91,11 +81,13 @@ impl Tokenizer {
     /// Builds the tokenizer that `f`'s `tokenizer.ggml.*` keys describe.
     pub fn from_gguf(f: &GgufFile) -> crate::Result<Tokenizer> {
         let path = f.path().to_path_buf();
-        let v = vocab::GgufVocab::read(f)?;
+        let mut v = vocab::GgufVocab::read(f)?;
         let mut inner = match v.kind {
             ModelKind::Gpt2 => bpe::build(&v, &path)?,
             ModelKind::Spm => spm::build(&v, &path)?,
         };
+        // Before the special tokens are registered: it may change token types.
+        let eog = eog::end_of_generation(&mut v);
 
         // Control tokens are special added tokens, user-defined ones plain added tokens (always
         // matched). Both are already in the model's vocabulary, so they keep the file's ids.
@@ -132,21 +124,6 @@ impl Tokenizer {
 
         let (piece_bytes, piece_offsets) = decode_pieces(&v);
 
-        let mut eos: Vec<u32> = Vec::new();
-        let mut push = |id: u32| {
-            if !eos.contains(&id) {
-                eos.push(id);
-            }
-        };
-        for id in [v.eos, v.eot, v.eom].into_iter().flatten() {
-            push(id);
-        }
-        for (i, t) in v.tokens.iter().enumerate() {
-            if v.types[i] == TokenType::Control && END_OF_TURN_TEXTS.contains(&t.as_str()) {
-                push(i as u32);
-            }
-        }
-
         Ok(Tokenizer {
             path,
             kind: v.kind,
@@ -154,7 +131,7 @@ impl Tokenizer {
             space_prefix: v.kind == ModelKind::Spm && v.add_space_prefix,
             add_bos: v.add_bos.unwrap_or(true) && v.bos.is_some(),
             bos: v.bos,
-            eos,
+            eog,
             matcher,
             piece_bytes,
             piece_offsets,
@@ -301,15 +278,26 @@ impl Tokenizer {
         self.bos
     }
 
-    /// EOS and the end-of-turn / end-of-message tokens (`tokenizer.ggml.eos_token_id`,
-    /// `eot_token_id`, `eom_token_id`, and control tokens such as `<|eot_id|>`,
-    /// `<|eom_id|>`, `<|end_of_text|>`): generation stops at any of them. EOS comes first.
-    pub fn eos_ids(&self) -> &[u32] {
-        &self.eos
+    /// The end-of-generation tokens, as llama.cpp picks them ([`eog`]): EOS, EOT and EOM from
+    /// their keys, the FIM pad/repo/separator tokens, and tokens whose text ends a turn
+    /// (`<|eot_id|>`, `<|im_end|>`, `<|endoftext|>`, `<end_of_turn>`…). EOS comes first.
+    pub fn eog_ids(&self) -> &[u32] {
+        &self.eog
     }
 
+    /// Whether generation stops at `id` (see [`Tokenizer::eog_ids`]).
+    pub fn is_eog(&self, id: u32) -> bool {
+        self.eog.contains(&id)
+    }
+
+    /// The same as [`Tokenizer::eog_ids`]: EOS first, then the other ends of generation.
+    pub fn eos_ids(&self) -> &[u32] {
+        &self.eog
+    }
+
+    /// The same as [`Tokenizer::is_eog`].
     pub fn is_eos(&self, id: u32) -> bool {
-        self.eos.contains(&id)
+        self.is_eog(id)
     }
 
     /// `tokenizer.ggml.add_bos_token` if present, else true (false when there is no BOS).

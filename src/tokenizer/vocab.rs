@@ -78,6 +78,10 @@ pub struct GgufVocab {
     pub eot: Option<u32>,
     pub eom: Option<u32>,
     pub unk: Option<u32>,
+    /// The fill-in-the-middle ids that end generation, in [`super::eog::fim_keys`]'s order
+    /// (pad, repo, file separator); out-of-range values are ignored with a warning, as in
+    /// llama.cpp.
+    pub fim: [Option<u32>; 3],
     pub add_bos: Option<bool>,
     pub add_space_prefix: bool,
 }
@@ -122,6 +126,24 @@ fn opt_id(f: &GgufFile, key: &str, n_vocab: usize) -> crate::Result<Option<u32>>
         )),
         other => Ok(other),
     }
+}
+
+/// The keys of [`super::eog::fim_keys`]; an id beyond the vocabulary is dropped with a warning.
+fn fim_ids(f: &GgufFile, n_vocab: usize) -> crate::Result<[Option<u32>; 3]> {
+    let mut ids = [None; 3];
+    for (slot, key) in ids.iter_mut().zip(super::eog::fim_keys()) {
+        *slot = match f.opt_u32(key)? {
+            Some(id) if id as usize >= n_vocab => {
+                log::warn!(
+                    "{}: {key} = {id} is beyond the {n_vocab} tokens; ignored",
+                    f.path().display()
+                );
+                None
+            }
+            other => other,
+        };
+    }
+    Ok(ids)
 }
 
 impl GgufVocab {
@@ -209,6 +231,7 @@ impl GgufVocab {
             eot: opt_id(f, KEY_EOT, n)?,
             eom: opt_id(f, KEY_EOM, n)?,
             unk: opt_id(f, KEY_UNK, n)?,
+            fim: fim_ids(f, n)?,
             add_bos: f.opt_bool(KEY_ADD_BOS)?,
             add_space_prefix: f.opt_bool(KEY_ADD_SPACE_PREFIX)?.unwrap_or(true),
             tokens,
