@@ -232,9 +232,19 @@ fn malformed_metadata_is_refused() {
     contains_all(&e, &["tokenizer.ggml.merges", "merge 1", "\"x\""]);
     let e = err_of(gpt2_kv("gpt-2", &["e h"]));
     contains_all(&e, &["tokenizer.ggml.merges", "merge 0", "\"eh\""]);
-    // An unsupported pre-tokenizer and model.
-    let e = err_of(gpt2_kv("qwen2", GPT2_MERGES));
-    contains_all(&e, &["tokenizer.ggml.pre", "qwen2"]);
+    // A pre-tokenizer llama.cpp does not know (the error lists the ones it does), and an
+    // unsupported model.
+    let e = err_of(gpt2_kv("qwen9", GPT2_MERGES));
+    contains_all(
+        &e,
+        &[
+            "hand-made.gguf",
+            "tokenizer.ggml.pre",
+            "qwen9",
+            "qwen2",
+            "llama-bpe",
+        ],
+    );
     let mut kv = gpt2_kv("gpt-2", GPT2_MERGES);
     kv[0].1 = Value::String("bert".into());
     contains_all(&err_of(kv), &["tokenizer.ggml.model", "bert"]);

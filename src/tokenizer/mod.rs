@@ -1,6 +1,10 @@
-//! Tokenizers built from GGUF metadata: byte-level BPE (Llama 3, `tokenizer.ggml.model =
-//! gpt2`) and SentencePiece BPE (`llama`), both running on the `tokenizers` crate, plus prompt
-//! templates ([`template`]) and the `tokenizer.json` → GGUF key conversion ([`hf_json`]).
+//! Tokenizers built from GGUF metadata: byte-level BPE (`tokenizer.ggml.model = gpt2`: Llama 3,
+//! Qwen, SmolLM…) and SentencePiece BPE (`llama`), both merging with the `tokenizers` crate, plus
+//! prompt templates ([`template`]) and the `tokenizer.json` → GGUF key conversion ([`hf_json`]).
+//!
+//! Byte-level BPE text is first split by the file's pre-tokenizer (`tokenizer.ggml.pre`), the way
+//! llama.cpp splits it: every name llama.cpp accepts is in [`pre_table`], run by [`pretokenize`].
+//! Generation stops at the end-of-generation tokens llama.cpp picks ([`eog`]).
 //!
 //! Special tokens follow llama.cpp: control tokens (token type 3: BOS, EOS, `<|eot_id|>`…) are
 //! recognised in text only with `parse_special`; otherwise their text is tokenized like any
@@ -35,6 +39,7 @@ use tokenizers::AddedToken;
 
 use crate::Error;
 use crate::gguf::GgufFile;
+use pretokenize::PreTokenizer;
 use special::{Segment, SpecialMatcher};
 pub use stream::StreamDecoder;
 pub use vocab::{ModelKind, TokenType};
@@ -51,6 +56,8 @@ pub struct Tokenizer {
     piece_bytes: Vec<u8>,
     piece_offsets: Vec<usize>,
     matcher: SpecialMatcher,
+    /// The pre-tokenizer of a byte-level BPE vocabulary (`None` for SentencePiece).
+    pre: Option<PreTokenizer>,
     bos: Option<u32>,
     /// The end-of-generation ids, EOS first.
     eog: Vec<u32>,
@@ -71,6 +78,7 @@ impl std::fmt::Debug for Tokenizer {
             .field("path", &self.path)
             .field("kind", &self.kind)
             .field("vocab_size", &self.tokens.len())
+            .field("pre", &self.pre.as_ref().map(|p| p.name()))
             .field("bos", &self.bos)
             .field("eog", &self.eog)
             .finish()
@@ -82,9 +90,12 @@ impl Tokenizer {
     pub fn from_gguf(f: &GgufFile) -> crate::Result<Tokenizer> {
         let path = f.path().to_path_buf();
         let mut v = vocab::GgufVocab::read(f)?;
-        let mut inner = match v.kind {
-            ModelKind::Gpt2 => bpe::build(&v, &path)?,
-            ModelKind::Spm => spm::build(&v, &path)?,
+        let (mut inner, pre) = match v.kind {
+            ModelKind::Gpt2 => {
+                let (inner, pre) = bpe::build(&v, &path)?;
+                (inner, Some(pre))
+            }
+            ModelKind::Spm => (spm::build(&v, &path)?, None),
         };
         // Before the special tokens are registered: it may change token types.
         let eog = eog::end_of_generation(&mut v);
@@ -122,17 +133,26 @@ impl Tokenizer {
                 }),
         );
 
-        let (piece_bytes, piece_offsets) = decode_pieces(&v);
+        let escaped_spaces = pre.as_ref().is_some_and(|p| p.row().escape_whitespaces);
+        let (piece_bytes, piece_offsets) = decode_pieces(&v, escaped_spaces);
+
+        // SentencePiece adds BOS unless the file says otherwise; byte-level BPE only where the
+        // pre-tokenizer's row says so (Llama 3, Tekken, Chameleon), and Gemma 4 always.
+        let add_bos = match &pre {
+            None => v.add_bos.unwrap_or(true),
+            Some(p) => v.add_bos.unwrap_or(p.row().add_bos) || p.pre_type().force_bos,
+        };
 
         Ok(Tokenizer {
             path,
             kind: v.kind,
             inner,
             space_prefix: v.kind == ModelKind::Spm && v.add_space_prefix,
-            add_bos: v.add_bos.unwrap_or(true) && v.bos.is_some(),
+            add_bos: add_bos && v.bos.is_some(),
             bos: v.bos,
             eog,
             matcher,
+            pre,
             piece_bytes,
             piece_offsets,
             tokens: v.tokens,
@@ -197,6 +217,16 @@ impl Tokenizer {
 
     /// Encodes text that holds no added token to match.
     fn encode_run(&self, s: &str, run_start: bool, ids: &mut Vec<u32>) -> crate::Result<()> {
+        let err = |e: String| {
+            Error::Invalid(format!(
+                "{}: tokenizing {} bytes of text: {e}",
+                self.path.display(),
+                s.len()
+            ))
+        };
+        if let Some(pre) = &self.pre {
+            return bpe::encode(&self.inner, pre, s, ids).map_err(err);
+        }
         let prefixed;
         let s = if self.space_prefix && run_start {
             prefixed = format!(" {s}");
@@ -204,13 +234,10 @@ impl Tokenizer {
         } else {
             s
         };
-        let enc = self.inner.encode_fast(s, false).map_err(|e| {
-            Error::Invalid(format!(
-                "{}: tokenizing {} bytes of text: {e}",
-                self.path.display(),
-                s.len()
-            ))
-        })?;
+        let enc = self
+            .inner
+            .encode_fast(s, false)
+            .map_err(|e| err(e.to_string()))?;
         ids.extend_from_slice(enc.get_ids());
         Ok(())
     }
@@ -300,7 +327,14 @@ impl Tokenizer {
         self.is_eog(id)
     }
 
-    /// `tokenizer.ggml.add_bos_token` if present, else true (false when there is no BOS).
+    /// The byte-level BPE pre-tokenizer (`None` for SentencePiece).
+    pub fn pre_tokenizer(&self) -> Option<&PreTokenizer> {
+        self.pre.as_ref()
+    }
+
+    /// Whether encoding adds BOS by default: `tokenizer.ggml.add_bos_token` if present, else
+    /// true for SentencePiece and the pre-tokenizer's default for byte-level BPE (forced for
+    /// Gemma 4); false when there is no BOS.
     pub fn add_bos_default(&self) -> bool {
         self.add_bos
     }
@@ -313,15 +347,17 @@ impl Tokenizer {
         self.kind
     }
 
-    /// The underlying `tokenizers` pipeline (without BOS handling, and for SentencePiece
-    /// without the "▁" prefix, which this wrapper adds).
+    /// The underlying `tokenizers` pipeline (without BOS handling; for SentencePiece without the
+    /// "▁" prefix, and for byte-level BPE without the pre-tokenizer split, which this wrapper
+    /// adds).
     pub fn inner(&self) -> &tokenizers::Tokenizer {
         &self.inner
     }
 }
 
-/// The bytes of every token, flattened (see [`Tokenizer::token_to_piece`]).
-fn decode_pieces(v: &vocab::GgufVocab) -> (Vec<u8>, Vec<usize>) {
+/// The bytes of every token, flattened (see [`Tokenizer::token_to_piece`]). `escaped_spaces`:
+/// a byte-level BPE vocabulary of raw UTF-8 with "▁" for spaces (Gemma 4 and the like).
+fn decode_pieces(v: &vocab::GgufVocab, escaped_spaces: bool) -> (Vec<u8>, Vec<usize>) {
     let byte_map = bpe::char_to_byte_map();
     let mut bytes = Vec::with_capacity(v.tokens.iter().map(String::len).sum());
     let mut offsets = Vec::with_capacity(v.tokens.len() + 1);
@@ -332,14 +368,15 @@ fn decode_pieces(v: &vocab::GgufVocab) -> (Vec<u8>, Vec<usize>) {
             (_, TokenType::Control | TokenType::UserDefined) => {
                 bytes.extend_from_slice(t.as_bytes())
             }
-            (ModelKind::Gpt2, _) => bpe::byte_level_decode(t, &byte_map, &mut bytes),
-            (ModelKind::Spm, TokenType::Byte) => match spm::parse_byte_token(t) {
+            // Byte tokens `<0xNN>` in both families.
+            (_, TokenType::Byte) => match spm::parse_byte_token(t) {
                 Some(b) => bytes.push(b),
                 None => bytes.extend_from_slice(t.as_bytes()),
             },
-            (ModelKind::Spm, _) => {
-                bytes.extend_from_slice(t.replace(spm::SPACE_MARK, " ").as_bytes())
+            (ModelKind::Gpt2, _) if !escaped_spaces => {
+                bpe::byte_level_decode(t, &byte_map, &mut bytes)
             }
+            _ => bytes.extend_from_slice(t.replace(spm::SPACE_MARK, " ").as_bytes()),
         }
         offsets.push(bytes.len());
     }
