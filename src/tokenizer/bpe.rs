@@ -67,14 +67,23 @@ pub fn byte_level_decode(token: &str, map: &HashMap<char, u8>, out: &mut Vec<u8>
     }
 }
 
-/// The `tokenizers` BPE model of a gpt2 vocabulary (every token, the file's merges, merges
-/// skipped for whole-token words where the pre-tokenizer says so, `<0xXX>` byte fallback for
-/// raw-UTF-8 types) inside a pipeline without a pre-tokenizer, and the file's pre-tokenizer,
-/// which [`encode`] runs first. Added tokens are registered by the caller.
+/// What encoding a gpt2 vocabulary needs besides its BPE model: the file's pre-tokenizer, and
+/// whether words must be cut at characters that are not tokens.
+#[derive(Debug)]
+pub struct BpeEncoder {
+    pub pre: PreTokenizer,
+    /// Every character a word can hold is a token (a byte-level vocabulary with all 256 byte
+    /// characters), so no word ever needs cutting.
+    complete: bool,
+}
+
+/// The `tokenizers` BPE model of a gpt2 vocabulary (every token, the file's merges, nothing
+/// else: [`encode`] does the rest) inside a pipeline without a pre-tokenizer, and the encoder.
+/// Added tokens are registered by the caller.
 pub fn build(
     v: &GgufVocab,
     path: &std::path::Path,
-) -> crate::Result<(tokenizers::Tokenizer, PreTokenizer)> {
+) -> crate::Result<(tokenizers::Tokenizer, BpeEncoder)> {
     let err = |key: &str, what: String| Error::Metadata {
         path: path.to_path_buf(),
         key: key.to_string(),
@@ -98,10 +107,12 @@ pub fn build(
             super::vocab::KEY_TOKENS
         );
     }
+    let complete = byte_encode
+        && byte_to_char_table()
+            .iter()
+            .all(|c| vocab.contains_key(c.encode_utf8(&mut [0; 4]) as &str));
     let model = BPE::builder()
         .vocab_and_merges(vocab, v.merges.clone())
-        .ignore_merges(pre.row().ignore_merges)
-        .byte_fallback(!byte_encode)
         .build()
         .map_err(|e| {
             err(
@@ -114,30 +125,57 @@ pub fn build(
     if byte_encode {
         tok.with_decoder(Some(ByteLevelDecoder::new(false, true, false)));
     }
-    Ok((tok, pre))
+    Ok((tok, BpeEncoder { pre, complete }))
 }
 
-/// Appends the ids of `text` (a run without added tokens) to `ids`: the pre-tokenizer's words,
-/// each merged on its own by `inner`'s BPE model, as llama.cpp's BPE tokenizer does.
+/// Appends the ids of `text` (a run without added tokens) to `ids`, as llama.cpp's BPE
+/// tokenizer finds them: each word of the pre-tokenizer on its own; taken whole where it is a
+/// token and the pre-tokenizer skips merges for such words (or, for Gemma 4 and mmBERT, where it
+/// is a run of newlines); else merged by rank. A character that is not a token never merges,
+/// so the merges run on the stretches between such characters; those characters then become
+/// their `<0xXX>` byte tokens in raw-UTF-8 vocabularies (bytes without one are dropped) and are
+/// dropped in byte-level ones (`tokenizers` would instead drop them before merging, letting their
+/// neighbours merge across them).
 pub fn encode(
     inner: &tokenizers::Tokenizer,
-    pre: &PreTokenizer,
+    enc: &BpeEncoder,
     text: &str,
     ids: &mut Vec<u32>,
 ) -> Result<(), String> {
     let model = inner.get_model();
-    let newline_words = pre.pre_type().newline_words;
-    for word in pre.words(text)? {
-        // Gemma 4 / mmBERT: a newline run that is a token is not merged piecewise.
-        if newline_words
-            && word.bytes().all(|b| b == b'\n')
-            && let Some(id) = model.token_to_id(&word)
-        {
+    let (row, ty) = (enc.pre.row(), enc.pre.pre_type());
+    let merge = |s: &str, ids: &mut Vec<u32>| -> Result<(), String> {
+        let tokens = model.tokenize(s).map_err(|e| e.to_string())?;
+        ids.extend(tokens.iter().map(|t| t.id));
+        Ok(())
+    };
+    for word in enc.pre.words(text)? {
+        let whole = row.ignore_merges || (ty.newline_words && word.bytes().all(|b| b == b'\n'));
+        if whole && let Some(id) = model.token_to_id(&word) {
             ids.push(id);
             continue;
         }
-        let tokens = model.tokenize(&word).map_err(|e| e.to_string())?;
-        ids.extend(tokens.iter().map(|t| t.id));
+        if enc.complete {
+            merge(&word, ids)?;
+            continue;
+        }
+        let mut start = 0;
+        for (at, c) in word.char_indices() {
+            let mut buf = [0; 4];
+            if model.token_to_id(c.encode_utf8(&mut buf)).is_some() {
+                continue;
+            }
+            merge(&word[start..at], ids)?;
+            start = at + c.len_utf8();
+            if !ty.byte_encode {
+                ids.extend(
+                    buf[..c.len_utf8()]
+                        .iter()
+                        .filter_map(|b| model.token_to_id(&format!("<0x{b:02X}>"))),
+                );
+            }
+        }
+        merge(&word[start..], ids)?;
     }
     Ok(())
 }

@@ -56,8 +56,9 @@ pub struct Tokenizer {
     piece_bytes: Vec<u8>,
     piece_offsets: Vec<usize>,
     matcher: SpecialMatcher,
-    /// The pre-tokenizer of a byte-level BPE vocabulary (`None` for SentencePiece).
-    pre: Option<PreTokenizer>,
+    /// The pre-tokenizer and merge rules of a byte-level BPE vocabulary (`None` for
+    /// SentencePiece).
+    bpe: Option<bpe::BpeEncoder>,
     bos: Option<u32>,
     /// The end-of-generation ids, EOS first.
     eog: Vec<u32>,
@@ -78,7 +79,7 @@ impl std::fmt::Debug for Tokenizer {
             .field("path", &self.path)
             .field("kind", &self.kind)
             .field("vocab_size", &self.tokens.len())
-            .field("pre", &self.pre.as_ref().map(|p| p.name()))
+            .field("pre", &self.pre_tokenizer().map(|p| p.name()))
             .field("bos", &self.bos)
             .field("eog", &self.eog)
             .finish()
@@ -90,10 +91,10 @@ impl Tokenizer {
     pub fn from_gguf(f: &GgufFile) -> crate::Result<Tokenizer> {
         let path = f.path().to_path_buf();
         let mut v = vocab::GgufVocab::read(f)?;
-        let (mut inner, pre) = match v.kind {
+        let (mut inner, bpe) = match v.kind {
             ModelKind::Gpt2 => {
-                let (inner, pre) = bpe::build(&v, &path)?;
-                (inner, Some(pre))
+                let (inner, enc) = bpe::build(&v, &path)?;
+                (inner, Some(enc))
             }
             ModelKind::Spm => (spm::build(&v, &path)?, None),
         };
@@ -133,12 +134,13 @@ impl Tokenizer {
                 }),
         );
 
-        let escaped_spaces = pre.as_ref().is_some_and(|p| p.row().escape_whitespaces);
+        let pre = bpe.as_ref().map(|b| &b.pre);
+        let escaped_spaces = pre.is_some_and(|p| p.row().escape_whitespaces);
         let (piece_bytes, piece_offsets) = decode_pieces(&v, escaped_spaces);
 
         // SentencePiece adds BOS unless the file says otherwise; byte-level BPE only where the
         // pre-tokenizer's row says so (Llama 3, Tekken, Chameleon), and Gemma 4 always.
-        let add_bos = match &pre {
+        let add_bos = match pre {
             None => v.add_bos.unwrap_or(true),
             Some(p) => v.add_bos.unwrap_or(p.row().add_bos) || p.pre_type().force_bos,
         };
@@ -152,7 +154,7 @@ impl Tokenizer {
             bos: v.bos,
             eog,
             matcher,
-            pre,
+            bpe,
             piece_bytes,
             piece_offsets,
             tokens: v.tokens,
@@ -224,8 +226,8 @@ impl Tokenizer {
                 s.len()
             ))
         };
-        if let Some(pre) = &self.pre {
-            return bpe::encode(&self.inner, pre, s, ids).map_err(err);
+        if let Some(enc) = &self.bpe {
+            return bpe::encode(&self.inner, enc, s, ids).map_err(err);
         }
         let prefixed;
         let s = if self.space_prefix && run_start {
@@ -329,7 +331,7 @@ impl Tokenizer {
 
     /// The byte-level BPE pre-tokenizer (`None` for SentencePiece).
     pub fn pre_tokenizer(&self) -> Option<&PreTokenizer> {
-        self.pre.as_ref()
+        self.bpe.as_ref().map(|b| &b.pre)
     }
 
     /// Whether encoding adds BOS by default: `tokenizer.ggml.add_bos_token` if present, else
