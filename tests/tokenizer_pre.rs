@@ -54,7 +54,7 @@ impl Variant {
 }
 
 fn smollm2_path() -> PathBuf {
-    if let Some(p) = std::env::var_os("EDGETUNE_SMOLLM2") {
+    if let Some(p) = std::env::var_os("EDGETUNE_SMOLLM2").filter(|p| !p.is_empty()) {
         return PathBuf::from(p);
     }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/fetch-model.sh");

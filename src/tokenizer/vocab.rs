@@ -149,18 +149,24 @@ fn fim_ids(f: &GgufFile, n_vocab: usize) -> crate::Result<[Option<u32>; 3]> {
 impl GgufVocab {
     /// Reads and checks every tokenizer key of `f`.
     pub fn read(f: &GgufFile) -> crate::Result<GgufVocab> {
-        let kind = match f.str(KEY_MODEL)? {
-            "gpt2" => ModelKind::Gpt2,
-            "llama" => ModelKind::Spm,
+        let file_pre = f.opt_str(KEY_PRE)?.map(str::to_string);
+        let (kind, pre) = match f.str(KEY_MODEL)? {
+            "gpt2" => (ModelKind::Gpt2, file_pre),
+            // Gemma 4 files name their own model: byte-level BPE's merges with the `gemma4`
+            // pre-tokenizer, whatever `tokenizer.ggml.pre` says (llama.cpp reads them so).
+            "gemma4" => (ModelKind::Gpt2, Some("gemma4".to_string())),
+            "llama" => (ModelKind::Spm, file_pre),
             other => {
                 return Err(meta_err(
                     f,
                     KEY_MODEL,
-                    format!("tokenizer model `{other}` is not supported (only `gpt2` and `llama`)"),
+                    format!(
+                        "tokenizer model `{other}` is not supported (only `gpt2`, `gemma4` and \
+                         `llama`)"
+                    ),
                 ));
             }
         };
-        let pre = f.opt_str(KEY_PRE)?.map(str::to_string);
         let tokens = f.string_array(KEY_TOKENS)?.to_vec();
         let n = tokens.len();
         if n == 0 {
