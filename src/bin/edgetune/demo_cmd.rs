@@ -42,6 +42,10 @@ pub struct Args {
     /// Held-out cases evaluated before and after (spread over every kind), of the set's 60.
     #[arg(long, default_value_t = 24)]
     pub heldout_cases: usize,
+    /// General requests the base model answers itself, trained on beside the new data so it
+    /// keeps its general behaviour (0: none).
+    #[arg(long, default_value_t = 24)]
+    pub replay: usize,
     /// Tokens generated per answer at most.
     #[arg(long, default_value_t = 56)]
     pub max_tokens: usize,
