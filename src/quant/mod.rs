@@ -15,6 +15,7 @@
 
 pub mod float;
 pub mod icq;
+pub mod int8;
 pub mod iq4_nl;
 pub mod k_quants;
 pub mod matmul;
@@ -25,6 +26,8 @@ pub mod q5;
 pub mod q8;
 pub mod requantize;
 pub(crate) mod simd;
+
+pub use int8::Compute;
 
 use std::fmt;
 
