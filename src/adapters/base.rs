@@ -178,6 +178,7 @@ fn qm(ty: GgmlType, rows: usize, cols: usize, data: &[u8]) -> QuantMatrix<'_> {
         rows,
         cols,
         data,
+        compute: Default::default(),
     }
 }
 

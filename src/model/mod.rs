@@ -28,6 +28,7 @@ pub use weights::{LayerWeights, LlamaWeights};
 
 use crate::backend::CpuBackend;
 use crate::gguf::GgufFile;
+use crate::quant::Compute;
 use crate::train::AdapterSet;
 use crate::{Error, Result};
 use adapter_hook::{AdapterBuffers, AdapterHook};
@@ -42,6 +43,10 @@ pub struct Llama<'a> {
     config: LlamaConfig,
     weights: LlamaWeights<'a>,
     model: BackendModel<'a, CpuBackend>,
+    /// The weights `forward` multiplies with when its arithmetic is not f32 (`model` is what
+    /// training runs on, always f32 unless the trainer asks otherwise).
+    infer: Option<BackendModel<'a, CpuBackend>>,
+    compute: Compute,
     max_batch: usize,
     /// Activation buffers, allocated on first use for `min(tokens, max_batch)` tokens and grown
     /// only when a larger chunk arrives; with adapters, their buffers too.
@@ -72,6 +77,8 @@ impl<'a> Llama<'a> {
             config,
             weights,
             model,
+            infer: None,
+            compute: Compute::F32,
             max_batch: DEFAULT_MAX_BATCH,
             workspace: Mutex::new(None),
             adapters: None,
@@ -87,6 +94,28 @@ impl<'a> Llama<'a> {
         self.adapters = adapters;
         *self.workspace.get_mut().map_err(|_| poisoned())? = None;
         Ok(())
+    }
+
+    /// Arithmetic of the quantized projections in [`Llama::forward`] and
+    /// [`Llama::forward_last`]: `F32` (the default: weights converted to f32) or `Int8`
+    /// (activations quantized per block, integer dot products, where the CPU has them; logits
+    /// then differ from f32 by about llama.cpp's own error). Training is not affected.
+    pub fn set_compute(&mut self, compute: Compute) -> Result<()> {
+        self.infer = match compute {
+            Compute::F32 => None,
+            c => Some(BackendModel::new(
+                CpuBackend,
+                &self.config,
+                &self.weights.with_compute(c),
+            )?),
+        };
+        self.compute = compute;
+        Ok(())
+    }
+
+    /// The arithmetic of the forward (see [`Llama::set_compute`]).
+    pub fn compute(&self) -> Compute {
+        self.compute
     }
 
     /// The adapters applied, if any.
@@ -230,14 +259,13 @@ impl<'a> Llama<'a> {
                 LogitRows::All(head)
             };
             let chunk = &tokens[start..end];
+            let model = self.infer.as_ref().unwrap_or(&self.model);
             match &self.adapters {
                 Some(set) => {
                     let mut hook = AdapterHook { set, buffers: ab };
-                    forward::forward_chunk(&self.model, ws, cache, chunk, rows, &mut hook)?
+                    forward::forward_chunk(model, ws, cache, chunk, rows, &mut hook)?
                 }
-                None => {
-                    forward::forward_chunk(&self.model, ws, cache, chunk, rows, &mut NoAdapters)?
-                }
+                None => forward::forward_chunk(model, ws, cache, chunk, rows, &mut NoAdapters)?,
             }
             start = end;
         }

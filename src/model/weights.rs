@@ -100,6 +100,27 @@ impl<'a> Checker<'a> {
 }
 
 impl<'a> LlamaWeights<'a> {
+    /// The same views with every projection (and the output head) multiplied with `compute`
+    /// arithmetic.
+    pub fn with_compute(&self, compute: crate::quant::Compute) -> LlamaWeights<'a> {
+        let mut w = self.clone();
+        for l in &mut w.layers {
+            for m in [
+                &mut l.attn_q,
+                &mut l.attn_k,
+                &mut l.attn_v,
+                &mut l.attn_output,
+                &mut l.ffn_gate,
+                &mut l.ffn_up,
+                &mut l.ffn_down,
+            ] {
+                *m = m.with_compute(compute);
+            }
+        }
+        w.output = w.output.with_compute(compute);
+        w
+    }
+
     /// Finds and checks every tensor `cfg` implies.
     pub fn from_gguf(file: &'a GgufFile, cfg: &LlamaConfig) -> Result<LlamaWeights<'a>> {
         let c = Checker { file };

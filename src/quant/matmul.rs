@@ -20,8 +20,8 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use super::GgmlType;
 use super::microkernel::{self, MR, NR};
+use super::{Compute, GgmlType};
 use crate::{Error, Result};
 
 /// A borrowed quantized matrix: `rows` rows of `cols` elements of type `ty`.
@@ -33,6 +33,8 @@ pub struct QuantMatrix<'a> {
     /// Input features (`in`): the contiguous dimension, a multiple of the block size.
     pub cols: usize,
     pub data: &'a [u8],
+    /// Arithmetic of [`matmul_xwt`] with this matrix (`F32` from [`QuantMatrix::new`]).
+    pub compute: Compute,
 }
 
 impl<'a> QuantMatrix<'a> {
@@ -57,7 +59,13 @@ impl<'a> QuantMatrix<'a> {
             rows,
             cols,
             data,
+            compute: Compute::F32,
         })
+    }
+
+    /// The same view, multiplied with `compute` arithmetic by [`matmul_xwt`].
+    pub fn with_compute(self, compute: Compute) -> Self {
+        QuantMatrix { compute, ..self }
     }
 
     /// Bytes of one row.
@@ -130,11 +138,15 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     })
 }
 
-/// `y[n, out] = x[n, in] · Wᵀ`, parallel over W's rows.
+/// `y[n, out] = x[n, in] · Wᵀ`, parallel over W's rows; with `w.compute == Int8`, the integer
+/// kernels of [`super::int8::matmul`] where this CPU and W's type have them.
 pub fn matmul_xwt(x: &[f32], n: usize, w: &QuantMatrix, y: &mut [f32]) -> Result<()> {
     check_dims("matmul x·Wᵀ", x.len(), n, w.cols, "x")?;
     check_dims("matmul x·Wᵀ", y.len(), n, w.rows, "y")?;
     if n == 0 || w.rows == 0 {
+        return Ok(());
+    }
+    if w.compute == Compute::Int8 && super::int8::matmul::matmul_xwt(x, n, w, y)? {
         return Ok(());
     }
     let out = SharedOut(y.as_mut_ptr());
