@@ -1,6 +1,6 @@
 //! `edgetune bench train --model M [--seq-len L] [--rank r] [--batch B] [--steps N] [--json]`:
 //! training throughput and peak memory over a few steps on random token data (the first step
-//! is a warm-up and is not timed).
+//! is a warm-up and is not timed). `edgetune bench forward`: see [`crate::bench_forward`].
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -22,6 +22,8 @@ pub struct Args {
 enum What {
     /// Training steps: tok/s and peak RSS.
     Train(TrainArgs),
+    /// Inference: prompt and generation tok/s and peak RSS, measured as llama-bench does.
+    Forward(crate::bench_forward::ForwardArgs),
 }
 
 #[derive(clap::Args)]
@@ -53,6 +55,7 @@ struct TrainArgs {
 pub fn run(args: Args) -> Result<()> {
     match args.what {
         What::Train(a) => bench_train(a),
+        What::Forward(a) => crate::bench_forward::bench_forward(a),
     }
 }
 

@@ -2,7 +2,9 @@
 
 mod backend_args;
 mod bench_cmd;
+mod bench_forward;
 mod compare_cmd;
+mod compute_args;
 mod data_cmd;
 mod demo_cmd;
 mod demo_real;
@@ -38,7 +40,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Benchmarks: `bench train` (tok/s and peak RSS of training steps).
+    /// Benchmarks: `bench train` (training steps), `bench forward` (prompt and generation):
+    /// tok/s and peak RSS.
     Bench(bench_cmd::Args),
     /// Fine-tune a real model (SmolLM2, fetched once) on the built-in assistant set, measured before/after.
     Demo(demo_cmd::Args),
