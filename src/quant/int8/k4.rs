@@ -94,7 +94,7 @@ macro_rules! k4_kernels {
         #[cfg(target_arch = "x86_64")]
         #[inline(always)]
         unsafe fn dot_x86<D: super::super::x86::Dp>(row: &[u8], a: &ActRow<'_>) -> f32 {
-            use super::super::x86::{f16, hsum_ps, load32};
+            use super::super::x86::{hsum_ps, load32, scale8};
             use std::arch::x86_64::*;
             let n = blocks_in::<$block>(row, a);
             let blocks = &crate::quant::simd::as_blocks::<$block>(row)[..n];
@@ -103,6 +103,7 @@ macro_rules! k4_kernels {
             unsafe {
                 let (mut acc, mut accm) = (_mm256_setzero_ps(), _mm256_setzero_ps());
                 for (i, b) in blocks.iter().enumerate() {
+                    super::super::x86::prefetch_ahead(b);
                     let (sc, mn) = unpack_scales_mins_k4(&b.scales);
                     let x = &a.qs[256 * i..256 * i + 256];
                     let mut isum = _mm256_setzero_si256();
@@ -117,16 +118,12 @@ macro_rules! k4_kernels {
                         isum = _mm256_add_epi32(isum, _mm256_add_epi32(pl, ph));
                     }
                     let dx = a.d[8 * i];
-                    acc = _mm256_fmadd_ps(
-                        _mm256_cvtepi32_ps(isum),
-                        _mm256_set1_ps(f16(b.d) * dx),
-                        acc,
-                    );
+                    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale8(b.d, dx), acc);
                     // Σ_j m_j·(Σq)_j in 8 lanes, one per sub-block.
                     let mv = _mm256_cvtepu8_epi32(_mm_loadl_epi64(mn.as_ptr().cast()));
                     let sv = _mm256_loadu_si256(a.isum[8 * i..8 * i + 8].as_ptr().cast());
                     let ms = _mm256_cvtepi32_ps(_mm256_mullo_epi32(mv, sv));
-                    accm = _mm256_fmadd_ps(ms, _mm256_set1_ps(-(f16(b.dmin) * dx)), accm);
+                    accm = _mm256_fmadd_ps(ms, scale8(b.dmin, -dx), accm);
                 }
                 hsum_ps(_mm256_add_ps(acc, accm))
             }
@@ -259,8 +256,8 @@ pub(crate) mod q5_k {
             use std::arch::aarch64::*;
             let (l0, h0) = nibbles(b.qs[32 * c..32 * c + 16].try_into().expect("16"));
             let (l1, h1) = nibbles(b.qs[32 * c + 16..32 * c + 32].try_into().expect("16"));
-            // SAFETY: qh is 32 readable bytes.
-            let (q0, q1) = unsafe { (vld1q_u8(b.qh.as_ptr()), vld1q_u8(b.qh.as_ptr().add(16))) };
+            // qh is 32 readable bytes (inside the kernel's unsafe block).
+            let (q0, q1) = (vld1q_u8(b.qh.as_ptr()), vld1q_u8(b.qh.as_ptr().add(16)));
             let sh = vdupq_n_s8(-(2 * c as i8));
             let (q0, q1) = (vshlq_u8(q0, sh), vshlq_u8(q1, sh));
             let one = vdupq_n_u8(1);

@@ -134,7 +134,7 @@ pub(crate) mod q6_k {
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     unsafe fn dot_x86<D: super::super::x86::Dp>(row: &[u8], a: &ActRow<'_>) -> f32 {
-        use super::super::x86::{f16, hsum_ps, load32};
+        use super::super::x86::{hsum_ps, load32, scale8};
         use super::x86_util::{pair, scaled_sums, scales16};
         use std::arch::x86_64::*;
         let n = blocks_in::<BlockQ6K>(row, a);
@@ -146,6 +146,7 @@ pub(crate) mod q6_k {
             let mask = _mm256_set1_epi8(0x0F);
             let three = _mm256_set1_epi8(3);
             for (i, b) in blocks.iter().enumerate() {
+                super::super::x86::prefetch_ahead(b);
                 let sc = scales16(&b.scales);
                 let x = &a.qs[256 * i..256 * i + 256];
                 let mut isum = _mm256_setzero_si256();
@@ -176,7 +177,7 @@ pub(crate) mod q6_k {
                 // Z = 32: subtract 32·Σ_j sc_j·(Σq)_j.
                 let corr = _mm256_slli_epi32::<5>(scaled_sums(&sc, &a.isum[16 * i..16 * i + 16]));
                 let total = _mm256_sub_epi32(isum, corr);
-                let s = _mm256_set1_ps(f16(b.d) * a.d[16 * i]);
+                let s = scale8(b.d, a.d[16 * i]);
                 acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(total), s, acc);
             }
             hsum_ps(acc)

@@ -66,7 +66,7 @@ pub(crate) mod q2_k {
     #[inline(always)]
     unsafe fn dot_x86<D: super::super::x86::Dp>(row: &[u8], a: &ActRow<'_>) -> f32 {
         use super::super::k6::x86_util::{pair, scaled_sums, widen16};
-        use super::super::x86::{f16, hsum_ps, load32};
+        use super::super::x86::{hsum_ps, load32, scale8};
         use std::arch::x86_64::*;
         let n = blocks_in::<BlockQ2K>(row, a);
         let blocks = &crate::quant::simd::as_blocks::<BlockQ2K>(row)[..n];
@@ -76,6 +76,7 @@ pub(crate) mod q2_k {
             let (mut acc, mut accm) = (_mm256_setzero_ps(), _mm256_setzero_ps());
             let three = _mm256_set1_epi8(3);
             for (i, b) in blocks.iter().enumerate() {
+                super::super::x86::prefetch_ahead(b);
                 let raw = _mm_loadu_si128(b.scales.as_ptr().cast());
                 let sc = widen16(_mm_and_si128(raw, _mm_set1_epi8(0x0F)));
                 let mn = widen16(_mm_and_si128(_mm_srli_epi16::<4>(raw), _mm_set1_epi8(0x0F)));
@@ -98,9 +99,9 @@ pub(crate) mod q2_k {
                     }
                 }
                 let dx = a.d[16 * i];
-                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(f16(b.d) * dx), acc);
+                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale8(b.d, dx), acc);
                 let ms = _mm256_cvtepi32_ps(scaled_sums(&mn, &a.isum[16 * i..16 * i + 16]));
-                accm = _mm256_fmadd_ps(ms, _mm256_set1_ps(-(f16(b.dmin) * dx)), accm);
+                accm = _mm256_fmadd_ps(ms, scale8(b.dmin, -dx), accm);
             }
             hsum_ps(_mm256_add_ps(acc, accm))
         }
@@ -188,7 +189,7 @@ pub(crate) mod q3_k {
     #[inline(always)]
     unsafe fn dot_x86<D: super::super::x86::Dp>(row: &[u8], a: &ActRow<'_>) -> f32 {
         use super::super::k6::x86_util::{pair, scaled_sums, scales16};
-        use super::super::x86::{f16, hsum_ps, load32};
+        use super::super::x86::{hsum_ps, load32, scale8};
         use std::arch::x86_64::*;
         let n = blocks_in::<BlockQ3K>(row, a);
         let blocks = &crate::quant::simd::as_blocks::<BlockQ3K>(row)[..n];
@@ -198,6 +199,7 @@ pub(crate) mod q3_k {
             let mut acc = _mm256_setzero_ps();
             let (three, one) = (_mm256_set1_epi8(3), _mm256_set1_epi8(1));
             for (i, b) in blocks.iter().enumerate() {
+                super::super::x86::prefetch_ahead(b);
                 let sc = scales16(&unpack_scales(&b.scales));
                 let x = &a.qs[256 * i..256 * i + 256];
                 let hm = load32(&b.hmask);
@@ -225,7 +227,7 @@ pub(crate) mod q3_k {
                 }
                 // Z = 4: subtract 4·Σ_j sc_j·(Σq)_j.
                 let corr = _mm256_slli_epi32::<2>(scaled_sums(&sc, &a.isum[16 * i..16 * i + 16]));
-                let s = _mm256_set1_ps(f16(b.d) * a.d[16 * i]);
+                let s = scale8(b.d, a.d[16 * i]);
                 acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(isum, corr)), s, acc);
             }
             hsum_ps(acc)

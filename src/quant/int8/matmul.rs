@@ -111,18 +111,17 @@ pub fn matmul_xwt_at(
 
 /// Matrix-vector path: contiguous ranges of rows, a few per worker.
 fn rows_gemv(w: &QuantMatrix, acts: &QuantActs, n: usize, gemv: super::GemvFn, out: SharedOut) {
-    let rows = w.rows;
+    let (rows, rb) = (w.rows, w.row_bytes());
     // Equal ranges, 4 per worker: even work, and a busy core's share can still be taken over.
     let parts = (4 * rayon::current_num_threads()).clamp(1, rows);
     let chunk = rows.div_ceil(parts);
     (0..rows.div_ceil(chunk)).into_par_iter().for_each(|c| {
-        for r in c * chunk..((c + 1) * chunk).min(rows) {
-            let row = w.row(r);
-            for t in 0..n {
-                let v = gemv(row, &acts.row(t));
-                // SAFETY: t·rows + r < n·rows = y.len(); row r belongs to this task only.
-                unsafe { *out.ptr().add(t * rows + r) = v };
-            }
+        let (r0, r1) = (c * chunk, ((c + 1) * chunk).min(rows));
+        for t in 0..n {
+            // SAFETY: t·rows + r1 ≤ n·rows = y.len(); rows r0..r1 belong to this task only.
+            let y =
+                unsafe { std::slice::from_raw_parts_mut(out.ptr().add(t * rows + r0), r1 - r0) };
+            gemv(&w.data[r0 * rb..r1 * rb], rb, &acts.row(t), y);
         }
     });
 }

@@ -152,6 +152,7 @@ impl Level {
     }
 
     /// An x86 level (all include AVX2, FMA and F16C).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(crate) fn has_avx2(self) -> bool {
         matches!(self, Level::Avx2 | Level::AvxVnni | Level::Avx512Vnni)
     }
@@ -167,9 +168,9 @@ impl Level {
     }
 }
 
-/// Matrix-vector kernel: Σ w·x̂ over one weight row (whole blocks) and one quantized
-/// activation row of the same length.
-pub type GemvFn = fn(row: &[u8], act: &ActRow<'_>) -> f32;
+/// Matrix-vector kernel: `y[r] = Σ w·x̂` over weight row `r` (whole blocks; rows `row_bytes`
+/// apart in `rows`) and one quantized activation row of the same length, for `r < y.len()`.
+pub type GemvFn = fn(rows: &[u8], row_bytes: usize, act: &ActRow<'_>, y: &mut [f32]);
 
 /// Scalar unpacking of a row of whole blocks: levels `u` (one per element) and per sub-block
 /// the scale `a` and offset `m` of `w = a·(u − Z) + m`.

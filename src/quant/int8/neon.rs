@@ -81,8 +81,8 @@ pub(crate) fn act16(qs: &[i8], i: usize) -> &[i8; 16] {
 }
 
 /// Generates module `$m` with `gemv_neon(level)`, returning `$body` (an `#[inline(always)]`
-/// `unsafe fn(&[u8], &ActRow) -> f32` needing NEON and dotprod) as a safe `fn` for
-/// `Level::NeonDot` on a CPU that has it.
+/// `unsafe fn(&[u8], &ActRow) -> f32` needing NEON and dotprod) as a safe rows kernel (see
+/// [`GemvFn`](super::GemvFn)) for `Level::NeonDot` on a CPU that has it.
 macro_rules! gemv_neon {
     ($m:ident, $body:ident) => {
         mod $m {
@@ -90,14 +90,16 @@ macro_rules! gemv_neon {
             use $crate::quant::int8::{ActRow, GemvFn, Level};
 
             #[target_feature(enable = "neon,dotprod")]
-            unsafe fn dot(row: &[u8], a: &ActRow<'_>) -> f32 {
-                // SAFETY: this function's features are the body's.
-                unsafe { $body(row, a) }
+            unsafe fn dot(rows: &[u8], rb: usize, a: &ActRow<'_>, y: &mut [f32]) {
+                for (y, row) in y.iter_mut().zip(rows.chunks_exact(rb.max(1))) {
+                    // SAFETY: this function's features are the body's.
+                    *y = unsafe { $body(row, a) };
+                }
             }
-            fn dot_safe(row: &[u8], a: &ActRow<'_>) -> f32 {
+            fn dot_safe(rows: &[u8], rb: usize, a: &ActRow<'_>, y: &mut [f32]) {
                 // SAFETY: only reachable through `gemv_neon(Level::NeonDot)` on a CPU that
                 // has the dot-product extension.
-                unsafe { dot(row, a) }
+                unsafe { dot(rows, rb, a, y) }
             }
 
             pub(crate) fn gemv_neon(level: Level) -> Option<GemvFn> {

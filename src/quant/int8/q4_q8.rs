@@ -89,23 +89,25 @@ pub(crate) mod q4_0 {
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     unsafe fn dot_x86<D: super::super::x86::Dp>(row: &[u8], a: &ActRow<'_>) -> f32 {
-        use super::super::x86::{act32, f16, hsum_ps, load32, nibbles32};
+        use super::super::x86::{act32, hsum_ps, load32, nibbles32, scale8};
         use std::arch::x86_64::*;
         let n = blocks_in::<BlockQ4_0>(row, a);
         let blocks = &as_blocks::<BlockQ4_0>(row)[..n];
         // SAFETY (whole body): the caller guarantees D's features plus AVX2/FMA/F16C.
         unsafe {
-            let mut acc = [_mm256_setzero_ps(); 2];
+            let (mut acc, mut acc2) = (_mm256_setzero_ps(), _mm256_setzero_ps());
             for (i, b) in blocks.iter().enumerate() {
+                super::super::x86::prefetch_ahead(b);
                 let p = D::dp(
                     _mm256_set1_epi32(-a.isum[i]),
                     nibbles32(&b.qs),
                     load32(act32(a.qs, i)),
                 );
-                let s = _mm256_set1_ps(f16(b.d) * a.d[i]);
-                acc[i & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), s, acc[i & 1]);
+                let s = scale8(b.d, a.d[i]);
+                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), s, acc);
+                std::mem::swap(&mut acc, &mut acc2);
             }
-            hsum_ps(_mm256_add_ps(acc[0], acc[1]))
+            hsum_ps(_mm256_add_ps(acc, acc2))
         }
     }
     #[cfg(target_arch = "x86_64")]
@@ -118,22 +120,20 @@ pub(crate) mod q4_0 {
         use std::arch::aarch64::*;
         let n = blocks_in::<BlockQ4_0>(row, a);
         let blocks = &as_blocks::<BlockQ4_0>(row)[..n];
-        let eight = vdupq_n_s8(8);
-        let mut acc = [vdupq_n_f32(0.0); 2];
-        for (i, b) in blocks.iter().enumerate() {
-            // SAFETY (whole loop): the caller guarantees NEON and dotprod.
-            unsafe {
+        // SAFETY (whole body): the caller guarantees NEON and dotprod.
+        unsafe {
+            let eight = vdupq_n_s8(8);
+            let (mut acc, mut acc2) = (vdupq_n_f32(0.0), vdupq_n_f32(0.0));
+            for (i, b) in blocks.iter().enumerate() {
                 let (lo, hi) = nibbles(&b.qs);
-                let p = sdot(
-                    vdupq_n_s32(0),
-                    vsubq_s8(lo, eight),
-                    load16(act16(a.qs, 32 * i)),
-                );
+                let x0 = load16(act16(a.qs, 32 * i));
+                let p = sdot(vdupq_n_s32(0), vsubq_s8(lo, eight), x0);
                 let p = sdot(p, vsubq_s8(hi, eight), load16(act16(a.qs, 32 * i + 16)));
-                acc[i & 1] = vfmaq_n_f32(acc[i & 1], vcvtq_f32_s32(p), f16_le(b.d) * a.d[i]);
+                acc = vfmaq_n_f32(acc, vcvtq_f32_s32(p), f16_le(b.d) * a.d[i]);
+                std::mem::swap(&mut acc, &mut acc2);
             }
+            vaddvq_f32(vaddq_f32(acc, acc2))
         }
-        vaddvq_f32(vaddq_f32(acc[0], acc[1]))
     }
     #[cfg(target_arch = "aarch64")]
     super::super::neon::gemv_neon!(neon_entry, dot_neon);
@@ -162,25 +162,28 @@ pub(crate) mod q4_1 {
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     unsafe fn dot_x86<D: super::super::x86::Dp>(row: &[u8], a: &ActRow<'_>) -> f32 {
-        use super::super::x86::{act32, f16, hsum_ps, load32, nibbles32};
+        use super::super::x86::{act32, f16x8, hsum_ps, load32, nibbles32, scale8};
         use std::arch::x86_64::*;
         let n = blocks_in::<BlockQ4_1>(row, a);
         let blocks = &as_blocks::<BlockQ4_1>(row)[..n];
         // SAFETY (whole body): the caller guarantees D's features plus AVX2/FMA/F16C.
         unsafe {
-            let mut acc = [_mm256_setzero_ps(); 2];
-            let mut mins = 0.0f32;
+            let (mut acc, mut acc2) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+            let mut mins = _mm256_setzero_ps();
             for (i, b) in blocks.iter().enumerate() {
+                super::super::x86::prefetch_ahead(b);
                 let p = D::dp(
                     _mm256_setzero_si256(),
                     nibbles32(&b.qs),
                     load32(act32(a.qs, i)),
                 );
-                let s = _mm256_set1_ps(f16(b.d) * a.d[i]);
-                acc[i & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), s, acc[i & 1]);
-                mins = f16(b.m).mul_add(a.dsum[i], mins);
+                let s = scale8(b.d, a.d[i]);
+                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), s, acc);
+                std::mem::swap(&mut acc, &mut acc2);
+                // m·(d·Σq) in all eight lanes; the sum is divided by 8 at the end (exact).
+                mins = _mm256_fmadd_ps(f16x8(b.m), _mm256_set1_ps(a.dsum[i]), mins);
             }
-            hsum_ps(_mm256_add_ps(acc[0], acc[1])) + mins
+            hsum_ps(_mm256_add_ps(acc, acc2)) + 0.125 * hsum_ps(mins)
         }
     }
     #[cfg(target_arch = "x86_64")]
@@ -193,19 +196,20 @@ pub(crate) mod q4_1 {
         use std::arch::aarch64::*;
         let n = blocks_in::<BlockQ4_1>(row, a);
         let blocks = &as_blocks::<BlockQ4_1>(row)[..n];
-        let mut acc = [vdupq_n_f32(0.0); 2];
-        let mut mins = 0.0f32;
-        for (i, b) in blocks.iter().enumerate() {
-            // SAFETY (whole loop): the caller guarantees NEON and dotprod.
-            unsafe {
+        // SAFETY (whole body): the caller guarantees NEON and dotprod.
+        unsafe {
+            let (mut acc, mut acc2) = (vdupq_n_f32(0.0), vdupq_n_f32(0.0));
+            let mut mins = 0.0f32;
+            for (i, b) in blocks.iter().enumerate() {
                 let (lo, hi) = nibbles(&b.qs);
                 let p = sdot(vdupq_n_s32(0), lo, load16(act16(a.qs, 32 * i)));
                 let p = sdot(p, hi, load16(act16(a.qs, 32 * i + 16)));
-                acc[i & 1] = vfmaq_n_f32(acc[i & 1], vcvtq_f32_s32(p), f16_le(b.d) * a.d[i]);
+                acc = vfmaq_n_f32(acc, vcvtq_f32_s32(p), f16_le(b.d) * a.d[i]);
+                std::mem::swap(&mut acc, &mut acc2);
+                mins = f16_le(b.m).mul_add(a.dsum[i], mins);
             }
-            mins = f16_le(b.m).mul_add(a.dsum[i], mins);
+            vaddvq_f32(vaddq_f32(acc, acc2)) + mins
         }
-        vaddvq_f32(vaddq_f32(acc[0], acc[1])) + mins
     }
     #[cfg(target_arch = "aarch64")]
     super::super::neon::gemv_neon!(neon_entry, dot_neon);
@@ -220,14 +224,15 @@ macro_rules! signed_kernels {
         #[cfg(target_arch = "x86_64")]
         #[inline(always)]
         unsafe fn dot_x86<D: super::super::x86::Dp>(row: &[u8], a: &ActRow<'_>) -> f32 {
-            use super::super::x86::{act32, f16, hsum_ps, load32};
+            use super::super::x86::{act32, hsum_ps, load32, scale8};
             use std::arch::x86_64::*;
             let n = blocks_in::<$block>(row, a);
             let blocks = &as_blocks::<$block>(row)[..n];
             // SAFETY (whole body): the caller guarantees D's features plus AVX2/FMA/F16C.
             unsafe {
-                let mut acc = [_mm256_setzero_ps(); 2];
+                let (mut acc, mut acc2) = (_mm256_setzero_ps(), _mm256_setzero_ps());
                 for (i, b) in blocks.iter().enumerate() {
+                    super::super::x86::prefetch_ahead(b);
                     let w: __m256i = $vals_x86(b);
                     let x = load32(act32(a.qs, i));
                     // |w| ≤ 128 as unsigned bytes, and q·sign(w): the products keep their sign.
@@ -236,10 +241,11 @@ macro_rules! signed_kernels {
                         _mm256_sign_epi8(w, w),
                         _mm256_sign_epi8(x, w),
                     );
-                    let s = _mm256_set1_ps(f16(b.d) * a.d[i]);
-                    acc[i & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), s, acc[i & 1]);
+                    let s = scale8(b.d, a.d[i]);
+                    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), s, acc);
+                    std::mem::swap(&mut acc, &mut acc2);
                 }
-                hsum_ps(_mm256_add_ps(acc[0], acc[1]))
+                hsum_ps(_mm256_add_ps(acc, acc2))
             }
         }
         #[cfg(target_arch = "x86_64")]
@@ -252,17 +258,18 @@ macro_rules! signed_kernels {
             use std::arch::aarch64::*;
             let n = blocks_in::<$block>(row, a);
             let blocks = &as_blocks::<$block>(row)[..n];
-            let mut acc = [vdupq_n_f32(0.0); 2];
-            for (i, b) in blocks.iter().enumerate() {
-                // SAFETY (whole loop): the caller guarantees NEON and dotprod.
-                unsafe {
+            // SAFETY (whole body): the caller guarantees NEON and dotprod.
+            unsafe {
+                let (mut acc, mut acc2) = (vdupq_n_f32(0.0), vdupq_n_f32(0.0));
+                for (i, b) in blocks.iter().enumerate() {
                     let (w0, w1): (int8x16_t, int8x16_t) = $vals_neon(b);
                     let p = sdot(vdupq_n_s32(0), w0, load16(act16(a.qs, 32 * i)));
                     let p = sdot(p, w1, load16(act16(a.qs, 32 * i + 16)));
-                    acc[i & 1] = vfmaq_n_f32(acc[i & 1], vcvtq_f32_s32(p), f16_le(b.d) * a.d[i]);
+                    acc = vfmaq_n_f32(acc, vcvtq_f32_s32(p), f16_le(b.d) * a.d[i]);
+                    std::mem::swap(&mut acc, &mut acc2);
                 }
+                vaddvq_f32(vaddq_f32(acc, acc2))
             }
-            vaddvq_f32(vaddq_f32(acc[0], acc[1]))
         }
         #[cfg(target_arch = "aarch64")]
         super::super::neon::gemv_neon!(neon_entry, dot_neon);

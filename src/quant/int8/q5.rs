@@ -132,20 +132,22 @@ pub(crate) mod q5_0 {
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     unsafe fn dot_x86<D: super::super::x86::Dp>(row: &[u8], a: &ActRow<'_>) -> f32 {
-        use super::super::x86::{act32, f16, hsum_ps, load32};
+        use super::super::x86::{act32, hsum_ps, load32, scale8};
         use std::arch::x86_64::*;
         let n = blocks_in::<BlockQ5_0>(row, a);
         let blocks = &as_blocks::<BlockQ5_0>(row)[..n];
         // SAFETY (whole body): the caller guarantees D's features plus AVX2/FMA/F16C.
         unsafe {
-            let mut acc = [_mm256_setzero_ps(); 2];
+            let (mut acc, mut acc2) = (_mm256_setzero_ps(), _mm256_setzero_ps());
             for (i, b) in blocks.iter().enumerate() {
+                super::super::x86::prefetch_ahead(b);
                 let u = x86_util::levels32(&b.qs, b.qh);
                 let p = D::dp(_mm256_set1_epi32(-2 * a.isum[i]), u, load32(act32(a.qs, i)));
-                let s = _mm256_set1_ps(f16(b.d) * a.d[i]);
-                acc[i & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), s, acc[i & 1]);
+                let s = scale8(b.d, a.d[i]);
+                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), s, acc);
+                std::mem::swap(&mut acc, &mut acc2);
             }
-            hsum_ps(_mm256_add_ps(acc[0], acc[1]))
+            hsum_ps(_mm256_add_ps(acc, acc2))
         }
     }
     #[cfg(target_arch = "x86_64")]
@@ -161,16 +163,17 @@ pub(crate) mod q5_0 {
         // SAFETY (whole body): the caller guarantees NEON and dotprod.
         unsafe {
             let z = vdupq_n_s8(16);
-            let mut acc = [vdupq_n_f32(0.0); 2];
+            let (mut acc, mut acc2) = (vdupq_n_f32(0.0), vdupq_n_f32(0.0));
             for (i, b) in blocks.iter().enumerate() {
                 let (lo, hi) = neon_util::levels32(&b.qs, b.qh);
                 let lo = vsubq_s8(vreinterpretq_s8_u8(lo), z);
                 let hi = vsubq_s8(vreinterpretq_s8_u8(hi), z);
                 let p = sdot(vdupq_n_s32(0), lo, load16(act16(a.qs, 32 * i)));
                 let p = sdot(p, hi, load16(act16(a.qs, 32 * i + 16)));
-                acc[i & 1] = vfmaq_n_f32(acc[i & 1], vcvtq_f32_s32(p), f16_le(b.d) * a.d[i]);
+                acc = vfmaq_n_f32(acc, vcvtq_f32_s32(p), f16_le(b.d) * a.d[i]);
+                std::mem::swap(&mut acc, &mut acc2);
             }
-            vaddvq_f32(vaddq_f32(acc[0], acc[1]))
+            vaddvq_f32(vaddq_f32(acc, acc2))
         }
     }
     #[cfg(target_arch = "aarch64")]
@@ -197,22 +200,25 @@ pub(crate) mod q5_1 {
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     unsafe fn dot_x86<D: super::super::x86::Dp>(row: &[u8], a: &ActRow<'_>) -> f32 {
-        use super::super::x86::{act32, f16, hsum_ps, load32};
+        use super::super::x86::{act32, f16x8, hsum_ps, load32, scale8};
         use std::arch::x86_64::*;
         let n = blocks_in::<BlockQ5_1>(row, a);
         let blocks = &as_blocks::<BlockQ5_1>(row)[..n];
         // SAFETY (whole body): the caller guarantees D's features plus AVX2/FMA/F16C.
         unsafe {
-            let mut acc = [_mm256_setzero_ps(); 2];
-            let mut mins = 0.0f32;
+            let (mut acc, mut acc2) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+            let mut mins = _mm256_setzero_ps();
             for (i, b) in blocks.iter().enumerate() {
+                super::super::x86::prefetch_ahead(b);
                 let u = x86_util::levels32(&b.qs, b.qh);
                 let p = D::dp(_mm256_setzero_si256(), u, load32(act32(a.qs, i)));
-                let s = _mm256_set1_ps(f16(b.d) * a.d[i]);
-                acc[i & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), s, acc[i & 1]);
-                mins = f16(b.m).mul_add(a.dsum[i], mins);
+                let s = scale8(b.d, a.d[i]);
+                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), s, acc);
+                std::mem::swap(&mut acc, &mut acc2);
+                // m·(d·Σq) in all eight lanes; the sum is divided by 8 at the end (exact).
+                mins = _mm256_fmadd_ps(f16x8(b.m), _mm256_set1_ps(a.dsum[i]), mins);
             }
-            hsum_ps(_mm256_add_ps(acc[0], acc[1])) + mins
+            hsum_ps(_mm256_add_ps(acc, acc2)) + 0.125 * hsum_ps(mins)
         }
     }
     #[cfg(target_arch = "x86_64")]
@@ -227,7 +233,7 @@ pub(crate) mod q5_1 {
         let blocks = &as_blocks::<BlockQ5_1>(row)[..n];
         // SAFETY (whole body): the caller guarantees NEON and dotprod.
         unsafe {
-            let mut acc = [vdupq_n_f32(0.0); 2];
+            let (mut acc, mut acc2) = (vdupq_n_f32(0.0), vdupq_n_f32(0.0));
             let mut mins = 0.0f32;
             for (i, b) in blocks.iter().enumerate() {
                 let (lo, hi) = neon_util::levels32(&b.qs, b.qh);
@@ -237,10 +243,11 @@ pub(crate) mod q5_1 {
                     load16(act16(a.qs, 32 * i)),
                 );
                 let p = sdot(p, vreinterpretq_s8_u8(hi), load16(act16(a.qs, 32 * i + 16)));
-                acc[i & 1] = vfmaq_n_f32(acc[i & 1], vcvtq_f32_s32(p), f16_le(b.d) * a.d[i]);
+                acc = vfmaq_n_f32(acc, vcvtq_f32_s32(p), f16_le(b.d) * a.d[i]);
+                std::mem::swap(&mut acc, &mut acc2);
                 mins = f16_le(b.m).mul_add(a.dsum[i], mins);
             }
-            vaddvq_f32(vaddq_f32(acc[0], acc[1])) + mins
+            vaddvq_f32(vaddq_f32(acc, acc2)) + mins
         }
     }
     #[cfg(target_arch = "aarch64")]

@@ -142,7 +142,12 @@ pub(crate) fn check_type(ty: GgmlType, unpack_ref: UnpackFn, seed: u64) {
             let mag = dot_mag(ty, row, &act, it.sub);
             for level in Level::available() {
                 if let Some(gemv) = (it.gemv)(level) {
-                    let got = gemv(row, &act);
+                    let mut got = [0.0f32; 2];
+                    // Two copies of the row: the rows loop, and the same value twice.
+                    let two = [row, row].concat();
+                    gemv(&two, row.len(), &act, &mut got);
+                    assert_eq!(got[0].to_bits(), got[1].to_bits());
+                    let got = got[0];
                     // Per sub-block: exact integer sum, one conversion, the scale product and
                     // its FMA, the min FMA; then one accumulator step per block and a final
                     // reduction of at most 16 lanes.

@@ -60,13 +60,20 @@ pub(crate) fn hsum_ps(v: __m256) -> f32 {
     _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
 }
 
-/// An f16 field (two LE bytes) as f32.
+/// An f16 field (two LE bytes) as f32 in all eight lanes. The broadcast load has no input
+/// register: converting through a scalar insert would tie each block to an unrelated register
+/// (often a loop accumulator) and serialise the loop.
 #[inline]
 #[target_feature(enable = "avx2,f16c")]
-pub(crate) fn f16(bytes: [u8; 2]) -> f32 {
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(
-        u16::from_le_bytes(bytes) as i32
-    )))
+pub(crate) fn f16x8(bytes: [u8; 2]) -> __m256 {
+    _mm256_cvtph_ps(_mm_set1_epi16(i16::from_le_bytes(bytes)))
+}
+
+/// `f16(bytes)·s` in all eight lanes (a block's combined weight and activation scale).
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+pub(crate) fn scale8(bytes: [u8; 2], s: f32) -> __m256 {
+    _mm256_mul_ps(f16x8(bytes), _mm256_set1_ps(s))
 }
 
 /// 16 packed bytes → 32 levels: low nibbles in the low 128 bits (elements 0..16 of a ggml
@@ -90,6 +97,21 @@ pub(crate) fn load32<T: bytemuck::Pod>(v: &[T; 32]) -> __m256i {
     unsafe { _mm256_loadu_si256(v.as_ptr().cast()) }
 }
 
+/// Bytes ahead of the current block that the matrix-vector kernels prefetch: rows are read
+/// once, front to back, and the hardware prefetcher alone leaves the loops waiting on DRAM.
+const PREFETCH: usize = 1024;
+
+/// Prefetches the cache lines `PREFETCH` bytes past block `b` (one per 64 bytes of a block;
+/// past the end of the matrix the hint is dropped, a prefetch never faults).
+#[inline]
+#[target_feature(enable = "avx2")]
+pub(crate) fn prefetch_ahead<B>(b: &B) {
+    let p = (b as *const B).cast::<i8>().wrapping_add(PREFETCH);
+    for k in 0..std::mem::size_of::<B>().div_ceil(64) {
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(64 * k));
+    }
+}
+
 /// The 32 activation quants of 32-element block `b`.
 #[inline(always)]
 pub(crate) fn act32(qs: &[i8], b: usize) -> &[i8; 32] {
@@ -97,10 +119,11 @@ pub(crate) fn act32(qs: &[i8], b: usize) -> &[i8; 32] {
 }
 
 /// Generates module `$m` with `gemv_x86(level)`, returning `$body` compiled for that level as
-/// a safe `fn`.
+/// a safe rows kernel (see [`GemvFn`](super::GemvFn)).
 ///
 /// `$body` is an `#[inline(always)] unsafe fn<D: Dp>(&[u8], &ActRow) -> f32` whose only
-/// requirement is the CPU features of `D` plus AVX2, FMA and F16C.
+/// requirement is the CPU features of `D` plus AVX2, FMA and F16C; it is inlined into the loop
+/// over rows, so the per-row call costs nothing and the loop-invariant work is hoisted.
 macro_rules! gemv_levels {
     ($m:ident, $body:ident) => {
         mod $m {
@@ -109,34 +132,40 @@ macro_rules! gemv_levels {
             use $crate::quant::int8::{ActRow, GemvFn, Level};
 
             #[target_feature(enable = "avx2,fma,f16c")]
-            unsafe fn avx2(row: &[u8], a: &ActRow<'_>) -> f32 {
-                // SAFETY: this function's features are AVX2's.
-                unsafe { $body::<Avx2>(row, a) }
+            unsafe fn avx2(rows: &[u8], rb: usize, a: &ActRow<'_>, y: &mut [f32]) {
+                for (y, row) in y.iter_mut().zip(rows.chunks_exact(rb.max(1))) {
+                    // SAFETY: this function's features are AVX2's.
+                    *y = unsafe { $body::<Avx2>(row, a) };
+                }
             }
             #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
-            unsafe fn avx_vnni(row: &[u8], a: &ActRow<'_>) -> f32 {
-                // SAFETY: this function's features include AVX-VNNI's.
-                unsafe { $body::<AvxVnni>(row, a) }
+            unsafe fn avx_vnni(rows: &[u8], rb: usize, a: &ActRow<'_>, y: &mut [f32]) {
+                for (y, row) in y.iter_mut().zip(rows.chunks_exact(rb.max(1))) {
+                    // SAFETY: this function's features include AVX-VNNI's.
+                    *y = unsafe { $body::<AvxVnni>(row, a) };
+                }
             }
             #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-            unsafe fn avx512_vnni(row: &[u8], a: &ActRow<'_>) -> f32 {
-                // SAFETY: this function's features include AVX-512 VNNI's.
-                unsafe { $body::<Avx512Vnni>(row, a) }
+            unsafe fn avx512_vnni(rows: &[u8], rb: usize, a: &ActRow<'_>, y: &mut [f32]) {
+                for (y, row) in y.iter_mut().zip(rows.chunks_exact(rb.max(1))) {
+                    // SAFETY: this function's features include AVX-512 VNNI's.
+                    *y = unsafe { $body::<Avx512Vnni>(row, a) };
+                }
             }
             // The safe wrappers are handed out by `gemv_x86` only after checking that the
             // CPU has the level's features.
-            fn avx2_safe(row: &[u8], a: &ActRow<'_>) -> f32 {
+            fn avx2_safe(rows: &[u8], rb: usize, a: &ActRow<'_>, y: &mut [f32]) {
                 // SAFETY: only reachable through `gemv_x86(Level::Avx2)` on a CPU that has it.
-                unsafe { avx2(row, a) }
+                unsafe { avx2(rows, rb, a, y) }
             }
-            fn avx_vnni_safe(row: &[u8], a: &ActRow<'_>) -> f32 {
+            fn avx_vnni_safe(rows: &[u8], rb: usize, a: &ActRow<'_>, y: &mut [f32]) {
                 // SAFETY: only reachable through `gemv_x86(Level::AvxVnni)` on a CPU that has it.
-                unsafe { avx_vnni(row, a) }
+                unsafe { avx_vnni(rows, rb, a, y) }
             }
-            fn avx512_vnni_safe(row: &[u8], a: &ActRow<'_>) -> f32 {
+            fn avx512_vnni_safe(rows: &[u8], rb: usize, a: &ActRow<'_>, y: &mut [f32]) {
                 // SAFETY: only reachable through `gemv_x86(Level::Avx512Vnni)` on a CPU that
                 // has it.
-                unsafe { avx512_vnni(row, a) }
+                unsafe { avx512_vnni(rows, rb, a, y) }
             }
 
             pub(crate) fn gemv_x86(level: Level) -> Option<GemvFn> {
