@@ -31,9 +31,9 @@ use crate::fetch_cmd::{DEMO_MODEL, fetch};
 use crate::train_cmd::train_with_progress;
 
 /// Defaults sized so the whole demo fits in 5 minutes on 2 cores with SmolLM2-135M.
-const STEPS: u64 = 48;
+const STEPS: u64 = 64;
 const SEQ_LEN: usize = 256;
-const BATCH: usize = 4;
+const BATCH: usize = 2;
 /// Tokens of a replay answer at most (cut back to the last full sentence).
 const REPLAY_TOKENS: usize = 64;
 
@@ -52,15 +52,20 @@ pub fn run(args: &Args) -> Result<()> {
         file.opt_str("general.name")?.unwrap_or("unnamed")
     );
 
-    let mut set = synth::assistant_set(args.seed, AssistantSizes::default());
+    let sizes = AssistantSizes {
+        devices: args.devices,
+        ..AssistantSizes::default()
+    };
+    let mut set = synth::assistant_set(args.seed, sizes);
     // Written now for the plan, and again once the replay conversations are added.
     write_data(dir, &set)?;
     let suites = AssistantSuites::from_set(&set, Some(args.heldout_cases))?;
     println!(
-        "2. data: {} training conversations (facts about 4 fictional devices, telemetry → JSON, \
+        "2. data: {} training conversations (facts about {} fictional devices, telemetry → JSON, \
          alarm triage, refusals; English + Indonesian); evaluated on {} held-out, {} harmful, {} \
          general-knowledge and {} seed prompts",
         set.train.len(),
+        sizes.devices.clamp(1, synth::catalog::DEVICES.len()),
         suites.heldout.cases.len(),
         suites.harmful.cases.len(),
         suites.retention.cases.len(),
@@ -109,7 +114,12 @@ pub fn run(args: &Args) -> Result<()> {
     println!("4. the base model on the held-out prompts …");
     let base = Llama::load(&file)?;
     let before = evaluate(&base, &tok, &suites, &opts)?;
-    let replay_prompts = &synth::REPLAY_PROMPTS[..args.replay.min(synth::REPLAY_PROMPTS.len())];
+    let n_replay = args
+        .replay
+        .unwrap_or(usize::MAX)
+        .min(synth::REPLAY_PROMPTS.len());
+    let replay_prompts = &synth::REPLAY_PROMPTS[..n_replay];
+    let mut replay_count = 0;
     if !replay_prompts.is_empty() {
         let t = Instant::now();
         let pairs = replay(&base, &tok, replay_prompts, &opts, REPLAY_TOKENS, || {})?;
@@ -119,6 +129,7 @@ pub fn run(args: &Args) -> Result<()> {
             pairs.len(),
             t.elapsed().as_secs_f64()
         );
+        replay_count = pairs.len();
         set.train.extend(pairs);
     }
     drop(base);
@@ -148,6 +159,9 @@ pub fn run(args: &Args) -> Result<()> {
         "seq_len": cfg.seq_len,
         "batch": cfg.batch,
         "lr": cfg.lr,
+        "max_tokens": args.max_tokens,
+        "system_prompt": synth::SYSTEM_PROMPT,
+        "replay": replay_count,
         "time_s": start.elapsed().as_secs_f64(),
         "train_time_s": summary.elapsed_s,
         "tok_per_s": summary.tok_per_s,
