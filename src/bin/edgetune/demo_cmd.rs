@@ -36,6 +36,10 @@ pub struct Args {
     /// LoRA rank (all 7 projections of every layer).
     #[arg(long, default_value_t = 16)]
     pub rank: usize,
+    /// Adapt only these layers (FIRST-LAST): the backward stops at the lowest, so steps are
+    /// cheaper [default: every layer].
+    #[arg(long, value_name = "FIRST-LAST")]
+    pub layers: Option<String>,
     /// Seed of the data and the run.
     #[arg(long, default_value_t = 7)]
     pub seed: u64,

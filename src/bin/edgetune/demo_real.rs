@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+use edgetune::adapters::LayerRange;
 use edgetune::data::synth::{self, AssistantSet, AssistantSizes};
 use edgetune::eval::assistant::{AssistantMeasure, AssistantSuites, measure, replay};
 use edgetune::eval::{EvalOptions, PromptFormat};
@@ -91,11 +92,17 @@ pub fn run(args: &Args) -> Result<()> {
     let mut cfg = cfg;
     cfg.lora.rank = args.rank;
     cfg.lora.alpha = 2.0 * args.rank as f32;
+    if let Some(r) = &args.layers {
+        cfg.lora.layers = Some(LayerRange::parse(r)?);
+    }
     let planned = budget::plan_training(&file, &cfg)?;
     println!(
-        "3. plan: LoRA r={} on all 7 projections, {} steps of {} × {} tokens, {:.1} MiB in all \
+        "3. plan: LoRA r={} on all 7 projections of {}, {} steps of {} × {} tokens, {:.1} MiB in all \
          ({:.1} MiB of it the mapped weights)",
         cfg.lora.rank,
+        cfg.lora
+            .layers
+            .map_or("every layer".to_string(), |r| format!("layers {r}")),
         steps,
         cfg.batch,
         cfg.seq_len,
