@@ -1,11 +1,13 @@
 //! Measuring adapters: eval suites with checks ([`suite`], [`checks`], [`runner`]), the
-//! guardrail ([`guard`]), the held-out loss ([`heldout`]) and the side-by-side comparison of
-//! training methods behind `edgetune compare` ([`compare`]).
+//! guardrail ([`guard`]), the held-out loss ([`heldout`]), the side-by-side comparison of
+//! training methods behind `edgetune compare` ([`compare`]) and SVG charts of training runs
+//! ([`plot`]).
 
 pub mod checks;
 pub mod compare;
 pub mod guard;
 pub mod heldout;
+pub mod plot;
 pub mod runner;
 pub mod suite;
 
