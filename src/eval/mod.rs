@@ -1,10 +1,11 @@
 //! Measuring adapters: eval suites with checks ([`suite`], [`checks`], [`runner`]), the
 //! guardrail ([`guard`]), the held-out loss ([`heldout`]), the side-by-side comparison of
-//! training methods behind `edgetune compare` ([`compare`]) and SVG charts of training runs
-//! ([`plot`]).
+//! training methods behind `edgetune compare` ([`compare`], its per-method settings
+//! [`compare_opts`]) and its SVG charts ([`plot`]).
 
 pub mod checks;
 pub mod compare;
+pub mod compare_opts;
 pub mod guard;
 pub mod heldout;
 pub mod plot;
