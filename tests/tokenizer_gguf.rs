@@ -189,6 +189,41 @@ fn byte_level_gpt2_regex() {
     assert_eq!(t.eos_ids(), [10]);
 }
 
+/// Gemma 4's own model name: raw UTF-8 BPE with spaces as "▁", lines merged whole, BOS always.
+#[test]
+fn gemma4_raw_utf8_bpe() {
+    let tokens = [
+        "<pad>", "<eos>", "<bos>", "▁", "h", "i", "▁h", "▁hi", "\n", "\n\n", "<0x21>",
+    ];
+    let kv = vec![
+        ("tokenizer.ggml.model", Value::String("gemma4".into())),
+        ("tokenizer.ggml.tokens", strings(&tokens)),
+        (
+            "tokenizer.ggml.token_type",
+            Value::Array(Array::I32(vec![3, 3, 3, 1, 1, 1, 1, 1, 1, 1, 6])),
+        ),
+        ("tokenizer.ggml.merges", strings(&["▁ h", "▁h i"])),
+        ("tokenizer.ggml.bos_token_id", Value::U32(2)),
+        ("tokenizer.ggml.eos_token_id", Value::U32(1)),
+        ("tokenizer.ggml.add_bos_token", Value::Bool(false)),
+    ];
+    let t = Tokenizer::from_gguf(&gguf(kv)).unwrap();
+    let pre = t.pre_tokenizer().unwrap();
+    assert_eq!(pre.name(), Some("gemma4"));
+    // Gemma 4 adds BOS even though the file says not to.
+    assert!(t.add_bos_default());
+    // "hi▁hi!": "h" and "i" have no merge, "▁ h" then "▁h i"; "!" is no token, so it stops
+    // the merges and becomes its byte token.
+    let ids = t.encode("hi hi!", true, false).unwrap();
+    assert_eq!(ids, [2, 4, 5, 7, 10]);
+    assert_eq!(t.decode(&ids[1..]).unwrap(), "hi hi!");
+    // A newline run that is a token is taken whole; one that is not goes piece by piece.
+    assert_eq!(t.encode("\n\n", false, false).unwrap(), [9]);
+    assert_eq!(t.encode("\n\n\n", false, false).unwrap(), [8, 8, 8]);
+    // <eos> ends generation by its text too.
+    assert_eq!(t.eog_ids(), [1]);
+}
+
 fn err_of(kv: Vec<(&str, Value)>) -> String {
     Tokenizer::from_gguf(&gguf(kv)).unwrap_err().to_string()
 }
@@ -232,9 +267,19 @@ fn malformed_metadata_is_refused() {
     contains_all(&e, &["tokenizer.ggml.merges", "merge 1", "\"x\""]);
     let e = err_of(gpt2_kv("gpt-2", &["e h"]));
     contains_all(&e, &["tokenizer.ggml.merges", "merge 0", "\"eh\""]);
-    // An unsupported pre-tokenizer and model.
-    let e = err_of(gpt2_kv("qwen2", GPT2_MERGES));
-    contains_all(&e, &["tokenizer.ggml.pre", "qwen2"]);
+    // A pre-tokenizer llama.cpp does not know (the error lists the ones it does), and an
+    // unsupported model.
+    let e = err_of(gpt2_kv("qwen9", GPT2_MERGES));
+    contains_all(
+        &e,
+        &[
+            "hand-made.gguf",
+            "tokenizer.ggml.pre",
+            "qwen9",
+            "qwen2",
+            "llama-bpe",
+        ],
+    );
     let mut kv = gpt2_kv("gpt-2", GPT2_MERGES);
     kv[0].1 = Value::String("bert".into());
     contains_all(&err_of(kv), &["tokenizer.ggml.model", "bert"]);

@@ -1,8 +1,10 @@
 //! Measuring adapters: eval suites with checks ([`suite`], [`checks`], [`runner`]), the
-//! guardrail ([`guard`]), the held-out loss ([`heldout`]), the side-by-side comparison of
-//! training methods behind `edgetune compare` ([`compare`], its per-method settings
-//! [`compare_opts`]) and its SVG charts ([`plot`]).
+//! assistant set's before/after measures ([`assistant`]), the guardrail ([`guard`]), the
+//! held-out loss ([`heldout`]), the side-by-side comparison of training methods behind
+//! `edgetune compare` ([`compare`], its per-method settings [`compare_opts`]) and SVG charts of
+//! training runs ([`plot`]).
 
+pub mod assistant;
 pub mod checks;
 pub mod compare;
 pub mod compare_opts;
@@ -16,5 +18,5 @@ pub use crate::tokenizer::chat_template::PromptFormat;
 pub use checks::Check;
 pub use guard::{Guarded, Hit, Policy, REFUSAL, guard_generation};
 pub use heldout::{HeldoutLoss, heldout_loss};
-pub use runner::{EvalOptions, EvalReport, Failure, run_suite};
+pub use runner::{EvalOptions, EvalReport, Failure, run_suite, run_suite_answers};
 pub use suite::{Case, Suite, load_suite, parse_suite};

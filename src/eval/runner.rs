@@ -103,8 +103,21 @@ pub fn run_suite(
     suite: &Suite,
     policy: Option<&Policy>,
     opts: &EvalOptions,
-    mut on_case: impl FnMut(usize, bool),
+    on_case: impl FnMut(usize, bool),
 ) -> Result<EvalReport> {
+    run_suite_answers(llama, tokenizer, suite, policy, opts, on_case).map(|(report, _)| report)
+}
+
+/// [`run_suite`], also returning every case's answer in suite order (the report keeps only the
+/// failures'; an answer whose generation failed is empty).
+pub fn run_suite_answers(
+    llama: &Llama,
+    tokenizer: &Tokenizer,
+    suite: &Suite,
+    policy: Option<&Policy>,
+    opts: &EvalOptions,
+    mut on_case: impl FnMut(usize, bool),
+) -> Result<(EvalReport, Vec<String>)> {
     if opts.max_tokens == 0 {
         return Err(Error::Invalid(
             "eval: --max-tokens must be at least 1".into(),
@@ -119,6 +132,7 @@ pub fn run_suite(
         by_lang: BTreeMap::new(),
         failures: Vec::new(),
     };
+    let mut answers = Vec::with_capacity(suite.cases.len());
     for (i, case) in suite.cases.iter().enumerate() {
         let (output, failed, blocked) = match answer_case(llama, tokenizer, case, policy, opts) {
             Ok(g) => {
@@ -142,12 +156,13 @@ pub fn run_suite(
                 line: case.line,
                 lang: case.lang.clone(),
                 check,
-                output,
+                output: output.clone(),
                 blocked,
             }),
         }
+        answers.push(output);
         on_case(i, passed);
     }
     report.pass_rate = report.passed as f64 / report.total.max(1) as f64;
-    Ok(report)
+    Ok((report, answers))
 }

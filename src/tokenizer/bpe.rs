@@ -1,51 +1,29 @@
-//! Byte-level BPE (`tokenizer.ggml.model = gpt2`, Llama 3): the `tokenizers` pipeline built
-//! from GGUF tokens and merges, and the byte ↔ character table used to decode pieces.
+//! Byte-level BPE (`tokenizer.ggml.model = gpt2`: Llama 3, Qwen, SmolLM…): the file's tokens
+//! and merges as a `tokenizers` BPE model, fed the words of the file's pre-tokenizer
+//! ([`PreTokenizer`], llama.cpp's splitting), and the byte ↔ character table used to decode.
 //!
 //! Byte-level BPE first maps every UTF-8 byte of the text to one printable character (GPT-2's
 //! `bytes_to_unicode`: printable Latin-1 bytes map to themselves, the other 68 bytes to
-//! U+0100…), so the vocabulary never holds raw spaces or control bytes ("Ġ" is a space).
+//! U+0100…), so the vocabulary never holds raw spaces or control bytes ("Ġ" is a space). A few
+//! pre-tokenizer types (Gemma 4, mmBERT…) skip that mapping and merge raw UTF-8 instead.
 
 use std::collections::HashMap;
 
+use tokenizers::Model;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::models::bpe::{BPE, Vocab};
-use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-use tokenizers::pre_tokenizers::sequence::Sequence;
-use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
-use tokenizers::{PreTokenizerWrapper, SplitDelimiterBehavior};
 
+use super::pretokenize::PreTokenizer;
 use super::vocab::GgufVocab;
 use crate::Error;
 
 /// Llama 3's split regex, exactly as its `tokenizer.json` (pre_tokenizer → Split) stores it;
-/// llama.cpp's `LLAMA_VOCAB_PRE_TYPE_LLAMA3` uses the same expression.
+/// llama.cpp's `llama-bpe` pre-tokenizer means the same expression.
 pub const LLAMA3_SPLIT_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
-/// GPT-2's split regex (the one `ByteLevel(use_regex = true)` applies; llama.cpp's `gpt-2`).
+/// GPT-2's split regex as `tokenizer.json` files store it (llama.cpp's `gpt-2`).
 pub const GPT2_SPLIT_REGEX: &str =
     r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
-
-/// The split regex for a `tokenizer.ggml.pre` value, and whether BPE skips the merges when a
-/// whole pre-token is already in the vocabulary (Llama 3's `ignore_merges: true`).
-pub fn pre_tokenizer_regex(pre: Option<&str>) -> Result<(&'static str, bool), String> {
-    match pre {
-        Some("llama-bpe" | "llama3" | "llama-v3") => Ok((LLAMA3_SPLIT_REGEX, true)),
-        Some("gpt-2" | "gpt2") => Ok((GPT2_SPLIT_REGEX, false)),
-        // llama.cpp's "default" adds digit and punctuation splits to GPT-2's regex; GPT-2's
-        // own regex is the closest `tokenizers` expression (a file without the key is old).
-        None | Some("default") => {
-            log::warn!(
-                "tokenizer.ggml.pre is {pre:?}: using GPT-2's split regex (llama.cpp's `default` \
-                 also splits digits and punctuation)"
-            );
-            Ok((GPT2_SPLIT_REGEX, false))
-        }
-        Some(other) => Err(format!(
-            "pre-tokenizer `{other}` is not supported (supported: llama-bpe, llama3, llama-v3, \
-             gpt-2, default)"
-        )),
-    }
-}
 
 /// GPT-2's `bytes_to_unicode`: the character each byte value is written as.
 pub fn byte_to_char_table() -> [char; 256] {
@@ -89,17 +67,31 @@ pub fn byte_level_decode(token: &str, map: &HashMap<char, u8>, out: &mut Vec<u8>
     }
 }
 
-/// The `tokenizers` pipeline for a gpt2 vocabulary: Split(regex, Isolated) → ByteLevel (no
-/// prefix space, no regex of its own) → BPE over every token with the file's merges; ByteLevel
-/// decoder. Added tokens are registered by the caller.
-pub fn build(v: &GgufVocab, path: &std::path::Path) -> crate::Result<tokenizers::Tokenizer> {
+/// What encoding a gpt2 vocabulary needs besides its BPE model: the file's pre-tokenizer, and
+/// whether words must be cut at characters that are not tokens.
+#[derive(Debug)]
+pub struct BpeEncoder {
+    pub pre: PreTokenizer,
+    /// Every character a word can hold is a token (a byte-level vocabulary with all 256 byte
+    /// characters), so no word ever needs cutting.
+    complete: bool,
+}
+
+/// The `tokenizers` BPE model of a gpt2 vocabulary (every token, the file's merges, nothing
+/// else: [`encode`] does the rest) inside a pipeline without a pre-tokenizer, and the encoder.
+/// Added tokens are registered by the caller.
+pub fn build(
+    v: &GgufVocab,
+    path: &std::path::Path,
+) -> crate::Result<(tokenizers::Tokenizer, BpeEncoder)> {
     let err = |key: &str, what: String| Error::Metadata {
         path: path.to_path_buf(),
         key: key.to_string(),
         what,
     };
-    let (regex, ignore_merges) =
-        pre_tokenizer_regex(v.pre.as_deref()).map_err(|what| err(super::vocab::KEY_PRE, what))?;
+    let pre =
+        PreTokenizer::new(v.pre.as_deref()).map_err(|what| err(super::vocab::KEY_PRE, what))?;
+    let byte_encode = pre.pre_type().byte_encode;
 
     let vocab: Vocab = v
         .tokens
@@ -115,9 +107,12 @@ pub fn build(v: &GgufVocab, path: &std::path::Path) -> crate::Result<tokenizers:
             super::vocab::KEY_TOKENS
         );
     }
+    let complete = byte_encode
+        && byte_to_char_table()
+            .iter()
+            .all(|c| vocab.contains_key(c.encode_utf8(&mut [0; 4]) as &str));
     let model = BPE::builder()
         .vocab_and_merges(vocab, v.merges.clone())
-        .ignore_merges(ignore_merges)
         .build()
         .map_err(|e| {
             err(
@@ -126,26 +121,63 @@ pub fn build(v: &GgufVocab, path: &std::path::Path) -> crate::Result<tokenizers:
             )
         })?;
 
-    let split = Split::new(
-        SplitPattern::Regex(regex.to_string()),
-        SplitDelimiterBehavior::Isolated,
-        false,
-    )
-    .map_err(|e| {
-        err(
-            super::vocab::KEY_PRE,
-            format!("compiling the split regex: {e}"),
-        )
-    })?;
-    let pre = Sequence::new(vec![
-        PreTokenizerWrapper::Split(split),
-        PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, false)),
-    ]);
-
     let mut tok = tokenizers::Tokenizer::new(model);
-    tok.with_pre_tokenizer(Some(pre));
-    tok.with_decoder(Some(ByteLevelDecoder::new(false, true, false)));
-    Ok(tok)
+    if byte_encode {
+        tok.with_decoder(Some(ByteLevelDecoder::new(false, true, false)));
+    }
+    Ok((tok, BpeEncoder { pre, complete }))
+}
+
+/// Appends the ids of `text` (a run without added tokens) to `ids`, as llama.cpp's BPE
+/// tokenizer finds them: each word of the pre-tokenizer on its own; taken whole where it is a
+/// token and the pre-tokenizer skips merges for such words (or, for Gemma 4 and mmBERT, where it
+/// is a run of newlines); else merged by rank. A character that is not a token never merges,
+/// so the merges run on the stretches between such characters; those characters then become
+/// their `<0xXX>` byte tokens in raw-UTF-8 vocabularies (bytes without one are dropped) and are
+/// dropped in byte-level ones (`tokenizers` would instead drop them before merging, letting their
+/// neighbours merge across them).
+pub fn encode(
+    inner: &tokenizers::Tokenizer,
+    enc: &BpeEncoder,
+    text: &str,
+    ids: &mut Vec<u32>,
+) -> Result<(), String> {
+    let model = inner.get_model();
+    let (row, ty) = (enc.pre.row(), enc.pre.pre_type());
+    let merge = |s: &str, ids: &mut Vec<u32>| -> Result<(), String> {
+        let tokens = model.tokenize(s).map_err(|e| e.to_string())?;
+        ids.extend(tokens.iter().map(|t| t.id));
+        Ok(())
+    };
+    for word in enc.pre.words(text)? {
+        let whole = row.ignore_merges || (ty.newline_words && word.bytes().all(|b| b == b'\n'));
+        if whole && let Some(id) = model.token_to_id(&word) {
+            ids.push(id);
+            continue;
+        }
+        if enc.complete {
+            merge(&word, ids)?;
+            continue;
+        }
+        let mut start = 0;
+        for (at, c) in word.char_indices() {
+            let mut buf = [0; 4];
+            if model.token_to_id(c.encode_utf8(&mut buf)).is_some() {
+                continue;
+            }
+            merge(&word[start..at], ids)?;
+            start = at + c.len_utf8();
+            if !ty.byte_encode {
+                ids.extend(
+                    buf[..c.len_utf8()]
+                        .iter()
+                        .filter_map(|b| model.token_to_id(&format!("<0x{b:02X}>"))),
+                );
+            }
+        }
+        merge(&word[start..], ids)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -168,15 +200,5 @@ mod tests {
         let mut out = Vec::new();
         byte_level_decode("ĠhelloĊ[PAD1]", &map, &mut out);
         assert_eq!(out, b" hello\n[PAD1]");
-    }
-
-    #[test]
-    fn unsupported_pre_is_named() {
-        let e = pre_tokenizer_regex(Some("qwen2")).unwrap_err();
-        assert!(e.contains("qwen2"), "{e}");
-        assert_eq!(
-            pre_tokenizer_regex(Some("llama-bpe")).unwrap().0,
-            LLAMA3_SPLIT_REGEX
-        );
     }
 }

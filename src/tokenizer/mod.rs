@@ -1,6 +1,10 @@
-//! Tokenizers built from GGUF metadata: byte-level BPE (Llama 3, `tokenizer.ggml.model =
-//! gpt2`) and SentencePiece BPE (`llama`), both running on the `tokenizers` crate, plus prompt
-//! templates ([`template`]) and the `tokenizer.json` → GGUF key conversion ([`hf_json`]).
+//! Tokenizers built from GGUF metadata: byte-level BPE (`tokenizer.ggml.model = gpt2`: Llama 3,
+//! Qwen, SmolLM…) and SentencePiece BPE (`llama`), both merging with the `tokenizers` crate, plus
+//! prompt templates ([`template`]) and the `tokenizer.json` → GGUF key conversion ([`hf_json`]).
+//!
+//! Byte-level BPE text is first split by the file's pre-tokenizer (`tokenizer.ggml.pre`), the way
+//! llama.cpp splits it: every name llama.cpp accepts is in [`pre_table`], run by [`pretokenize`].
+//! Generation stops at the end-of-generation tokens llama.cpp picks ([`eog`]).
 //!
 //! Special tokens follow llama.cpp: control tokens (token type 3: BOS, EOS, `<|eot_id|>`…) are
 //! recognised in text only with `parse_special`; otherwise their text is tokenized like any
@@ -17,11 +21,17 @@
 
 pub mod bpe;
 pub mod chat_template;
+pub mod eog;
 pub mod hf_json;
+pub mod pre_custom;
+pub mod pre_regex;
+pub mod pre_table;
+pub mod pretokenize;
 pub mod special;
 pub mod spm;
 pub mod stream;
 pub mod template;
+pub mod unicode_cat;
 pub mod vocab;
 
 use std::path::PathBuf;
@@ -30,21 +40,10 @@ use tokenizers::AddedToken;
 
 use crate::Error;
 use crate::gguf::GgufFile;
+use pretokenize::PreTokenizer;
 use special::{Segment, SpecialMatcher};
 pub use stream::StreamDecoder;
 pub use vocab::{ModelKind, TokenType};
-
-/// Texts of control tokens that end a turn: generation stops at them as at EOS (llama.cpp
-/// detects end-of-turn and end-of-message tokens by the same texts).
-const END_OF_TURN_TEXTS: &[&str] = &[
-    "<|eot_id|>",
-    "<|eom_id|>",
-    "<|end_of_text|>",
-    "<|endoftext|>",
-    "<|im_end|>",
-    "<|end|>",
-    "<end_of_turn>",
-];
 
 /// A tokenizer for one model, built from its GGUF metadata.
 pub struct Tokenizer {
@@ -58,8 +57,12 @@ pub struct Tokenizer {
     piece_bytes: Vec<u8>,
     piece_offsets: Vec<usize>,
     matcher: SpecialMatcher,
+    /// The pre-tokenizer and merge rules of a byte-level BPE vocabulary (`None` for
+    /// SentencePiece).
+    bpe: Option<bpe::BpeEncoder>,
     bos: Option<u32>,
-    eos: Vec<u32>,
+    /// The end-of-generation ids, EOS first.
+    eog: Vec<u32>,
     add_bos: bool,
     /// SentencePiece with `add_space_prefix`: a space goes before each run of text.
     space_prefix: bool,
@@ -77,8 +80,9 @@ impl std::fmt::Debug for Tokenizer {
             .field("path", &self.path)
             .field("kind", &self.kind)
             .field("vocab_size", &self.tokens.len())
+            .field("pre", &self.pre_tokenizer().map(|p| p.name()))
             .field("bos", &self.bos)
-            .field("eos", &self.eos)
+            .field("eog", &self.eog)
             .finish()
     }
 }
@@ -87,11 +91,16 @@ impl Tokenizer {
     /// Builds the tokenizer that `f`'s `tokenizer.ggml.*` keys describe.
     pub fn from_gguf(f: &GgufFile) -> crate::Result<Tokenizer> {
         let path = f.path().to_path_buf();
-        let v = vocab::GgufVocab::read(f)?;
-        let mut inner = match v.kind {
-            ModelKind::Gpt2 => bpe::build(&v, &path)?,
-            ModelKind::Spm => spm::build(&v, &path)?,
+        let mut v = vocab::GgufVocab::read(f)?;
+        let (mut inner, bpe) = match v.kind {
+            ModelKind::Gpt2 => {
+                let (inner, enc) = bpe::build(&v, &path)?;
+                (inner, Some(enc))
+            }
+            ModelKind::Spm => (spm::build(&v, &path)?, None),
         };
+        // Before the special tokens are registered: it may change token types.
+        let eog = eog::end_of_generation(&mut v);
 
         // Control tokens are special added tokens, user-defined ones plain added tokens (always
         // matched). Both are already in the model's vocabulary, so they keep the file's ids.
@@ -126,32 +135,27 @@ impl Tokenizer {
                 }),
         );
 
-        let (piece_bytes, piece_offsets) = decode_pieces(&v);
+        let pre = bpe.as_ref().map(|b| &b.pre);
+        let escaped_spaces = pre.is_some_and(|p| p.row().escape_whitespaces);
+        let (piece_bytes, piece_offsets) = decode_pieces(&v, escaped_spaces);
 
-        let mut eos: Vec<u32> = Vec::new();
-        let mut push = |id: u32| {
-            if !eos.contains(&id) {
-                eos.push(id);
-            }
+        // SentencePiece adds BOS unless the file says otherwise; byte-level BPE only where the
+        // pre-tokenizer's row says so (Llama 3, Tekken, Chameleon), and Gemma 4 always.
+        let add_bos = match pre {
+            None => v.add_bos.unwrap_or(true),
+            Some(p) => v.add_bos.unwrap_or(p.row().add_bos) || p.pre_type().force_bos,
         };
-        for id in [v.eos, v.eot, v.eom].into_iter().flatten() {
-            push(id);
-        }
-        for (i, t) in v.tokens.iter().enumerate() {
-            if v.types[i] == TokenType::Control && END_OF_TURN_TEXTS.contains(&t.as_str()) {
-                push(i as u32);
-            }
-        }
 
         Ok(Tokenizer {
             path,
             kind: v.kind,
             inner,
             space_prefix: v.kind == ModelKind::Spm && v.add_space_prefix,
-            add_bos: v.add_bos.unwrap_or(true) && v.bos.is_some(),
+            add_bos: add_bos && v.bos.is_some(),
             bos: v.bos,
-            eos,
+            eog,
             matcher,
+            bpe,
             piece_bytes,
             piece_offsets,
             tokens: v.tokens,
@@ -216,6 +220,16 @@ impl Tokenizer {
 
     /// Encodes text that holds no added token to match.
     fn encode_run(&self, s: &str, run_start: bool, ids: &mut Vec<u32>) -> crate::Result<()> {
+        let err = |e: String| {
+            Error::Invalid(format!(
+                "{}: tokenizing {} bytes of text: {e}",
+                self.path.display(),
+                s.len()
+            ))
+        };
+        if let Some(enc) = &self.bpe {
+            return bpe::encode(&self.inner, enc, s, ids).map_err(err);
+        }
         let prefixed;
         let s = if self.space_prefix && run_start {
             prefixed = format!(" {s}");
@@ -223,13 +237,10 @@ impl Tokenizer {
         } else {
             s
         };
-        let enc = self.inner.encode_fast(s, false).map_err(|e| {
-            Error::Invalid(format!(
-                "{}: tokenizing {} bytes of text: {e}",
-                self.path.display(),
-                s.len()
-            ))
-        })?;
+        let enc = self
+            .inner
+            .encode_fast(s, false)
+            .map_err(|e| err(e.to_string()))?;
         ids.extend_from_slice(enc.get_ids());
         Ok(())
     }
@@ -297,18 +308,36 @@ impl Tokenizer {
         self.bos
     }
 
-    /// EOS and the end-of-turn / end-of-message tokens (`tokenizer.ggml.eos_token_id`,
-    /// `eot_token_id`, `eom_token_id`, and control tokens such as `<|eot_id|>`,
-    /// `<|eom_id|>`, `<|end_of_text|>`): generation stops at any of them. EOS comes first.
+    /// The end-of-generation tokens, as llama.cpp picks them ([`eog`]): EOS, EOT and EOM from
+    /// their keys, the FIM pad/repo/separator tokens, and tokens whose text ends a turn
+    /// (`<|eot_id|>`, `<|im_end|>`, `<|endoftext|>`, `<end_of_turn>`…). EOS comes first.
+    pub fn eog_ids(&self) -> &[u32] {
+        &self.eog
+    }
+
+    /// Whether generation stops at `id` (see [`Tokenizer::eog_ids`]).
+    pub fn is_eog(&self, id: u32) -> bool {
+        self.eog.contains(&id)
+    }
+
+    /// The same as [`Tokenizer::eog_ids`]: EOS first, then the other ends of generation.
     pub fn eos_ids(&self) -> &[u32] {
-        &self.eos
+        &self.eog
     }
 
+    /// The same as [`Tokenizer::is_eog`].
     pub fn is_eos(&self, id: u32) -> bool {
-        self.eos.contains(&id)
+        self.is_eog(id)
     }
 
-    /// `tokenizer.ggml.add_bos_token` if present, else true (false when there is no BOS).
+    /// The byte-level BPE pre-tokenizer (`None` for SentencePiece).
+    pub fn pre_tokenizer(&self) -> Option<&PreTokenizer> {
+        self.bpe.as_ref().map(|b| &b.pre)
+    }
+
+    /// Whether encoding adds BOS by default: `tokenizer.ggml.add_bos_token` if present, else
+    /// true for SentencePiece and the pre-tokenizer's default for byte-level BPE (forced for
+    /// Gemma 4); false when there is no BOS.
     pub fn add_bos_default(&self) -> bool {
         self.add_bos
     }
@@ -321,15 +350,17 @@ impl Tokenizer {
         self.kind
     }
 
-    /// The underlying `tokenizers` pipeline (without BOS handling, and for SentencePiece
-    /// without the "▁" prefix, which this wrapper adds).
+    /// The underlying `tokenizers` pipeline (without BOS handling; for SentencePiece without the
+    /// "▁" prefix, and for byte-level BPE without the pre-tokenizer split, which this wrapper
+    /// adds).
     pub fn inner(&self) -> &tokenizers::Tokenizer {
         &self.inner
     }
 }
 
-/// The bytes of every token, flattened (see [`Tokenizer::token_to_piece`]).
-fn decode_pieces(v: &vocab::GgufVocab) -> (Vec<u8>, Vec<usize>) {
+/// The bytes of every token, flattened (see [`Tokenizer::token_to_piece`]). `escaped_spaces`:
+/// a byte-level BPE vocabulary of raw UTF-8 with "▁" for spaces (Gemma 4 and the like).
+fn decode_pieces(v: &vocab::GgufVocab, escaped_spaces: bool) -> (Vec<u8>, Vec<usize>) {
     let byte_map = bpe::char_to_byte_map();
     let mut bytes = Vec::with_capacity(v.tokens.iter().map(String::len).sum());
     let mut offsets = Vec::with_capacity(v.tokens.len() + 1);
@@ -340,14 +371,15 @@ fn decode_pieces(v: &vocab::GgufVocab) -> (Vec<u8>, Vec<usize>) {
             (_, TokenType::Control | TokenType::UserDefined) => {
                 bytes.extend_from_slice(t.as_bytes())
             }
-            (ModelKind::Gpt2, _) => bpe::byte_level_decode(t, &byte_map, &mut bytes),
-            (ModelKind::Spm, TokenType::Byte) => match spm::parse_byte_token(t) {
+            // Byte tokens `<0xNN>` in both families.
+            (_, TokenType::Byte) => match spm::parse_byte_token(t) {
                 Some(b) => bytes.push(b),
                 None => bytes.extend_from_slice(t.as_bytes()),
             },
-            (ModelKind::Spm, _) => {
-                bytes.extend_from_slice(t.replace(spm::SPACE_MARK, " ").as_bytes())
+            (ModelKind::Gpt2, _) if !escaped_spaces => {
+                bpe::byte_level_decode(t, &byte_map, &mut bytes)
             }
+            _ => bytes.extend_from_slice(t.replace(spm::SPACE_MARK, " ").as_bytes()),
         }
         offsets.push(bytes.len());
     }

@@ -78,6 +78,10 @@ pub struct GgufVocab {
     pub eot: Option<u32>,
     pub eom: Option<u32>,
     pub unk: Option<u32>,
+    /// The fill-in-the-middle ids that end generation, in [`super::eog::fim_keys`]'s order
+    /// (pad, repo, file separator); out-of-range values are ignored with a warning, as in
+    /// llama.cpp.
+    pub fim: [Option<u32>; 3],
     pub add_bos: Option<bool>,
     pub add_space_prefix: bool,
 }
@@ -124,21 +128,45 @@ fn opt_id(f: &GgufFile, key: &str, n_vocab: usize) -> crate::Result<Option<u32>>
     }
 }
 
+/// The keys of [`super::eog::fim_keys`]; an id beyond the vocabulary is dropped with a warning.
+fn fim_ids(f: &GgufFile, n_vocab: usize) -> crate::Result<[Option<u32>; 3]> {
+    let mut ids = [None; 3];
+    for (slot, key) in ids.iter_mut().zip(super::eog::fim_keys()) {
+        *slot = match f.opt_u32(key)? {
+            Some(id) if id as usize >= n_vocab => {
+                log::warn!(
+                    "{}: {key} = {id} is beyond the {n_vocab} tokens; ignored",
+                    f.path().display()
+                );
+                None
+            }
+            other => other,
+        };
+    }
+    Ok(ids)
+}
+
 impl GgufVocab {
     /// Reads and checks every tokenizer key of `f`.
     pub fn read(f: &GgufFile) -> crate::Result<GgufVocab> {
-        let kind = match f.str(KEY_MODEL)? {
-            "gpt2" => ModelKind::Gpt2,
-            "llama" => ModelKind::Spm,
+        let file_pre = f.opt_str(KEY_PRE)?.map(str::to_string);
+        let (kind, pre) = match f.str(KEY_MODEL)? {
+            "gpt2" => (ModelKind::Gpt2, file_pre),
+            // Gemma 4 files name their own model: byte-level BPE's merges with the `gemma4`
+            // pre-tokenizer, whatever `tokenizer.ggml.pre` says (llama.cpp reads them so).
+            "gemma4" => (ModelKind::Gpt2, Some("gemma4".to_string())),
+            "llama" => (ModelKind::Spm, file_pre),
             other => {
                 return Err(meta_err(
                     f,
                     KEY_MODEL,
-                    format!("tokenizer model `{other}` is not supported (only `gpt2` and `llama`)"),
+                    format!(
+                        "tokenizer model `{other}` is not supported (only `gpt2`, `gemma4` and \
+                         `llama`)"
+                    ),
                 ));
             }
         };
-        let pre = f.opt_str(KEY_PRE)?.map(str::to_string);
         let tokens = f.string_array(KEY_TOKENS)?.to_vec();
         let n = tokens.len();
         if n == 0 {
@@ -209,6 +237,7 @@ impl GgufVocab {
             eot: opt_id(f, KEY_EOT, n)?,
             eom: opt_id(f, KEY_EOM, n)?,
             unk: opt_id(f, KEY_UNK, n)?,
+            fim: fim_ids(f, n)?,
             add_bos: f.opt_bool(KEY_ADD_BOS)?,
             add_space_prefix: f.opt_bool(KEY_ADD_SPACE_PREFIX)?.unwrap_or(true),
             tokens,

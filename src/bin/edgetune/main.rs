@@ -6,6 +6,8 @@ mod compare_cmd;
 mod compare_measure;
 mod data_cmd;
 mod demo_cmd;
+mod demo_real;
+mod demo_synthetic;
 mod eval_cmd;
 mod export_cmd;
 mod fetch_cmd;
@@ -39,7 +41,7 @@ struct Cli {
 enum Command {
     /// Benchmarks: `bench train` (tok/s and peak RSS of training steps).
     Bench(bench_cmd::Args),
-    /// The whole path on built-in data: test model, IoT set, plan, training, before/after.
+    /// Fine-tune a real model (SmolLM2, fetched once) on the built-in assistant set, measured before/after.
     Demo(demo_cmd::Args),
     /// Show a GGUF file: architecture, hyper-parameters, tokenizer, tensors, totals by type.
     Inspect(inspect_cmd::Args),

