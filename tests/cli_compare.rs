@@ -346,8 +346,8 @@ fn compare_runs_mtlora_on_the_data_tasks() {
 }
 
 /// Without --lr each method trains at its own default; `--method-opt` sets one method's flag
-/// (here lora's learning rate and AdaLoRA's target rank) and is recorded; `--heldout-data`
-/// holds out a separate file and trains on all of --data.
+/// (here lora's learning rate and AdaLoRA's target rank) or every method's (`all:`) and is
+/// recorded; `--heldout-data` holds out a separate file and trains on all of --data.
 #[test]
 fn per_method_learning_rates_and_options_reach_the_runs() {
     let dir = tempfile::tempdir().unwrap();
@@ -420,6 +420,8 @@ fn per_method_learning_rates_and_options_reach_the_runs() {
         "lora:lr=0.003",
         "--method-opt",
         "adalora:--adalora-target-r=2",
+        "--method-opt",
+        "all:warmup-steps=1",
         "--out",
         s(&out),
     ]);
@@ -432,7 +434,7 @@ fn per_method_learning_rates_and_options_reach_the_runs() {
         "{md}"
     );
     assert!(
-        md.contains("- adalora: lr 1e-3, --adalora-target-r=2"),
+        md.contains("- adalora: lr 1e-3, --warmup-steps=1 --adalora-target-r=2"),
         "{md}"
     );
     let results = json(&out.join("compare.json"));
@@ -449,7 +451,10 @@ fn per_method_learning_rates_and_options_reach_the_runs() {
     assert_eq!(lora["lr"].as_f64().unwrap() as f32, 0.003);
     assert_eq!(lora["data"], s(&data), "trained on the whole --data");
     assert_eq!(results[1]["lr"], 0.003);
-    assert_eq!(results[1]["method_opts"][0], "--lr=0.003");
+    assert_eq!(results[1]["method_opts"][1], "--lr=0.003");
+    // `all:` reached both runs.
+    assert_eq!(lora["warmup_steps"], 1);
+    assert_eq!(config("adalora")["warmup_steps"], 1);
     let ada = config("adalora");
     assert_eq!(
         ada["lr"].as_f64().unwrap() as f32,
@@ -457,7 +462,7 @@ fn per_method_learning_rates_and_options_reach_the_runs() {
     );
     assert_ne!(default_lr("adalora").unwrap(), default_lr("lora").unwrap());
     assert_eq!(ada["method_opts"]["adalora_target_r"], 2);
-    assert_eq!(results[2]["method_opts"][0], "--adalora-target-r=2");
+    assert_eq!(results[2]["method_opts"][1], "--adalora-target-r=2");
     for r in results.as_array().unwrap() {
         assert!(r["error"].is_null(), "{r}");
         assert!(r["heldout_loss"].as_f64().unwrap() > 0.0, "{r}");

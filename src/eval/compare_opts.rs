@@ -146,6 +146,10 @@ fn unknown_method(what: &str, name: &str) -> Error {
     ))
 }
 
+/// The `METHOD` of a `--method-opt` that applies to every method (`all:pack`); a method's own
+/// `--method-opt` of the same flag wins over it.
+pub const ALL: &str = "all";
+
 /// Flags of `edgetune train` that a comparison sets itself and a `--method-opt` cannot change:
 /// the run's files and method are the comparison's, and the measures read them.
 pub const RESERVED_FLAGS: [&str; 8] = [
@@ -160,9 +164,11 @@ pub const RESERVED_FLAGS: [&str; 8] = [
 ];
 
 /// `--method-opt METHOD:FLAG=VALUE` (or `METHOD:FLAG` for a switch): one `edgetune train` flag
-/// for one method's run. `FLAG` is the long flag with or without its leading `--`.
+/// for one method's run, or for every method's with `METHOD` = [`ALL`]. `FLAG` is the long flag
+/// with or without its leading `--`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MethodOpt {
+    /// A method name, or [`ALL`].
     pub method: String,
     /// Without the leading `--`.
     pub flag: String,
@@ -181,7 +187,7 @@ impl FromStr for MethodOpt {
         };
         let (method, rest) = s.split_once(':').ok_or_else(|| bad("no `:`"))?;
         let method = method.trim().to_ascii_lowercase();
-        if !ALL_METHODS.contains(&method.as_str()) {
+        if method != ALL && !ALL_METHODS.contains(&method.as_str()) {
             return Err(unknown_method(&format!("--method-opt {s:?}"), &method));
         }
         let (flag, value) = match rest.split_once('=') {
@@ -229,9 +235,10 @@ impl TrainFlags {
         }
     }
 
-    /// Applies the `opts` of `method` (the others are skipped).
+    /// Applies the `opts` of `method`: first those for [`ALL`], then its own (the others are
+    /// skipped).
     pub fn apply(&mut self, method: &str, opts: &[MethodOpt]) {
-        for o in opts.iter().filter(|o| o.method == method) {
+        for o in applying(method, opts) {
             self.set(&o.flag, o.value.clone());
         }
     }
@@ -257,10 +264,17 @@ impl TrainFlags {
     }
 }
 
-/// The `--method-opt`s of `method` as `--flag[=value]` strings (recorded in `compare.json`).
+/// The `--method-opt`s that reach `method`'s run, in the order they apply: [`ALL`]'s, then its
+/// own.
+fn applying<'a>(method: &'a str, opts: &'a [MethodOpt]) -> impl Iterator<Item = &'a MethodOpt> {
+    let of = move |m: &'a str| opts.iter().filter(move |o| o.method == m);
+    of(ALL).chain(of(method))
+}
+
+/// The `--method-opt`s that reach `method`'s run as `--flag[=value]` strings (recorded in
+/// `compare.json`).
 pub fn opts_of(method: &str, opts: &[MethodOpt]) -> Vec<String> {
-    opts.iter()
-        .filter(|o| o.method == method)
+    applying(method, opts)
         .map(|o| match &o.value {
             Some(v) => format!("--{}={v}", o.flag),
             None => format!("--{}", o.flag),
@@ -306,6 +320,8 @@ mod tests {
         // Only the first `=` splits.
         let o: MethodOpt = "lora:decay=a=b".parse().unwrap();
         assert_eq!(o.value.as_deref(), Some("a=b"));
+        let o: MethodOpt = "ALL:pack".parse().unwrap();
+        assert_eq!((o.method.as_str(), o.flag.as_str()), (ALL, "pack"));
     }
 
     #[test]
@@ -326,14 +342,21 @@ mod tests {
 
     #[test]
     fn train_flags_replace_common_ones_and_keep_order() {
-        let opts: Vec<MethodOpt> = ["hira:lr=5e-3", "hira:base-copy=dense", "dora:rank=4"]
-            .iter()
-            .map(|s| s.parse().unwrap())
-            .collect();
+        // A method's own option wins over `all:`'s whatever their order.
+        let opts: Vec<MethodOpt> = [
+            "hira:lr=5e-3",
+            "all:lr=1e-3",
+            "hira:base-copy=dense",
+            "dora:rank=4",
+            "all:pack",
+        ]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
         let mut f = TrainFlags::new();
         f.set("steps", Some("10".into()));
         f.set("lr", Some("2e-3".into()));
-        f.set("pack", None);
+        f.set("seed", Some("1".into()));
         f.apply("hira", &opts);
         assert_eq!(
             f.to_args(),
@@ -342,6 +365,8 @@ mod tests {
                 "10",
                 "--lr",
                 "5e-3",
+                "--seed",
+                "1",
                 "--pack",
                 "--base-copy",
                 "dense"
@@ -349,7 +374,14 @@ mod tests {
         );
         assert_eq!(f.get("lr"), Some("5e-3"));
         assert_eq!(f.get("pack"), None);
-        assert_eq!(opts_of("hira", &opts), ["--lr=5e-3", "--base-copy=dense"]);
-        assert!(opts_of("lora", &opts).is_empty());
+        assert_eq!(
+            opts_of("hira", &opts),
+            ["--lr=1e-3", "--pack", "--lr=5e-3", "--base-copy=dense"]
+        );
+        let mut f = TrainFlags::new();
+        f.set("lr", Some("2e-4".into()));
+        f.apply("lora", &opts);
+        assert_eq!(f.to_args(), ["--lr", "1e-3", "--pack"]);
+        assert_eq!(opts_of("lora", &opts), ["--lr=1e-3", "--pack"]);
     }
 }

@@ -43,8 +43,9 @@ at LoRA's rate, LoRA+ trains B 16x faster; the reasons for each are in the READM
 and edgetune::eval::compare_opts.\n\n\
 --method-opt METHOD:FLAG=VALUE (repeatable) passes any `edgetune train` flag to one method's \
 run, replacing the common value (METHOD:FLAG for a switch), e.g. `--method-opt \
-adalora:adalora-target-r=8 --method-opt hira:base-copy=dense`. Unknown methods or flags are \
-errors; --model, --data, --out, --method, --json, --resume, --format and --init-adapter are \
+adalora:adalora-target-r=8 --method-opt hira:base-copy=dense`; METHOD `all` gives it to every \
+method (`--method-opt all:pack --method-opt all:warmup-steps=4`), a method's own wins over it. \
+Unknown methods or flags are errors; --model, --data, --out, --method, --json, --resume, --format and --init-adapter are \
 compare's own.\n\n\
 Score (LoRA = 1.0): the geometric mean of four ratios against the LoRA run, each \
 higher-is-better: memory = peak_lora / peak (planned bytes when no peak was measured), disk = \
@@ -89,8 +90,8 @@ pub struct Args {
     /// Peak learning rate for every method [default: each method's own, see below].
     #[arg(long)]
     lr: Option<f32>,
-    /// One `edgetune train` flag for one method's run: METHOD:FLAG=VALUE, or METHOD:FLAG for a
-    /// switch (repeatable; see below).
+    /// One `edgetune train` flag for one method's run (METHOD `all`: every method's):
+    /// METHOD:FLAG=VALUE, or METHOD:FLAG for a switch (repeatable; see below).
     #[arg(long, value_name = "METHOD:FLAG=VALUE")]
     method_opt: Vec<String>,
     #[arg(long, default_value_t = 42)]
@@ -280,7 +281,7 @@ fn parse_method_opts(raw: &[String], methods: &[String]) -> Result<Vec<MethodOpt
                 o.flag, o.method, o.flag
             )));
         }
-        if !methods.contains(&o.method) {
+        if o.method != compare_opts::ALL && !methods.contains(&o.method) {
             eprintln!(
                 "compare: --method-opt {s:?}: {} is not among --methods, so it is not used",
                 o.method
