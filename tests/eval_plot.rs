@@ -88,6 +88,18 @@ fn loss_svg_draws_one_line_per_curve_with_a_legend() {
         loss_svg("demo & loss", &curves).unwrap(),
         "deterministic"
     );
+    // Points that cannot be placed are left out, the rest drawn.
+    let odd = [LossCurve {
+        label: "odd".into(),
+        points: vec![
+            (1.0, 2.0),
+            (2.0, f64::NAN),
+            (3.0, f64::INFINITY),
+            (4.0, 1.0),
+        ],
+    }];
+    let doc_odd_svg = loss_svg("odd", &odd).unwrap();
+    assert!(lines(&parse(&doc_odd_svg), PALETTE[0]).contains(&2));
     // Nothing to draw is still a chart.
     let empty = loss_svg("nothing", &[]).unwrap();
     assert!(texts_of(&empty).iter().any(|t| t == "nothing"));

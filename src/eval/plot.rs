@@ -202,7 +202,14 @@ fn draw_loss(
     title: &str,
     curves: &[(&LossCurve, (u8, u8, u8))],
 ) -> Result<()> {
-    let all = || curves.iter().flat_map(|(c, _)| c.points.iter());
+    // Points that cannot be placed (a diverged step's NaN, an infinite loss) are left out.
+    let finite = |p: &&(f64, f64)| p.0.is_finite() && p.1.is_finite();
+    let all = || {
+        curves
+            .iter()
+            .flat_map(|(c, _)| c.points.iter())
+            .filter(finite)
+    };
     let max_step = all().map(|p| p.0).fold(1.0f64, f64::max);
     let lo = all().map(|p| p.1).fold(f64::INFINITY, f64::min);
     let hi = all().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max);
@@ -229,7 +236,10 @@ fn draw_loss(
     for (curve, color) in curves {
         let style = rgb(*color).stroke_width(2);
         chart
-            .draw_series(LineSeries::new(curve.points.iter().copied(), style))
+            .draw_series(LineSeries::new(
+                curve.points.iter().filter(finite).copied(),
+                style,
+            ))
             .map_err(draw_err)?
             .label(curve.label.as_str())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
