@@ -186,6 +186,17 @@ fn compare_svg_has_a_curve_per_method_and_a_bar_per_measure() {
     assert!(texts(&doc2).iter().any(|t| t == "held-out loss"));
     assert_eq!(bars(&doc2, BASE_COLOR), 1);
     assert_eq!(bars(&doc2, method_color("lora")), 4);
+    // Nothing passed anywhere: the held-out loss too.
+    let zero: Vec<MethodResult> = results
+        .iter()
+        .cloned()
+        .map(|r| MethodResult {
+            eval_pass_rate: r.eval_pass_rate.map(|_| 0.0),
+            ..r
+        })
+        .collect();
+    let zero_svg = compare_svg(&zero, &curves).unwrap();
+    assert!(texts_of(&zero_svg).iter().any(|t| t == "held-out loss"));
 }
 
 #[test]

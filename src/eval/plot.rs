@@ -121,12 +121,15 @@ pub fn loss_svg(title: &str, curves: &[LossCurve]) -> Result<String> {
 /// `compare.svg`: the methods' training loss curves (each `curves` entry whose label is a
 /// method of `results`, in its colour) above four horizontal bar charts, one bar per row that
 /// has the measure: peak memory (MiB), adapter size (KiB), tok/s, and held-out quality — the
-/// suite's pass rate (%) when any row has one, else the held-out loss. The base row
+/// suite's pass rate (%) when any row passed anything, else the held-out loss. The base row
 /// ([`MethodResult::is_base`]) only has bars in the quality chart.
 pub fn compare_svg(results: &[MethodResult], curves: &[LossCurve]) -> Result<String> {
     let colored: Vec<(&LossCurve, (u8, u8, u8))> =
         curves.iter().map(|c| (c, method_color(&c.label))).collect();
-    let has_pass = results.iter().any(|r| r.eval_pass_rate.is_some());
+    // All-zero pass rates (a short run on a hard suite) would be a chart of empty bars.
+    let has_pass = results
+        .iter()
+        .any(|r| r.eval_pass_rate.is_some_and(|p| p > 0.0));
     let quality: Panel = if has_pass {
         ("held-out pass rate (%)", |r| {
             r.eval_pass_rate.map(|p| p * 100.0)
