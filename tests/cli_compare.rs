@@ -434,7 +434,7 @@ fn per_method_learning_rates_and_options_reach_the_runs() {
         "{md}"
     );
     assert!(
-        md.contains("- adalora: lr 1e-3, --warmup-steps=1 --adalora-target-r=2"),
+        md.contains("- adalora: lr 2e-3, --warmup-steps=1 --adalora-target-r=2"),
         "{md}"
     );
     let results = json(&out.join("compare.json"));

@@ -64,11 +64,12 @@ pub const DEFAULT_LRS: [LrDefault; 15] = [
     },
     LrDefault {
         method: "adalora",
-        lr: 1e-3,
+        lr: 2e-3,
         why: "E starts at 0 and A, B at N(0, 0.02^2): the first steps move only E, scaled by \
               B.A entries of ~4e-4, about 1/60 of LoRA's first update at equal lr (576 inputs); \
-              A and B move once E is not 0, so the update then grows as E.A.B and 5x LoRA's rate \
-              catches up within a few dozen steps",
+              A and B move once E is not 0 and the update then grows as E.A.B. At 10x LoRA's \
+              rate it reaches LoRA's held-out loss within ~60 steps on the test model (at 5x it \
+              is still well behind there, and on SmolLM2 after 6 steps had barely moved)",
     },
     LrDefault {
         method: "mtlora",
@@ -105,7 +106,8 @@ pub const DEFAULT_LRS: [LrDefault; 15] = [
         why: "frozen updates: each step only the drawn rank's newest component has a gradient, \
               so each of the r components gets one step in r (AdamW's momentum spreads a hit \
               over ~10 steps), and evaluation at the full rank weighs component j by \
-              (j+1)/r of its training scale; 5x LoRA's rate",
+              (j+1)/r of its training scale; at 5x LoRA's rate it matches LoRA's held-out \
+              loss after 60 steps on the test model",
     },
     LrDefault {
         method: "qdylora",
@@ -120,7 +122,7 @@ pub const DEFAULT_LRS: [LrDefault; 15] = [
         why: "dW = W o (B.A) has no scale: where LoRA multiplies B.A by alpha/r = 2, HiRA \
               multiplies it by the base's entries (RMS about 0.19 in SmolLM2-135M's \
               projections, smaller in larger models), so its update is about 10x smaller at \
-              equal lr",
+              equal lr; at 10x its training loss on SmolLM2 follows LoRA's step for step",
     },
     LrDefault {
         method: "layerimp",
