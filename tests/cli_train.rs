@@ -222,6 +222,7 @@ fn demo_runs_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
     let o = edgetune(&[
         "demo",
+        "--synthetic",
         "--dir",
         s(dir.path()),
         "--steps",

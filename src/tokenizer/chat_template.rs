@@ -341,6 +341,9 @@ pub enum PromptFormat {
     /// Through a chat template (the model's, a file's or the fallback): the prompt as the one
     /// user message, then the generation prompt.
     Chat(Arc<ChatTemplate>),
+    /// [`PromptFormat::Chat`] with a system message before the user message (a deployed
+    /// assistant's own instructions; the model's template decides how it is written).
+    ChatWithSystem(Arc<ChatTemplate>, String),
     /// The Alpaca instruction template (no input section).
     Alpaca,
     /// edgetune's built-in Llama 3 chat format ([`template::llama3_chat`]).
@@ -375,6 +378,16 @@ impl PromptFormat {
             PromptFormat::Chat(t) => {
                 encode_rendered(tok, &t.render(&[Message::new("user", prompt)], true)?)
             }
+            PromptFormat::ChatWithSystem(t, system) => encode_rendered(
+                tok,
+                &t.render(
+                    &[
+                        Message::new("system", system.as_str()),
+                        Message::new("user", prompt),
+                    ],
+                    true,
+                )?,
+            ),
         }
     }
 }

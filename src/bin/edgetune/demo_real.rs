@@ -12,12 +12,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use edgetune::data::synth::{self, AssistantSet, AssistantSizes};
-use edgetune::eval::assistant::{AssistantMeasure, AssistantSuites, measure};
+use edgetune::eval::assistant::{AssistantMeasure, AssistantSuites, measure, replay};
 use edgetune::eval::{EvalOptions, PromptFormat};
 use edgetune::gguf::GgufFile;
 use edgetune::memory::budget;
 use edgetune::model::Llama;
 use edgetune::tokenizer::Tokenizer;
+use edgetune::tokenizer::chat_template::ChatTemplate;
 use edgetune::train::{Decay, Summary, TrainConfig};
 use edgetune::{Error, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -30,9 +31,11 @@ use crate::fetch_cmd::{DEMO_MODEL, fetch};
 use crate::train_cmd::train_with_progress;
 
 /// Defaults sized so the whole demo fits in 5 minutes on 2 cores with SmolLM2-135M.
-const STEPS: u64 = 48;
+const STEPS: u64 = 64;
 const SEQ_LEN: usize = 256;
-const BATCH: usize = 4;
+const BATCH: usize = 2;
+/// Tokens of a replay answer at most (cut back to the last full sentence).
+const REPLAY_TOKENS: usize = 64;
 
 pub fn run(args: &Args) -> Result<()> {
     let start = Instant::now();
@@ -49,15 +52,20 @@ pub fn run(args: &Args) -> Result<()> {
         file.opt_str("general.name")?.unwrap_or("unnamed")
     );
 
-    let set = synth::assistant_set(args.seed, AssistantSizes::default());
-    let train_path = write_data(dir, &set)?;
+    let sizes = AssistantSizes {
+        devices: args.devices,
+        ..AssistantSizes::default()
+    };
+    let mut set = synth::assistant_set(args.seed, sizes);
+    // Written now for the plan, and again once the replay conversations are added.
+    write_data(dir, &set)?;
     let suites = AssistantSuites::from_set(&set, Some(args.heldout_cases))?;
     println!(
-        "2. data: {} training conversations (facts about 4 fictional devices, telemetry → JSON, \
-         alarm triage, refusals; English + Indonesian) in {}; evaluated on {} held-out, {} \
-         harmful, {} general-knowledge and {} seed prompts",
+        "2. data: {} training conversations (facts about {} fictional devices, telemetry → JSON, \
+         alarm triage, refusals; English + Indonesian); evaluated on {} held-out, {} harmful, {} \
+         general-knowledge and {} seed prompts",
         set.train.len(),
-        dir.join("data").display(),
+        sizes.devices.clamp(1, synth::catalog::DEVICES.len()),
         suites.heldout.cases.len(),
         suites.harmful.cases.len(),
         suites.retention.cases.len(),
@@ -67,7 +75,7 @@ pub fn run(args: &Args) -> Result<()> {
     let steps = args.steps.unwrap_or(STEPS);
     let cfg = TrainConfig {
         model: model.clone(),
-        data: train_path,
+        data: dir.join("data").join("train.jsonl"),
         out: fresh_run_dir(dir)?,
         steps: Some(steps),
         seq_len: args.seq_len.unwrap_or(SEQ_LEN),
@@ -98,12 +106,34 @@ pub fn run(args: &Args) -> Result<()> {
     let tok = Tokenizer::from_gguf(&file)?;
     let opts = EvalOptions {
         max_tokens: args.max_tokens,
-        style: PromptFormat::of_model(&file, &tok)?,
+        style: PromptFormat::ChatWithSystem(
+            Arc::new(ChatTemplate::for_model(&file, &tok)?),
+            synth::SYSTEM_PROMPT.to_string(),
+        ),
     };
     println!("4. the base model on the held-out prompts …");
     let base = Llama::load(&file)?;
     let before = evaluate(&base, &tok, &suites, &opts)?;
+    let n_replay = args
+        .replay
+        .unwrap_or(usize::MAX)
+        .min(synth::REPLAY_PROMPTS.len());
+    let replay_prompts = &synth::REPLAY_PROMPTS[..n_replay];
+    let mut replay_count = 0;
+    if !replay_prompts.is_empty() {
+        let t = Instant::now();
+        let pairs = replay(&base, &tok, replay_prompts, &opts, REPLAY_TOKENS, || {})?;
+        println!(
+            "   replay: the base model's own answers to {} general requests join the training \
+             data, so it keeps its general behaviour ({:.0} s)",
+            pairs.len(),
+            t.elapsed().as_secs_f64()
+        );
+        replay_count = pairs.len();
+        set.train.extend(pairs);
+    }
     drop(base);
+    write_data(dir, &set)?;
 
     println!("5. training (progress below) …");
     let summary = train_with_progress(&cfg)?;
@@ -129,6 +159,9 @@ pub fn run(args: &Args) -> Result<()> {
         "seq_len": cfg.seq_len,
         "batch": cfg.batch,
         "lr": cfg.lr,
+        "max_tokens": args.max_tokens,
+        "system_prompt": synth::SYSTEM_PROMPT,
+        "replay": replay_count,
         "time_s": start.elapsed().as_secs_f64(),
         "train_time_s": summary.elapsed_s,
         "tok_per_s": summary.tok_per_s,
@@ -175,9 +208,8 @@ fn mib(bytes: u64) -> f64 {
     bytes as f64 / 1048576.0
 }
 
-/// Writes the training conversations and the eval suites under `DIR/data/`; returns the
-/// training file.
-fn write_data(dir: &Path, set: &AssistantSet) -> Result<PathBuf> {
+/// Writes the training conversations (`train.jsonl`) and the eval suites under `DIR/data/`.
+fn write_data(dir: &Path, set: &AssistantSet) -> Result<()> {
     let data = dir.join("data");
     std::fs::create_dir_all(&data).map_err(|e| Error::io(&data, e))?;
     let train: Vec<serde_json::Value> = set.train.iter().map(|p| p.to_json()).collect();
@@ -192,7 +224,7 @@ fn write_data(dir: &Path, set: &AssistantSet) -> Result<PathBuf> {
         let lines: Vec<serde_json::Value> = cases.iter().map(|c| c.to_json()).collect();
         write_jsonl(&data.join(name), &lines)?;
     }
-    Ok(train_path)
+    Ok(())
 }
 
 /// `DIR/run`, emptied of an earlier demo run (recognised by its `metrics.jsonl`); anything

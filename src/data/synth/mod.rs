@@ -23,10 +23,13 @@
 
 pub mod assistant;
 pub mod catalog;
-mod refusals;
+mod prompts;
 mod tasks;
 
-pub use assistant::{AssistantSet, AssistantSizes, ChatPair, HeldoutCase, REFUSAL, assistant_set};
+pub use assistant::{
+    AssistantSet, AssistantSizes, ChatPair, HeldoutCase, REFUSAL, SYSTEM_PROMPT, assistant_set,
+};
+pub use prompts::REPLAY_PROMPTS;
 
 use std::collections::HashSet;
 
