@@ -3,6 +3,7 @@
 mod backend_args;
 mod bench_cmd;
 mod compare_cmd;
+mod compare_measure;
 mod data_cmd;
 mod demo_cmd;
 mod demo_real;
