@@ -399,9 +399,20 @@ fn a_short_demo_raises_the_held_out_pass_rate() {
         "--max-tokens",
         "40",
     ]);
-    for want in ["before → after", "held-out prompts passed", "demo.json"] {
+    for want in [
+        "before → after",
+        "held-out prompts passed",
+        "demo.json",
+        "loss.svg",
+    ] {
         assert!(out.contains(want), "{want:?} missing from:\n{out}");
     }
+    // The loss curve as a chart: one line (a polyline) in the first palette colour.
+    let svg = std::fs::read_to_string(dir.path().join("loss.svg")).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.contains("<polyline"),
+        "{svg}"
+    );
     let text = std::fs::read_to_string(dir.path().join("demo.json")).unwrap();
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     for key in [

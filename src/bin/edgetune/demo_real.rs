@@ -14,6 +14,7 @@ use std::time::Instant;
 use edgetune::adapters::LayerRange;
 use edgetune::data::synth::{self, AssistantSet, AssistantSizes};
 use edgetune::eval::assistant::{AssistantMeasure, AssistantSuites, measure, replay};
+use edgetune::eval::plot::{LossCurve, loss_svg};
 use edgetune::eval::{EvalOptions, PromptFormat};
 use edgetune::gguf::GgufFile;
 use edgetune::memory::budget;
@@ -199,10 +200,15 @@ pub fn run(args: &Args) -> Result<()> {
     let path = dir.join("demo.json");
     let text = serde_json::to_string_pretty(&report).map_err(|e| Error::Invalid(e.to_string()))?;
     std::fs::write(&path, text + "\n").map_err(|e| Error::io(&path, e))?;
+    let curve = LossCurve::from_metrics("LoRA", &cfg.out.join("metrics.jsonl"))?;
+    let svg_path = dir.join("loss.svg");
+    let title = format!("edgetune demo: training loss, LoRA r={}", cfg.lora.rank);
+    std::fs::write(&svg_path, loss_svg(&title, &[curve])?).map_err(|e| Error::io(&svg_path, e))?;
     println!(
-        "\n{} written; the whole demo took {:.0} s. Export the adapter for llama.cpp with:\n  \
+        "\n{} and {} written; the whole demo took {:.0} s. Export the adapter for llama.cpp with:\n  \
          edgetune export --model {} --adapter {} --format gguf --out {}",
         path.display(),
+        svg_path.display(),
         start.elapsed().as_secs_f64(),
         model.display(),
         adapter.display(),
