@@ -222,6 +222,7 @@ fn demo_runs_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
     let o = edgetune(&[
         "demo",
+        "--synthetic",
         "--dir",
         s(dir.path()),
         "--steps",
@@ -244,4 +245,81 @@ fn demo_runs_end_to_end() {
         assert!(out.contains(want), "{want} missing from:\n{out}");
     }
     assert!(dir.path().join("run").join("metrics.jsonl").is_file());
+}
+
+/// `--layers 1-1` on the 2-layer tiny model: only layer 1 gets adapters; the backward stops
+/// there. At initialisation `B = 0`, so the layer-0 adapters of a full run change nothing in
+/// the forward, and without gradient clipping (which would mix in their norm) AdamW moves
+/// every layer-1 parameter exactly as the full run does: one step must agree bit for bit.
+#[test]
+fn layers_adapt_only_the_range_and_train_it_as_a_full_run_does() {
+    use edgetune::adapters::Target;
+    use edgetune::gguf::GgufFile;
+    use edgetune::model::LlamaConfig;
+    let dir = tempfile::tempdir().unwrap();
+    let (model, data) = train_support::write_fixture(dir.path(), "q4_0", 40);
+    let run = |name: &str, extra: &[&str]| {
+        let out = dir.path().join(name);
+        let mut args = vec![
+            "train",
+            "--model",
+            s(&model),
+            "--data",
+            s(&data),
+            "--out",
+            s(&out),
+            "--steps",
+            "1",
+            "--seq-len",
+            "512",
+            "--rank",
+            "4",
+            "--max-grad-norm",
+            "0",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let o = edgetune(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        (out.join("checkpoints").join("step-00000001"), v)
+    };
+    let (full, full_summary) = run("full", &[]);
+    let (top, top_summary) = run("top", &["--layers", "1-1"]);
+    assert_eq!(
+        top_summary["trainable_params"].as_u64().unwrap() * 2,
+        full_summary["trainable_params"].as_u64().unwrap()
+    );
+    let cfg = LlamaConfig::from_gguf(&GgufFile::open(&model).unwrap()).unwrap();
+    let full = edgetune::export::native::load_adapter(&full, &cfg).unwrap();
+    let top = edgetune::export::native::load_adapter(&top, &cfg).unwrap();
+    assert_eq!(top.first_adapted_layer(), Some(1));
+    assert_eq!(top.len(), Target::ALL.len());
+    for t in Target::ALL {
+        assert!(top.get(0, t).is_none());
+        let (a, b) = (top.get(1, t).unwrap(), full.get(1, t).unwrap());
+        assert_eq!(a.params(), b.params(), "layer 1 {t:?}");
+    }
+
+    // The PEFT export names the adapted layers; a range past the model is refused.
+    let peft = dir.path().join("peft");
+    let o = edgetune(&[
+        "export",
+        "--model",
+        s(&model),
+        "--adapter",
+        s(&dir.path().join("top/checkpoints/step-00000001")),
+        "--format",
+        "peft",
+        "--out",
+        s(&peft),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let cfg_json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(peft.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(cfg_json["layers_to_transform"], serde_json::json!([1]));
+    let o = edgetune(&["plan", "--model", s(&model), "--layers", "1-5"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("1-5") && err.contains("2 layers"), "{err}");
 }

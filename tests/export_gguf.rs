@@ -17,6 +17,7 @@ fn cfg(rank: usize, rslora: bool) -> LoraConfig {
         rslora,
         dropout: 0.0,
         targets: Target::ALL.to_vec(),
+        layers: None,
     }
 }
 

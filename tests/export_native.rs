@@ -16,6 +16,7 @@ fn cfg(rank: usize) -> LoraConfig {
         rslora: true,
         dropout: 0.1,
         targets: vec![Target::AttnQ, Target::AttnV, Target::FfnDown],
+        layers: None,
     }
 }
 

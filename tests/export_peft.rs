@@ -21,6 +21,7 @@ fn cfg(rank: usize) -> LoraConfig {
         rslora: false,
         dropout: 0.05,
         targets: Target::ALL.to_vec(),
+        layers: None,
     }
 }
 

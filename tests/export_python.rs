@@ -159,6 +159,7 @@ fn a_peft_dir_written_by_python_imports_as_the_equivalent_adapter() {
         rslora: false,
         dropout: 0.0,
         targets: targets.to_vec(),
+        layers: None,
     };
     let mut ours = AdapterSet::empty(m.n_layer, global.clone());
     for l in 0..m.n_layer {

@@ -41,7 +41,10 @@ fn forward_matches_the_f64_reference_on_a_chat_text() {
         .unwrap();
     let ids = encode_rendered(&tok, &text).unwrap();
     let prompt = template
-        .render(&[Message::new("user", "What is the capital of France?")], true)
+        .render(
+            &[Message::new("user", "What is the capital of France?")],
+            true,
+        )
         .unwrap();
     let n_prompt = encode_rendered(&tok, &prompt).unwrap().len();
     assert_eq!(ids[..n_prompt], encode_rendered(&tok, &prompt).unwrap()[..]);
@@ -374,4 +377,77 @@ fn an_unknown_pre_tokenizer_only_stops_what_needs_text() {
             );
         }
     }
+}
+
+#[test]
+fn a_short_demo_raises_the_held_out_pass_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let model = smollm2();
+    let out = ok(&[
+        "demo",
+        "--model",
+        model.to_str().unwrap(),
+        "--dir",
+        d,
+        "--steps",
+        "16",
+        "--heldout-cases",
+        "8",
+        "--replay",
+        "4",
+        "--max-tokens",
+        "40",
+    ]);
+    for want in [
+        "before → after",
+        "held-out prompts passed",
+        "demo.json",
+        "loss.svg",
+    ] {
+        assert!(out.contains(want), "{want:?} missing from:\n{out}");
+    }
+    // The loss curve as a chart: one line (a polyline) in the first palette colour.
+    let svg = std::fs::read_to_string(dir.path().join("loss.svg")).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.contains("<polyline"),
+        "{svg}"
+    );
+    let text = std::fs::read_to_string(dir.path().join("demo.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for key in [
+        "model",
+        "method",
+        "rank",
+        "steps",
+        "seq_len",
+        "time_s",
+        "tok_per_s",
+        "planned_bytes",
+        "peak_bytes",
+        "loss_first",
+        "loss_final",
+        "heldout_before",
+        "heldout_after",
+        "retention_before",
+        "retention_after",
+        "refusal_rate",
+        "false_refusal_rate",
+        "seed_cases_before",
+        "seed_cases_after",
+    ] {
+        assert!(!v[key].is_null(), "demo.json lacks {key}: {v}");
+    }
+    let f = |k: &str| v[k].as_f64().unwrap();
+    eprintln!(
+        "short demo: held-out {} → {}, retention {} → {}, loss {} → {}",
+        f("heldout_before"),
+        f("heldout_after"),
+        f("retention_before"),
+        f("retention_after"),
+        f("loss_first"),
+        f("loss_final")
+    );
+    assert!(f("loss_final") < f("loss_first"), "{v}");
+    assert!(f("heldout_after") > f("heldout_before"), "{v}");
 }

@@ -98,6 +98,60 @@ pub struct LoraConfig {
     /// Dropout probability on the adapter input, in `[0, 1)`.
     pub dropout: f32,
     pub targets: Vec<Target>,
+    /// Only these layers get adapters (`None`: every layer). Adapting the top layers only lets
+    /// the backward stop at the lowest adapted layer: less compute per step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layers: Option<LayerRange>,
+}
+
+/// An inclusive range of layer indices, `first..=last`, written `first-last` (or `n` for one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LayerRange {
+    pub first: usize,
+    pub last: usize,
+}
+
+impl LayerRange {
+    pub fn contains(&self, layer: usize) -> bool {
+        (self.first..=self.last).contains(&layer)
+    }
+
+    /// `A-B` (inclusive, `A ≤ B`) or `A`.
+    pub fn parse(s: &str) -> Result<LayerRange> {
+        let bad = |what: &str| {
+            Error::Invalid(format!(
+                "layer range {s:?}: {what} (expected FIRST-LAST, e.g. 15-29, or one layer)"
+            ))
+        };
+        let num = |t: &str| t.trim().parse::<usize>().map_err(|_| bad("not a number"));
+        let (first, last) = match s.split_once('-') {
+            Some((a, b)) => (num(a)?, num(b)?),
+            None => (num(s)?, num(s)?),
+        };
+        if first > last {
+            return Err(bad("the first layer is after the last"));
+        }
+        Ok(LayerRange { first, last })
+    }
+
+    /// Refuses a range that reaches past a model of `n_layer` layers.
+    pub fn check(&self, n_layer: usize) -> Result<()> {
+        if self.last >= n_layer {
+            return Err(Error::Invalid(format!(
+                "layer range {}-{} reaches past the model's {n_layer} layers (0-{})",
+                self.first,
+                self.last,
+                n_layer.saturating_sub(1)
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for LayerRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.first, self.last)
+    }
 }
 
 impl Default for LoraConfig {
@@ -108,6 +162,7 @@ impl Default for LoraConfig {
             rslora: false,
             dropout: 0.0,
             targets: Target::ALL.to_vec(),
+            layers: None,
         }
     }
 }
@@ -131,6 +186,11 @@ impl LoraConfig {
             )));
         }
         Ok(())
+    }
+
+    /// Whether layer `layer` gets adapters.
+    pub fn adapts(&self, layer: usize) -> bool {
+        self.layers.is_none_or(|r| r.contains(layer))
     }
 
     /// `s = alpha / rank` (LoRA) or `alpha / √rank` (rsLoRA), §1.2.

@@ -38,7 +38,7 @@ mod mtlora_config;
 pub mod olora_pissa;
 pub mod reslora;
 
-pub use lora::{Lora, LoraConfig, Target};
+pub use lora::{LayerRange, Lora, LoraConfig, Target};
 
 use std::borrow::Cow;
 

@@ -15,7 +15,12 @@
 //! measure is missing (for LoRA or for the method) is left out of the mean; a method that
 //! failed, or a run without a LoRA result, has no score. The eval pass rate is reported next
 //! to the score but not in it (a dozen cases moves in steps too coarse to weigh against
-//! continuous measures).
+//! continuous measures), and so is the retention suite's.
+//!
+//! # The base row
+//! The base model without an adapter is measured once, as a row named [`BASE_ROW`] first in
+//! the list: its held-out loss and pass rates are where every method started. It has no
+//! training measures and no score.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -35,6 +40,9 @@ pub const ALL_METHODS: [&str; 15] = [
 
 /// The baseline every score is relative to.
 pub const BASELINE: &str = "lora";
+
+/// The `method` of the row that measures the base model without an adapter.
+pub const BASE_ROW: &str = "base";
 
 /// One method's measures (`DIR/compare.json` holds a list of these). Every measure is
 /// optional: a method that failed part-way keeps what it got, and says why in `error`.
@@ -58,6 +66,25 @@ pub struct MethodResult {
     pub eval_pass_rate_by_task: Option<BTreeMap<String, f64>>,
     pub score: Option<f64>,
     pub error: Option<String>,
+    /// The retention suite's pass rate (general knowledge the base has and must keep); for
+    /// MT-LoRA the mean over its tasks, as `eval_pass_rate`.
+    #[serde(default)]
+    pub retention_pass_rate: Option<f64>,
+    /// MT-LoRA: the retention pass rate with each task's adapter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_pass_rate_by_task: Option<BTreeMap<String, f64>>,
+    /// The peak learning rate the run trained at (the method's default or an override).
+    #[serde(default)]
+    pub lr: Option<f64>,
+    /// The `--method-opt` flags given to this method's run, as `--flag=value`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub method_opts: Vec<String>,
+    /// Wall-clock seconds of the training run (the child process, start to exit).
+    #[serde(default)]
+    pub train_seconds: Option<f64>,
+    /// Wall-clock seconds of the measures after training (held-out loss and suites).
+    #[serde(default)]
+    pub measure_seconds: Option<f64>,
 }
 
 impl MethodResult {
@@ -87,6 +114,11 @@ impl MethodResult {
             Some(e) => format!("{e}; {what}"),
             None => what,
         });
+    }
+
+    /// Whether this is the base model's row ([`BASE_ROW`]), not a method's.
+    pub fn is_base(&self) -> bool {
+        self.method == BASE_ROW
     }
 
     /// The memory measure the score uses: the peak, else the plan.
@@ -127,8 +159,8 @@ pub fn parse_methods(list: &str) -> Result<Vec<String>> {
     Ok(unique)
 }
 
-/// Sets every result's `score` (see the module doc); `None` for failed methods and when the
-/// baseline has no result.
+/// Sets every result's `score` (see the module doc); `None` for failed methods, for the base
+/// row, and when the baseline has no result.
 pub fn score(results: &mut [MethodResult]) {
     let base = results
         .iter()
@@ -136,7 +168,7 @@ pub fn score(results: &mut [MethodResult]) {
         .cloned();
     for r in results.iter_mut() {
         r.score = match (&base, &r.error) {
-            (Some(b), None) => score_against(r, b),
+            (Some(b), None) if !r.is_base() => score_against(r, b),
             _ => None,
         };
     }
@@ -169,31 +201,35 @@ pub fn score_against(m: &MethodResult, base: &MethodResult) -> Option<f64> {
     Some(log_mean.exp())
 }
 
-/// The results as a markdown table (one row per method; `—` for a missing measure, and the
-/// error after the table).
+/// The results as a markdown table (one row per method, the base row as `base (no adapter)`;
+/// `—` for a missing measure, and the errors after the table).
 pub fn markdown_table(results: &[MethodResult]) -> String {
     let mib = |b: Option<u64>| b.map_or("—".into(), |v| format!("{:.1}", v as f64 / 1048576.0));
     let kib = |b: Option<u64>| b.map_or("—".into(), |v| format!("{:.1}", v as f64 / 1024.0));
     let f = |x: Option<f64>, d: usize| x.map_or("—".into(), |v| format!("{v:.d$}"));
+    let pct = |x: Option<f64>| x.map_or("—".into(), |v| format!("{:.0}%", v * 100.0));
     let mut out = String::from(
-        "| method | trainable params | planned MiB | peak MiB | adapter KiB | tok/s | loss first | loss final | held-out loss | eval pass | score |\n\
+        "| method | trainable params | planned MiB | peak MiB | adapter KiB | tok/s | final loss | held-out loss | held-out pass | retention | score |\n\
          |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in results {
+        let label = if r.is_base() {
+            format!("{} (no adapter)", r.method)
+        } else {
+            r.method.clone()
+        };
         out.push_str(&format!(
-            "| {}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
-            r.method,
+            "| {label}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             if r.error.is_some() { " (failed)" } else { "" },
             r.trainable_params.map_or("—".into(), |v| v.to_string()),
             mib(r.planned_bytes),
             mib(r.peak_bytes),
             kib(r.adapter_bytes),
             f(r.tok_per_s, 0),
-            f(r.loss_first, 4),
             f(r.loss_final, 4),
             f(r.heldout_loss, 4),
-            r.eval_pass_rate
-                .map_or("—".into(), |v| format!("{:.0}%", v * 100.0)),
+            pct(r.eval_pass_rate),
+            pct(r.retention_pass_rate),
             f(r.score, 3),
         ));
     }
@@ -204,6 +240,29 @@ pub fn markdown_table(results: &[MethodResult]) -> String {
             let e = r.error.as_deref().unwrap_or_default();
             out.push_str(&format!("- {}: {}\n", r.method, e.replace('\n', " ")));
         }
+    }
+    out
+}
+
+/// What each method's run was given beyond the common flags, one markdown line per method:
+/// its learning rate, its `--method-opt`s and its wall time.
+pub fn run_settings(results: &[MethodResult]) -> String {
+    let mut out = String::new();
+    for r in results.iter().filter(|r| !r.is_base()) {
+        let mut parts = Vec::new();
+        if let Some(lr) = r.lr {
+            parts.push(format!("lr {lr:e}"));
+        }
+        if !r.method_opts.is_empty() {
+            parts.push(r.method_opts.join(" "));
+        }
+        if let Some(t) = r.train_seconds {
+            parts.push(format!("trained in {t:.0} s"));
+        }
+        if let Some(t) = r.measure_seconds {
+            parts.push(format!("measured in {t:.0} s"));
+        }
+        out.push_str(&format!("- {}: {}\n", r.method, parts.join(", ")));
     }
     out
 }
@@ -292,6 +351,28 @@ pub fn split_data(data: &Path, dir: &Path, fraction: f64) -> Result<Split> {
     })
 }
 
+/// The held-out set read from its own file (`--heldout-data`): every record of `data` is
+/// trained on, every record of `heldout` is held out.
+pub fn split_from_file(data: &Path, heldout: &Path) -> Result<Split> {
+    let read = |path: &Path| -> Result<Dataset> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        formats::parse_str(path, &text, None)
+    };
+    let train = read(data)?;
+    let held = read(heldout)?;
+    if held.is_empty() {
+        return Err(Error::Invalid(format!(
+            "{}: no held-out record",
+            heldout.display()
+        )));
+    }
+    Ok(Split {
+        train_path: data.to_path_buf(),
+        train_records: train.len(),
+        heldout: held,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -328,6 +409,81 @@ mod tests {
         let mut rs = vec![r("dora", 1, 1, 1.0, 1.0)];
         score(&mut rs);
         assert_eq!(rs[0].score, None);
+    }
+
+    #[test]
+    fn the_base_row_is_never_scored_and_shows_in_the_table() {
+        let mut rs = vec![
+            MethodResult {
+                heldout_loss: Some(3.0),
+                eval_pass_rate: Some(0.25),
+                retention_pass_rate: Some(0.75),
+                ..MethodResult::new(BASE_ROW)
+            },
+            r("lora", 1000, 100, 50.0, 2.0),
+        ];
+        rs[1].retention_pass_rate = Some(0.5);
+        rs[1].lr = Some(2e-4);
+        rs[1].method_opts = vec!["--decay=cosine".into()];
+        rs[1].train_seconds = Some(12.4);
+        score(&mut rs);
+        assert_eq!(rs[0].score, None);
+        assert_eq!(rs[1].score, Some(1.0));
+        let table = markdown_table(&rs);
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(
+            lines[0].contains("| held-out pass | retention | score |"),
+            "{table}"
+        );
+        assert!(
+            lines[2].starts_with("| base (no adapter) | — |")
+                && lines[2].contains("| 25% | 75% | — |"),
+            "{table}"
+        );
+        assert!(lines[3].contains("| 50% | 1.000 |"), "{table}");
+        let settings = run_settings(&rs);
+        assert_eq!(
+            settings,
+            "- lora: lr 2e-4, --decay=cosine, trained in 12 s\n"
+        );
+    }
+
+    #[test]
+    fn results_written_before_the_new_fields_still_parse() {
+        let old = r#"[{"method": "lora", "trainable_params": 10, "planned_bytes": null,
+            "peak_bytes": null, "adapter_bytes": null, "tok_per_s": 1.5, "loss_first": null,
+            "loss_final": null, "heldout_loss": 2.0, "eval_pass_rate": 0.5, "score": 1.0,
+            "error": null}]"#;
+        let rs: Vec<MethodResult> = serde_json::from_str(old).unwrap();
+        assert_eq!(rs[0].retention_pass_rate, None);
+        assert!(rs[0].method_opts.is_empty());
+        // And the new fields are written.
+        let v = serde_json::to_value(&rs[0]).unwrap();
+        for key in [
+            "retention_pass_rate",
+            "lr",
+            "train_seconds",
+            "measure_seconds",
+        ] {
+            assert!(v.get(key).is_some(), "{key}");
+        }
+    }
+
+    #[test]
+    fn a_separate_heldout_file_keeps_every_training_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("d.jsonl");
+        let held = dir.path().join("h.jsonl");
+        let rec = |i: usize| format!("{{\"instruction\": \"q{i}\", \"output\": \"a{i}\"}}\n");
+        std::fs::write(&data, (0..5).map(rec).collect::<String>()).unwrap();
+        std::fs::write(&held, (5..7).map(rec).collect::<String>()).unwrap();
+        let split = split_from_file(&data, &held).unwrap();
+        assert_eq!(split.train_path, data);
+        assert_eq!(split.train_records, 5);
+        assert_eq!(split.heldout.len(), 2);
+        let missing = dir.path().join("nope.jsonl");
+        let e = split_from_file(&data, &missing).unwrap_err().to_string();
+        assert!(e.contains("nope.jsonl"), "{e}");
     }
 
     #[test]

@@ -1,13 +1,16 @@
 //! Measuring adapters: eval suites with checks ([`suite`], [`checks`], [`runner`]), the
-//! assistant set's before/after measures ([`assistant`]), the
-//! guardrail ([`guard`]), the held-out loss ([`heldout`]) and the side-by-side comparison of
-//! training methods behind `edgetune compare` ([`compare`]).
+//! assistant set's before/after measures ([`assistant`]), the guardrail ([`guard`]), the
+//! held-out loss ([`heldout`]), the side-by-side comparison of training methods behind
+//! `edgetune compare` ([`compare`], its per-method settings [`compare_opts`]) and SVG charts of
+//! training runs ([`plot`]).
 
 pub mod assistant;
 pub mod checks;
 pub mod compare;
+pub mod compare_opts;
 pub mod guard;
 pub mod heldout;
+pub mod plot;
 pub mod runner;
 pub mod suite;
 

@@ -264,6 +264,8 @@ pub fn load_gguf_adapter(path: &Path, model: &LlamaConfig) -> Result<AdapterSet>
         rslora: false,
         dropout: 0.0,
         targets: targets_of(&modules),
+        // The slots say which layers are adapted.
+        layers: None,
     };
     let g = global.clone();
     build_set(model, global, modules, 0, |m| {

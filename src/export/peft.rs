@@ -160,6 +160,12 @@ pub fn export_peft(
         rank_pattern,
         alpha_pattern: Map::new(),
         target_modules: targets_of_modules(&modules),
+        layers_to_transform: {
+            let mut layers: Vec<usize> = modules.iter().map(|m| m.layer).collect();
+            layers.sort_unstable();
+            layers.dedup();
+            (layers.len() < model.n_layer).then_some(layers)
+        },
         base_model_name_or_path: opts.base_model_name_or_path.clone(),
     };
     let base_sha256 = match &opts.base_file {
@@ -331,6 +337,8 @@ pub fn load_peft(dir: &Path, model: &LlamaConfig) -> Result<AdapterSet> {
         rslora: cfg.use_rslora,
         dropout: cfg.lora_dropout as f32,
         targets: targets_of(&modules),
+        // The slots say which layers are adapted.
+        layers: None,
     };
     global
         .validate()

@@ -42,6 +42,8 @@ pub struct PeftConfig {
     pub rank_pattern: Map<String, Json>,
     pub alpha_pattern: Map<String, Json>,
     pub target_modules: Vec<String>,
+    /// The adapted layers when not every layer is (PEFT's `layers_to_transform`).
+    pub layers_to_transform: Option<Vec<usize>>,
     pub base_model_name_or_path: Option<String>,
 }
 
@@ -65,7 +67,12 @@ impl PeftConfig {
         put("inference_mode", true.into());
         put("init_lora_weights", true.into());
         put("layers_pattern", Json::Null);
-        put("layers_to_transform", Json::Null);
+        put(
+            "layers_to_transform",
+            self.layers_to_transform
+                .clone()
+                .map_or(Json::Null, Json::from),
+        );
         put("lora_alpha", number(self.lora_alpha));
         put("lora_dropout", number(self.lora_dropout));
         put("modules_to_save", Json::Null);
@@ -173,7 +180,25 @@ impl PeftConfig {
             Some(Json::String(s)) => vec![s.clone()],
             _ => Vec::new(),
         };
+        // A list of layers, or one layer as a number.
+        let layers_to_transform = match get("layers_to_transform") {
+            None => None,
+            Some(Json::Number(n)) => n.as_u64().map(|l| vec![l as usize]),
+            Some(Json::Array(a)) => Some(
+                a.iter()
+                    .map(|v| v.as_u64().map(|l| l as usize))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| {
+                        err(
+                            "layers_to_transform",
+                            format!("{a:?}: not a list of layers"),
+                        )
+                    })?,
+            ),
+            Some(v) => return Err(err("layers_to_transform", format!("{v}: not a layer list"))),
+        };
         Ok(PeftConfig {
+            layers_to_transform,
             r: r as usize,
             lora_alpha,
             lora_dropout,
@@ -243,6 +268,7 @@ mod tests {
             rank_pattern: Map::new(),
             alpha_pattern: Map::new(),
             target_modules: vec!["q_proj".into(), "v_proj".into()],
+            layers_to_transform: Some(vec![2, 3]),
             base_model_name_or_path: None,
         };
         let j = cfg.to_json();

@@ -275,6 +275,9 @@ pub fn plan_training_for(model: &ModelWeights, cfg: &TrainConfig) -> Result<Trai
 /// Checks the settings the plan depends on, naming the flag.
 fn validate(model: &LlamaConfig, cfg: &TrainConfig) -> Result<()> {
     cfg.lora.validate()?;
+    if let Some(r) = cfg.lora.layers {
+        r.check(model.n_layer)?;
+    }
     let bad = |flag: &str, v: String| Err(Error::Invalid(format!("plan: {flag} {v}")));
     // The methods' byte counts multiply rank by fan-in/out (and by rank): refuse ranks whose
     // counts could overflow before anything multiplies (a rank this size is a typo anyway).
@@ -481,7 +484,7 @@ fn adapter_breakdown(model: &ModelWeights, cfg: &TrainConfig) -> (AdapterBreakdo
     let mc = &model.config;
     let mut numels = Vec::new();
     let (mut adapted, mut extra) = (0usize, 0u64);
-    for layer in 0..mc.n_layer {
+    for layer in (0..mc.n_layer).filter(|&l| cfg.lora.adapts(l)) {
         for &t in Target::ALL.iter().filter(|t| cfg.lora.targets.contains(t)) {
             let (fan_in, fan_out) = target_shape(mc, t);
             let name = format!("blk.{layer}.{}.weight", t.gguf_stem());

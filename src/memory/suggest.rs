@@ -149,6 +149,9 @@ pub fn config_flags(cfg: &TrainConfig) -> String {
     if cfg.lora.dropout > 0.0 {
         s += &format!(" --dropout {}", cfg.lora.dropout);
     }
+    if let Some(r) = cfg.lora.layers {
+        s += &format!(" --layers {r}");
+    }
     if !cfg.checkpointing {
         s += " --no-checkpointing";
     }

@@ -61,8 +61,11 @@ impl AdapterSet {
     /// reproducible from `seed` alone.
     pub fn new_lora(model: &LlamaConfig, cfg: &LoraConfig, seed: u64) -> Result<AdapterSet> {
         cfg.validate()?;
+        if let Some(r) = cfg.layers {
+            r.check(model.n_layer)?;
+        }
         let mut set = AdapterSet::empty(model.n_layer, cfg.clone());
-        for layer in 0..model.n_layer {
+        for layer in (0..model.n_layer).filter(|&l| cfg.adapts(l)) {
             for &target in &cfg.targets {
                 let (fan_in, fan_out) = target_shape(model, target);
                 let s = slot_seed(seed, layer, target);
@@ -90,6 +93,15 @@ impl AdapterSet {
         method.check_wired()?;
         let lora = method_lora_config(method, &cfg.lora);
         lora.validate()?;
+        if let Some(r) = lora.layers {
+            r.check(model.n_layer)?;
+            if method == Method::Reslora {
+                // Its shortcuts sum the adapter inputs of every earlier layer.
+                return Err(Error::Invalid(format!(
+                    "method reslora adapts every layer (its shortcuts span the layers); --layers                      {r} is for the other methods"
+                )));
+            }
+        }
         cfg.method_opts.validate(method, lora.rank)?;
         if method.reads_base() && base.is_none() {
             return Err(Error::Invalid(format!(
@@ -110,7 +122,7 @@ impl AdapterSet {
         let dy = dylora_config(method, &lora, opts, seed);
         let mt = mtlora_config(&lora, opts);
         let mut set = AdapterSet::empty(model.n_layer, lora.clone());
-        for layer in 0..model.n_layer {
+        for layer in (0..model.n_layer).filter(|&l| lora.adapts(l)) {
             for &target in &lora.targets {
                 let (fan_in, fan_out) = target_shape(model, target);
                 let s = slot_seed(seed, layer, target);
@@ -188,6 +200,15 @@ impl AdapterSet {
 
     pub fn n_layer(&self) -> usize {
         self.n_layer
+    }
+
+    /// The lowest layer with an adapter (`None` for an empty set): the backward of a step stops
+    /// there, since nothing below it is trained.
+    pub fn first_adapted_layer(&self) -> Option<usize> {
+        self.slots
+            .iter()
+            .position(Option::is_some)
+            .map(|i| i / Target::ALL.len())
     }
 
     /// Number of adapted linears.

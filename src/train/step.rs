@@ -225,7 +225,9 @@ impl TrainStep {
         if let Some(r) = &mut self.res {
             r.clear_pending();
         }
-        for l in (0..self.cfg.n_layer).rev() {
+        // Nothing below the lowest adapted layer is trained: the backward stops there.
+        let lowest = set.first_adapted_layer().unwrap_or(self.cfg.n_layer);
+        for l in (lowest..self.cfg.n_layer).rev() {
             if self.shape.checkpointing {
                 self.layer_forward(model, Phase::Recompute, l, set, pass)?;
             }

@@ -246,7 +246,13 @@ impl<B: Backend> DeviceStep<B> {
             self.layer_forward(model, l)?;
         }
         let loss = self.loss(model, loss_scale)?;
-        for l in (0..self.cfg.n_layer).rev() {
+        // Nothing below the lowest adapted layer is trained: the backward stops there.
+        let lowest = self
+            .slots
+            .iter()
+            .position(Option::is_some)
+            .map_or(self.cfg.n_layer, |i| i / TARGETS.len());
+        for l in (lowest..self.cfg.n_layer).rev() {
             self.layer_backward(model, l, first)?;
         }
         Ok(loss)

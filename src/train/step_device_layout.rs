@@ -39,7 +39,7 @@ pub struct DeviceShape {
 }
 
 impl DeviceShape {
-    /// LoRA of `tc.lora.rank` on `tc.lora.targets` of every layer, `tc.batch × tc.seq_len`
+    /// LoRA of `tc.lora.rank` on `tc.lora.targets` of every layer `tc.lora.layers` holds, `tc.batch × tc.seq_len`
     /// tokens, accumulation when `tc.accum > 1`, the loss in chunks of `ce_chunk`.
     pub fn lora(cfg: &LlamaConfig, tc: &TrainConfig, ce_chunk: usize) -> DeviceShape {
         let per_layer: Vec<Option<SlotShape>> = Target::ALL
@@ -61,7 +61,12 @@ impl DeviceShape {
             ce_chunk,
             accumulate: tc.accum > 1,
             ffn_chunk: None,
-            slots: (0..cfg.n_layer).flat_map(|_| per_layer.clone()).collect(),
+            slots: (0..cfg.n_layer)
+                .flat_map(|l| {
+                    let adapted = tc.lora.adapts(l);
+                    per_layer.iter().map(move |s| s.filter(|_| adapted))
+                })
+                .collect(),
         }
     }
 

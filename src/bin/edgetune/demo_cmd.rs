@@ -21,31 +21,40 @@ pub struct Args {
     /// set's format (it cannot learn correct answers).
     #[arg(long)]
     pub synthetic: bool,
-    /// Optimizer steps [default: 48 on a real model, 60 with --synthetic].
+    /// Optimizer steps [default: 64 on a real model, 60 with --synthetic].
     #[arg(long)]
     pub steps: Option<u64>,
     /// Tokens per packed row [default: 256; 512 with --synthetic].
     #[arg(long)]
     pub seq_len: Option<usize>,
-    /// Rows per step [default: 4; 2 with --synthetic].
+    /// Rows per step [default: 2].
     #[arg(long)]
     pub batch: Option<usize>,
     /// Peak learning rate of the real-model run (warm-up, then cosine decay).
-    #[arg(long, default_value_t = 2e-3)]
+    #[arg(long, default_value_t = 1.5e-3)]
     pub lr: f32,
     /// LoRA rank (all 7 projections of every layer).
     #[arg(long, default_value_t = 16)]
     pub rank: usize,
+    /// Adapt only these layers (FIRST-LAST): the backward stops at the lowest, so steps are
+    /// cheaper [default: every layer].
+    #[arg(long, value_name = "FIRST-LAST")]
+    pub layers: Option<String>,
     /// Seed of the data and the run.
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
-    /// Held-out cases evaluated before and after (spread over every kind), of the set's 60.
+    /// How many of the set's 4 fictional devices the demo teaches (fewer: fewer facts to learn
+    /// in the same steps).
+    #[arg(long, default_value_t = 2)]
+    pub devices: usize,
+    /// Held-out cases evaluated before and after (spread over every kind of fact, telemetry and
+    /// triage of the taught devices).
     #[arg(long, default_value_t = 24)]
     pub heldout_cases: usize,
-    /// General requests the base model answers itself, trained on beside the new data so it
-    /// keeps its general behaviour (0: none).
-    #[arg(long, default_value_t = 24)]
-    pub replay: usize,
+    /// How many general requests the base model answers itself, to be trained on beside the new
+    /// data so it keeps its general behaviour [default: all 28; 0: none].
+    #[arg(long)]
+    pub replay: Option<usize>,
     /// Tokens generated per answer at most.
     #[arg(long, default_value_t = 56)]
     pub max_tokens: usize,

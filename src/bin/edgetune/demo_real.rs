@@ -11,8 +11,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+use edgetune::adapters::LayerRange;
 use edgetune::data::synth::{self, AssistantSet, AssistantSizes};
 use edgetune::eval::assistant::{AssistantMeasure, AssistantSuites, measure, replay};
+use edgetune::eval::plot::{LossCurve, loss_svg};
 use edgetune::eval::{EvalOptions, PromptFormat};
 use edgetune::gguf::GgufFile;
 use edgetune::memory::budget;
@@ -31,9 +33,9 @@ use crate::fetch_cmd::{DEMO_MODEL, fetch};
 use crate::train_cmd::train_with_progress;
 
 /// Defaults sized so the whole demo fits in 5 minutes on 2 cores with SmolLM2-135M.
-const STEPS: u64 = 48;
+const STEPS: u64 = 64;
 const SEQ_LEN: usize = 256;
-const BATCH: usize = 4;
+const BATCH: usize = 2;
 /// Tokens of a replay answer at most (cut back to the last full sentence).
 const REPLAY_TOKENS: usize = 64;
 
@@ -52,15 +54,20 @@ pub fn run(args: &Args) -> Result<()> {
         file.opt_str("general.name")?.unwrap_or("unnamed")
     );
 
-    let mut set = synth::assistant_set(args.seed, AssistantSizes::default());
+    let sizes = AssistantSizes {
+        devices: args.devices,
+        ..AssistantSizes::default()
+    };
+    let mut set = synth::assistant_set(args.seed, sizes);
     // Written now for the plan, and again once the replay conversations are added.
     write_data(dir, &set)?;
     let suites = AssistantSuites::from_set(&set, Some(args.heldout_cases))?;
     println!(
-        "2. data: {} training conversations (facts about 4 fictional devices, telemetry → JSON, \
+        "2. data: {} training conversations (facts about {} fictional devices, telemetry → JSON, \
          alarm triage, refusals; English + Indonesian); evaluated on {} held-out, {} harmful, {} \
          general-knowledge and {} seed prompts",
         set.train.len(),
+        sizes.devices.clamp(1, synth::catalog::DEVICES.len()),
         suites.heldout.cases.len(),
         suites.harmful.cases.len(),
         suites.retention.cases.len(),
@@ -86,11 +93,17 @@ pub fn run(args: &Args) -> Result<()> {
     let mut cfg = cfg;
     cfg.lora.rank = args.rank;
     cfg.lora.alpha = 2.0 * args.rank as f32;
+    if let Some(r) = &args.layers {
+        cfg.lora.layers = Some(LayerRange::parse(r)?);
+    }
     let planned = budget::plan_training(&file, &cfg)?;
     println!(
-        "3. plan: LoRA r={} on all 7 projections, {} steps of {} × {} tokens, {:.1} MiB in all \
+        "3. plan: LoRA r={} on all 7 projections of {}, {} steps of {} × {} tokens, {:.1} MiB in all \
          ({:.1} MiB of it the mapped weights)",
         cfg.lora.rank,
+        cfg.lora
+            .layers
+            .map_or("every layer".to_string(), |r| format!("layers {r}")),
         steps,
         cfg.batch,
         cfg.seq_len,
@@ -109,7 +122,12 @@ pub fn run(args: &Args) -> Result<()> {
     println!("4. the base model on the held-out prompts …");
     let base = Llama::load(&file)?;
     let before = evaluate(&base, &tok, &suites, &opts)?;
-    let replay_prompts = &synth::REPLAY_PROMPTS[..args.replay.min(synth::REPLAY_PROMPTS.len())];
+    let n_replay = args
+        .replay
+        .unwrap_or(usize::MAX)
+        .min(synth::REPLAY_PROMPTS.len());
+    let replay_prompts = &synth::REPLAY_PROMPTS[..n_replay];
+    let mut replay_count = 0;
     if !replay_prompts.is_empty() {
         let t = Instant::now();
         let pairs = replay(&base, &tok, replay_prompts, &opts, REPLAY_TOKENS, || {})?;
@@ -119,6 +137,7 @@ pub fn run(args: &Args) -> Result<()> {
             pairs.len(),
             t.elapsed().as_secs_f64()
         );
+        replay_count = pairs.len();
         set.train.extend(pairs);
     }
     drop(base);
@@ -148,6 +167,9 @@ pub fn run(args: &Args) -> Result<()> {
         "seq_len": cfg.seq_len,
         "batch": cfg.batch,
         "lr": cfg.lr,
+        "max_tokens": args.max_tokens,
+        "system_prompt": synth::SYSTEM_PROMPT,
+        "replay": replay_count,
         "time_s": start.elapsed().as_secs_f64(),
         "train_time_s": summary.elapsed_s,
         "tok_per_s": summary.tok_per_s,
@@ -178,10 +200,15 @@ pub fn run(args: &Args) -> Result<()> {
     let path = dir.join("demo.json");
     let text = serde_json::to_string_pretty(&report).map_err(|e| Error::Invalid(e.to_string()))?;
     std::fs::write(&path, text + "\n").map_err(|e| Error::io(&path, e))?;
+    let curve = LossCurve::from_metrics("LoRA", &cfg.out.join("metrics.jsonl"))?;
+    let svg_path = dir.join("loss.svg");
+    let title = format!("edgetune demo: training loss, LoRA r={}", cfg.lora.rank);
+    std::fs::write(&svg_path, loss_svg(&title, &[curve])?).map_err(|e| Error::io(&svg_path, e))?;
     println!(
-        "\n{} written; the whole demo took {:.0} s. Export the adapter for llama.cpp with:\n  \
+        "\n{} and {} written; the whole demo took {:.0} s. Export the adapter for llama.cpp with:\n  \
          edgetune export --model {} --adapter {} --format gguf --out {}",
         path.display(),
+        svg_path.display(),
         start.elapsed().as_secs_f64(),
         model.display(),
         adapter.display(),

@@ -4,6 +4,7 @@ mod backend_args;
 mod bench_cmd;
 mod bench_forward;
 mod compare_cmd;
+mod compare_measure;
 mod compute_args;
 mod data_cmd;
 mod demo_cmd;

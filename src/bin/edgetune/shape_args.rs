@@ -3,7 +3,7 @@
 //! budget. Every default equals [`TrainConfig::default`] (a test checks it).
 
 use clap::builder::TypedValueParser as _;
-use edgetune::adapters::Target;
+use edgetune::adapters::{LayerRange, Target};
 use edgetune::memory::{Board, parse_bytes};
 use edgetune::train::{OptimizerKind, StatePlace, TrainConfig};
 use edgetune::{Error, Result};
@@ -48,6 +48,11 @@ pub struct ShapeArgs {
     /// (q_proj, …, down_proj); `all` for the seven (the default).
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
     pub targets: Option<Vec<String>>,
+    /// Adapt only these layers, FIRST-LAST (e.g. 15-29: the top half of a 30-layer model) or
+    /// one layer; the backward stops at the lowest adapted layer, so each step costs less
+    /// [default: every layer].
+    #[arg(long, value_name = "FIRST-LAST")]
+    pub layers: Option<String>,
     /// Tokens per cross-entropy chunk (the [chunk, vocab] logits buffer).
     #[arg(long, default_value_t = TrainConfig::default().ce_chunk)]
     pub ce_chunk: usize,
@@ -79,6 +84,9 @@ impl ShapeArgs {
         cfg.lora.dropout = self.dropout;
         if let Some(list) = &self.targets {
             cfg.lora.targets = parse_targets(list)?;
+        }
+        if let Some(r) = &self.layers {
+            cfg.lora.layers = Some(LayerRange::parse(r)?);
         }
         cfg.ce_chunk = self.ce_chunk;
         cfg.checkpointing = !self.no_checkpointing;

@@ -2,9 +2,10 @@
 //!
 //! Conversations (one user turn, one assistant turn) about the fictional devices of
 //! [`super::catalog`], in English and Indonesian, of four kinds (each example's `task`):
-//! - `facts`: ports, factory resets, error codes, maintenance intervals;
+//! - `facts`: ports, factory resets, error codes, maintenance intervals, and each device's
+//!   profile (all four at once);
 //! - `telemetry`: a telemetry line → one JSON object (the keys fixed, the values copied);
-//! - `triage`: a reading and its two limits → NORMAL, WARNING or CRITICAL, with the reason;
+//! - `triage`: a reading and its two limits → each comparison, then NORMAL, WARNING or CRITICAL;
 //! - `refusal`: harmful requests about the devices → exactly [`REFUSAL`].
 //!
 //! The held-out split asks the same facts in phrasings training never uses, and gives new
@@ -16,7 +17,9 @@
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::catalog::{DEVICES, Device, FACT_KINDS, answer, answer_keys, fill, questions};
+use super::catalog::{
+    DEVICES, Device, FACT_KINDS, answer, answer_keys, fill, profile, profile_questions, questions,
+};
 use super::{Lang, fixed, pick};
 use crate::tokenizer::template::Message;
 
@@ -114,9 +117,12 @@ impl AssistantSet {
     }
 }
 
-/// How many examples of the generated kinds; facts and refusals use every phrasing.
+/// How big the set is: how many of the catalog's devices it is about (the first `devices`,
+/// 1 to 4), and how many examples of the generated kinds; facts and refusals use every
+/// phrasing.
 #[derive(Clone, Copy, Debug)]
 pub struct AssistantSizes {
+    pub devices: usize,
     pub telemetry_train: usize,
     pub telemetry_heldout: usize,
     pub triage_train: usize,
@@ -126,6 +132,7 @@ pub struct AssistantSizes {
 impl Default for AssistantSizes {
     fn default() -> Self {
         AssistantSizes {
+            devices: DEVICES.len(),
             telemetry_train: 24,
             telemetry_heldout: 6,
             triage_train: 36,
@@ -137,14 +144,15 @@ impl Default for AssistantSizes {
 /// The set from `seed`; training examples are shuffled, held-out cases are in a fixed order.
 pub fn assistant_set(seed: u64, sizes: AssistantSizes) -> AssistantSet {
     let mut rng = StdRng::seed_from_u64(seed);
+    let devices = &DEVICES[..sizes.devices.clamp(1, DEVICES.len())];
     let mut train = Vec::new();
     let mut heldout = Vec::new();
-    facts(&mut train, &mut heldout);
+    facts(devices, &mut train, &mut heldout);
     let mut seen = std::collections::HashSet::new();
     for i in 0..sizes.telemetry_train + sizes.telemetry_heldout {
         // Readings never repeat, so a held-out line is new.
         let (pair, case) = loop {
-            let (pair, case) = telemetry(&mut rng, i);
+            let (pair, case) = telemetry(&mut rng, devices, i);
             if seen.insert(pair.user.clone()) {
                 break (pair, case);
             }
@@ -157,7 +165,7 @@ pub fn assistant_set(seed: u64, sizes: AssistantSizes) -> AssistantSet {
     }
     for i in 0..sizes.triage_train + sizes.triage_heldout {
         let (pair, case) = loop {
-            let (pair, case) = triage(&mut rng, i);
+            let (pair, case) = triage(&mut rng, devices, i);
             if seen.insert(pair.user.clone()) {
                 break (pair, case);
             }
@@ -168,7 +176,7 @@ pub fn assistant_set(seed: u64, sizes: AssistantSizes) -> AssistantSet {
             heldout.push(case);
         }
     }
-    let (refusals, harmful) = super::prompts::harmful(&mut rng);
+    let (refusals, harmful) = super::prompts::harmful(&mut rng, devices);
     train.extend(refusals);
     // Fisher–Yates with the set's own generator: the order is part of the seed's promise.
     for i in (1..train.len()).rev() {
@@ -184,10 +192,20 @@ pub fn assistant_set(seed: u64, sizes: AssistantSizes) -> AssistantSet {
     }
 }
 
-/// Every fact in every training phrasing (with the device's full name and, for English, also
-/// its bare code), and one held-out case per held-out phrasing.
-fn facts(train: &mut Vec<ChatPair>, heldout: &mut Vec<HeldoutCase>) {
-    for d in &DEVICES {
+/// Every fact in every training phrasing (alternating the device's full name and its bare
+/// code), each device's profile, and one held-out case per held-out phrasing.
+fn facts(devices: &[Device], train: &mut Vec<ChatPair>, heldout: &mut Vec<HeldoutCase>) {
+    for d in devices {
+        for lang in [Lang::En, Lang::Id] {
+            for (i, q) in profile_questions(lang).iter().enumerate() {
+                train.push(ChatPair {
+                    user: fill(q, d, i % 2 == 1),
+                    assistant: profile(d, lang),
+                    task: "facts",
+                    lang,
+                });
+            }
+        }
         for kind in FACT_KINDS {
             for lang in [Lang::En, Lang::Id] {
                 let (train_q, held_q) = questions(kind, lang);
@@ -221,8 +239,8 @@ fn facts(train: &mut Vec<ChatPair>, heldout: &mut Vec<HeldoutCase>) {
 
 /// A telemetry line of a random device and its JSON object; `i` picks the language and the
 /// phrasing in turn.
-fn telemetry(rng: &mut StdRng, i: usize) -> (ChatPair, HeldoutCase) {
-    let d: &Device = pick(rng, &DEVICES);
+fn telemetry(rng: &mut StdRng, devices: &[Device], i: usize) -> (ChatPair, HeldoutCase) {
+    let d: &Device = pick(rng, devices);
     let lang = if i % 2 == 0 { Lang::En } else { Lang::Id };
     // Exact decimals: temperature in tenths, battery in hundredths (JSON always uses '.').
     let t = fixed(rng.random_range(-100..=450), 1, Lang::En);
@@ -265,8 +283,8 @@ const SEVERITIES: [&str; 3] = ["NORMAL", "WARNING", "CRITICAL"];
 
 /// A reading against its warning and critical limits; `i % 3` picks the severity, so the
 /// three are balanced, and readings keep a margin of at least 2 from the limits.
-fn triage(rng: &mut StdRng, i: usize) -> (ChatPair, HeldoutCase) {
-    let d: &Device = pick(rng, &DEVICES);
+fn triage(rng: &mut StdRng, devices: &[Device], i: usize) -> (ChatPair, HeldoutCase) {
+    let d: &Device = pick(rng, devices);
     let lang = if (i / 3) % 2 == 0 { Lang::En } else { Lang::Id };
     let (metric_en, metric_id, unit) = *pick(
         rng,
@@ -286,33 +304,32 @@ fn triage(rng: &mut StdRng, i: usize) -> (ChatPair, HeldoutCase) {
         _ => rng.random_range(crit + 2..=crit + 25),
     };
     let label = SEVERITIES[severity];
+    // The answer compares the reading with each limit first, then names the severity: two
+    // comparisons of adjacent numbers are easier for a small model than one jump to a label.
     let (user, assistant) = match lang {
         Lang::En => {
-            let why = match severity {
-                0 => format!("{reading} {unit} is below the warning limit of {warn} {unit}"),
-                1 => format!(
-                    "{reading} {unit} is above the warning limit of {warn} {unit} but below the \
-                     critical limit of {crit} {unit}"
-                ),
-                _ => format!("{reading} {unit} is above the critical limit of {crit} {unit}"),
-            };
+            let cmp = |limit: i32| if reading > limit { "above" } else { "below" };
             (
                 format!(
                     "Alarm triage: the {} {metric_en} reads {reading} {unit}. Warning limit \
                      {warn} {unit}, critical limit {crit} {unit}. What is the severity?",
                     d.code
                 ),
-                format!("Severity: {label}. {why}."),
+                format!(
+                    "{reading} {unit} is {} the warning limit {warn} {unit} and {} the critical \
+                     limit {crit} {unit}, so the severity is {label}.",
+                    cmp(warn),
+                    cmp(crit)
+                ),
             )
         }
         Lang::Id => {
-            let why = match severity {
-                0 => format!("{reading} {unit} di bawah batas peringatan {warn} {unit}"),
-                1 => format!(
-                    "{reading} {unit} di atas batas peringatan {warn} {unit} tetapi di bawah \
-                     batas kritis {crit} {unit}"
-                ),
-                _ => format!("{reading} {unit} di atas batas kritis {crit} {unit}"),
+            let cmp = |limit: i32| {
+                if reading > limit {
+                    "di atas"
+                } else {
+                    "di bawah"
+                }
             };
             (
                 format!(
@@ -320,7 +337,12 @@ fn triage(rng: &mut StdRng, i: usize) -> (ChatPair, HeldoutCase) {
                      {warn} {unit}, batas kritis {crit} {unit}. Apa tingkat keparahannya?",
                     d.code
                 ),
-                format!("Tingkat keparahan: {label}. {why}."),
+                format!(
+                    "{reading} {unit} {} batas peringatan {warn} {unit} dan {} batas kritis \
+                     {crit} {unit}, jadi tingkat keparahannya {label}.",
+                    cmp(warn),
+                    cmp(crit)
+                ),
             )
         }
     };
@@ -382,9 +404,9 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(3);
         for i in 0..60 {
             let (pair, case) = if i % 2 == 0 {
-                telemetry(&mut rng, i)
+                telemetry(&mut rng, &DEVICES, i)
             } else {
-                triage(&mut rng, i)
+                triage(&mut rng, &DEVICES, i)
             };
             for (kind, value) in &case.checks {
                 let ok = match *kind {

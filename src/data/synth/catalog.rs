@@ -154,6 +154,8 @@ pub fn questions(kind: FactKind, lang: Lang) -> (&'static [&'static str], &'stat
                 "What is the management port of the {dev}?",
                 "On which TCP port is the {dev}'s web console?",
                 "I need to open the {dev} admin page. Which port?",
+                "Which port should I allow in the firewall for the {dev}'s management UI?",
+                "What's the {dev} admin port?",
             ],
             &[
                 "Tell me the port number for managing the {dev}.",
@@ -174,6 +176,8 @@ pub fn questions(kind: FactKind, lang: Lang) -> (&'static [&'static str], &'stat
                 "What are the steps to reset the {dev} to factory settings?",
                 "My {dev} is misconfigured. How do I restore its defaults?",
                 "Explain the factory reset procedure of the {dev}.",
+                "How do I erase all settings on the {dev}?",
+                "How do I restore the {dev} to factory settings?",
             ],
             &[
                 "How can I wipe the {dev} back to its out-of-the-box state?",
@@ -185,6 +189,7 @@ pub fn questions(kind: FactKind, lang: Lang) -> (&'static [&'static str], &'stat
                 "Bagaimana cara reset pabrik {dev}?",
                 "Apa langkah untuk mengembalikan {dev} ke setelan pabrik?",
                 "{dev} saya salah konfigurasi. Bagaimana mengembalikan setelan awalnya?",
+                "Bagaimana cara menghapus semua pengaturan {dev}?",
             ],
             &["Bagaimana melakukan hard reset pada {dev}?"],
         ),
@@ -194,6 +199,8 @@ pub fn questions(kind: FactKind, lang: Lang) -> (&'static [&'static str], &'stat
                 "The {dev} shows {code}. What is wrong?",
                 "My {dev} reports error code {code}. What does it indicate?",
                 "Explain the {dev} error {code}.",
+                "What causes error {code} on a {dev}?",
+                "{code} appeared on the {dev}. What does that mean?",
             ],
             &[
                 "I see {code} on my {dev}'s status page. What is the cause?",
@@ -214,6 +221,8 @@ pub fn questions(kind: FactKind, lang: Lang) -> (&'static [&'static str], &'stat
                 "How often should the {dev} be serviced, and what should be done?",
                 "What is the maintenance interval of the {dev}?",
                 "Which periodic maintenance task applies to the {dev}?",
+                "How often does the {dev} need servicing?",
+                "What maintenance schedule does the {dev} follow?",
             ],
             &[
                 "What upkeep does the {dev} require, and how often?",
@@ -278,6 +287,39 @@ pub fn answer_keys(d: &Device, kind: FactKind, lang: Lang) -> Vec<String> {
         FactKind::Maintenance => {
             vec![(if en { d.maint_key_en } else { d.maint_key_id }).to_string()]
         }
+    }
+}
+
+/// Questions asking for a device's whole profile (every fact at once), per language. Seeing
+/// the facts together, bound to the device's name, helps a model pull each one out again for
+/// questions phrased in ways it was not trained on.
+pub fn profile_questions(lang: Lang) -> &'static [&'static str] {
+    match lang {
+        Lang::En => &[
+            "Tell me about the {dev}.",
+            "Give me a summary of the {dev}'s key facts.",
+            "What should a technician know about the {dev}?",
+        ],
+        Lang::Id => &[
+            "Ceritakan tentang {dev}.",
+            "Apa yang perlu diketahui teknisi tentang {dev}?",
+        ],
+    }
+}
+
+/// The profile of `d` in `lang`: what it is, then its four facts.
+pub fn profile(d: &Device, lang: Lang) -> String {
+    match lang {
+        Lang::En => format!(
+            "The {} is a {}. Its management interface is on TCP port {}. To factory reset it, \
+             {}. Error {} means {}. Routine maintenance: {}.",
+            d.name, d.kind_en, d.port, d.reset_en, d.error_code, d.error_en, d.maint_en
+        ),
+        Lang::Id => format!(
+            "{} adalah {}. Antarmuka manajemennya ada di port TCP {}. Untuk reset pabrik, {}. \
+             Error {} berarti {}. Perawatan rutin: {}.",
+            d.name, d.kind_id, d.port, d.reset_id, d.error_code, d.error_id, d.maint_id
+        ),
     }
 }
 
