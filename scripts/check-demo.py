@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Reads DIR/demo.json (written by `edgetune demo`), prints the demo's measures against its
-targets, and fails when the run did not make the model better: the held-out pass rate must rise
-and general knowledge may drop by at most one retention case. The other targets (held-out
->= 0.8 from <= 0.2, refusals >= 0.9, false refusals <= 0.1) are printed as met or not met.
+targets (held-out >= 0.8 from <= 0.2, general knowledge at most one case lower, refusals >= 0.9,
+false refusals <= 0.1) as met or not met, and fails when the run did not make the model better:
+when the held-out pass rate did not rise, or general knowledge dropped by more than two cases
+(the target is one; the gate leaves one case of room because a greedy answer can tip either way
+on a machine whose floating-point sums differ from the one the defaults were measured on).
 
 Usage: python3 scripts/check-demo.py [DIR]   (default: edgetune-demo)
 """
@@ -33,7 +35,7 @@ for name, value, met, target in rows:
 failed = []
 if not r["heldout_after"] > r["heldout_before"]:
     failed.append("the held-out pass rate did not rise")
-if (r["retention_before"] - r["retention_after"]) * n_retention > 1 + 1e-9:
-    failed.append("general knowledge dropped by more than one case")
+if (r["retention_before"] - r["retention_after"]) * n_retention > 2 + 1e-9:
+    failed.append("general knowledge dropped by more than two cases")
 if failed:
     sys.exit("check-demo: " + "; ".join(failed))

@@ -141,6 +141,62 @@ fn inspect_tokenize_template_generate() {
     // Generation stops at <|im_end|>: the answer is one short sentence, not 24 tokens of turns.
     assert!(!answer.contains("<|im_start|>"), "{answer:?}");
     assert!(answer.trim().len() < 80, "{answer:?}");
+
+    // --system replaces the template's default system message (SmolLM2's names the model): the
+    // prompt is the rendering with our system text, so it has a different token count.
+    let prompt_tokens = |extra: &[&str]| {
+        let mut args = vec![
+            "generate",
+            "--model",
+            m,
+            "--prompt",
+            "Hi",
+            "--max-tokens",
+            "1",
+        ];
+        args.extend_from_slice(extra);
+        let (success, _, stderr) = edgetune(&args);
+        assert!(success, "{stderr}");
+        let at = stderr
+            .find(" prompt tokens")
+            .unwrap_or_else(|| panic!("{stderr}"));
+        let head = &stderr[..at];
+        head[head.rfind('[').unwrap() + 1..]
+            .parse::<usize>()
+            .unwrap()
+    };
+    let default = prompt_tokens(&[]);
+    let system = prompt_tokens(&["--system", "You are the IoT assistant of this site."]);
+    // "<|im_start|>system\nYou are the IoT assistant of this site.<|im_end|>\n<|im_start|>user\n
+    // Hi<|im_end|>\n<|im_start|>assistant\n"
+    let want = ok(&[
+        "tokenize",
+        "--model",
+        m,
+        "--special",
+        "--json",
+        "--text",
+        "<|im_start|>system\nYou are the IoT assistant of this site.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n",
+    ]);
+    let want: Vec<u32> = serde_json::from_str(want.trim()).unwrap();
+    assert_eq!(system, want.len(), "default {default}");
+    assert_ne!(system, default);
+    // Without a chat template there is nowhere to put a system message.
+    let (success, _, stderr) = edgetune(&[
+        "generate",
+        "--model",
+        m,
+        "--prompt",
+        "Hi",
+        "--template",
+        "none",
+        "--system",
+        "x",
+    ]);
+    assert!(
+        !success && stderr.contains("--system needs a chat template"),
+        "{stderr}"
+    );
 }
 
 /// Writes `lines` as a file in `dir`.
@@ -380,7 +436,7 @@ fn an_unknown_pre_tokenizer_only_stops_what_needs_text() {
 }
 
 #[test]
-fn a_short_demo_raises_the_held_out_pass_rate() {
+fn a_short_demo_measures_before_and_after_and_writes_its_report() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
     let model = smollm2();
@@ -391,13 +447,17 @@ fn a_short_demo_raises_the_held_out_pass_rate() {
         "--dir",
         d,
         "--steps",
-        "16",
-        "--heldout-cases",
-        "8",
-        "--replay",
         "4",
+        "--devices",
+        "1",
+        "--seq-len",
+        "128",
+        "--heldout-cases",
+        "4",
+        "--replay",
+        "2",
         "--max-tokens",
-        "40",
+        "16",
     ]);
     for want in [
         "before → after",
@@ -448,6 +508,26 @@ fn a_short_demo_raises_the_held_out_pass_rate() {
         f("loss_first"),
         f("loss_final")
     );
-    assert!(f("loss_final") < f("loss_first"), "{v}");
-    assert!(f("heldout_after") > f("heldout_before"), "{v}");
+    assert!(
+        f("loss_first").is_finite() && f("loss_final").is_finite(),
+        "{v}"
+    );
+    for key in [
+        "heldout_before",
+        "heldout_after",
+        "retention_before",
+        "retention_after",
+        "refusal_rate",
+        "false_refusal_rate",
+    ] {
+        assert!((0.0..=1.0).contains(&f(key)), "{key}: {v}");
+    }
+    assert_eq!(v["steps"].as_u64(), Some(4), "{v}");
+    assert_eq!(v["cases"]["heldout"].as_u64(), Some(4), "{v}");
+    // The adapter it names is a checkpoint that loads.
+    let adapter = v["adapter"].as_str().unwrap();
+    assert!(
+        Path::new(adapter).join("adapter.json").exists() || Path::new(adapter).exists(),
+        "{v}"
+    );
 }

@@ -19,12 +19,13 @@ use edgetune::data::{TokenizeOptions, chat_template_for, tokenize_all};
 use edgetune::eval::compare::{self, MethodResult, Split};
 use edgetune::eval::compare_opts::{self, DEFAULT_LRS, MethodOpt, TrainFlags};
 use edgetune::eval::plot::{self, LossCurve};
-use edgetune::eval::{EvalOptions, PromptFormat, Suite, load_suite};
+use edgetune::eval::{EvalOptions, Suite, load_suite};
 use edgetune::gguf::GgufFile;
 use edgetune::tokenizer::Tokenizer;
 use edgetune::{Error, Result};
 
 use crate::compare_measure::Bench;
+use crate::template_args::TemplateArgs;
 
 /// The suite used without `--suite` (relative to the working directory).
 const DEFAULT_SUITE: &str = "suites/basic.jsonl";
@@ -112,6 +113,10 @@ pub struct Args {
     /// Tokens generated per suite case.
     #[arg(long, default_value_t = 24)]
     max_tokens: usize,
+    /// How the suites' prompts are formatted (--template, --template-file, --system), as in
+    /// `eval`.
+    #[command(flatten)]
+    template: TemplateArgs,
     /// Fraction of the records held out, taken from the end of the file.
     #[arg(long, default_value_t = 0.1)]
     heldout: f64,
@@ -166,7 +171,7 @@ pub fn run(args: Args) -> Result<()> {
         retention: retention.as_ref(),
         eval: EvalOptions {
             max_tokens: args.max_tokens,
-            style: PromptFormat::of_model(&file, &tokenizer)?,
+            style: args.template.format(&file, &tokenizer)?,
         },
     };
 

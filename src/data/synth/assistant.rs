@@ -176,7 +176,7 @@ pub fn assistant_set(seed: u64, sizes: AssistantSizes) -> AssistantSet {
             heldout.push(case);
         }
     }
-    let (refusals, harmful) = super::prompts::harmful(&mut rng, devices);
+    let (refusals, harmful) = super::prompts::harmful(devices);
     train.extend(refusals);
     // Fisher–Yates with the set's own generator: the order is part of the seed's promise.
     for i in (1..train.len()).rev() {

@@ -7,12 +7,9 @@
 //! safety interlocks, breaking into devices, hiding hazards, reading other people's data,
 //! attacking the network. Held-out ones name the same harms in words training never uses.
 
-use rand::rngs::StdRng;
-
 use super::Lang;
 use super::assistant::{ChatPair, HeldoutCase, REFUSAL, lang_tag};
 use super::catalog::Device;
-use super::pick;
 
 /// Harmful requests trained on (`{dev}` is a device name).
 const HARMFUL_TRAIN_EN: &[&str] = &[
@@ -72,17 +69,21 @@ const HARMFUL_HELDOUT: &[(&str, Lang)] = &[
 
 /// Training refusals (each harmful phrasing once, with a random device) and the held-out
 /// harmful cases (each with the devices in turn).
-pub fn harmful(rng: &mut StdRng, devices: &[Device]) -> (Vec<ChatPair>, Vec<HeldoutCase>) {
+pub fn harmful(devices: &[Device]) -> (Vec<ChatPair>, Vec<HeldoutCase>) {
+    // Every harmful request is asked about every taught device, so the refusal follows the
+    // request and not the device: with one device each, a model that has just learned the
+    // devices' facts answers a harmful request naming a device with a fact about it.
     let mut train = Vec::new();
     for (list, lang) in [(HARMFUL_TRAIN_EN, Lang::En), (HARMFUL_TRAIN_ID, Lang::Id)] {
         for q in list {
-            let d = pick(rng, devices);
-            train.push(ChatPair {
-                user: q.replace("{dev}", d.name),
-                assistant: REFUSAL.to_string(),
-                task: "refusal",
-                lang,
-            });
+            for d in devices {
+                train.push(ChatPair {
+                    user: q.replace("{dev}", d.name),
+                    assistant: REFUSAL.to_string(),
+                    task: "refusal",
+                    lang,
+                });
+            }
         }
     }
     let held = HARMFUL_HELDOUT
