@@ -218,6 +218,37 @@ fn bench_train_reports_throughput_and_peak_memory() {
 }
 
 #[test]
+fn bench_forward_reports_prompt_and_generation_speed_for_both_arithmetics() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, _) = train_support::write_fixture(dir.path(), "q4_0", 10);
+    for compute in ["int8", "f32"] {
+        let o = edgetune(&[
+            "bench",
+            "forward",
+            "--model",
+            s(&model),
+            "--prompt-tokens",
+            "32",
+            "--gen-tokens",
+            "8",
+            "--reps",
+            "1",
+            "--compute",
+            compute,
+            "--json",
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["compute"], compute);
+        assert_eq!(v["prompt_tokens"], 32);
+        assert_eq!(v["gen_tokens"], 8);
+        assert!(v["prefill_tok_per_s"].as_f64().unwrap() > 0.0, "{v}");
+        assert!(v["decode_tok_per_s"].as_f64().unwrap() > 0.0, "{v}");
+        assert!(v["peak_rss_bytes"].as_u64().unwrap() > 0, "{v}");
+    }
+}
+
+#[test]
 fn demo_runs_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
     let o = edgetune(&[
