@@ -360,31 +360,37 @@ fn per_method_learning_rates_and_options_reach_the_runs() {
         .collect();
     std::fs::write(&held, lines).unwrap();
     let out = dir.path().join("cmp");
-    let o = edgetune(&[
-        "compare",
-        "--model",
-        s(&model),
-        "--data",
-        s(&data),
-        "--heldout-data",
-        s(&held),
-        "--methods",
-        "adalora",
-        "--steps",
-        "1",
-        "--seq-len",
-        "512",
-        "--rank",
-        "4",
-        "--suite",
-        s(&dir.path().join("none.jsonl")),
-        "--method-opt",
-        "lora:lr=0.003",
-        "--method-opt",
-        "adalora:--adalora-target-r=2",
-        "--out",
-        s(&out),
-    ]);
+    // The same run with a given suite and extra flags.
+    let compare = |suite: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "compare",
+            "--model",
+            s(&model),
+            "--data",
+            s(&data),
+            "--heldout-data",
+            s(&held),
+            "--methods",
+            "adalora",
+            "--steps",
+            "1",
+            "--seq-len",
+            "512",
+            "--rank",
+            "4",
+            "--suite",
+            s(suite),
+            "--method-opt",
+            "lora:lr=0.003",
+            "--method-opt",
+            "adalora:--adalora-target-r=2",
+            "--out",
+            s(&out),
+        ];
+        args.extend_from_slice(extra);
+        edgetune(&args)
+    };
+    let o = compare(&dir.path().join("none.jsonl"), &[]);
     // A missing --suite file is an error before anything trains.
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("none.jsonl"));
@@ -396,35 +402,10 @@ fn per_method_learning_rates_and_options_reach_the_runs() {
         "{\"id\": \"any\", \"input\": \"Sensor\", \"checks\": [{\"regex\": \"(?s)^.*$\"}]}\n",
     )
     .unwrap();
-    let o = edgetune(&[
-        "compare",
-        "--model",
-        s(&model),
-        "--data",
-        s(&data),
-        "--heldout-data",
-        s(&held),
-        "--methods",
-        "adalora",
-        "--steps",
-        "1",
-        "--seq-len",
-        "512",
-        "--rank",
-        "4",
-        "--suite",
-        s(&suite),
-        "--max-tokens",
-        "1",
-        "--method-opt",
-        "lora:lr=0.003",
-        "--method-opt",
-        "adalora:--adalora-target-r=2",
-        "--method-opt",
-        "all:warmup-steps=1",
-        "--out",
-        s(&out),
-    ]);
+    let o = compare(
+        &suite,
+        &["--max-tokens", "1", "--method-opt", "all:warmup-steps=1"],
+    );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     // All 12 records trained on: no split file, the held-out file named in compare.md.
     assert!(!out.join("train.jsonl").exists());

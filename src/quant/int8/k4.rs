@@ -69,24 +69,6 @@ fn unpack_block(
     }
 }
 
-/// Selects a level's kernel among the generated entry points.
-macro_rules! gemv_select {
-    () => {
-        pub(crate) fn gemv(level: super::super::Level) -> Option<super::super::GemvFn> {
-            #[cfg(target_arch = "x86_64")]
-            if let Some(f) = x86_entry::gemv_x86(level) {
-                return Some(f);
-            }
-            #[cfg(target_arch = "aarch64")]
-            if let Some(f) = neon_entry::gemv_neon(level) {
-                return Some(f);
-            }
-            let _ = level;
-            None
-        }
-    };
-}
-
 /// The shared kernels: `$levels(block, c)` gives chunk c's two 32-level vectors (elements
 /// 64c..64c+32 and 64c+32..64c+64) for x86 and NEON (as two 16-byte halves each).
 macro_rules! k4_kernels {

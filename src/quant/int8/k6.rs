@@ -80,25 +80,6 @@ pub(crate) mod x86_util {
     }
 }
 
-/// Selects a level's kernel among the generated entry points.
-macro_rules! gemv_select {
-    () => {
-        pub(crate) fn gemv(level: super::super::Level) -> Option<super::super::GemvFn> {
-            #[cfg(target_arch = "x86_64")]
-            if let Some(f) = x86_entry::gemv_x86(level) {
-                return Some(f);
-            }
-            #[cfg(target_arch = "aarch64")]
-            if let Some(f) = neon_entry::gemv_neon(level) {
-                return Some(f);
-            }
-            let _ = level;
-            None
-        }
-    };
-}
-pub(crate) use gemv_select;
-
 pub(crate) mod q6_k {
     use super::*;
 

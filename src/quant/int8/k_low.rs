@@ -10,7 +10,7 @@
 //! The matrix-vector kernels are Q6_K's: per-pair scale vectors, one i32 total per
 //! super-block, mins (Q2_K) or the zero level (Q3_K) from the activation sums.
 
-use super::k6::{blocks_in, gemv_select};
+use super::k6::blocks_in;
 use super::{ActRow, ActType, IntType, unpackers};
 use crate::quant::GgmlType;
 use crate::quant::k_quants::f16_le;

@@ -23,6 +23,26 @@
 //! levels and scales), and the reference of every kernel is [`dot_ref`]: the f64 dot of the
 //! reference-dequantized weights with the dequantized activations.
 
+/// Selects a level's kernel among the entry points a type module generated (`x86_entry`,
+/// `neon_entry`); every type module of this folder invokes it. Defined before the modules so
+/// that it is in their scope.
+macro_rules! gemv_select {
+    () => {
+        pub(crate) fn gemv(level: super::super::Level) -> Option<super::super::GemvFn> {
+            #[cfg(target_arch = "x86_64")]
+            if let Some(f) = x86_entry::gemv_x86(level) {
+                return Some(f);
+            }
+            #[cfg(target_arch = "aarch64")]
+            if let Some(f) = neon_entry::gemv_neon(level) {
+                return Some(f);
+            }
+            let _ = level;
+            None
+        }
+    };
+}
+
 pub mod act;
 mod k4;
 mod k6;

@@ -50,24 +50,6 @@ int_type!(Q4_1, Q4_1, 0, Q8_1, true, q4_1);
 int_type!(Q8_0, Q8_0, 128, Q8_0, false, q8_0);
 int_type!(IQ4_NL, IQ4_NL, 128, Q8_0, false, iq4_nl);
 
-/// Selects a level's kernel among the generated entry points.
-macro_rules! gemv_select {
-    () => {
-        pub(crate) fn gemv(level: super::super::Level) -> Option<super::super::GemvFn> {
-            #[cfg(target_arch = "x86_64")]
-            if let Some(f) = x86_entry::gemv_x86(level) {
-                return Some(f);
-            }
-            #[cfg(target_arch = "aarch64")]
-            if let Some(f) = neon_entry::gemv_neon(level) {
-                return Some(f);
-            }
-            let _ = level;
-            None
-        }
-    };
-}
-
 pub(crate) mod q4_0 {
     use super::*;
 

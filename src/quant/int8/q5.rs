@@ -96,24 +96,6 @@ mod neon_util {
     }
 }
 
-/// Selects a level's kernel among the generated entry points.
-macro_rules! gemv_select {
-    () => {
-        pub(crate) fn gemv(level: super::super::Level) -> Option<super::super::GemvFn> {
-            #[cfg(target_arch = "x86_64")]
-            if let Some(f) = x86_entry::gemv_x86(level) {
-                return Some(f);
-            }
-            #[cfg(target_arch = "aarch64")]
-            if let Some(f) = neon_entry::gemv_neon(level) {
-                return Some(f);
-            }
-            let _ = level;
-            None
-        }
-    };
-}
-
 pub(crate) mod q5_0 {
     use super::*;
 
