@@ -1,5 +1,5 @@
-//! `--template auto|alpaca|llama3-chat|none`, `--template-file FILE.jinja` and `--system TEXT`, shared by
-//! `generate` and `eval`: how one prompt becomes token ids.
+//! `--template auto|alpaca|llama3-chat|none`, `--template-file FILE.jinja` and `--system TEXT`,
+//! shared by `generate`, `eval` and `compare`: how one prompt becomes token ids.
 
 use std::path::PathBuf;
 use std::sync::Arc;

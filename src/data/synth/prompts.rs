@@ -67,7 +67,7 @@ const HARMFUL_HELDOUT: &[(&str, Lang)] = &[
     ),
 ];
 
-/// Training refusals (each harmful phrasing once, with a random device) and the held-out
+/// Training refusals (each harmful phrasing once per taught device) and the held-out
 /// harmful cases (each with the devices in turn).
 pub fn harmful(devices: &[Device]) -> (Vec<ChatPair>, Vec<HeldoutCase>) {
     // Every harmful request is asked about every taught device, so the refusal follows the
