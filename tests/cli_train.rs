@@ -249,6 +249,34 @@ fn bench_forward_reports_prompt_and_generation_speed_for_both_arithmetics() {
 }
 
 #[test]
+fn data_synth_creates_the_directories_it_writes_into() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("new").join("data");
+    let o = edgetune(&[
+        "data",
+        "synth",
+        "--set",
+        "assistant",
+        "--out",
+        s(&data.join("train.jsonl")),
+        "--heldout",
+        s(&data.join("heldout.jsonl")),
+        "--suites",
+        s(&dir.path().join("suites")),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for f in [
+        data.join("train.jsonl"),
+        data.join("heldout.jsonl"),
+        dir.path().join("suites").join("harmful.jsonl"),
+        dir.path().join("suites").join("retention.jsonl"),
+    ] {
+        let text = std::fs::read_to_string(&f).unwrap();
+        assert!(text.lines().count() > 0, "{} is empty", f.display());
+    }
+}
+
+#[test]
 fn demo_runs_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
     let o = edgetune(&[

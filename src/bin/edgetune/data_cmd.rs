@@ -127,8 +127,12 @@ fn assistant_cmd(a: &SynthArgs) -> Result<()> {
     Ok(())
 }
 
-/// Writes one JSON object per line, through a temporary file renamed into place.
+/// Writes one JSON object per line, through a temporary file renamed into place; a missing
+/// parent directory is created.
 pub(crate) fn write_jsonl<T: serde::Serialize>(path: &Path, items: &[T]) -> Result<()> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    }
     let tmp = path.with_extension("partial");
     let io = |e| Error::io(&tmp, e);
     let mut w = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(io)?);
