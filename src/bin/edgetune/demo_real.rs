@@ -149,7 +149,9 @@ pub fn run(args: &Args) -> Result<()> {
         .last_checkpoint
         .clone()
         .ok_or_else(|| Error::Invalid("demo: the run wrote no checkpoint".into()))?;
-    print!("{}", loss_curve(&cfg.out.join("metrics.jsonl"), 10, 60)?);
+    // Read once: drawn as text now and as `loss.svg` with the report.
+    let curve = LossCurve::from_metrics("LoRA", &cfg.out.join("metrics.jsonl"))?;
+    print!("{}", loss_curve(&curve, 10, 60));
 
     println!("6. the fine-tuned model on the same prompts …");
     let mut tuned = Llama::load(&file)?;
@@ -200,7 +202,6 @@ pub fn run(args: &Args) -> Result<()> {
     let path = dir.join("demo.json");
     let text = serde_json::to_string_pretty(&report).map_err(|e| Error::Invalid(e.to_string()))?;
     std::fs::write(&path, text + "\n").map_err(|e| Error::io(&path, e))?;
-    let curve = LossCurve::from_metrics("LoRA", &cfg.out.join("metrics.jsonl"))?;
     let svg_path = dir.join("loss.svg");
     let title = format!("edgetune demo: training loss, LoRA r={}", cfg.lora.rank);
     std::fs::write(&svg_path, loss_svg(&title, &[curve])?).map_err(|e| Error::io(&svg_path, e))?;

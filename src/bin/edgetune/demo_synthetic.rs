@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use edgetune::data::synth;
+use edgetune::eval::plot::LossCurve;
 use edgetune::gguf::GgufFile;
 use edgetune::infer::{GenerateOptions, SamplingParams, generate};
 use edgetune::memory::budget;
@@ -85,7 +86,8 @@ pub fn run(args: &Args) -> Result<()> {
     println!("4. training {steps} steps (progress below) …");
     let summary = train_with_progress(&cfg)?;
     println!("5. loss per step:");
-    print!("{}", loss_curve(&cfg.out.join("metrics.jsonl"), 12, 60)?);
+    let curve = LossCurve::from_metrics("LoRA", &cfg.out.join("metrics.jsonl"))?;
+    print!("{}", loss_curve(&curve, 12, 60));
     report(&summary);
     let adapter = summary
         .last_checkpoint
@@ -171,16 +173,11 @@ fn report(s: &Summary) {
     }
 }
 
-/// The losses of `metrics.jsonl` as a text plot, `rows` high and at most `width` wide.
-pub fn loss_curve(path: &std::path::Path, rows: usize, width: usize) -> Result<String> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let losses: Vec<f64> = text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| v.get("loss").and_then(|x| x.as_f64()))
-        .collect();
+/// A run's losses as a text plot, `rows` high and at most `width` wide.
+pub fn loss_curve(curve: &LossCurve, rows: usize, width: usize) -> String {
+    let losses: Vec<f64> = curve.points.iter().map(|&(_, loss)| loss).collect();
     if losses.is_empty() {
-        return Ok("   (no steps)\n".into());
+        return "   (no steps)\n".into();
     }
     // Average into at most `width` columns.
     let cols = losses.len().min(width);
@@ -213,5 +210,5 @@ pub fn loss_curve(path: &std::path::Path, rows: usize, width: usize) -> Result<S
         losses.len(),
         w = cols.saturating_sub(6)
     ));
-    Ok(out)
+    out
 }
