@@ -190,10 +190,9 @@ fn layer_body<'w, B: Backend>(
 }
 
 #[test]
+#[ignore = "needs a CUDA device"]
 fn one_llama_layer_forward_and_backward() {
-    let Some(cuda) = device("llama layer") else {
-        return;
-    };
+    let cuda = device("llama layer");
     let dir = tempfile::tempdir().unwrap();
     for ty in [GgmlType::Q4_0, GgmlType::Q8_0, GgmlType::Q6_K] {
         let path = dir.path().join(format!("tiny-{ty}.gguf"));
@@ -238,10 +237,9 @@ fn one_llama_layer_forward_and_backward() {
 }
 
 #[test]
+#[ignore = "needs a CUDA device"]
 fn llama_forward_in_both_weight_modes_matches_the_cpu_model() {
-    let Some(cuda) = device("llama forward") else {
-        return;
-    };
+    let cuda = device("llama forward");
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tiny.gguf");
     testmodel::write_test_model(

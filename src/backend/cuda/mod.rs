@@ -16,8 +16,8 @@
 //! launches, so a bad call is an `Err` naming the op and the numbers, never a device fault.
 //! Ops are queued on one compute stream; [`Backend::download`] / [`Backend::synchronize`] wait.
 //!
-//! Testing: `tests/cuda_parity.rs` runs every op here against the CPU backend (skipped, with a
-//! printed "skipped: no CUDA device", where none exists); the CPU-side logic (views, weight
+//! Testing: `tests/cuda_parity.rs` runs every op here against the CPU backend (those tests are
+//! `#[ignore = "needs a CUDA device"]`: run with `--include-ignored` where a GPU is); the CPU-side logic (views, weight
 //! lookup, PTX choice, launch grids, page schedule) has unit tests that run everywhere.
 //!
 //! Training: `src/train/step_device.rs` (`DeviceStep<B>`) is a whole LoRA training micro-batch
