@@ -347,6 +347,25 @@ fn a_template_that_is_not_prefix_stable_is_an_error_naming_the_line() {
         e.contains(&format!("{}:2: ", jsonl.display())) && e.contains("not prefix-stable"),
         "{e}"
     );
+    // A slow good line, then many bad lines, tokenized in parallel: the first bad line is the
+    // one named, every time, not the one some thread happened to reach first.
+    let text = std::fs::read_to_string(&jsonl).unwrap();
+    let (good, bad) = (text.lines().next().unwrap(), text.lines().nth(1).unwrap());
+    let many = dir.path().join("many.jsonl");
+    let mut text = good.replace("\"b\"", &format!("\"{}\"", "word ".repeat(50_000)));
+    text.push('\n');
+    for line in std::iter::repeat_n(bad, 400) {
+        text.push_str(line);
+        text.push('\n');
+    }
+    std::fs::write(&many, text).unwrap();
+    let ds = data::load(&many, None).unwrap();
+    for _ in 0..3 {
+        let e = data::tokenize_all(&tok, &ds, &opts)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(&format!("{}:2: ", many.display())), "{e}");
+    }
 }
 
 #[test]

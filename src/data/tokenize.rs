@@ -80,7 +80,11 @@ pub fn tokenize_all(
         fallback = ChatTemplate::fallback(tok)?;
         opts.chat_template = Some(&fallback);
     }
-    data.examples
+    // Each example is tokenized in parallel, but the error reported is the one on the first
+    // bad line, whatever thread finished first: a user fixes the file from the top, and the
+    // same file must give the same message on every run.
+    let results: Vec<crate::Result<TokenizedExample>> = data
+        .examples
         .par_iter()
         .map(|ex| {
             tokenize(tok, ex, &opts).map_err(|e| {
@@ -91,7 +95,8 @@ pub fn tokenize_all(
                 Error::Invalid(format!("{}: {what}", locate(&data.path, ex.line)))
             })
         })
-        .collect()
+        .collect();
+    results.into_iter().collect()
 }
 
 /// Tokenizes one example.
