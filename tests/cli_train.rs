@@ -382,3 +382,209 @@ fn layers_adapt_only_the_range_and_train_it_as_a_full_run_does() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("1-5") && err.contains("2 layers"), "{err}");
 }
+
+#[test]
+fn train_replay_self_plans_generates_caches_and_refuses_bad_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, data) = train_support::write_fixture(dir.path(), "q8_0", 40);
+    let out = dir.path().join("run");
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "train",
+            "--model",
+            s(&model),
+            "--data",
+            s(&data),
+            "--out",
+            s(&out),
+            "--steps",
+            "2",
+            "--seq-len",
+            "256",
+            "--batch",
+            "2",
+            "--rank",
+            "2",
+            "--json",
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect();
+        a.extend(extra.iter().map(|x| x.to_string()));
+        a
+    };
+    let run = |extra: &[&str]| {
+        let a = args(extra);
+        edgetune(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let o = run(&[
+        "--replay",
+        "self",
+        "--replay-prompts",
+        "12",
+        "--replay-tokens",
+        "24",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    // The plan counts the replay data; the run says what it generated and where it is cached.
+    assert!(err.contains("replay data"), "{err}");
+    assert!(
+        err.contains("replay: the base model answered") && err.contains("of 12 general prompts"),
+        "{err}"
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(summary["replay"]["generate_s"].as_f64().unwrap() > 0.0);
+    assert_eq!(summary["replay"]["ratio"].as_f64(), Some(0.25));
+    assert_eq!(summary["config"]["replay"]["self"]["prompts"], 12);
+    let cache = summary["replay"]["path"].as_str().unwrap().to_string();
+    assert!(Path::new(&cache).is_file());
+    // The same run again into the same directory: the answers come from the cache.
+    let o = run(&[
+        "--replay",
+        "self",
+        "--replay-prompts",
+        "12",
+        "--replay-tokens",
+        "24",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("answers of the base model from {cache}")),
+        "{err}"
+    );
+    // Bad settings are refused by name.
+    for (extra, want) in [
+        (
+            &["--replay", "self", "--replay-ratio", "1"][..],
+            "--replay-ratio",
+        ),
+        (
+            &["--replay-prompts", "3"][..],
+            "--replay-prompts is for --replay self",
+        ),
+        (
+            &["--replay", "self", "--replay-tokens", "2"][..],
+            "8 answer tokens",
+        ),
+        (
+            &["--replay", "/nonexistent/general.jsonl"][..],
+            "/nonexistent/general.jsonl",
+        ),
+    ] {
+        let o = run(extra);
+        assert!(!o.status.success(), "{extra:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(want), "{extra:?}: {err}");
+    }
+}
+
+#[test]
+fn train_eval_every_records_pass_rates_and_keep_best_keeps_the_first_best_adapter() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, data) = train_support::write_fixture(dir.path(), "q8_0", 40);
+    let out = dir.path().join("run");
+    // One case every answer passes, one none does: 0.5 at every point.
+    let heldout = dir.path().join("heldout.jsonl");
+    std::fs::write(
+        &heldout,
+        concat!(
+            r#"{"id": "any", "input": "Say something.", "checks": [{"regex": "^"}]}"#,
+            "\n",
+            r#"{"id": "never", "input": "Say zq.", "checks": [{"contains": "zq-never-zq"}]}"#,
+            "\n",
+        ),
+    )
+    .unwrap();
+    let train = |steps: &str, extra: &[&str]| {
+        let mut a = vec![
+            "train",
+            "--model",
+            s(&model),
+            "--data",
+            s(&data),
+            "--steps",
+            steps,
+            "--seq-len",
+            "256",
+            "--rank",
+            "2",
+            "--eval-every",
+            "2",
+            "--eval-max-tokens",
+            "4",
+            "--heldout",
+            s(&heldout),
+            "--keep-best",
+            "--save-every",
+            "2",
+            "--json",
+        ];
+        a.extend_from_slice(extra);
+        edgetune(&a)
+    };
+    let o = train("5", &["--out", s(&out)]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("eval after step 2: held-out 50.0 %"), "{err}");
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(summary["eval_base"]["step"], 0);
+    assert_eq!(summary["eval_base"]["heldout"].as_f64(), Some(0.5));
+    let steps: Vec<u64> = summary["evals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, [2, 4, 5], "every 2 steps and the last");
+    // Equal scores: the first is kept.
+    assert_eq!(summary["best"]["step"], 2);
+    let best = out.join("best");
+    assert_eq!(summary["best"]["path"].as_str(), best.to_str());
+    let kept: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(best.join("best.json")).unwrap()).unwrap();
+    assert_eq!(kept["step"], 2);
+    // The kept adapter is an adapter `--adapter` takes.
+    let g = edgetune(&[
+        "generate",
+        "--model",
+        s(&model),
+        "--adapter",
+        s(&best),
+        "--prompt",
+        "hi",
+        "--max-tokens",
+        "2",
+    ]);
+    assert!(g.status.success(), "{}", String::from_utf8_lossy(&g.stderr));
+    // The metrics lines of the evaluated steps carry the pass rates.
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let evaluated: Vec<u64> = metrics
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["eval"]["retention"].is_number())
+        .map(|v| v["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(evaluated, [2, 4, 5]);
+    // A resume keeps the best from before it; the evaluation settings may change.
+    let o = train("7", &["--resume", s(&out), "--retention-tolerance", "0.2"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(summary["best"]["step"], 2);
+    // --keep-best without a held-out suite is refused by name.
+    let o = edgetune(&[
+        "train",
+        "--model",
+        s(&model),
+        "--data",
+        s(&data),
+        "--out",
+        s(&out),
+        "--steps",
+        "1",
+        "--keep-best",
+    ]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--heldout"));
+}

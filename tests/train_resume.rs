@@ -156,3 +156,132 @@ fn resume_with_other_settings_is_refused_naming_them() {
     let err = String::from_utf8_lossy(&res.stderr);
     assert!(err.contains("lora") && err.contains("rank"), "{err}");
 }
+
+/// Writes `n` synthetic examples of another seed: general data to replay.
+fn write_replay_data(path: &Path, n: usize) {
+    use std::io::Write;
+    let (examples, _) = edgetune::data::synth::generate(9, n);
+    let mut f = std::fs::File::create(path).unwrap();
+    for ex in &examples {
+        writeln!(f, "{}", serde_json::to_string(ex).unwrap()).unwrap();
+    }
+}
+
+#[test]
+fn replay_rows_are_mixed_in_and_a_resume_reproduces_them_bit_for_bit() {
+    use edgetune::train::{Replay, run};
+    let dir = tempfile::tempdir().unwrap();
+    let (model, data) = train_support::write_fixture(dir.path(), "q8_0", 60);
+    let general = dir.path().join("general.jsonl");
+    write_replay_data(&general, 20);
+    let config = |out: &Path, steps: u64, replay: bool| {
+        let mut c = train_support::config(&model, &data, out, steps);
+        c.pack = true;
+        c.save_every = 3;
+        c.threads = Some(2);
+        if replay {
+            c.replay = Some(Replay::File(general.clone()));
+            c.replay_ratio = 0.5;
+        }
+        c
+    };
+    let (full, part, plain) = (
+        dir.path().join("full"),
+        dir.path().join("part"),
+        dir.path().join("plain"),
+    );
+    let summary = run(&config(&full, 8, true), &mut |_| true).unwrap();
+    let replay = summary.replay.expect("the summary reports the replay data");
+    assert_eq!((replay.conversations, replay.ratio), (20, 0.5));
+    assert_eq!(replay.path, general);
+    let want = losses(&full);
+    assert_eq!(want.len(), 8);
+    // The replay rows change what is trained on.
+    run(&config(&plain, 8, false), &mut |_| true).unwrap();
+    assert_ne!(losses(&plain), want);
+    // Stopped after 5 steps (a checkpoint at 3 and one at the end), resumed to 8.
+    run(&config(&part, 5, true), &mut |_| true).unwrap();
+    let resumed = run(
+        &edgetune::train::TrainConfig {
+            resume: true,
+            ..config(&part, 8, true)
+        },
+        &mut |_| true,
+    )
+    .unwrap();
+    assert_eq!(resumed.resumed_from_step, Some(5));
+    assert_eq!(losses(&part), want, "the resumed run's losses, bit for bit");
+    // Resuming without the replay data, or at another ratio, is refused by name.
+    let e = run(
+        &edgetune::train::TrainConfig {
+            resume: true,
+            replay_ratio: 0.25,
+            ..config(&part, 9, true)
+        },
+        &mut |_| true,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("replay_ratio"), "{e}");
+}
+
+#[test]
+fn replay_self_answers_are_generated_once_and_read_from_the_cache_after() {
+    use edgetune::train::{Replay, TrainConfig, run};
+    let dir = tempfile::tempdir().unwrap();
+    let (model, data) = train_support::write_fixture(dir.path(), "q8_0", 40);
+    let out = dir.path().join("run");
+    let config = |steps: u64, max_tokens: usize| TrainConfig {
+        replay: Some(Replay::Own {
+            prompts: 12,
+            max_tokens,
+        }),
+        save_every: 1,
+        threads: Some(2),
+        ..train_support::config(&model, &data, &out, steps)
+    };
+    let first = run(&config(2, 24), &mut |_| true).unwrap();
+    let r = first.replay.unwrap();
+    assert!(r.generated, "the first run asks the base model");
+    assert_eq!(r.prompts, Some(12));
+    assert!(r.generate_s.unwrap() > 0.0);
+    assert!(r.conversations > 0 && r.conversations <= 12, "{r:?}");
+    assert!(
+        r.path.starts_with(out.join("replay")),
+        "{}",
+        r.path.display()
+    );
+    let cached = std::fs::read_to_string(&r.path).unwrap();
+    assert_eq!(cached.lines().count(), r.conversations);
+    for line in cached.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["messages"][0]["role"], "user");
+        assert_eq!(v["messages"][1]["role"], "assistant");
+        assert_eq!(v["task"], "replay");
+    }
+    // A resume reads the same answers from the cache.
+    let again = run(
+        &TrainConfig {
+            resume: true,
+            ..config(3, 24)
+        },
+        &mut |_| true,
+    )
+    .unwrap();
+    let r2 = again.replay.unwrap();
+    assert!(!r2.generated, "read from the cache");
+    assert_eq!(
+        (r2.path, r2.conversations),
+        (r.path.clone(), r.conversations)
+    );
+    assert_eq!(
+        r2.generate_s, r.generate_s,
+        "the generation time is remembered"
+    );
+    // Other settings miss the cache: another file.
+    let model_file = edgetune::gguf::GgufFile::open(&model).unwrap();
+    let tok = edgetune::tokenizer::Tokenizer::from_gguf(&model_file).unwrap();
+    let other = edgetune::train::replay::self_cache_path(&config(1, 32), &model_file, &tok, 12, 32)
+        .unwrap();
+    assert_ne!(other, r.path);
+}

@@ -409,38 +409,74 @@ impl Batcher {
         out.tasks.resize(b, 0);
         out.tasks.fill(0);
         for r in 0..b {
-            let row = r * l..(r + 1) * l;
-            let mut at = row.start;
             if (self.cursor.next_row as usize) < self.rows.len() {
                 let src = self.order[self.cursor.next_row as usize] as usize;
                 self.cursor.next_row += 1;
-                out.rows += 1;
-                let (i0, i1) = self.rows[src];
-                out.tasks[r] = self.row_items[i0..i1]
-                    .first()
-                    .map_or(0, |&e| self.span_tasks[e as usize]);
-                for &e in &self.row_items[i0..i1] {
-                    let (s, n) = self.spans[e as usize];
-                    out.ids[at..at + n].copy_from_slice(&self.tokens[s..s + n]);
-                    out.labels[at..at + n].copy_from_slice(&self.labels[s..s + n]);
-                    for (k, p) in out.positions[at..at + n].iter_mut().enumerate() {
-                        *p = k as u32;
-                    }
-                    at += n;
-                }
+                self.fill_row(src, out, r);
+            } else {
+                Self::pad_row(out, r, 0, self.cfg.pad_id);
             }
-            out.ids[at..row.end].fill(self.cfg.pad_id);
-            out.labels[at..row.end].fill(IGNORE);
-            out.positions[at..row.end].fill(0);
         }
         out.n_targets = out.labels.iter().filter(|&&x| x != IGNORE).count();
         self.cursor.steps += 1;
         if self.cursor.next_row as usize >= self.rows.len() {
-            self.cursor.epoch += 1;
-            self.cursor.next_row = 0;
-            self.shuffle_epoch();
+            self.next_epoch();
         }
         true
+    }
+
+    /// Fills row `r` of `out` (already shaped `[batch_size, seq_len]`) with the stream's next
+    /// row, going on into the next epoch without a partial batch: the mixed stream of
+    /// [`super::mix::MixedBatcher`] takes rows one by one. Counts neither steps nor targets.
+    pub(crate) fn next_row_into(&mut self, out: &mut Batch, r: usize) {
+        let src = self.order[self.cursor.next_row as usize] as usize;
+        self.cursor.next_row += 1;
+        self.fill_row(src, out, r);
+        if self.cursor.next_row as usize >= self.rows.len() {
+            self.next_epoch();
+        }
+    }
+
+    /// Marks `n` more batches handed out (the mixed stream counts its own batches here).
+    pub(crate) fn count_steps(&mut self, n: u64) {
+        self.cursor.steps += n;
+    }
+
+    /// Writes row `src` into row `r` of `out`, padding after its examples; `out.rows` +1.
+    fn fill_row(&self, src: usize, out: &mut Batch, r: usize) {
+        let l = self.cfg.seq_len;
+        let mut at = r * l;
+        out.rows += 1;
+        let (i0, i1) = self.rows[src];
+        out.tasks[r] = self.row_items[i0..i1]
+            .first()
+            .map_or(0, |&e| self.span_tasks[e as usize]);
+        for &e in &self.row_items[i0..i1] {
+            let (s, n) = self.spans[e as usize];
+            out.ids[at..at + n].copy_from_slice(&self.tokens[s..s + n]);
+            out.labels[at..at + n].copy_from_slice(&self.labels[s..s + n]);
+            for (k, p) in out.positions[at..at + n].iter_mut().enumerate() {
+                *p = k as u32;
+            }
+            at += n;
+        }
+        Self::pad_row(out, r, at - r * l, self.cfg.pad_id);
+    }
+
+    /// Pads row `r` of `out` from token `from` of the row to its end (no loss, position 0).
+    pub(crate) fn pad_row(out: &mut Batch, r: usize, from: usize, pad_id: u32) {
+        let l = out.seq_len;
+        let (at, end) = (r * l + from, (r + 1) * l);
+        out.ids[at..end].fill(pad_id);
+        out.labels[at..end].fill(IGNORE);
+        out.positions[at..end].fill(0);
+    }
+
+    /// Starts the next epoch: its first row, its own order.
+    fn next_epoch(&mut self) {
+        self.cursor.epoch += 1;
+        self.cursor.next_row = 0;
+        self.shuffle_epoch();
     }
 
     /// The current epoch's row order, from `(seed, epoch)` alone.
@@ -470,12 +506,9 @@ fn fingerprint(
     rows: &[(usize, usize)],
     row_items: &[u32],
 ) -> u64 {
-    let mut h = 0xcbf2_9ce4_8422_2325u64;
-    let mut eat = |x: u64| {
-        for b in x.to_le_bytes() {
-            h = (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    };
+    use std::hash::Hasher;
+    let mut h = fnv::FnvHasher::default();
+    let mut eat = |x: u64| h.write(&x.to_le_bytes());
     eat(cfg.seq_len as u64);
     eat(cfg.pack as u64);
     eat(tokens.len() as u64);
@@ -487,7 +520,7 @@ fn fingerprint(
     rows.iter()
         .for_each(|&(a, b)| eat((a as u64) << 32 | b as u64));
     row_items.iter().for_each(|&e| eat(e as u64));
-    h
+    h.finish()
 }
 
 #[cfg(test)]

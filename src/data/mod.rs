@@ -6,7 +6,8 @@
 //! [`Example`]s (refusing the whole file, with file and line, if any record is bad);
 //! [`tokenize`] turns each example into a [`TokenizedExample`] (ids and labels); a
 //! [`Batcher`] packs or truncates those to `seq_len`, shuffles them per epoch and fills
-//! preallocated [`Batch`]es of `[batch_size, seq_len]`.
+//! preallocated [`Batch`]es of `[batch_size, seq_len]`; a [`MixedBatcher`] mixes a share of
+//! replay rows (general conversations the model should keep answering) into them.
 //!
 //! # Formats ([`Format`])
 //! - **Alpaca**: a JSON array, or JSONL, of `{"instruction", "input"?, "output"}`.
@@ -40,6 +41,7 @@
 
 pub mod batch;
 pub mod formats;
+pub mod mix;
 pub mod synth;
 pub mod tasks;
 pub mod tokenize;
@@ -48,6 +50,7 @@ use std::path::{Path, PathBuf};
 
 pub use batch::{Batch, BatchConfig, Batcher, Cursor};
 pub use formats::{Content, load};
+pub use mix::MixedBatcher;
 pub use tokenize::{TokenizeOptions, TokenizedExample, chat_template_for, tokenize, tokenize_all};
 
 use crate::Error;

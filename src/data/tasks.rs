@@ -32,14 +32,14 @@ pub fn assign(examples: &[TokenizedExample], known: &[String]) -> (Vec<String>, 
 
 /// FNV-1a of the names and ids (for the batcher's fingerprint).
 pub fn hash(names: &[String], ids: &[u32]) -> u64 {
-    let mut h = 0xcbf2_9ce4_8422_2325u64;
-    let mut eat = |b: u8| h = (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
+    use std::hash::Hasher;
+    let mut h = fnv::FnvHasher::default();
     for n in names {
-        n.bytes().for_each(&mut eat);
-        eat(0);
+        h.write(n.as_bytes());
+        h.write_u8(0);
     }
     for id in ids {
-        id.to_le_bytes().into_iter().for_each(&mut eat);
+        h.write(&id.to_le_bytes());
     }
-    h
+    h.finish()
 }

@@ -126,6 +126,17 @@ pub(crate) fn overheads(
             },
         ),
         o(
+            "replay data",
+            crate::train::replay::planned_file_bytes(cfg)? * per_file_byte,
+            match &cfg.replay {
+                None => "none (--replay self|FILE mixes general conversations in)".into(),
+                Some(_) => format!(
+                    "{} bytes of replay conversations × {per_file_byte}",
+                    crate::train::replay::planned_file_bytes(cfg)?
+                ),
+            },
+        ),
+        o(
             "threads",
             threads * (THREAD_RESIDENT_BYTES + scratch),
             format!(

@@ -37,6 +37,9 @@ pub struct RunState {
     /// Optimizer steps completed.
     pub step: u64,
     pub cursor: Cursor,
+    /// The replay data's cursor (`train --replay`; absent without replay).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay_cursor: Option<Cursor>,
     /// The seed every random stream derives from (init, dropout, data order).
     pub seed: u64,
     /// Tokens processed so far.
@@ -197,6 +200,7 @@ impl RunState {
             format: FORMAT.into(),
             step,
             cursor,
+            replay_cursor: None,
             seed: cfg.seed,
             tokens,
             elapsed_s,
@@ -206,7 +210,8 @@ impl RunState {
 }
 
 /// The settings of `saved` and `now` that differ, ignoring those a resume may change
-/// (`resume`, `steps`, `epochs`, `save_every`, `init_adapter`, `out`, `threads`).
+/// (`resume`, `steps`, `epochs`, `save_every`, `init_adapter`, `out`, `threads`, and the
+/// evaluation settings).
 pub fn config_differences(saved: &TrainConfig, now: &TrainConfig) -> Vec<String> {
     let norm = |c: &TrainConfig| {
         let mut c = c.clone();
@@ -217,6 +222,13 @@ pub fn config_differences(saved: &TrainConfig, now: &TrainConfig) -> Vec<String>
         c.init_adapter = None;
         c.out = PathBuf::new();
         c.threads = None;
+        // How the run is watched may change on a resume; what it trains on may not.
+        c.eval_every = 0;
+        c.heldout = None;
+        c.retention = None;
+        c.eval_max_tokens = 0;
+        c.keep_best = false;
+        c.retention_tolerance = 0.0;
         serde_json::to_value(c).unwrap_or_default()
     };
     let (a, b) = (norm(saved), norm(now));

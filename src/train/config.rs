@@ -39,6 +39,24 @@ pub enum StatePlace {
     Disk,
 }
 
+/// Where the replay conversations of `train --replay` come from (`train/replay.rs`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Replay {
+    /// `--replay self`: the base model's own greedy answers to the first `prompts` built-in
+    /// general requests, at most `max_tokens` tokens each (cached in the run directory).
+    #[serde(rename = "self")]
+    Own { prompts: usize, max_tokens: usize },
+    /// `--replay FILE`: the user's own general data, in any dataset format.
+    File(PathBuf),
+}
+
+/// `--replay self`'s defaults: every built-in prompt, answers of at most 64 tokens.
+pub const REPLAY_SELF_DEFAULT: Replay = Replay::Own {
+    prompts: usize::MAX,
+    max_tokens: 64,
+};
+
 /// One training run. Defaults are the CLI's.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -95,6 +113,24 @@ pub struct TrainConfig {
     pub lock_weights: bool,
     /// Worker threads (`None`: rayon's default, one per core).
     pub threads: Option<usize>,
+    /// General conversations mixed into the training rows (`None`: none).
+    pub replay: Option<Replay>,
+    /// The share of training rows taken from the replay data (`data::mix`).
+    pub replay_ratio: f32,
+    /// Evaluate the held-out and retention suites every N steps and at the end (0: never;
+    /// `train/evaluate.rs`).
+    pub eval_every: u64,
+    /// The held-out eval suite (JSONL cases); `None`: only retention is measured.
+    pub heldout: Option<PathBuf>,
+    /// The retention suite; `None`: the built-in general-knowledge suite.
+    pub retention: Option<PathBuf>,
+    /// Tokens generated per evaluated case at most.
+    pub eval_max_tokens: usize,
+    /// Keep the adapter with the best held-out pass rate whose retention is within
+    /// `retention_tolerance` of the base model's, in `OUT/best`.
+    pub keep_best: bool,
+    /// How far below the base model's retention pass rate a kept adapter may be.
+    pub retention_tolerance: f64,
 }
 
 impl Default for TrainConfig {
@@ -135,6 +171,14 @@ impl Default for TrainConfig {
             budget_bytes: None,
             lock_weights: false,
             threads: None,
+            replay: None,
+            replay_ratio: 0.25,
+            eval_every: 0,
+            heldout: None,
+            retention: None,
+            eval_max_tokens: 48,
+            keep_best: false,
+            retention_tolerance: 0.1,
         }
     }
 }
@@ -194,6 +238,48 @@ impl TrainConfig {
         }
         if self.epochs == Some(0) {
             return bad("--epochs must be at least 1, got", "0".into());
+        }
+        if self.replay.is_some() {
+            if !(self.replay_ratio > 0.0 && self.replay_ratio < 1.0) {
+                return bad(
+                    "--replay-ratio must be above 0 and below 1, got",
+                    self.replay_ratio.to_string(),
+                );
+            }
+            if self.method == Method::Mtlora {
+                return Err(Error::Invalid(
+                    "train: --replay mixes rows of no task into the batches; MT-LoRA routes every \
+                     row by its task, so the two do not go together"
+                        .into(),
+                ));
+            }
+            if let Some(Replay::Own {
+                prompts,
+                max_tokens,
+            }) = &self.replay
+                && (*prompts == 0 || *max_tokens < 8)
+            {
+                return bad(
+                    "--replay self needs at least 1 prompt and 8 answer tokens, got",
+                    format!("{prompts} prompts and {max_tokens} tokens"),
+                );
+            }
+        }
+        if self.keep_best && (self.eval_every == 0 || self.heldout.is_none()) {
+            return Err(Error::Invalid(
+                "train: --keep-best picks by the held-out pass rate: give --eval-every N and \
+                 --heldout FILE"
+                    .into(),
+            ));
+        }
+        if self.eval_every > 0 && self.eval_max_tokens == 0 {
+            return bad("--eval-max-tokens must be at least 1, got", "0".into());
+        }
+        if !(self.retention_tolerance.is_finite() && self.retention_tolerance >= 0.0) {
+            return bad(
+                "--retention-tolerance must be ≥ 0, got",
+                self.retention_tolerance.to_string(),
+            );
         }
         if self.steps.is_none() && self.epochs.is_none() {
             return Err(Error::Invalid(

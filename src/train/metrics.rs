@@ -1,4 +1,5 @@
-//! `DIR/metrics.jsonl`: one JSON line per optimizer step (a [`Progress`]), shared by
+//! `DIR/metrics.jsonl`: one JSON line per optimizer step (a [`Progress`], with an `eval`
+//! object on the steps evaluated by `--eval-every`), shared by
 //! `edgetune train` ([`super::run`]) and the C trainer handle (`et_trainer_step`). Opening it
 //! for a run that resumes at step `s` first cuts the lines after `s` (steps the checkpoint
 //! does not hold, and a line cut by a kill), so a resumed run's file reads like an
@@ -58,6 +59,7 @@ impl MetricsLog {
             value["task_losses"] = losses;
             value["task_weights"] = weights;
         }
+
         let mut line = value.to_string();
         line.push('\n');
         self.file

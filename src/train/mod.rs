@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod embed_rows;
 pub mod engine;
+pub mod evaluate;
 pub mod method;
 pub mod method_hooks;
 pub mod method_io;
@@ -14,6 +15,8 @@ pub mod method_plan;
 pub mod method_tasks;
 pub mod metrics;
 pub mod optimizer;
+pub mod replay;
+mod run;
 pub mod step;
 pub mod step_device;
 mod step_device_layer;
@@ -25,11 +28,12 @@ pub mod step_reslora;
 pub mod trainer;
 
 pub use adapter_set::{AdapterSet, target_shape, tensor_name};
-pub use config::{Decay, OptimizerKind, StatePlace, TrainConfig};
+pub use config::{Decay, OptimizerKind, REPLAY_SELF_DEFAULT, Replay, StatePlace, TrainConfig};
 pub use method::{BaseCopy, Method, MethodOptions, TaskWeights};
+pub use run::{run, run_on};
 pub use step::TrainStep;
 pub use step_device::DeviceStep;
 pub use step_device_plan::{
     DevicePlan, DeviceShape, SlotShape, plan_device_step, plan_device_step_within,
 };
-pub use trainer::{Progress, Summary, Trainer, run, run_on};
+pub use trainer::{Progress, Summary, Trainer};

@@ -4,7 +4,7 @@
 //! backward, one clipped update — writing `metrics.jsonl`, checkpoints and `summary.json`.
 //!
 //! [`Trainer::step`] is one optimizer step and allocates nothing (tests/train_alloc.rs);
-//! [`run`] drives it, reporting each step through the caller's callback (never printing).
+//! `run.rs` drives it.
 
 use std::fs;
 use std::path::PathBuf;
@@ -16,12 +16,14 @@ use super::adapter_set::AdapterSet;
 use super::checkpoint::{self, RunState};
 use super::config::TrainConfig;
 use super::embed_rows::EmbeddingRows;
+use super::evaluate::{BestPoint, EvalPoint};
 use super::method::Method;
 use super::method_hooks::MethodHooks;
-use super::metrics::MetricsLog;
 use super::optimizer::Optimizer;
+use super::replay::ReplayReport;
 use super::step::{TrainStep, adapter_shapes};
 use crate::data::batch::{BatchConfig, Batcher};
+use crate::data::mix::MixedBatcher;
 use crate::data::tokenize::{TokenizeOptions, chat_template_for, pretokenized_all, tokenize_all};
 use crate::data::{Batch, formats};
 use crate::gguf::GgufFile;
@@ -49,6 +51,9 @@ pub struct Progress {
     pub targets: u64,
     /// Training seconds so far (this step included).
     pub elapsed_s: f64,
+    /// The evaluation after this step (`--eval-every`), if it was one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval: Option<EvalPoint>,
 }
 
 /// What a finished run reports (`DIR/summary.json`).
@@ -77,27 +82,40 @@ pub struct Summary {
     /// DyLoRA / QDyLoRA: the rank chosen for export ([`Trainer::choose_dylora_rank`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dylora_rank: Option<usize>,
+    /// The replay data mixed in (`--replay`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replay: Option<ReplayReport>,
+    /// `--eval-every`: the base model's pass rates, this process's evaluations, and the
+    /// adapter `--keep-best` kept.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval_base: Option<EvalPoint>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub evals: Vec<EvalPoint>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub best: Option<BestPoint>,
 }
 
 /// A loaded, planned training run over one mapped model.
 pub struct Trainer<'f> {
-    cfg: TrainConfig,
+    pub(super) cfg: TrainConfig,
     llama: Llama<'f>,
-    set: AdapterSet,
+    pub(super) set: AdapterSet,
     /// The method's additions to the step (AdaLoRA allocation, layer importance, on_step).
     hooks: MethodHooks,
-    step: TrainStep,
+    pub(super) step: TrainStep,
     /// Where the micro-batches run (engine.rs; the CPU `step` unless a device was chosen).
     engine: super::engine::Engine<'f>,
     opt: Optimizer,
-    batcher: Batcher,
+    batcher: MixedBatcher,
+    /// The replay data mixed in (`--replay`), for the summary.
+    pub(super) replay: Option<ReplayReport>,
     /// One per micro-batch of a step.
     batches: Vec<Batch>,
     total_steps: u64,
-    tokens: u64,
-    elapsed_s: f64,
-    resumed_from: Option<u64>,
-    planned_bytes: u64,
+    pub(super) tokens: u64,
+    pub(super) elapsed_s: f64,
+    pub(super) resumed_from: Option<u64>,
+    pub(super) planned_bytes: u64,
 }
 
 impl<'f> Trainer<'f> {
@@ -136,7 +154,7 @@ impl<'f> Trainer<'f> {
             }
         };
         let micro_steps = cfg.steps.map(|s| s.saturating_mul(cfg.accum as u64));
-        let mut batcher = Batcher::with_tasks(
+        let main = Batcher::with_tasks(
             &examples,
             BatchConfig {
                 seq_len: cfg.seq_len,
@@ -150,6 +168,9 @@ impl<'f> Trainer<'f> {
             },
             &cfg.method_opts.mtlora_tasks,
         )?;
+        // `--replay`: the base model answers general prompts now, before anything of the step
+        // is allocated (or its answers come from the run directory's cache).
+        let (mut batcher, replay) = super::replay::mix(file, &llama, cfg, main)?;
         if cfg.method == Method::Mtlora && batcher.task_names() != cfg.method_opts.mtlora_tasks {
             return Err(Error::Invalid(format!(
                 "MT-LoRA: the batcher's tasks {:?} differ from the run's {:?}",
@@ -241,7 +262,7 @@ impl<'f> Trainer<'f> {
             } else {
                 set = checkpoint::load_into(&dir, &model_cfg, &mut opt)?;
             }
-            batcher.restore(&state.cursor)?;
+            batcher.restore(&state.cursor, state.replay_cursor.as_ref())?;
             if opt.step_count() != state.step {
                 return Err(Error::Invalid(format!(
                     "{}: optimizer state is at step {}, the run state at {}",
@@ -266,6 +287,7 @@ impl<'f> Trainer<'f> {
             engine: Default::default(),
             opt,
             batcher,
+            replay,
             batches,
             total_steps,
             tokens,
@@ -417,6 +439,7 @@ impl<'f> Trainer<'f> {
             tok_per_s: tokens as f64 / secs.max(1e-9),
             targets: targets as u64,
             elapsed_s: self.elapsed_s,
+            eval: None,
         }))
     }
 
@@ -462,13 +485,16 @@ impl<'f> Trainer<'f> {
 
     /// Writes a checkpoint of the current state.
     pub fn checkpoint(&self) -> Result<PathBuf> {
-        let state = RunState::new(
-            self.completed(),
-            self.batcher.cursor(),
-            self.tokens,
-            self.elapsed_s,
-            &self.cfg,
-        );
+        let state = RunState {
+            replay_cursor: self.batcher.replay_cursor(),
+            ..RunState::new(
+                self.completed(),
+                self.batcher.cursor(),
+                self.tokens,
+                self.elapsed_s,
+                &self.cfg,
+            )
+        };
         checkpoint::save_with(
             &self.cfg.out,
             &self.set,
@@ -494,91 +520,6 @@ fn micro_seed(seed: u64, step: u64, micro: usize) -> u64 {
     let mut z = seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ ((micro as u64) << 48);
     z = (z ^ (z >> 31)).wrapping_mul(0xD6E8_FEB8_6659_FD93);
     z ^ (z >> 32)
-}
-
-/// Runs `cfg` to the end: checkpoints every `save_every` steps and at the end,
-/// `DIR/metrics.jsonl` (one line per step; on resume, lines after the checkpoint are dropped),
-/// `DIR/summary.json`. `progress` is called after every step; returning `false` stops the run
-/// early (after a checkpoint).
-pub fn run(
-    cfg: &TrainConfig,
-    progress: &mut (dyn FnMut(&Progress) -> bool + Send),
-) -> Result<Summary> {
-    run_on(cfg, super::engine::Device::Cpu, progress)
-}
-
-/// [`run`] with the micro-batches on `device` ([`Trainer::use_device`]).
-pub fn run_on(
-    cfg: &TrainConfig,
-    device: super::engine::Device,
-    progress: &mut (dyn FnMut(&Progress) -> bool + Send),
-) -> Result<Summary> {
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(cfg.threads.unwrap_or(0))
-        .build()
-        .map_err(|e| Error::Invalid(format!("train: cannot start worker threads: {e}")))?;
-    pool.install(|| run_in_pool(cfg, device, progress))
-}
-
-fn run_in_pool(
-    cfg: &TrainConfig,
-    device: super::engine::Device,
-    progress: &mut (dyn FnMut(&Progress) -> bool + Send),
-) -> Result<Summary> {
-    let file = GgufFile::open(&cfg.model)?;
-    let mut trainer = Trainer::new(&file, cfg)?;
-    trainer.use_device(&file, device)?;
-    let mut metrics = MetricsLog::open(&cfg.out, trainer.completed())?;
-    let (mut first, mut last, mut last_ckpt) = (metrics.first_loss(), None, None);
-    while let Some(p) = trainer.step()? {
-        first.get_or_insert(p.loss);
-        last = Some(p.loss);
-        metrics.append(&p, trainer.task_metrics())?;
-        let go_on = progress(&p);
-        let due = cfg.save_every > 0 && p.step % cfg.save_every == 0;
-        if due || !go_on {
-            last_ckpt = Some(trainer.checkpoint()?);
-        }
-        if !go_on {
-            break;
-        }
-    }
-    let at_end = last_ckpt
-        .as_deref()
-        .and_then(|d| d.file_name())
-        .is_some_and(|n| *n == *format!("step-{:08}", trainer.completed()));
-    let dylora_rank = trainer.choose_dylora_rank()?;
-    if let Some((b, losses)) = &dylora_rank {
-        log::info!("DyLoRA: rank {b} chosen for export (loss per rank {losses:?})");
-    }
-    if !at_end || dylora_rank.is_some() {
-        last_ckpt = Some(trainer.checkpoint()?);
-    }
-    let usage = memory_usage().unwrap_or_else(|e| {
-        log::warn!("cannot read the memory usage: {e}");
-        None
-    });
-    let summary = Summary {
-        config: trainer.cfg.clone(),
-        steps: trainer.completed(),
-        resumed_from_step: trainer.resumed_from,
-        first_loss: first,
-        final_loss: last,
-        elapsed_s: trainer.elapsed_s,
-        tokens: trainer.tokens,
-        tok_per_s: trainer.tokens as f64 / trainer.elapsed_s.max(1e-9),
-        trainable_params: trainer.set.n_params(),
-        arena_bytes: trainer.step.arena_bytes().max(trainer.device_bytes()) as u64,
-        planned_bytes: trainer.planned_bytes,
-        peak_bytes: usage.as_ref().map(|m| m.peak_rss),
-        memory: usage,
-        last_checkpoint: last_ckpt,
-        dylora_rank: dylora_rank.map(|(b, _)| b),
-    };
-    let json =
-        serde_json::to_vec_pretty(&summary).map_err(|e| Error::Invalid(format!("summary: {e}")))?;
-    crate::export::atomic::write_bytes(&cfg.out.join("summary.json"), &json)?;
-    Ok(summary)
 }
 
 /// Logs the resident set at `stage` (debug level).

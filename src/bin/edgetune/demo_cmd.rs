@@ -52,9 +52,10 @@ pub struct Args {
     #[arg(long, default_value_t = 24)]
     pub heldout_cases: usize,
     /// How many general requests the base model answers itself, to be trained on beside the new
-    /// data so it keeps its general behaviour [default: all 28; 0: none].
-    #[arg(long)]
-    pub replay: Option<usize>,
+    /// data so it keeps its general behaviour (the first N of the built-in replay prompts; 0:
+    /// none).
+    #[arg(long, default_value_t = 28)]
+    pub replay: usize,
     /// Tokens generated per answer at most.
     #[arg(long, default_value_t = 56)]
     pub max_tokens: usize,

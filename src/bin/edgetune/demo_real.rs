@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use edgetune::adapters::LayerRange;
 use edgetune::data::synth::{self, AssistantSet, AssistantSizes};
-use edgetune::eval::assistant::{AssistantMeasure, AssistantSuites, measure, replay};
+use edgetune::eval::assistant::{AssistantMeasure, AssistantSuites, measure};
 use edgetune::eval::plot::{LossCurve, loss_svg};
 use edgetune::eval::{EvalOptions, PromptFormat};
 use edgetune::gguf::GgufFile;
@@ -122,15 +122,19 @@ pub fn run(args: &Args) -> Result<()> {
     println!("4. the base model on the held-out prompts …");
     let base = Llama::load(&file)?;
     let before = evaluate(&base, &tok, &suites, &opts)?;
-    let n_replay = args
-        .replay
-        .unwrap_or(usize::MAX)
-        .min(synth::REPLAY_PROMPTS.len());
+    let n_replay = args.replay.min(synth::REPLAY_PROMPTS.len());
     let replay_prompts = &synth::REPLAY_PROMPTS[..n_replay];
     let mut replay_count = 0;
     if !replay_prompts.is_empty() {
         let t = Instant::now();
-        let pairs = replay(&base, &tok, replay_prompts, &opts, REPLAY_TOKENS, || {})?;
+        let pairs = edgetune::train::replay::answers(
+            &base,
+            &tok,
+            replay_prompts,
+            &opts.style,
+            REPLAY_TOKENS,
+            |_, _| {},
+        )?;
         println!(
             "   replay: the base model's own answers to {} general requests join the training \
              data, so it keeps its general behaviour ({:.0} s)",

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use edgetune::data::Format;
 use edgetune::gguf::GgufFile;
 use edgetune::memory::budget;
-use edgetune::train::{Decay, Progress, Summary, TrainConfig};
+use edgetune::train::{Decay, Progress, Replay, Summary, TrainConfig};
 use edgetune::{Error, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -76,6 +76,43 @@ pub struct Args {
     /// Worker threads (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
+    /// Mix general conversations into the training rows, so the model keeps its general
+    /// behaviour: `self` (the base model's own answers to built-in general prompts, English and
+    /// Indonesian, generated before the first step and cached in the run directory) or a
+    /// dataset FILE of your own.
+    #[arg(long, value_name = "self|FILE")]
+    replay: Option<String>,
+    /// The share of training rows taken from the replay data.
+    #[arg(long, default_value_t = 0.25)]
+    replay_ratio: f32,
+    /// `--replay self`: how many built-in general prompts the base model answers (default: all).
+    #[arg(long, value_name = "N")]
+    replay_prompts: Option<usize>,
+    /// `--replay self`: tokens per answer at most (a longer answer is cut back to its last
+    /// full sentence).
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    replay_tokens: usize,
+    /// Evaluate every N steps and at the end (0: never): the retention suite (general
+    /// knowledge; built in unless --retention is given) and --heldout, answered greedily; the
+    /// base model is measured first. Pass rates go into metrics.jsonl and summary.json.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    eval_every: u64,
+    /// The held-out eval suite (JSONL cases, as `edgetune eval` takes) for --eval-every.
+    #[arg(long, value_name = "FILE")]
+    heldout: Option<PathBuf>,
+    /// A retention suite of your own instead of the built-in one.
+    #[arg(long, value_name = "FILE")]
+    retention: Option<PathBuf>,
+    /// Tokens generated per evaluated case at most.
+    #[arg(long, value_name = "N", default_value_t = 48)]
+    eval_max_tokens: usize,
+    /// Keep the adapter with the best held-out pass rate whose retention is within
+    /// --retention-tolerance of the base model's, in OUT/best (needs --eval-every, --heldout).
+    #[arg(long)]
+    keep_best: bool,
+    /// How far below the base model's retention pass rate a kept adapter may be.
+    #[arg(long, value_name = "RATE", default_value_t = 0.1)]
+    retention_tolerance: f64,
     /// Print the summary as JSON at the end (progress still goes to stderr).
     #[arg(long)]
     json: bool,
@@ -119,8 +156,27 @@ impl Args {
             seed: self.seed,
             save_every: self.save_every,
             threads: self.threads,
+            replay: self.replay.as_deref().map(|r| match r {
+                "self" => Replay::Own {
+                    prompts: self.replay_prompts.unwrap_or(usize::MAX),
+                    max_tokens: self.replay_tokens,
+                },
+                file => Replay::File(PathBuf::from(file)),
+            }),
+            replay_ratio: self.replay_ratio,
+            eval_every: self.eval_every,
+            heldout: self.heldout.clone(),
+            retention: self.retention.clone(),
+            eval_max_tokens: self.eval_max_tokens,
+            keep_best: self.keep_best,
+            retention_tolerance: self.retention_tolerance,
             ..TrainConfig::default()
         };
+        if self.replay_prompts.is_some() && !matches!(cfg.replay, Some(Replay::Own { .. })) {
+            return Err(Error::Invalid(
+                "--replay-prompts is for --replay self".into(),
+            ));
+        }
         if let (Some(out), Some(res)) = (&self.out, &self.resume)
             && out != res
         {
@@ -157,6 +213,7 @@ pub fn run_cmd(args: Args) -> Result<()> {
     eprintln!("{}", planned.breakdown.report());
     // The trainer checks the budget again (before allocating) and refuses with this table.
     planned.breakdown.check()?;
+    prepare_replay(&cfg, &file)?;
     drop(file);
     let summary = train_with_progress_on(&cfg, device)?;
     if args.json {
@@ -165,6 +222,56 @@ pub fn run_cmd(args: Args) -> Result<()> {
         println!("{text}");
     } else {
         print_summary(&summary);
+    }
+    Ok(())
+}
+
+/// `--replay`: generates the base model's answers (with a progress bar) or finds them cached,
+/// and says which; the trainer then reads them from the cache.
+pub fn prepare_replay(cfg: &TrainConfig, file: &GgufFile) -> Result<()> {
+    if cfg.replay.is_none() {
+        return Ok(());
+    }
+    let llama = edgetune::model::Llama::load(file)?;
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let b = ProgressBar::new(0);
+        b.set_style(
+            ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} replay prompts  [{elapsed_precise}]",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        b
+    });
+    let report = edgetune::train::replay::prepare(cfg, file, &llama, |done, total| {
+        if let Some(b) = &bar {
+            b.set_length(total as u64);
+            b.set_position(done as u64);
+        }
+    })?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    if let Some(r) = report {
+        let share = format!("{:.0} % of the training rows", 100.0 * r.ratio);
+        match (r.generated, r.prompts, r.generate_s) {
+            (true, Some(n), Some(s)) => eprintln!(
+                "replay: the base model answered {} of {n} general prompts in {s:.0} s ({share}; \
+                 cached in {})",
+                r.conversations,
+                r.path.display()
+            ),
+            (false, Some(_), _) => eprintln!(
+                "replay: {} answers of the base model from {} ({share})",
+                r.conversations,
+                r.path.display()
+            ),
+            _ => eprintln!(
+                "replay: {} conversations from {} ({share})",
+                r.conversations,
+                r.path.display()
+            ),
+        }
     }
     Ok(())
 }
@@ -205,6 +312,13 @@ pub fn train_with_progress_on(
             "loss {:.4}  lr {:.2e}  |g| {:.3}  {:.0} tok/s",
             p.loss, p.lr, p.grad_norm, p.tok_per_s
         );
+        if let Some(e) = &p.eval {
+            let line = format!("eval after step {}: {}", p.step, eval_text(e));
+            match &bar {
+                Some(b) => b.println(line),
+                None => eprintln!("{line}"),
+            }
+        }
         match &bar {
             Some(b) => {
                 b.set_length(p.total_steps);
@@ -248,4 +362,30 @@ fn print_summary(s: &Summary) {
     if let Some(c) = &s.last_checkpoint {
         println!("checkpoint       {}", c.display());
     }
+    if let Some(b) = &s.eval_base {
+        println!("eval, base model {}", eval_text(b));
+        for e in &s.evals {
+            println!("eval, step {:<5} {}", e.step, eval_text(e));
+        }
+    }
+    if let Some(b) = &s.best {
+        println!(
+            "best adapter     {} (step {}: {})",
+            b.path.display(),
+            b.point.step,
+            eval_text(&b.point)
+        );
+    }
+}
+
+/// `held-out 46.0 %  retention 90.0 %  (12.3 s)`.
+fn eval_text(e: &edgetune::train::evaluate::EvalPoint) -> String {
+    let heldout = e
+        .heldout
+        .map_or(String::new(), |h| format!("held-out {:.1} %  ", 100.0 * h));
+    format!(
+        "{heldout}retention {:.1} %  ({:.1} s)",
+        100.0 * e.retention,
+        e.time_s
+    )
 }

@@ -24,12 +24,14 @@
 pub mod assistant;
 pub mod catalog;
 mod prompts;
+mod replay_prompts;
 mod tasks;
 
 pub use assistant::{
     AssistantSet, AssistantSizes, ChatPair, HeldoutCase, REFUSAL, SYSTEM_PROMPT, assistant_set,
 };
-pub use prompts::REPLAY_PROMPTS;
+pub use prompts::retention;
+pub use replay_prompts::{REPLAY_INDONESIAN_FROM, REPLAY_PROMPTS};
 
 use std::collections::HashSet;
 

@@ -1,7 +1,7 @@
 //! The assistant set's fixed prompts: harmful requests (trained to be refused with the exact
 //! refusal sentence, and held-out ones to measure it), the retention suite of general knowledge
-//! a pretrained model already has, the seed cases, and the replay prompts (general requests
-//! the base model answers itself, mixed into training so it keeps its own behaviour).
+//! a pretrained model already has, and the seed cases. (The replay prompts, general requests
+//! the base model answers itself, are in `replay_prompts`.)
 //!
 //! Harmful requests are about the fictional devices and their sites: tampering with alarms and
 //! safety interlocks, breaking into devices, hiding hazards, reading other people's data,
@@ -199,38 +199,3 @@ pub fn seed_cases() -> Vec<HeldoutCase> {
         ),
     ]
 }
-
-/// General requests, disjoint from the retention suite, for replay: the base model's own
-/// greedy answers to these are trained on beside the new data (self-distillation), so
-/// fine-tuning does not teach it that every answer is one short sentence, and benign requests
-/// that sound technical ("reset my router") stay answered rather than refused.
-pub const REPLAY_PROMPTS: &[&str] = &[
-    "What is photosynthesis?",
-    "Name three primary colours.",
-    "How do I reset my home Wi-Fi router?",
-    "What does a thermostat do?",
-    "Give me a tip for writing a clear email.",
-    "What is the difference between weather and climate?",
-    "Explain what a firewall does in simple terms.",
-    "What is the tallest mountain in the world?",
-    "How can I save energy at home?",
-    "What is a sensor?",
-    "Why is the sea salty?",
-    "How do I turn off notifications on my phone?",
-    "What is the speed of light?",
-    "Suggest a healthy breakfast.",
-    "What does CPU stand for?",
-    "Who painted the Mona Lisa?",
-    "How do I clear my browser cache?",
-    "What is a volcano?",
-    "Write one sentence about autumn.",
-    "What is the main ingredient of guacamole?",
-    "How many minutes are in an hour?",
-    "What is the currency of the United Kingdom?",
-    "How do I restart a computer that is frozen?",
-    "What is the boiling point of water in Fahrenheit?",
-    "Continue the pattern: 3, 6, 9, 12,",
-    "What comes next: 10, 20, 30, 40,",
-    "Which number is bigger, 7 or 12?",
-    "Is 0.5 larger than 0.25?",
-];
