@@ -379,6 +379,73 @@ fn train_every_format_then_eval_export_merge_perplexity() {
     );
 }
 
+#[test]
+fn replay_self_and_eval_every_on_the_real_model() {
+    let model = smollm2();
+    let m = model.to_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = write(
+        d,
+        "chat.jsonl",
+        "{\"messages\": [{\"role\": \"user\", \"content\": \"Port of the KX-40?\"}, \
+         {\"role\": \"assistant\", \"content\": \"TCP 8443.\"}]}\n",
+    );
+    let heldout = write(
+        d,
+        "heldout.jsonl",
+        "{\"id\": \"port\", \"input\": \"Which port does the KX-40 use?\", \
+         \"checks\": [{\"contains\": \"8443\"}]}\n",
+    );
+    let out = d.join("run");
+    let summary = ok(&[
+        "train",
+        "--model",
+        m,
+        "--data",
+        &data,
+        "--out",
+        out.to_str().unwrap(),
+        "--steps",
+        "2",
+        "--seq-len",
+        "128",
+        "--batch",
+        "2",
+        "--rank",
+        "4",
+        "--replay",
+        "self",
+        "--replay-prompts",
+        "6",
+        "--eval-every",
+        "2",
+        "--heldout",
+        &heldout,
+        "--eval-max-tokens",
+        "24",
+        "--json",
+    ]);
+    let s: serde_json::Value = serde_json::from_str(summary.trim()).unwrap();
+    // The base model answers general prompts in full sentences: most are kept for replay.
+    let replay = &s["replay"];
+    let kept = replay["conversations"].as_u64().unwrap();
+    assert!((4..=6).contains(&kept), "{replay}");
+    let cache = std::fs::read_to_string(replay["path"].as_str().unwrap()).unwrap();
+    for line in cache.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let answer = v["messages"][1]["content"].as_str().unwrap();
+        assert!(answer.ends_with(['.', '!', '?']), "{answer}");
+        assert!(answer.split_whitespace().count() >= 3, "{answer}");
+    }
+    // The base model keeps its general knowledge (the built-in retention suite) and does not
+    // know the fictional port; the evaluated step is recorded.
+    let base = &s["eval_base"];
+    assert!(base["retention"].as_f64().unwrap() >= 0.8, "{base}");
+    assert_eq!(base["heldout"].as_f64(), Some(0.0), "{base}");
+    assert_eq!(s["evals"][0]["step"], 2);
+}
+
 /// A copy of `src` with metadata key `key` set to `value` (tensors copied as they are).
 fn patched_copy(src: &Path, dst: &Path, key: &str, value: edgetune::gguf::Value) {
     let f = GgufFile::open(src).unwrap();

@@ -131,6 +131,9 @@ pub struct TrainConfig {
     pub keep_best: bool,
     /// How far below the base model's retention pass rate a kept adapter may be.
     pub retention_tolerance: f64,
+    /// The system message of the deployed assistant: written by the chat template before the
+    /// prompts of `--eval-every` and of `--replay self` (`None`: the template's default).
+    pub system: Option<String>,
 }
 
 impl Default for TrainConfig {
@@ -179,6 +182,7 @@ impl Default for TrainConfig {
             eval_max_tokens: 48,
             keep_best: false,
             retention_tolerance: 0.1,
+            system: None,
         }
     }
 }
@@ -354,7 +358,56 @@ mod tests {
         .validate()
         .unwrap_err();
         assert!(e.to_string().contains("bits"), "{e}");
-        let e = TrainConfig { lr: f32::NAN, ..ok }.validate().unwrap_err();
+        let e = TrainConfig {
+            lr: f32::NAN,
+            ..ok.clone()
+        }
+        .validate()
+        .unwrap_err();
         assert!(e.to_string().contains("--lr"), "{e}");
+    }
+
+    #[test]
+    fn replay_and_evaluation_settings_are_checked() {
+        let ok = TrainConfig {
+            steps: Some(1),
+            replay: Some(REPLAY_SELF_DEFAULT),
+            ..TrainConfig::default()
+        };
+        ok.validate().unwrap();
+        let with = |f: &dyn Fn(&mut TrainConfig)| {
+            let mut c = ok.clone();
+            f(&mut c);
+            c.validate().map_err(|e| e.to_string())
+        };
+        for ratio in [0.0, 1.0, f32::NAN] {
+            let e = with(&|c| c.replay_ratio = ratio).unwrap_err();
+            assert!(e.contains("--replay-ratio"), "{e}");
+        }
+        let e = with(&|c| c.method = Method::Mtlora).unwrap_err();
+        assert!(e.contains("MT-LoRA"), "{e}");
+        let e = with(&|c| {
+            c.replay = Some(Replay::Own {
+                prompts: 10,
+                max_tokens: 4,
+            })
+        })
+        .unwrap_err();
+        assert!(e.contains("8 answer tokens"), "{e}");
+        let e = with(&|c| c.keep_best = true).unwrap_err();
+        assert!(e.contains("--eval-every") && e.contains("--heldout"), "{e}");
+        with(&|c| {
+            c.keep_best = true;
+            c.eval_every = 5;
+            c.heldout = Some("h.jsonl".into());
+        })
+        .unwrap();
+        let e = with(&|c| c.retention_tolerance = -0.1).unwrap_err();
+        assert!(e.contains("--retention-tolerance"), "{e}");
+        // Configs written before replay existed read as runs without it.
+        let old: TrainConfig = serde_json::from_str(r#"{"steps": 2}"#).unwrap();
+        assert_eq!((old.replay, old.eval_every), (None, 0));
+        let back: TrainConfig = serde_json::from_str(&serde_json::to_string(&ok).unwrap()).unwrap();
+        assert_eq!(back, ok);
     }
 }

@@ -29,7 +29,6 @@ use crate::export::native::{load_adapter, save_adapter};
 use crate::gguf::GgufFile;
 use crate::model::Llama;
 use crate::tokenizer::Tokenizer;
-use crate::tokenizer::chat_template::PromptFormat;
 use crate::{Error, Result};
 
 /// One evaluation: pass rates at a step (step 0: the base model).
@@ -94,7 +93,7 @@ impl DuringTraining {
             retention,
             opts: EvalOptions {
                 max_tokens: cfg.eval_max_tokens,
-                style: PromptFormat::of_model(file, &tok)?,
+                style: super::replay::prompt_format(file, &tok, cfg)?,
             },
             tok,
             every: cfg.eval_every,

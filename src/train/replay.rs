@@ -4,7 +4,8 @@
 //!
 //! `--replay self` ([`Replay::Own`]): before the first step the base model answers the first
 //! `prompts` of the built-in general requests ([`crate::data::synth::REPLAY_PROMPTS`], English
-//! and Indonesian) greedily with its own chat template, at most `max_tokens` each; training on
+//! and Indonesian) greedily with its own chat template (and the run's `--system` message), at
+//! most `max_tokens` each; training on
 //! its own answers (self-distillation) keeps what it would have said. An answer cut off by the
 //! token limit is trimmed back to its last full sentence (training on a cut answer followed by
 //! the end-of-turn token would teach the model to stop mid-sentence); one without a full
@@ -119,6 +120,16 @@ pub fn answers(
     Ok(pairs)
 }
 
+/// How prompts are written for the base model (`--replay self`) and the evaluations of a run:
+/// the model's chat template, with `cfg.system` as the system message when given.
+pub fn prompt_format(file: &GgufFile, tok: &Tokenizer, cfg: &TrainConfig) -> Result<PromptFormat> {
+    let template = Arc::new(ChatTemplate::for_model(file, tok)?);
+    Ok(match &cfg.system {
+        Some(system) => PromptFormat::ChatWithSystem(template, system.clone()),
+        None => PromptFormat::Chat(template),
+    })
+}
+
 /// The cache file `--replay self` uses for this model and these settings.
 pub fn self_cache_path(
     cfg: &TrainConfig,
@@ -133,6 +144,10 @@ pub fn self_cache_path(
     h.write(&model_fingerprint(&cfg.model)?.to_le_bytes());
     h.write(template.source().as_bytes());
     h.write(&(max_tokens as u64).to_le_bytes());
+    if let Some(system) = &cfg.system {
+        h.write(b"system\0");
+        h.write(system.as_bytes());
+    }
     for p in &REPLAY_PROMPTS[..prompts.min(REPLAY_PROMPTS.len())] {
         h.write(p.as_bytes());
         h.write(&[0]);
@@ -186,7 +201,7 @@ pub fn prepare(
                     ratio,
                 }));
             }
-            let style = PromptFormat::Chat(Arc::new(ChatTemplate::for_model(file, &tok)?));
+            let style = prompt_format(file, &tok, cfg)?;
             let t = Instant::now();
             let pairs = answers(
                 llama,
@@ -204,14 +219,17 @@ pub fn prepare(
                 )));
             }
             let generate_s = t.elapsed().as_secs_f64();
-            // Plain user/assistant turns: the template adds its own default system message,
-            // as it did when the answers were generated.
+            // The conversation as it was generated: the run's system message, or none (the
+            // template then writes its own default, as it did when generating).
             let mut text = String::new();
             for p in &pairs {
-                let line = serde_json::json!({"messages": [
-                    {"role": "user", "content": p.user},
-                    {"role": "assistant", "content": p.assistant},
-                ], "task": "replay"});
+                let mut messages = Vec::with_capacity(3);
+                if let Some(system) = &cfg.system {
+                    messages.push(serde_json::json!({"role": "system", "content": system}));
+                }
+                messages.push(serde_json::json!({"role": "user", "content": p.user}));
+                messages.push(serde_json::json!({"role": "assistant", "content": p.assistant}));
+                let line = serde_json::json!({"messages": messages, "task": "replay"});
                 text.push_str(&line.to_string());
                 text.push('\n');
             }

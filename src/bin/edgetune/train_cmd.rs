@@ -113,6 +113,10 @@ pub struct Args {
     /// How far below the base model's retention pass rate a kept adapter may be.
     #[arg(long, value_name = "RATE", default_value_t = 0.1)]
     retention_tolerance: f64,
+    /// The system message of the deployed assistant, written by the model's chat template
+    /// before the prompts of --eval-every and --replay self (default: the template's own).
+    #[arg(long, value_name = "TEXT")]
+    system: Option<String>,
     /// Print the summary as JSON at the end (progress still goes to stderr).
     #[arg(long)]
     json: bool,
@@ -170,6 +174,7 @@ impl Args {
             eval_max_tokens: self.eval_max_tokens,
             keep_best: self.keep_best,
             retention_tolerance: self.retention_tolerance,
+            system: self.system.clone(),
             ..TrainConfig::default()
         };
         if self.replay_prompts.is_some() && !matches!(cfg.replay, Some(Replay::Own { .. })) {
