@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds edgetune for Jetson (aarch64-unknown-linux-gnu) with Debian's rustc 1.96 and its arm64
-# std (../shared/specs/toolchain.md §1), installing the toolchain from Debian when missing.
+# std (Debian's rustc-web/libstd-rust-dev:arm64), installing the toolchain from Debian when missing.
 #
 #   scripts/cross-build.sh                 # JetPack 6 (glibc ≤ 2.35): release binary (+ the cuda
 #                                          # build when that feature exists)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Cross-compiles the library's unit tests for aarch64 (Jetson) and runs them under qemu, so the
 # NEON kernels are checked against their scalar references. Installs Debian's rustc 1.96 with the
-# arm64 std, the cross linker and qemu-user when missing (../shared/specs/toolchain.md §1).
+# arm64 std, the cross linker and qemu-user when missing (the route of scripts/cross-build.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()

@@ -1,10 +1,12 @@
 //! edgetune: fine-tune quantized Llama 3.x GGUF models with LoRA-family adapters on edge devices.
 //!
-//! The crate is laid out as `../shared/DESIGN.md` §3 describes: `gguf` reads and writes the file
-//! format over a memory map, `quant` holds the ggml block formats and the quantized products,
-//! `tokenizer` builds the model's tokenizer from GGUF metadata, `backend` holds the ops (CPU now),
-//! `model` the Llama forward pass, `infer` generation and perplexity, `data` datasets and the
-//! synthetic IoT set, `optim` the optimizers, `memory` board profiles and budgets.
+//! `gguf` reads and writes the file format over a memory map, `quant` holds the ggml block
+//! formats and the quantized products, `tokenizer` builds the model's tokenizer from GGUF
+//! metadata, `backend` holds the ops (CPU, and CUDA with `--features cuda`), `model` the Llama
+//! forward pass, `infer` generation and perplexity, `data` datasets, the replay mix and the
+//! synthetic IoT set, `adapters` the LoRA family, `optim` the optimizers, `memory` the arena,
+//! plans, board profiles and budgets, `train` the trainer and its steps, `eval` suites and
+//! method comparison, `export` the adapter formats. `docs/ARCHITECTURE.md` maps every file.
 
 pub mod adapters;
 pub mod backend;

@@ -444,6 +444,11 @@ fn replay_self_and_eval_every_on_the_real_model() {
     assert!(base["retention"].as_f64().unwrap() >= 0.8, "{base}");
     assert_eq!(base["heldout"].as_f64(), Some(0.0), "{base}");
     assert_eq!(s["evals"][0]["step"], 2);
+    // `eval --retention` runs the same built-in suite.
+    let report = ok(&["eval", "--model", m, "--retention", "--json"]);
+    let r: serde_json::Value = serde_json::from_str(&report).unwrap();
+    assert_eq!(r["total"], 10);
+    assert!(r["pass_rate"].as_f64().unwrap() >= 0.8, "{r}");
 }
 
 /// A copy of `src` with metadata key `key` set to `value` (tensors copied as they are).

@@ -9,7 +9,7 @@
 //!   heads, 8 KV heads, vocab 128256, untied (oumi's model table, as copied in
 //!   github.com/vulkomilev/oumi, configs/recipes/llama3_1/README.md); `rope_theta` 500000,
 //!   RMS eps 1e-5 and llama3 scaling factor 8 (Llama 3.1 configs; a published 8B Q4_K_M GGUF
-//!   lists `llama.rope.freq_base` 500000), and ../shared/specs/boards.md for the 8B.
+//!   lists `llama.rope.freq_base` 500000).
 
 use super::vocab::BYTE_VOCAB;
 use crate::{Error, Result};

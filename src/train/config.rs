@@ -53,7 +53,7 @@ pub enum Replay {
 
 /// `--replay self`'s defaults: every built-in prompt, answers of at most 64 tokens.
 pub const REPLAY_SELF_DEFAULT: Replay = Replay::Own {
-    prompts: usize::MAX,
+    prompts: crate::data::synth::REPLAY_PROMPTS.len(),
     max_tokens: 64,
 };
 

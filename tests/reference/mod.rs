@@ -1,4 +1,4 @@
-//! An independent, slow f64 Llama forward written from ../shared/specs/formats.md §2 alone,
+//! An independent, slow f64 Llama forward written from the Llama architecture's definition alone,
 //! sharing no code with `src/` beyond reading the file: the yardstick for our forward.
 //!
 //! [`load`] reads a GGUF with `edgetune::gguf` and dequantizes every tensor with the scalar

@@ -1,4 +1,4 @@
-//! `edgetune eval --model M [--adapter A] --suite FILE [--guard POLICY.toml] [--max-tokens N]
+//! `edgetune eval --model M [--adapter A] --suite FILE|--retention [--guard POLICY.toml] [--max-tokens N]
 //! [--template auto|alpaca|llama3-chat|none] [--template-file FILE.jinja] [--json]`: greedy
 //! answers to a JSONL suite of prompts, each checked (`contains`, `regex`, `equals`,
 //! `not_contains`); prints the pass rate and every failure. Failing cases are a
@@ -34,8 +34,12 @@ pub struct Args {
     #[arg(long, default_value_t = 1.0, requires = "adapter")]
     adapter_scale: f32,
     /// The suite: JSONL, one case per line.
-    #[arg(long)]
-    suite: PathBuf,
+    #[arg(long, required_unless_present = "retention")]
+    suite: Option<PathBuf>,
+    /// Run the built-in retention suite instead: general knowledge a small pretrained instruct
+    /// model answers (what fine-tuning must not take away; `train --eval-every` runs it too).
+    #[arg(long, conflicts_with = "suite")]
+    retention: bool,
     /// A guard policy (TOML): prompts or outputs it matches are answered with the refusal.
     #[arg(long, value_name = "POLICY.toml")]
     guard: Option<PathBuf>,
@@ -52,7 +56,10 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     // Read the suite and the policy first: a typo there should not wait for the model.
-    let suite = load_suite(&args.suite)?;
+    let suite = match &args.suite {
+        Some(path) => load_suite(path)?,
+        None => edgetune::eval::assistant::retention_suite()?,
+    };
     let policy = args.guard.as_deref().map(Policy::load).transpose()?;
     let file = GgufFile::open(&args.model)?;
     let mut llama = Llama::load(&file)?;

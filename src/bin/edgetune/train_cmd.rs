@@ -162,7 +162,9 @@ impl Args {
             threads: self.threads,
             replay: self.replay.as_deref().map(|r| match r {
                 "self" => Replay::Own {
-                    prompts: self.replay_prompts.unwrap_or(usize::MAX),
+                    prompts: self
+                        .replay_prompts
+                        .unwrap_or(edgetune::data::synth::REPLAY_PROMPTS.len()),
                     max_tokens: self.replay_tokens,
                 },
                 file => Replay::File(PathBuf::from(file)),
