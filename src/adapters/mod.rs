@@ -1,6 +1,6 @@
-//! Adapters as plug-ins (DESIGN.md §4.7): the [`Adapter`] trait is one adapted linear layer's
-//! trainable branch; each method (LoRA now; DoRA, AdaLoRA, … later) implements it, so the
-//! trainer never names a method.
+//! Adapters as plug-ins: the [`Adapter`] trait is one adapted linear layer's trainable branch;
+//! each method (LoRA, DoRA, AdaLoRA, PiSSA/OLoRA, HiRA, DyLoRA, MT-LoRA, ResLoRA, …) implements
+//! it, so the step never names a method.
 //!
 //! # Why a trait object over host f32 slices
 //!

@@ -1,6 +1,6 @@
-//! The compute backend: the small set of tensor ops a Llama forward (and, later, backward and
-//! optimizer step) is written in, over backend-owned f32 buffers and backend-readable quantized
-//! weights (DESIGN.md §4.5).
+//! The compute backend: the small set of tensor ops a Llama forward, its backward and the
+//! optimizer step are written in, over backend-owned f32 buffers and backend-readable quantized
+//! weights.
 //!
 //! # Shape of the trait
 //!

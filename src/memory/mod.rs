@@ -1,4 +1,5 @@
-//! Memory: board profiles and budgets (the static plan and the arena come with the memory issue).
+//! Memory: the one arena a training step runs in, the static plan that packs its buffers, board
+//! profiles, budgets (what a run will hold, refused before anything is allocated) and RSS.
 
 pub mod arena;
 pub mod board;
