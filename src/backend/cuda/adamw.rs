@@ -1,5 +1,5 @@
 //! AdamW on the device (kernels/adamw.cu), as inherent methods of [`CudaBackend`] (not a
-//! `Backend` op: the device step calls them directly): the f32-state update and the
+//! `Backend` op: the paged optimizer in pages.rs calls them): the f32-state update and the
 //! 8-bit blockwise one, both the same maths as src/optim/adamw.rs / state8bit.rs (the kernels
 //! avoid FMA contraction, so the f32 update is bit-identical to the CPU's `adamw_element`).
 //!
