@@ -250,11 +250,16 @@ pub fn prepare_replay(cfg: &TrainConfig, file: &GgufFile) -> Result<()> {
         );
         b
     });
-    let report = edgetune::train::replay::prepare(cfg, file, &llama, |done, total| {
-        if let Some(b) = &bar {
+    let report = edgetune::train::replay::prepare(cfg, file, &llama, |done, total| match &bar {
+        Some(b) => {
             b.set_length(total as u64);
             b.set_position(done as u64);
         }
+        // Plain lines when stderr is not a terminal: one every 32 prompts.
+        None if done % 32 == 0 || done == total => {
+            eprintln!("replay: the base model answered {done} of {total} general prompts")
+        }
+        None => {}
     })?;
     if let Some(b) = bar {
         b.finish_and_clear();
