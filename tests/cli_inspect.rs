@@ -141,3 +141,34 @@ fn inspect_errors_name_the_file_and_the_problem() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("nope"));
 }
+
+#[test]
+fn a_closed_stdout_ends_the_command_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m.gguf");
+    let o = Command::new(env!("CARGO_BIN_EXE_edgetune"))
+        .args(["testmodel", "--preset", "tiny", "--type", "q8_0", "--out"])
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    // The reader goes away before the command writes: its write hits a closed pipe.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_edgetune"))
+        .arg("inspect")
+        .arg(&model)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        out.status.success() || out.status.signal() == Some(libc::SIGPIPE),
+        "{:?}: {err}",
+        out.status
+    );
+}

@@ -195,3 +195,41 @@ fn export_merge_and_adapter_flags_work_end_to_end() {
     ]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("q4_k"));
 }
+
+#[test]
+fn export_never_writes_over_its_own_model_or_adapter() {
+    let m = tiny_config();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let base = tiny_model(d, "base.gguf", GgmlType::F32, 4);
+    let set = random_set(&m, &LoraConfig::default(), 6);
+    let ck = d.join("ckpt");
+    save_adapter(&set, &ck, &serde_json::Value::Null).unwrap();
+    let before = std::fs::read(&base).unwrap();
+    // The model by another spelling of its path, and the adapter directory itself.
+    let other_spelling = d.join(".").join("base.gguf");
+    for (out, what) in [(&other_spelling, "base model"), (&ck, "adapter")] {
+        let o = run(&[
+            "export",
+            "--model",
+            s(&base),
+            "--adapter",
+            s(&ck),
+            "--format",
+            "gguf",
+            "--out",
+            s(out),
+        ]);
+        assert!(!o.status.success());
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("this output is the") && err.contains(what),
+            "{err}"
+        );
+    }
+    assert_eq!(
+        std::fs::read(&base).unwrap(),
+        before,
+        "the model is untouched"
+    );
+}

@@ -202,7 +202,7 @@ fn unwritable_types_and_bad_targets_are_refused() {
     let e = merge_adapter(&f, &s, &base, MergeType::Same, &mut |_| {})
         .unwrap_err()
         .to_string();
-    assert!(e.contains("cannot overwrite its base"), "{e}");
+    assert!(e.contains("this output is the base model"), "{e}");
 
     // A Q3_K tensor kept as "same": refused before writing, with a writable suggestion.
     let q3 = dir.path().join("q3.gguf");

@@ -285,3 +285,89 @@ fn replay_self_answers_are_generated_once_and_read_from_the_cache_after() {
         .unwrap();
     assert_ne!(other, r.path);
 }
+
+#[test]
+fn sigint_stops_after_a_step_with_a_checkpoint_and_the_resume_reproduces_the_run() {
+    let bin = env!("CARGO_BIN_EXE_edgetune");
+    let dir = tempfile::tempdir().unwrap();
+    let (model, data) = train_support::write_fixture(dir.path(), "q8_0", 300);
+    let (full, stopped) = (dir.path().join("full"), dir.path().join("stopped"));
+    // No periodic checkpoints: only the stop writes one.
+    let mut args = train_args(&model, &data);
+    let at = args.iter().position(|a| a == "--save-every").unwrap();
+    args[at + 1] = "0".into();
+    let ok = Command::new(bin)
+        .args(&args)
+        .args(["--out", full.to_str().unwrap()])
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let want = losses(&full);
+
+    let mut child = Command::new(bin)
+        .args(&args)
+        .args(["--out", stopped.to_str().unwrap()])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while losses(&stopped).len() < 3 {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "ended before the signal"
+        );
+        assert!(t0.elapsed() < Duration::from_secs(300), "no progress");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // SAFETY: sending a signal to our own child process.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "exit status after SIGINT");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("interrupted: stopped after step"), "{err}");
+    let done = losses(&stopped).len() as u64;
+    assert!(done < STEPS, "stopped after {done} of {STEPS} steps");
+    let ckpt = stopped.join("checkpoints").join(format!("step-{done:08}"));
+    assert!(ckpt.join("state.json").is_file(), "{}", ckpt.display());
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(stopped.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["interrupted"], true);
+    assert_eq!(summary["steps"].as_u64(), Some(done));
+
+    let ok = Command::new(bin)
+        .args(&args)
+        .args(["--resume", stopped.to_str().unwrap()])
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    assert_eq!(
+        losses(&stopped),
+        want,
+        "the resumed run's losses, bit for bit"
+    );
+}
+
+#[test]
+fn resume_without_a_checkpoint_is_an_error_not_a_fresh_start() {
+    let bin = env!("CARGO_BIN_EXE_edgetune");
+    let dir = tempfile::tempdir().unwrap();
+    let (model, data) = train_support::write_fixture(dir.path(), "q8_0", 50);
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    for run_dir in [empty.clone(), dir.path().join("missing")] {
+        let out = Command::new(bin)
+            .args(train_args(&model, &data))
+            .args(["--resume", run_dir.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("no checkpoint in"), "{err}");
+        assert!(
+            !run_dir.join("metrics.jsonl").exists(),
+            "nothing was trained"
+        );
+    }
+}

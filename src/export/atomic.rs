@@ -42,6 +42,22 @@ where
     Ok(())
 }
 
+/// Refuses to write `out` when it is the file `input` (the same file by its canonical path,
+/// whatever the spelling): a command must never write over one of its own inputs. `what` names
+/// the input in the error.
+pub fn check_not_input(out: &Path, input: &Path, what: &str) -> Result<()> {
+    if let (Ok(a), Ok(b)) = (out.canonicalize(), input.canonicalize())
+        && a == b
+    {
+        return Err(Error::Invalid(format!(
+            "{}: this output is the {what} ({}); write it elsewhere",
+            out.display(),
+            input.display()
+        )));
+    }
+    Ok(())
+}
+
 /// Writes `bytes` to `path` atomically.
 pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
     write_with(path, |w| w.write_all(bytes).map_err(|e| Error::io(path, e)))

@@ -119,14 +119,7 @@ pub fn merge_adapter(
     let cfg = LlamaConfig::from_gguf(base)?;
     LlamaWeights::from_gguf(base, &cfg)?;
     set.check_fits(&cfg)?;
-    if let (Ok(a), Ok(b)) = (out.canonicalize(), base.path().canonicalize())
-        && a == b
-    {
-        return Err(Error::Invalid(format!(
-            "{}: the merged model cannot overwrite its base",
-            out.display()
-        )));
-    }
+    super::atomic::check_not_input(out, base.path(), "base model the merge reads")?;
     let mut w = GgufWriter::new(base.alignment());
     for (k, v) in base.metadata().iter() {
         if k != ALIGNMENT_KEY {

@@ -1,7 +1,8 @@
 //! Running a whole training: [`run`] / [`run_on`] drive a [`Trainer`] step by step in a
 //! worker pool of `cfg.threads`, evaluate during training when asked (`evaluate.rs`), write
 //! `metrics.jsonl`, the checkpoints and `summary.json`, and report each step through the
-//! caller's callback (never printing).
+//! caller's callback (never printing). The callback returning `false` stops the run after a
+//! checkpoint of the step just done (`summary.interrupted`).
 
 use super::config::TrainConfig;
 use super::metrics::MetricsLog;
@@ -48,6 +49,7 @@ fn run_in_pool(
         e.measure_base(&file)?;
     }
     let (mut first, mut last, mut last_ckpt) = (metrics.first_loss(), None, None);
+    let mut interrupted = false;
     while let Some(mut p) = trainer.step()? {
         first.get_or_insert(p.loss);
         last = Some(p.loss);
@@ -63,6 +65,7 @@ fn run_in_pool(
             last_ckpt = Some(trainer.checkpoint()?);
         }
         if !go_on {
+            interrupted = p.step < p.total_steps;
             break;
         }
     }
@@ -98,7 +101,8 @@ fn run_in_pool(
         last_checkpoint: last_ckpt,
         dylora_rank: dylora_rank.map(|(b, _)| b),
         replay: trainer.replay.clone(),
-        eval_base: evals.as_ref().and_then(|e| e.base.clone()),
+        eval_base: evals.as_ref().and_then(|e| e.base),
+        interrupted,
         evals: evals.as_ref().map(|e| e.points.clone()).unwrap_or_default(),
         best: evals.and_then(|e| e.best),
     };

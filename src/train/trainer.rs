@@ -82,6 +82,9 @@ pub struct Summary {
     /// DyLoRA / QDyLoRA: the rank chosen for export ([`Trainer::choose_dylora_rank`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dylora_rank: Option<usize>,
+    /// Whether the caller stopped the run before its last step (`progress` returned false:
+    /// `edgetune train` on SIGINT/SIGTERM); the last checkpoint is where `--resume` goes on.
+    pub interrupted: bool,
     /// The replay data mixed in (`--replay`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replay: Option<ReplayReport>,
@@ -189,7 +192,16 @@ impl<'f> Trainer<'f> {
 
         // Adapters: resumed, given, or fresh.
         let resume_dir = if cfg.resume {
-            checkpoint::latest(&cfg.out)?
+            let latest = checkpoint::latest(&cfg.out)?;
+            if latest.is_none() {
+                return Err(Error::Invalid(format!(
+                    "--resume {}: no checkpoint in {} to continue from (start a new run with \
+                     --out, or resume the directory a run checkpointed into)",
+                    cfg.out.display(),
+                    checkpoint::checkpoints_dir(&cfg.out).display()
+                )));
+            }
+            latest
         } else {
             None
         };

@@ -149,6 +149,13 @@ pub fn run(args: &Args) -> Result<()> {
 
     println!("5. training (progress below) …");
     let summary = train_with_progress(&cfg)?;
+    if summary.interrupted {
+        return Err(Error::Invalid(format!(
+            "demo: interrupted after step {}; the partial run is in {}",
+            summary.steps,
+            cfg.out.display()
+        )));
+    }
     let adapter = summary
         .last_checkpoint
         .clone()

@@ -85,6 +85,13 @@ pub fn run(args: &Args) -> Result<()> {
     let before = answers(&file, &tok, &prompts, None)?;
     println!("4. training {steps} steps (progress below) …");
     let summary = train_with_progress(&cfg)?;
+    if summary.interrupted {
+        return Err(Error::Invalid(format!(
+            "demo: interrupted after step {}; the partial run is in {}",
+            summary.steps,
+            cfg.out.display()
+        )));
+    }
     println!("5. loss per step:");
     let curve = LossCurve::from_metrics("LoRA", &cfg.out.join("metrics.jsonl"))?;
     print!("{}", loss_curve(&curve, 12, 60));

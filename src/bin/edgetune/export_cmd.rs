@@ -62,6 +62,8 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    export::atomic::check_not_input(&args.out, &args.model, "base model")?;
+    export::atomic::check_not_input(&args.out, &args.adapter, "adapter being exported")?;
     let file = GgufFile::open(&args.model)?;
     let model = LlamaConfig::from_gguf(&file)?;
     let (source, source_path) = export::detect_format(&args.adapter)?;

@@ -79,6 +79,13 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // A closed stdout (`edgetune inspect … | head`) ends the process quietly, as for any Unix
+    // tool, instead of a panic in `println!`: Rust starts programs with SIGPIPE ignored.
+    #[cfg(unix)]
+    // SAFETY: setting a signal's disposition to its default before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
     let result = match cli.command {

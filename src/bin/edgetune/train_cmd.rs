@@ -223,6 +223,14 @@ pub fn run_cmd(args: Args) -> Result<()> {
     prepare_replay(&cfg, &file)?;
     drop(file);
     let summary = train_with_progress_on(&cfg, device)?;
+    if summary.interrupted {
+        eprintln!(
+            "interrupted: stopped after step {} with a checkpoint; go on with `edgetune train \
+             --resume {} …` and the same other arguments",
+            summary.steps,
+            cfg.out.display()
+        );
+    }
     if args.json {
         let text = serde_json::to_string_pretty(&summary)
             .map_err(|e| Error::Invalid(format!("summary: {e}")))?;
@@ -230,7 +238,35 @@ pub fn run_cmd(args: Args) -> Result<()> {
     } else {
         print_summary(&summary);
     }
+    if summary.interrupted {
+        // 128 + SIGINT, as a shell reports a run stopped by Ctrl-C.
+        std::process::exit(130);
+    }
     Ok(())
+}
+
+/// Set by the first SIGINT/SIGTERM: the run stops after its current step, with a checkpoint.
+static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Installs the graceful stop once per process: the first signal asks the run to stop after
+/// the current step (checkpoint, summary, exit 130), a second one exits at once.
+fn install_stop_handler() {
+    use std::sync::Once;
+    use std::sync::atomic::Ordering;
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let set = ctrlc::set_handler(|| {
+            if STOP.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+            eprintln!(
+                "\nstopping after this step (a checkpoint is written); signal again to stop now"
+            );
+        });
+        if let Err(e) = set {
+            log::warn!("cannot catch SIGINT/SIGTERM ({e}): a signal stops the run at once");
+        }
+    });
 }
 
 /// `--replay`: generates the base model's answers (with a progress bar) or finds them cached,
@@ -319,6 +355,7 @@ pub fn train_with_progress_on(
         );
         b
     });
+    install_stop_handler();
     let mut on_step = |p: &Progress| {
         let msg = format!(
             "loss {:.4}  lr {:.2e}  |g| {:.3}  {:.0} tok/s",
@@ -342,7 +379,7 @@ pub fn train_with_progress_on(
                 p.step, p.total_steps, p.elapsed_s
             ),
         }
-        true
+        !STOP.load(std::sync::atomic::Ordering::SeqCst)
     };
     let result = edgetune::train::run_on(cfg, device, &mut on_step);
     if let Some(b) = bar {
