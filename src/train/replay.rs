@@ -9,7 +9,8 @@
 //! its own answers (self-distillation) keeps what it would have said. An answer cut off by the
 //! token limit is trimmed back to its last full sentence (training on a cut answer followed by
 //! the end-of-turn token would teach the model to stop mid-sentence); one without a full
-//! sentence, or a refusal, is left out. The answers are cached as chat JSONL in
+//! sentence, a refusal, or a degenerate one ([`is_degenerate`]: the prompt echoed, a sentence
+//! said twice) is left out. The answers are cached as chat JSONL in
 //! `OUT/replay/self-<fingerprint>.jsonl`, the fingerprint covering the model file (its size,
 //! first and last MiB), the chat template, the prompts and the token limit, so a resume or a
 //! second run into the same directory reads them instead of generating them again; a small
@@ -43,7 +44,7 @@ use crate::tokenizer::chat_template::{ChatTemplate, PromptFormat};
 use crate::{Error, Result};
 
 /// Bumped when the way answers are generated or trimmed changes (old caches then miss).
-const CACHE_VERSION: u64 = 1;
+const CACHE_VERSION: u64 = 2;
 
 /// What the run's replay data is (`summary.json`'s `replay`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -107,7 +108,7 @@ pub fn answers(
                 None => continue,
             },
         };
-        if answer.is_empty() || is_refusal(answer) {
+        if answer.is_empty() || is_refusal(answer) || is_degenerate(prompt, answer) {
             continue;
         }
         pairs.push(ChatPair {
@@ -128,6 +129,23 @@ pub fn prompt_format(file: &GgufFile, tok: &Tokenizer, cfg: &TrainConfig) -> Res
         Some(system) => PromptFormat::ChatWithSystem(template, system.clone()),
         None => PromptFormat::Chat(template),
     })
+}
+
+/// Whether `answer` is one a model should not be taught: it repeats the prompt, or says the
+/// same sentence or line twice. A small model asked in a language it barely knows answers that
+/// way (SmolLM2-135M echoes most Indonesian prompts); training on it would teach the echo.
+pub fn is_degenerate(prompt: &str, answer: &str) -> bool {
+    let fold = |s: &str| s.trim().to_lowercase();
+    let prompt = fold(prompt);
+    if prompt.chars().count() >= 8 && fold(answer).contains(&prompt) {
+        return true;
+    }
+    let mut seen = std::collections::HashSet::new();
+    answer
+        .split(['\n', '.', '!', '?'])
+        .map(fold)
+        .filter(|s| s.chars().count() >= 12)
+        .any(|s| !seen.insert(s))
 }
 
 /// The cache file `--replay self` uses for this model and these settings.
@@ -353,4 +371,30 @@ fn model_fingerprint(path: &Path) -> Result<u64> {
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
     let text = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     serde_json::from_slice(&text).map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_degenerate;
+
+    #[test]
+    fn echoed_prompts_and_repeated_sentences_are_degenerate() {
+        let q = "Bagaimana cara mengirim email dengan lampiran?";
+        assert!(is_degenerate(q, &format!("{q}\n\n{q}")));
+        assert!(is_degenerate(
+            q,
+            "bagaimana cara mengirim email dengan lampiran? Ya."
+        ));
+        assert!(is_degenerate(
+            "Apa itu energi terbarukan?",
+            "Aku! Aku! Aku! Energi adalah sesuatu.\nEnergi adalah sesuatu."
+        ));
+        // Ordinary answers, short repeats ("Aku!") and a short prompt inside the answer are fine.
+        assert!(!is_degenerate(
+            "What is photosynthesis?",
+            "Photosynthesis is how plants turn light into chemical energy. It happens in leaves."
+        ));
+        assert!(!is_degenerate("Hi!", "Hi! How can I help you today?"));
+        assert!(!is_degenerate("Say yes.", "Yes! Yes! Happy to help."));
+    }
 }

@@ -85,7 +85,9 @@ pub struct Args {
     /// The share of training rows taken from the replay data.
     #[arg(long, default_value_t = 0.25)]
     replay_ratio: f32,
-    /// `--replay self`: how many built-in general prompts the base model answers (default: all).
+    /// `--replay self`: how many built-in general prompts the base model answers (default: all
+    /// 265; the first 160 are English, the rest Indonesian: take 160 for a model that does not
+    /// speak Indonesian).
     #[arg(long, value_name = "N")]
     replay_prompts: Option<usize>,
     /// `--replay self`: tokens per answer at most (a longer answer is cut back to its last
