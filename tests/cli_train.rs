@@ -567,6 +567,10 @@ fn train_eval_every_records_pass_rates_and_keep_best_keeps_the_first_best_adapte
         .map(|v| v["step"].as_u64().unwrap())
         .collect();
     assert_eq!(evaluated, [2, 4, 5]);
+    assert!(
+        !out.join("eval-adapter").exists(),
+        "no stray evaluation adapter"
+    );
     // A resume keeps the best from before it; the evaluation settings may change.
     let o = train("7", &["--resume", s(&out), "--retention-tolerance", "0.2"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

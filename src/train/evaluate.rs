@@ -11,7 +11,7 @@
 //!
 //! Each evaluation writes the current adapter to `OUT/eval-adapter/` and loads it back onto a
 //! second mapping of the model, exactly as `--adapter` would: what is measured is what is
-//! exported. The training step's arena is not touched, so the evaluation costs time, not
+//! exported. The directory becomes `OUT/best` or is removed. The training step's arena is not touched, so the evaluation costs time, not
 //! memory beyond the inference workspace.
 
 use std::path::{Path, PathBuf};
@@ -145,6 +145,9 @@ impl DuringTraining {
         );
         if self.keep_best && self.is_better(&point) {
             self.keep(&dir, &point)?;
+        } else {
+            // Not kept: the run directory holds checkpoints and the best, no stray adapter.
+            std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         }
         self.points.push(point.clone());
         Ok(point)
