@@ -62,6 +62,19 @@ fn losses(dir: &Path) -> Vec<(u64, u64)> {
         .collect()
 }
 
+/// Waits until the training `child` has logged `n` steps in `dir/metrics.jsonl` (still running).
+fn wait_for_steps(child: &mut std::process::Child, dir: &Path, n: usize) {
+    let t0 = Instant::now();
+    while losses(dir).len() < n {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before step {n}"
+        );
+        assert!(t0.elapsed() < Duration::from_secs(300), "no progress");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 #[test]
 fn sigkill_then_resume_reproduces_the_losses_bit_for_bit() {
     let bin = env!("CARGO_BIN_EXE_edgetune");
@@ -86,19 +99,7 @@ fn sigkill_then_resume_reproduces_the_losses_bit_for_bit() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let t0 = Instant::now();
-    loop {
-        let n = losses(&killed).len();
-        if n >= 7 {
-            break;
-        }
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the run ended before it could be killed"
-        );
-        assert!(t0.elapsed() < Duration::from_secs(300), "no progress");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_for_steps(&mut child, &killed, 7);
     child.kill().unwrap(); // SIGKILL on Unix
     let status = child.wait().unwrap();
     assert!(!status.success(), "the child was killed, not finished");
@@ -311,15 +312,7 @@ fn sigint_stops_after_a_step_with_a_checkpoint_and_the_resume_reproduces_the_run
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let t0 = Instant::now();
-    while losses(&stopped).len() < 3 {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "ended before the signal"
-        );
-        assert!(t0.elapsed() < Duration::from_secs(300), "no progress");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_for_steps(&mut child, &stopped, 3);
     // SAFETY: sending a signal to our own child process.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
     let out = child.wait_with_output().unwrap();
