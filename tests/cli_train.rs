@@ -481,6 +481,83 @@ fn train_replay_self_plans_generates_caches_and_refuses_bad_settings() {
 }
 
 #[test]
+fn train_kl_anchor_plans_its_buffers_and_reports_the_kl_of_replay_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, data) = train_support::write_fixture(dir.path(), "q8_0", 40);
+    let run = |out: &str, extra: &[&str]| {
+        let mut a = vec![
+            "train",
+            "--model",
+            s(&model),
+            "--data",
+            s(&data),
+            "--steps",
+            "3",
+            "--seq-len",
+            "256",
+            "--batch",
+            "2",
+            "--rank",
+            "2",
+            "--lr",
+            "1e-2",
+            "--json",
+            "--out",
+        ];
+        a.push(out);
+        a.extend_from_slice(extra);
+        edgetune(&a)
+    };
+    let out = dir.path().join("kl");
+    // Half the rows are replay rows (the training data again, as "general" data).
+    let o = run(
+        s(&out),
+        &[
+            "--replay",
+            s(&data),
+            "--replay-ratio",
+            "0.5",
+            "--kl-anchor",
+            "0.5",
+        ],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("kl anchor") && err.contains("base hidden states"),
+        "{err}"
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(summary["config"]["kl_anchor"].as_f64(), Some(0.5));
+    let lines = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let kl: Vec<f64> = lines
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["kl"].as_f64().unwrap_or_else(|| panic!("no kl in {l}"))
+        })
+        .collect();
+    // Step 1 starts at the base model (B = 0): no divergence yet; then the adapter moves it.
+    assert_eq!(kl.len(), 3, "{lines}");
+    assert!(kl[0].abs() < 1e-6 && kl[2] > 0.0, "{kl:?}");
+    // Without the anchor the lines carry no kl; the anchor needs replay rows.
+    let o = run(
+        s(&dir.path().join("plain")),
+        &["--replay", s(&data), "--replay-ratio", "0.5"],
+    );
+    assert!(o.status.success());
+    let lines = std::fs::read_to_string(dir.path().join("plain/metrics.jsonl")).unwrap();
+    assert!(!lines.contains("\"kl\""), "{lines}");
+    let o = run(s(&dir.path().join("bad")), &["--kl-anchor", "0.5"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("--kl-anchor") && err.contains("--replay"),
+        "{err}"
+    );
+}
+
+#[test]
 fn train_eval_every_records_pass_rates_and_keep_best_keeps_the_first_best_adapter() {
     let dir = tempfile::tempdir().unwrap();
     let (model, data) = train_support::write_fixture(dir.path(), "q8_0", 40);

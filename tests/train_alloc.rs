@@ -59,7 +59,13 @@ fn training_steps_after_the_first_allocate_nothing() {
         .num_threads(2)
         .build()
         .unwrap();
-    let mut all = vec![base, a, b];
+    // The KL anchor on replay rows (the data again, as replay): the base pass and the fused
+    // loss run in every step that holds a replay row, on buffers sized at the start.
+    let mut kl = base.clone();
+    kl.replay = Some(edgetune::train::Replay::File(data.clone()));
+    kl.replay_ratio = 0.5;
+    kl.kl_anchor = 0.5;
+    let mut all = vec![base, a, b, kl];
     all.extend(methods);
     pool.install(|| steps_allocate_nothing(&file, all));
 }

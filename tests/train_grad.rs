@@ -13,7 +13,9 @@
 //! vector; we require ‖g − g_fd‖ / ‖g_fd‖ ≤ 1e-4 over the sampled entries on F32 weights (the
 //! issue's bound). Quantized weights (Q8_0 here) change nothing in this argument: the
 //! reference dequantizes exactly the blocks we read, so the same bound applies, and it is
-//! checked too.
+//! checked too. The KL anchor (`--kl-anchor`: `+ λ·KL(p_base ‖ p)` on replay rows, `p_base`
+//! from the model without adapters) is checked the same way, its reference computing `p_base`
+//! with the unmerged weights.
 
 mod reference;
 
@@ -86,8 +88,10 @@ fn batch(rows: usize, packed: bool, vocab: usize, seed: u64) -> Batch {
     b
 }
 
-/// Σ over examples of the reference's next-token NLL, with `set` merged into `m`.
-fn reference_loss(base: &RefModel, set: &AdapterSet, b: &Batch) -> f64 {
+/// Σ over examples of the reference's next-token NLL, with `set` merged into `m`, and with
+/// the KL anchor `λ` (`kl`): on rows marked as replay, `+ λ·KL(p_base ‖ p)` per target, `p_base`
+/// from the reference without the adapters. Returns `(Σ NLL, Σ λ·KL)`.
+fn reference_loss(base: &RefModel, set: &AdapterSet, b: &Batch, kl: f64) -> (f64, f64) {
     let mut m = base.clone();
     for (l, t, a) in set.iter() {
         let (fan_in, fan_out) = (a.in_features(), a.out_features());
@@ -112,8 +116,14 @@ fn reference_loss(base: &RefModel, set: &AdapterSet, b: &Batch) -> f64 {
             }
         }
     }
-    let mut total = 0.0;
+    let log_softmax = |row: &[f64]| -> Vec<f64> {
+        let mx = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let lse = mx + row.iter().map(|v| (v - mx).exp()).sum::<f64>().ln();
+        row.iter().map(|v| v - lse).collect()
+    };
+    let (mut total, mut anchor) = (0.0, 0.0);
     for r in 0..b.batch_size {
+        let anchored = kl > 0.0 && b.replay_rows[r];
         let (ids, labels, pos) = b.row(r);
         // Split the row into examples at position 0.
         let mut starts: Vec<usize> = (0..SEQ).filter(|&i| pos[i] == 0).collect();
@@ -121,22 +131,34 @@ fn reference_loss(base: &RefModel, set: &AdapterSet, b: &Batch) -> f64 {
         for w in starts.windows(2) {
             let (s0, s1) = (w[0], w[1]);
             let logits = reference_logits(&m, &ids[s0..s1]);
+            let base_logits = anchored.then(|| reference_logits(base, &ids[s0..s1]));
             for i in s0..s1 - 1 {
                 let t = labels[i + 1];
                 if t == IGNORE {
                     continue;
                 }
-                let row = &logits[i - s0];
-                let mx = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                let lse = mx + row.iter().map(|v| (v - mx).exp()).sum::<f64>().ln();
-                total += lse - row[t as usize];
+                let lq = log_softmax(&logits[i - s0]);
+                total -= lq[t as usize];
+                if let Some(bl) = &base_logits {
+                    let lp = log_softmax(&bl[i - s0]);
+                    anchor += kl
+                        * lp.iter()
+                            .zip(&lq)
+                            .map(|(p, q)| p.exp() * (p - q))
+                            .sum::<f64>();
+                }
             }
         }
     }
-    total
+    (total, anchor)
 }
 
 fn check(types: WeightTypes, ckpt: bool, packed: bool, rows: usize) {
+    check_with(types, ckpt, packed, rows, 0.0);
+}
+
+/// [`check`] with the KL anchor `kl` on the last row, marked as replay.
+fn check_with(types: WeightTypes, ckpt: bool, packed: bool, rows: usize, kl: f64) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.gguf");
     testmodel::write_test_model(&TINY, types, 5, &path).unwrap();
@@ -144,10 +166,12 @@ fn check(types: WeightTypes, ckpt: bool, packed: bool, rows: usize) {
     let llama = Llama::load(&file).unwrap();
     let cfg = llama.config().clone();
     let mut set = adapters(&cfg, 9);
-    let b = batch(rows, packed, cfg.n_vocab, 3);
+    let mut b = batch(rows, packed, cfg.n_vocab, 3);
+    b.replay_rows[rows - 1] = kl > 0.0;
     let n_targets = b.n_targets;
     let mut step =
         TrainStep::new(llama.backend_model(), &set, shape(&set, rows, ckpt, false)).unwrap();
+    step.set_kl_anchor(kl as f32).unwrap();
     let loss = step
         .micro_batch(
             llama.backend_model(),
@@ -159,7 +183,18 @@ fn check(types: WeightTypes, ckpt: bool, packed: bool, rows: usize) {
         )
         .unwrap();
     let base = load(&path);
-    let ref_loss = reference_loss(&base, &set, &b);
+    let (ref_loss, ref_kl) = reference_loss(&base, &set, &b, kl);
+    if kl > 0.0 {
+        // The step reports the cross-entropy and, apart, Σ KL over the anchored targets.
+        let (sum, anchored) = step.last_kl().unwrap();
+        assert!(anchored > 0 && ref_kl > 0.0);
+        let rel = (kl * sum - ref_kl).abs() / ref_kl;
+        assert!(
+            rel < 1e-4,
+            "λ·Σ KL {} vs reference {ref_kl} (rel {rel:.2e})",
+            kl * sum
+        );
+    }
     let rel = (loss - ref_loss).abs() / ref_loss;
     assert!(
         rel < 1e-5,
@@ -185,7 +220,8 @@ fn check(types: WeightTypes, ckpt: bool, packed: bool, rows: usize) {
                 let orig = set.get(layer, target).unwrap().param(p).unwrap()[idx];
                 let mut at = |v: f32| {
                     set.get_mut(layer, target).unwrap().param_mut(p).unwrap()[idx] = v;
-                    reference_loss(&base, &set, &b) / n_targets as f64
+                    let (nll, anchor) = reference_loss(&base, &set, &b, kl);
+                    (nll + anchor) / n_targets as f64
                 };
                 // f32 parameters: the perturbation actually applied is (orig ± eps) − orig.
                 let (up, down) = (orig + eps, orig - eps);
@@ -218,4 +254,11 @@ fn lora_gradients_match_f64_central_differences_packed_two_rows_no_checkpointing
 #[test]
 fn lora_gradients_match_f64_central_differences_q8_0() {
     check(WeightTypes::Uniform(GgmlType::Q8_0), true, true, 1);
+}
+
+#[test]
+fn kl_anchor_gradients_match_f64_central_differences() {
+    // Two rows, the second a replay row anchored with λ = 1.5 (its targets get the KL term,
+    // the first row's do not); B is nonzero, so the anchor's gradient is live.
+    check_with(WeightTypes::Uniform(GgmlType::F32), true, true, 2, 1.5);
 }

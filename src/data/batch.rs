@@ -64,6 +64,9 @@ pub struct Batch {
     /// Task id of each row (`[batch_size]`, 0 in padding rows and single-task data): the
     /// index into [`Batcher::task_names`] (MT-LoRA routes rows by it, derivatives.md §5.2).
     pub tasks: Vec<u32>,
+    /// Which rows hold replay data (`[batch_size]`, `train --replay`; `data::mix`): the KL
+    /// anchor (`--kl-anchor`) applies to their answer tokens only.
+    pub replay_rows: Vec<bool>,
 }
 
 impl Batch {
@@ -78,6 +81,7 @@ impl Batch {
             rows: 0,
             n_targets: 0,
             tasks: vec![0; batch_size],
+            replay_rows: vec![false; batch_size],
         }
     }
 
@@ -408,6 +412,8 @@ impl Batcher {
         out.n_targets = 0;
         out.tasks.resize(b, 0);
         out.tasks.fill(0);
+        out.replay_rows.resize(b, false);
+        out.replay_rows.fill(false);
         for r in 0..b {
             if (self.cursor.next_row as usize) < self.rows.len() {
                 let src = self.order[self.cursor.next_row as usize] as usize;

@@ -148,10 +148,13 @@ impl MixedBatcher {
         out.rows = 0;
         out.tasks.resize(b, 0);
         out.tasks.fill(0);
+        out.replay_rows.resize(b, false);
+        out.replay_rows.fill(false);
         let first = self.main.cursor().steps * b as u64;
         for r in 0..b {
             if is_replay_row(first + r as u64, *ratio) {
                 replay.next_row_into(out, r);
+                out.replay_rows[r] = true;
                 // Replay rows carry no task of the training data (MT-LoRA refuses replay).
                 out.tasks[r] = 0;
             } else if epochs.is_some_and(|e| self.main.cursor().epoch >= e) {
@@ -226,6 +229,9 @@ mod tests {
                 "{heads:?}"
             );
             replay_rows += heads.iter().filter(|&&h| h >= 1000).count();
+            // The batch marks its replay rows (the KL anchor reads the marks).
+            let marked: Vec<bool> = heads.iter().map(|&h| h >= 1000).collect();
+            assert_eq!(out.replay_rows, marked);
             assert_eq!(
                 out.n_targets,
                 4 * 3 - 4,

@@ -137,6 +137,26 @@ pub(crate) fn overheads(
             },
         ),
         o(
+            "kl anchor",
+            crate::train::step_kl::kl_anchor_bytes(
+                &model.config,
+                cfg.tokens_per_micro_batch(),
+                cfg.ce_chunk.min(cfg.tokens_per_micro_batch()),
+                cfg.kl_anchor,
+            ),
+            if cfg.kl_anchor > 0.0 {
+                format!(
+                    "base hidden states [{} × {}] + base logits [{} × {}] + token weights, f32",
+                    cfg.tokens_per_micro_batch(),
+                    model.config.dim,
+                    cfg.ce_chunk.min(cfg.tokens_per_micro_batch()),
+                    model.config.n_vocab
+                )
+            } else {
+                "none (--kl-anchor λ anchors replay rows to the base model)".into()
+            },
+        ),
+        o(
             "threads",
             threads * (THREAD_RESIDENT_BYTES + scratch),
             format!(

@@ -117,6 +117,9 @@ pub struct TrainConfig {
     pub replay: Option<Replay>,
     /// The share of training rows taken from the replay data (`data::mix`).
     pub replay_ratio: f32,
+    /// `λ` of the KL anchor on replay rows' answer tokens: the loss gains
+    /// `λ·KL(p_base ‖ p)` there (`train/step_kl.rs`; 0: off).
+    pub kl_anchor: f32,
     /// Evaluate the held-out and retention suites every N steps and at the end (0: never;
     /// `train/evaluate.rs`).
     pub eval_every: u64,
@@ -176,6 +179,7 @@ impl Default for TrainConfig {
             threads: None,
             replay: None,
             replay_ratio: 0.25,
+            kl_anchor: 0.0,
             eval_every: 0,
             heldout: None,
             retention: None,
@@ -268,6 +272,19 @@ impl TrainConfig {
                     format!("{prompts} prompts and {max_tokens} tokens"),
                 );
             }
+        }
+        if !(self.kl_anchor.is_finite() && self.kl_anchor >= 0.0) {
+            return bad(
+                "--kl-anchor must be finite and ≥ 0, got",
+                self.kl_anchor.to_string(),
+            );
+        }
+        if self.kl_anchor > 0.0 && self.replay.is_none() {
+            return Err(Error::Invalid(
+                "train: --kl-anchor pulls the replay rows' answers towards the base model's: \
+                 give --replay self|FILE too"
+                    .into(),
+            ));
         }
         if self.keep_best && (self.eval_every == 0 || self.heldout.is_none()) {
             return Err(Error::Invalid(
@@ -396,6 +413,17 @@ mod tests {
         assert!(e.contains("8 answer tokens"), "{e}");
         let e = with(&|c| c.keep_best = true).unwrap_err();
         assert!(e.contains("--eval-every") && e.contains("--heldout"), "{e}");
+        with(&|c| c.kl_anchor = 0.5).unwrap();
+        for bad in [-1.0, f32::INFINITY, f32::NAN] {
+            let e = with(&|c| c.kl_anchor = bad).unwrap_err();
+            assert!(e.contains("--kl-anchor"), "{e}");
+        }
+        let e = with(&|c| {
+            c.kl_anchor = 0.5;
+            c.replay = None;
+        })
+        .unwrap_err();
+        assert!(e.contains("--kl-anchor") && e.contains("--replay"), "{e}");
         with(&|c| {
             c.keep_best = true;
             c.eval_every = 5;

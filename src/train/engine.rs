@@ -222,6 +222,14 @@ impl<'f> Engine<'f> {
                 cfg.method
             )));
         }
+        if !matches!(device, Device::Cpu) && cfg.kl_anchor > 0.0 {
+            // The base pass and the fused KL loss exist in the CPU step only (step_kl.rs).
+            return Err(Error::Invalid(
+                "device training step: --kl-anchor runs on the CPU step only (use --backend \
+                 cpu, or train without the anchor)"
+                    .into(),
+            ));
+        }
         Ok(())
     }
 

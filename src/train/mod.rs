@@ -23,6 +23,7 @@ mod step_device_layer;
 mod step_device_layout;
 pub mod step_device_plan;
 mod step_ids;
+pub mod step_kl;
 mod step_layer;
 pub mod step_reslora;
 pub mod trainer;

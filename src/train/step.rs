@@ -43,7 +43,7 @@ pub struct TrainStep {
     /// Per slot (`layer · 7 + target`): the adapter's parameter count (0: none).
     pub(super) n_params: Vec<usize>,
     /// Shifted targets `[T]` of the current micro-batch.
-    targets: Vec<i32>,
+    pub(super) targets: Vec<i32>,
     /// `(first token, tokens)` of each causal segment of the current micro-batch.
     pub(super) segments: Vec<(usize, usize)>,
     /// The embedding gather by positioned reads ([`EmbeddingRows`]); `None`: through the map.
@@ -56,6 +56,10 @@ pub struct TrainStep {
     row_tasks: Vec<u32>,
     task_weights: Vec<f32>,
     task_losses: Vec<(f64, usize)>,
+    /// The KL anchor (`--kl-anchor`, step_kl.rs); `None`: off.
+    pub(super) kl: Option<super::step_kl::KlAnchor>,
+    /// Set during the KL anchor's base pass: the layers run with every adapter off.
+    pub(super) adapters_off: bool,
 }
 
 /// The per-projection shapes of `set`'s adapters (the largest over layers).
@@ -136,6 +140,8 @@ impl TrainStep {
             row_tasks: vec![0; rows],
             task_weights: Vec::new(),
             task_losses: Vec::new(),
+            kl: None,
+            adapters_off: false,
         })
     }
 
@@ -220,8 +226,13 @@ impl TrainStep {
         }
         self.check_model(model)?;
         let pass = self.prepare(model, batch, true, seed)?;
+        // The KL anchor: the base model's hidden states first (step_kl.rs).
+        let anchored = self.weigh_anchored_tokens(batch);
+        if anchored {
+            self.base_pass(model, set, pass)?;
+        }
         self.forward_all(model, set, pass)?;
-        let loss = self.loss(model, loss_scale)?;
+        let loss = self.loss(model, loss_scale, anchored)?;
         if let Some(r) = &mut self.res {
             r.clear_pending();
         }
@@ -247,7 +258,7 @@ impl TrainStep {
         self.check_model(model)?;
         let pass = self.prepare(model, batch, false, 0)?;
         self.forward_all(model, set, pass)?;
-        let loss = self.loss(model, 0.0)?;
+        let loss = self.loss(model, 0.0, false)?;
         let counted = self.targets.iter().filter(|&&t| t != IGNORE).count();
         Ok((loss, counted))
     }
@@ -351,9 +362,15 @@ impl TrainStep {
         Ok(())
     }
 
-    /// Final norm, chunked cross-entropy (gradient scaled by `scale`) and the final norm's
-    /// backward into `dres`. Returns `Σ loss`.
-    fn loss(&mut self, m: &BackendModel<'_, CpuBackend>, scale: f32) -> Result<f64> {
+    /// Final norm, chunked cross-entropy (gradient scaled by `scale`; with the KL anchor's
+    /// term on replay rows when `anchored`) and the final norm's backward into `dres`.
+    /// Returns `Σ loss` (the cross-entropy only: the KL sum is in [`TrainStep::last_kl`]).
+    fn loss(
+        &mut self,
+        m: &BackendModel<'_, CpuBackend>,
+        scale: f32,
+        anchored: bool,
+    ) -> Result<f64> {
         let (ids, s) = (&self.ids, &self.sched);
         let eps = self.cfg.rms_eps;
         let be = CpuBackend;
@@ -367,7 +384,24 @@ impl TrainStep {
             [ids.final_norm, ids.ce_logits, ids.ce_dh],
         )?;
         let chunk = self.shape.ce_chunk;
-        let loss = if self.task_weights.is_empty() {
+        let loss = if anchored {
+            if !self.task_weights.is_empty() {
+                return Err(Error::Invalid(
+                    "training step: the KL anchor and the multi-task loss do not go together"
+                        .into(),
+                ));
+            }
+            Self::anchored_loss(
+                &mut self.kl,
+                m,
+                &self.targets,
+                norm,
+                scale,
+                chunk,
+                logits,
+                dh,
+            )?
+        } else if self.task_weights.is_empty() {
             be.cross_entropy(norm, &m.output, &self.targets, scale, chunk, logits, dh)?
         } else {
             // Multi-task loss: one cross-entropy per row, scaled by its task's weight.

@@ -198,9 +198,13 @@ impl TrainStep {
         };
         let (n, eps, scr) = (pass.n, self.cfg.rms_eps, self.ids.adapter_scratch);
         let (qd, kvd) = (self.cfg.q_dim(), self.cfg.kv_dim());
-        let ad = |i: usize| adapter_at(set, l, i);
+        // The KL anchor's base pass (step_kl.rs) runs the layer with every adapter off.
+        let off = self.adapters_off;
+        let ad = |i: usize| if off { None } else { adapter_at(set, l, i) };
         let (cfg, ar) = (&self.cfg, &mut self.arena);
-        let res = &mut self.res; // ResLoRA's cross-layer store (step_reslora.rs)
+        let mut no_res = None;
+        // ResLoRA's cross-layer store (step_reslora.rs); none for the base pass.
+        let res = if off { &mut no_res } else { &mut self.res };
 
         let st = at(Fwd::AttnNorm);
         let [x, xn, rstd] = ar.views_mut_at(st, [li.x, a.xn, a.rstd_attn])?;

@@ -54,6 +54,10 @@ pub struct Progress {
     /// The evaluation after this step (`--eval-every`), if it was one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eval: Option<EvalPoint>,
+    /// Mean `KL(p_base ‖ p)` over the step's anchored tokens (`--kl-anchor`; `None` when the
+    /// anchor is off or the step had no replay row).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kl: Option<f64>,
 }
 
 /// What a finished run reports (`DIR/summary.json`).
@@ -242,6 +246,7 @@ impl<'f> Trainer<'f> {
         fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
         let mut opt = Optimizer::new(cfg, &set, total_steps, &cfg.out)?;
         let mut step = TrainStep::new(llama.backend_model(), &set, shape)?;
+        step.set_kl_anchor(cfg.kl_anchor)?;
         // Every worker's quantized-matmul scratch sized for the widest matrix up front.
         crate::quant::matmul::reserve_scratch(
             model_cfg.dim.max(model_cfg.q_dim()).max(model_cfg.ffn),
@@ -414,6 +419,7 @@ impl<'f> Trainer<'f> {
         let scale = 1.0 / targets.max(1) as f32;
         let step_no = self.completed() + 1;
         let mut loss = 0.0;
+        let mut kl = (0.0, 0);
         self.hooks.before_step(&mut self.set, step_no);
         self.hooks.weigh_tasks(&self.batches[..n], &mut self.step)?;
         let model = self.llama.backend_model();
@@ -430,6 +436,9 @@ impl<'f> Trainer<'f> {
                 seed,
             )?;
             self.hooks.after_micro_batch(&self.step);
+            if let Some((sum, tokens)) = self.step.last_kl() {
+                kl = (kl.0 + sum, kl.1 + tokens);
+            }
         }
         self.hooks.after_backward(&mut self.step, &self.set)?;
         self.hooks.before_update(&self.set, &mut self.opt)?;
@@ -452,6 +461,7 @@ impl<'f> Trainer<'f> {
             targets: targets as u64,
             elapsed_s: self.elapsed_s,
             eval: None,
+            kl: (kl.1 > 0).then(|| kl.0 / kl.1 as f64),
         }))
     }
 

@@ -117,7 +117,7 @@ pub fn cross_entropy(
 
 /// One row: logits in, `(softmax − onehot)·scale` out (in place); returns `lse − logit[t]`
 /// (0 and a zero row for an ignored target).
-fn softmax_grad_row(row: &mut [f32], t: i32, scale: f32) -> f64 {
+pub(super) fn softmax_grad_row(row: &mut [f32], t: i32, scale: f32) -> f64 {
     if t == IGNORE {
         row.fill(0.0);
         return 0.0;

@@ -6,6 +6,7 @@
 
 pub mod attention;
 pub mod cross_entropy;
+pub mod cross_entropy_kl;
 pub mod elementwise;
 pub mod embedding;
 pub mod gemm;
