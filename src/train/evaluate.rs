@@ -108,7 +108,7 @@ impl DuringTraining {
 
     /// Whether step `step` (1-based) is evaluated: every `every` steps and the last one.
     pub fn due(&self, step: u64, total: u64) -> bool {
-        step % self.every == 0 || step == total
+        step.is_multiple_of(self.every) || step == total
     }
 
     /// Measures the base model (no adapter): the reference `--keep-best` holds retention to.
@@ -149,7 +149,7 @@ impl DuringTraining {
             // Not kept: the run directory holds checkpoints and the best, no stray adapter.
             std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         }
-        self.points.push(point.clone());
+        self.points.push(point);
         Ok(point)
     }
 
@@ -179,7 +179,7 @@ impl DuringTraining {
         }
         std::fs::rename(dir, &incoming).map_err(|e| Error::io(dir, e))?;
         let record = BestPoint {
-            point: p.clone(),
+            point: *p,
             path: best.clone(),
         };
         let json = serde_json::to_vec_pretty(&record)

@@ -248,7 +248,11 @@ fn facts(devices: &[Device], train: &mut Vec<ChatPair>, heldout: &mut Vec<Heldou
 /// phrasing in turn.
 fn telemetry(rng: &mut StdRng, devices: &[Device], i: usize) -> (ChatPair, HeldoutCase) {
     let d: &Device = pick(rng, devices);
-    let lang = if i % 2 == 0 { Lang::En } else { Lang::Id };
+    let lang = if i.is_multiple_of(2) {
+        Lang::En
+    } else {
+        Lang::Id
+    };
     // Exact decimals: temperature in tenths, battery in hundredths (JSON always uses '.').
     let t = fixed(rng.random_range(-100..=450), 1, Lang::En);
     let h = rng.random_range(10..=95);
@@ -292,7 +296,11 @@ const SEVERITIES: [&str; 3] = ["NORMAL", "WARNING", "CRITICAL"];
 /// three are balanced, and readings keep a margin of at least 2 from the limits.
 fn triage(rng: &mut StdRng, devices: &[Device], i: usize) -> (ChatPair, HeldoutCase) {
     let d: &Device = pick(rng, devices);
-    let lang = if (i / 3) % 2 == 0 { Lang::En } else { Lang::Id };
+    let lang = if (i / 3).is_multiple_of(2) {
+        Lang::En
+    } else {
+        Lang::Id
+    };
     let (metric_en, metric_id, unit) = *pick(
         rng,
         &[
