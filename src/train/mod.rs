@@ -8,6 +8,7 @@ pub mod config;
 pub mod embed_rows;
 pub mod engine;
 pub mod evaluate;
+pub mod fingerprint;
 pub mod method;
 pub mod method_hooks;
 pub mod method_io;
