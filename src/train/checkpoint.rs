@@ -238,7 +238,13 @@ impl RunState {
             seed: cfg.seed,
             tokens,
             elapsed_s,
-            config: cfg.clone(),
+            // How this process started (not what the run trains): a resume of this state must
+            // not inherit `overwrite`.
+            config: TrainConfig {
+                overwrite: false,
+                resume_fallback: false,
+                ..cfg.clone()
+            },
             model_fingerprint: None,
         }
     }

@@ -165,9 +165,10 @@ fn entries(dir: &Path) -> Result<(Vec<String>, Vec<String>)> {
         let name = entry.file_name().to_string_lossy().into_owned();
         if RUN_MARKERS.contains(&name.as_str()) && !is_empty(&entry.path()) {
             markers.push(name);
-        } else if RUN_FILES.contains(&name.as_str()) || PREPARED.contains(&name.as_str()) {
-            continue;
-        } else if is_run_temporary(&name) {
+        } else if RUN_FILES.contains(&name.as_str())
+            || PREPARED.contains(&name.as_str())
+            || is_run_temporary(&name)
+        {
             continue;
         } else {
             others.push(name);
@@ -188,10 +189,13 @@ fn is_empty(path: &Path) -> bool {
 }
 
 /// `.metrics.jsonl.tmp-<pid>` and the like: an atomic write of a run file cut by a kill.
+/// Also `edgetune-optim-<pid>-<n>.state`, `--optimizer-state disk`'s pages, unlinked once
+/// mapped (one stays only when a run is killed in between).
 fn is_run_temporary(name: &str) -> bool {
     RUN_FILES
         .iter()
         .any(|f| name.starts_with(&format!(".{f}.tmp-")))
+        || (name.starts_with("edgetune-optim-") && name.ends_with(".state"))
 }
 
 /// Removes a file or a directory tree; absent is fine.
