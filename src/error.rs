@@ -43,6 +43,10 @@ pub enum Error {
         name: &'static str,
         what: String,
     },
+    /// A file whose bytes are not what was written (a checkpoint file whose size or SHA-256
+    /// differs from its manifest, or that is missing).
+    #[error("{}: {what}", path.display())]
+    Corrupt { path: PathBuf, what: String },
     /// Arguments that do not fit together (shapes, lengths), with the numbers.
     #[error("{0}")]
     Invalid(String),

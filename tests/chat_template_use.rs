@@ -408,6 +408,8 @@ fn data_check_and_train_use_the_models_template_for_chat_data() {
             "--rank",
             "2",
             "--json",
+            // The second run (another model) starts over in the same directory.
+            "--overwrite",
         ])
     };
     let o = train(&smol);

@@ -439,7 +439,8 @@ fn train_replay_self_plans_generates_caches_and_refuses_bad_settings() {
     assert_eq!(summary["config"]["replay"]["self"]["prompts"], 12);
     let cache = summary["replay"]["path"].as_str().unwrap().to_string();
     assert!(Path::new(&cache).is_file());
-    // The same run again into the same directory: the answers come from the cache.
+    // The same run again into the same directory (started over): the answers come from the
+    // cache, which --overwrite keeps.
     let o = run(&[
         "--replay",
         "self",
@@ -447,6 +448,7 @@ fn train_replay_self_plans_generates_caches_and_refuses_bad_settings() {
         "12",
         "--replay-tokens",
         "24",
+        "--overwrite",
     ]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");

@@ -257,6 +257,8 @@ fn a_checkpoint_resumes_where_the_trainer_stopped() {
     assert_eq!(st, EtStatus::BufferTooSmall);
     assert_eq!(len, step4.to_str().unwrap().len());
     assert_eq!(tiny[0], 0);
+    // The run directory is the trainer's until it is freed (run_dir.rs's lock).
+    unsafe { et_trainer_free(resumed) };
 
     // Resuming with other settings is refused, naming them.
     let mut t = null_mut();
@@ -272,7 +274,6 @@ fn a_checkpoint_resumes_where_the_trainer_stopped() {
     assert_eq!(st, EtStatus::InvalidArgument);
     assert!(last_error().contains("lr"), "{}", last_error());
     assert!(t.is_null());
-    unsafe { et_trainer_free(resumed) };
 }
 
 #[test]
@@ -526,7 +527,12 @@ fn bad_nulls_json_and_mismatched_configurations_are_errors() {
     )
     .unwrap();
     let init = format!(", \"init_adapter\": {:?}", wrong.to_str().unwrap());
-    let (st, msg) = new_fails(null(), Some(&config(Some(&model), &data, &out, 2, &init)));
+    // (Into another directory: `t` holds `out`.)
+    let wide_out = dir.path().join("run-wide");
+    let (st, msg) = new_fails(
+        null(),
+        Some(&config(Some(&model), &data, &wide_out, 2, &init)),
+    );
     assert!(
         matches!(st, EtStatus::InvalidArgument | EtStatus::Format),
         "{st:?}: {msg}"

@@ -301,6 +301,8 @@ fn the_device_step_is_planned_in_place_of_the_cpu_arena_and_held_to_the_budget()
     eprintln!(
         "cpu plan {cpu_total} (arena {cpu_arena}), device plan {device_total} (workspace {workspace})"
     );
+    // The run directory is the trainer's until it is dropped (run_dir.rs's lock).
+    drop(t);
     // With one row and rank 128 the device step's mirror of A and B outweighs what
     // its packing saves on activations, so a budget between the two plans passes the CPU plan
     // and refuses the device step (before building it; tests/train_device_plan.rs checks the

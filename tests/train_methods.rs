@@ -117,21 +117,6 @@ fn every_wired_method_trains_checkpoints_and_reloads() {
             let ckpt = t.checkpoint().unwrap();
             let trained = train_support::all_params(t.adapters());
 
-            // A resumed trainer restores every parameter bit for bit.
-            let resumed = Trainer::new(
-                &file,
-                &TrainConfig {
-                    resume: true,
-                    ..cfg.clone()
-                },
-            )
-            .unwrap();
-            assert_eq!(resumed.completed(), STEPS, "{method}");
-            assert!(
-                train_support::all_params(resumed.adapters()) == trained,
-                "{method}: resumed params differ"
-            );
-
             // Export form: a plain LoRA with the same ΔW, or merge-only.
             if method.merge_only() {
                 let e = edgetune::export::load_any(&ckpt, &model_cfg)
@@ -157,6 +142,22 @@ fn every_wired_method_trains_checkpoints_and_reloads() {
                     );
                 }
             }
+            // The run directory is the trainer's until it is dropped (run_dir.rs's lock).
+            drop(t);
+            // A resumed trainer restores every parameter bit for bit.
+            let resumed = Trainer::new(
+                &file,
+                &TrainConfig {
+                    resume: true,
+                    ..cfg.clone()
+                },
+            )
+            .unwrap();
+            assert_eq!(resumed.completed(), STEPS, "{method}");
+            assert!(
+                train_support::all_params(resumed.adapters()) == trained,
+                "{method}: resumed params differ"
+            );
         }
     });
 }

@@ -172,6 +172,8 @@ fn mtlora_resumes_exactly_and_refuses_other_tasks() {
             "params differ after resume"
         );
         assert_eq!(second.hooks().tasks().unwrap().weights(), &w[..]);
+        // The run directory is the trainer's until it is dropped (run_dir.rs's lock).
+        drop(second);
 
         // Data with another task set: a clear error naming both lists.
         let other = dir.path().join("other.jsonl");

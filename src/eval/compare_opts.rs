@@ -154,7 +154,7 @@ pub const ALL: &str = "all";
 
 /// Flags of `edgetune train` that a comparison sets itself and a `--method-opt` cannot change:
 /// the run's files and method are the comparison's, and the measures read them.
-pub const RESERVED_FLAGS: [&str; 8] = [
+pub const RESERVED_FLAGS: [&str; 10] = [
     "model",
     "data",
     "out",
@@ -163,6 +163,8 @@ pub const RESERVED_FLAGS: [&str; 8] = [
     "resume",
     "format",
     "init-adapter",
+    "overwrite",
+    "resume-fallback",
 ];
 
 /// `--method-opt METHOD:FLAG=VALUE` (or `METHOD:FLAG` for a switch): one `edgetune train` flag

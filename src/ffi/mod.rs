@@ -102,7 +102,8 @@ impl From<Error> for FfiError {
             Error::Gguf { .. }
             | Error::Metadata { .. }
             | Error::Tensor { .. }
-            | Error::UnsupportedType { .. } => EtStatus::Format,
+            | Error::UnsupportedType { .. }
+            | Error::Corrupt { .. } => EtStatus::Format,
             Error::Invalid(_) => EtStatus::InvalidArgument,
         };
         FfiError::new(status, e.to_string())

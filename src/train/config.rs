@@ -98,6 +98,12 @@ pub struct TrainConfig {
     pub save_every: u64,
     /// Continue from the latest checkpoint in `out`.
     pub resume: bool,
+    /// With `resume`: when the newest checkpoint is corrupt (its manifest does not match),
+    /// continue from the newest valid older one instead of refusing.
+    pub resume_fallback: bool,
+    /// A fresh run into a directory that holds a previous run (or other files): remove the
+    /// previous run's checkpoints and metrics first instead of refusing (`train/run_dir.rs`).
+    pub overwrite: bool,
     /// Start from this adapter instead of the fresh init.
     pub init_adapter: Option<PathBuf>,
     /// Tokens per cross-entropy chunk.
@@ -169,6 +175,8 @@ impl Default for TrainConfig {
             seed: 42,
             save_every: 0,
             resume: false,
+            resume_fallback: false,
+            overwrite: false,
             init_adapter: None,
             ce_chunk: 64,
             checkpointing: true,
@@ -240,6 +248,19 @@ impl TrainConfig {
                 "--optimizer-state-bits must be 32 or 8, got",
                 self.optimizer_state_bits.to_string(),
             );
+        }
+        if self.resume_fallback && !self.resume {
+            return Err(Error::Invalid(
+                "train: --resume-fallback chooses the checkpoint a --resume continues from; give \
+                 --resume DIR"
+                    .into(),
+            ));
+        }
+        if self.overwrite && self.resume {
+            return Err(Error::Invalid(
+                "train: --overwrite deletes the run --resume would continue; give one of them"
+                    .into(),
+            ));
         }
         if self.steps == Some(0) {
             return bad("--steps must be at least 1, got", "0".into());

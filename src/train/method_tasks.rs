@@ -272,7 +272,7 @@ pub fn prepare(cfg: &TrainConfig) -> Result<(TrainConfig, Option<Dataset>)> {
         }
     }
     let saved = match cfg.resume {
-        true => match checkpoint::latest(&cfg.out)? {
+        true => match checkpoint::resume_point(&cfg.out, cfg.resume_fallback)? {
             Some(dir) => {
                 let state = checkpoint::read_state(&dir)?;
                 Some((dir, state.config.method_opts.mtlora_tasks))

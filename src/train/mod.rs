@@ -4,10 +4,12 @@
 
 pub mod adapter_set;
 pub mod checkpoint;
+pub mod checkpoint_manifest;
 pub mod config;
 pub mod embed_rows;
 pub mod engine;
 pub mod evaluate;
+pub mod fingerprint;
 pub mod method;
 pub mod method_hooks;
 pub mod method_io;
@@ -17,6 +19,7 @@ pub mod metrics;
 pub mod optimizer;
 pub mod replay;
 mod run;
+pub mod run_dir;
 pub mod step;
 pub mod step_device;
 mod step_device_layer;

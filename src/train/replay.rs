@@ -11,16 +11,14 @@
 //! the end-of-turn token would teach the model to stop mid-sentence); one without a full
 //! sentence, a refusal, or a degenerate one ([`is_degenerate`]: the prompt echoed, a sentence
 //! said twice) is left out. The answers are cached as chat JSONL in
-//! `OUT/replay/self-<fingerprint>.jsonl`, the fingerprint covering the model file (its size,
-//! first and last MiB), the chat template, the prompts and the token limit, so a resume or a
+//! `OUT/replay/self-<fingerprint>.jsonl`, the fingerprint covering the model file
+//! (`fingerprint.rs`: its size, first and last MiB), the chat template, the prompts and the token limit, so a resume or a
 //! second run into the same directory reads them instead of generating them again; a small
 //! `.json` beside it records how long the generation took.
 //!
 //! `--replay FILE` ([`Replay::File`]): the user's own general data, in any dataset format.
 
-use std::fs::File;
 use std::hash::Hasher;
-use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -159,7 +157,7 @@ pub fn self_cache_path(
     let template = ChatTemplate::for_model(file, tok)?;
     let mut h = fnv::FnvHasher::default();
     h.write(&CACHE_VERSION.to_le_bytes());
-    h.write(&model_fingerprint(&cfg.model)?.to_le_bytes());
+    h.write(&super::fingerprint::model_fingerprint(&cfg.model)?.to_le_bytes());
     h.write(template.source().as_bytes());
     h.write(&(max_tokens as u64).to_le_bytes());
     if let Some(system) = &cfg.system {
@@ -348,24 +346,6 @@ pub fn planned_file_bytes(cfg: &TrainConfig) -> Result<u64> {
             (asked + n * (4 * max_tokens + 96)) as u64
         }
     })
-}
-
-/// FNV-1a of the model file's size, first MiB and last MiB: cheap, and different for every
-/// real model and quantization.
-fn model_fingerprint(path: &Path) -> Result<u64> {
-    const SPAN: u64 = 1 << 20;
-    let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
-    let len = f.metadata().map_err(|e| Error::io(path, e))?.len();
-    let mut h = fnv::FnvHasher::default();
-    h.write(&len.to_le_bytes());
-    let mut buf = vec![0u8; SPAN.min(len) as usize];
-    f.read_exact(&mut buf).map_err(|e| Error::io(path, e))?;
-    h.write(&buf);
-    f.seek(SeekFrom::Start(len - buf.len() as u64))
-        .map_err(|e| Error::io(path, e))?;
-    f.read_exact(&mut buf).map_err(|e| Error::io(path, e))?;
-    h.write(&buf);
-    Ok(h.finish())
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {

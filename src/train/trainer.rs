@@ -123,13 +123,24 @@ pub struct Trainer<'f> {
     pub(super) elapsed_s: f64,
     pub(super) resumed_from: Option<u64>,
     pub(super) planned_bytes: u64,
+    /// The model file's fingerprint, recorded in every checkpoint.
+    model_fingerprint: String,
+    /// The run directory's lock, held as long as the trainer.
+    _lock: super::run_dir::RunLock,
 }
 
 impl<'f> Trainer<'f> {
     /// Loads the data and the model of `cfg` (from `file`), builds and plans everything, and
-    /// resumes from the newest checkpoint in `cfg.out` when `cfg.resume` is set.
+    /// resumes from the newest checkpoint in `cfg.out` when `cfg.resume` is set. Locks `cfg.out`
+    /// for the trainer's lifetime first (another run there is refused) and refuses a fresh run
+    /// into a directory that holds a previous run or other files unless `cfg.overwrite`
+    /// (`run_dir.rs`); a resume verifies the checkpoint's manifest and model fingerprint.
     pub fn new(file: &'f GgufFile, cfg: &TrainConfig) -> Result<Trainer<'f>> {
         cfg.validate()?;
+        // The run directory is this run's until the trainer is dropped; a fresh run needs it
+        // empty (or `overwrite`), a resume needs it there (run_dir.rs).
+        let lock = super::run_dir::prepare(cfg)?;
+        let model_fingerprint = super::fingerprint::model_fingerprint_hex(&cfg.model)?;
         // MT-LoRA: the task names come from the data (the plan needs their count).
         let (cfg, early_data) = super::method_tasks::prepare(cfg)?;
         let cfg = &cfg;
@@ -196,7 +207,7 @@ impl<'f> Trainer<'f> {
 
         // Adapters: resumed, given, or fresh.
         let resume_dir = if cfg.resume {
-            let latest = checkpoint::latest(&cfg.out)?;
+            let latest = checkpoint::resume_point(&cfg.out, cfg.resume_fallback)?;
             if latest.is_none() {
                 return Err(Error::Invalid(format!(
                     "--resume {}: no checkpoint in {} to continue from (start a new run with \
@@ -266,6 +277,7 @@ impl<'f> Trainer<'f> {
         let (mut tokens, mut elapsed_s, mut resumed_from) = (0, 0.0, None);
         if let Some(dir) = resume_dir {
             let state = checkpoint::read_state(&dir)?;
+            checkpoint::check_model(&dir, &state, &cfg.model, &model_fingerprint)?;
             let diff = checkpoint::config_differences(&state.config, cfg);
             if !diff.is_empty() {
                 return Err(Error::Invalid(format!(
@@ -311,6 +323,8 @@ impl<'f> Trainer<'f> {
             elapsed_s,
             resumed_from,
             planned_bytes,
+            model_fingerprint,
+            _lock: lock,
         })
     }
 
@@ -509,6 +523,7 @@ impl<'f> Trainer<'f> {
     pub fn checkpoint(&self) -> Result<PathBuf> {
         let state = RunState {
             replay_cursor: self.batcher.replay_cursor(),
+            model_fingerprint: Some(self.model_fingerprint.clone()),
             ..RunState::new(
                 self.completed(),
                 self.batcher.cursor(),

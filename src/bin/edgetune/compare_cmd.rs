@@ -46,7 +46,7 @@ and edgetune::eval::compare_opts.\n\n\
 run, replacing the common value (METHOD:FLAG for a switch), e.g. `--method-opt \
 adalora:adalora-target-r=8 --method-opt hira:base-copy=dense`; METHOD `all` gives it to every \
 method (`--method-opt all:pack --method-opt all:warmup-steps=4`), a method's own wins over it. \
-Unknown methods or flags are errors; --model, --data, --out, --method, --json, --resume, --format and --init-adapter are \
+Unknown methods or flags are errors; --model, --data, --out, --method, --json, --resume, --format, --init-adapter, --overwrite and --resume-fallback are \
 compare's own.\n\n\
 Score (LoRA = 1.0): the geometric mean of four ratios against the LoRA run, each \
 higher-is-better: memory = peak_lora / peak (planned bytes when no peak was measured), disk = \
@@ -344,6 +344,8 @@ fn train_child(
         .arg(&split.train_path)
         .arg("--out")
         .arg(&dir)
+        // DIR/<method>/ holds this comparison's train.log: the run writes beside it.
+        .arg("--overwrite")
         .args(["--method", method])
         .args(flags.to_args())
         .arg("--json")

@@ -63,6 +63,8 @@ pub fn run(args: &Args) -> Result<()> {
         model: model.clone(),
         data: train_path,
         out: dir.join("run"),
+        // A demo run again into the same --dir replaces the previous one.
+        overwrite: true,
         steps: Some(steps),
         seq_len: args.seq_len.unwrap_or(SEQ_LEN),
         batch: args.batch.unwrap_or(BATCH),

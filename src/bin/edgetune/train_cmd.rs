@@ -26,12 +26,21 @@ pub struct Args {
     /// Force the dataset format (alpaca, chat, text, pretokenized) instead of detecting it.
     #[arg(long)]
     format: Option<Format>,
-    /// The run directory (metrics.jsonl, summary.json, checkpoints/).
+    /// The run directory (metrics.jsonl, summary.json, checkpoints/): new or empty, unless
+    /// --resume or --overwrite.
     #[arg(long, required_unless_present = "resume")]
     out: Option<PathBuf>,
     /// Continue the run in DIR from its newest checkpoint (give the same other arguments).
     #[arg(long, value_name = "DIR")]
     resume: Option<PathBuf>,
+    /// With --resume: when the newest checkpoint is corrupt, continue from the newest valid
+    /// older one (the corrupt ones are renamed to corrupt-step-*).
+    #[arg(long, requires = "resume")]
+    resume_fallback: bool,
+    /// Start a new run in --out even though it holds a previous run (its checkpoints, metrics
+    /// and summary are deleted first) or other files (kept; the run writes beside them).
+    #[arg(long, conflicts_with = "resume")]
+    overwrite: bool,
     /// Start from this adapter instead of the fresh init (a checkpoint directory).
     #[arg(long, value_name = "PATH")]
     init_adapter: Option<PathBuf>,
@@ -145,6 +154,8 @@ impl Args {
                 .or_else(|| self.out.clone())
                 .ok_or_else(|| Error::Invalid("give --out DIR".into()))?,
             resume: self.resume.is_some(),
+            resume_fallback: self.resume_fallback,
+            overwrite: self.overwrite,
             init_adapter: self.init_adapter.clone(),
             lr: self.lr,
             steps: self.steps,
@@ -228,7 +239,11 @@ pub fn run_cmd(args: Args) -> Result<()> {
     eprintln!("{}", planned.breakdown.report());
     // The trainer checks the budget again (before allocating) and refuses with this table.
     planned.breakdown.check()?;
+    // Another run in the directory, or a previous run there without --resume/--overwrite:
+    // refused before the replay answers are generated. The trainer takes the lock again.
+    let early = edgetune::train::run_dir::prepare(&cfg)?;
     prepare_replay(&cfg, &file)?;
+    drop(early);
     drop(file);
     let summary = train_with_progress_on(&cfg, device)?;
     if summary.interrupted {
