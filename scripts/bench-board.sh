@@ -248,7 +248,7 @@ for preset in args.presets.split():
                                           ("seq-len", 64), ("json", None)])
         row["train"] = (optional(["train"], [
             ("model", path), ("data", data_file), ("out", os.path.join(out_dir, f"run-{preset}-{ty}")),
-            ("steps", args.train_steps), ("seq-len", 64), ("json", None)])
+            ("steps", args.train_steps), ("seq-len", 64), ("overwrite", None), ("json", None)])
             if args.train_steps > 0 else {"skipped": "--train-steps 0"})
         # Every backend the board has: the CPU, and CUDA where a GPU shows up and the CLI can
         # pick it (without --backend a second run would only repeat the CPU one).
