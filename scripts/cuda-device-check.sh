@@ -11,8 +11,7 @@ nvidia-smi > "$out/nvidia-smi.txt" 2>&1 || true
 cargo build --features cuda --tests 2>&1 | tail -5 > "$out/build.txt"
 cargo test --features cuda --lib -- backend::cuda backend::choice > "$out/unit.txt" 2>&1
 unit=$?
-cargo test --features cuda --test cuda_parity --test cuda_parity_optim --test cuda_parity_model \
-  --test cuda_parity_step --test cuda_backend_cli -- --include-ignored --nocapture --test-threads 1 \
+cargo test --features cuda --test cuda_parity --test cuda_backend_cli -- --include-ignored --nocapture --test-threads 1 \
   > "$out/parity.txt" 2>&1
 parity=$?
 timeout 300 cargo bench --features cuda --bench cuda > "$out/bench.txt" 2>&1 || true

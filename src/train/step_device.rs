@@ -13,7 +13,7 @@
 //! Llama 3.1 8B at 1 × 512 tokens, LoRA r = 16 on all 7 projections, C = 64 (Tc = 32, the
 //! smallest workspace, [`plan_device_step`]'s automatic choice): a workspace of 625.5 MiB (160 of A/B, 160 of gradients, 256 of layer
 //! inputs, 49.5 packed — the head's chunk at its peak) and 1.1 MiB on the host, in place of
-//! the CPU step's 608 MiB arena (tests/train_device_plan.rs). Under `--budget` the trainer
+//! the CPU step's 608 MiB arena (tests/train_device/plan.rs). Under `--budget` the trainer
 //! takes the largest FFN chunk that still fits ([`super::plan_device_step_within`]: larger
 //! chunks read the FFN weights fewer times): `Tc = 512` for Q4_0 and 128 for Q4_K_M there.
 //! Without a budget it takes the whole micro-batch (`Tc = T`, the fastest).

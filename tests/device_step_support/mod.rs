@@ -1,5 +1,5 @@
-//! Shared by the `DeviceStep` tests (tests/train_device_step.rs on the CPU backend,
-//! tests/cuda_parity_step.rs on CUDA): the packed micro-batches, a LoRA set whose `B` is
+//! Shared by the `DeviceStep` tests (tests/train_device/step.rs on the CPU backend,
+//! tests/cuda_parity/step.rs on CUDA): the packed micro-batches, a LoRA set whose `B` is
 //! nonzero (so every gradient path is live), and one accumulated step run through the CPU
 //! `TrainStep` (the reference) or through `DeviceStep<B>`.
 #![allow(dead_code)]

@@ -1,4 +1,4 @@
-"""Writes gguf_py_small.gguf with gguf-py (the reference writer) for tests/gguf_roundtrip.rs.
+"""Writes gguf_py_small.gguf with gguf-py (the reference writer) for tests/gguf/roundtrip.rs.
 
 Run: /work/venv-ref/bin/python tests/gguf_data/make_gguf_py_fixture.py tests/gguf_data/gguf_py_small.gguf
 The expected values in the Rust test are the literals below, not anything our reader printed.

@@ -1,4 +1,4 @@
-"""Reads a GGUF file written by edgetune with gguf-py, for tests/gguf_py.rs.
+"""Reads a GGUF file written by edgetune with gguf-py, for tests/gguf/gguf_py.rs.
 
 Usage: gguf_py_read.py FILE OUT_DIR
 

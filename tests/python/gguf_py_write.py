@@ -1,4 +1,4 @@
-"""Writes a GGUF file with gguf-py (a tool edgetune did not write) for tests/gguf_py.rs.
+"""Writes a GGUF file with gguf-py (a tool edgetune did not write) for tests/gguf/gguf_py.rs.
 
 Usage: gguf_py_write.py OUT_DIR
 

@@ -1,5 +1,5 @@
 """Writes a PEFT LoRA directory with Python safetensors, laid out as PEFT saves one for a
-Hugging Face Llama (q/k lora_B rows in HF order), for tests/export_python.rs to import.
+Hugging Face Llama (q/k lora_B rows in HF order), for tests/export/python.rs to import.
 
 Usage: peft_write.py OUT_DIR DIMS.json NPY_DIR
 

@@ -16,14 +16,14 @@
 //! launches, so a bad call is an `Err` naming the op and the numbers, never a device fault.
 //! Ops are queued on one compute stream; [`Backend::download`] / [`Backend::synchronize`] wait.
 //!
-//! Testing: `tests/cuda_parity.rs` runs every op here against the CPU backend (those tests are
+//! Testing: `tests/cuda_parity/ops.rs` runs every op here against the CPU backend (those tests are
 //! `#[ignore = "needs a CUDA device"]`: run with `--include-ignored` where a GPU is); the CPU-side logic (views, weight
 //! lookup, PTX choice, launch grids, page schedule) has unit tests that run everywhere.
 //!
 //! Training: `src/train/step_device.rs` (`DeviceStep<B>`) is a whole LoRA training micro-batch
 //! in `Backend` ops over one workspace allocation; on this backend it is the `--backend cuda`
 //! engine of `edgetune train` (`src/train/engine.rs`), checked against the CPU `TrainStep` by
-//! `tests/cuda_parity_step.rs`.
+//! `tests/cuda_parity/step.rs`.
 
 pub mod adamw;
 pub mod attention;

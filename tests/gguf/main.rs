@@ -1,0 +1,11 @@
+//! The gguf integration tests in one binary (one module per former test file: fewer
+//! binaries to link). Run one with `cargo test --test gguf MODULE::`.
+
+#[path = "../common/mod.rs"]
+mod common;
+#[path = "../gguf_common/mod.rs"]
+mod gguf_common;
+
+mod gguf_py;
+mod hostile;
+mod roundtrip;
