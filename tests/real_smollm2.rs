@@ -604,6 +604,8 @@ fn a_short_demo_measures_before_and_after_and_writes_its_report() {
         "false_refusal_rate",
         "seed_cases_before",
         "seed_cases_after",
+        "replay_ratio",
+        "kl_anchor",
     ] {
         assert!(!v[key].is_null(), "demo.json lacks {key}: {v}");
     }
@@ -633,6 +635,11 @@ fn a_short_demo_measures_before_and_after_and_writes_its_report() {
     }
     assert_eq!(v["steps"].as_u64(), Some(4), "{v}");
     assert_eq!(v["cases"]["heldout"].as_u64(), Some(4), "{v}");
+    // The base model's answers are mixed in as replay rows, with the KL anchor on them: the
+    // steps holding one (rows 3 and 7 of 8 at a quarter) report the KL.
+    assert_eq!(v["replay_ratio"].as_f64(), Some(0.25), "{v}");
+    let metrics = std::fs::read_to_string(dir.path().join("run/metrics.jsonl")).unwrap();
+    assert_eq!(metrics.matches("\"kl\":").count(), 2, "{metrics}");
     // The adapter it names is a checkpoint that loads.
     let adapter = v["adapter"].as_str().unwrap();
     assert!(

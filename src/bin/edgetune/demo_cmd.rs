@@ -36,6 +36,10 @@ pub struct Args {
     /// LoRA rank (all 7 projections of every layer).
     #[arg(long, default_value_t = 16)]
     pub rank: usize,
+    /// The fine-tuning method of the real-model run (any of `train --method`; alpha is twice
+    /// the rank).
+    #[arg(long, default_value = "lora", value_name = "NAME")]
+    pub method: edgetune::train::Method,
     /// Adapt only these layers (FIRST-LAST): the backward stops at the lowest, so steps are
     /// cheaper [default: every layer].
     #[arg(long, value_name = "FIRST-LAST")]
@@ -56,6 +60,12 @@ pub struct Args {
     /// none).
     #[arg(long, default_value_t = 28)]
     pub replay: usize,
+    /// The share of training rows that are replay rows (`train --replay-ratio`).
+    #[arg(long, default_value_t = 0.25)]
+    pub replay_ratio: f32,
+    /// λ of the KL anchor on the replay rows (`train --kl-anchor`; 0: off).
+    #[arg(long, value_name = "λ", default_value_t = 0.5)]
+    pub kl_anchor: f32,
     /// Tokens generated per answer at most.
     #[arg(long, default_value_t = 56)]
     pub max_tokens: usize,

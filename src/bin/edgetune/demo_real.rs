@@ -21,7 +21,7 @@ use edgetune::memory::budget;
 use edgetune::model::Llama;
 use edgetune::tokenizer::Tokenizer;
 use edgetune::tokenizer::chat_template::ChatTemplate;
-use edgetune::train::{Decay, Summary, TrainConfig};
+use edgetune::train::{Decay, Replay, Summary, TrainConfig};
 use edgetune::{Error, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
@@ -58,8 +58,7 @@ pub fn run(args: &Args) -> Result<()> {
         devices: args.devices,
         ..AssistantSizes::default()
     };
-    let mut set = synth::assistant_set(args.seed, sizes);
-    // Written now for the plan, and again once the replay conversations are added.
+    let set = synth::assistant_set(args.seed, sizes);
     write_data(dir, &set)?;
     let suites = AssistantSuites::from_set(&set, Some(args.heldout_cases))?;
     println!(
@@ -91,6 +90,7 @@ pub fn run(args: &Args) -> Result<()> {
         ..TrainConfig::default()
     };
     let mut cfg = cfg;
+    cfg.method = args.method;
     cfg.lora.rank = args.rank;
     cfg.lora.alpha = 2.0 * args.rank as f32;
     if let Some(r) = &args.layers {
@@ -98,8 +98,9 @@ pub fn run(args: &Args) -> Result<()> {
     }
     let planned = budget::plan_training(&file, &cfg)?;
     println!(
-        "3. plan: LoRA r={} on all 7 projections of {}, {} steps of {} × {} tokens, {:.1} MiB in all \
+        "3. plan: {} r={} on all 7 projections of {}, {} steps of {} × {} tokens, {:.1} MiB in all \
          ({:.1} MiB of it the mapped weights)",
+        cfg.method,
         cfg.lora.rank,
         cfg.lora
             .layers
@@ -135,17 +136,32 @@ pub fn run(args: &Args) -> Result<()> {
             REPLAY_TOKENS,
             |_, _| {},
         )?;
+        // Mixed in as an exact share of the rows, with the KL anchor on them (`train
+        // --replay FILE --replay-ratio R --kl-anchor λ`).
+        let path = dir.join("data").join("replay.jsonl");
+        let lines: Vec<serde_json::Value> = pairs.iter().map(|p| p.to_json()).collect();
+        write_jsonl(&path, &lines)?;
         println!(
-            "   replay: the base model's own answers to {} general requests join the training \
-             data, so it keeps its general behaviour ({:.0} s)",
+            "   replay: the base model's own answers to {} general requests make {:.0} % of the \
+             training rows{}, so it keeps its general behaviour ({:.0} s)",
             pairs.len(),
+            100.0 * args.replay_ratio,
+            if args.kl_anchor > 0.0 {
+                format!(
+                    ", anchored to its own distribution (KL, λ = {})",
+                    args.kl_anchor
+                )
+            } else {
+                String::new()
+            },
             t.elapsed().as_secs_f64()
         );
         replay_count = pairs.len();
-        set.train.extend(pairs);
+        cfg.replay = Some(Replay::File(path));
+        cfg.replay_ratio = args.replay_ratio;
+        cfg.kl_anchor = args.kl_anchor;
     }
     drop(base);
-    write_data(dir, &set)?;
 
     println!("5. training (progress below) …");
     let summary = train_with_progress(&cfg)?;
@@ -174,7 +190,7 @@ pub fn run(args: &Args) -> Result<()> {
     print_examples(&set, &suites, &before, &after);
     let report = json!({
         "model": model,
-        "method": "lora",
+        "method": cfg.method.name(),
         "rank": cfg.lora.rank,
         "steps": summary.steps,
         "seq_len": cfg.seq_len,
@@ -183,6 +199,8 @@ pub fn run(args: &Args) -> Result<()> {
         "max_tokens": args.max_tokens,
         "system_prompt": synth::SYSTEM_PROMPT,
         "replay": replay_count,
+        "replay_ratio": cfg.replay.as_ref().map(|_| cfg.replay_ratio),
+        "kl_anchor": cfg.kl_anchor,
         "time_s": start.elapsed().as_secs_f64(),
         "train_time_s": summary.elapsed_s,
         "tok_per_s": summary.tok_per_s,
