@@ -153,6 +153,18 @@ impl<'f> Trainer<'f> {
         log_memory("before loading");
         let llama = Llama::load(file)?;
         let model_cfg = llama.config().clone();
+        // NaN/Inf in the base weights: named now, not met as a NaN loss at step 1.
+        let scan = crate::model::finite::check_weights(
+            file,
+            &model_cfg,
+            EmbeddingRows::applies(file, cfg.lock_weights),
+        )?;
+        log::info!(
+            "weights checked finite: {} tensors, {} values in {:.3} s",
+            scan.tensors,
+            scan.values,
+            scan.seconds
+        );
         let data = match early_data {
             Some(d) => d,
             None => formats::load(&cfg.data, cfg.format)?,
