@@ -181,7 +181,7 @@ mod tests {
         validate(&model, &c).unwrap();
         assert_eq!(max_rank(&model, &c.lora.targets), 256);
         let e = validate(&model, &cfg(0)).unwrap_err().to_string();
-        assert!(e.contains("--rank"), "{e}");
+        assert!(e.contains("rank must be at least 1"), "{e}");
     }
 
     #[test]
