@@ -1,6 +1,8 @@
 //! End to end through the CLI: `tokenize`, `generate` and `perplexity` on generated models, one of
 //! them carrying the real Llama 3.1 tokenizer (`testmodel --tokenizer`).
 
+mod train_support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -233,4 +235,50 @@ fn a_test_model_with_the_real_tokenizer_tokenizes_like_hf() {
         "--max-tokens",
         "4",
     ]);
+}
+
+#[test]
+fn perplexity_on_non_finite_logits_and_a_missing_adapter_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let nan = train_support::write_nan_model(dir.path());
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_edgetune"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    // It used to exit 0 printing a NaN perplexity.
+    let o = run(&[
+        "perplexity",
+        "--model",
+        nan.to_str().unwrap(),
+        "--tokens",
+        "1,2,3,4",
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(o.stdout.is_empty());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("perplexity: position 0") && err.contains("not finite"),
+        "{err}"
+    );
+    // A missing adapter says "not found" with the path (it used to say "entity not found").
+    let model = tiny(dir.path());
+    let missing = dir.path().join("no-such-adapter");
+    let o = run(&[
+        "perplexity",
+        "--model",
+        &model,
+        "--tokens",
+        "1,2,3",
+        "--adapter",
+        missing.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!("{}: adapter not found", missing.display())),
+        "{err}"
+    );
 }

@@ -167,3 +167,81 @@ fn unknown_board_and_bad_flags_are_clear_errors() {
         );
     }
 }
+
+#[test]
+fn a_rank_above_a_projection_width_is_refused_before_any_suggestion() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny(dir.path());
+    // tiny: attn_k and attn_v are 256×128, so no rank above 128. This used to plan (and
+    // suggest `--rank 6250` against a budget); `train` allocated 7.6 GB for it.
+    for budget in [None, Some("4MiB")] {
+        let mut args = vec!["plan", "--model", &model, "--rank", "100000"];
+        args.extend(budget.iter().flat_map(|b| ["--budget", *b]));
+        let out = edgetune(&args);
+        assert_eq!(out.status.code(), Some(1), "{budget:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("--rank 100000")
+                && err.contains("attn_k")
+                && err.contains("256×128")
+                && err.contains("at most 128"),
+            "{err}"
+        );
+        assert!(!err.contains("--rank 6250"), "{err}");
+    }
+    ok(&["plan", "--model", &model, "--rank", "128"]);
+    // MT-LoRA's task rank has the same limit.
+    let out = edgetune(&[
+        "plan",
+        "--model",
+        &model,
+        "--method",
+        "mtlora",
+        "--mtlora-task-rank",
+        "300",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--mtlora-task-rank 300") && err.contains("at most 128"),
+        "{err}"
+    );
+}
+
+#[test]
+fn small_budgets_are_shown_in_units_that_show_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny(dir.path());
+    let text =
+        String::from_utf8(ok(&["plan", "--model", &model, "--budget", "100KiB"]).stdout).unwrap();
+    assert!(!text.contains("0.00 GiB"), "{text}");
+    assert!(
+        text.contains("of the 100.00 KiB budget") && text.contains("MiB over"),
+        "{text}"
+    );
+}
+
+#[test]
+fn optimizer_flags_sgd_ignores_are_refused_naming_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny(dir.path());
+    let out = edgetune(&[
+        "plan",
+        "--model",
+        &model,
+        "--optimizer",
+        "sgd",
+        "--optimizer-state",
+        "disk",
+        "--optimizer-state-bits",
+        "8",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--optimizer-state disk and --optimizer-state-bits 8")
+            && err.contains("--optimizer sgd"),
+        "{err}"
+    );
+    ok(&["plan", "--model", &model, "--optimizer", "sgd"]);
+}

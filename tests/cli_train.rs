@@ -671,3 +671,149 @@ fn train_eval_every_records_pass_rates_and_keep_best_keeps_the_first_best_adapte
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("--heldout"));
 }
+
+/// `train` with the fixture's usual small settings and `extra` flags.
+fn train_run(model: &Path, data: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        "train",
+        "--model",
+        s(model),
+        "--data",
+        s(data),
+        "--out",
+        s(out),
+        "--seq-len",
+        "256",
+    ];
+    args.extend_from_slice(extra);
+    edgetune(&args)
+}
+
+#[test]
+fn a_nan_weight_is_named_before_the_first_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, data) = train_support::write_fixture(dir.path(), "q4_0", 20);
+    let model = train_support::write_nan_model(dir.path());
+    let out = dir.path().join("run");
+    let o = train_run(&model, &data, &out, &["--steps", "2"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("nan.gguf")
+            && err.contains("blk.0.attn_q.weight")
+            && err.contains("row 0, column 10 is NaN"),
+        "{err}"
+    );
+    assert!(!err.contains("step 1/"), "{err}");
+    assert!(!out.join("checkpoints").exists());
+}
+
+#[test]
+fn a_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, data) = train_support::write_fixture(dir.path(), "f32", 40);
+    // lr 1e30 makes step 1's update blow the adapter up: step 2's loss is not finite.
+    for (clip, advice) in [
+        ("0", "clip the gradient with --max-grad-norm 1"),
+        ("1", "even with the gradient clipped to --max-grad-norm 1"),
+    ] {
+        let out = dir.path().join(format!("run-{clip}"));
+        let o = train_run(
+            &model,
+            &data,
+            &out,
+            &[
+                "--steps",
+                "6",
+                "--lr",
+                "1e30",
+                "--max-grad-norm",
+                clip,
+                "--save-every",
+                "1",
+            ],
+        );
+        assert_eq!(o.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("training stopped at step 2")
+                && err.contains("the loss of micro-batch 1 of 1 is")
+                && err.contains("lower --lr (now 1e30)")
+                && err.contains(advice),
+            "{err}"
+        );
+        let ckpts: Vec<String> = std::fs::read_dir(out.join("checkpoints"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(ckpts, vec!["step-00000001".to_string()], "{err}");
+        let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+        assert_eq!(metrics.lines().count(), 1);
+    }
+}
+
+#[test]
+fn bad_inputs_and_settings_get_messages_that_name_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, data) = train_support::write_fixture(dir.path(), "q4_0", 20);
+    let out = dir.path().join("run");
+    let err_of = |o: std::process::Output| {
+        assert_eq!(o.status.code(), Some(1));
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    // A rank above a projection's width: refused before anything is allocated or written.
+    let e = err_of(train_run(
+        &model,
+        &data,
+        &out,
+        &["--steps", "1", "--rank", "100000"],
+    ));
+    assert!(
+        e.contains("--rank 100000") && e.contains("attn_k") && e.contains("256×128"),
+        "{e}"
+    );
+    assert!(!out.exists());
+    // Invalid UTF-8 in the dataset: the line is named.
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, b"{\"text\": \"fine\"}\n{\"text\": \"ab\xffcd\"}\n").unwrap();
+    let e = err_of(train_run(
+        &model,
+        &bad,
+        &dir.path().join("run2"),
+        &["--steps", "1"],
+    ));
+    assert!(
+        e.contains("bad.jsonl: line 2") && e.contains("not valid UTF-8") && e.contains("0xff"),
+        "{e}"
+    );
+    // A directory as the model.
+    let e = err_of(train_run(
+        dir.path(),
+        &data,
+        &dir.path().join("run3"),
+        &["--steps", "1"],
+    ));
+    assert!(e.contains("is a directory"), "{e}");
+    assert!(!e.contains("No such device"), "{e}");
+    // Optimizer flags SGD ignores.
+    let e = err_of(train_run(
+        &model,
+        &data,
+        &out,
+        &[
+            "--steps",
+            "1",
+            "--optimizer",
+            "sgd",
+            "--optimizer-state",
+            "disk",
+            "--optimizer-state-bits",
+            "8",
+        ],
+    ));
+    assert!(
+        e.contains("--optimizer-state disk and --optimizer-state-bits 8")
+            && e.contains("--optimizer sgd"),
+        "{e}"
+    );
+}

@@ -260,3 +260,27 @@ fn bad_suite_and_bad_policy_are_errors_naming_file_and_line() {
         );
     }
 }
+
+mod train_support;
+
+#[test]
+fn eval_on_a_model_with_non_finite_logits_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = train_support::write_nan_model(dir.path());
+    let suite = concat!(env!("CARGO_MANIFEST_DIR"), "/suites/basic.jsonl");
+    let o = edgetune(&[
+        "eval",
+        "--model",
+        s(&model),
+        "--suite",
+        suite,
+        "--max-tokens",
+        "4",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("basic.jsonl") && err.contains("line 1") && err.contains("not finite"),
+        "{err}"
+    );
+}

@@ -218,7 +218,7 @@ fn write_gaussian_file(path: &Path) -> Vec<f32> {
         .collect();
     let norm = gaussian(256, 4);
     let mut g = GgufWriter::new(32);
-    g.add_kv("general.architecture", Value::String("test".into()))
+    g.add_kv("general.architecture", Value::String("llama".into()))
         .unwrap();
     g.add_kv(FILE_TYPE_KEY, Value::U32(0)).unwrap();
     g.add_tensor("a.weight", &[256, 64], GgmlType::F32).unwrap();
@@ -257,7 +257,7 @@ fn quantized_file_reads_in_ours_and_gguf_py_with_icq_entropy_at_least_plain() {
         assert_eq!(f.metadata().get(ICQ_KEY), Some(&Value::Bool(icq_on)));
         assert_eq!(
             f.metadata().get("general.architecture"),
-            Some(&Value::String("test".into()))
+            Some(&Value::String("llama".into()))
         );
         let (a, adata) = f.tensor_by_name("a.weight").unwrap();
         assert_eq!((a.ty, a.dims.clone()), (GgmlType::Q4_1, vec![256, 64]));
@@ -385,4 +385,34 @@ fn cli_quantize_icq_writes_the_file_and_reports_json() {
         .unwrap();
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("q4_1"));
+}
+
+#[test]
+fn cli_quantize_refuses_an_architecture_edgetune_does_not_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("qwen.gguf");
+    let mut g = GgufWriter::new(32);
+    g.add_kv("general.architecture", Value::String("qwen2".into()))
+        .unwrap();
+    g.add_tensor("a.weight", &[256, 64], GgmlType::F32).unwrap();
+    let w = gaussian(64 * 256, 5);
+    g.write_to_path(&src, |_, _, sink| {
+        sink.write_all(bytemuck::cast_slice::<f32, u8>(&w))
+    })
+    .unwrap();
+    let out = dir.path().join("q.gguf");
+    let run = Command::new(env!("CARGO_BIN_EXE_edgetune"))
+        .args(["quantize", "--type", "q4_1", "--in"])
+        .arg(&src)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        err.contains("qwen.gguf") && err.contains("`qwen2` is not supported"),
+        "{err}"
+    );
+    assert!(!out.exists());
 }

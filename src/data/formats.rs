@@ -53,8 +53,34 @@ impl Content {
 /// the file cannot be read, holds no record, or any record is malformed.
 pub fn load(path: impl AsRef<Path>, format: Option<Format>) -> crate::Result<Dataset> {
     let path = path.as_ref();
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let text =
+        String::from_utf8(bytes).map_err(|e| not_utf8(path, e.as_bytes(), e.utf8_error()))?;
     parse_str(path, &text, format)
+}
+
+/// The error for a dataset that is not UTF-8: the line, the column (in bytes) and the bytes
+/// that do not decode.
+fn not_utf8(path: &Path, bytes: &[u8], e: std::str::Utf8Error) -> Error {
+    let at = e.valid_up_to();
+    let before = &bytes[..at];
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let line_start = before
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    let bad_len = e.error_len().unwrap_or(bytes.len() - at).min(4);
+    let bad: Vec<String> = bytes[at..at + bad_len]
+        .iter()
+        .map(|b| format!("0x{b:02x}"))
+        .collect();
+    Error::Invalid(format!(
+        "{}: line {line}, byte {} of the line (byte {at} of the file): not valid UTF-8 ({}); \
+         datasets are UTF-8 text",
+        path.display(),
+        at - line_start + 1,
+        bad.join(" ")
+    ))
 }
 
 /// [`load`] on text already in memory; `path` is the name used in messages and decides

@@ -94,9 +94,42 @@ pub fn answer_case(
     })
 }
 
+/// Before any case: the logits of the first case's prompt must be finite. A case whose
+/// generation fails counts as a failure, but a model that computes NaN (broken weights or
+/// adapter) would fail every case for that one reason: that stops the run with the error.
+fn preflight(
+    llama: &Llama,
+    tokenizer: &Tokenizer,
+    suite: &Suite,
+    opts: &EvalOptions,
+) -> Result<()> {
+    let Some(case) = suite.cases.first() else {
+        return Ok(());
+    };
+    let Ok(ids) = encode_case(tokenizer, case, &opts.style) else {
+        return Ok(());
+    };
+    let n = ids.len().min(llama.config().context_length);
+    if n == 0 {
+        return Ok(());
+    }
+    let mut cache = llama.new_cache(n)?;
+    let mut logits = vec![0.0f32; llama.config().n_vocab];
+    llama.forward_last(&mut cache, &ids[..n], &mut logits)?;
+    crate::infer::check_logits(&logits, || {
+        format!(
+            "eval {}: case {} (line {})",
+            suite.path.display(),
+            case.id,
+            case.line
+        )
+    })
+}
+
 /// Runs every case of `suite`; `on_case(index, passed)` is called after each (for progress).
 /// A case whose generation fails (e.g. a prompt longer than the context) counts as a failure
-/// carrying the error; nothing else stops the run.
+/// carrying the error; only a model whose logits are not finite on the first case's prompt
+/// stops the run (an error).
 pub fn run_suite(
     llama: &Llama,
     tokenizer: &Tokenizer,
@@ -132,6 +165,7 @@ pub fn run_suite_answers(
         by_lang: BTreeMap::new(),
         failures: Vec::new(),
     };
+    preflight(llama, tokenizer, suite, opts)?;
     let mut answers = Vec::with_capacity(suite.cases.len());
     for (i, case) in suite.cases.iter().enumerate() {
         let (output, failed, blocked) = match answer_case(llama, tokenizer, case, policy, opts) {

@@ -82,6 +82,45 @@ pub fn map_file(path: &std::path::Path) -> Result<memmap2::Mmap> {
     unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))
 }
 
+/// A safetensors error on `path` as a crate error with a readable message (the crate's own
+/// `Display` prints its `Debug` form, `IoError(Os { … })`): an I/O error keeps its
+/// [`Error::Io`] form with the path, everything else says what is wrong.
+pub fn safetensors_error(path: &std::path::Path, e: safetensors::SafeTensorError) -> Error {
+    match e {
+        safetensors::SafeTensorError::IoError(io) => Error::io(path, io),
+        other => Error::Invalid(format!(
+            "{}: safetensors: {}",
+            path.display(),
+            safetensors_what(other)
+        )),
+    }
+}
+
+/// What a safetensors error means, in words (the crate's `Display` is its `Debug` form).
+pub fn safetensors_what(e: safetensors::SafeTensorError) -> String {
+    use safetensors::SafeTensorError as E;
+    match e {
+        E::IoError(io) => io.to_string(),
+        E::InvalidHeader => "the header is not valid UTF-8".to_string(),
+        E::InvalidHeaderStart => "the header does not start with `{`".to_string(),
+        E::InvalidHeaderDeserialization => "the header is not valid JSON".to_string(),
+        E::HeaderTooLarge => "the header is larger than 100 MB".to_string(),
+        E::HeaderTooSmall => "the file is shorter than its 8-byte header length".to_string(),
+        E::InvalidHeaderLength => "the header length is past the end of the file".to_string(),
+        E::TensorNotFound(name) => format!("tensor `{name}` is not in the file"),
+        E::TensorInvalidInfo => "a tensor's shape, dtype and offsets do not agree".to_string(),
+        E::InvalidOffset(name) => format!("the offsets of tensor `{name}` are invalid"),
+        E::JsonError(j) => format!("the header's JSON: {j}"),
+        E::InvalidTensorView(dtype, shape, len) => {
+            format!("{len} bytes do not hold a {dtype:?} tensor of shape {shape:?}")
+        }
+        E::MetadataIncompleteBuffer => {
+            "the tensors do not cover the data section exactly".to_string()
+        }
+        E::ValidationOverflow => "a tensor's shape overflows".to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -71,7 +71,14 @@ pub fn detect_format(path: &Path) -> Result<(AdapterFormat, PathBuf)> {
         )));
     }
     if !path.exists() {
-        return Err(Error::io(path, std::io::ErrorKind::NotFound.into()));
+        return Err(Error::io(
+            path,
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "adapter not found (give a checkpoint directory, a PEFT directory or a GGUF \
+                 LoRA)",
+            ),
+        ));
     }
     if gguf_lora::is_gguf(path) {
         return Ok((AdapterFormat::Gguf, path.to_path_buf()));

@@ -94,7 +94,12 @@ pub fn save_adapter(set: &AdapterSet, dir: &Path, extra_meta: &Json) -> Result<(
         .map(|(name, shape, v)| {
             TensorView::new(Dtype::F32, shape.clone(), bytemuck::cast_slice(v))
                 .map(|view| (name.as_str(), view))
-                .map_err(|e| Error::Invalid(format!("tensor {name}: {e}")))
+                .map_err(|e| {
+                    Error::Invalid(format!(
+                        "tensor {name}: {}",
+                        super::codec::safetensors_what(e)
+                    ))
+                })
         })
         .collect::<Result<Vec<_>>>()?;
     let st_meta = Some([("format".to_string(), FORMAT.to_string())].into());
@@ -104,7 +109,7 @@ pub fn save_adapter(set: &AdapterSet, dir: &Path, extra_meta: &Json) -> Result<(
     let st_path = dir.join(ADAPTER_TENSORS);
     let tmp = atomic::temp_path(&st_path);
     let written = safetensors::serialize_to_file(views, &st_meta, &tmp)
-        .map_err(|e| Error::Invalid(format!("serialising {}: {e}", st_path.display())))
+        .map_err(|e| super::codec::safetensors_error(&st_path, e))
         .and_then(|()| {
             std::fs::File::open(&tmp)
                 .and_then(|f| f.sync_all())
@@ -236,7 +241,10 @@ pub fn load_adapter(dir: &Path, model: &LlamaConfig) -> Result<AdapterSet> {
     let st = SafeTensors::deserialize(&bytes).map_err(|e| Error::Gguf {
         path: st_path.clone(),
         offset: 0,
-        what: format!("not a valid safetensors file: {e}"),
+        what: format!(
+            "not a valid safetensors file: {}",
+            super::codec::safetensors_what(e)
+        ),
     })?;
     let tensor_err = |name: &str, what: String| Error::Tensor {
         path: st_path.clone(),

@@ -145,12 +145,21 @@ pub fn export_peft(
         .map(|(name, shape, bytes)| {
             TensorView::new(st_dtype, shape.clone(), bytes)
                 .map(|v| (name.as_str(), v))
-                .map_err(|e| Error::Invalid(format!("tensor {name}: {e}")))
+                .map_err(|e| {
+                    Error::Invalid(format!(
+                        "tensor {name}: {}",
+                        super::codec::safetensors_what(e)
+                    ))
+                })
         })
         .collect::<Result<Vec<_>>>()?;
     let st_meta = Some([("format".to_string(), "pt".to_string())].into());
-    let bytes = safetensors::serialize(views, &st_meta)
-        .map_err(|e| Error::Invalid(format!("serialising {TENSORS_FILE}: {e}")))?;
+    let bytes = safetensors::serialize(views, &st_meta).map_err(|e| {
+        Error::Invalid(format!(
+            "serialising {TENSORS_FILE}: {}",
+            super::codec::safetensors_what(e)
+        ))
+    })?;
 
     let cfg = PeftConfig {
         r: g.rank,
@@ -258,7 +267,10 @@ pub fn load_peft(dir: &Path, model: &LlamaConfig) -> Result<AdapterSet> {
     let st = SafeTensors::deserialize(&bytes).map_err(|e| Error::Gguf {
         path: st_path.clone(),
         offset: 0,
-        what: format!("not a valid safetensors file: {e}"),
+        what: format!(
+            "not a valid safetensors file: {}",
+            super::codec::safetensors_what(e)
+        ),
     })?;
     let tensor_err = |name: &str, what: String| Error::Tensor {
         path: st_path.clone(),

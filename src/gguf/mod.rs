@@ -106,7 +106,14 @@ impl GgufFile {
     pub fn open(path: impl AsRef<Path>) -> crate::Result<GgufFile> {
         let path = path.as_ref();
         let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+        if meta.is_dir() {
+            return Err(Error::Invalid(format!(
+                "{}: is a directory, not a GGUF file (give the model's .gguf file)",
+                path.display()
+            )));
+        }
+        let len = meta.len();
         if len == 0 {
             // Mapping an empty file fails on some systems; the parser reports the truncation.
             return Self::from_backing(path.to_path_buf(), Backing::Owned(Vec::new()));

@@ -84,6 +84,9 @@ pub fn generate(
 
     let t0 = Instant::now();
     llama.forward_last(&mut cache, prompt, &mut logits)?;
+    super::check_logits(&logits, || {
+        format!("generate: after the {}-token prompt", prompt.len())
+    })?;
     let prompt_secs = t0.elapsed().as_secs_f64();
 
     let mut decoder = tokenizer.stream_decoder(false);
@@ -119,6 +122,9 @@ pub fn generate(
             break;
         }
         llama.forward_last(&mut cache, &[next], &mut logits)?;
+        super::check_logits(&logits, || {
+            format!("generate: after generated token {}", out.tokens.len())
+        })?;
     }
     let rest = decoder.finish();
     if !rest.is_empty() {

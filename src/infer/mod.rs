@@ -8,9 +8,9 @@ pub use generate::{GenerateOptions, Generation, StopReason, generate};
 pub use perplexity::{Perplexity, perplexity};
 pub use sampling::{Sampler, SamplingParams};
 
-use crate::Result;
 use crate::backend::Backend;
 use crate::model::{KvCacheOf, Llama, LlamaConfig};
+use crate::{Error, Result};
 
 /// A model [`generate`] and [`perplexity`] can drive: the CPU [`Llama`] or, with the `cuda`
 /// feature, `backend::cuda::llama::CudaLlama` (same checks, same chunking, another backend).
@@ -53,5 +53,23 @@ impl CausalLm for Llama<'_> {
         l: &mut [f32],
     ) -> Result<()> {
         Llama::forward_last(self, c, t, l)
+    }
+}
+
+/// Refuses logits that are not all finite: `what` says where they come from (for the message).
+/// A NaN or infinite logit means the weights, the adapter or the forward are broken, and every
+/// number computed from them (a perplexity, a sampled token) would be meaningless.
+pub fn check_logits(row: &[f32], what: impl FnOnce() -> String) -> Result<()> {
+    match row.iter().position(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(i) => Err(Error::Invalid(format!(
+            "{}: the logit of token {i} is {} ({} of the {} logits are not finite): the model's \
+             weights or the adapter hold NaN/Inf, or the forward overflowed (`edgetune train` \
+             names a non-finite weight tensor before it starts)",
+            what(),
+            row[i],
+            row.iter().filter(|v| !v.is_finite()).count(),
+            row.len()
+        ))),
     }
 }

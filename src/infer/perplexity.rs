@@ -45,6 +45,7 @@ pub fn perplexity(
         llama.forward(&mut cache, ids, rows)?;
         for (i, row) in rows.chunks_exact(vocab).enumerate() {
             let pos = c * chunk + i;
+            super::check_logits(row, || format!("perplexity: position {pos}"))?;
             on_logits(pos, row)?;
             if let Some(&target) = tokens.get(pos + 1) {
                 nll += -log_softmax_at(row, target as usize);

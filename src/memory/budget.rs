@@ -232,10 +232,10 @@ impl Breakdown {
                 "memory plan over budget: needs {} bytes ({}) but the budget is {} bytes ({}), \
                  {} over; refusing before allocating anything\n\n{}",
                 self.total_bytes,
-                super::budget_report::gib(self.total_bytes),
+                super::budget_report::size(self.total_bytes),
                 budget,
-                super::budget_report::gib(budget),
-                super::budget_report::gib(self.total_bytes - budget),
+                super::budget_report::size(budget),
+                super::budget_report::size(self.total_bytes - budget),
                 self.report()
             ))),
             _ => Ok(()),
@@ -272,74 +272,11 @@ pub fn plan_training_for(model: &ModelWeights, cfg: &TrainConfig) -> Result<Trai
     Ok(planned)
 }
 
-/// Checks the settings the plan depends on, naming the flag.
-fn validate(model: &LlamaConfig, cfg: &TrainConfig) -> Result<()> {
-    cfg.lora.validate()?;
-    if let Some(r) = cfg.lora.layers {
-        r.check(model.n_layer)?;
-    }
-    let bad = |flag: &str, v: String| Err(Error::Invalid(format!("plan: {flag} {v}")));
-    // The methods' byte counts multiply rank by fan-in/out (and by rank): refuse ranks whose
-    // counts could overflow before anything multiplies (a rank this size is a typo anyway).
-    const MAX_RANK: usize = 1 << 20;
-    const MAX_ADAPTER_VALUES: usize = 1 << 40;
-    for &target in &cfg.lora.targets {
-        let (fan_in, fan_out) = target_shape(model, target);
-        let values = fan_in
-            .checked_add(fan_out)
-            .and_then(|f| f.checked_mul(cfg.lora.rank));
-        if cfg.lora.rank > MAX_RANK || values.is_none_or(|n| n > MAX_ADAPTER_VALUES) {
-            return bad(
-                "--rank",
-                format!(
-                    "{} on the {fan_in}×{fan_out} {} linear is too large to count (at most {MAX_RANK})",
-                    cfg.lora.rank,
-                    target.gguf_stem()
-                ),
-            );
-        }
-    }
-    if cfg.lora.targets.is_empty() {
-        return bad(
-            "--targets",
-            "is empty: adapt at least one projection".into(),
-        );
-    }
-    if cfg.batch == 0 || cfg.accum == 0 || cfg.ce_chunk == 0 {
-        return bad(
-            "--batch, --accum and --ce-chunk",
-            "must be at least 1".into(),
-        );
-    }
-    if cfg.seq_len < 2 {
-        return bad(
-            "--seq-len",
-            format!("must be at least 2, got {}", cfg.seq_len),
-        );
-    }
-    if cfg.seq_len > model.context_length {
-        return bad(
-            "--seq-len",
-            format!(
-                "{} exceeds the model's context of {}",
-                cfg.seq_len, model.context_length
-            ),
-        );
-    }
-    if cfg.optimizer_state_bits != 32 && cfg.optimizer_state_bits != 8 {
-        return bad(
-            "--optimizer-state-bits",
-            format!("must be 32 or 8, got {}", cfg.optimizer_state_bits),
-        );
-    }
-    Ok(())
-}
-
 /// The step shape of `cfg` on `model`: LoRA on exactly `cfg.lora.targets` (in [`Target::ALL`]
 /// order), gradients accumulated when `accum > 1`, no optimizer staging (the CPU updates state
 /// pages in place), and the cross-entropy chunk capped at the step's tokens.
 pub fn train_shape(model: &LlamaConfig, cfg: &TrainConfig) -> Result<TrainShape> {
-    validate(model, cfg)?;
+    super::limits::validate(model, cfg)?;
     let tokens = cfg.seq_len.checked_mul(cfg.batch).ok_or_else(|| {
         Error::Invalid(format!(
             "plan: {} × {} tokens overflow",

@@ -8,9 +8,20 @@ use super::budget::Breakdown;
 const MIB: f64 = (1u64 << 20) as f64;
 const GIB: f64 = (1u64 << 30) as f64;
 
-/// `5.50 GiB`.
-pub fn gib(bytes: u64) -> String {
-    format!("{:.2} GiB", bytes as f64 / GIB)
+/// A size for messages in the largest unit it has at least one of: `5.50 GiB`, `13.53 MiB`,
+/// `100.00 KiB`, `512 bytes` (a tiny budget is not shown as `0.00 GiB`).
+pub fn size(bytes: u64) -> String {
+    const KIB: f64 = 1024.0;
+    let b = bytes as f64;
+    if b >= GIB {
+        format!("{:.2} GiB", b / GIB)
+    } else if b >= MIB {
+        format!("{:.2} MiB", b / MIB)
+    } else if b >= KIB {
+        format!("{:.2} KiB", b / KIB)
+    } else {
+        format!("{bytes} bytes")
+    }
 }
 
 /// `12.34` (MiB, for the table's column).
@@ -130,17 +141,17 @@ pub fn report(b: &Breakdown) -> String {
     line(&mut s, "overheads", b.overhead_bytes, "");
 
     let _ = writeln!(s);
-    line(&mut s, "TOTAL", b.total_bytes, &gib(b.total_bytes));
+    line(&mut s, "TOTAL", b.total_bytes, &size(b.total_bytes));
     match b.budget_bytes {
         None => {
             let _ = writeln!(s, "  no budget given (--board NAME or --budget SIZE)");
         }
         Some(budget) => {
-            line(&mut s, "budget", budget, &gib(budget));
+            line(&mut s, "budget", budget, &size(budget));
             if b.fits {
-                let _ = writeln!(s, "  fits, {} to spare", gib(budget - b.total_bytes));
+                let _ = writeln!(s, "  fits, {} to spare", size(budget - b.total_bytes));
             } else {
-                let _ = writeln!(s, "  does NOT fit: {} over", gib(b.total_bytes - budget));
+                let _ = writeln!(s, "  does NOT fit: {} over", size(b.total_bytes - budget));
             }
         }
     }
@@ -159,10 +170,24 @@ pub fn report(b: &Breakdown) -> String {
                     "  {}. {:<60} total {}",
                     i + 1,
                     x.flags,
-                    gib(x.total_bytes)
+                    size(x.total_bytes)
                 );
             }
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::size;
+
+    #[test]
+    fn sizes_use_the_largest_unit_they_have_one_of() {
+        assert_eq!(size(5_905_580_032), "5.50 GiB");
+        assert_eq!(size(14_187_000), "13.53 MiB");
+        assert_eq!(size(100 * 1024), "100.00 KiB");
+        assert_eq!(size(512), "512 bytes");
+        assert_eq!(size(0), "0 bytes");
+    }
 }

@@ -5,6 +5,7 @@ pub mod arena;
 pub mod board;
 pub mod budget;
 mod budget_report;
+pub mod limits;
 pub mod overheads;
 pub mod plan;
 mod plan_llama;

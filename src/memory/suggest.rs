@@ -5,7 +5,9 @@
 //! moments), micro-batch 1 with the accumulation multiplied so the effective batch stays (same
 //! samples per update, slower), a lower rank (halved, up to 4 times; `alpha` scaled so the LoRA
 //! scale stays), fewer targets (attention only: q, k, v, o; then q, v), a shorter sequence
-//! (halved, up to 3 times, not below 16). Only levers that change the configuration are tried.
+//! (halved, up to 3 times, not below 16). Only levers that change the configuration are tried,
+//! and only values the plan accepts: a rank within every adapted projection's `min(in, out)`
+//! (limits.rs; a configuration above it is refused before any search).
 //!
 //! The search tries every set of one, then two, then three levers (sets in lever order); for a
 //! set, the value combinations mildest first (by the sum of the halving steps), keeping the
@@ -23,9 +25,10 @@ use serde::Serialize;
 use super::budget::{
     ArenaBreakdown, Breakdown, CategoryBytes, ModelWeights, assemble, train_shape,
 };
-use super::budget_report::gib;
+use super::budget_report::size;
 use super::plan::llama_training_plan;
 use crate::adapters::Target;
+use crate::model::LlamaConfig;
 use crate::train::{OptimizerKind, StatePlace, TrainConfig};
 use crate::{Error, Result};
 
@@ -174,8 +177,10 @@ pub fn config_flags(cfg: &TrainConfig) -> String {
     s
 }
 
-/// The levers that change `cfg`, gentlest first; each holds its values mildest first.
-fn levers(cfg: &TrainConfig) -> Vec<Vec<Change>> {
+/// The levers that change `cfg`, gentlest first; each holds its values mildest first. A rank
+/// is offered only within the limit of every adapted projection of `model` (limits.rs).
+fn levers(model: &LlamaConfig, cfg: &TrainConfig) -> Vec<Vec<Change>> {
+    let rank_limit = super::limits::max_rank(model, &cfg.lora.targets);
     let mut out = Vec::new();
     if !cfg.checkpointing {
         out.push(vec![Change::Checkpointing]);
@@ -196,7 +201,7 @@ fn levers(cfg: &TrainConfig) -> Vec<Vec<Change>> {
     }
     let ranks: Vec<Change> = (1..=4)
         .map(|k| cfg.lora.rank >> k)
-        .filter(|&r| r >= 1)
+        .filter(|&r| r >= 1 && r <= rank_limit)
         .map(|rank| {
             let ratio = rank as f64 / cfg.lora.rank as f64;
             let keep = if cfg.lora.rslora { ratio.sqrt() } else { ratio };
@@ -312,12 +317,12 @@ pub(crate) fn search(
         out.note = Some(format!(
             "nothing fits: the weights alone take {} of the {} budget (a smaller or more \
              strongly quantized model is needed)",
-            gib(base.weights.resident_bytes),
-            gib(budget)
+            size(base.weights.resident_bytes),
+            size(budget)
         ));
         return Ok(out);
     }
-    let levers = levers(cfg);
+    let levers = levers(&model.config, cfg);
     let mut ev = Evaluator {
         model,
         arenas: HashMap::new(),
@@ -336,9 +341,9 @@ pub(crate) fn search(
             "nothing fits: even with every lever ({}) the plan needs at least {} against a {} \
              budget; the weights alone take {}",
             config_flags(&strongest),
-            gib(all.total_bytes),
-            gib(budget),
-            gib(base.weights.resident_bytes)
+            size(all.total_bytes),
+            size(budget),
+            size(base.weights.resident_bytes)
         ));
         out.evaluated = ev.evaluated;
         return Ok(out);
@@ -463,7 +468,8 @@ mod tests {
             seq_len: 40,
             ..TrainConfig::default()
         };
-        let l = levers(&cfg);
+        let model = crate::testmodel::TINY.llama_config();
+        let l = levers(&model, &cfg);
         // Checkpointing is already on by default.
         assert!(!l.iter().flatten().any(|c| *c == Change::Checkpointing));
         assert!(
@@ -494,7 +500,7 @@ mod tests {
         );
         cfg.lora.targets = vec![Target::AttnQ, Target::AttnV];
         cfg.optimizer = OptimizerKind::Sgd;
-        let l = levers(&cfg);
+        let l = levers(&model, &cfg);
         assert!(
             !l.iter()
                 .flatten()

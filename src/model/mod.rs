@@ -15,6 +15,7 @@
 
 pub mod adapter_hook;
 pub mod config;
+pub mod finite;
 pub mod forward;
 pub mod kv_cache;
 pub mod weights;

@@ -87,6 +87,30 @@ fn is_quantized(t: &TensorInfo, ty: GgmlType) -> bool {
         && (t.row_len() as usize).is_multiple_of(ty.block_elems())
 }
 
+/// Refuses a file whose `general.architecture` is not the one edgetune runs (`llama`): its
+/// tensors would be quantized by rules made for Llama's, into a file edgetune cannot load.
+fn check_architecture(input: &GgufFile) -> Result<()> {
+    let arch = input.opt_str("general.architecture")?;
+    if arch == Some(crate::model::config::ARCH) {
+        return Ok(());
+    }
+    Err(Error::Metadata {
+        path: input.path().to_path_buf(),
+        key: "general.architecture".into(),
+        what: match arch {
+            Some(a) => format!(
+                "architecture `{a}` is not supported: edgetune quantizes `{}` models (the \
+                 ones it trains and runs)",
+                crate::model::config::ARCH
+            ),
+            None => format!(
+                "missing: edgetune quantizes `{}` models only",
+                crate::model::config::ARCH
+            ),
+        },
+    })
+}
+
 /// Quantizes `input` into `out` (module doc). `on_tensor` sees each quantized tensor's report
 /// as soon as it is written.
 pub fn quantize_gguf(
@@ -96,6 +120,7 @@ pub fn quantize_gguf(
     on_tensor: &mut dyn FnMut(&QuantizedTensor),
 ) -> Result<QuantizeReport> {
     let ty = opts.ty;
+    check_architecture(input)?;
     if ty.traits().quantize_ref.is_none() {
         return Err(Error::Invalid(format!(
             "edgetune cannot quantize to {ty} (use q4_1, q4_0, q8_0, q4_k, …)"

@@ -249,6 +249,7 @@ impl TrainConfig {
                 self.optimizer_state_bits.to_string(),
             );
         }
+        self.check_optimizer_flags()?;
         if self.resume_fallback && !self.resume {
             return Err(Error::Invalid(
                 "train: --resume-fallback chooses the checkpoint a --resume continues from; give \
@@ -331,6 +332,52 @@ impl TrainConfig {
         Ok(())
     }
 
+    /// Refuses optimizer flags the chosen optimizer does not use (they would be accepted and
+    /// ignored): SGD keeps its momentum buffers as f32 vectors in RAM (`optim/sgd.rs`), so
+    /// `--optimizer-state disk` and `--optimizer-state-bits 8` are AdamW's only; AdamW has no
+    /// `--momentum` (its β1 is fixed).
+    pub fn check_optimizer_flags(&self) -> Result<()> {
+        let refuse = |flags: &str, why: &str| {
+            Err(Error::Invalid(format!(
+                "train: {flags} does nothing with --optimizer {}: {why}",
+                match self.optimizer {
+                    OptimizerKind::AdamW => "adamw",
+                    OptimizerKind::Sgd => "sgd",
+                }
+            )))
+        };
+        match self.optimizer {
+            OptimizerKind::Sgd => {
+                let mut flags = Vec::new();
+                if self.optimizer_state == StatePlace::Disk {
+                    flags.push("--optimizer-state disk".to_string());
+                }
+                if self.optimizer_state_bits != 32 {
+                    flags.push(format!(
+                        "--optimizer-state-bits {}",
+                        self.optimizer_state_bits
+                    ));
+                }
+                if !flags.is_empty() {
+                    return refuse(
+                        &flags.join(" and "),
+                        "SGD keeps its momentum as 32-bit values in RAM (only AdamW's moments \
+                         can go to disk or to 8 bits); drop the flag or use --optimizer adamw",
+                    );
+                }
+            }
+            OptimizerKind::AdamW if self.momentum != 0.0 => {
+                return refuse(
+                    &format!("--momentum {}", self.momentum),
+                    "momentum is SGD's (AdamW's first moment is built in); drop the flag or \
+                     use --optimizer sgd",
+                );
+            }
+            OptimizerKind::AdamW => {}
+        }
+        Ok(())
+    }
+
     /// Tokens per micro-batch (`batch × seq_len`).
     pub fn tokens_per_micro_batch(&self) -> usize {
         self.batch * self.seq_len
@@ -403,6 +450,46 @@ mod tests {
         .validate()
         .unwrap_err();
         assert!(e.to_string().contains("--lr"), "{e}");
+    }
+
+    #[test]
+    fn optimizer_flags_the_optimizer_ignores_are_refused() {
+        let sgd = TrainConfig {
+            steps: Some(1),
+            optimizer: OptimizerKind::Sgd,
+            momentum: 0.9,
+            ..TrainConfig::default()
+        };
+        sgd.validate().unwrap();
+        let e = TrainConfig {
+            optimizer_state: StatePlace::Disk,
+            optimizer_state_bits: 8,
+            ..sgd.clone()
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("--optimizer-state disk and --optimizer-state-bits 8")
+                && e.contains("--optimizer sgd"),
+            "{e}"
+        );
+        let e = TrainConfig {
+            optimizer_state_bits: 8,
+            ..sgd.clone()
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("--optimizer-state-bits 8"), "{e}");
+        let e = TrainConfig {
+            optimizer: OptimizerKind::AdamW,
+            ..sgd
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("--momentum 0.9") && e.contains("adamw"), "{e}");
     }
 
     #[test]

@@ -35,6 +35,7 @@ use crate::adapters::adalora::AdaLora;
 use crate::adapters::olora_pissa::ResidualLora;
 use crate::adapters::reslora::ResLora;
 use crate::adapters::{Adapter, LoraConfig};
+use crate::export::codec::{safetensors_error, safetensors_what};
 use crate::{Error, Result};
 
 pub const METHOD_JSON: &str = "method.json";
@@ -138,17 +139,16 @@ pub fn save(
         .map(|(name, shape, v)| {
             TensorView::new(Dtype::F32, shape.clone(), bytemuck::cast_slice(v))
                 .map(|view| (name.as_str(), view))
-                .map_err(|e| Error::Invalid(format!("tensor {name}: {e}")))
+                .map_err(|e| Error::Invalid(format!("tensor {name}: {}", safetensors_what(e))))
         })
         .collect::<Result<Vec<_>>>()?;
     for (name, dtype, bytes) in &wide {
         let view = TensorView::new(*dtype, vec![bytes.len() / 8], bytes)
-            .map_err(|e| Error::Invalid(format!("tensor {name}: {e}")))?;
+            .map_err(|e| Error::Invalid(format!("tensor {name}: {}", safetensors_what(e))))?;
         views.push((name, view));
     }
     let path = dir.join(METHOD_TENSORS);
-    safetensors::serialize_to_file(views, &None, &path)
-        .map_err(|e| Error::Invalid(format!("writing {}: {e}", path.display())))?;
+    safetensors::serialize_to_file(views, &None, &path).map_err(|e| safetensors_error(&path, e))?;
     let meta = MethodMeta {
         format: FORMAT.into(),
         version: 1,
@@ -192,8 +192,13 @@ fn extra_state(a: &dyn Adapter) -> Vec<StateTensor<'_>> {
 pub fn load_into(dir: &Path, set: &mut AdapterSet, hooks: &mut MethodHooks) -> Result<()> {
     let path = dir.join(METHOD_TENSORS);
     let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-    let st = SafeTensors::deserialize(&bytes)
-        .map_err(|e| Error::Invalid(format!("{}: not a safetensors file: {e}", path.display())))?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| {
+        Error::Invalid(format!(
+            "{}: not a safetensors file: {}",
+            path.display(),
+            safetensors_what(e)
+        ))
+    })?;
     let get = |name: &str, n: usize| -> Result<Vec<f32>> {
         let terr = |what: String| Error::Tensor {
             path: path.clone(),

@@ -165,19 +165,25 @@ impl Optimizer {
     ) -> Result<UpdateStats> {
         let n_layer = set.n_layer();
         let mut sq = 0f64;
+        // The first adapter (in layer, then target order) with a non-finite gradient: the
+        // squares of f32 values cannot overflow an f64, so a non-finite norm always has one.
+        let mut first_bad = None;
         for layer in 0..n_layer {
             for target in Target::ALL {
                 if set.get(layer, target).is_some() {
-                    sq += sum_squares(step.grads(layer, target_index(target))?);
+                    let g = step.grads(layer, target_index(target))?;
+                    let s = sum_squares(g);
+                    if !s.is_finite() && first_bad.is_none() {
+                        let i = g.iter().position(|v| !v.is_finite()).unwrap_or(0);
+                        first_bad = Some((layer, target, i, g.get(i).copied().unwrap_or(s as f32)));
+                    }
+                    sq += s;
                 }
             }
         }
         let norm = sq.sqrt();
         if !norm.is_finite() {
-            return Err(Error::Invalid(format!(
-                "training diverged: the gradient norm is {norm} (lower --lr, or set \
-                 --max-grad-norm)"
-            )));
+            return Err(self.non_finite_gradient(norm, first_bad));
         }
         let scale = if self.max_grad_norm > 0.0 {
             clip_scale(norm, self.max_grad_norm)
@@ -223,6 +229,43 @@ impl Optimizer {
         })
     }
 
+    /// The error for a non-finite gradient norm at the coming step, naming the first adapter
+    /// whose gradient is not finite, with advice that fits the settings (clipping cannot help:
+    /// it rescales by the norm, which is not finite).
+    fn non_finite_gradient(&self, norm: f64, bad: Option<(usize, Target, usize, f32)>) -> Error {
+        let step = self.step_count() + 1;
+        let place = match bad {
+            Some((layer, target, i, v)) => format!(
+                "first in blk.{layer}.{} (its gradient holds {v} at element {i})",
+                target.gguf_stem()
+            ),
+            None => "in no single adapter".into(),
+        };
+        let advice = if self.step_count() == 0 {
+            "no update has been made yet, so the learning rate is not the cause: the backward \
+             overflows on this data or on the initial adapter (try a shorter --seq-len or another \
+             --init-adapter)"
+                .to_string()
+        } else if self.max_grad_norm > 0.0 {
+            format!(
+                "clipping (--max-grad-norm {}) rescales by the norm and cannot repair a \
+                 non-finite gradient: the updates so far made the adapter diverge; lower --lr \
+                 (now {:e}) or add --warmup-steps",
+                self.max_grad_norm, self.base_lr
+            )
+        } else {
+            format!(
+                "the updates so far made the adapter diverge: lower --lr (now {:e}), or clip the \
+                 gradient with --max-grad-norm 1 so that large gradients are scaled down",
+                self.base_lr
+            )
+        };
+        Error::Invalid(format!(
+            "training stopped at step {step}: the gradient norm is {norm}, {place}; {advice}. \
+             Nothing was updated and no checkpoint was written for this step"
+        ))
+    }
+
     pub fn save(&self, w: &mut impl Write) -> Result<()> {
         match &self.inner {
             Inner::AdamW(o) => o.save(w),
@@ -235,5 +278,83 @@ impl Optimizer {
             Inner::AdamW(o) => o.load(r),
             Inner::Sgd(o) => o.load(r),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testmodel::TINY;
+
+    /// Gradients held per slot, as an engine would.
+    struct Grads(Vec<Vec<f32>>);
+
+    impl GradSlots for Grads {
+        fn grads_mut(&mut self, layer: usize, target_index: usize) -> Result<&mut [f32]> {
+            Ok(&mut self.0[layer * 7 + target_index])
+        }
+    }
+
+    fn setup(max_grad_norm: f32) -> (AdapterSet, Optimizer, Grads) {
+        let model = TINY.llama_config();
+        let mut cfg = TrainConfig {
+            max_grad_norm,
+            lr: 1e-3,
+            ..TrainConfig::default()
+        };
+        cfg.lora.rank = 2;
+        let set = AdapterSet::new_lora(&model, &cfg.lora, 1).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let opt = Optimizer::new(&cfg, &set, 10, dir.path()).unwrap();
+        let mut grads = vec![Vec::new(); model.n_layer * 7];
+        for (layer, target, a) in set.iter() {
+            let n: usize = (0..).map_while(|i| a.param(i).map(<[f32]>::len)).sum();
+            grads[layer * 7 + target_index(target)] = vec![1e-3; n];
+        }
+        (set, opt, Grads(grads))
+    }
+
+    #[test]
+    fn a_non_finite_gradient_names_the_step_the_adapter_and_fitting_advice() {
+        let (mut set, mut opt, mut g) = setup(1.0);
+        opt.update(&mut g, &mut set).unwrap();
+        let slot = 7 + target_index(Target::FfnUp);
+        g.0[slot][5] = f32::NAN;
+        g.0[7 + target_index(Target::FfnDown)][0] = f32::INFINITY;
+        let before = set
+            .iter()
+            .map(|(_, _, a)| a.param(0).unwrap().to_vec())
+            .collect::<Vec<_>>();
+        let e = opt.update(&mut g, &mut set).unwrap_err().to_string();
+        assert!(
+            e.contains("step 2")
+                && e.contains("blk.1.ffn_up")
+                && e.contains("NaN at element 5")
+                && e.contains("clipping (--max-grad-norm 1)")
+                && e.contains("cannot repair"),
+            "{e}"
+        );
+        assert_eq!(opt.step_count(), 1, "nothing was updated");
+        let after = set
+            .iter()
+            .map(|(_, _, a)| a.param(0).unwrap().to_vec())
+            .collect::<Vec<_>>();
+        assert_eq!(after, before);
+        // Without clipping the advice is to clip; before any update, the lr is not the cause.
+        let (mut set, mut opt, mut g) = setup(0.0);
+        opt.update(&mut g, &mut set).unwrap();
+        g.0[0][0] = f32::NAN;
+        let e = opt.update(&mut g, &mut set).unwrap_err().to_string();
+        assert!(
+            e.contains("blk.0.attn_q") && e.contains("clip the gradient with --max-grad-norm 1"),
+            "{e}"
+        );
+        let (mut set, mut opt, mut g) = setup(1.0);
+        g.0[0][0] = f32::NAN;
+        let e = opt.update(&mut g, &mut set).unwrap_err().to_string();
+        assert!(
+            e.contains("step 1") && e.contains("learning rate is not the cause"),
+            "{e}"
+        );
     }
 }

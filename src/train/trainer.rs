@@ -153,6 +153,18 @@ impl<'f> Trainer<'f> {
         log_memory("before loading");
         let llama = Llama::load(file)?;
         let model_cfg = llama.config().clone();
+        // NaN/Inf in the base weights: named now, not met as a NaN loss at step 1.
+        let scan = crate::model::finite::check_weights(
+            file,
+            &model_cfg,
+            EmbeddingRows::applies(file, cfg.lock_weights),
+        )?;
+        log::info!(
+            "weights checked finite: {} tensors, {} values in {:.3} s",
+            scan.tensors,
+            scan.values,
+            scan.seconds
+        );
         let data = match early_data {
             Some(d) => d,
             None => formats::load(&cfg.data, cfg.format)?,
@@ -440,7 +452,7 @@ impl<'f> Trainer<'f> {
         for (i, b) in self.batches[..n].iter().enumerate() {
             let seed = micro_seed(self.cfg.seed, step_no, i);
             self.hooks.route(&mut self.set, b)?;
-            loss += self.engine.micro_batch(
+            let l = self.engine.micro_batch(
                 &mut self.step,
                 model,
                 &self.set,
@@ -449,6 +461,10 @@ impl<'f> Trainer<'f> {
                 i == 0,
                 seed,
             )?;
+            if !l.is_finite() {
+                return Err(self.non_finite_loss(step_no, i, n, l));
+            }
+            loss += l;
             self.hooks.after_micro_batch(&self.step);
             if let Some((sum, tokens)) = self.step.last_kl() {
                 kl = (kl.0 + sum, kl.1 + tokens);
@@ -477,6 +493,43 @@ impl<'f> Trainer<'f> {
             eval: None,
             kl: (kl.1 > 0).then(|| kl.0 / kl.1 as f64),
         }))
+    }
+
+    /// The error for a non-finite loss in micro-batch `micro` (of `n`) of step `step_no`,
+    /// with advice that fits: before the first update the learning rate cannot be the cause.
+    /// Nothing of the step is applied and no checkpoint is written for it.
+    fn non_finite_loss(&self, step_no: u64, micro: usize, n: usize, loss: f64) -> Error {
+        let cfg = &self.cfg;
+        let advice = if self.completed() == 0 {
+            let start = match &cfg.init_adapter {
+                Some(p) => format!("the adapter given by --init-adapter {}", p.display()),
+                None => "the fresh adapter".into(),
+            };
+            format!(
+                "no update has been made yet, so the learning rate is not the cause: the base \
+                 weights were checked finite before the first step, so {start} or the forward \
+                 on this data overflows (try a shorter --seq-len, or another --init-adapter)"
+            )
+        } else if cfg.max_grad_norm > 0.0 {
+            format!(
+                "the updates so far made the adapter diverge even with the gradient clipped to \
+                 --max-grad-norm {}: lower --lr (now {:e}) or add --warmup-steps",
+                cfg.max_grad_norm, cfg.lr
+            )
+        } else {
+            format!(
+                "the updates so far made the adapter diverge: lower --lr (now {:e}), or clip the \
+                 gradient with --max-grad-norm 1",
+                cfg.lr
+            )
+        };
+        Error::Invalid(format!(
+            "training stopped at step {step_no}: the loss of micro-batch {} of {n} is {loss}; \
+             {advice}. Nothing of this step was applied and no checkpoint was written for it \
+             (earlier checkpoints in {} are kept)",
+            micro + 1,
+            checkpoint::checkpoints_dir(&cfg.out).display()
+        ))
     }
 
     /// DyLoRA / QDyLoRA without `--dylora-eval-rank` (§9.1, "evaluation at every rank"):

@@ -291,3 +291,23 @@ fn bad_metadata_and_other_models_are_refused() {
     let e = save_adapter(&set, p, &json!([1])).unwrap_err().to_string();
     assert_has(&e, &["JSON object"]);
 }
+
+#[test]
+fn a_safetensors_write_error_is_displayed_with_the_path() {
+    let m = tiny_config();
+    let set = random_set(&m, &cfg(4), 7);
+    let dir = tempfile::tempdir().unwrap();
+    let ck = dir.path().join("ckpt");
+    // The temporary file's name is taken by a directory: the safetensors write fails.
+    let tmp = ck.join(format!(".{ADAPTER_TENSORS}.tmp-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let e = save_adapter(&set, &ck, &json!({})).unwrap_err().to_string();
+    assert!(
+        e.contains(&ck.join(ADAPTER_TENSORS).display().to_string()),
+        "{e}"
+    );
+    assert!(
+        !e.contains("IoError") && !e.contains("Os {") && e.contains("os error"),
+        "{e}"
+    );
+}

@@ -60,3 +60,18 @@ pub fn delta_weight(a: &dyn edgetune::adapters::Adapter) -> Vec<f32> {
     a.delta_weight(&mut dw).unwrap();
     dw
 }
+
+/// Writes `dir/nan.gguf`: the tiny model in F32 with one value of `blk.0.attn_q.weight` (row
+/// 0, column 10) set to NaN (a model whose file is damaged).
+pub fn write_nan_model(dir: &Path) -> PathBuf {
+    let path = dir.join("nan.gguf");
+    testmodel::write_test_model(&TINY, WeightTypes::parse("f32").unwrap(), 3, &path).unwrap();
+    let f = edgetune::gguf::GgufFile::open(&path).unwrap();
+    let t = f.tensor("blk.0.attn_q.weight").unwrap();
+    let at = (f.data_offset() + t.offset) as usize + 4 * 10;
+    drop(f);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
