@@ -15,9 +15,10 @@
 //!
 //! Weights are random valid blocks (`testmodel::fill_random_blocks`), made in well under a second.
 //!
-//! `train_step/{train_step,device_step}`: one whole training micro-batch (256 tokens, rank-16
-//! LoRA on all seven projections, checkpointing) on a 2-layer `small` model written by
-//! `testmodel` (Q4_0): the CPU `TrainStep` beside `DeviceStep<CpuBackend>` (the same step in
+//! `train_step/{train_step,train_step_kl_anchor,device_step}`: one whole training micro-batch
+//! (256 tokens, rank-16 LoRA on all seven projections, checkpointing) on a 2-layer `small` model
+//! written by `testmodel` (Q4_0): the CPU `TrainStep`, the same with the micro-batch a replay row
+//! under `--kl-anchor` (what the anchor costs), and `DeviceStep<CpuBackend>` (the same step in
 //! `Backend` ops over one workspace, the CUDA engine's code).
 
 use std::hint::black_box;
@@ -297,12 +298,25 @@ fn train_step(c: &mut Criterion) {
         optimizer_staging: false,
         adapters: adapter_shapes(&set),
     };
-    let mut cpu = TrainStep::new(m, &set, shape).expect("train step");
+    let mut cpu = TrainStep::new(m, &set, shape.clone()).expect("train step");
+    // The same micro-batch as a replay row under the KL anchor: the base pass (a forward with
+    // the adapters off) and the fused CE + KL loss on top of the step.
+    let mut anchored = TrainStep::new(m, &set, shape).expect("train step");
+    anchored.set_kl_anchor(0.5).expect("kl anchor");
+    let mut replay_batch = batch.clone();
+    replay_batch.replay_rows[0] = true;
     let mut dev = DeviceStep::new(m, &set, 1, TOKENS, 64, false).expect("device step");
     let mut g = group(c, "train_step");
     g.throughput(Throughput::Elements(TOKENS as u64));
     g.bench_function("train_step", |b| {
         b.iter(|| cpu.micro_batch(m, &set, &batch, scale, true, 0).unwrap())
+    });
+    g.bench_function("train_step_kl_anchor", |b| {
+        b.iter(|| {
+            anchored
+                .micro_batch(m, &set, &replay_batch, scale, true, 0)
+                .unwrap()
+        })
     });
     g.bench_function("device_step", |b| {
         b.iter(|| dev.micro_batch(m, &batch, scale, true).unwrap())
