@@ -511,18 +511,9 @@ fn train_kl_anchor_plans_its_buffers_and_reports_the_kl_of_replay_rows() {
         edgetune(&a)
     };
     let out = dir.path().join("kl");
-    // Half the rows are replay rows (the training data again, as "general" data).
-    let o = run(
-        s(&out),
-        &[
-            "--replay",
-            s(&data),
-            "--replay-ratio",
-            "0.5",
-            "--kl-anchor",
-            "0.5",
-        ],
-    );
+    // Half the rows are replay rows (the training data again, as "general" data); with
+    // --replay the anchor is on at λ = 0.5 unless --kl-anchor says otherwise.
+    let o = run(s(&out), &["--replay", s(&data), "--replay-ratio", "0.5"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     assert!(
@@ -545,7 +536,14 @@ fn train_kl_anchor_plans_its_buffers_and_reports_the_kl_of_replay_rows() {
     // Without the anchor the lines carry no kl; the anchor needs replay rows.
     let o = run(
         s(&dir.path().join("plain")),
-        &["--replay", s(&data), "--replay-ratio", "0.5"],
+        &[
+            "--replay",
+            s(&data),
+            "--replay-ratio",
+            "0.5",
+            "--kl-anchor",
+            "0",
+        ],
     );
     assert!(o.status.success());
     let lines = std::fs::read_to_string(dir.path().join("plain/metrics.jsonl")).unwrap();

@@ -32,7 +32,10 @@ pub mod step_reslora;
 pub mod trainer;
 
 pub use adapter_set::{AdapterSet, target_shape, tensor_name};
-pub use config::{Decay, OptimizerKind, REPLAY_SELF_DEFAULT, Replay, StatePlace, TrainConfig};
+pub use config::{
+    Decay, KL_ANCHOR_WITH_REPLAY, OptimizerKind, REPLAY_SELF_DEFAULT, Replay, StatePlace,
+    TrainConfig,
+};
 pub use method::{BaseCopy, Method, MethodOptions, TaskWeights};
 pub use run::{run, run_on};
 pub use step::TrainStep;

@@ -96,9 +96,10 @@ pub struct Args {
     replay_ratio: f32,
     /// With --replay: add λ·KL(p_base ‖ p) on the replay rows' answer tokens, pulling the
     /// model's whole next-token distribution there back to the base model's (one extra forward
-    /// without adapters for micro-batches holding replay rows; CPU backend). 0: off.
-    #[arg(long, value_name = "λ", default_value_t = 0.0)]
-    kl_anchor: f32,
+    /// without adapters for micro-batches holding replay rows; CPU backend). 0: off
+    /// [default: 0.5 with --replay, else 0].
+    #[arg(long, value_name = "λ")]
+    kl_anchor: Option<f32>,
     /// `--replay self`: how many built-in general prompts the base model answers (default: all
     /// 265; the first 160 are English, the rest Indonesian: take 160 for a model that does not
     /// speak Indonesian).
@@ -188,7 +189,11 @@ impl Args {
                 file => Replay::File(PathBuf::from(file)),
             }),
             replay_ratio: self.replay_ratio,
-            kl_anchor: self.kl_anchor,
+            kl_anchor: self.kl_anchor.unwrap_or(if self.replay.is_some() {
+                edgetune::train::KL_ANCHOR_WITH_REPLAY
+            } else {
+                0.0
+            }),
             eval_every: self.eval_every,
             heldout: self.heldout.clone(),
             retention: self.retention.clone(),
