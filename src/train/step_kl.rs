@@ -7,8 +7,9 @@
 //! nothing new), whose final normed hidden states `[T, D]` are kept in `base_h`; then the usual
 //! forward, after which the fused loss computes the base logits chunk by chunk beside the
 //! trained ones (`[chunk, vocab]` in `base_logits`). The base pass costs one forward without
-//! adapters, about a quarter of a checkpointed step (forward, recompute, backward ≈ 4
-//! forwards); micro-batches without replay rows skip it.
+//! adapters and one more output-head product, about a third more than a checkpointed step
+//! (forward, recompute and the input-gradient products ≈ 3 forwards: the frozen weights get
+//! no weight gradient); micro-batches without replay rows skip it.
 //!
 //! Memory: `base_h` `[T, D]`, `base_logits` `[chunk, vocab]` and the token weights `[T]`, f32,
 //! allocated once by [`TrainStep::set_kl_anchor`] beside the arena (like ResLoRA's store) and
