@@ -151,7 +151,8 @@ impl<'f> Trainer<'f> {
             file.lock()?;
         }
         log_memory("before loading");
-        let llama = Llama::load(file)?;
+        let mut llama = Llama::load(file)?;
+        llama.set_train_compute(cfg.compute)?;
         let model_cfg = llama.config().clone();
         let data = match early_data {
             Some(d) => d,
