@@ -145,6 +145,86 @@ fn perplexity_matches_the_dumped_logits() {
     assert_eq!(result["predicted"], tokens.len() - 1);
 }
 
+/// `--compute`: perplexity stays f32 unless asked (its dumps are compared with exact
+/// references); int8 logits are close to f32's; generate's default is f32 too.
+#[test]
+fn compute_flag_selects_the_arithmetic_of_perplexity_and_generate() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny(dir.path());
+    let tokens = "256,72,101,108,108,111,32,57,46,57,32,100,101,103";
+    let dump = |name: &str, extra: &[&str]| {
+        let npy = dir.path().join(name);
+        let mut args = vec![
+            "perplexity",
+            "--model",
+            &model,
+            "--tokens",
+            tokens,
+            "--json",
+            "--dump-logits",
+            npy.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let out = edgetune(&args);
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        (r, edgetune::npy::read_f32(&npy).unwrap().1)
+    };
+    let (default, l_default) = dump("default.npy", &[]);
+    let (f32_, l_f32) = dump("f32.npy", &["--compute", "f32"]);
+    let (int8, l_int8) = dump("int8.npy", &["--compute", "int8"]);
+    assert_eq!(l_default, l_f32, "perplexity defaults to f32");
+    assert_eq!(default, f32_);
+    let max = l_f32.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let diff = l_f32
+        .iter()
+        .zip(&l_int8)
+        .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(
+        diff <= 0.1 * max,
+        "int8 logits {diff} from f32's (max {max})"
+    );
+    let (a, b) = (
+        f32_["mean_nll"].as_f64().unwrap(),
+        int8["mean_nll"].as_f64().unwrap(),
+    );
+    assert!((a - b).abs() < 0.05 * a.abs().max(1.0), "{a} vs {b}");
+
+    let generate = |extra: &[&str]| {
+        let mut args = vec![
+            "generate",
+            "--model",
+            &model,
+            "--prompt",
+            "Sensor 3 reads",
+            "--max-tokens",
+            "8",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        summary(&edgetune(&args))["tokens"].clone()
+    };
+    assert_eq!(
+        generate(&[]),
+        generate(&["--compute", "f32"]),
+        "generate defaults to f32"
+    );
+    assert!(generate(&["--compute", "int8"]).is_array());
+    let bad = Command::new(env!("CARGO_BIN_EXE_edgetune"))
+        .args([
+            "generate",
+            "--model",
+            &model,
+            "--prompt",
+            "x",
+            "--compute",
+            "f16",
+        ])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("int8"));
+}
+
 fn llama3_tokenizer() -> PathBuf {
     let p = std::env::var_os("EDGETUNE_LLAMA3_TOKENIZER")
         .map(PathBuf::from)

@@ -815,3 +815,56 @@ fn bad_inputs_and_settings_get_messages_that_name_them() {
         "{e}"
     );
 }
+
+/// `train --compute int8`: the forward through the frozen weights in llama.cpp's arithmetic;
+/// the first loss is that of the same model and data, a little off f32's (f32 is the default).
+#[test]
+fn train_compute_int8_runs_and_stays_near_f32() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, data) = train_support::write_fixture(dir.path(), "q4_0", 40);
+    let run = |name: &str, extra: &[&str]| {
+        let out = dir.path().join(name);
+        let mut args = vec![
+            "train",
+            "--model",
+            s(&model),
+            "--data",
+            s(&data),
+            "--out",
+            s(&out),
+            "--steps",
+            "2",
+            "--seq-len",
+            "256",
+            "--rank",
+            "4",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let o = edgetune(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["first_loss"].as_f64().unwrap()
+    };
+    let default = run("default", &[]);
+    let f32_ = run("f32", &["--compute", "f32"]);
+    let int8 = run("int8", &["--compute", "int8"]);
+    assert_eq!(default, f32_);
+    assert!(int8.is_finite());
+    assert!(
+        (int8 - f32_).abs() < 0.05 * f32_,
+        "int8 {int8} vs f32 {f32_}"
+    );
+    let bad = edgetune(&[
+        "train",
+        "--model",
+        s(&model),
+        "--data",
+        s(&data),
+        "--out",
+        s(&dir.path().join("bad")),
+        "--compute",
+        "int4",
+    ]);
+    assert!(!bad.status.success());
+}

@@ -284,3 +284,45 @@ fn eval_on_a_model_with_non_finite_logits_is_an_error() {
         "{err}"
     );
 }
+
+/// `eval --compute`: f32 by default (pass rates comparable with `train --eval-every`'s); int8
+/// runs the same suite to a consistent report.
+#[test]
+fn eval_takes_the_compute_flag_and_defaults_to_f32() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny(dir.path());
+    let suite = concat!(env!("CARGO_MANIFEST_DIR"), "/suites/basic.jsonl");
+    let report = |extra: &[&str]| {
+        let mut args = vec![
+            "eval",
+            "--model",
+            s(&model),
+            "--suite",
+            suite,
+            "--max-tokens",
+            "4",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let r: serde_json::Value = serde_json::from_slice(&ok(&args).stdout).unwrap();
+        r
+    };
+    let default = report(&[]);
+    assert_eq!(default, report(&["--compute", "f32"]));
+    let int8 = report(&["--compute", "int8"]);
+    assert_eq!(int8["total"], default["total"]);
+    assert_eq!(
+        int8["passed"].as_u64().unwrap() + int8["failures"].as_array().unwrap().len() as u64,
+        int8["total"].as_u64().unwrap()
+    );
+    let out = edgetune(&[
+        "eval",
+        "--model",
+        s(&model),
+        "--suite",
+        suite,
+        "--compute",
+        "f64",
+    ]);
+    assert!(!out.status.success());
+}

@@ -165,6 +165,9 @@ fn inspect_tokenize_template_generate() {
          Face<|im_end|>\n<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\n"
     );
 
+    // f32: with llama.cpp's int8 arithmetic (generate's default) this model answers this
+    // question as llama-completion does, "L'Étoile, la Marseillaise, …" (README, "Inference
+    // arithmetic").
     let answer = ok(&[
         "generate",
         "--model",
@@ -173,6 +176,8 @@ fn inspect_tokenize_template_generate() {
         "What is the capital of France?",
         "--max-tokens",
         "24",
+        "--compute",
+        "f32",
     ]);
     assert!(answer.contains("Paris"), "{answer:?}");
     // Generation stops at <|im_end|>: the answer is one short sentence, not 24 tokens of turns.

@@ -20,11 +20,12 @@
 mod reference;
 
 use edgetune::adapters::{LoraConfig, Target};
+use edgetune::backend::CpuBackend;
 use edgetune::data::{Batch, IGNORE};
 use edgetune::gguf::GgufFile;
 use edgetune::memory::plan::TrainShape;
-use edgetune::model::Llama;
-use edgetune::quant::GgmlType;
+use edgetune::model::{BackendModel, Llama};
+use edgetune::quant::{Compute, GgmlType};
 use edgetune::testmodel::{self, TINY, WeightTypes};
 use edgetune::train::step::adapter_shapes;
 use edgetune::train::{AdapterSet, TrainStep, target_shape};
@@ -159,28 +160,38 @@ fn check(types: WeightTypes, ckpt: bool, packed: bool, rows: usize) {
 
 /// [`check`] with the KL anchor `kl` on the last row, marked as replay.
 fn check_with(types: WeightTypes, ckpt: bool, packed: bool, rows: usize, kl: f64) {
+    let (loss_rel, grad_rel) = measure(types, Compute::F32, ckpt, packed, rows, kl);
+    assert!(loss_rel < 1e-5, "loss rel error {loss_rel:.2e}");
+    assert!(grad_rel <= 1e-4, "‖g − g_fd‖/‖g_fd‖ = {grad_rel:.2e}");
+}
+
+/// The relative errors of the step's loss and LoRA gradients (over sampled entries of every
+/// adapter) against the f64 reference, with the frozen projections' forward products in
+/// `compute` arithmetic (the backward's `dy·W` is f32 either way).
+fn measure(
+    types: WeightTypes,
+    compute: Compute,
+    ckpt: bool,
+    packed: bool,
+    rows: usize,
+    kl: f64,
+) -> (f64, f64) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.gguf");
     testmodel::write_test_model(&TINY, types, 5, &path).unwrap();
     let file = GgufFile::open(&path).unwrap();
     let llama = Llama::load(&file).unwrap();
     let cfg = llama.config().clone();
+    let model =
+        BackendModel::new(CpuBackend, &cfg, &llama.weights().with_compute(compute)).unwrap();
     let mut set = adapters(&cfg, 9);
     let mut b = batch(rows, packed, cfg.n_vocab, 3);
     b.replay_rows[rows - 1] = kl > 0.0;
     let n_targets = b.n_targets;
-    let mut step =
-        TrainStep::new(llama.backend_model(), &set, shape(&set, rows, ckpt, false)).unwrap();
+    let mut step = TrainStep::new(&model, &set, shape(&set, rows, ckpt, false)).unwrap();
     step.set_kl_anchor(kl as f32).unwrap();
     let loss = step
-        .micro_batch(
-            llama.backend_model(),
-            &set,
-            &b,
-            1.0 / n_targets as f32,
-            true,
-            0,
-        )
+        .micro_batch(&model, &set, &b, 1.0 / n_targets as f32, true, 0)
         .unwrap();
     let base = load(&path);
     let (ref_loss, ref_kl) = reference_loss(&base, &set, &b, kl);
@@ -195,11 +206,7 @@ fn check_with(types: WeightTypes, ckpt: bool, packed: bool, rows: usize, kl: f64
             kl * sum
         );
     }
-    let rel = (loss - ref_loss).abs() / ref_loss;
-    assert!(
-        rel < 1e-5,
-        "loss {loss} vs reference {ref_loss} (rel {rel:.2e})"
-    );
+    let loss_rel = (loss - ref_loss).abs() / ref_loss;
 
     // Central differences of the mean loss on sampled entries of every tensor kind.
     let mut rng = StdRng::seed_from_u64(17);
@@ -233,12 +240,12 @@ fn check_with(types: WeightTypes, ckpt: bool, packed: bool, rows: usize, kl: f64
         }
     }
     let rel = (num / den).sqrt();
-    eprintln!("loss {loss:.6} vs {ref_loss:.6}; gradient rel error {rel:.2e}");
-    assert!(
-        rel <= 1e-4,
-        "‖g − g_fd‖/‖g_fd‖ = {rel:.2e} (‖g_fd‖ = {:.3e})",
+    eprintln!(
+        "{}: loss {loss:.6} vs {ref_loss:.6}; gradient rel error {rel:.2e} (‖g_fd‖ = {:.3e})",
+        compute.name(),
         den.sqrt()
     );
+    (loss_rel, rel)
 }
 
 #[test]
@@ -261,4 +268,22 @@ fn kl_anchor_gradients_match_f64_central_differences() {
     // Two rows, the second a replay row anchored with λ = 1.5 (its targets get the KL term,
     // the first row's do not); B is nonzero, so the anchor's gradient is live.
     check_with(WeightTypes::Uniform(GgmlType::F32), true, true, 2, 1.5);
+}
+
+/// The int8 forward through the frozen weights (`train --compute int8`, issue item 4): its
+/// error against the f64 reference, beside f32's, on Q8_0 and Q4_0. Activations rounded to 8
+/// bits per block put the loss and the gradients about 1e-3..1e-2 off (printed; bounded
+/// loosely here: the bound that matters is the loss curve, README).
+#[test]
+fn int8_forward_gradients_against_f64() {
+    for ty in [GgmlType::Q8_0, GgmlType::Q4_0] {
+        let f = measure(WeightTypes::Uniform(ty), Compute::F32, true, true, 1, 0.0);
+        let i = measure(WeightTypes::Uniform(ty), Compute::Int8, true, true, 1, 0.0);
+        eprintln!(
+            "{ty:?}: f32 loss {:.1e} gradient {:.1e}; int8 loss {:.1e} gradient {:.1e}",
+            f.0, f.1, i.0, i.1
+        );
+        assert!(f.0 < 1e-5 && f.1 <= 1e-4, "{ty:?} f32 {f:?}");
+        assert!(i.0 < 1e-2 && i.1 <= 0.1, "{ty:?} int8 {i:?}");
+    }
 }

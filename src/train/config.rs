@@ -150,6 +150,10 @@ pub struct TrainConfig {
     /// The system message of the deployed assistant: written by the chat template before the
     /// prompts of `--eval-every` and of `--replay self` (`None`: the template's default).
     pub system: Option<String>,
+    /// Arithmetic of the training forward's products through the frozen weights (`x·Wᵀ`; the
+    /// backward's `dy·W` stays f32) on the CPU step: `F32` (the default) or `Int8`
+    /// (activations rounded per block to 8 bits, llama.cpp's arithmetic; `train --compute`).
+    pub compute: crate::quant::Compute,
 }
 
 impl Default for TrainConfig {
@@ -202,6 +206,7 @@ impl Default for TrainConfig {
             keep_best: false,
             retention_tolerance: 0.1,
             system: None,
+            compute: crate::quant::Compute::F32,
         }
     }
 }

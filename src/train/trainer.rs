@@ -151,7 +151,8 @@ impl<'f> Trainer<'f> {
             file.lock()?;
         }
         log_memory("before loading");
-        let llama = Llama::load(file)?;
+        let mut llama = Llama::load(file)?;
+        llama.set_train_compute(cfg.compute)?;
         let model_cfg = llama.config().clone();
         // NaN/Inf in the base weights: named now, not met as a NaN loss at step 1.
         let scan = crate::model::finite::check_weights(

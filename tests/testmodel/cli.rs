@@ -92,3 +92,42 @@ fn unknown_preset_and_unreadable_tokenizer_are_errors() {
     assert!(!out.status.success());
     assert!(!out_path.exists(), "nothing written on error");
 }
+
+/// `--layers N` overrides the preset's depth (the other shapes stay); 0 is refused.
+#[test]
+fn layers_overrides_the_presets_depth() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t3.gguf");
+    let p = path.to_str().unwrap();
+    let out = edgetune(&[
+        "testmodel",
+        "--preset",
+        "tiny",
+        "--layers",
+        "3",
+        "--type",
+        "q8_0",
+        "--out",
+        p,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cfg = edgetune::model::LlamaConfig::from_gguf(&GgufFile::open(&path).unwrap()).unwrap();
+    assert_eq!(cfg.n_layer, 3);
+    assert_eq!(cfg.dim, TINY.dim);
+    let zero = dir.path().join("t0.gguf");
+    let out = edgetune(&[
+        "testmodel",
+        "--preset",
+        "tiny",
+        "--layers",
+        "0",
+        "--out",
+        zero.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--layers"));
+}

@@ -1,4 +1,11 @@
 //! `--compute int8|f32`: the arithmetic of the inference forward's quantized projections.
+//!
+//! Each command picks its default (README, "Inference arithmetic"): int8 where speed is the
+//! point (`bench forward`), f32 where the answer or the figure must be the model's best or
+//! comparable with exact references and earlier runs (`generate`: on SmolLM2 int8 loses the
+//! "Paris" answer, as llama.cpp does; `perplexity`, whose logits dumps the comparison scripts
+//! check against PEFT, llama.cpp and f64; `eval`, whose pass rates `train --eval-every` also
+//! measures in f32).
 
 use edgetune::quant::Compute;
 
@@ -21,15 +28,34 @@ impl From<ComputeArg> for Compute {
     }
 }
 
+// Two structs rather than one generic over the default: clap keeps a derived default in a
+// static shared by every instance of a generic `Args`.
+
+/// `--compute`, defaulting to int8.
 #[derive(clap::Args, Clone, Copy, Debug)]
 pub struct ComputeArgs {
-    /// Arithmetic of the quantized projections: int8 (activations quantized per block,
-    /// integer dot products, as llama.cpp) or f32 (weights converted to f32).
+    /// Arithmetic of the quantized projections on the CPU backend: int8 (activations quantized
+    /// per block, integer dot products, as llama.cpp) or f32 (weights converted to f32).
     #[arg(long, value_enum, default_value_t = ComputeArg::Int8)]
     pub compute: ComputeArg,
 }
 
 impl ComputeArgs {
+    pub fn get(&self) -> Compute {
+        self.compute.into()
+    }
+}
+
+/// `--compute`, defaulting to f32.
+#[derive(clap::Args, Clone, Copy, Debug)]
+pub struct ComputeArgsF32 {
+    /// Arithmetic of the quantized projections on the CPU backend: f32 (weights converted to
+    /// f32) or int8 (activations quantized per block, integer dot products, as llama.cpp).
+    #[arg(long, value_enum, default_value_t = ComputeArg::F32)]
+    pub compute: ComputeArg,
+}
+
+impl ComputeArgsF32 {
     pub fn get(&self) -> Compute {
         self.compute.into()
     }

@@ -1,5 +1,5 @@
 //! `edgetune eval --model M [--adapter A] --suite FILE|--retention [--guard POLICY.toml] [--max-tokens N]
-//! [--template auto|alpaca|llama3-chat|none] [--template-file FILE.jinja] [--json]`: greedy
+//! [--compute int8|f32] [--template auto|alpaca|llama3-chat|none] [--template-file FILE.jinja] [--json]`: greedy
 //! answers to a JSONL suite of prompts, each checked (`contains`, `regex`, `equals`,
 //! `not_contains`); prints the pass rate and every failure. Failing cases are a
 //! result, not an error: the exit status is 0 whenever the suite ran.
@@ -13,6 +13,7 @@ use edgetune::model::Llama;
 use edgetune::tokenizer::Tokenizer;
 use edgetune::{Error, Result};
 
+use crate::compute_args::ComputeArgsF32;
 use crate::template_args::TemplateArgs;
 
 #[derive(clap::Args)]
@@ -49,6 +50,9 @@ pub struct Args {
     /// Print the report as JSON (pass_rate, passed, total, by_lang, failures).
     #[arg(long)]
     json: bool,
+    // f32 by default: pass rates comparable across machines and with `train --eval-every`.
+    #[command(flatten)]
+    compute: ComputeArgsF32,
     /// How cases without their own template are formatted.
     #[command(flatten)]
     template: TemplateArgs,
@@ -63,6 +67,7 @@ pub fn run(args: Args) -> Result<()> {
     let policy = args.guard.as_deref().map(Policy::load).transpose()?;
     let file = GgufFile::open(&args.model)?;
     let mut llama = Llama::load(&file)?;
+    llama.set_compute(args.compute.get())?;
     if let Some(path) = &args.adapter {
         let set = edgetune::export::load_scaled(path, llama.config(), args.adapter_scale)?;
         llama.set_adapters(Some(Arc::new(set)))?;

@@ -1,6 +1,6 @@
 //! `edgetune generate --model M --prompt TEXT [--template auto|alpaca|llama3-chat|none]
 //! [--template-file FILE.jinja] [--max-tokens N] [--temperature T] [--top-k K] [--top-p P]
-//! [--seed S] [--backend cpu|cuda|auto] [--weights auto|map|upload] [--guard POLICY.toml]
+//! [--seed S] [--compute int8|f32] [--backend cpu|cuda|auto] [--weights auto|map|upload] [--guard POLICY.toml]
 //! [--json]`: streams text to stdout (with `--guard`, the answer is printed once the policy has
 //! checked it). By default the prompt is one user message in the model's chat template.
 
@@ -15,6 +15,7 @@ use edgetune::tokenizer::Tokenizer;
 use edgetune::{Error, Result};
 
 use crate::backend_args::{BackendArgs, Chosen};
+use crate::compute_args::ComputeArgsF32;
 use crate::template_args::TemplateArgs;
 
 #[derive(clap::Args)]
@@ -50,6 +51,8 @@ pub struct Args {
     json: bool,
     #[command(flatten)]
     backend: BackendArgs,
+    #[command(flatten)]
+    compute: ComputeArgsF32,
     /// A guard policy (TOML, see policies/default.toml): a prompt it matches is not answered,
     /// an output it matches is replaced; both print "Sorry, I can't help you with that. Do
     /// you need anything else?". The output is then printed whole, not streamed.
@@ -70,6 +73,7 @@ pub fn run(args: Args) -> Result<()> {
     match args.backend.resolve()? {
         Chosen::Cpu => {
             let mut llama = Llama::load(&file)?;
+            llama.set_compute(args.compute.get())?;
             if let Some(path) = &args.adapter {
                 let set = edgetune::export::load_scaled(path, llama.config(), args.adapter_scale)?;
                 llama.set_adapters(Some(std::sync::Arc::new(set)))?;

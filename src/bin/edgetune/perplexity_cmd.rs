@@ -1,5 +1,5 @@
 //! `edgetune perplexity --model M (--text FILE | --tokens 1,2,3) [--dump-logits OUT.npy]
-//! [--backend cpu|cuda|auto] [--weights auto|map|upload] [--json]`.
+//! [--compute f32|int8] [--backend cpu|cuda|auto] [--weights auto|map|upload] [--json]`.
 
 use std::path::PathBuf;
 
@@ -11,6 +11,7 @@ use edgetune::tokenizer::Tokenizer;
 use edgetune::{Error, Result};
 
 use crate::backend_args::{BackendArgs, Chosen};
+use crate::compute_args::ComputeArgsF32;
 
 #[derive(clap::Args)]
 #[command(group(clap::ArgGroup::new("input").required(true).args(["text", "tokens"])))]
@@ -38,6 +39,9 @@ pub struct Args {
     json: bool,
     #[command(flatten)]
     backend: BackendArgs,
+    // f32 by default: the logits dumps are compared with exact references.
+    #[command(flatten)]
+    compute: ComputeArgsF32,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -45,6 +49,7 @@ pub fn run(args: Args) -> Result<()> {
     match args.backend.resolve()? {
         Chosen::Cpu => {
             let mut llama = Llama::load(&file)?;
+            llama.set_compute(args.compute.get())?;
             if let Some(path) = &args.adapter {
                 let set = edgetune::export::load_scaled(path, llama.config(), args.adapter_scale)?;
                 llama.set_adapters(Some(std::sync::Arc::new(set)))?;

@@ -1,4 +1,4 @@
-//! `edgetune testmodel --preset NAME --type TYPE --out FILE [--seed S] [--tokenizer FILE]
+//! `edgetune testmodel --preset NAME --type TYPE --out FILE [--layers N] [--seed S] [--tokenizer FILE]
 //! [--chat-template FILE.jinja]`.
 
 use std::path::{Path, PathBuf};
@@ -25,6 +25,10 @@ pub struct Args {
     /// Output GGUF file.
     #[arg(long)]
     out: PathBuf,
+    /// Layers, instead of the preset's (the other shapes stay; e.g. a model few enough layers
+    /// deep for llama-finetune's graph, `scripts/bench-vs-llama-cpp.sh`).
+    #[arg(long)]
+    layers: Option<usize>,
     /// Seed of the random weights.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -44,6 +48,12 @@ fn tokenizer_metadata(path: &Path) -> Result<Vec<(String, Value)>> {
 
 pub fn run(args: Args) -> Result<()> {
     let mut preset = testmodel::preset(&args.preset)?;
+    if let Some(n) = args.layers {
+        if n == 0 {
+            return Err(Error::Invalid("--layers must be at least 1".into()));
+        }
+        preset.n_layer = n;
+    }
     let mut types = WeightTypes::parse(&args.ty)?;
     if args.pure {
         types = types.pure();

@@ -123,6 +123,10 @@ pub struct Args {
     /// Tokens generated per evaluated case at most.
     #[arg(long, value_name = "N", default_value_t = 48)]
     eval_max_tokens: usize,
+    /// The training forward's products through the frozen weights (CPU step; the backward
+    /// stays f32); the evaluations of --eval-every are f32 either way.
+    #[command(flatten)]
+    compute: crate::compute_args::ComputeArgsF32,
     /// Keep the adapter with the best held-out pass rate whose retention is within
     /// --retention-tolerance of the base model's, in OUT/best (needs --eval-every, --heldout).
     #[arg(long)]
@@ -201,6 +205,7 @@ impl Args {
             keep_best: self.keep_best,
             retention_tolerance: self.retention_tolerance,
             system: self.system.clone(),
+            compute: self.compute.get(),
             ..TrainConfig::default()
         };
         if self.replay_prompts.is_some() && !matches!(cfg.replay, Some(Replay::Own { .. })) {

@@ -60,7 +60,10 @@ use crate::quant::GgmlType;
 pub use act::{ActRow, ActType, QuantActs};
 
 /// Arithmetic of the products with quantized weights.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Compute {
     /// Weights converted to f32, activations kept in f32 (what training's gradients need).
     #[default]
