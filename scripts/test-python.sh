@@ -31,6 +31,8 @@ py=$venv/bin/python
 "$py" -m pip install -q --disable-pip-version-check "maturin>=1.7,<2" "pytest>=7" "numpy>=1.24" "flwr>=1.42,<2"
 # PyO3 builds against this interpreter; the wheel is abi3 (any CPython >= 3.10).
 export PYO3_PYTHON=$py
+# The build backend runs the venv's maturin (no build isolation: offline once installed).
+export PATH="$venv/bin:$PATH"
 "$py" -m pip install -q --disable-pip-version-check --no-build-isolation --force-reinstall --no-deps ./python
 echo "test-python.sh: built and installed the package in $(( $(date +%s) - t0 )) s"
 # From outside the source tree, so that the installed package is what is imported.

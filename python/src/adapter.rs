@@ -55,7 +55,11 @@ fn tensors(set: &AdapterSet, model: &LlamaConfig) -> PyResult<Vec<Tensor>> {
             let half = match p.name {
                 "lora_A" => Half::A,
                 "lora_B" => Half::B,
-                other => return Err(invalid(format!("adapter arrays: unexpected tensor {other}"))),
+                other => {
+                    return Err(invalid(format!(
+                        "adapter arrays: unexpected tensor {other}"
+                    )));
+                }
             };
             let heads = match (half, target) {
                 (Half::B, Target::AttnQ) => Some(model.n_head),
@@ -108,10 +112,16 @@ pub fn write_dict(
     let mut staged: Vec<(usize, PyReadonlyArrayDyn<'_, f32>)> = Vec::with_capacity(list.len());
     for (i, t) in list.iter().enumerate() {
         let item = arrays.get_item(&t.name)?.ok_or_else(|| {
-            invalid(format!("set_adapter: missing tensor {} (shape {:?})", t.name, t.shape))
+            invalid(format!(
+                "set_adapter: missing tensor {} (shape {:?})",
+                t.name, t.shape
+            ))
         })?;
         let arr: PyReadonlyArrayDyn<'_, f32> = item.extract().map_err(|_| {
-            invalid(format!("set_adapter: {} is not a float32 NumPy array", t.name))
+            invalid(format!(
+                "set_adapter: {} is not a float32 NumPy array",
+                t.name
+            ))
         })?;
         if arr.shape() != t.shape.as_slice() {
             return Err(invalid(format!(
@@ -148,7 +158,9 @@ pub fn write_dict(
     }
     for (i, arr) in &staged {
         let t = &list[*i];
-        let src = arr.as_slice().map_err(|_| invalid("set_adapter: not contiguous"))?;
+        let src = arr
+            .as_slice()
+            .map_err(|_| invalid("set_adapter: not contiguous"))?;
         let permuted;
         let src = match t.heads {
             Some(h) => {

@@ -72,7 +72,10 @@ fn to_train_config_json(
     };
     let opt_keys = serde_json::to_value(MethodOptions::default())
         .map_err(|e| invalid(format!("method options: {e}")))?;
-    let (prompts, tokens) = (given.remove("replay_prompts"), given.remove("replay_tokens"));
+    let (prompts, tokens) = (
+        given.remove("replay_prompts"),
+        given.remove("replay_tokens"),
+    );
     let mut threads_from_board = None;
     for (key, v) in given {
         let k = key.as_str();
@@ -107,7 +110,11 @@ fn to_train_config_json(
                     Value::Number(n) => n
                         .as_u64()
                         .ok_or_else(|| invalid("config \"budget\": expected bytes or a size"))?,
-                    _ => return Err(invalid("config \"budget\": expected a size like \"5.5GiB\"")),
+                    _ => {
+                        return Err(invalid(
+                            "config \"budget\": expected a size like \"5.5GiB\"",
+                        ));
+                    }
                 };
                 out.insert("budget_bytes".into(), json!(bytes));
             }

@@ -44,7 +44,9 @@ impl Model {
         };
         match (f, system) {
             (PromptFormat::Chat(t), Some(s)) => Ok(PromptFormat::ChatWithSystem(t, s)),
-            (_, Some(_)) => Err(invalid("system: only with the model's chat template (auto)")),
+            (_, Some(_)) => Err(invalid(
+                "system: only with the model's chat template (auto)",
+            )),
             (f, None) => Ok(f),
         }
     }
@@ -131,7 +133,10 @@ impl Model {
     /// Perplexity of `tokens` exactly as given (no BOS added).
     fn perplexity<'py>(&self, py: Python<'py>, tokens: Vec<u32>) -> PyResult<Bound<'py, PyDict>> {
         let p = py
-            .detach(|| self.inner.with_llama(|l| perplexity(l, &tokens, |_, _| Ok(()))))
+            .detach(|| {
+                self.inner
+                    .with_llama(|l| perplexity(l, &tokens, |_, _| Ok(())))
+            })
             .map_err(err)?;
         let d = PyDict::new(py);
         d.set_item("tokens", p.tokens)?;

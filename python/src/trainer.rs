@@ -287,7 +287,11 @@ impl Trainer {
 
     /// Releases the model, the step's memory and the run directory's lock.
     fn close(&self, py: Python<'_>) {
-        let run = self.run.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let run = self
+            .run
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
         py.detach(move || drop(run));
     }
 }
