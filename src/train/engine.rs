@@ -265,6 +265,26 @@ impl<'f> Engine<'f> {
         }
     }
 
+    /// Copies the host adapters' parameters to the device engine after they were replaced from
+    /// outside the optimizer ([`super::Trainer::replace_params`]); the CPU step reads the host
+    /// set directly and needs nothing.
+    pub fn sync_params(&mut self, set: &AdapterSet) -> Result<()> {
+        match self {
+            Engine::CpuDevice(step) => step.sync_params(&crate::backend::CpuBackend, set),
+            #[cfg(feature = "cuda")]
+            Engine::Cuda(e) => {
+                let CudaEngine { model, step, .. } = &mut **e;
+                step.sync_params(&model.backend, set)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether the micro-batches run on the CPU [`TrainStep`] (its arena is allocated).
+    pub fn is_cpu(&self) -> bool {
+        matches!(self, Engine::Cpu)
+    }
+
     /// One micro-batch on this engine (see [`TrainStep::micro_batch`]; the device engine has
     /// no dropout, so `seed` is unused there).
     #[allow(clippy::too_many_arguments)]

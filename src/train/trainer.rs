@@ -533,6 +533,30 @@ impl<'f> Trainer<'f> {
         ))
     }
 
+    /// Replaces adapter parameters from outside the optimizer (federated averaging, an
+    /// adapter received over the network): `f` writes into the set (through
+    /// [`crate::adapters::Adapter::param_mut`]; it must not change shapes), then a device
+    /// engine gets the new values. The optimizer state (moments, step count, hence the
+    /// learning-rate schedule) is kept: the next step trains from the new values.
+    pub fn replace_params<R>(&mut self, f: impl FnOnce(&mut AdapterSet) -> Result<R>) -> Result<R> {
+        let r = f(&mut self.set)?;
+        self.engine.sync_params(&self.set)?;
+        Ok(r)
+    }
+
+    /// The loss of `batch` under the current adapters, without dropout or gradients:
+    /// `(Σ loss over the batch's targets, targets)` — held-out evaluation between steps. The
+    /// CPU step only (after [`Trainer::use_device`] its arena is freed: an error).
+    pub fn eval_loss(&mut self, batch: &Batch) -> Result<(f64, usize)> {
+        if !self.engine.is_cpu() {
+            return Err(Error::Invalid(
+                "eval_loss runs on the CPU step; this trainer runs on a device".into(),
+            ));
+        }
+        self.step
+            .eval_loss(self.llama.backend_model(), &self.set, batch)
+    }
+
     /// DyLoRA / QDyLoRA without `--dylora-eval-rank` (§9.1, "evaluation at every rank"):
     /// evaluates every rank `1..=r_max` on the last step's micro-batches (no dropout; a proxy
     /// for a held-out set, which the trainer does not have), makes the lowest-loss rank (ties:

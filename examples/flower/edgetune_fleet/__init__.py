@@ -1,0 +1,1 @@
+"""edgetune on Flower: federated LoRA fine-tuning (see examples/flower/README in the main README)."""
