@@ -147,6 +147,7 @@ fn kill_9_at_random_points_always_leaves_a_loadable_newest_checkpoint() {
         loaded >= TRIALS / 2,
         "only {loaded} of {TRIALS} trials had a checkpoint"
     );
+    // The time is printed, not asserted (timings are measured, never tested); the trials are
+    // bounded by their step counts and kill delays.
     assert!(newest > 3, "the runs made no progress across kills");
-    assert!(took < Duration::from_secs(90), "{took:?}");
 }
