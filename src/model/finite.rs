@@ -232,15 +232,25 @@ mod tests {
     fn the_scan_of_the_small_preset_counts_every_value() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("small.gguf");
-        write_test_model(&SMALL, WeightTypes::Q4KM, 1, &p).unwrap();
+        // Under qemu (the aarch64 CI stage) the 101M-value scan takes minutes: `tiny` there.
+        let aarch64 = cfg!(target_arch = "aarch64");
+        let preset = if aarch64 { &TINY } else { &SMALL };
+        write_test_model(preset, WeightTypes::Q4KM, 1, &p).unwrap();
         let f = GgufFile::open(&p).unwrap();
         let cfg = LlamaConfig::from_gguf(&f).unwrap();
         let r = check_weights(&f, &cfg, true).unwrap();
         eprintln!(
-            "weight scan of small (Q4_K_M): {} tensors, {} values, {} bytes in {:.3} s",
-            r.tensors, r.values, r.bytes, r.seconds
+            "weight scan of {} (Q4_K_M): {} tensors, {} values, {} bytes in {:.3} s",
+            if aarch64 { "tiny" } else { "small" },
+            r.tensors,
+            r.values,
+            r.bytes,
+            r.seconds
         );
-        assert!(r.values > 100_000_000, "{r:?}");
+        assert!(
+            r.values > if aarch64 { 1_000_000 } else { 100_000_000 },
+            "{r:?}"
+        );
         assert_eq!(r.tensors, f.tensors().len(), "{r:?}");
     }
 }
