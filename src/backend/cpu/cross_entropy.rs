@@ -140,6 +140,17 @@ pub(super) fn softmax_grad_row(row: &mut [f32], t: i32, scale: f32) -> f64 {
     sum.ln() + (mx - target_logit) as f64
 }
 
+/// `Ŵ` `[rows, cols]` whole, by the reference dequantizer (for the `_ref` specifications).
+pub(super) fn dequantize_whole_ref(w: &QuantMatrix) -> Vec<f32> {
+    let (rows, cols) = (w.rows, w.cols);
+    let dequantize_ref = w.ty.traits().dequantize_ref;
+    let mut wd = vec![0.0f32; rows * cols];
+    for r in 0..rows {
+        dequantize_ref(w.row(r), &mut wd[r * cols..(r + 1) * cols]);
+    }
+    wd
+}
+
 /// Scalar specification, generic over the element type: `Ŵ` from the reference dequantizer,
 /// every row's logits, log-sum-exp and gradient in f64 (whole rows; no chunking). Returns the
 /// summed loss and overwrites `dh` with the gradient of `scale · loss`.
@@ -152,11 +163,7 @@ pub fn cross_entropy_ref<T: Real>(
 ) -> Result<f64> {
     let n = check(h, w, targets, dh)?;
     let (vocab, dim) = (w.rows, w.cols);
-    let dequantize_ref = w.ty.traits().dequantize_ref;
-    let mut wd = vec![0.0f32; vocab * dim];
-    for r in 0..vocab {
-        dequantize_ref(w.row(r), &mut wd[r * dim..(r + 1) * dim]);
-    }
+    let wd = dequantize_whole_ref(w);
     let mut loss = 0.0f64;
     let mut logit = vec![0.0f64; vocab];
     for i in 0..n {

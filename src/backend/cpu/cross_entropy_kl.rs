@@ -27,7 +27,7 @@
 use rayon::prelude::*;
 
 use super::Real;
-use super::cross_entropy::{IGNORE, softmax_grad_row};
+use super::cross_entropy::{IGNORE, dequantize_whole_ref, softmax_grad_row};
 use crate::backend::check_len;
 use crate::quant::matmul::{self as qmm, QuantMatrix};
 use crate::{Error, Result};
@@ -216,11 +216,7 @@ pub fn cross_entropy_kl_ref<T: Real>(
 ) -> Result<AnchoredLoss> {
     let n = check(h, base_h, w, targets, weights, dh)?;
     let (vocab, dim) = (w.rows, w.cols);
-    let dequantize_ref = w.ty.traits().dequantize_ref;
-    let mut wd = vec![0.0f32; vocab * dim];
-    for r in 0..vocab {
-        dequantize_ref(w.row(r), &mut wd[r * dim..(r + 1) * dim]);
-    }
+    let wd = dequantize_whole_ref(w);
     let logits_of = |x: &[T], i: usize| -> Vec<f64> {
         (0..vocab)
             .map(|v| {
