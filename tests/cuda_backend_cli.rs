@@ -83,7 +83,23 @@ fn cuda_without_a_device_fails_cleanly_and_auto_falls_back_to_the_cpu() {
     let cpu_json: serde_json::Value = serde_json::from_slice(&cpu.stdout).unwrap();
     let cuda = ppl("cuda");
     if cuda.status.success() {
-        eprintln!("a CUDA device is usable here: the no-device path is not exercised");
+        // A device: it computes the CPU's perplexity (to the kernels' f32 tolerance), and
+        // `auto` picks it, with no fallback notice.
+        let cuda_json: serde_json::Value = serde_json::from_slice(&cuda.stdout).unwrap();
+        let (c, g) = (
+            cpu_json["perplexity"].as_f64().unwrap(),
+            cuda_json["perplexity"].as_f64().unwrap(),
+        );
+        assert!((c - g).abs() <= 1e-3 * c, "perplexity: cpu {c}, cuda {g}");
+        let auto = ppl("auto");
+        assert!(auto.status.success(), "{}", stderr(&auto));
+        assert!(
+            !stderr(&auto).contains("using the CPU"),
+            "{}",
+            stderr(&auto)
+        );
+        let auto_json: serde_json::Value = serde_json::from_slice(&auto.stdout).unwrap();
+        assert_eq!(auto_json, cuda_json);
         return;
     }
     // A clear one-line error, exit status 1, never a panic (101).
@@ -138,11 +154,16 @@ fn generate_honours_the_backend_flag() {
     };
     let cpu = gen_("cpu");
     assert!(cpu.status.success(), "{}", stderr(&cpu));
+    let cuda = gen_("cuda");
     if cuda_usable(&model) {
-        eprintln!("a CUDA device is usable here: the fallback is not exercised");
+        // A device: `cuda` generates, and `auto` runs on the device too (the same text).
+        assert!(cuda.status.success(), "{}", stderr(&cuda));
+        assert!(!cuda.stdout.is_empty());
+        let auto = gen_("auto");
+        assert!(auto.status.success(), "{}", stderr(&auto));
+        assert_eq!(auto.stdout, cuda.stdout);
         return;
     }
-    let cuda = gen_("cuda");
     assert_eq!(cuda.status.code(), Some(1), "{}", stderr(&cuda));
     assert!(!stderr(&cuda).contains("panicked"));
     let auto = gen_("auto");

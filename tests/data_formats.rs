@@ -358,3 +358,26 @@ fn unreadable_and_empty_files() {
     let (msg, _) = load_err("empty.json", "[]", None);
     assert!(msg.contains("no records"), "{msg}");
 }
+
+/// A dataset's size is planned before it is read: a directory, a device (`/dev/zero` would be
+/// read without end) and a FIFO are refused by name, before any byte is read.
+#[test]
+fn only_regular_files_are_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let msg = data::load(dir.path(), None).unwrap_err().to_string();
+    assert!(msg.contains("is a directory"), "{msg}");
+    #[cfg(unix)]
+    {
+        let msg = data::load("/dev/zero", None).unwrap_err().to_string();
+        assert!(msg.starts_with("/dev/zero: not a regular file"), "{msg}");
+        let fifo = dir.path().join("pipe.jsonl");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        // Opening a FIFO for reading would block until a writer comes: the check comes first.
+        let msg = data::load(&fifo, None).unwrap_err().to_string();
+        assert!(msg.contains("pipe.jsonl: not a regular file"), "{msg}");
+    }
+}

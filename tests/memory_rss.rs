@@ -92,3 +92,33 @@ fn reading_mapped_weights_grows_file_backed_rss_and_lock_counts_them() {
     let owned = GgufFile::from_bytes("x.gguf", std::fs::read(&small).unwrap()).unwrap();
     assert!(owned.lock().unwrap_err().to_string().contains("not mapped"));
 }
+
+/// The arena is allocated zeroed by the system (calloc), not written: none of it is resident
+/// until a step writes it, so a trainer whose micro-batches move to a device engine frees its
+/// CPU arena without ever holding it beside the device workspace.
+#[test]
+fn an_arena_is_resident_only_once_written() {
+    use edgetune::memory::Arena;
+    use edgetune::memory::plan::{Category, PlanBuilder};
+    let _g = LOCK.lock().unwrap();
+    let mut p = PlanBuilder::new();
+    p.add_buffer("a", Category::Temporary, 64 * MIB, 0, 0);
+    let plan = p.pack().unwrap();
+    let before = memory_usage().unwrap().unwrap();
+    let mut arena = Arena::new(&plan).unwrap();
+    let allocated = memory_usage().unwrap().unwrap();
+    assert!(
+        allocated.rss_anon < before.rss_anon + 4 * MIB,
+        "a new 64 MiB arena made {} bytes resident",
+        allocated.rss_anon - before.rss_anon
+    );
+    assert!(arena.as_mut_slice().iter().all(|&x| x == 0.0));
+    arena.as_mut_slice().fill(1.0);
+    std::hint::black_box(arena.as_mut_slice());
+    let written = memory_usage().unwrap().unwrap();
+    let grown = written.rss_anon - before.rss_anon;
+    assert!(
+        grown >= 63 * MIB,
+        "writing the arena grew anon RSS by {grown}"
+    );
+}

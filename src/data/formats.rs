@@ -53,10 +53,54 @@ impl Content {
 /// the file cannot be read, holds no record, or any record is malformed.
 pub fn load(path: impl AsRef<Path>, format: Option<Format>) -> crate::Result<Dataset> {
     let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = read_dataset_bytes(path)?;
     let text =
         String::from_utf8(bytes).map_err(|e| not_utf8(path, e.as_bytes(), e.utf8_error()))?;
     parse_str(path, &text, format)
+}
+
+/// Reads a dataset file whole. Its size goes into the memory plan before it is read
+/// (`memory/overheads.rs`), so only a regular file is read, and no more than the size it had
+/// then: a directory, a device such as `/dev/zero`, a pipe, or a file that grows while it is read
+/// (any of which could fill memory without bound) is an error naming the file.
+pub fn read_dataset_bytes(path: &Path) -> crate::Result<Vec<u8>> {
+    use std::io::Read;
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if meta.is_dir() {
+        return Err(Error::Invalid(format!(
+            "{}: is a directory, not a dataset (give a .jsonl, .json or .txt file)",
+            path.display()
+        )));
+    }
+    if !meta.is_file() {
+        return Err(Error::Invalid(format!(
+            "{}: not a regular file (a device, pipe or socket): a dataset's size goes into the \
+             memory plan before it is read, so it must be a regular file (copy it into one)",
+            path.display()
+        )));
+    }
+    let len = meta.len();
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut bytes = Vec::new();
+    bytes
+        .try_reserve_exact(usize::try_from(len).unwrap_or(usize::MAX))
+        .map_err(|e| {
+            Error::Invalid(format!(
+                "{}: cannot hold its {len} bytes in memory: {e}",
+                path.display()
+            ))
+        })?;
+    file.take(len.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io(path, e))?;
+    if bytes.len() as u64 > len {
+        return Err(Error::Invalid(format!(
+            "{}: grew while it was read (it had {len} bytes when the memory plan counted it); \
+             a dataset must not change during a run",
+            path.display()
+        )));
+    }
+    Ok(bytes)
 }
 
 /// The error for a dataset that is not UTF-8: the line, the column (in bytes) and the bytes

@@ -1,4 +1,4 @@
-//! The arena: ONE 64-byte-aligned allocation of a [`Plan`]'s `arena_bytes`, handing out f32
+//! The arena: ONE page-aligned anonymous map of a [`Plan`]'s `arena_bytes`, handing out f32
 //! views of its buffers. Nothing is allocated after [`Arena::new`].
 //!
 //! Buffers whose lifetimes do not intersect may share addresses, so the borrow checker alone
@@ -9,21 +9,17 @@
 
 use std::ops::Range;
 
+use memmap2::MmapMut;
+
 use super::plan::{ALIGN, BufferId, Plan};
 use crate::{Error, Result};
 
-/// One cache line of f32: the allocation unit, so the storage is [`ALIGN`]-aligned without
-/// `unsafe`.
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-#[repr(C, align(64))]
-struct Line([f32; 16]);
-
-const _: () = assert!(std::mem::size_of::<Line>() as u64 == ALIGN);
-const _: () = assert!(std::mem::align_of::<Line>() as u64 == ALIGN);
-
 /// The storage of one training step's buffers, laid out by a [`Plan`].
 pub struct Arena {
-    lines: Vec<Line>,
+    /// An anonymous private map: page-aligned (so every [`ALIGN`]-aligned offset is aligned in
+    /// memory) and zero-filled by the kernel on first touch, so nothing is resident until a step
+    /// writes it. `None` when the plan is empty or the arena was released.
+    storage: Option<MmapMut>,
     /// Per buffer id: its range in f32 elements and its lifetime.
     ranges: Vec<(Range<usize>, u32, u32)>,
 }
@@ -38,45 +34,63 @@ impl std::fmt::Debug for Arena {
 }
 
 impl Arena {
-    /// Allocates (zeroed) the arena of `plan`. Errors: a buffer that is not a whole number of
-    /// f32, an arena beyond the address space, or an allocation the system refuses.
+    /// Maps the arena of `plan`: zeroed, and not resident until written. Errors: a buffer that
+    /// is not a whole number of f32, an arena beyond the address space, or a map the system
+    /// refuses.
     pub fn new(plan: &Plan) -> Result<Arena> {
-        let n_lines = usize::try_from(plan.arena_bytes() / ALIGN).map_err(|_| {
+        let bytes = usize::try_from(plan.arena_bytes()).map_err(|_| {
             Error::Invalid(format!(
                 "arena: {} bytes exceed this machine's address space",
                 plan.arena_bytes()
             ))
         })?;
+        debug_assert_eq!(bytes as u64 % ALIGN, 0);
         let mut ranges = Vec::with_capacity(plan.buffers().len());
         for (i, p) in plan.buffers().iter().enumerate() {
             let r = plan.f32_range(BufferId(i))?;
             ranges.push((r, p.request.first_use, p.request.last_use));
         }
-        let mut lines = Vec::new();
-        lines.try_reserve_exact(n_lines).map_err(|e| {
-            Error::Invalid(format!(
-                "arena: cannot allocate {} bytes: {e}",
-                plan.arena_bytes()
-            ))
-        })?;
-        lines.resize(n_lines, Line([0.0; 16]));
-        Ok(Arena { lines, ranges })
+        // Not the heap: Rust's allocator zeroes over-aligned (64-byte) allocations by writing
+        // them, which would make the whole arena resident at once. A trainer whose micro-batches
+        // move to a device engine frees this arena untouched, so the CPU arena and the device
+        // workspace never hold memory at the same time.
+        let storage = if bytes == 0 {
+            None
+        } else {
+            Some(MmapMut::map_anon(bytes).map_err(|e| {
+                Error::Invalid(format!(
+                    "arena: cannot map {bytes} bytes ({:.1} MiB): {e}",
+                    bytes as f64 / (1u64 << 20) as f64
+                ))
+            })?)
+        };
+        Ok(Arena { storage, ranges })
     }
 
     /// Frees the storage (the buffers' ranges stay, so every later view is an error naming the
     /// buffer, not a panic): for a step whose work moved to a device engine.
     pub fn release(&mut self) {
-        self.lines = Vec::new();
+        self.storage = None;
     }
 
     /// Size of the allocation in bytes.
     pub fn bytes(&self) -> usize {
-        self.lines.len() * std::mem::size_of::<Line>()
+        self.storage.as_ref().map_or(0, |m| m.len())
     }
 
     /// The whole arena as f32 (e.g. to zero it).
     pub fn as_mut_slice(&mut self) -> &mut [f32] {
-        bytemuck::cast_slice_mut(&mut self.lines)
+        match &mut self.storage {
+            Some(m) => bytemuck::cast_slice_mut(&mut m[..]),
+            None => &mut [],
+        }
+    }
+
+    fn as_slice(&self) -> &[f32] {
+        match &self.storage {
+            Some(m) => bytemuck::cast_slice(&m[..]),
+            None => &[],
+        }
     }
 
     fn range(&self, id: BufferId) -> Result<&(Range<usize>, u32, u32)> {
@@ -92,7 +106,7 @@ impl Arena {
     /// Read-only view of one buffer.
     pub fn view(&self, id: BufferId) -> Result<&[f32]> {
         let r = self.range(id)?.0.clone();
-        let all: &[f32] = bytemuck::cast_slice(&self.lines);
+        let all: &[f32] = self.as_slice();
         // Plan::verify checked every buffer lies inside the arena.
         all.get(r)
             .ok_or_else(|| Error::Invalid(format!("arena: buffer {} is outside the arena", id.0)))
@@ -133,7 +147,7 @@ impl Arena {
         }
 
         let mut out: [Option<&mut [f32]>; N] = std::array::from_fn(|_| None);
-        let mut rest: &mut [f32] = bytemuck::cast_slice_mut(&mut self.lines);
+        let mut rest: &mut [f32] = self.as_mut_slice();
         let mut consumed = 0usize;
         for &i in &order {
             let r = &ranges[i];

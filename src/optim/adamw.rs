@@ -161,20 +161,22 @@ impl AdamW {
             t: 0,
         };
         for id in 0..opt.pages.len() {
-            opt.reset_tensor(id);
+            opt.reset_tensor(id)?;
         }
         Ok(opt)
     }
 
     /// Sets tensor `id`'s moments to zero (a zero-filled page is zero f32 state; 8-bit codes
     /// need the code of level 0).
-    fn reset_tensor(&mut self, id: ParamId) {
+    fn reset_tensor(&mut self, id: ParamId) -> Result<()> {
         let page = self.pages[id];
         if page.kind == PageKind::Eight {
             let bytes = self.store.page_mut(page.offset, page.state_bytes());
             let (absmax, q_m, q_v) = split_8bit(bytes, page.numel);
             state8bit::reset_8bit(&self.maps, absmax, q_m, q_v);
+            self.store.release(page.offset, page.state_bytes())?;
         }
+        Ok(())
     }
 
     /// Completed steps.
@@ -221,7 +223,8 @@ impl AdamW {
                 state8bit::adamw_update_8bit(param, grad, absmax, q_m, q_v, &k, &self.maps);
             }
         }
-        Ok(())
+        // On disk, the page goes back to the file before the next tensor's comes in.
+        self.store.release(page.offset, page.state_bytes())
     }
 
     /// Tensor `id`'s state bytes (f32 `m` then `v`, or the 8-bit codes and scales).
@@ -253,6 +256,12 @@ impl AdamW {
     /// Bytes the backing store holds (state plus page alignment).
     pub fn store_bytes(&self) -> usize {
         self.store.len()
+    }
+
+    /// The disk map's address and length (residency tests); `None` in RAM.
+    #[cfg(test)]
+    pub(crate) fn store_map(&self) -> Option<(usize, usize)> {
+        self.store.disk_map()
     }
 
     /// Whether tensor `id` keeps 8-bit state.
@@ -295,7 +304,7 @@ impl AdamW {
                 state8bit::dequantize_ref(&self.maps.unsigned, q_v, &absmax[nb..], v);
             }
         }
-        Ok(())
+        self.store.release(page.offset, page.state_bytes())
     }
 
     /// Writes the step count and all state (for a checkpoint). Hyperparameters and groups are
@@ -307,8 +316,28 @@ impl AdamW {
     pub fn save(&self, w: &mut impl Write) -> Result<()> {
         let io = |e| Error::io("<AdamW state>", e);
         w.write_all(&self.header()).map_err(io)?;
-        w.write_all(self.store.bytes()).map_err(io)?;
+        for window in self.windows() {
+            w.write_all(&self.store.bytes()[window.clone()])
+                .map_err(io)?;
+            self.store.release(window.start, window.len())?;
+        }
         Ok(())
+    }
+
+    /// The store in windows of the largest page's size: checkpoints read and write the state
+    /// one window at a time, so on disk no more of it is resident than during a step.
+    fn windows(&self) -> impl Iterator<Item = std::ops::Range<usize>> + use<> {
+        let len = self.store.len();
+        let window = self
+            .pages
+            .iter()
+            .map(|p| super::paged::page_round(p.state_bytes()))
+            .max()
+            .unwrap_or(0)
+            .max(super::paged::PAGE_ALIGN);
+        (0..len)
+            .step_by(window)
+            .map(move |start| start..(start + window).min(len))
     }
 
     /// Reads what [`Self::save`] wrote into this optimizer, which must have been built with the
@@ -329,7 +358,11 @@ impl AdamW {
             ));
         }
         let t = u64::from_le_bytes(header[16..24].try_into().unwrap_or_default());
-        r.read_exact(self.store.bytes_mut()).map_err(io)?;
+        for window in self.windows() {
+            r.read_exact(&mut self.store.bytes_mut()[window.clone()])
+                .map_err(io)?;
+            self.store.release(window.start, window.len())?;
+        }
         self.t = t;
         Ok(())
     }

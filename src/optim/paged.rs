@@ -44,7 +44,7 @@ enum Backing {
     Disk {
         map: MmapMut,
         _file: File,
-        #[cfg_attr(unix, allow(dead_code))]
+        /// Where the file was created (unlinked on Unix): for messages.
         path: PathBuf,
     },
 }
@@ -122,6 +122,51 @@ impl StateStore {
     pub(crate) fn page_mut(&mut self, offset: usize, len: usize) -> &mut [u8] {
         &mut self.bytes_mut()[offset..offset + len]
     }
+
+    /// Done with `len` bytes from `offset` for now. On disk: writes them back to the file
+    /// (`msync(MS_SYNC)`) and drops them from this process (`madvise(MADV_DONTNEED)`), so at most
+    /// one tensor's page is resident at a time — what the memory plan counts — and none is left
+    /// dirty in the page cache for the kernel to write back later. In RAM: nothing.
+    ///
+    /// A failed write-back is an error (the state would otherwise be lost silently on a full
+    /// disk); a failed `madvise` only leaves the pages resident and is logged.
+    pub(crate) fn release(&self, offset: usize, len: usize) -> Result<()> {
+        let Backing::Disk { map, path, .. } = &self.backing else {
+            return Ok(());
+        };
+        if len == 0 {
+            return Ok(());
+        }
+        map.flush_range(offset, len)
+            .map_err(|e| Error::io(path, e))?;
+        #[cfg(unix)]
+        {
+            // SAFETY: the map is MAP_SHARED over a file, so MADV_DONTNEED only unmaps the pages:
+            // the next access reads them back from the page cache or the file, with the bytes
+            // just written back (nothing is zeroed, unlike for private anonymous memory). No
+            // reference into the range is alive here (`&self`, and every page view is
+            // borrowed from `&mut self` for the length of one update).
+            let advised = unsafe {
+                map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, len)
+            };
+            if let Err(e) = advised {
+                log::debug!(
+                    "{}: madvise(DONTNEED) failed, the page stays resident: {e}",
+                    path.display()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The map's address and length on disk (for residency checks), `None` in RAM.
+    #[cfg(test)]
+    pub(crate) fn disk_map(&self) -> Option<(usize, usize)> {
+        match &self.backing {
+            Backing::Disk { map, .. } => Some((map.as_ptr() as usize, map.len())),
+            Backing::Ram(_) => None,
+        }
+    }
 }
 
 // On Unix the file was unlinked right after mapping. Elsewhere, remove it now (best effort: the
@@ -189,4 +234,88 @@ pub(crate) fn layout(
         pages.push(page);
     }
     Ok((pages, offset))
+}
+
+/// On disk, the state is resident one page at a time: after steps, a checkpoint save and a
+/// load, the map holds at most the largest page (plus the two partial pages at its ends).
+#[cfg(all(test, target_os = "linux"))]
+mod residency_tests {
+    use super::super::adamw::{AdamW, AdamWConfig};
+    use super::super::{ParamGroup, ParamSpec, StateBits};
+    use super::StateStorage;
+
+    /// Resident bytes of the mapping that starts at `addr` (`/proc/self/smaps`).
+    fn mapping_rss(addr: usize) -> u64 {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let mut in_map = false;
+        for line in smaps.lines() {
+            // A mapping's header: `start-end perms offset dev inode [path]`; its fields follow
+            // as `Name:   value kB`.
+            let first = line.split_whitespace().next().unwrap_or("");
+            if let Some((start, end)) = first.split_once('-')
+                && let (Ok(start), Ok(_)) = (
+                    usize::from_str_radix(start, 16),
+                    usize::from_str_radix(end, 16),
+                )
+            {
+                in_map = start == addr;
+            } else if in_map && let Some(kb) = line.strip_prefix("Rss:") {
+                let kb = kb.trim().trim_end_matches("kB").trim();
+                return kb.parse::<u64>().unwrap() * 1024;
+            }
+        }
+        panic!("no mapping at {addr:#x} in /proc/self/smaps");
+    }
+
+    #[test]
+    fn disk_state_is_resident_one_page_at_a_time() {
+        for bits in [StateBits::F32, StateBits::Eight] {
+            let dir = tempfile::tempdir().unwrap();
+            // 16 tensors of 256 Ki elements: 2 MiB of f32 state each, 32 MiB in all.
+            let n = 1 << 18;
+            let specs = vec![ParamSpec { numel: n, group: 0 }; 16];
+            let groups = [ParamGroup::new(0.0)];
+            let storage = StateStorage::Disk(dir.path().to_path_buf());
+            let mut opt =
+                AdamW::new(AdamWConfig::default(), &groups, &specs, bits, &storage).unwrap();
+            let (addr, len) = opt.store_map().unwrap();
+            let largest = opt.store_bytes() / specs.len();
+            let bound = (largest + 2 * 4096) as u64;
+            let mut params = vec![vec![0.5f32; n]; specs.len()];
+            let grads = vec![vec![0.25f32; n]; specs.len()];
+            for _ in 0..2 {
+                let mut p: Vec<&mut [f32]> = params.iter_mut().map(|p| &mut p[..]).collect();
+                let g: Vec<&[f32]> = grads.iter().map(|g| &g[..]).collect();
+                opt.step(&mut p, &g, 1e-3).unwrap();
+            }
+            let after_steps = mapping_rss(addr);
+            assert!(
+                after_steps <= bound,
+                "{bits:?}: {after_steps} B of the {len}-byte map resident after two steps (bound {bound})"
+            );
+            let mut saved = Vec::new();
+            opt.save(&mut saved).unwrap();
+            let after_save = mapping_rss(addr);
+            assert!(
+                after_save <= bound,
+                "{bits:?}: {after_save} B resident after a save"
+            );
+            // The state survived the round trips through the file: a fresh optimizer loads it
+            // and saves the same bytes.
+            let mut again =
+                AdamW::new(AdamWConfig::default(), &groups, &specs, bits, &storage).unwrap();
+            again.load(&mut &saved[..]).unwrap();
+            let (addr2, _) = again.store_map().unwrap();
+            assert!(
+                mapping_rss(addr2) <= bound,
+                "{bits:?}: resident after a load"
+            );
+            let mut resaved = Vec::new();
+            again.save(&mut resaved).unwrap();
+            assert!(
+                saved == resaved,
+                "{bits:?}: the state changed through save and load"
+            );
+        }
+    }
 }

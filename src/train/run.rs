@@ -84,6 +84,17 @@ fn run_in_pool(
         log::warn!("cannot read the memory usage: {e}");
         None
     });
+    if let (Some(budget), Some(m)) = (cfg.budget_bytes, usage.as_ref())
+        && m.peak_rss > budget
+    {
+        // The plan fitted, so the plan was low: worth a report, not a lost run.
+        log::warn!(
+            "the measured peak ({} bytes) exceeded the budget ({budget} bytes) that the plan \
+             ({} bytes) fitted: the plan underestimates this configuration",
+            m.peak_rss,
+            trainer.planned_bytes
+        );
+    }
     let summary = Summary {
         config: trainer.cfg.clone(),
         steps: trainer.completed(),
