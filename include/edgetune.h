@@ -66,6 +66,18 @@ typedef enum {
   ET_STATUS_CANCELLED = 6,
   // An internal error (a caught panic): a bug in edgetune, please report the message.
   ET_STATUS_PANIC = 7,
+  // The memory plan does not fit the budget (`budget_bytes`): the message has the
+  // breakdown and the configurations that would fit. Nothing was allocated.
+  ET_STATUS_OVER_BUDGET = 8,
+  // A record of an input file (a dataset line, an eval case) is malformed: the message
+  // names the file and the line.
+  ET_STATUS_BAD_INPUT = 9,
+  // Valid, but not something this build or engine does (e.g. a method on a device backend):
+  // the message says what would work.
+  ET_STATUS_UNSUPPORTED = 10,
+  // A computation gave NaN or Inf (a training loss or gradient, logits): the message names
+  // the step and where, with advice; nothing of that step was applied.
+  ET_STATUS_NON_FINITE = 11,
 } EtStatus;
 
 // Prompt formats `EtGenerateOptions::prompt_template` accepts.

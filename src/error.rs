@@ -47,12 +47,45 @@ pub enum Error {
     /// differs from its manifest, or that is missing).
     #[error("{}: {what}", path.display())]
     Corrupt { path: PathBuf, what: String },
+    /// The memory plan does not fit the budget: `needed` and `budget` in bytes; `report` is the
+    /// whole message (the numbers, the breakdown table and the configurations that would fit).
+    #[error("{report}")]
+    OverBudget {
+        needed: u64,
+        budget: u64,
+        report: String,
+    },
+    /// A bad record or value in an input file (a dataset, an eval suite): `line` is 1-based when
+    /// known; `what` is the whole message, which names the file and the line itself.
+    #[error("{what}")]
+    BadInput {
+        path: PathBuf,
+        line: Option<usize>,
+        what: String,
+    },
+    /// Something valid that this build or this engine does not do (an architecture, a method on
+    /// a device backend, a format), with what would work instead.
+    #[error("{0}")]
+    Unsupported(String),
+    /// A computation produced NaN or Inf (a loss, a gradient, logits, a weight): the message
+    /// names the step or position and where it first appeared, with advice.
+    #[error("{0}")]
+    NonFinite(String),
     /// Arguments that do not fit together (shapes, lengths), with the numbers.
     #[error("{0}")]
     Invalid(String),
 }
 
 impl Error {
+    /// A bad input record: `what` is the whole message (it names the file and line).
+    pub fn bad_input(path: impl Into<PathBuf>, line: Option<usize>, what: String) -> Self {
+        Error::BadInput {
+            path: path.into(),
+            line,
+            what,
+        }
+    }
+
     /// Wraps an I/O error with the path it happened on.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {

@@ -495,7 +495,14 @@ fn bad_nulls_json_and_mismatched_configurations_are_errors() {
             ", \"budget_bytes\": 1000",
         )),
     );
-    assert_eq!(st, EtStatus::InvalidArgument, "{msg}");
+    assert_eq!(st, EtStatus::OverBudget, "{msg}");
+    assert!(msg.contains("over budget"), "{msg}");
+    // A dataset with a malformed line: its own status, and the message names file and line.
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, "{\"text\": \"fine\"}\n{\"text\": 3}\n").unwrap();
+    let (st, msg) = new_fails(null(), Some(&config(Some(&model), &bad, &out, 2, "")));
+    assert_eq!(st, EtStatus::BadInput, "{msg}");
+    assert!(msg.contains("bad.jsonl:2"), "{msg}");
     // A configuration naming another model than the handle's.
     let other = dir.path().join("other.gguf");
     write_test_model(&TINY, WeightTypes::parse("q8_0").unwrap(), 6, &other).unwrap();

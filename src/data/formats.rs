@@ -118,13 +118,17 @@ fn not_utf8(path: &Path, bytes: &[u8], e: std::str::Utf8Error) -> Error {
         .iter()
         .map(|b| format!("0x{b:02x}"))
         .collect();
-    Error::Invalid(format!(
-        "{}: line {line}, byte {} of the line (byte {at} of the file): not valid UTF-8 ({}); \
-         datasets are UTF-8 text",
-        path.display(),
-        at - line_start + 1,
-        bad.join(" ")
-    ))
+    Error::bad_input(
+        path,
+        Some(line),
+        format!(
+            "{}: line {line}, byte {} of the line (byte {at} of the file): not valid UTF-8 \
+             ({}); datasets are UTF-8 text",
+            path.display(),
+            at - line_start + 1,
+            bad.join(" ")
+        ),
+    )
 }
 
 /// [`load`] on text already in memory; `path` is the name used in messages and decides
@@ -148,17 +152,16 @@ pub fn parse_str(path: &Path, text: &str, format: Option<Format>) -> crate::Resu
     let mut records: Vec<(usize, Result<Value, String>)> = Vec::new();
     if text.trim_start().starts_with('[') {
         let all: Value = serde_json::from_str(text).map_err(|e| {
-            Error::Invalid(format!(
+            let what = format!(
                 "{}: invalid JSON: {}",
                 locate(path, e.line()),
                 json_message(&e)
-            ))
+            );
+            Error::bad_input(path, Some(e.line()), what)
         })?;
         let Value::Array(items) = all else {
-            return Err(Error::Invalid(format!(
-                "{}: expected a JSON array of records",
-                path.display()
-            )));
+            let what = format!("{}: expected a JSON array of records", path.display());
+            return Err(Error::bad_input(path, None, what));
         };
         let lines = element_lines(text);
         for (i, v) in items.into_iter().enumerate() {
@@ -196,13 +199,14 @@ pub fn parse_str(path: &Path, text: &str, format: Option<Format>) -> crate::Resu
                         f
                     }
                     None => {
-                        return Err(Error::Invalid(format!(
+                        let what = format!(
                             "{}: cannot tell the dataset format from the fields {}: expected \
                              `instruction`+`output` (alpaca), `messages` (chat), `text` or \
                              `input_ids` (pre-tokenized); --format chooses one",
                             locate(path, line),
                             field_list(obj)
-                        )));
+                        );
+                        return Err(Error::bad_input(path, Some(line), what));
                     }
                 },
                 // No object at all: report the records' own errors (or "no records").
@@ -251,13 +255,11 @@ fn finish(
             .map(|(line, what)| format!("{}: {what}", locate(path, *line)))
             .collect();
         msg += &shown.join("\n");
-        return Err(Error::Invalid(msg));
+        return Err(Error::bad_input(path, Some(errors[0].0), msg));
     }
     if examples.is_empty() {
-        return Err(Error::Invalid(format!(
-            "{}: the dataset holds no records",
-            path.display()
-        )));
+        let what = format!("{}: the dataset holds no records", path.display());
+        return Err(Error::bad_input(path, None, what));
     }
     Ok(Dataset {
         path: path.to_path_buf(),

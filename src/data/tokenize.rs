@@ -92,7 +92,8 @@ pub fn tokenize_all(
                     Error::Invalid(m) => m,
                     other => other.to_string(),
                 };
-                Error::Invalid(format!("{}: {what}", locate(&data.path, ex.line)))
+                let what = format!("{}: {what}", locate(&data.path, ex.line));
+                Error::bad_input(&data.path, Some(ex.line), what)
             })
         })
         .collect();

@@ -66,6 +66,7 @@ pub fn load_suite(path: &Path) -> Result<Suite> {
 pub fn parse_suite(path: &Path, text: &str) -> Result<Suite> {
     let mut cases: Vec<Case> = Vec::new();
     let mut problems = Vec::new();
+    let mut first_bad_line = None;
     for (i, raw) in text.lines().enumerate() {
         let line = i + 1;
         let trimmed = raw.trim();
@@ -75,6 +76,7 @@ pub fn parse_suite(path: &Path, text: &str) -> Result<Suite> {
         match parse_case(trimmed, line) {
             Ok(case) => {
                 if let Some(first) = cases.iter().find(|c| c.id == case.id) {
+                    first_bad_line.get_or_insert(line);
                     problems.push(format!(
                         "{}:{line}: id {:?} repeats the case on line {}",
                         path.display(),
@@ -85,7 +87,10 @@ pub fn parse_suite(path: &Path, text: &str) -> Result<Suite> {
                     cases.push(case);
                 }
             }
-            Err(what) => problems.push(format!("{}:{line}: {what}", path.display())),
+            Err(what) => {
+                first_bad_line.get_or_insert(line);
+                problems.push(format!("{}:{line}: {what}", path.display()))
+            }
         }
     }
     if !problems.is_empty() {
@@ -98,7 +103,7 @@ pub fn parse_suite(path: &Path, text: &str) -> Result<Suite> {
         if n > MAX_REPORTED {
             msg.push_str(&format!("\n… {n} bad lines in all"));
         }
-        return Err(Error::Invalid(msg));
+        return Err(Error::bad_input(path, first_bad_line, msg));
     }
     if cases.is_empty() {
         return Err(Error::Invalid(format!(

@@ -69,6 +69,18 @@ pub enum EtStatus {
     Cancelled = 6,
     /// An internal error (a caught panic): a bug in edgetune, please report the message.
     Panic = 7,
+    /// The memory plan does not fit the budget (`budget_bytes`): the message has the
+    /// breakdown and the configurations that would fit. Nothing was allocated.
+    OverBudget = 8,
+    /// A record of an input file (a dataset line, an eval case) is malformed: the message
+    /// names the file and the line.
+    BadInput = 9,
+    /// Valid, but not something this build or engine does (e.g. a method on a device backend):
+    /// the message says what would work.
+    Unsupported = 10,
+    /// A computation gave NaN or Inf (a training loss or gradient, logits): the message names
+    /// the step and where, with advice; nothing of that step was applied.
+    NonFinite = 11,
 }
 
 /// A failure on its way out: the code and the message for `et_last_error`.
@@ -105,6 +117,10 @@ impl From<Error> for FfiError {
             | Error::UnsupportedType { .. }
             | Error::Corrupt { .. } => EtStatus::Format,
             Error::Invalid(_) => EtStatus::InvalidArgument,
+            Error::OverBudget { .. } => EtStatus::OverBudget,
+            Error::BadInput { .. } => EtStatus::BadInput,
+            Error::Unsupported(_) => EtStatus::Unsupported,
+            Error::NonFinite(_) => EtStatus::NonFinite,
         };
         FfiError::new(status, e.to_string())
     }
@@ -255,6 +271,27 @@ mod tests {
         assert_eq!(FfiError::from(io).status, EtStatus::Io);
         let e = FfiError::from(Error::Invalid("x".into()));
         assert_eq!(e.status, EtStatus::InvalidArgument);
+        let cases = [
+            (
+                Error::OverBudget {
+                    needed: 2,
+                    budget: 1,
+                    report: "over".into(),
+                },
+                EtStatus::OverBudget,
+            ),
+            (
+                Error::bad_input("d.jsonl", Some(3), "d.jsonl:3: bad".into()),
+                EtStatus::BadInput,
+            ),
+            (Error::Unsupported("u".into()), EtStatus::Unsupported),
+            (Error::NonFinite("n".into()), EtStatus::NonFinite),
+        ];
+        for (e, status) in cases {
+            let text = e.to_string();
+            let f = FfiError::from(e);
+            assert_eq!((f.status, f.message), (status, text));
+        }
         let status = guard(|| Err(FfiError::invalid("bad\0thing")));
         assert_eq!(status, EtStatus::InvalidArgument);
         assert_eq!(last_error(), "bad\u{FFFD}thing");

@@ -62,7 +62,7 @@ impl CausalLm for Llama<'_> {
 pub fn check_logits(row: &[f32], what: impl FnOnce() -> String) -> Result<()> {
     match row.iter().position(|v| !v.is_finite()) {
         None => Ok(()),
-        Some(i) => Err(Error::Invalid(format!(
+        Some(i) => Err(Error::NonFinite(format!(
             "{}: the logit of token {i} is {} ({} of the {} logits are not finite): the model's \
              weights or the adapter hold NaN/Inf, or the forward overflowed (`edgetune train` \
              names a non-finite weight tensor before it starts)",

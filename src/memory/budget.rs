@@ -228,16 +228,20 @@ impl Breakdown {
     /// total, budget, excess) and the suggestions.
     pub fn check(&self) -> Result<()> {
         match self.budget_bytes {
-            Some(budget) if !self.fits => Err(Error::Invalid(format!(
-                "memory plan over budget: needs {} bytes ({}) but the budget is {} bytes ({}), \
-                 {} over; refusing before allocating anything\n\n{}",
-                self.total_bytes,
-                super::budget_report::size(self.total_bytes),
+            Some(budget) if !self.fits => Err(Error::OverBudget {
+                needed: self.total_bytes,
                 budget,
-                super::budget_report::size(budget),
-                super::budget_report::size(self.total_bytes - budget),
-                self.report()
-            ))),
+                report: format!(
+                    "memory plan over budget: needs {} bytes ({}) but the budget is {} bytes \
+                     ({}), {} over; refusing before allocating anything\n\n{}",
+                    self.total_bytes,
+                    super::budget_report::size(self.total_bytes),
+                    budget,
+                    super::budget_report::size(budget),
+                    super::budget_report::size(self.total_bytes.saturating_sub(budget)),
+                    self.report()
+                ),
+            }),
             _ => Ok(()),
         }
     }

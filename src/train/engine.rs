@@ -216,7 +216,7 @@ impl<'f> Engine<'f> {
         if !matches!(device, Device::Cpu) && !lora_family {
             // Other methods' hooks read and scale the CPU step's gradients (layerimp uses
             // plain LoRA adapters, so the adapter check in DeviceStep::new alone would pass it).
-            return Err(Error::Invalid(format!(
+            return Err(Error::Unsupported(format!(
                 "device training step: method {} is not supported; only lora, rslora, loraplus \
                  and qlora run on the device (use --backend cpu)",
                 cfg.method
@@ -224,7 +224,7 @@ impl<'f> Engine<'f> {
         }
         if !matches!(device, Device::Cpu) && cfg.kl_anchor > 0.0 {
             // The base pass and the fused KL loss exist in the CPU step only (step_kl.rs).
-            return Err(Error::Invalid(
+            return Err(Error::Unsupported(
                 "device training step: --kl-anchor runs on the CPU step only (use --backend \
                  cpu, or train without the anchor)"
                     .into(),

@@ -260,7 +260,7 @@ impl Optimizer {
                 self.base_lr
             )
         };
-        Error::Invalid(format!(
+        Error::NonFinite(format!(
             "training stopped at step {step}: the gradient norm is {norm}, {place}; {advice}. \
              Nothing was updated and no checkpoint was written for this step"
         ))

@@ -74,7 +74,7 @@ pub struct DeviceStep<B: Backend> {
 /// The adapter in `a`, as a [`Lora`] without dropout, or an error naming what it is.
 pub(super) fn plain_lora(a: &dyn Adapter, layer: usize, target: Target) -> Result<&Lora> {
     let lora = a.downcast_ref::<Lora>().ok_or_else(|| {
-        Error::Invalid(format!(
+        Error::Unsupported(format!(
             "device training step: method {:?} (blk.{layer}.{}) is not supported; only the \
              plain-LoRA family (lora, rslora, loraplus, qlora) runs on a device backend",
             a.method(),
@@ -87,7 +87,7 @@ pub(super) fn plain_lora(a: &dyn Adapter, layer: usize, target: Target) -> Resul
         seed: 0,
     };
     if lora.dropout_mask(probe).is_some() {
-        return Err(Error::Invalid(
+        return Err(Error::Unsupported(
             "device training step: --lora-dropout > 0 is not supported on a device backend \
              (use 0 or the cpu backend)"
                 .into(),

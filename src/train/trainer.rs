@@ -524,7 +524,7 @@ impl<'f> Trainer<'f> {
                 cfg.lr
             )
         };
-        Error::Invalid(format!(
+        Error::NonFinite(format!(
             "training stopped at step {step_no}: the loss of micro-batch {} of {n} is {loss}; \
              {advice}. Nothing of this step was applied and no checkpoint was written for it \
              (earlier checkpoints in {} are kept)",
