@@ -6,7 +6,7 @@
 //   p ← p + ((−step_size)·m) / (√v / bc2_sqrt + eps)
 //
 // f32 state: p, g, m, v: [n].
-// 8-bit blockwise state (derivatives.md §2.5): blocks of 256 elements; absmax: [2·nb]
+// 8-bit blockwise state (docs/METHODS.md#8-bit-adamw-state): blocks of 256 elements; absmax: [2·nb]
 // (absmax_m[nb] then absmax_v[nb]); q_m, q_v: [n] u8 codes; maps: [512] f32 = signed map then
 // unsigned map (DynamicMaps, sorted ascending). m = signed[q_m]·absmax_m[b], v = unsigned[q_v]·
 // absmax_v[b]; after the update each moment is divided by the block's new absmax and stored

@@ -4,7 +4,7 @@
 // granularity: each type's block (1, 32 or 256 elements) splits into whole groups of 16 that
 // share one scale (Q4_0/Q8_0/…: half a block; K-quants: one sub-block or half of one).
 //
-// Block layouts (bytes; d/dmin are f16 unless noted) — formats.md §1, ggml-quants.c:
+// Block layouts (bytes; d/dmin are f16 unless noted) — docs/FORMATS.md#quant-blocks, ggml-quants.c:
 //   Q4_0   18: d, qs[16]            x = ((qs[j] & 15) | qs[j] >> 4 for j+16) − 8) · d
 //   Q4_1   20: d, m, qs[16]         x = q · d + m
 //   Q5_0   22: d, qh[4], qs[16]     5th bit of element j is bit j of qh (u32 LE); x = (q − 16)·d

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Compiles kernels/*.cu to PTX with NVRTC 12.2.140 (PyPI wheels, no GPU and no CUDA install
-# needed: specs/toolchain.md §2) and validates every PTX file with ptxas for its target.
+# needed: docs/ARCHITECTURE.md#ptx-without-a-gpu) and validates every PTX file with ptxas for its
+# target.
 #
 #   scripts/build-ptx.sh           # (re)write kernels/ptx/<op>.sm87.ptx and <op>.sm72.ptx
 #   scripts/build-ptx.sh --check   # CI: regenerate into a temp dir; fail if the checked-in PTX

@@ -19,7 +19,8 @@ What it does, on a generated `tiny` F32 model (`edgetune testmodel --preset tiny
    is metrics.jsonl's step-1 "loss" (computed at the initial adapter).
 4. PEFT: the same model converted to HF (scripts/hf_from_gguf.py), LoraConfig(r, alpha, all 7
    projections, dropout 0), the same A and B loaded (B's rows of q_proj/k_proj un-permuted to
-   HF order, formats.md §4), loss = mean cross-entropy of logits[:-1] against ids[1:];
+   HF order, docs/FORMATS.md#qk-row-order), loss = mean cross-entropy of logits[:-1] against
+   ids[1:];
    backward; B's q/k gradient rows permuted back to GGUF order. Run in f32, and in f64 as the
    reference (with transformers' f32 islands, RMSNorm and the softmax, patched to stay f64).
 

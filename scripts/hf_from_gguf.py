@@ -4,8 +4,8 @@ Imported by scripts/bench-vs-peft.py and scripts/compare-peft-grads.py (not run 
 
 - Every tensor is dequantized with gguf-py (`gguf.quants.dequantize`), so the HF model holds
   exactly the values our quantized kernels see, in f32.
-- Q and K rows are un-permuted per head (formats.md §2): llama.cpp rotates adjacent pairs
-  (2j, 2j+1), HF rotates (j, j + d/2); GGUF row 2j+k of a head is HF row k·d/2 + j.
+- Q and K rows are un-permuted per head (docs/FORMATS.md#qk-row-order): llama.cpp rotates
+  adjacent pairs (2j, 2j+1), HF rotates (j, j + d/2); GGUF row 2j+k of a head is HF row k·d/2 + j.
 - RoPE: the config says llama3 scaling with the presets' parameters (factor = max(rope_freqs),
   low 1, high 4, original context 8192), and after building the model its rotary embedding's
   inv_freq is replaced by exactly base^(−2i/d) / rope_freqs[i] (computed in f64, stored f32,

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The 8B proof (issue #5): Llama 3.1 8B shapes in Q4_0 (and Q4_K_M), LoRA r=16 on all 7
+# The 8B proof: Llama 3.1 8B shapes in Q4_0 (and Q4_K_M), LoRA r=16 on all 7
 # projections, sequence 512, micro-batch 1: the plan's total and the measured peak RSS must both
 # stay under 5.5 GiB. Writes the shape-true test model (random blocks, ~4.3 GiB, ~35 s), a
 # pre-tokenized dataset of random ids, runs `edgetune train` for STEPS steps and prints

@@ -1,7 +1,8 @@
 //! The training budget (`memory::budget`): the breakdown of the `tiny` preset computed by hand
 //! (tensor bytes from the ggml block sizes, LoRA and AdamW state from the shapes), 8-bit against
 //! f32 state, state on disk, SGD; suggestions that fit when applied; the refusal message; the
-//! flagship 8B plan against 5.5 GiB and boards.md's numbers; the 70B against an Orin Nano.
+//! flagship 8B plan against 5.5 GiB and the numbers of docs/ARCHITECTURE.md#10-boards; the 70B
+//! against an Orin Nano.
 
 use edgetune::adapters::Target;
 use edgetune::gguf::GgufFile;
@@ -178,7 +179,7 @@ fn eight_bit_state_against_f32_disk_and_sgd() {
 }
 
 /// The flagship: Llama 3.1 8B in Q4_0, LoRA r = 16 on all 7 projections, sequence 512,
-/// micro-batch 1, fits 5.5 GiB; the shapes give boards.md's numbers.
+/// micro-batch 1, fits 5.5 GiB; the shapes give the numbers of docs/ARCHITECTURE.md#10-boards.
 #[test]
 fn llama_8b_q4_0_fits_5_5_gib() {
     let model = ModelWeights::from_preset(&LLAMA_3_1_8B, q4_0()).unwrap();
@@ -192,8 +193,8 @@ fn llama_8b_q4_0_fits_5_5_gib() {
     cfg.lora.rank = 16;
     assert_eq!(cfg.lora.targets, Target::ALL.to_vec());
     let b = plan_training_for(&model, &cfg).unwrap().breakdown;
-    // boards.md: Q4_0 ≈ 4.33 GiB of weights; 41,943,040 LoRA parameters, 168 MB of f32
-    // weights and 336 MB of AdamW m + v.
+    // docs/ARCHITECTURE.md#10-boards: Q4_0 ≈ 4.33 GiB of weights; 41,943,040 LoRA parameters, 168
+    // MB of f32 weights and 336 MB of AdamW m + v.
     let file_gib = b.weights.file_bytes as f64 / GIB as f64;
     assert!((4.30..4.36).contains(&file_gib), "{file_gib}");
     assert_eq!(b.adapters.n_params, 41_943_040);
@@ -212,7 +213,7 @@ fn llama_8b_q4_0_fits_5_5_gib() {
     assert!(b.arena.arena_bytes as f64 <= 1.01 * b.arena.peak_live_bytes as f64);
     b.check().unwrap();
 
-    // Q4_K_M fits too (boards.md: ≈ 4.6 GiB of weights).
+    // Q4_K_M fits too (docs/ARCHITECTURE.md#10-boards: ≈ 4.6 GiB of weights).
     let km =
         ModelWeights::from_preset(&LLAMA_3_1_8B, WeightTypes::parse("q4_k_m").unwrap()).unwrap();
     let b = plan_training_for(&km, &cfg).unwrap().breakdown;

@@ -1,6 +1,7 @@
 //! The Llama training-step buffer list (`memory::plan::llama_training_buffers`): sizes checked
-//! against hand-computed shapes (boards.md's LoRA parameter count, the cross-entropy chunk),
-//! lifetimes against the schedule, and checkpointing against no checkpointing.
+//! against hand-computed shapes (the LoRA parameter count of docs/ARCHITECTURE.md#10-boards, the
+//! cross-entropy chunk), lifetimes against the schedule, and checkpointing against no
+//! checkpointing.
 
 use edgetune::memory::plan::{
     Bwd, Category, Fwd, LlamaSchedule, Plan, TARGETS, TrainShape, llama_training_buffers,
@@ -59,7 +60,8 @@ fn total(plan: &Plan, c: Category) -> u64 {
 fn the_8b_plan_has_the_hand_computed_sizes() {
     let cfg = llama_8b();
     let p = plan(&cfg, 512, 16, 64, true);
-    // boards.md: LoRA r=16 on all 7 projections of Llama 3.1 8B = 41,943,040 parameters.
+    // docs/ARCHITECTURE.md#10-boards: LoRA r=16 on all 7 projections of Llama 3.1 8B = 41,943,040
+    // parameters.
     assert_eq!(total(&p, Category::AdapterGrad), 41_943_040 * 4);
     let ce = &p.get(p.find("ce.logits").unwrap()).unwrap().request;
     assert_eq!(ce.bytes, 64 * 128_256 * 4);

@@ -1,6 +1,6 @@
 //! A counting global allocator proves that optimizer steps allocate nothing once the optimizers
-//! are built (DESIGN.md §4.1): AdamW with f32 and 8-bit state, in RAM and on disk, SGD with
-//! momentum, clipping and the schedule.
+//! are built (docs/ARCHITECTURE.md#no-allocation-during-a-step): AdamW with f32 and 8-bit state, in
+//! RAM and on disk, SGD with momentum, clipping and the schedule.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;

@@ -1,4 +1,4 @@
-//! ICQ for Q4_1 (derivatives.md §6.1) and `edgetune quantize`: the search against an
+//! ICQ for Q4_1 (docs/METHODS.md#ir-qlora-icq) and `edgetune quantize`: the search against an
 //! independent brute-force statement of it, the parallel path against the scalar reference,
 //! code entropy ≥ ggml's plain rule on a gaussian tensor, dequantization within the Q4_1 error
 //! bound, and whole files (a test model and a gaussian tensor) that our reader and gguf-py

@@ -1,5 +1,6 @@
 //! Our forward (`edgetune::model::Llama`) against the independent f64 reference
-//! (tests/reference, written from formats.md §2) on seeded test models.
+//! (tests/reference, written from docs/FORMATS.md#llama-metadata-and-tensors) on seeded test
+//! models.
 //!
 //! Criterion: max over all positions and vocabulary entries of |ours − reference|, divided by
 //! the largest |reference logit| (logits of these models are O(1), so this is close to an

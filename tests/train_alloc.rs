@@ -1,6 +1,6 @@
 //! A counting global allocator proves that a whole training step — every micro-batch's
 //! forward, loss and backward, clipping and the optimizer update, on rayon's worker threads
-//! too — allocates nothing after the first step (DESIGN.md §4.1, issue #5).
+//! too — allocates nothing after the first step (docs/ARCHITECTURE.md#no-allocation-during-a-step).
 //!
 //! All threads are counted while the flag is up; this file holds one test, so the harness has
 //! nothing else running meanwhile. The steps run inside a rayon pool, as `train::run` runs

@@ -1,6 +1,6 @@
 //! Whole-model LoRA gradients of the training step against the independent f64 reference
-//! (tests/reference, formats.md §2): the loss, and central differences of the reference loss
-//! with respect to sampled entries of every adapter's `A` and `B`.
+//! (tests/reference, docs/FORMATS.md#llama-metadata-and-tensors): the loss, and central differences
+//! of the reference loss with respect to sampled entries of every adapter's `A` and `B`.
 //!
 //! The reference applies LoRA by merging: `W' = W + s·B·A` (exactly the branch's effect on
 //! the output, `x·W'ᵀ = x·Wᵀ + s·(x·Aᵀ)·Bᵀ`), then runs its plain forward and a plain

@@ -1,10 +1,10 @@
-//! `--method mtlora` end to end on data with two tasks (derivatives.md §5.2, §10.4): the loss
-//! falls, both tasks are routed and reported (metrics.jsonl), the plan's adapter numbers equal
-//! the built adapters', a resumed run (adaptive task weights, window across the cut) repeats
+//! `--method mtlora` end to end on data with two tasks (docs/METHODS.md#mt-lora, #task-weights):
+//! the loss falls, both tasks are routed and reported (metrics.jsonl), the plan's adapter numbers
+//! equal the built adapters', a resumed run (adaptive task weights, window across the cut) repeats
 //! the uninterrupted losses bit for bit, resuming on data with other tasks is an error, and
-//! `edgetune export --task` writes each task as a plain LoRA of rank `r_sh + r_t` that loads
-//! back with that task's `ΔW` (the two tasks differ), and `--all-tasks` writes every task's
-//! files byte for byte as `--task` does.
+//! `edgetune export --task` writes each task as a plain LoRA of rank `r_sh + r_t` that loads back
+//! with that task's `ΔW` (the two tasks differ), and `--all-tasks` writes every task's files byte
+//! for byte as `--task` does.
 
 mod train_support;
 

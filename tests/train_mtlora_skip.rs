@@ -1,9 +1,10 @@
-//! `--mtlora-skip-absent` ("only update the tasks present", derivatives.md §5.2 against the
-//! §0.5 default): with one sequence per step exactly one task is present, and the optimizer
-//! must leave every absent task's `task<t>_lora_A/B` and their AdamW moments bit for bit as
-//! they were, while the present task and the shared LoRA move. The same run without the option
-//! (lockstep, same data order) shows that AdamW does move an absent task there, and a run cut
-//! by a checkpoint resumes to the uninterrupted run's parameters and optimizer state exactly.
+//! `--mtlora-skip-absent` ("only update the tasks present", docs/METHODS.md#mt-lora against the
+//! docs/METHODS.md#zero-gradients-and-adamw default): with one sequence per step exactly one task
+//! is present, and the optimizer must leave every absent task's `task<t>_lora_A/B` and their AdamW
+//! moments bit for bit as they were, while the present task and the shared LoRA move. The same run
+//! without the option (lockstep, same data order) shows that AdamW does move an absent task there,
+//! and a run cut by a checkpoint resumes to the uninterrupted run's parameters and optimizer state
+//! exactly.
 
 mod train_support;
 

@@ -1,6 +1,7 @@
 //! Kill and resume: a `edgetune train` child process is killed with SIGKILL mid-run, resumed
 //! with `--resume DIR`, and must reproduce the uninterrupted run's per-step losses bit for bit
-//! (DESIGN.md §4.8). Also: a resume with different settings is refused, naming them.
+//! (docs/ARCHITECTURE.md#atomic-checkpoints). Also: a resume with different settings is refused,
+//! naming them.
 
 mod train_support;
 

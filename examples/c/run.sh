@@ -55,7 +55,7 @@ else
   aarch64-linux-gnu-gcc "${cflags[@]}" -I "$dist/include" examples/c/main.c "$dist/lib/libedgetune.a" \
     "${native_libs[@]}" -o "$out/main-static"
   # Same runner as .cargo/config.toml: without LD_LIBRARY_PATH qemu hangs at the first thread
-  # spawn once libc6:arm64 is installed (toolchain.md §1).
+  # spawn once libc6:arm64 is installed (docs/ARCHITECTURE.md#aarch64-cross-build).
   echo "== qemu-aarch64: $out/main-static"
   qemu-aarch64 -L /usr/aarch64-linux-gnu -E LD_LIBRARY_PATH=/usr/aarch64-linux-gnu/lib \
     "$out/main-static" "$model" "Sensor 3 reads" "$out/run-static"

@@ -1,7 +1,7 @@
-//! AdaLoRA (derivatives.md §4): an SVD-shaped branch `ΔW = k·B·diag(e)·A` (`P·Λ·Q`) whose rank
-//! components are pruned during training by importance; this file is one layer's branch, its
-//! orthogonal regularizer and its importance buffers. The schedule and the global masking
-//! across layers are [`super::adalora_alloc::RankAllocator`].
+//! AdaLoRA (docs/METHODS.md#adalora): an SVD-shaped branch `ΔW = k·B·diag(e)·A` (`P·Λ·Q`) whose
+//! rank components are pruned during training by importance; this file is one layer's branch, its
+//! orthogonal regularizer and its importance buffers. The schedule and the global masking across
+//! layers are [`super::adalora_alloc::RankAllocator`].
 //!
 //! Shapes: `X` `[N, in]`, `A` (Q) `[r0, in]`, `e` (Λ, PEFT's `lora_E` `[r0, 1]`) `[r0]`,
 //! `B` (P) `[out, r0]`, `k = alpha/(r0 + 1e-5)` (`ranknum` stays `r0`), `X_d = D(X)`.
@@ -15,10 +15,11 @@
 //! ```
 //!
 //! The trainer adds the regularizer with [`AdaLora::orth_regularizer`] (`coef = γ/n_mat`, with
-//! `n_mat` = 2 × the number of AdaLoRA layers, §4.5) after each backward. Importance
-//! (sensitivity EMA `Ī` and uncertainty `Ū`, per element of `A`, `B`, `e`) is updated by the
-//! allocator after the optimizer step. A masked component has `e_i = 0` (it can regrow: `de_i`
-//! is not zero). Export folds `e` into `B` (`B' = B·diag(e)`, zero components dropped).
+//! `n_mat` = 2 × the number of AdaLoRA layers, docs/METHODS.md#orthogonal-regularizer) after each
+//! backward. Importance (sensitivity EMA `Ī` and uncertainty `Ū`, per element of `A`, `B`, `e`) is
+//! updated by the allocator after the optimizer step. A masked component has `e_i = 0` (it can
+//! regrow: `de_i` is not zero). Export folds `e` into `B` (`B' = B·diag(e)`, zero components
+//! dropped).
 //!
 //! Extra memory: `Ī` and `Ū` (2 × the adapter's size, f32), the `[r0, r0]` Gram transient and
 //! the `r0` keep flags.
@@ -345,7 +346,8 @@ impl Adapter for AdaLora {
         nth_param_mut([&mut self.a, &mut self.b, &mut self.e], i)
     }
 
-    /// §4.4: `e = 0`, `A`, `B ~ N(0, 0.02²)`; importance cleared, every component kept.
+    /// Init (docs/METHODS.md#adalora): `e = 0`, `A`, `B ~ N(0, 0.02²)`; importance cleared, every
+    /// component kept.
     fn init(&mut self, seed: u64) {
         self.drop.seed = seed;
         let mut rng = StdRng::seed_from_u64(seed);
@@ -465,7 +467,7 @@ impl Adapter for AdaLora {
         }
     }
 
-    /// `ΔW = k·B·diag(e)·A` `[out, in]` (§4.7).
+    /// `ΔW = k·B·diag(e)·A` `[out, in]` (docs/METHODS.md#adalora).
     fn delta_weight(&self, dw: &mut [f32]) -> Result<()> {
         let (a, b, rank) = self.folded();
         gemm(
@@ -495,7 +497,8 @@ impl Adapter for AdaLora {
     }
 }
 
-/// Scalar specification of the forward (§4.2): `ΔY = k·(X_d·Aᵀ ⊙ eᵀ)·Bᵀ` `[n, out]`.
+/// Scalar specification of the forward (docs/METHODS.md#adalora): `ΔY = k·(X_d·Aᵀ ⊙ eᵀ)·Bᵀ` `[n,
+/// out]`.
 #[allow(clippy::too_many_arguments)]
 pub fn forward_ref<R: Real>(
     dm: BranchDims,
@@ -510,7 +513,7 @@ pub fn forward_ref<R: Real>(
     lora::forward_ref(dm, k, x, a, &be, mask).0
 }
 
-/// Scalar specification of the backward (§4.3): `(dX_branch, dA, dB, de)`.
+/// Scalar specification of the backward (docs/METHODS.md#adalora): `(dX_branch, dA, dB, de)`.
 #[allow(clippy::too_many_arguments, clippy::type_complexity)]
 pub fn backward_ref<R: Real>(
     dm: BranchDims,
@@ -557,7 +560,8 @@ fn fold_ref<R: Real>(dm: BranchDims, b: &[R], e: &[R]) -> (Vec<R>, Vec<f64>) {
     (be, e64)
 }
 
-/// Scalar specification of the orthogonal regularizer (§4.5): `(coef·R, dA, dB)`.
+/// Scalar specification of the orthogonal regularizer (docs/METHODS.md#orthogonal-regularizer):
+/// `(coef·R, dA, dB)`.
 pub fn orth_regularizer_ref<R: Real>(
     dm: BranchDims,
     coef: f64,

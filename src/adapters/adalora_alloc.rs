@@ -1,5 +1,5 @@
-//! AdaLoRA's hyperparameters and its rank allocator (derivatives.md §4.6): the cubic budget
-//! schedule and the global masking of the least important rank components across all AdaLoRA
+//! AdaLoRA's hyperparameters and its rank allocator (docs/METHODS.md#rank-allocation): the cubic
+//! budget schedule and the global masking of the least important rank components across all AdaLoRA
 //! layers, as PEFT's `RankAllocator` + `AdaLoraModel.update_and_allocate`.
 //!
 //! # Call order (each optimizer step `t`)
@@ -28,8 +28,8 @@
 use super::adalora::AdaLora;
 use crate::{Error, Result};
 
-/// AdaLoRA hyperparameters; the defaults are PEFT's `AdaLoraConfig` (§4.6) except
-/// `total_step`, which has none and must be set.
+/// AdaLoRA hyperparameters; the defaults are PEFT's `AdaLoraConfig`
+/// (docs/METHODS.md#rank-allocation) except `total_step`, which has none and must be set.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default)]
 pub struct AdaloraConfig {
@@ -193,8 +193,9 @@ impl RankAllocator {
         4 * (self.scores.len() + self.select.len())
     }
 
-    /// One step of §4.6 after the optimizer update: `layers[l]` with its gradient `grads[l]`
-    /// (the total loss's, in [`super::Adapter::params`] layout).
+    /// One step of the rank allocation (docs/METHODS.md#rank-allocation) after the optimizer
+    /// update: `layers[l]` with its gradient `grads[l]` (the total loss's, in
+    /// [`super::Adapter::params`] layout).
     pub fn update_and_allocate(
         &mut self,
         t: u64,

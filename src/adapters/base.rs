@@ -237,7 +237,7 @@ impl Dropout {
 }
 
 /// PEFT's kaiming-uniform(a=√5) for a `[rows, fan_in]` tensor: i.i.d. `U(−1/√fan_in, 1/√fan_in)`
-/// (derivatives.md §0.4).
+/// (docs/METHODS.md#initialisation).
 pub fn kaiming_uniform(rng: &mut StdRng, fan_in: usize, out: &mut [f32]) {
     let bound = 1.0 / (fan_in.max(1) as f32).sqrt();
     for v in out {

@@ -1,4 +1,4 @@
-//! DoRA, weight-decomposed LoRA (derivatives.md §3): a LoRA branch plus a magnitude vector
+//! DoRA, weight-decomposed LoRA (docs/METHODS.md#dora): a LoRA branch plus a magnitude vector
 //! `m` `[out]` that rescales each output row of the adapted weight, with PEFT's detached norm.
 //!
 //! Shapes: `X` `[N, in]`, `Ŵ` `[out, in]` (frozen base), `A` `[r, in]`, `B` `[out, r]`,
@@ -13,7 +13,7 @@
 //! dB = s·G̃ᵀ·H,  dH = s·G̃·B,  dA = dHᵀ·X_d,  dX += D'((G ⊙ (c−1))·Ŵ + dH·A)
 //! ```
 //!
-//! The norms never materialise `Ŵ + sBA` (§3.4): with `q_o = ‖Ŵ_o‖²` (precomputed),
+//! The norms never materialise `Ŵ + sBA` (docs/METHODS.md#dora): with `q_o = ‖Ŵ_o‖²` (precomputed),
 //! `P = Ŵ·Aᵀ` `[out, r]` (the base applied to the `r` rows of `A`) and `K = A·Aᵀ` `[r, r]`,
 //! `n_o² = q_o + 2s·B_o·P_o + s²·B_o·K·B_oᵀ`. They are recomputed in the backward rather than
 //! kept between calls, so the adapter holds no state tied to a pass.
@@ -22,7 +22,7 @@
 //! `r`-row base GEMM per pass for `P`, and, with dropout, one extra base GEMM in the forward for
 //! `Z0` (without dropout `Z0 = X·Ŵᵀ` is the base output the trainer has already put in `y`:
 //! the forward relies on `y` holding exactly `X·Ŵᵀ` on entry, as the trait's contract says).
-//! Export is merge-only (`diag(m/n)` also scales `Ŵ`, §3.7).
+//! Export is merge-only (`diag(m/n)` also scales `Ŵ`, docs/METHODS.md#dora).
 
 use rand::{SeedableRng, rngs::StdRng};
 
@@ -171,7 +171,7 @@ impl Adapter for Dora {
 
     fn params(&self) -> Vec<ParamInfo> {
         let mut params = lora_pair_params("lora_A", "lora_B", self.cfg.rank, self.in_f, self.out_f);
-        // 1-D, so LoRA+ puts it in the high-lr group (§1.5).
+        // 1-D, so LoRA+ puts it in the high-lr group (docs/METHODS.md#lora-plus).
         params.push(ParamInfo {
             name: "lora_magnitude_vector",
             shape: vec![self.out_f],
@@ -193,7 +193,8 @@ impl Adapter for Dora {
         nth_param_mut([&mut self.a, &mut self.b, &mut self.m], i)
     }
 
-    /// §3.6: `A` kaiming-uniform, `B = 0`, `m = ‖Ŵ‖_row` (so `c = 1`: exactly the base).
+    /// Init (docs/METHODS.md#dora): `A` kaiming-uniform, `B = 0`, `m = ‖Ŵ‖_row` (so `c = 1`:
+    /// exactly the base).
     fn init(&mut self, seed: u64) {
         self.drop.seed = seed;
         kaiming_uniform(&mut StdRng::seed_from_u64(seed), self.in_f, &mut self.a);
@@ -333,7 +334,7 @@ impl Adapter for Dora {
         Ok(())
     }
 
-    /// The merged change `diag(m/n)·(Ŵ + s·B·A) − Ŵ` `[out, in]` (§3.7).
+    /// The merged change `diag(m/n)·(Ŵ + s·B·A) − Ŵ` `[out, in]` (docs/METHODS.md#dora).
     fn delta_weight(&self, dw: &mut [f32]) -> Result<()> {
         let (r, inf, outf) = (self.cfg.rank, self.in_f, self.out_f);
         gemm(
@@ -367,7 +368,8 @@ impl Adapter for Dora {
     }
 }
 
-/// Row norms of `Ŵ + s·B·A` formed densely (the reference for the identity of §3.4).
+/// Row norms of `Ŵ + s·B·A` formed densely (the reference for the norm identity,
+/// docs/METHODS.md#dora).
 fn dense_norms<R: Real>(dm: BranchDims, s: f64, w: &[R], a: &[R], b: &[R]) -> Vec<f64> {
     let mut ba = vec![R::from_f64(0.0); dm.out_f * dm.in_f];
     gemm_ref(
@@ -420,8 +422,8 @@ fn pieces<R: Real>(
     (xd, z0, h, v, nrm)
 }
 
-/// Scalar specification of the forward (§3.3): the branch's addition `(c−1)⊙Z0 + c⊙s·H·Bᵀ`
-/// `[n, out]` to the base output, with the norms formed densely.
+/// Scalar specification of the forward (docs/METHODS.md#dora): the branch's addition `(c−1)⊙Z0 +
+/// c⊙s·H·Bᵀ` `[n, out]` to the base output, with the norms formed densely.
 #[allow(clippy::too_many_arguments)]
 pub fn forward_ref<R: Real>(
     dm: BranchDims,
@@ -442,7 +444,8 @@ pub fn forward_ref<R: Real>(
         .collect()
 }
 
-/// Scalar specification of the detached backward (§3.5): `(dX_branch [n, in], dA, dB, dm)`.
+/// Scalar specification of the detached backward (docs/METHODS.md#dora): `(dX_branch [n, in], dA,
+/// dB, dm)`.
 #[allow(clippy::too_many_arguments, clippy::type_complexity)]
 pub fn backward_ref<R: Real>(
     dm: BranchDims,

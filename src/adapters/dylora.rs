@@ -1,6 +1,6 @@
-//! DyLoRA and QDyLoRA (derivatives.md §9): one LoRA of rank `r_max` trained so that every
-//! leading truncation `A[:b]`, `B[:, :b]` works; the rank `b` is drawn once per optimizer step,
-//! shared by all layers, and evaluation / export use a chosen rank `b*`.
+//! DyLoRA and QDyLoRA (docs/METHODS.md#dylora-and-qdylora): one LoRA of rank `r_max` trained so
+//! that every leading truncation `A[:b]`, `B[:, :b]` works; the rank `b` is drawn once per
+//! optimizer step, shared by all layers, and evaluation / export use a chosen rank `b*`.
 //!
 //! Shapes: `X` `[N, in]`, `A` `[r_max, in]`, `B` `[out, r_max]`, active rank `b ∈ 1..=r_max`,
 //! `s_b = alpha/b` (the `√(r_max/b)` rescaling of both factors times `alpha/r_max`;
@@ -16,8 +16,10 @@
 //! - **Frozen** (DyLoRA's official training, `frozen = true`): only component `b−1` (row `b−1`
 //!   of `A`, column `b−1` of `B`) keeps its gradient; components `< b−1` are detached. `dX` is
 //!   unaffected.
-//! - **Unfrozen** (`frozen = false`, the QDyLoRA reading of §9.2): all components `< b` train.
-//! - Gradients outside the active components are written as 0 (AdamW still moves them, §0.5).
+//! - **Unfrozen** (`frozen = false`, the QDyLoRA reading of docs/METHODS.md#dylora-and-qdylora):
+//!   all components `< b` train.
+//! - Gradients outside the active components are written as 0 (AdamW still moves them,
+//!   docs/METHODS.md#zero-gradients-and-adamw).
 //! - **Rank draw:** `b = 1 + hash(rank_seed, step) mod r_max`, uniform on `1..=r_max`. The hash
 //!   of the step (not a stateful RNG) gives every layer the same `b` without coordination, and a
 //!   resumed run the same sequence. [`Adapter::on_step`] sets it; the passes that follow use it.
@@ -53,7 +55,7 @@ impl Default for DyloraConfig {
 }
 
 impl DyloraConfig {
-    /// DyLoRA: frozen updates (§9.1).
+    /// DyLoRA: frozen updates (docs/METHODS.md#dylora-and-qdylora).
     pub fn dylora(lora: LoraConfig) -> DyloraConfig {
         DyloraConfig {
             lora,
@@ -62,7 +64,7 @@ impl DyloraConfig {
         }
     }
 
-    /// QDyLoRA: unfrozen updates (§9.2, inferred).
+    /// QDyLoRA: unfrozen updates (docs/METHODS.md#dylora-and-qdylora, inferred).
     pub fn qdylora(lora: LoraConfig) -> DyloraConfig {
         DyloraConfig {
             frozen: false,
@@ -352,7 +354,8 @@ impl Adapter for Dylora {
         Ok(())
     }
 
-    /// `ΔW = (alpha/b*)·B[:, :b*]·A[:b*]` at the evaluation rank (§9.3).
+    /// `ΔW = (alpha/b*)·B[:, :b*]·A[:b*]` at the evaluation rank
+    /// (docs/METHODS.md#dylora-and-qdylora).
     fn delta_weight(&self, dw: &mut [f32]) -> Result<()> {
         let (b, inf) = (self.eval_rank, self.in_f);
         let bc = self.b_cols(b);

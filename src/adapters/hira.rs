@@ -1,4 +1,4 @@
-//! HiRA, Hadamard high-rank adaptation (derivatives.md §10): `ΔW = Ŵ ⊙ (B·A)`, whose rank can
+//! HiRA, Hadamard high-rank adaptation (docs/METHODS.md#hira): `ΔW = Ŵ ⊙ (B·A)`, whose rank can
 //! reach `rank(Ŵ)·r`; no scaling factor (PEFT's `hira` has no alpha).
 //!
 //! Shapes: `X` `[N, in]`, `Ŵ` `[out, in]` (frozen base), `A` `[r, in]`, `B` `[out, r]`,
@@ -13,14 +13,14 @@
 //!
 //! # Strategy: dense, in row tiles
 //!
-//! The dense form (§10.2) costs ~3 base-sized GEMMs plus `O(out·in·r)`; the factored form costs
-//! `r` base GEMMs per pass. Dense needs `[out, in]` transients, so they are formed one tile of
-//! [`TILE`] output rows at a time: `Ŵ_t` (borrowed from a dense base or dequantized from a
-//! quantized one), `M_t = Ŵ_t ⊙ (B_t·A)`, then `Y[:, t] += X_d·M_tᵀ`; the backward rebuilds
-//! `M_t` and forms `Γ_t = G_tᵀ·X_d`. The three `[TILE, in]` buffers belong to the adapter
-//! ([`Adapter::extra_bytes`]), so the per-token workspace stays linear in `N` and a step
-//! never allocates. Nothing is saved between forward and backward. Export is merge-only:
-//! `Ŵ' = Ŵ ⊙ (1 + B·A)` is no plain `B'·A'`.
+//! The dense form (docs/METHODS.md#hira) costs ~3 base-sized GEMMs plus `O(out·in·r)`; the factored
+//! form costs `r` base GEMMs per pass. Dense needs `[out, in]` transients, so they are formed one
+//! tile of [`TILE`] output rows at a time: `Ŵ_t` (borrowed from a dense base or dequantized from a
+//! quantized one), `M_t = Ŵ_t ⊙ (B_t·A)`, then `Y[:, t] += X_d·M_tᵀ`; the backward rebuilds `M_t`
+//! and forms `Γ_t = G_tᵀ·X_d`. The three `[TILE, in]` buffers belong to the adapter
+//! ([`Adapter::extra_bytes`]), so the per-token workspace stays linear in `N` and a step never
+//! allocates. Nothing is saved between forward and backward. Export is merge-only: `Ŵ' = Ŵ ⊙ (1 +
+//! B·A)` is no plain `B'·A'`.
 
 use rand::{SeedableRng, rngs::StdRng};
 
@@ -144,7 +144,7 @@ impl Adapter for Hira {
         nth_param_mut([&mut self.a, &mut self.b], i)
     }
 
-    /// §10.1: `A` kaiming-uniform, `B = 0` (a no-op at init).
+    /// Init (docs/METHODS.md#hira): `A` kaiming-uniform, `B = 0` (a no-op at init).
     fn init(&mut self, seed: u64) {
         self.drop.seed = seed;
         kaiming_uniform(&mut StdRng::seed_from_u64(seed), self.in_f, &mut self.a);
@@ -337,7 +337,8 @@ fn masked<R: Real>(x: &[R], mask: Option<&[R]>) -> Vec<R> {
     }
 }
 
-/// Scalar specification of the forward (§10.1, dense): `ΔY = X_d·(Ŵ ⊙ B·A)ᵀ` `[n, out]`.
+/// Scalar specification of the forward (docs/METHODS.md#hira, dense): `ΔY = X_d·(Ŵ ⊙ B·A)ᵀ` `[n,
+/// out]`.
 pub fn forward_ref<R: Real>(
     dm: BranchDims,
     x: &[R],
@@ -360,7 +361,7 @@ pub fn forward_ref<R: Real>(
     y
 }
 
-/// Scalar specification of the backward (§10.2, dense): `(dX_branch, dA, dB)`.
+/// Scalar specification of the backward (docs/METHODS.md#hira, dense): `(dX_branch, dA, dB)`.
 pub fn backward_ref<R: Real>(
     dm: BranchDims,
     x: &[R],

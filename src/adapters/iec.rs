@@ -1,5 +1,5 @@
-//! IEC, IR-QLoRA's information elastic connection (derivatives.md §6.2): a LoRA branch with two
-//! trainable scalars per linear and parameter-free pooled shortcuts around `A` and `B`.
+//! IEC, IR-QLoRA's information elastic connection (docs/METHODS.md#ir-qlora-iec): a LoRA branch
+//! with two trainable scalars per linear and parameter-free pooled shortcuts around `A` and `B`.
 //! Requires `r | in` and `r | out`; `g_in = in/r`, `g_out = out/r`.
 //!
 //! ```text
@@ -158,7 +158,7 @@ impl Adapter for Iec {
         )
     }
 
-    /// PEFT LoRA init plus `β_A = β_B = 0` (§6.2).
+    /// PEFT LoRA init plus `β_A = β_B = 0` (docs/METHODS.md#ir-qlora-iec).
     fn init(&mut self, seed: u64) {
         self.drop.seed = seed;
         let mut rng = StdRng::seed_from_u64(seed);
@@ -381,8 +381,8 @@ pub fn forward_ref<R: crate::backend::cpu::Real>(
     (y, z.into_iter().map(R::from_f64).collect())
 }
 
-/// Scalar specification of the backward (§6.2): returns `(dX_branch [n, in], dA [r, in],
-/// dB [out, r], dβ_A, dβ_B)` for upstream `g` `[n, out]`.
+/// Scalar specification of the backward (docs/METHODS.md#ir-qlora-iec): returns `(dX_branch [n,
+/// in], dA [r, in], dB [out, r], dβ_A, dβ_B)` for upstream `g` `[n, out]`.
 #[allow(clippy::too_many_arguments, clippy::type_complexity)]
 pub fn backward_ref<R: crate::backend::cpu::Real>(
     dm: super::lora::BranchDims,

@@ -1,8 +1,8 @@
-//! LoRA and rsLoRA (derivatives.md §0.3, §1): `y += s · D(x)·Aᵀ·Bᵀ` with `A` `[r, in]`,
-//! `B` `[out, r]`, f32 master weights, PEFT init, optional input dropout; LoRA+ is only the
-//! optimizer groups ([`super::Group`]).
+//! LoRA and rsLoRA (docs/METHODS.md#the-lora-branch, #lora-and-rslora): `y += s · D(x)·Aᵀ·Bᵀ` with
+//! `A` `[r, in]`, `B` `[out, r]`, f32 master weights, PEFT init, optional input dropout; LoRA+ is
+//! only the optimizer groups ([`super::Group`]).
 //!
-//! Forward / backward (§0.3), `X_d = D(X)`:
+//! Forward / backward (docs/METHODS.md#the-lora-branch), `X_d = D(X)`:
 //! `H = X_d·Aᵀ` `[N, r]` (saved), `Y += s·H·Bᵀ`;
 //! `dB = s·Gᵀ·H`, `dH = s·G·B`, `dA = dHᵀ·X_d`, `dX += D'(dH·A)`.
 //! Dropout masks come from a counter-based hash of (adapter seed, pass seed, element index),
@@ -87,7 +87,8 @@ impl FromStr for Target {
     }
 }
 
-/// LoRA hyperparameters. The defaults are PEFT's (§1.2) with all seven linears adapted.
+/// LoRA hyperparameters. The defaults are PEFT's (docs/METHODS.md#lora-and-rslora) with all seven
+/// linears adapted.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default)]
 pub struct LoraConfig {
@@ -193,7 +194,7 @@ impl LoraConfig {
         self.layers.is_none_or(|r| r.contains(layer))
     }
 
-    /// `s = alpha / rank` (LoRA) or `alpha / √rank` (rsLoRA), §1.2.
+    /// `s = alpha / rank` (LoRA) or `alpha / √rank` (rsLoRA), docs/METHODS.md#lora-and-rslora.
     pub fn scale(&self) -> f32 {
         let r = self.rank as f64;
         let d = if self.rslora { r.sqrt() } else { r };
@@ -316,7 +317,8 @@ impl Adapter for Lora {
         nth_param_mut([&mut self.a, &mut self.b], i)
     }
 
-    /// PEFT init (§1.4): `A ~ U(−1/√in, 1/√in)` (kaiming-uniform a=√5), `B = 0`.
+    /// PEFT init (docs/METHODS.md#lora-and-rslora): `A ~ U(−1/√in, 1/√in)` (kaiming-uniform a=√5),
+    /// `B = 0`.
     fn init(&mut self, seed: u64) {
         self.seed = seed;
         let bound = 1.0 / (self.in_f as f32).sqrt();
@@ -419,7 +421,7 @@ impl Adapter for Lora {
         }
     }
 
-    /// `ΔW = s·B·A` `[out, in]` (§1.6).
+    /// `ΔW = s·B·A` `[out, in]` (docs/METHODS.md#lora-and-rslora).
     fn delta_weight(&self, dw: &mut [f32]) -> Result<()> {
         let (r, inf, outf) = (self.cfg.rank, self.in_f, self.out_f);
         gemm(
@@ -477,8 +479,8 @@ fn masked<R: Real>(x: &[R], mask: Option<&[R]>) -> Vec<R> {
     }
 }
 
-/// Scalar specification of the branch forward (§0.3), generic over f32/f64 with f64 sums:
-/// returns `(ΔY = s·X_d·Aᵀ·Bᵀ [n, out], H [n, r])`.
+/// Scalar specification of the branch forward (docs/METHODS.md#the-lora-branch), generic over
+/// f32/f64 with f64 sums: returns `(ΔY = s·X_d·Aᵀ·Bᵀ [n, out], H [n, r])`.
 pub fn forward_ref<R: Real>(
     dm: BranchDims,
     s: f64,
@@ -502,8 +504,8 @@ pub fn forward_ref<R: Real>(
     (y, h)
 }
 
-/// Scalar specification of the branch backward (§0.3): returns `(dX_branch [n, in],
-/// dA [r, in], dB [out, r])` for upstream `g` `[n, out]`.
+/// Scalar specification of the branch backward (docs/METHODS.md#the-lora-branch): returns
+/// `(dX_branch [n, in], dA [r, in], dB [out, r])` for upstream `g` `[n, out]`.
 #[allow(clippy::too_many_arguments)]
 pub fn backward_ref<R: Real>(
     dm: BranchDims,

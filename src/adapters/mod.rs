@@ -56,7 +56,7 @@ pub struct Pass {
     pub seed: u64,
 }
 
-/// Which optimizer group a tensor belongs to (LoRA+, derivatives.md §1.5): `A` maps to
+/// Which optimizer group a tensor belongs to (LoRA+, docs/METHODS.md#lora-plus): `A` maps to
 /// [`crate::optim::LORA_PLUS_GROUP_A`], `B` to [`crate::optim::LORA_PLUS_GROUP_B`]. Without
 /// LoRA+ both groups have the same learning rate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,13 +1,14 @@
-//! MT-LoRA for a decoder-only LLM (derivatives.md §5.2, the additive "matrixv2" form): a shared
+//! MT-LoRA for a decoder-only LLM (docs/METHODS.md#mt-lora, the additive "matrixv2" form): a shared
 //! LoRA on every token plus one LoRA per task, each sequence (batch row) using its task's.
 //!
 //! ```text
 //! Y_n = X_n·Ŵᵀ + s_sh·D(X_n)·A_shᵀ·B_shᵀ + s_τ·D(X_n)·A_τᵀ·B_τᵀ      τ = task of row n
 //! ```
 //! `A_sh [r_sh, in]`, `B_sh [out, r_sh]`, `A_t [r_t, in]`, `B_t [out, r_t]`, one dropout mask
-//! shared by both terms. The backward is §0.3 for the shared LoRA over all tokens and for task
-//! `t`'s over its rows only; tasks absent from the micro-batch get zero gradients (AdamW still
-//! moves them, §0.5, unless the trainer's `mtlora_skip_absent` skips them).
+//! shared by both terms. The backward is docs/METHODS.md#the-lora-branch for the shared LoRA over
+//! all tokens and for task `t`'s over its rows only; tasks absent from the micro-batch get zero
+//! gradients (AdamW still moves them, docs/METHODS.md#zero-gradients-and-adamw, unless the
+//! trainer's `mtlora_skip_absent` skips them).
 //!
 //! Routing. [`Adapter::forward`] takes `&self`, so the trainer tells the adapter the row tasks
 //! of the next micro-batch with [`MtLora::set_row_tasks`] (the batch's [`crate::data::Batch::tasks`]
@@ -287,7 +288,7 @@ impl Adapter for MtLora {
         self.tensors.get_mut(i).map(Vec::as_mut_slice)
     }
 
-    /// kaiming(√5) `A`s, zero `B`s (§5.1).
+    /// kaiming(√5) `A`s, zero `B`s (docs/METHODS.md#mt-lora).
     fn init(&mut self, seed: u64) {
         self.drop.seed = seed;
         let mut rng = StdRng::seed_from_u64(seed);
@@ -420,7 +421,7 @@ impl Adapter for MtLora {
             None => None,
         };
         let xd: &[f32] = xd_buf.as_deref().unwrap_or(x);
-        // Shared (§0.3): dB = s·Gᵀ·H, dH = s·G·B, dA = dHᵀ·X_d.
+        // Shared (docs/METHODS.md#the-lora-branch): dB = s·Gᵀ·H, dH = s·G·B, dA = dHᵀ·X_d.
         gemm(dims(outf, rs, n, true, false), ss, g, hs, 0.0, db_sh)?;
         gemm(
             dims(n, rs, outf, false, false),

@@ -1,5 +1,5 @@
 //! MT-LoRA's configuration, its per-task parameter names and the accuracy-adaptive task
-//! weights (derivatives.md §5.2, §10.4); the adapter itself is in [`super::mtlora`].
+//! weights (docs/METHODS.md#mt-lora, #task-weights); the adapter itself is in [`super::mtlora`].
 
 use super::LoraConfig;
 use crate::{Error, Result};
@@ -133,8 +133,8 @@ impl MtLoraConfig {
     }
 }
 
-/// Accuracy-adaptive task weights (derivatives.md §10.4, the study's multi-task loop): every
-/// task starts at `γ_i = 1`; after an evaluation of task `i` with accuracy `acc_i ∈ [0, 1]`,
+/// Accuracy-adaptive task weights (docs/METHODS.md#task-weights, the study's multi-task loop):
+/// every task starts at `γ_i = 1`; after an evaluation of task `i` with accuracy `acc_i ∈ [0, 1]`,
 /// `γ_i ← γ_i·exp(α·(1 − acc_i))`, then all `γ` are rescaled to sum to the task count (so the
 /// learning rate keeps its meaning). Hand [`AdaptiveTaskWeights::weights`] to
 /// `TrainStep::set_task_weights`.

@@ -1,6 +1,7 @@
-//! OLoRA and PiSSA (derivatives.md §7): LoRA whose `A`, `B` start from a decomposition of the
-//! base `Ŵ` `[out, in]`, on a read-only base: the frozen correction term (strategy S1, §0.6)
-//! replaces PEFT's rewrite `W_res = Ŵ − s·B0·A0`, so the mapped file is never written.
+//! OLoRA and PiSSA (docs/METHODS.md#olora-and-pissa): LoRA whose `A`, `B` start from a
+//! decomposition of the base `Ŵ` `[out, in]`, on a read-only base: the frozen correction term
+//! (docs/METHODS.md#read-only-base) replaces PEFT's rewrite `W_res = Ŵ − s·B0·A0`, so the mapped
+//! file is never written.
 //!
 //! Shapes: `X` `[N, in]`, `A`, `A0` `[r, in]`, `B`, `B0` `[out, r]`, `s = alpha/r` (or
 //! `alpha/√r`), `X_d = D(X)`; `A0 = A_init`, `B0 = B_init` are frozen copies.
@@ -10,7 +11,7 @@
 //!       PiSSA: Ŵ = U·diag(σ)·Vᵀ, σ' = σ[:r]/s, A = diag(√σ')·Vᵀ[:r], B = U[:, :r]·diag(√σ')
 //! fwd   Y = X·Ŵᵀ + s·(X_d·Aᵀ)·Bᵀ − s·(X·A0ᵀ)·B0ᵀ   (the correction sees the clean X: it is
 //!       part of the base)                           → Y = X·Ŵᵀ exactly at init
-//! bwd   LoRA's (§0.3) dA, dB, dX, plus dX −= s·(G·B0)·A0
+//! bwd   LoRA's (docs/METHODS.md#the-lora-branch) dA, dB, dX, plus dX −= s·(G·B0)·A0
 //! export rank-2r LoRA  ΔW = s·[B | −B0]·[A ; A0]   (S3; same scale s, i.e. PEFT's doubled
 //!       r and alpha)
 //! ```
@@ -36,9 +37,9 @@ use crate::{Error, Result};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ResidualInit {
-    /// Thin QR (OLoRA, §7.1).
+    /// Thin QR (OLoRA, docs/METHODS.md#olora-and-pissa).
     Olora,
-    /// Truncated SVD with `niter` subspace iterations (PiSSA, §7.2).
+    /// Truncated SVD with `niter` subspace iterations (PiSSA, docs/METHODS.md#olora-and-pissa).
     Pissa { niter: usize },
 }
 

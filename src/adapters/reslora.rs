@@ -1,4 +1,4 @@
-//! ResLoRA, input-shortcut variant res_is (derivatives.md §8.2–8.4): layer `l`'s branch sees
+//! ResLoRA, input-shortcut variant res_is (docs/METHODS.md#reslora): layer `l`'s branch sees
 //! its own module input plus the same-target module input of layer `l − 1` in the same pass,
 //!
 //! ```text
@@ -6,19 +6,19 @@
 //! H_l  = S_l·A_lᵀ                   [N, r]      (saved)
 //! ΔY_l = s·H_l·B_lᵀ                 [N, out]
 //! ```
-//! Backward (§8.3): `dB = s·Gᵀ·H`, `dH = s·G·B`, `dA = dHᵀ·S`, and `V = D'(dH·A)` goes to BOTH
-//! inputs: `dX_l += V` and `dX_{l−1} += V` — a cross-layer gradient the training step carries
-//! in a per-target "pending" buffer, filled by layer `l`'s backward and added to layer `l−1`'s
-//! module-input gradient when the backward reaches it.
+//! Backward (docs/METHODS.md#reslora): `dB = s·Gᵀ·H`, `dH = s·G·B`, `dA = dHᵀ·S`, and `V =
+//! D'(dH·A)` goes to BOTH inputs: `dX_l += V` and `dX_{l−1} += V` — a cross-layer gradient the
+//! training step carries in a per-target "pending" buffer, filled by layer `l`'s backward and added
+//! to layer `l−1`'s module-input gradient when the backward reaches it.
 //!
 //! The [`Adapter`] trait has no second input, so its `forward`/`backward` are the layer-0 rule
 //! (`X_{l−1} = X_l`, `V` added twice to `dx`); a step that plumbs the previous layer's input
 //! calls [`ResLora::forward_res`] / [`ResLora::backward_res`] (through `downcast_ref`).
 //!
-//! Export, merge_bw (§8.4): training keeps a sliding window (default 100 passes) of the
-//! Frobenius norms `‖X_l‖` and `‖X_{l−1}‖` of the micro-batch inputs; then
-//! `α_l = mean‖X_{l−1}‖ / mean‖X_l‖` (1 when empty, or a norm is 0, or in layer 0) and
-//! `ΔW_l = (1 + α_l)·s·B_l·A_l`, a plain rank-`r` LoRA.
+//! Export, merge_bw (docs/METHODS.md#reslora): training keeps a sliding window (default 100 passes)
+//! of the Frobenius norms `‖X_l‖` and `‖X_{l−1}‖` of the micro-batch inputs; then `α_l =
+//! mean‖X_{l−1}‖ / mean‖X_l‖` (1 when empty, or a norm is 0, or in layer 0) and `ΔW_l = (1 +
+//! α_l)·s·B_l·A_l`, a plain rank-`r` LoRA.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -310,7 +310,7 @@ impl Adapter for ResLora {
         nth_param_mut([&mut self.a, &mut self.b], i)
     }
 
-    /// kaiming(√5) `A`, zero `B` (§8.1); the norm window is emptied.
+    /// kaiming(√5) `A`, zero `B` (docs/METHODS.md#reslora); the norm window is emptied.
     fn init(&mut self, seed: u64) {
         self.drop.seed = seed;
         let mut rng = StdRng::seed_from_u64(seed);
@@ -409,8 +409,8 @@ pub fn forward_ref<R: Real>(
     super::lora::forward_ref(dm, s, &sum, a, b, mask)
 }
 
-/// Scalar specification of the res_is backward (§8.3): `(dX_l, dX_{l−1}, dA, dB)`; the two input
-/// gradients are the same `D'(dH·A)`.
+/// Scalar specification of the res_is backward (docs/METHODS.md#reslora): `(dX_l, dX_{l−1}, dA,
+/// dB)`; the two input gradients are the same `D'(dH·A)`.
 #[allow(clippy::too_many_arguments, clippy::type_complexity)]
 pub fn backward_ref<R: Real>(
     dm: BranchDims,

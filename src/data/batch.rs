@@ -62,7 +62,7 @@ pub struct Batch {
     /// Positions with a label other than [`IGNORE`].
     pub n_targets: usize,
     /// Task id of each row (`[batch_size]`, 0 in padding rows and single-task data): the
-    /// index into [`Batcher::task_names`] (MT-LoRA routes rows by it, derivatives.md §5.2).
+    /// index into [`Batcher::task_names`] (MT-LoRA routes rows by it, docs/METHODS.md#mt-lora).
     pub tasks: Vec<u32>,
     /// Which rows hold replay data (`[batch_size]`, `train --replay`; `data::mix`): the KL
     /// anchor (`--kl-anchor`) applies to their answer tokens only.

@@ -1,13 +1,13 @@
-//! Training data: reading datasets (formats.md §5), turning examples into token ids with a loss
-//! mask, and cutting them into fixed-shape batches; plus a built-in synthetic IoT instruction
-//! set ([`synth`]).
+//! Training data: reading datasets (docs/FORMATS.md#datasets), turning examples into token ids with
+//! a loss mask, and cutting them into fixed-shape batches; plus a built-in synthetic IoT
+//! instruction set ([`synth`]).
 //!
-//! The path of the data (DESIGN.md §2): [`load`] reads a file into a [`Dataset`] of
-//! [`Example`]s (refusing the whole file, with file and line, if any record is bad);
-//! [`tokenize`] turns each example into a [`TokenizedExample`] (ids and labels); a
-//! [`Batcher`] packs or truncates those to `seq_len`, shuffles them per epoch and fills
-//! preallocated [`Batch`]es of `[batch_size, seq_len]`; a [`MixedBatcher`] mixes a share of
-//! replay rows (general conversations the model should keep answering) into them.
+//! The path of the data (docs/ARCHITECTURE.md#5-one-training-run-from-gguf-to-adapter): [`load`]
+//! reads a file into a [`Dataset`] of [`Example`]s (refusing the whole file, with file and line, if
+//! any record is bad); [`tokenize`] turns each example into a [`TokenizedExample`] (ids and
+//! labels); a [`Batcher`] packs or truncates those to `seq_len`, shuffles them per epoch and fills
+//! preallocated [`Batch`]es of `[batch_size, seq_len]`; a [`MixedBatcher`] mixes a share of replay
+//! rows (general conversations the model should keep answering) into them.
 //!
 //! # Formats ([`Format`])
 //! - **Alpaca**: a JSON array, or JSONL, of `{"instruction", "input"?, "output"}`.
@@ -58,7 +58,7 @@ use crate::Error;
 /// The label that carries no loss (Hugging Face's `ignore_index`).
 pub const IGNORE: i32 = -100;
 
-/// A dataset format (formats.md §5).
+/// A dataset format (docs/FORMATS.md#datasets).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {

@@ -1,4 +1,4 @@
-//! Task ids of multi-task data (MT-LoRA, derivatives.md §5.2): records may carry
+//! Task ids of multi-task data (MT-LoRA, docs/METHODS.md#mt-lora): records may carry
 //! `"task": "name"`; names map to ids `0, 1, …` in first-seen order after the names already
 //! known (a checkpoint's list), so ids are stable across a resume and an export.
 

@@ -31,7 +31,7 @@ use serde_json::Value;
 use crate::data::{Dataset, formats};
 use crate::{Error, Result};
 
-/// The methods of `--methods all`, in the order of derivatives.md (the names `edgetune train
+/// The methods of `--methods all`, in the order of docs/METHODS.md (the names `edgetune train
 /// --method` takes).
 pub const ALL_METHODS: [&str; 15] = [
     "lora", "rslora", "loraplus", "qlora", "dora", "adalora", "mtlora", "irqlora", "olora",

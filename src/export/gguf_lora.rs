@@ -1,4 +1,4 @@
-//! llama.cpp's GGUF LoRA adapter (formats.md §3), exactly what `--lora FILE` loads:
+//! llama.cpp's GGUF LoRA adapter (docs/FORMATS.md#gguf-lora), exactly what `--lora FILE` loads:
 //! `general.type = adapter`, `general.architecture = llama`, `adapter.type = lora`,
 //! `adapter.lora.alpha` (f32), and per adapted linear `blk.N.<stem>.weight.lora_a` (ne
 //! `[in, r]`) and `.lora_b` (ne `[r, out]`) — row-major `A` `[r, in]` and `B` `[out, r]`, the

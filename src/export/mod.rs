@@ -1,6 +1,6 @@
-//! Adapters out and in (formats.md §2–4): our own format ([`native`], for checkpoints),
-//! llama.cpp's GGUF LoRA ([`gguf_lora`]), Hugging Face PEFT ([`peft`]), and merging an adapter
-//! into a new base GGUF ([`merge`]).
+//! Adapters out and in (docs/FORMATS.md#adapter-files): our own format ([`native`], for
+//! checkpoints), llama.cpp's GGUF LoRA ([`gguf_lora`]), Hugging Face PEFT ([`peft`]), and merging
+//! an adapter into a new base GGUF ([`merge`]).
 //!
 //! All three formats import into an [`AdapterSet`] validated against the base model's
 //! [`LlamaConfig`] ([`collect`]) and export from one ([`lowrank`]); [`load_any`] tells them

@@ -1,4 +1,4 @@
-//! Hugging Face PEFT LoRA directories (formats.md §4): `adapter_config.json`,
+//! Hugging Face PEFT LoRA directories (docs/FORMATS.md#peft-directory): `adapter_config.json`,
 //! `adapter_model.safetensors` (metadata `format = pt`) and a `README.md`.
 //!
 //! Tensors are named `base_model.model.model.layers.{L}.{self_attn|mlp}.{q_proj…}.lora_{A|B}.weight`,

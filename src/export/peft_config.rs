@@ -1,5 +1,5 @@
-//! PEFT's `adapter_config.json` (formats.md §4): writing ours and reading theirs, with PEFT's
-//! per-module `rank_pattern` / `alpha_pattern` lookup.
+//! PEFT's `adapter_config.json` (docs/FORMATS.md#peft-directory): writing ours and reading theirs,
+//! with PEFT's per-module `rank_pattern` / `alpha_pattern` lookup.
 //!
 //! PEFT matches a pattern key against a module's key in the base model
 //! (`model.layers.3.self_attn.q_proj`) with `re.match(rf"(.*\.)?{key}$", module_key)`; we

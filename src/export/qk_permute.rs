@@ -1,4 +1,4 @@
-//! The Q/K row order of GGUF against Hugging Face (formats.md §2).
+//! The Q/K row order of GGUF against Hugging Face (docs/FORMATS.md#qk-row-order).
 //!
 //! llama.cpp's RoPE rotates adjacent pairs `(2i, 2i+1)` of each head; HF's rotates `(i, i+d/2)`.
 //! The HF → GGUF converter therefore reorders the output rows of `q_proj` (per query head) and

@@ -1,8 +1,8 @@
-//! The memory budget of a training run (DESIGN.md §4.3, issue #5): what one process holds in
-//! total — the weight pages a step reads, the arena, the adapters' f32 master weights, the
-//! optimizer state kept in RAM, and measured runtime overheads — computed from the GGUF header
-//! and the [`TrainConfig`] alone, before anything is allocated. [`Breakdown::check`] refuses a
-//! plan over budget with the table and the nearest configurations that fit (suggest.rs).
+//! The memory budget of a training run (docs/ARCHITECTURE.md#one-static-arena): what one process
+//! holds in total — the weight pages a step reads, the arena, the adapters' f32 master weights, the
+//! optimizer state kept in RAM, and measured runtime overheads — computed from the GGUF header and
+//! the [`TrainConfig`] alone, before anything is allocated. [`Breakdown::check`] refuses a plan
+//! over budget with the table and the nearest configurations that fit (suggest.rs).
 //!
 //! # What counts, and why
 //!

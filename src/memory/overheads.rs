@@ -14,9 +14,7 @@ use crate::{Error, Result};
 /// training code has run. Measured on x86-64 after a 4-step `train` on the `tiny` test model
 /// (file-backed pages, less the 0.75 MiB model): 9.8 MiB for the release build and 11.2 MiB for
 /// the test profile's build (opt-level 2, which `cargo test` runs); `edgetune --version` alone
-/// peaks at 4.0 MiB. 12 MiB covers both. (It was 8 MiB until replay, the KL anchor, checkpoint
-/// manifests and model fingerprints grew the training code: a CI run measured the plan 10.1 %
-/// under the peak.)
+/// peaks at 4.0 MiB. 12 MiB covers both.
 pub const BINARY_RESIDENT_BYTES: u64 = 12 << 20;
 
 /// Anonymous bytes per tokenizer entry (token or merge rule) held by the parsed GGUF metadata and

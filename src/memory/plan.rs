@@ -1,5 +1,6 @@
 //! The static memory plan: every buffer of a training step with its size and lifetime, packed
-//! into offsets of ONE arena (offline dynamic storage allocation, best-fit; DESIGN.md §4.3).
+//! into offsets of ONE arena (offline dynamic storage allocation, best-fit;
+//! docs/ARCHITECTURE.md#one-static-arena).
 //!
 //! A buffer's lifetime is a closed interval `[first_use, last_use]` of schedule steps. Two
 //! buffers may share addresses only when their lifetimes do not intersect. [`PlanBuilder::pack`]

@@ -1,4 +1,4 @@
-//! When a plan does not fit: the nearest configurations that do (issue #5, DESIGN.md §4 item 9).
+//! When a plan does not fit: the nearest configurations that do (docs/ARCHITECTURE.md#bad-input).
 //!
 //! The levers, gentlest first (what they cost the run): gradient checkpointing on (exact, more
 //! compute), optimizer state on disk (exact, more I/O), 8-bit optimizer state (approximate

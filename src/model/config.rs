@@ -1,4 +1,5 @@
-//! Llama hyper-parameters from GGUF metadata (`{arch}.*` keys, formats.md §2).
+//! Llama hyper-parameters from GGUF metadata (`{arch}.*` keys,
+//! docs/FORMATS.md#llama-metadata-and-tensors).
 
 use crate::gguf::GgufFile;
 use crate::{Error, Result};

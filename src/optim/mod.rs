@@ -1,10 +1,10 @@
 //! Optimizers for the trainable f32 master tensors: AdamW (f32 or 8-bit blockwise state, kept in
 //! RAM or in a file-backed map), SGD, learning-rate schedules, gradient clipping and accumulation.
 //!
-//! Shared conventions (DESIGN.md §4.1, §4.4):
+//! Shared conventions (docs/ARCHITECTURE.md#no-allocation-during-a-step, #memory-levers):
 //! * A trainable tensor is named by its [`ParamId`], the index into the [`ParamSpec`] list given
-//!   at construction. Every tensor belongs to one [`ParamGroup`] (LoRA+ uses two, derivatives.md
-//!   §1.5: group A at `lr`, group B at `lr·λ`).
+//!   at construction. Every tensor belongs to one [`ParamGroup`] (LoRA+ uses two,
+//!   docs/METHODS.md#lora-plus: group A at `lr`, group B at `lr·λ`).
 //! * All optimizer state is allocated when the optimizer is built; a step allocates nothing
 //!   (tests/optim_alloc.rs counts).
 //! * A step is `begin_step()` then `update(id, param, grad, lr)` for every tensor, in any order,
@@ -56,7 +56,7 @@ pub const LORA_PLUS_GROUP_A: usize = 0;
 /// Index of LoRA+ group B (`lora_B` and every 1-D trainable tensor, at `lr·λ`).
 pub const LORA_PLUS_GROUP_B: usize = 1;
 
-/// The two LoRA+ groups of derivatives.md §1.5 (PEFT `create_loraplus_optimizer`): A at `lr`,
+/// The two LoRA+ groups of docs/METHODS.md#lora-plus (PEFT `create_loraplus_optimizer`): A at `lr`,
 /// B at `lr·ratio`, both with `weight_decay` (PEFT's `loraplus_weight_decay`, default 0).
 pub fn lora_plus_groups(ratio: f32, weight_decay: f32) -> [ParamGroup; 2] {
     [
@@ -84,7 +84,7 @@ pub enum StateBits {
     /// f32 `m` and `v`: 8 bytes per parameter.
     #[default]
     F32,
-    /// 8-bit blockwise `m` and `v` (derivatives.md §2.5) for tensors of at least
+    /// 8-bit blockwise `m` and `v` (docs/METHODS.md#8-bit-adamw-state) for tensors of at least
     /// [`state8bit::MIN_8BIT_NUMEL`] elements; f32 for smaller ones.
     Eight,
 }

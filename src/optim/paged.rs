@@ -1,4 +1,4 @@
-//! Paged optimizer state (DESIGN.md §4.4, derivatives.md §2.4): every tensor's state lives in its
+//! Paged optimizer state (docs/METHODS.md#paged-optimizer-state): every tensor's state lives in its
 //! own page of one backing store outside the arena — a zeroed `Vec` in RAM, or a file-backed
 //! shared map in a directory (`--optimizer-state ram|disk`). A tensor's update borrows only its
 //! own page, so on disk only that tensor's pages are brought in (the staging window is one

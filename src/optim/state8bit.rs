@@ -1,7 +1,7 @@
-//! 8-bit blockwise AdamW state (derivatives.md §2.5, bitsandbytes `create_dynamic_map` and the
-//! blockwise 8-bit Adam): the signed and unsigned dynamic quantization maps, nearest-level
-//! quantization, and the per-tensor update that dequantizes a block, runs the f32 AdamW update,
-//! and requantizes.
+//! 8-bit blockwise AdamW state (docs/METHODS.md#8-bit-adamw-state, bitsandbytes
+//! `create_dynamic_map` and the blockwise 8-bit Adam): the signed and unsigned dynamic quantization
+//! maps, nearest-level quantization, and the per-tensor update that dequantizes a block, runs the
+//! f32 AdamW update, and requantizes.
 //!
 //! Layout of one tensor's 8-bit state (`n` elements, `nb = ceil(n / 256)` blocks):
 //! `absmax_m: [f32; nb]`, `absmax_v: [f32; nb]`, `q_m: [u8; n]`, `q_v: [u8; n]`, where element
@@ -79,7 +79,8 @@ pub fn create_dynamic_map(signed: bool) -> [f32; 256] {
     out
 }
 
-/// The two maps of §2.5: `signed` for `m`, `unsigned` for `v` (each sorted ascending).
+/// The two maps of docs/METHODS.md#8-bit-adamw-state: `signed` for `m`, `unsigned` for `v` (each
+/// sorted ascending).
 #[derive(Clone, Debug)]
 pub struct DynamicMaps {
     pub signed: [f32; 256],
@@ -219,7 +220,7 @@ mod tests {
             u.windows(2).all(|w| w[0] < w[1]),
             "unsigned map strictly ascending"
         );
-        // Ranges and smallest nonzero magnitudes from derivatives.md §2.5.
+        // Ranges and smallest nonzero magnitudes from docs/METHODS.md#8-bit-adamw-state.
         assert_eq!(s[0], -0.99296875);
         assert_eq!(s[255], 1.0);
         assert_eq!(u[0], 0.0);

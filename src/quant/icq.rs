@@ -1,12 +1,13 @@
-//! ICQ for GGUF Q4_1 (IR-QLoRA's information calibration quantization, derivatives.md §6.1,
-//! adapted to Q4_1's affine levels — a new method, labelled as such): each 32-weight block's
-//! scale `d` and offset `m` are chosen to maximise the entropy of the block's 4-bit codes, so
-//! the file stays a standard Q4_1 GGUF that any reader dequantizes as `d·q + m`.
+//! ICQ for GGUF Q4_1 (IR-QLoRA's information calibration quantization,
+//! docs/METHODS.md#ir-qlora-icq, adapted to Q4_1's affine levels — a new method, labelled as such):
+//! each 32-weight block's scale `d` and offset `m` are chosen to maximise the entropy of the
+//! block's 4-bit codes, so the file stays a standard Q4_1 GGUF that any reader dequantizes as `d·q
+//! + m`.
 //!
 //! # The search, per block `w[0..32]`
 //!
-//! §6.1 shifts NF4's symmetric absmax grid by an offset `τ` searched around the block median.
-//! Q4_1's 16 levels `m + d·q` are the affine analogue: centred on `τ` and just covering the
+//! IR-QLoRA's ICQ shifts NF4's symmetric absmax grid by an offset `τ` searched around the block
+//! median. Q4_1's 16 levels `m + d·q` are the affine analogue: centred on `τ` and just covering the
 //! block, `d = 2·R(τ)/15`, `m = τ − R(τ)` with `R(τ) = max_i |w_i − τ|`. The candidates are
 //! - `c_0`: ggml's plain rule (`d = (max − min)/15`, `m = min`: the grid centred on the
 //!   mid-range, the tightest covering grid), exactly as [`super::q4_1::quantize_ref`] writes
@@ -17,7 +18,7 @@
 //!
 //! Each candidate's codes are those the file will hold (`d` and `m` rounded to f16 first,
 //! `q = clamp(round((w − m)/d), 0, 15)`), `H = −Σ_v p_v·log2 p_v` over the 16 code counts, and
-//! the first candidate reaching the maximum wins (strict `>`, §6.1's tie rule).
+//! the first candidate reaching the maximum wins (strict `>`).
 //! Cost: `(2n + 2)·64` operations per block (n = 100: ≈ 13k), an offline tool's budget.
 
 use rayon::prelude::*;
@@ -25,10 +26,10 @@ use rayon::prelude::*;
 use super::q4_1::BlockQ4_1;
 use super::simd::{QK, as_blocks, as_blocks_mut, f16_bytes, f16_le};
 
-/// `σ = 1 / Φ⁻¹(0.9677083)` (§6.1; the NF4 code's normal quantile at its outermost level).
+/// `σ = 1 / Φ⁻¹(0.9677083)` (the NF4 code's normal quantile at its outermost level).
 pub const SIGMA: f64 = 0.541_087_20;
 
-/// The ICQ search grid (§6.1 defaults: `λ = 0.1`, `n = 100`, 201 offsets).
+/// The ICQ search grid (defaults: `λ = 0.1`, `n = 100`, 201 offsets).
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct IcqParams {
     /// Half-width of the offset grid in units of `σ·a`.

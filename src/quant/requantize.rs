@@ -1,8 +1,8 @@
 //! Quantizing a full-precision GGUF (F32 / F16 / BF16 weights) into a new GGUF: every 2-D
 //! tensor whose rows are whole blocks is quantized — with ggml's plain rule, or for Q4_1 with
-//! ICQ ([`super::icq`], derivatives.md §6.1) — and every other tensor and all metadata are
+//! ICQ ([`super::icq`], docs/METHODS.md#ir-qlora-icq) — and every other tensor and all metadata are
 //! copied unchanged, so the result is a standard GGUF (our writer; llama.cpp and gguf-py read
-//! it). This is the offline tool (§0.6 S2) behind `edgetune quantize`.
+//! it). This is the offline tool (docs/METHODS.md#read-only-base) behind `edgetune quantize`.
 //!
 //! Streaming: tensors are written one at a time through [`GgufWriter`], each quantized in
 //! blocks of rows (≈ 8 MiB of f32), so memory stays at a few tens of MB plus the mapped input.

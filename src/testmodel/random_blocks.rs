@@ -66,7 +66,7 @@ pub fn pack_k4_scales(sc: &[u8; 8], mn: &[u8; 8]) -> [u8; 12] {
     q
 }
 
-/// Root mean square of IQ4_NL's 16 code values (`{-127, …, 113}`, formats.md §1).
+/// Root mean square of IQ4_NL's 16 code values (`{-127, …, 113}`, docs/FORMATS.md#iq4_nl).
 const IQ4_NL_CODE_RMS: f32 = 67.4;
 /// RMS of a uniform 4-bit code centred at 8 (q − 8, q in 0..16), and of a 5-bit one at 16.
 const Q4_CODE_RMS: f32 = 4.61;

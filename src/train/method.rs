@@ -1,24 +1,25 @@
-//! The fine-tuning method of a run (`edgetune train --method NAME`, derivatives.md): which
+//! The fine-tuning method of a run (`edgetune train --method NAME`): which
 //! adapter plug-in sits on every adapted linear, and each method's own knobs
 //! ([`MethodOptions`]). [`TrainConfig::method`](super::TrainConfig) defaults to
 //! [`Method::Lora`], so configurations and checkpoints written before methods existed still
-//! parse and mean what they meant.
+//! parse and mean what they meant. The maths of each is in docs/METHODS.md, under the method's
+//! name.
 //!
 //! | method | adapter | notes |
 //! |---|---|---|
-//! | `lora` | [`crate::adapters::Lora`] | `s = alpha/r` (§1) |
-//! | `rslora` | `Lora` | `s = alpha/√r` (§1.2) |
-//! | `loraplus` | `Lora` | optimizer group B (`lora_B`, 1-D tensors) at `lr·loraplus_ratio` (§1.5) |
-//! | `qlora` | `Lora` | QLoRA's reference hyper-parameters as a preset ([`apply_preset`], §2.3) |
-//! | `dora` | [`crate::adapters::dora::Dora`] | magnitude `m [out]`, detached norm; merge-only (§3) |
-//! | `adalora` | [`crate::adapters::adalora::AdaLora`] | SVD form, orth. regularizer, rank allocation (§4) |
-//! | `olora`, `pissa` | [`crate::adapters::olora_pissa::ResidualLora`] | QR / SVD init, frozen correction; rank-2r export (§7) |
-//! | `dylora`, `qdylora` | [`crate::adapters::dylora::Dylora`] | rank drawn per step; frozen / unfrozen (§9) |
-//! | `hira` | [`crate::adapters::hira::Hira`] | `ΔW = Ŵ ⊙ BA`; merge-only (§10) |
-//! | `layerimp` | `Lora` | per-layer EMA gradient weights (§10.4, the study's "AdaLoRA") |
-//! | `irqlora` | [`crate::adapters::iec::Iec`] | IEC adapter (§6.2) on a base re-quantized by `edgetune quantize --icq` (§6.1) |
-//! | `reslora` | [`crate::adapters::reslora::ResLora`] | res_is input shortcut across layers (§8); the step keeps every layer's module input |
-//! | `mtlora` | [`crate::adapters::mtlora::MtLora`] | shared LoRA (`lora.rank`) + one rank-`r_t` LoRA per data task, rows routed by their record's `task`; loss `Σ_t w_t·L_t`, uniform or accuracy-adaptive `w` (§5.2, §10.4); export one task |
+//! | `lora` | [`crate::adapters::Lora`] | `s = alpha/r` |
+//! | `rslora` | `Lora` | `s = alpha/√r` |
+//! | `loraplus` | `Lora` | optimizer group B (`lora_B`, 1-D tensors) at `lr·loraplus_ratio` |
+//! | `qlora` | `Lora` | QLoRA's reference hyper-parameters as a preset ([`apply_preset`]) |
+//! | `dora` | [`crate::adapters::dora::Dora`] | magnitude `m [out]`, detached norm; merge-only |
+//! | `adalora` | [`crate::adapters::adalora::AdaLora`] | SVD form, orth. regularizer, rank allocation |
+//! | `olora`, `pissa` | [`crate::adapters::olora_pissa::ResidualLora`] | QR / SVD init, frozen correction; rank-2r export |
+//! | `dylora`, `qdylora` | [`crate::adapters::dylora::Dylora`] | rank drawn per step; frozen / unfrozen |
+//! | `hira` | [`crate::adapters::hira::Hira`] | `ΔW = Ŵ ⊙ BA`; merge-only |
+//! | `layerimp` | `Lora` | per-layer EMA gradient weights (the study's "AdaLoRA") |
+//! | `irqlora` | [`crate::adapters::iec::Iec`] | IEC adapter on a base re-quantized by `edgetune quantize --icq` |
+//! | `reslora` | [`crate::adapters::reslora::ResLora`] | res_is input shortcut across layers; the step keeps every layer's module input |
+//! | `mtlora` | [`crate::adapters::mtlora::MtLora`] | shared LoRA (`lora.rank`) + one rank-`r_t` LoRA per data task, rows routed by their record's `task`; loss `Σ_t w_t·L_t`, uniform or accuracy-adaptive `w`; export one task |
 
 use std::fmt;
 use std::str::FromStr;
@@ -154,14 +155,14 @@ impl FromStr for Method {
     }
 }
 
-/// Each method's own settings; a method ignores the others'. Defaults follow derivatives.md
+/// Each method's own settings; a method ignores the others'. Defaults follow docs/METHODS.md
 /// (PEFT's where it has one). Ranks, alpha, dropout and targets come from `TrainConfig::lora`
 /// for every method (AdaLoRA's `init_r` too unless set here).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct MethodOptions {
-    /// LoRA+ `λ`: group B (`lora_B` and 1-D tensors) trains at `lr·λ` (§1.5; PEFT's docs use
-    /// 16; `λ ≥ 1`).
+    /// LoRA+ `λ`: group B (`lora_B` and 1-D tensors) trains at `lr·λ` (docs/METHODS.md#lora-plus;
+    /// PEFT's docs use 16; `λ ≥ 1`).
     pub loraplus_ratio: f32,
     /// AdaLoRA `r0` per layer (`None`: `lora.rank`).
     pub adalora_init_r: Option<usize>,
@@ -180,7 +181,7 @@ pub struct MethodOptions {
     /// Orthogonal regularizer weight γ (PEFT 0.5; the original 0.1).
     pub adalora_orth_reg_weight: f32,
     /// DyLoRA "frozen" updates (only the newest component trains). `None`: `true` for
-    /// `dylora` (§9.1), `false` for `qdylora` (§9.2).
+    /// `dylora`, `false` for `qdylora` (docs/METHODS.md#dylora-and-qdylora).
     pub dylora_frozen: Option<bool>,
     /// The rank used for evaluation and export (`None`: `r_max` = `lora.rank`).
     pub dylora_eval_rank: Option<usize>,
@@ -189,14 +190,15 @@ pub struct MethodOptions {
     pub base_copy: BaseCopy,
     /// PiSSA's subspace iterations of the truncated SVD (PEFT `pissa_niter_k`).
     pub pissa_niter: usize,
-    /// Layer-importance EMA `τ` (§10.4): `w ← τ·w + (1−τ)·s`.
+    /// Layer-importance EMA `τ` (docs/METHODS.md#layer-importance): `w ← τ·w + (1−τ)·s`.
     pub layerimp_tau: f32,
     /// MT-LoRA: rank `r_t` of every task LoRA (the shared LoRA is `lora.rank`, `lora.alpha`).
     pub mtlora_task_rank: usize,
     /// MT-LoRA: alpha of the task LoRAs (`None`: the shared LoRA's scale, i.e.
     /// `alpha·r_t/r_sh`, or `alpha·√(r_t/r_sh)` under rsLoRA).
     pub mtlora_task_alpha: Option<f32>,
-    /// MT-LoRA: the task weights `w_t` of the loss `Σ_t w_t·L_t` (§5.2, §10.4).
+    /// MT-LoRA: the task weights `w_t` of the loss `Σ_t w_t·L_t` (docs/METHODS.md#mt-lora,
+    /// #task-weights).
     pub task_weights: TaskWeights,
     /// Adaptive task weights: `α` of `γ_t ← γ_t·exp(α·(1 − acc_t))`.
     pub task_weights_alpha: f32,
@@ -207,8 +209,9 @@ pub struct MethodOptions {
     /// `default`), names given here keep their ids first.
     pub mtlora_tasks: Vec<String>,
     /// MT-LoRA: the optimizer leaves the task LoRAs of tasks without targets in the step alone
-    /// (tensors and optimizer state), the "only update tasks present" variant of §5.2; off:
-    /// AdamW moves them through momentum and weight decay (§0.5).
+    /// (tensors and optimizer state), the "only update tasks present" variant of
+    /// docs/METHODS.md#mt-lora; off: AdamW moves them through momentum and weight decay
+    /// (docs/METHODS.md#zero-gradients-and-adamw).
     pub mtlora_skip_absent: bool,
 }
 
@@ -217,11 +220,11 @@ pub struct MethodOptions {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskWeights {
-    /// `w_t = 1` (§5.2).
+    /// `w_t = 1` (docs/METHODS.md#mt-lora).
     #[default]
     Uniform,
-    /// `w_t = γ_t`, the accuracy-adaptive weights of §10.4; the accuracy of task `t` is
-    /// `exp(−L̄_t)` over the last `task_weights_every` steps (train/method_tasks.rs).
+    /// `w_t = γ_t`, the accuracy-adaptive weights of docs/METHODS.md#task-weights; the accuracy of
+    /// task `t` is `exp(−L̄_t)` over the last `task_weights_every` steps (train/method_tasks.rs).
     Adaptive,
 }
 
@@ -323,9 +326,9 @@ impl MethodOptions {
     }
 }
 
-/// QLoRA's reference hyper-parameters (Guanaco 7B, derivatives.md §2.3), as a preset over a
-/// [`TrainConfig`]: `r = 64`, `alpha = 16` (`s = 0.25`), dropout 0.1, lr 2e-4 constant, warmup
-/// 3 % of the steps, `max_grad_norm = 0.3`, weight decay 0, AdamW with `β2 = 0.999` (ours).
+/// QLoRA's reference hyper-parameters (Guanaco 7B, docs/METHODS.md#qlora-preset), as a preset over
+/// a [`TrainConfig`]: `r = 64`, `alpha = 16` (`s = 0.25`), dropout 0.1, lr 2e-4 constant, warmup 3
+/// % of the steps, `max_grad_norm = 0.3`, weight decay 0, AdamW with `β2 = 0.999` (ours).
 ///
 /// Not reproduced, and why: the NF4 + double-quantization base (our base is the GGUF's own
 /// 4-bit type; IQ4_NL is GGUF's NF4-like one) and the paged optimizer (paging is a CUDA

@@ -1,5 +1,7 @@
 //! What a method adds to the trainer's step, around the forward/backward and the optimizer
-//! update (derivatives.md §4.5, §4.6, §9.1, §10.4). Order within one optimizer step `t`
+//! update (docs/METHODS.md#orthogonal-regularizer, #rank-allocation, #dylora-and-qdylora,
+//! #task-weights,
+//! #layer-importance, #hook-order). Order within one optimizer step `t`
 //! (1-based step number `t + 1`):
 //!
 //! ```text

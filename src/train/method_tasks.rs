@@ -1,21 +1,21 @@
-//! MT-LoRA in the trainer (derivatives.md §5.2, §10.4): the task names from the data, the
-//! routing of every micro-batch's rows to their task's LoRA, the multi-task loss
-//! `L = Σ_t w_t·L_t` (`L_t` the mean cross-entropy over task `t`'s targets of the optimizer
-//! step, `w_t = 1` or the accuracy-adaptive `γ_t`), and the per-task losses for the metrics.
+//! MT-LoRA in the trainer (docs/METHODS.md#mt-lora, #task-weights): the task names from the data,
+//! the routing of every micro-batch's rows to their task's LoRA, the multi-task loss `L = Σ_t
+//! w_t·L_t` (`L_t` the mean cross-entropy over task `t`'s targets of the optimizer step, `w_t = 1`
+//! or the accuracy-adaptive `γ_t`), and the per-task losses for the metrics.
 //!
 //! The step's loss gradient is `loss_scale · w'_t` per row of task `t`, with the trainer's
 //! `loss_scale = 1/N` (`N` targets of the step), so [`MtTasks::weigh`] hands it
 //! `w'_t = w_t·N/N_t` (`N_t` the step's targets of task `t`, over all micro-batches): the
 //! gradient is that of `Σ_t w_t·L_t`. With `T` tasks present and uniform weights this is `T`
-//! times the mean loss's gradient (§5.2's loss as written). The reported step loss stays the
+//! times the mean loss's gradient (docs/METHODS.md#mt-lora). The reported step loss stays the
 //! plain mean over all targets, comparable with the other methods.
 //!
-//! Adaptive weights (§10.4): "accuracy" needs an evaluation the trainer does not have (no
-//! validation split, and the step keeps no logits to take an argmax of), so task `t`'s
+//! Adaptive weights (docs/METHODS.md#task-weights): "accuracy" needs an evaluation the trainer does
+//! not have (no validation split, and the step keeps no logits to take an argmax of), so task `t`'s
 //! accuracy is `acc_t = exp(−L̄_t)`, the geometric-mean probability the model gives task `t`'s
-//! target tokens (1 / perplexity, in `(0, 1]`), with `L̄_t` the mean training loss of task `t`
-//! over the last `task_weights_every` steps. Every that many steps each task seen in the
-//! window updates `γ_t ← γ_t·exp(α·(1 − acc_t))`, then the `γ` are rescaled to sum to `T`
+//! target tokens (1 / perplexity, in `(0, 1]`), with `L̄_t` the mean training loss of task `t` over
+//! the last `task_weights_every` steps. Every that many steps each task seen in the window updates
+//! `γ_t ← γ_t·exp(α·(1 − acc_t))`, then the `γ` are rescaled to sum to `T`
 //! ([`AdaptiveTaskWeights`]).
 //!
 //! Nothing here allocates after [`MtTasks::new`] (the step's zero-allocation rule).
@@ -84,15 +84,17 @@ impl MtTasks {
         })
     }
 
-    /// Turns on "only update the tasks present" (§5.2) for a set of `n_param_tensors`
-    /// parameter tensors: [`MtTasks::skip_mask`] then marks the task LoRAs of absent tasks.
+    /// Turns on "only update the tasks present" (docs/METHODS.md#mt-lora) for a set of
+    /// `n_param_tensors` parameter tensors: [`MtTasks::skip_mask`] then marks the task LoRAs of
+    /// absent tasks.
     pub fn skip_absent(&mut self, n_param_tensors: usize) {
         self.skip = vec![false; n_param_tensors];
     }
 
     /// With [`MtTasks::skip_absent`] on: after [`MtTasks::weigh`], the optimizer's skip mask
     /// for `set` (true for `task<t>_lora_A/B` of every MT-LoRA adapter whose task `t` has no
-    /// target in the step: its gradient is zero, §0.5). `None` when off. No allocation.
+    /// target in the step: its gradient is zero, docs/METHODS.md#zero-gradients-and-adamw). `None`
+    /// when off. No allocation.
     pub fn skip_mask(&mut self, set: &AdapterSet) -> Option<&[bool]> {
         if self.skip.is_empty() {
             return None;

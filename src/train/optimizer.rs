@@ -54,8 +54,8 @@ impl Optimizer {
         total_steps: u64,
         state_dir: &std::path::Path,
     ) -> Result<Optimizer> {
-        // LoRA+ (§1.5): group B (`lora_B`, 1-D tensors) at `lr·λ`; every other method trains
-        // both groups at `lr`.
+        // LoRA+ (docs/METHODS.md#lora-plus): group B (`lora_B`, 1-D tensors) at `lr·λ`; every other
+        // method trains both groups at `lr`.
         let ratio = if cfg.method == super::method::Method::Loraplus {
             cfg.method_opts.loraplus_ratio
         } else {

@@ -50,9 +50,9 @@ pub struct TrainStep {
     embed_rows: Option<EmbeddingRows>,
     /// ResLoRA's cross-layer module inputs and pending gradients (`None` without ResLoRA).
     pub(super) res: Option<super::step_reslora::ResStore>,
-    /// Multi-task loss (MT-LoRA, derivatives.md §5.2 / §10.4): the task of each row of the
-    /// current micro-batch, the weight `w_t` of each task (empty: one plain loss), and the
-    /// last micro-batch's per-task `(Σ loss, targets)` (unweighted).
+    /// Multi-task loss (MT-LoRA, docs/METHODS.md#mt-lora, #task-weights): the task of each row of
+    /// the current micro-batch, the weight `w_t` of each task (empty: one plain loss), and the last
+    /// micro-batch's per-task `(Σ loss, targets)` (unweighted).
     row_tasks: Vec<u32>,
     task_weights: Vec<f32>,
     task_losses: Vec<(f64, usize)>,
@@ -175,9 +175,9 @@ impl TrainStep {
         self.arena.release();
     }
 
-    /// Turns on the multi-task loss `Σ_t w_t·L_t` (§5.2): row `r`'s loss gradient is scaled
-    /// by `weights[batch.tasks[r]]`, and [`TrainStep::task_losses`] reports each task's
-    /// unweighted `(Σ loss, targets)`. Empty `weights`: off (one plain loss, the default).
+    /// Turns on the multi-task loss `Σ_t w_t·L_t` (docs/METHODS.md#mt-lora): row `r`'s loss
+    /// gradient is scaled by `weights[batch.tasks[r]]`, and [`TrainStep::task_losses`] reports each
+    /// task's unweighted `(Σ loss, targets)`. Empty `weights`: off (one plain loss, the default).
     pub fn set_task_weights(&mut self, weights: &[f32]) -> Result<()> {
         if let Some(w) = weights.iter().find(|w| !w.is_finite() || **w < 0.0) {
             return Err(Error::Invalid(format!(

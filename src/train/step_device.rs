@@ -1,4 +1,4 @@
-//! A whole training micro-batch on any [`Backend`] (issue #7): embedding, every layer's
+//! A whole training micro-batch on any [`Backend`]: embedding, every layer's
 //! forward under gradient checkpointing (only the layer inputs are kept; each layer is
 //! recomputed before its backward), the chunked cross-entropy head, and the backward into all
 //! adapter gradients — written only in `Backend` ops over ONE workspace allocation, so the

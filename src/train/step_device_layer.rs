@@ -27,10 +27,9 @@
 //! in its own range and skips the base `sw·Wdᵀ` (the backward never reads it), running only
 //! the ffn_down adapter's `H = sw·Aᵀ`.
 //!
-//! LoRA on `[n, in] → [n, out]` (derivatives.md §0.3, no dropout), `β` = 0 on a step's first
-//! micro-batch (and first chunk) and 1 after (accumulation on the device):
-//! `H = X·Aᵀ` `[n, r]`, `Y += s·H·Bᵀ`; `dB = s·Gᵀ·H + β·dB`, `dH = s·G·B`,
-//! `dA = dHᵀ·X + β·dA`, `dX += dH·A`.
+//! LoRA on `[n, in] → [n, out]` (docs/METHODS.md#the-lora-branch, no dropout), `β` = 0 on a step's
+//! first micro-batch (and first chunk) and 1 after (accumulation on the device): `H = X·Aᵀ` `[n,
+//! r]`, `Y += s·H·Bᵀ`; `dB = s·Gᵀ·H + β·dB`, `dH = s·G·B`, `dA = dHᵀ·X + β·dA`, `dX += dH·A`.
 
 use std::ops::Range;
 

@@ -111,7 +111,7 @@ fn adapter_backward(
     }
 }
 
-// ResLoRA plumbing (derivatives.md §8.3): these two wrap the plain adapter calls so that
+// ResLoRA plumbing (docs/METHODS.md#reslora): these two wrap the plain adapter calls so that
 // targets carrying ResLoRA read / feed the previous layer's module input; see step_reslora.rs.
 
 /// [`adapter_forward`], or ResLoRA's cross-layer forward; stores module inputs it needs.

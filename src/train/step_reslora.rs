@@ -1,4 +1,4 @@
-//! ResLoRA res_is plumbing of the training step (derivatives.md §8.2–8.3): layer `l`'s branch on
+//! ResLoRA res_is plumbing of the training step (docs/METHODS.md#reslora): layer `l`'s branch on
 //! target `i` reads the same target's module input of layer `l − 1`, and its input gradient
 //! goes to that module input too. Under gradient checkpointing layer `l − 1`'s activations are
 //! gone when layer `l` is recomputed, so the step keeps, for every target that carries a

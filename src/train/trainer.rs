@@ -557,11 +557,12 @@ impl<'f> Trainer<'f> {
             .eval_loss(self.llama.backend_model(), &self.set, batch)
     }
 
-    /// DyLoRA / QDyLoRA without `--dylora-eval-rank` (§9.1, "evaluation at every rank"):
-    /// evaluates every rank `1..=r_max` on the last step's micro-batches (no dropout; a proxy
-    /// for a held-out set, which the trainer does not have), makes the lowest-loss rank (ties:
-    /// the smaller) every adapter's evaluation and export rank, and returns it with the mean
-    /// loss per rank. `None` for other methods, when a rank was given, or before any step.
+    /// DyLoRA / QDyLoRA without `--dylora-eval-rank` (docs/METHODS.md#dylora-and-qdylora,
+    /// "evaluation at every rank"): evaluates every rank `1..=r_max` on the last step's
+    /// micro-batches (no dropout; a proxy for a held-out set, which the trainer does not have),
+    /// makes the lowest-loss rank (ties: the smaller) every adapter's evaluation and export rank,
+    /// and returns it with the mean loss per rank. `None` for other methods, when a rank was given,
+    /// or before any step.
     pub fn choose_dylora_rank(&mut self) -> Result<Option<(usize, Vec<f64>)>> {
         if !matches!(self.cfg.method, Method::Dylora | Method::Qdylora)
             || self.cfg.method_opts.dylora_eval_rank.is_some()

@@ -1,4 +1,4 @@
-//! AdaLoRA (derivatives.md §4): f64 finite differences of the SVD-form branch (inputs, `A`,
+//! AdaLoRA (docs/METHODS.md#adalora): f64 finite differences of the SVD-form branch (inputs, `A`,
 //! `B`, `e`) and of the orthogonal regularizer, the f32 adapter against the reference, PEFT
 //! init, the cubic budget schedule (hand-computed), importance scores, masking with ties and
 //! the final pattern, the folded export, and a short fit with the allocator running.

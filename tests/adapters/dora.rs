@@ -1,6 +1,6 @@
-//! DoRA adapter (derivatives.md §3): f64 finite differences of the detached backward (inputs,
+//! DoRA adapter (docs/METHODS.md#dora): f64 finite differences of the detached backward (inputs,
 //! `A`, `B`, `m`), the f32 adapter against the generic reference (dense and quantized base),
-//! the norm identity of §3.4, PEFT init, the merged change, and a short fit.
+//! the norm identity of docs/METHODS.md#dora, PEFT init, the merged change, and a short fit.
 
 use crate::adapters_support::{close, matmul, no_post, no_pre, run, sgd, xwt};
 use crate::backend_grad_fd::{assert_grad, fd_grad, random64, to32, to64};

@@ -1,5 +1,5 @@
-//! DyLoRA / QDyLoRA (derivatives.md §9): f64 finite differences of the truncated branch
-//! (inputs, `A`, `B`; frozen and unfrozen), the f32 adapter against the reference, the
+//! DyLoRA / QDyLoRA (docs/METHODS.md#dylora-and-qdylora): f64 finite differences of the truncated
+//! branch (inputs, `A`, `B`; frozen and unfrozen), the f32 adapter against the reference, the
 //! per-step rank draw, evaluation rank and export, and short fits.
 
 use crate::adapters_support::{close, matmul, no_post, no_pre, run, sgd, xwt};

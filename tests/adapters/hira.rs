@@ -1,4 +1,4 @@
-//! HiRA (derivatives.md §10): f64 finite differences (inputs, `A`, `B`), the tiled f32 adapter
+//! HiRA (docs/METHODS.md#hira): f64 finite differences (inputs, `A`, `B`), the tiled f32 adapter
 //! against the dense reference (several tiles, dense and quantized base), PEFT init, merge and
 //! a short fit of a Hadamard change.
 

@@ -1,7 +1,7 @@
-//! IEC (IR-QLoRA's information elastic connection, derivatives.md §6.2): f64 finite differences
-//! of the scalar reference against a loss written out independently (inputs, `A`, `B`, `β_A`,
-//! `β_B`; no dropout and a fixed mask), the f32 adapter against the reference, init, the merge
-//! identity and its export, refusal of a rank that does not divide, and a short fit.
+//! IEC (IR-QLoRA's information elastic connection, docs/METHODS.md#ir-qlora-iec): f64 finite
+//! differences of the scalar reference against a loss written out independently (inputs, `A`, `B`,
+//! `β_A`, `β_B`; no dropout and a fixed mask), the f32 adapter against the reference, init, the
+//! merge identity and its export, refusal of a rank that does not divide, and a short fit.
 
 use crate::adapters_support;
 
@@ -18,8 +18,8 @@ const DM: BranchDims = BranchDims {
     r: 4,
 };
 
-/// `L = Σ R ⊙ ΔY`, written from §6.2 with explicit loops: `Z = X_d·Aᵀ + β_A·Pool(X)`,
-/// `ΔY = s·(Z·Bᵀ + β_B·Rep(Z))`.
+/// `L = Σ R ⊙ ΔY`, written from docs/METHODS.md#ir-qlora-iec with explicit loops: `Z = X_d·Aᵀ +
+/// β_A·Pool(X)`, `ΔY = s·(Z·Bᵀ + β_B·Rep(Z))`.
 #[allow(clippy::too_many_arguments)]
 fn loss(
     s: f64,

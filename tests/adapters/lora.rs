@@ -1,6 +1,6 @@
-//! LoRA adapter: f64 finite-difference checks of the branch gradients (derivatives.md §0.8),
-//! parity of the f32 adapter with the generic reference, init, scaling, merge and a short
-//! training run.
+//! LoRA adapter: f64 finite-difference checks of the branch gradients
+//! (docs/METHODS.md#gradient-checks), parity of the f32 adapter with the generic reference, init,
+//! scaling, merge and a short training run.
 
 use edgetune::adapters::lora::{BranchDims, backward_ref, forward_ref};
 use edgetune::adapters::{Adapter, Export, Group, Lora, LoraConfig, Pass, Target};

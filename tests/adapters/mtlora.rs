@@ -1,4 +1,4 @@
-//! MT-LoRA (derivatives.md §5.2): an f64 reference composed of the generic LoRA references
+//! MT-LoRA (docs/METHODS.md#mt-lora): an f64 reference composed of the generic LoRA references
 //! (shared on every token, each task's on its rows) checked by finite differences against the
 //! loss written out with loops (no dropout and a fixed mask), the f32 adapter against it
 //! (absent tasks get zero gradients), routing errors, the per-task export and merge, task ids

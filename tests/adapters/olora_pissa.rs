@@ -1,6 +1,6 @@
-//! OLoRA and PiSSA (derivatives.md §7) with the frozen correction term: f64 finite differences
-//! (inputs, `A`, `B`), the f32 adapter against the reference, inits against the QR / SVD
-//! definitions, exactness at init, the rank-2r export, and a short fit.
+//! OLoRA and PiSSA (docs/METHODS.md#olora-and-pissa) with the frozen correction term: f64 finite
+//! differences (inputs, `A`, `B`), the f32 adapter against the reference, inits against the QR /
+//! SVD definitions, exactness at init, the rank-2r export, and a short fit.
 
 use crate::adapters_support::{
     close, gram_schmidt, matmul, no_post, no_pre, run, sgd, with_spectrum, xwt,

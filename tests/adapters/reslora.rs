@@ -1,4 +1,4 @@
-//! ResLoRA res_is (derivatives.md §8.2–8.4): f64 finite differences of the single-layer math
+//! ResLoRA res_is (docs/METHODS.md#reslora): f64 finite differences of the single-layer math
 //! with the extra input and its gradient (no dropout and a fixed mask), the f32 adapter against
 //! the reference (with `X_{l−1}` and in the layer-0 `2·X` form), a two-layer chain through the
 //! pending-gradient protocol the training step uses checked against finite differences of the

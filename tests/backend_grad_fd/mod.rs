@@ -1,6 +1,7 @@
-//! Finite-difference helpers shared by the `backend_grad_*` tests (DESIGN.md §4.1, the pattern of
-//! specs/derivatives.md §0.8): central differences in f64 of a scalar function, random data, and
-//! a relative-error check that reports the worst element.
+//! Finite-difference helpers shared by the `backend_grad_*` tests
+//! (docs/ARCHITECTURE.md#no-allocation-during-a-step, the pattern of
+//! docs/METHODS.md#gradient-checks): central differences in f64 of a scalar function, random data,
+//! and a relative-error check that reports the worst element.
 #![allow(dead_code)]
 
 use rand::{Rng, SeedableRng, rngs::StdRng};

@@ -137,7 +137,8 @@ fn every_ggml_type_and_alignment_round_trips() {
             let be = ty.block_elems() as u64;
             let rows = if k % 2 == 0 { 3 } else { 6 };
             assert_eq!((t.ty, t.row_len(), t.n_rows()), (*ty, 2 * be, rows));
-            // Independent size: rows × 2 blocks × block bytes from formats.md's table.
+            // Independent size: rows × 2 blocks × block bytes from the table in
+            // docs/FORMATS.md#quant-blocks.
             let (_, bb) = gguf_common::block_of(ty.id()).unwrap();
             assert_eq!(t.n_bytes, rows * 2 * bb);
             assert_eq!(t.offset % alignment, 0);

@@ -1,10 +1,11 @@
 //! A hand-written GGUF encoder for tests, independent of `edgetune::gguf::GgufWriter`.
 //!
-//! Every field is spelled out byte by byte from formats.md §1 so that tests can build valid
+//! Every field is spelled out byte by byte from docs/FORMATS.md#gguf so that tests can build valid
 //! files (v2 or v3) and corrupt any field, and know where each field sits in the file.
 #![allow(dead_code)]
 
-/// Bytes per block and elements per block for the ggml ids the tests use (formats.md §1).
+/// Bytes per block and elements per block for the ggml ids the tests use
+/// (docs/FORMATS.md#quant-blocks).
 pub fn block_of(type_id: u32) -> Option<(u64, u64)> {
     Some(match type_id {
         0 => (1, 4),

@@ -1,6 +1,7 @@
-//! 8-bit blockwise AdamW (derivatives.md §2.5) against f32 AdamW: one step is the f32 update of
-//! the dequantized state followed by a requantization within half a map gap; a 100-step run
-//! stays within an error bound propagated from the maps' resolution; the state is ~25 % of f32's.
+//! 8-bit blockwise AdamW (docs/METHODS.md#8-bit-adamw-state) against f32 AdamW: one step is the f32
+//! update of the dequantized state followed by a requantization within half a map gap; a 100-step
+//! run stays within an error bound propagated from the maps' resolution; the state is ~25 % of
+//! f32's.
 
 use edgetune::optim::adamw::{AdamWStep, adamw_update_f32};
 use edgetune::optim::state8bit::{BLOCK, MIN_8BIT_NUMEL, SIGNED_HALF_GAP, UNSIGNED_HALF_GAP};

@@ -1,5 +1,6 @@
-//! Paged AdamW state (DESIGN.md §4.4): RAM and file-backed pages give bit-identical updates, and
-//! a checkpoint save/load continues a run bit for bit (also across RAM and disk).
+//! Paged AdamW state (docs/METHODS.md#paged-optimizer-state): RAM and file-backed pages give
+//! bit-identical updates, and a checkpoint save/load continues a run bit for bit (also across RAM
+//! and disk).
 
 use edgetune::optim::{AdamW, AdamWConfig, ParamSpec, StateBits, StateStorage};
 use rand::rngs::StdRng;

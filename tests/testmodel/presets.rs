@@ -1,6 +1,6 @@
 //! The test-model presets as our GGUF reader sees them: shapes, metadata, vocabulary and file
-//! sizes of every preset, the planned 8B file size against boards.md, and the random-block
-//! path written in full at a small size.
+//! sizes of every preset, the planned 8B file size against docs/ARCHITECTURE.md#10-boards, and the
+//! random-block path written in full at a small size.
 //!
 //! Presets up to 8B are written as sparse files (header for real, tensor data as holes) so the
 //! reader can open them without 4 GiB of disk writes; 70B is checked through the plan.
@@ -163,8 +163,9 @@ fn check_rope_freqs(p: &Preset, f: &GgufFile) {
 
 const GIB: f64 = (1u64 << 30) as f64;
 
-/// boards.md: Llama 3.1 8B is ≈ 4.33 GiB in Q4_0 and ≈ 4.6 GiB in Q4_K_M (llama.cpp files).
-/// Q4_0 alone would give 4.21 GiB; llama-quantize's Q6_K output tensor makes the 4.33.
+/// docs/ARCHITECTURE.md#10-boards: Llama 3.1 8B is ≈ 4.33 GiB in Q4_0 and ≈ 4.6 GiB in Q4_K_M
+/// (llama.cpp files). Q4_0 alone would give 4.21 GiB; llama-quantize's Q6_K output tensor makes the
+/// 4.33.
 #[test]
 fn llama_3_1_8b_planned_sizes_match_llama_cpp_files() {
     let size = |types| {

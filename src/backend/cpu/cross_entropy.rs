@@ -1,5 +1,6 @@
 //! Next-token cross-entropy over the output projection, forward and backward fused, in chunks of
-//! tokens so that the `[tokens, vocab]` logits never exist whole (DESIGN.md §4.4).
+//! tokens so that the `[tokens, vocab]` logits never exist whole
+//! (docs/ARCHITECTURE.md#memory-levers).
 //!
 //! Inputs: `h` `[n, dim]` (final hidden states, after the final RMSNorm), the output weight `W`
 //! `[vocab, dim]` (quantized, frozen), `targets` `[n]` (token `i`'s logits predict `targets[i]`:

@@ -1,13 +1,13 @@
 //! Dense f32 GEMM for the adapter products: `C = α·op(A)·op(B) + β·C`, row-major, with
 //! transpose flags, rayon-parallel over output blocks, allocation-free.
 //!
-//! The LoRA branch (derivatives.md §0.3) needs `X·Aᵀ`, `H·Bᵀ`, `Gᵀ·H`, `G·B`, `dHᵀ·X` and
-//! `dH·A`: every transpose combination, with one dimension (the rank `r`) small. The work is
+//! The LoRA branch (docs/METHODS.md#the-lora-branch) needs `X·Aᵀ`, `H·Bᵀ`, `Gᵀ·H`, `G·B`, `dHᵀ·X`
+//! and `dH·A`: every transpose combination, with one dimension (the rank `r`) small. The work is
 //! split into `MC × NC` blocks of `C` (both axes, so `dA = dHᵀX` with `m = r` still has many
 //! tasks). A task walks `k` in slices of `KC`, packs its slice of `op(A)` (`[MC, KC]`) and one
-//! 16-column panel of `op(B)` (`[KC, 16]`, zero-padded) into fixed-size stack tiles, and runs
-//! the register-tile kernel of [`crate::quant::microkernel`] on them. The stack tiles make the
-//! op independent of the layouts (transposed or not) and need no caller scratch and no heap.
+//! 16-column panel of `op(B)` (`[KC, 16]`, zero-padded) into fixed-size stack tiles, and runs the
+//! register-tile kernel of [`crate::quant::microkernel`] on them. The stack tiles make the op
+//! independent of the layouts (transposed or not) and need no caller scratch and no heap.
 
 use rayon::prelude::*;
 

@@ -6,7 +6,8 @@
 //! `&mut [f32]` on the CPU backend: a [`CudaViewMut`] is unique, [`CudaView`]s are `Copy`.
 //! Sub-ranging is pointer arithmetic (`ptr + 4·start`), checked against the view's length, so
 //! the memory planner can carve every buffer of a step out of one allocation without the
-//! driver seeing more than one (each separate allocation costs events, toolchain.md §3).
+//! driver seeing more than one (each separate allocation costs events,
+//! docs/ARCHITECTURE.md#cuda-without-an-installation).
 
 use std::marker::PhantomData;
 use std::ops::Range;

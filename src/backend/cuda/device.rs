@@ -2,9 +2,9 @@
 //! discrete, host-register support), read once when the backend opens.
 //!
 //! cudarc loads `libcuda.so.1` at its first call and **panics** when the library is missing
-//! (toolchain.md §3), so every entry point here first asks [`driver_present`], which only tries
-//! to `dlopen` it. A CPU-only machine therefore gets an [`Error`] naming the problem and the
-//! way out (`--backend cpu`), never a panic.
+//! (docs/ARCHITECTURE.md#cuda-without-an-installation), so every entry point here first asks
+//! [`driver_present`], which only tries to `dlopen` it. A CPU-only machine therefore gets an
+//! [`Error`] naming the problem and the way out (`--backend cpu`), never a panic.
 
 use std::sync::Arc;
 

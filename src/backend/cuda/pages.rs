@@ -1,7 +1,7 @@
-//! Paged optimizer state on the device (DESIGN.md §4.4): AdamW's `m`/`v` stay in host memory
-//! (outside the arena) and are staged to the device per tensor for its update, through pinned
-//! host buffers with async copies on the backend's second (copy) stream, overlapped with the
-//! compute stream's updates.
+//! Paged optimizer state on the device (docs/METHODS.md#paged-optimizer-state): AdamW's `m`/`v`
+//! stay in host memory (outside the arena) and are staged to the device per tensor for its update,
+//! through pinned host buffers with async copies on the backend's second (copy) stream, overlapped
+//! with the compute stream's updates.
 //!
 //! The order of work is a fixed schedule over `slots` staging buffers (a device page and a
 //! pinned host page each, `2 · max_numel` f32: `m` then `v`), [`schedule`]:

@@ -1,11 +1,12 @@
 //! Quantized weights on the device: `--weights map` (use the mapped GGUF pages in place) or
 //! `--weights upload` (one copy of the file's bytes into device memory).
 //!
-//! DESIGN.md §4.2: the weights are never copied on the host. On an integrated GPU (Jetson: one
-//! DRAM) the mapped file is page-locked with `cuMemHostRegister(READ_ONLY | DEVICEMAP)` and the
-//! kernels read the same physical pages through `cuMemHostGetDevicePointer`; this needs
-//! `CU_DEVICE_ATTRIBUTE_HOST_REGISTER_SUPPORTED` (and the read-only variant, because the map is
-//! `PROT_READ`). Elsewhere (discrete GPUs, or registration refused) the bytes are uploaded once.
+//! The weights are never copied on the host (docs/ARCHITECTURE.md#weights-are-never-copied). On an
+//! integrated GPU (Jetson: one DRAM) the mapped file is page-locked with
+//! `cuMemHostRegister(READ_ONLY | DEVICEMAP)` and the kernels read the same physical pages through
+//! `cuMemHostGetDevicePointer`; this needs `CU_DEVICE_ATTRIBUTE_HOST_REGISTER_SUPPORTED` (and the
+//! read-only variant, because the map is `PROT_READ`). Elsewhere (discrete GPUs, or registration
+//! refused) the bytes are uploaded once.
 //!
 //! A [`WeightStore`] keeps the attached regions (host range → device address); each
 //! [`CudaBackend::weight`](super::CudaBackend) call resolves a [`QuantMatrix`]'s bytes to a device

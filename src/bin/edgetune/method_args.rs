@@ -1,12 +1,12 @@
 //! `--method NAME` and each method's flags, shared by `edgetune train` and `edgetune plan`
-//! (derivatives.md; the library side is `edgetune::train::method`).
+//! (docs/METHODS.md; the library side is `edgetune::train::method`).
 
 use edgetune::Result;
 use edgetune::train::TrainConfig;
 use edgetune::train::method::{BaseCopy, Method, MethodOptions, TaskWeights, apply_preset};
 
 #[derive(clap::Args, Debug, Clone)]
-#[command(next_help_heading = "Method (derivatives.md)")]
+#[command(next_help_heading = "Method (docs/METHODS.md)")]
 pub struct MethodArgs {
     /// The fine-tuning method: lora, rslora (scale alpha/√r), loraplus (B at lr·ratio),
     /// qlora (QLoRA's reference preset: r 64, alpha 16, dropout 0.1, lr 2e-4 constant, 3 %
@@ -84,7 +84,8 @@ pub struct MethodArgs {
     #[arg(long, default_value_t = MethodOptions::default().task_weights_every)]
     pub task_weights_every: u64,
     /// mtlora: the optimizer skips the task LoRAs of tasks with no targets in the step (their
-    /// tensors and AdamW moments stay as they are; default: AdamW moves them, §0.5).
+    /// tensors and AdamW moments stay as they are; default: AdamW moves them,
+    /// docs/METHODS.md#zero-gradients-and-adamw).
     #[arg(long)]
     pub mtlora_skip_absent: bool,
 }

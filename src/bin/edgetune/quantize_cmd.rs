@@ -1,7 +1,7 @@
 //! `edgetune quantize --in F16_OR_F32.gguf --out FILE --type q4_1 [--icq [--icq-lambda L]
 //! [--icq-n N]] [--json]`: quantizes a full-precision GGUF's 2-D weights into a new standard
 //! GGUF, with ggml's plain rule or (Q4_1) IR-QLoRA's entropy-maximising ICQ search
-//! (derivatives.md §6.1), and reports each tensor's quantization error and code entropy.
+//! (docs/METHODS.md#ir-qlora-icq), and reports each tensor's quantization error and code entropy.
 
 use std::path::PathBuf;
 
@@ -25,7 +25,8 @@ pub struct Args {
     /// Choose each Q4_1 block's scale and offset by ICQ's entropy-maximising search.
     #[arg(long)]
     icq: bool,
-    /// ICQ: half-width of the offset grid, in units of σ·max|w − median| (§6.1's λ).
+    /// ICQ: half-width of the offset grid, in units of σ·max|w − median| (`λ` of
+    /// docs/METHODS.md#ir-qlora-icq).
     #[arg(long, default_value_t = 0.1)]
     icq_lambda: f32,
     /// ICQ: the grid has 2·N + 1 offsets.
