@@ -13,7 +13,8 @@
 The configuration is `edgetune train`'s settings by their flag names (dashes or underscores:
 ``seq-len`` / ``seq_len``), or `TrainConfig`'s own field names; ``data_records`` gives the
 training data as a list of records in memory instead of ``data`` (a path). Errors are
-`EdgetuneError` with the library's message.
+`EdgetuneError` with the library's message; the cases a caller acts on are its subclasses
+`OverBudget`, `BadInput` (a malformed dataset line), `Unsupported` and `NonFinite`.
 """
 
 from __future__ import annotations
@@ -27,11 +28,15 @@ from typing import Any
 import numpy as np
 
 from . import _edgetune
-from ._edgetune import Cancelled, EdgetuneError
+from ._edgetune import BadInput, Cancelled, EdgetuneError, NonFinite, OverBudget, Unsupported
 
 __all__ = [
+    "BadInput",
     "Cancelled",
     "EdgetuneError",
+    "NonFinite",
+    "OverBudget",
+    "Unsupported",
     "Model",
     "Trainer",
     "export_adapter",

@@ -2,8 +2,8 @@
 //! generate, perplexity), [`trainer::Trainer`] (steps, checkpoints, exports, the adapter as
 //! NumPy arrays by PEFT tensor name), the memory plan and a fresh adapter. The Python half
 //! (`edgetune/__init__.py`) maps the CLI's flag names to the configuration and holds the
-//! docstrings users read; every library error becomes `edgetune.EdgetuneError` with the
-//! library's message.
+//! docstrings users read; every library error becomes `edgetune.EdgetuneError` (or its
+//! subclass `OverBudget`, `BadInput`, `Unsupported`, `NonFinite`) with the library's message.
 
 mod adapter;
 mod config;
@@ -30,9 +30,44 @@ create_exception!(
     "The progress callback asked to stop."
 );
 
-/// A library error as a Python exception, with the library's message.
+create_exception!(
+    _edgetune,
+    OverBudget,
+    EdgetuneError,
+    "The memory plan does not fit the budget; the message has the breakdown and the \
+     configurations that would fit. Nothing was allocated."
+);
+create_exception!(
+    _edgetune,
+    BadInput,
+    EdgetuneError,
+    "A malformed record in an input file (a dataset line, an eval case); the message names the \
+     file and the line."
+);
+create_exception!(
+    _edgetune,
+    Unsupported,
+    EdgetuneError,
+    "Valid, but not something this build or engine does; the message says what would work."
+);
+create_exception!(
+    _edgetune,
+    NonFinite,
+    EdgetuneError,
+    "A computation gave NaN or Inf (a loss, a gradient, logits); nothing of that step was applied."
+);
+
+/// A library error as a Python exception, with the library's message: the cases a caller acts
+/// on have their own subclass of `EdgetuneError`.
 pub(crate) fn err(e: edgetune::Error) -> PyErr {
-    EdgetuneError::new_err(e.to_string())
+    let msg = e.to_string();
+    match e {
+        edgetune::Error::OverBudget { .. } => OverBudget::new_err(msg),
+        edgetune::Error::BadInput { .. } => BadInput::new_err(msg),
+        edgetune::Error::Unsupported(_) => Unsupported::new_err(msg),
+        edgetune::Error::NonFinite(_) => NonFinite::new_err(msg),
+        _ => EdgetuneError::new_err(msg),
+    }
 }
 
 /// An invalid argument found on this side of the boundary.
@@ -67,6 +102,10 @@ fn _edgetune(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add("EdgetuneError", py.get_type::<EdgetuneError>())?;
     m.add("Cancelled", py.get_type::<Cancelled>())?;
+    m.add("OverBudget", py.get_type::<OverBudget>())?;
+    m.add("BadInput", py.get_type::<BadInput>())?;
+    m.add("Unsupported", py.get_type::<Unsupported>())?;
+    m.add("NonFinite", py.get_type::<NonFinite>())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(plan_json, m)?)?;
     m.add_function(wrap_pyfunction!(resolve_config, m)?)?;

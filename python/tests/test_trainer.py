@@ -89,6 +89,18 @@ def test_fresh_run_rule_and_overwrite(config: dict) -> None:
         assert t.completed == 0
 
 
+def test_typed_errors(config: dict, tmp_path: Path) -> None:
+    # Each is an EdgetuneError too, so code catching the base class keeps working.
+    with pytest.raises(edgetune.OverBudget, match="over budget"):
+        edgetune.Trainer(dict(config, budget="1MiB"))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{"text": 3}\n')
+    with pytest.raises(edgetune.BadInput, match="bad.jsonl:2"):
+        edgetune.Trainer(dict(config, data=str(bad)))
+    assert issubclass(edgetune.NonFinite, edgetune.EdgetuneError)
+    assert issubclass(edgetune.Unsupported, edgetune.EdgetuneError)
+
+
 def test_evaluate_heldout(config: dict, records: list[dict], data_file: Path) -> None:
     with edgetune.Trainer(dict(config, steps=12)) as t:
         before = t.evaluate(data_records=records[:8])
