@@ -71,7 +71,7 @@ fn every_wired_method_trains_checkpoints_and_reloads() {
         .build()
         .unwrap();
     pool.install(|| {
-        for method in Method::wired() {
+        for method in Method::ALL {
             let out = dir.path().join(method.name());
             let cfg = config(&model, &data, &out, method);
             let t0 = std::time::Instant::now();
@@ -241,7 +241,7 @@ fn plan_adapter_bytes_match_the_built_adapters() {
     let file = GgufFile::open(&model).unwrap();
     let mc = LlamaConfig::from_gguf(&file).unwrap();
     let weights = LlamaWeights::from_gguf(&file, &mc).unwrap();
-    for method in Method::wired() {
+    for method in Method::ALL {
         let mut cfg = config(&model, &data, &dir.path().join("p"), method);
         cfg.lora.dropout = if method == Method::Hira { 0.1 } else { 0.0 };
         let set = AdapterSet::new_for(method, &mc, &cfg, STEPS, 1, Some(&weights)).unwrap();

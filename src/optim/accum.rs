@@ -1,61 +1,8 @@
-//! Gradient accumulation over `K` micro-batches (`--grad-accum K`).
-//!
-//! Semantics (those of the HF Trainer): the trainer zeroes the gradient buffers before the first
-//! micro-batch of an optimizer step; each micro-batch's backward *adds* its gradient, seeded with
-//! `loss_scale() = 1/K` times the gradient of its mean loss; after the `K`-th the buffers hold
-//! the gradient of the mean of the `K` micro-batch losses, which for equal-sized micro-batches is
-//! the gradient of one batch of all their examples. Then clip, then step.
-
-use crate::{Error, Result};
-
-/// Counts micro-batches towards the next optimizer step.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct GradAccumulator {
-    micro_batches: u32,
-    seen: u32,
-}
-
-impl GradAccumulator {
-    /// Accumulates over `micro_batches ≥ 1` micro-batches per optimizer step.
-    pub fn new(micro_batches: u32) -> Result<Self> {
-        if micro_batches == 0 {
-            return Err(Error::Invalid(
-                "gradient accumulation needs at least 1 micro-batch per step".into(),
-            ));
-        }
-        Ok(Self {
-            micro_batches,
-            seen: 0,
-        })
-    }
-
-    /// Micro-batches per optimizer step.
-    pub fn micro_batches(&self) -> u32 {
-        self.micro_batches
-    }
-
-    /// Factor for each micro-batch's loss gradient: `1/K`.
-    pub fn loss_scale(&self) -> f32 {
-        1.0 / self.micro_batches as f32
-    }
-
-    /// Whether the next micro-batch is the first of a step (zero the gradients before it).
-    pub fn starts_step(&self) -> bool {
-        self.seen == 0
-    }
-
-    /// Records one finished micro-batch; returns true when it completed the step (run the
-    /// optimizer now; the count restarts).
-    pub fn record(&mut self) -> bool {
-        self.seen += 1;
-        if self.seen == self.micro_batches {
-            self.seen = 0;
-            true
-        } else {
-            false
-        }
-    }
-}
+//! Gradient accumulation (`--accum K`): the adapter gradients of the `K` micro-batches of one
+//! optimizer step are added into the same buffers, each micro-batch's backward seeded with the
+//! loss scale `1 / (loss targets of the whole step)`, so that after the `K`-th the buffers hold
+//! the gradient of the mean loss over every target of the step — for equal micro-batches, the
+//! gradient of one batch of all their examples. Then clip, then step (`train/trainer.rs`).
 
 /// `acc ← acc + scale·grad` (lengths validated by the caller).
 pub fn add_scaled(acc: &mut [f32], grad: &[f32], scale: f32) {
@@ -68,18 +15,6 @@ pub fn add_scaled(acc: &mut [f32], grad: &[f32], scale: f32) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn counts_k_micro_batches() {
-        let mut acc = GradAccumulator::new(3).unwrap();
-        assert!(acc.starts_step());
-        assert!(!acc.record());
-        assert!(!acc.starts_step());
-        assert!(!acc.record());
-        assert!(acc.record());
-        assert!(acc.starts_step());
-        assert!(GradAccumulator::new(0).is_err());
-    }
 
     /// Least squares `L = mean_i ½(w·x_i − y_i)²`: K micro-batches of one example, each seeded
     /// with 1/K, accumulate to the gradient of the batch of K, and one AdamW step from either
@@ -109,18 +44,13 @@ mod tests {
                 batch[j] += r * x[j] as f64 / k as f64;
             }
         }
-        // K micro-batches of size 1.
-        let mut acc = GradAccumulator::new(k as u32).unwrap();
+        // K micro-batches of size 1, each seeded with 1/K.
         let mut grad = [0.0f32; 3];
-        let mut done = false;
         for (x, y) in xs.iter().zip(ys) {
-            assert!(!done);
             let r: f32 = x.iter().zip(w).map(|(a, b)| a * b).sum::<f32>() - y;
             let g_micro = [r * x[0], r * x[1], r * x[2]];
-            add_scaled(&mut grad, &g_micro, acc.loss_scale());
-            done = acc.record();
+            add_scaled(&mut grad, &g_micro, 1.0 / k as f32);
         }
-        assert!(done);
         for j in 0..3 {
             assert!(
                 (grad[j] as f64 - batch[j]).abs() < 1e-6,

@@ -21,7 +21,6 @@ pub mod schedule;
 pub mod sgd;
 pub mod state8bit;
 
-pub use accum::GradAccumulator;
 pub use adamw::{AdamW, AdamWConfig};
 pub use clip::{clip_by_global_norm, global_norm};
 pub use paged::StateStorage;

@@ -90,7 +90,6 @@ impl AdapterSet {
         seed: u64,
         base: Option<&LlamaWeights<'_>>,
     ) -> Result<AdapterSet> {
-        method.check_wired()?;
         let lora = method_lora_config(method, &cfg.lora);
         lora.validate()?;
         if let Some(r) = lora.layers {

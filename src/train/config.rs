@@ -216,7 +216,6 @@ impl TrainConfig {
     /// setting and its value.
     pub fn validate(&self) -> Result<()> {
         self.lora.validate()?;
-        self.method.check_wired()?;
         self.method_opts.validate(self.method, self.lora.rank)?;
         let bad = |what: &str, v: String| Err(Error::Invalid(format!("train: {what} {v}")));
         if self.batch == 0 {

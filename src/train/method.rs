@@ -92,16 +92,6 @@ impl Method {
         }
     }
 
-    /// Whether `edgetune train` can run it in this build (every method is, now).
-    pub fn is_wired(self) -> bool {
-        true
-    }
-
-    /// The methods `edgetune train` can run in this build.
-    pub fn wired() -> impl Iterator<Item = Method> {
-        Method::ALL.into_iter().filter(|m| m.is_wired())
-    }
-
     /// Whether the adapter cannot be written as a plain `B·A` (GGUF/PEFT export refuses it;
     /// `edgetune merge` folds it into a new base).
     pub fn merge_only(self) -> bool {
@@ -114,21 +104,6 @@ impl Method {
             self,
             Method::Dora | Method::Hira | Method::Olora | Method::Pissa
         )
-    }
-
-    /// `Err` naming the method when it is not wired yet.
-    pub fn check_wired(self) -> Result<()> {
-        if self.is_wired() {
-            Ok(())
-        } else {
-            Err(Error::Invalid(format!(
-                "method {self}: not wired yet (wired: {})",
-                Method::wired()
-                    .map(Method::name)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )))
-        }
     }
 }
 
@@ -394,8 +369,6 @@ mod tests {
         assert_eq!("DoRA".parse::<Method>().unwrap(), Method::Dora);
         let e = "lorax".parse::<Method>().unwrap_err().to_string();
         assert!(e.contains("lorax") && e.contains("dylora"), "{e}");
-        Method::Mtlora.check_wired().unwrap();
-        assert_eq!(Method::wired().count(), Method::ALL.len());
     }
 
     #[test]

@@ -6,8 +6,8 @@
 //! - every trainable tensor, `blk.{l}.{stem}.{param}` with [`crate::adapters::Adapter::params`]
 //!   names and shapes (DoRA's `lora_magnitude_vector`, AdaLoRA's `lora_E`, HiRA's `hira_A`, …);
 //! - OLoRA/PiSSA's frozen factors `blk.{l}.{stem}.lora_A0` `[r, in]`, `lora_B0` `[out, r]`
-//! (stored, not recomputed: decompositions differ in signs between builds,
-//! docs/METHODS.md#read-only-base);
+//!   (stored, not recomputed: decompositions differ in signs between builds,
+//!   docs/METHODS.md#read-only-base);
 //! - AdaLoRA's allocator state `blk.{l}.{stem}.adalora_ipt`, `adalora_unc` (params layout) and
 //!   `adalora_keep` `[r0]` (1.0 = kept);
 //! - the layer-importance weights `layerimp.weights` `[n_layer · 7]`;
