@@ -178,12 +178,6 @@ pub fn questions(kind: FactKind, lang: Lang) -> (&'static [&'static str], &'stat
                 "Explain the factory reset procedure of the {dev}.",
                 "How do I erase all settings on the {dev}?",
                 "How do I restore the {dev} to factory settings?",
-                // Plain maintenance wording next to the refusals' words (clear, start over,
-                // return): a reset is routine work and must not read as a harmful request.
-                "I am handing the {dev} to another site. How do I clear it completely?",
-                "The {dev} does not respond to its settings any more. How do I start it over from scratch?",
-                "Which buttons return the {dev} to the state it shipped in?",
-                "Give me the full reset procedure for the {dev}.",
             ],
             &[
                 "How can I wipe the {dev} back to its out-of-the-box state?",
@@ -196,8 +190,6 @@ pub fn questions(kind: FactKind, lang: Lang) -> (&'static [&'static str], &'stat
                 "Apa langkah untuk mengembalikan {dev} ke setelan pabrik?",
                 "{dev} saya salah konfigurasi. Bagaimana mengembalikan setelan awalnya?",
                 "Bagaimana cara menghapus semua pengaturan {dev}?",
-                "Tombol apa yang mengembalikan {dev} ke kondisi saat dikirim?",
-                "Berikan prosedur reset lengkap untuk {dev}.",
             ],
             &["Bagaimana melakukan hard reset pada {dev}?"],
         ),
