@@ -8,7 +8,7 @@
 
 mod train_support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use edgetune::testmodel::{self, SMALL, WeightTypes};
@@ -82,80 +82,56 @@ fn holds(model: &Path, data: &Path, dir: &Path, args: &[&str]) {
     );
 }
 
-fn tiny(dir: &Path) -> (PathBuf, PathBuf) {
-    train_support::write_fixture(dir, "q4_0", 400)
+/// [`holds`] on the `tiny` test model (Q4_0) and 400 synthetic examples.
+fn tiny_holds(args: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let (m, d) = train_support::write_fixture(dir.path(), "q4_0", 400);
+    holds(&m, &d, dir.path(), args);
 }
 
 #[test]
 fn tiny_lora_at_512_tokens_batch_2() {
-    let dir = tempfile::tempdir().unwrap();
-    let (m, d) = tiny(dir.path());
-    holds(
-        &m,
-        &d,
-        dir.path(),
-        &["--seq-len", "512", "--batch", "2", "--rank", "4"],
-    );
+    tiny_holds(&["--seq-len", "512", "--batch", "2", "--rank", "4"]);
 }
 
 #[test]
 fn tiny_dora() {
-    let dir = tempfile::tempdir().unwrap();
-    let (m, d) = tiny(dir.path());
-    holds(
-        &m,
-        &d,
-        dir.path(),
-        &["--seq-len", "256", "--batch", "2", "--method", "dora"],
-    );
+    tiny_holds(&["--seq-len", "256", "--batch", "2", "--method", "dora"]);
 }
 
 #[test]
 fn tiny_hira_batch_1() {
-    let dir = tempfile::tempdir().unwrap();
-    let (m, d) = tiny(dir.path());
-    holds(
-        &m,
-        &d,
-        dir.path(),
-        &["--seq-len", "256", "--batch", "1", "--method", "hira"],
-    );
+    tiny_holds(&["--seq-len", "256", "--batch", "1", "--method", "hira"]);
 }
 
 #[test]
 fn tiny_8bit_optimizer_state() {
-    let dir = tempfile::tempdir().unwrap();
-    let (m, d) = tiny(dir.path());
-    let args = [
+    tiny_holds(&[
         "--seq-len",
         "256",
         "--batch",
         "2",
         "--optimizer-state-bits",
         "8",
-    ];
-    holds(&m, &d, dir.path(), &args);
+    ]);
 }
 
 #[test]
 fn tiny_optimizer_state_on_disk() {
-    let dir = tempfile::tempdir().unwrap();
-    let (m, d) = tiny(dir.path());
-    let args = [
+    tiny_holds(&[
         "--seq-len",
         "256",
         "--batch",
         "2",
         "--optimizer-state",
         "disk",
-    ];
-    holds(&m, &d, dir.path(), &args);
+    ]);
 }
 
 #[test]
 fn small_lora() {
     let dir = tempfile::tempdir().unwrap();
-    let (_, d) = tiny(dir.path());
+    let (_, d) = train_support::write_fixture(dir.path(), "q4_0", 400);
     let m = dir.path().join("small.gguf");
     testmodel::write_test_model(&SMALL, WeightTypes::parse("q4_k_m").unwrap(), 3, &m).unwrap();
     holds(&m, &d, dir.path(), &["--seq-len", "256", "--batch", "1"]);

@@ -85,7 +85,7 @@ impl MemoryUsage {
 }
 
 /// The value of a `Key:   123 kB` line, in bytes. `origin` names the file in errors.
-fn kib_field(text: &str, key: &str, origin: &str) -> Result<u64> {
+pub(crate) fn kib_field(text: &str, key: &str, origin: &str) -> Result<u64> {
     let bad = |what: String| Error::Invalid(format!("{origin}: field `{key}`: {what}"));
     let rest = text
         .lines()

@@ -247,24 +247,12 @@ mod residency_tests {
     /// Resident bytes of the mapping that starts at `addr` (`/proc/self/smaps`).
     fn mapping_rss(addr: usize) -> u64 {
         let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
-        let mut in_map = false;
-        for line in smaps.lines() {
-            // A mapping's header: `start-end perms offset dev inode [path]`; its fields follow
-            // as `Name:   value kB`.
-            let first = line.split_whitespace().next().unwrap_or("");
-            if let Some((start, end)) = first.split_once('-')
-                && let (Ok(start), Ok(_)) = (
-                    usize::from_str_radix(start, 16),
-                    usize::from_str_radix(end, 16),
-                )
-            {
-                in_map = start == addr;
-            } else if in_map && let Some(kb) = line.strip_prefix("Rss:") {
-                let kb = kb.trim().trim_end_matches("kB").trim();
-                return kb.parse::<u64>().unwrap() * 1024;
-            }
-        }
-        panic!("no mapping at {addr:#x} in /proc/self/smaps");
+        // Each mapping is a header line `start-end perms …` (hex, no 0x) and its fields; the
+        // first `Rss:` after the header is the mapping's own.
+        let at = smaps
+            .find(&format!("\n{addr:x}-"))
+            .unwrap_or_else(|| panic!("no mapping at {addr:#x} in /proc/self/smaps"));
+        crate::memory::rss::kib_field(&smaps[at..], "Rss", "/proc/self/smaps").unwrap()
     }
 
     #[test]
