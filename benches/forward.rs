@@ -1,6 +1,7 @@
 //! Forward-pass speed on the `small` preset (≈ 101M parameters): prompt processing (128 tokens in
-//! one call) and generation (one token at a time against a 128-token KV cache), for Q4_0, Q4_K
-//! and Q8_0 weights. Throughput is in tokens (shown as elements/s).
+//! one call), generation (one token at a time against a 128-token KV cache) and generation of
+//! eight sequences at once (`decode_batch`), for Q4_0, Q4_K and Q8_0 weights. Throughput is in
+//! tokens (shown as elements/s).
 //!
 //! The models are written once into `target/bench-models/` (seeded; about 30 s each the first
 //! time) and reused. `EDGETUNE_BENCH_TYPES=Q4_0` limits the types.
@@ -72,9 +73,38 @@ fn forward(c: &mut Criterion) {
                     .expect("decode");
             })
         });
+
+        // Eight sequences decoding together (`decode_batch`, what `eval --batch 8` runs): the
+        // ratio to `generate/…` above is the batch's gain, measured in the same run.
+        let mut caches: Vec<_> = (0..BATCH)
+            .map(|_| {
+                let mut c = llama.new_cache(PROMPT + 1).expect("cache");
+                llama
+                    .forward_last(&mut c, &prompt, &mut logits)
+                    .expect("prefill");
+                c
+            })
+            .collect();
+        let tokens: Vec<u32> = (0..BATCH as u32).map(|i| 40 + i).collect();
+        let mut batch_logits = vec![0.0f32; BATCH * vocab];
+        g.throughput(Throughput::Elements(BATCH as u64));
+        g.bench_function(format!("generate_batch{BATCH}/{ty}"), |b| {
+            b.iter(|| {
+                let mut refs: Vec<_> = caches.iter_mut().collect();
+                for c in refs.iter_mut() {
+                    c.truncate(PROMPT);
+                }
+                llama
+                    .decode_batch(&mut refs, &tokens, &mut batch_logits)
+                    .expect("decode a batch");
+            })
+        });
     }
     g.finish();
 }
+
+/// Sequences in the batched-decoding row.
+const BATCH: usize = 8;
 
 criterion_group!(benches, forward);
 criterion_main!(benches);

@@ -86,7 +86,8 @@ fn eval_on_the_shipped_suite_reports_consistent_counts() {
         assert!(f["id"].is_string() && f["check"].is_string() && f["output"].is_string());
         assert!(f["line"].as_u64().unwrap() >= 1);
     }
-    // Greedy: the same run gives the same report.
+    // Greedy: the same run gives the same report, whether the cases are generated together
+    // (the default, 8 at a time) or one by one.
     let again = ok(&[
         "eval",
         "--model",
@@ -95,9 +96,22 @@ fn eval_on_the_shipped_suite_reports_consistent_counts() {
         suite,
         "--max-tokens",
         "6",
+        "--batch",
+        "1",
         "--json",
     ]);
     assert_eq!(out.stdout, again.stdout);
+    let zero = edgetune(&[
+        "eval",
+        "--model",
+        s(&model),
+        "--suite",
+        suite,
+        "--batch",
+        "0",
+    ]);
+    assert!(!zero.status.success());
+    assert!(String::from_utf8_lossy(&zero.stderr).contains("--batch"));
     // The text report has the same counts and names each failure.
     let text = ok(&[
         "eval",

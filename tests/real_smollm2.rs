@@ -611,6 +611,7 @@ fn a_short_demo_measures_before_and_after_and_writes_its_report() {
         "seed_cases_after",
         "replay_ratio",
         "kl_anchor",
+        "layers",
     ] {
         assert!(!v[key].is_null(), "demo.json lacks {key}: {v}");
     }

@@ -142,6 +142,14 @@ pub trait Backend: Send + Sync {
     fn upload(&self, src: &[f32], dst: Self::ViewMut<'_>) -> Result<()>;
     /// Copies `src` to the host (same length); waits for queued work that writes `src`.
     fn download(&self, src: Self::View<'_>, dst: &mut [f32]) -> Result<()>;
+    /// Copies `src` into `dst`, both `len` values long. By default through the host (download,
+    /// then upload: correct on any backend, for small copies outside a training step); the CPU
+    /// backend copies directly.
+    fn copy(&self, src: Self::View<'_>, dst: Self::ViewMut<'_>, len: usize) -> Result<()> {
+        let mut host = vec![0.0f32; len];
+        self.download(src, &mut host)?;
+        self.upload(&host, dst)
+    }
     /// Waits for all queued work.
     fn synchronize(&self) -> Result<()>;
     /// Prepares a quantized matrix of the mapped file for this backend (never a CPU copy).

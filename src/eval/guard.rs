@@ -215,23 +215,27 @@ pub fn guard_generation(
     prompt: &str,
     generate: impl FnOnce() -> Result<String>,
 ) -> Result<Guarded> {
-    let Some(policy) = policy else {
-        return Ok(Guarded {
-            text: generate()?,
-            blocked: None,
-        });
-    };
-    if let Some(hit) = policy.check_prompt(prompt) {
-        return Ok(refused(hit));
+    if let Some(refusal) = guard_prompt(policy, prompt) {
+        return Ok(refusal);
     }
-    let text = generate()?;
-    Ok(match policy.check_output(&text) {
+    Ok(guard_output(policy, generate()?))
+}
+
+/// The first half of [`guard_generation`], for callers that generate many prompts together:
+/// the refusal when `policy` blocks `prompt` (then nothing is generated for it).
+pub fn guard_prompt(policy: Option<&Policy>, prompt: &str) -> Option<Guarded> {
+    policy.and_then(|p| p.check_prompt(prompt)).map(refused)
+}
+
+/// The second half of [`guard_generation`]: `text`, or the refusal when `policy` blocks it.
+pub fn guard_output(policy: Option<&Policy>, text: String) -> Guarded {
+    match policy.and_then(|p| p.check_output(&text)) {
         Some(hit) => refused(hit),
         None => Guarded {
             text,
             blocked: None,
         },
-    })
+    }
 }
 
 fn refused(hit: Hit) -> Guarded {

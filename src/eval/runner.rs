@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use super::checks::first_failure;
-use super::guard::{Hit, Policy, guard_generation};
+use super::guard::{Guarded, Hit, Policy, guard_generation, guard_output, guard_prompt};
 use super::suite::{Case, Suite};
-use crate::infer::{GenerateOptions, SamplingParams, generate};
+use crate::infer::{GenerateOptions, SamplingParams, generate, generate_batch};
 use crate::model::Llama;
 use crate::tokenizer::Tokenizer;
 use crate::tokenizer::chat_template::PromptFormat;
@@ -22,6 +22,9 @@ pub struct EvalOptions {
     pub max_tokens: usize,
     /// For cases without a template: usually [`PromptFormat::of_model`].
     pub style: PromptFormat,
+    /// Cases generated together ([`generate_batch`]): 1 answers them one by one. Each case of a
+    /// batch holds its own KV cache (`prompt + max_tokens` positions).
+    pub batch: usize,
 }
 
 /// Pass counts of one language (or of cases without `lang`, under `"-"`).
@@ -79,19 +82,58 @@ pub fn answer_case(
     case: &Case,
     policy: Option<&Policy>,
     opts: &EvalOptions,
-) -> Result<super::guard::Guarded> {
-    let gen_opts = GenerateOptions {
+) -> Result<Guarded> {
+    guard_generation(policy, &case_text(case), || {
+        let ids = encode_case(tokenizer, case, &opts.style)?;
+        Ok(generate(llama, tokenizer, &ids, &greedy(opts), |_| true)?.text)
+    })
+}
+
+/// Greedy answers to `cases` under `policy`, generated together (one entry per case, in order;
+/// a case whose prompt cannot be encoded or generated carries its error).
+pub fn answer_cases(
+    llama: &Llama,
+    tokenizer: &Tokenizer,
+    cases: &[Case],
+    policy: Option<&Policy>,
+    opts: &EvalOptions,
+) -> Result<Vec<Result<Guarded>>> {
+    let mut out: Vec<Option<Result<Guarded>>> = Vec::with_capacity(cases.len());
+    let mut prompts = Vec::with_capacity(cases.len());
+    let mut slots = Vec::with_capacity(cases.len());
+    for case in cases {
+        if let Some(refusal) = guard_prompt(policy, &case_text(case)) {
+            out.push(Some(Ok(refusal)));
+            continue;
+        }
+        match encode_case(tokenizer, case, &opts.style) {
+            Ok(ids) => {
+                slots.push(out.len());
+                prompts.push(ids);
+                out.push(None);
+            }
+            Err(e) => out.push(Some(Err(e))),
+        }
+    }
+    let generated = generate_batch(llama, tokenizer, &prompts, &greedy(opts))?;
+    for (slot, g) in slots.into_iter().zip(generated) {
+        out[slot] = Some(g.map(|g| guard_output(policy, g.text)));
+    }
+    Ok(out
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(Error::Invalid("eval: a case was not answered".into()))))
+        .collect())
+}
+
+fn greedy(opts: &EvalOptions) -> GenerateOptions {
+    GenerateOptions {
         max_tokens: opts.max_tokens,
         sampling: SamplingParams {
             temperature: 0.0,
             ..SamplingParams::default()
         },
         stop_at_eos: true,
-    };
-    guard_generation(policy, &case_text(case), || {
-        let ids = encode_case(tokenizer, case, &opts.style)?;
-        Ok(generate(llama, tokenizer, &ids, &gen_opts, |_| true)?.text)
-    })
+    }
 }
 
 /// Before any case: the logits of the first case's prompt must be finite. A case whose
@@ -167,36 +209,58 @@ pub fn run_suite_answers(
     };
     preflight(llama, tokenizer, suite, opts)?;
     let mut answers = Vec::with_capacity(suite.cases.len());
-    for (i, case) in suite.cases.iter().enumerate() {
-        let (output, failed, blocked) = match answer_case(llama, tokenizer, case, policy, opts) {
-            Ok(g) => {
-                let failed = first_failure(&case.checks, &g.text).map(|c| c.describe());
-                (g.text, failed, g.blocked)
-            }
-            Err(e) => (String::new(), Some(format!("error: {e}")), None),
+    let batch = opts.batch.max(1);
+    for (b, chunk) in suite.cases.chunks(batch).enumerate() {
+        let results = if batch == 1 {
+            chunk
+                .iter()
+                .map(|c| answer_case(llama, tokenizer, c, policy, opts))
+                .collect()
+        } else {
+            answer_cases(llama, tokenizer, chunk, policy, opts)?
         };
-        report.blocked += blocked.is_some() as usize;
-        let lang = case.lang.clone().unwrap_or_else(|| "-".into());
-        let counts = report.by_lang.entry(lang).or_default();
-        counts.total += 1;
-        let passed = failed.is_none();
-        match failed {
-            None => {
-                counts.passed += 1;
-                report.passed += 1;
-            }
-            Some(check) => report.failures.push(Failure {
-                id: case.id.clone(),
-                line: case.line,
-                lang: case.lang.clone(),
-                check,
-                output: output.clone(),
-                blocked,
-            }),
+        for (i, (case, result)) in chunk.iter().zip(results).enumerate() {
+            let passed = record(&mut report, case, result, &mut answers);
+            on_case(b * batch + i, passed);
         }
-        answers.push(output);
-        on_case(i, passed);
     }
     report.pass_rate = report.passed as f64 / report.total.max(1) as f64;
     Ok((report, answers))
+}
+
+/// Adds one case's outcome to `report` and its answer to `answers`; whether it passed.
+fn record(
+    report: &mut EvalReport,
+    case: &Case,
+    result: Result<Guarded>,
+    answers: &mut Vec<String>,
+) -> bool {
+    let (output, failed, blocked) = match result {
+        Ok(g) => {
+            let failed = first_failure(&case.checks, &g.text).map(|c| c.describe());
+            (g.text, failed, g.blocked)
+        }
+        Err(e) => (String::new(), Some(format!("error: {e}")), None),
+    };
+    report.blocked += blocked.is_some() as usize;
+    let lang = case.lang.clone().unwrap_or_else(|| "-".into());
+    let counts = report.by_lang.entry(lang).or_default();
+    counts.total += 1;
+    let passed = failed.is_none();
+    match failed {
+        None => {
+            counts.passed += 1;
+            report.passed += 1;
+        }
+        Some(check) => report.failures.push(Failure {
+            id: case.id.clone(),
+            line: case.line,
+            lang: case.lang.clone(),
+            check,
+            output: output.clone(),
+            blocked,
+        }),
+    }
+    answers.push(output);
+    passed
 }

@@ -1,10 +1,12 @@
 //! Inference: KV-cache generation with streaming output, sampling, and perplexity.
 
 pub mod generate;
+pub mod generate_batch;
 pub mod perplexity;
 pub mod sampling;
 
 pub use generate::{GenerateOptions, Generation, StopReason, generate};
+pub use generate_batch::{DEFAULT_GENERATE_BATCH, batch_for_cache_bytes, generate_batch};
 pub use perplexity::{Perplexity, perplexity};
 pub use sampling::{Sampler, SamplingParams};
 
@@ -33,6 +35,29 @@ pub trait CausalLm {
         tokens: &[u32],
         logits: &mut [f32],
     ) -> Result<()>;
+    /// One token per sequence (`tokens[i]` into `caches[i]`), logits into `[n, n_vocab]`. By
+    /// default one [`forward_last`](Self::forward_last) per sequence; a model that can run the
+    /// sequences' projections together overrides it.
+    fn decode_batch(
+        &self,
+        caches: &mut [&mut KvCacheOf<Self::Backend>],
+        tokens: &[u32],
+        logits: &mut [f32],
+    ) -> Result<()> {
+        let vocab = self.config().n_vocab;
+        if caches.len() != tokens.len() || logits.len() != tokens.len() * vocab {
+            return Err(Error::Invalid(format!(
+                "decode_batch: {} caches, {} tokens and {} logits (expected tokens × {vocab})",
+                caches.len(),
+                tokens.len(),
+                logits.len()
+            )));
+        }
+        for ((cache, &t), row) in caches.iter_mut().zip(tokens).zip(logits.chunks_mut(vocab)) {
+            self.forward_last(cache, &[t], row)?;
+        }
+        Ok(())
+    }
 }
 
 impl CausalLm for Llama<'_> {
@@ -53,6 +78,14 @@ impl CausalLm for Llama<'_> {
         l: &mut [f32],
     ) -> Result<()> {
         Llama::forward_last(self, c, t, l)
+    }
+    fn decode_batch(
+        &self,
+        c: &mut [&mut KvCacheOf<Self::Backend>],
+        t: &[u32],
+        l: &mut [f32],
+    ) -> Result<()> {
+        Llama::decode_batch(self, c, t, l)
     }
 }
 

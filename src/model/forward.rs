@@ -123,16 +123,16 @@ impl<'w, B: Backend> BackendModel<'w, B> {
 /// Activation buffers for chunks of up to `max_tokens` tokens.
 pub struct Workspace<B: Backend> {
     max_tokens: usize,
-    x: B::Buffer,
-    xn: B::Buffer,
-    q: B::Buffer,
-    att: B::Buffer,
-    proj: B::Buffer,
-    gate: B::Buffer,
-    up: B::Buffer,
-    h: B::Buffer,
+    pub(super) x: B::Buffer,
+    pub(super) xn: B::Buffer,
+    pub(super) q: B::Buffer,
+    pub(super) att: B::Buffer,
+    pub(super) proj: B::Buffer,
+    pub(super) gate: B::Buffer,
+    pub(super) up: B::Buffer,
+    pub(super) h: B::Buffer,
     /// `[LOGIT_ROWS, vocab]` staging for the output projection.
-    logits: B::Buffer,
+    pub(super) logits: B::Buffer,
 }
 
 impl<B: Backend> Workspace<B> {

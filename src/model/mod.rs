@@ -15,6 +15,7 @@
 
 pub mod adapter_hook;
 pub mod config;
+pub mod decode_batch;
 pub mod finite;
 pub mod forward;
 pub mod kv_cache;
@@ -218,8 +219,66 @@ impl<'a> Llama<'a> {
         self.run(cache, tokens, Wanted::Last(logits))
     }
 
-    /// Checks the inputs, then runs chunks of at most `max_batch` tokens.
-    fn run(&self, cache: &mut KvCache, tokens: &[u32], wanted: Wanted<'_>) -> Result<()> {
+    /// One decoding step for several sequences: `tokens[i]` is appended to `caches[i]` and its
+    /// logits written to row `i` of `logits` (`[tokens.len(), n_vocab]`). The projections run
+    /// over all sequences at once (see [`decode_batch`](decode_batch::decode_batch)), up to
+    /// `max_batch` sequences per pass.
+    pub fn decode_batch(
+        &self,
+        caches: &mut [&mut KvCache],
+        tokens: &[u32],
+        logits: &mut [f32],
+    ) -> Result<()> {
+        let c = &self.config;
+        let vocab = c.n_vocab;
+        if caches.len() != tokens.len() {
+            return Err(Error::Invalid(format!(
+                "decode_batch: {} caches for {} tokens (one token per sequence)",
+                caches.len(),
+                tokens.len()
+            )));
+        }
+        if Some(logits.len()) != tokens.len().checked_mul(vocab) {
+            return Err(Error::Invalid(format!(
+                "decode_batch: logits buffer has {} values, expected {} sequences × {vocab}",
+                logits.len(),
+                tokens.len()
+            )));
+        }
+        for (i, (cache, &t)) in caches.iter().zip(tokens).enumerate() {
+            self.check_cache(cache)?;
+            if t as usize >= vocab {
+                return Err(Error::Invalid(format!(
+                    "decode_batch: token id {t} of sequence {i} is outside the vocabulary \
+                     (n_vocab = {vocab})"
+                )));
+            }
+            cache.check_room(1)?;
+        }
+        if tokens.is_empty() {
+            return Ok(());
+        }
+        let mut guard = self.workspace_for(tokens.len())?;
+        let (ws, ab) = guard.as_mut().ok_or_else(poisoned)?;
+        let model = self.infer.as_ref().unwrap_or(&self.model);
+        let mut start = 0;
+        while start < tokens.len() {
+            let end = (start + self.max_batch).min(tokens.len());
+            let (cs, ts) = (&mut caches[start..end], &tokens[start..end]);
+            let out = &mut logits[start * vocab..end * vocab];
+            match &self.adapters {
+                Some(set) => {
+                    let mut hook = AdapterHook { set, buffers: ab };
+                    decode_batch::decode_batch(model, ws, cs, ts, out, &mut hook)?
+                }
+                None => decode_batch::decode_batch(model, ws, cs, ts, out, &mut NoAdapters)?,
+            }
+            start = end;
+        }
+        Ok(())
+    }
+
+    fn check_cache(&self, cache: &KvCache) -> Result<()> {
         let c = &self.config;
         if cache.n_layer() != c.n_layer || cache.kv_dim() != c.kv_dim() {
             return Err(Error::Invalid(format!(
@@ -231,6 +290,29 @@ impl<'a> Llama<'a> {
                 c.kv_dim()
             )));
         }
+        Ok(())
+    }
+
+    /// The workspace (and adapter buffers) for chunks of `min(tokens, max_batch)` rows,
+    /// allocated or grown here.
+    fn workspace_for(&self, tokens: usize) -> Result<WorkspaceGuard<'_>> {
+        let mut guard = self.workspace.lock().map_err(|_| poisoned())?;
+        let want = tokens.min(self.max_batch);
+        if guard.as_ref().is_none_or(|(w, _)| w.max_tokens() < want) {
+            *guard = None; // free the old one before allocating the larger one
+            let ab = match &self.adapters {
+                Some(set) => AdapterBuffers::new(set, want),
+                None => AdapterBuffers::default(),
+            };
+            *guard = Some((Workspace::new(&self.model.backend, &self.config, want)?, ab));
+        }
+        Ok(guard)
+    }
+
+    /// Checks the inputs, then runs chunks of at most `max_batch` tokens.
+    fn run(&self, cache: &mut KvCache, tokens: &[u32], wanted: Wanted<'_>) -> Result<()> {
+        let c = &self.config;
+        self.check_cache(cache)?;
         if let Some((i, &t)) = tokens
             .iter()
             .enumerate()
@@ -245,16 +327,7 @@ impl<'a> Llama<'a> {
         if tokens.is_empty() {
             return Ok(());
         }
-        let mut guard = self.workspace.lock().map_err(|_| poisoned())?;
-        let want = tokens.len().min(self.max_batch);
-        if guard.as_ref().is_none_or(|(w, _)| w.max_tokens() < want) {
-            *guard = None; // free the old one before allocating the larger one
-            let ab = match &self.adapters {
-                Some(set) => AdapterBuffers::new(set, want),
-                None => AdapterBuffers::default(),
-            };
-            *guard = Some((Workspace::new(&self.model.backend, c, want)?, ab));
-        }
+        let mut guard = self.workspace_for(tokens.len())?;
         let (ws, ab) = guard.as_mut().ok_or_else(poisoned)?;
         let vocab = c.n_vocab;
         let (mut all, mut last) = match wanted {
@@ -293,6 +366,9 @@ enum Wanted<'o> {
     All(&'o mut [f32]),
     Last(&'o mut [f32]),
 }
+
+type WorkspaceGuard<'m> =
+    std::sync::MutexGuard<'m, Option<(Workspace<CpuBackend>, AdapterBuffers)>>;
 
 fn poisoned() -> Error {
     Error::Invalid("the model's workspace is unusable after a panic in another thread".into())

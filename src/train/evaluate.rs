@@ -94,6 +94,9 @@ impl DuringTraining {
             opts: EvalOptions {
                 max_tokens: cfg.eval_max_tokens,
                 style: super::replay::prompt_format(file, &tok, cfg)?,
+                // One case at a time: an evaluation inside a run shares the run's memory
+                // budget, and a batch would hold one KV cache per case.
+                batch: 1,
             },
             tok,
             every: cfg.eval_every,

@@ -35,7 +35,10 @@ use crate::data::tokenize::{
 };
 use crate::data::{Format, formats};
 use crate::gguf::GgufFile;
-use crate::infer::{GenerateOptions, SamplingParams, StopReason, generate};
+use crate::infer::{
+    DEFAULT_GENERATE_BATCH, GenerateOptions, SamplingParams, StopReason, batch_for_cache_bytes,
+    generate_batch,
+};
 use crate::model::Llama;
 use crate::tokenizer::Tokenizer;
 use crate::tokenizer::chat_template::{ChatTemplate, PromptFormat};
@@ -75,14 +78,15 @@ struct CacheMeta {
 }
 
 /// The base model's greedy answers to `prompts` in `style`, at most `max_tokens` tokens each,
-/// as replay conversations (see the module doc for what is trimmed or left out);
-/// `on_prompt(done, total)` after each prompt.
+/// as replay conversations (see the module doc for what is trimmed or left out), `batch`
+/// prompts generated together ([`generate_batch`]); `on_prompt(done, total)` after each batch.
 pub fn answers(
     llama: &Llama,
     tok: &Tokenizer,
     prompts: &[&str],
     style: &PromptFormat,
     max_tokens: usize,
+    batch: usize,
     mut on_prompt: impl FnMut(usize, usize),
 ) -> Result<Vec<ChatPair>> {
     let gen_opts = GenerateOptions {
@@ -94,30 +98,54 @@ pub fn answers(
         stop_at_eos: true,
     };
     let mut pairs = Vec::with_capacity(prompts.len());
-    for (i, prompt) in prompts.iter().enumerate() {
-        let ids = style.encode(tok, prompt)?;
-        let out = generate(llama, tok, &ids, &gen_opts, |_| true)?;
-        on_prompt(i + 1, prompts.len());
-        let text = out.text.trim();
-        let answer = match out.stop {
-            StopReason::EndOfText => text,
-            _ => match text.rfind(['.', '!', '?']) {
-                Some(i) => &text[..=i],
-                None => continue,
-            },
-        };
-        if answer.is_empty() || is_refusal(answer) || is_degenerate(prompt, answer) {
-            continue;
+    let mut done = 0;
+    for chunk in prompts.chunks(batch.max(1)) {
+        let ids = chunk
+            .iter()
+            .map(|p| style.encode(tok, p))
+            .collect::<Result<Vec<_>>>()?;
+        let outs = generate_batch(llama, tok, &ids, &gen_opts)?;
+        done += chunk.len();
+        on_prompt(done, prompts.len());
+        for (prompt, out) in chunk.iter().zip(outs) {
+            let out = out?;
+            let text = out.text.trim();
+            let answer = match out.stop {
+                StopReason::EndOfText => text,
+                _ => match text.rfind(['.', '!', '?']) {
+                    Some(i) => &text[..=i],
+                    None => continue,
+                },
+            };
+            if answer.is_empty() || is_refusal(answer) || is_degenerate(prompt, answer) {
+                continue;
+            }
+            pairs.push(ChatPair {
+                user: prompt.to_string(),
+                assistant: answer.to_string(),
+                task: "replay",
+                lang: Lang::En,
+            });
         }
-        pairs.push(ChatPair {
-            user: prompt.to_string(),
-            assistant: answer.to_string(),
-            task: "replay",
-            lang: Lang::En,
-        });
     }
     Ok(pairs)
 }
+
+/// Prompts `--replay self` generates together: [`DEFAULT_GENERATE_BATCH`], fewer when their KV
+/// caches (`REPLAY_PROMPT_TOKENS + max_tokens` positions each) would pass 64 MiB, which the
+/// generation, done before the training arena exists, may take on top of the mapped model.
+pub fn self_batch(llama: &Llama, max_tokens: usize) -> usize {
+    batch_for_cache_bytes(
+        llama.config(),
+        REPLAY_PROMPT_TOKENS + max_tokens,
+        64 << 20,
+        DEFAULT_GENERATE_BATCH,
+    )
+}
+
+/// A generous bound on a built-in replay prompt's tokens in a chat template (with a system
+/// message): only sizes the generation batch.
+const REPLAY_PROMPT_TOKENS: usize = 128;
 
 /// How prompts are written for the base model (`--replay self`) and the evaluations of a run:
 /// the model's chat template, with `cfg.system` as the system message when given.
@@ -225,6 +253,7 @@ pub fn prepare(
                 &REPLAY_PROMPTS[..n],
                 &style,
                 *max_tokens,
+                self_batch(llama, *max_tokens),
                 on_prompt,
             )?;
             if pairs.is_empty() {

@@ -42,7 +42,7 @@ fn one_call_equals_token_by_token_with_the_cache() {
         let whole = logits_all(&m, &toks);
         let stepped = logits_one_by_one(&m, &toks);
         // The two paths differ only in f32 summation order: the matmul uses a quantized dot per
-        // row for 1 token and dequantized panels + an FMA tile for ≥ 4, attention sees the same
+        // row for 1 token and dequantized rows or panels (+ an FMA tile) for more, attention sees the same
         // keys. Each differs by a few ulp per op (~1e-6 relative) and two layers compound that
         // to ~1e-5 on logits of size ~1; 1e-4 leaves room. A wrong position, a missed cache row
         // or a wrong mask would change whole-model logits at the scale of the rope_freqs test

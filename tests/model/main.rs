@@ -5,4 +5,5 @@
 mod model_support;
 
 mod config;
+mod decode_batch;
 mod forward;

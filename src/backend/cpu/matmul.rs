@@ -56,19 +56,21 @@ mod tests {
 
     #[test]
     fn matches_ref_for_the_model_shapes() {
-        // n = 1 and 3 take the per-row dot path, 4 and 13 the dequantized-panel path.
+        // n = 1 takes the quantized per-row dots, 2..=12 the dequantized-row dots (several
+        // sequences decoding together), 13 and more the dequantized-panel tile.
         let (rows, cols) = (67, 512);
         let values = random(rows * cols, 0.1, 21);
         for ty in [
             GgmlType::F32,
             GgmlType::Q8_0,
+            GgmlType::Q4_1,
             GgmlType::Q4_K,
             GgmlType::Q6_K,
         ] {
             let mut bytes = vec![0u8; ty.bytes_for((rows * cols) as u64).unwrap() as usize];
             quant::quantize(ty, &values, &mut bytes).unwrap();
             let w = QuantMatrix::new(ty, rows, cols, &bytes).unwrap();
-            for n in [1, 3, 4, 13] {
+            for n in [1, 2, 3, 4, 12, 13] {
                 let x = random(n * cols, 1.0, n as u64);
                 let (mut a, mut b) = (vec![0.0; n * rows], vec![0.0; n * rows]);
                 matmul_xwt(&x, n, &w, &mut a).unwrap();

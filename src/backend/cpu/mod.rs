@@ -162,6 +162,13 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    fn copy(&self, src: &[f32], dst: &mut [f32], len: usize) -> Result<()> {
+        super::check_len("copy", "source", src.len(), 1, len)?;
+        super::check_len("copy", "destination", dst.len(), 1, len)?;
+        dst.copy_from_slice(src);
+        Ok(())
+    }
+
     fn download(&self, src: &[f32], dst: &mut [f32]) -> Result<()> {
         super::check_len("download", "destination", dst.len(), 1, src.len())?;
         dst.copy_from_slice(src);

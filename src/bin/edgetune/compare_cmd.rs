@@ -172,6 +172,7 @@ pub fn run(args: Args) -> Result<()> {
         eval: EvalOptions {
             max_tokens: args.max_tokens,
             style: args.template.format(&file, &tokenizer)?,
+            batch: edgetune::infer::DEFAULT_GENERATE_BATCH,
         },
     };
 

@@ -21,7 +21,7 @@ pub struct Args {
     /// set's format (it cannot learn correct answers).
     #[arg(long)]
     pub synthetic: bool,
-    /// Optimizer steps [default: 64 on a real model, 60 with --synthetic].
+    /// Optimizer steps [default: 72 on a real model, 60 with --synthetic].
     #[arg(long)]
     pub steps: Option<u64>,
     /// Tokens per packed row [default: 256; 512 with --synthetic].
@@ -41,8 +41,8 @@ pub struct Args {
     /// with the replay rows anchored, kept every general answer (README).
     #[arg(long, default_value = "rslora", value_name = "NAME")]
     pub method: edgetune::train::Method,
-    /// Adapt only these layers (FIRST-LAST): the backward stops at the lowest, so steps are
-    /// cheaper [default: every layer].
+    /// Adapt only these layers (FIRST-LAST, or `all`): the backward stops at the lowest, so
+    /// steps are cheaper [default: the top four fifths, 6-29 of SmolLM2's 30 layers].
     #[arg(long, value_name = "FIRST-LAST")]
     pub layers: Option<String>,
     /// Seed of the data and the run.

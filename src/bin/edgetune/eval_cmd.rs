@@ -47,6 +47,11 @@ pub struct Args {
     /// Tokens generated per case at most.
     #[arg(long, default_value_t = 32)]
     max_tokens: usize,
+    /// Cases generated together (each holds its own KV cache of prompt + max-tokens
+    /// positions); 1 answers them one by one. Same answers either way, up to rounding.
+    #[arg(long, default_value_t = edgetune::infer::DEFAULT_GENERATE_BATCH,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=256))]
+    batch: usize,
     /// Print the report as JSON (pass_rate, passed, total, by_lang, failures).
     #[arg(long)]
     json: bool,
@@ -76,6 +81,7 @@ pub fn run(args: Args) -> Result<()> {
     let opts = EvalOptions {
         max_tokens: args.max_tokens,
         style: args.template.format(&file, &tokenizer)?,
+        batch: args.batch,
     };
     let total = suite.cases.len();
     let report = run_suite(
