@@ -21,7 +21,7 @@ pub struct Args {
     /// set's format (it cannot learn correct answers).
     #[arg(long)]
     pub synthetic: bool,
-    /// Optimizer steps [default: 72 on a real model, 60 with --synthetic].
+    /// Optimizer steps [default: 66 on a real model, 60 with --synthetic].
     #[arg(long)]
     pub steps: Option<u64>,
     /// Tokens per packed row [default: 256; 512 with --synthetic].

@@ -33,7 +33,7 @@ use crate::fetch_cmd::{DEMO_MODEL, fetch};
 use crate::train_cmd::train_with_progress;
 
 /// Defaults sized so the whole demo fits in 5 minutes on 2 cores with SmolLM2-135M.
-const STEPS: u64 = 72;
+const STEPS: u64 = 66;
 const SEQ_LEN: usize = 256;
 const BATCH: usize = 2;
 /// Tokens of a replay answer at most (cut back to the last full sentence).
