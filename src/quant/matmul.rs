@@ -189,7 +189,7 @@ fn xwt_rowdots(x: &[f32], n: usize, w: &QuantMatrix, out: SharedOut) {
     });
 }
 
-/// One token (or a few, for tests): one quantized dot per (row, token), chunks of rows per task.
+/// One token: one quantized dot per row (and per token, were there more), chunks of rows per task.
 fn xwt_dots(x: &[f32], n: usize, w: &QuantMatrix, out: SharedOut) {
     let dot = w.ty.traits().dot;
     let (rows, cols) = (w.rows, w.cols);
