@@ -31,7 +31,7 @@ pub struct Args {
     #[arg(long)]
     pub batch: Option<usize>,
     /// Peak learning rate of the real-model run (warm-up, then cosine decay).
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = 1.2e-3)]
     pub lr: f32,
     /// LoRA rank (all 7 projections of every layer).
     #[arg(long, default_value_t = 16)]
