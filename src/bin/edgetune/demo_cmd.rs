@@ -33,7 +33,7 @@ pub struct Args {
     /// Peak learning rate of the real-model run (warm-up, then cosine decay).
     #[arg(long, default_value_t = 1.2e-3)]
     pub lr: f32,
-    /// LoRA rank (all 7 projections of every layer).
+    /// LoRA rank (all 7 projections of every adapted layer).
     #[arg(long, default_value_t = 16)]
     pub rank: usize,
     /// The fine-tuning method of the real-model run (any of `train --method`; alpha is twice
