@@ -55,6 +55,39 @@ pub struct Generation {
     pub gen_tok_per_s: f64,
 }
 
+impl Generation {
+    /// A generation whose `prompt_tokens`-token prompt took `prompt_secs`, room for
+    /// `max_tokens`, nothing generated yet.
+    pub(super) fn started(prompt_tokens: usize, prompt_secs: f64, max_tokens: usize) -> Self {
+        Generation {
+            prompt_tokens,
+            tokens: Vec::with_capacity(max_tokens),
+            text: String::new(),
+            stop: StopReason::MaxTokens,
+            prompt_tok_per_s: prompt_tokens as f64 / prompt_secs.max(1e-9),
+            gen_tok_per_s: 0.0,
+        }
+    }
+}
+
+/// Refuses an empty prompt and one longer than the model's `context`; the usable context
+/// (at least 1) otherwise.
+pub(super) fn check_prompt(prompt: &[u32], context: usize) -> Result<usize> {
+    if prompt.is_empty() {
+        return Err(Error::Invalid(
+            "generation needs at least one prompt token".into(),
+        ));
+    }
+    let context = context.max(1);
+    if prompt.len() > context {
+        return Err(Error::Invalid(format!(
+            "the prompt has {} tokens, more than the model's context of {context}",
+            prompt.len()
+        )));
+    }
+    Ok(context)
+}
+
 /// Generates from `prompt` (token ids, BOS included if wanted). `on_text` receives each piece of
 /// decoded text as soon as it is complete UTF-8; returning `false` stops generation.
 pub fn generate(
@@ -64,19 +97,8 @@ pub fn generate(
     opts: &GenerateOptions,
     mut on_text: impl FnMut(&str) -> bool,
 ) -> Result<Generation> {
-    if prompt.is_empty() {
-        return Err(Error::Invalid(
-            "generation needs at least one prompt token".into(),
-        ));
-    }
     let cfg = llama.config();
-    let context = cfg.context_length.max(1);
-    if prompt.len() > context {
-        return Err(Error::Invalid(format!(
-            "the prompt has {} tokens, more than the model's context of {context}",
-            prompt.len()
-        )));
-    }
+    let context = check_prompt(prompt, cfg.context_length)?;
     let capacity = (prompt.len() + opts.max_tokens).min(context);
     let mut cache = llama.new_cache(capacity)?;
     let mut sampler = Sampler::new(opts.sampling.clone())?;
@@ -90,14 +112,7 @@ pub fn generate(
     let prompt_secs = t0.elapsed().as_secs_f64();
 
     let mut decoder = tokenizer.stream_decoder(false);
-    let mut out = Generation {
-        prompt_tokens: prompt.len(),
-        tokens: Vec::with_capacity(opts.max_tokens),
-        text: String::new(),
-        stop: StopReason::MaxTokens,
-        prompt_tok_per_s: prompt.len() as f64 / prompt_secs.max(1e-9),
-        gen_tok_per_s: 0.0,
-    };
+    let mut out = Generation::started(prompt.len(), prompt_secs, opts.max_tokens);
     let t1 = Instant::now();
     while out.tokens.len() < opts.max_tokens {
         let next = sampler.sample(&logits)?;

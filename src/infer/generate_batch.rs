@@ -10,7 +10,7 @@
 use std::time::Instant;
 
 use super::CausalLm;
-use super::generate::{GenerateOptions, Generation, StopReason};
+use super::generate::{GenerateOptions, Generation, StopReason, check_prompt};
 use super::sampling::Sampler;
 use crate::model::KvCacheOf;
 use crate::tokenizer::{StreamDecoder, Tokenizer};
@@ -57,23 +57,16 @@ pub fn generate_batch<M: CausalLm>(
 ) -> Result<Vec<Result<Generation>>> {
     let cfg = llama.config();
     let vocab = cfg.n_vocab;
-    let context = cfg.context_length.max(1);
     let mut results: Vec<Option<Result<Generation>>> = (0..prompts.len()).map(|_| None).collect();
     let mut seqs: Vec<(usize, Sequence<M::Backend>)> = Vec::with_capacity(prompts.len());
     for (i, prompt) in prompts.iter().enumerate() {
-        if prompt.is_empty() {
-            results[i] = Some(Err(Error::Invalid(
-                "generation needs at least one prompt token".into(),
-            )));
-            continue;
-        }
-        if prompt.len() > context {
-            results[i] = Some(Err(Error::Invalid(format!(
-                "the prompt has {} tokens, more than the model's context of {context}",
-                prompt.len()
-            ))));
-            continue;
-        }
+        let context = match check_prompt(prompt, cfg.context_length) {
+            Ok(context) => context,
+            Err(e) => {
+                results[i] = Some(Err(e));
+                continue;
+            }
+        };
         let mut cache = llama.new_cache((prompt.len() + opts.max_tokens).min(context))?;
         let mut logits = vec![0.0f32; vocab];
         let t0 = Instant::now();
@@ -92,14 +85,7 @@ pub fn generate_batch<M: CausalLm>(
                 sampler: Sampler::new(opts.sampling.clone())?,
                 decoder: tokenizer.stream_decoder(false),
                 logits,
-                out: Generation {
-                    prompt_tokens: prompt.len(),
-                    tokens: Vec::with_capacity(opts.max_tokens),
-                    text: String::new(),
-                    stop: StopReason::MaxTokens,
-                    prompt_tok_per_s: prompt.len() as f64 / prompt_secs.max(1e-9),
-                    gen_tok_per_s: 0.0,
-                },
+                out: Generation::started(prompt.len(), prompt_secs, opts.max_tokens),
                 pending: None,
             },
         ));
@@ -122,7 +108,8 @@ pub fn generate_batch<M: CausalLm>(
                     s.out.text.push_str(&rest);
                     s.out.gen_tok_per_s =
                         s.out.tokens.len() as f64 / t1.elapsed().as_secs_f64().max(1e-9);
-                    results[*i] = Some(Ok(std::mem::replace(&mut s.out, empty_generation())));
+                    let empty = Generation::started(0, 0.0, 0);
+                    results[*i] = Some(Ok(std::mem::replace(&mut s.out, empty)));
                 }
                 Err(e) => results[*i] = Some(Err(e)),
             }
@@ -193,15 +180,4 @@ fn next_token<B: crate::backend::Backend>(
         return Ok(None);
     }
     Ok(Some(next))
-}
-
-fn empty_generation() -> Generation {
-    Generation {
-        prompt_tokens: 0,
-        tokens: Vec::new(),
-        text: String::new(),
-        stop: StopReason::MaxTokens,
-        prompt_tok_per_s: 0.0,
-        gen_tok_per_s: 0.0,
-    }
 }

@@ -21,7 +21,9 @@
 //! one-token `forward_chunk` of its sequence would compute it, up to the kernels' summation order
 //! for `n` rows (the parity test bounds the difference).
 
-use super::forward::{BackendModel, LOGIT_ROWS, ProjectionHook, Workspace};
+use super::forward::{
+    BackendModel, ProjectionHook, Workspace, attn_output_residual, ffn_residual, output_head,
+};
 use super::kv_cache::KvCacheOf;
 use crate::adapters::Target;
 use crate::backend::{AttentionDims, Backend, RopeDims};
@@ -50,7 +52,7 @@ pub fn decode_batch<B: Backend>(
             ws.max_tokens()
         )));
     }
-    let (dim, qd, kvd, ffn) = (c.dim, c.q_dim(), c.kv_dim(), c.ffn);
+    let (dim, qd, kvd) = (c.dim, c.q_dim(), c.kv_dim());
     let inv = B::view(&m.inv_freq);
     let rope_one = |pos0: usize, n_head: usize| RopeDims {
         n_tokens: 1,
@@ -131,88 +133,13 @@ pub fn decode_batch<B: Backend>(
                 },
             )?;
         }
-        let att = rows::<B>(&ws.att, 0, n * qd)?;
-        b.matmul_xwt(
-            att,
-            n,
-            &lw.attn_output,
-            slice_mut::<B>(&mut ws.proj, 0, n * dim)?,
-        )?;
-        hook.apply(
-            l,
-            Target::AttnOutput,
-            n,
-            att,
-            slice_mut::<B>(&mut ws.proj, 0, n * dim)?,
-        )?;
-        b.add_assign(
-            slice_mut::<B>(&mut ws.x, 0, n * dim)?,
-            rows::<B>(&ws.proj, 0, n * dim)?,
-        )?;
-        b.rmsnorm(
-            rows::<B>(&ws.x, 0, n * dim)?,
-            B::view(&lw.ffn_norm),
-            c.rms_eps,
-            slice_mut::<B>(&mut ws.xn, 0, n * dim)?,
-            None,
-        )?;
-        let xn = rows::<B>(&ws.xn, 0, n * dim)?;
-        for (w, buf, target) in [
-            (&lw.ffn_gate, &mut ws.gate, Target::FfnGate),
-            (&lw.ffn_up, &mut ws.up, Target::FfnUp),
-        ] {
-            b.matmul_xwt(xn, n, w, slice_mut::<B>(buf, 0, n * ffn)?)?;
-            hook.apply(l, target, n, xn, slice_mut::<B>(buf, 0, n * ffn)?)?;
-        }
-        b.swiglu(
-            rows::<B>(&ws.gate, 0, n * ffn)?,
-            rows::<B>(&ws.up, 0, n * ffn)?,
-            slice_mut::<B>(&mut ws.h, 0, n * ffn)?,
-        )?;
-        let h = rows::<B>(&ws.h, 0, n * ffn)?;
-        b.matmul_xwt(
-            h,
-            n,
-            &lw.ffn_down,
-            slice_mut::<B>(&mut ws.proj, 0, n * dim)?,
-        )?;
-        hook.apply(
-            l,
-            Target::FfnDown,
-            n,
-            h,
-            slice_mut::<B>(&mut ws.proj, 0, n * dim)?,
-        )?;
-        b.add_assign(
-            slice_mut::<B>(&mut ws.x, 0, n * dim)?,
-            rows::<B>(&ws.proj, 0, n * dim)?,
-        )?;
+        attn_output_residual(m, ws, l, n, hook)?;
+        ffn_residual(m, ws, l, n, hook)?;
     }
     for cache in caches.iter_mut() {
         cache.advance(1);
     }
-
-    // Output head, LOGIT_ROWS rows at a time through the staging buffer.
-    let vocab = c.n_vocab;
-    let mut r0 = 0;
-    while r0 < n {
-        let nr = LOGIT_ROWS.min(n - r0);
-        b.rmsnorm(
-            rows::<B>(&ws.x, r0 * dim, (r0 + nr) * dim)?,
-            B::view(&m.output_norm),
-            c.rms_eps,
-            slice_mut::<B>(&mut ws.xn, 0, nr * dim)?,
-            None,
-        )?;
-        let stage = slice_mut::<B>(&mut ws.logits, 0, nr * vocab)?;
-        b.matmul_xwt(rows::<B>(&ws.xn, 0, nr * dim)?, nr, &m.output, stage)?;
-        b.download(
-            rows::<B>(&ws.logits, 0, nr * vocab)?,
-            &mut logits[r0 * vocab..(r0 + nr) * vocab],
-        )?;
-        r0 += nr;
-    }
-    Ok(())
+    output_head(m, ws, 0, n, logits)
 }
 
 fn rows<B: Backend>(buf: &B::Buffer, start: usize, end: usize) -> Result<B::View<'_>> {

@@ -200,7 +200,7 @@ pub fn forward_chunk<B: Backend>(
     let c = &m.config;
     let n = tokens.len();
     let pos0 = cache.len();
-    let (dim, qd, kvd, ffn) = (c.dim, c.q_dim(), c.kv_dim(), c.ffn);
+    let (dim, qd, kvd) = (c.dim, c.q_dim(), c.kv_dim());
 
     b.embedding(
         &m.token_embd,
@@ -276,78 +276,108 @@ pub fn forward_chunk<B: Backend>(
                 head_dim: c.head_dim,
             },
         )?;
-        let proj = B::slice_mut(B::view_mut(&mut ws.proj), 0..n * dim)?;
-        b.matmul_xwt(rows_of::<B>(&ws.att, n * qd)?, n, &lw.attn_output, proj)?;
-        let proj = B::slice_mut(B::view_mut(&mut ws.proj), 0..n * dim)?;
-        hook.apply(
-            l,
-            Target::AttnOutput,
-            n,
-            rows_of::<B>(&ws.att, n * qd)?,
-            proj,
-        )?;
-        b.add_assign(
-            B::slice_mut(B::view_mut(&mut ws.x), 0..n * dim)?,
-            rows_of::<B>(&ws.proj, n * dim)?,
-        )?;
-        // Feed-forward block.
-        b.rmsnorm(
-            rows_of::<B>(&ws.x, n * dim)?,
-            B::view(&lw.ffn_norm),
-            c.rms_eps,
-            B::slice_mut(B::view_mut(&mut ws.xn), 0..n * dim)?,
-            None,
-        )?;
-        let xn = rows_of::<B>(&ws.xn, n * dim)?;
-        b.matmul_xwt(
-            xn,
-            n,
-            &lw.ffn_gate,
-            B::slice_mut(B::view_mut(&mut ws.gate), 0..n * ffn)?,
-        )?;
-        hook.apply(
-            l,
-            Target::FfnGate,
-            n,
-            xn,
-            B::slice_mut(B::view_mut(&mut ws.gate), 0..n * ffn)?,
-        )?;
-        b.matmul_xwt(
-            xn,
-            n,
-            &lw.ffn_up,
-            B::slice_mut(B::view_mut(&mut ws.up), 0..n * ffn)?,
-        )?;
-        hook.apply(
-            l,
-            Target::FfnUp,
-            n,
-            xn,
-            B::slice_mut(B::view_mut(&mut ws.up), 0..n * ffn)?,
-        )?;
-        b.swiglu(
-            rows_of::<B>(&ws.gate, n * ffn)?,
-            rows_of::<B>(&ws.up, n * ffn)?,
-            B::slice_mut(B::view_mut(&mut ws.h), 0..n * ffn)?,
-        )?;
-        let proj = B::slice_mut(B::view_mut(&mut ws.proj), 0..n * dim)?;
-        b.matmul_xwt(rows_of::<B>(&ws.h, n * ffn)?, n, &lw.ffn_down, proj)?;
-        let proj = B::slice_mut(B::view_mut(&mut ws.proj), 0..n * dim)?;
-        hook.apply(l, Target::FfnDown, n, rows_of::<B>(&ws.h, n * ffn)?, proj)?;
-        b.add_assign(
-            B::slice_mut(B::view_mut(&mut ws.x), 0..n * dim)?,
-            rows_of::<B>(&ws.proj, n * dim)?,
-        )?;
+        attn_output_residual(m, ws, l, n, hook)?;
+        ffn_residual(m, ws, l, n, hook)?;
     }
     cache.advance(n);
 
     // Output head over the rows asked for, LOGIT_ROWS at a time.
-    let (first, out) = match logits {
-        LogitRows::None => return Ok(()),
-        LogitRows::All(out) => (0, out),
-        LogitRows::Last(out) => (n - 1, out),
-    };
-    let vocab = c.n_vocab;
+    match logits {
+        LogitRows::None => Ok(()),
+        LogitRows::All(out) => output_head(m, ws, 0, n, out),
+        LogitRows::Last(out) => output_head(m, ws, n - 1, n, out),
+    }
+}
+
+/// `x += att·Woᵀ` over the first `n` rows (`att` `[n, q_dim]` in `ws.att`), the hook after the
+/// projection.
+pub(super) fn attn_output_residual<B: Backend>(
+    m: &BackendModel<'_, B>,
+    ws: &mut Workspace<B>,
+    l: usize,
+    n: usize,
+    hook: &mut dyn ProjectionHook<B>,
+) -> Result<()> {
+    let b = &m.backend;
+    let (dim, qd) = (m.config.dim, m.config.q_dim());
+    let lw = &m.layers[l];
+    let proj = B::slice_mut(B::view_mut(&mut ws.proj), 0..n * dim)?;
+    b.matmul_xwt(rows_of::<B>(&ws.att, n * qd)?, n, &lw.attn_output, proj)?;
+    let proj = B::slice_mut(B::view_mut(&mut ws.proj), 0..n * dim)?;
+    hook.apply(
+        l,
+        Target::AttnOutput,
+        n,
+        rows_of::<B>(&ws.att, n * qd)?,
+        proj,
+    )?;
+    b.add_assign(
+        B::slice_mut(B::view_mut(&mut ws.x), 0..n * dim)?,
+        rows_of::<B>(&ws.proj, n * dim)?,
+    )
+}
+
+/// The feed-forward block of layer `l` over the first `n` rows of `ws.x`:
+/// `x += swiglu(rmsnorm(x)·Wgateᵀ, rmsnorm(x)·Wupᵀ)·Wdownᵀ`, a hook after each projection.
+pub(super) fn ffn_residual<B: Backend>(
+    m: &BackendModel<'_, B>,
+    ws: &mut Workspace<B>,
+    l: usize,
+    n: usize,
+    hook: &mut dyn ProjectionHook<B>,
+) -> Result<()> {
+    let b = &m.backend;
+    let c = &m.config;
+    let (dim, ffn) = (c.dim, c.ffn);
+    let lw = &m.layers[l];
+    b.rmsnorm(
+        rows_of::<B>(&ws.x, n * dim)?,
+        B::view(&lw.ffn_norm),
+        c.rms_eps,
+        B::slice_mut(B::view_mut(&mut ws.xn), 0..n * dim)?,
+        None,
+    )?;
+    let xn = rows_of::<B>(&ws.xn, n * dim)?;
+    for (w, buf, target) in [
+        (&lw.ffn_gate, &mut ws.gate, Target::FfnGate),
+        (&lw.ffn_up, &mut ws.up, Target::FfnUp),
+    ] {
+        b.matmul_xwt(xn, n, w, B::slice_mut(B::view_mut(buf), 0..n * ffn)?)?;
+        hook.apply(
+            l,
+            target,
+            n,
+            xn,
+            B::slice_mut(B::view_mut(buf), 0..n * ffn)?,
+        )?;
+    }
+    b.swiglu(
+        rows_of::<B>(&ws.gate, n * ffn)?,
+        rows_of::<B>(&ws.up, n * ffn)?,
+        B::slice_mut(B::view_mut(&mut ws.h), 0..n * ffn)?,
+    )?;
+    let proj = B::slice_mut(B::view_mut(&mut ws.proj), 0..n * dim)?;
+    b.matmul_xwt(rows_of::<B>(&ws.h, n * ffn)?, n, &lw.ffn_down, proj)?;
+    let proj = B::slice_mut(B::view_mut(&mut ws.proj), 0..n * dim)?;
+    hook.apply(l, Target::FfnDown, n, rows_of::<B>(&ws.h, n * ffn)?, proj)?;
+    b.add_assign(
+        B::slice_mut(B::view_mut(&mut ws.x), 0..n * dim)?,
+        rows_of::<B>(&ws.proj, n * dim)?,
+    )
+}
+
+/// Logits of rows `first..n` of `ws.x` into `out` (`[n − first, vocab]`): the final norm and
+/// the output projection, `LOGIT_ROWS` rows at a time through the staging buffer.
+pub(super) fn output_head<B: Backend>(
+    m: &BackendModel<'_, B>,
+    ws: &mut Workspace<B>,
+    first: usize,
+    n: usize,
+    out: &mut [f32],
+) -> Result<()> {
+    let b = &m.backend;
+    let c = &m.config;
+    let (dim, vocab) = (c.dim, c.n_vocab);
     let mut r0 = first;
     while r0 < n {
         let nr = LOGIT_ROWS.min(n - r0);

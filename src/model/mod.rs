@@ -266,16 +266,25 @@ impl<'a> Llama<'a> {
             let end = (start + self.max_batch).min(tokens.len());
             let (cs, ts) = (&mut caches[start..end], &tokens[start..end]);
             let out = &mut logits[start * vocab..end * vocab];
-            match &self.adapters {
-                Some(set) => {
-                    let mut hook = AdapterHook { set, buffers: ab };
-                    decode_batch::decode_batch(model, ws, cs, ts, out, &mut hook)?
-                }
-                None => decode_batch::decode_batch(model, ws, cs, ts, out, &mut NoAdapters)?,
-            }
+            self.with_hook(ab, |hook| {
+                decode_batch::decode_batch(model, ws, cs, ts, out, hook)
+            })?;
             start = end;
         }
         Ok(())
+    }
+
+    /// Runs `f` with the projection hook of this model: its adapters (in `ab`'s buffers), or
+    /// none.
+    fn with_hook<R>(
+        &self,
+        ab: &mut AdapterBuffers,
+        f: impl FnOnce(&mut dyn forward::ProjectionHook<CpuBackend>) -> Result<R>,
+    ) -> Result<R> {
+        match &self.adapters {
+            Some(set) => f(&mut AdapterHook { set, buffers: ab }),
+            None => f(&mut NoAdapters),
+        }
     }
 
     fn check_cache(&self, cache: &KvCache) -> Result<()> {
@@ -348,13 +357,9 @@ impl<'a> Llama<'a> {
             };
             let chunk = &tokens[start..end];
             let model = self.infer.as_ref().unwrap_or(&self.model);
-            match &self.adapters {
-                Some(set) => {
-                    let mut hook = AdapterHook { set, buffers: ab };
-                    forward::forward_chunk(model, ws, cache, chunk, rows, &mut hook)?
-                }
-                None => forward::forward_chunk(model, ws, cache, chunk, rows, &mut NoAdapters)?,
-            }
+            self.with_hook(ab, |hook| {
+                forward::forward_chunk(model, ws, cache, chunk, rows, hook)
+            })?;
             start = end;
         }
         Ok(())
