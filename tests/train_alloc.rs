@@ -1,6 +1,6 @@
 //! A counting global allocator proves that a whole training step — every micro-batch's
 //! forward, loss and backward, clipping and the optimizer update, on rayon's worker threads
-//! too — allocates nothing after the first step (docs/ARCHITECTURE.md#no-allocation-during-a-step).
+//! and the weight stream's reader too — allocates nothing after the first step (docs/ARCHITECTURE.md#no-allocation-during-a-step).
 //!
 //! All threads are counted while the flag is up; this file holds one test, so the harness has
 //! nothing else running meanwhile. The steps run inside a rayon pool, as `train::run` runs
@@ -65,7 +65,10 @@ fn training_steps_after_the_first_allocate_nothing() {
     kl.replay = Some(edgetune::train::Replay::File(data.clone()));
     kl.replay_ratio = 0.5;
     kl.kl_anchor = 0.5;
-    let mut all = vec![base, a, b, kl];
+    // Streamed weights: the layer reads on the reader thread, the channels, the staging swaps.
+    let mut streamed = base.clone();
+    streamed.weights = edgetune::train::WeightsMode::Stream;
+    let mut all = vec![base, a, b, kl, streamed];
     all.extend(methods);
     pool.install(|| steps_allocate_nothing(&file, all));
 }

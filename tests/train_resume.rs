@@ -1,6 +1,7 @@
 //! Kill and resume: a `edgetune train` child process is killed with SIGKILL mid-run, resumed
 //! with `--resume DIR`, and must reproduce the uninterrupted run's per-step losses bit for bit
-//! (docs/ARCHITECTURE.md#atomic-checkpoints). Also: a resume with different settings is refused,
+//! (docs/ARCHITECTURE.md#atomic-checkpoints); the killed and resumed runs stream their weights
+//! (`--weights stream`), the uninterrupted one maps them. Also: a resume with different settings is refused,
 //! naming them.
 
 mod train_support;
@@ -96,7 +97,7 @@ fn sigkill_then_resume_reproduces_the_losses_bit_for_bit() {
     // Kill once a checkpoint exists and a few more steps ran past it.
     let mut child = Command::new(bin)
         .args(train_args(&model, &data))
-        .args(["--out", killed.to_str().unwrap()])
+        .args(["--out", killed.to_str().unwrap(), "--weights", "stream"])
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
@@ -109,7 +110,7 @@ fn sigkill_then_resume_reproduces_the_losses_bit_for_bit() {
 
     let ok = Command::new(bin)
         .args(train_args(&model, &data))
-        .args(["--resume", killed.to_str().unwrap()])
+        .args(["--resume", killed.to_str().unwrap(), "--weights", "stream"])
         .stderr(Stdio::null())
         .status()
         .unwrap();
@@ -130,6 +131,10 @@ fn sigkill_then_resume_reproduces_the_losses_bit_for_bit() {
         serde_json::from_slice(&std::fs::read(killed.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["steps"].as_u64(), Some(STEPS));
     assert!(summary["resumed_from_step"].as_u64().unwrap() >= 5);
+    assert!(
+        summary["streamed"]["layer_reads"].as_u64().unwrap() > 0,
+        "{summary}"
+    );
 }
 
 #[test]

@@ -227,6 +227,23 @@ impl GgufFile {
         }
     }
 
+    /// Drops this process's mapping of every page it touched (`madvise(MADV_DONTNEED)`): the
+    /// pages leave the process's resident set and stay in the page cache, and a later access
+    /// maps them again. Streamed training (`model::stream`) calls it after loading, so the
+    /// norm vectors and the header read through the map leave no file-backed residue. A no-op
+    /// for a file held in memory.
+    pub fn release_pages(&self) -> crate::Result<()> {
+        #[cfg(unix)]
+        if let Backing::Map(m) = &self.backing {
+            // SAFETY: the map is read-only and file-backed: dropping its pages loses nothing
+            // (they are re-read from the file on the next access), and no reference into the
+            // map observes a change in value.
+            unsafe { m.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) }
+                .map_err(|e| Error::io(&self.path, e))?;
+        }
+        Ok(())
+    }
+
     /// The info and bytes of tensor `name`; a missing tensor is `Error::Tensor` naming the file.
     pub fn tensor_by_name(&self, name: &str) -> crate::Result<(&TensorInfo, &[u8])> {
         let t = self.tensor(name).ok_or_else(|| Error::Tensor {

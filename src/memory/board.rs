@@ -11,7 +11,11 @@ use crate::{Error, Result};
 const GIB: f64 = (1u64 << 30) as f64;
 
 /// The profiles shipped with edgetune, by name (the file stem in `targets/`).
-const BUILTIN: [(&str, &str); 6] = [
+const BUILTIN: [(&str, &str); 7] = [
+    (
+        "orin-nano-4gb",
+        include_str!("../../targets/orin-nano-4gb.toml"),
+    ),
     (
         "orin-nano-8gb",
         include_str!("../../targets/orin-nano-8gb.toml"),
@@ -50,6 +54,8 @@ struct ProfileFile {
     #[serde(default)]
     cpu_features: Vec<String>,
     memory_bandwidth_gbps: Option<f64>,
+    storage_read_mb_s: Option<f64>,
+    storage: Option<String>,
     dense_fp16_tflops: Option<f64>,
     jetpack: Option<String>,
     glibc: Option<String>,
@@ -73,6 +79,10 @@ pub struct Board {
     pub cpu_cores: usize,
     pub cpu_features: Vec<String>,
     pub memory_bandwidth_gbps: Option<f64>,
+    /// Sequential read speed of the storage the model is read from (MB/s, decimal), for the
+    /// I/O estimate of streamed weights; `storage` says what it is and where the figure is from.
+    pub storage_read_mb_s: Option<f64>,
+    pub storage: Option<String>,
     pub dense_fp16_tflops: Option<f64>,
     pub jetpack: Option<String>,
     pub glibc: Option<String>,
@@ -161,6 +171,8 @@ impl Board {
             cpu_cores: cores,
             cpu_features: p.cpu_features,
             memory_bandwidth_gbps: p.memory_bandwidth_gbps,
+            storage_read_mb_s: p.storage_read_mb_s,
+            storage: p.storage,
             dense_fp16_tflops: p.dense_fp16_tflops,
             jetpack: p.jetpack,
             glibc: p.glibc,
@@ -245,6 +257,19 @@ mod tests {
             Some((7, 2))
         );
         assert_eq!(Board::builtin("host").unwrap().compute_capability, None);
+        // Every Jetson profile says how fast its storage reads (streamed weights' estimate)
+        // and what that figure is.
+        for name in Board::builtin_names().filter(|n| *n != "host") {
+            let b = Board::builtin(name).unwrap();
+            assert!(b.storage_read_mb_s.is_some_and(|r| r > 0.0), "{name}");
+            assert!(
+                b.storage.as_deref().is_some_and(|s| s.contains("assumed")),
+                "{name}"
+            );
+        }
+        let small = Board::builtin("orin-nano-4gb").unwrap();
+        assert_eq!(small.total_memory_bytes, 4 << 30);
+        assert!(small.process_budget_bytes < 3 << 30);
     }
 
     #[test]
@@ -253,7 +278,7 @@ mod tests {
             Board::builtin("orin-mega")
                 .unwrap_err()
                 .to_string()
-                .contains("known: orin-nano-8gb")
+                .contains("known: orin-nano-4gb, orin-nano-8gb")
         );
         let err = Board::from_toml(
             "name='x'\ndescription='y'\ntotal_memory_gib=4\nprocess_budget_gib=5\ncpu_cores=2",

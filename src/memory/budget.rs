@@ -30,6 +30,9 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use super::budget_report::size;
+pub use super::budget_stream::StreamedLayers;
+use super::budget_stream::{is_layer_matrix, streamed_layers};
 use super::plan::{Plan, TrainShape, llama_training_plan};
 use super::plan_llama::AdapterShape;
 use crate::adapters::Target;
@@ -40,7 +43,7 @@ use crate::optim::state8bit::{MIN_8BIT_NUMEL, state_bytes_8bit};
 use crate::testmodel::{Preset, Vocabulary, WeightTypes, plan_test_model};
 use crate::train::method::Method;
 use crate::train::method_plan::{adapter_cost, method_wide_bytes, reslora_store_bytes};
-use crate::train::{OptimizerKind, StatePlace, TrainConfig, target_shape};
+use crate::train::{OptimizerKind, StatePlace, TrainConfig, WeightsMode, target_shape};
 use crate::{Error, Result};
 
 pub use super::overheads::{
@@ -142,7 +145,7 @@ pub struct GatheredRows {
     pub resident_bytes: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct WeightsBreakdown {
     pub by_type: Vec<TypeBytes>,
     pub file_bytes: u64,
@@ -151,6 +154,8 @@ pub struct WeightsBreakdown {
     pub gathered: Option<GatheredRows>,
     /// `--lock-weights`: the whole map counts.
     pub locked: bool,
+    /// `Some` when the layers are streamed (`--weights stream`, or chosen by the plan).
+    pub streamed: Option<StreamedLayers>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -269,6 +274,33 @@ pub fn plan_training(file: &GgufFile, cfg: &TrainConfig) -> Result<TrainingPlan>
 /// [`plan_training`] for a model given by its shapes and tensor list (no file needed).
 pub fn plan_training_for(model: &ModelWeights, cfg: &TrainConfig) -> Result<TrainingPlan> {
     let mut planned = evaluate(model, cfg)?;
+    // `--weights auto`: stream when mapping does not fit and streaming does.
+    if cfg.weights == WeightsMode::Auto && !cfg.lock_weights && !planned.breakdown.fits {
+        let mut streamed_cfg = cfg.clone();
+        streamed_cfg.weights = WeightsMode::Stream;
+        let mut streamed = evaluate(model, &streamed_cfg)?;
+        let budget = cfg.budget_bytes.unwrap_or(0);
+        if streamed.breakdown.fits {
+            if let Some(s) = &mut streamed.breakdown.weights.streamed {
+                s.reason = format!(
+                    "chosen by the plan: mapped weights need {} in total, over the {} budget",
+                    size(planned.breakdown.total_bytes),
+                    size(budget)
+                );
+            }
+            return Ok(streamed);
+        }
+        // Neither fits. When the mapped weights alone exceed the budget no mapped
+        // configuration can fit: the suggestions are the streamed configuration's.
+        if planned.breakdown.weights.resident_bytes >= budget {
+            streamed.breakdown.suggestions = Some(super::suggest::search(
+                model,
+                &streamed_cfg,
+                &streamed.breakdown,
+            )?);
+            return Ok(streamed);
+        }
+    }
     if !planned.breakdown.fits {
         planned.breakdown.suggestions =
             Some(super::suggest::search(model, cfg, &planned.breakdown)?);
@@ -341,7 +373,7 @@ pub(crate) fn assemble(
     arena: ArenaBreakdown,
 ) -> Result<Breakdown> {
     let tokens = (cfg.seq_len as u64).saturating_mul(cfg.batch as u64);
-    let weights = weights_breakdown(model, tokens, cfg.lock_weights);
+    let weights = weights_breakdown(model, tokens, cfg)?;
     let (adapters, tensor_numels) = adapter_breakdown(model, cfg);
     let optimizer = optimizer_breakdown(cfg, &tensor_numels);
     let overheads = super::overheads::overheads(model, cfg, tokens)?;
@@ -374,13 +406,22 @@ pub(crate) fn assemble(
 }
 
 /// Resident weight bytes by type; the untied `token_embd` counts only the staging copy of the
-/// rows one micro-batch of `tokens` gathers (unless `locked`).
-fn weights_breakdown(model: &ModelWeights, tokens: u64, locked: bool) -> WeightsBreakdown {
+/// rows one micro-batch of `tokens` gathers (unless locked); streamed, the layers' matrices
+/// count as their two staging buffers.
+fn weights_breakdown(
+    model: &ModelWeights,
+    tokens: u64,
+    cfg: &TrainConfig,
+) -> Result<WeightsBreakdown> {
+    let locked = cfg.lock_weights;
+    let streaming = cfg.weights == WeightsMode::Stream;
     let tied = !model.tensors.iter().any(|t| t.name == "output.weight");
     let mut by_type: BTreeMap<&str, TypeBytes> = BTreeMap::new();
     let mut gathered = None;
     for t in &model.tensors {
-        let resident = if t.name == "token_embd.weight" && !tied && !locked {
+        let resident = if streaming && is_layer_matrix(&t.name) {
+            0
+        } else if t.name == "token_embd.weight" && !tied && !locked {
             // The step reads its rows with `pread` into a staging buffer of one micro-batch
             // (`train::embed_rows`: mapped, the kernel's folios and fault-around made 512 rows
             // of the 8B table cost 92 MiB); the table itself is never mapped in.
@@ -409,13 +450,21 @@ fn weights_breakdown(model: &ModelWeights, tokens: u64, locked: bool) -> Weights
         e.resident_bytes += resident;
     }
     let by_type: Vec<TypeBytes> = by_type.into_values().collect();
-    WeightsBreakdown {
+    let streamed = if streaming {
+        Some(streamed_layers(model, cfg)?)
+    } else {
+        None
+    };
+    let resident = by_type.iter().map(|t| t.resident_bytes).sum::<u64>()
+        + streamed.as_ref().map_or(0, |s| s.staging_bytes);
+    Ok(WeightsBreakdown {
         file_bytes: by_type.iter().map(|t| t.file_bytes).sum(),
-        resident_bytes: by_type.iter().map(|t| t.resident_bytes).sum(),
+        resident_bytes: resident,
         by_type,
         gathered,
         locked,
-    }
+        streamed,
+    })
 }
 
 /// The adapters' parameter count, master and extra bytes (train/method_plan.rs), and the

@@ -44,6 +44,8 @@ pub fn report(b: &Breakdown) -> String {
     let wt = &b.weights;
     let how = if wt.locked {
         "locked in memory (--lock-weights)"
+    } else if wt.streamed.is_some() {
+        "layers streamed, the rest resident"
     } else {
         "mapped, resident during a step"
     };
@@ -65,6 +67,28 @@ pub fn report(b: &Breakdown) -> String {
             s,
             "  ({}: read by pread, never mapped: a staging copy of {} of {} rows of {} B counts)",
             g.tensor, g.rows_per_step, g.n_rows, g.row_bytes
+        );
+    }
+    if let Some(st) = &wt.streamed {
+        line(
+            &mut s,
+            "layer staging (2 buffers of the largest layer)",
+            st.staging_bytes,
+            &format!(
+                "{} layers, {} MiB in the file, read as they run",
+                st.layers,
+                mib(st.layer_file_bytes)
+            ),
+        );
+        let io = st.io_s_per_step.map_or(String::new(), |t| {
+            format!(", ≥ {t:.1} s of reads a step at the board's storage speed")
+        });
+        let _ = writeln!(
+            s,
+            "  (streamed: {}; {} layer reads = {} MiB a step{io})",
+            st.reason,
+            st.reads_per_step,
+            mib(st.read_bytes_per_step)
         );
     }
     line(

@@ -5,6 +5,7 @@ pub mod arena;
 pub mod board;
 pub mod budget;
 mod budget_report;
+mod budget_stream;
 pub mod limits;
 pub mod overheads;
 pub mod plan;

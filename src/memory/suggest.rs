@@ -174,6 +174,9 @@ pub fn config_flags(cfg: &TrainConfig) -> String {
     if cfg.lock_weights {
         s += " --lock-weights";
     }
+    if cfg.weights == crate::train::WeightsMode::Stream {
+        s += " --weights stream";
+    }
     s
 }
 

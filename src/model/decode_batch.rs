@@ -25,6 +25,7 @@ use super::forward::{
     BackendModel, ProjectionHook, Workspace, attn_output_residual, ffn_residual, output_head,
 };
 use super::kv_cache::KvCacheOf;
+use super::stream::LayerSource;
 use crate::adapters::Target;
 use crate::backend::{AttentionDims, Backend, RopeDims};
 use crate::{Error, Result};
@@ -32,9 +33,11 @@ use crate::{Error, Result};
 /// Runs one token per sequence (`caches.len() == tokens.len() ≤ ws.max_tokens()`, ids < vocab,
 /// room for one more position in every cache: the caller checked), appends each token's K/V to
 /// its cache and writes every sequence's logits into `logits` (`[n, vocab]`, row `i` for
-/// sequence `i`).
+/// sequence `i`). The layers come from `src` (`&m`, or a weight stream), as in
+/// [`forward_chunk`](super::forward::forward_chunk).
 pub fn decode_batch<B: Backend>(
     m: &BackendModel<'_, B>,
+    src: &mut dyn LayerSource<B>,
     ws: &mut Workspace<B>,
     caches: &mut [&mut KvCacheOf<B>],
     tokens: &[u32],
@@ -62,84 +65,93 @@ pub fn decode_batch<B: Backend>(
         rope_dim: c.rope_dim,
     };
 
-    b.embedding(
-        &m.token_embd,
-        tokens,
-        slice_mut::<B>(&mut ws.x, 0, n * dim)?,
-    )?;
-    for (l, lw) in m.layers.iter().enumerate() {
-        b.rmsnorm(
-            rows::<B>(&ws.x, 0, n * dim)?,
-            B::view(&lw.attn_norm),
-            c.rms_eps,
-            slice_mut::<B>(&mut ws.xn, 0, n * dim)?,
-            None,
-        )?;
-        let xn = rows::<B>(&ws.xn, 0, n * dim)?;
-        b.matmul_xwt(xn, n, &lw.attn_q, slice_mut::<B>(&mut ws.q, 0, n * qd)?)?;
-        hook.apply(
-            l,
-            Target::AttnQ,
-            n,
-            xn,
-            slice_mut::<B>(&mut ws.q, 0, n * qd)?,
-        )?;
-        // K and V of every row at once, staged in the FFN buffers (free until the FFN block;
-        // n·kv_dim ≤ n·ffn), then roped and copied into each sequence's next cache row.
-        for (w, buf, target) in [
-            (&lw.attn_k, &mut ws.gate, Target::AttnK),
-            (&lw.attn_v, &mut ws.up, Target::AttnV),
-        ] {
-            b.matmul_xwt(xn, n, w, slice_mut::<B>(buf, 0, n * kvd)?)?;
-            hook.apply(l, target, n, xn, slice_mut::<B>(buf, 0, n * kvd)?)?;
+    {
+        let x = slice_mut::<B>(&mut ws.x, 0, n * dim)?;
+        match src.embedding()? {
+            Some(table) => b.embedding(&table, tokens, x)?,
+            None => b.embedding(&m.token_embd, tokens, x)?,
         }
-        for (i, cache) in caches.iter_mut().enumerate() {
-            let pos = cache.len();
-            let staged = i * kvd..(i + 1) * kvd;
-            b.rope(
-                slice_mut::<B>(&mut ws.gate, staged.start, staged.end)?,
-                inv,
-                rope_one(pos, c.n_head_kv),
-            )?;
-            let row = pos * kvd..(pos + 1) * kvd;
-            b.copy(
-                rows::<B>(&ws.gate, staged.start, staged.end)?,
-                cache_row::<B>(&mut cache.k[l], &row)?,
-                kvd,
-            )?;
-            b.copy(
-                rows::<B>(&ws.up, staged.start, staged.end)?,
-                cache_row::<B>(&mut cache.v[l], &row)?,
-                kvd,
-            )?;
-            b.rope(
-                slice_mut::<B>(&mut ws.q, i * qd, (i + 1) * qd)?,
-                inv,
-                rope_one(pos, c.n_head),
-            )?;
-            let seen = 0..(pos + 1) * kvd;
-            b.attention(
-                rows::<B>(&ws.q, i * qd, (i + 1) * qd)?,
-                B::slice(B::view(&cache.k[l]), seen.clone())?,
-                B::slice(B::view(&cache.v[l]), seen)?,
-                slice_mut::<B>(&mut ws.att, i * qd, (i + 1) * qd)?,
+    }
+    let n_layer = c.n_layer;
+    for l in 0..n_layer {
+        // The next step starts again at layer 0.
+        src.with_layer(l, Some((l + 1) % n_layer), &mut |lw| {
+            b.rmsnorm(
+                rows::<B>(&ws.x, 0, n * dim)?,
+                B::view(&lw.attn_norm),
+                c.rms_eps,
+                slice_mut::<B>(&mut ws.xn, 0, n * dim)?,
                 None,
-                AttentionDims {
-                    n_tokens: 1,
-                    pos0: pos,
-                    n_head: c.n_head,
-                    n_head_kv: c.n_head_kv,
-                    head_dim: c.head_dim,
-                },
             )?;
-        }
-        attn_output_residual(m, ws, l, n, hook)?;
-        ffn_residual(m, ws, l, n, hook)?;
+            let xn = rows::<B>(&ws.xn, 0, n * dim)?;
+            b.matmul_xwt(xn, n, &lw.attn_q, slice_mut::<B>(&mut ws.q, 0, n * qd)?)?;
+            hook.apply(
+                l,
+                Target::AttnQ,
+                n,
+                xn,
+                slice_mut::<B>(&mut ws.q, 0, n * qd)?,
+            )?;
+            // K and V of every row at once, staged in the FFN buffers (free until the FFN block;
+            // n·kv_dim ≤ n·ffn), then roped and copied into each sequence's next cache row.
+            for (w, buf, target) in [
+                (&lw.attn_k, &mut ws.gate, Target::AttnK),
+                (&lw.attn_v, &mut ws.up, Target::AttnV),
+            ] {
+                b.matmul_xwt(xn, n, w, slice_mut::<B>(buf, 0, n * kvd)?)?;
+                hook.apply(l, target, n, xn, slice_mut::<B>(buf, 0, n * kvd)?)?;
+            }
+            for (i, cache) in caches.iter_mut().enumerate() {
+                let pos = cache.len();
+                let staged = i * kvd..(i + 1) * kvd;
+                b.rope(
+                    slice_mut::<B>(&mut ws.gate, staged.start, staged.end)?,
+                    inv,
+                    rope_one(pos, c.n_head_kv),
+                )?;
+                let row = pos * kvd..(pos + 1) * kvd;
+                b.copy(
+                    rows::<B>(&ws.gate, staged.start, staged.end)?,
+                    cache_row::<B>(&mut cache.k[l], &row)?,
+                    kvd,
+                )?;
+                b.copy(
+                    rows::<B>(&ws.up, staged.start, staged.end)?,
+                    cache_row::<B>(&mut cache.v[l], &row)?,
+                    kvd,
+                )?;
+                b.rope(
+                    slice_mut::<B>(&mut ws.q, i * qd, (i + 1) * qd)?,
+                    inv,
+                    rope_one(pos, c.n_head),
+                )?;
+                let seen = 0..(pos + 1) * kvd;
+                b.attention(
+                    rows::<B>(&ws.q, i * qd, (i + 1) * qd)?,
+                    B::slice(B::view(&cache.k[l]), seen.clone())?,
+                    B::slice(B::view(&cache.v[l]), seen)?,
+                    slice_mut::<B>(&mut ws.att, i * qd, (i + 1) * qd)?,
+                    None,
+                    AttentionDims {
+                        n_tokens: 1,
+                        pos0: pos,
+                        n_head: c.n_head,
+                        n_head_kv: c.n_head_kv,
+                        head_dim: c.head_dim,
+                    },
+                )?;
+            }
+            attn_output_residual(m, lw, ws, l, n, hook)?;
+            ffn_residual(m, lw, ws, l, n, hook)
+        })?;
     }
     for cache in caches.iter_mut() {
         cache.advance(1);
     }
-    output_head(m, ws, 0, n, logits)
+    match src.head()? {
+        Some(head) => output_head(m, &head, ws, 0, n, logits),
+        None => output_head(m, &m.output, ws, 0, n, logits),
+    }
 }
 
 fn rows<B: Backend>(buf: &B::Buffer, start: usize, end: usize) -> Result<B::View<'_>> {

@@ -64,16 +64,32 @@ pub fn used_tensors<'f>(file: &'f GgufFile, cfg: &LlamaConfig) -> Vec<&'f Tensor
         .collect()
 }
 
-/// Checks every value of the tensors the forward of `cfg` reads; `pread_embd`: read the untied
-/// `token_embd` with positioned reads instead of through the map. An error names the file, the
-/// tensor, its type, the row and column and the value.
-pub fn check_weights(file: &GgufFile, cfg: &LlamaConfig, pread_embd: bool) -> Result<ScanReport> {
+/// Which tensors the scan reads with positioned reads instead of through the map (so that they
+/// do not become resident): as the training that follows will read them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScanReads {
+    /// Everything through the map.
+    Map,
+    /// The untied `token_embd` by reads (`train::embed_rows`), the rest through the map.
+    Embedding,
+    /// Every tensor by reads (streamed weights, `model::stream`: nothing of the map is touched).
+    All,
+}
+
+/// Checks every value of the tensors the forward of `cfg` reads, reading them as `reads`
+/// says. An error names the file, the tensor, its type, the row and column and the value.
+pub fn check_weights(file: &GgufFile, cfg: &LlamaConfig, reads: ScanReads) -> Result<ScanReport> {
     let t0 = Instant::now();
     let tensors = used_tensors(file, cfg);
     let results: Vec<Result<Option<Bad>>> = tensors
         .par_iter()
         .map(|t| {
-            if pread_embd && t.name == "token_embd.weight" && cfg!(unix) {
+            let by_read = match reads {
+                ScanReads::Map => false,
+                ScanReads::Embedding => t.name == "token_embd.weight",
+                ScanReads::All => true,
+            };
+            if by_read && cfg!(unix) && file.is_mapped() {
                 scan_by_pread(file, t)
             } else {
                 scan_rows(t, file.tensor_data(t), 0)
@@ -179,11 +195,13 @@ mod tests {
         let p = patched(dir.path(), "blk.1.ffn_down.weight", 512 * 3 + 7, f32::NAN);
         let f = GgufFile::open(&p).unwrap();
         let cfg = LlamaConfig::from_gguf(&f).unwrap();
-        let e = check_weights(&f, &cfg, false).unwrap_err().to_string();
-        assert!(
-            e.contains("blk.1.ffn_down.weight") && e.contains("row 3, column 7 is NaN"),
-            "{e}"
-        );
+        for reads in [ScanReads::Map, ScanReads::All] {
+            let e = check_weights(&f, &cfg, reads).unwrap_err().to_string();
+            assert!(
+                e.contains("blk.1.ffn_down.weight") && e.contains("row 3, column 7 is NaN"),
+                "{e}"
+            );
+        }
         // The pread path finds it in token_embd too.
         let p = patched(
             dir.path(),
@@ -192,8 +210,8 @@ mod tests {
             f32::INFINITY,
         );
         let f = GgufFile::open(&p).unwrap();
-        for pread in [false, true] {
-            let e = check_weights(&f, &cfg, pread).unwrap_err().to_string();
+        for reads in [ScanReads::Map, ScanReads::Embedding, ScanReads::All] {
+            let e = check_weights(&f, &cfg, reads).unwrap_err().to_string();
             assert!(
                 e.contains("token_embd.weight") && e.contains("row 200, column 1 is inf"),
                 "{e}"
@@ -208,7 +226,7 @@ mod tests {
         write_test_model(&TINY, WeightTypes::parse("q8_0").unwrap().pure(), 1, &p).unwrap();
         let f = GgufFile::open(&p).unwrap();
         let cfg = LlamaConfig::from_gguf(&f).unwrap();
-        let r = check_weights(&f, &cfg, true).unwrap();
+        let r = check_weights(&f, &cfg, ScanReads::Embedding).unwrap();
         // Every tensor of a test model is one the forward reads.
         assert_eq!(r.tensors, f.tensors().len());
         // Q8_0 block 2 of row 0 of attn_q: its f16 scale (the block's first 2 bytes) → NaN.
@@ -219,7 +237,9 @@ mod tests {
         bytes[at..at + 2].copy_from_slice(&half::f16::NAN.to_le_bytes());
         std::fs::write(&p, bytes).unwrap();
         let f = GgufFile::open(&p).unwrap();
-        let e = check_weights(&f, &cfg, false).unwrap_err().to_string();
+        let e = check_weights(&f, &cfg, ScanReads::All)
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("blk.0.attn_q.weight") && e.contains("Q8_0") && e.contains("column 64"),
             "{e}"
@@ -238,7 +258,7 @@ mod tests {
         write_test_model(preset, WeightTypes::Q4KM, 1, &p).unwrap();
         let f = GgufFile::open(&p).unwrap();
         let cfg = LlamaConfig::from_gguf(&f).unwrap();
-        let r = check_weights(&f, &cfg, true).unwrap();
+        let r = check_weights(&f, &cfg, ScanReads::Embedding).unwrap();
         eprintln!(
             "weight scan of {} (Q4_K_M): {} tensors, {} values, {} bytes in {:.3} s",
             if aarch64 { "tiny" } else { "small" },

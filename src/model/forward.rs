@@ -24,6 +24,7 @@
 
 use super::config::LlamaConfig;
 use super::kv_cache::KvCacheOf;
+use super::stream::LayerSource;
 use super::weights::LlamaWeights;
 use crate::Result;
 use crate::adapters::Target;
@@ -188,8 +189,11 @@ pub enum LogitRows<'o> {
 
 /// Runs one chunk (`tokens.len() ≤ ws.max_tokens()`, ids < vocab, room in the cache: the
 /// caller checked) at positions `cache.len()..`, appends its K/V and writes the logits asked for.
+/// The layers (and, where it holds them, the embedding table and the head) come from `src`:
+/// `&m` itself, or a [`WeightStream`](super::stream::WeightStream).
 pub fn forward_chunk<B: Backend>(
     m: &BackendModel<'_, B>,
+    src: &mut dyn LayerSource<B>,
     ws: &mut Workspace<B>,
     cache: &mut KvCacheOf<B>,
     tokens: &[u32],
@@ -202,90 +206,100 @@ pub fn forward_chunk<B: Backend>(
     let pos0 = cache.len();
     let (dim, qd, kvd) = (c.dim, c.q_dim(), c.kv_dim());
 
-    b.embedding(
-        &m.token_embd,
-        tokens,
-        B::slice_mut(B::view_mut(&mut ws.x), 0..n * dim)?,
-    )?;
-    for (l, lw) in m.layers.iter().enumerate() {
-        // Attention block.
-        b.rmsnorm(
-            rows_of::<B>(&ws.x, n * dim)?,
-            B::view(&lw.attn_norm),
-            c.rms_eps,
-            B::slice_mut(B::view_mut(&mut ws.xn), 0..n * dim)?,
-            None,
-        )?;
-        let xn = rows_of::<B>(&ws.xn, n * dim)?;
-        b.matmul_xwt(
-            xn,
-            n,
-            &lw.attn_q,
-            B::slice_mut(B::view_mut(&mut ws.q), 0..n * qd)?,
-        )?;
-        hook.apply(
-            l,
-            Target::AttnQ,
-            n,
-            xn,
-            B::slice_mut(B::view_mut(&mut ws.q), 0..n * qd)?,
-        )?;
-        let new_rows = pos0 * kvd..(pos0 + n) * kvd;
-        let k_new = B::slice_mut(B::view_mut(&mut cache.k[l]), new_rows.clone())?;
-        b.matmul_xwt(xn, n, &lw.attn_k, k_new)?;
-        let k_new = B::slice_mut(B::view_mut(&mut cache.k[l]), new_rows.clone())?;
-        hook.apply(l, Target::AttnK, n, xn, k_new)?;
-        let v_new = B::slice_mut(B::view_mut(&mut cache.v[l]), new_rows.clone())?;
-        b.matmul_xwt(xn, n, &lw.attn_v, v_new)?;
-        let v_new = B::slice_mut(B::view_mut(&mut cache.v[l]), new_rows.clone())?;
-        hook.apply(l, Target::AttnV, n, xn, v_new)?;
-        let rope_q = RopeDims {
-            n_tokens: n,
-            pos0,
-            n_head: c.n_head,
-            head_dim: c.head_dim,
-            rope_dim: c.rope_dim,
-        };
-        let inv = B::view(&m.inv_freq);
-        b.rope(
-            B::slice_mut(B::view_mut(&mut ws.q), 0..n * qd)?,
-            inv,
-            rope_q,
-        )?;
-        let k_new = B::slice_mut(B::view_mut(&mut cache.k[l]), new_rows)?;
-        b.rope(
-            k_new,
-            inv,
-            RopeDims {
-                n_head: c.n_head_kv,
-                ..rope_q
-            },
-        )?;
-        let seen = 0..(pos0 + n) * kvd;
-        b.attention(
-            rows_of::<B>(&ws.q, n * qd)?,
-            B::slice(B::view(&cache.k[l]), seen.clone())?,
-            B::slice(B::view(&cache.v[l]), seen)?,
-            B::slice_mut(B::view_mut(&mut ws.att), 0..n * qd)?,
-            None,
-            AttentionDims {
+    {
+        let x = B::slice_mut(B::view_mut(&mut ws.x), 0..n * dim)?;
+        match src.embedding()? {
+            Some(table) => b.embedding(&table, tokens, x)?,
+            None => b.embedding(&m.token_embd, tokens, x)?,
+        }
+    }
+    let n_layer = c.n_layer;
+    for l in 0..n_layer {
+        // The next chunk starts again at layer 0.
+        src.with_layer(l, Some((l + 1) % n_layer), &mut |lw| {
+            // Attention block.
+            b.rmsnorm(
+                rows_of::<B>(&ws.x, n * dim)?,
+                B::view(&lw.attn_norm),
+                c.rms_eps,
+                B::slice_mut(B::view_mut(&mut ws.xn), 0..n * dim)?,
+                None,
+            )?;
+            let xn = rows_of::<B>(&ws.xn, n * dim)?;
+            b.matmul_xwt(
+                xn,
+                n,
+                &lw.attn_q,
+                B::slice_mut(B::view_mut(&mut ws.q), 0..n * qd)?,
+            )?;
+            hook.apply(
+                l,
+                Target::AttnQ,
+                n,
+                xn,
+                B::slice_mut(B::view_mut(&mut ws.q), 0..n * qd)?,
+            )?;
+            let new_rows = pos0 * kvd..(pos0 + n) * kvd;
+            let k_new = B::slice_mut(B::view_mut(&mut cache.k[l]), new_rows.clone())?;
+            b.matmul_xwt(xn, n, &lw.attn_k, k_new)?;
+            let k_new = B::slice_mut(B::view_mut(&mut cache.k[l]), new_rows.clone())?;
+            hook.apply(l, Target::AttnK, n, xn, k_new)?;
+            let v_new = B::slice_mut(B::view_mut(&mut cache.v[l]), new_rows.clone())?;
+            b.matmul_xwt(xn, n, &lw.attn_v, v_new)?;
+            let v_new = B::slice_mut(B::view_mut(&mut cache.v[l]), new_rows.clone())?;
+            hook.apply(l, Target::AttnV, n, xn, v_new)?;
+            let rope_q = RopeDims {
                 n_tokens: n,
                 pos0,
                 n_head: c.n_head,
-                n_head_kv: c.n_head_kv,
                 head_dim: c.head_dim,
-            },
-        )?;
-        attn_output_residual(m, ws, l, n, hook)?;
-        ffn_residual(m, ws, l, n, hook)?;
+                rope_dim: c.rope_dim,
+            };
+            let inv = B::view(&m.inv_freq);
+            b.rope(
+                B::slice_mut(B::view_mut(&mut ws.q), 0..n * qd)?,
+                inv,
+                rope_q,
+            )?;
+            let k_new = B::slice_mut(B::view_mut(&mut cache.k[l]), new_rows)?;
+            b.rope(
+                k_new,
+                inv,
+                RopeDims {
+                    n_head: c.n_head_kv,
+                    ..rope_q
+                },
+            )?;
+            let seen = 0..(pos0 + n) * kvd;
+            b.attention(
+                rows_of::<B>(&ws.q, n * qd)?,
+                B::slice(B::view(&cache.k[l]), seen.clone())?,
+                B::slice(B::view(&cache.v[l]), seen)?,
+                B::slice_mut(B::view_mut(&mut ws.att), 0..n * qd)?,
+                None,
+                AttentionDims {
+                    n_tokens: n,
+                    pos0,
+                    n_head: c.n_head,
+                    n_head_kv: c.n_head_kv,
+                    head_dim: c.head_dim,
+                },
+            )?;
+            attn_output_residual(m, lw, ws, l, n, hook)?;
+            ffn_residual(m, lw, ws, l, n, hook)
+        })?;
     }
     cache.advance(n);
 
     // Output head over the rows asked for, LOGIT_ROWS at a time.
-    match logits {
-        LogitRows::None => Ok(()),
-        LogitRows::All(out) => output_head(m, ws, 0, n, out),
-        LogitRows::Last(out) => output_head(m, ws, n - 1, n, out),
+    let (first, out) = match logits {
+        LogitRows::None => return Ok(()),
+        LogitRows::All(out) => (0, out),
+        LogitRows::Last(out) => (n - 1, out),
+    };
+    match src.head()? {
+        Some(head) => output_head(m, &head, ws, first, n, out),
+        None => output_head(m, &m.output, ws, first, n, out),
     }
 }
 
@@ -293,6 +307,7 @@ pub fn forward_chunk<B: Backend>(
 /// projection.
 pub(super) fn attn_output_residual<B: Backend>(
     m: &BackendModel<'_, B>,
+    lw: &BackendLayer<'_, B>,
     ws: &mut Workspace<B>,
     l: usize,
     n: usize,
@@ -300,7 +315,6 @@ pub(super) fn attn_output_residual<B: Backend>(
 ) -> Result<()> {
     let b = &m.backend;
     let (dim, qd) = (m.config.dim, m.config.q_dim());
-    let lw = &m.layers[l];
     let proj = B::slice_mut(B::view_mut(&mut ws.proj), 0..n * dim)?;
     b.matmul_xwt(rows_of::<B>(&ws.att, n * qd)?, n, &lw.attn_output, proj)?;
     let proj = B::slice_mut(B::view_mut(&mut ws.proj), 0..n * dim)?;
@@ -321,6 +335,7 @@ pub(super) fn attn_output_residual<B: Backend>(
 /// `x += swiglu(rmsnorm(x)·Wgateᵀ, rmsnorm(x)·Wupᵀ)·Wdownᵀ`, a hook after each projection.
 pub(super) fn ffn_residual<B: Backend>(
     m: &BackendModel<'_, B>,
+    lw: &BackendLayer<'_, B>,
     ws: &mut Workspace<B>,
     l: usize,
     n: usize,
@@ -329,7 +344,6 @@ pub(super) fn ffn_residual<B: Backend>(
     let b = &m.backend;
     let c = &m.config;
     let (dim, ffn) = (c.dim, c.ffn);
-    let lw = &m.layers[l];
     b.rmsnorm(
         rows_of::<B>(&ws.x, n * dim)?,
         B::view(&lw.ffn_norm),
@@ -367,9 +381,11 @@ pub(super) fn ffn_residual<B: Backend>(
 }
 
 /// Logits of rows `first..n` of `ws.x` into `out` (`[n − first, vocab]`): the final norm and
-/// the output projection, `LOGIT_ROWS` rows at a time through the staging buffer.
+/// the output projection `head` (`[vocab, dim]`), `LOGIT_ROWS` rows at a time through the
+/// staging buffer.
 pub(super) fn output_head<B: Backend>(
     m: &BackendModel<'_, B>,
+    head: &B::Weight<'_>,
     ws: &mut Workspace<B>,
     first: usize,
     n: usize,
@@ -389,7 +405,7 @@ pub(super) fn output_head<B: Backend>(
             None,
         )?;
         let stage = B::slice_mut(B::view_mut(&mut ws.logits), 0..nr * vocab)?;
-        b.matmul_xwt(rows_of::<B>(&ws.xn, nr * dim)?, nr, &m.output, stage)?;
+        b.matmul_xwt(rows_of::<B>(&ws.xn, nr * dim)?, nr, head, stage)?;
         let dst = &mut out[(r0 - first) * vocab..(r0 - first + nr) * vocab];
         b.download(rows_of::<B>(&ws.logits, nr * vocab)?, dst)?;
         r0 += nr;

@@ -19,6 +19,8 @@ pub mod decode_batch;
 pub mod finite;
 pub mod forward;
 pub mod kv_cache;
+pub mod stream;
+mod stream_io;
 pub mod weights;
 
 use std::sync::{Arc, Mutex};
@@ -55,6 +57,8 @@ pub struct Llama<'a> {
     workspace: Mutex<Option<(Workspace<CpuBackend>, AdapterBuffers)>>,
     /// Trained adapters applied after the base projections.
     adapters: Option<Arc<AdapterSet>>,
+    /// Streamed layers ([`Llama::stream_weights`]); `None`: the mapped ones.
+    stream: Option<Mutex<stream::WeightStream>>,
 }
 
 impl<'a> Llama<'a> {
@@ -84,7 +88,25 @@ impl<'a> Llama<'a> {
             max_batch: DEFAULT_MAX_BATCH,
             workspace: Mutex::new(None),
             adapters: None,
+            stream: None,
         })
+    }
+
+    /// Reads the layers from `file` (the one this model was loaded from) as they run, through
+    /// two staging buffers, and the output head once into its own buffer, instead of through
+    /// the map ([`stream::WeightStream`]): inference under a budget below the model's size.
+    /// The map's pages read so far leave the process. Logits are bit-identical to the mapped
+    /// model's. Call after [`Llama::set_compute`] (the stream multiplies with its arithmetic).
+    pub fn stream_weights(&mut self, file: &GgufFile) -> Result<()> {
+        let s = stream::WeightStream::open(file, &self.config, &self.weights, self.compute)?;
+        self.stream = Some(Mutex::new(s));
+        file.release_pages()
+    }
+
+    /// The weight stream's counters (`None`: mapped weights).
+    pub fn stream_stats(&self) -> Option<stream::StreamStats> {
+        let s = self.stream.as_ref()?;
+        s.lock().ok().map(|s| s.stats())
     }
 
     /// Applies `adapters` (checked against this model's shapes) in every later forward, or
@@ -112,6 +134,9 @@ impl<'a> Llama<'a> {
             )?),
         };
         self.compute = compute;
+        if let Some(s) = &mut self.stream {
+            s.get_mut().map_err(|_| poisoned())?.set_compute(compute);
+        }
         Ok(())
     }
 
@@ -266,12 +291,27 @@ impl<'a> Llama<'a> {
             let end = (start + self.max_batch).min(tokens.len());
             let (cs, ts) = (&mut caches[start..end], &tokens[start..end]);
             let out = &mut logits[start * vocab..end * vocab];
-            self.with_hook(ab, |hook| {
-                decode_batch::decode_batch(model, ws, cs, ts, out, hook)
+            self.with_layers(model, |src| {
+                self.with_hook(ab, |hook| {
+                    decode_batch::decode_batch(model, src, ws, cs, ts, out, hook)
+                })
             })?;
             start = end;
         }
         Ok(())
+    }
+
+    /// Runs `f` with the source of `model`'s layers: the weight stream when the weights are
+    /// streamed ([`Llama::stream_weights`]), else `model` itself.
+    fn with_layers<R>(
+        &self,
+        model: &BackendModel<'a, CpuBackend>,
+        f: impl FnOnce(&mut dyn stream::LayerSource<CpuBackend>) -> Result<R>,
+    ) -> Result<R> {
+        match &self.stream {
+            Some(s) => f(&mut *s.lock().map_err(|_| poisoned())?),
+            None => f(&mut &*model),
+        }
     }
 
     /// Runs `f` with the projection hook of this model: its adapters (in `ab`'s buffers), or
@@ -357,8 +397,10 @@ impl<'a> Llama<'a> {
             };
             let chunk = &tokens[start..end];
             let model = self.infer.as_ref().unwrap_or(&self.model);
-            self.with_hook(ab, |hook| {
-                forward::forward_chunk(model, ws, cache, chunk, rows, hook)
+            self.with_layers(model, |src| {
+                self.with_hook(ab, |hook| {
+                    forward::forward_chunk(model, src, ws, cache, chunk, rows, hook)
+                })
             })?;
             start = end;
         }

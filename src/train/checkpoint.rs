@@ -268,6 +268,9 @@ pub fn config_differences(saved: &TrainConfig, now: &TrainConfig) -> Vec<String>
         c.init_adapter = None;
         c.out = PathBuf::new();
         c.threads = None;
+        // Streamed and mapped weights give bit-identical steps.
+        c.weights = super::config::WeightsMode::Auto;
+        c.storage_read_bytes_per_s = None;
         // How the run is watched may change on a resume; what it trains on may not.
         c.eval_every = 0;
         c.heldout = None;

@@ -11,33 +11,7 @@ use crate::adapters::LoraConfig;
 use crate::data::Format;
 use crate::{Error, Result};
 
-/// Which optimizer updates the adapter.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum OptimizerKind {
-    #[default]
-    AdamW,
-    Sgd,
-}
-
-/// The learning-rate decay after the warmup.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Decay {
-    #[default]
-    Constant,
-    Linear,
-    Cosine,
-}
-
-/// Where AdamW's moments live (`--optimizer-state ram|disk`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum StatePlace {
-    #[default]
-    Ram,
-    Disk,
-}
+pub use super::config_kinds::{Decay, OptimizerKind, StatePlace, WeightsMode};
 
 /// Where the replay conversations of `train --replay` come from (`train/replay.rs`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -124,6 +98,11 @@ pub struct TrainConfig {
     pub budget_bytes: Option<u64>,
     /// `mlock` the mapped weights.
     pub lock_weights: bool,
+    /// Mapped or streamed weights (`auto`: the plan decides from the budget).
+    pub weights: WeightsMode,
+    /// Sequential read speed of the model's storage in bytes/s, for the plan's estimate of a
+    /// streamed step's I/O time (from `--board`; `None`: not estimated).
+    pub storage_read_bytes_per_s: Option<f64>,
     /// Worker threads (`None`: rayon's default, one per core).
     pub threads: Option<usize>,
     /// General conversations mixed into the training rows (`None`: none).
@@ -195,6 +174,8 @@ impl Default for TrainConfig {
             optimizer_state_bits: 32,
             budget_bytes: None,
             lock_weights: false,
+            weights: WeightsMode::Auto,
+            storage_read_bytes_per_s: None,
             threads: None,
             replay: None,
             replay_ratio: 0.25,
@@ -223,6 +204,13 @@ impl TrainConfig {
         }
         if self.accum == 0 {
             return bad("--accum must be at least 1, got", "0".into());
+        }
+        if self.lock_weights && self.weights == WeightsMode::Stream {
+            return Err(Error::Invalid(
+                "train: --lock-weights keeps the whole map resident; --weights stream reads \
+                 layers as they run: choose one"
+                    .into(),
+            ));
         }
         if self.seq_len < 2 {
             return bad(

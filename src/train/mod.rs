@@ -6,6 +6,7 @@ pub mod adapter_set;
 pub mod checkpoint;
 pub mod checkpoint_manifest;
 pub mod config;
+mod config_kinds;
 pub mod embed_rows;
 pub mod engine;
 pub mod evaluate;
@@ -29,12 +30,13 @@ mod step_ids;
 pub mod step_kl;
 mod step_layer;
 pub mod step_reslora;
+mod step_weights;
 pub mod trainer;
 
 pub use adapter_set::{AdapterSet, target_shape, tensor_name};
 pub use config::{
     Decay, KL_ANCHOR_WITH_REPLAY, OptimizerKind, REPLAY_SELF_DEFAULT, Replay, StatePlace,
-    TrainConfig,
+    TrainConfig, WeightsMode,
 };
 pub use method::{BaseCopy, Method, MethodOptions, TaskWeights};
 pub use run::{run, run_on};

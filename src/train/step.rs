@@ -15,6 +15,7 @@
 use super::adapter_set::AdapterSet;
 use super::embed_rows::EmbeddingRows;
 use super::step_ids::{EMPTY, StepIds};
+use super::step_weights::{StepWeights, backward_next, forward_next};
 use crate::adapters::{Adapter, Pass};
 use crate::backend::{Backend, CpuBackend};
 use crate::data::{Batch, IGNORE};
@@ -22,6 +23,7 @@ use crate::memory::arena::Arena;
 use crate::memory::plan::{
     AdapterShape, Category, LlamaSchedule, Loss, Plan, TARGETS, TrainShape, llama_training_plan,
 };
+use crate::model::stream::{StreamStats, WeightStream};
 use crate::model::{BackendModel, LlamaConfig};
 use crate::{Error, Result};
 
@@ -48,6 +50,8 @@ pub struct TrainStep {
     pub(super) segments: Vec<(usize, usize)>,
     /// The embedding gather by positioned reads ([`EmbeddingRows`]); `None`: through the map.
     embed_rows: Option<EmbeddingRows>,
+    /// Streamed layer weights (`--weights stream`, model/stream.rs); `None`: the model's own.
+    stream: Option<WeightStream>,
     /// ResLoRA's cross-layer module inputs and pending gradients (`None` without ResLoRA).
     pub(super) res: Option<super::step_reslora::ResStore>,
     /// Multi-task loss (MT-LoRA, docs/METHODS.md#mt-lora, #task-weights): the task of each row of
@@ -136,6 +140,7 @@ impl TrainStep {
             targets: vec![IGNORE; t],
             segments: Vec::with_capacity(t),
             embed_rows: None,
+            stream: None,
             res,
             row_tasks: vec![0; rows],
             task_weights: Vec::new(),
@@ -157,6 +162,32 @@ impl TrainStep {
         }
         self.embed_rows = Some(rows);
         Ok(())
+    }
+
+    /// Reads the layers (and the head) through `stream` instead of the model's map: the same
+    /// arithmetic on the same bytes, so losses and gradients are bit-identical.
+    pub fn set_weight_stream(&mut self, stream: WeightStream) -> Result<()> {
+        if stream.n_layer() != self.cfg.n_layer {
+            return Err(Error::Invalid(format!(
+                "training step: the weight stream has {} layers, the model {}",
+                stream.n_layer(),
+                self.cfg.n_layer
+            )));
+        }
+        self.stream = Some(stream);
+        Ok(())
+    }
+
+    /// The weight stream's counters (`None` when the weights are mapped).
+    pub fn stream_stats(&self) -> Option<StreamStats> {
+        self.stream.as_ref().map(WeightStream::stats)
+    }
+
+    /// Bytes the weight stream holds (staging buffers and the resident head; 0 when mapped).
+    pub fn stream_bytes(&self) -> usize {
+        self.stream
+            .as_ref()
+            .map_or(0, |s| s.staging_bytes() + s.head_bytes())
     }
 
     /// The packed plan (for reports).
@@ -225,24 +256,53 @@ impl TrainStep {
             ));
         }
         self.check_model(model)?;
-        let pass = self.prepare(model, batch, true, seed)?;
+        let mut stream = self.stream.take();
+        let mut w = StepWeights {
+            model,
+            stream: stream.as_mut(),
+        };
+        let result = self.micro_batch_on(&mut w, set, batch, loss_scale, first, seed);
+        self.stream = stream;
+        result
+    }
+
+    fn micro_batch_on(
+        &mut self,
+        w: &mut StepWeights<'_, '_>,
+        set: &AdapterSet,
+        batch: &Batch,
+        loss_scale: f32,
+        first: bool,
+        seed: u64,
+    ) -> Result<f64> {
+        let m = w.model;
+        let pass = self.prepare(w, batch, true, seed)?;
         // The KL anchor: the base model's hidden states first (step_kl.rs).
         let anchored = self.weigh_anchored_tokens(batch);
         if anchored {
-            self.base_pass(model, set, pass)?;
+            self.base_pass(w, set, pass)?;
         }
-        self.forward_all(model, set, pass)?;
-        let loss = self.loss(model, loss_scale, anchored)?;
+        // Nothing below the lowest adapted layer is trained: the backward stops there.
+        let n_layer = self.cfg.n_layer;
+        let lowest = set.first_adapted_layer().unwrap_or(n_layer);
+        self.forward_all(
+            w,
+            set,
+            pass,
+            n_layer.checked_sub(2).filter(|&l| l >= lowest),
+        )?;
+        let loss = self.loss(w, loss_scale, anchored)?;
         if let Some(r) = &mut self.res {
             r.clear_pending();
         }
-        // Nothing below the lowest adapted layer is trained: the backward stops there.
-        let lowest = set.first_adapted_layer().unwrap_or(self.cfg.n_layer);
-        for l in (lowest..self.cfg.n_layer).rev() {
-            if self.shape.checkpointing {
-                self.layer_forward(model, Phase::Recompute, l, set, pass)?;
-            }
-            self.layer_backward(model, l, set, pass, first)?;
+        let checkpointing = self.shape.checkpointing;
+        for l in (lowest..n_layer).rev() {
+            w.layer(l, backward_next(l, lowest), &mut |lw| {
+                if checkpointing {
+                    self.layer_forward(m, lw, Phase::Recompute, l, set, pass)?;
+                }
+                self.layer_backward(m, lw, l, set, pass, first)
+            })?;
         }
         Ok(loss)
     }
@@ -256,9 +316,18 @@ impl TrainStep {
         batch: &Batch,
     ) -> Result<(f64, usize)> {
         self.check_model(model)?;
-        let pass = self.prepare(model, batch, false, 0)?;
-        self.forward_all(model, set, pass)?;
-        let loss = self.loss(model, 0.0, false)?;
+        let mut stream = self.stream.take();
+        let mut w = StepWeights {
+            model,
+            stream: stream.as_mut(),
+        };
+        let result = (|| {
+            let pass = self.prepare(&w, batch, false, 0)?;
+            self.forward_all(&mut w, set, pass, Some(0))?;
+            self.loss(&w, 0.0, false)
+        })();
+        self.stream = stream;
+        let loss = result?;
         let counted = self.targets.iter().filter(|&&t| t != IGNORE).count();
         Ok((loss, counted))
     }
@@ -306,7 +375,7 @@ impl TrainStep {
 
     fn prepare(
         &mut self,
-        m: &BackendModel<'_, CpuBackend>,
+        w: &StepWeights<'_, '_>,
         batch: &Batch,
         training: bool,
         seed: u64,
@@ -341,7 +410,7 @@ impl TrainStep {
             .views_mut_at(self.sched.embed(), [self.ids.layers[0].x])?;
         match &mut self.embed_rows {
             Some(rows) => rows.gather(&batch.ids, x0)?,
-            None => CpuBackend.embedding(&m.token_embd, &batch.ids, x0)?,
+            None => CpuBackend.embedding(&w.embedding()?, &batch.ids, x0)?,
         }
         Ok(Pass {
             n: b * l,
@@ -350,14 +419,19 @@ impl TrainStep {
         })
     }
 
-    fn forward_all(
+    /// Every layer's forward; `then`: the layer asked for after the last one.
+    pub(super) fn forward_all(
         &mut self,
-        m: &BackendModel<'_, CpuBackend>,
+        w: &mut StepWeights<'_, '_>,
         set: &AdapterSet,
         pass: Pass,
+        then: Option<usize>,
     ) -> Result<()> {
-        for l in 0..self.cfg.n_layer {
-            self.layer_forward(m, Phase::Forward, l, set, pass)?;
+        let (m, n) = (w.model, self.cfg.n_layer);
+        for l in 0..n {
+            w.layer(l, forward_next(l, n, then), &mut |lw| {
+                self.layer_forward(m, lw, Phase::Forward, l, set, pass)
+            })?;
         }
         Ok(())
     }
@@ -365,12 +439,9 @@ impl TrainStep {
     /// Final norm, chunked cross-entropy (gradient scaled by `scale`; with the KL anchor's
     /// term on replay rows when `anchored`) and the final norm's backward into `dres`.
     /// Returns `Σ loss` (the cross-entropy only: the KL sum is in [`TrainStep::last_kl`]).
-    fn loss(
-        &mut self,
-        m: &BackendModel<'_, CpuBackend>,
-        scale: f32,
-        anchored: bool,
-    ) -> Result<f64> {
+    fn loss(&mut self, w: &StepWeights<'_, '_>, scale: f32, anchored: bool) -> Result<f64> {
+        let m = w.model;
+        let output = w.output()?;
         let (ids, s) = (&self.ids, &self.sched);
         let eps = self.cfg.rms_eps;
         let be = CpuBackend;
@@ -393,7 +464,7 @@ impl TrainStep {
             }
             Self::anchored_loss(
                 &mut self.kl,
-                m,
+                &output,
                 &self.targets,
                 norm,
                 scale,
@@ -402,7 +473,7 @@ impl TrainStep {
                 dh,
             )?
         } else if self.task_weights.is_empty() {
-            be.cross_entropy(norm, &m.output, &self.targets, scale, chunk, logits, dh)?
+            be.cross_entropy(norm, &output, &self.targets, scale, chunk, logits, dh)?
         } else {
             // Multi-task loss: one cross-entropy per row, scaled by its task's weight.
             let (l, d) = (self.shape.seq_len, self.cfg.dim);
@@ -414,7 +485,7 @@ impl TrainStep {
                 let tg = &self.targets[t0..t1];
                 let lr = be.cross_entropy(
                     &norm[t0 * d..t1 * d],
-                    &m.output,
+                    &output,
                     tg,
                     w,
                     chunk,

@@ -19,12 +19,14 @@
 
 use super::adapter_set::AdapterSet;
 use super::step::TrainStep;
+use super::step_weights::StepWeights;
 use crate::adapters::Pass;
 use crate::backend::cpu::cross_entropy_kl::{AnchoredLoss, cross_entropy_kl};
 use crate::backend::{Backend, CpuBackend};
 use crate::data::{Batch, IGNORE};
 use crate::memory::plan::Loss;
-use crate::model::{BackendModel, LlamaConfig};
+use crate::model::LlamaConfig;
+use crate::quant::matmul::QuantMatrix;
 use crate::{Error, Result};
 
 /// The anchor's weight and buffers (see the module docs).
@@ -109,7 +111,7 @@ impl TrainStep {
     /// `base_h`. The usual forward runs after it and overwrites every buffer it wrote.
     pub(super) fn base_pass(
         &mut self,
-        model: &BackendModel<'_, CpuBackend>,
+        w: &mut StepWeights<'_, '_>,
         set: &AdapterSet,
         pass: Pass,
     ) -> Result<()> {
@@ -117,9 +119,10 @@ impl TrainStep {
             training: false,
             ..pass
         };
+        let model = w.model;
         self.adapters_off = true;
-        let run = (0..self.cfg.n_layer)
-            .try_for_each(|l| self.layer_forward(model, super::step::Phase::Forward, l, set, pass));
+        // The usual forward follows, from layer 0.
+        let run = self.forward_all(w, set, pass, Some(0));
         self.adapters_off = false;
         run?;
         let at = self.sched.loss(Loss::FinalNorm);
@@ -136,7 +139,7 @@ impl TrainStep {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn anchored_loss(
         kl: &mut Option<KlAnchor>,
-        m: &BackendModel<'_, CpuBackend>,
+        output: &QuantMatrix<'_>,
         targets: &[i32],
         norm: &[f32],
         scale: f32,
@@ -150,7 +153,7 @@ impl TrainStep {
         let AnchoredLoss { ce, kl } = cross_entropy_kl(
             norm,
             &k.base_h,
-            &m.output,
+            output,
             targets,
             &k.token_weights,
             scale,

@@ -27,6 +27,7 @@ use crate::adapters::{Adapter, Pass};
 use crate::backend::{AttentionDims, Backend, CpuBackend, RopeDims};
 use crate::memory::arena::Arena;
 use crate::memory::plan::{BufferId, Bwd, Fwd};
+use crate::model::forward::BackendLayer;
 use crate::model::{BackendModel, LlamaConfig};
 use crate::train::AdapterSet;
 
@@ -174,18 +175,18 @@ fn att_dims(cfg: &LlamaConfig, n_tokens: usize) -> AttentionDims {
 }
 
 impl TrainStep {
-    /// The forward of layer `l` from its saved input: in [`Phase::Forward`] into the forward
+    /// The forward of layer `l` (weights `lw`, from the map or a stream) from its saved input: in [`Phase::Forward`] into the forward
     /// buffers, writing `x_{l+1}`; in [`Phase::Recompute`] into the saved-for-backward buffers.
     pub(super) fn layer_forward(
         &mut self,
         m: &BackendModel<'_, CpuBackend>,
+        lw: &BackendLayer<'_, CpuBackend>,
         phase: Phase,
         l: usize,
         set: &AdapterSet,
         pass: Pass,
     ) -> Result<()> {
         let be = CpuBackend;
-        let lw = &m.layers[l];
         let li = self.ids.layers[l];
         let (a, next) = match phase {
             Phase::Forward => (li.fwd, Some(self.ids.next_x(l))),
@@ -354,13 +355,13 @@ impl TrainStep {
     pub(super) fn layer_backward(
         &mut self,
         m: &BackendModel<'_, CpuBackend>,
+        lw: &BackendLayer<'_, CpuBackend>,
         l: usize,
         set: &AdapterSet,
         pass: Pass,
         first: bool,
     ) -> Result<()> {
         let be = CpuBackend;
-        let lw = &m.layers[l];
         let li = self.ids.layers[l];
         let a = li.saved;
         let s = self.sched;

@@ -31,6 +31,7 @@ use crate::memory::budget;
 use crate::memory::plan::TrainShape;
 use crate::memory::rss::{MemoryUsage, memory_usage};
 use crate::model::Llama;
+use crate::model::finite::ScanReads;
 use crate::tokenizer::{Tokenizer, vocab::KEY_EOS};
 use crate::{Error, Result};
 
@@ -100,6 +101,10 @@ pub struct Summary {
     pub evals: Vec<EvalPoint>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub best: Option<BestPoint>,
+    /// Streamed weights: this process's layer reads, bytes, and the seconds the reader read and
+    /// the compute waited for it (the rest of `elapsed_s` is compute).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub streamed: Option<crate::model::stream::StreamStats>,
 }
 
 /// A loaded, planned training run over one mapped model.
@@ -147,6 +152,8 @@ impl<'f> Trainer<'f> {
         // The plan from the header alone: over budget, refuse before allocating anything.
         let planned = budget::plan_training(file, cfg)?;
         planned.breakdown.check()?;
+        // Streamed layers (`--weights stream`, or the plan's choice under a small budget).
+        let streamed = super::step_weights::plans_streaming(file, &planned)?;
         if cfg.lock_weights {
             file.lock()?;
         }
@@ -155,11 +162,14 @@ impl<'f> Trainer<'f> {
         llama.set_train_compute(cfg.compute)?;
         let model_cfg = llama.config().clone();
         // NaN/Inf in the base weights: named now, not met as a NaN loss at step 1.
-        let scan = crate::model::finite::check_weights(
-            file,
-            &model_cfg,
-            EmbeddingRows::applies(file, cfg.lock_weights),
-        )?;
+        let reads = if streamed {
+            ScanReads::All
+        } else if EmbeddingRows::applies(file, cfg.lock_weights) {
+            ScanReads::Embedding
+        } else {
+            ScanReads::Map
+        };
+        let scan = crate::model::finite::check_weights(file, &model_cfg, reads)?;
         log::info!(
             "weights checked finite: {} tensors, {} values in {:.3} s",
             scan.tensors,
@@ -278,6 +288,10 @@ impl<'f> Trainer<'f> {
         if let Some(rows) = EmbeddingRows::for_file(file, step.tokens(), cfg.lock_weights)? {
             step.set_embedding_rows(rows)?;
         }
+        if streamed {
+            super::step_weights::attach_stream(&mut step, file, &llama, cfg.compute)?;
+            log_memory("weights streamed, map released");
+        }
         if step.plan().arena_bytes() != planned.plan.arena_bytes() {
             log::warn!(
                 "the step's arena ({} bytes) differs from the budget plan's ({} bytes)",
@@ -349,6 +363,13 @@ impl<'f> Trainer<'f> {
     /// allocated other than planned) and the CPU arena freed.
     /// `file` is the one the trainer was made from.
     pub fn use_device(&mut self, file: &'f GgufFile, device: super::engine::Device) -> Result<()> {
+        if self.step.stream_stats().is_some() && !matches!(device, super::engine::Device::Cpu) {
+            return Err(Error::Invalid(
+                "streamed weights run on the CPU step only; a device step uploads every layer \
+                 (use --weights map with --device cuda)"
+                    .into(),
+            ));
+        }
         let (cpu_total, arena) = (self.planned_bytes, self.step.arena_bytes() as u64);
         let chunk = self.step.shape.ce_chunk;
         let Some((engine, total)) = super::engine::Engine::planned(

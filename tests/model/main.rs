@@ -7,3 +7,4 @@ mod model_support;
 mod config;
 mod decode_batch;
 mod forward;
+mod stream;

@@ -157,6 +157,7 @@ impl<'a> CudaLlama<'a> {
             };
             forward::forward_chunk(
                 &self.model,
+                &mut &self.model,
                 ws,
                 cache,
                 &tokens[start..end],

@@ -1,5 +1,5 @@
-//! `--backend cpu|cuda|auto` and `--weights auto|map|upload`, shared by generate, perplexity,
-//! train and bench train. Resolution never panics: `cuda` without the feature or without a
+//! `--backend cpu|cuda|auto` and `--weights auto|map|upload|stream`, shared by generate,
+//! perplexity, train and bench train. Resolution never panics: `cuda` without the feature or without a
 //! driver is an error saying why; `auto` falls back to the CPU and prints a one-line notice.
 
 use clap::ValueEnum;
@@ -19,12 +19,29 @@ pub enum BackendArg {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum WeightsArg {
-    /// Map in place on integrated GPUs with host registration, else upload.
+    /// CPU training: mapped, unless the budget is below what mapping needs and streaming fits
+    /// it. CUDA: map in place on integrated GPUs with host registration, else upload.
     Auto,
-    /// Read the mapped GGUF in place (cuMemHostRegister, read-only); falls back to upload.
+    /// Read the mapped GGUF in place (CUDA: cuMemHostRegister, read-only; falls back to upload).
     Map,
-    /// Copy the weights to device memory once.
+    /// CUDA: copy the weights to device memory once.
     Upload,
+    /// CPU training: read each layer from the file into one of two staging buffers as it runs
+    /// (the next read overlapping the compute), the output head once; memory no longer grows
+    /// with the model.
+    Stream,
+}
+
+impl WeightsArg {
+    /// The training step's weights mode (`upload` concerns the CUDA backend only).
+    pub fn train_mode(self) -> edgetune::train::WeightsMode {
+        use edgetune::train::WeightsMode;
+        match self {
+            WeightsArg::Auto | WeightsArg::Upload => WeightsMode::Auto,
+            WeightsArg::Map => WeightsMode::Map,
+            WeightsArg::Stream => WeightsMode::Stream,
+        }
+    }
 }
 
 #[derive(clap::Args, Clone, Copy, Debug)]
@@ -32,7 +49,7 @@ pub struct BackendArgs {
     /// Compute backend.
     #[arg(long, value_enum, default_value = "cpu")]
     pub backend: BackendArg,
-    /// How the CUDA backend reads the weights (ignored on the CPU).
+    /// How the weights are read (see the values; `stream` is for CPU training).
     #[arg(long, value_enum, default_value = "auto")]
     pub weights: WeightsArg,
 }
@@ -62,6 +79,13 @@ impl BackendArgs {
                 WeightsArg::Auto => WeightsMode::Auto,
                 WeightsArg::Map => WeightsMode::Map,
                 WeightsArg::Upload => WeightsMode::Upload,
+                WeightsArg::Stream => {
+                    return Err(edgetune::Error::Invalid(
+                        "--weights stream: the CUDA backend uploads or maps every layer; \
+                         streaming runs on the CPU backend (--backend cpu)"
+                            .into(),
+                    ));
+                }
             };
             CudaBackend::with_weights(0, mode)
         };

@@ -55,6 +55,10 @@ pub struct Args {
     /// Print the report as JSON (pass_rate, passed, total, by_lang, failures).
     #[arg(long)]
     json: bool,
+    /// `stream`: read each layer from the file as it runs (two staging buffers; the head
+    /// once) instead of mapping the weights, for a model larger than the memory at hand.
+    #[arg(long, value_enum, default_value = "auto")]
+    weights: crate::backend_args::WeightsArg,
     // f32 by default: pass rates comparable across machines and with `train --eval-every`.
     #[command(flatten)]
     compute: ComputeArgsF32,
@@ -73,6 +77,9 @@ pub fn run(args: Args) -> Result<()> {
     let file = GgufFile::open(&args.model)?;
     let mut llama = Llama::load(&file)?;
     llama.set_compute(args.compute.get())?;
+    if args.weights == crate::backend_args::WeightsArg::Stream {
+        llama.stream_weights(&file)?;
+    }
     if let Some(path) = &args.adapter {
         let set = edgetune::export::load_scaled(path, llama.config(), args.adapter_scale)?;
         llama.set_adapters(Some(Arc::new(set)))?;

@@ -50,6 +50,9 @@ pub fn run(args: Args) -> Result<()> {
         Chosen::Cpu => {
             let mut llama = Llama::load(&file)?;
             llama.set_compute(args.compute.get())?;
+            if args.backend.weights == crate::backend_args::WeightsArg::Stream {
+                llama.stream_weights(&file)?;
+            }
             if let Some(path) = &args.adapter {
                 let set = edgetune::export::load_scaled(path, llama.config(), args.adapter_scale)?;
                 llama.set_adapters(Some(std::sync::Arc::new(set)))?;

@@ -35,6 +35,11 @@ pub struct Args {
     shape: ShapeArgs,
     #[command(flatten)]
     budget: BudgetArgs,
+    /// How training reads the frozen weights: `map` (every page a step reads stays resident),
+    /// `stream` (each layer read into one of two staging buffers as it runs; the head once), or
+    /// `auto` (mapped unless the budget is below what mapping needs and streaming fits it).
+    #[arg(long, value_name = "auto|map|stream", default_value = "auto")]
+    weights: edgetune::train::WeightsMode,
     #[command(flatten)]
     method: MethodArgs,
     /// Worker threads (default: the board's cores, else this machine's).
@@ -56,6 +61,7 @@ pub fn run(args: Args) -> Result<()> {
     };
     args.shape.apply(&mut cfg)?;
     let board = args.budget.apply(&mut cfg)?;
+    cfg.weights = args.weights;
     args.method.apply(&mut cfg)?;
     if let Some(data) = &args.data {
         cfg.data = data.clone();

@@ -136,8 +136,9 @@ fn parse_targets(list: &[String]) -> Result<Vec<Target>> {
 /// The memory budget: a board profile's process budget, or a size.
 #[derive(Clone, Debug, clap::Args)]
 pub struct BudgetArgs {
-    /// A board profile (orin-nano-8gb, orin-nano-super-8gb, orin-nx-16gb, agx-orin-64gb,
-    /// xavier-nx-8gb, host): its process budget, and its CPU cores for the thread count.
+    /// A board profile (orin-nano-4gb, orin-nano-8gb, orin-nano-super-8gb, orin-nx-16gb,
+    /// agx-orin-64gb, xavier-nx-8gb, host): its process budget, its CPU cores for the thread
+    /// count, and its storage read speed for a streamed step's I/O estimate.
     #[arg(long, value_name = "NAME", conflicts_with = "budget")]
     pub board: Option<String>,
     /// The memory budget of the whole process (5.5GiB, 6GB, 512MiB, bytes).
@@ -174,6 +175,10 @@ impl BudgetArgs {
             None => self.resolve()?,
         };
         cfg.lock_weights = self.lock_weights;
+        cfg.storage_read_bytes_per_s = board
+            .as_ref()
+            .and_then(|b| b.storage_read_mb_s)
+            .map(|mb| mb * 1e6);
         if let (Some(b), None) = (&board, cfg.threads) {
             cfg.threads = Some(b.cpu_cores);
         }

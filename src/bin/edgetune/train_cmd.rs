@@ -224,6 +224,7 @@ impl Args {
         }
         self.shape.apply(&mut cfg)?;
         self.budget.apply(&mut cfg)?;
+        cfg.weights = self.backend.weights.train_mode();
         self.method.apply(&mut cfg)?;
         cfg.validate()?;
         Ok(cfg)

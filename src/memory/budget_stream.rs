@@ -1,0 +1,98 @@
+//! The plan's side of streamed weights (`--weights stream`, model/stream.rs): which tensors
+//! are streamed, what the two staging buffers hold, and how many layer reads and bytes a step
+//! costs, with the least time those reads take at the board's storage speed.
+
+use serde::Serialize;
+
+use super::budget::ModelWeights;
+use crate::Result;
+use crate::train::TrainConfig;
+
+/// Streamed layer weights (model/stream.rs): what is held instead of the layers, and what a
+/// step reads.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct StreamedLayers {
+    /// Layers streamed, and the bytes of their matrices in the file.
+    pub layers: usize,
+    pub layer_file_bytes: u64,
+    /// Two staging buffers of the largest layer (its seven matrices, 64-byte aligned each).
+    pub staging_bytes: u64,
+    /// The output head read once into an owned buffer (the tied `token_embd`, or `output`).
+    pub head_bytes: u64,
+    /// Layer reads per optimizer step: per micro-batch the forward (every layer; layer 0 is
+    /// still staged from the previous backward when that reached it), the backward down to
+    /// the lowest adapted layer (its top layer is the forward's last), and with the KL anchor
+    /// a base forward on micro-batches that hold replay rows (counted on all of them here).
+    pub reads_per_step: u64,
+    pub read_bytes_per_step: u64,
+    /// `read_bytes_per_step` at the storage's sequential read speed (the board's), in seconds;
+    /// the reads overlap the compute, so this is a floor on the step time, not an addition.
+    pub io_s_per_step: Option<f64>,
+    /// Why the layers are streamed (`--weights stream`, or the plan's reason).
+    pub reason: String,
+}
+
+/// Whether `name` is one of the seven matrices of a block (streamed under `--weights stream`).
+pub(super) fn is_layer_matrix(name: &str) -> bool {
+    name.strip_prefix("blk.").is_some_and(|rest| {
+        [
+            "attn_q",
+            "attn_k",
+            "attn_v",
+            "attn_output",
+            "ffn_gate",
+            "ffn_up",
+            "ffn_down",
+        ]
+        .iter()
+        .any(|m| rest.ends_with(&format!(".{m}.weight")))
+    })
+}
+
+/// The staging and the reads of streamed layers (the head's bytes are in `by_type` already).
+pub(super) fn streamed_layers(model: &ModelWeights, cfg: &TrainConfig) -> Result<StreamedLayers> {
+    let n = model.config.n_layer;
+    let mut largest = 0u64;
+    let mut total = 0u64;
+    for l in 0..n {
+        let prefix = format!("blk.{l}.");
+        let mut at = 0u64;
+        for t in model
+            .tensors
+            .iter()
+            .filter(|t| t.name.starts_with(&prefix) && is_layer_matrix(&t.name))
+        {
+            at = at.div_ceil(64) * 64 + t.n_bytes;
+            total += t.n_bytes;
+        }
+        largest = largest.max(at.div_ceil(64) * 64);
+    }
+    let head = model
+        .tensors
+        .iter()
+        .find(|t| t.name == "output.weight")
+        .or_else(|| model.tensors.iter().find(|t| t.name == "token_embd.weight"))
+        .map_or(0, |t| t.n_bytes);
+    let lowest = cfg.lora.layers.map_or(0, |r| r.first.min(n));
+    let n64 = n as u64;
+    // Forward n (the first micro-batch's layer 0 included), backward n − lowest − 1 (its top
+    // layer is staged), the KL anchor's base forward n more.
+    let per_micro =
+        n64 + (n64 - lowest as u64).saturating_sub(1) + if cfg.kl_anchor > 0.0 { n64 } else { 0 };
+    let reads = per_micro * cfg.accum as u64;
+    let mean_layer = total.checked_div(n64).unwrap_or(0);
+    let read_bytes = reads * mean_layer;
+    Ok(StreamedLayers {
+        layers: n,
+        layer_file_bytes: total,
+        staging_bytes: 2 * largest,
+        head_bytes: head,
+        reads_per_step: reads,
+        read_bytes_per_step: read_bytes,
+        io_s_per_step: cfg
+            .storage_read_bytes_per_s
+            .filter(|r| *r > 0.0)
+            .map(|r| read_bytes as f64 / r),
+        reason: "--weights stream".into(),
+    })
+}

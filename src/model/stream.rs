@@ -1,0 +1,434 @@
+//! Streamed frozen weights (`--weights stream`): each layer's seven matrices are read from the
+//! model file with positioned reads into one of two staging buffers, the next layer's read
+//! running on a background thread while the current layer computes, so the process holds two
+//! layers of weights instead of the whole file.
+//!
+//! # Why
+//!
+//! Mapped weights stay resident once a step has read them: the memory floor is the file (Llama
+//! 3.1 70B Q4_0: 37 GiB; 8B Q4_K_M: 4.6 GiB). A step needs layer `l`'s weights only while layer
+//! `l` runs, and reads them twice (forward; recompute + backward), so two staging buffers of the
+//! largest layer (70B Q4_0: 2 × 0.45 GiB) replace the map. Reads go through the page cache,
+//! which is the kernel's memory, not the process's; nothing of the map is touched.
+//!
+//! # Schedule
+//!
+//! [`LayerSource::with_layer`]`(l, next, f)` runs `f` on layer `l` and, while `f` runs, reads
+//! `next` into the other buffer. The training step asks for `0, 1, …, L−1` (forward), then
+//! `L−1, …, 0` (recompute + backward): the turn at the top reuses layer `L−1` and the next
+//! step's forward starts on layer 0, still staged — `2L − 2` layer reads per micro-batch. A
+//! layer asked for out of that order is read synchronously (correct, only slower).
+//!
+//! The output head stays resident in an owned buffer read once (the untied `output.weight`,
+//! or the tied `token_embd` that is also the head): the cross-entropy reads all of it for
+//! every chunk of tokens. The untied embedding is gathered by rows (`train::embed_rows`).
+//!
+//! Nothing is allocated per layer: the buffers, the reader thread and its bounded channels are
+//! made once in [`WeightStream::open`].
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use super::config::LlamaConfig;
+use super::forward::{BackendLayer, BackendModel};
+use super::stream_io::{
+    Filled, QuantMatrixSpec, Request, Span, Staging, bytes_of, layer_spans, lines_for, read_head,
+    read_layer, reopen, spawn_reader,
+};
+use super::weights::LlamaWeights;
+use crate::backend::{Backend, CpuBackend};
+use crate::gguf::GgufFile;
+use crate::quant::Compute;
+use crate::quant::matmul::QuantMatrix;
+use crate::{Error, Result};
+
+/// Runs a closure on one layer's weights, wherever they live.
+pub trait LayerSource<B: Backend> {
+    /// Runs `f` on layer `l`'s weights; `next` is the layer that will be asked for after it
+    /// (a streamed source reads it meanwhile).
+    fn with_layer(
+        &mut self,
+        l: usize,
+        next: Option<usize>,
+        f: &mut dyn FnMut(&BackendLayer<'_, B>) -> Result<()>,
+    ) -> Result<()>;
+
+    /// The output head when the source holds its own copy (`None`: the model's).
+    fn head(&self) -> Result<Option<B::Weight<'_>>> {
+        Ok(None)
+    }
+
+    /// The embedding table when the source holds its own copy (the tied head; `None`: the
+    /// model's, gathered through the map).
+    fn embedding(&self) -> Result<Option<B::Weight<'_>>> {
+        Ok(None)
+    }
+}
+
+/// Mapped (or device-resident) weights: every layer is there already.
+impl<B: Backend> LayerSource<B> for &BackendModel<'_, B> {
+    fn with_layer(
+        &mut self,
+        l: usize,
+        _next: Option<usize>,
+        f: &mut dyn FnMut(&BackendLayer<'_, B>) -> Result<()>,
+    ) -> Result<()> {
+        let lw = self.layers.get(l).ok_or_else(|| {
+            Error::Invalid(format!(
+                "layer {l} asked for; the model has {}",
+                self.layers.len()
+            ))
+        })?;
+        f(lw)
+    }
+}
+
+/// Counters of a stream's reads, summed since it opened.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct StreamStats {
+    /// Layer reads (each the layer's seven matrices).
+    pub layer_reads: u64,
+    pub bytes_read: u64,
+    /// Seconds the reader spent in `pread` (overlapped with the compute where prefetched).
+    pub read_s: f64,
+    /// Seconds the compute waited for a layer that was not staged yet.
+    pub wait_s: f64,
+}
+
+/// Two staging buffers and a reader thread over one model file.
+pub struct WeightStream {
+    path: PathBuf,
+    spans: Vec<[Span; 7]>,
+    /// Per layer: the decoded `attn_norm` / `ffn_norm` (moved into the [`BackendLayer`] built
+    /// for a call, moved back after it).
+    norms: Vec<(Vec<f32>, Vec<f32>)>,
+    /// The layer staged in `current` and its buffer.
+    current: Option<(usize, Staging)>,
+    /// The buffers neither current nor being read into (two at the start).
+    idle: Vec<Staging>,
+    /// The layer being read into the other buffer.
+    pending: Option<usize>,
+    requests: Option<SyncSender<Request>>,
+    filled: Receiver<Filled>,
+    reader: Option<JoinHandle<()>>,
+    /// The synchronous path's own handle (a read out of order).
+    file: File,
+    staging_bytes: usize,
+    head: Option<(QuantMatrixSpec, Staging)>,
+    /// The head is the tied `token_embd` (it is the embedding table too).
+    tied: bool,
+    compute: Compute,
+    stats: StreamStats,
+}
+
+impl std::fmt::Debug for WeightStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WeightStream")
+            .field("path", &self.path)
+            .field("layers", &self.spans.len())
+            .field("staging_bytes", &self.staging_bytes)
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
+impl WeightStream {
+    /// Whether `file` can be streamed: a mapped file on a platform with positioned reads (a file
+    /// held in memory has nothing to stream from).
+    pub fn applies(file: &GgufFile) -> bool {
+        cfg!(unix) && file.is_mapped()
+    }
+
+    /// Plans the spans of every layer of `weights` (views of `file`, checked by
+    /// [`LlamaWeights::from_gguf`]), allocates the two staging buffers and the resident head,
+    /// and starts the reader. `compute` is the arithmetic the staged matrices are multiplied
+    /// with (as [`LlamaWeights::with_compute`]).
+    pub fn open(
+        file: &GgufFile,
+        cfg: &LlamaConfig,
+        weights: &LlamaWeights<'_>,
+        compute: Compute,
+    ) -> Result<WeightStream> {
+        if !Self::applies(file) {
+            return Err(Error::Invalid(format!(
+                "{}: streamed weights need a mapped file on a platform with positioned reads",
+                file.path().display()
+            )));
+        }
+        let path = file.path().to_path_buf();
+        let (spans, staging_bytes) = layer_spans(file, cfg.n_layer)?;
+        let norms = weights
+            .layers
+            .iter()
+            .map(|l| (l.attn_norm.clone(), l.ffn_norm.clone()))
+            .collect();
+        let handle = reopen(file)?;
+        // The head: read once into an owned buffer (the tied table doubles as the embedding).
+        let head_name = if weights.tied_output {
+            "token_embd.weight"
+        } else {
+            "output.weight"
+        };
+        let (spec, head) = read_head(file, &handle, head_name)?;
+        let (req_tx, fill_rx, reader) = spawn_reader(file, spans.clone())?;
+        log::info!(
+            "{}: streaming {} layers through 2 × {:.1} MiB staging; head {head_name} resident ({:.1} MiB)",
+            path.display(),
+            cfg.n_layer,
+            staging_bytes as f64 / 1048576.0,
+            spec.bytes as f64 / 1048576.0
+        );
+        Ok(WeightStream {
+            path,
+            spans,
+            norms,
+            current: None,
+            idle: vec![lines_for(staging_bytes), lines_for(staging_bytes)],
+            pending: None,
+            requests: Some(req_tx),
+            filled: fill_rx,
+            reader: Some(reader),
+            file: handle,
+            staging_bytes,
+            head: Some((spec, head)),
+            tied: weights.tied_output,
+            compute,
+            stats: StreamStats::default(),
+        })
+    }
+
+    /// The arithmetic the staged matrices and the head are multiplied with from now on.
+    pub fn set_compute(&mut self, compute: Compute) {
+        self.compute = compute;
+    }
+
+    /// Layers the stream serves.
+    pub fn n_layer(&self) -> usize {
+        self.spans.len()
+    }
+
+    /// Bytes of the two staging buffers.
+    pub fn staging_bytes(&self) -> usize {
+        2 * self.staging_bytes
+    }
+
+    /// Bytes of the resident head.
+    pub fn head_bytes(&self) -> usize {
+        self.head.as_ref().map_or(0, |(s, _)| s.bytes)
+    }
+
+    /// Layer `l`'s matrix bytes.
+    pub fn layer_bytes(&self, l: usize) -> u64 {
+        self.spans
+            .get(l)
+            .map_or(0, |s| s.iter().map(|s| s.bytes as u64).sum())
+    }
+
+    pub fn stats(&self) -> StreamStats {
+        self.stats
+    }
+
+    /// Whether the head is the tied embedding table.
+    pub fn head_is_embedding(&self) -> bool {
+        self.tied
+    }
+
+    /// The resident output head (`[n_vocab, dim]`).
+    pub fn head(&self) -> Result<QuantMatrix<'_>> {
+        let (s, buf) = self
+            .head
+            .as_ref()
+            .ok_or_else(|| Error::Invalid("weight stream: no head".into()))?;
+        Ok(
+            QuantMatrix::new(s.ty, s.rows, s.cols, &bytes_of(buf)[..s.bytes])?
+                .with_compute(self.compute),
+        )
+    }
+
+    /// Waits for the read in flight, returning its buffer to `idle` (or, when it is `want`,
+    /// making it current).
+    fn finish_pending(&mut self, want: Option<usize>) -> Result<()> {
+        let Some(layer) = self.pending.take() else {
+            return Ok(());
+        };
+        let t0 = Instant::now();
+        let filled = self.filled.recv().map_err(|_| {
+            Error::Invalid(format!(
+                "{}: the weight reader stopped (reading layer {layer})",
+                self.path.display()
+            ))
+        })?;
+        self.stats.wait_s += t0.elapsed().as_secs_f64();
+        self.stats.read_s += filled.read.as_secs_f64();
+        self.stats.layer_reads += 1;
+        self.stats.bytes_read += self.layer_bytes(filled.layer);
+        let ok = filled.result.is_ok();
+        if ok && want == Some(filled.layer) {
+            self.make_current(filled.layer, filled.buf);
+        } else {
+            self.idle.push(filled.buf);
+        }
+        filled.result
+    }
+
+    /// Makes `l` the current layer: taken from the read in flight, kept, or read now.
+    fn stage(&mut self, l: usize) -> Result<()> {
+        if l >= self.spans.len() {
+            return Err(Error::Invalid(format!(
+                "weight stream: layer {l} asked for; the model has {}",
+                self.spans.len()
+            )));
+        }
+        if self.current.as_ref().is_some_and(|(c, _)| *c == l) {
+            return Ok(());
+        }
+        let prefetched = self.pending == Some(l);
+        self.finish_pending(Some(l))?;
+        if prefetched {
+            return Ok(());
+        }
+        // Out of order (or the first layer): read it here into an idle buffer.
+        let mut buf = self
+            .idle
+            .pop()
+            .ok_or_else(|| Error::Invalid("weight stream: no idle staging buffer".into()))?;
+        let t0 = Instant::now();
+        let result = read_layer(&self.file, &self.path, l, &self.spans[l], &mut buf);
+        let spent = t0.elapsed().as_secs_f64();
+        self.stats.wait_s += spent;
+        self.stats.read_s += spent;
+        self.stats.layer_reads += 1;
+        self.stats.bytes_read += self.layer_bytes(l);
+        match result {
+            Ok(()) => {
+                self.make_current(l, buf);
+                Ok(())
+            }
+            Err(e) => {
+                self.idle.push(buf);
+                Err(e)
+            }
+        }
+    }
+
+    /// `buf` (holding `l`) becomes current; the previous current buffer goes idle.
+    fn make_current(&mut self, l: usize, buf: Staging) {
+        if let Some((_, old)) = self.current.replace((l, buf)) {
+            self.idle.push(old);
+        }
+    }
+
+    /// Starts reading `next` into an idle buffer (nothing when it is current or in flight).
+    fn prefetch(&mut self, next: usize) -> Result<()> {
+        if next >= self.spans.len()
+            || self.pending.is_some()
+            || self.current.as_ref().is_some_and(|(c, _)| *c == next)
+        {
+            return Ok(());
+        }
+        let Some(tx) = self.requests.as_ref() else {
+            return Ok(());
+        };
+        let Some(buf) = self.idle.pop() else {
+            return Ok(());
+        };
+        tx.send(Request { layer: next, buf }).map_err(|_| {
+            Error::Invalid(format!(
+                "{}: the weight reader stopped (prefetching layer {next})",
+                self.path.display()
+            ))
+        })?;
+        self.pending = Some(next);
+        Ok(())
+    }
+
+    /// The current layer `l` as backend weights, its norms moved in from `self.norms`.
+    fn run_current(
+        &mut self,
+        l: usize,
+        f: &mut dyn FnMut(&BackendLayer<'_, CpuBackend>) -> Result<()>,
+    ) -> Result<()> {
+        let (attn_norm, ffn_norm) = std::mem::take(&mut self.norms[l]);
+        let compute = self.compute;
+        let spans = &self.spans[l];
+        let Some((_, buf)) = &self.current else {
+            self.norms[l] = (attn_norm, ffn_norm);
+            return Err(Error::Invalid("weight stream: nothing staged".into()));
+        };
+        let bytes = bytes_of(buf);
+        let m = |i: usize| -> Result<QuantMatrix<'_>> {
+            let s = spans[i];
+            let data = bytes.get(s.at..s.at + s.bytes).ok_or_else(|| {
+                Error::Invalid(format!(
+                    "weight stream: layer {l} matrix {i} outside staging"
+                ))
+            })?;
+            Ok(QuantMatrix::new(s.ty, s.rows, s.cols, data)?.with_compute(compute))
+        };
+        let built = (|| Ok::<_, Error>([m(0)?, m(1)?, m(2)?, m(3)?, m(4)?, m(5)?, m(6)?]))();
+        let [q, k, v, o, gate, up, down] = match built {
+            Ok(x) => x,
+            Err(e) => {
+                self.norms[l] = (attn_norm, ffn_norm);
+                return Err(e);
+            }
+        };
+        let lw = BackendLayer::<CpuBackend> {
+            attn_norm,
+            attn_q: q,
+            attn_k: k,
+            attn_v: v,
+            attn_output: o,
+            ffn_norm,
+            ffn_gate: gate,
+            ffn_up: up,
+            ffn_down: down,
+        };
+        let result = f(&lw);
+        self.norms[l] = (lw.attn_norm, lw.ffn_norm);
+        result
+    }
+}
+
+impl LayerSource<CpuBackend> for WeightStream {
+    fn with_layer(
+        &mut self,
+        l: usize,
+        next: Option<usize>,
+        f: &mut dyn FnMut(&BackendLayer<'_, CpuBackend>) -> Result<()>,
+    ) -> Result<()> {
+        self.stage(l)?;
+        if let Some(n) = next {
+            self.prefetch(n)?;
+        }
+        self.run_current(l, f)
+    }
+
+    fn head(&self) -> Result<Option<QuantMatrix<'_>>> {
+        WeightStream::head(self).map(Some)
+    }
+
+    fn embedding(&self) -> Result<Option<QuantMatrix<'_>>> {
+        if self.tied {
+            WeightStream::head(self).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+}
+
+impl Drop for WeightStream {
+    fn drop(&mut self) {
+        // Closing the request channel ends the reader's loop; a read in flight finishes first.
+        self.requests = None;
+        if self.pending.take().is_some() {
+            let _ = self.filled.recv();
+        }
+        if let Some(h) = self.reader.take() {
+            let _ = h.join();
+        }
+    }
+}

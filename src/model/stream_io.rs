@@ -1,0 +1,252 @@
+//! The weight stream's I/O (model/stream.rs): where each layer's matrices lie in the file and
+//! in a staging buffer, the positioned reads that fill a buffer, the resident head's one read,
+//! and the reader thread that fills buffers on request.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::gguf::{GgufFile, TensorInfo};
+use crate::quant::GgmlType;
+use crate::{Error, Result};
+
+/// Bytes of one staging line: tensors start on 64-byte boundaries (as in the file, which
+/// aligns them to 32), whatever the allocator's alignment of a byte vector.
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C, align(64))]
+pub(super) struct Line([u8; 64]);
+
+const _: () = assert!(std::mem::size_of::<Line>() == 64);
+
+/// A staging buffer of whole lines.
+pub(super) type Staging = Vec<Line>;
+
+/// Where one matrix is in the file and in a staging buffer.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Span {
+    pub(super) ty: GgmlType,
+    pub(super) rows: usize,
+    pub(super) cols: usize,
+    /// Absolute offset in the file.
+    pub(super) file_offset: u64,
+    /// Offset in the staging buffer (a multiple of 64).
+    pub(super) at: usize,
+    pub(super) bytes: usize,
+}
+
+/// The seven matrices of a layer in [`BackendLayer`] field order: q, k, v, o, gate, up, down.
+pub(super) const MATRICES: [&str; 7] = [
+    "attn_q",
+    "attn_k",
+    "attn_v",
+    "attn_output",
+    "ffn_gate",
+    "ffn_up",
+    "ffn_down",
+];
+
+/// A request to the reader: read `layer` into `buf`.
+pub(super) struct Request {
+    pub(super) layer: usize,
+    pub(super) buf: Staging,
+}
+
+/// The reader's answer: `buf` holds `layer` (or the read failed), after `read` seconds.
+pub(super) struct Filled {
+    pub(super) layer: usize,
+    pub(super) buf: Staging,
+    pub(super) read: Duration,
+    pub(super) result: Result<()>,
+}
+
+/// A matrix's shape and type, its bytes elsewhere.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct QuantMatrixSpec {
+    pub(super) ty: GgmlType,
+    pub(super) rows: usize,
+    pub(super) cols: usize,
+    pub(super) bytes: usize,
+}
+
+pub(super) fn round_up_64(n: usize) -> usize {
+    n.div_ceil(64) * 64
+}
+
+pub(super) fn lines_for(bytes: usize) -> Staging {
+    vec![Line([0; 64]); bytes.div_ceil(64)]
+}
+
+pub(super) fn bytes_of(buf: &Staging) -> &[u8] {
+    bytemuck::cast_slice(buf.as_slice())
+}
+
+pub(super) fn bytes_of_mut(buf: &mut Staging) -> &mut [u8] {
+    bytemuck::cast_slice_mut(buf.as_mut_slice())
+}
+
+#[cfg(unix)]
+fn read_at(file: &File, dst: &mut [u8], at: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(file, dst, at)
+}
+
+#[cfg(not(unix))]
+fn read_at(_file: &File, _dst: &mut [u8], _at: u64) -> std::io::Result<()> {
+    Err(std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
+        "streamed weights need positioned reads (unix)",
+    ))
+}
+
+/// Reads `spans` into `buf`; an error names the file, the tensor and the offset.
+pub(super) fn read_layer(
+    file: &File,
+    path: &Path,
+    layer: usize,
+    spans: &[Span; 7],
+    buf: &mut Staging,
+) -> Result<()> {
+    let bytes = bytes_of_mut(buf);
+    let len = bytes.len();
+    for (s, name) in spans.iter().zip(MATRICES) {
+        let dst = bytes.get_mut(s.at..s.at + s.bytes).ok_or_else(|| {
+            Error::Invalid(format!(
+                "weight stream: blk.{layer}.{name} ({} B at {}) does not fit the staging buffer ({} B)",
+                s.bytes,
+                s.at,
+                len
+            ))
+        })?;
+        read_at(file, dst, s.file_offset).map_err(|e| Error::Tensor {
+            path: path.to_path_buf(),
+            name: format!("blk.{layer}.{name}.weight"),
+            what: format!("reading {} B at byte {}: {e}", s.bytes, s.file_offset),
+        })?;
+    }
+    Ok(())
+}
+
+pub(super) fn tensor<'f>(file: &'f GgufFile, name: &str) -> Result<&'f TensorInfo> {
+    file.tensor(name).ok_or_else(|| Error::Tensor {
+        path: file.path().to_path_buf(),
+        name: name.to_string(),
+        what: "missing".into(),
+    })
+}
+
+/// Opens `path` again and checks it is the file that was parsed (same length).
+pub(super) fn reopen(file: &GgufFile) -> Result<File> {
+    let path = file.path();
+    let handle = File::open(path).map_err(|e| Error::io(path, e))?;
+    let len = handle.metadata().map_err(|e| Error::io(path, e))?.len();
+    if len != file.file_size() {
+        return Err(Error::Invalid(format!(
+            "{}: the file is {len} bytes now, {} when it was opened (changed while in use?)",
+            path.display(),
+            file.file_size()
+        )));
+    }
+    Ok(handle)
+}
+
+/// Every layer's spans (file offsets, staging offsets 64-byte aligned) and the bytes one
+/// staging buffer needs for the largest layer.
+pub(super) fn layer_spans(file: &GgufFile, n_layer: usize) -> Result<(Vec<[Span; 7]>, usize)> {
+    let base = file.data_offset();
+    let mut spans = Vec::with_capacity(n_layer);
+    let mut staging_bytes = 0usize;
+    for l in 0..n_layer {
+        let mut at = 0usize;
+        let mut layer = [Span {
+            ty: GgmlType::F32,
+            rows: 0,
+            cols: 0,
+            file_offset: 0,
+            at: 0,
+            bytes: 0,
+        }; 7];
+        for (slot, name) in layer.iter_mut().zip(MATRICES) {
+            let t = tensor(file, &format!("blk.{l}.{name}.weight"))?;
+            at = round_up_64(at);
+            let (cols, rows) = (t.dims[0] as usize, t.n_rows() as usize);
+            *slot = Span {
+                ty: t.ty,
+                rows,
+                cols,
+                file_offset: base.saturating_add(t.offset),
+                at,
+                bytes: t.n_bytes as usize,
+            };
+            at += t.n_bytes as usize;
+        }
+        staging_bytes = staging_bytes.max(round_up_64(at));
+        spans.push(layer);
+    }
+    Ok((spans, staging_bytes))
+}
+
+/// Reads tensor `head_name` (the output head) whole into an owned buffer.
+pub(super) fn read_head(
+    file: &GgufFile,
+    handle: &File,
+    head_name: &str,
+) -> Result<(QuantMatrixSpec, Staging)> {
+    let path = file.path().to_path_buf();
+    let base = file.data_offset();
+    let t = tensor(file, head_name)?;
+    let spec = QuantMatrixSpec {
+        ty: t.ty,
+        rows: t.n_rows() as usize,
+        cols: t.dims[0] as usize,
+        bytes: t.n_bytes as usize,
+    };
+    let mut head = lines_for(spec.bytes);
+    read_at(
+        handle,
+        &mut bytes_of_mut(&mut head)[..spec.bytes],
+        base.saturating_add(t.offset),
+    )
+    .map_err(|e| Error::Tensor {
+        path: path.clone(),
+        name: head_name.into(),
+        what: format!("reading {} B: {e}", spec.bytes),
+    })?;
+    Ok((spec, head))
+}
+
+/// Starts the reader thread: it fills each requested buffer with its layer and sends it back.
+#[allow(clippy::type_complexity)]
+pub(super) fn spawn_reader(
+    file: &GgufFile,
+    spans: Vec<[Span; 7]>,
+) -> Result<(SyncSender<Request>, Receiver<Filled>, JoinHandle<()>)> {
+    let path = file.path().to_path_buf();
+    let (req_tx, req_rx) = sync_channel::<Request>(1);
+    let (fill_tx, fill_rx) = sync_channel::<Filled>(1);
+    let reader_file = reopen(file)?;
+    let reader_spans = spans;
+    let reader_path: PathBuf = path.clone();
+    let reader = std::thread::Builder::new()
+        .name("edgetune-weight-stream".into())
+        .spawn(move || {
+            for Request { layer, mut buf } in req_rx {
+                let t0 = Instant::now();
+                let result = match reader_spans.get(layer) {
+                    Some(s) => read_layer(&reader_file, &reader_path, layer, s, &mut buf),
+                    None => Err(Error::Invalid(format!("weight stream: no layer {layer}"))),
+                };
+                let filled = Filled {
+                    layer,
+                    buf,
+                    read: t0.elapsed(),
+                    result,
+                };
+                if fill_tx.send(filled).is_err() {
+                    break;
+                }
+            }
+        })
+        .map_err(|e| Error::io(&path, e))?;
+    Ok((req_tx, fill_rx, reader))
+}

@@ -1,0 +1,154 @@
+//! Inference through streamed weights (`Llama::stream_weights`, model/stream.rs) against the
+//! mapped model: bit-identical logits for prompts longer than a chunk, for batched decoding,
+//! with adapters, with int8 arithmetic, for an untied and a tied head; the reads it did; and
+//! the CLI's `--weights stream` giving the same `generate`, `perplexity` and `eval` output.
+
+use std::sync::Arc;
+
+use edgetune::adapters::LoraConfig;
+use edgetune::gguf::GgufFile;
+use edgetune::model::{KvCache, Llama};
+use edgetune::quant::Compute;
+use edgetune::testmodel::{Preset, TINY, WeightTypes, write_test_model};
+use edgetune::train::AdapterSet;
+use rand::{Rng, SeedableRng, rngs::StdRng};
+
+const VOCAB: usize = 261;
+
+fn model(dir: &std::path::Path, tied: bool) -> std::path::PathBuf {
+    let p = Preset {
+        n_layer: 3,
+        tied_output: tied,
+        ..TINY
+    };
+    let path = dir.join(format!("m-{tied}.gguf"));
+    write_test_model(&p, WeightTypes::parse("q4_k_m").unwrap(), 9, &path).unwrap();
+    path
+}
+
+/// The logits of a 70-token prompt (two chunks of 64 and 6) and of 3 decoding steps of 2
+/// sequences (one `decode_batch` each).
+fn logits(m: &Llama) -> Vec<f32> {
+    let mut rng = StdRng::seed_from_u64(2);
+    let prompt: Vec<u32> = (0..70).map(|_| rng.random_range(0..VOCAB as u32)).collect();
+    let mut out = vec![0.0; 70 * VOCAB];
+    let mut cache = m.new_cache(80).unwrap();
+    m.forward(&mut cache, &prompt, &mut out).unwrap();
+    let mut other = m.new_cache(80).unwrap();
+    let mut last = vec![0.0; VOCAB];
+    m.forward_last(&mut other, &prompt[..5], &mut last).unwrap();
+    out.extend_from_slice(&last);
+    for step in 0..3u32 {
+        let mut caches: Vec<&mut KvCache> = vec![&mut cache, &mut other];
+        let mut two = vec![0.0; 2 * VOCAB];
+        m.decode_batch(&mut caches, &[step, 100 + step], &mut two)
+            .unwrap();
+        out.extend_from_slice(&two);
+    }
+    out
+}
+
+fn with_adapters(llama: &mut Llama) {
+    let lc = LoraConfig {
+        rank: 4,
+        alpha: 8.0,
+        ..LoraConfig::default()
+    };
+    let mut set = AdapterSet::new_lora(llama.config(), &lc, 3).unwrap();
+    let mut rng = StdRng::seed_from_u64(4);
+    for (_, _, a) in set.iter_mut() {
+        for v in a.param_mut(1).unwrap() {
+            *v = rng.random_range(-0.1..0.1);
+        }
+    }
+    llama.set_adapters(Some(Arc::new(set))).unwrap();
+}
+
+#[test]
+fn streamed_inference_equals_mapped_inference_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    for tied in [false, true] {
+        let path = model(dir.path(), tied);
+        let file = GgufFile::open(&path).unwrap();
+        for (compute, adapters) in [
+            (Compute::F32, false),
+            (Compute::F32, true),
+            (Compute::Int8, false),
+        ] {
+            let mut mapped = Llama::load(&file).unwrap();
+            let mut streamed = Llama::load(&file).unwrap();
+            mapped.set_compute(compute).unwrap();
+            streamed.stream_weights(&file).unwrap();
+            // After streaming is on: the stream takes the new arithmetic too.
+            streamed.set_compute(compute).unwrap();
+            if adapters {
+                with_adapters(&mut mapped);
+                with_adapters(&mut streamed);
+            }
+            assert!(mapped.stream_stats().is_none());
+            let (a, b) = (logits(&mapped), logits(&streamed));
+            assert!(a.iter().all(|v| v.is_finite()));
+            assert!(
+                a == b,
+                "tied {tied}, {compute:?}, adapters {adapters}: logits differ"
+            );
+            // 6 passes (2 chunks, 1 prompt, 3 decoding steps) of 3 layers: each pass's last
+            // layer prefetches layer 0 for the next, so every layer is read once per pass.
+            let st = streamed.stream_stats().unwrap();
+            assert_eq!(st.layer_reads, 6 * 3, "{st:?}");
+        }
+    }
+}
+
+#[test]
+fn generate_with_streamed_weights_prints_the_same_text() {
+    let bin = env!("CARGO_BIN_EXE_edgetune");
+    let dir = tempfile::tempdir().unwrap();
+    let path = model(dir.path(), false);
+    let run = |extra: &[&str]| {
+        let out = std::process::Command::new(bin)
+            .args([
+                "generate",
+                "--model",
+                path.to_str().unwrap(),
+                "--prompt",
+                "gateway",
+            ])
+            .args(["--max-tokens", "12", "--temperature", "0"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    let mapped = run(&[]);
+    assert!(!mapped.is_empty());
+    assert_eq!(run(&["--weights", "stream"]), mapped);
+    // perplexity and eval: the same numbers and answers.
+    let suite = concat!(env!("CARGO_MANIFEST_DIR"), "/suites/basic.jsonl");
+    for args in [
+        vec!["perplexity", "--tokens", "5,60,7,200,9,31,4", "--json"],
+        vec!["eval", "--suite", suite, "--max-tokens", "4", "--json"],
+    ] {
+        let go = |extra: &[&str]| {
+            let out = std::process::Command::new(bin)
+                .args(&args[..1])
+                .args(["--model", path.to_str().unwrap()])
+                .args(&args[1..])
+                .args(extra)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            out.stdout
+        };
+        assert_eq!(go(&["--weights", "stream"]), go(&[]), "{}", args[0]);
+    }
+}

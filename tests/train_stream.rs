@@ -1,0 +1,253 @@
+//! Streamed weights (`--weights stream`, model/stream.rs) against mapped ones: the same steps
+//! on the same bytes, so every loss and every adapter parameter must be bit-identical, over
+//! the configurations whose schedules differ (gradient accumulation, the KL anchor's base
+//! pass, a backward that stops above layer 0, DoRA's re-read of the base output, a tied head);
+//! the read counts the plan predicts; the plan choosing streaming under a small budget; and a
+//! process whose measured peak stays under a budget that mapping would exceed.
+
+mod train_support;
+
+use std::path::{Path, PathBuf};
+
+use edgetune::adapters::LayerRange;
+use edgetune::gguf::GgufFile;
+use edgetune::memory::budget::plan_training;
+use edgetune::testmodel::{Preset, SMALL, TINY, WeightTypes, write_test_model};
+use edgetune::train::{Method, Replay, TrainConfig, Trainer, WeightsMode};
+
+const STEPS: u64 = 2;
+
+/// A 4-layer tiny model (so a backward can stop above layer 0 with layers on both sides).
+fn write_model(dir: &Path, tied: bool) -> PathBuf {
+    let p = Preset {
+        n_layer: 4,
+        tied_output: tied,
+        ..TINY
+    };
+    let path = dir.join(if tied { "tied.gguf" } else { "untied.gguf" });
+    write_test_model(&p, WeightTypes::parse("q4_k_m").unwrap(), 11, &path).unwrap();
+    path
+}
+
+/// `(losses, parameters, layer reads)` of `steps` steps.
+fn run(cfg: &TrainConfig) -> (Vec<f64>, Vec<Vec<f32>>, Option<u64>) {
+    let file = GgufFile::open(&cfg.model).unwrap();
+    let mut t = Trainer::new(&file, cfg).unwrap();
+    let mut losses = Vec::new();
+    while let Some(p) = t.step().unwrap() {
+        losses.push(p.loss);
+    }
+    let reads = t.train_step().stream_stats().map(|s| s.layer_reads);
+    (losses, train_support::all_params(t.adapters()), reads)
+}
+
+fn stream_cfg(cfg: &TrainConfig) -> TrainConfig {
+    TrainConfig {
+        weights: WeightsMode::Stream,
+        out: cfg.out.with_extension("stream"),
+        ..cfg.clone()
+    }
+}
+
+#[test]
+fn streamed_steps_equal_mapped_steps_bit_for_bit_and_read_what_the_plan_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, data) = train_support::write_fixture(dir.path(), "q4_0", 60);
+    let untied = write_model(dir.path(), false);
+    let tied = write_model(dir.path(), true);
+    let base = {
+        let mut c = train_support::config(&untied, &data, &dir.path().join("run"), STEPS);
+        c.weights = WeightsMode::Map;
+        c
+    };
+    let mut accum = base.clone();
+    accum.accum = 2;
+    accum.out = dir.path().join("accum");
+    let mut kl = base.clone();
+    kl.replay = Some(Replay::File(data.clone()));
+    kl.replay_ratio = 0.5;
+    kl.kl_anchor = 0.5;
+    kl.out = dir.path().join("kl");
+    let mut upper = base.clone();
+    upper.lora.layers = Some(LayerRange { first: 2, last: 3 });
+    upper.out = dir.path().join("upper");
+    let mut dora = base.clone();
+    dora.method = Method::Dora;
+    dora.out = dir.path().join("dora");
+    let mut tied_cfg = base.clone();
+    tied_cfg.model = tied.clone();
+    tied_cfg.out = dir.path().join("tied");
+    for cfg in [base, accum, kl, upper, dora, tied_cfg] {
+        let name = cfg.out.file_name().unwrap().to_string_lossy().to_string();
+        let (loss_map, params_map, reads_map) = run(&cfg);
+        let s = stream_cfg(&cfg);
+        let (loss_stream, params_stream, reads) = run(&s);
+        assert_eq!(reads_map, None, "{name}");
+        assert_eq!(loss_map.len() as u64, STEPS, "{name}");
+        assert_eq!(loss_map, loss_stream, "{name}: losses");
+        assert_eq!(params_map, params_stream, "{name}: parameters");
+        // The plan's reads per step: forward 4, backward down to the lowest adapted layer
+        // (its top layer staged), the KL base pass 4 more; at most that many (the anchor's
+        // base pass runs only on micro-batches holding replay rows, and layer 0 is reused).
+        let file = GgufFile::open(&s.model).unwrap();
+        let plan = plan_training(&file, &s).unwrap();
+        let st = plan.breakdown.weights.streamed.expect("streamed plan");
+        let reads = reads.expect("stream stats");
+        assert!(
+            reads > 0 && reads <= STEPS * st.reads_per_step,
+            "{name}: {reads} reads, plan {}",
+            st.reads_per_step
+        );
+        if cfg.kl_anchor == 0.0 {
+            // Layer 0 stays staged from one backward to the next forward when the backward
+            // reaches it: every step after the first reads one layer less.
+            let lowest = cfg.lora.layers.map_or(0, |r| r.first) as u64;
+            let per_step = st.reads_per_step - if lowest == 0 { cfg.accum as u64 } else { 0 };
+            let expect = STEPS * per_step + u64::from(lowest == 0);
+            assert_eq!(reads, expect, "{name}: reads");
+        }
+    }
+}
+
+#[test]
+fn auto_streams_only_when_mapping_does_not_fit_the_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, data) = train_support::write_fixture(dir.path(), "q4_0", 10);
+    let model = write_model(dir.path(), false);
+    let file = GgufFile::open(&model).unwrap();
+    let mut cfg = train_support::config(&model, &data, &dir.path().join("run"), 1);
+    cfg.seq_len = 64;
+    let mapped = plan_training(&file, &cfg).unwrap().breakdown;
+    assert!(mapped.weights.streamed.is_none());
+    let streamed = plan_training(&file, &stream_cfg(&cfg)).unwrap().breakdown;
+    let st = streamed.weights.streamed.as_ref().unwrap();
+    // The layers' matrices leave the resident set; two staging buffers come in.
+    let layer_bytes: u64 = file
+        .tensors()
+        .iter()
+        .filter(|t| t.name.starts_with("blk.") && !t.name.contains("norm"))
+        .map(|t| t.n_bytes)
+        .sum();
+    assert_eq!(st.layer_file_bytes, layer_bytes);
+    assert_eq!(
+        streamed.weights.resident_bytes,
+        mapped.weights.resident_bytes - layer_bytes + st.staging_bytes
+    );
+    assert!(st.staging_bytes < layer_bytes, "{st:?}");
+    // A budget between the two totals: auto streams, and says why; map is refused.
+    cfg.budget_bytes = Some((mapped.total_bytes + streamed.total_bytes) / 2);
+    let auto = plan_training(&file, &cfg).unwrap().breakdown;
+    assert!(auto.fits);
+    let why = &auto.weights.streamed.as_ref().expect("auto streams").reason;
+    assert!(why.contains("chosen by the plan"), "{why}");
+    let report = auto.report();
+    assert!(report.contains("layer staging"), "{report}");
+    cfg.weights = WeightsMode::Map;
+    let map = plan_training(&file, &cfg).unwrap().breakdown;
+    assert!(!map.fits && map.weights.streamed.is_none());
+    // Enough budget: auto maps.
+    cfg.weights = WeightsMode::Auto;
+    cfg.budget_bytes = Some(mapped.total_bytes);
+    assert!(
+        plan_training(&file, &cfg)
+            .unwrap()
+            .breakdown
+            .weights
+            .streamed
+            .is_none()
+    );
+    // The I/O estimate: the reads at the storage speed.
+    let mut s = stream_cfg(&cfg);
+    s.storage_read_bytes_per_s = Some(1e9);
+    let st = plan_training(&file, &s)
+        .unwrap()
+        .breakdown
+        .weights
+        .streamed
+        .unwrap();
+    assert_eq!(st.io_s_per_step, Some(st.read_bytes_per_step as f64 / 1e9));
+    // Locked and streamed do not go together.
+    let mut both = stream_cfg(&cfg);
+    both.lock_weights = true;
+    let e = Trainer::new(&file, &both)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        e.contains("--lock-weights") && e.contains("--weights stream"),
+        "{e}"
+    );
+}
+
+/// `edgetune train` under a budget between the streamed and the mapped plans: the plan
+/// streams, the process's measured peak (VmHWM, file-backed pages included) stays under the
+/// budget and near the plan, and the losses equal a mapped run's.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_streamed_run_stays_under_a_budget_that_mapping_exceeds() {
+    let bin = env!("CARGO_BIN_EXE_edgetune");
+    let dir = tempfile::tempdir().unwrap();
+    let (_, data) = train_support::write_fixture(dir.path(), "q4_0", 40);
+    // `small`'s shapes, 6 layers deep: 23 MiB of layer weights, more than the plan's margin.
+    let model = dir.path().join("small6.gguf");
+    let p = Preset {
+        n_layer: 6,
+        ..SMALL
+    };
+    write_test_model(&p, WeightTypes::parse("q8_0").unwrap(), 5, &model).unwrap();
+    let file = GgufFile::open(&model).unwrap();
+    let mut cfg = train_support::config(&model, &data, &dir.path().join("plan"), 2);
+    cfg.batch = 1;
+    let mapped = plan_training(&file, &cfg).unwrap().breakdown;
+    let streamed = plan_training(&file, &stream_cfg(&cfg)).unwrap().breakdown;
+    let saved = mapped.total_bytes - streamed.total_bytes;
+    assert!(saved > 20 << 20, "streaming saves {saved} bytes");
+    let budget = streamed.total_bytes + saved / 4;
+    let run = |out: &Path, extra: &[&str]| -> serde_json::Value {
+        let ok = std::process::Command::new(bin)
+            .args(["train", "--model", model.to_str().unwrap()])
+            .args([
+                "--data",
+                data.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+            ])
+            .args(["--steps", "2", "--seq-len", "256", "--batch", "1"])
+            .args([
+                "--rank",
+                "4",
+                "--alpha",
+                "8",
+                "--lr",
+                "1e-3",
+                "--ce-chunk",
+                "16",
+            ])
+            .args(["--threads", "2"])
+            .args(extra)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(ok.success(), "{extra:?}");
+        serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap()
+    };
+    let b = budget.to_string();
+    let s = run(&dir.path().join("stream"), &["--budget", &b]);
+    let m = run(&dir.path().join("map"), &["--weights", "map"]);
+    assert!(s["streamed"]["layer_reads"].as_u64().unwrap() > 0, "{s}");
+    assert!(m.get("streamed").is_none());
+    assert_eq!(s["final_loss"], m["final_loss"]);
+    let peak = s["peak_bytes"].as_u64().unwrap();
+    let planned = s["planned_bytes"].as_u64().unwrap();
+    assert!(peak <= budget, "peak {peak} > budget {budget}");
+    // The plan is an upper bound here, and not a loose one.
+    assert!(
+        peak as f64 >= 0.7 * planned as f64,
+        "peak {peak}, plan {planned}"
+    );
+    let map_peak = m["peak_bytes"].as_u64().unwrap();
+    assert!(
+        map_peak > peak + saved / 2,
+        "mapped peak {map_peak}, streamed {peak}"
+    );
+}
