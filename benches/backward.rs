@@ -296,6 +296,7 @@ fn train_step(c: &mut Criterion) {
         checkpointing: true,
         accumulate: false,
         optimizer_staging: false,
+        fused_update: false,
         adapters: adapter_shapes(&set),
     };
     let mut cpu = TrainStep::new(m, &set, shape.clone()).expect("train step");

@@ -13,10 +13,12 @@
 # work at sequence 64 (minutes on 2 cores).
 #
 # usage: scripts/prove-70b.sh [--steps 2] [--seq-len 64] [--dir target/prove-70b] [--keep]
-#                             [--only 70b|8b] [--threads N]
+#                             [--only 70b|8b] [--threads N] [--fused]
+# --fused: the fused per-layer update without clipping (`--fused-update on --max-grad-norm 0`),
+# so only one layer's adapter gradients exist at a time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-steps=2; seq=64; dir=target/prove-70b; keep=0; only=""; threads=""
+steps=2; seq=64; dir=target/prove-70b; keep=0; only=""; threads=""; fused=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --steps) steps=$2; shift 2 ;;
@@ -25,6 +27,7 @@ while [ $# -gt 0 ]; do
     --keep) keep=1; shift ;;
     --only) only=$2; shift 2 ;;
     --threads) threads="--threads $2"; shift 2 ;;
+    --fused) fused="--fused-update on --max-grad-norm 0"; shift ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -54,12 +57,12 @@ run() {
     fi
     $bin testmodel --preset "$preset" --type q4_0 --out "$model"
   fi
-  $bin plan --model "$model" --seq-len "$seq" --batch 1 $budget_flags $weights_flags \
+  $bin plan --model "$model" --seq-len "$seq" --batch 1 $budget_flags $weights_flags $fused \
     --data "$dir/random.jsonl" | sed -n '/^weights/,/weights resident/p;/TOTAL/,$p'
   rm -rf "$out"
   $bin train --model "$model" --data "$dir/random.jsonl" --format pretokenized \
     --out "$out" --steps "$steps" --seq-len "$seq" --batch 1 --rank 16 --alpha 32 \
-    $budget_flags $weights_flags $threads --json > "$out.summary.json"
+    $budget_flags $weights_flags $fused $threads --json > "$out.summary.json"
   python3 - "$out.summary.json" "$name" <<'PY' || status=1
 import json, sys
 s = json.load(open(sys.argv[1])); name = sys.argv[2]

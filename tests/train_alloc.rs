@@ -68,7 +68,10 @@ fn training_steps_after_the_first_allocate_nothing() {
     // Streamed weights: the layer reads on the reader thread, the channels, the staging swaps.
     let mut streamed = base.clone();
     streamed.weights = edgetune::train::WeightsMode::Stream;
-    let mut all = vec![base, a, b, kl, streamed];
+    // The fused per-layer update, with clipping (its norm-only pass) and streamed.
+    let mut fused = streamed.clone();
+    fused.fused_update = edgetune::train::FusedUpdate::On;
+    let mut all = vec![base, a, b, kl, streamed, fused];
     all.extend(methods);
     pool.install(|| steps_allocate_nothing(&file, all));
 }

@@ -72,6 +72,7 @@ fn train(make: &dyn Fn(usize, usize, u64) -> Box<dyn Adapter>, steps: usize) -> 
         checkpointing: true,
         accumulate: false,
         optimizer_staging: false,
+        fused_update: false,
         adapters: adapter_shapes(&set),
     };
     let mut step = TrainStep::new(llama.backend_model(), &set, shape).unwrap();
@@ -204,6 +205,7 @@ fn reslora_step(ckpt: bool) -> ResRun {
         checkpointing: ckpt,
         accumulate: false,
         optimizer_staging: false,
+        fused_update: false,
         adapters: adapter_shapes(&set),
     };
     let mut step = TrainStep::new(llama.backend_model(), &set, shape).unwrap();
@@ -264,6 +266,7 @@ fn reslora_step_gradients_match_directional_differences_and_checkpointing() {
         checkpointing: true,
         accumulate: false,
         optimizer_staging: false,
+        fused_update: false,
         adapters: adapter_shapes(&set),
     };
     let mut step = TrainStep::new(llama.backend_model(), &set, shape).unwrap();
@@ -360,6 +363,7 @@ fn mtlora_step(weights: &[f32]) -> (f64, Vec<Vec<f32>>, Vec<(f64, usize)>) {
         checkpointing: true,
         accumulate: false,
         optimizer_staging: false,
+        fused_update: false,
         adapters: adapter_shapes(&set),
     };
     let mut step = TrainStep::new(llama.backend_model(), &set, shape).unwrap();

@@ -62,6 +62,7 @@ fn shape(set: &AdapterSet, rows: usize, ckpt: bool, accumulate: bool) -> TrainSh
         checkpointing: ckpt,
         accumulate,
         optimizer_staging: false,
+        fused_update: false,
         adapters: adapter_shapes(set),
     }
 }

@@ -43,7 +43,10 @@ use crate::optim::state8bit::{MIN_8BIT_NUMEL, state_bytes_8bit};
 use crate::testmodel::{Preset, Vocabulary, WeightTypes, plan_test_model};
 use crate::train::method::Method;
 use crate::train::method_plan::{adapter_cost, method_wide_bytes, reslora_store_bytes};
-use crate::train::{OptimizerKind, StatePlace, TrainConfig, WeightsMode, target_shape};
+use crate::train::{
+    FusedUpdate, OptimizerKind, StatePlace, TrainConfig, WeightsMode, fused_update_support,
+    target_shape,
+};
 use crate::{Error, Result};
 
 pub use super::overheads::{
@@ -226,6 +229,9 @@ pub struct Breakdown {
     pub fits: bool,
     /// The nearest configurations that fit (only when it does not).
     pub suggestions: Option<Suggestions>,
+    /// Why each layer's adapters are updated right after its backward (`--fused-update`);
+    /// `None`: one update after the whole backward.
+    pub fused_update: Option<String>,
 }
 
 impl Breakdown {
@@ -273,6 +279,57 @@ pub fn plan_training(file: &GgufFile, cfg: &TrainConfig) -> Result<TrainingPlan>
 
 /// [`plan_training`] for a model given by its shapes and tensor list (no file needed).
 pub fn plan_training_for(model: &ModelWeights, cfg: &TrainConfig) -> Result<TrainingPlan> {
+    let planned = plan_weights(model, cfg)?;
+    choose_fused_update(model, cfg, planned)
+}
+
+/// `--fused-update auto` on the plan `--weights` chose: fused when the layers are streamed and
+/// the run allows it ([`fused_update_support`]); with clipping (a second forward and backward
+/// a step) only when the unfused step does not fit and the fused one does.
+fn choose_fused_update(
+    model: &ModelWeights,
+    cfg: &TrainConfig,
+    planned: TrainingPlan,
+) -> Result<TrainingPlan> {
+    let streamed = planned.breakdown.weights.streamed.is_some();
+    if cfg.fused_update != FusedUpdate::Auto || !streamed || fused_update_support(cfg).is_err() {
+        return Ok(planned);
+    }
+    let clipping = cfg.max_grad_norm > 0.0;
+    if clipping && planned.breakdown.fits {
+        return Ok(planned);
+    }
+    let mut fused_cfg = cfg.clone();
+    fused_cfg.weights = WeightsMode::Stream;
+    fused_cfg.fused_update = FusedUpdate::On;
+    let mut fused = plan_weights(model, &fused_cfg)?;
+    if clipping && !fused.breakdown.fits {
+        return Ok(planned);
+    }
+    let reason = if clipping {
+        format!(
+            "chosen by the plan: the unfused step needs {}, over the budget; clipping needs the \
+             global norm first, so a norm-only forward and backward runs before each step's \
+             (2× compute)",
+            size(planned.breakdown.total_bytes)
+        )
+    } else {
+        "chosen by the plan: the layers are streamed and nothing needs the whole gradient \
+         (no clipping, no accumulation)"
+            .into()
+    };
+    fused.breakdown.fused_update = Some(reason);
+    if let (Some(s), Some(p)) = (
+        &mut fused.breakdown.weights.streamed,
+        &planned.breakdown.weights.streamed,
+    ) {
+        s.reason.clone_from(&p.reason);
+    }
+    Ok(fused)
+}
+
+/// The plan with `--weights` resolved (`auto`: mapped unless only streaming fits).
+fn plan_weights(model: &ModelWeights, cfg: &TrainConfig) -> Result<TrainingPlan> {
     let mut planned = evaluate(model, cfg)?;
     // `--weights auto`: stream when mapping does not fit and streaming does.
     if cfg.weights == WeightsMode::Auto && !cfg.lock_weights && !planned.breakdown.fits {
@@ -335,6 +392,7 @@ pub fn train_shape(model: &LlamaConfig, cfg: &TrainConfig) -> Result<TrainShape>
         checkpointing: cfg.checkpointing,
         accumulate: cfg.accum > 1,
         optimizer_staging: false,
+        fused_update: cfg.fused_update == FusedUpdate::On,
         adapters,
     })
 }
@@ -402,6 +460,15 @@ pub(crate) fn assemble(
         budget_bytes: cfg.budget_bytes,
         fits: cfg.budget_bytes.is_none_or(|b| total_bytes <= b),
         suggestions: None,
+        fused_update: (cfg.fused_update == FusedUpdate::On).then(|| {
+            let clip = if cfg.max_grad_norm > 0.0 {
+                "; clipping needs the global norm first: a norm-only forward and backward runs \
+                 before each step's (2× compute; --max-grad-norm 0 avoids it)"
+            } else {
+                ""
+            };
+            format!("--fused-update on{clip}")
+        }),
     })
 }
 

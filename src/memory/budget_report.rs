@@ -117,6 +117,13 @@ pub fn report(b: &Breakdown) -> String {
         &format!("{} buffers packed", a.buffers),
     );
 
+    if let Some(why) = &b.fused_update {
+        let _ = writeln!(
+            s,
+            "  (gradients: one layer's at a time, each layer updated after its backward: {why})"
+        );
+    }
+
     let ad = &b.adapters;
     let _ = writeln!(s, "adapters");
     line(

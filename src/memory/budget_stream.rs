@@ -22,7 +22,8 @@ pub struct StreamedLayers {
     /// Layer reads per optimizer step: per micro-batch the forward (every layer; layer 0 is
     /// still staged from the previous backward when that reached it), the backward down to
     /// the lowest adapted layer (its top layer is the forward's last), and with the KL anchor
-    /// a base forward on micro-batches that hold replay rows (counted on all of them here).
+    /// a base forward on micro-batches that hold replay rows (counted on all of them here);
+    /// twice that when the fused update clips (its norm-only pass).
     pub reads_per_step: u64,
     pub read_bytes_per_step: u64,
     /// `read_bytes_per_step` at the storage's sequential read speed (the board's), in seconds;
@@ -79,7 +80,13 @@ pub(super) fn streamed_layers(model: &ModelWeights, cfg: &TrainConfig) -> Result
     // layer is staged), the KL anchor's base forward n more.
     let per_micro =
         n64 + (n64 - lowest as u64).saturating_sub(1) + if cfg.kl_anchor > 0.0 { n64 } else { 0 };
-    let reads = per_micro * cfg.accum as u64;
+    // The fused update with clipping runs each step twice (a norm-only pass first).
+    let passes = if cfg.fused_update == crate::train::FusedUpdate::On && cfg.max_grad_norm > 0.0 {
+        2
+    } else {
+        1
+    };
+    let reads = per_micro * cfg.accum as u64 * passes;
     let mean_layer = total.checked_div(n64).unwrap_or(0);
     let read_bytes = reads * mean_layer;
     Ok(StreamedLayers {

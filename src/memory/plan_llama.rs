@@ -38,7 +38,8 @@
 //!   its parameter order (LoRA: `dA [r, in]` then `dB [out, r]`), from the start of the
 //!   backward until the optimizer — or for the whole step when gradients are accumulated over
 //!   micro-batches, where `grad.tmp` (the largest adapter's `n_params`) receives each later
-//!   micro-batch's gradients before they are added.
+//!   micro-batch's gradients before they are added; or, with [`TrainShape::fused_update`], only
+//!   through the layer's own backward (its update runs at the backward's last sub-step).
 //! - `opt.m`, `opt.v` ([`Category::OptimizerStaging`], only when [`TrainShape::optimizer_staging`]):
 //!   AdamW state of the largest single adapter tensor, staged for its update (a device backend
 //!   copies pages in; the CPU updates the pages in place and needs no staging).
@@ -226,6 +227,10 @@ pub struct TrainShape {
     pub accumulate: bool,
     /// Stage the largest tensor's optimizer state in the arena (`opt.m`, `opt.v`).
     pub optimizer_staging: bool,
+    /// The optimizer updates each layer's adapters right after that layer's backward
+    /// (`--fused-update`): a layer's gradients live only through its backward, so the layers
+    /// share their memory. Not with `accumulate`.
+    pub fused_update: bool,
     /// Per projection in [`TARGETS`] order: its adapter, or `None`.
     pub adapters: [Option<AdapterShape>; 7],
 }
@@ -262,6 +267,7 @@ impl TrainShape {
             checkpointing,
             accumulate: false,
             optimizer_staging: false,
+            fused_update: false,
             adapters,
         })
     }
@@ -305,6 +311,13 @@ pub fn llama_training_plan(cfg: &LlamaConfig, shape: &TrainShape) -> Result<Plan
         shape.ce_chunk,
         shape.checkpointing,
     );
+    if shape.accumulate && shape.fused_update {
+        return Err(Error::Invalid(
+            "plan: a fused per-layer update cannot accumulate gradients over micro-batches \
+             (a layer's gradients are final only after the last one)"
+                .into(),
+        ));
+    }
     for (what, v) in [
         ("seq_len", seq_len),
         ("micro_batch", micro_batch),
@@ -480,6 +493,9 @@ pub fn llama_training_plan(cfg: &LlamaConfig, shape: &TrainShape) -> Result<Plan
         }
         let (grad_first, grad_last) = if shape.accumulate {
             (s.embed(), s.optimizer())
+        } else if shape.fused_update {
+            // Written by this layer's backward, read by its update at the backward's end.
+            (s.bwd(l, B::Down), s.bwd(l, B::AttnNorm))
         } else {
             (s.backward_start(), s.optimizer())
         };

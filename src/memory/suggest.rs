@@ -177,6 +177,11 @@ pub fn config_flags(cfg: &TrainConfig) -> String {
     if cfg.weights == crate::train::WeightsMode::Stream {
         s += " --weights stream";
     }
+    match cfg.fused_update {
+        crate::train::FusedUpdate::On => s += " --fused-update on",
+        crate::train::FusedUpdate::Off => s += " --fused-update off",
+        crate::train::FusedUpdate::Auto => {}
+    }
     s
 }
 

@@ -271,6 +271,8 @@ pub fn config_differences(saved: &TrainConfig, now: &TrainConfig) -> Vec<String>
         // Streamed and mapped weights give bit-identical steps.
         c.weights = super::config::WeightsMode::Auto;
         c.storage_read_bytes_per_s = None;
+        // So do the fused and the unfused update (the norm pass keeps clipping exact).
+        c.fused_update = super::config::FusedUpdate::Auto;
         // How the run is watched may change on a resume; what it trains on may not.
         c.eval_every = 0;
         c.heldout = None;

@@ -11,7 +11,9 @@ use crate::adapters::LoraConfig;
 use crate::data::Format;
 use crate::{Error, Result};
 
-pub use super::config_kinds::{Decay, OptimizerKind, StatePlace, WeightsMode};
+pub use super::config_kinds::{
+    Decay, FusedUpdate, OptimizerKind, StatePlace, WeightsMode, fused_update_support,
+};
 
 /// Where the replay conversations of `train --replay` come from (`train/replay.rs`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -100,6 +102,9 @@ pub struct TrainConfig {
     pub lock_weights: bool,
     /// Mapped or streamed weights (`auto`: the plan decides from the budget).
     pub weights: WeightsMode,
+    /// When the optimizer updates each layer's adapters (`auto`: fused when streamed and
+    /// allowed, see [`fused_update_support`]).
+    pub fused_update: FusedUpdate,
     /// Sequential read speed of the model's storage in bytes/s, for the plan's estimate of a
     /// streamed step's I/O time (from `--board`; `None`: not estimated).
     pub storage_read_bytes_per_s: Option<f64>,
@@ -175,6 +180,7 @@ impl Default for TrainConfig {
             budget_bytes: None,
             lock_weights: false,
             weights: WeightsMode::Auto,
+            fused_update: FusedUpdate::Auto,
             storage_read_bytes_per_s: None,
             threads: None,
             replay: None,
@@ -211,6 +217,10 @@ impl TrainConfig {
                  layers as they run: choose one"
                     .into(),
             ));
+        }
+        if self.fused_update == FusedUpdate::On {
+            fused_update_support(self)
+                .map_err(|why| Error::Invalid(format!("train: --fused-update on: {why}")))?;
         }
         if self.seq_len < 2 {
             return bad(

@@ -69,3 +69,76 @@ impl std::fmt::Display for WeightsMode {
         })
     }
 }
+
+/// When the optimizer updates a layer's adapters (`--fused-update auto|on|off`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FusedUpdate {
+    /// On when the layers are streamed and the run allows it (see [`fused_update_support`]);
+    /// with clipping only when the unfused step does not fit the budget, as clipping then costs
+    /// a second forward and backward.
+    #[default]
+    Auto,
+    /// Each layer's adapters are updated right after that layer's backward; its gradients are
+    /// dropped there, so no full set of gradients ever exists.
+    On,
+    /// Every gradient first, then one update of all adapters.
+    Off,
+}
+
+impl std::str::FromStr for FusedUpdate {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(FusedUpdate::Auto),
+            "on" => Ok(FusedUpdate::On),
+            "off" => Ok(FusedUpdate::Off),
+            other => Err(Error::Invalid(format!(
+                "--fused-update `{other}`: expected auto, on or off"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for FusedUpdate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FusedUpdate::Auto => "auto",
+            FusedUpdate::On => "on",
+            FusedUpdate::Off => "off",
+        })
+    }
+}
+
+/// Whether the fused per-layer update can run `cfg`, and if not, why (a sentence naming the
+/// setting). It needs a step whose gradients of one layer are final when that layer's backward
+/// ends: one micro-batch per step (accumulated gradients are final only after the last), and a
+/// method whose update needs nothing beyond the layer's own gradients (no cross-layer
+/// pruning budget, task masks, rank sampling or cross-layer shortcuts). Global-norm clipping
+/// is supported by a first pass that only measures the norm.
+pub fn fused_update_support(cfg: &super::TrainConfig) -> std::result::Result<(), String> {
+    use super::method::Method;
+    if cfg.accum > 1 {
+        return Err(format!(
+            "--accum {}: a layer's gradients are final only after the last micro-batch, so they \
+             cannot be applied and dropped at its backward",
+            cfg.accum
+        ));
+    }
+    match cfg.method {
+        Method::Lora
+        | Method::Rslora
+        | Method::Loraplus
+        | Method::Qlora
+        | Method::Dora
+        | Method::Olora
+        | Method::Pissa
+        | Method::Irqlora
+        | Method::Hira => Ok(()),
+        m => Err(format!(
+            "--method {}: its update uses more than each layer's own gradients (a budget, task \
+             masks, rank sampling or cross-layer state)",
+            m.name()
+        )),
+    }
+}

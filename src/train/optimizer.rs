@@ -1,6 +1,8 @@
 //! The trainer's optimizer: AdamW or SGD over every adapter tensor of an [`AdapterSet`], in the
 //! set's parameter order (slot order, then each adapter's `params()` order), with the
-//! learning-rate schedule and global-norm clipping applied across all of them.
+//! learning-rate schedule and global-norm clipping applied across all of them — in one update
+//! after the backward, or fused: layer by layer as the backward reaches each
+//! ([`Optimizer::begin_fused`]).
 
 use std::io::{Read, Write};
 
@@ -33,6 +35,24 @@ pub struct Optimizer {
     skip: Vec<bool>,
     /// Number of parameter tensors (the length a skip mask must have).
     n_params: usize,
+    /// Per layer: the id of its first parameter tensor (the fused update's numbering).
+    layer_first_id: Vec<usize>,
+    /// Σ g² per adapter slot (`layer · 7 + target`) of the fused step, summed in slot order at
+    /// its end so the norm is bit-identical to the unfused one.
+    slot_squares: Vec<f64>,
+    /// The fused step under way ([`Optimizer::begin_fused`]).
+    fused: Option<FusedStep>,
+}
+
+/// A fused step between [`Optimizer::begin_fused`] and [`Optimizer::finish_fused`].
+#[derive(Clone, Copy, Debug)]
+struct FusedStep {
+    t: u64,
+    lr: f32,
+    /// The clipping factor (1 without clipping).
+    scale: f32,
+    /// The global norm measured by the norm-only pass, when clipping.
+    norm: Option<f64>,
 }
 
 /// What one optimizer step did.
@@ -103,6 +123,13 @@ impl Optimizer {
                 min_lr_ratio: 0.0,
             },
         };
+        let mut layer_first_id = vec![0; set.n_layer() + 1];
+        for (layer, _, a) in set.iter() {
+            layer_first_id[layer + 1] += a.params().len();
+        }
+        for l in 0..set.n_layer() {
+            layer_first_id[l + 1] += layer_first_id[l];
+        }
         Ok(Optimizer {
             inner,
             schedule,
@@ -110,6 +137,9 @@ impl Optimizer {
             max_grad_norm: cfg.max_grad_norm as f64,
             skip: Vec::with_capacity(specs.len()),
             n_params: specs.len(),
+            layer_first_id,
+            slot_squares: vec![0.0; set.n_layer() * Target::ALL.len()],
+            fused: None,
         })
     }
 
@@ -198,29 +228,7 @@ impl Optimizer {
         let mut id = 0;
         for (layer, target, a) in set.iter_mut() {
             let grads = step.grads_mut(layer, target_index(target))?;
-            if scale != 1.0 {
-                grads.iter_mut().for_each(|g| *g *= scale);
-            }
-            let mut off = 0;
-            let mut p = 0;
-            while let Some(param) = a.param_mut(p) {
-                let n = param.len();
-                let g = grads.get(off..off + n).ok_or_else(|| {
-                    Error::Invalid(format!(
-                        "optimizer: adapter blk.{layer}.{} has more parameters than gradients",
-                        target.gguf_stem()
-                    ))
-                })?;
-                let skipped = self.skip.get(id) == Some(&true);
-                match &mut self.inner {
-                    _ if skipped => {}
-                    Inner::AdamW(o) => o.update(id, param, g, lr)?,
-                    Inner::Sgd(o) => o.update(id, param, g, lr)?,
-                }
-                off += n;
-                p += 1;
-                id += 1;
-            }
+            id = self.update_adapter(id, layer, target, a, grads, scale, lr)?;
         }
         Ok(UpdateStats {
             step: t,
@@ -229,11 +237,191 @@ impl Optimizer {
         })
     }
 
+    /// Scales `grads` by `scale` and updates `a`'s tensors from them, the first being parameter
+    /// `id`; returns the id after its last.
+    #[allow(clippy::too_many_arguments)]
+    fn update_adapter(
+        &mut self,
+        mut id: usize,
+        layer: usize,
+        target: Target,
+        a: &mut dyn crate::adapters::Adapter,
+        grads: &mut [f32],
+        scale: f32,
+        lr: f32,
+    ) -> Result<usize> {
+        if scale != 1.0 {
+            grads.iter_mut().for_each(|g| *g *= scale);
+        }
+        let mut off = 0;
+        let mut p = 0;
+        while let Some(param) = a.param_mut(p) {
+            let n = param.len();
+            let g = grads.get(off..off + n).ok_or_else(|| {
+                Error::Invalid(format!(
+                    "optimizer: adapter blk.{layer}.{} has more parameters than gradients",
+                    target.gguf_stem()
+                ))
+            })?;
+            let skipped = self.skip.get(id) == Some(&true);
+            match &mut self.inner {
+                _ if skipped => {}
+                Inner::AdamW(o) => o.update(id, param, g, lr)?,
+                Inner::Sgd(o) => o.update(id, param, g, lr)?,
+            }
+            off += n;
+            p += 1;
+            id += 1;
+        }
+        Ok(id)
+    }
+
+    /// Adds `layer`'s Σ g² per adapter to the fused step's slot sums; the first non-finite
+    /// gradient, if any, as `(target, element, value)`.
+    fn measure_slots(
+        &mut self,
+        layer: usize,
+        step: &mut impl GradSlots,
+        set: &AdapterSet,
+    ) -> Result<Option<(Target, usize, f32)>> {
+        let mut bad = None;
+        for target in Target::ALL {
+            if set.get(layer, target).is_none() {
+                continue;
+            }
+            let g = step.grads(layer, target_index(target))?;
+            let s = sum_squares(g);
+            if !s.is_finite() && bad.is_none() {
+                let i = g.iter().position(|v| !v.is_finite()).unwrap_or(0);
+                bad = Some((target, i, g.get(i).copied().unwrap_or(s as f32)));
+            }
+            let slot = layer * Target::ALL.len() + target_index(target);
+            if let Some(sq) = self.slot_squares.get_mut(slot) {
+                *sq = s;
+            }
+        }
+        Ok(bad)
+    }
+
+    /// The global norm of the slot sums, added in slot order (as [`Optimizer::update`] does).
+    fn slot_norm(&self) -> f64 {
+        self.slot_squares
+            .iter()
+            .fold(0f64, |acc, &s| acc + s)
+            .sqrt()
+    }
+
+    /// The norm-only pass of a clipped fused step: records `layer`'s gradient norms (call it
+    /// for every layer the backward reaches, after [`Optimizer::clear_norm`]). Updates nothing.
+    pub fn measure_layer(
+        &mut self,
+        layer: usize,
+        step: &mut impl GradSlots,
+        set: &AdapterSet,
+    ) -> Result<()> {
+        self.measure_slots(layer, step, set).map(|_| ())
+    }
+
+    /// Forgets the recorded gradient norms (before a norm-only pass).
+    pub fn clear_norm(&mut self) {
+        self.slot_squares.fill(0.0);
+    }
+
+    /// Starts a fused step (`--fused-update`): the step count and learning rate advance once,
+    /// then [`Optimizer::update_layer`] runs for each layer as its backward ends. With
+    /// clipping, `measured` is the norm-only pass's result ([`Optimizer::measure_layer`] over
+    /// every layer); a non-finite one is an error and nothing is updated. Without clipping the
+    /// norm is only reported, and a non-finite gradient is found layer by layer.
+    pub fn begin_fused(&mut self, measured: bool) -> Result<()> {
+        let (norm, scale) = if self.max_grad_norm > 0.0 {
+            if !measured {
+                return Err(Error::Invalid(
+                    "optimizer: clipping in a fused step needs the norm-only pass first".into(),
+                ));
+            }
+            let norm = self.slot_norm();
+            if !norm.is_finite() {
+                let bad = self.first_non_finite_slot();
+                return Err(self.non_finite_gradient(norm, bad));
+            }
+            (Some(norm), clip_scale(norm, self.max_grad_norm))
+        } else {
+            (None, 1.0)
+        };
+        let t = match &mut self.inner {
+            Inner::AdamW(o) => o.begin_step(),
+            Inner::Sgd(o) => o.begin_step(),
+        };
+        let lr = self.schedule.lr_at(self.base_lr, t);
+        self.clear_norm();
+        self.fused = Some(FusedStep { t, lr, scale, norm });
+        Ok(())
+    }
+
+    /// The slot with the first non-finite sum, as the error wants it (the element is not known
+    /// after the norm-only pass: reported as element 0 with the sum).
+    fn first_non_finite_slot(&self) -> Option<(usize, Target, usize, f32)> {
+        let n = Target::ALL.len();
+        self.slot_squares
+            .iter()
+            .position(|s| !s.is_finite())
+            .map(|i| (i / n, Target::ALL[i % n], 0, self.slot_squares[i] as f32))
+    }
+
+    /// Updates `layer`'s adapters from its gradients in `step` (clipped by the fused step's
+    /// factor). A non-finite gradient is an error; the layers above were already updated in
+    /// memory, and no checkpoint is written for the step.
+    pub fn update_layer(
+        &mut self,
+        layer: usize,
+        step: &mut impl GradSlots,
+        set: &mut AdapterSet,
+    ) -> Result<()> {
+        let Some(f) = self.fused else {
+            return Err(Error::Invalid(
+                "optimizer: update_layer outside a fused step (begin_fused first)".into(),
+            ));
+        };
+        if let Some((target, i, v)) = self.measure_slots(layer, step, set)? {
+            let e = self.non_finite_gradient(f64::NAN, Some((layer, target, i, v)));
+            return Err(Error::NonFinite(format!(
+                "{e} (fused update: the layers above blk.{layer} were already updated in memory; \
+                 resume from the last checkpoint)"
+            )));
+        }
+        let mut id = self.layer_first_id.get(layer).copied().unwrap_or(0);
+        for target in Target::ALL {
+            let Some(a) = set.get_mut(layer, target) else {
+                continue;
+            };
+            let grads = step.grads_mut(layer, target_index(target))?;
+            id = self.update_adapter(id, layer, target, a, grads, f.scale, f.lr)?;
+        }
+        Ok(())
+    }
+
+    /// Ends the fused step: its number, learning rate and the global gradient norm before
+    /// clipping (the norm-only pass's, or the sum of the layers' as they were updated).
+    pub fn finish_fused(&mut self) -> Result<UpdateStats> {
+        let Some(f) = self.fused.take() else {
+            return Err(Error::Invalid(
+                "optimizer: finish_fused outside a fused step".into(),
+            ));
+        };
+        Ok(UpdateStats {
+            step: f.t,
+            lr: f.lr,
+            grad_norm: f.norm.unwrap_or_else(|| self.slot_norm()),
+        })
+    }
+
     /// The error for a non-finite gradient norm at the coming step, naming the first adapter
     /// whose gradient is not finite, with advice that fits the settings (clipping cannot help:
     /// it rescales by the norm, which is not finite).
     fn non_finite_gradient(&self, norm: f64, bad: Option<(usize, Target, usize, f32)>) -> Error {
-        let step = self.step_count() + 1;
+        // Steps completed before this one (a fused step has already counted itself).
+        let done = self.step_count() - u64::from(self.fused.is_some());
+        let step = done + 1;
         let place = match bad {
             Some((layer, target, i, v)) => format!(
                 "first in blk.{layer}.{} (its gradient holds {v} at element {i})",
@@ -241,7 +429,7 @@ impl Optimizer {
             ),
             None => "in no single adapter".into(),
         };
-        let advice = if self.step_count() == 0 {
+        let advice = if done == 0 {
             "no update has been made yet, so the learning rate is not the cause: the backward \
              overflows on this data or on the initial adapter (try a shorter --seq-len or another \
              --init-adapter)"
@@ -354,6 +542,59 @@ mod tests {
         let e = opt.update(&mut g, &mut set).unwrap_err().to_string();
         assert!(
             e.contains("step 1") && e.contains("learning rate is not the cause"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_fused_step_equals_the_unfused_one_and_names_a_non_finite_layer() {
+        // Fused, layer by layer from the top (as the backward runs), clipped by the measured
+        // norm: the same parameters and norm as one update.
+        let (mut set_a, mut opt_a, mut ga) = setup(1e-3);
+        let (mut set_b, mut opt_b, mut gb) = setup(1e-3);
+        let n_layer = set_a.n_layer();
+        let a = opt_a.update(&mut ga, &mut set_a).unwrap();
+        opt_b.clear_norm();
+        for l in (0..n_layer).rev() {
+            opt_b.measure_layer(l, &mut gb, &set_b).unwrap();
+        }
+        opt_b.begin_fused(true).unwrap();
+        for l in (0..n_layer).rev() {
+            opt_b.update_layer(l, &mut gb, &mut set_b).unwrap();
+        }
+        assert_eq!(opt_b.finish_fused().unwrap(), a);
+        let params = |s: &AdapterSet| {
+            s.iter()
+                .map(|(_, _, a)| a.param(0).unwrap().to_vec())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(params(&set_a), params(&set_b));
+        // Clipping without the norm pass is refused; a non-finite measured norm updates nothing.
+        assert!(opt_b.begin_fused(false).is_err());
+        gb.0[7][3] = f32::NAN;
+        opt_b.clear_norm();
+        for l in (0..n_layer).rev() {
+            opt_b.measure_layer(l, &mut gb, &set_b).unwrap();
+        }
+        let e = opt_b.begin_fused(true).unwrap_err().to_string();
+        assert!(e.contains("step 2") && e.contains("blk.1.attn_q"), "{e}");
+        assert_eq!(opt_b.step_count(), 1);
+        // Without clipping, the layer that holds it is named, and the layers above are said to
+        // be updated already.
+        let (mut set, mut opt, mut g) = setup(0.0);
+        g.0[3][0] = f32::INFINITY;
+        opt.begin_fused(false).unwrap();
+        for l in (1..n_layer).rev() {
+            opt.update_layer(l, &mut g, &mut set).unwrap();
+        }
+        let e = opt
+            .update_layer(0, &mut g, &mut set)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("step 1")
+                && e.contains("blk.0.attn_output")
+                && e.contains("layers above blk.0 were already updated"),
             "{e}"
         );
     }

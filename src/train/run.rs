@@ -117,6 +117,7 @@ fn run_in_pool(
         evals: evals.as_ref().map(|e| e.points.clone()).unwrap_or_default(),
         best: evals.and_then(|e| e.best),
         streamed: trainer.step.stream_stats(),
+        fused_update: trainer.step.shape.fused_update,
     };
     let json =
         serde_json::to_vec_pretty(&summary).map_err(|e| Error::Invalid(format!("summary: {e}")))?;

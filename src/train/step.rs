@@ -21,7 +21,8 @@ use crate::backend::{Backend, CpuBackend};
 use crate::data::{Batch, IGNORE};
 use crate::memory::arena::Arena;
 use crate::memory::plan::{
-    AdapterShape, Category, LlamaSchedule, Loss, Plan, TARGETS, TrainShape, llama_training_plan,
+    AdapterShape, Bwd, Category, LlamaSchedule, Loss, Plan, TARGETS, TrainShape,
+    llama_training_plan,
 };
 use crate::model::stream::{StreamStats, WeightStream};
 use crate::model::{BackendModel, LlamaConfig};
@@ -190,6 +191,11 @@ impl TrainStep {
             .map_or(0, |s| s.staging_bytes() + s.head_bytes())
     }
 
+    /// The step's shape (what it was planned for).
+    pub fn shape(&self) -> &TrainShape {
+        &self.shape
+    }
+
     /// The packed plan (for reports).
     pub fn plan(&self) -> &Plan {
         &self.plan
@@ -275,7 +281,66 @@ impl TrainStep {
         first: bool,
         seed: u64,
     ) -> Result<f64> {
-        let m = w.model;
+        let (pass, loss, lowest) = self.forward_and_loss(w, set, batch, loss_scale, seed)?;
+        for l in (lowest..self.cfg.n_layer).rev() {
+            self.backward_layer(w, l, lowest, set, pass, first)?;
+        }
+        Ok(loss)
+    }
+
+    /// One micro-batch (the step's only one) with the fused per-layer update
+    /// ([`TrainShape::fused_update`]): right after layer `l`'s backward, `update(l, self, set)`
+    /// runs while the layer's gradients are live (read them with [`TrainStep::grads_mut`]);
+    /// they are dropped before the next layer's. The layers below `l` have not run their
+    /// backward yet and use their adapters as they were. A non-finite loss returns before the
+    /// backward, so nothing is updated.
+    #[allow(clippy::too_many_arguments)]
+    pub fn micro_batch_fused(
+        &mut self,
+        model: &BackendModel<'_, CpuBackend>,
+        set: &mut AdapterSet,
+        batch: &Batch,
+        loss_scale: f32,
+        seed: u64,
+        update: &mut dyn FnMut(usize, &mut TrainStep, &mut AdapterSet) -> Result<()>,
+    ) -> Result<f64> {
+        if !self.shape.fused_update {
+            return Err(Error::Invalid(
+                "training step: planned without the fused per-layer update".into(),
+            ));
+        }
+        self.check_model(model)?;
+        let mut stream = self.stream.take();
+        let mut w = StepWeights {
+            model,
+            stream: stream.as_mut(),
+        };
+        let result = (|| {
+            let (pass, loss, lowest) =
+                self.forward_and_loss(&mut w, set, batch, loss_scale, seed)?;
+            if !loss.is_finite() {
+                return Ok(loss);
+            }
+            for l in (lowest..self.cfg.n_layer).rev() {
+                self.backward_layer(&mut w, l, lowest, set, pass, true)?;
+                update(l, self, set)?;
+            }
+            Ok(loss)
+        })();
+        self.stream = stream;
+        result
+    }
+
+    /// Embedding, every layer's forward and the loss (with the KL anchor's base pass first).
+    /// Returns the pass, `Σ loss` and the lowest layer the backward reaches.
+    fn forward_and_loss(
+        &mut self,
+        w: &mut StepWeights<'_, '_>,
+        set: &AdapterSet,
+        batch: &Batch,
+        loss_scale: f32,
+        seed: u64,
+    ) -> Result<(Pass, f64, usize)> {
         let pass = self.prepare(w, batch, true, seed)?;
         // The KL anchor: the base model's hidden states first (step_kl.rs).
         let anchored = self.weigh_anchored_tokens(batch);
@@ -295,16 +360,28 @@ impl TrainStep {
         if let Some(r) = &mut self.res {
             r.clear_pending();
         }
+        Ok((pass, loss, lowest))
+    }
+
+    /// Layer `l`'s backward (its recompute first under checkpointing); `lowest`: where the
+    /// backward stops (for the stream's next read).
+    fn backward_layer(
+        &mut self,
+        w: &mut StepWeights<'_, '_>,
+        l: usize,
+        lowest: usize,
+        set: &AdapterSet,
+        pass: Pass,
+        first: bool,
+    ) -> Result<()> {
+        let m = w.model;
         let checkpointing = self.shape.checkpointing;
-        for l in (lowest..n_layer).rev() {
-            w.layer(l, backward_next(l, lowest), &mut |lw| {
-                if checkpointing {
-                    self.layer_forward(m, lw, Phase::Recompute, l, set, pass)?;
-                }
-                self.layer_backward(m, lw, l, set, pass, first)
-            })?;
-        }
-        Ok(loss)
+        w.layer(l, backward_next(l, lowest), &mut |lw| {
+            if checkpointing {
+                self.layer_forward(m, lw, Phase::Recompute, l, set, pass)?;
+            }
+            self.layer_backward(m, lw, l, set, pass, first)
+        })
     }
 
     /// The forward and the loss only (no dropout, no gradients): `(Σ loss, targets)` — for
@@ -346,8 +423,9 @@ impl TrainStep {
             .sum()
     }
 
-    /// The gradients of the adapter in slot `layer · 7 + target` (after a micro-batch), in its
-    /// parameter order; empty for an unadapted slot.
+    /// The gradients of the adapter in slot `layer · 7 + target` (after a micro-batch, or with
+    /// the fused update inside its per-layer callback), in its parameter order; empty for an
+    /// unadapted slot.
     pub fn grads_mut(&mut self, layer: usize, target_index: usize) -> Result<&mut [f32]> {
         let id = self
             .ids
@@ -357,7 +435,13 @@ impl TrainStep {
             .copied()
             .unwrap_or(self.ids.empty);
         let n = self.n_params[layer * TARGETS.len() + target_index.min(6)];
-        let [g] = self.arena.views_mut_at(self.sched.optimizer(), [id])?;
+        // Fused, a layer's gradients live only through its own backward.
+        let at = if self.shape.fused_update && layer < self.cfg.n_layer {
+            self.sched.bwd(layer, Bwd::AttnNorm)
+        } else {
+            self.sched.optimizer()
+        };
+        let [g] = self.arena.views_mut_at(at, [id])?;
         let len = n.min(g.len());
         Ok(&mut g[..len])
     }

@@ -105,6 +105,8 @@ pub struct Summary {
     /// the compute waited for it (the rest of `elapsed_s` is compute).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub streamed: Option<crate::model::stream::StreamStats>,
+    /// Each layer's adapters were updated right after its backward (`--fused-update`).
+    pub fused_update: bool,
 }
 
 /// A loaded, planned training run over one mapped model.
@@ -275,6 +277,8 @@ impl<'f> Trainer<'f> {
             checkpointing: cfg.checkpointing,
             accumulate: cfg.accum > 1,
             optimizer_staging: false,
+            // Each layer updated after its backward (`--fused-update`, or the plan's choice).
+            fused_update: planned.shape.fused_update,
             adapters: adapter_shapes(&set),
         };
         fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
@@ -367,6 +371,13 @@ impl<'f> Trainer<'f> {
             return Err(Error::Invalid(
                 "streamed weights run on the CPU step only; a device step uploads every layer \
                  (use --weights map with --device cuda)"
+                    .into(),
+            ));
+        }
+        if self.step.shape.fused_update && !matches!(device, super::engine::Device::Cpu) {
+            return Err(Error::Invalid(
+                "the fused per-layer update runs on the CPU step only (use --fused-update off \
+                 with a device)"
                     .into(),
             ));
         }
@@ -470,33 +481,46 @@ impl<'f> Trainer<'f> {
         let mut kl = (0.0, 0);
         self.hooks.before_step(&mut self.set, step_no);
         self.hooks.weigh_tasks(&self.batches[..n], &mut self.step)?;
-        let model = self.llama.backend_model();
-        for (i, b) in self.batches[..n].iter().enumerate() {
-            let seed = micro_seed(self.cfg.seed, step_no, i);
-            self.hooks.route(&mut self.set, b)?;
-            let l = self.engine.micro_batch(
-                &mut self.step,
-                model,
-                &self.set,
-                b,
-                scale,
-                i == 0,
-                seed,
-            )?;
+        let stats = if self.step.shape.fused_update {
+            // One micro-batch (accumulation is refused with it); hooks: none of the methods it
+            // allows uses them (config_kinds.rs fused_update_support).
+            let l = self.fused_micro_batch(step_no, scale)?;
             if !l.is_finite() {
-                return Err(self.non_finite_loss(step_no, i, n, l));
+                return Err(self.non_finite_loss(step_no, 0, n, l));
             }
-            loss += l;
-            self.hooks.after_micro_batch(&self.step);
+            loss = l;
             if let Some((sum, tokens)) = self.step.last_kl() {
-                kl = (kl.0 + sum, kl.1 + tokens);
+                kl = (sum, tokens);
             }
-        }
-        self.hooks.after_backward(&mut self.step, &self.set)?;
-        self.hooks.before_update(&self.set, &mut self.opt)?;
-        let stats = self
-            .engine
-            .update(&mut self.opt, &mut self.step, &mut self.set)?;
+            self.opt.finish_fused()?
+        } else {
+            let model = self.llama.backend_model();
+            for (i, b) in self.batches[..n].iter().enumerate() {
+                let seed = micro_seed(self.cfg.seed, step_no, i);
+                self.hooks.route(&mut self.set, b)?;
+                let l = self.engine.micro_batch(
+                    &mut self.step,
+                    model,
+                    &self.set,
+                    b,
+                    scale,
+                    i == 0,
+                    seed,
+                )?;
+                if !l.is_finite() {
+                    return Err(self.non_finite_loss(step_no, i, n, l));
+                }
+                loss += l;
+                self.hooks.after_micro_batch(&self.step);
+                if let Some((sum, tokens)) = self.step.last_kl() {
+                    kl = (kl.0 + sum, kl.1 + tokens);
+                }
+            }
+            self.hooks.after_backward(&mut self.step, &self.set)?;
+            self.hooks.before_update(&self.set, &mut self.opt)?;
+            self.engine
+                .update(&mut self.opt, &mut self.step, &mut self.set)?
+        };
         self.hooks
             .after_update(step_no - 1, &mut self.step, &mut self.set)?;
         let secs = t0.elapsed().as_secs_f64();
@@ -515,6 +539,52 @@ impl<'f> Trainer<'f> {
             eval: None,
             kl: (kl.1 > 0).then(|| kl.0 / kl.1 as f64),
         }))
+    }
+
+    /// The step's one micro-batch with each layer updated after its backward. With clipping a
+    /// norm-only pass runs first (the same forward and backward, bit for bit: same batch, same
+    /// dropout seed), so the update clips by the exact global norm. The optimizer's step begins
+    /// at the first layer's update, so a non-finite loss leaves it untouched. Returns `Σ loss`.
+    fn fused_micro_batch(&mut self, step_no: u64, scale: f32) -> Result<f64> {
+        let seed = micro_seed(self.cfg.seed, step_no, 0);
+        let model = self.llama.backend_model();
+        let batch = &self.batches[0];
+        let clipping = self.cfg.max_grad_norm > 0.0;
+        let opt = &mut self.opt;
+        if clipping {
+            opt.clear_norm();
+            let l = self.step.micro_batch_fused(
+                model,
+                &mut self.set,
+                batch,
+                scale,
+                seed,
+                &mut |l, st, set| opt.measure_layer(l, st, set),
+            )?;
+            if !l.is_finite() {
+                return Ok(l);
+            }
+        }
+        let mut begun = false;
+        let l = self.step.micro_batch_fused(
+            model,
+            &mut self.set,
+            batch,
+            scale,
+            seed,
+            &mut |l, st, set| {
+                if !begun {
+                    opt.begin_fused(clipping)?;
+                    begun = true;
+                }
+                opt.update_layer(l, st, set)
+            },
+        )?;
+        if !begun && l.is_finite() {
+            // No adapted layer: the step still counts.
+            opt.begin_fused(clipping)?;
+        }
+        Ok(l)
     }
 
     /// The error for a non-finite loss in micro-batch `micro` (of `n`) of step `step_no`,

@@ -101,6 +101,7 @@ pub fn train_step(
         checkpointing: ckpt,
         accumulate: true,
         optimizer_staging: false,
+        fused_update: false,
         adapters: adapter_shapes(set),
     };
     let m = llama.backend_model();

@@ -132,6 +132,7 @@ fn unsupported_methods_and_dropout_are_refused_by_name() {
             checkpointing: true,
             accumulate: false,
             optimizer_staging: false,
+            fused_update: false,
             adapters: shape,
         },
     )

@@ -45,6 +45,10 @@ pub struct Args {
     /// Worker threads (default: the board's cores, else this machine's).
     #[arg(long)]
     threads: Option<usize>,
+    /// The training run's gradient clipping (0 = off): with the fused per-layer update it adds
+    /// a norm-only pass, which `--fused-update auto` weighs.
+    #[arg(long, default_value_t = 1.0)]
+    max_grad_norm: f32,
     /// The dataset, to count its memory (its size only is read; for mtlora its records are
     /// read for their task names, whose count sizes the adapters — without --data, 1 task).
     #[arg(long)]
@@ -57,6 +61,7 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     let mut cfg = TrainConfig {
         threads: args.threads,
+        max_grad_norm: args.max_grad_norm,
         ..TrainConfig::default()
     };
     args.shape.apply(&mut cfg)?;

@@ -147,6 +147,13 @@ pub struct BudgetArgs {
     /// Lock the mapped weights in memory (mlock; needs RLIMIT_MEMLOCK ≥ the model's size).
     #[arg(long)]
     pub lock_weights: bool,
+    /// When the optimizer updates a layer's adapters: `on` right after that layer's backward,
+    /// so only one layer's gradients exist at a time (one micro-batch a step; with clipping a
+    /// norm-only forward and backward runs first, doubling the compute); `off` after the whole
+    /// backward; `auto` on when the layers are streamed (with clipping, only when the unfused
+    /// step does not fit).
+    #[arg(long, value_name = "auto|on|off", default_value = "auto")]
+    pub fused_update: edgetune::train::FusedUpdate,
 }
 
 impl BudgetArgs {
@@ -166,7 +173,7 @@ impl BudgetArgs {
             .transpose()
     }
 
-    /// Sets `cfg.budget_bytes` and `cfg.lock_weights`, and the thread count from the board's
+    /// Sets `cfg.budget_bytes`, `cfg.lock_weights` and `cfg.fused_update`, and the thread count from the board's
     /// cores when none was set; returns the board.
     pub fn apply(&self, cfg: &mut TrainConfig) -> Result<Option<Board>> {
         let board = self.board()?;
@@ -175,6 +182,7 @@ impl BudgetArgs {
             None => self.resolve()?,
         };
         cfg.lock_weights = self.lock_weights;
+        cfg.fused_update = self.fused_update;
         cfg.storage_read_bytes_per_s = board
             .as_ref()
             .and_then(|b| b.storage_read_mb_s)
