@@ -297,6 +297,7 @@ fn train_step(c: &mut Criterion) {
         accumulate: false,
         optimizer_staging: false,
         fused_update: false,
+        checkpoint_bf16: false,
         adapters: adapter_shapes(&set),
     };
     let mut cpu = TrainStep::new(m, &set, shape.clone()).expect("train step");

@@ -482,6 +482,18 @@ fn plan_json_matches_the_planner_and_hand_counts() {
         (r["fits"].as_bool(), r["headroom_bytes"].as_i64()),
         (Some(false), Some(-1))
     );
+    // Streamed layers and the fused per-layer update are configuration fields too.
+    let streamed = plan(
+        Some(&path),
+        Some(
+            r#"{"seq_len": 32, "batch": 2, "lora": {"rank": 4}, "ce_chunk": 16, "weights": "stream", "fused_update": "on", "max_grad_norm": 0}"#,
+        ),
+    )
+    .unwrap();
+    let b = &streamed["breakdown"];
+    assert!(b["weights"]["streamed"]["reads_per_step"].as_u64().unwrap() > 0);
+    assert_eq!(b["fused_update"], "--fused-update on");
+    assert!(streamed["arena_bytes"].as_u64().unwrap() < arena);
 
     // Fewer targets and 8-bit state, rank 16: q's A [16, 256], q's B [256, 16] and v's A
     // [16, 256] have 4096 values: 2 bytes each plus two f32 absmax per 256-value block; v's B

@@ -71,7 +71,10 @@ fn training_steps_after_the_first_allocate_nothing() {
     // The fused per-layer update, with clipping (its norm-only pass) and streamed.
     let mut fused = streamed.clone();
     fused.fused_update = edgetune::train::FusedUpdate::On;
-    let mut all = vec![base, a, b, kl, streamed, fused];
+    // bf16 layer checkpoints: packed and unpacked in place.
+    let mut bf16 = base.clone();
+    bf16.checkpoint_dtype = edgetune::train::CheckpointDtype::Bf16;
+    let mut all = vec![base, a, b, kl, streamed, fused, bf16];
     all.extend(methods);
     pool.install(|| steps_allocate_nothing(&file, all));
 }

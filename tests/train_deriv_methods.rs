@@ -73,6 +73,7 @@ fn train(make: &dyn Fn(usize, usize, u64) -> Box<dyn Adapter>, steps: usize) -> 
         accumulate: false,
         optimizer_staging: false,
         fused_update: false,
+        checkpoint_bf16: false,
         adapters: adapter_shapes(&set),
     };
     let mut step = TrainStep::new(llama.backend_model(), &set, shape).unwrap();
@@ -206,6 +207,7 @@ fn reslora_step(ckpt: bool) -> ResRun {
         accumulate: false,
         optimizer_staging: false,
         fused_update: false,
+        checkpoint_bf16: false,
         adapters: adapter_shapes(&set),
     };
     let mut step = TrainStep::new(llama.backend_model(), &set, shape).unwrap();
@@ -267,6 +269,7 @@ fn reslora_step_gradients_match_directional_differences_and_checkpointing() {
         accumulate: false,
         optimizer_staging: false,
         fused_update: false,
+        checkpoint_bf16: false,
         adapters: adapter_shapes(&set),
     };
     let mut step = TrainStep::new(llama.backend_model(), &set, shape).unwrap();
@@ -364,6 +367,7 @@ fn mtlora_step(weights: &[f32]) -> (f64, Vec<Vec<f32>>, Vec<(f64, usize)>) {
         accumulate: false,
         optimizer_staging: false,
         fused_update: false,
+        checkpoint_bf16: false,
         adapters: adapter_shapes(&set),
     };
     let mut step = TrainStep::new(llama.backend_model(), &set, shape).unwrap();

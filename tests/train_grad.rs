@@ -54,7 +54,13 @@ fn adapters(cfg: &edgetune::model::LlamaConfig, seed: u64) -> AdapterSet {
     set
 }
 
-fn shape(set: &AdapterSet, rows: usize, ckpt: bool, accumulate: bool) -> TrainShape {
+fn shape(
+    set: &AdapterSet,
+    rows: usize,
+    ckpt: bool,
+    accumulate: bool,
+    checkpoint_bf16: bool,
+) -> TrainShape {
     TrainShape {
         seq_len: SEQ,
         micro_batch: rows,
@@ -63,6 +69,7 @@ fn shape(set: &AdapterSet, rows: usize, ckpt: bool, accumulate: bool) -> TrainSh
         accumulate,
         optimizer_staging: false,
         fused_update: false,
+        checkpoint_bf16,
         adapters: adapter_shapes(set),
     }
 }
@@ -177,6 +184,19 @@ fn measure(
     rows: usize,
     kl: f64,
 ) -> (f64, f64) {
+    measure_with(types, compute, ckpt, packed, rows, kl, false)
+}
+
+/// [`measure`], optionally with the layer checkpoints in bf16.
+fn measure_with(
+    types: WeightTypes,
+    compute: Compute,
+    ckpt: bool,
+    packed: bool,
+    rows: usize,
+    kl: f64,
+    bf16: bool,
+) -> (f64, f64) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.gguf");
     testmodel::write_test_model(&TINY, types, 5, &path).unwrap();
@@ -189,7 +209,7 @@ fn measure(
     let mut b = batch(rows, packed, cfg.n_vocab, 3);
     b.replay_rows[rows - 1] = kl > 0.0;
     let n_targets = b.n_targets;
-    let mut step = TrainStep::new(&model, &set, shape(&set, rows, ckpt, false)).unwrap();
+    let mut step = TrainStep::new(&model, &set, shape(&set, rows, ckpt, false, bf16)).unwrap();
     step.set_kl_anchor(kl as f32).unwrap();
     let loss = step
         .micro_batch(&model, &set, &b, 1.0 / n_targets as f32, true, 0)
@@ -287,4 +307,24 @@ fn int8_forward_gradients_against_f64() {
         assert!(f.0 < 1e-5 && f.1 <= 1e-4, "{ty:?} f32 {f:?}");
         assert!(i.0 < 1e-2 && i.1 <= 0.1, "{ty:?} int8 {i:?}");
     }
+}
+
+/// bf16 layer checkpoints (`--checkpoint-dtype bf16`): the residual stream is rounded to bf16
+/// where each layer begins (up to 2^-8 relative), so the loss and the gradients move off the f32
+/// model (bounded loosely; a recompute from a stale or unpacked-wrong input would be far off).
+/// The f32 run's errors are printed beside them: the rounding must show.
+#[test]
+fn bf16_checkpoint_gradients_against_f64() {
+    let ty = WeightTypes::Uniform(GgmlType::F32);
+    let f = measure(ty, Compute::F32, true, true, 2, 0.0);
+    let b = measure_with(ty, Compute::F32, true, true, 2, 0.0, true);
+    eprintln!(
+        "f32 checkpoints: loss {:.1e} gradient {:.1e}; bf16: loss {:.1e} gradient {:.1e}",
+        f.0, f.1, b.0, b.1
+    );
+    assert!(b.0 < 1e-3 && b.1 <= 2e-2, "bf16 {b:?}");
+    assert!(
+        b.0 > f.0,
+        "the rounding must change the loss: {b:?} vs {f:?}"
+    );
 }

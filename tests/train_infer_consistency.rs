@@ -56,6 +56,7 @@ fn training_forward_and_inference_with_adapters_agree() {
         accumulate: false,
         optimizer_staging: false,
         fused_update: false,
+        checkpoint_bf16: false,
         adapters: adapter_shapes(&set),
     };
     let mut step = TrainStep::new(llama.backend_model(), &set, shape).unwrap();

@@ -44,8 +44,8 @@ use crate::testmodel::{Preset, Vocabulary, WeightTypes, plan_test_model};
 use crate::train::method::Method;
 use crate::train::method_plan::{adapter_cost, method_wide_bytes, reslora_store_bytes};
 use crate::train::{
-    FusedUpdate, OptimizerKind, StatePlace, TrainConfig, WeightsMode, fused_update_support,
-    target_shape,
+    CheckpointDtype, FusedUpdate, OptimizerKind, StatePlace, TrainConfig, WeightsMode,
+    fused_update_support, target_shape,
 };
 use crate::{Error, Result};
 
@@ -393,6 +393,7 @@ pub fn train_shape(model: &LlamaConfig, cfg: &TrainConfig) -> Result<TrainShape>
         accumulate: cfg.accum > 1,
         optimizer_staging: false,
         fused_update: cfg.fused_update == FusedUpdate::On,
+        checkpoint_bf16: cfg.checkpoint_dtype == CheckpointDtype::Bf16,
         adapters,
     })
 }

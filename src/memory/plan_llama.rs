@@ -14,6 +14,10 @@
 //! - `x` `[T, D]`: the layer's input (the residual stream), written by the previous layer's
 //!   forward (or the embedding), kept until the layer's `AttnNorm` backward. With
 //!   checkpointing these are the only per-layer activations that cross layers ([`Category::Checkpoint`]).
+//!   With [`TrainShape::checkpoint_bf16`] `x` lives only through the layer's forward; `xc`
+//!   `[T·D/2]` keeps it packed as bf16 from the end of the previous layer's forward until the
+//!   recompute unpacks it into `xr` `[T, D]` ([`Category::Recompute`]) for the recompute and
+//!   the backward.
 //! - Layer activations: `xn` (attn_norm out) `[T, D]`, `rstd_attn` `[T]`, `q` `[T, Q]`,
 //!   `k`/`v` `[T, K]`, `att` (attention out) `[T, Q]`, `lse` `[T, H]`, `o` (attn_output out)
 //!   `[T, D]`, `mid` (residual after attention) `[T, D]`, `fn` (ffn_norm out) `[T, D]`,
@@ -231,6 +235,10 @@ pub struct TrainShape {
     /// (`--fused-update`): a layer's gradients live only through its backward, so the layers
     /// share their memory. Not with `accumulate`.
     pub fused_update: bool,
+    /// Layer inputs kept for the backward in bf16 (`--checkpoint-dtype bf16`, with
+    /// checkpointing): `L{l}.xc` holds them packed, `L{l}.x` lives only through the layer's
+    /// forward and `L{l}.xr` (the unpacked copy) only through its recompute and backward.
+    pub checkpoint_bf16: bool,
     /// Per projection in [`TARGETS`] order: its adapter, or `None`.
     pub adapters: [Option<AdapterShape>; 7],
 }
@@ -268,6 +276,7 @@ impl TrainShape {
             accumulate: false,
             optimizer_staging: false,
             fused_update: false,
+            checkpoint_bf16: false,
             adapters,
         })
     }
@@ -311,6 +320,11 @@ pub fn llama_training_plan(cfg: &LlamaConfig, shape: &TrainShape) -> Result<Plan
         shape.ce_chunk,
         shape.checkpointing,
     );
+    if shape.checkpoint_bf16 && !checkpointing {
+        return Err(Error::Invalid(
+            "plan: bf16 layer checkpoints need gradient checkpointing".into(),
+        ));
+    }
     if shape.accumulate && shape.fused_update {
         return Err(Error::Invalid(
             "plan: a fused per-layer update cannot accumulate gradients over micro-batches \
@@ -366,14 +380,49 @@ pub fn llama_training_plan(cfg: &LlamaConfig, shape: &TrainShape) -> Result<Plan
         } else {
             s.fwd(l - 1, Fwd::OutProj)
         };
-        add(
-            &mut b,
-            format!("L{l}.x"),
-            x_cat,
-            &[t, d],
-            first,
-            s.bwd(l, Bwd::AttnNorm),
-        )?;
+        if shape.checkpoint_bf16 {
+            // f32 through the layer's forward (its OutProj reads it last); packed in bf16
+            // (two per f32 slot) from when it is complete until the recompute unpacks it into
+            // `xr`, which the recompute and the backward read.
+            add(
+                &mut b,
+                format!("L{l}.x"),
+                act,
+                &[t, d],
+                first,
+                s.fwd(l, F::OutProj),
+            )?;
+            let packed = if l == 0 {
+                s.embed()
+            } else {
+                s.fwd(l - 1, F::Down)
+            };
+            add(
+                &mut b,
+                format!("L{l}.xc"),
+                Category::Checkpoint,
+                &[(t * d).div_ceil(2)],
+                packed,
+                s.recompute(l, F::AttnNorm),
+            )?;
+            add(
+                &mut b,
+                format!("L{l}.xr"),
+                Category::Recompute,
+                &[t, d],
+                s.recompute(l, F::AttnNorm),
+                s.bwd(l, B::AttnNorm),
+            )?;
+        } else {
+            add(
+                &mut b,
+                format!("L{l}.x"),
+                x_cat,
+                &[t, d],
+                first,
+                s.bwd(l, Bwd::AttnNorm),
+            )?;
+        }
 
         // (name, shape, made at, last forward use, last backward use, recomputed)
         #[rustfmt::skip]

@@ -2,7 +2,8 @@
 //!
 //! The levers, gentlest first (what they cost the run): gradient checkpointing on (exact, more
 //! compute), optimizer state on disk (exact, more I/O), 8-bit optimizer state (approximate
-//! moments), micro-batch 1 with the accumulation multiplied so the effective batch stays (same
+//! moments), bf16 layer checkpoints (the residual stream rounded to bf16 where each layer
+//! begins), micro-batch 1 with the accumulation multiplied so the effective batch stays (same
 //! samples per update, slower), a lower rank (halved, up to 4 times; `alpha` scaled so the LoRA
 //! scale stays), fewer targets (attention only: q, k, v, o; then q, v), a shorter sequence
 //! (halved, up to 3 times, not below 16). Only levers that change the configuration are tried,
@@ -29,7 +30,7 @@ use super::budget_report::size;
 use super::plan::llama_training_plan;
 use crate::adapters::Target;
 use crate::model::LlamaConfig;
-use crate::train::{OptimizerKind, StatePlace, TrainConfig};
+use crate::train::{CheckpointDtype, OptimizerKind, StatePlace, TrainConfig};
 use crate::{Error, Result};
 
 /// Most suggestions listed.
@@ -48,6 +49,8 @@ pub enum Change {
     StateOnDisk,
     /// 8-bit blockwise AdamW state.
     State8Bit,
+    /// Layer checkpoints in bf16 (`--checkpoint-dtype bf16`).
+    CheckpointBf16,
     /// Micro-batch `batch` with `accum` micro-batches per update.
     MicroBatch {
         batch: usize,
@@ -72,6 +75,7 @@ impl Change {
             Change::Checkpointing => cfg.checkpointing = true,
             Change::StateOnDisk => cfg.optimizer_state = StatePlace::Disk,
             Change::State8Bit => cfg.optimizer_state_bits = 8,
+            Change::CheckpointBf16 => cfg.checkpoint_dtype = CheckpointDtype::Bf16,
             Change::MicroBatch { batch, accum } => (cfg.batch, cfg.accum) = (*batch, *accum),
             Change::Rank { rank, alpha } => (cfg.lora.rank, cfg.lora.alpha) = (*rank, *alpha),
             Change::Targets { targets } => cfg.lora.targets = targets.clone(),
@@ -87,6 +91,7 @@ impl fmt::Display for Change {
             Change::Checkpointing => f.write_str("drop --no-checkpointing"),
             Change::StateOnDisk => f.write_str("--optimizer-state disk"),
             Change::State8Bit => f.write_str("--optimizer-state-bits 8"),
+            Change::CheckpointBf16 => f.write_str("--checkpoint-dtype bf16"),
             Change::MicroBatch { batch, accum } => write!(f, "--batch {batch} --accum {accum}"),
             Change::Rank { rank, alpha } => write!(f, "--rank {rank} --alpha {alpha}"),
             Change::Targets { targets } => write!(f, "--targets {}", target_list(targets)),
@@ -158,6 +163,9 @@ pub fn config_flags(cfg: &TrainConfig) -> String {
     if !cfg.checkpointing {
         s += " --no-checkpointing";
     }
+    if cfg.checkpoint_dtype == CheckpointDtype::Bf16 {
+        s += " --checkpoint-dtype bf16";
+    }
     match cfg.optimizer {
         OptimizerKind::Sgd => s += " --optimizer sgd",
         OptimizerKind::AdamW => {
@@ -200,6 +208,10 @@ fn levers(model: &LlamaConfig, cfg: &TrainConfig) -> Vec<Vec<Change>> {
         if cfg.optimizer_state_bits != 8 {
             out.push(vec![Change::State8Bit]);
         }
+    }
+    // Only where checkpointing is on already (bf16 without it is refused).
+    if cfg.checkpointing && cfg.checkpoint_dtype == CheckpointDtype::F32 {
+        out.push(vec![Change::CheckpointBf16]);
     }
     if cfg.batch > 1 {
         let accum = cfg

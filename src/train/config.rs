@@ -12,7 +12,8 @@ use crate::data::Format;
 use crate::{Error, Result};
 
 pub use super::config_kinds::{
-    Decay, FusedUpdate, OptimizerKind, StatePlace, WeightsMode, fused_update_support,
+    CheckpointDtype, Decay, FusedUpdate, OptimizerKind, StatePlace, WeightsMode,
+    fused_update_support,
 };
 
 /// Where the replay conversations of `train --replay` come from (`train/replay.rs`).
@@ -105,6 +106,8 @@ pub struct TrainConfig {
     /// When the optimizer updates each layer's adapters (`auto`: fused when streamed and
     /// allowed, see [`fused_update_support`]).
     pub fused_update: FusedUpdate,
+    /// How the layer inputs kept for the backward are stored (bf16 needs checkpointing).
+    pub checkpoint_dtype: CheckpointDtype,
     /// Sequential read speed of the model's storage in bytes/s, for the plan's estimate of a
     /// streamed step's I/O time (from `--board`; `None`: not estimated).
     pub storage_read_bytes_per_s: Option<f64>,
@@ -181,6 +184,7 @@ impl Default for TrainConfig {
             lock_weights: false,
             weights: WeightsMode::Auto,
             fused_update: FusedUpdate::Auto,
+            checkpoint_dtype: CheckpointDtype::F32,
             storage_read_bytes_per_s: None,
             threads: None,
             replay: None,
@@ -215,6 +219,13 @@ impl TrainConfig {
             return Err(Error::Invalid(
                 "train: --lock-weights keeps the whole map resident; --weights stream reads \
                  layers as they run: choose one"
+                    .into(),
+            ));
+        }
+        if self.checkpoint_dtype == CheckpointDtype::Bf16 && !self.checkpointing {
+            return Err(Error::Invalid(
+                "train: --checkpoint-dtype bf16 stores the layer inputs gradient checkpointing \
+                 keeps; without checkpointing (--no-checkpointing) there are none"
                     .into(),
             ));
         }

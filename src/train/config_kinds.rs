@@ -142,3 +142,37 @@ pub fn fused_update_support(cfg: &super::TrainConfig) -> std::result::Result<(),
         )),
     }
 }
+
+/// How the layer inputs kept for the backward are stored (`--checkpoint-dtype f32|bf16`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckpointDtype {
+    /// f32: the recompute starts from the forward's exact input.
+    #[default]
+    F32,
+    /// bf16 (half the bytes): the residual stream is rounded to bf16 where a layer begins, in
+    /// the forward as in the recompute, so both see the same input (docs/ARCHITECTURE.md).
+    Bf16,
+}
+
+impl std::str::FromStr for CheckpointDtype {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f32" => Ok(CheckpointDtype::F32),
+            "bf16" => Ok(CheckpointDtype::Bf16),
+            other => Err(Error::Invalid(format!(
+                "--checkpoint-dtype `{other}`: expected f32 or bf16"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for CheckpointDtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CheckpointDtype::F32 => "f32",
+            CheckpointDtype::Bf16 => "bf16",
+        })
+    }
+}

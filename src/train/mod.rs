@@ -35,8 +35,8 @@ pub mod trainer;
 
 pub use adapter_set::{AdapterSet, target_shape, tensor_name};
 pub use config::{
-    Decay, FusedUpdate, KL_ANCHOR_WITH_REPLAY, OptimizerKind, REPLAY_SELF_DEFAULT, Replay,
-    StatePlace, TrainConfig, WeightsMode, fused_update_support,
+    CheckpointDtype, Decay, FusedUpdate, KL_ANCHOR_WITH_REPLAY, OptimizerKind, REPLAY_SELF_DEFAULT,
+    Replay, StatePlace, TrainConfig, WeightsMode, fused_update_support,
 };
 pub use method::{BaseCopy, Method, MethodOptions, TaskWeights};
 pub use run::{run, run_on};

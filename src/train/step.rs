@@ -496,6 +496,14 @@ impl TrainStep {
             Some(rows) => rows.gather(&batch.ids, x0)?,
             None => CpuBackend.embedding(&w.embedding()?, &batch.ids, x0)?,
         }
+        // bf16 checkpoints: layer 0's input packed, and rounded like it (step_layer.rs).
+        let l0 = self.ids.layers[0];
+        if l0.x_saved != self.ids.empty {
+            let [x0, packed] = self
+                .arena
+                .views_mut_at(self.sched.embed(), [l0.x, l0.x_saved])?;
+            crate::backend::cpu::bf16_pack::pack_bf16(x0, packed)?;
+        }
         Ok(Pass {
             n: b * l,
             training,

@@ -33,8 +33,13 @@ pub struct ActIds {
 /// One layer's buffers.
 #[derive(Clone, Copy, Debug)]
 pub struct LayerIds {
-    /// The layer input `x_l` `[T, D]`.
+    /// The layer input `x_l` `[T, D]` as the forward reads it.
     pub x: BufferId,
+    /// The layer input as the recompute and the backward read it: `x` itself, or with bf16
+    /// checkpoints the copy unpacked from `x_saved`.
+    pub x_back: BufferId,
+    /// The bf16-packed layer input `[T·D/2]` ([`StepIds::empty`] with f32 checkpoints).
+    pub x_saved: BufferId,
     /// What the forward writes (with checkpointing: only what the forward itself reads).
     pub fwd: ActIds,
     /// What the recompute writes (checkpointing), else the same as `fwd`.
@@ -132,8 +137,11 @@ impl StepIds {
                 *slot = opt(&format!("L{l}.grad.{t}"));
             }
             let d = |n: &str| need(&format!("{p}{n}"));
+            let x = d("x")?;
             layers.push(LayerIds {
-                x: d("x")?,
+                x,
+                x_back: plan.find(&format!("{p}xr")).unwrap_or(x),
+                x_saved: opt(&format!("{p}xc")),
                 fwd,
                 saved,
                 grad,

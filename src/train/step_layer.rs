@@ -207,8 +207,17 @@ impl TrainStep {
         // ResLoRA's cross-layer store (step_reslora.rs); none for the base pass.
         let res = if off { &mut no_res } else { &mut self.res };
 
+        // The recompute reads the input as the backward will (bf16 checkpoints: unpacked).
+        let x_in = match phase {
+            Phase::Forward => li.x,
+            Phase::Recompute => li.x_back,
+        };
         let st = at(Fwd::AttnNorm);
-        let [x, xn, rstd] = ar.views_mut_at(st, [li.x, a.xn, a.rstd_attn])?;
+        if phase == Phase::Recompute && li.x_saved != self.ids.empty {
+            let [packed, x] = ar.views_mut_at(st, [li.x_saved, x_in])?;
+            crate::backend::cpu::bf16_pack::unpack_bf16(packed, x)?;
+        }
+        let [x, xn, rstd] = ar.views_mut_at(st, [x_in, a.xn, a.rstd_attn])?;
         be.rmsnorm(
             x,
             &lw.attn_norm,
@@ -275,12 +284,12 @@ impl TrainStep {
             (l, O, phase),
         )?;
         if let Some(next) = next {
-            let [x, o, xn1] = ar.views_mut_at(st, [li.x, a.o, next])?;
+            let [x, o, xn1] = ar.views_mut_at(st, [x_in, a.o, next])?;
             xn1.copy_from_slice(x);
             be.add_assign(xn1, o)?;
         }
         let mid_id = if a.mid != self.ids.empty {
-            let [x, o, mid] = ar.views_mut_at(st, [li.x, a.o, a.mid])?;
+            let [x, o, mid] = ar.views_mut_at(st, [x_in, a.o, a.mid])?;
             mid.copy_from_slice(x);
             be.add_assign(mid, o)?;
             a.mid
@@ -332,6 +341,17 @@ impl TrainStep {
             )?;
             let [y, xn1] = ar.views_mut_at(st, [a.y, next])?;
             be.add_assign(xn1, y)?;
+            // bf16 checkpoints: the next layer's input is complete; keep it packed and round
+            // the f32 copy the same way, so the forward and the recompute read equal inputs.
+            let packed = self
+                .ids
+                .layers
+                .get(l + 1)
+                .map_or(self.ids.empty, |n| n.x_saved);
+            if packed != self.ids.empty {
+                let [xn1, packed] = ar.views_mut_at(st, [next, packed])?;
+                crate::backend::cpu::bf16_pack::pack_bf16(xn1, packed)?;
+            }
         } else if let Some(down) = ad(DOWN) {
             if down.reads_base_output() {
                 let [sw, y] = ar.views_mut_at(st, [a.sw, a.y])?;
@@ -507,7 +527,7 @@ impl TrainStep {
         }
 
         let st = s.bwd(l, Bwd::AttnNorm);
-        let [x, rstd, dxn, dx] = ar.views_mut_at(st, [li.x, a.rstd_attn, li.dxn, li.dx])?;
+        let [x, rstd, dxn, dx] = ar.views_mut_at(st, [li.x_back, a.rstd_attn, li.dxn, li.dx])?;
         be.rmsnorm_backward(x, &lw.attn_norm, rstd, dxn, dx)?;
         let [g, dx] = ar.views_mut_at(st, [dres, li.dx])?;
         be.add_assign(g, dx)?;

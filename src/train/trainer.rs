@@ -279,6 +279,7 @@ impl<'f> Trainer<'f> {
             optimizer_staging: false,
             // Each layer updated after its backward (`--fused-update`, or the plan's choice).
             fused_update: planned.shape.fused_update,
+            checkpoint_bf16: planned.shape.checkpoint_bf16,
             adapters: adapter_shapes(&set),
         };
         fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
@@ -377,6 +378,13 @@ impl<'f> Trainer<'f> {
         if self.step.shape.fused_update && !matches!(device, super::engine::Device::Cpu) {
             return Err(Error::Invalid(
                 "the fused per-layer update runs on the CPU step only (use --fused-update off \
+                 with a device)"
+                    .into(),
+            ));
+        }
+        if self.step.shape.checkpoint_bf16 && !matches!(device, super::engine::Device::Cpu) {
+            return Err(Error::Invalid(
+                "bf16 layer checkpoints run on the CPU step only (use --checkpoint-dtype f32 \
                  with a device)"
                     .into(),
             ));

@@ -102,6 +102,7 @@ pub fn train_step(
         accumulate: true,
         optimizer_staging: false,
         fused_update: false,
+        checkpoint_bf16: false,
         adapters: adapter_shapes(set),
     };
     let m = llama.backend_model();

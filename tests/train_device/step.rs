@@ -133,6 +133,7 @@ fn unsupported_methods_and_dropout_are_refused_by_name() {
             accumulate: false,
             optimizer_staging: false,
             fused_update: false,
+            checkpoint_bf16: false,
             adapters: shape,
         },
     )

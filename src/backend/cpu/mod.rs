@@ -5,6 +5,7 @@
 //! specification, f64 accumulation where it matters) and tests comparing the two.
 
 pub mod attention;
+pub mod bf16_pack;
 pub mod cross_entropy;
 pub mod cross_entropy_kl;
 pub mod elementwise;

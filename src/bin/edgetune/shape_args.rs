@@ -59,6 +59,10 @@ pub struct ShapeArgs {
     /// Keep every layer's activations instead of recomputing them from layer inputs.
     #[arg(long)]
     pub no_checkpointing: bool,
+    /// How the layer inputs kept for the backward are stored: f32, or bf16 (half the bytes;
+    /// the residual stream is then rounded to bf16 where each layer begins).
+    #[arg(long, value_name = "f32|bf16", default_value = "f32")]
+    pub checkpoint_dtype: edgetune::train::CheckpointDtype,
     /// The optimizer.
     #[arg(long, value_enum, default_value_t = OptimizerArg::Adamw)]
     pub optimizer: OptimizerArg,
@@ -90,6 +94,7 @@ impl ShapeArgs {
         }
         cfg.ce_chunk = self.ce_chunk;
         cfg.checkpointing = !self.no_checkpointing;
+        cfg.checkpoint_dtype = self.checkpoint_dtype;
         cfg.optimizer = match self.optimizer {
             OptimizerArg::Adamw => OptimizerKind::AdamW,
             OptimizerArg::Sgd => OptimizerKind::Sgd,

@@ -1,8 +1,12 @@
-//! The fused per-layer update (`--fused-update on`): each layer's adapters are updated right
-//! after that layer's backward and its gradients dropped. Checked against the unfused update
-//! bit for bit (losses, gradient norms, every parameter) over the methods it allows, with and
-//! without clipping (the norm-only pass), mapped and streamed; the plan's smaller gradient
-//! memory and its automatic choice; and the refusals, each naming the setting.
+//! The memory levers of a streamed run beyond streaming itself. The fused per-layer update
+//! (`--fused-update on`): each layer's adapters are updated right after that layer's backward
+//! and its gradients dropped; checked against the unfused update bit for bit (losses, gradient
+//! norms, every parameter) over the methods it allows, with and without clipping (the
+//! norm-only pass), mapped and streamed; the plan's smaller gradient memory and its automatic
+//! choice; and the refusals, each naming the setting. bf16 layer checkpoints
+//! (`--checkpoint-dtype bf16`): half the checkpoint bytes in the plan, a loss curve beside the
+//! f32 one, and bit-identical again when streamed and fused on top (their gradients against
+//! f64 are in tests/train_grad.rs).
 
 mod train_support;
 
@@ -12,7 +16,9 @@ use edgetune::adapters::LayerRange;
 use edgetune::gguf::GgufFile;
 use edgetune::memory::budget::plan_training;
 use edgetune::testmodel::{Preset, TINY, WeightTypes, write_test_model};
-use edgetune::train::{FusedUpdate, Method, Replay, TrainConfig, Trainer, WeightsMode};
+use edgetune::train::{
+    CheckpointDtype, FusedUpdate, Method, Replay, TrainConfig, Trainer, WeightsMode,
+};
 
 const STEPS: u64 = 2;
 
@@ -284,4 +290,69 @@ fn the_cli_runs_the_fused_update() {
         .unwrap();
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("auto, on or off"));
+}
+
+#[test]
+fn bf16_checkpoints_halve_their_bytes_and_train_beside_f32() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, data) = train_support::write_fixture(dir.path(), "q4_0", 30);
+    let model = write_model(dir.path());
+    let file = GgufFile::open(&model).unwrap();
+    let mut f32_cfg = train_support::config(&model, &data, &dir.path().join("f32"), 3);
+    f32_cfg.weights = WeightsMode::Map;
+    f32_cfg.batch = 1;
+    let bf16_cfg = TrainConfig {
+        checkpoint_dtype: CheckpointDtype::Bf16,
+        out: dir.path().join("bf16"),
+        ..f32_cfg.clone()
+    };
+    let checkpoint_bytes = |c: &TrainConfig| {
+        let b = plan_training(&file, c).unwrap().breakdown;
+        let k = b
+            .arena
+            .categories
+            .iter()
+            .find(|c| c.category == "Checkpoint")
+            .map(|c| c.bytes)
+            .unwrap();
+        (k, b)
+    };
+    let (k32, b32) = checkpoint_bytes(&f32_cfg);
+    let (k16, b16) = checkpoint_bytes(&bf16_cfg);
+    // 4 layer inputs of 256 tokens × dim 256 at 4 bytes or 2 (the top layer's f32 output,
+    // which the loss reads, is in the category too).
+    assert_eq!(k32 - k16, 4 * 256 * 256 * 2, "{k32} {k16}");
+    assert!(b16.arena.arena_bytes < b32.arena.arena_bytes);
+    assert!(
+        b16.config.contains("--checkpoint-dtype bf16"),
+        "{}",
+        b16.config
+    );
+    // Trained: the curve stays beside the f32 one (the residual stream rounded to bf16 where
+    // each layer begins), and differs from it.
+    let (l32, _, _, p32, _) = run(&f32_cfg);
+    let (l16, _, _, p16, _) = run(&bf16_cfg);
+    for (a, b) in l32.iter().zip(&l16) {
+        assert!((a - b).abs() <= 1e-2 * a.abs(), "f32 {l32:?}, bf16 {l16:?}");
+    }
+    assert_ne!(p32, p16);
+    // Streamed and fused on top of bf16 checkpoints: bit-identical to mapped and unfused.
+    let mut all = bf16_cfg.clone();
+    all.weights = WeightsMode::Stream;
+    all.fused_update = FusedUpdate::On;
+    all.out = dir.path().join("all");
+    let (la, _, _, pa, fused) = run(&all);
+    assert!(fused);
+    assert_eq!((la, pa), (l16, p16));
+    // Without checkpointing there is nothing to store in bf16.
+    let mut none = bf16_cfg.clone();
+    none.checkpointing = false;
+    let e = Trainer::new(&file, &none)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        e.contains("--checkpoint-dtype bf16") && e.contains("--no-checkpointing"),
+        "{e}"
+    );
 }
