@@ -298,6 +298,7 @@ fn train_step(c: &mut Criterion) {
         optimizer_staging: false,
         fused_update: false,
         checkpoint_bf16: false,
+        checkpoints_on_disk: false,
         adapters: adapter_shapes(&set),
     };
     let mut cpu = TrainStep::new(m, &set, shape.clone()).expect("train step");

@@ -13,9 +13,10 @@
 # work at sequence 64 (minutes on 2 cores).
 #
 # usage: scripts/prove-70b.sh [--steps 2] [--seq-len 64] [--dir target/prove-70b] [--keep]
-#                             [--only 70b|8b] [--threads N] [--fused]
+#                             [--only 70b|8b] [--threads N] [--fused] [--flags "..."]
 # --fused: the fused per-layer update without clipping (`--fused-update on --max-grad-norm 0`),
-# so only one layer's adapter gradients exist at a time.
+# so only one layer's adapter gradients exist at a time. --flags: more plan and train flags
+# (e.g. "--checkpoint-dtype bf16 --checkpoints-on disk").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 steps=2; seq=64; dir=target/prove-70b; keep=0; only=""; threads=""; fused=""
@@ -27,7 +28,8 @@ while [ $# -gt 0 ]; do
     --keep) keep=1; shift ;;
     --only) only=$2; shift 2 ;;
     --threads) threads="--threads $2"; shift 2 ;;
-    --fused) fused="--fused-update on --max-grad-norm 0"; shift ;;
+    --fused) fused="$fused --fused-update on --max-grad-norm 0"; shift ;;
+    --flags) fused="$fused $2"; shift 2 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done

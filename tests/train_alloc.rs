@@ -74,7 +74,10 @@ fn training_steps_after_the_first_allocate_nothing() {
     // bf16 layer checkpoints: packed and unpacked in place.
     let mut bf16 = base.clone();
     bf16.checkpoint_dtype = edgetune::train::CheckpointDtype::Bf16;
-    let mut all = vec![base, a, b, kl, streamed, fused, bf16];
+    // bf16 layer checkpoints in the spill file: positioned writes and reads.
+    let mut spilled = bf16.clone();
+    spilled.checkpoints_on = StatePlace::Disk;
+    let mut all = vec![base, a, b, kl, streamed, fused, bf16, spilled];
     all.extend(methods);
     pool.install(|| steps_allocate_nothing(&file, all));
 }

@@ -74,6 +74,7 @@ fn train(make: &dyn Fn(usize, usize, u64) -> Box<dyn Adapter>, steps: usize) -> 
         optimizer_staging: false,
         fused_update: false,
         checkpoint_bf16: false,
+        checkpoints_on_disk: false,
         adapters: adapter_shapes(&set),
     };
     let mut step = TrainStep::new(llama.backend_model(), &set, shape).unwrap();
@@ -208,6 +209,7 @@ fn reslora_step(ckpt: bool) -> ResRun {
         optimizer_staging: false,
         fused_update: false,
         checkpoint_bf16: false,
+        checkpoints_on_disk: false,
         adapters: adapter_shapes(&set),
     };
     let mut step = TrainStep::new(llama.backend_model(), &set, shape).unwrap();
@@ -270,6 +272,7 @@ fn reslora_step_gradients_match_directional_differences_and_checkpointing() {
         optimizer_staging: false,
         fused_update: false,
         checkpoint_bf16: false,
+        checkpoints_on_disk: false,
         adapters: adapter_shapes(&set),
     };
     let mut step = TrainStep::new(llama.backend_model(), &set, shape).unwrap();
@@ -368,6 +371,7 @@ fn mtlora_step(weights: &[f32]) -> (f64, Vec<Vec<f32>>, Vec<(f64, usize)>) {
         optimizer_staging: false,
         fused_update: false,
         checkpoint_bf16: false,
+        checkpoints_on_disk: false,
         adapters: adapter_shapes(&set),
     };
     let mut step = TrainStep::new(llama.backend_model(), &set, shape).unwrap();

@@ -70,6 +70,7 @@ fn shape(
         optimizer_staging: false,
         fused_update: false,
         checkpoint_bf16,
+        checkpoints_on_disk: false,
         adapters: adapter_shapes(set),
     }
 }

@@ -57,6 +57,7 @@ fn training_forward_and_inference_with_adapters_agree() {
         optimizer_staging: false,
         fused_update: false,
         checkpoint_bf16: false,
+        checkpoints_on_disk: false,
         adapters: adapter_shapes(&set),
     };
     let mut step = TrainStep::new(llama.backend_model(), &set, shape).unwrap();

@@ -6,7 +6,8 @@
 //! choice; and the refusals, each naming the setting. bf16 layer checkpoints
 //! (`--checkpoint-dtype bf16`): half the checkpoint bytes in the plan, a loss curve beside the
 //! f32 one, and bit-identical again when streamed and fused on top (their gradients against
-//! f64 are in tests/train_grad.rs).
+//! f64 are in tests/train_grad.rs). Layer checkpoints on disk (`--checkpoints-on disk`):
+//! bit-identical to the same checkpoints in memory, f32 or bf16, with none left in the arena.
 
 mod train_support;
 
@@ -17,7 +18,8 @@ use edgetune::gguf::GgufFile;
 use edgetune::memory::budget::plan_training;
 use edgetune::testmodel::{Preset, TINY, WeightTypes, write_test_model};
 use edgetune::train::{
-    CheckpointDtype, FusedUpdate, Method, Replay, TrainConfig, Trainer, WeightsMode,
+    CheckpointDtype, FusedUpdate, Method, Replay, SPILL_FILE, StatePlace, TrainConfig, Trainer,
+    WeightsMode,
 };
 
 const STEPS: u64 = 2;
@@ -353,6 +355,67 @@ fn bf16_checkpoints_halve_their_bytes_and_train_beside_f32() {
         .to_string();
     assert!(
         e.contains("--checkpoint-dtype bf16") && e.contains("--no-checkpointing"),
+        "{e}"
+    );
+}
+
+#[test]
+fn checkpoints_on_disk_equal_checkpoints_in_memory_and_leave_the_arena() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, data) = train_support::write_fixture(dir.path(), "q4_0", 30);
+    let model = write_model(dir.path());
+    let file = GgufFile::open(&model).unwrap();
+    let mut ram = train_support::config(&model, &data, &dir.path().join("ram"), 2);
+    ram.weights = WeightsMode::Map;
+    ram.batch = 1;
+    for dtype in [CheckpointDtype::F32, CheckpointDtype::Bf16] {
+        ram.checkpoint_dtype = dtype;
+        ram.out = dir.path().join(format!("ram-{dtype}"));
+        let disk = TrainConfig {
+            checkpoints_on: StatePlace::Disk,
+            out: dir.path().join(format!("disk-{dtype}")),
+            ..ram.clone()
+        };
+        let plan = |c: &TrainConfig| plan_training(&file, c).unwrap().breakdown;
+        let (in_ram, on_disk) = (plan(&ram), plan(&disk));
+        let checkpoint = |b: &edgetune::memory::budget::Breakdown| {
+            b.arena
+                .categories
+                .iter()
+                .find(|c| c.category == "Checkpoint")
+                .map_or(0, |c| c.bytes)
+        };
+        // Only the top layer's f32 output (read by the loss) stays in the category.
+        assert_eq!(checkpoint(&on_disk), 256 * 256 * 4, "{dtype}");
+        let per_value = if dtype == CheckpointDtype::Bf16 { 2 } else { 4 };
+        assert_eq!(
+            on_disk.checkpoint_spill_bytes,
+            Some(4 * 256 * 256 * per_value)
+        );
+        assert!(
+            on_disk.arena.arena_bytes < in_ram.arena.arena_bytes,
+            "{dtype}"
+        );
+        assert!(on_disk.report().contains("layer inputs in a file"));
+        assert!(on_disk.config.contains("--checkpoints-on disk"));
+        let (l0, _, _, p0, _) = run(&ram);
+        let (l1, _, _, p1, _) = run(&disk);
+        assert_eq!((l0, p0), (l1, p1), "{dtype}");
+        assert!(
+            !disk.out.join(SPILL_FILE).exists(),
+            "the spill file goes with the run"
+        );
+    }
+    let mut none = ram.clone();
+    none.checkpoints_on = StatePlace::Disk;
+    none.checkpoint_dtype = CheckpointDtype::F32;
+    none.checkpointing = false;
+    let e = Trainer::new(&file, &none)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        e.contains("--checkpoints-on disk") && e.contains("--no-checkpointing"),
         "{e}"
     );
 }

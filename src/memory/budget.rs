@@ -232,6 +232,9 @@ pub struct Breakdown {
     /// Why each layer's adapters are updated right after its backward (`--fused-update`);
     /// `None`: one update after the whole backward.
     pub fused_update: Option<String>,
+    /// Bytes of the layer-input spill file (`--checkpoints-on disk`), written and read once a
+    /// micro-batch; `None` when the inputs stay in the arena.
+    pub checkpoint_spill_bytes: Option<u64>,
 }
 
 impl Breakdown {
@@ -394,6 +397,7 @@ pub fn train_shape(model: &LlamaConfig, cfg: &TrainConfig) -> Result<TrainShape>
         optimizer_staging: false,
         fused_update: cfg.fused_update == FusedUpdate::On,
         checkpoint_bf16: cfg.checkpoint_dtype == CheckpointDtype::Bf16,
+        checkpoints_on_disk: cfg.checkpoints_on == StatePlace::Disk,
         adapters,
     })
 }
@@ -461,6 +465,14 @@ pub(crate) fn assemble(
         budget_bytes: cfg.budget_bytes,
         fits: cfg.budget_bytes.is_none_or(|b| total_bytes <= b),
         suggestions: None,
+        checkpoint_spill_bytes: (cfg.checkpoints_on == StatePlace::Disk).then(|| {
+            let per_value = if cfg.checkpoint_dtype == CheckpointDtype::Bf16 {
+                2
+            } else {
+                4
+            };
+            model.config.n_layer as u64 * tokens * model.config.dim as u64 * per_value
+        }),
         fused_update: (cfg.fused_update == FusedUpdate::On).then(|| {
             let clip = if cfg.max_grad_norm > 0.0 {
                 "; clipping needs the global norm first: a norm-only forward and backward runs \

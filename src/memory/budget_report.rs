@@ -117,6 +117,14 @@ pub fn report(b: &Breakdown) -> String {
         &format!("{} buffers packed", a.buffers),
     );
 
+    if let Some(bytes) = b.checkpoint_spill_bytes {
+        let _ = writeln!(
+            s,
+            "  (layer inputs in a file in the run directory: {} MiB, written and read once a \
+             micro-batch, not resident)",
+            mib(bytes)
+        );
+    }
     if let Some(why) = &b.fused_update {
         let _ = writeln!(
             s,

@@ -17,7 +17,8 @@
 //!   With [`TrainShape::checkpoint_bf16`] `x` lives only through the layer's forward; `xc`
 //!   `[T·D/2]` keeps it packed as bf16 from the end of the previous layer's forward until the
 //!   recompute unpacks it into `xr` `[T, D]` ([`Category::Recompute`]) for the recompute and
-//!   the backward.
+//!   the backward. With [`TrainShape::checkpoints_on_disk`] the inputs go to a file instead of
+//!   `xc` (packed on the way through one `ckpt.stage` when bf16).
 //! - Layer activations: `xn` (attn_norm out) `[T, D]`, `rstd_attn` `[T]`, `q` `[T, Q]`,
 //!   `k`/`v` `[T, K]`, `att` (attention out) `[T, Q]`, `lse` `[T, H]`, `o` (attn_output out)
 //!   `[T, D]`, `mid` (residual after attention) `[T, D]`, `fn` (ffn_norm out) `[T, D]`,
@@ -239,6 +240,10 @@ pub struct TrainShape {
     /// checkpointing): `L{l}.xc` holds them packed, `L{l}.x` lives only through the layer's
     /// forward and `L{l}.xr` (the unpacked copy) only through its recompute and backward.
     pub checkpoint_bf16: bool,
+    /// Layer inputs kept in a file instead of the arena (`--checkpoints-on disk`, with
+    /// checkpointing): `L{l}.x` and `L{l}.xr` as with bf16 checkpoints, no `L{l}.xc`; with
+    /// bf16 one `ckpt.stage` `[⌈T·D/2⌉]` packs and unpacks them on the way.
+    pub checkpoints_on_disk: bool,
     /// Per projection in [`TARGETS`] order: its adapter, or `None`.
     pub adapters: [Option<AdapterShape>; 7],
 }
@@ -277,6 +282,7 @@ impl TrainShape {
             optimizer_staging: false,
             fused_update: false,
             checkpoint_bf16: false,
+            checkpoints_on_disk: false,
             adapters,
         })
     }
@@ -320,9 +326,9 @@ pub fn llama_training_plan(cfg: &LlamaConfig, shape: &TrainShape) -> Result<Plan
         shape.ce_chunk,
         shape.checkpointing,
     );
-    if shape.checkpoint_bf16 && !checkpointing {
+    if (shape.checkpoint_bf16 || shape.checkpoints_on_disk) && !checkpointing {
         return Err(Error::Invalid(
-            "plan: bf16 layer checkpoints need gradient checkpointing".into(),
+            "plan: bf16 or on-disk layer checkpoints need gradient checkpointing".into(),
         ));
     }
     if shape.accumulate && shape.fused_update {
@@ -372,6 +378,17 @@ pub fn llama_training_plan(cfg: &LlamaConfig, shape: &TrainShape) -> Result<Plan
     };
     let act = Category::Activation;
 
+    if shape.checkpoints_on_disk && shape.checkpoint_bf16 {
+        // bf16 layer inputs on their way to and from the spill file.
+        add(
+            &mut b,
+            "ckpt.stage".into(),
+            Category::Temporary,
+            &[(t * d).div_ceil(2)],
+            s.embed(),
+            s.optimizer(),
+        )?;
+    }
     for l in 0..cfg.n_layer {
         // The layer input: written by the embedding or by the previous layer's OutProj
         // (x_{l+1} = x_l + o, then += y), read until this layer's AttnNorm backward.
@@ -380,10 +397,10 @@ pub fn llama_training_plan(cfg: &LlamaConfig, shape: &TrainShape) -> Result<Plan
         } else {
             s.fwd(l - 1, Fwd::OutProj)
         };
-        if shape.checkpoint_bf16 {
-            // f32 through the layer's forward (its OutProj reads it last); packed in bf16
-            // (two per f32 slot) from when it is complete until the recompute unpacks it into
-            // `xr`, which the recompute and the backward read.
+        if shape.checkpoint_bf16 || shape.checkpoints_on_disk {
+            // f32 through the layer's forward (its OutProj reads it last); kept packed in bf16
+            // (two per f32 slot), or in the spill file, from when it is complete until the
+            // recompute restores it into `xr`, which the recompute and the backward read.
             add(
                 &mut b,
                 format!("L{l}.x"),
@@ -392,19 +409,21 @@ pub fn llama_training_plan(cfg: &LlamaConfig, shape: &TrainShape) -> Result<Plan
                 first,
                 s.fwd(l, F::OutProj),
             )?;
-            let packed = if l == 0 {
-                s.embed()
-            } else {
-                s.fwd(l - 1, F::Down)
-            };
-            add(
-                &mut b,
-                format!("L{l}.xc"),
-                Category::Checkpoint,
-                &[(t * d).div_ceil(2)],
-                packed,
-                s.recompute(l, F::AttnNorm),
-            )?;
+            if !shape.checkpoints_on_disk {
+                let packed = if l == 0 {
+                    s.embed()
+                } else {
+                    s.fwd(l - 1, F::Down)
+                };
+                add(
+                    &mut b,
+                    format!("L{l}.xc"),
+                    Category::Checkpoint,
+                    &[(t * d).div_ceil(2)],
+                    packed,
+                    s.recompute(l, F::AttnNorm),
+                )?;
+            }
             add(
                 &mut b,
                 format!("L{l}.xr"),

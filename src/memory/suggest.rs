@@ -1,7 +1,8 @@
 //! When a plan does not fit: the nearest configurations that do (docs/ARCHITECTURE.md#bad-input).
 //!
 //! The levers, gentlest first (what they cost the run): gradient checkpointing on (exact, more
-//! compute), optimizer state on disk (exact, more I/O), 8-bit optimizer state (approximate
+//! compute), optimizer state on disk (exact, more I/O), layer checkpoints on disk (exact, more
+//! I/O), 8-bit optimizer state (approximate
 //! moments), bf16 layer checkpoints (the residual stream rounded to bf16 where each layer
 //! begins), micro-batch 1 with the accumulation multiplied so the effective batch stays (same
 //! samples per update, slower), a lower rank (halved, up to 4 times; `alpha` scaled so the LoRA
@@ -47,6 +48,8 @@ pub enum Change {
     Checkpointing,
     /// AdamW state in a file-backed map (`--optimizer-state disk`).
     StateOnDisk,
+    /// Layer checkpoints in a file (`--checkpoints-on disk`).
+    CheckpointsOnDisk,
     /// 8-bit blockwise AdamW state.
     State8Bit,
     /// Layer checkpoints in bf16 (`--checkpoint-dtype bf16`).
@@ -74,6 +77,7 @@ impl Change {
         match self {
             Change::Checkpointing => cfg.checkpointing = true,
             Change::StateOnDisk => cfg.optimizer_state = StatePlace::Disk,
+            Change::CheckpointsOnDisk => cfg.checkpoints_on = StatePlace::Disk,
             Change::State8Bit => cfg.optimizer_state_bits = 8,
             Change::CheckpointBf16 => cfg.checkpoint_dtype = CheckpointDtype::Bf16,
             Change::MicroBatch { batch, accum } => (cfg.batch, cfg.accum) = (*batch, *accum),
@@ -90,6 +94,7 @@ impl fmt::Display for Change {
         match self {
             Change::Checkpointing => f.write_str("drop --no-checkpointing"),
             Change::StateOnDisk => f.write_str("--optimizer-state disk"),
+            Change::CheckpointsOnDisk => f.write_str("--checkpoints-on disk"),
             Change::State8Bit => f.write_str("--optimizer-state-bits 8"),
             Change::CheckpointBf16 => f.write_str("--checkpoint-dtype bf16"),
             Change::MicroBatch { batch, accum } => write!(f, "--batch {batch} --accum {accum}"),
@@ -166,6 +171,9 @@ pub fn config_flags(cfg: &TrainConfig) -> String {
     if cfg.checkpoint_dtype == CheckpointDtype::Bf16 {
         s += " --checkpoint-dtype bf16";
     }
+    if cfg.checkpoints_on == StatePlace::Disk {
+        s += " --checkpoints-on disk";
+    }
     match cfg.optimizer {
         OptimizerKind::Sgd => s += " --optimizer sgd",
         OptimizerKind::AdamW => {
@@ -201,13 +209,15 @@ fn levers(model: &LlamaConfig, cfg: &TrainConfig) -> Vec<Vec<Change>> {
     if !cfg.checkpointing {
         out.push(vec![Change::Checkpointing]);
     }
-    if cfg.optimizer == OptimizerKind::AdamW {
-        if cfg.optimizer_state == StatePlace::Ram {
-            out.push(vec![Change::StateOnDisk]);
-        }
-        if cfg.optimizer_state_bits != 8 {
-            out.push(vec![Change::State8Bit]);
-        }
+    if cfg.optimizer == OptimizerKind::AdamW && cfg.optimizer_state == StatePlace::Ram {
+        out.push(vec![Change::StateOnDisk]);
+    }
+    // Only where checkpointing is on already (without it there are no checkpoints to move).
+    if cfg.checkpointing && cfg.checkpoints_on == StatePlace::Ram {
+        out.push(vec![Change::CheckpointsOnDisk]);
+    }
+    if cfg.optimizer == OptimizerKind::AdamW && cfg.optimizer_state_bits != 8 {
+        out.push(vec![Change::State8Bit]);
     }
     // Only where checkpointing is on already (bf16 without it is refused).
     if cfg.checkpointing && cfg.checkpoint_dtype == CheckpointDtype::F32 {

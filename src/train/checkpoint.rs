@@ -273,6 +273,8 @@ pub fn config_differences(saved: &TrainConfig, now: &TrainConfig) -> Vec<String>
         c.storage_read_bytes_per_s = None;
         // So do the fused and the unfused update (the norm pass keeps clipping exact).
         c.fused_update = super::config::FusedUpdate::Auto;
+        // And layer inputs in memory or on disk (the same values either way).
+        c.checkpoints_on = super::config::StatePlace::Ram;
         // How the run is watched may change on a resume; what it trains on may not.
         c.eval_every = 0;
         c.heldout = None;

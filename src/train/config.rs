@@ -108,6 +108,9 @@ pub struct TrainConfig {
     pub fused_update: FusedUpdate,
     /// How the layer inputs kept for the backward are stored (bf16 needs checkpointing).
     pub checkpoint_dtype: CheckpointDtype,
+    /// Where the layer inputs kept for the backward live: the arena, or a file in `out`
+    /// written after each layer's forward and read at its recompute (needs checkpointing).
+    pub checkpoints_on: StatePlace,
     /// Sequential read speed of the model's storage in bytes/s, for the plan's estimate of a
     /// streamed step's I/O time (from `--board`; `None`: not estimated).
     pub storage_read_bytes_per_s: Option<f64>,
@@ -185,6 +188,7 @@ impl Default for TrainConfig {
             weights: WeightsMode::Auto,
             fused_update: FusedUpdate::Auto,
             checkpoint_dtype: CheckpointDtype::F32,
+            checkpoints_on: StatePlace::Ram,
             storage_read_bytes_per_s: None,
             threads: None,
             replay: None,
@@ -225,6 +229,13 @@ impl TrainConfig {
         if self.checkpoint_dtype == CheckpointDtype::Bf16 && !self.checkpointing {
             return Err(Error::Invalid(
                 "train: --checkpoint-dtype bf16 stores the layer inputs gradient checkpointing \
+                 keeps; without checkpointing (--no-checkpointing) there are none"
+                    .into(),
+            ));
+        }
+        if self.checkpoints_on == StatePlace::Disk && !self.checkpointing {
+            return Err(Error::Invalid(
+                "train: --checkpoints-on disk spills the layer inputs gradient checkpointing \
                  keeps; without checkpointing (--no-checkpointing) there are none"
                     .into(),
             ));

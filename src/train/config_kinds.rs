@@ -24,7 +24,8 @@ pub enum Decay {
     Cosine,
 }
 
-/// Where AdamW's moments live (`--optimizer-state ram|disk`).
+/// Where a part of the training state lives: AdamW's moments (`--optimizer-state ram|disk`)
+/// or the layer inputs kept for the backward (`--checkpoints-on ram|disk`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum StatePlace {

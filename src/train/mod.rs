@@ -30,6 +30,7 @@ mod step_ids;
 pub mod step_kl;
 mod step_layer;
 pub mod step_reslora;
+mod step_spill;
 mod step_weights;
 pub mod trainer;
 
@@ -45,4 +46,5 @@ pub use step_device::DeviceStep;
 pub use step_device_plan::{
     DevicePlan, DeviceShape, SlotShape, plan_device_step, plan_device_step_within,
 };
+pub use step_spill::{CheckpointSpill, SPILL_FILE};
 pub use trainer::{Progress, Summary, Trainer};

@@ -15,6 +15,7 @@
 use super::adapter_set::AdapterSet;
 use super::embed_rows::EmbeddingRows;
 use super::step_ids::{EMPTY, StepIds};
+use super::step_spill::{CheckpointSpill, InputStore, save_layer_input};
 use super::step_weights::{StepWeights, backward_next, forward_next};
 use crate::adapters::{Adapter, Pass};
 use crate::backend::{Backend, CpuBackend};
@@ -53,6 +54,8 @@ pub struct TrainStep {
     embed_rows: Option<EmbeddingRows>,
     /// Streamed layer weights (`--weights stream`, model/stream.rs); `None`: the model's own.
     stream: Option<WeightStream>,
+    /// The layer-input spill file (`--checkpoints-on disk`, step_spill.rs).
+    pub(super) spill: Option<CheckpointSpill>,
     /// ResLoRA's cross-layer module inputs and pending gradients (`None` without ResLoRA).
     pub(super) res: Option<super::step_reslora::ResStore>,
     /// Multi-task loss (MT-LoRA, docs/METHODS.md#mt-lora, #task-weights): the task of each row of
@@ -142,6 +145,7 @@ impl TrainStep {
             segments: Vec::with_capacity(t),
             embed_rows: None,
             stream: None,
+            spill: None,
             res,
             row_tasks: vec![0; rows],
             task_weights: Vec::new(),
@@ -194,6 +198,44 @@ impl TrainStep {
     /// The step's shape (what it was planned for).
     pub fn shape(&self) -> &TrainShape {
         &self.shape
+    }
+
+    /// How the layer inputs are kept (from the shape).
+    pub(super) fn input_store(&self) -> InputStore {
+        InputStore {
+            bf16: self.shape.checkpoint_bf16,
+            on_disk: self.shape.checkpoints_on_disk,
+        }
+    }
+
+    /// Bytes of one layer's slot in the spill file of a step planned with the layer inputs on
+    /// disk.
+    pub fn checkpoint_slot_bytes(&self) -> usize {
+        self.input_store().slot_bytes(self.tokens(), self.cfg.dim)
+    }
+
+    /// Keeps the layer inputs in `spill` (a step planned with them on disk needs one).
+    pub fn set_checkpoint_spill(&mut self, spill: CheckpointSpill) -> Result<()> {
+        if !self.shape.checkpoints_on_disk || spill.slot_bytes() != self.checkpoint_slot_bytes() {
+            return Err(Error::Invalid(format!(
+                "training step: a spill file of {}-byte slots for a step planned {} (slots of \
+                 {} bytes)",
+                spill.slot_bytes(),
+                if self.shape.checkpoints_on_disk {
+                    "with the layer inputs on disk"
+                } else {
+                    "with the layer inputs in memory"
+                },
+                self.checkpoint_slot_bytes()
+            )));
+        }
+        self.spill = Some(spill);
+        Ok(())
+    }
+
+    /// Bytes of the spill file (0 when the layer inputs stay in memory).
+    pub fn spill_bytes(&self) -> u64 {
+        self.spill.as_ref().map_or(0, CheckpointSpill::file_bytes)
     }
 
     /// The packed plan (for reports).
@@ -496,14 +538,10 @@ impl TrainStep {
             Some(rows) => rows.gather(&batch.ids, x0)?,
             None => CpuBackend.embedding(&w.embedding()?, &batch.ids, x0)?,
         }
-        // bf16 checkpoints: layer 0's input packed, and rounded like it (step_layer.rs).
-        let l0 = self.ids.layers[0];
-        if l0.x_saved != self.ids.empty {
-            let [x0, packed] = self
-                .arena
-                .views_mut_at(self.sched.embed(), [l0.x, l0.x_saved])?;
-            crate::backend::cpu::bf16_pack::pack_bf16(x0, packed)?;
-        }
+        // Layer 0's input kept for its recompute (bf16 or on disk: step_spill.rs).
+        let (store, spill) = (self.input_store(), self.spill.as_ref());
+        let embed = self.sched.embed();
+        save_layer_input(&mut self.arena, &self.ids, store, spill, 0, embed)?;
         Ok(Pass {
             n: b * l,
             training,

@@ -75,6 +75,8 @@ pub struct StepIds {
     pub dres: BufferId,
     pub adapter_scratch: BufferId,
     pub grad_tmp: BufferId,
+    /// bf16 layer inputs on their way to and from the spill file (`ckpt.stage`), or empty.
+    pub ckpt_stage: BufferId,
 }
 
 /// Name of the zero-length buffer the step adds to the plan.
@@ -171,6 +173,7 @@ impl StepIds {
             dres: need("dres")?,
             adapter_scratch: opt("adapter.scratch"),
             grad_tmp: opt("grad.tmp"),
+            ckpt_stage: opt("ckpt.stage"),
         })
     }
 

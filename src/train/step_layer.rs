@@ -199,6 +199,7 @@ impl TrainStep {
         };
         let (n, eps, scr) = (pass.n, self.cfg.rms_eps, self.ids.adapter_scratch);
         let (qd, kvd) = (self.cfg.q_dim(), self.cfg.kv_dim());
+        let store = self.input_store();
         // The KL anchor's base pass (step_kl.rs) runs the layer with every adapter off.
         let off = self.adapters_off;
         let ad = |i: usize| if off { None } else { adapter_at(set, l, i) };
@@ -213,9 +214,9 @@ impl TrainStep {
             Phase::Recompute => li.x_back,
         };
         let st = at(Fwd::AttnNorm);
-        if phase == Phase::Recompute && li.x_saved != self.ids.empty {
-            let [packed, x] = ar.views_mut_at(st, [li.x_saved, x_in])?;
-            crate::backend::cpu::bf16_pack::unpack_bf16(packed, x)?;
+        if phase == Phase::Recompute {
+            let spill = self.spill.as_ref();
+            super::step_spill::load_layer_input(ar, &self.ids, store, spill, l, st)?;
         }
         let [x, xn, rstd] = ar.views_mut_at(st, [x_in, a.xn, a.rstd_attn])?;
         be.rmsnorm(
@@ -341,17 +342,10 @@ impl TrainStep {
             )?;
             let [y, xn1] = ar.views_mut_at(st, [a.y, next])?;
             be.add_assign(xn1, y)?;
-            // bf16 checkpoints: the next layer's input is complete; keep it packed and round
-            // the f32 copy the same way, so the forward and the recompute read equal inputs.
-            let packed = self
-                .ids
-                .layers
-                .get(l + 1)
-                .map_or(self.ids.empty, |n| n.x_saved);
-            if packed != self.ids.empty {
-                let [xn1, packed] = ar.views_mut_at(st, [next, packed])?;
-                crate::backend::cpu::bf16_pack::pack_bf16(xn1, packed)?;
-            }
+            // The next layer's input is complete: keep it for its recompute (bf16 rounds the
+            // f32 copy the same way, so the forward and the recompute read equal inputs).
+            let spill = self.spill.as_ref();
+            super::step_spill::save_layer_input(ar, &self.ids, store, spill, l + 1, st)?;
         } else if let Some(down) = ad(DOWN) {
             if down.reads_base_output() {
                 let [sw, y] = ar.views_mut_at(st, [a.sw, a.y])?;

@@ -280,6 +280,7 @@ impl<'f> Trainer<'f> {
             // Each layer updated after its backward (`--fused-update`, or the plan's choice).
             fused_update: planned.shape.fused_update,
             checkpoint_bf16: planned.shape.checkpoint_bf16,
+            checkpoints_on_disk: planned.shape.checkpoints_on_disk,
             adapters: adapter_shapes(&set),
         };
         fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
@@ -292,6 +293,11 @@ impl<'f> Trainer<'f> {
         );
         if let Some(rows) = EmbeddingRows::for_file(file, step.tokens(), cfg.lock_weights)? {
             step.set_embedding_rows(rows)?;
+        }
+        if step.shape().checkpoints_on_disk {
+            let slot = step.checkpoint_slot_bytes();
+            let spill = super::CheckpointSpill::create(&cfg.out, model_cfg.n_layer, slot)?;
+            step.set_checkpoint_spill(spill)?;
         }
         if streamed {
             super::step_weights::attach_stream(&mut step, file, &llama, cfg.compute)?;
@@ -382,10 +388,13 @@ impl<'f> Trainer<'f> {
                     .into(),
             ));
         }
-        if self.step.shape.checkpoint_bf16 && !matches!(device, super::engine::Device::Cpu) {
+        let shape = &self.step.shape;
+        if (shape.checkpoint_bf16 || shape.checkpoints_on_disk)
+            && !matches!(device, super::engine::Device::Cpu)
+        {
             return Err(Error::Invalid(
-                "bf16 layer checkpoints run on the CPU step only (use --checkpoint-dtype f32 \
-                 with a device)"
+                "bf16 or on-disk layer checkpoints run on the CPU step only (use \
+                 --checkpoint-dtype f32 --checkpoints-on ram with a device)"
                     .into(),
             ));
         }

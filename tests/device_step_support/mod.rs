@@ -103,6 +103,7 @@ pub fn train_step(
         optimizer_staging: false,
         fused_update: false,
         checkpoint_bf16: false,
+        checkpoints_on_disk: false,
         adapters: adapter_shapes(set),
     };
     let m = llama.backend_model();

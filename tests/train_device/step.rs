@@ -134,6 +134,7 @@ fn unsupported_methods_and_dropout_are_refused_by_name() {
             optimizer_staging: false,
             fused_update: false,
             checkpoint_bf16: false,
+            checkpoints_on_disk: false,
             adapters: shape,
         },
     )

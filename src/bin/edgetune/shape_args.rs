@@ -63,6 +63,10 @@ pub struct ShapeArgs {
     /// the residual stream is then rounded to bf16 where each layer begins).
     #[arg(long, value_name = "f32|bf16", default_value = "f32")]
     pub checkpoint_dtype: edgetune::train::CheckpointDtype,
+    /// Where the layer inputs kept for the backward live: ram (the arena), or disk (a file in
+    /// the run directory, written after each layer's forward and read at its recompute).
+    #[arg(long, value_enum, default_value_t = StatePlaceArg::Ram)]
+    pub checkpoints_on: StatePlaceArg,
     /// The optimizer.
     #[arg(long, value_enum, default_value_t = OptimizerArg::Adamw)]
     pub optimizer: OptimizerArg,
@@ -95,6 +99,10 @@ impl ShapeArgs {
         cfg.ce_chunk = self.ce_chunk;
         cfg.checkpointing = !self.no_checkpointing;
         cfg.checkpoint_dtype = self.checkpoint_dtype;
+        cfg.checkpoints_on = match self.checkpoints_on {
+            StatePlaceArg::Ram => StatePlace::Ram,
+            StatePlaceArg::Disk => StatePlace::Disk,
+        };
         cfg.optimizer = match self.optimizer {
             OptimizerArg::Adamw => OptimizerKind::AdamW,
             OptimizerArg::Sgd => OptimizerKind::Sgd,
