@@ -1,8 +1,9 @@
 //! Kill and resume: a `edgetune train` child process is killed with SIGKILL mid-run, resumed
 //! with `--resume DIR`, and must reproduce the uninterrupted run's per-step losses bit for bit
 //! (docs/ARCHITECTURE.md#atomic-checkpoints); the killed and resumed runs stream their weights
-//! (`--weights stream`), the uninterrupted one maps them. Also: a resume with different settings is refused,
-//! naming them.
+//! (`--weights stream`), the uninterrupted one maps them; the killed run keeps its layer inputs on
+//! disk (`--checkpoints-on disk`, its spill file left behind by the kill), the resumed one in
+//! memory. Also: a resume with different settings is refused, naming them.
 
 mod train_support;
 
@@ -98,6 +99,7 @@ fn sigkill_then_resume_reproduces_the_losses_bit_for_bit() {
     let mut child = Command::new(bin)
         .args(train_args(&model, &data))
         .args(["--out", killed.to_str().unwrap(), "--weights", "stream"])
+        .args(["--checkpoints-on", "disk"])
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
@@ -107,6 +109,8 @@ fn sigkill_then_resume_reproduces_the_losses_bit_for_bit() {
     assert!(!status.success(), "the child was killed, not finished");
     let before = losses(&killed).len() as u64;
     assert!(before < STEPS, "killed after {before} of {STEPS} steps");
+    let spill = killed.join(edgetune::train::SPILL_FILE);
+    assert!(spill.exists(), "the killed run's spill file is left behind");
 
     let ok = Command::new(bin)
         .args(train_args(&model, &data))
@@ -115,6 +119,7 @@ fn sigkill_then_resume_reproduces_the_losses_bit_for_bit() {
         .status()
         .unwrap();
     assert!(ok.success());
+    assert!(!spill.exists(), "the resume removed the stale spill file");
     let got = losses(&killed);
     assert_eq!(got.len(), want.len(), "{got:?}");
     for (g, w) in got.iter().zip(&want) {

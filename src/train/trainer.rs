@@ -294,6 +294,11 @@ impl<'f> Trainer<'f> {
         if let Some(rows) = EmbeddingRows::for_file(file, step.tokens(), cfg.lock_weights)? {
             step.set_embedding_rows(rows)?;
         }
+        // A spill file left by a killed run holds nothing a resume needs.
+        let stale = cfg.out.join(super::SPILL_FILE);
+        if !step.shape().checkpoints_on_disk && stale.exists() {
+            fs::remove_file(&stale).map_err(|e| Error::io(&stale, e))?;
+        }
         if step.shape().checkpoints_on_disk {
             let slot = step.checkpoint_slot_bytes();
             let spill = super::CheckpointSpill::create(&cfg.out, model_cfg.n_layer, slot)?;
