@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use edgetune::adapters::LayerRange;
 use edgetune::gguf::GgufFile;
-use edgetune::memory::budget::plan_training;
+use edgetune::memory::budget::{Breakdown, plan_training};
 use edgetune::testmodel::{Preset, TINY, WeightTypes, write_test_model};
 use edgetune::train::{
     CheckpointDtype, FusedUpdate, Method, Replay, SPILL_FILE, StatePlace, TrainConfig, Trainer,
@@ -52,6 +52,16 @@ fn run(cfg: &TrainConfig) -> Run {
         train_support::all_params(t.adapters()),
         fused,
     )
+}
+
+/// The plan's bytes of arena category `name`.
+fn category(b: &Breakdown, name: &str) -> u64 {
+    b.arena
+        .categories
+        .iter()
+        .find(|c| c.category == name)
+        .map(|c| c.bytes)
+        .unwrap_or_else(|| panic!("no category {name}"))
 }
 
 fn with(cfg: &TrainConfig, name: &str, fused: FusedUpdate) -> TrainConfig {
@@ -137,14 +147,7 @@ fn the_plan_holds_one_layers_gradients_and_chooses_the_fused_update_when_streami
     // The arena's bytes, and the bytes of all layers' gradients.
     let grads = |c: &TrainConfig| {
         let b = plan_training(&file, c).unwrap().breakdown;
-        let g = b
-            .arena
-            .categories
-            .iter()
-            .find(|c| c.category == "AdapterGrad")
-            .map(|c| c.bytes)
-            .unwrap();
-        (b.arena.arena_bytes, g, b)
+        (b.arena.arena_bytes, category(&b, "AdapterGrad"), b)
     };
     cfg.weights = WeightsMode::Map;
     let (unfused, all_grads, plain) = grads(&cfg);
@@ -183,9 +186,7 @@ fn the_plan_holds_one_layers_gradients_and_chooses_the_fused_update_when_streami
     let mut on = cfg.clone();
     on.fused_update = FusedUpdate::On;
     let (_, _, fused_streamed) = grads(&on);
-    let reads = |b: &edgetune::memory::budget::Breakdown| {
-        b.weights.streamed.as_ref().unwrap().reads_per_step
-    };
+    let reads = |b: &Breakdown| b.weights.streamed.as_ref().unwrap().reads_per_step;
     assert_eq!(reads(&fused_streamed), 2 * reads(&unfused_streamed));
     cfg.budget_bytes = Some((fused_streamed.total_bytes + unfused_streamed.total_bytes) / 2);
     let (g, _, b) = grads(&cfg);
@@ -310,14 +311,7 @@ fn bf16_checkpoints_halve_their_bytes_and_train_beside_f32() {
     };
     let checkpoint_bytes = |c: &TrainConfig| {
         let b = plan_training(&file, c).unwrap().breakdown;
-        let k = b
-            .arena
-            .categories
-            .iter()
-            .find(|c| c.category == "Checkpoint")
-            .map(|c| c.bytes)
-            .unwrap();
-        (k, b)
+        (category(&b, "Checkpoint"), b)
     };
     let (k32, b32) = checkpoint_bytes(&f32_cfg);
     let (k16, b16) = checkpoint_bytes(&bf16_cfg);
@@ -378,15 +372,8 @@ fn checkpoints_on_disk_equal_checkpoints_in_memory_and_leave_the_arena() {
         };
         let plan = |c: &TrainConfig| plan_training(&file, c).unwrap().breakdown;
         let (in_ram, on_disk) = (plan(&ram), plan(&disk));
-        let checkpoint = |b: &edgetune::memory::budget::Breakdown| {
-            b.arena
-                .categories
-                .iter()
-                .find(|c| c.category == "Checkpoint")
-                .map_or(0, |c| c.bytes)
-        };
         // Only the top layer's f32 output (read by the loss) stays in the category.
-        assert_eq!(checkpoint(&on_disk), 256 * 256 * 4, "{dtype}");
+        assert_eq!(category(&on_disk, "Checkpoint"), 256 * 256 * 4, "{dtype}");
         let per_value = if dtype == CheckpointDtype::Bf16 { 2 } else { 4 };
         assert_eq!(
             on_disk.checkpoint_spill_bytes,

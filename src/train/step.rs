@@ -304,12 +304,24 @@ impl TrainStep {
             ));
         }
         self.check_model(model)?;
+        self.with_weights(model, |step, w| {
+            step.micro_batch_on(w, set, batch, loss_scale, first, seed)
+        })
+    }
+
+    /// Runs `f` on the step's weights: the model's map, or the attached stream (taken out of
+    /// the step for the call and put back whatever `f` returns).
+    fn with_weights<R>(
+        &mut self,
+        model: &BackendModel<'_, CpuBackend>,
+        f: impl FnOnce(&mut Self, &mut StepWeights<'_, '_>) -> Result<R>,
+    ) -> Result<R> {
         let mut stream = self.stream.take();
         let mut w = StepWeights {
             model,
             stream: stream.as_mut(),
         };
-        let result = self.micro_batch_on(&mut w, set, batch, loss_scale, first, seed);
+        let result = f(self, &mut w);
         self.stream = stream;
         result
     }
@@ -352,25 +364,17 @@ impl TrainStep {
             ));
         }
         self.check_model(model)?;
-        let mut stream = self.stream.take();
-        let mut w = StepWeights {
-            model,
-            stream: stream.as_mut(),
-        };
-        let result = (|| {
-            let (pass, loss, lowest) =
-                self.forward_and_loss(&mut w, set, batch, loss_scale, seed)?;
+        self.with_weights(model, |step, w| {
+            let (pass, loss, lowest) = step.forward_and_loss(w, set, batch, loss_scale, seed)?;
             if !loss.is_finite() {
                 return Ok(loss);
             }
-            for l in (lowest..self.cfg.n_layer).rev() {
-                self.backward_layer(&mut w, l, lowest, set, pass, true)?;
-                update(l, self, set)?;
+            for l in (lowest..step.cfg.n_layer).rev() {
+                step.backward_layer(w, l, lowest, set, pass, true)?;
+                update(l, step, set)?;
             }
             Ok(loss)
-        })();
-        self.stream = stream;
-        result
+        })
     }
 
     /// Embedding, every layer's forward and the loss (with the KL anchor's base pass first).
@@ -435,18 +439,11 @@ impl TrainStep {
         batch: &Batch,
     ) -> Result<(f64, usize)> {
         self.check_model(model)?;
-        let mut stream = self.stream.take();
-        let mut w = StepWeights {
-            model,
-            stream: stream.as_mut(),
-        };
-        let result = (|| {
-            let pass = self.prepare(&w, batch, false, 0)?;
-            self.forward_all(&mut w, set, pass, Some(0))?;
-            self.loss(&w, 0.0, false)
-        })();
-        self.stream = stream;
-        let loss = result?;
+        let loss = self.with_weights(model, |step, w| {
+            let pass = step.prepare(w, batch, false, 0)?;
+            step.forward_all(w, set, pass, Some(0))?;
+            step.loss(w, 0.0, false)
+        })?;
         let counted = self.targets.iter().filter(|&&t| t != IGNORE).count();
         Ok((loss, counted))
     }
