@@ -7,7 +7,7 @@ pub mod sampling;
 
 pub use generate::{GenerateOptions, Generation, StopReason, generate};
 pub use generate_batch::{DEFAULT_GENERATE_BATCH, batch_for_cache_bytes, generate_batch};
-pub use perplexity::{Perplexity, perplexity};
+pub use perplexity::{PERPLEXITY_CHUNK, Perplexity, perplexity};
 pub use sampling::{Sampler, SamplingParams};
 
 use crate::backend::Backend;

@@ -12,6 +12,9 @@ pub struct Perplexity {
     pub perplexity: f64,
 }
 
+/// Positions scored per forward chunk (its logits are `[chunk, vocab]`).
+pub const PERPLEXITY_CHUNK: usize = 64;
+
 /// Runs the model over `tokens` (exactly as given: no BOS is added) in one pass with a cache of
 /// that length, and scores every next-token prediction. `on_logits(position, row)` sees each
 /// position's logits (for `--dump-logits`), in order.
@@ -37,7 +40,7 @@ pub fn perplexity(
     let vocab = cfg.n_vocab;
     let mut cache = llama.new_cache(tokens.len())?;
     // One chunk of positions at a time keeps the logits buffer at chunk × vocab.
-    let chunk = 64usize;
+    let chunk = PERPLEXITY_CHUNK;
     let mut logits = vec![0.0f32; chunk * vocab];
     let mut nll = 0.0f64;
     for (c, ids) in tokens.chunks(chunk).enumerate() {

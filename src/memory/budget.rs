@@ -488,7 +488,7 @@ pub(crate) fn assemble(
 /// Resident weight bytes by type; the untied `token_embd` counts only the staging copy of the
 /// rows one micro-batch of `tokens` gathers (unless locked); streamed, the layers' matrices
 /// count as their two staging buffers.
-fn weights_breakdown(
+pub(crate) fn weights_breakdown(
     model: &ModelWeights,
     tokens: u64,
     cfg: &TrainConfig,

@@ -52,7 +52,7 @@ pub const BYTE_LEVEL_VOCAB: usize = 512;
 /// The quantized matmul's per-thread scratch (`quant/matmul.rs`): a 16-row dequantized panel
 /// plus one row (`in · (NR + 1)` f32) for `x·Wᵀ`, a `ROW_TILE × STRIP` = 128 × 256 f32 tile for
 /// `dy·W`; the larger of the two for the widest linear input.
-fn matmul_scratch_bytes(cfg: &LlamaConfig) -> u64 {
+pub(crate) fn matmul_scratch_bytes(cfg: &LlamaConfig) -> u64 {
     let widest_in = cfg.dim.max(cfg.q_dim()).max(cfg.ffn) as u64;
     let nr = crate::quant::microkernel::NR as u64;
     4 * (widest_in * (nr + 1)).max(128 * 256)

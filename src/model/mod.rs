@@ -26,7 +26,7 @@ pub mod weights;
 use std::sync::{Arc, Mutex};
 
 pub use config::LlamaConfig;
-pub use forward::{BackendModel, Workspace};
+pub use forward::{BackendModel, LOGIT_ROWS, Workspace};
 pub use kv_cache::{KvCache, KvCacheOf};
 pub use weights::{LayerWeights, LlamaWeights};
 

@@ -152,3 +152,73 @@ fn generate_with_streamed_weights_prints_the_same_text() {
         assert_eq!(go(&["--weights", "stream"]), go(&[]), "{}", args[0]);
     }
 }
+
+/// `--budget` on `perplexity` and `generate`: with `--weights auto` the plan streams the
+/// layers when mapping them does not fit and streaming does (said on stderr, same output as
+/// mapped); a budget neither fits is refused before the weights are loaded.
+#[test]
+fn a_budget_streams_inference_when_mapping_does_not_fit() {
+    use edgetune::memory::budget::ModelWeights;
+    use edgetune::memory::budget_infer::{InferenceShape, plan_inference};
+    use edgetune::train::WeightsMode;
+    let bin = env!("CARGO_BIN_EXE_edgetune");
+    let dir = tempfile::tempdir().unwrap();
+    // Deep enough that its layers outweigh the shapes' differences in workspace and cache.
+    let path = dir.path().join("deep.gguf");
+    let p = Preset {
+        n_layer: 12,
+        ..TINY
+    };
+    write_test_model(&p, WeightTypes::parse("q8_0").unwrap(), 9, &path).unwrap();
+    let weights = ModelWeights::from_gguf(&GgufFile::open(&path).unwrap()).unwrap();
+    // The smallest run below (perplexity of 7 tokens) mapped, and a larger one than either
+    // (64 positions) streamed: a budget between them streams both commands.
+    let shape = |n| InferenceShape {
+        kv_positions: n,
+        chunk_tokens: n,
+        logit_rows: n,
+        threads: None,
+    };
+    let total = |n, mode| {
+        plan_inference(&weights, shape(n), mode, None)
+            .unwrap()
+            .total_bytes
+    };
+    let (map, stream) = (total(7, WeightsMode::Map), total(64, WeightsMode::Stream));
+    assert!(stream < map, "{stream} {map}");
+    let between = ((map + stream) / 2).to_string();
+    let run = |args: &[&str]| {
+        std::process::Command::new(bin)
+            .args(&args[..1])
+            .args(["--model", path.to_str().unwrap()])
+            .args(&args[1..])
+            .output()
+            .unwrap()
+    };
+    for cmd in [
+        vec!["perplexity", "--tokens", "5,60,7,200,9,31,4", "--json"],
+        vec!["generate", "--prompt", "gw", "--max-tokens", "3"],
+    ] {
+        let mapped = run(&cmd);
+        let mut budgeted = cmd.clone();
+        budgeted.extend(["--budget", &between]);
+        let streamed = run(&budgeted);
+        let err = String::from_utf8_lossy(&streamed.stderr);
+        assert!(streamed.status.success(), "{err}");
+        assert!(
+            err.contains("memory plan:") && err.contains("stream: chosen by the plan"),
+            "{}: {err}",
+            cmd[0]
+        );
+        assert_eq!(streamed.stdout, mapped.stdout, "{}", cmd[0]);
+        let mut tiny = cmd.clone();
+        tiny.extend(["--budget", "1MiB"]);
+        let refused = run(&tiny);
+        let err = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success());
+        assert!(
+            err.contains("inference plan over budget") && err.contains("KV cache"),
+            "{err}"
+        );
+    }
+}

@@ -1,7 +1,7 @@
 //! `edgetune generate --model M --prompt TEXT [--template auto|alpaca|llama3-chat|none]
 //! [--template-file FILE.jinja] [--max-tokens N] [--temperature T] [--top-k K] [--top-p P]
-//! [--seed S] [--compute int8|f32] [--backend cpu|cuda|auto] [--weights auto|map|upload] [--guard POLICY.toml]
-//! [--json]`: streams text to stdout (with `--guard`, the answer is printed once the policy has
+//! [--seed S] [--compute int8|f32] [--backend cpu|cuda|auto] [--weights auto|map|upload|stream]
+//! [--budget SIZE | --board NAME] [--guard POLICY.toml] [--json]`: streams text to stdout (with `--guard`, the answer is printed once the policy has
 //! checked it). By default the prompt is one user message in the model's chat template.
 
 use std::io::Write;
@@ -16,7 +16,10 @@ use edgetune::{Error, Result};
 
 use crate::backend_args::{BackendArgs, Chosen};
 use crate::compute_args::ComputeArgsF32;
+use crate::infer_budget_args::InferBudgetArgs;
 use crate::template_args::TemplateArgs;
+use edgetune::memory::budget_infer::InferenceShape;
+use edgetune::model::DEFAULT_MAX_BATCH;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -52,6 +55,8 @@ pub struct Args {
     #[command(flatten)]
     backend: BackendArgs,
     #[command(flatten)]
+    budget: InferBudgetArgs,
+    #[command(flatten)]
     compute: ComputeArgsF32,
     /// A guard policy (TOML, see policies/default.toml): a prompt it matches is not answered,
     /// an output it matches is replaced; both print "Sorry, I can't help you with that. Do
@@ -70,18 +75,32 @@ pub fn run(args: Args) -> Result<()> {
         return Ok(());
     }
     let file = GgufFile::open(&args.model)?;
+    let tokenizer = Tokenizer::from_gguf(&file)?;
+    let prompt = args
+        .template
+        .format(&file, &tokenizer)?
+        .encode(&tokenizer, &args.prompt)?;
     match args.backend.resolve()? {
         Chosen::Cpu => {
+            // Planned before anything is loaded: the cache holds the prompt and the answer.
+            let context = edgetune::model::LlamaConfig::from_gguf(&file)?.context_length;
+            let shape = InferenceShape {
+                kv_positions: (prompt.len() + args.max_tokens).min(context),
+                chunk_tokens: prompt.len().clamp(1, DEFAULT_MAX_BATCH),
+                logit_rows: 1,
+                threads: None,
+            };
+            let stream = args.budget.streams(&file, args.backend.weights, shape)?;
             let mut llama = Llama::load(&file)?;
             llama.set_compute(args.compute.get())?;
-            if args.backend.weights == crate::backend_args::WeightsArg::Stream {
+            if stream {
                 llama.stream_weights(&file)?;
             }
             if let Some(path) = &args.adapter {
                 let set = edgetune::export::load_scaled(path, llama.config(), args.adapter_scale)?;
                 llama.set_adapters(Some(std::sync::Arc::new(set)))?;
             }
-            run_on(&args, &file, &llama, policy.as_ref())
+            run_on(&args, &tokenizer, &prompt, &llama, policy.as_ref())
         }
         #[cfg(feature = "cuda")]
         Chosen::Cuda(backend) => {
@@ -92,23 +111,19 @@ pub fn run(args: Args) -> Result<()> {
                 ));
             }
             let llama = edgetune::backend::cuda::llama::CudaLlama::load(&file, backend)?;
-            run_on(&args, &file, &llama, policy.as_ref())
+            run_on(&args, &tokenizer, &prompt, &llama, policy.as_ref())
         }
     }
 }
 
-/// Tokenizes the prompt, generates on `llama` and prints.
+/// Generates from `prompt` on `llama` and prints.
 fn run_on(
     args: &Args,
-    file: &GgufFile,
+    tokenizer: &Tokenizer,
+    prompt: &[u32],
     llama: &impl CausalLm,
     policy: Option<&Policy>,
 ) -> Result<()> {
-    let tokenizer = Tokenizer::from_gguf(file)?;
-    let prompt = args
-        .template
-        .format(file, &tokenizer)?
-        .encode(&tokenizer, &args.prompt)?;
     let opts = GenerateOptions {
         max_tokens: args.max_tokens,
         sampling: SamplingParams {
@@ -121,7 +136,7 @@ fn run_on(
     };
     let mut stdout = std::io::stdout().lock();
     if let Some(policy) = policy {
-        let out = generate(llama, &tokenizer, &prompt, &opts, |_| true)?;
+        let out = generate(llama, tokenizer, prompt, &opts, |_| true)?;
         let hit = policy.check_output(&out.text);
         let text = if hit.is_some() {
             REFUSAL
@@ -141,7 +156,7 @@ fn run_on(
         return Ok(());
     }
     let mut write_failed = None;
-    let out = generate(llama, &tokenizer, &prompt, &opts, |piece| {
+    let out = generate(llama, tokenizer, prompt, &opts, |piece| {
         match stdout
             .write_all(piece.as_bytes())
             .and_then(|_| stdout.flush())

@@ -14,6 +14,7 @@ mod eval_cmd;
 mod export_cmd;
 mod fetch_cmd;
 mod generate_cmd;
+mod infer_budget_args;
 mod inspect_cmd;
 mod merge_cmd;
 mod method_args;

@@ -1,5 +1,6 @@
 //! `edgetune perplexity --model M (--text FILE | --tokens 1,2,3) [--dump-logits OUT.npy]
-//! [--compute f32|int8] [--backend cpu|cuda|auto] [--weights auto|map|upload] [--json]`.
+//! [--compute f32|int8] [--backend cpu|cuda|auto] [--weights auto|map|upload|stream]
+//! [--budget SIZE | --board NAME] [--json]`.
 
 use std::path::PathBuf;
 
@@ -12,6 +13,9 @@ use edgetune::{Error, Result};
 
 use crate::backend_args::{BackendArgs, Chosen};
 use crate::compute_args::ComputeArgsF32;
+use crate::infer_budget_args::InferBudgetArgs;
+use edgetune::infer::PERPLEXITY_CHUNK;
+use edgetune::memory::budget_infer::InferenceShape;
 
 #[derive(clap::Args)]
 #[command(group(clap::ArgGroup::new("input").required(true).args(["text", "tokens"])))]
@@ -39,6 +43,8 @@ pub struct Args {
     json: bool,
     #[command(flatten)]
     backend: BackendArgs,
+    #[command(flatten)]
+    budget: InferBudgetArgs,
     // f32 by default: the logits dumps are compared with exact references.
     #[command(flatten)]
     compute: ComputeArgsF32,
@@ -46,18 +52,28 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let file = GgufFile::open(&args.model)?;
+    let tokens = input_tokens(&args, &file)?;
     match args.backend.resolve()? {
         Chosen::Cpu => {
+            // Planned before anything is loaded: the cache holds the whole text, the logits
+            // one chunk (infer/perplexity.rs).
+            let shape = InferenceShape {
+                kv_positions: tokens.len(),
+                chunk_tokens: tokens.len().clamp(1, PERPLEXITY_CHUNK),
+                logit_rows: tokens.len().clamp(1, PERPLEXITY_CHUNK),
+                threads: None,
+            };
+            let stream = args.budget.streams(&file, args.backend.weights, shape)?;
             let mut llama = Llama::load(&file)?;
             llama.set_compute(args.compute.get())?;
-            if args.backend.weights == crate::backend_args::WeightsArg::Stream {
+            if stream {
                 llama.stream_weights(&file)?;
             }
             if let Some(path) = &args.adapter {
                 let set = edgetune::export::load_scaled(path, llama.config(), args.adapter_scale)?;
                 llama.set_adapters(Some(std::sync::Arc::new(set)))?;
             }
-            run_on(&args, &file, &llama)
+            run_on(&args, &tokens, &llama)
         }
         #[cfg(feature = "cuda")]
         Chosen::Cuda(backend) => {
@@ -68,28 +84,32 @@ pub fn run(args: Args) -> Result<()> {
                 ));
             }
             let llama = edgetune::backend::cuda::llama::CudaLlama::load(&file, backend)?;
-            run_on(&args, &file, &llama)
+            run_on(&args, &tokens, &llama)
         }
     }
 }
 
-/// Tokenizes the input, scores it on `llama` and prints.
-fn run_on(args: &Args, file: &GgufFile, llama: &impl CausalLm) -> Result<()> {
-    let tokens = match (&args.tokens, &args.text) {
-        (Some(t), _) => t.clone(),
+/// The token ids to score: `--tokens` as given, or `--text` tokenized.
+fn input_tokens(args: &Args, file: &GgufFile) -> Result<Vec<u32>> {
+    match (&args.tokens, &args.text) {
+        (Some(t), _) => Ok(t.clone()),
         (None, Some(path)) => {
             let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
             let tokenizer = Tokenizer::from_gguf(file)?;
-            tokenizer.encode(&text, tokenizer.add_bos_default(), false)?
+            tokenizer.encode(&text, tokenizer.add_bos_default(), false)
         }
-        (None, None) => return Err(Error::Invalid("give --text or --tokens".into())),
-    };
+        (None, None) => Err(Error::Invalid("give --text or --tokens".into())),
+    }
+}
+
+/// Scores `tokens` on `llama` and prints.
+fn run_on(args: &Args, tokens: &[u32], llama: &impl CausalLm) -> Result<()> {
     let vocab = llama.config().n_vocab;
     let mut dump = match &args.dump_logits {
         Some(path) => Some(NpyWriter::create(path, &[tokens.len(), vocab])?),
         None => None,
     };
-    let result = perplexity(llama, &tokens, |_, row| match dump.as_mut() {
+    let result = perplexity(llama, tokens, |_, row| match dump.as_mut() {
         Some(w) => w.write(row),
         None => Ok(()),
     })?;

@@ -1,0 +1,55 @@
+//! `--budget SIZE | --board NAME` of the inference commands (`generate`, `perplexity`): the
+//! run's memory is planned before the weights are loaded (memory/budget_infer.rs); with
+//! `--weights auto` the layers are streamed when mapping them does not fit the budget and
+//! streaming does, and a run that fits neither way is refused with the numbers.
+
+use edgetune::Result;
+use edgetune::gguf::GgufFile;
+use edgetune::memory::budget::ModelWeights;
+use edgetune::memory::budget_infer::{InferenceShape, plan_inference};
+use edgetune::memory::{Board, parse_bytes};
+
+use crate::backend_args::WeightsArg;
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct InferBudgetArgs {
+    /// A board profile (orin-nano-4gb, orin-nano-8gb, …, host): its process budget.
+    #[arg(long, value_name = "NAME", conflicts_with = "budget")]
+    pub board: Option<String>,
+    /// The memory budget of the whole process (5.5GiB, 512MiB, bytes): with `--weights auto`
+    /// the layers are streamed when mapping them does not fit; a run over it is refused.
+    #[arg(long, value_name = "SIZE")]
+    pub budget: Option<String>,
+}
+
+impl InferBudgetArgs {
+    /// The budget in bytes, if one was given.
+    fn resolve(&self) -> Result<Option<u64>> {
+        if let Some(name) = &self.board {
+            return Ok(Some(Board::builtin(name)?.process_budget_bytes));
+        }
+        self.budget
+            .as_deref()
+            .map(|s| parse_bytes(s).map_err(|e| edgetune::Error::Invalid(format!("--budget: {e}"))))
+            .transpose()
+    }
+
+    /// Whether the CPU run streams its layers: `--weights stream`, or under a budget the
+    /// plan's choice for `--weights auto`. Over the budget is an error; the plan goes to the
+    /// log.
+    pub fn streams(
+        &self,
+        file: &GgufFile,
+        weights: WeightsArg,
+        shape: InferenceShape,
+    ) -> Result<bool> {
+        let Some(budget) = self.resolve()? else {
+            return Ok(weights == WeightsArg::Stream);
+        };
+        let model = ModelWeights::from_gguf(file)?;
+        let plan = plan_inference(&model, shape, weights.train_mode(), Some(budget))?;
+        plan.check()?;
+        eprintln!("memory plan: {}", plan.summary());
+        Ok(plan.weights_mode == "stream")
+    }
+}

@@ -1,0 +1,262 @@
+//! The memory plan of an inference run (`generate`, `perplexity`, `eval` with `--budget` or
+//! `--board`): the weights resident mapped or streamed, the KV cache, the forward's workspace,
+//! the logits handed out, and the runtime overheads measured for training that inference shares
+//! (binary, GGUF header, tokenizer, worker threads). `--weights auto` maps when that fits the
+//! budget and streams when only streaming does, like training.
+
+use serde::Serialize;
+
+use super::budget::{ModelWeights, WeightsBreakdown, weights_breakdown};
+use super::budget_report::size;
+use super::overheads::{
+    BINARY_RESIDENT_BYTES, THREAD_RESIDENT_BYTES, TOKENIZER_BYTES_PER_ENTRY, TOKENIZER_FIXED_BYTES,
+    matmul_scratch_bytes,
+};
+use crate::model::LOGIT_ROWS;
+use crate::train::{TrainConfig, WeightsMode};
+use crate::{Error, Result};
+
+/// What sizes an inference run's memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct InferenceShape {
+    /// KV cache positions, summed over the sequences held at once (a prompt and its new
+    /// tokens; a batch of them; a perplexity text).
+    pub kv_positions: usize,
+    /// Most tokens one forward chunk runs (the workspace's rows).
+    pub chunk_tokens: usize,
+    /// Logit rows the caller holds at once (1 for sampling; a chunk's for perplexity).
+    pub logit_rows: usize,
+    /// Worker threads (`None`: one per core of this machine).
+    pub threads: Option<usize>,
+}
+
+/// An inference run's memory, and whether it fits the budget.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct InferencePlan {
+    pub model: String,
+    pub shape: InferenceShape,
+    /// `map` or `stream`: what the run does.
+    pub weights_mode: String,
+    /// Why (the flag, or the plan's choice).
+    pub reason: String,
+    pub weights: WeightsBreakdown,
+    /// K and V of every layer, f32 `[kv_positions, kv_dim]` each.
+    pub kv_cache_bytes: u64,
+    /// The forward's activation buffers for one chunk and its logit staging.
+    pub workspace_bytes: u64,
+    /// The logits the caller holds.
+    pub logits_bytes: u64,
+    pub overhead_bytes: u64,
+    pub total_bytes: u64,
+    pub budget_bytes: Option<u64>,
+    pub fits: bool,
+}
+
+impl InferencePlan {
+    /// `Ok` when it fits; otherwise an over-budget error with the plan's numbers.
+    pub fn check(&self) -> Result<()> {
+        match self.budget_bytes {
+            Some(budget) if !self.fits => Err(Error::OverBudget {
+                needed: self.total_bytes,
+                budget,
+                report: format!(
+                    "inference plan over budget: needs {} ({}) but the budget is {}; \
+                     refusing before loading the weights",
+                    size(self.total_bytes),
+                    self.summary(),
+                    size(budget)
+                ),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// One line: the total and its parts.
+    pub fn summary(&self) -> String {
+        format!(
+            "weights {} ({}: {}), KV cache {}, workspace {}, logits {}, overheads {}, total {}",
+            size(self.weights.resident_bytes),
+            self.weights_mode,
+            self.reason,
+            size(self.kv_cache_bytes),
+            size(self.workspace_bytes),
+            size(self.logits_bytes),
+            size(self.overhead_bytes),
+            size(self.total_bytes)
+        )
+    }
+}
+
+/// Plans an inference run of `model` with `shape`; `weights` is `--weights` (`auto`: mapped
+/// when that fits `budget`, streamed when only that does; without a budget, mapped).
+pub fn plan_inference(
+    model: &ModelWeights,
+    shape: InferenceShape,
+    weights: WeightsMode,
+    budget: Option<u64>,
+) -> Result<InferencePlan> {
+    let mapped = evaluate(model, shape, WeightsMode::Map, budget)?;
+    match weights {
+        WeightsMode::Map => Ok(mapped),
+        WeightsMode::Stream => evaluate(model, shape, WeightsMode::Stream, budget),
+        WeightsMode::Auto if mapped.fits => Ok(InferencePlan {
+            reason: "--weights auto: mapped, it fits".into(),
+            ..mapped
+        }),
+        WeightsMode::Auto => {
+            let mut streamed = evaluate(model, shape, WeightsMode::Stream, budget)?;
+            if streamed.fits {
+                streamed.reason = format!(
+                    "chosen by the plan: mapped weights need {} in total, over the {} budget",
+                    size(mapped.total_bytes),
+                    size(budget.unwrap_or(0))
+                );
+                Ok(streamed)
+            } else {
+                // Neither fits: report the smaller.
+                Ok(streamed)
+            }
+        }
+    }
+}
+
+fn evaluate(
+    model: &ModelWeights,
+    shape: InferenceShape,
+    mode: WeightsMode,
+    budget: Option<u64>,
+) -> Result<InferencePlan> {
+    let c = &model.config;
+    let overflow = || Error::Invalid("inference plan: the sizes overflow u64".into());
+    // The weight breakdown is training's, for one chunk of tokens: mapped layers resident,
+    // or two staging buffers and the head when streamed; the untied embedding counts its rows.
+    let cfg = TrainConfig {
+        weights: mode,
+        ..TrainConfig::default()
+    };
+    let weights = weights_breakdown(model, shape.chunk_tokens as u64, &cfg)?;
+    let f32s = |n: u64| n.checked_mul(4).ok_or_else(overflow);
+    let kv_cache_bytes = f32s(
+        (2 * c.n_layer as u64)
+            .checked_mul(shape.kv_positions as u64)
+            .and_then(|n| n.checked_mul(c.kv_dim() as u64))
+            .ok_or_else(overflow)?,
+    )?;
+    // model/forward.rs `Workspace::new`: x, xn, proj [t, dim]; q, att [t, q_dim]; gate, up,
+    // h [t, ffn]; logits [LOGIT_ROWS, vocab].
+    let t = shape.chunk_tokens as u64;
+    let per_token = 3 * c.dim as u64 + 2 * c.q_dim() as u64 + 3 * c.ffn as u64;
+    let workspace_bytes = f32s(
+        t.checked_mul(per_token)
+            .and_then(|n| n.checked_add(LOGIT_ROWS as u64 * c.n_vocab as u64))
+            .ok_or_else(overflow)?,
+    )?;
+    let logits_bytes = f32s(shape.logit_rows as u64 * c.n_vocab as u64)?;
+    let threads = shape
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1) as u64;
+    let overhead_bytes = BINARY_RESIDENT_BYTES
+        + model.header_bytes
+        + TOKENIZER_FIXED_BYTES
+        + TOKENIZER_BYTES_PER_ENTRY * model.tokenizer_entries
+        + threads * (THREAD_RESIDENT_BYTES + matmul_scratch_bytes(c));
+    let total_bytes = [
+        weights.resident_bytes,
+        kv_cache_bytes,
+        workspace_bytes,
+        logits_bytes,
+        overhead_bytes,
+    ]
+    .iter()
+    .try_fold(0u64, |acc, &b| acc.checked_add(b))
+    .ok_or_else(overflow)?;
+    let streamed = mode == WeightsMode::Stream;
+    Ok(InferencePlan {
+        model: model.name.clone(),
+        shape,
+        weights_mode: if streamed { "stream" } else { "map" }.into(),
+        reason: format!("--weights {mode}"),
+        weights,
+        kv_cache_bytes,
+        workspace_bytes,
+        logits_bytes,
+        overhead_bytes,
+        total_bytes,
+        budget_bytes: budget,
+        fits: budget.is_none_or(|b| total_bytes <= b),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::CpuBackend;
+    use crate::model::Workspace;
+    use crate::testmodel::{SMALL, WeightTypes};
+
+    fn small() -> ModelWeights {
+        ModelWeights::from_preset(&SMALL, WeightTypes::parse("q8_0").unwrap()).unwrap()
+    }
+
+    const SHAPE: InferenceShape = InferenceShape {
+        kv_positions: 300,
+        chunk_tokens: 64,
+        logit_rows: 1,
+        threads: Some(2),
+    };
+
+    #[test]
+    fn the_workspace_and_kv_cache_are_what_the_model_allocates() {
+        let m = small();
+        let p = plan_inference(&m, SHAPE, WeightsMode::Map, None).unwrap();
+        let ws = Workspace::new(&CpuBackend, &m.config, SHAPE.chunk_tokens).unwrap();
+        assert_eq!(p.workspace_bytes, 4 * ws.n_values() as u64);
+        let c = &m.config;
+        assert_eq!(
+            p.kv_cache_bytes,
+            (2 * c.n_layer * 300 * c.kv_dim() * 4) as u64
+        );
+        assert_eq!(p.logits_bytes, 4 * c.n_vocab as u64);
+        assert!(p.fits && p.weights_mode == "map");
+        assert_eq!(
+            p.total_bytes,
+            p.weights.resident_bytes
+                + p.kv_cache_bytes
+                + p.workspace_bytes
+                + p.logits_bytes
+                + p.overhead_bytes
+        );
+    }
+
+    #[test]
+    fn auto_streams_only_when_mapping_does_not_fit_and_says_so() {
+        let m = small();
+        let map = plan_inference(&m, SHAPE, WeightsMode::Map, None).unwrap();
+        let stream = plan_inference(&m, SHAPE, WeightsMode::Stream, None).unwrap();
+        assert!(stream.total_bytes < map.total_bytes);
+        let between = Some((map.total_bytes + stream.total_bytes) / 2);
+        let auto = plan_inference(&m, SHAPE, WeightsMode::Auto, between).unwrap();
+        assert!(
+            auto.fits && auto.weights_mode == "stream",
+            "{}",
+            auto.summary()
+        );
+        assert!(
+            auto.reason.contains("chosen by the plan"),
+            "{}",
+            auto.reason
+        );
+        assert!(auto.weights.streamed.is_some());
+        let roomy = plan_inference(&m, SHAPE, WeightsMode::Auto, Some(map.total_bytes)).unwrap();
+        assert_eq!(roomy.weights_mode, "map");
+        // Too small for either: refused with the numbers.
+        let tiny = plan_inference(&m, SHAPE, WeightsMode::Auto, Some(1 << 20)).unwrap();
+        assert!(!tiny.fits);
+        let e = tiny.check().unwrap_err().to_string();
+        assert!(e.contains("KV cache") && e.contains("1.00 MiB"), "{e}");
+        // Mapped by request under a budget it exceeds: refused too.
+        let forced = plan_inference(&m, SHAPE, WeightsMode::Map, between).unwrap();
+        assert!(forced.check().is_err());
+    }
+}
