@@ -153,7 +153,7 @@ fn generate_with_streamed_weights_prints_the_same_text() {
     }
 }
 
-/// `--budget` on `perplexity` and `generate`: with `--weights auto` the plan streams the
+/// `--budget` on `perplexity`, `generate` and `eval`: with `--weights auto` the plan streams the
 /// layers when mapping them does not fit and streaming does (said on stderr, same output as
 /// mapped); a budget neither fits is refused before the weights are loaded.
 #[test]
@@ -195,9 +195,20 @@ fn a_budget_streams_inference_when_mapping_does_not_fit() {
             .output()
             .unwrap()
     };
+    let suite = concat!(env!("CARGO_MANIFEST_DIR"), "/suites/basic.jsonl");
     for cmd in [
         vec!["perplexity", "--tokens", "5,60,7,200,9,31,4", "--json"],
         vec!["generate", "--prompt", "gw", "--max-tokens", "3"],
+        vec![
+            "eval",
+            "--suite",
+            suite,
+            "--max-tokens",
+            "2",
+            "--batch",
+            "1",
+            "--json",
+        ],
     ] {
         let mapped = run(&cmd);
         let mut budgeted = cmd.clone();

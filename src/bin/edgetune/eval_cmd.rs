@@ -15,6 +15,7 @@ use edgetune::{Error, Result};
 
 use crate::compute_args::ComputeArgsF32;
 use crate::template_args::TemplateArgs;
+use edgetune::memory::budget_infer::InferenceShape;
 
 #[derive(clap::Args)]
 #[command(
@@ -59,6 +60,8 @@ pub struct Args {
     /// once) instead of mapping the weights, for a model larger than the memory at hand.
     #[arg(long, value_enum, default_value = "auto")]
     weights: crate::backend_args::WeightsArg,
+    #[command(flatten)]
+    budget: crate::infer_budget_args::InferBudgetArgs,
     // f32 by default: pass rates comparable across machines and with `train --eval-every`.
     #[command(flatten)]
     compute: ComputeArgsF32,
@@ -75,19 +78,25 @@ pub fn run(args: Args) -> Result<()> {
     };
     let policy = args.guard.as_deref().map(Policy::load).transpose()?;
     let file = GgufFile::open(&args.model)?;
+    let tokenizer = Tokenizer::from_gguf(&file)?;
+    let style = args.template.format(&file, &tokenizer)?;
+    let stream = args.budget.streams(
+        &file,
+        args.weights,
+        eval_shape(&args, &file, &tokenizer, &suite, &style)?,
+    )?;
     let mut llama = Llama::load(&file)?;
     llama.set_compute(args.compute.get())?;
-    if args.weights == crate::backend_args::WeightsArg::Stream {
+    if stream {
         llama.stream_weights(&file)?;
     }
     if let Some(path) = &args.adapter {
         let set = edgetune::export::load_scaled(path, llama.config(), args.adapter_scale)?;
         llama.set_adapters(Some(Arc::new(set)))?;
     }
-    let tokenizer = Tokenizer::from_gguf(&file)?;
     let opts = EvalOptions {
         max_tokens: args.max_tokens,
-        style: args.template.format(&file, &tokenizer)?,
+        style,
         batch: args.batch,
     };
     let total = suite.cases.len();
@@ -143,4 +152,34 @@ fn print_report(r: &EvalReport) {
             f.id, f.line, f.check, f.output
         );
     }
+}
+
+/// The inference plan's shape of a suite run: the batch of cases whose prompts and answers
+/// need the most KV positions together (each sequence its own cache, infer/generate_batch.rs),
+/// prompts prefilled one at a time in chunks, one logit row per sequence.
+fn eval_shape(
+    args: &Args,
+    file: &GgufFile,
+    tokenizer: &Tokenizer,
+    suite: &edgetune::eval::Suite,
+    style: &edgetune::tokenizer::chat_template::PromptFormat,
+) -> Result<InferenceShape> {
+    let context = edgetune::model::LlamaConfig::from_gguf(file)?.context_length;
+    let batch = args.batch.max(1);
+    let (mut kv, mut longest) = (0, 1);
+    for cases in suite.cases.chunks(batch) {
+        let mut sum = 0;
+        for case in cases {
+            let n = edgetune::eval::runner::encode_case(tokenizer, case, style)?.len();
+            longest = longest.max(n);
+            sum += (n + args.max_tokens).min(context);
+        }
+        kv = kv.max(sum);
+    }
+    Ok(InferenceShape {
+        kv_positions: kv,
+        chunk_tokens: longest.min(edgetune::model::DEFAULT_MAX_BATCH).max(batch),
+        logit_rows: batch,
+        threads: None,
+    })
 }

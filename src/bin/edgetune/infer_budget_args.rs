@@ -1,4 +1,5 @@
-//! `--budget SIZE | --board NAME` of the inference commands (`generate`, `perplexity`): the
+//! `--budget SIZE | --board NAME` of the inference commands (`generate`, `perplexity`,
+//! `eval`): the
 //! run's memory is planned before the weights are loaded (memory/budget_infer.rs); with
 //! `--weights auto` the layers are streamed when mapping them does not fit the budget and
 //! streaming does, and a run that fits neither way is refused with the numbers.
