@@ -169,27 +169,17 @@ fn check(types: WeightTypes, ckpt: bool, packed: bool, rows: usize) {
 
 /// [`check`] with the KL anchor `kl` on the last row, marked as replay.
 fn check_with(types: WeightTypes, ckpt: bool, packed: bool, rows: usize, kl: f64) {
-    let (loss_rel, grad_rel) = measure(types, Compute::F32, ckpt, packed, rows, kl);
+    let (loss_rel, grad_rel) = measure(types, Compute::F32, ckpt, packed, rows, kl, false);
     assert!(loss_rel < 1e-5, "loss rel error {loss_rel:.2e}");
     assert!(grad_rel <= 1e-4, "‖g − g_fd‖/‖g_fd‖ = {grad_rel:.2e}");
 }
 
 /// The relative errors of the step's loss and LoRA gradients (over sampled entries of every
 /// adapter) against the f64 reference, with the frozen projections' forward products in
-/// `compute` arithmetic (the backward's `dy·W` is f32 either way).
+/// `compute` arithmetic (the backward's `dy·W` is f32 either way), the layer checkpoints in
+/// bf16 when `bf16`.
+#[allow(clippy::too_many_arguments)]
 fn measure(
-    types: WeightTypes,
-    compute: Compute,
-    ckpt: bool,
-    packed: bool,
-    rows: usize,
-    kl: f64,
-) -> (f64, f64) {
-    measure_with(types, compute, ckpt, packed, rows, kl, false)
-}
-
-/// [`measure`], optionally with the layer checkpoints in bf16.
-fn measure_with(
     types: WeightTypes,
     compute: Compute,
     ckpt: bool,
@@ -299,8 +289,24 @@ fn kl_anchor_gradients_match_f64_central_differences() {
 #[test]
 fn int8_forward_gradients_against_f64() {
     for ty in [GgmlType::Q8_0, GgmlType::Q4_0] {
-        let f = measure(WeightTypes::Uniform(ty), Compute::F32, true, true, 1, 0.0);
-        let i = measure(WeightTypes::Uniform(ty), Compute::Int8, true, true, 1, 0.0);
+        let f = measure(
+            WeightTypes::Uniform(ty),
+            Compute::F32,
+            true,
+            true,
+            1,
+            0.0,
+            false,
+        );
+        let i = measure(
+            WeightTypes::Uniform(ty),
+            Compute::Int8,
+            true,
+            true,
+            1,
+            0.0,
+            false,
+        );
         eprintln!(
             "{ty:?}: f32 loss {:.1e} gradient {:.1e}; int8 loss {:.1e} gradient {:.1e}",
             f.0, f.1, i.0, i.1
@@ -317,8 +323,8 @@ fn int8_forward_gradients_against_f64() {
 #[test]
 fn bf16_checkpoint_gradients_against_f64() {
     let ty = WeightTypes::Uniform(GgmlType::F32);
-    let f = measure(ty, Compute::F32, true, true, 2, 0.0);
-    let b = measure_with(ty, Compute::F32, true, true, 2, 0.0, true);
+    let f = measure(ty, Compute::F32, true, true, 2, 0.0, false);
+    let b = measure(ty, Compute::F32, true, true, 2, 0.0, true);
     eprintln!(
         "f32 checkpoints: loss {:.1e} gradient {:.1e}; bf16: loss {:.1e} gradient {:.1e}",
         f.0, f.1, b.0, b.1

@@ -32,6 +32,14 @@ fn write_model(dir: &Path) -> PathBuf {
     path
 }
 
+/// A directory with `examples` training examples and the 4-layer model: `(dir, data, model)`.
+fn fixture(examples: usize) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, data) = train_support::write_fixture(dir.path(), "q4_0", examples);
+    let model = write_model(dir.path());
+    (dir, data, model)
+}
+
 /// `(losses, gradient norms, learning rates, parameters, fused)` of a run.
 type Run = (Vec<f64>, Vec<f64>, Vec<f32>, Vec<Vec<f32>>, bool);
 
@@ -74,9 +82,7 @@ fn with(cfg: &TrainConfig, name: &str, fused: FusedUpdate) -> TrainConfig {
 
 #[test]
 fn the_fused_update_equals_the_unfused_one_bit_for_bit() {
-    let dir = tempfile::tempdir().unwrap();
-    let (_, data) = train_support::write_fixture(dir.path(), "q4_0", 60);
-    let model = write_model(dir.path());
+    let (dir, data, model) = fixture(60);
     let mut base = train_support::config(&model, &data, &dir.path().join("run"), STEPS);
     base.weights = WeightsMode::Map;
     base.max_grad_norm = 0.0;
@@ -138,9 +144,7 @@ fn the_fused_update_equals_the_unfused_one_bit_for_bit() {
 
 #[test]
 fn the_plan_holds_one_layers_gradients_and_chooses_the_fused_update_when_streaming() {
-    let dir = tempfile::tempdir().unwrap();
-    let (_, data) = train_support::write_fixture(dir.path(), "q4_0", 10);
-    let model = write_model(dir.path());
+    let (dir, data, model) = fixture(10);
     let file = GgufFile::open(&model).unwrap();
     let mut cfg = train_support::config(&model, &data, &dir.path().join("run"), 1);
     cfg.max_grad_norm = 0.0;
@@ -202,9 +206,7 @@ fn the_plan_holds_one_layers_gradients_and_chooses_the_fused_update_when_streami
 
 #[test]
 fn what_the_fused_update_cannot_run_is_refused_naming_the_setting() {
-    let dir = tempfile::tempdir().unwrap();
-    let (_, data) = train_support::write_fixture(dir.path(), "q4_0", 10);
-    let model = write_model(dir.path());
+    let (dir, data, model) = fixture(10);
     let file = GgufFile::open(&model).unwrap();
     let mut cfg = train_support::config(&model, &data, &dir.path().join("run"), 1);
     cfg.fused_update = FusedUpdate::On;
@@ -238,9 +240,7 @@ fn what_the_fused_update_cannot_run_is_refused_naming_the_setting() {
 #[test]
 fn the_cli_runs_the_fused_update() {
     let bin = env!("CARGO_BIN_EXE_edgetune");
-    let dir = tempfile::tempdir().unwrap();
-    let (_, data) = train_support::write_fixture(dir.path(), "q4_0", 10);
-    let model = write_model(dir.path());
+    let (dir, data, model) = fixture(10);
     let m = model.to_str().unwrap();
     let out = std::process::Command::new(bin)
         .args([
@@ -297,9 +297,7 @@ fn the_cli_runs_the_fused_update() {
 
 #[test]
 fn bf16_checkpoints_halve_their_bytes_and_train_beside_f32() {
-    let dir = tempfile::tempdir().unwrap();
-    let (_, data) = train_support::write_fixture(dir.path(), "q4_0", 30);
-    let model = write_model(dir.path());
+    let (dir, data, model) = fixture(30);
     let file = GgufFile::open(&model).unwrap();
     let mut f32_cfg = train_support::config(&model, &data, &dir.path().join("f32"), 3);
     f32_cfg.weights = WeightsMode::Map;
@@ -355,9 +353,7 @@ fn bf16_checkpoints_halve_their_bytes_and_train_beside_f32() {
 
 #[test]
 fn checkpoints_on_disk_equal_checkpoints_in_memory_and_leave_the_arena() {
-    let dir = tempfile::tempdir().unwrap();
-    let (_, data) = train_support::write_fixture(dir.path(), "q4_0", 30);
-    let model = write_model(dir.path());
+    let (dir, data, model) = fixture(30);
     let file = GgufFile::open(&model).unwrap();
     let mut ram = train_support::config(&model, &data, &dir.path().join("ram"), 2);
     ram.weights = WeightsMode::Map;
