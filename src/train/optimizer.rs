@@ -400,6 +400,12 @@ impl Optimizer {
         Ok(())
     }
 
+    /// Whether a fused step has begun and not finished (it stopped on an error part-way: the
+    /// state is not one to save).
+    pub fn fused_in_flight(&self) -> bool {
+        self.fused.is_some()
+    }
+
     /// Ends the fused step: its number, learning rate and the global gradient norm before
     /// clipping (the norm-only pass's, or the sum of the layers' as they were updated).
     pub fn finish_fused(&mut self) -> Result<UpdateStats> {
@@ -596,6 +602,10 @@ mod tests {
                 && e.contains("blk.0.attn_output")
                 && e.contains("layers above blk.0 were already updated"),
             "{e}"
+        );
+        assert!(
+            opt.fused_in_flight(),
+            "a stopped fused step is not a state to save"
         );
     }
 }

@@ -713,6 +713,13 @@ impl<'f> Trainer<'f> {
 
     /// Writes a checkpoint of the current state.
     pub fn checkpoint(&self) -> Result<PathBuf> {
+        if self.opt.fused_in_flight() {
+            return Err(Error::Invalid(format!(
+                "no checkpoint: a fused step stopped part-way (some layers' adapters updated, \
+                 others not); resume from the last checkpoint in {}",
+                checkpoint::checkpoints_dir(&self.cfg.out).display()
+            )));
+        }
         let state = RunState {
             replay_cursor: self.batcher.replay_cursor(),
             model_fingerprint: Some(self.model_fingerprint.clone()),
