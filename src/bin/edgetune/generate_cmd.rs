@@ -104,6 +104,7 @@ pub fn run(args: Args) -> Result<()> {
         }
         #[cfg(feature = "cuda")]
         Chosen::Cuda(backend) => {
+            args.budget.cpu_only()?;
             if args.adapter.is_some() {
                 return Err(Error::Invalid(
                     "--adapter runs on the CPU backend only in this version; use --backend cpu"

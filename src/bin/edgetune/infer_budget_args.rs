@@ -35,6 +35,20 @@ impl InferBudgetArgs {
             .transpose()
     }
 
+    /// An error when a budget was given: it plans the CPU backend's memory (a device holds the
+    /// weights in its own memory; see `train --backend cuda` for a device plan).
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub fn cpu_only(&self) -> Result<()> {
+        if self.board.is_some() || self.budget.is_some() {
+            return Err(edgetune::Error::Invalid(
+                "--budget/--board plan the CPU backend's memory; with --backend cuda leave them \
+                 out (or run with --backend cpu)"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Whether the CPU run streams its layers: `--weights stream`, or under a budget the
     /// plan's choice for `--weights auto`. Over the budget is an error; the plan goes to the
     /// log.
