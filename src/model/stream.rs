@@ -29,6 +29,7 @@
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::{Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -112,7 +113,9 @@ pub struct WeightStream {
     /// The layer being read into the other buffer.
     pending: Option<usize>,
     requests: Option<SyncSender<Request>>,
-    filled: Receiver<Filled>,
+    /// In a mutex only so that the stream (and a trainer holding it) is `Sync`: every use has
+    /// `&mut self` and takes it with `get_mut`, never locking.
+    filled: Mutex<Receiver<Filled>>,
     reader: Option<JoinHandle<()>>,
     /// The synchronous path's own handle (a read out of order).
     file: File,
@@ -189,7 +192,7 @@ impl WeightStream {
             idle: vec![lines_for(staging_bytes), lines_for(staging_bytes)],
             pending: None,
             requests: Some(req_tx),
-            filled: fill_rx,
+            filled: Mutex::new(fill_rx),
             reader: Some(reader),
             file: handle,
             staging_bytes,
@@ -255,7 +258,11 @@ impl WeightStream {
             return Ok(());
         };
         let t0 = Instant::now();
-        let filled = self.filled.recv().map_err(|_| {
+        let rx = self
+            .filled
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
+        let filled = rx.recv().map_err(|_| {
             Error::Invalid(format!(
                 "{}: the weight reader stopped (reading layer {layer})",
                 self.path.display()
@@ -425,10 +432,27 @@ impl Drop for WeightStream {
         // Closing the request channel ends the reader's loop; a read in flight finishes first.
         self.requests = None;
         if self.pending.take().is_some() {
-            let _ = self.filled.recv();
+            let rx = self
+                .filled
+                .get_mut()
+                .unwrap_or_else(PoisonError::into_inner);
+            let _ = rx.recv();
         }
         if let Some(h) = self.reader.take() {
             let _ = h.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod sync_tests {
+    /// A trainer (which may hold a stream) crosses threads in the front ends: the Python
+    /// package releases the GIL around its calls, the C ABI hands its handle to any thread.
+    #[test]
+    fn a_stream_and_a_trainer_are_send_and_sync() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<super::WeightStream>();
+        send_sync::<crate::train::TrainStep>();
+        send_sync::<crate::train::Trainer<'static>>();
     }
 }
