@@ -95,29 +95,26 @@ pub fn plan_inference(
     weights: WeightsMode,
     budget: Option<u64>,
 ) -> Result<InferencePlan> {
+    if weights != WeightsMode::Auto {
+        return evaluate(model, shape, weights, budget);
+    }
     let mapped = evaluate(model, shape, WeightsMode::Map, budget)?;
-    match weights {
-        WeightsMode::Map => Ok(mapped),
-        WeightsMode::Stream => evaluate(model, shape, WeightsMode::Stream, budget),
-        WeightsMode::Auto if mapped.fits => Ok(InferencePlan {
+    if mapped.fits {
+        return Ok(InferencePlan {
             reason: "--weights auto: mapped, it fits".into(),
             ..mapped
-        }),
-        WeightsMode::Auto => {
-            let mut streamed = evaluate(model, shape, WeightsMode::Stream, budget)?;
-            if streamed.fits {
-                streamed.reason = format!(
-                    "chosen by the plan: mapped weights need {} in total, over the {} budget",
-                    size(mapped.total_bytes),
-                    size(budget.unwrap_or(0))
-                );
-                Ok(streamed)
-            } else {
-                // Neither fits: report the smaller.
-                Ok(streamed)
-            }
-        }
+        });
     }
+    // Streamed, whether or not it fits (then it is the smaller of the two to report).
+    let mut streamed = evaluate(model, shape, WeightsMode::Stream, budget)?;
+    if streamed.fits {
+        streamed.reason = format!(
+            "chosen by the plan: mapped weights need {} in total, over the {} budget",
+            size(mapped.total_bytes),
+            size(budget.unwrap_or(0))
+        );
+    }
+    Ok(streamed)
 }
 
 fn evaluate(

@@ -36,17 +36,9 @@ pub struct StreamedLayers {
 /// Whether `name` is one of the seven matrices of a block (streamed under `--weights stream`).
 pub(super) fn is_layer_matrix(name: &str) -> bool {
     name.strip_prefix("blk.").is_some_and(|rest| {
-        [
-            "attn_q",
-            "attn_k",
-            "attn_v",
-            "attn_output",
-            "ffn_gate",
-            "ffn_up",
-            "ffn_down",
-        ]
-        .iter()
-        .any(|m| rest.ends_with(&format!(".{m}.weight")))
+        crate::adapters::Target::ALL
+            .iter()
+            .any(|t| rest.ends_with(&format!(".{}.weight", t.gguf_stem())))
     })
 }
 

@@ -65,13 +65,7 @@ pub fn decode_batch<B: Backend>(
         rope_dim: c.rope_dim,
     };
 
-    {
-        let x = slice_mut::<B>(&mut ws.x, 0, n * dim)?;
-        match src.embedding()? {
-            Some(table) => b.embedding(&table, tokens, x)?,
-            None => b.embedding(&m.token_embd, tokens, x)?,
-        }
-    }
+    super::forward::embed_tokens(m, &*src, tokens, &mut ws.x)?;
     let n_layer = c.n_layer;
     for l in 0..n_layer {
         // The next step starts again at layer 0.

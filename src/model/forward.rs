@@ -206,13 +206,7 @@ pub fn forward_chunk<B: Backend>(
     let pos0 = cache.len();
     let (dim, qd, kvd) = (c.dim, c.q_dim(), c.kv_dim());
 
-    {
-        let x = B::slice_mut(B::view_mut(&mut ws.x), 0..n * dim)?;
-        match src.embedding()? {
-            Some(table) => b.embedding(&table, tokens, x)?,
-            None => b.embedding(&m.token_embd, tokens, x)?,
-        }
-    }
+    embed_tokens(m, src, tokens, &mut ws.x)?;
     let n_layer = c.n_layer;
     for l in 0..n_layer {
         // The next chunk starts again at layer 0.
@@ -300,6 +294,21 @@ pub fn forward_chunk<B: Backend>(
     match src.head()? {
         Some(head) => output_head(m, &head, ws, first, n, out),
         None => output_head(m, &m.output, ws, first, n, out),
+    }
+}
+
+/// Embeds `tokens` into the first rows of `x`: from `src`'s table when it holds one (a
+/// stream's tied head), else from the model's.
+pub(super) fn embed_tokens<B: Backend>(
+    m: &BackendModel<'_, B>,
+    src: &dyn LayerSource<B>,
+    tokens: &[u32],
+    x: &mut B::Buffer,
+) -> Result<()> {
+    let x = B::slice_mut(B::view_mut(x), 0..tokens.len() * m.config.dim)?;
+    match src.embedding()? {
+        Some(table) => m.backend.embedding(&table, tokens, x),
+        None => m.backend.embedding(&m.token_embd, tokens, x),
     }
 }
 

@@ -36,16 +36,13 @@ pub(super) struct Span {
     pub(super) bytes: usize,
 }
 
-/// The seven matrices of a layer in [`BackendLayer`] field order: q, k, v, o, gate, up, down.
-pub(super) const MATRICES: [&str; 7] = [
-    "attn_q",
-    "attn_k",
-    "attn_v",
-    "attn_output",
-    "ffn_gate",
-    "ffn_up",
-    "ffn_down",
-];
+/// The seven matrices of a layer in [`BackendLayer`] field order (q, k, v, o, gate, up, down),
+/// by their GGUF stems.
+fn matrices() -> impl Iterator<Item = &'static str> {
+    crate::adapters::Target::ALL
+        .into_iter()
+        .map(|t| t.gguf_stem())
+}
 
 /// A request to the reader: read `layer` into `buf`.
 pub(super) struct Request {
@@ -109,7 +106,7 @@ pub(super) fn read_layer(
 ) -> Result<()> {
     let bytes = bytes_of_mut(buf);
     let len = bytes.len();
-    for (s, name) in spans.iter().zip(MATRICES) {
+    for (s, name) in spans.iter().zip(matrices()) {
         let dst = bytes.get_mut(s.at..s.at + s.bytes).ok_or_else(|| {
             Error::Invalid(format!(
                 "weight stream: blk.{layer}.{name} ({} B at {}) does not fit the staging buffer ({} B)",
@@ -166,7 +163,7 @@ pub(super) fn layer_spans(file: &GgufFile, n_layer: usize) -> Result<(Vec<[Span;
             at: 0,
             bytes: 0,
         }; 7];
-        for (slot, name) in layer.iter_mut().zip(MATRICES) {
+        for (slot, name) in layer.iter_mut().zip(matrices()) {
             let t = tensor(file, &format!("blk.{l}.{name}.weight"))?;
             at = round_up_64(at);
             let (cols, rows) = (t.dims[0] as usize, t.n_rows() as usize);

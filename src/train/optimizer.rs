@@ -382,7 +382,13 @@ impl Optimizer {
                 "optimizer: update_layer outside a fused step (begin_fused first)".into(),
             ));
         };
-        if let Some((target, i, v)) = self.measure_slots(layer, step, set)? {
+        // With clipping the norm-only pass measured these very gradients (and found them
+        // finite); without it, this is where the norm and a non-finite value are found.
+        let bad = match f.norm {
+            Some(_) => None,
+            None => self.measure_slots(layer, step, set)?,
+        };
+        if let Some((target, i, v)) = bad {
             let e = self.non_finite_gradient(f64::NAN, Some((layer, target, i, v)));
             return Err(Error::NonFinite(format!(
                 "{e} (fused update: the layers above blk.{layer} were already updated in memory; \
