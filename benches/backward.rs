@@ -11,7 +11,9 @@
 //! - `cross_entropy/{type}/vocab{261,128256}`: the output projection `matmul_xwt` (the logits an
 //!   inference forward makes) → the fused chunked loss + `dh` (which does that product, the
 //!   softmax and `matmul_dyw`). The Llama-3 vocabulary is measured on one chunk of 64 tokens
-//!   (the default `ce_chunk`), so it stays cheap.
+//!   (the default `ce_chunk`), so it stays cheap. `…/vocab_chunks4` beside `…/bwd`: the same
+//!   loss with the head in 4 chunks of rows (`cross_entropy_vocab.rs`, a streamed head: two
+//!   passes, so the logits product runs twice).
 //!
 //! Weights are random valid blocks (`testmodel::fill_random_blocks`), made in well under a second.
 //!
@@ -26,6 +28,9 @@ use std::time::Duration;
 
 use criterion::{
     BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main, measurement::WallTime,
+};
+use edgetune::backend::cpu::cross_entropy_vocab::{
+    RowLse, ce_vocab_grad, ce_vocab_loss, ce_vocab_stats,
 };
 use edgetune::backend::cpu::rope::inv_freq;
 use edgetune::backend::{AttentionDims, Backend, CpuBackend, RopeDims};
@@ -252,6 +257,61 @@ fn cross_entropy(c: &mut Criterion) {
                     .unwrap()
                 })
             });
+            // The streamed head's loss: 4 chunks of rows, two passes over them.
+            let rows = vocab.div_ceil(4);
+            let row_bytes = data.len() / vocab;
+            let parts: Vec<QuantMatrix> = (0..vocab)
+                .step_by(rows)
+                .map(|v0| {
+                    let n = rows.min(vocab - v0);
+                    let bytes = &data[v0 * row_bytes..(v0 + n) * row_bytes];
+                    QuantMatrix::new(ty, n, dim, bytes).expect("chunk")
+                })
+                .collect();
+            let mut stats = vec![RowLse::EMPTY; tokens];
+            let mut part = vec![0.0f32; chunk * dim];
+            g.bench_function(
+                format!("cross_entropy/{ty}/vocab{vocab}/vocab_chunks4"),
+                |b| {
+                    b.iter(|| {
+                        stats.fill(RowLse::EMPTY);
+                        for (i, w_c) in parts.iter().enumerate() {
+                            let v0 = i * rows;
+                            ce_vocab_stats(
+                                &h,
+                                w_c,
+                                v0,
+                                vocab,
+                                &targets,
+                                chunk,
+                                &mut scratch,
+                                &mut stats,
+                            )
+                            .unwrap();
+                        }
+                        let loss = ce_vocab_loss(&stats, &targets, chunk).unwrap();
+                        for (i, w_c) in parts.iter().enumerate() {
+                            let v0 = i * rows;
+                            ce_vocab_grad(
+                                &h,
+                                w_c,
+                                v0,
+                                vocab,
+                                &targets,
+                                &|_| scale,
+                                chunk,
+                                &stats,
+                                i == 0,
+                                &mut scratch,
+                                &mut part,
+                                &mut dh,
+                            )
+                            .unwrap();
+                        }
+                        black_box(loss)
+                    })
+                },
+            );
         }
     }
     g.finish();
@@ -299,6 +359,7 @@ fn train_step(c: &mut Criterion) {
         fused_update: false,
         checkpoint_bf16: false,
         checkpoints_on_disk: false,
+        stream_head: false,
         adapters: adapter_shapes(&set),
     };
     let mut cpu = TrainStep::new(m, &set, shape.clone()).expect("train step");

@@ -14,12 +14,15 @@
 #
 # usage: scripts/prove-70b.sh [--steps 2] [--seq-len 64] [--dir target/prove-70b] [--keep]
 #                             [--only 70b|8b] [--threads N] [--fused] [--flags "..."]
+#                             [--board70 NAME]
 # --fused: the fused per-layer update without clipping (`--fused-update on --max-grad-norm 0`),
 # so only one layer's adapter gradients exist at a time. --flags: more plan and train flags
-# (e.g. "--checkpoint-dtype bf16 --checkpoints-on disk").
+# (e.g. "--checkpoint-dtype bf16 --checkpoints-on disk --stream-head on"). --board70: the 70B
+# run's budget from a board profile (e.g. orin-nano-4gb) instead of 5.5 GiB.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 steps=2; seq=64; dir=target/prove-70b; keep=0; only=""; threads=""; fused=""
+budget70="--budget 5.5GiB"; name70=70b-orin-nano-8gb
 while [ $# -gt 0 ]; do
   case "$1" in
     --steps) steps=$2; shift 2 ;;
@@ -30,6 +33,7 @@ while [ $# -gt 0 ]; do
     --threads) threads="--threads $2"; shift 2 ;;
     --fused) fused="$fused --fused-update on --max-grad-norm 0"; shift ;;
     --flags) fused="$fused $2"; shift 2 ;;
+    --board70) budget70="--board $2"; name70="70b-$2"; shift 2 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -76,7 +80,8 @@ print(f"{name}: planned {gib(plan):.2f} GiB, measured peak {gib(peak):.2f} GiB "
       f"{gib(m['rss_anon']):.2f} GiB anonymous), budget {gib(budget):.2f} GiB")
 per_step = s["elapsed_s"] / max(s["steps"], 1)
 if st:
-    print(f"  streamed: {st['layer_reads']} layer reads, {gib(st['bytes_read']):.1f} GiB read "
+    print(f"  streamed: {st['layer_reads']} layer reads, {st.get('head_chunk_reads', 0)} head chunk reads, "
+          f"{gib(st['bytes_read']):.1f} GiB read "
           f"({gib(st['bytes_read']) / max(s['steps'], 1):.1f} GiB a step); reader {st['read_s']:.1f} s, "
           f"compute waited {st['wait_s']:.1f} s of {s['elapsed_s']:.1f} s "
           f"(computing {s['elapsed_s'] - st['wait_s']:.1f} s)")
@@ -89,7 +94,7 @@ PY
 }
 
 if [ "$only" != 8b ]; then
-  run 70b-orin-nano-8gb llama-3.1-70b "--budget 5.5GiB" "--weights stream" 40
+  run "$name70" llama-3.1-70b "$budget70" "--weights stream" 40
 fi
 if [ "$only" != 70b ]; then
   # No --weights: the plan maps when that fits and streams when only streaming does.

@@ -463,11 +463,12 @@ fn plan_json_matches_the_planner_and_hand_counts() {
     assert!(r["fits"].is_null(), "no budget, no verdict");
     assert_eq!(r["shape"]["tokens_per_micro_batch"], 64);
 
-    // The model path may come from the configuration; a budget gives a verdict.
+    // The model path may come from the configuration; a budget gives a verdict (mapped: under
+    // `auto` a budget a byte short streams the weights instead).
     let total = r["total_bytes"].as_u64().unwrap();
     let with_budget = |b: u64| {
         let cfg = format!(
-            r#"{{"model": {:?}, "seq_len": 32, "batch": 2, "lora": {{"rank": 4}}, "ce_chunk": 16, "budget_bytes": {b}}}"#,
+            r#"{{"model": {:?}, "seq_len": 32, "batch": 2, "lora": {{"rank": 4}}, "ce_chunk": 16, "weights": "map", "budget_bytes": {b}}}"#,
             path.to_str().unwrap()
         );
         plan(None, Some(&cfg)).unwrap()

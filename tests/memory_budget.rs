@@ -281,8 +281,8 @@ fn suggestions_fit_when_applied_and_refusal_names_the_numbers() {
 /// Llama 3.1 70B with mapped weights cannot fit an Orin Nano: its weights alone exceed the
 /// process budget, and the suggestions say nothing fits, with the numbers. Streamed, it fits
 /// at a short sequence (`scripts/prove-70b.sh` measures it); at sequence 512 only with the
-/// fused per-layer update (`auto` chooses it, with clipping's norm pass), and without that,
-/// `auto` suggests streamed configurations that do.
+/// fused per-layer update (`auto` chooses it, with clipping's norm pass) or the head streamed
+/// too, and without either, `auto` suggests streamed configurations that do.
 #[test]
 fn llama_70b_fits_an_orin_nano_only_streamed() {
     let model = ModelWeights::from_preset(&LLAMA_3_1_70B, q4_0()).unwrap();
@@ -298,6 +298,18 @@ fn llama_70b_fits_an_orin_nano_only_streamed() {
     let why = fused.fused_update.as_deref().unwrap_or("");
     assert!(why.contains("2× compute"), "{}", fused.report());
     cfg.fused_update = edgetune::train::FusedUpdate::Off;
+    // Unfused, `--stream-head auto` streams the 0.8 GiB head too, and that fits.
+    let head = plan_training_for(&model, &cfg).unwrap().breakdown;
+    let st = head.weights.streamed.as_ref().unwrap();
+    assert!(head.fits && st.head_chunks == 2, "{}", head.report());
+    assert!(
+        st.head_reason
+            .as_deref()
+            .unwrap()
+            .contains("chosen by the plan")
+    );
+    // With the head resident it does not; the suggestions are streamed configurations.
+    cfg.stream_head = edgetune::train::StreamHead::Off;
     let auto = plan_training_for(&model, &cfg).unwrap().breakdown;
     assert!(
         !auto.fits && auto.weights.streamed.is_some(),

@@ -71,13 +71,17 @@ fn training_steps_after_the_first_allocate_nothing() {
     // The fused per-layer update, with clipping (its norm-only pass) and streamed.
     let mut fused = streamed.clone();
     fused.fused_update = edgetune::train::FusedUpdate::On;
+    // The head streamed too, in several chunks: both loss passes through the staging buffers.
+    let mut head = fused.clone();
+    head.stream_head = edgetune::train::StreamHead::On;
+    head.head_chunk_rows = Some(100);
     // bf16 layer checkpoints: packed and unpacked in place.
     let mut bf16 = base.clone();
     bf16.checkpoint_dtype = edgetune::train::CheckpointDtype::Bf16;
     // bf16 layer checkpoints in the spill file: positioned writes and reads.
     let mut spilled = bf16.clone();
     spilled.checkpoints_on = StatePlace::Disk;
-    let mut all = vec![base, a, b, kl, streamed, fused, bf16, spilled];
+    let mut all = vec![base, a, b, kl, streamed, fused, head, bf16, spilled];
     all.extend(methods);
     pool.install(|| steps_allocate_nothing(&file, all));
 }

@@ -75,6 +75,7 @@ fn train(make: &dyn Fn(usize, usize, u64) -> Box<dyn Adapter>, steps: usize) -> 
         fused_update: false,
         checkpoint_bf16: false,
         checkpoints_on_disk: false,
+        stream_head: false,
         adapters: adapter_shapes(&set),
     };
     let mut step = TrainStep::new(llama.backend_model(), &set, shape).unwrap();
@@ -210,6 +211,7 @@ fn reslora_step(ckpt: bool) -> ResRun {
         fused_update: false,
         checkpoint_bf16: false,
         checkpoints_on_disk: false,
+        stream_head: false,
         adapters: adapter_shapes(&set),
     };
     let mut step = TrainStep::new(llama.backend_model(), &set, shape).unwrap();
@@ -273,6 +275,7 @@ fn reslora_step_gradients_match_directional_differences_and_checkpointing() {
         fused_update: false,
         checkpoint_bf16: false,
         checkpoints_on_disk: false,
+        stream_head: false,
         adapters: adapter_shapes(&set),
     };
     let mut step = TrainStep::new(llama.backend_model(), &set, shape).unwrap();
@@ -372,6 +375,7 @@ fn mtlora_step(weights: &[f32]) -> (f64, Vec<Vec<f32>>, Vec<(f64, usize)>) {
         fused_update: false,
         checkpoint_bf16: false,
         checkpoints_on_disk: false,
+        stream_head: false,
         adapters: adapter_shapes(&set),
     };
     let mut step = TrainStep::new(llama.backend_model(), &set, shape).unwrap();

@@ -71,6 +71,7 @@ fn shape(
         fused_update: false,
         checkpoint_bf16,
         checkpoints_on_disk: false,
+        stream_head: false,
         adapters: adapter_shapes(set),
     }
 }

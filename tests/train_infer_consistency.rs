@@ -58,6 +58,7 @@ fn training_forward_and_inference_with_adapters_agree() {
         fused_update: false,
         checkpoint_bf16: false,
         checkpoints_on_disk: false,
+        stream_head: false,
         adapters: adapter_shapes(&set),
     };
     let mut step = TrainStep::new(llama.backend_model(), &set, shape).unwrap();

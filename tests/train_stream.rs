@@ -3,7 +3,10 @@
 //! the configurations whose schedules differ (gradient accumulation, the KL anchor's base
 //! pass, a backward that stops above layer 0, DoRA's re-read of the base output, a tied head);
 //! the read counts the plan predicts; the plan choosing streaming under a small budget; and a
-//! process whose measured peak stays under a budget that mapping would exceed.
+//! process whose measured peak stays under a budget that mapping would exceed; the output head
+//! streamed in chunks (`--stream-head`): one chunk bit-identical to the resident head, several
+//! within the rounding of a chunked sum, read as often as the plan says, chosen by `auto` only
+//! when a resident head does not fit.
 
 mod train_support;
 
@@ -13,7 +16,7 @@ use edgetune::adapters::LayerRange;
 use edgetune::gguf::GgufFile;
 use edgetune::memory::budget::plan_training;
 use edgetune::testmodel::{Preset, SMALL, TINY, WeightTypes, write_test_model};
-use edgetune::train::{Method, Replay, TrainConfig, Trainer, WeightsMode};
+use edgetune::train::{Method, Replay, StreamHead, TrainConfig, Trainer, WeightsMode};
 
 const STEPS: u64 = 2;
 
@@ -250,4 +253,169 @@ fn a_streamed_run_stays_under_a_budget_that_mapping_exceeds() {
         map_peak > peak + saved / 2,
         "mapped peak {map_peak}, streamed {peak}"
     );
+}
+
+/// `(losses, parameters, layer reads, head chunk reads)` of a run.
+fn run_head(cfg: &TrainConfig) -> (Vec<f64>, Vec<Vec<f32>>, u64, u64) {
+    let file = GgufFile::open(&cfg.model).unwrap();
+    let mut t = Trainer::new(&file, cfg).unwrap();
+    let mut losses = Vec::new();
+    while let Some(p) = t.step().unwrap() {
+        losses.push(p.loss);
+    }
+    let st = t.train_step().stream_stats().expect("streamed");
+    (
+        losses,
+        train_support::all_params(t.adapters()),
+        st.layer_reads,
+        st.head_chunk_reads,
+    )
+}
+
+#[test]
+fn a_streamed_head_gives_the_resident_heads_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, data) = train_support::write_fixture(dir.path(), "q4_0", 60);
+    let untied = write_model(dir.path(), false);
+    let tied = write_model(dir.path(), true);
+    let mut upper = train_support::config(&untied, &data, &dir.path().join("upper"), STEPS);
+    upper.lora.layers = Some(LayerRange { first: 2, last: 3 });
+    let cases = [
+        train_support::config(&untied, &data, &dir.path().join("untied"), STEPS),
+        train_support::config(&tied, &data, &dir.path().join("tied"), STEPS),
+        upper,
+    ];
+    for base in cases {
+        let name = base.out.file_name().unwrap().to_string_lossy().to_string();
+        let resident = TrainConfig {
+            weights: WeightsMode::Stream,
+            stream_head: StreamHead::Off,
+            ..base.clone()
+        };
+        let (loss_r, params_r, reads_r, head_r) = run_head(&resident);
+        assert_eq!(head_r, 0, "{name}: a resident head is read once at open");
+        // One chunk (the whole head): the plain kernel's arithmetic, bit for bit.
+        let one = TrainConfig {
+            stream_head: StreamHead::On,
+            out: base.out.with_extension("one"),
+            ..resident.clone()
+        };
+        let (loss_1, params_1, _, head_1) = run_head(&one);
+        assert_eq!(loss_1, loss_r, "{name}: one chunk, losses");
+        assert_eq!(params_1, params_r, "{name}: one chunk, parameters");
+        assert_eq!(
+            head_1, STEPS,
+            "{name}: one chunk stays staged for the second pass"
+        );
+        // Three chunks of ≤ 100 rows of the 261-token vocabulary: the sum rescaled per chunk
+        // and dh accumulated over chunks round differently in the last bits.
+        let three = TrainConfig {
+            head_chunk_rows: Some(100),
+            out: base.out.with_extension("three"),
+            ..one.clone()
+        };
+        let (loss_3, params_3, reads_3, head_3) = run_head(&three);
+        for (a, b) in loss_3.iter().zip(&loss_r) {
+            assert!((a - b).abs() <= 1e-5 * b.abs(), "{name}: loss {a} vs {b}");
+        }
+        // AdamW's first steps move each parameter by about lr·sign(g): a gradient that differs
+        // in its last bits moves it by the same amount, up to that rounding.
+        let worst = params_3
+            .iter()
+            .flatten()
+            .zip(params_r.iter().flatten())
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(
+            worst <= 1e-2 * base.lr,
+            "{name}: parameters differ by {worst}"
+        );
+        // Reads: what the plan says a step costs (the backward re-reads its top layer, the head
+        // is read twice a micro-batch); layer 0 stays staged from a backward that reaches it.
+        let file = GgufFile::open(&three.model).unwrap();
+        let st = plan_training(&file, &three)
+            .unwrap()
+            .breakdown
+            .weights
+            .streamed
+            .unwrap();
+        assert_eq!((st.head_chunks, st.head_reads_per_step), (3, 6), "{name}");
+        assert_eq!(head_3, STEPS * 6, "{name}: head chunk reads");
+        let lowest = base.lora.layers.map_or(0, |r| r.first) as u64;
+        let per_step = st.reads_per_step - u64::from(lowest == 0);
+        assert_eq!(reads_3, STEPS * per_step + u64::from(lowest == 0), "{name}");
+        assert_eq!(
+            reads_3,
+            reads_r + STEPS,
+            "{name}: one more layer read a step"
+        );
+    }
+}
+
+#[test]
+fn auto_streams_the_head_only_when_a_resident_head_does_not_fit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, data) = train_support::write_fixture(dir.path(), "q4_0", 10);
+    // A real vocabulary (128,256 rows) so the head is worth streaming.
+    let model = dir.path().join("wide.gguf");
+    let p = Preset {
+        n_layer: 2,
+        n_vocab: 128_256,
+        ..TINY
+    };
+    write_test_model(&p, WeightTypes::parse("q4_0").unwrap(), 3, &model).unwrap();
+    let file = GgufFile::open(&model).unwrap();
+    let mut cfg = train_support::config(&model, &data, &dir.path().join("run"), 1);
+    cfg.seq_len = 32;
+    cfg.batch = 1;
+    let layers = plan_training(&file, &stream_cfg(&cfg)).unwrap().breakdown;
+    let mut on = stream_cfg(&cfg);
+    on.stream_head = StreamHead::On;
+    let head = plan_training(&file, &on).unwrap().breakdown;
+    let st = head.weights.streamed.as_ref().unwrap();
+    let head_bytes = st.head_bytes;
+    assert!(head_bytes > 0 && st.head_chunks >= 1);
+    // The head leaves the resident set; its statistics come in.
+    assert!(
+        head.weights.resident_bytes + head_bytes / 2 < layers.weights.resident_bytes,
+        "{} vs {}",
+        head.weights.resident_bytes,
+        layers.weights.resident_bytes
+    );
+    assert!(head.report().contains("head streamed"), "{}", head.report());
+    // Between the two: auto streams the head and says why; a resident-head plan over the budget
+    // offers --stream-head on among its suggestions.
+    cfg.budget_bytes = Some((layers.total_bytes + head.total_bytes) / 2);
+    let auto = plan_training(&file, &cfg).unwrap().breakdown;
+    assert!(auto.fits, "{}", auto.report());
+    let why = auto.weights.streamed.as_ref().unwrap().head_reason.clone();
+    assert!(why.unwrap().contains("chosen by the plan"));
+    let mut off = stream_cfg(&cfg);
+    off.stream_head = StreamHead::Off;
+    let refused = plan_training(&file, &off).unwrap().breakdown;
+    assert!(!refused.fits);
+    let flags: Vec<String> = refused
+        .suggestions
+        .unwrap()
+        .found
+        .iter()
+        .map(|s| s.flags.clone())
+        .collect();
+    assert!(flags.iter().any(|f| f == "--stream-head on"), "{flags:?}");
+    // Roomy: the head stays resident.
+    cfg.budget_bytes = Some(layers.total_bytes);
+    let roomy = plan_training(&file, &stream_cfg(&cfg)).unwrap().breakdown;
+    assert_eq!(roomy.weights.streamed.unwrap().head_chunks, 0);
+    // The KL anchor needs the resident head: `on` is refused by name, `auto` keeps it resident.
+    let mut kl = on.clone();
+    kl.replay = Some(Replay::File(data.clone()));
+    kl.kl_anchor = 0.5;
+    let e = Trainer::new(&file, &kl).err().expect("refused").to_string();
+    assert!(
+        e.contains("--stream-head on") && e.contains("--kl-anchor"),
+        "{e}"
+    );
+    let mut on_map = on.clone();
+    on_map.weights = WeightsMode::Map;
+    assert!(Trainer::new(&file, &on_map).is_err());
 }

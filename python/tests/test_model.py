@@ -78,14 +78,15 @@ def test_plan(tiny: Path) -> None:
     assert p["fits"] is True and p["headroom_bytes"] > 0
     small = edgetune.plan({"seq-len": 64, "budget": 1000}, model=tiny)
     assert small["fits"] is False
-    # The streaming levers by their flag names: streamed layers, the fused per-layer update,
-    # bf16 layer checkpoints in a spill file.
+    # The streaming levers by their flag names: streamed layers and head, the fused per-layer
+    # update, bf16 layer checkpoints in a spill file.
     base = {"seq-len": 64, "rank": 4, "max-grad-norm": 0}
     plain = edgetune.plan(base, model=tiny)
     lev = edgetune.plan(
         {
             **base,
             "weights": "stream",
+            "stream-head": "on",
             "fused-update": "on",
             "checkpoint-dtype": "bf16",
             "checkpoints-on": "disk",
@@ -94,6 +95,7 @@ def test_plan(tiny: Path) -> None:
     )
     b = lev["breakdown"]
     assert b["weights"]["streamed"]["reads_per_step"] > 0
+    assert b["weights"]["streamed"]["head_chunks"] > 0
     assert b["fused_update"] == "--fused-update on"
     assert b["checkpoint_spill_bytes"] > 0
     assert lev["arena_bytes"] < plain["arena_bytes"]

@@ -111,7 +111,7 @@ pub fn plan_report(model_path: Option<&Path>, cfg: &TrainConfig) -> Result<Value
 /// `train_config_json` holds the fields of the training configuration (`edgetune train`'s
 /// settings: `method`, `seq_len`, `batch`, `accum`, `lora` {`rank`, `targets`, ...},
 /// `ce_chunk`, `checkpointing`, `optimizer`, `optimizer_state_bits`, `budget_bytes`, `weights`
-/// (`auto|map|stream`), `fused_update` (`auto|on|off`), ...;
+/// (`auto|map|stream`), `fused_update` (`auto|on|off`), `stream_head` (`auto|on|off`), ...;
 /// missing fields take the CLI's defaults, unknown fields are an error); NULL means all
 /// defaults. `model_path` NULL means the configuration's `model`. The report holds
 /// `weight_bytes` (the file's tensors) and `weight_resident_bytes`, `adapter_bytes`,

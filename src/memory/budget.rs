@@ -30,7 +30,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::budget_report::size;
+use super::budget_choose::{choose_fused_update, choose_stream_head, plan_weights};
 pub use super::budget_stream::StreamedLayers;
 use super::budget_stream::{is_layer_matrix, streamed_layers};
 use super::plan::{Plan, TrainShape, llama_training_plan};
@@ -44,8 +44,8 @@ use crate::testmodel::{Preset, Vocabulary, WeightTypes, plan_test_model};
 use crate::train::method::Method;
 use crate::train::method_plan::{adapter_cost, method_wide_bytes, reslora_store_bytes};
 use crate::train::{
-    CheckpointDtype, FusedUpdate, OptimizerKind, StatePlace, TrainConfig, WeightsMode,
-    fused_update_support, target_shape,
+    CheckpointDtype, FusedUpdate, OptimizerKind, StatePlace, StreamHead, TrainConfig, WeightsMode,
+    target_shape,
 };
 use crate::{Error, Result};
 
@@ -283,89 +283,8 @@ pub fn plan_training(file: &GgufFile, cfg: &TrainConfig) -> Result<TrainingPlan>
 /// [`plan_training`] for a model given by its shapes and tensor list (no file needed).
 pub fn plan_training_for(model: &ModelWeights, cfg: &TrainConfig) -> Result<TrainingPlan> {
     let planned = plan_weights(model, cfg)?;
-    choose_fused_update(model, cfg, planned)
-}
-
-/// `--fused-update auto` on the plan `--weights` chose: fused when the layers are streamed and
-/// the run allows it ([`fused_update_support`]); with clipping (a second forward and backward
-/// a step) only when the unfused step does not fit and the fused one does.
-fn choose_fused_update(
-    model: &ModelWeights,
-    cfg: &TrainConfig,
-    planned: TrainingPlan,
-) -> Result<TrainingPlan> {
-    let streamed = planned.breakdown.weights.streamed.is_some();
-    if cfg.fused_update != FusedUpdate::Auto || !streamed || fused_update_support(cfg).is_err() {
-        return Ok(planned);
-    }
-    let clipping = cfg.max_grad_norm > 0.0;
-    if clipping && planned.breakdown.fits {
-        return Ok(planned);
-    }
-    let mut fused_cfg = cfg.clone();
-    fused_cfg.weights = WeightsMode::Stream;
-    fused_cfg.fused_update = FusedUpdate::On;
-    let mut fused = plan_weights(model, &fused_cfg)?;
-    if clipping && !fused.breakdown.fits {
-        return Ok(planned);
-    }
-    let reason = if clipping {
-        format!(
-            "chosen by the plan: the unfused step needs {}, over the budget; clipping needs the \
-             global norm first, so a norm-only forward and backward runs before each step's \
-             (2× compute)",
-            size(planned.breakdown.total_bytes)
-        )
-    } else {
-        "chosen by the plan: the layers are streamed and nothing needs the whole gradient \
-         (no clipping, no accumulation)"
-            .into()
-    };
-    fused.breakdown.fused_update = Some(reason);
-    if let (Some(s), Some(p)) = (
-        &mut fused.breakdown.weights.streamed,
-        &planned.breakdown.weights.streamed,
-    ) {
-        s.reason.clone_from(&p.reason);
-    }
-    Ok(fused)
-}
-
-/// The plan with `--weights` resolved (`auto`: mapped unless only streaming fits).
-fn plan_weights(model: &ModelWeights, cfg: &TrainConfig) -> Result<TrainingPlan> {
-    let mut planned = evaluate(model, cfg)?;
-    // `--weights auto`: stream when mapping does not fit and streaming does.
-    if cfg.weights == WeightsMode::Auto && !cfg.lock_weights && !planned.breakdown.fits {
-        let mut streamed_cfg = cfg.clone();
-        streamed_cfg.weights = WeightsMode::Stream;
-        let mut streamed = evaluate(model, &streamed_cfg)?;
-        let budget = cfg.budget_bytes.unwrap_or(0);
-        if streamed.breakdown.fits {
-            if let Some(s) = &mut streamed.breakdown.weights.streamed {
-                s.reason = format!(
-                    "chosen by the plan: mapped weights need {} in total, over the {} budget",
-                    size(planned.breakdown.total_bytes),
-                    size(budget)
-                );
-            }
-            return Ok(streamed);
-        }
-        // Neither fits. When the mapped weights alone exceed the budget no mapped
-        // configuration can fit: the suggestions are the streamed configuration's.
-        if planned.breakdown.weights.resident_bytes >= budget {
-            streamed.breakdown.suggestions = Some(super::suggest::search(
-                model,
-                &streamed_cfg,
-                &streamed.breakdown,
-            )?);
-            return Ok(streamed);
-        }
-    }
-    if !planned.breakdown.fits {
-        planned.breakdown.suggestions =
-            Some(super::suggest::search(model, cfg, &planned.breakdown)?);
-    }
-    Ok(planned)
+    let planned = choose_fused_update(model, cfg, planned)?;
+    choose_stream_head(model, cfg, planned)
 }
 
 /// The step shape of `cfg` on `model`: LoRA on exactly `cfg.lora.targets` (in [`Target::ALL`]
@@ -398,6 +317,7 @@ pub fn train_shape(model: &LlamaConfig, cfg: &TrainConfig) -> Result<TrainShape>
         fused_update: cfg.fused_update == FusedUpdate::On,
         checkpoint_bf16: cfg.checkpoint_dtype == CheckpointDtype::Bf16,
         checkpoints_on_disk: cfg.checkpoints_on == StatePlace::Disk,
+        stream_head: cfg.stream_head == StreamHead::On,
         adapters,
     })
 }
@@ -496,12 +416,20 @@ pub(crate) fn weights_breakdown(
     let locked = cfg.lock_weights;
     let streaming = cfg.weights == WeightsMode::Stream;
     let tied = !model.tensors.iter().any(|t| t.name == "output.weight");
+    // A streamed head (model/stream.rs) holds none of itself; a tied one's embedding rows are
+    // then gathered by reads like an untied table's.
+    let head_streamed = streaming && cfg.stream_head == StreamHead::On;
+    let head_name = if tied {
+        "token_embd.weight"
+    } else {
+        "output.weight"
+    };
     let mut by_type: BTreeMap<&str, TypeBytes> = BTreeMap::new();
     let mut gathered = None;
     for t in &model.tensors {
         let resident = if streaming && is_layer_matrix(&t.name) {
             0
-        } else if t.name == "token_embd.weight" && !tied && !locked {
+        } else if t.name == "token_embd.weight" && (!tied || head_streamed) && !locked {
             // The step reads its rows with `pread` into a staging buffer of one micro-batch
             // (`train::embed_rows`: mapped, the kernel's folios and fault-around made 512 rows
             // of the 8B table cost 92 MiB); the table itself is never mapped in.
@@ -516,6 +444,8 @@ pub(crate) fn weights_breakdown(
                 resident_bytes: bytes,
             });
             bytes
+        } else if head_streamed && t.name == head_name {
+            0
         } else {
             t.n_bytes
         };
@@ -536,7 +466,9 @@ pub(crate) fn weights_breakdown(
         None
     };
     let resident = by_type.iter().map(|t| t.resident_bytes).sum::<u64>()
-        + streamed.as_ref().map_or(0, |s| s.staging_bytes);
+        + streamed
+            .as_ref()
+            .map_or(0, |s| s.staging_bytes + s.head_stats_bytes);
     Ok(WeightsBreakdown {
         file_bytes: by_type.iter().map(|t| t.file_bytes).sum(),
         resident_bytes: resident,

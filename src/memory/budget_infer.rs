@@ -2,7 +2,8 @@
 //! `--board`): the weights resident mapped or streamed, the KV cache, the forward's workspace,
 //! the logits handed out, and the runtime overheads measured for training that inference shares
 //! (binary, GGUF header, tokenizer, worker threads). `--weights auto` maps when that fits the
-//! budget and streams when only streaming does, like training.
+//! budget and streams when only streaming does, like training; `--stream-head auto` streams the
+//! output head too when only that fits.
 
 use serde::Serialize;
 
@@ -13,7 +14,7 @@ use super::overheads::{
     matmul_scratch_bytes,
 };
 use crate::model::LOGIT_ROWS;
-use crate::train::{TrainConfig, WeightsMode};
+use crate::train::{StreamHead, TrainConfig, WeightsMode};
 use crate::{Error, Result};
 
 /// What sizes an inference run's memory.
@@ -37,6 +38,8 @@ pub struct InferencePlan {
     pub shape: InferenceShape,
     /// `map` or `stream`: what the run does.
     pub weights_mode: String,
+    /// The output head is streamed in chunks too (with `stream`).
+    pub head_streamed: bool,
     /// Why (the flag, or the plan's choice).
     pub reason: String,
     pub weights: WeightsBreakdown,
@@ -74,9 +77,10 @@ impl InferencePlan {
     /// One line: the total and its parts.
     pub fn summary(&self) -> String {
         format!(
-            "weights {} ({}: {}), KV cache {}, workspace {}, logits {}, overheads {}, total {}",
+            "weights {} ({}{}: {}), KV cache {}, workspace {}, logits {}, overheads {}, total {}",
             size(self.weights.resident_bytes),
             self.weights_mode,
+            if self.head_streamed { " + head" } else { "" },
             self.reason,
             size(self.kv_cache_bytes),
             size(self.workspace_bytes),
@@ -88,39 +92,66 @@ impl InferencePlan {
 }
 
 /// Plans an inference run of `model` with `shape`; `weights` is `--weights` (`auto`: mapped
-/// when that fits `budget`, streamed when only that does; without a budget, mapped).
+/// when that fits `budget`, streamed when only that does; without a budget, mapped) and `head`
+/// is `--stream-head` (`auto`: the head streamed too when only that fits; `on` needs streamed
+/// layers).
 pub fn plan_inference(
     model: &ModelWeights,
     shape: InferenceShape,
     weights: WeightsMode,
+    head: StreamHead,
     budget: Option<u64>,
 ) -> Result<InferencePlan> {
-    if weights != WeightsMode::Auto {
-        return evaluate(model, shape, weights, budget);
+    if head == StreamHead::On && weights == WeightsMode::Map {
+        return Err(Error::Invalid(
+            "--stream-head on streams the head with the layers: not with --weights map".into(),
+        ));
     }
-    let mapped = evaluate(model, shape, WeightsMode::Map, budget)?;
-    if mapped.fits {
-        return Ok(InferencePlan {
-            reason: "--weights auto: mapped, it fits".into(),
-            ..mapped
-        });
+    let head_on = head == StreamHead::On;
+    if weights == WeightsMode::Map || (weights == WeightsMode::Stream && head != StreamHead::Auto) {
+        return evaluate(model, shape, weights, head_on, budget);
     }
-    // Streamed, whether or not it fits (then it is the smaller of the two to report).
-    let mut streamed = evaluate(model, shape, WeightsMode::Stream, budget)?;
-    if streamed.fits {
-        streamed.reason = format!(
-            "chosen by the plan: mapped weights need {} in total, over the {} budget",
-            size(mapped.total_bytes),
-            size(budget.unwrap_or(0))
+    if weights == WeightsMode::Auto && !head_on {
+        let mapped = evaluate(model, shape, WeightsMode::Map, false, budget)?;
+        if mapped.fits {
+            return Ok(InferencePlan {
+                reason: "--weights auto: mapped, it fits".into(),
+                ..mapped
+            });
+        }
+    }
+    let over = |p: &InferencePlan| {
+        format!(
+            "over the {} budget at {}",
+            size(budget.unwrap_or(0)),
+            size(p.total_bytes)
+        )
+    };
+    // Streamed layers, the head resident unless `on`.
+    let mut streamed = evaluate(model, shape, WeightsMode::Stream, head_on, budget)?;
+    if streamed.fits || head != StreamHead::Auto {
+        if weights == WeightsMode::Auto && streamed.fits {
+            streamed.reason = "chosen by the plan: mapped weights do not fit the budget".into();
+        }
+        return Ok(streamed);
+    }
+    // `--stream-head auto`: the head streamed too, whether or not it fits (then it is the
+    // smallest to report).
+    let mut both = evaluate(model, shape, WeightsMode::Stream, true, budget)?;
+    if both.fits {
+        both.reason = format!(
+            "chosen by the plan: with the head resident the run is {}",
+            over(&streamed)
         );
     }
-    Ok(streamed)
+    Ok(both)
 }
 
 fn evaluate(
     model: &ModelWeights,
     shape: InferenceShape,
     mode: WeightsMode,
+    head_streamed: bool,
     budget: Option<u64>,
 ) -> Result<InferencePlan> {
     let c = &model.config;
@@ -129,6 +160,11 @@ fn evaluate(
     // or two staging buffers and the head when streamed; the untied embedding counts its rows.
     let cfg = TrainConfig {
         weights: mode,
+        stream_head: if head_streamed {
+            StreamHead::On
+        } else {
+            StreamHead::Off
+        },
         ..TrainConfig::default()
     };
     let weights = weights_breakdown(model, shape.chunk_tokens as u64, &cfg)?;
@@ -173,7 +209,12 @@ fn evaluate(
         model: model.name.clone(),
         shape,
         weights_mode: if streamed { "stream" } else { "map" }.into(),
-        reason: format!("--weights {mode}"),
+        head_streamed: streamed && head_streamed,
+        reason: if head_streamed {
+            format!("--weights {mode} --stream-head on")
+        } else {
+            format!("--weights {mode}")
+        },
         weights,
         kv_cache_bytes,
         workspace_bytes,
@@ -206,7 +247,7 @@ mod tests {
     #[test]
     fn the_workspace_and_kv_cache_are_what_the_model_allocates() {
         let m = small();
-        let p = plan_inference(&m, SHAPE, WeightsMode::Map, None).unwrap();
+        let p = plan_inference(&m, SHAPE, WeightsMode::Map, StreamHead::Off, None).unwrap();
         let ws = Workspace::new(&CpuBackend, &m.config, SHAPE.chunk_tokens).unwrap();
         assert_eq!(p.workspace_bytes, 4 * ws.n_values() as u64);
         let c = &m.config;
@@ -229,11 +270,11 @@ mod tests {
     #[test]
     fn auto_streams_only_when_mapping_does_not_fit_and_says_so() {
         let m = small();
-        let map = plan_inference(&m, SHAPE, WeightsMode::Map, None).unwrap();
-        let stream = plan_inference(&m, SHAPE, WeightsMode::Stream, None).unwrap();
+        let map = plan_inference(&m, SHAPE, WeightsMode::Map, StreamHead::Off, None).unwrap();
+        let stream = plan_inference(&m, SHAPE, WeightsMode::Stream, StreamHead::Off, None).unwrap();
         assert!(stream.total_bytes < map.total_bytes);
         let between = Some((map.total_bytes + stream.total_bytes) / 2);
-        let auto = plan_inference(&m, SHAPE, WeightsMode::Auto, between).unwrap();
+        let auto = plan_inference(&m, SHAPE, WeightsMode::Auto, StreamHead::Off, between).unwrap();
         assert!(
             auto.fits && auto.weights_mode == "stream",
             "{}",
@@ -245,15 +286,50 @@ mod tests {
             auto.reason
         );
         assert!(auto.weights.streamed.is_some());
-        let roomy = plan_inference(&m, SHAPE, WeightsMode::Auto, Some(map.total_bytes)).unwrap();
+        let roomy = plan_inference(
+            &m,
+            SHAPE,
+            WeightsMode::Auto,
+            StreamHead::Off,
+            Some(map.total_bytes),
+        )
+        .unwrap();
         assert_eq!(roomy.weights_mode, "map");
         // Too small for either: refused with the numbers.
-        let tiny = plan_inference(&m, SHAPE, WeightsMode::Auto, Some(1 << 20)).unwrap();
+        let tiny = plan_inference(
+            &m,
+            SHAPE,
+            WeightsMode::Auto,
+            StreamHead::Auto,
+            Some(1 << 20),
+        )
+        .unwrap();
         assert!(!tiny.fits);
         let e = tiny.check().unwrap_err().to_string();
         assert!(e.contains("KV cache") && e.contains("1.00 MiB"), "{e}");
         // Mapped by request under a budget it exceeds: refused too.
-        let forced = plan_inference(&m, SHAPE, WeightsMode::Map, between).unwrap();
+        let forced = plan_inference(&m, SHAPE, WeightsMode::Map, StreamHead::Off, between).unwrap();
         assert!(forced.check().is_err());
+    }
+
+    #[test]
+    fn auto_streams_the_head_only_when_a_resident_head_does_not_fit() {
+        let m = small();
+        let head = plan_inference(&m, SHAPE, WeightsMode::Stream, StreamHead::On, None).unwrap();
+        let resident =
+            plan_inference(&m, SHAPE, WeightsMode::Stream, StreamHead::Off, None).unwrap();
+        assert!(head.head_streamed && !resident.head_streamed);
+        assert!(head.total_bytes < resident.total_bytes);
+        // Between the two: auto (weights and head) streams both and says why.
+        let between = Some((head.total_bytes + resident.total_bytes) / 2);
+        let auto = plan_inference(&m, SHAPE, WeightsMode::Auto, StreamHead::Auto, between).unwrap();
+        assert!(auto.fits && auto.head_streamed, "{}", auto.summary());
+        assert!(auto.reason.contains("head resident"), "{}", auto.reason);
+        // Enough for a resident head: it stays resident.
+        let roomy = Some(resident.total_bytes);
+        let auto = plan_inference(&m, SHAPE, WeightsMode::Stream, StreamHead::Auto, roomy).unwrap();
+        assert!(auto.fits && !auto.head_streamed);
+        // Mapped layers cannot stream the head.
+        assert!(plan_inference(&m, SHAPE, WeightsMode::Map, StreamHead::On, None).is_err());
     }
 }

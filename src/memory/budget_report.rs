@@ -44,6 +44,8 @@ pub fn report(b: &Breakdown) -> String {
     let wt = &b.weights;
     let how = if wt.locked {
         "locked in memory (--lock-weights)"
+    } else if wt.streamed.as_ref().is_some_and(|st| st.head_chunks > 0) {
+        "layers and head streamed, the rest resident"
     } else if wt.streamed.is_some() {
         "layers streamed, the rest resident"
     } else {
@@ -83,13 +85,31 @@ pub fn report(b: &Breakdown) -> String {
         let io = st.io_s_per_step.map_or(String::new(), |t| {
             format!(", ≥ {t:.1} s of reads a step at the board's storage speed")
         });
+        let head_reads = if st.head_chunks > 0 {
+            format!(" + {} head chunk reads", st.head_reads_per_step)
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             s,
-            "  (streamed: {}; {} layer reads = {} MiB a step{io})",
+            "  (streamed: {}; {} layer reads{head_reads} = {} MiB a step{io})",
             st.reason,
             st.reads_per_step,
             mib(st.read_bytes_per_step)
         );
+        if let Some(why) = &st.head_reason {
+            line(
+                &mut s,
+                "head statistics (16 B a token)",
+                st.head_stats_bytes,
+                &format!(
+                    "head of {} MiB streamed in {} chunks through the staging",
+                    mib(st.head_bytes),
+                    st.head_chunks
+                ),
+            );
+            let _ = writeln!(s, "  (head streamed: {why})");
+        }
     }
     line(
         &mut s,

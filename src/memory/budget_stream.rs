@@ -17,14 +17,26 @@ pub struct StreamedLayers {
     pub layer_file_bytes: u64,
     /// Two staging buffers of the largest layer (its seven matrices, 64-byte aligned each).
     pub staging_bytes: u64,
-    /// The output head read once into an owned buffer (the tied `token_embd`, or `output`).
+    /// The output head's bytes in the file (the tied `token_embd`, or `output`): read once into
+    /// an owned buffer, or, with `head_chunks > 0`, streamed.
     pub head_bytes: u64,
+    /// Chunks of rows the head is streamed in through the staging buffers (each fits one
+    /// buffer); 0: the head is resident.
+    pub head_chunks: u64,
+    /// A streamed head's per-token loss statistics (16 B a token; 0 when resident).
+    pub head_stats_bytes: u64,
+    /// Why the head is streamed (`--stream-head on`, or the plan's reason); `None`: resident.
+    pub head_reason: Option<String>,
     /// Layer reads per optimizer step: per micro-batch the forward (every layer; layer 0 is
     /// still staged from the previous backward when that reached it), the backward down to
     /// the lowest adapted layer (its top layer is the forward's last), and with the KL anchor
     /// a base forward on micro-batches that hold replay rows (counted on all of them here);
-    /// twice that when the fused update clips (its norm-only pass).
+    /// twice that when the fused update clips (its norm-only pass). With a streamed head the
+    /// backward reads its top layer again (the head's chunks evicted it).
     pub reads_per_step: u64,
+    /// Head chunk reads per optimizer step (each micro-batch reads the head twice, once when it
+    /// fits one chunk), with the same passes as the layers.
+    pub head_reads_per_step: u64,
     pub read_bytes_per_step: u64,
     /// `read_bytes_per_step` at the storage's sequential read speed (the board's), in seconds;
     /// the reads overlap the compute, so this is a floor on the step time, not an addition.
@@ -60,18 +72,36 @@ pub(super) fn streamed_layers(model: &ModelWeights, cfg: &TrainConfig) -> Result
         }
         largest = largest.max(at.div_ceil(64) * 64);
     }
-    let head = model
+    let head_tensor = model
         .tensors
         .iter()
         .find(|t| t.name == "output.weight")
-        .or_else(|| model.tensors.iter().find(|t| t.name == "token_embd.weight"))
-        .map_or(0, |t| t.n_bytes);
+        .or_else(|| model.tensors.iter().find(|t| t.name == "token_embd.weight"));
+    let head = head_tensor.map_or(0, |t| t.n_bytes);
+    let head_streamed = cfg.stream_head == crate::train::StreamHead::On;
+    // As model/stream_io.rs cuts it: whole rows, as many as fit one staging buffer.
+    let head_chunks = match head_tensor {
+        Some(t) if head_streamed => {
+            let fit = (largest.div_ceil(64) * 64 / t.row_bytes().max(1)).max(1);
+            let fit = cfg
+                .head_chunk_rows
+                .map_or(fit, |m| (m as u64).clamp(1, fit));
+            t.n_rows().div_ceil(fit)
+        }
+        _ => 0,
+    };
     let lowest = cfg.lora.layers.map_or(0, |r| r.first.min(n));
     let n64 = n as u64;
     // Forward n (the first micro-batch's layer 0 included), backward n − lowest − 1 (its top
-    // layer is staged), the KL anchor's base forward n more.
-    let per_micro =
-        n64 + (n64 - lowest as u64).saturating_sub(1) + if cfg.kl_anchor > 0.0 { n64 } else { 0 };
+    // layer is staged; with a streamed head, n − lowest), the KL anchor's base forward n more.
+    let backward = (n64 - lowest as u64).saturating_sub(u64::from(!head_streamed));
+    let per_micro = n64 + backward + if cfg.kl_anchor > 0.0 { n64 } else { 0 };
+    // The head's two passes; one chunk is read once (it stays staged for the second).
+    let head_per_micro = match head_chunks {
+        0 => 0,
+        1 => 1,
+        c => 2 * c,
+    };
     // The fused update with clipping runs each step twice (a norm-only pass first).
     let passes = if cfg.fused_update == crate::train::FusedUpdate::On && cfg.max_grad_norm > 0.0 {
         2
@@ -79,14 +109,21 @@ pub(super) fn streamed_layers(model: &ModelWeights, cfg: &TrainConfig) -> Result
         1
     };
     let reads = per_micro * cfg.accum as u64 * passes;
+    let head_reads = head_per_micro * cfg.accum as u64 * passes;
     let mean_layer = total.checked_div(n64).unwrap_or(0);
-    let read_bytes = reads * mean_layer;
+    let mean_chunk = head.checked_div(head_chunks).unwrap_or(0);
+    let read_bytes = reads * mean_layer + head_reads * mean_chunk;
+    let tokens = (cfg.seq_len as u64).saturating_mul(cfg.batch as u64);
     Ok(StreamedLayers {
         layers: n,
         layer_file_bytes: total,
         staging_bytes: 2 * largest,
         head_bytes: head,
+        head_chunks,
+        head_stats_bytes: if head_streamed { 16 * tokens } else { 0 },
+        head_reason: head_streamed.then(|| "--stream-head on".into()),
         reads_per_step: reads,
+        head_reads_per_step: head_reads,
         read_bytes_per_step: read_bytes,
         io_s_per_step: cfg
             .storage_read_bytes_per_s

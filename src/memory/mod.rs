@@ -4,6 +4,7 @@
 pub mod arena;
 pub mod board;
 pub mod budget;
+mod budget_choose;
 pub mod budget_infer;
 mod budget_report;
 mod budget_stream;

@@ -244,6 +244,9 @@ pub struct TrainShape {
     /// checkpointing): `L{l}.x` and `L{l}.xr` as with bf16 checkpoints, no `L{l}.xc`; with
     /// bf16 one `ckpt.stage` `[⌈T·D/2⌉]` packs and unpacks them on the way.
     pub checkpoints_on_disk: bool,
+    /// The output head is streamed in chunks of rows (`--stream-head`, model/stream.rs): the
+    /// loss accumulates `dh` over the chunks through `ce.dh_part` `[ce_chunk, dim]`.
+    pub stream_head: bool,
     /// Per projection in [`TARGETS`] order: its adapter, or `None`.
     pub adapters: [Option<AdapterShape>; 7],
 }
@@ -283,6 +286,7 @@ impl TrainShape {
             fused_update: false,
             checkpoint_bf16: false,
             checkpoints_on_disk: false,
+            stream_head: false,
             adapters,
         })
     }
@@ -614,6 +618,16 @@ pub fn llama_training_plan(cfg: &LlamaConfig, shape: &TrainShape) -> Result<Plan
         n1,
         n2,
     )?;
+    if shape.stream_head {
+        add(
+            &mut b,
+            "ce.dh_part".into(),
+            Category::CrossEntropy,
+            &[ce_chunk, d],
+            n1,
+            n1,
+        )?;
+    }
     let bottom = if cfg.n_layer > 0 {
         s.bwd(0, Bwd::AttnNorm)
     } else {

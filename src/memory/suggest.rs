@@ -2,7 +2,8 @@
 //!
 //! The levers, gentlest first (what they cost the run): gradient checkpointing on (exact, more
 //! compute), optimizer state on disk (exact, more I/O), layer checkpoints on disk (exact, more
-//! I/O), 8-bit optimizer state (approximate
+//! I/O), the output head streamed with streamed layers (the loss's last bits differ, the head
+//! is read twice a micro-batch), 8-bit optimizer state (approximate
 //! moments), bf16 layer checkpoints (the residual stream rounded to bf16 where each layer
 //! begins), micro-batch 1 with the accumulation multiplied so the effective batch stays (same
 //! samples per update, slower), a lower rank (halved, up to 4 times; `alpha` scaled so the LoRA
@@ -50,6 +51,8 @@ pub enum Change {
     StateOnDisk,
     /// Layer checkpoints in a file (`--checkpoints-on disk`).
     CheckpointsOnDisk,
+    /// The output head streamed in chunks (`--stream-head on`, with streamed layers).
+    StreamHead,
     /// 8-bit blockwise AdamW state.
     State8Bit,
     /// Layer checkpoints in bf16 (`--checkpoint-dtype bf16`).
@@ -78,6 +81,7 @@ impl Change {
             Change::Checkpointing => cfg.checkpointing = true,
             Change::StateOnDisk => cfg.optimizer_state = StatePlace::Disk,
             Change::CheckpointsOnDisk => cfg.checkpoints_on = StatePlace::Disk,
+            Change::StreamHead => cfg.stream_head = crate::train::StreamHead::On,
             Change::State8Bit => cfg.optimizer_state_bits = 8,
             Change::CheckpointBf16 => cfg.checkpoint_dtype = CheckpointDtype::Bf16,
             Change::MicroBatch { batch, accum } => (cfg.batch, cfg.accum) = (*batch, *accum),
@@ -95,6 +99,7 @@ impl fmt::Display for Change {
             Change::Checkpointing => f.write_str("drop --no-checkpointing"),
             Change::StateOnDisk => f.write_str("--optimizer-state disk"),
             Change::CheckpointsOnDisk => f.write_str("--checkpoints-on disk"),
+            Change::StreamHead => f.write_str("--stream-head on"),
             Change::State8Bit => f.write_str("--optimizer-state-bits 8"),
             Change::CheckpointBf16 => f.write_str("--checkpoint-dtype bf16"),
             Change::MicroBatch { batch, accum } => write!(f, "--batch {batch} --accum {accum}"),
@@ -198,6 +203,11 @@ pub fn config_flags(cfg: &TrainConfig) -> String {
         crate::train::FusedUpdate::Off => s += " --fused-update off",
         crate::train::FusedUpdate::Auto => {}
     }
+    match cfg.stream_head {
+        crate::train::StreamHead::On => s += " --stream-head on",
+        crate::train::StreamHead::Off => s += " --stream-head off",
+        crate::train::StreamHead::Auto => {}
+    }
     s
 }
 
@@ -216,6 +226,12 @@ fn levers(model: &LlamaConfig, cfg: &TrainConfig) -> Vec<Vec<Change>> {
     if cfg.checkpointing && cfg.checkpoints_on == StatePlace::Ram {
         out.push(vec![Change::CheckpointsOnDisk]);
     }
+    if cfg.weights == crate::train::WeightsMode::Stream
+        && cfg.stream_head != crate::train::StreamHead::On
+        && crate::train::stream_head_support(cfg).is_ok()
+    {
+        out.push(vec![Change::StreamHead]);
+    }
     if cfg.optimizer == OptimizerKind::AdamW && cfg.optimizer_state_bits != 8 {
         out.push(vec![Change::State8Bit]);
     }
@@ -223,7 +239,8 @@ fn levers(model: &LlamaConfig, cfg: &TrainConfig) -> Vec<Vec<Change>> {
     if cfg.checkpointing && cfg.checkpoint_dtype == CheckpointDtype::F32 {
         out.push(vec![Change::CheckpointBf16]);
     }
-    if cfg.batch > 1 {
+    // Not with the fused update on: it refuses accumulation.
+    if cfg.batch > 1 && cfg.fused_update != crate::train::FusedUpdate::On {
         let accum = cfg
             .accum
             .saturating_mul(u32::try_from(cfg.batch).unwrap_or(u32::MAX));

@@ -65,11 +65,11 @@ pub fn decode_batch<B: Backend>(
         rope_dim: c.rope_dim,
     };
 
-    super::forward::embed_tokens(m, &*src, tokens, &mut ws.x)?;
+    super::forward::embed_tokens(m, src, tokens, &mut ws.x)?;
     let n_layer = c.n_layer;
     for l in 0..n_layer {
-        // The next step starts again at layer 0.
-        src.with_layer(l, Some((l + 1) % n_layer), &mut |lw| {
+        // After the last layer the head, then the next step's layer 0.
+        src.with_layer(l, super::forward::next_layer(l, n_layer, true), &mut |lw| {
             b.rmsnorm(
                 rows::<B>(&ws.x, 0, n * dim)?,
                 B::view(&lw.attn_norm),
@@ -142,10 +142,7 @@ pub fn decode_batch<B: Backend>(
     for cache in caches.iter_mut() {
         cache.advance(1);
     }
-    match src.head()? {
-        Some(head) => output_head(m, &head, ws, 0, n, logits),
-        None => output_head(m, &m.output, ws, 0, n, logits),
-    }
+    output_head(m, src, ws, 0, n, logits)
 }
 
 fn rows<B: Backend>(buf: &B::Buffer, start: usize, end: usize) -> Result<B::View<'_>> {

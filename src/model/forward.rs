@@ -24,7 +24,7 @@
 
 use super::config::LlamaConfig;
 use super::kv_cache::KvCacheOf;
-use super::stream::LayerSource;
+use super::stream::{HEAD, LayerSource};
 use super::weights::LlamaWeights;
 use crate::Result;
 use crate::adapters::Target;
@@ -208,9 +208,11 @@ pub fn forward_chunk<B: Backend>(
 
     embed_tokens(m, src, tokens, &mut ws.x)?;
     let n_layer = c.n_layer;
+    let wants_logits = !matches!(logits, LogitRows::None);
     for l in 0..n_layer {
-        // The next chunk starts again at layer 0.
-        src.with_layer(l, Some((l + 1) % n_layer), &mut |lw| {
+        // After the last layer the head (when logits are asked for), then the next chunk's
+        // layer 0.
+        src.with_layer(l, next_layer(l, n_layer, wants_logits), &mut |lw| {
             // Attention block.
             b.rmsnorm(
                 rows_of::<B>(&ws.x, n * dim)?,
@@ -291,25 +293,31 @@ pub fn forward_chunk<B: Backend>(
         LogitRows::All(out) => (0, out),
         LogitRows::Last(out) => (n - 1, out),
     };
-    match src.head()? {
-        Some(head) => output_head(m, &head, ws, first, n, out),
-        None => output_head(m, &m.output, ws, first, n, out),
+    output_head(m, src, ws, first, n, out)
+}
+
+/// The layer (or [`HEAD`]) asked for after layer `l` of `n_layer`: the next one; after the
+/// last, the head when logits follow, else layer 0 (the next call's first).
+pub(super) fn next_layer(l: usize, n_layer: usize, head_follows: bool) -> Option<usize> {
+    if l + 1 < n_layer {
+        Some(l + 1)
+    } else if head_follows {
+        Some(HEAD)
+    } else {
+        Some(0)
     }
 }
 
-/// Embeds `tokens` into the first rows of `x`: from `src`'s table when it holds one (a
-/// stream's tied head), else from the model's.
+/// Embeds `tokens` into the first rows of `x`: as `src` does it (a stream with a tied head
+/// uses its own table or reads its rows), else from the model's table.
 pub(super) fn embed_tokens<B: Backend>(
     m: &BackendModel<'_, B>,
-    src: &dyn LayerSource<B>,
+    src: &mut dyn LayerSource<B>,
     tokens: &[u32],
     x: &mut B::Buffer,
 ) -> Result<()> {
     let x = B::slice_mut(B::view_mut(x), 0..tokens.len() * m.config.dim)?;
-    match src.embedding()? {
-        Some(table) => m.backend.embedding(&table, tokens, x),
-        None => m.backend.embedding(&m.token_embd, tokens, x),
-    }
+    src.embed(&m.backend, &m.token_embd, tokens, x)
 }
 
 /// `x += att·Woᵀ` over the first `n` rows (`att` `[n, q_dim]` in `ws.att`), the hook after the
@@ -390,11 +398,12 @@ pub(super) fn ffn_residual<B: Backend>(
 }
 
 /// Logits of rows `first..n` of `ws.x` into `out` (`[n − first, vocab]`): the final norm and
-/// the output projection `head` (`[vocab, dim]`), `LOGIT_ROWS` rows at a time through the
-/// staging buffer.
+/// the output projection `[vocab, dim]` from `src` (whole, or a streamed head's chunks of rows:
+/// chunks outside, so each is read once), `LOGIT_ROWS` rows at a time through the staging
+/// buffer. Every logit is the same dot product whichever chunk its row is in.
 pub(super) fn output_head<B: Backend>(
     m: &BackendModel<'_, B>,
-    head: &B::Weight<'_>,
+    src: &mut dyn LayerSource<B>,
     ws: &mut Workspace<B>,
     first: usize,
     n: usize,
@@ -403,23 +412,41 @@ pub(super) fn output_head<B: Backend>(
     let b = &m.backend;
     let c = &m.config;
     let (dim, vocab) = (c.dim, c.n_vocab);
-    let mut r0 = first;
-    while r0 < n {
-        let nr = LOGIT_ROWS.min(n - r0);
-        b.rmsnorm(
-            B::slice(B::view(&ws.x), r0 * dim..(r0 + nr) * dim)?,
-            B::view(&m.output_norm),
-            c.rms_eps,
-            B::slice_mut(B::view_mut(&mut ws.xn), 0..nr * dim)?,
-            None,
-        )?;
-        let stage = B::slice_mut(B::view_mut(&mut ws.logits), 0..nr * vocab)?;
-        b.matmul_xwt(rows_of::<B>(&ws.xn, nr * dim)?, nr, head, stage)?;
-        let dst = &mut out[(r0 - first) * vocab..(r0 - first + nr) * vocab];
-        b.download(rows_of::<B>(&ws.logits, nr * vocab)?, dst)?;
-        r0 += nr;
-    }
-    Ok(())
+    // After the head, the next call starts at layer 0.
+    src.with_head(Some(0), &mut |head| {
+        let (v0, vc) = (head.v0, head.n);
+        if v0 + vc > vocab {
+            return Err(crate::Error::Invalid(format!(
+                "output head rows {v0}..{} outside the vocabulary of {vocab}",
+                v0 + vc
+            )));
+        }
+        let mut r0 = first;
+        while r0 < n {
+            let nr = LOGIT_ROWS.min(n - r0);
+            b.rmsnorm(
+                B::slice(B::view(&ws.x), r0 * dim..(r0 + nr) * dim)?,
+                B::view(&m.output_norm),
+                c.rms_eps,
+                B::slice_mut(B::view_mut(&mut ws.xn), 0..nr * dim)?,
+                None,
+            )?;
+            let stage = B::slice_mut(B::view_mut(&mut ws.logits), 0..nr * vc)?;
+            b.matmul_xwt(rows_of::<B>(&ws.xn, nr * dim)?, nr, &head.rows, stage)?;
+            if vc == vocab {
+                let dst = &mut out[(r0 - first) * vocab..(r0 - first + nr) * vocab];
+                b.download(rows_of::<B>(&ws.logits, nr * vocab)?, dst)?;
+            } else {
+                for i in 0..nr {
+                    let row = (r0 - first + i) * vocab + v0;
+                    let src_row = B::slice(B::view(&ws.logits), i * vc..(i + 1) * vc)?;
+                    b.download(src_row, &mut out[row..row + vc])?;
+                }
+            }
+            r0 += nr;
+        }
+        Ok(())
+    })
 }
 
 fn rows_of<B: Backend>(buf: &B::Buffer, len: usize) -> Result<B::View<'_>> {

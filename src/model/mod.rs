@@ -19,6 +19,7 @@ pub mod decode_batch;
 pub mod finite;
 pub mod forward;
 pub mod kv_cache;
+pub mod layer_source;
 pub mod stream;
 mod stream_io;
 pub mod weights;
@@ -98,7 +99,23 @@ impl<'a> Llama<'a> {
     /// The map's pages read so far leave the process. Logits are bit-identical to the mapped
     /// model's. Call after [`Llama::set_compute`] (the stream multiplies with its arithmetic).
     pub fn stream_weights(&mut self, file: &GgufFile) -> Result<()> {
-        let s = stream::WeightStream::open(file, &self.config, &self.weights, self.compute)?;
+        self.stream_weights_with(file, stream::StreamOptions::default())
+    }
+
+    /// [`Llama::stream_weights`] with the head placed as `options` say (streamed in chunks of
+    /// rows too: nothing of the head stays in memory; logits are still bit-identical).
+    pub fn stream_weights_with(
+        &mut self,
+        file: &GgufFile,
+        options: stream::StreamOptions,
+    ) -> Result<()> {
+        let s = stream::WeightStream::open_with(
+            file,
+            &self.config,
+            &self.weights,
+            self.compute,
+            options,
+        )?;
         self.stream = Some(Mutex::new(s));
         file.release_pages()
     }

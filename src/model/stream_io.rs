@@ -1,6 +1,7 @@
-//! The weight stream's I/O (model/stream.rs): where each layer's matrices lie in the file and
-//! in a staging buffer, the positioned reads that fill a buffer, the resident head's one read,
-//! and the reader thread that fills buffers on request.
+//! The weight stream's I/O (model/stream.rs): where each unit (a layer's seven matrices, or a
+//! chunk of the output head's rows) lies in the file and in a staging buffer, the positioned
+//! reads that fill a buffer, the resident head's one read, and the reader thread that fills
+//! buffers on request.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -44,15 +45,38 @@ fn matrices() -> impl Iterator<Item = &'static str> {
         .map(|t| t.gguf_stem())
 }
 
-/// A request to the reader: read `layer` into `buf`.
+/// What one staging buffer holds: a layer's seven matrices, or rows `v0..v0 + span.rows` of
+/// the output head (`[n_vocab, dim]`, rows are whole quant rows, so a chunk is contiguous).
+// A few of each per model, made once: the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Unit {
+    Layer([Span; 7]),
+    HeadChunk {
+        name: &'static str,
+        v0: usize,
+        span: Span,
+    },
+}
+
+impl Unit {
+    pub(super) fn bytes(&self) -> u64 {
+        match self {
+            Unit::Layer(spans) => spans.iter().map(|s| s.bytes as u64).sum(),
+            Unit::HeadChunk { span, .. } => span.bytes as u64,
+        }
+    }
+}
+
+/// A request to the reader: read unit `unit` into `buf`.
 pub(super) struct Request {
-    pub(super) layer: usize,
+    pub(super) unit: usize,
     pub(super) buf: Staging,
 }
 
-/// The reader's answer: `buf` holds `layer` (or the read failed), after `read` seconds.
+/// The reader's answer: `buf` holds `unit` (or the read failed), after `read` seconds.
 pub(super) struct Filled {
-    pub(super) layer: usize,
+    pub(super) unit: usize,
     pub(super) buf: Staging,
     pub(super) read: Duration,
     pub(super) result: Result<()>,
@@ -84,20 +108,52 @@ pub(super) fn bytes_of_mut(buf: &mut Staging) -> &mut [u8] {
 }
 
 #[cfg(unix)]
-fn read_at(file: &File, dst: &mut [u8], at: u64) -> std::io::Result<()> {
+pub(super) fn read_at(file: &File, dst: &mut [u8], at: u64) -> std::io::Result<()> {
     std::os::unix::fs::FileExt::read_exact_at(file, dst, at)
 }
 
 #[cfg(not(unix))]
-fn read_at(_file: &File, _dst: &mut [u8], _at: u64) -> std::io::Result<()> {
+pub(super) fn read_at(_file: &File, _dst: &mut [u8], _at: u64) -> std::io::Result<()> {
     Err(std::io::Error::new(
         std::io::ErrorKind::Unsupported,
         "streamed weights need positioned reads (unix)",
     ))
 }
 
+/// Reads unit `index` into `buf`; an error names the file, the tensor and the offset.
+pub(super) fn read_unit(
+    file: &File,
+    path: &Path,
+    index: usize,
+    unit: &Unit,
+    buf: &mut Staging,
+) -> Result<()> {
+    match unit {
+        Unit::Layer(spans) => read_layer(file, path, index, spans, buf),
+        Unit::HeadChunk { name, v0, span } => {
+            let bytes = bytes_of_mut(buf);
+            let len = bytes.len();
+            let rows = *v0..*v0 + span.rows;
+            let dst = bytes.get_mut(..span.bytes).ok_or_else(|| {
+                Error::Invalid(format!(
+                    "weight stream: {name} rows {rows:?} ({} B) do not fit the staging buffer ({len} B)",
+                    span.bytes
+                ))
+            })?;
+            read_at(file, dst, span.file_offset).map_err(|e| Error::Tensor {
+                path: path.to_path_buf(),
+                name: (*name).into(),
+                what: format!(
+                    "reading rows {rows:?}, {} B at byte {}: {e}",
+                    span.bytes, span.file_offset
+                ),
+            })
+        }
+    }
+}
+
 /// Reads `spans` into `buf`; an error names the file, the tensor and the offset.
-pub(super) fn read_layer(
+fn read_layer(
     file: &File,
     path: &Path,
     layer: usize,
@@ -212,29 +268,65 @@ pub(super) fn read_head(
     Ok((spec, head))
 }
 
-/// Starts the reader thread: it fills each requested buffer with its layer and sends it back.
+/// The output head `head_name` cut into chunks of whole rows, each at most `staging_bytes`
+/// (the layers' staging buffer, which the chunks pass through) and at most `max_rows` rows;
+/// every chunk holds at least one row.
+pub(super) fn head_chunks(
+    file: &GgufFile,
+    head_name: &'static str,
+    staging_bytes: usize,
+    max_rows: Option<usize>,
+) -> Result<Vec<Unit>> {
+    let t = tensor(file, head_name)?;
+    let (rows, cols) = (t.n_rows() as usize, t.dims[0] as usize);
+    let row_bytes = t.row_bytes() as usize;
+    let fit = (staging_bytes / row_bytes.max(1)).max(1);
+    let per_chunk = max_rows.map_or(fit, |m| m.clamp(1, fit));
+    let base = file.data_offset().saturating_add(t.offset);
+    let mut units = Vec::with_capacity(rows.div_ceil(per_chunk));
+    let mut v0 = 0;
+    while v0 < rows {
+        let n = per_chunk.min(rows - v0);
+        units.push(Unit::HeadChunk {
+            name: head_name,
+            v0,
+            span: Span {
+                ty: t.ty,
+                rows: n,
+                cols,
+                file_offset: base.saturating_add((v0 * row_bytes) as u64),
+                at: 0,
+                bytes: n * row_bytes,
+            },
+        });
+        v0 += n;
+    }
+    Ok(units)
+}
+
+/// Starts the reader thread: it fills each requested buffer with its unit and sends it back.
 #[allow(clippy::type_complexity)]
 pub(super) fn spawn_reader(
     file: &GgufFile,
-    spans: Vec<[Span; 7]>,
+    units: Vec<Unit>,
 ) -> Result<(SyncSender<Request>, Receiver<Filled>, JoinHandle<()>)> {
     let path = file.path().to_path_buf();
     let (req_tx, req_rx) = sync_channel::<Request>(1);
     let (fill_tx, fill_rx) = sync_channel::<Filled>(1);
     let reader_file = reopen(file)?;
-    let reader_spans = spans;
+    let reader_units = units;
     let reader_path: PathBuf = path.clone();
     let reader = std::thread::Builder::new()
         .name("edgetune-weight-stream".into())
         .spawn(move || {
-            for Request { layer, mut buf } in req_rx {
+            for Request { unit, mut buf } in req_rx {
                 let t0 = Instant::now();
-                let result = match reader_spans.get(layer) {
-                    Some(s) => read_layer(&reader_file, &reader_path, layer, s, &mut buf),
-                    None => Err(Error::Invalid(format!("weight stream: no layer {layer}"))),
+                let result = match reader_units.get(unit) {
+                    Some(u) => read_unit(&reader_file, &reader_path, unit, u, &mut buf),
+                    None => Err(Error::Invalid(format!("weight stream: no unit {unit}"))),
                 };
                 let filled = Filled {
-                    layer,
+                    unit,
                     buf,
                     read: t0.elapsed(),
                     result,

@@ -12,8 +12,8 @@ use crate::data::Format;
 use crate::{Error, Result};
 
 pub use super::config_kinds::{
-    CheckpointDtype, Decay, FusedUpdate, OptimizerKind, StatePlace, WeightsMode,
-    fused_update_support,
+    CheckpointDtype, Decay, FusedUpdate, OptimizerKind, StatePlace, StreamHead, WeightsMode,
+    fused_update_support, stream_head_support,
 };
 
 /// Where the replay conversations of `train --replay` come from (`train/replay.rs`).
@@ -106,6 +106,13 @@ pub struct TrainConfig {
     /// When the optimizer updates each layer's adapters (`auto`: fused when streamed and
     /// allowed, see [`fused_update_support`]).
     pub fused_update: FusedUpdate,
+    /// Where the output head is with streamed layers (`auto`: streamed only when a resident
+    /// head does not fit, see [`stream_head_support`]).
+    pub stream_head: StreamHead,
+    /// At most this many rows of a streamed head per chunk (`None`: as many as fit one staging
+    /// buffer). Smaller chunks read the same bytes in more reads; the tests use it to cut a
+    /// small model's head into several chunks.
+    pub head_chunk_rows: Option<usize>,
     /// How the layer inputs kept for the backward are stored (bf16 needs checkpointing).
     pub checkpoint_dtype: CheckpointDtype,
     /// Where the layer inputs kept for the backward live: the arena, or a file in `out`
@@ -187,6 +194,8 @@ impl Default for TrainConfig {
             lock_weights: false,
             weights: WeightsMode::Auto,
             fused_update: FusedUpdate::Auto,
+            stream_head: StreamHead::Auto,
+            head_chunk_rows: None,
             checkpoint_dtype: CheckpointDtype::F32,
             checkpoints_on: StatePlace::Ram,
             storage_read_bytes_per_s: None,
@@ -243,6 +252,13 @@ impl TrainConfig {
         if self.fused_update == FusedUpdate::On {
             fused_update_support(self)
                 .map_err(|why| Error::Invalid(format!("train: --fused-update on: {why}")))?;
+        }
+        if self.head_chunk_rows == Some(0) {
+            return bad("head_chunk_rows must be at least 1, got", "0".into());
+        }
+        if self.stream_head == StreamHead::On {
+            stream_head_support(self)
+                .map_err(|why| Error::Invalid(format!("train: --stream-head on: {why}")))?;
         }
         if self.seq_len < 2 {
             return bad(

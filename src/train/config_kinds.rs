@@ -144,6 +144,60 @@ pub fn fused_update_support(cfg: &super::TrainConfig) -> std::result::Result<(),
     }
 }
 
+/// Where the output head is when the layers are streamed (`--stream-head auto|on|off`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StreamHead {
+    /// Streamed when the layers are and the plan with a resident head does not fit the budget
+    /// (a streamed head is read twice a micro-batch and its loss is accumulated over chunks).
+    #[default]
+    Auto,
+    /// Streamed in chunks of rows through the layers' staging buffers (needs streamed layers).
+    On,
+    /// Read once into memory (resident).
+    Off,
+}
+
+impl std::str::FromStr for StreamHead {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(StreamHead::Auto),
+            "on" => Ok(StreamHead::On),
+            "off" => Ok(StreamHead::Off),
+            other => Err(Error::Invalid(format!(
+                "--stream-head `{other}`: expected auto, on or off"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for StreamHead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StreamHead::Auto => "auto",
+            StreamHead::On => "on",
+            StreamHead::Off => "off",
+        })
+    }
+}
+
+/// Whether a streamed head can run `cfg`, and if not, why: the KL anchor's loss needs the base
+/// and the adapted logits of a token together, which the chunked loss does not provide.
+pub fn stream_head_support(cfg: &super::TrainConfig) -> std::result::Result<(), String> {
+    if cfg.kl_anchor > 0.0 {
+        return Err(format!(
+            "--kl-anchor {}: the anchored loss reads the base and the adapted logits of a token              together, which the head's chunks do not give",
+            cfg.kl_anchor
+        ));
+    }
+    if cfg.weights == WeightsMode::Map || cfg.lock_weights {
+        return Err("the head is streamed only with the layers (--weights stream or auto,                     without --lock-weights)"
+            .into());
+    }
+    Ok(())
+}
+
 /// How the layer inputs kept for the backward are stored (`--checkpoint-dtype f32|bf16`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]

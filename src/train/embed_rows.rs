@@ -15,7 +15,9 @@
 //! process's memory.
 //!
 //! The tied case (no `output.weight`: the output projection reads the whole table every step
-//! anyway) and `--lock-weights` (the whole map is resident by request) keep the mapped gather.
+//! anyway) keeps the mapped gather unless the head is streamed (`--stream-head`: then the table
+//! is never resident and its rows are read like the untied table's); `--lock-weights` (the
+//! whole map is resident by request) keeps it too.
 
 use std::fs::File;
 use std::path::PathBuf;
@@ -54,13 +56,14 @@ impl std::fmt::Debug for EmbeddingRows {
 
 impl EmbeddingRows {
     /// Whether the training step of `file` gathers its embedding rows by positioned reads: the
-    /// output projection is a separate tensor and the weights are not locked. The memory plan
-    /// (`memory::budget`) counts the gathered rows accordingly. A file held in memory
-    /// ([`GgufFile::from_bytes`]) has no path to read from and keeps the in-memory gather.
-    pub fn applies(file: &GgufFile, lock_weights: bool) -> bool {
+    /// output projection is a separate tensor (or, tied, the head is streamed) and the weights
+    /// are not locked. The memory plan (`memory::budget`) counts the gathered rows accordingly.
+    /// A file held in memory ([`GgufFile::from_bytes`]) has no path to read from and keeps the
+    /// in-memory gather.
+    pub fn applies(file: &GgufFile, lock_weights: bool, head_streamed: bool) -> bool {
         !lock_weights
             && file.is_mapped()
-            && file.tensor("output.weight").is_some()
+            && (head_streamed || file.tensor("output.weight").is_some())
             && file.tensor("token_embd.weight").is_some()
     }
 
@@ -71,8 +74,9 @@ impl EmbeddingRows {
         file: &GgufFile,
         tokens: usize,
         lock_weights: bool,
+        head_streamed: bool,
     ) -> Result<Option<EmbeddingRows>> {
-        if !cfg!(unix) || !Self::applies(file, lock_weights) {
+        if !cfg!(unix) || !Self::applies(file, lock_weights, head_streamed) {
             return Ok(None);
         }
         let Some(t) = file.tensor("token_embd.weight") else {
@@ -175,7 +179,9 @@ mod tests {
         // The tiny preset has a separate output projection, like Llama 3.1 8B.
         write_test_model(&TINY, WeightTypes::Uniform(GgmlType::Q4_K), 7, &path).unwrap();
         let file = GgufFile::open(&path).unwrap();
-        let mut rows = EmbeddingRows::for_file(&file, 4, false).unwrap().unwrap();
+        let mut rows = EmbeddingRows::for_file(&file, 4, false, false)
+            .unwrap()
+            .unwrap();
         let t = file.tensor("token_embd.weight").unwrap();
         let dim = t.dims[0] as usize;
         let mapped = QuantMatrix::new(t.ty, t.n_rows() as usize, dim, file.tensor_data(t)).unwrap();
@@ -193,10 +199,14 @@ mod tests {
         assert!(e.to_string().contains("outside the vocabulary"), "{e}");
         assert!(rows.gather(&[0; 5], &mut vec![0.0; 5 * dim]).is_err());
         // Locked weights and an in-memory file keep the mapped gather.
-        assert!(EmbeddingRows::for_file(&file, 4, true).unwrap().is_none());
+        assert!(
+            EmbeddingRows::for_file(&file, 4, true, false)
+                .unwrap()
+                .is_none()
+        );
         let in_memory = GgufFile::from_bytes("m.gguf", std::fs::read(&path).unwrap()).unwrap();
         assert!(
-            EmbeddingRows::for_file(&in_memory, 4, false)
+            EmbeddingRows::for_file(&in_memory, 4, false, false)
                 .unwrap()
                 .is_none()
         );

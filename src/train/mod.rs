@@ -29,6 +29,7 @@ pub mod step_device_plan;
 mod step_ids;
 pub mod step_kl;
 mod step_layer;
+mod step_loss;
 pub mod step_reslora;
 mod step_spill;
 mod step_weights;
@@ -37,7 +38,8 @@ pub mod trainer;
 pub use adapter_set::{AdapterSet, target_shape, tensor_name};
 pub use config::{
     CheckpointDtype, Decay, FusedUpdate, KL_ANCHOR_WITH_REPLAY, OptimizerKind, REPLAY_SELF_DEFAULT,
-    Replay, StatePlace, TrainConfig, WeightsMode, fused_update_support,
+    Replay, StatePlace, StreamHead, TrainConfig, WeightsMode, fused_update_support,
+    stream_head_support,
 };
 pub use method::{BaseCopy, Method, MethodOptions, TaskWeights};
 pub use run::{run, run_on};

@@ -22,10 +22,9 @@ use crate::backend::{Backend, CpuBackend};
 use crate::data::{Batch, IGNORE};
 use crate::memory::arena::Arena;
 use crate::memory::plan::{
-    AdapterShape, Bwd, Category, LlamaSchedule, Loss, Plan, TARGETS, TrainShape,
-    llama_training_plan,
+    AdapterShape, Bwd, Category, LlamaSchedule, Plan, TARGETS, TrainShape, llama_training_plan,
 };
-use crate::model::stream::{StreamStats, WeightStream};
+use crate::model::stream::{HEAD, StreamStats, WeightStream};
 use crate::model::{BackendModel, LlamaConfig};
 use crate::{Error, Result};
 
@@ -58,12 +57,15 @@ pub struct TrainStep {
     pub(super) spill: Option<CheckpointSpill>,
     /// ResLoRA's cross-layer module inputs and pending gradients (`None` without ResLoRA).
     pub(super) res: Option<super::step_reslora::ResStore>,
+    /// A streamed head's per-token log-sum-exp statistics `[T]` (step_loss.rs); empty unless
+    /// the stream streams its head.
+    pub(super) head_lse: Vec<crate::backend::cpu::cross_entropy_vocab::RowLse>,
     /// Multi-task loss (MT-LoRA, docs/METHODS.md#mt-lora, #task-weights): the task of each row of
     /// the current micro-batch, the weight `w_t` of each task (empty: one plain loss), and the last
     /// micro-batch's per-task `(Σ loss, targets)` (unweighted).
-    row_tasks: Vec<u32>,
-    task_weights: Vec<f32>,
-    task_losses: Vec<(f64, usize)>,
+    pub(super) row_tasks: Vec<u32>,
+    pub(super) task_weights: Vec<f32>,
+    pub(super) task_losses: Vec<(f64, usize)>,
     /// The KL anchor (`--kl-anchor`, step_kl.rs); `None`: off.
     pub(super) kl: Option<super::step_kl::KlAnchor>,
     /// Set during the KL anchor's base pass: the layers run with every adapter off.
@@ -147,6 +149,7 @@ impl TrainStep {
             stream: None,
             spill: None,
             res,
+            head_lse: Vec::new(),
             row_tasks: vec![0; rows],
             task_weights: Vec::new(),
             task_losses: Vec::new(),
@@ -179,6 +182,26 @@ impl TrainStep {
                 self.cfg.n_layer
             )));
         }
+        if stream.head_streamed() != self.shape.stream_head {
+            return Err(Error::Invalid(format!(
+                "training step: planned with the head {}, the weight stream has it {}",
+                if self.shape.stream_head {
+                    "streamed"
+                } else {
+                    "resident"
+                },
+                if stream.head_streamed() {
+                    "streamed"
+                } else {
+                    "resident"
+                }
+            )));
+        }
+        self.head_lse = if stream.head_streamed() {
+            vec![crate::backend::cpu::cross_entropy_vocab::RowLse::EMPTY; self.tokens()]
+        } else {
+            Vec::new()
+        };
         self.stream = Some(stream);
         Ok(())
     }
@@ -396,13 +419,17 @@ impl TrainStep {
         // Nothing below the lowest adapted layer is trained: the backward stops there.
         let n_layer = self.cfg.n_layer;
         let lowest = set.first_adapted_layer().unwrap_or(n_layer);
-        self.forward_all(
-            w,
-            set,
-            pass,
-            n_layer.checked_sub(2).filter(|&l| l >= lowest),
-        )?;
-        let loss = self.loss(w, loss_scale, anchored)?;
+        let loss = if w.head_streamed() {
+            // The head's chunks evict the top layer: the backward reads it again.
+            self.forward_all(w, set, pass, Some(HEAD))?;
+            let top = n_layer.checked_sub(1).filter(|&l| l >= lowest);
+            self.loss(w, loss_scale, anchored, top)?
+        } else {
+            // The top layer stays staged for the backward, which reads the one below next.
+            let then = n_layer.checked_sub(2).filter(|&l| l >= lowest);
+            self.forward_all(w, set, pass, then)?;
+            self.loss(w, loss_scale, anchored, None)?
+        };
         if let Some(r) = &mut self.res {
             r.clear_pending();
         }
@@ -441,8 +468,9 @@ impl TrainStep {
         self.check_model(model)?;
         let loss = self.with_weights(model, |step, w| {
             let pass = step.prepare(w, batch, false, 0)?;
-            step.forward_all(w, set, pass, Some(0))?;
-            step.loss(w, 0.0, false)
+            let then = if w.head_streamed() { HEAD } else { 0 };
+            step.forward_all(w, set, pass, Some(then))?;
+            step.loss(w, 0.0, false, Some(0))
         })?;
         let counted = self.targets.iter().filter(|&&t| t != IGNORE).count();
         Ok((loss, counted))
@@ -561,77 +589,6 @@ impl TrainStep {
             })?;
         }
         Ok(())
-    }
-
-    /// Final norm, chunked cross-entropy (gradient scaled by `scale`; with the KL anchor's
-    /// term on replay rows when `anchored`) and the final norm's backward into `dres`.
-    /// Returns `Σ loss` (the cross-entropy only: the KL sum is in [`TrainStep::last_kl`]).
-    fn loss(&mut self, w: &StepWeights<'_, '_>, scale: f32, anchored: bool) -> Result<f64> {
-        let m = w.model;
-        let output = w.output()?;
-        let (ids, s) = (&self.ids, &self.sched);
-        let eps = self.cfg.rms_eps;
-        let be = CpuBackend;
-        let [x, norm, rstd] = self.arena.views_mut_at(
-            s.loss(Loss::FinalNorm),
-            [ids.final_x, ids.final_norm, ids.final_rstd],
-        )?;
-        be.rmsnorm(x, &m.output_norm, eps, norm, Some(rstd))?;
-        let [norm, logits, dh] = self.arena.views_mut_at(
-            s.loss(Loss::CrossEntropy),
-            [ids.final_norm, ids.ce_logits, ids.ce_dh],
-        )?;
-        let chunk = self.shape.ce_chunk;
-        let loss = if anchored {
-            if !self.task_weights.is_empty() {
-                return Err(Error::Invalid(
-                    "training step: the KL anchor and the multi-task loss do not go together"
-                        .into(),
-                ));
-            }
-            Self::anchored_loss(
-                &mut self.kl,
-                &output,
-                &self.targets,
-                norm,
-                scale,
-                chunk,
-                logits,
-                dh,
-            )?
-        } else if self.task_weights.is_empty() {
-            be.cross_entropy(norm, &output, &self.targets, scale, chunk, logits, dh)?
-        } else {
-            // Multi-task loss: one cross-entropy per row, scaled by its task's weight.
-            let (l, d) = (self.shape.seq_len, self.cfg.dim);
-            self.task_losses.fill((0.0, 0));
-            let mut total = 0.0;
-            for (r, &t) in self.row_tasks.iter().enumerate() {
-                let (t0, t1) = (r * l, (r + 1) * l);
-                let w = scale * self.task_weights[t as usize];
-                let tg = &self.targets[t0..t1];
-                let lr = be.cross_entropy(
-                    &norm[t0 * d..t1 * d],
-                    &output,
-                    tg,
-                    w,
-                    chunk,
-                    &mut *logits,
-                    &mut dh[t0 * d..t1 * d],
-                )?;
-                let e = &mut self.task_losses[t as usize];
-                e.0 += lr;
-                e.1 += tg.iter().filter(|&&x| x != IGNORE).count();
-                total += lr;
-            }
-            total
-        };
-        let [x, rstd, dh, dres] = self.arena.views_mut_at(
-            s.loss(Loss::FinalNormBackward),
-            [ids.final_x, ids.final_rstd, ids.ce_dh, ids.dres],
-        )?;
-        be.rmsnorm_backward(x, &m.output_norm, rstd, dh, dres)?;
-        Ok(loss)
     }
 }
 

@@ -72,6 +72,8 @@ pub struct StepIds {
     pub final_rstd: BufferId,
     pub ce_logits: BufferId,
     pub ce_dh: BufferId,
+    /// A streamed head's per-chunk `dh` `[ce_chunk, D]` (`--stream-head`), or empty.
+    pub ce_dh_part: BufferId,
     pub dres: BufferId,
     pub adapter_scratch: BufferId,
     pub grad_tmp: BufferId,
@@ -170,6 +172,7 @@ impl StepIds {
             final_rstd: need("final.rstd")?,
             ce_logits: need("ce.logits")?,
             ce_dh: need("ce.dh")?,
+            ce_dh_part: opt("ce.dh_part"),
             dres: need("dres")?,
             adapter_scratch: opt("adapter.scratch"),
             grad_tmp: opt("grad.tmp"),

@@ -15,7 +15,7 @@ use crate::memory::TrainingPlan;
 use crate::model::BackendModel;
 use crate::model::Llama;
 use crate::model::forward::BackendLayer;
-use crate::model::stream::{LayerSource, WeightStream};
+use crate::model::stream::{LayerSource, StreamOptions, WeightStream};
 use crate::quant::Compute;
 use crate::quant::matmul::QuantMatrix;
 use crate::{Error, Result};
@@ -44,7 +44,14 @@ impl StepWeights<'_, '_> {
         }
     }
 
-    /// The output projection `[n_vocab, dim]`.
+    /// Whether the head comes in chunks from the stream (`--stream-head`).
+    pub fn head_streamed(&self) -> bool {
+        self.stream
+            .as_deref()
+            .is_some_and(WeightStream::head_streamed)
+    }
+
+    /// The output projection `[n_vocab, dim]`, when resident.
     pub fn output(&self) -> Result<QuantMatrix<'_>> {
         match self.stream.as_deref() {
             Some(s) => s.head(),
@@ -80,14 +87,20 @@ pub(super) fn plans_streaming(file: &GgufFile, planned: &TrainingPlan) -> Result
 
 /// Opens the weight stream of `llama` (loaded from `file`) for `step`, multiplying with
 /// `compute`; whatever loading read through the map (norms, the adapters' init from the base
-/// weights, replay generation) then leaves the process's resident set.
+/// weights, replay generation) then leaves the process's resident set. A streamed head
+/// (planned in the step's shape) comes in chunks of at most `head_chunk_rows` rows.
 pub(super) fn attach_stream(
     step: &mut TrainStep,
     file: &GgufFile,
     llama: &Llama<'_>,
     compute: Compute,
+    head_chunk_rows: Option<usize>,
 ) -> Result<()> {
-    let stream = WeightStream::open(file, llama.config(), llama.weights(), compute)?;
+    let options = StreamOptions {
+        stream_head: step.shape().stream_head,
+        head_chunk_rows,
+    };
+    let stream = WeightStream::open_with(file, llama.config(), llama.weights(), compute, options)?;
     step.set_weight_stream(stream)?;
     file.release_pages()
 }

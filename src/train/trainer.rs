@@ -166,7 +166,7 @@ impl<'f> Trainer<'f> {
         // NaN/Inf in the base weights: named now, not met as a NaN loss at step 1.
         let reads = if streamed {
             ScanReads::All
-        } else if EmbeddingRows::applies(file, cfg.lock_weights) {
+        } else if EmbeddingRows::applies(file, cfg.lock_weights, planned.shape.stream_head) {
             ScanReads::Embedding
         } else {
             ScanReads::Map
@@ -281,6 +281,7 @@ impl<'f> Trainer<'f> {
             fused_update: planned.shape.fused_update,
             checkpoint_bf16: planned.shape.checkpoint_bf16,
             checkpoints_on_disk: planned.shape.checkpoints_on_disk,
+            stream_head: planned.shape.stream_head,
             adapters: adapter_shapes(&set),
         };
         fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
@@ -291,7 +292,12 @@ impl<'f> Trainer<'f> {
         crate::quant::matmul::reserve_scratch(
             model_cfg.dim.max(model_cfg.q_dim()).max(model_cfg.ffn),
         );
-        if let Some(rows) = EmbeddingRows::for_file(file, step.tokens(), cfg.lock_weights)? {
+        if let Some(rows) = EmbeddingRows::for_file(
+            file,
+            step.tokens(),
+            cfg.lock_weights,
+            step.shape().stream_head,
+        )? {
             step.set_embedding_rows(rows)?;
         }
         // A spill file left by a killed run holds nothing a resume needs.
@@ -305,7 +311,13 @@ impl<'f> Trainer<'f> {
             step.set_checkpoint_spill(spill)?;
         }
         if streamed {
-            super::step_weights::attach_stream(&mut step, file, &llama, cfg.compute)?;
+            super::step_weights::attach_stream(
+                &mut step,
+                file,
+                &llama,
+                cfg.compute,
+                cfg.head_chunk_rows,
+            )?;
             log_memory("weights streamed, map released");
         }
         if step.plan().arena_bytes() != planned.plan.arena_bytes() {

@@ -104,6 +104,7 @@ pub fn train_step(
         fused_update: false,
         checkpoint_bf16: false,
         checkpoints_on_disk: false,
+        stream_head: false,
         adapters: adapter_shapes(set),
     };
     let m = llama.backend_model();

@@ -1,12 +1,14 @@
 //! Inference through streamed weights (`Llama::stream_weights`, model/stream.rs) against the
 //! mapped model: bit-identical logits for prompts longer than a chunk, for batched decoding,
 //! with adapters, with int8 arithmetic, for an untied and a tied head; the reads it did; and
-//! the CLI's `--weights stream` giving the same `generate`, `perplexity` and `eval` output.
+//! the CLI's `--weights stream` giving the same `generate`, `perplexity` and `eval` output; the
+//! head streamed in chunks of rows too (`--stream-head on`): the same logits, read as it runs.
 
 use std::sync::Arc;
 
 use edgetune::adapters::LoraConfig;
 use edgetune::gguf::GgufFile;
+use edgetune::model::stream::StreamOptions;
 use edgetune::model::{KvCache, Llama};
 use edgetune::quant::Compute;
 use edgetune::testmodel::{Preset, TINY, WeightTypes, write_test_model};
@@ -100,6 +102,38 @@ fn streamed_inference_equals_mapped_inference_bit_for_bit() {
     }
 }
 
+/// The head streamed in chunks of 100 rows (3 chunks of the 261-token head; one row per
+/// chunk too): every logit is the same dot product, so bit-identical; a tied head's embedding
+/// rows are read one token at a time.
+#[test]
+fn a_streamed_head_gives_the_same_logits() {
+    let dir = tempfile::tempdir().unwrap();
+    for tied in [false, true] {
+        let path = model(dir.path(), tied);
+        let file = GgufFile::open(&path).unwrap();
+        let mapped = Llama::load(&file).unwrap();
+        let want = logits(&mapped);
+        for rows in [100, 1] {
+            let mut streamed = Llama::load(&file).unwrap();
+            let options = StreamOptions {
+                stream_head: true,
+                head_chunk_rows: Some(rows),
+            };
+            streamed.stream_weights_with(&file, options).unwrap();
+            assert!(
+                logits(&streamed) == want,
+                "tied {tied}, {rows} rows: logits differ"
+            );
+            let st = streamed.stream_stats().unwrap();
+            // 6 passes that want logits, each reading the head's chunks once.
+            let chunks = VOCAB.div_ceil(rows) as u64;
+            assert_eq!(st.head_chunk_reads, 6 * chunks, "{st:?}");
+            // The layers: each pass's head prefetches layer 0 for the next one.
+            assert_eq!(st.layer_reads, 6 * 3, "{st:?}");
+        }
+    }
+}
+
 #[test]
 fn generate_with_streamed_weights_prints_the_same_text() {
     let bin = env!("CARGO_BIN_EXE_edgetune");
@@ -149,7 +183,10 @@ fn generate_with_streamed_weights_prints_the_same_text() {
             );
             out.stdout
         };
-        assert_eq!(go(&["--weights", "stream"]), go(&[]), "{}", args[0]);
+        let mapped = go(&[]);
+        assert_eq!(go(&["--weights", "stream"]), mapped, "{}", args[0]);
+        let head = ["--weights", "stream", "--stream-head", "on"];
+        assert_eq!(go(&head), mapped, "{} --stream-head on", args[0]);
     }
 }
 
@@ -180,9 +217,15 @@ fn a_budget_streams_inference_when_mapping_does_not_fit() {
         threads: None,
     };
     let total = |n, mode| {
-        plan_inference(&weights, shape(n), mode, None)
-            .unwrap()
-            .total_bytes
+        plan_inference(
+            &weights,
+            shape(n),
+            mode,
+            edgetune::train::StreamHead::Off,
+            None,
+        )
+        .unwrap()
+        .total_bytes
     };
     let (map, stream) = (total(7, WeightsMode::Map), total(64, WeightsMode::Stream));
     assert!(stream < map, "{stream} {map}");

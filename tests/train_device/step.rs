@@ -135,6 +135,7 @@ fn unsupported_methods_and_dropout_are_refused_by_name() {
             fused_update: false,
             checkpoint_bf16: false,
             checkpoints_on_disk: false,
+            stream_head: false,
             adapters: shape,
         },
     )

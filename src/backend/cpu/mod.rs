@@ -8,6 +8,7 @@ pub mod attention;
 pub mod bf16_pack;
 pub mod cross_entropy;
 pub mod cross_entropy_kl;
+pub mod cross_entropy_vocab;
 pub mod elementwise;
 pub mod embedding;
 pub mod gemm;

@@ -93,8 +93,8 @@ pub fn run(args: Args) -> Result<()> {
             let stream = args.budget.streams(&file, args.backend.weights, shape)?;
             let mut llama = Llama::load(&file)?;
             llama.set_compute(args.compute.get())?;
-            if stream {
-                llama.stream_weights(&file)?;
+            if let Some(options) = stream {
+                llama.stream_weights_with(&file, options)?;
             }
             if let Some(path) = &args.adapter {
                 let set = edgetune::export::load_scaled(path, llama.config(), args.adapter_scale)?;

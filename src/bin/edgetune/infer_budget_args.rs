@@ -9,6 +9,8 @@ use edgetune::gguf::GgufFile;
 use edgetune::memory::budget::ModelWeights;
 use edgetune::memory::budget_infer::{InferenceShape, plan_inference};
 use edgetune::memory::{Board, parse_bytes};
+use edgetune::model::stream::StreamOptions;
+use edgetune::train::StreamHead;
 
 use crate::backend_args::WeightsArg;
 
@@ -21,6 +23,11 @@ pub struct InferBudgetArgs {
     /// the layers are streamed when mapping them does not fit; a run over it is refused.
     #[arg(long, value_name = "SIZE")]
     pub budget: Option<String>,
+    /// With streamed layers, the output head too: `on` in chunks of rows through the staging
+    /// buffers (read once per forward; logits bit-identical), `off` resident, `auto` streamed
+    /// only when a resident head does not fit the budget.
+    #[arg(long, value_name = "auto|on|off", default_value = "auto")]
+    pub stream_head: edgetune::train::StreamHead,
 }
 
 impl InferBudgetArgs {
@@ -49,22 +56,40 @@ impl InferBudgetArgs {
         Ok(())
     }
 
-    /// Whether the CPU run streams its layers: `--weights stream`, or under a budget the
-    /// plan's choice for `--weights auto`. Over the budget is an error; the plan goes to the
-    /// log.
+    /// How the CPU run streams its weights (`None`: mapped): `--weights stream`, or under a
+    /// budget the plan's choice for `--weights auto`, the head as `--stream-head` and the plan
+    /// say. Over the budget is an error; the plan goes to the log.
     pub fn streams(
         &self,
         file: &GgufFile,
         weights: WeightsArg,
         shape: InferenceShape,
-    ) -> Result<bool> {
+    ) -> Result<Option<StreamOptions>> {
+        let head = |on: bool| StreamOptions {
+            stream_head: on,
+            head_chunk_rows: None,
+        };
         let Some(budget) = self.resolve()? else {
-            return Ok(weights == WeightsArg::Stream);
+            if self.stream_head == StreamHead::On && weights != WeightsArg::Stream {
+                return Err(edgetune::Error::Invalid(
+                    "--stream-head on streams the head with the layers: add --weights stream"
+                        .into(),
+                ));
+            }
+            return Ok(
+                (weights == WeightsArg::Stream).then(|| head(self.stream_head == StreamHead::On))
+            );
         };
         let model = ModelWeights::from_gguf(file)?;
-        let plan = plan_inference(&model, shape, weights.train_mode(), Some(budget))?;
+        let plan = plan_inference(
+            &model,
+            shape,
+            weights.train_mode(),
+            self.stream_head,
+            Some(budget),
+        )?;
         plan.check()?;
         eprintln!("memory plan: {}", plan.summary());
-        Ok(plan.weights_mode == "stream")
+        Ok((plan.weights_mode == "stream").then(|| head(plan.head_streamed)))
     }
 }

@@ -167,6 +167,11 @@ pub struct BudgetArgs {
     /// step does not fit).
     #[arg(long, value_name = "auto|on|off", default_value = "auto")]
     pub fused_update: edgetune::train::FusedUpdate,
+    /// Where the output head is when the layers are streamed: `on` streamed in chunks of rows
+    /// through the layers' staging buffers (read twice a micro-batch; not with --kl-anchor),
+    /// `off` read once and resident, `auto` streamed only when a resident head does not fit.
+    #[arg(long, value_name = "auto|on|off", default_value = "auto")]
+    pub stream_head: edgetune::train::StreamHead,
 }
 
 impl BudgetArgs {
@@ -186,8 +191,8 @@ impl BudgetArgs {
             .transpose()
     }
 
-    /// Sets `cfg.budget_bytes`, `cfg.lock_weights` and `cfg.fused_update`, and the thread count from the board's
-    /// cores when none was set; returns the board.
+    /// Sets `cfg.budget_bytes`, `cfg.lock_weights`, `cfg.fused_update` and `cfg.stream_head`,
+    /// and the thread count from the board's cores when none was set; returns the board.
     pub fn apply(&self, cfg: &mut TrainConfig) -> Result<Option<Board>> {
         let board = self.board()?;
         cfg.budget_bytes = match &board {
@@ -196,6 +201,7 @@ impl BudgetArgs {
         };
         cfg.lock_weights = self.lock_weights;
         cfg.fused_update = self.fused_update;
+        cfg.stream_head = self.stream_head;
         cfg.storage_read_bytes_per_s = board
             .as_ref()
             .and_then(|b| b.storage_read_mb_s)
