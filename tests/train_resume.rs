@@ -3,7 +3,9 @@
 //! (docs/ARCHITECTURE.md#atomic-checkpoints); the killed and resumed runs stream their weights
 //! (`--weights stream`), the uninterrupted one maps them; the killed run keeps its layer inputs on
 //! disk (`--checkpoints-on disk`, its spill file left behind by the kill), the resumed one in
-//! memory. Also: a resume with different settings is refused, naming them.
+//! memory; both stream the output head too (`--stream-head on`: one chunk for this vocabulary,
+//! which keeps the resident head's arithmetic). Also: a resume with different settings is
+//! refused, naming them.
 
 mod train_support;
 
@@ -99,7 +101,7 @@ fn sigkill_then_resume_reproduces_the_losses_bit_for_bit() {
     let mut child = Command::new(bin)
         .args(train_args(&model, &data))
         .args(["--out", killed.to_str().unwrap(), "--weights", "stream"])
-        .args(["--checkpoints-on", "disk"])
+        .args(["--checkpoints-on", "disk", "--stream-head", "on"])
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
@@ -115,6 +117,7 @@ fn sigkill_then_resume_reproduces_the_losses_bit_for_bit() {
     let ok = Command::new(bin)
         .args(train_args(&model, &data))
         .args(["--resume", killed.to_str().unwrap(), "--weights", "stream"])
+        .args(["--stream-head", "on"])
         .stderr(Stdio::null())
         .status()
         .unwrap();
@@ -137,7 +140,8 @@ fn sigkill_then_resume_reproduces_the_losses_bit_for_bit() {
     assert_eq!(summary["steps"].as_u64(), Some(STEPS));
     assert!(summary["resumed_from_step"].as_u64().unwrap() >= 5);
     assert!(
-        summary["streamed"]["layer_reads"].as_u64().unwrap() > 0,
+        summary["streamed"]["layer_reads"].as_u64().unwrap() > 0
+            && summary["streamed"]["head_chunk_reads"].as_u64().unwrap() > 0,
         "{summary}"
     );
 }
