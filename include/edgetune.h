@@ -216,6 +216,18 @@ EtStatus et_model_open(const char *path, EtModel **out_model);
 // `model` is NULL or a handle from `et_model_open` not yet freed.
 void et_model_free(EtModel *model);
 
+// Reads the model's layers from its file as they run, through two staging buffers, instead of
+// keeping the mapped weights resident (what `edgetune generate --weights stream` does): for
+// inference in a memory budget below the model's size. `stream_head` non-zero streams the
+// output head in chunks of rows too (else it is read once into memory). The mapped pages read
+// so far leave the process; generated text is the same as with mapped weights. Waits for
+// generations running on other threads; calling it again reopens the stream. Only on a
+// platform with positioned reads (`ET_STATUS_INVALID_ARGUMENT` otherwise).
+//
+// # Safety
+// `model` is NULL or a live handle from `et_model_open`.
+EtStatus et_model_stream_weights(const EtModel *model, uint32_t stream_head);
+
 // Writes the model's shapes into `*out_info`.
 //
 // # Safety
@@ -239,7 +251,7 @@ EtStatus et_generate(const EtModel *model, const char *prompt, const EtGenerateO
 // `train_config_json` holds the fields of the training configuration (`edgetune train`'s
 // settings: `method`, `seq_len`, `batch`, `accum`, `lora` {`rank`, `targets`, ...},
 // `ce_chunk`, `checkpointing`, `optimizer`, `optimizer_state_bits`, `budget_bytes`, `weights`
-// (`auto|map|stream`), `fused_update` (`auto|on|off`), ...;
+// (`auto|map|stream`), `fused_update` (`auto|on|off`), `stream_head` (`auto|on|off`), ...;
 // missing fields take the CLI's defaults, unknown fields are an error); NULL means all
 // defaults. `model_path` NULL means the configuration's `model`. The report holds
 // `weight_bytes` (the file's tensors) and `weight_resident_bytes`, `adapter_bytes`,

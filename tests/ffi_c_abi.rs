@@ -17,7 +17,7 @@ use edgetune::train::AdapterSet;
 
 use edgetune::ffi::model::{
     EtGenerateOptions, EtModel, EtModelInfo, EtTemplate, et_generate, et_generate_default_options,
-    et_model_free, et_model_info, et_model_open,
+    et_model_free, et_model_info, et_model_open, et_model_stream_weights,
 };
 use edgetune::ffi::plan::et_plan_json;
 use edgetune::ffi::{EtStatus, et_last_error, et_version};
@@ -290,6 +290,39 @@ fn generate_matches_the_rust_api_and_reports_small_buffers() {
     assert_eq!(st, EtStatus::Ok);
     assert_eq!(text, reference_generation(&path, "Sensor 3 reads", &opts));
     unsafe { et_model_free(m) };
+}
+
+/// Streamed weights through the C ABI: the same text as mapped, with the head resident or
+/// streamed, and the stream's reads happened.
+#[test]
+fn stream_weights_generates_the_same_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = tiny_model(dir.path());
+    let prompt = c("Sensor 3 reads");
+    let mut opts = et_generate_default_options();
+    opts.max_tokens = 12;
+    let want = reference_generation(&path, "Sensor 3 reads", &opts);
+    for head in [0u32, 1] {
+        let m = open(&path);
+        assert_eq!(
+            unsafe { et_model_stream_weights(m, head) },
+            EtStatus::Ok,
+            "{}",
+            last_error()
+        );
+        let (st, text, _) = gen_into(m, &prompt, Some(&opts), 4096);
+        assert_eq!(st, EtStatus::Ok, "{}", last_error());
+        assert_eq!(text, want, "stream_head {head}");
+        let stats = unsafe { &*m }.stream_stats().expect("streamed");
+        assert!(stats.layer_reads > 0);
+        assert_eq!(stats.head_chunk_reads > 0, head == 1, "{stats:?}");
+        unsafe { et_model_free(m) };
+    }
+    assert_eq!(
+        unsafe { et_model_stream_weights(null(), 0) },
+        EtStatus::NullPointer
+    );
+    assert!(last_error().contains("model"), "{}", last_error());
 }
 
 #[test]

@@ -1,5 +1,7 @@
-//! The model handle of the C ABI: `et_model_open` / `et_model_free`, `et_model_info`, and
-//! `et_generate` (prompt text in, generated UTF-8 text out into the caller's buffer).
+//! The model handle of the C ABI: `et_model_open` / `et_model_free`, `et_model_info`,
+//! `et_model_stream_weights` (inference with the layers, and optionally the head, read from the
+//! file as they run), and `et_generate` (prompt text in, generated UTF-8 text out into the
+//! caller's buffer).
 
 use std::ffi::c_char;
 use std::path::PathBuf;
@@ -76,6 +78,26 @@ impl EtModel {
         self.llama.with_dependent(|_, llama| {
             f(&mut llama.write().unwrap_or_else(PoisonError::into_inner))
         })
+    }
+
+    /// Streams the weights from the file from now on ([`Llama::stream_weights_with`]; waits
+    /// for running generations).
+    pub fn stream_weights(&self, stream_head: bool) -> crate::Result<()> {
+        let options = crate::model::stream::StreamOptions {
+            stream_head,
+            head_chunk_rows: None,
+        };
+        self.llama.with_dependent(|file, llama| {
+            llama
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .stream_weights_with(file, options)
+        })
+    }
+
+    /// The weight stream's reads so far (`None`: mapped weights).
+    pub fn stream_stats(&self) -> Option<crate::model::stream::StreamStats> {
+        self.with_llama(|l| l.stream_stats())
     }
 
     pub fn file(&self) -> &GgufFile {
@@ -201,6 +223,29 @@ pub unsafe extern "C" fn et_model_free(model: *mut EtModel) {
         drop(unsafe { Box::from_raw(model) });
         Ok(())
     });
+}
+
+/// Reads the model's layers from its file as they run, through two staging buffers, instead of
+/// keeping the mapped weights resident (what `edgetune generate --weights stream` does): for
+/// inference in a memory budget below the model's size. `stream_head` non-zero streams the
+/// output head in chunks of rows too (else it is read once into memory). The mapped pages read
+/// so far leave the process; generated text is the same as with mapped weights. Waits for
+/// generations running on other threads; calling it again reopens the stream. Only on a
+/// platform with positioned reads (`ET_STATUS_INVALID_ARGUMENT` otherwise).
+///
+/// # Safety
+/// `model` is NULL or a live handle from `et_model_open`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn et_model_stream_weights(
+    model: *const EtModel,
+    stream_head: u32,
+) -> EtStatus {
+    guard(|| {
+        // SAFETY: forwarded caller contract.
+        let model = unsafe { model_arg(model) }?;
+        model.stream_weights(stream_head != 0)?;
+        Ok(())
+    })
 }
 
 /// Borrows a model handle for the call.
