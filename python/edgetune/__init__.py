@@ -191,6 +191,18 @@ class Model:
         directory or checkpoint) from now on; ``None`` removes it."""
         self._m.set_adapter(None if path is None else os.fspath(path))
 
+    def stream_weights(self, stream_head: bool = False) -> None:
+        """Reads the layers (and with `stream_head` the output head, in chunks of rows) from the
+        file as they run instead of keeping the mapped weights resident, for a model larger than
+        the memory at hand; generation and perplexity give the same results."""
+        self._m.stream_weights(stream_head)
+
+    @property
+    def stream_stats(self) -> dict[str, int] | None:
+        """The weight stream's reads so far (``layer_reads``, ``head_chunk_reads``,
+        ``bytes_read``); ``None`` while the weights are mapped."""
+        return self._m.stream_stats()
+
 
 class Trainer:
     """A training run driven step by step.

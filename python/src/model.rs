@@ -162,4 +162,25 @@ impl Model {
         })
         .map_err(err)
     }
+
+    /// Reads the layers (and with `stream_head` the output head, in chunks) from the file as
+    /// they run instead of keeping the mapped weights resident; the same text and logits.
+    #[pyo3(signature = (stream_head = false))]
+    fn stream_weights(&self, py: Python<'_>, stream_head: bool) -> PyResult<()> {
+        py.detach(|| self.inner.stream_weights(stream_head))
+            .map_err(err)
+    }
+
+    /// The weight stream's reads so far (`None`: mapped weights): `layer_reads`,
+    /// `head_chunk_reads`, `bytes_read`.
+    fn stream_stats<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let Some(st) = self.inner.stream_stats() else {
+            return Ok(None);
+        };
+        let d = PyDict::new(py);
+        d.set_item("layer_reads", st.layer_reads)?;
+        d.set_item("head_chunk_reads", st.head_chunk_reads)?;
+        d.set_item("bytes_read", st.bytes_read)?;
+        Ok(Some(d))
+    }
 }

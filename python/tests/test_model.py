@@ -22,6 +22,18 @@ def test_model_tokenize_generate_perplexity(tiny: Path) -> None:
     assert m.perplexity("abc abc")["tokens"] >= 2
 
 
+def test_streamed_weights_generate_the_same_text(tiny: Path) -> None:
+    want = edgetune.Model(tiny).generate("Hello", max_tokens=8)
+    for head in (False, True):
+        m = edgetune.Model(tiny)
+        assert m.stream_stats is None
+        m.stream_weights(stream_head=head)
+        assert m.generate("Hello", max_tokens=8) == want
+        st = m.stream_stats
+        assert st is not None and st["layer_reads"] > 0
+        assert (st["head_chunk_reads"] > 0) == head
+
+
 def test_generate_is_greedy_by_default(tiny: Path) -> None:
     m = edgetune.Model(tiny)
     assert m.generate("Hi", max_tokens=6) == m.generate("Hi", max_tokens=6)
