@@ -198,21 +198,14 @@ pub fn cross_entropy_ref<T: Real>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::cpu::test_util::{assert_close, random};
-    use crate::quant::{self, GgmlType};
-
-    fn weight(ty: GgmlType, vocab: usize, dim: usize, seed: u64) -> Vec<u8> {
-        let values = random(vocab * dim, 0.5, seed);
-        let mut bytes = vec![0u8; ty.bytes_for((vocab * dim) as u64).unwrap() as usize];
-        quant::quantize(ty, &values, &mut bytes).unwrap();
-        bytes
-    }
+    use crate::backend::cpu::test_util::{assert_close, quantized, random};
+    use crate::quant::GgmlType;
 
     #[test]
     fn matches_ref_for_any_chunk() {
         let (vocab, dim, n) = (300, 64, 11);
         for ty in [GgmlType::F32, GgmlType::Q4_0] {
-            let bytes = weight(ty, vocab, dim, 1);
+            let bytes = quantized(ty, vocab, dim, 1);
             let w = QuantMatrix::new(ty, vocab, dim, &bytes).unwrap();
             let h = random(n * dim, 1.0, 2);
             let targets: Vec<i32> = (0..n as i32)
@@ -246,7 +239,7 @@ mod tests {
     #[test]
     fn ignored_rows_and_errors() {
         let (vocab, dim, n) = (16, 8, 5);
-        let bytes = weight(GgmlType::F32, vocab, dim, 3);
+        let bytes = quantized(GgmlType::F32, vocab, dim, 3);
         let w = QuantMatrix::new(GgmlType::F32, vocab, dim, &bytes).unwrap();
         let h = random(n * dim, 1.0, 4);
         let mut scratch = vec![0.0f32; 2 * vocab];

@@ -273,21 +273,14 @@ pub fn cross_entropy_kl_ref<T: Real>(
 mod tests {
     use super::*;
     use crate::backend::cpu::cross_entropy::{count_targets, cross_entropy};
-    use crate::backend::cpu::test_util::{assert_close, random};
-    use crate::quant::{self, GgmlType};
-
-    fn weight(ty: GgmlType, vocab: usize, dim: usize, seed: u64) -> Vec<u8> {
-        let values = random(vocab * dim, 0.5, seed);
-        let mut bytes = vec![0u8; ty.bytes_for((vocab * dim) as u64).unwrap() as usize];
-        quant::quantize(ty, &values, &mut bytes).unwrap();
-        bytes
-    }
+    use crate::backend::cpu::test_util::{assert_close, quantized, random};
+    use crate::quant::GgmlType;
 
     #[test]
     fn matches_ref_for_any_chunk() {
         let (vocab, dim, n) = (300, 64, 11);
         for ty in [GgmlType::F32, GgmlType::Q4_0] {
-            let bytes = weight(ty, vocab, dim, 1);
+            let bytes = quantized(ty, vocab, dim, 1);
             let w = QuantMatrix::new(ty, vocab, dim, &bytes).unwrap();
             let h = random(n * dim, 1.0, 2);
             let base_h = random(n * dim, 1.0, 3);
@@ -341,7 +334,7 @@ mod tests {
     #[test]
     fn no_weight_is_the_plain_cross_entropy_bit_for_bit_and_same_model_has_no_kl() {
         let (vocab, dim, n) = (200, 32, 9);
-        let bytes = weight(GgmlType::Q8_0, vocab, dim, 4);
+        let bytes = quantized(GgmlType::Q8_0, vocab, dim, 4);
         let w = QuantMatrix::new(GgmlType::Q8_0, vocab, dim, &bytes).unwrap();
         let h = random(n * dim, 1.0, 5);
         let targets: Vec<i32> = (0..n as i32).map(|i| i * 13 % 200).collect();
@@ -373,7 +366,7 @@ mod tests {
     #[test]
     fn bad_weights_and_shapes_are_errors() {
         let (vocab, dim, n) = (16, 8, 3);
-        let bytes = weight(GgmlType::F32, vocab, dim, 7);
+        let bytes = quantized(GgmlType::F32, vocab, dim, 7);
         let w = QuantMatrix::new(GgmlType::F32, vocab, dim, &bytes).unwrap();
         let h = random(n * dim, 1.0, 8);
         let (mut s1, mut s2, mut dh) = (vec![0.0; vocab], vec![0.0; vocab], vec![0.0; n * dim]);

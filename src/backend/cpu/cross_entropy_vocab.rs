@@ -284,15 +284,8 @@ pub fn ce_vocab_grad(
 mod tests {
     use super::*;
     use crate::backend::cpu::cross_entropy::{count_targets, cross_entropy, cross_entropy_ref};
-    use crate::backend::cpu::test_util::{assert_close, random};
-    use crate::quant::{self, GgmlType};
-
-    fn weight(ty: GgmlType, vocab: usize, dim: usize, seed: u64) -> Vec<u8> {
-        let values = random(vocab * dim, 0.5, seed);
-        let mut bytes = vec![0u8; ty.bytes_for((vocab * dim) as u64).unwrap() as usize];
-        quant::quantize(ty, &values, &mut bytes).unwrap();
-        bytes
-    }
+    use crate::backend::cpu::test_util::{assert_close, quantized, random};
+    use crate::quant::GgmlType;
 
     /// Both passes over `w` cut into chunks of `rows` rows.
     fn chunked(
@@ -353,7 +346,7 @@ mod tests {
         let (vocab, dim, n) = (300, 64, 11);
         for ty in [GgmlType::F32, GgmlType::Q4_0, GgmlType::Q6_K] {
             let dim = if ty == GgmlType::Q6_K { 256 } else { dim };
-            let bytes = weight(ty, vocab, dim, 1);
+            let bytes = quantized(ty, vocab, dim, 1);
             let w = QuantMatrix::new(ty, vocab, dim, &bytes).unwrap();
             let h = random(n * dim, 1.0, 2);
             let targets: Vec<i32> = (0..n as i32)
@@ -378,7 +371,7 @@ mod tests {
     #[test]
     fn one_chunk_is_the_plain_kernel_bit_for_bit() {
         let (vocab, dim, n) = (300, 64, 9);
-        let bytes = weight(GgmlType::Q4_0, vocab, dim, 5);
+        let bytes = quantized(GgmlType::Q4_0, vocab, dim, 5);
         let w = QuantMatrix::new(GgmlType::Q4_0, vocab, dim, &bytes).unwrap();
         let h = random(n * dim, 1.0, 6);
         let targets: Vec<i32> = (0..n as i32)
@@ -404,7 +397,7 @@ mod tests {
         // Two rows of 5 tokens, the second weighted 3×: dh of each row is the plain kernel's
         // run on that row alone with its own scale.
         let (vocab, dim, n) = (120, 32, 10);
-        let bytes = weight(GgmlType::Q8_0, vocab, dim, 7);
+        let bytes = quantized(GgmlType::Q8_0, vocab, dim, 7);
         let w = QuantMatrix::new(GgmlType::Q8_0, vocab, dim, &bytes).unwrap();
         let h = random(n * dim, 1.0, 8);
         let targets: Vec<i32> = (0..n as i32).map(|i| i * 13 % 120).collect();
@@ -428,7 +421,7 @@ mod tests {
     #[test]
     fn bad_input_is_an_error() {
         let (vocab, dim, n) = (16, 32, 3);
-        let bytes = weight(GgmlType::F32, vocab, dim, 9);
+        let bytes = quantized(GgmlType::F32, vocab, dim, 9);
         let w = QuantMatrix::new(GgmlType::F32, vocab, dim, &bytes).unwrap();
         let h = random(n * dim, 1.0, 10);
         let mut stats = vec![RowLse::EMPTY; n];

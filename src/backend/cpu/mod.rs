@@ -310,6 +310,14 @@ pub(crate) mod test_util {
         (0..n).map(|_| rng.random_range(-scale..scale)).collect()
     }
 
+    /// The blocks of a seeded random `[rows, cols]` matrix (values in ±0.5) quantized to `ty`.
+    pub fn quantized(ty: crate::quant::GgmlType, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
+        let values = random(rows * cols, 0.5, seed);
+        let mut bytes = vec![0u8; ty.bytes_for((rows * cols) as u64).unwrap() as usize];
+        crate::quant::quantize(ty, &values, &mut bytes).unwrap();
+        bytes
+    }
+
     /// Asserts `|a − b| ≤ tol · max(1, |b|)` element-wise, reporting the worst index.
     pub fn assert_close(a: &[f32], b: &[f32], tol: f32, what: &str) {
         assert_eq!(a.len(), b.len(), "{what}: lengths");
