@@ -284,7 +284,13 @@ pub fn plan_training(file: &GgufFile, cfg: &TrainConfig) -> Result<TrainingPlan>
 pub fn plan_training_for(model: &ModelWeights, cfg: &TrainConfig) -> Result<TrainingPlan> {
     let planned = plan_weights(model, cfg)?;
     let planned = choose_fused_update(model, cfg, planned)?;
-    choose_stream_head(model, cfg, planned)
+    let (mut planned, chosen) = choose_stream_head(model, cfg, planned)?;
+    // Over budget: the nearest configurations that fit, from the one chosen.
+    if !planned.breakdown.fits {
+        planned.breakdown.suggestions =
+            Some(super::suggest::search(model, &chosen, &planned.breakdown)?);
+    }
+    Ok(planned)
 }
 
 /// The step shape of `cfg` on `model`: LoRA on exactly `cfg.lora.targets` (in [`Target::ALL`]

@@ -3,6 +3,9 @@
 //! updated after its backward when streamed, with clipping only when the unfused step does not
 //! fit) and `--stream-head auto` (the head streamed too when only that fits). Each choice keeps
 //! the cheaper configuration unless the budget needs the other, and says why in the breakdown.
+//! Each returns the plan with the configuration it was made for (`auto` resolved): the
+//! suggestions of a plan that does not fit are searched once, at the end, from that
+//! configuration ([`super::budget::plan_training_for`]), not for every trial.
 
 use super::budget::{ModelWeights, TrainingPlan, evaluate};
 use super::budget_report::size;
@@ -17,21 +20,21 @@ use crate::train::{
 pub(super) fn choose_stream_head(
     model: &ModelWeights,
     cfg: &TrainConfig,
-    planned: TrainingPlan,
-) -> Result<TrainingPlan> {
+    (planned, chosen): (TrainingPlan, TrainConfig),
+) -> Result<(TrainingPlan, TrainConfig)> {
     if cfg.stream_head != StreamHead::Auto
         || planned.breakdown.fits
         || stream_head_support(cfg).is_err()
     {
-        return Ok(planned);
+        return Ok((planned, chosen));
     }
     let mut head_cfg = cfg.clone();
     head_cfg.weights = WeightsMode::Stream;
     head_cfg.stream_head = StreamHead::On;
-    let streamed = plan_weights(model, &head_cfg)?;
-    let mut streamed = choose_fused_update(model, &head_cfg, streamed)?;
+    let trial = plan_weights(model, &head_cfg)?;
+    let (mut streamed, streamed_cfg) = choose_fused_update(model, &head_cfg, trial)?;
     if !streamed.breakdown.fits {
-        return Ok(planned);
+        return Ok((planned, chosen));
     }
     if let Some(s) = &mut streamed.breakdown.weights.streamed {
         s.head_reason = Some(format!(
@@ -42,7 +45,7 @@ pub(super) fn choose_stream_head(
             s.reason = "chosen by the plan: only streamed layers and head fit the budget".into();
         }
     }
-    Ok(streamed)
+    Ok((streamed, streamed_cfg))
 }
 
 /// `--fused-update auto` on the plan `--weights` chose: fused when the layers are streamed and
@@ -51,22 +54,22 @@ pub(super) fn choose_stream_head(
 pub(super) fn choose_fused_update(
     model: &ModelWeights,
     cfg: &TrainConfig,
-    planned: TrainingPlan,
-) -> Result<TrainingPlan> {
+    (planned, chosen): (TrainingPlan, TrainConfig),
+) -> Result<(TrainingPlan, TrainConfig)> {
     let streamed = planned.breakdown.weights.streamed.is_some();
     if cfg.fused_update != FusedUpdate::Auto || !streamed || fused_update_support(cfg).is_err() {
-        return Ok(planned);
+        return Ok((planned, chosen));
     }
     let clipping = cfg.max_grad_norm > 0.0;
     if clipping && planned.breakdown.fits {
-        return Ok(planned);
+        return Ok((planned, chosen));
     }
     let mut fused_cfg = cfg.clone();
     fused_cfg.weights = WeightsMode::Stream;
     fused_cfg.fused_update = FusedUpdate::On;
-    let mut fused = plan_weights(model, &fused_cfg)?;
+    let (mut fused, fused_cfg) = plan_weights(model, &fused_cfg)?;
     if clipping && !fused.breakdown.fits {
-        return Ok(planned);
+        return Ok((planned, chosen));
     }
     let reason = if clipping {
         format!(
@@ -87,12 +90,18 @@ pub(super) fn choose_fused_update(
     ) {
         s.reason.clone_from(&p.reason);
     }
-    Ok(fused)
+    Ok((fused, fused_cfg))
 }
 
-/// The plan with `--weights` resolved (`auto`: mapped unless only streaming fits).
-pub(super) fn plan_weights(model: &ModelWeights, cfg: &TrainConfig) -> Result<TrainingPlan> {
-    let mut planned = evaluate(model, cfg)?;
+/// The plan with `--weights` resolved (`auto`: mapped unless only streaming fits), and the
+/// configuration it is for. When neither fits and the mapped weights alone exceed the budget,
+/// no mapped configuration can fit: the streamed one is returned (its suggestions are the
+/// useful ones).
+pub(super) fn plan_weights(
+    model: &ModelWeights,
+    cfg: &TrainConfig,
+) -> Result<(TrainingPlan, TrainConfig)> {
+    let planned = evaluate(model, cfg)?;
     // `--weights auto`: stream when mapping does not fit and streaming does.
     if cfg.weights == WeightsMode::Auto && !cfg.lock_weights && !planned.breakdown.fits {
         let mut streamed_cfg = cfg.clone();
@@ -107,22 +116,11 @@ pub(super) fn plan_weights(model: &ModelWeights, cfg: &TrainConfig) -> Result<Tr
                     size(budget)
                 );
             }
-            return Ok(streamed);
+            return Ok((streamed, streamed_cfg));
         }
-        // Neither fits. When the mapped weights alone exceed the budget no mapped
-        // configuration can fit: the suggestions are the streamed configuration's.
         if planned.breakdown.weights.resident_bytes >= budget {
-            streamed.breakdown.suggestions = Some(super::suggest::search(
-                model,
-                &streamed_cfg,
-                &streamed.breakdown,
-            )?);
-            return Ok(streamed);
+            return Ok((streamed, streamed_cfg));
         }
     }
-    if !planned.breakdown.fits {
-        planned.breakdown.suggestions =
-            Some(super::suggest::search(model, cfg, &planned.breakdown)?);
-    }
-    Ok(planned)
+    Ok((planned, cfg.clone()))
 }
