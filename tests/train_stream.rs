@@ -392,7 +392,7 @@ fn auto_streams_the_head_only_when_a_resident_head_does_not_fit() {
     let st = head.weights.streamed.as_ref().unwrap();
     let head_bytes = st.head_bytes;
     assert!(head_bytes > 0 && st.head_chunks >= 1);
-    // The head leaves the resident set; its statistics come in.
+    // The head leaves the resident set (its loss statistics are an overhead).
     assert!(
         head.weights.resident_bytes + head_bytes / 2 < layers.weights.resident_bytes,
         "{} vs {}",

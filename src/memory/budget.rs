@@ -472,9 +472,7 @@ pub(crate) fn weights_breakdown(
         None
     };
     let resident = by_type.iter().map(|t| t.resident_bytes).sum::<u64>()
-        + streamed
-            .as_ref()
-            .map_or(0, |s| s.staging_bytes + s.head_stats_bytes);
+        + streamed.as_ref().map_or(0, |s| s.staging_bytes);
     Ok(WeightsBreakdown {
         file_bytes: by_type.iter().map(|t| t.file_bytes).sum(),
         resident_bytes: resident,

@@ -167,12 +167,7 @@ fn evaluate(
         },
         ..TrainConfig::default()
     };
-    let mut weights = weights_breakdown(model, shape.chunk_tokens as u64, &cfg)?;
-    // A streamed head's per-token loss statistics are training's; inference holds none.
-    if let Some(st) = &mut weights.streamed {
-        weights.resident_bytes -= st.head_stats_bytes;
-        st.head_stats_bytes = 0;
-    }
+    let weights = weights_breakdown(model, shape.chunk_tokens as u64, &cfg)?;
     let f32s = |n: u64| n.checked_mul(4).ok_or_else(overflow);
     let kv_cache_bytes = f32s(
         (2 * c.n_layer as u64)

@@ -98,17 +98,12 @@ pub fn report(b: &Breakdown) -> String {
             mib(st.read_bytes_per_step)
         );
         if let Some(why) = &st.head_reason {
-            line(
-                &mut s,
-                "head statistics (16 B a token)",
-                st.head_stats_bytes,
-                &format!(
-                    "head of {} MiB streamed in {} chunks through the staging",
-                    mib(st.head_bytes),
-                    st.head_chunks
-                ),
+            let _ = writeln!(
+                s,
+                "  (head of {} MiB streamed in {} chunks through the staging: {why})",
+                mib(st.head_bytes),
+                st.head_chunks
             );
-            let _ = writeln!(s, "  (head streamed: {why})");
         }
     }
     line(

@@ -23,8 +23,6 @@ pub struct StreamedLayers {
     /// Chunks of rows the head is streamed in through the staging buffers (each fits one
     /// buffer); 0: the head is resident.
     pub head_chunks: u64,
-    /// A streamed head's per-token loss statistics (16 B a token; 0 when resident).
-    pub head_stats_bytes: u64,
     /// Why the head is streamed (`--stream-head on`, or the plan's reason); `None`: resident.
     pub head_reason: Option<String>,
     /// Layer reads per optimizer step: per micro-batch the forward (every layer; layer 0 is
@@ -113,14 +111,12 @@ pub(super) fn streamed_layers(model: &ModelWeights, cfg: &TrainConfig) -> Result
     let mean_layer = total.checked_div(n64).unwrap_or(0);
     let mean_chunk = head.checked_div(head_chunks).unwrap_or(0);
     let read_bytes = reads * mean_layer + head_reads * mean_chunk;
-    let tokens = (cfg.seq_len as u64).saturating_mul(cfg.batch as u64);
     Ok(StreamedLayers {
         layers: n,
         layer_file_bytes: total,
         staging_bytes: 2 * largest,
         head_bytes: head,
         head_chunks,
-        head_stats_bytes: if head_streamed { 16 * tokens } else { 0 },
         head_reason: head_streamed.then(|| "--stream-head on".into()),
         reads_per_step: reads,
         head_reads_per_step: head_reads,

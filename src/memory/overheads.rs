@@ -6,6 +6,7 @@
 use serde::Serialize;
 
 use super::budget::ModelWeights;
+use crate::backend::cpu::cross_entropy_vocab::RowLse;
 use crate::model::LlamaConfig;
 use crate::train::TrainConfig;
 use crate::{Error, Result};
@@ -64,6 +65,18 @@ pub struct Overhead {
     pub name: String,
     pub bytes: u64,
     pub note: String,
+}
+
+/// A streamed head's per-token statistics of the training loss (`train/step_loss.rs`, held
+/// beside the arena); 0 with a resident head.
+fn head_statistics_bytes(cfg: &TrainConfig) -> u64 {
+    let streamed = cfg.weights == crate::train::WeightsMode::Stream
+        && cfg.stream_head == crate::train::StreamHead::On;
+    if streamed {
+        (std::mem::size_of::<RowLse>() * cfg.tokens_per_micro_batch()) as u64
+    } else {
+        0
+    }
 }
 
 /// The measured runtime overheads for this model and run.
@@ -154,6 +167,19 @@ pub(crate) fn overheads(
                 )
             } else {
                 "none (--kl-anchor λ anchors replay rows to the base model)".into()
+            },
+        ),
+        o(
+            "head statistics",
+            head_statistics_bytes(cfg),
+            if head_statistics_bytes(cfg) > 0 {
+                format!(
+                    "a streamed head's loss state, {} B × {} tokens",
+                    std::mem::size_of::<RowLse>(),
+                    cfg.tokens_per_micro_batch()
+                )
+            } else {
+                "none (the head is resident)".into()
             },
         ),
         o(
