@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use edgetune::adapters::LayerRange;
 use edgetune::gguf::GgufFile;
 use edgetune::memory::budget::plan_training;
+use edgetune::model::stream::StreamStats;
 use edgetune::testmodel::{Preset, SMALL, TINY, WeightTypes, write_test_model};
 use edgetune::train::{
     Method, OptimizerKind, Replay, StreamHead, TrainConfig, Trainer, WeightsMode,
@@ -34,16 +35,16 @@ fn write_model(dir: &Path, tied: bool) -> PathBuf {
     path
 }
 
-/// `(losses, parameters, layer reads)` of `steps` steps.
-fn run(cfg: &TrainConfig) -> (Vec<f64>, Vec<Vec<f32>>, Option<u64>) {
+/// `(losses, parameters, the stream's reads)` of a run (`None`: mapped weights).
+fn run(cfg: &TrainConfig) -> (Vec<f64>, Vec<Vec<f32>>, Option<StreamStats>) {
     let file = GgufFile::open(&cfg.model).unwrap();
     let mut t = Trainer::new(&file, cfg).unwrap();
     let mut losses = Vec::new();
     while let Some(p) = t.step().unwrap() {
         losses.push(p.loss);
     }
-    let reads = t.train_step().stream_stats().map(|s| s.layer_reads);
-    (losses, train_support::all_params(t.adapters()), reads)
+    let stats = t.train_step().stream_stats();
+    (losses, train_support::all_params(t.adapters()), stats)
 }
 
 fn stream_cfg(cfg: &TrainConfig) -> TrainConfig {
@@ -84,10 +85,10 @@ fn streamed_steps_equal_mapped_steps_bit_for_bit_and_read_what_the_plan_says() {
     tied_cfg.out = dir.path().join("tied");
     for cfg in [base, accum, kl, upper, dora, tied_cfg] {
         let name = cfg.out.file_name().unwrap().to_string_lossy().to_string();
-        let (loss_map, params_map, reads_map) = run(&cfg);
+        let (loss_map, params_map, stats_map) = run(&cfg);
         let s = stream_cfg(&cfg);
-        let (loss_stream, params_stream, reads) = run(&s);
-        assert_eq!(reads_map, None, "{name}");
+        let (loss_stream, params_stream, stats) = run(&s);
+        assert_eq!(stats_map, None, "{name}");
         assert_eq!(loss_map.len() as u64, STEPS, "{name}");
         assert_eq!(loss_map, loss_stream, "{name}: losses");
         assert_eq!(params_map, params_stream, "{name}: parameters");
@@ -97,7 +98,7 @@ fn streamed_steps_equal_mapped_steps_bit_for_bit_and_read_what_the_plan_says() {
         let file = GgufFile::open(&s.model).unwrap();
         let plan = plan_training(&file, &s).unwrap();
         let st = plan.breakdown.weights.streamed.expect("streamed plan");
-        let reads = reads.expect("stream stats");
+        let reads = stats.expect("stream stats").layer_reads;
         assert!(
             reads > 0 && reads <= STEPS * st.reads_per_step,
             "{name}: {reads} reads, plan {}",
@@ -257,21 +258,11 @@ fn a_streamed_run_stays_under_a_budget_that_mapping_exceeds() {
     );
 }
 
-/// `(losses, parameters, layer reads, head chunk reads)` of a run.
+/// `(losses, parameters, layer reads, head chunk reads)` of a streamed run.
 fn run_head(cfg: &TrainConfig) -> (Vec<f64>, Vec<Vec<f32>>, u64, u64) {
-    let file = GgufFile::open(&cfg.model).unwrap();
-    let mut t = Trainer::new(&file, cfg).unwrap();
-    let mut losses = Vec::new();
-    while let Some(p) = t.step().unwrap() {
-        losses.push(p.loss);
-    }
-    let st = t.train_step().stream_stats().expect("streamed");
-    (
-        losses,
-        train_support::all_params(t.adapters()),
-        st.layer_reads,
-        st.head_chunk_reads,
-    )
+    let (losses, params, stats) = run(cfg);
+    let st = stats.expect("streamed");
+    (losses, params, st.layer_reads, st.head_chunk_reads)
 }
 
 #[test]
