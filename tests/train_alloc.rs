@@ -81,7 +81,10 @@ fn training_steps_after_the_first_allocate_nothing() {
     // bf16 layer checkpoints in the spill file: positioned writes and reads.
     let mut spilled = bf16.clone();
     spilled.checkpoints_on = StatePlace::Disk;
-    let mut all = vec![base, a, b, kl, streamed, fused, head, bf16, spilled];
+    // Adapter weights paged from a file, fused: written back and dropped per layer.
+    let mut paged = fused.clone();
+    paged.adapter_weights = StatePlace::Disk;
+    let mut all = vec![base, a, b, kl, streamed, fused, head, bf16, spilled, paged];
     all.extend(methods);
     pool.install(|| steps_allocate_nothing(&file, all));
 }

@@ -29,7 +29,7 @@ use rand::{SeedableRng, rngs::StdRng};
 use super::base::{Dropout, Transient, dims as d, normal, take};
 use super::base::{nth_param, nth_param_mut};
 use super::lora::{self, BranchDims};
-use super::{Adapter, Export, Group, ParamInfo, Pass, Workspace};
+use super::{Adapter, Export, Group, ParamBuf, ParamInfo, Pass, Workspace};
 use crate::backend::check_len;
 use crate::backend::cpu::Real;
 use crate::backend::cpu::gemm::{gemm, gemm_ref};
@@ -44,11 +44,11 @@ pub struct AdaLora {
     in_f: usize,
     out_f: usize,
     /// `[r0, in]`.
-    a: Vec<f32>,
+    a: ParamBuf,
     /// `[out, r0]`.
-    b: Vec<f32>,
+    b: ParamBuf,
     /// `[r0]`.
-    e: Vec<f32>,
+    e: ParamBuf,
     drop: Dropout,
     /// Sensitivity EMA `Ī`, per element of `[A, B, e]` (params order).
     ipt_avg: Vec<f32>,
@@ -74,9 +74,9 @@ impl AdaLora {
             cfg: cfg.clone(),
             in_f,
             out_f,
-            a: vec![0.0; r * in_f],
-            b: vec![0.0; out_f * r],
-            e: vec![0.0; r],
+            a: ParamBuf::zeros(r * in_f),
+            b: ParamBuf::zeros(out_f * r),
+            e: ParamBuf::zeros(r),
             drop: Dropout::new(cfg.dropout, seed)?,
             ipt_avg: vec![0.0; np],
             unc_avg: vec![0.0; np],
@@ -338,11 +338,11 @@ impl Adapter for AdaLora {
         self.cfg.init_r * (self.in_f + self.out_f + 1)
     }
 
-    fn param(&self, i: usize) -> Option<&[f32]> {
+    fn param_buf(&self, i: usize) -> Option<&ParamBuf> {
         nth_param([&self.a, &self.b, &self.e], i)
     }
 
-    fn param_mut(&mut self, i: usize) -> Option<&mut [f32]> {
+    fn param_buf_mut(&mut self, i: usize) -> Option<&mut ParamBuf> {
         nth_param_mut([&mut self.a, &mut self.b, &mut self.e], i)
     }
 

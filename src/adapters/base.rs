@@ -17,7 +17,7 @@ use std::sync::{Mutex, MutexGuard};
 use rand::{Rng, rngs::StdRng};
 
 use super::lora::{dropout_factor, mix};
-use super::{Group, ParamInfo, Pass};
+use super::{Group, ParamBuf, ParamInfo, Pass};
 use crate::backend::cpu::gemm::{GemmDims, gemm};
 use crate::quant::matmul::{QuantMatrix, matmul_dyw, matmul_xwt};
 use crate::quant::{self, GgmlType};
@@ -351,14 +351,14 @@ pub(crate) fn lora_pair_params(
 /// Parameter `i` of an adapter whose parameters are `tensors` in [`Adapter::params`] order.
 ///
 /// [`Adapter::params`]: super::Adapter::params
-pub(crate) fn nth_param<const N: usize>(tensors: [&Vec<f32>; N], i: usize) -> Option<&[f32]> {
-    tensors.get(i).map(|v| v.as_slice())
+pub(crate) fn nth_param<const N: usize>(tensors: [&ParamBuf; N], i: usize) -> Option<&ParamBuf> {
+    tensors.get(i).copied()
 }
 
 /// [`nth_param`], writable.
 pub(crate) fn nth_param_mut<const N: usize>(
-    tensors: [&mut Vec<f32>; N],
+    tensors: [&mut ParamBuf; N],
     i: usize,
-) -> Option<&mut [f32]> {
-    tensors.into_iter().nth(i).map(|v| v.as_mut_slice())
+) -> Option<&mut ParamBuf> {
+    tensors.into_iter().nth(i)
 }

@@ -29,7 +29,7 @@ use rand::{SeedableRng, rngs::StdRng};
 use super::base::{BaseWeight, Dropout, Transient, dims as d, kaiming_uniform, take};
 use super::base::{lora_pair_params, nth_param, nth_param_mut};
 use super::lora::BranchDims;
-use super::{Adapter, Export, Group, LoraConfig, ParamInfo, Pass, Workspace};
+use super::{Adapter, Export, Group, LoraConfig, ParamBuf, ParamInfo, Pass, Workspace};
 use crate::backend::check_len;
 use crate::backend::cpu::Real;
 use crate::backend::cpu::gemm::{gemm, gemm_ref};
@@ -45,11 +45,11 @@ pub struct Dora {
     in_f: usize,
     out_f: usize,
     /// `[r, in]`.
-    a: Vec<f32>,
+    a: ParamBuf,
     /// `[out, r]`.
-    b: Vec<f32>,
+    b: ParamBuf,
     /// `[out]`.
-    m: Vec<f32>,
+    m: ParamBuf,
     base: BaseWeight,
     /// `‖Ŵ_o‖²` `[out]`.
     base_sq: Vec<f64>,
@@ -73,9 +73,9 @@ impl Dora {
             cfg: cfg.clone(),
             in_f,
             out_f,
-            a: vec![0.0; r * in_f],
-            b: vec![0.0; out_f * r],
-            m: vec![0.0; out_f],
+            a: ParamBuf::zeros(r * in_f),
+            b: ParamBuf::zeros(out_f * r),
+            m: ParamBuf::zeros(out_f),
             base,
             base_sq,
             drop: Dropout::new(cfg.dropout, seed)?,
@@ -185,11 +185,11 @@ impl Adapter for Dora {
         self.cfg.rank * (self.in_f + self.out_f) + self.out_f
     }
 
-    fn param(&self, i: usize) -> Option<&[f32]> {
+    fn param_buf(&self, i: usize) -> Option<&ParamBuf> {
         nth_param([&self.a, &self.b, &self.m], i)
     }
 
-    fn param_mut(&mut self, i: usize) -> Option<&mut [f32]> {
+    fn param_buf_mut(&mut self, i: usize) -> Option<&mut ParamBuf> {
         nth_param_mut([&mut self.a, &mut self.b, &mut self.m], i)
     }
 

@@ -31,7 +31,7 @@ use rand::{SeedableRng, rngs::StdRng};
 use super::base::{Dropout, dims as d, kaiming_uniform, take};
 use super::base::{lora_pair_params, nth_param, nth_param_mut};
 use super::lora::{self, BranchDims, mix};
-use super::{Adapter, Export, LoraConfig, ParamInfo, Pass, Workspace};
+use super::{Adapter, Export, LoraConfig, ParamBuf, ParamInfo, Pass, Workspace};
 use crate::backend::check_len;
 use crate::backend::cpu::Real;
 use crate::backend::cpu::gemm::gemm;
@@ -95,9 +95,9 @@ pub struct Dylora {
     in_f: usize,
     out_f: usize,
     /// `[r_max, in]`.
-    a: Vec<f32>,
+    a: ParamBuf,
     /// `[out, r_max]`.
-    b: Vec<f32>,
+    b: ParamBuf,
     drop: Dropout,
     /// The rank of training passes (drawn by `on_step`).
     active: usize,
@@ -118,8 +118,8 @@ impl Dylora {
             cfg: cfg.clone(),
             in_f,
             out_f,
-            a: vec![0.0; r * in_f],
-            b: vec![0.0; out_f * r],
+            a: ParamBuf::zeros(r * in_f),
+            b: ParamBuf::zeros(out_f * r),
             drop: Dropout::new(cfg.lora.dropout, seed)?,
             active: cfg.rank_for_step(0),
             eval_rank: r,
@@ -218,11 +218,11 @@ impl Adapter for Dylora {
         lora_pair_params("lora_A", "lora_B", self.r_max(), self.in_f, self.out_f)
     }
 
-    fn param(&self, i: usize) -> Option<&[f32]> {
+    fn param_buf(&self, i: usize) -> Option<&ParamBuf> {
         nth_param([&self.a, &self.b], i)
     }
 
-    fn param_mut(&mut self, i: usize) -> Option<&mut [f32]> {
+    fn param_buf_mut(&mut self, i: usize) -> Option<&mut ParamBuf> {
         nth_param_mut([&mut self.a, &mut self.b], i)
     }
 

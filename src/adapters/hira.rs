@@ -27,7 +27,7 @@ use rand::{SeedableRng, rngs::StdRng};
 use super::base::{BaseWeight, Dropout, Transient, dims as d, kaiming_uniform, take};
 use super::base::{lora_pair_params, nth_param, nth_param_mut};
 use super::lora::BranchDims;
-use super::{Adapter, Export, LoraConfig, ParamInfo, Pass, Workspace};
+use super::{Adapter, Export, LoraConfig, ParamBuf, ParamInfo, Pass, Workspace};
 use crate::backend::check_len;
 use crate::backend::cpu::Real;
 use crate::backend::cpu::gemm::{gemm, gemm_ref};
@@ -44,9 +44,9 @@ pub struct Hira {
     in_f: usize,
     out_f: usize,
     /// `[r, in]`.
-    a: Vec<f32>,
+    a: ParamBuf,
     /// `[out, r]`.
-    b: Vec<f32>,
+    b: ParamBuf,
     base: BaseWeight,
     drop: Dropout,
     /// `Ŵ_t`, `M_t`, `Γ_t`: three `[tile, in]` buffers.
@@ -67,8 +67,8 @@ impl Hira {
             cfg: cfg.clone(),
             in_f,
             out_f,
-            a: vec![0.0; r * in_f],
-            b: vec![0.0; out_f * r],
+            a: ParamBuf::zeros(r * in_f),
+            b: ParamBuf::zeros(out_f * r),
             tiles: Transient::new(3 * TILE.min(out_f) * in_f),
             base,
             drop: Dropout::new(cfg.dropout, seed)?,
@@ -136,11 +136,11 @@ impl Adapter for Hira {
         lora_pair_params("hira_A", "hira_B", self.cfg.rank, self.in_f, self.out_f)
     }
 
-    fn param(&self, i: usize) -> Option<&[f32]> {
+    fn param_buf(&self, i: usize) -> Option<&ParamBuf> {
         nth_param([&self.a, &self.b], i)
     }
 
-    fn param_mut(&mut self, i: usize) -> Option<&mut [f32]> {
+    fn param_buf_mut(&mut self, i: usize) -> Option<&mut ParamBuf> {
         nth_param_mut([&mut self.a, &mut self.b], i)
     }
 

@@ -19,7 +19,7 @@ use rand::{SeedableRng, rngs::StdRng};
 
 use super::base::{Dropout, dims, kaiming_uniform, take};
 use super::base::{lora_pair_params, nth_param, nth_param_mut};
-use super::{Adapter, Export, Group, LoraConfig, ParamInfo, Pass, Workspace};
+use super::{Adapter, Export, Group, LoraConfig, ParamBuf, ParamInfo, Pass, Workspace};
 use crate::backend::check_len;
 use crate::backend::cpu::gemm::gemm;
 use crate::{Error, Result};
@@ -31,12 +31,12 @@ pub struct Iec {
     in_f: usize,
     out_f: usize,
     /// `[r, in]`.
-    a: Vec<f32>,
+    a: ParamBuf,
     /// `[out, r]`.
-    b: Vec<f32>,
+    b: ParamBuf,
     /// `[β_A]`, `[β_B]` (1-element tensors, so the optimizer sees them as parameters).
-    beta_a: Vec<f32>,
-    beta_b: Vec<f32>,
+    beta_a: ParamBuf,
+    beta_b: ParamBuf,
     drop: Dropout,
 }
 
@@ -56,10 +56,10 @@ impl Iec {
             cfg: cfg.clone(),
             in_f,
             out_f,
-            a: vec![0.0; r * in_f],
-            b: vec![0.0; out_f * r],
-            beta_a: vec![0.0],
-            beta_b: vec![0.0],
+            a: ParamBuf::zeros(r * in_f),
+            b: ParamBuf::zeros(out_f * r),
+            beta_a: ParamBuf::zeros(1),
+            beta_b: ParamBuf::zeros(1),
             drop: Dropout::new(cfg.dropout, seed)?,
         };
         iec.init(seed);
@@ -91,13 +91,13 @@ impl Iec {
             self.out_f / self.cfg.rank,
         );
         let (ba, bb) = self.betas();
-        let mut a = self.a.clone();
+        let mut a = self.a.to_vec();
         for j in 0..r {
             for t in 0..g_in {
                 a[j * self.in_f + j * g_in + t] += ba / g_in as f32;
             }
         }
-        let mut b = self.b.clone();
+        let mut b = self.b.to_vec();
         for j in 0..r {
             for t in 0..g_out {
                 b[(j * g_out + t) * r + j] += bb;
@@ -147,11 +147,11 @@ impl Adapter for Iec {
         params
     }
 
-    fn param(&self, i: usize) -> Option<&[f32]> {
+    fn param_buf(&self, i: usize) -> Option<&ParamBuf> {
         nth_param([&self.a, &self.b, &self.beta_a, &self.beta_b], i)
     }
 
-    fn param_mut(&mut self, i: usize) -> Option<&mut [f32]> {
+    fn param_buf_mut(&mut self, i: usize) -> Option<&mut ParamBuf> {
         nth_param_mut(
             [&mut self.a, &mut self.b, &mut self.beta_a, &mut self.beta_b],
             i,

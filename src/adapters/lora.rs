@@ -13,7 +13,7 @@ use std::str::FromStr;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
 use super::base::{lora_pair_params, nth_param, nth_param_mut};
-use super::{Adapter, Export, ParamInfo, Pass, Workspace};
+use super::{Adapter, Export, ParamBuf, ParamInfo, Pass, Workspace};
 use crate::backend::check_len;
 use crate::backend::cpu::Real;
 use crate::backend::cpu::gemm::{GemmDims, gemm, gemm_ref};
@@ -225,9 +225,9 @@ pub struct Lora {
     in_f: usize,
     out_f: usize,
     /// `[rank, in]`.
-    a: Vec<f32>,
+    a: ParamBuf,
     /// `[out, rank]`.
-    b: Vec<f32>,
+    b: ParamBuf,
     seed: u64,
 }
 
@@ -244,8 +244,8 @@ impl Lora {
             cfg: cfg.clone(),
             in_f,
             out_f,
-            a: vec![0.0; cfg.rank * in_f],
-            b: vec![0.0; out_f * cfg.rank],
+            a: ParamBuf::zeros(cfg.rank * in_f),
+            b: ParamBuf::zeros(out_f * cfg.rank),
             seed,
         };
         lora.init(seed);
@@ -309,11 +309,11 @@ impl Adapter for Lora {
         lora_pair_params("lora_A", "lora_B", self.cfg.rank, self.in_f, self.out_f)
     }
 
-    fn param(&self, i: usize) -> Option<&[f32]> {
+    fn param_buf(&self, i: usize) -> Option<&ParamBuf> {
         nth_param([&self.a, &self.b], i)
     }
 
-    fn param_mut(&mut self, i: usize) -> Option<&mut [f32]> {
+    fn param_buf_mut(&mut self, i: usize) -> Option<&mut ParamBuf> {
         nth_param_mut([&mut self.a, &mut self.b], i)
     }
 

@@ -36,9 +36,11 @@ pub mod lora;
 pub mod mtlora;
 mod mtlora_config;
 pub mod olora_pissa;
+pub mod param_buf;
 pub mod reslora;
 
 pub use lora::{LayerRange, Lora, LoraConfig, Target};
+pub use param_buf::ParamBuf;
 
 use std::borrow::Cow;
 
@@ -147,10 +149,30 @@ pub trait Adapter: std::any::Any + Send + Sync {
 
     /// The trainable tensors, in the order of `grads` and [`Adapter::param`].
     fn params(&self) -> Vec<ParamInfo>;
-    /// Tensor `i` of [`Adapter::params`] (`None` out of range).
-    fn param(&self, i: usize) -> Option<&[f32]>;
+    /// Tensor `i` of [`Adapter::params`] as held (in RAM or paged, [`ParamBuf`]); `None` out
+    /// of range.
+    fn param_buf(&self, i: usize) -> Option<&ParamBuf>;
+    /// [`Adapter::param_buf`], writable (to page it, or to update it in place).
+    fn param_buf_mut(&mut self, i: usize) -> Option<&mut ParamBuf>;
+    /// Tensor `i`'s values (`None` out of range).
+    fn param(&self, i: usize) -> Option<&[f32]> {
+        self.param_buf(i).map(|b| &b[..])
+    }
     /// Tensor `i`, writable (the optimizer updates it in place).
-    fn param_mut(&mut self, i: usize) -> Option<&mut [f32]>;
+    fn param_mut(&mut self, i: usize) -> Option<&mut [f32]> {
+        self.param_buf_mut(i).map(|b| &mut b[..])
+    }
+    /// Done with the parameters for now: paged ones are written back and dropped from memory
+    /// ([`ParamBuf::release`]); in RAM nothing happens. Allocates nothing (the training step
+    /// calls it per layer).
+    fn release_params(&self) -> Result<()> {
+        let mut i = 0;
+        while let Some(b) = self.param_buf(i) {
+            b.release()?;
+            i += 1;
+        }
+        Ok(())
+    }
     /// Σ numel over [`Adapter::params`]: the length of `grads`.
     fn n_params(&self) -> usize {
         self.params().iter().map(ParamInfo::numel).sum()

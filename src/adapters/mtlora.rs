@@ -27,7 +27,7 @@ use rand::{SeedableRng, rngs::StdRng};
 
 use super::base::{Dropout, dims, kaiming_uniform, take};
 use super::mtlora_config::{TASK_A, TASK_B};
-use super::{Adapter, Export, Group, ParamInfo, Pass, Workspace};
+use super::{Adapter, Export, Group, ParamBuf, ParamInfo, Pass, Workspace};
 use crate::backend::check_len;
 use crate::backend::cpu::gemm::gemm;
 use crate::{Error, Result};
@@ -41,7 +41,7 @@ pub struct MtLora {
     in_f: usize,
     out_f: usize,
     /// `[A_sh, B_sh, A_0, B_0, A_1, B_1, …]` (the order of [`Adapter::params`]).
-    tensors: Vec<Vec<f32>>,
+    tensors: Vec<ParamBuf>,
     drop: Dropout,
     /// Task of each row of the next micro-batch (empty: all task 0) and the row length.
     row_tasks: Vec<u32>,
@@ -58,10 +58,10 @@ impl MtLora {
             )));
         }
         let (rs, rt) = (cfg.shared.rank, cfg.task_rank);
-        let mut tensors = vec![vec![0.0; rs * in_f], vec![0.0; out_f * rs]];
+        let mut tensors = vec![ParamBuf::zeros(rs * in_f), ParamBuf::zeros(out_f * rs)];
         for _ in &cfg.tasks {
-            tensors.push(vec![0.0; rt * in_f]);
-            tensors.push(vec![0.0; out_f * rt]);
+            tensors.push(ParamBuf::zeros(rt * in_f));
+            tensors.push(ParamBuf::zeros(out_f * rt));
         }
         let mut m = MtLora {
             cfg: cfg.clone(),
@@ -136,7 +136,7 @@ impl MtLora {
         }
         let (rs, rt, outf) = (self.cfg.shared.rank, self.cfg.task_rank, self.out_f);
         let rank = rs + rt;
-        let mut a = self.tensors[0].clone();
+        let mut a = self.tensors[0].to_vec();
         a.extend_from_slice(&self.tensors[2 + 2 * t]);
         let (ss, st) = (self.cfg.shared.scale(), self.cfg.task_scale());
         let mut b = vec![0.0f32; outf * rank];
@@ -277,15 +277,15 @@ impl Adapter for MtLora {
     /// Σ of the tensors' sizes, without building [`Adapter::params`] (the backward checks it
     /// every pass, which must not allocate).
     fn n_params(&self) -> usize {
-        self.tensors.iter().map(Vec::len).sum()
+        self.tensors.iter().map(|t| t.len()).sum()
     }
 
-    fn param(&self, i: usize) -> Option<&[f32]> {
-        self.tensors.get(i).map(Vec::as_slice)
+    fn param_buf(&self, i: usize) -> Option<&ParamBuf> {
+        self.tensors.get(i)
     }
 
-    fn param_mut(&mut self, i: usize) -> Option<&mut [f32]> {
-        self.tensors.get_mut(i).map(Vec::as_mut_slice)
+    fn param_buf_mut(&mut self, i: usize) -> Option<&mut ParamBuf> {
+        self.tensors.get_mut(i)
     }
 
     /// kaiming(√5) `A`s, zero `B`s (docs/METHODS.md#mt-lora).

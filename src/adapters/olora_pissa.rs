@@ -27,7 +27,7 @@
 use super::base::{dims as d, take};
 use super::linalg::{qr_thin, svd_top};
 use super::lora::{self, BranchDims};
-use super::{Adapter, Export, Lora, LoraConfig, ParamInfo, Pass, Workspace};
+use super::{Adapter, Export, Lora, LoraConfig, ParamBuf, ParamInfo, Pass, Workspace};
 use crate::backend::check_len;
 use crate::backend::cpu::Real;
 use crate::backend::cpu::gemm::{gemm, gemm_ref};
@@ -193,11 +193,11 @@ impl Adapter for ResidualLora {
     fn params(&self) -> Vec<ParamInfo> {
         self.lora.params()
     }
-    fn param(&self, i: usize) -> Option<&[f32]> {
-        self.lora.param(i)
+    fn param_buf(&self, i: usize) -> Option<&ParamBuf> {
+        self.lora.param_buf(i)
     }
-    fn param_mut(&mut self, i: usize) -> Option<&mut [f32]> {
-        self.lora.param_mut(i)
+    fn param_buf_mut(&mut self, i: usize) -> Option<&mut ParamBuf> {
+        self.lora.param_buf_mut(i)
     }
 
     /// Back to the decomposition (`A = A0`, `B = B0`); `seed` re-seeds the dropout stream.

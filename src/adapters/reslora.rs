@@ -28,7 +28,7 @@ use rand::{SeedableRng, rngs::StdRng};
 use super::base::{Dropout, dims, kaiming_uniform, take};
 use super::base::{lora_pair_params, nth_param, nth_param_mut};
 use super::lora::BranchDims;
-use super::{Adapter, Export, LoraConfig, ParamInfo, Pass, Workspace};
+use super::{Adapter, Export, LoraConfig, ParamBuf, ParamInfo, Pass, Workspace};
 use crate::backend::check_len;
 use crate::backend::cpu::Real;
 use crate::backend::cpu::gemm::gemm;
@@ -80,9 +80,9 @@ pub struct ResLora {
     in_f: usize,
     out_f: usize,
     /// `[r, in]`.
-    a: Vec<f32>,
+    a: ParamBuf,
     /// `[out, r]`.
-    b: Vec<f32>,
+    b: ParamBuf,
     drop: Dropout,
     /// Interior mutability: the forward (`&self`) records the norms.
     window: Mutex<NormWindow>,
@@ -121,8 +121,8 @@ impl ResLora {
             cfg: cfg.clone(),
             in_f,
             out_f,
-            a: vec![0.0; cfg.rank * in_f],
-            b: vec![0.0; out_f * cfg.rank],
+            a: ParamBuf::zeros(cfg.rank * in_f),
+            b: ParamBuf::zeros(out_f * cfg.rank),
             drop: Dropout::new(cfg.dropout, seed)?,
             window: Mutex::new(NormWindow {
                 len: window,
@@ -302,11 +302,11 @@ impl Adapter for ResLora {
         lora_pair_params("lora_A", "lora_B", self.cfg.rank, self.in_f, self.out_f)
     }
 
-    fn param(&self, i: usize) -> Option<&[f32]> {
+    fn param_buf(&self, i: usize) -> Option<&ParamBuf> {
         nth_param([&self.a, &self.b], i)
     }
 
-    fn param_mut(&mut self, i: usize) -> Option<&mut [f32]> {
+    fn param_buf_mut(&mut self, i: usize) -> Option<&mut ParamBuf> {
         nth_param_mut([&mut self.a, &mut self.b], i)
     }
 

@@ -14,9 +14,10 @@
 //! Each file is written atomically (temporary file, fsync, rename), tensors first. Save then
 //! load is bit-exact: the f32 values are stored as they are.
 
+use std::borrow::Cow;
 use std::path::Path;
 
-use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use safetensors::tensor::{Dtype, SafeTensors, TensorView, View};
 use serde_json::{Map, Value as Json};
 
 use super::atomic;
@@ -45,6 +46,38 @@ const RESERVED: [&str; 6] = [
     "n_layer",
     "rank_pattern",
 ];
+
+/// One tensor handed to safetensors. With `owner` (a paged adapter), its bytes are copied out
+/// and the adapter released right away: safetensors asks each tensor for its data once, as it
+/// writes it, so the save brings in one adapter's pages at a time.
+struct TensorOut<'a> {
+    view: TensorView<'a>,
+    owner: Option<&'a dyn crate::adapters::Adapter>,
+}
+
+impl View for TensorOut<'_> {
+    fn dtype(&self) -> Dtype {
+        self.view.dtype()
+    }
+    fn shape(&self) -> &[usize] {
+        self.view.shape()
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        let Some(a) = self.owner else {
+            return Cow::Borrowed(self.view.data());
+        };
+        let bytes = self.view.data().to_vec();
+        if let Err(e) = a.release_params() {
+            // The values are written; the pages only stay resident (and the caller's
+            // `release_all` after the save reports a lasting failure).
+            log::warn!("adapter save: releasing paged weights: {e}");
+        }
+        Cow::Owned(bytes)
+    }
+    fn data_len(&self) -> usize {
+        self.view.data_len()
+    }
+}
 
 /// Writes `set` into `dir` (created if needed): `adapter.safetensors`, then `adapter.json` with
 /// the keys of `extra_meta` (an object, or null) added.
@@ -89,11 +122,18 @@ pub fn save_adapter(set: &AdapterSet, dir: &Path, extra_meta: &Json) -> Result<(
             b,
         ));
     }
+    // Paged adapter weights (`--adapter-weights disk`): each adapter is released as soon as its
+    // tensors are written, so a save holds one adapter's pages, not all of them.
+    let paged = set.params_paged();
     let views = tensors
         .iter()
-        .map(|(name, shape, v)| {
+        .zip(modules.iter().flat_map(|m| [m, m]))
+        .map(|((name, shape, v), m)| {
             TensorView::new(Dtype::F32, shape.clone(), bytemuck::cast_slice(v))
-                .map(|view| (name.as_str(), view))
+                .map(|view| {
+                    let owner = set.get(m.layer, m.target).filter(|_| paged);
+                    (name.as_str(), TensorOut { view, owner })
+                })
                 .map_err(|e| {
                     Error::Invalid(format!(
                         "tensor {name}: {}",

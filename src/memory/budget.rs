@@ -36,6 +36,7 @@ use super::budget_stream::{is_layer_matrix, streamed_layers};
 use super::plan::{Plan, TrainShape, llama_training_plan};
 use super::plan_llama::AdapterShape;
 use crate::adapters::Target;
+use crate::adapters::param_buf::paged_bytes;
 use crate::gguf::{GgufFile, Metadata, TensorInfo};
 use crate::model::LlamaConfig;
 use crate::optim::paged::page_round;
@@ -185,8 +186,13 @@ pub struct AdapterBreakdown {
     /// Adapted linears (layers × targets).
     pub adapted: usize,
     pub n_params: u64,
-    /// f32 master weights (gradients are in the arena).
+    /// f32 master weights resident (gradients are in the arena): all of them in RAM; paged
+    /// from a file (`--adapter-weights disk`), the largest layer's.
     pub master_bytes: u64,
+    /// `ram` or `disk`.
+    pub place: String,
+    /// Size of the paged weights' file (0 in RAM).
+    pub disk_bytes: u64,
     /// What the method's adapters hold besides their weights (base copies, frozen factors,
     /// importance buffers, fixed transients) plus its model-wide buffers; 0 for LoRA.
     pub extra_bytes: u64,
@@ -490,7 +496,10 @@ fn adapter_breakdown(model: &ModelWeights, cfg: &TrainConfig) -> (AdapterBreakdo
     let mc = &model.config;
     let mut numels = Vec::new();
     let (mut adapted, mut extra) = (0usize, 0u64);
+    // Paged weights: each tensor's page-rounded range of the file, summed per layer.
+    let (mut paged_file, mut paged_layer_max) = (0u64, 0u64);
     for layer in (0..mc.n_layer).filter(|&l| cfg.lora.adapts(l)) {
+        let first = numels.len();
         for &t in Target::ALL.iter().filter(|t| cfg.lora.targets.contains(t)) {
             let (fan_in, fan_out) = target_shape(mc, t);
             let name = format!("blk.{layer}.{}.weight", t.gguf_stem());
@@ -511,6 +520,12 @@ fn adapter_breakdown(model: &ModelWeights, cfg: &TrainConfig) -> (AdapterBreakdo
             extra += cost.extra_bytes;
             adapted += 1;
         }
+        let layer_paged: u64 = numels[first..]
+            .iter()
+            .map(|&n| paged_bytes(n as usize))
+            .sum();
+        paged_file += layer_paged;
+        paged_layer_max = paged_layer_max.max(layer_paged);
     }
     extra += method_wide_bytes(cfg.method, &cfg.lora, &cfg.method_opts, mc.n_layer, adapted);
     if cfg.method == Method::Reslora {
@@ -523,10 +538,17 @@ fn adapter_breakdown(model: &ModelWeights, cfg: &TrainConfig) -> (AdapterBreakdo
         extra += reslora_store_bytes(&fan_ins, mc.n_layer, tokens);
     }
     let n_params: u64 = numels.iter().sum();
+    let on_disk = cfg.adapter_weights == StatePlace::Disk;
     let adapters = AdapterBreakdown {
         adapted,
         n_params,
-        master_bytes: 4 * n_params,
+        master_bytes: if on_disk {
+            paged_layer_max
+        } else {
+            4 * n_params
+        },
+        place: if on_disk { "disk" } else { "ram" }.into(),
+        disk_bytes: if on_disk { paged_file } else { 0 },
         extra_bytes: extra,
     };
     (adapters, numels)

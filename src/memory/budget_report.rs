@@ -149,15 +149,20 @@ pub fn report(b: &Breakdown) -> String {
 
     let ad = &b.adapters;
     let _ = writeln!(s, "adapters");
-    line(
-        &mut s,
-        "f32 master weights",
-        ad.master_bytes,
-        &format!(
+    let note = if ad.disk_bytes > 0 {
+        format!(
+            "{} linears, {} parameters; one layer's resident, {} MiB on disk",
+            ad.adapted,
+            ad.n_params,
+            mib(ad.disk_bytes)
+        )
+    } else {
+        format!(
             "{} linears, {} parameters (gradients are in the arena)",
             ad.adapted, ad.n_params
-        ),
-    );
+        )
+    };
+    line(&mut s, "f32 master weights", ad.master_bytes, &note);
     if ad.extra_bytes > 0 {
         line(
             &mut s,
@@ -169,7 +174,15 @@ pub fn report(b: &Breakdown) -> String {
 
     let o = &b.optimizer;
     let what = if o.kind == "adamw" {
-        format!("AdamW, {}-bit state in {}", o.state_bits, o.place)
+        format!(
+            "AdamW, {}-bit state {}",
+            o.state_bits,
+            if o.place == "disk" {
+                "on disk"
+            } else {
+                "in RAM"
+            }
+        )
     } else {
         "SGD".to_string()
     };

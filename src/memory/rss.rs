@@ -84,6 +84,27 @@ impl MemoryUsage {
     }
 }
 
+/// Resident bytes of the mapping that starts at `addr`, from `/proc/self/smaps`: `Ok(None)` where
+/// there is no `/proc` (not Linux) or no mapping starts there. For residency checks of paged
+/// state (optimizer state, adapter weights).
+pub fn mapping_resident_bytes(addr: usize) -> Result<Option<u64>> {
+    const SMAPS: &str = "/proc/self/smaps";
+    if !cfg!(target_os = "linux") {
+        return Ok(None);
+    }
+    let smaps = std::fs::read_to_string(SMAPS).map_err(|e| Error::io(SMAPS, e))?;
+    // Each mapping is a header line `start-end perms …` (hex, no 0x) and its fields; the first
+    // `Rss:` after the header is the mapping's own.
+    let header = format!("{addr:x}-");
+    let at = if smaps.starts_with(&header) {
+        Some(0)
+    } else {
+        smaps.find(&format!("\n{header}"))
+    };
+    at.map(|at| kib_field(&smaps[at..], "Rss", SMAPS))
+        .transpose()
+}
+
 /// The value of a `Key:   123 kB` line, in bytes. `origin` names the file in errors.
 pub(crate) fn kib_field(text: &str, key: &str, origin: &str) -> Result<u64> {
     let bad = |what: String| Error::Invalid(format!("{origin}: field `{key}`: {what}"));

@@ -2,7 +2,7 @@
 //!
 //! The levers, gentlest first (what they cost the run): gradient checkpointing on (exact, more
 //! compute), optimizer state on disk (exact, more I/O), layer checkpoints on disk (exact, more
-//! I/O), the output head streamed with streamed layers (the loss's last bits differ, the head
+//! I/O), adapter weights paged from disk (exact, more I/O), the output head streamed with streamed layers (the loss's last bits differ, the head
 //! is read twice a micro-batch), 8-bit optimizer state (approximate
 //! moments), bf16 layer checkpoints (the residual stream rounded to bf16 where each layer
 //! begins), micro-batch 1 with the accumulation multiplied so the effective batch stays (same
@@ -51,6 +51,8 @@ pub enum Change {
     StateOnDisk,
     /// Layer checkpoints in a file (`--checkpoints-on disk`).
     CheckpointsOnDisk,
+    /// Adapter weights paged from a file (`--adapter-weights disk`).
+    AdapterWeightsOnDisk,
     /// The output head streamed in chunks (`--stream-head on`, with streamed layers).
     StreamHead,
     /// 8-bit blockwise AdamW state.
@@ -81,6 +83,7 @@ impl Change {
             Change::Checkpointing => cfg.checkpointing = true,
             Change::StateOnDisk => cfg.optimizer_state = StatePlace::Disk,
             Change::CheckpointsOnDisk => cfg.checkpoints_on = StatePlace::Disk,
+            Change::AdapterWeightsOnDisk => cfg.adapter_weights = StatePlace::Disk,
             Change::StreamHead => cfg.stream_head = crate::train::StreamHead::On,
             Change::State8Bit => cfg.optimizer_state_bits = 8,
             Change::CheckpointBf16 => cfg.checkpoint_dtype = CheckpointDtype::Bf16,
@@ -99,6 +102,7 @@ impl fmt::Display for Change {
             Change::Checkpointing => f.write_str("drop --no-checkpointing"),
             Change::StateOnDisk => f.write_str("--optimizer-state disk"),
             Change::CheckpointsOnDisk => f.write_str("--checkpoints-on disk"),
+            Change::AdapterWeightsOnDisk => f.write_str("--adapter-weights disk"),
             Change::StreamHead => f.write_str("--stream-head on"),
             Change::State8Bit => f.write_str("--optimizer-state-bits 8"),
             Change::CheckpointBf16 => f.write_str("--checkpoint-dtype bf16"),
@@ -179,6 +183,9 @@ pub fn config_flags(cfg: &TrainConfig) -> String {
     if cfg.checkpoints_on == StatePlace::Disk {
         s += " --checkpoints-on disk";
     }
+    if cfg.adapter_weights == StatePlace::Disk {
+        s += " --adapter-weights disk";
+    }
     match cfg.optimizer {
         OptimizerKind::Sgd => s += " --optimizer sgd",
         OptimizerKind::AdamW => {
@@ -225,6 +232,9 @@ fn levers(model: &LlamaConfig, cfg: &TrainConfig) -> Vec<Vec<Change>> {
     // Only where checkpointing is on already (without it there are no checkpoints to move).
     if cfg.checkpointing && cfg.checkpoints_on == StatePlace::Ram {
         out.push(vec![Change::CheckpointsOnDisk]);
+    }
+    if cfg.adapter_weights == StatePlace::Ram {
+        out.push(vec![Change::AdapterWeightsOnDisk]);
     }
     if cfg.weights == crate::train::WeightsMode::Stream
         && cfg.stream_head != crate::train::StreamHead::On

@@ -244,15 +244,10 @@ mod residency_tests {
     use super::super::{ParamGroup, ParamSpec, StateBits};
     use super::StateStorage;
 
-    /// Resident bytes of the mapping that starts at `addr` (`/proc/self/smaps`).
     fn mapping_rss(addr: usize) -> u64 {
-        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
-        // Each mapping is a header line `start-end perms …` (hex, no 0x) and its fields; the
-        // first `Rss:` after the header is the mapping's own.
-        let at = smaps
-            .find(&format!("\n{addr:x}-"))
-            .unwrap_or_else(|| panic!("no mapping at {addr:#x} in /proc/self/smaps"));
-        crate::memory::rss::kib_field(&smaps[at..], "Rss", "/proc/self/smaps").unwrap()
+        crate::memory::rss::mapping_resident_bytes(addr)
+            .unwrap()
+            .unwrap_or_else(|| panic!("no mapping at {addr:#x} in /proc/self/smaps"))
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! name, `blk.{layer}.{gguf stem}.{param}` (e.g. `blk.3.attn_q.lora_A`), used by our checkpoint
 //! file and by the optimizer's parameter order (slot order, then [`Adapter::params`] order).
 
+use std::path::Path;
+
 use super::config::TrainConfig;
 use super::method::{BaseCopy, Method, MethodOptions};
 use crate::adapters::adalora::{AdaLora, AdaloraConfig};
@@ -15,6 +17,7 @@ use crate::adapters::hira::Hira;
 use crate::adapters::iec::Iec;
 use crate::adapters::mtlora::{MtLora, MtLoraConfig};
 use crate::adapters::olora_pissa::{ResidualInit, ResidualLora};
+use crate::adapters::param_buf::{ParamPager, paged_bytes};
 use crate::adapters::reslora::{DEFAULT_WINDOW as RESLORA_NORM_WINDOW, ResLora};
 use crate::adapters::{Adapter, Lora, LoraConfig, ParamInfo, Target};
 use crate::model::{LayerWeights, LlamaConfig, LlamaWeights};
@@ -43,6 +46,8 @@ pub struct AdapterSet {
     n_layer: usize,
     /// `n_layer × 7`, `None` where the linear is not adapted.
     slots: Vec<Option<Box<dyn Adapter>>>,
+    /// The trainable tensors live in a file ([`AdapterSet::page_params`]).
+    paged: bool,
 }
 
 impl std::fmt::Debug for AdapterSet {
@@ -172,6 +177,7 @@ impl AdapterSet {
             lora,
             n_layer,
             slots: (0..n_layer * Target::ALL.len()).map(|_| None).collect(),
+            paged: false,
         }
     }
 
@@ -267,6 +273,59 @@ impl AdapterSet {
             }
         }
         out
+    }
+
+    /// Moves every trainable tensor into one file created in `dir` (`train --adapter-weights
+    /// disk`, adapters/param_buf.rs): from here on a tensor is resident only between its first
+    /// touch and the next [`AdapterSet::release_layer`] / [`AdapterSet::release_all`]. Returns
+    /// the file's size in bytes (unlinked on Unix: it goes with the process).
+    pub fn page_params(&mut self, dir: &Path) -> Result<u64> {
+        let mut len = 0;
+        for (_, _, a) in self.iter() {
+            let mut i = 0;
+            while let Some(b) = a.param_buf(i) {
+                len += paged_bytes(b.len());
+                i += 1;
+            }
+        }
+        if len == 0 {
+            return Ok(0);
+        }
+        let mut pager = ParamPager::create(dir, len)?;
+        for (_, _, a) in self.iter_mut() {
+            let mut i = 0;
+            while let Some(b) = a.param_buf_mut(i) {
+                pager.page(b)?;
+                i += 1;
+            }
+        }
+        self.paged = true;
+        Ok(len)
+    }
+
+    /// Whether the trainable tensors live in a file ([`AdapterSet::page_params`]).
+    pub fn params_paged(&self) -> bool {
+        self.paged
+    }
+
+    /// Done with `layer`'s adapters for now: paged tensors are written back and dropped from
+    /// memory. Nothing happens in RAM; allocates nothing (called per layer in a step).
+    pub fn release_layer(&self, layer: usize) -> Result<()> {
+        if !self.paged {
+            return Ok(());
+        }
+        for target in Target::ALL {
+            if let Some(a) = self.get(layer, target) {
+                a.release_params()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// [`AdapterSet::release_layer`] for every layer (after a checkpoint save or an
+    /// evaluation, which read them all).
+    pub fn release_all(&self) -> Result<()> {
+        (0..self.n_layer).try_for_each(|l| self.release_layer(l))
     }
 
     /// Checks that every adapter fits the linear it sits on in `model` (layer count, in and out

@@ -275,6 +275,8 @@ pub fn config_differences(saved: &TrainConfig, now: &TrainConfig) -> Vec<String>
         c.fused_update = super::config::FusedUpdate::Auto;
         // And layer inputs in memory or on disk (the same values either way).
         c.checkpoints_on = super::config::StatePlace::Ram;
+        // And adapter weights in RAM or paged from a file.
+        c.adapter_weights = super::config::StatePlace::Ram;
         // How the run is watched may change on a resume; what it trains on may not.
         c.eval_every = 0;
         c.heldout = None;

@@ -118,6 +118,9 @@ pub struct TrainConfig {
     /// Where the layer inputs kept for the backward live: the arena, or a file in `out`
     /// written after each layer's forward and read at its recompute (needs checkpointing).
     pub checkpoints_on: StatePlace,
+    /// Where the adapters' f32 weights live: in RAM, or paged from a file in `out` and resident
+    /// only while their layer runs (adapters/param_buf.rs; bit-identical either way).
+    pub adapter_weights: StatePlace,
     /// Sequential read speed of the model's storage in bytes/s, for the plan's estimate of a
     /// streamed step's I/O time (from `--board`; `None`: not estimated).
     pub storage_read_bytes_per_s: Option<f64>,
@@ -198,6 +201,7 @@ impl Default for TrainConfig {
             head_chunk_rows: None,
             checkpoint_dtype: CheckpointDtype::F32,
             checkpoints_on: StatePlace::Ram,
+            adapter_weights: StatePlace::Ram,
             storage_read_bytes_per_s: None,
             threads: None,
             replay: None,

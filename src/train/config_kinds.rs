@@ -24,8 +24,9 @@ pub enum Decay {
     Cosine,
 }
 
-/// Where a part of the training state lives: AdamW's moments (`--optimizer-state ram|disk`)
-/// or the layer inputs kept for the backward (`--checkpoints-on ram|disk`).
+/// Where a part of the training state lives: AdamW's moments (`--optimizer-state ram|disk`),
+/// the layer inputs kept for the backward (`--checkpoints-on ram|disk`) or the adapters' f32
+/// weights (`--adapter-weights ram|disk`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum StatePlace {

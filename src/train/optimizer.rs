@@ -273,6 +273,9 @@ impl Optimizer {
             p += 1;
             id += 1;
         }
+        // Paged adapter weights (`--adapter-weights disk`) are written back and dropped here:
+        // the update is the last touch of this adapter in the step.
+        a.release_params()?;
         Ok(id)
     }
 

@@ -57,6 +57,7 @@ fn run_in_pool(
             && e.due(p.step, p.total_steps)
         {
             p.eval = Some(e.measure_adapter(&file, trainer.adapters(), p.step)?);
+            trainer.adapters().release_all()?;
         }
         metrics.append(&p, trainer.task_metrics())?;
         let go_on = progress(&p);

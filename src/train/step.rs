@@ -361,6 +361,7 @@ impl TrainStep {
         let (pass, loss, lowest) = self.forward_and_loss(w, set, batch, loss_scale, seed)?;
         for l in (lowest..self.cfg.n_layer).rev() {
             self.backward_layer(w, l, lowest, set, pass, first)?;
+            set.release_layer(l)?;
         }
         Ok(loss)
     }
@@ -395,6 +396,7 @@ impl TrainStep {
             for l in (lowest..step.cfg.n_layer).rev() {
                 step.backward_layer(w, l, lowest, set, pass, true)?;
                 update(l, step, set)?;
+                set.release_layer(l)?;
             }
             Ok(loss)
         })
@@ -587,6 +589,9 @@ impl TrainStep {
             w.layer(l, forward_next(l, n, then), &mut |lw| {
                 self.layer_forward(m, lw, Phase::Forward, l, set, pass)
             })?;
+            // Paged adapter weights (`--adapter-weights disk`): this layer's are not read again
+            // before its backward.
+            set.release_layer(l)?;
         }
         Ok(())
     }

@@ -358,6 +358,13 @@ impl<'f> Trainer<'f> {
             (tokens, elapsed_s, resumed_from) = (state.tokens, state.elapsed_s, Some(state.step));
             log::info!("resuming from {} (step {})", dir.display(), state.step);
         }
+        if cfg.adapter_weights == super::config::StatePlace::Disk {
+            let bytes = set.page_params(&cfg.out)?;
+            log::info!(
+                "adapter weights paged from a {bytes}-byte file in {}",
+                cfg.out.display()
+            );
+        }
         log_memory("step planned and allocated");
         let batches = (0..cfg.accum)
             .map(|_| Batch::new(cfg.batch, cfg.seq_len))
@@ -557,6 +564,8 @@ impl<'f> Trainer<'f> {
         };
         self.hooks
             .after_update(step_no - 1, &mut self.step, &mut self.set)?;
+        // Paged adapter weights: whatever the method's hooks touched goes too.
+        self.set.release_all()?;
         let secs = t0.elapsed().as_secs_f64();
         let tokens = (n * self.cfg.batch * self.cfg.seq_len) as u64;
         self.tokens += tokens;
@@ -743,13 +752,16 @@ impl<'f> Trainer<'f> {
                 &self.cfg,
             )
         };
-        checkpoint::save_with(
+        let dir = checkpoint::save_with(
             &self.cfg.out,
             &self.set,
             &self.opt,
             &state,
             Some(&self.hooks),
-        )
+        )?;
+        // The save read every adapter: paged weights go back to the file.
+        self.set.release_all()?;
+        Ok(dir)
     }
 }
 

@@ -67,6 +67,10 @@ pub struct ShapeArgs {
     /// the run directory, written after each layer's forward and read at its recompute).
     #[arg(long, value_enum, default_value_t = StatePlaceArg::Ram)]
     pub checkpoints_on: StatePlaceArg,
+    /// Where the adapters' f32 weights live: ram, or disk (a file in the run directory, each
+    /// layer's paged in while it runs and written back after; bit-identical).
+    #[arg(long, value_enum, default_value_t = StatePlaceArg::Ram)]
+    pub adapter_weights: StatePlaceArg,
     /// The optimizer.
     #[arg(long, value_enum, default_value_t = OptimizerArg::Adamw)]
     pub optimizer: OptimizerArg,
@@ -106,6 +110,10 @@ impl ShapeArgs {
         cfg.optimizer = match self.optimizer {
             OptimizerArg::Adamw => OptimizerKind::AdamW,
             OptimizerArg::Sgd => OptimizerKind::Sgd,
+        };
+        cfg.adapter_weights = match self.adapter_weights {
+            StatePlaceArg::Ram => StatePlace::Ram,
+            StatePlaceArg::Disk => StatePlace::Disk,
         };
         cfg.optimizer_state = match self.optimizer_state {
             StatePlaceArg::Ram => StatePlace::Ram,
@@ -251,6 +259,8 @@ mod tests {
             "disk",
             "--optimizer-state-bits",
             "8",
+            "--adapter-weights",
+            "disk",
             "--board",
             "orin-nano-8gb",
         ])
@@ -264,6 +274,7 @@ mod tests {
         assert!(!cfg.checkpointing);
         assert_eq!(cfg.optimizer_state, StatePlace::Disk);
         assert_eq!(cfg.optimizer_state_bits, 8);
+        assert_eq!(cfg.adapter_weights, StatePlace::Disk);
         assert_eq!(cfg.budget_bytes, Some(6 << 30));
         assert_eq!(cfg.threads, Some(board.cpu_cores));
 
