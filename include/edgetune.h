@@ -254,10 +254,11 @@ EtStatus et_generate(const EtModel *model, const char *prompt, const EtGenerateO
 // (`auto|map|stream`), `fused_update` (`auto|on|off`), `stream_head` (`auto|on|off`), ...;
 // missing fields take the CLI's defaults, unknown fields are an error); NULL means all
 // defaults. `model_path` NULL means the configuration's `model`. The report holds
-// `weight_bytes` (the file's tensors) and `weight_resident_bytes`, `adapter_bytes`,
+// `weight_bytes` (the file's tensors) and `weight_resident_bytes`, `adapter_bytes` (all f32
+// weights; `adapter_ram_bytes` what is resident: one layer's with `adapter_weights` `disk`),
 // `adapter_extra_bytes` (the method's), `optimizer_state_bytes`, `arena_bytes` (and the
-// arena's categories), `overhead_bytes`, `total_bytes` (resident weights + arena + adapters +
-// extra + optimizer state in RAM + overheads: what `edgetune plan` compares to the budget),
+// arena's categories), `overhead_bytes`, `total_bytes` (resident weights + arena + adapters in
+// RAM + extra + optimizer state in RAM + overheads: what `edgetune plan` compares to the budget),
 // the whole `breakdown`, and when `budget_bytes` is set, `fits` and `headroom_bytes`.
 // `out_len` / buffer rules as for `et_generate`.
 //

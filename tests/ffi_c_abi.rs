@@ -467,6 +467,18 @@ fn plan_json_matches_the_planner_and_hand_counts() {
     let params = 4 * 4096 * 2;
     assert_eq!(r["adapter_params"], params);
     assert_eq!(r["adapter_bytes"], 4 * params);
+    assert_eq!(r["adapter_ram_bytes"], 4 * params);
+    assert_eq!(r["adapter_weights_place"], "ram");
+    // Paged adapter weights: all of them still counted, one layer's (of two) resident.
+    let paged_cfg = cfg.replacen('{', r#"{"adapter_weights": "disk", "#, 1);
+    let paged = plan(Some(&path), Some(&paged_cfg)).unwrap();
+    assert_eq!(paged["adapter_weights_place"], "disk");
+    assert_eq!(paged["adapter_bytes"], 4 * params);
+    let one_layer = paged["adapter_ram_bytes"].as_u64().unwrap();
+    assert!(
+        one_layer >= 4 * params / 2 && one_layer < 4 * params,
+        "{one_layer}"
+    );
     assert_eq!(
         r["optimizer_state_bytes"],
         8 * params,

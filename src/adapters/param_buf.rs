@@ -191,18 +191,19 @@ impl std::fmt::Debug for ParamBuf {
 /// Distinguishes the files of several pagers in one process.
 static FILE_COUNTER: AtomicU64 = AtomicU64::new(0);
 
-/// Moves tensors into one file, each into its own page-aligned range
-/// ([`paged_bytes`] each; the file's length is fixed when it is created).
+/// Moves tensors into one file, each into its own page-aligned range ([`paged_bytes`] each);
+/// the file grows as tensors are added, so adapters can be paged one by one as they are built
+/// and all of them never need to be in RAM at once.
 pub struct ParamPager {
     file: File,
     guard: Arc<PagedFile>,
-    len: u64,
+    /// Bytes of the file in use (where the next tensor goes).
     next: u64,
 }
 
 impl ParamPager {
-    /// A new file of `len` bytes in `dir` (sparse: nothing is written until a tensor is paged).
-    pub fn create(dir: &Path, len: u64) -> Result<ParamPager> {
+    /// A new, empty file in `dir`.
+    pub fn create(dir: &Path) -> Result<ParamPager> {
         let name = format!(
             "edgetune-adapter-{}-{}.weights",
             std::process::id(),
@@ -215,7 +216,6 @@ impl ParamPager {
             .create_new(true)
             .open(&path)
             .map_err(|e| Error::io(&path, e))?;
-        file.set_len(len).map_err(|e| Error::io(&path, e))?;
         #[cfg(unix)]
         if let Err(e) = std::fs::remove_file(&path) {
             log::warn!(
@@ -226,9 +226,18 @@ impl ParamPager {
         Ok(ParamPager {
             file,
             guard: Arc::new(PagedFile { path }),
-            len,
             next: 0,
         })
+    }
+
+    /// Bytes of the file so far.
+    pub fn len(&self) -> u64 {
+        self.next
+    }
+
+    /// Whether nothing was paged yet.
+    pub fn is_empty(&self) -> bool {
+        self.next == 0
     }
 
     /// Moves `buf`'s values into the file's next range and makes `buf` a view of it (released:
@@ -241,17 +250,19 @@ impl ParamPager {
             return Ok(());
         }
         let path = &self.guard.path;
-        let need = paged_bytes(values.len());
-        if self.next + need > self.len {
-            return Err(Error::Invalid(format!(
-                "{}: adapter weights file holds {} bytes; a tensor of {} values needs {need} \
-                 from offset {}",
-                path.display(),
-                self.len,
-                values.len(),
-                self.next
-            )));
-        }
+        let end = self
+            .next
+            .checked_add(paged_bytes(values.len()))
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "{}: a tensor of {} values past offset {} overflows the file size",
+                    path.display(),
+                    values.len(),
+                    self.next
+                ))
+            })?;
+        // Sparse growth: the maps of the earlier ranges stay valid.
+        self.file.set_len(end).map_err(|e| Error::io(path, e))?;
         let bytes = 4 * values.len();
         // SAFETY: the file was created by this pager (create_new) and is only reached through
         // these maps, each over its own range; nothing truncates it while they live.
@@ -269,7 +280,7 @@ impl ParamPager {
             dirty: AtomicBool::new(true),
             file: Arc::clone(&self.guard),
         };
-        self.next += need;
+        self.next = end;
         *buf = ParamBuf(Repr::Paged(tensor));
         buf.release()
     }
@@ -292,9 +303,11 @@ mod tests {
         let values: Vec<f32> = (0..5000).map(|i| i as f32 * 0.25 - 7.0).collect();
         let mut a = ParamBuf::from(values.clone());
         let mut b = ParamBuf::from(vec![1.5; 3]);
-        let mut pager = ParamPager::create(dir.path(), paged_bytes(5000) + paged_bytes(3)).unwrap();
+        let mut pager = ParamPager::create(dir.path()).unwrap();
         pager.page(&mut a).unwrap();
         pager.page(&mut b).unwrap();
+        assert_eq!(pager.len(), paged_bytes(5000) + paged_bytes(3));
+        assert_eq!((paged_bytes(5000), paged_bytes(3)), (20480, 4096));
         assert!(a.is_paged() && b.is_paged());
         assert_eq!(&a[..], &values[..]);
         assert_eq!(&b[..], &[1.5; 3]);
@@ -321,7 +334,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let n = 1 << 20; // 4 MiB
         let mut a = ParamBuf::zeros(n);
-        let mut pager = ParamPager::create(dir.path(), paged_bytes(n)).unwrap();
+        let mut pager = ParamPager::create(dir.path()).unwrap();
         pager.page(&mut a).unwrap();
         let range = a.paged_range().unwrap();
         assert_eq!(range.1, 4 * n);
@@ -334,15 +347,10 @@ mod tests {
     }
 
     #[test]
-    fn a_full_file_is_an_error_naming_the_sizes() {
+    fn a_pager_in_a_missing_directory_is_an_error_naming_it() {
         let dir = tempfile::tempdir().unwrap();
-        let mut pager = ParamPager::create(dir.path(), PARAM_PAGE_ALIGN).unwrap();
-        let mut a = ParamBuf::zeros(2000);
-        let e = pager.page(&mut a).unwrap_err().to_string();
-        assert!(
-            e.contains("holds 4096 bytes") && e.contains("2000 values"),
-            "{e}"
-        );
-        assert!(!a.is_paged());
+        let missing = dir.path().join("no-such-run");
+        let e = ParamPager::create(&missing).err().unwrap().to_string();
+        assert!(e.contains("no-such-run"), "{e}");
     }
 }

@@ -88,7 +88,9 @@ pub fn plan_report(model_path: Option<&Path>, cfg: &TrainConfig) -> Result<Value
         "weight_bytes": b.weights.file_bytes,
         "weight_resident_bytes": b.weights.resident_bytes,
         "adapter_params": b.adapters.n_params,
-        "adapter_bytes": b.adapters.master_bytes,
+        "adapter_bytes": 4 * b.adapters.n_params,
+        "adapter_ram_bytes": b.adapters.master_bytes,
+        "adapter_weights_place": cfg.adapter_weights,
         "adapter_extra_bytes": b.adapters.extra_bytes,
         "optimizer_state_bytes": optimizer_state_bytes,
         "optimizer_state_ram_bytes": b.optimizer.ram_bytes,
@@ -114,10 +116,11 @@ pub fn plan_report(model_path: Option<&Path>, cfg: &TrainConfig) -> Result<Value
 /// (`auto|map|stream`), `fused_update` (`auto|on|off`), `stream_head` (`auto|on|off`), ...;
 /// missing fields take the CLI's defaults, unknown fields are an error); NULL means all
 /// defaults. `model_path` NULL means the configuration's `model`. The report holds
-/// `weight_bytes` (the file's tensors) and `weight_resident_bytes`, `adapter_bytes`,
+/// `weight_bytes` (the file's tensors) and `weight_resident_bytes`, `adapter_bytes` (all f32
+/// weights; `adapter_ram_bytes` what is resident: one layer's with `adapter_weights` `disk`),
 /// `adapter_extra_bytes` (the method's), `optimizer_state_bytes`, `arena_bytes` (and the
-/// arena's categories), `overhead_bytes`, `total_bytes` (resident weights + arena + adapters +
-/// extra + optimizer state in RAM + overheads: what `edgetune plan` compares to the budget),
+/// arena's categories), `overhead_bytes`, `total_bytes` (resident weights + arena + adapters in
+/// RAM + extra + optimizer state in RAM + overheads: what `edgetune plan` compares to the budget),
 /// the whole `breakdown`, and when `budget_bytes` is set, `fits` and `headroom_bytes`.
 /// `out_len` / buffer rules as for `et_generate`.
 ///

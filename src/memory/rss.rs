@@ -84,6 +84,18 @@ impl MemoryUsage {
     }
 }
 
+/// Hands the heap's free pages back to the kernel (glibc's `malloc_trim`: the top of the heap
+/// and, since glibc 2.8, whole free pages inside it). After a large one-time structure is freed
+/// (a checkpoint's adapters loaded in RAM and then paged to a file), glibc would otherwise keep
+/// those pages resident for reuse. Elsewhere (musl, other systems) nothing happens.
+pub fn return_freed_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases memory malloc holds as free; no pointer is touched.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Resident bytes of the mapping that starts at `addr`, from `/proc/self/smaps`: `Ok(None)` where
 /// there is no `/proc` (not Linux) or no mapping starts there. For residency checks of paged
 /// state (optimizer state, adapter weights).

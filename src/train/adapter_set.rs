@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use super::config::TrainConfig;
+use super::config::{StatePlace, TrainConfig};
 use super::method::{BaseCopy, Method, MethodOptions};
 use crate::adapters::adalora::{AdaLora, AdaloraConfig};
 use crate::adapters::base::BaseWeight;
@@ -17,7 +17,7 @@ use crate::adapters::hira::Hira;
 use crate::adapters::iec::Iec;
 use crate::adapters::mtlora::{MtLora, MtLoraConfig};
 use crate::adapters::olora_pissa::{ResidualInit, ResidualLora};
-use crate::adapters::param_buf::{ParamPager, paged_bytes};
+use crate::adapters::param_buf::ParamPager;
 use crate::adapters::reslora::{DEFAULT_WINDOW as RESLORA_NORM_WINDOW, ResLora};
 use crate::adapters::{Adapter, Lora, LoraConfig, ParamInfo, Target};
 use crate::model::{LayerWeights, LlamaConfig, LlamaWeights};
@@ -46,8 +46,9 @@ pub struct AdapterSet {
     n_layer: usize,
     /// `n_layer × 7`, `None` where the linear is not adapted.
     slots: Vec<Option<Box<dyn Adapter>>>,
-    /// The trainable tensors live in a file ([`AdapterSet::page_params`]).
-    paged: bool,
+    /// Where the trainable tensors go when they live in a file ([`AdapterSet::page_params`]);
+    /// adapters inserted later are paged as they come.
+    pager: Option<ParamPager>,
 }
 
 impl std::fmt::Debug for AdapterSet {
@@ -126,6 +127,10 @@ impl AdapterSet {
         let dy = dylora_config(method, &lora, opts, seed);
         let mt = mtlora_config(&lora, opts);
         let mut set = AdapterSet::empty(model.n_layer, lora.clone());
+        if cfg.adapter_weights == StatePlace::Disk {
+            // Each adapter goes to the file as it is built.
+            set.page_params(&cfg.out)?;
+        }
         for layer in (0..model.n_layer).filter(|&l| lora.adapts(l)) {
             for &target in &lora.targets {
                 let (fan_in, fan_out) = target_shape(model, target);
@@ -177,7 +182,7 @@ impl AdapterSet {
             lora,
             n_layer,
             slots: (0..n_layer * Target::ALL.len()).map(|_| None).collect(),
-            paged: false,
+            pager: None,
         }
     }
 
@@ -193,6 +198,10 @@ impl AdapterSet {
                 "adapter for layer {layer}, the model has {} layers",
                 self.n_layer
             )));
+        }
+        let mut adapter = adapter;
+        if let Some(pager) = &mut self.pager {
+            page_adapter(pager, adapter.as_mut())?;
         }
         self.slots[layer * Target::ALL.len() + target_index(target)] = Some(adapter);
         Ok(())
@@ -276,42 +285,33 @@ impl AdapterSet {
     }
 
     /// Moves every trainable tensor into one file created in `dir` (`train --adapter-weights
-    /// disk`, adapters/param_buf.rs): from here on a tensor is resident only between its first
-    /// touch and the next [`AdapterSet::release_layer`] / [`AdapterSet::release_all`]. Returns
-    /// the file's size in bytes (unlinked on Unix: it goes with the process).
+    /// disk`, adapters/param_buf.rs), and every adapter inserted later too: from here on a
+    /// tensor is resident only between its first touch and the next
+    /// [`AdapterSet::release_layer`] / [`AdapterSet::release_all`]. Call it on an empty set to
+    /// page adapters as they are built (never all in RAM at once). Returns the file's size so
+    /// far in bytes (the file is unlinked on Unix: it goes with the process).
     pub fn page_params(&mut self, dir: &Path) -> Result<u64> {
-        let mut len = 0;
-        for (_, _, a) in self.iter() {
-            let mut i = 0;
-            while let Some(b) = a.param_buf(i) {
-                len += paged_bytes(b.len());
-                i += 1;
-            }
-        }
-        if len == 0 {
-            return Ok(0);
-        }
-        let mut pager = ParamPager::create(dir, len)?;
+        let mut pager = match self.pager.take() {
+            Some(p) => p,
+            None => ParamPager::create(dir)?,
+        };
         for (_, _, a) in self.iter_mut() {
-            let mut i = 0;
-            while let Some(b) = a.param_buf_mut(i) {
-                pager.page(b)?;
-                i += 1;
-            }
+            page_adapter(&mut pager, a)?;
         }
-        self.paged = true;
+        let len = pager.len();
+        self.pager = Some(pager);
         Ok(len)
     }
 
     /// Whether the trainable tensors live in a file ([`AdapterSet::page_params`]).
     pub fn params_paged(&self) -> bool {
-        self.paged
+        self.pager.is_some()
     }
 
     /// Done with `layer`'s adapters for now: paged tensors are written back and dropped from
     /// memory. Nothing happens in RAM; allocates nothing (called per layer in a step).
     pub fn release_layer(&self, layer: usize) -> Result<()> {
-        if !self.paged {
+        if self.pager.is_none() {
             return Ok(());
         }
         for target in Target::ALL {
@@ -474,6 +474,16 @@ pub fn slot_seed(seed: u64, layer: usize, target: Target) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
+}
+
+/// Moves every tensor of `a` into `pager`'s file (already paged ones stay where they are).
+fn page_adapter(pager: &mut ParamPager, a: &mut dyn Adapter) -> Result<()> {
+    let mut i = 0;
+    while let Some(b) = a.param_buf_mut(i) {
+        pager.page(b)?;
+        i += 1;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

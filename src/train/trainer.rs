@@ -358,8 +358,11 @@ impl<'f> Trainer<'f> {
             (tokens, elapsed_s, resumed_from) = (state.tokens, state.elapsed_s, Some(state.step));
             log::info!("resuming from {} (step {})", dir.display(), state.step);
         }
-        if cfg.adapter_weights == super::config::StatePlace::Disk {
+        if cfg.adapter_weights == super::config::StatePlace::Disk && !set.params_paged() {
+            // A set built in RAM (a checkpoint or `--init-adapter` loaded): page it, and give
+            // the heap it leaves back to the kernel.
             let bytes = set.page_params(&cfg.out)?;
+            crate::memory::rss::return_freed_heap();
             log::info!(
                 "adapter weights paged from a {bytes}-byte file in {}",
                 cfg.out.display()
