@@ -200,17 +200,9 @@ fn inside_a_fused_step_only_the_running_layers_weights_are_resident() {
     }
     batch.rows = 1;
     let shape = TrainShape {
-        seq_len: n,
-        micro_batch: 1,
-        ce_chunk: 8,
-        checkpointing: true,
-        accumulate: false,
-        optimizer_staging: false,
         fused_update: true,
-        checkpoint_bf16: false,
-        checkpoints_on_disk: false,
-        stream_head: false,
         adapters: adapter_shapes(&set),
+        ..TrainShape::lora(&cfg, n, 1, 8, 7, 8, true).unwrap()
     };
     let mut step = TrainStep::new(llama.backend_model(), &set, shape).unwrap();
     let mut seen = Vec::new();

@@ -17,11 +17,11 @@
 //! Both forms give the same `&[f32]` to the adapter's maths, so a paged run is bit-identical to
 //! a run in RAM (tests/train_adapter_paging.rs).
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use memmap2::{MmapMut, MmapOptions};
 
@@ -188,9 +188,6 @@ impl std::fmt::Debug for ParamBuf {
     }
 }
 
-/// Distinguishes the files of several pagers in one process.
-static FILE_COUNTER: AtomicU64 = AtomicU64::new(0);
-
 /// Moves tensors into one file, each into its own page-aligned range ([`paged_bytes`] each);
 /// the file grows as tensors are added, so adapters can be paged one by one as they are built
 /// and all of them never need to be in RAM at once.
@@ -204,25 +201,7 @@ pub struct ParamPager {
 impl ParamPager {
     /// A new, empty file in `dir`.
     pub fn create(dir: &Path) -> Result<ParamPager> {
-        let name = format!(
-            "edgetune-adapter-{}-{}.weights",
-            std::process::id(),
-            FILE_COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
-        let path = dir.join(name);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(|e| Error::io(&path, e))?;
-        #[cfg(unix)]
-        if let Err(e) = std::fs::remove_file(&path) {
-            log::warn!(
-                "{}: could not unlink the adapter weights file: {e}",
-                path.display()
-            );
-        }
+        let (file, path) = crate::optim::paged::create_scratch_file(dir, "adapter", "weights")?;
         Ok(ParamPager {
             file,
             guard: Arc::new(PagedFile { path }),

@@ -49,8 +49,33 @@ enum Backing {
     },
 }
 
-/// Distinguishes the files of several optimizers in one process.
+/// Distinguishes the scratch files of one process.
 static FILE_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Creates `dir/edgetune-{kind}-{pid}-{n}.{ext}` (new, read-write) for state that lives outside
+/// the process's memory (optimizer pages, paged adapter weights) and, on Unix, unlinks it at
+/// once: the open handle and any map keep the data until the process lets go, so a killed run
+/// leaves nothing behind. Returns the file and the path it had (for messages; elsewhere the
+/// caller removes it when done).
+pub(crate) fn create_scratch_file(dir: &Path, kind: &str, ext: &str) -> Result<(File, PathBuf)> {
+    let name = format!(
+        "edgetune-{kind}-{}-{}.{ext}",
+        std::process::id(),
+        FILE_COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
+    let path = dir.join(name);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(|e| Error::io(&path, e))?;
+    #[cfg(unix)]
+    if let Err(e) = std::fs::remove_file(&path) {
+        log::warn!("{}: could not unlink the {kind} file: {e}", path.display());
+    }
+    Ok((file, path))
+}
 
 impl StateStore {
     /// A zero-filled store of `len` bytes (`len` a multiple of [`PAGE_ALIGN`]).
@@ -64,18 +89,7 @@ impl StateStore {
     }
 
     fn create_file(dir: &Path, len: usize) -> Result<Backing> {
-        let name = format!(
-            "edgetune-optim-{}-{}.state",
-            std::process::id(),
-            FILE_COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
-        let path = dir.join(name);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(|e| Error::io(&path, e))?;
+        let (file, path) = create_scratch_file(dir, "optim", "state")?;
         // A sparse file of zeros: f32 zeros and 8-bit absmax zeros are all-zero bytes, and the
         // 8-bit codes are set by the optimizer after construction.
         file.set_len(len.max(1) as u64)
@@ -83,13 +97,6 @@ impl StateStore {
         // SAFETY: the file was just created by us (create_new) and is only accessed through this
         // map; nothing else truncates it while mapped.
         let map = unsafe { MmapMut::map_mut(&file) }.map_err(|e| Error::io(&path, e))?;
-        #[cfg(unix)]
-        if let Err(e) = std::fs::remove_file(&path) {
-            log::warn!(
-                "{}: could not unlink optimizer state file: {e}",
-                path.display()
-            );
-        }
         Ok(Backing::Disk {
             map,
             _file: file,
