@@ -91,7 +91,7 @@ def test_plan(tiny: Path) -> None:
     small = edgetune.plan({"seq-len": 64, "budget": 1000}, model=tiny)
     assert small["fits"] is False
     # The streaming levers by their flag names: streamed layers and head, the fused per-layer
-    # update, bf16 layer checkpoints in a spill file.
+    # update, bf16 layer checkpoints in a spill file, adapter weights paged from a file.
     base = {"seq-len": 64, "rank": 4, "max-grad-norm": 0}
     plain = edgetune.plan(base, model=tiny)
     lev = edgetune.plan(
@@ -102,10 +102,14 @@ def test_plan(tiny: Path) -> None:
             "fused-update": "on",
             "checkpoint-dtype": "bf16",
             "checkpoints-on": "disk",
+            "adapter-weights": "disk",
         },
         model=tiny,
     )
     b = lev["breakdown"]
+    assert lev["adapter_weights_place"] == "disk"
+    assert lev["adapter_ram_bytes"] < lev["adapter_bytes"] == plain["adapter_bytes"]
+    assert b["adapters"]["disk_bytes"] >= lev["adapter_bytes"]
     assert b["weights"]["streamed"]["reads_per_step"] > 0
     assert b["weights"]["streamed"]["head_chunks"] > 0
     assert b["fused_update"] == "--fused-update on"
