@@ -14,6 +14,7 @@ pub mod plan;
 mod plan_llama;
 pub mod rss;
 mod suggest;
+mod suggest_levers;
 
 pub use arena::Arena;
 pub use board::{Board, parse_bytes};

@@ -15,13 +15,15 @@
 //! The search tries every set of one, then two, then three levers (sets in lever order); for a
 //! set, the value combinations mildest first (by the sum of the halving steps), keeping the
 //! first that fits. A set is skipped when a smaller set already fits (so every suggestion is
-//! minimal). It stops after the level that brought [`MAX_SUGGESTIONS`]. Configurations whose
+//! minimal). It stops after the level that brought [`MAX_SUGGESTIONS`]. When no suggestion
+//! keeps the run exact (checkpointing, state, checkpoints or adapter weights on disk, the
+//! streamed head), the fewest exact levers that fit together are offered too, however many
+//! (a 70B model on a 4 GB board needs more than three). Configurations whose
 //! lower bound (everything but the arena, plus the arena's peak-live bound) exceeds the budget
 //! are not packed, and arenas are memoised by step shape, so a search takes a fraction of a
 //! second even for the 8B.
 
 use std::collections::HashMap;
-use std::fmt;
 
 use serde::Serialize;
 
@@ -30,9 +32,9 @@ use super::budget::{
 };
 use super::budget_report::size;
 use super::plan::llama_training_plan;
-use crate::adapters::Target;
-use crate::model::LlamaConfig;
-use crate::train::{CheckpointDtype, OptimizerKind, StatePlace, TrainConfig};
+pub use super::suggest_levers::{Change, config_flags};
+use super::suggest_levers::{is_exact, levers};
+use crate::train::TrainConfig;
 use crate::{Error, Result};
 
 /// Most suggestions listed.
@@ -40,87 +42,6 @@ pub const MAX_SUGGESTIONS: usize = 5;
 
 /// Most levers changed together.
 const MAX_CHANGES: usize = 3;
-
-/// One change to the training settings.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-#[serde(tag = "change", rename_all = "snake_case")]
-pub enum Change {
-    /// Turn gradient checkpointing on.
-    Checkpointing,
-    /// AdamW state in a file-backed map (`--optimizer-state disk`).
-    StateOnDisk,
-    /// Layer checkpoints in a file (`--checkpoints-on disk`).
-    CheckpointsOnDisk,
-    /// Adapter weights paged from a file (`--adapter-weights disk`).
-    AdapterWeightsOnDisk,
-    /// The output head streamed in chunks (`--stream-head on`, with streamed layers).
-    StreamHead,
-    /// 8-bit blockwise AdamW state.
-    State8Bit,
-    /// Layer checkpoints in bf16 (`--checkpoint-dtype bf16`).
-    CheckpointBf16,
-    /// Micro-batch `batch` with `accum` micro-batches per update.
-    MicroBatch {
-        batch: usize,
-        accum: u32,
-    },
-    /// LoRA rank (with `alpha` keeping the scale).
-    Rank {
-        rank: usize,
-        alpha: f32,
-    },
-    Targets {
-        targets: Vec<Target>,
-    },
-    SeqLen {
-        seq_len: usize,
-    },
-}
-
-impl Change {
-    pub fn apply(&self, cfg: &mut TrainConfig) {
-        match self {
-            Change::Checkpointing => cfg.checkpointing = true,
-            Change::StateOnDisk => cfg.optimizer_state = StatePlace::Disk,
-            Change::CheckpointsOnDisk => cfg.checkpoints_on = StatePlace::Disk,
-            Change::AdapterWeightsOnDisk => cfg.adapter_weights = StatePlace::Disk,
-            Change::StreamHead => cfg.stream_head = crate::train::StreamHead::On,
-            Change::State8Bit => cfg.optimizer_state_bits = 8,
-            Change::CheckpointBf16 => cfg.checkpoint_dtype = CheckpointDtype::Bf16,
-            Change::MicroBatch { batch, accum } => (cfg.batch, cfg.accum) = (*batch, *accum),
-            Change::Rank { rank, alpha } => (cfg.lora.rank, cfg.lora.alpha) = (*rank, *alpha),
-            Change::Targets { targets } => cfg.lora.targets = targets.clone(),
-            Change::SeqLen { seq_len } => cfg.seq_len = *seq_len,
-        }
-    }
-}
-
-impl fmt::Display for Change {
-    /// The CLI flags that make the change.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Change::Checkpointing => f.write_str("drop --no-checkpointing"),
-            Change::StateOnDisk => f.write_str("--optimizer-state disk"),
-            Change::CheckpointsOnDisk => f.write_str("--checkpoints-on disk"),
-            Change::AdapterWeightsOnDisk => f.write_str("--adapter-weights disk"),
-            Change::StreamHead => f.write_str("--stream-head on"),
-            Change::State8Bit => f.write_str("--optimizer-state-bits 8"),
-            Change::CheckpointBf16 => f.write_str("--checkpoint-dtype bf16"),
-            Change::MicroBatch { batch, accum } => write!(f, "--batch {batch} --accum {accum}"),
-            Change::Rank { rank, alpha } => write!(f, "--rank {rank} --alpha {alpha}"),
-            Change::Targets { targets } => write!(f, "--targets {}", target_list(targets)),
-            Change::SeqLen { seq_len } => write!(f, "--seq-len {seq_len}"),
-        }
-    }
-}
-
-fn target_list(targets: &[Target]) -> String {
-    targets
-        .iter()
-        .map(|t| t.gguf_stem())
-        .collect::<Vec<_>>()
-        .join(",")
-}
 
 /// A configuration that fits: the changes from the asked one, and its total.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -154,153 +75,6 @@ pub struct Suggestions {
     pub evaluated: usize,
     /// Why nothing was found (when `found` is empty).
     pub note: Option<String>,
-}
-
-/// `cfg`'s shape-relevant settings as CLI flags.
-pub fn config_flags(cfg: &TrainConfig) -> String {
-    let mut s = format!(
-        "--seq-len {} --batch {} --accum {} --rank {} --alpha {} --targets {} --ce-chunk {}",
-        cfg.seq_len,
-        cfg.batch,
-        cfg.accum,
-        cfg.lora.rank,
-        cfg.lora.alpha,
-        target_list(&cfg.lora.targets),
-        cfg.ce_chunk
-    );
-    if cfg.lora.dropout > 0.0 {
-        s += &format!(" --dropout {}", cfg.lora.dropout);
-    }
-    if let Some(r) = cfg.lora.layers {
-        s += &format!(" --layers {r}");
-    }
-    if !cfg.checkpointing {
-        s += " --no-checkpointing";
-    }
-    if cfg.checkpoint_dtype == CheckpointDtype::Bf16 {
-        s += " --checkpoint-dtype bf16";
-    }
-    if cfg.checkpoints_on == StatePlace::Disk {
-        s += " --checkpoints-on disk";
-    }
-    if cfg.adapter_weights == StatePlace::Disk {
-        s += " --adapter-weights disk";
-    }
-    match cfg.optimizer {
-        OptimizerKind::Sgd => s += " --optimizer sgd",
-        OptimizerKind::AdamW => {
-            let place = match cfg.optimizer_state {
-                StatePlace::Ram => "ram",
-                StatePlace::Disk => "disk",
-            };
-            s += &format!(
-                " --optimizer adamw --optimizer-state {place} --optimizer-state-bits {}",
-                cfg.optimizer_state_bits
-            );
-        }
-    }
-    if cfg.lock_weights {
-        s += " --lock-weights";
-    }
-    if cfg.weights == crate::train::WeightsMode::Stream {
-        s += " --weights stream";
-    }
-    match cfg.fused_update {
-        crate::train::FusedUpdate::On => s += " --fused-update on",
-        crate::train::FusedUpdate::Off => s += " --fused-update off",
-        crate::train::FusedUpdate::Auto => {}
-    }
-    match cfg.stream_head {
-        crate::train::StreamHead::On => s += " --stream-head on",
-        crate::train::StreamHead::Off => s += " --stream-head off",
-        crate::train::StreamHead::Auto => {}
-    }
-    s
-}
-
-/// The levers that change `cfg`, gentlest first; each holds its values mildest first. A rank
-/// is offered only within the limit of every adapted projection of `model` (limits.rs).
-fn levers(model: &LlamaConfig, cfg: &TrainConfig) -> Vec<Vec<Change>> {
-    let rank_limit = super::limits::max_rank(model, &cfg.lora.targets);
-    let mut out = Vec::new();
-    if !cfg.checkpointing {
-        out.push(vec![Change::Checkpointing]);
-    }
-    if cfg.optimizer == OptimizerKind::AdamW && cfg.optimizer_state == StatePlace::Ram {
-        out.push(vec![Change::StateOnDisk]);
-    }
-    // Only where checkpointing is on already (without it there are no checkpoints to move).
-    if cfg.checkpointing && cfg.checkpoints_on == StatePlace::Ram {
-        out.push(vec![Change::CheckpointsOnDisk]);
-    }
-    if cfg.adapter_weights == StatePlace::Ram {
-        out.push(vec![Change::AdapterWeightsOnDisk]);
-    }
-    if cfg.weights == crate::train::WeightsMode::Stream
-        && cfg.stream_head != crate::train::StreamHead::On
-        && crate::train::stream_head_support(cfg).is_ok()
-    {
-        out.push(vec![Change::StreamHead]);
-    }
-    if cfg.optimizer == OptimizerKind::AdamW && cfg.optimizer_state_bits != 8 {
-        out.push(vec![Change::State8Bit]);
-    }
-    // Only where checkpointing is on already (bf16 without it is refused).
-    if cfg.checkpointing && cfg.checkpoint_dtype == CheckpointDtype::F32 {
-        out.push(vec![Change::CheckpointBf16]);
-    }
-    // Not with the fused update on: it refuses accumulation.
-    if cfg.batch > 1 && cfg.fused_update != crate::train::FusedUpdate::On {
-        let accum = cfg
-            .accum
-            .saturating_mul(u32::try_from(cfg.batch).unwrap_or(u32::MAX));
-        out.push(vec![Change::MicroBatch { batch: 1, accum }]);
-    }
-    let ranks: Vec<Change> = (1..=4)
-        .map(|k| cfg.lora.rank >> k)
-        .filter(|&r| r >= 1 && r <= rank_limit)
-        .map(|rank| {
-            let ratio = rank as f64 / cfg.lora.rank as f64;
-            let keep = if cfg.lora.rslora { ratio.sqrt() } else { ratio };
-            Change::Rank {
-                rank,
-                alpha: (cfg.lora.alpha as f64 * keep) as f32,
-            }
-        })
-        .collect();
-    if !ranks.is_empty() {
-        out.push(ranks);
-    }
-    let mut target_sets: Vec<Change> = Vec::new();
-    let mut smallest = cfg.lora.targets.len();
-    let attention = [
-        Target::AttnQ,
-        Target::AttnK,
-        Target::AttnV,
-        Target::AttnOutput,
-    ];
-    for keep in [&attention[..], &[Target::AttnQ, Target::AttnV][..]] {
-        let t: Vec<Target> = Target::ALL
-            .into_iter()
-            .filter(|t| keep.contains(t) && cfg.lora.targets.contains(t))
-            .collect();
-        if !t.is_empty() && t.len() < smallest {
-            smallest = t.len();
-            target_sets.push(Change::Targets { targets: t });
-        }
-    }
-    if !target_sets.is_empty() {
-        out.push(target_sets);
-    }
-    let seqs: Vec<Change> = (1..=3)
-        .map(|k| cfg.seq_len >> k)
-        .filter(|&s| s >= 16)
-        .map(|seq_len| Change::SeqLen { seq_len })
-        .collect();
-    if !seqs.is_empty() {
-        out.push(seqs);
-    }
-    out
 }
 
 /// Totals of candidate configurations, with the arenas memoised by step shape.
@@ -441,6 +215,17 @@ pub(crate) fn search(
         }
     }
     out.found.truncate(MAX_SUGGESTIONS);
+    if let Some(exact) = exact_suggestion(cfg, &levers, &out.found, &mut ev)? {
+        if out.found.len() >= MAX_SUGGESTIONS {
+            out.found.pop();
+        }
+        let at = out
+            .found
+            .iter()
+            .position(|s| s.changes.len() > exact.changes.len())
+            .unwrap_or(out.found.len());
+        out.found.insert(at, exact);
+    }
     if out.found.is_empty() {
         out.note = Some(format!(
             "nothing fits with up to {MAX_CHANGES} changes (every lever together does: {})",
@@ -449,6 +234,48 @@ pub(crate) fn search(
     }
     out.evaluated = ev.evaluated;
     Ok(out)
+}
+
+/// When no suggestion keeps the run exact, the fewest exact levers that fit together, if any:
+/// a big model on a small board often needs four or five of them (Llama 3.1 70B on the Orin
+/// Nano 4 GB profile), more than the search combines, and then would only be offered a lower
+/// rank, fewer targets or a shorter sequence. Subsets are tried by size, so the result is
+/// minimal (no change can be dropped).
+fn exact_suggestion(
+    cfg: &TrainConfig,
+    levers: &[Vec<Change>],
+    found: &[Suggestion],
+    ev: &mut Evaluator<'_>,
+) -> Result<Option<Suggestion>> {
+    if found.iter().any(|s| s.changes.iter().all(is_exact)) {
+        return Ok(None);
+    }
+    // Each exact lever has one value.
+    let exact: Vec<&Change> = levers
+        .iter()
+        .filter_map(|l| l.first())
+        .filter(|c| is_exact(c))
+        .collect();
+    for size in 1..=exact.len() {
+        for set in combinations(exact.len(), size) {
+            let changes: Vec<Change> = set.iter().map(|&i| exact[i].clone()).collect();
+            let mut c = cfg.clone();
+            changes.iter().for_each(|ch| ch.apply(&mut c));
+            if let Some(b) = ev.fits(&c)? {
+                let flags = changes
+                    .iter()
+                    .map(|c| c.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                return Ok(Some(Suggestion {
+                    changes,
+                    flags,
+                    total_bytes: b.total_bytes,
+                }));
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// The arena's lower bound (peak live) for `cfg`, for messages.
@@ -499,6 +326,73 @@ fn grid_mildest_first(dims: &[usize]) -> Vec<Vec<usize>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::adapters::Target;
+    use crate::train::OptimizerKind;
+
+    /// Llama 3.1 70B streamed and fused on the Orin Nano 4 GB profile at sequence 512: the
+    /// exact levers that fit together are found, minimal (by the same evaluation the search
+    /// uses), and only when no suggestion is exact already.
+    #[test]
+    fn the_fewest_exact_levers_that_fit_together() {
+        let model = ModelWeights::from_preset(
+            &crate::testmodel::LLAMA_3_1_70B,
+            crate::testmodel::WeightTypes::parse("q4_0").unwrap(),
+        )
+        .unwrap();
+        let board = super::super::Board::builtin("orin-nano-4gb").unwrap();
+        let cfg = TrainConfig {
+            seq_len: 512,
+            threads: Some(board.cpu_cores),
+            budget_bytes: Some(board.process_budget_bytes),
+            weights: crate::train::WeightsMode::Stream,
+            fused_update: crate::train::FusedUpdate::On,
+            max_grad_norm: 0.0,
+            stream_head: crate::train::StreamHead::Off,
+            ..TrainConfig::default()
+        };
+        let mut ev = Evaluator {
+            model: &model,
+            arenas: HashMap::new(),
+            evaluated: 0,
+        };
+        assert!(ev.fits(&cfg).unwrap().is_none(), "over the budget as asked");
+        let levers = levers(&model.config, &cfg);
+        let lossy = Suggestion {
+            changes: vec![Change::SeqLen { seq_len: 64 }],
+            flags: "--seq-len 64".into(),
+            total_bytes: 0,
+        };
+        let s = exact_suggestion(&cfg, &levers, &[lossy], &mut ev)
+            .unwrap()
+            .expect("the exact levers fit together");
+        assert!(s.changes.iter().all(is_exact), "{}", s.flags);
+        assert_eq!(
+            s.flags,
+            "--optimizer-state disk --checkpoints-on disk --adapter-weights disk"
+        );
+        let apply = |changes: &[Change]| {
+            let mut c = cfg.clone();
+            changes.iter().for_each(|ch| ch.apply(&mut c));
+            c
+        };
+        let b = ev.fits(&apply(&s.changes)).unwrap().expect("it fits");
+        assert_eq!(b.total_bytes, s.total_bytes);
+        for skip in 0..s.changes.len() {
+            let mut fewer = s.changes.clone();
+            fewer.remove(skip);
+            assert!(
+                ev.fits(&apply(&fewer)).unwrap().is_none(),
+                "{} fits without change {skip}",
+                s.flags
+            );
+        }
+        // Not offered twice: an exact suggestion found by the search is enough.
+        assert!(
+            exact_suggestion(&cfg, &levers, &[s], &mut ev)
+                .unwrap()
+                .is_none()
+        );
+    }
 
     #[test]
     fn combinations_and_grid_orders() {
