@@ -85,6 +85,25 @@ struct Evaluator<'a> {
 }
 
 impl Evaluator<'_> {
+    /// `cfg` with `changes` made, as a suggestion if it fits.
+    fn suggestion(
+        &mut self,
+        cfg: &TrainConfig,
+        changes: Vec<Change>,
+    ) -> Result<Option<Suggestion>> {
+        let mut c = cfg.clone();
+        changes.iter().for_each(|ch| ch.apply(&mut c));
+        Ok(self.fits(&c)?.map(|b| Suggestion {
+            flags: changes
+                .iter()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                .join(" "),
+            changes,
+            total_bytes: b.total_bytes,
+        }))
+    }
+
     /// The candidate's breakdown if it fits, `None` if it does not.
     fn fits(&mut self, cfg: &TrainConfig) -> Result<Option<Breakdown>> {
         self.evaluated += 1;
@@ -192,19 +211,8 @@ pub(crate) fn search(
                     .zip(&pick)
                     .map(|(&l, &v)| levers[l][v].clone())
                     .collect();
-                let mut c = cfg.clone();
-                changes.iter().for_each(|ch| ch.apply(&mut c));
-                if let Some(b) = ev.fits(&c)? {
-                    let flags = changes
-                        .iter()
-                        .map(|c| c.to_string())
-                        .collect::<Vec<_>>()
-                        .join(" ");
-                    out.found.push(Suggestion {
-                        changes,
-                        flags,
-                        total_bytes: b.total_bytes,
-                    });
+                if let Some(s) = ev.suggestion(cfg, changes)? {
+                    out.found.push(s);
                     found_sets.push(set.clone());
                     break;
                 }
@@ -259,19 +267,8 @@ fn exact_suggestion(
     for size in 1..=exact.len() {
         for set in combinations(exact.len(), size) {
             let changes: Vec<Change> = set.iter().map(|&i| exact[i].clone()).collect();
-            let mut c = cfg.clone();
-            changes.iter().for_each(|ch| ch.apply(&mut c));
-            if let Some(b) = ev.fits(&c)? {
-                let flags = changes
-                    .iter()
-                    .map(|c| c.to_string())
-                    .collect::<Vec<_>>()
-                    .join(" ");
-                return Ok(Some(Suggestion {
-                    changes,
-                    flags,
-                    total_bytes: b.total_bytes,
-                }));
+            if let Some(s) = ev.suggestion(cfg, changes)? {
+                return Ok(Some(s));
             }
         }
     }
