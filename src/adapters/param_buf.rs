@@ -3,7 +3,7 @@
 //!
 //! # Why page the adapter weights
 //!
-//! With streamed layers (docs/MEMORY.md) the frozen weights no longer set the memory floor; the
+//! With streamed layers (docs/ARCHITECTURE.md, streamed weights) the frozen weights no longer set the memory floor; the
 //! f32 master weights of the adapters are then one of the largest resident parts (Llama 3.1 70B,
 //! r=16 on all 7 projections: 0.8 GiB). Each layer's adapters are only needed while that layer
 //! runs: its forward, its recompute and backward, its optimizer update. [`ParamPager`] moves
