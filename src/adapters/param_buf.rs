@@ -3,9 +3,9 @@
 //!
 //! # Why page the adapter weights
 //!
-//! With streamed layers (docs/ARCHITECTURE.md, streamed weights) the frozen weights no longer set the memory floor; the
-//! f32 master weights of the adapters are then one of the largest resident parts (Llama 3.1 70B,
-//! r=16 on all 7 projections: 0.8 GiB). Each layer's adapters are only needed while that layer
+//! With streamed layers (docs/ARCHITECTURE.md, "Streamed weights") the frozen weights no longer
+//! set the memory floor; the f32 master weights of the adapters are then one of the largest
+//! resident parts (Llama 3.1 70B, r=16 on all 7 projections: 0.8 GiB). Each layer's adapters are only needed while that layer
 //! runs: its forward, its recompute and backward, its optimizer update. [`ParamPager`] moves
 //! every tensor into one file, each tensor mapped shared on its own; the step calls
 //! [`ParamBuf::release`] when a layer is done with it, which writes dirty pages back
