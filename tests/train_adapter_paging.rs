@@ -54,7 +54,7 @@ fn adapter_resident(a: &dyn Adapter) -> u64 {
 }
 
 /// `(losses, gradient norms, parameters)` of a run, and the resident bytes of its paged
-/// tensors after every step and after the final checkpoint (`None` in RAM).
+/// tensors once built, after every step and after the final checkpoint (empty in RAM).
 fn run(cfg: &TrainConfig) -> (Vec<f64>, Vec<f64>, Vec<Vec<f32>>, Vec<u64>) {
     let file = GgufFile::open(&cfg.model).unwrap();
     let mut t = Trainer::new(&file, cfg).unwrap();
@@ -67,6 +67,10 @@ fn run(cfg: &TrainConfig) -> (Vec<f64>, Vec<f64>, Vec<Vec<f32>>, Vec<u64>) {
             .sum()
     };
     let (mut losses, mut norms, mut resident) = (Vec::new(), Vec::new(), Vec::new());
+    if paged {
+        // Built (or loaded on a resume) and released: nothing resident before the first step.
+        resident.push(all_resident(&t));
+    }
     while let Some(p) = t.step().unwrap() {
         losses.push(p.loss);
         norms.push(p.grad_norm);
@@ -141,8 +145,8 @@ fn paged_adapter_weights_train_bit_for_bit_like_weights_in_ram() {
         assert_eq!(params_ram, params_disk, "{name}: parameters");
         assert_eq!(
             resident,
-            vec![0; STEPS as usize + 1],
-            "{name}: paged bytes left resident after each step and the checkpoint"
+            vec![0; STEPS as usize + 2],
+            "{name}: paged bytes left resident when built, after each step and the checkpoint"
         );
     }
 }
@@ -150,25 +154,36 @@ fn paged_adapter_weights_train_bit_for_bit_like_weights_in_ram() {
 #[test]
 fn a_resume_may_switch_where_the_adapter_weights_live() {
     let (dir, data, model) = fixture();
-    let first = train_support::config(&model, &data, &dir.path().join("ram"), STEPS);
-    // Run 1: two steps in RAM, resumed in RAM for a third. Run 2: the same two steps, resumed
-    // with the weights paged. The resumed steps must agree bit for bit.
-    let mut finals = Vec::new();
-    for (out, place) in [("ram", StatePlace::Ram), ("disk", StatePlace::Disk)] {
-        let mut c = first.clone();
-        c.out = dir.path().join(out);
-        run(&c);
-        let resumed = TrainConfig {
-            resume: true,
-            steps: Some(STEPS + 1),
-            adapter_weights: place,
-            ..c
+    // Per method (LoRA reloads a fresh set, DoRA loads its state into the set it built): two
+    // steps in RAM, resumed in RAM for a third, and the same two steps resumed with the weights
+    // paged. The resumed steps must agree bit for bit, and a paged resume starts with nothing
+    // resident.
+    for method in [Method::Lora, Method::Dora] {
+        let first = TrainConfig {
+            method,
+            ..train_support::config(&model, &data, &dir.path().join("ram"), STEPS)
         };
-        let (losses, _, params, _) = run(&resumed);
-        assert_eq!(losses.len(), 1, "{out}: one more step");
-        finals.push((losses, params));
+        let mut finals = Vec::new();
+        for (out, place) in [("ram", StatePlace::Ram), ("disk", StatePlace::Disk)] {
+            let mut c = first.clone();
+            c.out = dir.path().join(format!("{method}-{out}"));
+            run(&c);
+            let resumed = TrainConfig {
+                resume: true,
+                steps: Some(STEPS + 1),
+                adapter_weights: place,
+                ..c
+            };
+            let (losses, _, params, resident) = run(&resumed);
+            assert_eq!(losses.len(), 1, "{method} {out}: one more step");
+            assert!(
+                resident.iter().all(|&r| r == 0),
+                "{method} {out}: {resident:?}"
+            );
+            finals.push((losses, params));
+        }
+        assert_eq!(finals[0], finals[1], "{method}");
     }
-    assert_eq!(finals[0], finals[1]);
 }
 
 /// Residency inside a fused step: when layer `l`'s update runs, only layer `l`'s adapter

@@ -358,15 +358,19 @@ impl<'f> Trainer<'f> {
             (tokens, elapsed_s, resumed_from) = (state.tokens, state.elapsed_s, Some(state.step));
             log::info!("resuming from {} (step {})", dir.display(), state.step);
         }
-        if cfg.adapter_weights == super::config::StatePlace::Disk && !set.params_paged() {
-            // A set built in RAM (a checkpoint or `--init-adapter` loaded): page it, and give
-            // the heap it leaves back to the kernel.
-            let bytes = set.page_params(&cfg.out)?;
-            crate::memory::rss::return_freed_heap();
-            log::info!(
-                "adapter weights paged from a {bytes}-byte file in {}",
-                cfg.out.display()
-            );
+        if cfg.adapter_weights == super::config::StatePlace::Disk {
+            if !set.params_paged() {
+                // A set built in RAM (a checkpoint or `--init-adapter` loaded): page it, and
+                // give the heap it leaves back to the kernel.
+                let bytes = set.page_params(&cfg.out)?;
+                crate::memory::rss::return_freed_heap();
+                log::info!(
+                    "adapter weights paged from a {bytes}-byte file in {}",
+                    cfg.out.display()
+                );
+            }
+            // A resume may have loaded a method's state into the pages: none stays resident.
+            set.release_all()?;
         }
         log_memory("step planned and allocated");
         let batches = (0..cfg.accum)
