@@ -5,8 +5,9 @@
 //!
 //! With streamed layers (docs/ARCHITECTURE.md, "Streamed weights") the frozen weights no longer
 //! set the memory floor; the f32 master weights of the adapters are then one of the largest
-//! resident parts (Llama 3.1 70B, r=16 on all 7 projections: 0.8 GiB). Each layer's adapters are only needed while that layer
-//! runs: its forward, its recompute and backward, its optimizer update. [`ParamPager`] moves
+//! resident parts (Llama 3.1 70B, r=16 on all 7 projections: 0.8 GiB). Each layer's adapters
+//! are only needed while that layer runs: its forward, its recompute and backward, its optimizer
+//! update. [`ParamPager`] moves
 //! every tensor into one file, each tensor mapped shared on its own; the step calls
 //! [`ParamBuf::release`] when a layer is done with it, which writes dirty pages back
 //! (`msync`) and drops them from the process (`madvise(MADV_DONTNEED)`). So about one layer's
@@ -38,18 +39,11 @@ pub fn paged_bytes(numel: usize) -> u64 {
 }
 
 /// One trainable tensor of an adapter: `Deref<Target = [f32]>`, in RAM or paged from a file.
-#[derive(Default)]
 pub struct ParamBuf(Repr);
 
 enum Repr {
     Owned(Vec<f32>),
     Paged(PagedTensor),
-}
-
-impl Default for Repr {
-    fn default() -> Self {
-        Repr::Owned(Vec::new())
-    }
 }
 
 /// A tensor's own shared map of its range of the file.

@@ -103,7 +103,11 @@ pub fn save_adapter(set: &AdapterSet, dir: &Path, extra_meta: &Json) -> Result<(
     global.validate()?;
     let modules = low_rank_modules(set)?;
     let mut rank_pattern = Map::new();
-    // (name, shape, f32 values) in slot order; B is borrowed unless a scale had to be folded.
+    // Paged adapter weights (`--adapter-weights disk`): each adapter is released as soon as its
+    // tensors are written, so a save holds one adapter's pages, not all of them.
+    let paged = set.params_paged();
+    // (name, shape, f32 values, the adapter to release after) in slot order; B is borrowed
+    // unless a scale had to be folded.
     let mut tensors = Vec::with_capacity(2 * modules.len());
     for m in &modules {
         let own_rule = with_rank(global, m.rank).scale();
@@ -111,27 +115,26 @@ pub fn save_adapter(set: &AdapterSet, dir: &Path, extra_meta: &Json) -> Result<(
         if m.rank != global.rank {
             rank_pattern.insert(m.label(), Json::from(m.rank));
         }
+        let owner = set.get(m.layer, m.target).filter(|_| paged);
         tensors.push((
             tensor_name(m.layer, m.target, "lora_A"),
             vec![m.rank, m.in_f],
             std::borrow::Cow::Borrowed(&m.a[..]),
+            owner,
         ));
         tensors.push((
             tensor_name(m.layer, m.target, "lora_B"),
             vec![m.out_f, m.rank],
             b,
+            owner,
         ));
     }
-    // Paged adapter weights (`--adapter-weights disk`): each adapter is released as soon as its
-    // tensors are written, so a save holds one adapter's pages, not all of them.
-    let paged = set.params_paged();
     let views = tensors
         .iter()
-        .zip(modules.iter().flat_map(|m| [m, m]))
-        .map(|((name, shape, v), m)| {
+        .map(|(name, shape, v, owner)| {
             TensorView::new(Dtype::F32, shape.clone(), bytemuck::cast_slice(v))
                 .map(|view| {
-                    let owner = set.get(m.layer, m.target).filter(|_| paged);
+                    let owner = *owner;
                     (name.as_str(), TensorOut { view, owner })
                 })
                 .map_err(|e| {

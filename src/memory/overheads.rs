@@ -104,6 +104,7 @@ pub(crate) fn overheads(
     } else {
         DATASET_BYTES_PER_FILE_BYTE
     };
+    let head_stats = head_statistics_bytes(cfg);
     let o = |name: &str, bytes: u64, note: String| Overhead {
         name: name.into(),
         bytes,
@@ -171,8 +172,8 @@ pub(crate) fn overheads(
         ),
         o(
             "head statistics",
-            head_statistics_bytes(cfg),
-            if head_statistics_bytes(cfg) > 0 {
+            head_stats,
+            if head_stats > 0 {
                 format!(
                     "a streamed head's loss state, {} B × {} tokens",
                     std::mem::size_of::<RowLse>(),

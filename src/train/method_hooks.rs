@@ -268,11 +268,22 @@ impl MethodHooks {
         if let Some(mt) = &mut self.mt {
             mt.finish_step(t + 1)?;
         }
-        let Some(ada) = &mut self.ada else {
-            return Ok(());
-        };
-        let tf = ada.cfg.total_step.saturating_sub(ada.cfg.tfinal);
-        let (budget, mask) = ada.cfg.budget(t, ada.layers);
+        if let Some(ada) = &mut self.ada {
+            ada.after_update(t, step, set)?;
+            // Its importance scores and masks read and write every adapter: paged weights
+            // (`--adapter-weights disk`) go back to their file.
+            set.release_all()?;
+        }
+        Ok(())
+    }
+}
+
+impl AdaAlloc {
+    /// AdaLoRA after the optimizer update of step `t`: importance, budget masking, and the
+    /// final freeze of the kept components.
+    fn after_update(&mut self, t: u64, step: &mut TrainStep, set: &mut AdapterSet) -> Result<()> {
+        let tf = self.cfg.total_step.saturating_sub(self.cfg.tfinal);
+        let (budget, mask) = self.cfg.budget(t, self.layers);
         if t > tf {
             for (_, _, a) in set.iter_mut() {
                 if let Some(x) = a.downcast_mut::<AdaLora>() {
@@ -289,7 +300,7 @@ impl MethodHooks {
             }
         }
         if t == tf || mask {
-            ada.mask_to_budget(set, budget)?;
+            self.mask_to_budget(set, budget)?;
         }
         if t == tf {
             for (_, _, a) in set.iter_mut() {
@@ -300,9 +311,7 @@ impl MethodHooks {
         }
         Ok(())
     }
-}
 
-impl AdaAlloc {
     /// Masks the `b_init − budget` least important components over all AdaLoRA layers (ties:
     /// every `S_i ≤ thr`), as `RankAllocator::mask_to_budget`.
     fn mask_to_budget(&mut self, set: &mut AdapterSet, budget: usize) -> Result<()> {

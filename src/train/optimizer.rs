@@ -229,6 +229,9 @@ impl Optimizer {
         for (layer, target, a) in set.iter_mut() {
             let grads = step.grads_mut(layer, target_index(target))?;
             id = self.update_adapter(id, layer, target, a, grads, scale, lr)?;
+            // Paged adapter weights (`--adapter-weights disk`): the update is this adapter's
+            // last touch in the step (a fused step's layers are released by the step).
+            a.release_params()?;
         }
         Ok(UpdateStats {
             step: t,
@@ -273,9 +276,6 @@ impl Optimizer {
             p += 1;
             id += 1;
         }
-        // Paged adapter weights (`--adapter-weights disk`) are written back and dropped here:
-        // the update is the last touch of this adapter in the step.
-        a.release_params()?;
         Ok(id)
     }
 

@@ -571,8 +571,6 @@ impl<'f> Trainer<'f> {
         };
         self.hooks
             .after_update(step_no - 1, &mut self.step, &mut self.set)?;
-        // Paged adapter weights: whatever the method's hooks touched goes too.
-        self.set.release_all()?;
         let secs = t0.elapsed().as_secs_f64();
         let tokens = (n * self.cfg.batch * self.cfg.seq_len) as u64;
         self.tokens += tokens;
