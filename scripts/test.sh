@@ -11,10 +11,10 @@ EDGETUNE_LLAMA3_TOKENIZER=$(scripts/fetch-llama3-tokenizer.sh)
 export EDGETUNE_LLAMA3_TOKENIZER
 EDGETUNE_SMOLLM2=$(scripts/fetch-model.sh smollm2-135m-instruct | tail -1)
 export EDGETUNE_SMOLLM2
-# --features ffi: the C ABI's tests (tests/ffi_c_abi.rs, src/ffi/) run with the rest.
+# --features ffi: the C ABI's tests (tests/ffi/, src/ffi/) run with the rest.
 # --features cuda: the CUDA backend builds without CUDA installed (cudarc loads libcuda at run
 # time; kernels/ptx/*.ptx are embedded), so every test runs against the cuda-featured library
-# and binary on a driverless machine: its unit tests, the CLI's fallback (tests/cuda_backend_cli.rs)
+# and binary on a driverless machine: its unit tests, the CLI's fallback (tests/cli/cuda_backend.rs)
 # and the CPU-side tests of the parity files; the CPU-vs-CUDA parity tests themselves are
 # #[ignore = "needs a CUDA device"] (scripts/cuda-device-check.sh runs them on a GPU).
 # One build for both features keeps CI to a single compilation of the test binaries.

@@ -4,7 +4,9 @@
 //! killed at a random time, the others 0–20 ms after a save's `.tmp-step-*` appears (inside
 //! the save, its rename or the prune). After every kill the newest checkpoint must verify
 //! against its manifest and load into a resumed trainer, and no `step-*` directory may be
-//! corrupt or half deleted. Bounded: 32 trials of at most ~1 s each.
+//! corrupt or half deleted. Bounded: 32 trials of at most ~1 s each. Its own test binary: the
+//! random delays are timed against the child's progress (start-up, steps, saves), so no other
+//! test may slow the child down by taking the cores.
 
 mod train_support;
 

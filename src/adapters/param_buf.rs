@@ -16,7 +16,7 @@
 //! cache (or the file, when the kernel reclaimed them).
 //!
 //! Both forms give the same `&[f32]` to the adapter's maths, so a paged run is bit-identical to
-//! a run in RAM (tests/train_adapter_paging.rs).
+//! a run in RAM (tests/train/adapter_paging.rs).
 
 use std::fs::File;
 use std::ops::{Deref, DerefMut};

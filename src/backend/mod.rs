@@ -38,7 +38,7 @@
 //! - ✓ `gemm`: dense f32 `C = α·op(A)·op(B) + β·C` (adapter products).
 //!
 //! Backward (training), each the exact adjoint of its forward, checked by finite differences in
-//! f64 (`tests/backend_grad_*.rs`) against generic scalar references; outputs are overwritten:
+//! f64 (`tests/backend_grad/`) against generic scalar references; outputs are overwritten:
 //! - ✓ `matmul_dyw`: `dx = dy · Ŵ` (quantized; the frozen base gets no weight gradient);
 //! - ✓ `rmsnorm_backward(x, w, rstd, dy) -> dx` (no `dw`: norms are frozen);
 //! - ✓ `rope_backward(dy)` (rotation by −θ, in place);

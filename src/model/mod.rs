@@ -161,7 +161,7 @@ impl<'a> Llama<'a> {
     /// ([`Llama::backend_model`]: `x·Wᵀ`; the backward's `dy·W` is f32 either way): `F32` by
     /// default; `Int8` rounds the activations per block to 8 bits as inference's int8 does
     /// (LoRA gradients then about 1e-2 from the f64 reference instead of 1e-6,
-    /// tests/train_grad.rs).
+    /// tests/train/grad.rs).
     pub fn set_train_compute(&mut self, compute: Compute) -> Result<()> {
         self.model = BackendModel::new(
             CpuBackend,

@@ -3,7 +3,7 @@
 //! parameter tensors (the [`AdapterShape`] the step plan takes, and the optimizer's tensors) and
 //! the bytes it holds besides them ([`crate::adapters::Adapter::extra_bytes`]). Each formula
 //! restates the adapter's own `workspace()` / `params()` / `extra_bytes()`;
-//! tests/train_methods.rs checks them against built adapters for every wired method.
+//! tests/train/methods.rs checks them against built adapters for every wired method.
 //!
 //! Per linear `[out, in]`, rank `r` (`r0` for AdaLoRA), `drop` = dropout on:
 //!

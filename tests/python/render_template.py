@@ -1,5 +1,5 @@
 """Renders chat templates the way Hugging Face transformers' apply_chat_template does, as the
-reference for tests/chat_template_jinja2.rs.
+reference for tests/tokenizer/chat_template_jinja2.rs.
 
 transformers compiles a chat template in an ImmutableSandboxedEnvironment with trim_blocks,
 lstrip_blocks and the loopcontrols extension, adds the globals raise_exception and strftime_now,

@@ -31,7 +31,7 @@ fn tiny(dir: &std::path::Path) -> GgufFile {
     GgufFile::open(&path).unwrap()
 }
 
-/// The CPU flagship's settings (tests/memory_budget.rs).
+/// The CPU flagship's settings (tests/memory/budget.rs).
 fn flagship() -> TrainConfig {
     let mut cfg = TrainConfig {
         seq_len: 512,

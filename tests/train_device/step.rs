@@ -1,6 +1,6 @@
 //! `DeviceStep<CpuBackend>` — the whole training micro-batch written in `Backend` ops over one
 //! workspace (src/train/step_device.rs) — against the CPU `TrainStep` (itself checked against
-//! the f64 reference by tests/train_grad.rs), on the tiny generated model: two accumulated
+//! the f64 reference by tests/train/grad.rs), on the tiny generated model: two accumulated
 //! micro-batches of packed rows (several causal segments, trailing padding, ignored labels).
 //!
 //! Tolerances. Both compute the same f32 math on the same kernels; they differ in summation

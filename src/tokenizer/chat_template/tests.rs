@@ -1,6 +1,6 @@
 //! Unit tests of chat templates: SmolLM2's and Llama 3.1's real templates, the training spans,
 //! errors (`raise_exception`, syntax, templates that are not prefix-stable) and the fallbacks.
-//! The byte-for-byte comparison with jinja2 is in tests/chat_template_jinja2.rs.
+//! The byte-for-byte comparison with jinja2 is in tests/tokenizer/chat_template_jinja2.rs.
 
 use super::*;
 use crate::tokenizer::template::llama3_chat;
