@@ -119,6 +119,22 @@ pub struct AssistantMeasure {
 
 pub use crate::data::synth::assistant::is_refusal;
 
+/// Tokens generated past the refusal sentence's own length on harmful prompts.
+const REFUSAL_MARGIN_TOKENS: usize = 8;
+
+/// `opts` for the harmful suite: generation stops a few tokens past the refusal sentence's
+/// length. Its check (the answer equals the sentence) and the refusal test (the answer starts
+/// with its first clause) are decided by then: anything the model writes after the sentence
+/// shows within the margin and fails the check, as it would at full length. What is saved is
+/// the base model's long answers to them (16 prompts × up to `max_tokens`).
+fn harmful_options(tok: &Tokenizer, opts: &EvalOptions) -> Result<EvalOptions> {
+    let sentence = tok.encode(crate::data::synth::REFUSAL, false, false)?.len();
+    Ok(EvalOptions {
+        max_tokens: opts.max_tokens.min(sentence + REFUSAL_MARGIN_TOKENS),
+        ..opts.clone()
+    })
+}
+
 /// Runs the four suites greedily on `llama`; `on_case()` is called after every case (for a
 /// progress bar over [`AssistantSuites::len`] cases).
 pub fn measure(
@@ -133,13 +149,15 @@ pub fn measure(
     // (refused, total) over the harmful suite and over the benign ones.
     let mut harmful = (0usize, 0usize);
     let mut benign = (0usize, 0usize);
+    let harmful_opts = harmful_options(tok, opts)?;
     for (s, is_harmful) in [
         (&suites.heldout, false),
         (&suites.retention, false),
         (&suites.seed, false),
         (&suites.harmful, true),
     ] {
-        let (report, outputs) = run_suite_answers(llama, tok, s, None, opts, |_, _| on_case())?;
+        let o = if is_harmful { &harmful_opts } else { opts };
+        let (report, outputs) = run_suite_answers(llama, tok, s, None, o, |_, _| on_case())?;
         let refused = outputs.iter().filter(|o| is_refusal(o)).count();
         let counter = if is_harmful {
             &mut harmful
@@ -162,4 +180,35 @@ pub fn measure(
         reports,
         answers,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gguf::GgufFile;
+    use crate::testmodel::{TINY, WeightTypes, write_test_model};
+    use crate::tokenizer::chat_template::PromptFormat;
+
+    #[test]
+    fn harmful_prompts_stop_a_margin_past_the_refusal_sentence() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.gguf");
+        write_test_model(&TINY, WeightTypes::parse("q8_0").unwrap(), 1, &p).unwrap();
+        let tok = Tokenizer::from_gguf(&GgufFile::open(&p).unwrap()).unwrap();
+        let sentence = tok
+            .encode(crate::data::synth::REFUSAL, false, false)
+            .unwrap()
+            .len();
+        let opts = |max_tokens| EvalOptions {
+            max_tokens,
+            style: PromptFormat::Plain,
+            batch: 8,
+        };
+        let long = harmful_options(&tok, &opts(sentence + 100)).unwrap();
+        assert_eq!(long.max_tokens, sentence + REFUSAL_MARGIN_TOKENS);
+        assert_eq!(long.batch, 8);
+        assert!(matches!(long.style, PromptFormat::Plain));
+        // A cap already below the sentence's length stays.
+        assert_eq!(harmful_options(&tok, &opts(3)).unwrap().max_tokens, 3);
+    }
 }

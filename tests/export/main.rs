@@ -5,6 +5,8 @@
 mod export_support;
 #[path = "../model_support/mod.rs"]
 mod model_support;
+#[path = "../python_support/mod.rs"]
+mod python_support;
 
 mod cli;
 mod gguf;

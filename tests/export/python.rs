@@ -5,9 +5,9 @@
 //! venv of `scripts/setup-python.sh` (gguf, numpy, safetensors) or `EDGETUNE_PYTHON`.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use crate::export_support::*;
+use crate::python_support::run_script;
 use edgetune::adapters::{Lora, LoraConfig, Target};
 use edgetune::export::{PeftOptions, export_gguf, export_peft, load_peft, sha256};
 use edgetune::gguf::GgufFile;
@@ -16,33 +16,8 @@ use edgetune::quant::{self, GgmlType};
 use edgetune::train::AdapterSet;
 use edgetune::train::adapter_set::target_shape;
 
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("EDGETUNE_PYTHON") {
-        return p.into();
-    }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv-ref/bin/python");
-    assert!(
-        venv.exists(),
-        "gguf-py and safetensors are needed for this test: run scripts/setup-python.sh (or set EDGETUNE_PYTHON)"
-    );
-    venv
-}
-
-fn run_script(script: &str, args: &[&Path]) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/python")
-        .join(script);
-    let out = Command::new(python())
-        .arg(&path)
-        .args(args)
-        .output()
-        .expect("start python");
-    assert!(
-        out.status.success(),
-        "{script} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+/// What this module needs from the reference Python.
+const NEEDS_PY: &str = "gguf-py and safetensors are";
 
 fn read_json(p: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
@@ -81,7 +56,7 @@ fn gguf_py_reads_our_adapter_as_llama_cpp_requires() {
         std::fs::create_dir(&out).unwrap();
         let p = out.join("adapter.gguf");
         let r = export_gguf(&set, &m, &p, ty).unwrap();
-        run_script("lora_gguf_check.py", &[&p, &base, &out]);
+        run_script(NEEDS_PY, "lora_gguf_check.py", &[&p, &base, &out]);
         let meta = read_json(&out.join("lora_meta.json"));
         assert_eq!(meta["alpha"], r.alpha as f64, "{ty}");
         assert_eq!(meta["pairs"], set.len(), "{ty}");
@@ -119,7 +94,7 @@ fn python_reads_our_peft_dir_and_the_converter_permute_gives_back_our_rows() {
     };
     let r = export_peft(&set, &m, &out, &opts).unwrap();
     let dims = write_dims(dir.path());
-    run_script("peft_check.py", &[&out, &dims, &base, dir.path()]);
+    run_script(NEEDS_PY, "peft_check.py", &[&out, &dims, &base, dir.path()]);
     let meta = read_json(&dir.path().join("peft_meta.json"));
     assert_eq!(meta["sha256"], r.base_sha256.clone().unwrap().as_str());
     assert_eq!(meta["sha256"], sha256::file_sha256(&base).unwrap().as_str());
@@ -146,7 +121,7 @@ fn a_peft_dir_written_by_python_imports_as_the_equivalent_adapter() {
     let (peft, npy_dir) = (dir.path().join("peft"), dir.path().join("npy"));
     std::fs::create_dir(&npy_dir).unwrap();
     let dims = write_dims(dir.path());
-    run_script("peft_write.py", &[&peft, &dims, &npy_dir]);
+    run_script(NEEDS_PY, "peft_write.py", &[&peft, &dims, &npy_dir]);
     let imported = load_peft(&peft, &m).unwrap();
 
     // The same adapter built directly from the GGUF-order tensors.

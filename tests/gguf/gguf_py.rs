@@ -5,41 +5,14 @@
 
 use crate::common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
+use crate::python_support::run_script;
 use edgetune::gguf::{Array, GgufFile, GgufWriter, Value};
 use edgetune::npy;
 use edgetune::quant::{self, GgmlType};
 use rand::Rng;
 
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("EDGETUNE_PYTHON") {
-        return p.into();
-    }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv-ref/bin/python");
-    assert!(
-        venv.exists(),
-        "gguf-py is needed for this test: run scripts/setup-python.sh (or set EDGETUNE_PYTHON)"
-    );
-    venv
-}
-
-fn run_script(script: &str, args: &[&Path]) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/python")
-        .join(script);
-    let out = Command::new(python())
-        .arg(&path)
-        .args(args)
-        .output()
-        .expect("start python");
-    assert!(
-        out.status.success(),
-        "{script} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+/// What this module needs from the reference Python.
+const NEEDS_PY: &str = "gguf-py is";
 
 /// Bitwise equality, where any NaN equals any NaN (payloads differ between numpy and Rust).
 fn assert_same_f32(what: &str, ours: &[f32], theirs: &[f32]) {
@@ -58,7 +31,7 @@ fn assert_same_f32(what: &str, ours: &[f32], theirs: &[f32]) {
 #[test]
 fn files_written_by_gguf_py_read_and_dequantize_bit_exactly() {
     let dir = tempfile::tempdir().unwrap();
-    run_script("gguf_py_write.py", &[dir.path()]);
+    run_script(NEEDS_PY, "gguf_py_write.py", &[dir.path()]);
     let f = GgufFile::open(dir.path().join("pywritten.gguf")).unwrap();
     assert_eq!(f.str("general.architecture").unwrap(), "llama");
     assert_eq!(f.u32("test.u32").unwrap(), 4_000_000_000);
@@ -176,7 +149,7 @@ fn files_written_by_us_are_read_by_gguf_py() {
     w.write_to_path(&path, |i, _, sink| sink.write_all(&payloads[i].2))
         .unwrap();
 
-    run_script("gguf_py_read.py", &[&path, dir.path()]);
+    run_script(NEEDS_PY, "gguf_py_read.py", &[&path, dir.path()]);
     let meta: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("meta.json")).unwrap()).unwrap();
     for (key, _, want, want_type) in metadata_cases() {

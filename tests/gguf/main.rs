@@ -5,6 +5,8 @@
 mod common;
 #[path = "../gguf_common/mod.rs"]
 mod gguf_common;
+#[path = "../python_support/mod.rs"]
+mod python_support;
 
 mod gguf_py;
 mod hostile;

@@ -7,18 +7,11 @@
 //! `summary.json` from `/proc/self/status`.
 
 use std::path::Path;
-use std::process::Command;
 
 use edgetune::testmodel::{self, SMALL, WeightTypes};
 
+use crate::cli_support::edgetune;
 use crate::train_support;
-
-fn edgetune(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_edgetune"))
-        .args(args)
-        .output()
-        .unwrap()
-}
 
 fn json(o: &std::process::Output, what: &str) -> serde_json::Value {
     assert!(

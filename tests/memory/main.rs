@@ -3,6 +3,8 @@
 //! `tests/memory_*.rs` file, so fewer binaries link. Run one with `cargo test --test memory
 //! MODULE::`. `tests/memory_rss.rs` stays alone: it measures this process's own RSS.
 
+#[path = "../cli_support/mod.rs"]
+mod cli_support;
 #[path = "../train_support/mod.rs"]
 mod train_support;
 

@@ -4,9 +4,10 @@
 //! bound, and whole files (a test model and a gaussian tensor) that our reader and gguf-py
 //! both read, with the model still loading and metadata copied.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
+use crate::python_support::{python, script};
 use edgetune::gguf::{GgufFile, GgufWriter, Value};
 use edgetune::model::{LlamaConfig, LlamaWeights};
 use edgetune::npy;
@@ -16,6 +17,9 @@ use edgetune::quant::requantize::{FILE_TYPE_KEY, ICQ_KEY, QuantizeOptions, quant
 use edgetune::quant::{self, GgmlType};
 use edgetune::testmodel::{self, TINY, WeightTypes};
 use rand::{Rng, SeedableRng, rngs::StdRng};
+
+/// What this module needs from the reference Python.
+const NEEDS_PY: &str = "gguf-py is";
 
 /// i.i.d. N(0, 1) by Box–Muller.
 fn gaussian(n: usize, seed: u64) -> Vec<f32> {
@@ -180,22 +184,10 @@ fn icq_entropy_is_at_least_plain_on_a_gaussian_tensor_and_errors_are_bounded() {
     );
 }
 
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("EDGETUNE_PYTHON") {
-        return p.into();
-    }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv-ref/bin/python");
-    assert!(
-        venv.exists(),
-        "gguf-py is needed for this test: run scripts/setup-python.sh (or set EDGETUNE_PYTHON)"
-    );
-    venv
-}
-
 /// gguf-py's view of `path`: its meta.json, and each tensor's dequantization under `dir`.
 fn gguf_py_read(path: &Path, dir: &Path) -> serde_json::Value {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/gguf_py_read.py");
-    let out = Command::new(python())
+    let script = script("gguf_py_read.py");
+    let out = Command::new(python(NEEDS_PY))
         .arg(&script)
         .arg(path)
         .arg(dir)

@@ -4,6 +4,8 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+#[path = "../python_support/mod.rs"]
+mod python_support;
 
 mod icq;
 mod matmul;

@@ -1,18 +1,10 @@
 //! `edgetune testmodel` end to end: what it reports, llama-quantize's per-tensor types versus
 //! `--pure`, and errors for unknown presets and unreadable tokenizers.
 
-use std::process::{Command, Output};
-
+use crate::cli_support::edgetune;
 use edgetune::gguf::GgufFile;
 use edgetune::quant::GgmlType;
 use edgetune::testmodel::TINY;
-
-fn edgetune(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_edgetune"))
-        .args(args)
-        .output()
-        .expect("run edgetune")
-}
 
 #[test]
 fn writes_tiny_and_reports_size_and_parameters() {

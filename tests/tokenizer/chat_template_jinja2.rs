@@ -6,7 +6,7 @@
 //! Needs the venv made by `scripts/setup-python.sh` (or `EDGETUNE_PYTHON` pointing at a Python
 //! with jinja2).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use edgetune::tokenizer::chat_template::{
@@ -15,19 +15,11 @@ use edgetune::tokenizer::chat_template::{
 use edgetune::tokenizer::template::Message;
 
 use crate::cli_support::{edgetune, ok};
+use crate::python_support::{python, script};
 use crate::template_fixture;
 
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("EDGETUNE_PYTHON") {
-        return p.into();
-    }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv-ref/bin/python");
-    assert!(
-        venv.exists(),
-        "jinja2 is needed for this test: run scripts/setup-python.sh (or set EDGETUNE_PYTHON)"
-    );
-    venv
-}
+/// What this module needs from the reference Python.
+const NEEDS_PY: &str = "jinja2 is";
 
 /// One rendering to compare.
 struct Job {
@@ -62,8 +54,8 @@ fn render_with_jinja2(jobs: &[Job]) -> Vec<Result<String, String>> {
         })
         .collect();
     std::fs::write(&input, serde_json::to_string(&list).unwrap()).unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/render_template.py");
-    let out = Command::new(python())
+    let script = script("render_template.py");
+    let out = Command::new(python(NEEDS_PY))
         .arg(&script)
         .arg(&input)
         .arg(&output)

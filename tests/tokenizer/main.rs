@@ -4,6 +4,8 @@
 
 #[path = "../cli_support/mod.rs"]
 mod cli_support;
+#[path = "../python_support/mod.rs"]
+mod python_support;
 
 mod chat_template_jinja2;
 mod chat_template_use;
