@@ -14,7 +14,13 @@ use edgetune::quant::GgmlType;
 use edgetune::testmodel::{self, TINY, WeightTypes};
 use edgetune::train::DeviceStep;
 
-#[test]
+fn main() {
+    alloc_support::run_alone(
+        "device_step_micro_batches_after_the_first_allocate_nothing",
+        device_step_micro_batches_after_the_first_allocate_nothing,
+    );
+}
+
 fn device_step_micro_batches_after_the_first_allocate_nothing() {
     alloc_support::assert_counting_works();
     let dir = tempfile::tempdir().unwrap();

@@ -83,3 +83,35 @@ pub fn assert_counting_works() {
         "the counting allocator is not installed: {c:?}"
     );
 }
+
+/// `main` of a counting binary (`harness = false` in Cargo.toml): runs `test` alone on this
+/// thread, with no test harness beside it. libtest's own thread would allocate while the test
+/// runs — it prints "has been running for over 60 seconds" at 60 s — and counting is global:
+/// a training case that crossed the 60 s mark during a counted step failed with 3 allocations
+/// that were the harness's. Understands what cargo and scripts pass to test binaries: a name
+/// filter (runs the test only if its name contains it), `--list`, `--ignored` (there are no
+/// ignored tests here); other flags are ignored. Prints libtest's lines, so summaries that
+/// add up `test result:` lines count it.
+#[allow(dead_code)]
+pub fn run_alone(name: &str, test: fn()) {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--list") {
+        println!("{name}: test");
+        return;
+    }
+    let filter = args.iter().find(|a| !a.starts_with('-'));
+    let skip = args.iter().any(|a| a == "--ignored") || filter.is_some_and(|f| !name.contains(f));
+    println!("\nrunning {} test", if skip { 0 } else { 1 });
+    let start = std::time::Instant::now();
+    if !skip {
+        test();
+        println!("test {name} ... ok");
+    }
+    println!(
+        "\ntest result: ok. {} passed; 0 failed; 0 ignored; 0 measured; {} filtered out; \
+         finished in {:.2}s\n",
+        usize::from(!skip),
+        usize::from(skip),
+        start.elapsed().as_secs_f64()
+    );
+}
