@@ -88,19 +88,45 @@ pub fn assert_counting_works() {
 /// thread, with no test harness beside it. libtest's own thread would allocate while the test
 /// runs — it prints "has been running for over 60 seconds" at 60 s — and counting is global:
 /// a training case that crossed the 60 s mark during a counted step failed with 3 allocations
-/// that were the harness's. Understands what cargo and scripts pass to test binaries: a name
-/// filter (runs the test only if its name contains it), `--list`, `--ignored` (there are no
-/// ignored tests here); other flags are ignored. Prints libtest's lines, so summaries that
-/// add up `test result:` lines count it.
+/// that were the harness's. Understands libtest's arguments as far as one test needs: name
+/// filters (the test runs if its name contains one, or if none is given), `--skip FILTER`,
+/// `--exact`, `--list`, `--ignored` (there are no ignored tests here); the values of
+/// `--test-threads`, `--format`, `--color`, `--logfile`, `--shuffle-seed` and `-Z` are not
+/// taken for filters; other flags are ignored. Prints libtest's lines, so summaries that add
+/// up `test result:` lines count it.
 #[allow(dead_code)]
 pub fn run_alone(name: &str, test: fn()) {
+    const WITH_VALUE: [&str; 7] = [
+        "--test-threads",
+        "--skip",
+        "--format",
+        "--color",
+        "--logfile",
+        "--shuffle-seed",
+        "-Z",
+    ];
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "--list") {
         println!("{name}: test");
         return;
     }
-    let filter = args.iter().find(|a| !a.starts_with('-'));
-    let skip = args.iter().any(|a| a == "--ignored") || filter.is_some_and(|f| !name.contains(f));
+    let exact = args.iter().any(|a| a == "--exact");
+    let matches = |f: &str| if exact { name == f } else { name.contains(f) };
+    let (mut filters, mut skips) = (Vec::new(), Vec::new());
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--skip" => skips.extend(it.next()),
+            f if WITH_VALUE.contains(&f) => {
+                it.next();
+            }
+            f if f.starts_with('-') => {}
+            f => filters.push(f),
+        }
+    }
+    let skip = args.iter().any(|a| a == "--ignored")
+        || !(filters.is_empty() || filters.iter().any(|f| matches(f)))
+        || skips.iter().any(|f| name.contains(f.as_str()));
     println!("\nrunning {} test", if skip { 0 } else { 1 });
     let start = std::time::Instant::now();
     if !skip {
