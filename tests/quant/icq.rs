@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::python_support::{python, script};
+use crate::python_support::run_script;
 use edgetune::gguf::{GgufFile, GgufWriter, Value};
 use edgetune::model::{LlamaConfig, LlamaWeights};
 use edgetune::npy;
@@ -186,18 +186,7 @@ fn icq_entropy_is_at_least_plain_on_a_gaussian_tensor_and_errors_are_bounded() {
 
 /// gguf-py's view of `path`: its meta.json, and each tensor's dequantization under `dir`.
 fn gguf_py_read(path: &Path, dir: &Path) -> serde_json::Value {
-    let script = script("gguf_py_read.py");
-    let out = Command::new(python(NEEDS_PY))
-        .arg(&script)
-        .arg(path)
-        .arg(dir)
-        .output()
-        .expect("start python");
-    assert!(
-        out.status.success(),
-        "gguf_py_read.py failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_script(NEEDS_PY, "gguf_py_read.py", &[path, dir]);
     serde_json::from_slice(&std::fs::read(dir.join("meta.json")).unwrap()).unwrap()
 }
 

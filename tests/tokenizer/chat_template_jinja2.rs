@@ -7,7 +7,6 @@
 //! with jinja2).
 
 use std::path::Path;
-use std::process::Command;
 
 use edgetune::tokenizer::chat_template::{
     CHATML_TEMPLATE, ChatTemplate, LLAMA3_TEMPLATE, SpecialTexts,
@@ -15,7 +14,7 @@ use edgetune::tokenizer::chat_template::{
 use edgetune::tokenizer::template::Message;
 
 use crate::cli_support::{edgetune, ok};
-use crate::python_support::{python, script};
+use crate::python_support::run_script;
 use crate::template_fixture;
 
 /// What this module needs from the reference Python.
@@ -54,18 +53,7 @@ fn render_with_jinja2(jobs: &[Job]) -> Vec<Result<String, String>> {
         })
         .collect();
     std::fs::write(&input, serde_json::to_string(&list).unwrap()).unwrap();
-    let script = script("render_template.py");
-    let out = Command::new(python(NEEDS_PY))
-        .arg(&script)
-        .arg(&input)
-        .arg(&output)
-        .output()
-        .expect("start python");
-    assert!(
-        out.status.success(),
-        "render_template.py failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_script(NEEDS_PY, "render_template.py", &[&input, &output]);
     let results: Vec<serde_json::Value> =
         serde_json::from_str(&std::fs::read_to_string(&output).unwrap()).unwrap();
     assert_eq!(results.len(), jobs.len());
