@@ -10,6 +10,7 @@
 
 pub mod adapters;
 pub mod backend;
+pub mod compare;
 pub mod data;
 pub mod error;
 pub mod eval;

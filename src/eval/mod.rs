@@ -1,13 +1,10 @@
 //! Measuring adapters: eval suites with checks ([`suite`], [`checks`], [`runner`]), the
 //! assistant set's before/after measures ([`assistant`]), the guardrail ([`guard`]), the
-//! held-out loss ([`heldout`]), the side-by-side comparison of training methods behind
-//! `edgetune compare` ([`compare`], its per-method settings [`compare_opts`]) and SVG charts of
-//! training runs ([`plot`]).
+//! held-out loss ([`heldout`]) and SVG charts of training runs ([`plot`]). The comparison of
+//! training methods built on them is [`crate::compare`].
 
 pub mod assistant;
 pub mod checks;
-pub mod compare;
-pub mod compare_opts;
 pub mod guard;
 pub mod heldout;
 pub mod plot;

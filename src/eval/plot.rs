@@ -1,15 +1,13 @@
-//! SVG charts of training runs: [`loss_svg`] (training loss curves) and [`compare_svg`]
-//! (`edgetune compare`'s `compare.svg`: every method's loss curve above bar charts of peak
-//! memory, adapter size, tok/s and held-out quality).
+//! SVG charts of training runs: [`loss_svg`] (training loss curves), and the loss and bar
+//! panels that `edgetune compare`'s chart (`crate::compare::chart`) is drawn from.
 //!
 //! Drawn with plotters' SVG backend and no font support compiled in: text goes out as SVG
 //! `<text>` elements that the viewer lays out, and plotters places labels with its own size
 //! estimate, so nothing reads system fonts. The output depends only on the input (no time, no
 //! randomness): the same results give the same bytes.
 //!
-//! Colours: a method keeps its colour across charts and runs ([`method_color`], by its place in
-//! [`ALL_METHODS`]); the base model's bars are grey ([`BASE_COLOR`]); [`loss_svg`] colours its
-//! curves in order ([`PALETTE`]).
+//! Colours: [`loss_svg`] colours its curves in order ([`PALETTE`]); the comparison chart gives
+//! each method its own colour from the same palette and the base model's bars [`BASE_COLOR`].
 
 use std::path::Path;
 
@@ -19,7 +17,6 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use serde_json::Value;
 
-use super::compare::{ALL_METHODS, MethodResult};
 use crate::{Error, Result};
 
 /// One training run's loss per optimizer step.
@@ -81,24 +78,12 @@ pub const PALETTE: [(u8, u8, u8); 15] = [
 /// The base model's bars.
 pub const BASE_COLOR: (u8, u8, u8) = (170, 170, 170);
 
-/// The colour of `method`: its place in [`ALL_METHODS`]; an unknown name (or the base row)
-/// gets [`BASE_COLOR`].
-pub fn method_color(method: &str) -> (u8, u8, u8) {
-    ALL_METHODS
-        .iter()
-        .position(|m| *m == method)
-        .map_or(BASE_COLOR, |i| PALETTE[i % PALETTE.len()])
-}
-
 /// A colour as the SVG output writes it (`#RRGGBB`, upper case), for finding elements in it.
 pub fn svg_hex((r, g, b): (u8, u8, u8)) -> String {
     format!("#{r:02X}{g:02X}{b:02X}")
 }
 
 const LOSS_SIZE: (u32, u32) = (900, 480);
-const COMPARE_SIZE: (u32, u32) = (1200, 960);
-/// Height of the loss chart in `compare.svg`; the bar charts share the rest.
-const COMPARE_LOSS_HEIGHT: u32 = 480;
 
 /// Training loss against step, one line per curve (coloured in order from [`PALETTE`]), with a
 /// legend of the labels.
@@ -118,76 +103,18 @@ pub fn loss_svg(title: &str, curves: &[LossCurve]) -> Result<String> {
     Ok(svg)
 }
 
-/// `compare.svg`: the methods' training loss curves (each `curves` entry whose label is a
-/// method of `results`, in its colour) above four horizontal bar charts, one bar per row that
-/// has the measure: peak memory (MiB), adapter size (KiB), tok/s, and held-out quality — the
-/// suite's pass rate (%) when any row passed anything, else the held-out loss. The base row
-/// ([`MethodResult::is_base`]) only has bars in the quality chart.
-pub fn compare_svg(results: &[MethodResult], curves: &[LossCurve]) -> Result<String> {
-    let colored: Vec<(&LossCurve, (u8, u8, u8))> =
-        curves.iter().map(|c| (c, method_color(&c.label))).collect();
-    // All-zero pass rates (a short run on a hard suite) would be a chart of empty bars.
-    let has_pass = results
-        .iter()
-        .any(|r| r.eval_pass_rate.is_some_and(|p| p > 0.0));
-    let quality: Panel = if has_pass {
-        ("held-out pass rate (%)", |r| {
-            r.eval_pass_rate.map(|p| p * 100.0)
-        })
-    } else {
-        ("held-out loss", |r| r.heldout_loss)
-    };
-    let panels: [Panel; 4] = [
-        ("peak memory (MiB)", |r| {
-            r.peak_bytes.map(|b| b as f64 / 1048576.0)
-        }),
-        ("adapter size (KiB)", |r| {
-            r.adapter_bytes.map(|b| b as f64 / 1024.0)
-        }),
-        ("training tok/s", |r| r.tok_per_s),
-        quality,
-    ];
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, COMPARE_SIZE).into_drawing_area();
-        root.fill(&WHITE).map_err(draw_err)?;
-        let (top, bottom) = root.split_vertically(COMPARE_LOSS_HEIGHT);
-        draw_loss(&top, "training loss", &colored)?;
-        let areas = bottom.split_evenly((1, panels.len()));
-        for (area, (title, measure)) in areas.iter().zip(&panels) {
-            let rows: Vec<Bar> = results
-                .iter()
-                .filter_map(|r| {
-                    let v = measure(r)?;
-                    (v.is_finite() && v >= 0.0).then(|| Bar {
-                        label: r.method.clone(),
-                        value: v,
-                        color: method_color(&r.method),
-                    })
-                })
-                .collect();
-            draw_bars(area, title, &rows)?;
-        }
-        root.present().map_err(draw_err)?;
-    }
-    Ok(svg)
-}
-
-/// A bar chart of `compare.svg`: its title and the measure of a row.
-type Panel = (&'static str, fn(&MethodResult) -> Option<f64>);
-
 /// One bar of a bar chart.
-struct Bar {
-    label: String,
-    value: f64,
-    color: (u8, u8, u8),
+pub(crate) struct Bar {
+    pub label: String,
+    pub value: f64,
+    pub color: (u8, u8, u8),
 }
 
-fn draw_err(e: impl std::fmt::Display) -> Error {
+pub(crate) fn draw_err(e: impl std::fmt::Display) -> Error {
     Error::Invalid(format!("drawing the chart: {e}"))
 }
 
-fn rgb((r, g, b): (u8, u8, u8)) -> RGBColor {
+pub(crate) fn rgb((r, g, b): (u8, u8, u8)) -> RGBColor {
     RGBColor(r, g, b)
 }
 
@@ -200,7 +127,7 @@ fn padded(lo: f64, hi: f64) -> (f64, f64) {
     (lo - pad, hi + pad)
 }
 
-fn draw_loss(
+pub(crate) fn draw_loss(
     area: &DrawingArea<SVGBackend<'_>, Shift>,
     title: &str,
     curves: &[(&LossCurve, (u8, u8, u8))],
@@ -260,7 +187,11 @@ fn draw_loss(
 }
 
 /// Horizontal bars, the first row at the top, each with its value at its end.
-fn draw_bars(area: &DrawingArea<SVGBackend<'_>, Shift>, title: &str, rows: &[Bar]) -> Result<()> {
+pub(crate) fn draw_bars(
+    area: &DrawingArea<SVGBackend<'_>, Shift>,
+    title: &str,
+    rows: &[Bar],
+) -> Result<()> {
     let n = rows.len().max(1) as i32;
     let max = rows.iter().map(|b| b.value).fold(0.0f64, f64::max);
     // Room past the longest bar for its value.

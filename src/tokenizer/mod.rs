@@ -27,6 +27,7 @@ pub mod pre_custom;
 pub mod pre_regex;
 pub mod pre_table;
 pub mod pretokenize;
+pub mod prompt_spec;
 pub mod special;
 pub mod spm;
 pub mod stream;

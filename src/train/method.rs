@@ -71,8 +71,19 @@ impl Method {
         Method::Layerimp,
     ];
 
+    /// Every method's name, in [`Method::ALL`]'s order.
+    pub const NAMES: [&'static str; Method::ALL.len()] = {
+        let mut names = [""; Method::ALL.len()];
+        let mut i = 0;
+        while i < names.len() {
+            names[i] = Method::ALL[i].name();
+            i += 1;
+        }
+        names
+    };
+
     /// The CLI / serde name (`dora`).
-    pub fn name(self) -> &'static str {
+    pub const fn name(self) -> &'static str {
         match self {
             Method::Lora => "lora",
             Method::Rslora => "rslora",

@@ -6,8 +6,9 @@
 
 use std::path::Path;
 
-use edgetune::eval::compare_opts::default_lr;
-use edgetune::eval::plot::{BASE_COLOR, method_color, svg_hex};
+use edgetune::compare::chart::method_color;
+use edgetune::compare::opts::default_lr;
+use edgetune::eval::plot::{BASE_COLOR, svg_hex};
 
 use crate::cli_support::{edgetune, s};
 use crate::train_support;

@@ -2,10 +2,9 @@
 //! points, in its colour), one bar per row that has each measure, the labels as `<text>`, and
 //! the same bytes for the same input.
 
-use edgetune::eval::compare::{BASE_ROW, MethodResult};
-use edgetune::eval::plot::{
-    BASE_COLOR, LossCurve, PALETTE, compare_svg, loss_svg, method_color, svg_hex,
-};
+use edgetune::compare::chart::{compare_svg, method_color};
+use edgetune::compare::{BASE_ROW, MethodResult};
+use edgetune::eval::plot::{BASE_COLOR, LossCurve, PALETTE, loss_svg, svg_hex};
 
 fn curve(label: &str, losses: &[f64]) -> LossCurve {
     LossCurve {
@@ -201,7 +200,7 @@ fn compare_svg_has_a_curve_per_method_and_a_bar_per_measure() {
 
 #[test]
 fn every_method_has_its_own_colour() {
-    let colors: std::collections::BTreeSet<String> = edgetune::eval::compare::ALL_METHODS
+    let colors: std::collections::BTreeSet<String> = edgetune::compare::ALL_METHODS
         .iter()
         .map(|m| svg_hex(method_color(m)))
         .collect();

@@ -4,27 +4,19 @@
 //! default learning rate unless overridden), measures it, scores it against plain LoRA, and
 //! writes `DIR/compare.json`, `DIR/compare.md` (the table is printed too) and `DIR/compare.svg`.
 //!
-//! Each method trains in a child process of this same binary (`edgetune train --method NAME
-//! … --json`, into `DIR/<method>/`, its log in `DIR/<method>/train.log`) because the peak RSS
-//! is per process: one process per method keeps each peak its own. The measures run here
-//! afterwards (compare_measure.rs), with each method's checkpointed adapter on the base, and
-//! once on the base alone before any training (the `base` row). A method that fails gets its
-//! `error` and the others go on.
+//! The comparison itself is the library's (`edgetune::compare::run`); this front end turns the
+//! flags into a `Comparison`, checks every `--method-opt` against `train`'s flags, trains each
+//! method in a child process of this same binary (`ChildProcess`: `edgetune train --method
+//! NAME … --json` into `DIR/<method>/`, its log in `DIR/<method>/train.log`; the peak RSS is
+//! per process) and prints the progress and the table.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::Instant;
 
-use edgetune::data::{TokenizeOptions, chat_template_for, tokenize_all};
-use edgetune::eval::compare::{self, MethodResult, Split};
-use edgetune::eval::compare_opts::{self, DEFAULT_LRS, MethodOpt, TrainFlags};
-use edgetune::eval::plot::{self, LossCurve};
-use edgetune::eval::{EvalOptions, Suite, load_suite};
-use edgetune::gguf::GgufFile;
-use edgetune::tokenizer::Tokenizer;
+use edgetune::compare::opts::{self as compare_opts, DEFAULT_LRS, MethodOpt};
+use edgetune::compare::{self, ChildProcess, Comparison, Heldout, Progress};
+use edgetune::eval::{Suite, load_suite};
 use edgetune::{Error, Result};
 
-use crate::compare_measure::Bench;
 use crate::template_args::TemplateArgs;
 
 /// The suite used without `--suite` (relative to the working directory).
@@ -41,7 +33,7 @@ fn after_help() -> String {
 (a --method-opt METHOD:lr=X sets one method's): {}. AdaLoRA (E starts at 0), HiRA (its update \
 is scaled by the base weights) and frozen DyLoRA (one component trains per step) move slowly \
 at LoRA's rate, LoRA+ trains B 16x faster; the reasons for each are in the README (compare) \
-and edgetune::eval::compare_opts.\n\n\
+and edgetune::compare::opts.\n\n\
 --method-opt METHOD:FLAG=VALUE (repeatable) passes any `edgetune train` flag to one method's \
 run, replacing the common value (METHOD:FLAG for a switch), e.g. `--method-opt \
 adalora:adalora-target-r=8 --method-opt hira:base-copy=dense`; METHOD `all` gives it to every \
@@ -130,8 +122,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let methods = compare::parse_methods(&args.methods)?;
-    let opts = parse_method_opts(&args.method_opt, &methods)?;
-    std::fs::create_dir_all(&args.out).map_err(|e| Error::io(&args.out, e))?;
+    let method_opts = parse_method_opts(&args.method_opt, &methods)?;
     let suite = match &args.suite {
         Some(path) => Some(load_suite(path)?),
         None if Path::new(DEFAULT_SUITE).is_file() => Some(load_suite(Path::new(DEFAULT_SUITE))?),
@@ -143,117 +134,48 @@ pub fn run(args: Args) -> Result<()> {
         }
     };
     let retention: Option<Suite> = args.retention.as_deref().map(load_suite).transpose()?;
-    let split = match &args.heldout_data {
-        Some(h) => compare::split_from_file(&args.data, h)?,
-        None => compare::split_data(&args.data, &args.out, args.heldout)?,
-    };
-    eprintln!(
-        "compare: {} methods; {} records to train on ({}), {} held out",
-        methods.len(),
-        split.train_records,
-        split.train_path.display(),
-        split.heldout.len()
-    );
-    let file = GgufFile::open(&args.model)?;
-    let tokenizer = Tokenizer::from_gguf(&file)?;
-    let chat = chat_template_for(&file, &tokenizer, &split.heldout)?;
-    let tok_opts = TokenizeOptions {
-        chat_template: chat.as_ref(),
-        ..TokenizeOptions::default()
-    };
-    let heldout = tokenize_all(&tokenizer, &split.heldout, &tok_opts)?;
-    let bench = Bench {
-        file: &file,
-        tokenizer: &tokenizer,
-        heldout: &heldout,
+    let cfg = Comparison {
+        model: args.model,
+        data: args.data,
+        methods,
+        steps: args.steps,
         seq_len: args.seq_len,
-        suite: suite.as_ref(),
-        retention: retention.as_ref(),
-        eval: EvalOptions {
-            max_tokens: args.max_tokens,
-            style: args.template.format(&file, &tokenizer)?,
-            batch: edgetune::infer::DEFAULT_GENERATE_BATCH,
+        batch: args.batch,
+        rank: args.rank,
+        lr: args.lr,
+        method_opts,
+        seed: args.seed,
+        budget: args.budget,
+        threads: args.threads,
+        suite,
+        retention,
+        max_tokens: args.max_tokens,
+        prompt: args.template.spec(),
+        heldout: match args.heldout_data {
+            Some(file) => Heldout::File(file),
+            None => Heldout::Fraction(args.heldout),
         },
+        out: args.out,
     };
-
-    eprintln!("compare: measuring the base model (no adapter) …");
-    let started = Instant::now();
-    let mut base = bench.base();
-    base.measure_seconds = Some(started.elapsed().as_secs_f64());
-    if let Some(e) = &base.error {
-        eprintln!("compare: measuring the base model failed: {e}");
-    }
-    let mut results: Vec<MethodResult> = vec![base];
-    for method in &methods {
-        eprintln!("compare: training {method} …");
-        let mut r = MethodResult::new(method);
-        let flags = train_flags(&args, method, &opts)?;
-        r.lr = flags.get("lr").and_then(|v| v.parse().ok());
-        r.method_opts = compare_opts::opts_of(method, &opts);
-        let started = Instant::now();
-        let trained = train_child(&args, &split, method, &flags);
-        r.train_seconds = Some(started.elapsed().as_secs_f64());
-        match trained {
-            Ok(summary) => {
-                r.fill_from_summary(&summary);
-                let ckpt = summary
-                    .get("last_checkpoint")
-                    .and_then(|v| v.as_str())
-                    .map(PathBuf::from);
-                let started = Instant::now();
-                match ckpt {
-                    Some(dir) => bench.method(&mut r, &dir),
-                    None => r.add_error("the run wrote no checkpoint"),
-                }
-                r.measure_seconds = Some(started.elapsed().as_secs_f64());
+    // Each method trains in a child process of this binary (per-process peak RSS).
+    let exe = std::env::current_exe().map_err(|e| Error::io("<current exe>", e))?;
+    let mut runner = ChildProcess { exe };
+    let outcome = compare::run(&cfg, &mut runner, &mut |p| match p {
+        Progress::Plan { methods, split } => eprintln!(
+            "compare: {methods} methods; {} records to train on ({}), {} held out",
+            split.train_records,
+            split.train_path.display(),
+            split.heldout.len()
+        ),
+        Progress::MeasuringBase => eprintln!("compare: measuring the base model (no adapter) …"),
+        Progress::Training { method } => eprintln!("compare: training {method} …"),
+        Progress::Row { row } => {
+            if let Some(e) = &row.error {
+                eprintln!("compare: {} failed: {e}", row.method);
             }
-            Err(e) => r.add_error(e.to_string()),
         }
-        if let Some(e) = &r.error {
-            eprintln!("compare: {method} failed: {e}");
-        }
-        results.push(r);
-        // Partial results survive an interrupted comparison.
-        write_json(&args.out, &results)?;
-    }
-    compare::score(&mut results);
-    write_json(&args.out, &results)?;
-    write_svg(&args.out, &results);
-    let table = compare::markdown_table(&results);
-    let md = format!(
-        "# edgetune compare\n\nmodel `{}`, data `{}` ({} records trained on, {} held out{}), {} \
-         steps, seq-len {}, batch {}, rank {}, seed {}, budget {}\n\n{table}\n\
-         score = (memory · disk · time · quality)^(1/4) against lora: memory = peak_lora / peak, \
-         disk = adapter_lora / adapter, time = tok/s ÷ tok/s_lora, quality = \
-         exp(heldout_lora − heldout).\n\nPer method:\n\n{}",
-        args.model.display(),
-        args.data.display(),
-        split.train_records,
-        split.heldout.len(),
-        args.heldout_data
-            .as_ref()
-            .map_or(String::new(), |h| format!(" from `{}`", h.display())),
-        args.steps,
-        args.seq_len,
-        args.batch,
-        args.rank,
-        args.seed,
-        args.budget.as_deref().unwrap_or("none"),
-        compare::run_settings(&results),
-    );
-    let md_path = args.out.join("compare.md");
-    std::fs::write(&md_path, md).map_err(|e| Error::io(&md_path, e))?;
-    print!("{table}");
-    if results
-        .iter()
-        .filter(|r| !r.is_base())
-        .all(|r| r.error.is_some())
-    {
-        return Err(Error::Invalid(format!(
-            "compare: every method failed (see {})",
-            args.out.join("compare.json").display()
-        )));
-    }
+    })?;
+    print!("{}", outcome.table);
     Ok(())
 }
 
@@ -296,110 +218,4 @@ fn parse_method_opts(raw: &[String], methods: &[String]) -> Result<Vec<MethodOpt
         opts.push(o);
     }
     Ok(opts)
-}
-
-/// The flags of `method`'s run: the common ones, its learning rate (`--lr`, else its default),
-/// then its `--method-opt`s.
-fn train_flags(args: &Args, method: &str, opts: &[MethodOpt]) -> Result<TrainFlags> {
-    let lr = match args.lr {
-        Some(lr) => lr,
-        None => compare_opts::default_lr(method)?,
-    };
-    let mut f = TrainFlags::new();
-    f.set("steps", Some(args.steps.to_string()));
-    f.set("seq-len", Some(args.seq_len.to_string()));
-    f.set("batch", Some(args.batch.to_string()));
-    f.set("rank", Some(args.rank.to_string()));
-    f.set("lr", Some(lr.to_string()));
-    f.set("seed", Some(args.seed.to_string()));
-    if let Some(b) = &args.budget {
-        f.set("budget", Some(b.clone()));
-    }
-    if let Some(t) = args.threads {
-        f.set("threads", Some(t.to_string()));
-    }
-    f.apply(method, opts);
-    Ok(f)
-}
-
-/// Trains `method` in a child `edgetune train … --json`; returns its summary.
-fn train_child(
-    args: &Args,
-    split: &Split,
-    method: &str,
-    flags: &TrainFlags,
-) -> Result<serde_json::Value> {
-    let dir = args.out.join(method);
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    }
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    let exe = std::env::current_exe().map_err(|e| Error::io("<current exe>", e))?;
-    let log_path = dir.join("train.log");
-    let log = std::fs::File::create(&log_path).map_err(|e| Error::io(&log_path, e))?;
-    let out = Command::new(exe)
-        .arg("train")
-        .arg("--model")
-        .arg(&args.model)
-        .arg("--data")
-        .arg(&split.train_path)
-        .arg("--out")
-        .arg(&dir)
-        // DIR/<method>/ holds this comparison's train.log: the run writes beside it.
-        .arg("--overwrite")
-        .args(["--method", method])
-        .args(flags.to_args())
-        .arg("--json")
-        .stdin(Stdio::null())
-        .stderr(log)
-        .output()
-        .map_err(|e| Error::io("edgetune train", e))?;
-    if !out.status.success() {
-        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-        let last = log
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("(no output)");
-        return Err(Error::Invalid(format!(
-            "train exited with {}: {} (log: {})",
-            out.status,
-            last.trim_start_matches("edgetune: error: "),
-            log_path.display()
-        )));
-    }
-    serde_json::from_slice(&out.stdout).map_err(|e| {
-        Error::Invalid(format!(
-            "train printed no JSON summary ({e}); log: {}",
-            log_path.display()
-        ))
-    })
-}
-
-fn write_json(dir: &Path, results: &[MethodResult]) -> Result<()> {
-    let path = dir.join("compare.json");
-    let text = serde_json::to_string_pretty(results)
-        .map_err(|e| Error::Invalid(format!("compare.json: {e}")))?;
-    std::fs::write(&path, text).map_err(|e| Error::io(&path, e))
-}
-
-/// `DIR/compare.svg` from the results and each run's `metrics.jsonl`. The chart is an extra:
-/// a method without metrics is left out of the curves, and a failure is reported, not fatal.
-fn write_svg(dir: &Path, results: &[MethodResult]) {
-    let curves: Vec<LossCurve> = results
-        .iter()
-        .filter(|r| !r.is_base())
-        .filter_map(|r| {
-            let path = dir.join(&r.method).join("metrics.jsonl");
-            LossCurve::from_metrics(&r.method, &path)
-                .map_err(|e| eprintln!("compare: no loss curve for {}: {e}", r.method))
-                .ok()
-        })
-        .collect();
-    let path = dir.join("compare.svg");
-    let written = plot::compare_svg(results, &curves)
-        .and_then(|svg| std::fs::write(&path, svg).map_err(|e| Error::io(&path, e)));
-    if let Err(e) = written {
-        eprintln!("compare: {}: {e}", path.display());
-    }
 }

@@ -73,6 +73,10 @@ pub struct Args {
     /// Worker threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// The training forward's arithmetic through the frozen weights (`train --compute`); the
+    /// evaluations before and after stay f32.
+    #[command(flatten)]
+    pub compute: crate::compute_args::ComputeArgsF32,
     /// --synthetic: the test-model preset (tiny, small, …).
     #[arg(long, default_value = "tiny")]
     pub preset: String,

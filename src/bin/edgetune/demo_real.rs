@@ -87,6 +87,7 @@ pub fn run(args: &Args) -> Result<()> {
         decay: Decay::Cosine,
         seed: args.seed,
         threads: args.threads,
+        compute: args.compute.get(),
         ..TrainConfig::default()
     };
     let mut cfg = cfg;

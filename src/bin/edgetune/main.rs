@@ -4,7 +4,6 @@ mod backend_args;
 mod bench_cmd;
 mod bench_forward;
 mod compare_cmd;
-mod compare_measure;
 mod compute_args;
 mod data_cmd;
 mod demo_cmd;

@@ -2,13 +2,13 @@
 //! shared by `generate`, `eval` and `compare`: how one prompt becomes token ids.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use clap::ValueEnum;
+use edgetune::Result;
 use edgetune::gguf::GgufFile;
 use edgetune::tokenizer::Tokenizer;
-use edgetune::tokenizer::chat_template::{ChatTemplate, PromptFormat, SpecialTexts};
-use edgetune::{Error, Result};
+use edgetune::tokenizer::chat_template::PromptFormat;
+use edgetune::tokenizer::prompt_spec::{PromptSpec, TemplateName};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum Template {
@@ -41,30 +41,22 @@ pub struct TemplateArgs {
 }
 
 impl TemplateArgs {
+    /// The library's description of these flags.
+    pub fn spec(&self) -> PromptSpec {
+        PromptSpec {
+            template: match self.template {
+                Template::Auto => TemplateName::Auto,
+                Template::Alpaca => TemplateName::Alpaca,
+                Template::Llama3Chat => TemplateName::Llama3Chat,
+                Template::None => TemplateName::None,
+            },
+            template_file: self.template_file.clone(),
+            system: self.system.clone(),
+        }
+    }
+
     /// The chosen format for the model in `file`; a chat template is compiled once here.
     pub fn format(&self, file: &GgufFile, tok: &Tokenizer) -> Result<PromptFormat> {
-        let chat = if let Some(path) = &self.template_file {
-            ChatTemplate::from_file(path, SpecialTexts::of_gguf(file)?)?
-        } else {
-            match (self.template, &self.system) {
-                (Template::Auto, _) => ChatTemplate::for_model(file, tok)?,
-                (other, Some(_)) => {
-                    return Err(Error::Invalid(format!(
-                        "--system needs a chat template (--template auto or --template-file), \
-                         not --template {}",
-                        other
-                            .to_possible_value()
-                            .map_or("?".into(), |v| v.get_name().to_owned())
-                    )));
-                }
-                (Template::Alpaca, None) => return Ok(PromptFormat::Alpaca),
-                (Template::Llama3Chat, None) => return Ok(PromptFormat::Llama3Chat),
-                (Template::None, None) => return Ok(PromptFormat::Plain),
-            }
-        };
-        Ok(match &self.system {
-            Some(text) => PromptFormat::ChatWithSystem(Arc::new(chat), text.clone()),
-            None => PromptFormat::Chat(Arc::new(chat)),
-        })
+        self.spec().resolve(file, tok)
     }
 }

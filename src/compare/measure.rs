@@ -1,4 +1,4 @@
-//! `edgetune compare`'s measures after training: the adapter's size, its held-out loss and
+//! The comparison's measures after training: the adapter's size, its held-out loss and
 //! the pass rates of the eval suite and the retention suite, for each method's checkpoint and
 //! once for the base model without an adapter (the table's `base` row).
 //!
@@ -12,15 +12,15 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use edgetune::data::tasks::DEFAULT_TASK;
-use edgetune::data::{IGNORE, TokenizedExample};
-use edgetune::eval::compare::{self, BASE_ROW, MethodResult};
-use edgetune::eval::{EvalOptions, Suite, heldout_loss, run_suite};
-use edgetune::gguf::GgufFile;
-use edgetune::model::Llama;
-use edgetune::tokenizer::Tokenizer;
-use edgetune::train::{Method, method_io, method_tasks};
-use edgetune::{Error, Result};
+use super::result::{self as compare, BASE_ROW, MethodResult};
+use crate::data::tasks::DEFAULT_TASK;
+use crate::data::{IGNORE, TokenizedExample};
+use crate::eval::{EvalOptions, Suite, heldout_loss, run_suite};
+use crate::gguf::GgufFile;
+use crate::model::Llama;
+use crate::tokenizer::Tokenizer;
+use crate::train::{Method, method_io, method_tasks};
+use crate::{Error, Result};
 
 /// What every adapter is measured on.
 pub struct Bench<'a> {
@@ -68,7 +68,7 @@ impl Bench<'_> {
             let set = if method_io::has_method_state(checkpoint) {
                 method_io::load_set(checkpoint, file)?
             } else {
-                edgetune::export::load_any(checkpoint, llama.config())?
+                crate::export::load_any(checkpoint, llama.config())?
             };
             llama.set_adapters(Some(Arc::new(set)))?;
             Ok(llama)

@@ -17,7 +17,7 @@ use std::str::FromStr;
 
 use crate::{Error, Result};
 
-use super::compare::ALL_METHODS;
+use super::result::ALL_METHODS;
 
 /// One method's default learning rate and why.
 #[derive(Clone, Copy, Debug, PartialEq)]

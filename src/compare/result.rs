@@ -1,4 +1,4 @@
-//! `edgetune compare`'s measures, score and table: one [`MethodResult`] per training method,
+//! A comparison's rows, score and table: one [`MethodResult`] per training method,
 //! the composite [`score`] against plain LoRA, the markdown table, and the held-out split of
 //! the dataset (the last records, never trained on).
 //!
@@ -29,14 +29,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::data::{Dataset, formats};
+use crate::train::Method;
 use crate::{Error, Result};
 
-/// The methods of `--methods all`, in the order of docs/METHODS.md (the names `edgetune train
+/// The methods of `--methods all`, in [`Method::ALL`]'s order (the names `edgetune train
 /// --method` takes).
-pub const ALL_METHODS: [&str; 15] = [
-    "lora", "rslora", "loraplus", "qlora", "dora", "adalora", "mtlora", "irqlora", "olora",
-    "pissa", "reslora", "dylora", "qdylora", "hira", "layerimp",
-];
+pub const ALL_METHODS: [&str; Method::ALL.len()] = Method::NAMES;
 
 /// The baseline every score is relative to.
 pub const BASELINE: &str = "lora";
