@@ -25,7 +25,7 @@ pub mod result;
 pub mod runner;
 
 pub use measure::Bench;
-pub use opts::{DEFAULT_LRS, MethodOpt, TrainFlags};
+pub use opts::{MethodOpt, TrainFlags};
 pub use result::{
     ALL_METHODS, BASE_ROW, BASELINE, MethodResult, Split, adapter_bytes, markdown_table,
     parse_methods, run_settings, score, score_against, split_data, split_from_file,
@@ -65,7 +65,7 @@ pub struct Comparison {
     pub seq_len: usize,
     pub batch: usize,
     pub rank: usize,
-    /// One learning rate for every method (`None`: each method's default, [`DEFAULT_LRS`]).
+    /// One learning rate for every method (`None`: each method's default, [`opts::default_lr`]).
     pub lr: Option<f32>,
     /// Per-method `edgetune train` flags ([`MethodOpt`]).
     pub method_opts: Vec<MethodOpt>,

@@ -1,149 +1,21 @@
-//! `edgetune compare`'s per-method settings: each method's default learning rate
-//! ([`DEFAULT_LRS`], with the reason for each) and the `--method-opt METHOD:FLAG=VALUE` flags
-//! passed through to one method's `edgetune train` run ([`MethodOpt`], [`TrainFlags`]).
-//!
-//! # Why the learning rates differ
-//!
-//! A comparison runs every method for the same number of steps, so a method whose
-//! parametrisation makes the update of `W` small at a given learning rate would be measured
-//! half-trained. The table sets each method's rate so that its effective update is of the order
-//! of LoRA's at 2e-4 — except where a larger effective step is the method's own idea (rsLoRA's
-//! scale, OLoRA / PiSSA's non-zero start, ResLoRA's shortcut): those keep LoRA's rate, as their
-//! papers do, so that what they claim is what is measured. Under AdamW a parameter moves about
-//! `lr` per step whatever its gradient's scale, so the argument is about how a step of `lr` in
-//! the parameters shows up in `ΔW`.
+//! `edgetune compare`'s per-method settings: each method's default learning rate (its
+//! registry entry's [`MethodSpec::compare_lr`](crate::train::method_registry::MethodSpec), with
+//! the reason for each there) and the `--method-opt METHOD:FLAG=VALUE` flags passed through to
+//! one method's `edgetune train` run ([`MethodOpt`], [`TrainFlags`]).
 
 use std::str::FromStr;
 
 use crate::{Error, Result};
 
 use super::result::ALL_METHODS;
+use crate::train::Method;
 
-/// One method's default learning rate and why.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct LrDefault {
-    pub method: &'static str,
-    pub lr: f32,
-    pub why: &'static str,
-}
-
-/// LoRA's rate, the reference the others are set against (also `edgetune train`'s default).
-pub const LORA_LR: f32 = 2e-4;
-
-/// Each method's default learning rate in a comparison, in [`ALL_METHODS`]'s order.
-pub const DEFAULT_LRS: [LrDefault; 15] = [
-    LrDefault {
-        method: "lora",
-        lr: LORA_LR,
-        why: "the reference: the usual rate for r 16, alpha 32 (QLoRA's and PEFT's examples); \
-              B starts at 0, so the first steps move B by lr against A's Kaiming entries",
-    },
-    LrDefault {
-        method: "rslora",
-        lr: LORA_LR,
-        why: "its scale alpha/sqrt(r) (4x LoRA's at r 16) is the method: rsLoRA keeps LoRA's \
-              rate so that one rate works at every rank",
-    },
-    LrDefault {
-        method: "loraplus",
-        lr: 1e-4,
-        why: "B trains at lr x ratio (16); LoRA+'s authors advise A's rate about half of \
-              LoRA's so that B's larger steps stay stable",
-    },
-    LrDefault {
-        method: "qlora",
-        lr: LORA_LR,
-        why: "QLoRA's reference preset (2e-4 constant), the rate its preset sets anyway",
-    },
-    LrDefault {
-        method: "dora",
-        lr: LORA_LR,
-        why: "the direction is a LoRA branch at LoRA's scale; the magnitude starts at the row \
-              norms of the base (order 1), so lr-sized steps are small relative changes; DoRA \
-              trains at LoRA's rate",
-    },
-    LrDefault {
-        method: "adalora",
-        lr: 2e-3,
-        why: "E starts at 0 and A, B at N(0, 0.02^2): the first steps move only E, scaled by \
-              B.A entries of ~4e-4, about 1/60 of LoRA's first update at equal lr (576 inputs); \
-              A and B move once E is not 0 and the update then grows as E.A.B. At 10x LoRA's \
-              rate it reaches LoRA's held-out loss within ~60 steps on the test model (at 5x it \
-              is still well behind there, and on SmolLM2 after 6 steps had barely moved)",
-    },
-    LrDefault {
-        method: "mtlora",
-        lr: LORA_LR,
-        why: "the shared and the task LoRAs are plain LoRAs at LoRA's scale",
-    },
-    LrDefault {
-        method: "irqlora",
-        lr: LORA_LR,
-        why: "IEC is a LoRA branch plus two shortcut scalars that start at 0; IR-QLoRA uses \
-              QLoRA's settings",
-    },
-    LrDefault {
-        method: "olora",
-        lr: LORA_LR / 5.0,
-        why: "A and B start from the base's QR, not from 0 and Kaiming: their entries carry \
-              the base weight's scale, so AdamW's lr-sized steps on them move B.A, and the \
-              model, several times further than LoRA's at equal lr. On SmolLM2 (32 steps, the \
-              demo's replay and anchor) it kept 1 of 10 general answers at LoRA's rate and 7 at \
-              a fifth of it, learning more there (20 % of the held-out prompts against 7 %)",
-    },
-    LrDefault {
-        method: "pissa",
-        lr: LORA_LR / 5.0,
-        why: "A and B start from the base's principal singular components (sqrt of the \
-              singular values): as OLoRA, equal-lr steps move the model several times further \
-              than LoRA's. PiSSA's paper trains at LoRA's rate; on SmolLM2 (32 steps, replay and \
-              anchor) that kept 4 of 10 general answers, a fifth of it 9, with the same \
-              held-out progress (15 % against 17 %)",
-    },
-    LrDefault {
-        method: "reslora",
-        lr: LORA_LR,
-        why: "a LoRA branch that also reads the previous layer's input (about twice the input \
-              norm): that shortcut is the method's speed-up, trained at LoRA's rate",
-    },
-    LrDefault {
-        method: "dylora",
-        lr: 1e-3,
-        why: "frozen updates: each step only the drawn rank's newest component has a gradient, \
-              so each of the r components gets one step in r (AdamW's momentum spreads a hit \
-              over ~10 steps), and evaluation at the full rank weighs component j by \
-              (j+1)/r of its training scale; at 5x LoRA's rate it matches LoRA's held-out \
-              loss after 60 steps on the test model",
-    },
-    LrDefault {
-        method: "qdylora",
-        lr: LORA_LR,
-        why: "unfrozen: every component below the drawn rank trains, component j in (r-j)/r of \
-              the steps (half on average), which AdamW's per-parameter normalisation mostly \
-              absorbs; QDyLoRA uses QLoRA's settings",
-    },
-    LrDefault {
-        method: "hira",
-        lr: 2e-3,
-        why: "dW = W o (B.A) has no scale: where LoRA multiplies B.A by alpha/r = 2, HiRA \
-              multiplies it by the base's entries (RMS about 0.19 in SmolLM2-135M's \
-              projections, smaller in larger models), so its update is about 10x smaller at \
-              equal lr; at 10x its training loss on SmolLM2 follows LoRA's step for step",
-    },
-    LrDefault {
-        method: "layerimp",
-        lr: LORA_LR,
-        why: "LoRA with per-layer gradient weights; AdamW is invariant to a uniform gradient \
-              scale, so LoRA's rate",
-    },
-];
-
-/// The default learning rate of `method` in a comparison ([`DEFAULT_LRS`]).
+/// The default learning rate of `method` in a comparison (its registry entry's).
 pub fn default_lr(method: &str) -> Result<f32> {
-    DEFAULT_LRS
+    Method::ALL
         .iter()
-        .find(|d| d.method == method)
-        .map(|d| d.lr)
+        .find(|m| m.name() == method)
+        .map(|m| m.spec().compare_lr)
         .ok_or_else(|| unknown_method("learning rate", method))
 }
 
@@ -297,13 +169,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_method_has_a_positive_rate_in_the_methods_order() {
-        let names: Vec<&str> = DEFAULT_LRS.iter().map(|d| d.method).collect();
-        assert_eq!(names, ALL_METHODS);
-        for d in DEFAULT_LRS {
-            assert!(d.lr.is_finite() && d.lr > 0.0 && d.lr < 0.1, "{d:?}");
-            assert!(!d.why.is_empty(), "{}", d.method);
-            assert_eq!(default_lr(d.method).unwrap(), d.lr);
+    fn every_method_has_a_positive_rate_and_a_reason() {
+        use crate::train::method_registry::LORA_LR;
+        for m in Method::ALL {
+            let spec = m.spec();
+            let lr = spec.compare_lr;
+            assert!(lr.is_finite() && lr > 0.0 && lr < 0.1, "{spec:?}");
+            assert!(!spec.compare_lr_why.is_empty(), "{m}");
+            assert_eq!(default_lr(m.name()).unwrap(), lr);
         }
         assert_eq!(default_lr("lora").unwrap(), LORA_LR);
         // The two whose parametrisation shrinks the update get more than LoRA.

@@ -119,7 +119,6 @@ impl std::fmt::Display for FusedUpdate {
 /// pruning budget, task masks, rank sampling or cross-layer shortcuts). Global-norm clipping
 /// is supported by a first pass that only measures the norm.
 pub fn fused_update_support(cfg: &super::TrainConfig) -> std::result::Result<(), String> {
-    use super::method::Method;
     if cfg.accum > 1 {
         return Err(format!(
             "--accum {}: a layer's gradients are final only after the last micro-batch, so they \
@@ -127,21 +126,14 @@ pub fn fused_update_support(cfg: &super::TrainConfig) -> std::result::Result<(),
             cfg.accum
         ));
     }
-    match cfg.method {
-        Method::Lora
-        | Method::Rslora
-        | Method::Loraplus
-        | Method::Qlora
-        | Method::Dora
-        | Method::Olora
-        | Method::Pissa
-        | Method::Irqlora
-        | Method::Hira => Ok(()),
-        m => Err(format!(
+    if cfg.method.spec().per_layer_update {
+        Ok(())
+    } else {
+        Err(format!(
             "--method {}: its update uses more than each layer's own gradients (a budget, task \
              masks, rank sampling or cross-layer state)",
-            m.name()
-        )),
+            cfg.method.name()
+        ))
     }
 }
 

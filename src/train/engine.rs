@@ -209,17 +209,19 @@ impl<'f> Engine<'f> {
     /// Refuses a device engine for methods other than the plain-LoRA family (by name).
     pub fn check_method(device: &Device, cfg: &super::TrainConfig) -> Result<()> {
         use super::Method;
-        let lora_family = matches!(
-            cfg.method,
-            Method::Lora | Method::Rslora | Method::Loraplus | Method::Qlora
-        );
-        if !matches!(device, Device::Cpu) && !lora_family {
+        if !matches!(device, Device::Cpu) && !cfg.method.plain_lora() {
             // Other methods' hooks read and scale the CPU step's gradients (layerimp uses
             // plain LoRA adapters, so the adapter check in DeviceStep::new alone would pass it).
+            let on_device: Vec<&str> = Method::ALL
+                .iter()
+                .filter(|m| m.plain_lora())
+                .map(|m| m.name())
+                .collect();
             return Err(Error::Unsupported(format!(
-                "device training step: method {} is not supported; only lora, rslora, loraplus \
-                 and qlora run on the device (use --backend cpu)",
-                cfg.method
+                "device training step: method {} is not supported; only {} run on the device \
+                 (use --backend cpu)",
+                cfg.method,
+                on_device.join(", ")
             )));
         }
         if !matches!(device, Device::Cpu) && cfg.kl_anchor > 0.0 {

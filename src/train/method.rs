@@ -5,21 +5,9 @@
 //! parse and mean what they meant. The maths of each is in docs/METHODS.md, under the method's
 //! name.
 //!
-//! | method | adapter | notes |
-//! |---|---|---|
-//! | `lora` | [`crate::adapters::Lora`] | `s = alpha/r` |
-//! | `rslora` | `Lora` | `s = alpha/√r` |
-//! | `loraplus` | `Lora` | optimizer group B (`lora_B`, 1-D tensors) at `lr·loraplus_ratio` |
-//! | `qlora` | `Lora` | QLoRA's reference hyper-parameters as a preset ([`apply_preset`]) |
-//! | `dora` | [`crate::adapters::dora::Dora`] | magnitude `m [out]`, detached norm; merge-only |
-//! | `adalora` | [`crate::adapters::adalora::AdaLora`] | SVD form, orth. regularizer, rank allocation |
-//! | `olora`, `pissa` | [`crate::adapters::olora_pissa::ResidualLora`] | QR / SVD init, frozen correction; rank-2r export |
-//! | `dylora`, `qdylora` | [`crate::adapters::dylora::Dylora`] | rank drawn per step; frozen / unfrozen |
-//! | `hira` | [`crate::adapters::hira::Hira`] | `ΔW = Ŵ ⊙ BA`; merge-only |
-//! | `layerimp` | `Lora` | per-layer EMA gradient weights (the study's "AdaLoRA") |
-//! | `irqlora` | [`crate::adapters::iec::Iec`] | IEC adapter on a base re-quantized by `edgetune quantize --icq` |
-//! | `reslora` | [`crate::adapters::reslora::ResLora`] | res_is input shortcut across layers; the step keeps every layer's module input |
-//! | `mtlora` | [`crate::adapters::mtlora::MtLora`] | shared LoRA (`lora.rank`) + one rank-`r_t` LoRA per data task, rows routed by their record's `task`; loss `Σ_t w_t·L_t`, uniform or accuracy-adaptive `w`; export one task |
+//! What each method is and which questions it answers yes to (the device step, merge-only
+//! export, reading the base, its comparison learning rate) is its entry in
+//! [`super::method_registry::REGISTRY`].
 
 use std::fmt;
 use std::str::FromStr;
@@ -27,6 +15,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use super::config::{Decay, OptimizerKind, StatePlace, TrainConfig};
+use super::method_registry::REGISTRY;
 use crate::{Error, Result};
 
 /// A fine-tuning method (the CLI name is the serde name: lowercase).
@@ -52,24 +41,16 @@ pub enum Method {
 }
 
 impl Method {
-    /// Every method, in the order of the list.
-    pub const ALL: [Method; 15] = [
-        Method::Lora,
-        Method::Rslora,
-        Method::Loraplus,
-        Method::Qlora,
-        Method::Dora,
-        Method::Adalora,
-        Method::Mtlora,
-        Method::Irqlora,
-        Method::Olora,
-        Method::Pissa,
-        Method::Reslora,
-        Method::Dylora,
-        Method::Qdylora,
-        Method::Hira,
-        Method::Layerimp,
-    ];
+    /// Every method, in the registry's order.
+    pub const ALL: [Method; REGISTRY.len()] = {
+        let mut all = [Method::Lora; REGISTRY.len()];
+        let mut i = 0;
+        while i < all.len() {
+            all[i] = REGISTRY[i].method;
+            i += 1;
+        }
+        all
+    };
 
     /// Every method's name, in [`Method::ALL`]'s order.
     pub const NAMES: [&'static str; Method::ALL.len()] = {
@@ -84,37 +65,24 @@ impl Method {
 
     /// The CLI / serde name (`dora`).
     pub const fn name(self) -> &'static str {
-        match self {
-            Method::Lora => "lora",
-            Method::Rslora => "rslora",
-            Method::Loraplus => "loraplus",
-            Method::Qlora => "qlora",
-            Method::Dora => "dora",
-            Method::Adalora => "adalora",
-            Method::Mtlora => "mtlora",
-            Method::Irqlora => "irqlora",
-            Method::Olora => "olora",
-            Method::Pissa => "pissa",
-            Method::Reslora => "reslora",
-            Method::Dylora => "dylora",
-            Method::Qdylora => "qdylora",
-            Method::Hira => "hira",
-            Method::Layerimp => "layerimp",
-        }
+        self.spec().name
     }
 
     /// Whether the adapter cannot be written as a plain `B·A` (GGUF/PEFT export refuses it;
     /// `edgetune merge` folds it into a new base).
-    pub fn merge_only(self) -> bool {
-        matches!(self, Method::Dora | Method::Hira)
+    pub const fn merge_only(self) -> bool {
+        self.spec().merge_only
     }
 
     /// Whether building the adapters reads the base weights (the mapped GGUF).
-    pub fn reads_base(self) -> bool {
-        matches!(
-            self,
-            Method::Dora | Method::Hira | Method::Olora | Method::Pissa
-        )
+    pub const fn reads_base(self) -> bool {
+        self.spec().reads_base
+    }
+
+    /// Whether it trains plain LoRA pairs with no step-wide state (`--init-adapter`, the
+    /// device step).
+    pub const fn plain_lora(self) -> bool {
+        self.spec().plain_lora
     }
 }
 

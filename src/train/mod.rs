@@ -15,6 +15,7 @@ pub mod method;
 pub mod method_hooks;
 pub mod method_io;
 pub mod method_plan;
+pub mod method_registry;
 pub mod method_tasks;
 pub mod metrics;
 pub mod optimizer;

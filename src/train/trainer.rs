@@ -247,10 +247,7 @@ impl<'f> Trainer<'f> {
         };
         let mut set = match &cfg.init_adapter {
             Some(path) if resume_dir.is_none() => {
-                if !matches!(
-                    cfg.method,
-                    Method::Lora | Method::Rslora | Method::Loraplus | Method::Qlora
-                ) {
+                if !cfg.method.plain_lora() {
                     return Err(Error::Invalid(format!(
                         "--init-adapter starts a plain LoRA; method {} builds its own adapters",
                         cfg.method

@@ -12,7 +12,7 @@
 
 use std::path::{Path, PathBuf};
 
-use edgetune::compare::opts::{self as compare_opts, DEFAULT_LRS, MethodOpt};
+use edgetune::compare::opts::{self as compare_opts, MethodOpt};
 use edgetune::compare::{self, ChildProcess, Comparison, Heldout, Progress};
 use edgetune::eval::{Suite, load_suite};
 use edgetune::{Error, Result};
@@ -24,16 +24,16 @@ const DEFAULT_SUITE: &str = "suites/basic.jsonl";
 
 /// `--help`'s closing text: the score, and the learning-rate table as the library has it.
 fn after_help() -> String {
-    let lrs: Vec<String> = DEFAULT_LRS
+    let lrs: Vec<String> = edgetune::train::Method::ALL
         .iter()
-        .map(|d| format!("{} {:e}", d.method, d.lr))
+        .map(|m| format!("{} {:e}", m.name(), m.spec().compare_lr))
         .collect();
     format!(
         "Learning rates: each method trains at its own default unless --lr sets one for all \
 (a --method-opt METHOD:lr=X sets one method's): {}. AdaLoRA (E starts at 0), HiRA (its update \
 is scaled by the base weights) and frozen DyLoRA (one component trains per step) move slowly \
 at LoRA's rate, LoRA+ trains B 16x faster; the reasons for each are in the README (compare) \
-and edgetune::compare::opts.\n\n\
+and edgetune::train::method_registry.\n\n\
 --method-opt METHOD:FLAG=VALUE (repeatable) passes any `edgetune train` flag to one method's \
 run, replacing the common value (METHOD:FLAG for a switch), e.g. `--method-opt \
 adalora:adalora-target-r=8 --method-opt hira:base-copy=dense`; METHOD `all` gives it to every \

@@ -8,18 +8,8 @@ use edgetune::train::method::{BaseCopy, Method, MethodOptions, TaskWeights, appl
 #[derive(clap::Args, Debug, Clone)]
 #[command(next_help_heading = "Method (docs/METHODS.md)")]
 pub struct MethodArgs {
-    /// The fine-tuning method: lora, rslora (scale alpha/√r), loraplus (B at lr·ratio),
-    /// qlora (QLoRA's reference preset: r 64, alpha 16, dropout 0.1, lr 2e-4 constant, 3 %
-    /// warmup, max-grad-norm 0.3, weight decay 0 — flags left at their defaults take the
-    /// preset), dora (magnitude + direction; merge-only), adalora (SVD form, rank budget),
-    /// olora / pissa (QR / SVD init with a frozen correction; export as rank-2r LoRA), dylora /
-    /// qdylora (rank sampled per step), hira (Hadamard with the base; merge-only), layerimp
-    /// (per-layer EMA gradient weights), irqlora (IR-QLoRA's IEC adapter; make its base with
-    /// `edgetune quantize --icq`), reslora (res_is: each layer's branch also reads the previous
-    /// layer's module input), mtlora (a shared LoRA of --rank plus one LoRA per task of the
-    /// data's `task` field, each row trained through its task's; export one task with
-    /// `edgetune export --task NAME`).
-    #[arg(long, default_value = "lora", value_name = "NAME")]
+    // The help lists every method with its registry summary.
+    #[arg(long, default_value = "lora", value_name = "NAME", help = "The fine-tuning method (--help lists them)", long_help = method_help())]
     pub method: Method,
     /// loraplus: λ, group B (lora_B and 1-D tensors) trains at lr·λ.
     #[arg(long, default_value_t = MethodOptions::default().loraplus_ratio)]
@@ -158,4 +148,13 @@ impl MethodArgs {
         apply_preset(cfg, &explicit);
         Ok(())
     }
+}
+
+/// `--method`'s help: every method of the registry with its one-line summary.
+fn method_help() -> String {
+    let each: Vec<String> = Method::ALL
+        .iter()
+        .map(|m| format!("{} ({})", m.name(), m.spec().summary))
+        .collect();
+    format!("The fine-tuning method: {}.", each.join("; "))
 }

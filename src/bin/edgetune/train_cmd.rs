@@ -360,12 +360,7 @@ pub fn prepare_replay(cfg: &TrainConfig, file: &GgufFile) -> Result<()> {
 
 /// Whether `cfg` trains what the device step runs: the plain-LoRA family without dropout.
 pub fn lora_family(cfg: &TrainConfig) -> bool {
-    use edgetune::train::Method;
-    let family = matches!(
-        cfg.method,
-        Method::Lora | Method::Rslora | Method::Loraplus | Method::Qlora
-    );
-    family && cfg.lora.dropout == 0.0
+    cfg.method.plain_lora() && cfg.lora.dropout == 0.0
 }
 
 /// Runs `cfg` with a progress bar on a terminal (plain lines otherwise).
