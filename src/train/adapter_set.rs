@@ -8,17 +8,9 @@
 use std::path::Path;
 
 use super::config::{StatePlace, TrainConfig};
-use super::method::{BaseCopy, Method, MethodOptions};
-use crate::adapters::adalora::{AdaLora, AdaloraConfig};
-use crate::adapters::base::BaseWeight;
-use crate::adapters::dora::Dora;
-use crate::adapters::dylora::{Dylora, DyloraConfig};
-use crate::adapters::hira::Hira;
-use crate::adapters::iec::Iec;
-use crate::adapters::mtlora::{MtLora, MtLoraConfig};
-use crate::adapters::olora_pissa::{ResidualInit, ResidualLora};
+use super::method::Method;
+use super::methods::Slot;
 use crate::adapters::param_buf::ParamPager;
-use crate::adapters::reslora::{DEFAULT_WINDOW as RESLORA_NORM_WINDOW, ResLora};
 use crate::adapters::{Adapter, Lora, LoraConfig, ParamInfo, Target};
 use crate::model::{LayerWeights, LlamaConfig, LlamaWeights};
 use crate::quant::matmul::QuantMatrix;
@@ -122,10 +114,7 @@ impl AdapterSet {
                 model.n_layer
             )));
         }
-        let opts = &cfg.method_opts;
-        let ada = adalora_config(&lora, opts, total_steps);
-        let dy = dylora_config(method, &lora, opts, seed);
-        let mt = mtlora_config(&lora, opts);
+        let imp = method.spec().imp;
         let mut set = AdapterSet::empty(model.n_layer, lora.clone());
         if cfg.adapter_weights == StatePlace::Disk {
             // Each adapter goes to the file as it is built.
@@ -134,42 +123,16 @@ impl AdapterSet {
         for layer in (0..model.n_layer).filter(|&l| lora.adapts(l)) {
             for &target in &lora.targets {
                 let (fan_in, fan_out) = target_shape(model, target);
-                let s = slot_seed(seed, layer, target);
-                let w = base.map(|b| target_matrix(&b.layers[layer], target));
-                let adapter: Box<dyn Adapter> = match method {
-                    Method::Dora => Box::new(Dora::new(&lora, base_copy(w, opts.base_copy)?, s)?),
-                    Method::Hira => Box::new(Hira::new(&lora, base_copy(w, opts.base_copy)?, s)?),
-                    Method::Olora | Method::Pissa => {
-                        let kind = if method == Method::Olora {
-                            ResidualInit::Olora
-                        } else {
-                            ResidualInit::Pissa {
-                                niter: opts.pissa_niter,
-                            }
-                        };
-                        let dense = dequantized(w)?;
-                        Box::new(ResidualLora::new(kind, &lora, &dense, fan_out, fan_in, s)?)
-                    }
-                    Method::Adalora => Box::new(AdaLora::new(fan_in, fan_out, &ada, s)?),
-                    Method::Dylora | Method::Qdylora => {
-                        let mut d = Dylora::new(fan_in, fan_out, &dy, s)?;
-                        if let Some(b) = opts.dylora_eval_rank {
-                            d.set_eval_rank(b)?;
-                        }
-                        Box::new(d)
-                    }
-                    Method::Mtlora => Box::new(MtLora::new(fan_in, fan_out, &mt, s)?),
-                    // IR-QLoRA's adapter half; its ICQ half is the base file (`edgetune quantize --icq`).
-                    Method::Irqlora => Box::new(Iec::new(fan_in, fan_out, &lora, s)?),
-                    Method::Reslora => Box::new(ResLora::new(
-                        fan_in,
-                        fan_out,
-                        &lora,
-                        RESLORA_NORM_WINDOW,
-                        s,
-                    )?),
-                    _ => Box::new(Lora::new(fan_in, fan_out, &lora, s)?),
-                };
+                let adapter = imp.build(&Slot {
+                    lora: &lora,
+                    opts: &cfg.method_opts,
+                    fan_in,
+                    fan_out,
+                    seed: slot_seed(seed, layer, target),
+                    run_seed: seed,
+                    total_steps,
+                    base: base.map(|b| target_matrix(&b.layers[layer], target)),
+                })?;
                 set.insert(layer, target, adapter)?;
             }
         }
@@ -362,71 +325,6 @@ pub fn method_lora_config(method: Method, lora: &LoraConfig) -> LoraConfig {
     l
 }
 
-/// MT-LoRA's configuration: the shared LoRA is `lora`; the task LoRAs have
-/// `opts.mtlora_task_rank` and `opts.mtlora_task_alpha` (default: the shared scale
-/// `alpha/r_sh`, so `alpha_t = alpha·r_t/r_sh`, or `alpha·√(r_t/r_sh)` under rsLoRA); the tasks
-/// are `opts.mtlora_tasks` (`["default"]` when empty).
-pub fn mtlora_config(lora: &LoraConfig, opts: &MethodOptions) -> MtLoraConfig {
-    let (rt, rs) = (opts.mtlora_task_rank as f64, lora.rank.max(1) as f64);
-    let ratio = if lora.rslora {
-        (rt / rs).sqrt()
-    } else {
-        rt / rs
-    };
-    MtLoraConfig {
-        shared: lora.clone(),
-        task_rank: opts.mtlora_task_rank,
-        task_alpha: opts
-            .mtlora_task_alpha
-            .unwrap_or((lora.alpha as f64 * ratio) as f32),
-        tasks: if opts.mtlora_tasks.is_empty() {
-            vec![crate::data::tasks::DEFAULT_TASK.to_string()]
-        } else {
-            opts.mtlora_tasks.clone()
-        },
-    }
-}
-
-/// AdaLoRA's configuration from the run's LoRA settings and the method options.
-pub fn adalora_config(lora: &LoraConfig, opts: &MethodOptions, total_steps: u64) -> AdaloraConfig {
-    let init_r = opts.adalora_init_r.unwrap_or(lora.rank);
-    AdaloraConfig {
-        init_r,
-        target_r: opts
-            .adalora_target_r
-            .unwrap_or((2 * init_r / 3).max(1).min(init_r)),
-        alpha: lora.alpha,
-        dropout: lora.dropout,
-        tinit: opts.adalora_tinit,
-        tfinal: opts.adalora_tfinal,
-        delta_t: opts.adalora_delta_t,
-        total_step: total_steps,
-        beta1: opts.adalora_beta1,
-        beta2: opts.adalora_beta2,
-        orth_reg_weight: opts.adalora_orth_reg_weight,
-    }
-}
-
-/// DyLoRA's configuration: frozen for `dylora`, unfrozen for `qdylora` unless the options
-/// say otherwise; the rank draw is seeded by the run's seed.
-pub fn dylora_config(
-    method: Method,
-    lora: &LoraConfig,
-    opts: &MethodOptions,
-    seed: u64,
-) -> DyloraConfig {
-    let mut c = if method == Method::Qdylora {
-        DyloraConfig::qdylora(lora.clone())
-    } else {
-        DyloraConfig::dylora(lora.clone())
-    };
-    if let Some(f) = opts.dylora_frozen {
-        c.frozen = f;
-    }
-    c.rank_seed = seed;
-    c
-}
-
 /// The matrix of `target` in a block's weights.
 pub fn target_matrix<'a, 'w>(w: &'a LayerWeights<'w>, target: Target) -> &'a QuantMatrix<'w> {
     match target {
@@ -437,27 +335,6 @@ pub fn target_matrix<'a, 'w>(w: &'a LayerWeights<'w>, target: Target) -> &'a Qua
         Target::FfnGate => &w.ffn_gate,
         Target::FfnUp => &w.ffn_up,
         Target::FfnDown => &w.ffn_down,
-    }
-}
-
-/// The dequantized `Ŵ` `[out, in]` of `w` (f32, row-major).
-fn dequantized(w: Option<&QuantMatrix<'_>>) -> Result<Vec<f32>> {
-    let w = w.ok_or_else(|| Error::Invalid("the base weights are missing".into()))?;
-    let mut out = vec![0.0f32; w.rows * w.cols];
-    crate::quant::dequantize(w.ty, w.data, &mut out)?;
-    Ok(out)
-}
-
-/// A method's private copy of `Ŵ` in the configured form.
-fn base_copy(w: Option<&QuantMatrix<'_>>, form: BaseCopy) -> Result<BaseWeight> {
-    match form {
-        BaseCopy::Quant => BaseWeight::quant(
-            w.ok_or_else(|| Error::Invalid("the base weights are missing".into()))?,
-        ),
-        BaseCopy::Dense => {
-            let q = w.ok_or_else(|| Error::Invalid("the base weights are missing".into()))?;
-            BaseWeight::dense(q.rows, q.cols, dequantized(Some(q))?)
-        }
     }
 }
 

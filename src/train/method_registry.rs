@@ -20,13 +20,16 @@
 //! how a step of `lr` in the parameters shows up in `ΔW`.
 
 use super::method::Method;
+use super::methods::base_readers::{DoraImpl, HiraImpl, Residual};
+use super::methods::scheduled::{AdaLoraImpl, DyLoraImpl, MtLoraImpl};
+use super::methods::{IrQlora, LayerImportance, LoraFamily, MethodImpl, ResLoraImpl};
 
 /// LoRA's learning rate, the reference the others are set against (also `edgetune train`'s
 /// default).
 pub const LORA_LR: f32 = 2e-4;
 
 /// What the rest of the crate needs to know about one method.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy)]
 pub struct MethodSpec {
     pub method: Method,
     /// The CLI / serde name.
@@ -48,6 +51,21 @@ pub struct MethodSpec {
     pub compare_lr: f32,
     /// Why that rate.
     pub compare_lr_why: &'static str,
+    /// How it builds its adapters and what they cost.
+    pub imp: &'static dyn MethodImpl,
+}
+
+impl std::fmt::Debug for MethodSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MethodSpec")
+            .field("name", &self.name)
+            .field("plain_lora", &self.plain_lora)
+            .field("merge_only", &self.merge_only)
+            .field("reads_base", &self.reads_base)
+            .field("per_layer_update", &self.per_layer_update)
+            .field("compare_lr", &self.compare_lr)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Every method, in [`Method`]'s declaration order (`REGISTRY[m as usize].method == m`,
@@ -64,6 +82,7 @@ pub const REGISTRY: [MethodSpec; 15] = [
         compare_lr: LORA_LR,
         compare_lr_why: "the reference: the usual rate for r 16, alpha 32 (QLoRA's and PEFT's examples); \
               B starts at 0, so the first steps move B by lr against A's Kaiming entries",
+        imp: &LoraFamily,
     },
     MethodSpec {
         method: Method::Rslora,
@@ -76,6 +95,7 @@ pub const REGISTRY: [MethodSpec; 15] = [
         compare_lr: LORA_LR,
         compare_lr_why: "its scale alpha/sqrt(r) (4x LoRA's at r 16) is the method: rsLoRA keeps LoRA's \
               rate so that one rate works at every rank",
+        imp: &LoraFamily,
     },
     MethodSpec {
         method: Method::Loraplus,
@@ -88,6 +108,7 @@ pub const REGISTRY: [MethodSpec; 15] = [
         compare_lr: 1e-4,
         compare_lr_why: "B trains at lr x ratio (16); LoRA+'s authors advise A's rate about half of \
               LoRA's so that B's larger steps stay stable",
+        imp: &LoraFamily,
     },
     MethodSpec {
         method: Method::Qlora,
@@ -99,6 +120,7 @@ pub const REGISTRY: [MethodSpec; 15] = [
         per_layer_update: true,
         compare_lr: LORA_LR,
         compare_lr_why: "QLoRA's reference preset (2e-4 constant), the rate its preset sets anyway",
+        imp: &LoraFamily,
     },
     MethodSpec {
         method: Method::Dora,
@@ -112,6 +134,7 @@ pub const REGISTRY: [MethodSpec; 15] = [
         compare_lr_why: "the direction is a LoRA branch at LoRA's scale; the magnitude starts at the row \
               norms of the base (order 1), so lr-sized steps are small relative changes; DoRA \
               trains at LoRA's rate",
+        imp: &DoraImpl,
     },
     MethodSpec {
         method: Method::Adalora,
@@ -127,6 +150,7 @@ pub const REGISTRY: [MethodSpec; 15] = [
               A and B move once E is not 0 and the update then grows as E.A.B. At 10x LoRA's \
               rate it reaches LoRA's held-out loss within ~60 steps on the test model (at 5x it \
               is still well behind there, and on SmolLM2 after 6 steps had barely moved)",
+        imp: &AdaLoraImpl,
     },
     MethodSpec {
         method: Method::Mtlora,
@@ -138,6 +162,7 @@ pub const REGISTRY: [MethodSpec; 15] = [
         per_layer_update: false,
         compare_lr: LORA_LR,
         compare_lr_why: "the shared and the task LoRAs are plain LoRAs at LoRA's scale",
+        imp: &MtLoraImpl,
     },
     MethodSpec {
         method: Method::Irqlora,
@@ -150,6 +175,7 @@ pub const REGISTRY: [MethodSpec; 15] = [
         compare_lr: LORA_LR,
         compare_lr_why: "IEC is a LoRA branch plus two shortcut scalars that start at 0; IR-QLoRA uses \
               QLoRA's settings",
+        imp: &IrQlora,
     },
     MethodSpec {
         method: Method::Olora,
@@ -165,6 +191,7 @@ pub const REGISTRY: [MethodSpec; 15] = [
               model, several times further than LoRA's at equal lr. On SmolLM2 (32 steps, the \
               demo's replay and anchor) it kept 1 of 10 general answers at LoRA's rate and 7 at \
               a fifth of it, learning more there (20 % of the held-out prompts against 7 %)",
+        imp: &Residual { pissa: false },
     },
     MethodSpec {
         method: Method::Pissa,
@@ -180,6 +207,7 @@ pub const REGISTRY: [MethodSpec; 15] = [
               than LoRA's. PiSSA's paper trains at LoRA's rate; on SmolLM2 (32 steps, replay and \
               anchor) that kept 4 of 10 general answers, a fifth of it 9, with the same \
               held-out progress (15 % against 17 %)",
+        imp: &Residual { pissa: true },
     },
     MethodSpec {
         method: Method::Reslora,
@@ -192,6 +220,7 @@ pub const REGISTRY: [MethodSpec; 15] = [
         compare_lr: LORA_LR,
         compare_lr_why: "a LoRA branch that also reads the previous layer's input (about twice the input \
               norm): that shortcut is the method's speed-up, trained at LoRA's rate",
+        imp: &ResLoraImpl,
     },
     MethodSpec {
         method: Method::Dylora,
@@ -207,6 +236,7 @@ pub const REGISTRY: [MethodSpec; 15] = [
               over ~10 steps), and evaluation at the full rank weighs component j by \
               (j+1)/r of its training scale; at 5x LoRA's rate it matches LoRA's held-out \
               loss after 60 steps on the test model",
+        imp: &DyLoraImpl { qdylora: false },
     },
     MethodSpec {
         method: Method::Qdylora,
@@ -220,6 +250,7 @@ pub const REGISTRY: [MethodSpec; 15] = [
         compare_lr_why: "unfrozen: every component below the drawn rank trains, component j in (r-j)/r of \
               the steps (half on average), which AdamW's per-parameter normalisation mostly \
               absorbs; QDyLoRA uses QLoRA's settings",
+        imp: &DyLoraImpl { qdylora: true },
     },
     MethodSpec {
         method: Method::Hira,
@@ -234,6 +265,7 @@ pub const REGISTRY: [MethodSpec; 15] = [
               multiplies it by the base's entries (RMS about 0.19 in SmolLM2-135M's \
               projections, smaller in larger models), so its update is about 10x smaller at \
               equal lr; at 10x its training loss on SmolLM2 follows LoRA's step for step",
+        imp: &HiraImpl,
     },
     MethodSpec {
         method: Method::Layerimp,
@@ -246,6 +278,7 @@ pub const REGISTRY: [MethodSpec; 15] = [
         compare_lr: LORA_LR,
         compare_lr_why: "LoRA with per-layer gradient weights; AdamW is invariant to a uniform gradient \
               scale, so LoRA's rate",
+        imp: &LayerImportance,
     },
 ];
 

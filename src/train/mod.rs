@@ -17,6 +17,7 @@ pub mod method_io;
 pub mod method_plan;
 pub mod method_registry;
 pub mod method_tasks;
+pub mod methods;
 pub mod metrics;
 pub mod optimizer;
 pub mod replay;
