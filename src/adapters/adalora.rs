@@ -27,8 +27,8 @@
 use rand::{SeedableRng, rngs::StdRng};
 
 use super::base::{Dropout, Transient, dims as d, normal, take};
-use super::base::{nth_param, nth_param_mut};
 use super::lora::{self, BranchDims};
+use super::pair::{LoraPair, export_delta};
 use super::{Adapter, Export, Group, ParamBuf, ParamInfo, Pass, Workspace};
 use crate::backend::check_len;
 use crate::backend::cpu::Real;
@@ -41,12 +41,8 @@ pub use super::adalora_alloc::AdaloraConfig;
 #[derive(Clone, Debug)]
 pub struct AdaLora {
     cfg: AdaloraConfig,
-    in_f: usize,
-    out_f: usize,
-    /// `[r0, in]`.
-    a: ParamBuf,
-    /// `[out, r0]`.
-    b: ParamBuf,
+    /// `A` `[r0, in]`, `B` `[out, r0]`.
+    pair: LoraPair,
     /// `[r0]`.
     e: ParamBuf,
     drop: Dropout,
@@ -63,19 +59,12 @@ pub struct AdaLora {
 impl AdaLora {
     pub fn new(in_f: usize, out_f: usize, cfg: &AdaloraConfig, seed: u64) -> Result<AdaLora> {
         cfg.validate()?;
-        if in_f == 0 || out_f == 0 {
-            return Err(Error::Invalid(format!(
-                "AdaLoRA on an empty linear [{out_f}, {in_f}]"
-            )));
-        }
         let r = cfg.init_r;
-        let np = r * (in_f + out_f + 1);
+        let pair = LoraPair::new("AdaLoRA", in_f, out_f, r)?;
+        let np = pair.numel() + r;
         let mut ada = AdaLora {
             cfg: cfg.clone(),
-            in_f,
-            out_f,
-            a: ParamBuf::zeros(r * in_f),
-            b: ParamBuf::zeros(out_f * r),
+            pair,
             e: ParamBuf::zeros(r),
             drop: Dropout::new(cfg.dropout, seed)?,
             ipt_avg: vec![0.0; np],
@@ -96,21 +85,21 @@ impl AdaLora {
     }
     /// `A` `[r0, in]`.
     pub fn a(&self) -> &[f32] {
-        &self.a
+        self.pair.a()
     }
     /// `B` `[out, r0]`.
     pub fn b(&self) -> &[f32] {
-        &self.b
+        self.pair.b()
     }
     /// `e` `[r0]`.
     pub fn e(&self) -> &[f32] {
         &self.e
     }
     pub fn a_mut(&mut self) -> &mut [f32] {
-        &mut self.a
+        self.pair.a_mut()
     }
     pub fn b_mut(&mut self) -> &mut [f32] {
-        &mut self.b
+        self.pair.b_mut()
     }
     pub fn e_mut(&mut self) -> &mut [f32] {
         &mut self.e
@@ -141,13 +130,13 @@ impl AdaLora {
     }
     /// The dropout multipliers of `pass` (`None` when off), for references and tests.
     pub fn dropout_mask(&self, pass: Pass) -> Option<Vec<f32>> {
-        self.drop.mask(pass, self.in_f)
+        self.drop.mask(pass, self.pair.in_f())
     }
 
     /// Adds `coef·∇(‖A·Aᵀ − I‖_F + ‖Bᵀ·B − I‖_F)` to `grads` (params layout) and returns
     /// `coef·(‖A·Aᵀ − I‖_F + ‖Bᵀ·B − I‖_F)` (a zero norm contributes no gradient).
     pub fn orth_regularizer(&self, coef: f32, grads: &mut [f32]) -> Result<f64> {
-        let (r, inf, outf) = (self.cfg.init_r, self.in_f, self.out_f);
+        let (r, inf, outf) = (self.cfg.init_r, self.pair.in_f(), self.pair.out_f());
         check_len(
             "adalora regularizer",
             "grads",
@@ -155,50 +144,24 @@ impl AdaLora {
             1,
             self.n_params(),
         )?;
-        let (ga, rest) = grads.split_at_mut(r * inf);
-        let gb = &mut rest[..outf * r];
+        let (ga, gb, _) = self.pair.split_grads(grads);
+        let (a, b) = (self.pair.a(), self.pair.b());
         let mut m = self.gram.lock();
         let mut total = 0.0f64;
         // M_A = A·Aᵀ − I; dA += (2·coef/‖M_A‖)·M_A·A.
-        gemm(
-            d(r, r, inf, false, true),
-            1.0,
-            &self.a,
-            &self.a,
-            0.0,
-            &mut m,
-        )?;
+        self.pair.gram_a(&mut m)?;
         let norm = minus_identity_norm(&mut m, r);
         if norm > 0.0 {
-            gemm(
-                d(r, inf, r, false, false),
-                (2.0 * coef as f64 / norm) as f32,
-                &m,
-                &self.a,
-                1.0,
-                ga,
-            )?;
+            let k = (2.0 * coef as f64 / norm) as f32;
+            gemm(d(r, inf, r, false, false), k, &m, a, 1.0, ga)?;
         }
         total += norm;
         // M_B = Bᵀ·B − I; dB += (2·coef/‖M_B‖)·B·M_B.
-        gemm(
-            d(r, r, outf, true, false),
-            1.0,
-            &self.b,
-            &self.b,
-            0.0,
-            &mut m,
-        )?;
+        gemm(d(r, r, outf, true, false), 1.0, b, b, 0.0, &mut m)?;
         let norm = minus_identity_norm(&mut m, r);
         if norm > 0.0 {
-            gemm(
-                d(outf, r, r, false, false),
-                (2.0 * coef as f64 / norm) as f32,
-                &self.b,
-                &m,
-                1.0,
-                gb,
-            )?;
+            let k = (2.0 * coef as f64 / norm) as f32;
+            gemm(d(outf, r, r, false, false), k, b, &m, 1.0, gb)?;
         }
         total += norm;
         Ok(coef as f64 * total)
@@ -215,7 +178,7 @@ impl AdaLora {
             self.n_params(),
         )?;
         let (b1, b2) = (self.cfg.beta1, self.cfg.beta2);
-        let params = self.a.iter().chain(&self.b).chain(&self.e);
+        let params = self.pair.a().iter().chain(self.pair.b()).chain(&self.e);
         for (((p, g), ia), ua) in params
             .zip(grads)
             .zip(self.ipt_avg.iter_mut())
@@ -237,7 +200,7 @@ impl AdaLora {
     /// The triplet scores `S_i = s(e_i) + mean_j s(A_ij) + mean_o s(B_oi)`, `s = Ī·Ū`, into
     /// `out` `[r0]`.
     pub fn triplet_scores(&self, out: &mut [f32]) -> Result<()> {
-        let (r, inf, outf) = (self.cfg.init_r, self.in_f, self.out_f);
+        let (r, inf, outf) = (self.cfg.init_r, self.pair.in_f(), self.pair.out_f());
         check_len("adalora scores", "out", out.len(), 1, r)?;
         let score = |k: usize| self.ipt_avg[k] as f64 * self.unc_avg[k] as f64;
         let (b0, e0) = (r * inf, r * inf + outf * r);
@@ -272,18 +235,19 @@ impl AdaLora {
 
     /// `B·diag(e)` over the nonzero components: `(A', B', rank)`.
     fn folded(&self) -> (Vec<f32>, Vec<f32>, usize) {
-        let (r, inf, outf) = (self.cfg.init_r, self.in_f, self.out_f);
+        let (r, inf, outf) = (self.cfg.init_r, self.pair.in_f(), self.pair.out_f());
+        let (pa, pb) = (self.pair.a(), self.pair.b());
         let live: Vec<usize> = (0..r).filter(|&i| self.e[i] != 0.0).collect();
         if live.is_empty() {
             // ΔW = 0 as a valid rank-1 pair.
-            return (self.a[..inf].to_vec(), vec![0.0; outf], 1);
+            return (pa[..inf].to_vec(), vec![0.0; outf], 1);
         }
         let a: Vec<f32> = live
             .iter()
-            .flat_map(|&i| self.a[i * inf..(i + 1) * inf].iter().copied())
+            .flat_map(|&i| pa[i * inf..(i + 1) * inf].iter().copied())
             .collect();
         let b: Vec<f32> = (0..outf)
-            .flat_map(|o| live.iter().map(move |&i| self.b[o * r + i] * self.e[i]))
+            .flat_map(|o| live.iter().map(move |&i| pb[o * r + i] * self.e[i]))
             .collect();
         (a, b, live.len())
     }
@@ -305,45 +269,34 @@ impl Adapter for AdaLora {
         "adalora"
     }
     fn in_features(&self) -> usize {
-        self.in_f
+        self.pair.in_f()
     }
     fn out_features(&self) -> usize {
-        self.out_f
+        self.pair.out_f()
     }
 
     /// `lora_A`, `lora_B`, `lora_E` (PEFT's order; `E` is `[r0, 1]`, 2-D, so LoRA+ group A).
     fn params(&self) -> Vec<ParamInfo> {
-        let r = self.cfg.init_r;
-        vec![
-            ParamInfo {
-                name: "lora_A",
-                shape: vec![r, self.in_f],
-                group: Group::A,
-            },
-            ParamInfo {
-                name: "lora_B",
-                shape: vec![self.out_f, r],
-                group: Group::B,
-            },
-            ParamInfo {
-                name: "lora_E",
-                shape: vec![r, 1],
-                group: Group::A,
-            },
-        ]
+        let mut params = self.pair.params("lora_A", "lora_B");
+        params.push(ParamInfo {
+            name: "lora_E",
+            shape: vec![self.cfg.init_r, 1],
+            group: Group::A,
+        });
+        params
     }
 
     /// Without building `params()` (a step calls it: no allocation).
     fn n_params(&self) -> usize {
-        self.cfg.init_r * (self.in_f + self.out_f + 1)
+        self.pair.numel() + self.e.len()
     }
 
     fn param_buf(&self, i: usize) -> Option<&ParamBuf> {
-        nth_param([&self.a, &self.b, &self.e], i)
+        self.pair.param_buf(i, [&self.e])
     }
 
     fn param_buf_mut(&mut self, i: usize) -> Option<&mut ParamBuf> {
-        nth_param_mut([&mut self.a, &mut self.b, &mut self.e], i)
+        self.pair.param_buf_mut(i, [&mut self.e])
     }
 
     /// Init (docs/METHODS.md#adalora): `e = 0`, `A`, `B ~ N(0, 0.02²)`; importance cleared, every
@@ -351,8 +304,8 @@ impl Adapter for AdaLora {
     fn init(&mut self, seed: u64) {
         self.drop.seed = seed;
         let mut rng = StdRng::seed_from_u64(seed);
-        normal(&mut rng, 0.02, &mut self.a);
-        normal(&mut rng, 0.02, &mut self.b);
+        normal(&mut rng, 0.02, self.pair.a_mut());
+        normal(&mut rng, 0.02, self.pair.b_mut());
         self.e.fill(0.0);
         self.reset_importance();
         self.keep.fill(true);
@@ -365,7 +318,7 @@ impl Adapter for AdaLora {
 
     /// Saved: `U` (r0). Scratch: `V`/`dV` (r0), plus `X_d` (in) with dropout.
     fn workspace(&self) -> Workspace {
-        let drop = if self.drop.enabled() { self.in_f } else { 0 };
+        let drop = self.drop.input_len(self.pair.in_f());
         Workspace {
             saved_per_token: self.cfg.init_r,
             scratch_per_token: self.cfg.init_r + drop,
@@ -380,26 +333,18 @@ impl Adapter for AdaLora {
         saved: &mut [f32],
         scratch: &mut [f32],
     ) -> Result<()> {
-        let (n, r, inf, outf) = (pass.n, self.cfg.init_r, self.in_f, self.out_f);
-        check_len("adalora forward", "x", x.len(), n, inf)?;
-        check_len("adalora forward", "y", y.len(), n, outf)?;
+        let (n, r) = (pass.n, self.cfg.init_r);
+        self.pair.check_forward("adalora forward", n, x, y)?;
         let mut sv = saved;
         let u = take("adalora forward", "saved", &mut sv, n * r)?;
         let mut sc = scratch;
         let v = take("adalora forward", "scratch", &mut sc, n * r)?;
-        let xd: &[f32] = match self.drop.stream(pass) {
-            Some(st) => {
-                let xd = take("adalora forward", "scratch", &mut sc, n * inf)?;
-                self.drop.apply(st, x, xd);
-                xd
-            }
-            None => x,
-        };
-        gemm(d(n, r, inf, false, true), 1.0, xd, &self.a, 0.0, u)?;
+        let input = self.drop.input(pass, x, "adalora forward", &mut sc)?;
+        self.pair.mul_at(input.xd(), n, 0.0, u)?;
         for (k, (vv, &uv)) in v.iter_mut().zip(u.iter()).enumerate() {
             *vv = uv * self.e[k % r];
         }
-        gemm(d(n, outf, r, false, true), self.scale(), v, &self.b, 1.0, y)
+        self.pair.mul_bt(v, n, self.scale(), 1.0, y)
     }
 
     fn backward(
@@ -412,11 +357,9 @@ impl Adapter for AdaLora {
         dx: &mut [f32],
         grads: &mut [f32],
     ) -> Result<()> {
-        let (n, r, inf, outf) = (pass.n, self.cfg.init_r, self.in_f, self.out_f);
+        let (n, r) = (pass.n, self.cfg.init_r);
         let k = self.scale();
-        check_len("adalora backward", "x", x.len(), n, inf)?;
-        check_len("adalora backward", "dx", dx.len(), n, inf)?;
-        check_len("adalora backward", "g", g.len(), n, outf)?;
+        self.pair.check_backward("adalora backward", n, x, g, dx)?;
         check_len("adalora backward", "grads", grads.len(), 1, self.n_params())?;
         let u = saved.get(..n * r).ok_or_else(|| {
             Error::Invalid(format!(
@@ -425,25 +368,16 @@ impl Adapter for AdaLora {
                 n * r
             ))
         })?;
-        let (da, rest) = grads.split_at_mut(r * inf);
-        let (db, de) = rest.split_at_mut(outf * r);
+        let (da, db, de) = self.pair.split_grads(grads);
         let mut sc = scratch;
         let v = take("adalora backward", "scratch", &mut sc, n * r)?;
-        let stream = self.drop.stream(pass);
-        let xd_buf = match stream {
-            Some(st) => {
-                let xd = take("adalora backward", "scratch", &mut sc, n * inf)?;
-                self.drop.apply(st, x, xd);
-                Some(xd)
-            }
-            None => None,
-        };
+        let input = self.drop.input(pass, x, "adalora backward", &mut sc)?;
         // dB = k·Gᵀ·V with V = U ⊙ e; then the buffer becomes dV = k·G·B.
         for (j, (vv, &uv)) in v.iter_mut().zip(u).enumerate() {
             *vv = uv * self.e[j % r];
         }
-        gemm(d(outf, r, n, true, false), k, g, v, 0.0, db)?;
-        gemm(d(n, r, outf, false, false), k, g, &self.b, 0.0, v)?;
+        self.pair.grad_b(g, v, n, k, 0.0, db)?;
+        self.pair.mul_b(g, n, k, 0.0, v)?;
         // de = colsum(dV ⊙ U); dU = dV ⊙ e (in place).
         for (i, dv) in de.iter_mut().enumerate() {
             *dv = (0..n)
@@ -453,31 +387,13 @@ impl Adapter for AdaLora {
         for (j, vv) in v.iter_mut().enumerate() {
             *vv *= self.e[j % r];
         }
-        match (stream, xd_buf) {
-            (Some(st), Some(xd)) => {
-                gemm(d(r, inf, n, true, false), 1.0, v, xd, 0.0, da)?;
-                gemm(d(n, inf, r, false, false), 1.0, v, &self.a, 0.0, xd)?;
-                self.drop.add_masked(st, xd, dx);
-                Ok(())
-            }
-            _ => {
-                gemm(d(r, inf, n, true, false), 1.0, v, x, 0.0, da)?;
-                gemm(d(n, inf, r, false, false), 1.0, v, &self.a, 1.0, dx)
-            }
-        }
+        // dA = dUᵀ·X_d, dX += D'(dU·A).
+        self.pair.grad_a_and_x(v, n, input, da, dx)
     }
 
     /// `ΔW = k·B·diag(e)·A` `[out, in]` (docs/METHODS.md#adalora).
     fn delta_weight(&self, dw: &mut [f32]) -> Result<()> {
-        let (a, b, rank) = self.folded();
-        gemm(
-            d(self.out_f, self.in_f, rank, false, false),
-            self.scale(),
-            &b,
-            &a,
-            0.0,
-            dw,
-        )
+        export_delta(&self.export(), self.pair.out_f(), self.pair.in_f(), dw)
     }
 
     /// The plain LoRA `B' = B·diag(e)`, `A' = A` over the nonzero components, scale `k`.

@@ -1,6 +1,7 @@
-//! What the LoRA-derivative adapters share: an owned copy of the frozen base weight
-//! ([`BaseWeight`], for DoRA's norms and HiRA's Hadamard product), the input-dropout stream
-//! ([`Dropout`], the same masks as LoRA's), PEFT's init draws, and a fixed transient buffer.
+//! What the LoRA-derivative adapters share besides their `A`/`B` pair (`pair::LoraPair`): an owned
+//! copy of the frozen base weight ([`BaseWeight`], for DoRA's norms and HiRA's Hadamard product),
+//! the input dropout ([`Dropout`], one mask hash for every method), PEFT's init draws, and a
+//! fixed transient buffer.
 //!
 //! # Why an owned base copy
 //!
@@ -16,8 +17,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use rand::{Rng, rngs::StdRng};
 
-use super::lora::{dropout_factor, mix};
-use super::{Group, ParamBuf, ParamInfo, Pass};
+use super::Pass;
 use crate::backend::cpu::gemm::{GemmDims, gemm};
 use crate::quant::matmul::{QuantMatrix, matmul_dyw, matmul_xwt};
 use crate::quant::{self, GgmlType};
@@ -182,8 +182,25 @@ fn qm(ty: GgmlType, rows: usize, cols: usize, data: &[u8]) -> QuantMatrix<'_> {
     }
 }
 
-/// Input dropout `D(X) = X ⊙ M/(1−p)`, with LoRA's counter-hash masks: element `i` of the pass's
-/// `[n, in]` input gets the same multiplier in the forward, the backward and any recompute.
+/// SplitMix64 finaliser: a well-mixed 64-bit hash of `z`.
+pub(crate) fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Dropout multiplier of element `idx` of `X` `[N, in]`: `0` with probability `p`, else
+/// `1/(1−p)` (`D(X) = X ⊙ M / (1−p)`).
+#[inline]
+pub(crate) fn dropout_factor(stream: u64, idx: usize, p: f32) -> f32 {
+    let u = (mix(stream ^ mix(idx as u64)) >> 40) as f32 / (1u64 << 24) as f32;
+    if u < p { 0.0 } else { 1.0 / (1.0 - p) }
+}
+
+/// Input dropout `D(X) = X ⊙ M/(1−p)` with counter-hash masks: the multiplier of element `i` of
+/// the pass's `[n, in]` input is a hash of (adapter seed, pass seed, `i`), so the backward (and
+/// a recomputed forward) regenerates the forward's mask without storing it.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Dropout {
     pub p: f32,
@@ -205,6 +222,12 @@ impl Dropout {
         self.p > 0.0
     }
 
+    /// Scratch values per token that the dropped input `X_d` takes: `in_f` when any pass can
+    /// drop, else none.
+    pub fn input_len(&self, in_f: usize) -> usize {
+        if self.enabled() { in_f } else { 0 }
+    }
+
     /// The mask stream of `pass`, `None` when dropout is off or `pass` is not training.
     pub fn stream(&self, pass: Pass) -> Option<u64> {
         (pass.training && self.p > 0.0).then(|| mix(self.seed ^ mix(pass.seed)))
@@ -224,6 +247,52 @@ impl Dropout {
         }
     }
 
+    /// `v = D(v)` in place for the stream.
+    pub fn apply_in_place(&self, stream: u64, v: &mut [f32]) {
+        for (i, d) in v.iter_mut().enumerate() {
+            *d *= dropout_factor(stream, i, self.p);
+        }
+    }
+
+    /// `X_d` of `pass` for `x` `[n, in]`: `x` itself when nothing is dropped, else `D(x)` in
+    /// `buf` (at least `x.len()` values; may be empty when `stream` is `None`).
+    pub(crate) fn input_in<'a>(
+        &self,
+        stream: Option<u64>,
+        x: &'a [f32],
+        buf: &'a mut [f32],
+    ) -> DroppedInput<'a> {
+        match stream {
+            Some(stream) => {
+                let xd = &mut buf[..x.len()];
+                self.apply(stream, x, xd);
+                DroppedInput::Dropped {
+                    drop: *self,
+                    stream,
+                    xd,
+                }
+            }
+            None => DroppedInput::Clean(x),
+        }
+    }
+
+    /// [`Dropout::input_in`] with the buffer taken off the front of `scratch` (named `method`
+    /// in the error when it is short).
+    pub(crate) fn input<'a>(
+        &self,
+        pass: Pass,
+        x: &'a [f32],
+        method: &str,
+        scratch: &mut &'a mut [f32],
+    ) -> Result<DroppedInput<'a>> {
+        let stream = self.stream(pass);
+        let buf = match stream {
+            Some(_) => take(method, "scratch", scratch, x.len())?,
+            None => &mut [],
+        };
+        Ok(self.input_in(stream, x, buf))
+    }
+
     /// The multipliers `M/(1−p)` `[n, in]` of `pass` (`None` when off): for references and
     /// tests (allocates).
     pub fn mask(&self, pass: Pass, in_f: usize) -> Option<Vec<f32>> {
@@ -233,6 +302,46 @@ impl Dropout {
                 .map(|i| dropout_factor(stream, i, self.p))
                 .collect(),
         )
+    }
+}
+
+/// A pass's dropped input `X_d` `[n, in]` ([`Dropout::input`]).
+pub(crate) enum DroppedInput<'a> {
+    /// Nothing dropped this pass: `X_d = X`.
+    Clean(&'a [f32]),
+    /// `X_d = D(X)` in a scratch buffer, with the pass's mask stream.
+    Dropped {
+        drop: Dropout,
+        stream: u64,
+        xd: &'a mut [f32],
+    },
+}
+
+impl DroppedInput<'_> {
+    /// `X_d`.
+    pub fn xd(&self) -> &[f32] {
+        match self {
+            DroppedInput::Clean(x) => x,
+            DroppedInput::Dropped { xd, .. } => xd,
+        }
+    }
+
+    /// `dX += D'(V)` where `write(out, β)` forms `out = V + β·out` `[n, in]`: with dropout `V`
+    /// goes into the `X_d` buffer (`β = 0`; `X_d` is dead by then) and through the mask, without
+    /// it straight into `dx` (`β = 1`).
+    pub fn add_grad(
+        self,
+        dx: &mut [f32],
+        write: impl FnOnce(&mut [f32], f32) -> Result<()>,
+    ) -> Result<()> {
+        match self {
+            DroppedInput::Dropped { drop, stream, xd } => {
+                write(xd, 0.0)?;
+                drop.add_masked(stream, xd, dx);
+                Ok(())
+            }
+            DroppedInput::Clean(_) => write(dx, 1.0),
+        }
     }
 }
 
@@ -322,43 +431,4 @@ pub(crate) fn dims(m: usize, n: usize, k: usize, trans_a: bool, trans_b: bool) -
         trans_a,
         trans_b,
     }
-}
-
-/// The `ParamInfo` pair of a LoRA-shaped adapter: `A [rank, in]` (group A) and `B [out, rank]`
-/// (group B) named `a_name` / `b_name` (PEFT's `lora_A` / `lora_B` unless the method has its
-/// own names). Methods with more tensors append theirs.
-pub(crate) fn lora_pair_params(
-    a_name: &'static str,
-    b_name: &'static str,
-    rank: usize,
-    in_f: usize,
-    out_f: usize,
-) -> Vec<ParamInfo> {
-    vec![
-        ParamInfo {
-            name: a_name,
-            shape: vec![rank, in_f],
-            group: Group::A,
-        },
-        ParamInfo {
-            name: b_name,
-            shape: vec![out_f, rank],
-            group: Group::B,
-        },
-    ]
-}
-
-/// Parameter `i` of an adapter whose parameters are `tensors` in [`Adapter::params`] order.
-///
-/// [`Adapter::params`]: super::Adapter::params
-pub(crate) fn nth_param<const N: usize>(tensors: [&ParamBuf; N], i: usize) -> Option<&ParamBuf> {
-    tensors.get(i).copied()
-}
-
-/// [`nth_param`], writable.
-pub(crate) fn nth_param_mut<const N: usize>(
-    tensors: [&mut ParamBuf; N],
-    i: usize,
-) -> Option<&mut ParamBuf> {
-    tensors.into_iter().nth(i)
 }

@@ -24,15 +24,13 @@
 //! the forward relies on `y` holding exactly `X·Ŵᵀ` on entry, as the trait's contract says).
 //! Export is merge-only (`diag(m/n)` also scales `Ŵ`, docs/METHODS.md#dora).
 
-use rand::{SeedableRng, rngs::StdRng};
-
-use super::base::{BaseWeight, Dropout, Transient, dims as d, kaiming_uniform, take};
-use super::base::{lora_pair_params, nth_param, nth_param_mut};
-use super::lora::BranchDims;
+use super::base::{BaseWeight, Dropout, Transient, dims as d, take};
+use super::lora::{BranchDims, masked};
+use super::pair::LoraPair;
 use super::{Adapter, Export, Group, LoraConfig, ParamBuf, ParamInfo, Pass, Workspace};
 use crate::backend::check_len;
 use crate::backend::cpu::Real;
-use crate::backend::cpu::gemm::{gemm, gemm_ref};
+use crate::backend::cpu::gemm::gemm_ref;
 use crate::{Error, Result};
 
 /// `n²` is clamped to this before the square root (a zero row of `Ŵ + sBA`).
@@ -42,12 +40,7 @@ const NORM_SQ_MIN: f64 = 1e-24;
 #[derive(Clone, Debug)]
 pub struct Dora {
     cfg: LoraConfig,
-    in_f: usize,
-    out_f: usize,
-    /// `[r, in]`.
-    a: ParamBuf,
-    /// `[out, r]`.
-    b: ParamBuf,
+    pair: LoraPair,
     /// `[out]`.
     m: ParamBuf,
     base: BaseWeight,
@@ -63,18 +56,11 @@ impl Dora {
     pub fn new(cfg: &LoraConfig, base: BaseWeight, seed: u64) -> Result<Dora> {
         cfg.validate()?;
         let (out_f, in_f, r) = (base.rows(), base.cols(), cfg.rank);
-        if in_f == 0 || out_f == 0 {
-            return Err(Error::Invalid(format!(
-                "DoRA on an empty linear [{out_f}, {in_f}]"
-            )));
-        }
+        let pair = LoraPair::new("DoRA", in_f, out_f, r)?;
         let base_sq = base.row_norms_sq()?;
         let mut dora = Dora {
             cfg: cfg.clone(),
-            in_f,
-            out_f,
-            a: ParamBuf::zeros(r * in_f),
-            b: ParamBuf::zeros(out_f * r),
+            pair,
             m: ParamBuf::zeros(out_f),
             base,
             base_sq,
@@ -90,21 +76,21 @@ impl Dora {
     }
     /// `A` `[r, in]`.
     pub fn a(&self) -> &[f32] {
-        &self.a
+        self.pair.a()
     }
     /// `B` `[out, r]`.
     pub fn b(&self) -> &[f32] {
-        &self.b
+        self.pair.b()
     }
     /// `m` `[out]`.
     pub fn magnitude(&self) -> &[f32] {
         &self.m
     }
     pub fn a_mut(&mut self) -> &mut [f32] {
-        &mut self.a
+        self.pair.a_mut()
     }
     pub fn b_mut(&mut self) -> &mut [f32] {
-        &mut self.b
+        self.pair.b_mut()
     }
     pub fn magnitude_mut(&mut self) -> &mut [f32] {
         &mut self.m
@@ -115,23 +101,23 @@ impl Dora {
     }
     /// The dropout multipliers of `pass` (`None` when off), for references and tests.
     pub fn dropout_mask(&self, pass: Pass) -> Option<Vec<f32>> {
-        self.drop.mask(pass, self.in_f)
+        self.drop.mask(pass, self.pair.in_f())
     }
 
     /// `n = ‖Ŵ + s·B·A‖_row` and `c = m/n` into `buf` (the `norm_buf` layout); returns
     /// `(n, c)` as the two last `[out]` slices of `buf`.
     fn norms<'a>(&self, buf: &'a mut [f32]) -> Result<(&'a [f32], &'a [f32])> {
-        let (r, inf, outf, s) = (self.cfg.rank, self.in_f, self.out_f, self.scale() as f64);
+        let (r, outf, s) = (self.cfg.rank, self.pair.out_f(), self.scale() as f64);
         let mut rest = buf;
         let pt = take("dora", "norm", &mut rest, r * outf)?;
         let k = take("dora", "norm", &mut rest, r * r)?;
         let nrm = take("dora", "norm", &mut rest, outf)?;
         let c = take("dora", "norm", &mut rest, outf)?;
         // Pᵀ = A·Ŵᵀ: the base on the r rows of A. K = A·Aᵀ.
-        self.base.xwt(&self.a, r, pt)?;
-        gemm(d(r, r, inf, false, true), 1.0, &self.a, &self.a, 0.0, k)?;
+        self.base.xwt(self.pair.a(), r, pt)?;
+        self.pair.gram_a(k)?;
         for o in 0..outf {
-            let bo = &self.b[o * r..(o + 1) * r];
+            let bo = &self.pair.b()[o * r..(o + 1) * r];
             let mut cross = 0.0f64;
             let mut quad = 0.0f64;
             for (j, &bj) in bo.iter().enumerate() {
@@ -163,18 +149,18 @@ impl Adapter for Dora {
         "dora"
     }
     fn in_features(&self) -> usize {
-        self.in_f
+        self.pair.in_f()
     }
     fn out_features(&self) -> usize {
-        self.out_f
+        self.pair.out_f()
     }
 
     fn params(&self) -> Vec<ParamInfo> {
-        let mut params = lora_pair_params("lora_A", "lora_B", self.cfg.rank, self.in_f, self.out_f);
+        let mut params = self.pair.params("lora_A", "lora_B");
         // 1-D, so LoRA+ puts it in the high-lr group (docs/METHODS.md#lora-plus).
         params.push(ParamInfo {
             name: "lora_magnitude_vector",
-            shape: vec![self.out_f],
+            shape: vec![self.pair.out_f()],
             group: Group::B,
         });
         params
@@ -182,23 +168,22 @@ impl Adapter for Dora {
 
     /// Without building `params()` (a step calls it: no allocation).
     fn n_params(&self) -> usize {
-        self.cfg.rank * (self.in_f + self.out_f) + self.out_f
+        self.pair.numel() + self.m.len()
     }
 
     fn param_buf(&self, i: usize) -> Option<&ParamBuf> {
-        nth_param([&self.a, &self.b, &self.m], i)
+        self.pair.param_buf(i, [&self.m])
     }
 
     fn param_buf_mut(&mut self, i: usize) -> Option<&mut ParamBuf> {
-        nth_param_mut([&mut self.a, &mut self.b, &mut self.m], i)
+        self.pair.param_buf_mut(i, [&mut self.m])
     }
 
     /// Init (docs/METHODS.md#dora): `A` kaiming-uniform, `B = 0`, `m = ‖Ŵ‖_row` (so `c = 1`:
     /// exactly the base).
     fn init(&mut self, seed: u64) {
         self.drop.seed = seed;
-        kaiming_uniform(&mut StdRng::seed_from_u64(seed), self.in_f, &mut self.a);
-        self.b.fill(0.0);
+        self.pair.init(seed);
         for (m, &q) in self.m.iter_mut().zip(&self.base_sq) {
             *m = q.sqrt() as f32;
         }
@@ -211,10 +196,11 @@ impl Adapter for Dora {
     /// Saved: `H` (r) and `V` (out). Scratch: `G̃` (out), `dH` (r) and the input-gradient term
     /// (in) in the backward, plus `X_d` (in) with dropout; the forward's `X_d`, `Z0` fit inside.
     fn workspace(&self) -> Workspace {
-        let drop = if self.drop.enabled() { self.in_f } else { 0 };
+        let (r, inf, outf) = (self.cfg.rank, self.pair.in_f(), self.pair.out_f());
+        let drop = self.drop.input_len(inf);
         Workspace {
-            saved_per_token: self.cfg.rank + self.out_f,
-            scratch_per_token: self.out_f + self.cfg.rank + self.in_f + drop,
+            saved_per_token: r + outf,
+            scratch_per_token: outf + r + inf + drop,
         }
     }
 
@@ -226,24 +212,18 @@ impl Adapter for Dora {
         saved: &mut [f32],
         scratch: &mut [f32],
     ) -> Result<()> {
-        let (n, r, inf, outf) = (pass.n, self.cfg.rank, self.in_f, self.out_f);
-        check_len("dora forward", "x", x.len(), n, inf)?;
-        check_len("dora forward", "y", y.len(), n, outf)?;
+        let (n, r, outf) = (pass.n, self.cfg.rank, self.pair.out_f());
+        self.pair.check_forward("dora forward", n, x, y)?;
         let mut sv = saved;
         let h = take("dora forward", "saved", &mut sv, n * r)?;
         let v = take("dora forward", "saved", &mut sv, n * outf)?;
         let mut sc = scratch;
         let stream = self.drop.stream(pass);
-        let xd: &[f32] = match stream {
-            Some(st) => {
-                let xd = take("dora forward", "scratch", &mut sc, n * inf)?;
-                self.drop.apply(st, x, xd);
-                xd
-            }
-            None => x,
-        };
-        gemm(d(n, r, inf, false, true), 1.0, xd, &self.a, 0.0, h)?;
-        gemm(d(n, outf, r, false, true), self.scale(), h, &self.b, 0.0, v)?;
+        let input = self.drop.input(pass, x, "dora forward", &mut sc)?;
+        let xd = input.xd();
+        // H = X_d·Aᵀ [n, r], V = s·H·Bᵀ [n, out] (Z0 added below).
+        self.pair.mul_at(xd, n, 0.0, h)?;
+        self.pair.mul_bt(h, n, self.scale(), 0.0, v)?;
         let mut buf = self.norm_buf.lock();
         let (_, c) = self.norms(&mut buf)?;
         // Z0 = X_d·Ŵᵀ (the base output already in y when nothing is dropped); V += Z0 and
@@ -277,11 +257,9 @@ impl Adapter for Dora {
         dx: &mut [f32],
         grads: &mut [f32],
     ) -> Result<()> {
-        let (n, r, inf, outf) = (pass.n, self.cfg.rank, self.in_f, self.out_f);
+        let (n, r, inf, outf) = (pass.n, self.cfg.rank, self.pair.in_f(), self.pair.out_f());
         let s = self.scale();
-        check_len("dora backward", "x", x.len(), n, inf)?;
-        check_len("dora backward", "dx", dx.len(), n, inf)?;
-        check_len("dora backward", "g", g.len(), n, outf)?;
+        self.pair.check_backward("dora backward", n, x, g, dx)?;
         check_len("dora backward", "grads", grads.len(), 1, self.n_params())?;
         let need = n * (r + outf);
         let saved = saved.get(..need).ok_or_else(|| {
@@ -291,21 +269,13 @@ impl Adapter for Dora {
             ))
         })?;
         let (h, v) = saved.split_at(n * r);
-        let (da, rest) = grads.split_at_mut(r * inf);
-        let (db, dm) = rest.split_at_mut(outf * r);
+        let (da, db, dm) = self.pair.split_grads(grads);
         let mut sc = scratch;
         let gt = take("dora backward", "scratch", &mut sc, n * outf)?;
         let dh = take("dora backward", "scratch", &mut sc, n * r)?;
         let term = take("dora backward", "scratch", &mut sc, n * inf)?;
         let stream = self.drop.stream(pass);
-        let xd: &[f32] = match stream {
-            Some(st) => {
-                let xd = take("dora backward", "scratch", &mut sc, n * inf)?;
-                self.drop.apply(st, x, xd);
-                xd
-            }
-            None => x,
-        };
+        let input = self.drop.input(pass, x, "dora backward", &mut sc)?;
         let mut buf = self.norm_buf.lock();
         let (nrm, c) = self.norms(&mut buf)?;
         for o in 0..outf {
@@ -318,15 +288,15 @@ impl Adapter for Dora {
             *gv = gg * c[k % outf];
         }
         // dB = s·G̃ᵀ·H, dH = s·G̃·B, dA = dHᵀ·X_d.
-        gemm(d(outf, r, n, true, false), s, gt, h, 0.0, db)?;
-        gemm(d(n, r, outf, false, false), s, gt, &self.b, 0.0, dh)?;
-        gemm(d(r, inf, n, true, false), 1.0, dh, xd, 0.0, da)?;
+        self.pair.grad_b(gt, h, n, s, 0.0, db)?;
+        self.pair.mul_b(gt, n, s, 0.0, dh)?;
+        self.pair.grad_a(dh, input.xd(), n, 0.0, da)?;
         // Input gradient: (G ⊙ (c − 1))·Ŵ + dH·A, through the dropout mask.
         for (k, (gv, &gg)) in gt.iter_mut().zip(g).enumerate() {
             *gv = gg * (c[k % outf] - 1.0);
         }
         self.base.dyw(gt, n, term)?;
-        gemm(d(n, inf, r, false, false), 1.0, dh, &self.a, 1.0, term)?;
+        self.pair.mul_a(dh, n, 1.0, 1.0, term)?;
         match stream {
             Some(st) => self.drop.add_masked(st, term, dx),
             None => dx.iter_mut().zip(term.iter()).for_each(|(a, &b)| *a += b),
@@ -336,15 +306,8 @@ impl Adapter for Dora {
 
     /// The merged change `diag(m/n)·(Ŵ + s·B·A) − Ŵ` `[out, in]` (docs/METHODS.md#dora).
     fn delta_weight(&self, dw: &mut [f32]) -> Result<()> {
-        let (r, inf, outf) = (self.cfg.rank, self.in_f, self.out_f);
-        gemm(
-            d(outf, inf, r, false, false),
-            self.scale(),
-            &self.b,
-            &self.a,
-            0.0,
-            dw,
-        )?;
+        let (inf, outf) = (self.pair.in_f(), self.pair.out_f());
+        self.pair.ba(self.scale(), 0.0, dw)?;
         let mut buf = self.norm_buf.lock();
         let (_, c) = self.norms(&mut buf)?;
         let mut row = vec![0.0f32; inf];
@@ -364,7 +327,7 @@ impl Adapter for Dora {
 
     /// The base copy, `‖Ŵ_o‖²` (f64) and the norm transients `r·out + r² + 2·out` (f32).
     fn extra_bytes(&self) -> usize {
-        self.base.bytes() + 8 * self.out_f + self.norm_buf.bytes()
+        self.base.bytes() + 8 * self.pair.out_f() + self.norm_buf.bytes()
     }
 }
 
@@ -404,14 +367,7 @@ fn pieces<R: Real>(
 ) -> (Vec<R>, Vec<R>, Vec<R>, Vec<R>, Vec<f64>) {
     let BranchDims { n, in_f, out_f, r } = dm;
     let zero = R::from_f64(0.0);
-    let xd: Vec<R> = match mask {
-        Some(m) => x
-            .iter()
-            .zip(m)
-            .map(|(&v, &f)| R::from_f64(v.to_f64() * f.to_f64()))
-            .collect(),
-        None => x.to_vec(),
-    };
+    let xd = masked(x, mask);
     let mut z0 = vec![zero; n * out_f];
     gemm_ref(d(n, out_f, in_f, false, true), 1.0, &xd, w, 0.0, &mut z0);
     let mut h = vec![zero; n * r];

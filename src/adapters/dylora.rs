@@ -26,15 +26,12 @@
 //! - **Evaluation:** passes with `training == false` use the evaluation rank
 //!   ([`Dylora::set_eval_rank`], default `r_max`); export and `delta_weight` too.
 
-use rand::{SeedableRng, rngs::StdRng};
-
-use super::base::{Dropout, dims as d, kaiming_uniform, take};
-use super::base::{lora_pair_params, nth_param, nth_param_mut};
-use super::lora::{self, BranchDims, mix};
+use super::base::{Dropout, mix, take};
+use super::lora::{self, BranchDims};
+use super::pair::{LoraPair, export_delta};
 use super::{Adapter, Export, LoraConfig, ParamBuf, ParamInfo, Pass, Workspace};
 use crate::backend::check_len;
 use crate::backend::cpu::Real;
-use crate::backend::cpu::gemm::gemm;
 use crate::{Error, Result};
 
 /// DyLoRA hyperparameters: `lora.rank` is `r_max`.
@@ -92,12 +89,8 @@ impl DyloraConfig {
 #[derive(Clone, Debug)]
 pub struct Dylora {
     cfg: DyloraConfig,
-    in_f: usize,
-    out_f: usize,
-    /// `[r_max, in]`.
-    a: ParamBuf,
-    /// `[out, r_max]`.
-    b: ParamBuf,
+    /// `A` `[r_max, in]`, `B` `[out, r_max]`.
+    pair: LoraPair,
     drop: Dropout,
     /// The rank of training passes (drawn by `on_step`).
     active: usize,
@@ -108,18 +101,10 @@ pub struct Dylora {
 impl Dylora {
     pub fn new(in_f: usize, out_f: usize, cfg: &DyloraConfig, seed: u64) -> Result<Dylora> {
         cfg.lora.validate()?;
-        if in_f == 0 || out_f == 0 {
-            return Err(Error::Invalid(format!(
-                "DyLoRA on an empty linear [{out_f}, {in_f}]"
-            )));
-        }
         let r = cfg.lora.rank;
         let mut dy = Dylora {
             cfg: cfg.clone(),
-            in_f,
-            out_f,
-            a: ParamBuf::zeros(r * in_f),
-            b: ParamBuf::zeros(out_f * r),
+            pair: LoraPair::new("DyLoRA", in_f, out_f, r)?,
             drop: Dropout::new(cfg.lora.dropout, seed)?,
             active: cfg.rank_for_step(0),
             eval_rank: r,
@@ -168,21 +153,21 @@ impl Dylora {
     }
     /// `A` `[r_max, in]`.
     pub fn a(&self) -> &[f32] {
-        &self.a
+        self.pair.a()
     }
     /// `B` `[out, r_max]`.
     pub fn b(&self) -> &[f32] {
-        &self.b
+        self.pair.b()
     }
     pub fn a_mut(&mut self) -> &mut [f32] {
-        &mut self.a
+        self.pair.a_mut()
     }
     pub fn b_mut(&mut self) -> &mut [f32] {
-        &mut self.b
+        self.pair.b_mut()
     }
     /// The dropout multipliers of `pass` (`None` when off), for references and tests.
     pub fn dropout_mask(&self, pass: Pass) -> Option<Vec<f32>> {
-        self.drop.mask(pass, self.in_f)
+        self.drop.mask(pass, self.pair.in_f())
     }
 
     /// The rank a pass uses.
@@ -196,9 +181,9 @@ impl Dylora {
 
     /// `B[:, :b]` `[out, b]` (allocates).
     fn b_cols(&self, b: usize) -> Vec<f32> {
-        let r = self.r_max();
-        (0..self.out_f * b)
-            .map(|k| self.b[(k / b) * r + k % b])
+        let (r, pb) = (self.r_max(), self.pair.b());
+        (0..self.pair.out_f() * b)
+            .map(|k| pb[(k / b) * r + k % b])
             .collect()
     }
 }
@@ -208,29 +193,28 @@ impl Adapter for Dylora {
         if self.cfg.frozen { "dylora" } else { "qdylora" }
     }
     fn in_features(&self) -> usize {
-        self.in_f
+        self.pair.in_f()
     }
     fn out_features(&self) -> usize {
-        self.out_f
+        self.pair.out_f()
     }
 
     fn params(&self) -> Vec<ParamInfo> {
-        lora_pair_params("lora_A", "lora_B", self.r_max(), self.in_f, self.out_f)
+        self.pair.params("lora_A", "lora_B")
     }
 
     fn param_buf(&self, i: usize) -> Option<&ParamBuf> {
-        nth_param([&self.a, &self.b], i)
+        self.pair.param_buf(i, [])
     }
 
     fn param_buf_mut(&mut self, i: usize) -> Option<&mut ParamBuf> {
-        nth_param_mut([&mut self.a, &mut self.b], i)
+        self.pair.param_buf_mut(i, [])
     }
 
     /// PEFT LoRA init: `A` kaiming-uniform, `B = 0`.
     fn init(&mut self, seed: u64) {
         self.drop.seed = seed;
-        kaiming_uniform(&mut StdRng::seed_from_u64(seed), self.in_f, &mut self.a);
-        self.b.fill(0.0);
+        self.pair.init(seed);
     }
 
     /// The scale at the evaluation rank, `alpha/b*`.
@@ -240,7 +224,7 @@ impl Adapter for Dylora {
 
     /// LoRA's at `r_max`: saved `H`, scratch `dH` (+ `X_d` with dropout).
     fn workspace(&self) -> Workspace {
-        let drop = if self.drop.enabled() { self.in_f } else { 0 };
+        let drop = self.drop.input_len(self.pair.in_f());
         Workspace {
             saved_per_token: self.r_max(),
             scratch_per_token: self.r_max() + drop,
@@ -255,33 +239,18 @@ impl Adapter for Dylora {
         saved: &mut [f32],
         scratch: &mut [f32],
     ) -> Result<()> {
-        let (n, rm, inf, outf) = (pass.n, self.r_max(), self.in_f, self.out_f);
+        let (n, rm) = (pass.n, self.r_max());
         let b = self.rank_of(pass);
-        check_len("dylora forward", "x", x.len(), n, inf)?;
-        check_len("dylora forward", "y", y.len(), n, outf)?;
+        self.pair.check_forward("dylora forward", n, x, y)?;
         let mut sv = saved;
         let h = take("dylora forward", "saved", &mut sv, n * rm)?;
         let mut sc = scratch;
-        let xd: &[f32] = match self.drop.stream(pass) {
-            Some(st) => {
-                let xd = take("dylora forward", "scratch", &mut sc, n * inf)?;
-                self.drop.apply(st, x, xd);
-                xd
-            }
-            None => x,
-        };
+        let input = self.drop.input(pass, x, "dylora forward", &mut sc)?;
         // H = X_d·Aᵀ [n, r_max] with the columns ≥ b zeroed: then full-width GEMMs apply
         // exactly the truncation (B's leading columns are strided, so they are not sliced).
-        gemm(d(n, rm, inf, false, true), 1.0, xd, &self.a, 0.0, h)?;
+        self.pair.mul_at(input.xd(), n, 0.0, h)?;
         zero_cols(h, rm, b..rm);
-        gemm(
-            d(n, outf, rm, false, true),
-            self.cfg.scale_at(b),
-            h,
-            &self.b,
-            1.0,
-            y,
-        )
+        self.pair.mul_bt(h, n, self.cfg.scale_at(b), 1.0, y)
     }
 
     fn backward(
@@ -294,19 +263,12 @@ impl Adapter for Dylora {
         dx: &mut [f32],
         grads: &mut [f32],
     ) -> Result<()> {
-        let (n, rm, inf, outf) = (pass.n, self.r_max(), self.in_f, self.out_f);
+        let (n, rm, inf) = (pass.n, self.r_max(), self.pair.in_f());
         let b = self.rank_of(pass);
         let s = self.cfg.scale_at(b);
-        check_len("dylora backward", "x", x.len(), n, inf)?;
-        check_len("dylora backward", "dx", dx.len(), n, inf)?;
-        check_len("dylora backward", "g", g.len(), n, outf)?;
-        check_len(
-            "dylora backward",
-            "grads",
-            grads.len(),
-            1,
-            rm * (inf + outf),
-        )?;
+        self.pair.check_backward("dylora backward", n, x, g, dx)?;
+        let np = self.pair.numel();
+        check_len("dylora backward", "grads", grads.len(), 1, np)?;
         let h = saved.get(..n * rm).ok_or_else(|| {
             Error::Invalid(format!(
                 "dylora backward: saved has {} values, needs {}",
@@ -314,34 +276,16 @@ impl Adapter for Dylora {
                 n * rm
             ))
         })?;
-        let (da, db) = grads.split_at_mut(rm * inf);
+        let (da, db, _) = self.pair.split_grads(grads);
         let mut sc = scratch;
         let dh = take("dylora backward", "scratch", &mut sc, n * rm)?;
-        let stream = self.drop.stream(pass);
-        let xd_buf = match stream {
-            Some(st) => {
-                let xd = take("dylora backward", "scratch", &mut sc, n * inf)?;
-                self.drop.apply(st, x, xd);
-                Some(xd)
-            }
-            None => None,
-        };
+        let input = self.drop.input(pass, x, "dylora backward", &mut sc)?;
         // dB = s_b·Gᵀ·H (columns ≥ b are 0 since H's are); dH = s_b·G·B, truncated to b.
-        gemm(d(outf, rm, n, true, false), s, g, h, 0.0, db)?;
-        gemm(d(n, rm, outf, false, false), s, g, &self.b, 0.0, dh)?;
+        self.pair.grad_b(g, h, n, s, 0.0, db)?;
+        self.pair.mul_b(g, n, s, 0.0, dh)?;
         zero_cols(dh, rm, b..rm);
         // dA = dHᵀ·X_d (rows ≥ b are 0), then dX += D'(dH·A).
-        match (stream, xd_buf) {
-            (Some(st), Some(xd)) => {
-                gemm(d(rm, inf, n, true, false), 1.0, dh, xd, 0.0, da)?;
-                gemm(d(n, inf, rm, false, false), 1.0, dh, &self.a, 0.0, xd)?;
-                self.drop.add_masked(st, xd, dx);
-            }
-            _ => {
-                gemm(d(rm, inf, n, true, false), 1.0, dh, x, 0.0, da)?;
-                gemm(d(n, inf, rm, false, false), 1.0, dh, &self.a, 1.0, dx)?;
-            }
-        }
+        self.pair.grad_a_and_x(dh, n, input, da, dx)?;
         // Frozen: components < b−1 are detached (row j of dA and column j of dB depend on
         // component j alone); dX keeps them.
         let lo = if self.cfg.frozen && pass.training {
@@ -357,23 +301,14 @@ impl Adapter for Dylora {
     /// `ΔW = (alpha/b*)·B[:, :b*]·A[:b*]` at the evaluation rank
     /// (docs/METHODS.md#dylora-and-qdylora).
     fn delta_weight(&self, dw: &mut [f32]) -> Result<()> {
-        let (b, inf) = (self.eval_rank, self.in_f);
-        let bc = self.b_cols(b);
-        gemm(
-            d(self.out_f, inf, b, false, false),
-            self.scale(),
-            &bc,
-            &self.a[..b * inf],
-            0.0,
-            dw,
-        )
+        export_delta(&self.export(), self.pair.out_f(), self.pair.in_f(), dw)
     }
 
     /// A plain LoRA of rank `b*` at scale `alpha/b*`.
     fn export(&self) -> Export<'_> {
         let b = self.eval_rank;
         Export::LowRank {
-            a: (&self.a[..b * self.in_f]).into(),
+            a: (&self.pair.a()[..b * self.pair.in_f()]).into(),
             b: self.b_cols(b).into(),
             rank: b,
             scale: self.scale(),

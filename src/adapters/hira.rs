@@ -22,16 +22,14 @@
 //! allocates. Nothing is saved between forward and backward. Export is merge-only: `Ŵ' = Ŵ ⊙ (1 +
 //! B·A)` is no plain `B'·A'`.
 
-use rand::{SeedableRng, rngs::StdRng};
-
-use super::base::{BaseWeight, Dropout, Transient, dims as d, kaiming_uniform, take};
-use super::base::{lora_pair_params, nth_param, nth_param_mut};
-use super::lora::BranchDims;
+use super::base::{BaseWeight, Dropout, Transient, dims as d, take};
+use super::lora::{BranchDims, masked};
+use super::pair::LoraPair;
 use super::{Adapter, Export, LoraConfig, ParamBuf, ParamInfo, Pass, Workspace};
+use crate::Result;
 use crate::backend::check_len;
 use crate::backend::cpu::Real;
 use crate::backend::cpu::gemm::{gemm, gemm_ref};
-use crate::{Error, Result};
 
 /// Output rows per tile of the `[out, in]` transients.
 pub const TILE: usize = 64;
@@ -41,12 +39,7 @@ pub const TILE: usize = 64;
 #[derive(Clone, Debug)]
 pub struct Hira {
     cfg: LoraConfig,
-    in_f: usize,
-    out_f: usize,
-    /// `[r, in]`.
-    a: ParamBuf,
-    /// `[out, r]`.
-    b: ParamBuf,
+    pair: LoraPair,
     base: BaseWeight,
     drop: Dropout,
     /// `Ŵ_t`, `M_t`, `Γ_t`: three `[tile, in]` buffers.
@@ -57,18 +50,10 @@ impl Hira {
     /// HiRA on `base` (a copy of `Ŵ`), PEFT init from `seed`.
     pub fn new(cfg: &LoraConfig, base: BaseWeight, seed: u64) -> Result<Hira> {
         cfg.validate()?;
-        let (out_f, in_f, r) = (base.rows(), base.cols(), cfg.rank);
-        if in_f == 0 || out_f == 0 {
-            return Err(Error::Invalid(format!(
-                "HiRA on an empty linear [{out_f}, {in_f}]"
-            )));
-        }
+        let (out_f, in_f) = (base.rows(), base.cols());
         let mut hira = Hira {
             cfg: cfg.clone(),
-            in_f,
-            out_f,
-            a: ParamBuf::zeros(r * in_f),
-            b: ParamBuf::zeros(out_f * r),
+            pair: LoraPair::new("HiRA", in_f, out_f, cfg.rank)?,
             tiles: Transient::new(3 * TILE.min(out_f) * in_f),
             base,
             drop: Dropout::new(cfg.dropout, seed)?,
@@ -82,24 +67,24 @@ impl Hira {
     }
     /// `A` `[r, in]`.
     pub fn a(&self) -> &[f32] {
-        &self.a
+        self.pair.a()
     }
     /// `B` `[out, r]`.
     pub fn b(&self) -> &[f32] {
-        &self.b
+        self.pair.b()
     }
     pub fn a_mut(&mut self) -> &mut [f32] {
-        &mut self.a
+        self.pair.a_mut()
     }
     pub fn b_mut(&mut self) -> &mut [f32] {
-        &mut self.b
+        self.pair.b_mut()
     }
     pub fn base(&self) -> &BaseWeight {
         &self.base
     }
     /// The dropout multipliers of `pass` (`None` when off), for references and tests.
     pub fn dropout_mask(&self, pass: Pass) -> Option<Vec<f32>> {
-        self.drop.mask(pass, self.in_f)
+        self.drop.mask(pass, self.pair.in_f())
     }
 
     /// `M_t = Ŵ_t ⊙ (B_t·A)` for output rows `o0..o0+t` into `m`; returns `Ŵ_t`.
@@ -110,10 +95,8 @@ impl Hira {
         wbuf: &'a mut [f32],
         m: &mut [f32],
     ) -> Result<&'a [f32]> {
-        let (r, inf) = (self.cfg.rank, self.in_f);
         let wt = self.base.rows_f32(o0, t, wbuf)?;
-        let bt = &self.b[o0 * r..(o0 + t) * r];
-        gemm(d(t, inf, r, false, false), 1.0, bt, &self.a, 0.0, m)?;
+        self.pair.ba_rows(o0..o0 + t, 1.0, 0.0, m)?;
         for (mv, &wv) in m.iter_mut().zip(wt) {
             *mv *= wv;
         }
@@ -126,29 +109,28 @@ impl Adapter for Hira {
         "hira"
     }
     fn in_features(&self) -> usize {
-        self.in_f
+        self.pair.in_f()
     }
     fn out_features(&self) -> usize {
-        self.out_f
+        self.pair.out_f()
     }
 
     fn params(&self) -> Vec<ParamInfo> {
-        lora_pair_params("hira_A", "hira_B", self.cfg.rank, self.in_f, self.out_f)
+        self.pair.params("hira_A", "hira_B")
     }
 
     fn param_buf(&self, i: usize) -> Option<&ParamBuf> {
-        nth_param([&self.a, &self.b], i)
+        self.pair.param_buf(i, [])
     }
 
     fn param_buf_mut(&mut self, i: usize) -> Option<&mut ParamBuf> {
-        nth_param_mut([&mut self.a, &mut self.b], i)
+        self.pair.param_buf_mut(i, [])
     }
 
     /// Init (docs/METHODS.md#hira): `A` kaiming-uniform, `B = 0` (a no-op at init).
     fn init(&mut self, seed: u64) {
         self.drop.seed = seed;
-        kaiming_uniform(&mut StdRng::seed_from_u64(seed), self.in_f, &mut self.a);
-        self.b.fill(0.0);
+        self.pair.init(seed);
     }
 
     /// No scaling factor.
@@ -159,14 +141,10 @@ impl Adapter for Hira {
     /// Nothing saved. Scratch: one `[N, tile]` block of `Y`/`G`, plus `X_d` and `D'`'s input
     /// (in each) with dropout.
     fn workspace(&self) -> Workspace {
-        let drop = if self.drop.enabled() {
-            2 * self.in_f
-        } else {
-            0
-        };
+        let drop = 2 * self.drop.input_len(self.pair.in_f());
         Workspace {
             saved_per_token: 0,
-            scratch_per_token: TILE.min(self.out_f) + drop,
+            scratch_per_token: TILE.min(self.pair.out_f()) + drop,
         }
     }
 
@@ -178,20 +156,13 @@ impl Adapter for Hira {
         _saved: &mut [f32],
         scratch: &mut [f32],
     ) -> Result<()> {
-        let (n, inf, outf) = (pass.n, self.in_f, self.out_f);
-        check_len("hira forward", "x", x.len(), n, inf)?;
-        check_len("hira forward", "y", y.len(), n, outf)?;
+        let (n, inf, outf) = (pass.n, self.pair.in_f(), self.pair.out_f());
+        self.pair.check_forward("hira forward", n, x, y)?;
         let tile = TILE.min(outf);
         let mut sc = scratch;
         let yt = take("hira forward", "scratch", &mut sc, n * tile)?;
-        let xd: &[f32] = match self.drop.stream(pass) {
-            Some(st) => {
-                let xd = take("hira forward", "scratch", &mut sc, n * inf)?;
-                self.drop.apply(st, x, xd);
-                xd
-            }
-            None => x,
-        };
+        let input = self.drop.input(pass, x, "hira forward", &mut sc)?;
+        let xd = input.xd();
         let mut bufs = self.tiles.lock();
         let (wbuf, rest) = bufs.split_at_mut(tile * inf);
         let mbuf = &mut rest[..tile * inf];
@@ -221,25 +192,24 @@ impl Adapter for Hira {
         dx: &mut [f32],
         grads: &mut [f32],
     ) -> Result<()> {
-        let (n, r, inf, outf) = (pass.n, self.cfg.rank, self.in_f, self.out_f);
-        check_len("hira backward", "x", x.len(), n, inf)?;
-        check_len("hira backward", "dx", dx.len(), n, inf)?;
-        check_len("hira backward", "g", g.len(), n, outf)?;
-        check_len("hira backward", "grads", grads.len(), 1, r * (inf + outf))?;
-        let (da, db) = grads.split_at_mut(r * inf);
+        let (n, r, inf, outf) = (pass.n, self.cfg.rank, self.pair.in_f(), self.pair.out_f());
+        self.pair.check_backward("hira backward", n, x, g, dx)?;
+        check_len("hira backward", "grads", grads.len(), 1, self.pair.numel())?;
+        let (da, db, _) = self.pair.split_grads(grads);
         let tile = TILE.min(outf);
         let mut sc = scratch;
         let gt = take("hira backward", "scratch", &mut sc, n * tile)?;
         let stream = self.drop.stream(pass);
-        let (xd, mut dxd): (&[f32], Option<&mut [f32]>) = match stream {
-            Some(st) => {
-                let xd = take("hira backward", "scratch", &mut sc, n * inf)?;
-                self.drop.apply(st, x, xd);
+        let input = self.drop.input(pass, x, "hira backward", &mut sc)?;
+        let xd = input.xd();
+        // D'-input `[n, in]`, accumulated over the tiles (with dropout; else straight into dx).
+        let mut dxd = match stream {
+            Some(_) => {
                 let dxd = take("hira backward", "scratch", &mut sc, n * inf)?;
                 dxd.fill(0.0);
-                (xd, Some(dxd))
+                Some(dxd)
             }
-            None => (x, None),
+            None => None,
         };
         let mut bufs = self.tiles.lock();
         let (wbuf, rest) = bufs.split_at_mut(tile * inf);
@@ -266,9 +236,9 @@ impl Adapter for Hira {
                 *gv *= wv;
             }
             let dbt = &mut db[o0 * r..(o0 + t) * r];
-            gemm(d(t, r, inf, false, true), 1.0, gam, &self.a, 0.0, dbt)?;
+            self.pair.mul_at(gam, t, 0.0, dbt)?;
             let beta = if o0 == 0 { 0.0 } else { 1.0 };
-            let bt = &self.b[o0 * r..(o0 + t) * r];
+            let bt = &self.pair.b()[o0 * r..(o0 + t) * r];
             gemm(d(r, inf, t, true, false), 1.0, bt, gam, beta, da)?;
         }
         if let (Some(st), Some(dxd)) = (stream, dxd) {
@@ -279,15 +249,8 @@ impl Adapter for Hira {
 
     /// `ΔW = Ŵ ⊙ (B·A)` `[out, in]`.
     fn delta_weight(&self, dw: &mut [f32]) -> Result<()> {
-        let (r, inf, outf) = (self.cfg.rank, self.in_f, self.out_f);
-        gemm(
-            d(outf, inf, r, false, false),
-            1.0,
-            &self.b,
-            &self.a,
-            0.0,
-            dw,
-        )?;
+        let (inf, outf) = (self.pair.in_f(), self.pair.out_f());
+        self.pair.ba(1.0, 0.0, dw)?;
         let mut row = vec![0.0f32; inf];
         for o in 0..outf {
             let w = self.base.rows_f32(o, 1, &mut row)?;
@@ -324,17 +287,6 @@ fn dense_m<R: Real>(dm: BranchDims, w: &[R], a: &[R], b: &[R]) -> Vec<R> {
         *mv = R::from_f64(mv.to_f64() * wv.to_f64());
     }
     m
-}
-
-fn masked<R: Real>(x: &[R], mask: Option<&[R]>) -> Vec<R> {
-    match mask {
-        Some(m) => x
-            .iter()
-            .zip(m)
-            .map(|(&v, &f)| R::from_f64(v.to_f64() * f.to_f64()))
-            .collect(),
-        None => x.to_vec(),
-    }
 }
 
 /// Scalar specification of the forward (docs/METHODS.md#hira, dense): `ΔY = X_d·(Ŵ ⊙ B·A)ᵀ` `[n,

@@ -15,25 +15,17 @@
 //! Merge / export (exact without dropout): `ΔW = s·(B + β_B·E_out)·(A + (β_A/g_in)·E_inᵀ)`, a
 //! plain rank-`r` LoRA.
 
-use rand::{SeedableRng, rngs::StdRng};
-
-use super::base::{Dropout, dims, kaiming_uniform, take};
-use super::base::{lora_pair_params, nth_param, nth_param_mut};
+use super::base::{Dropout, take};
+use super::pair::{LoraPair, export_delta};
 use super::{Adapter, Export, Group, LoraConfig, ParamBuf, ParamInfo, Pass, Workspace};
 use crate::backend::check_len;
-use crate::backend::cpu::gemm::gemm;
 use crate::{Error, Result};
 
 /// An IEC branch on one linear `[out, in]`.
 #[derive(Clone, Debug)]
 pub struct Iec {
     cfg: LoraConfig,
-    in_f: usize,
-    out_f: usize,
-    /// `[r, in]`.
-    a: ParamBuf,
-    /// `[out, r]`.
-    b: ParamBuf,
+    pair: LoraPair,
     /// `[β_A]`, `[β_B]` (1-element tensors, so the optimizer sees them as parameters).
     beta_a: ParamBuf,
     beta_b: ParamBuf,
@@ -54,10 +46,7 @@ impl Iec {
         }
         let mut iec = Iec {
             cfg: cfg.clone(),
-            in_f,
-            out_f,
-            a: ParamBuf::zeros(r * in_f),
-            b: ParamBuf::zeros(out_f * r),
+            pair: LoraPair::new("IEC", in_f, out_f, r)?,
             beta_a: ParamBuf::zeros(1),
             beta_b: ParamBuf::zeros(1),
             drop: Dropout::new(cfg.dropout, seed)?,
@@ -79,25 +68,22 @@ impl Iec {
     }
     /// The dropout multipliers of `pass` (`None` when off), for references and tests.
     pub fn dropout_mask(&self, pass: Pass) -> Option<Vec<f32>> {
-        self.drop.mask(pass, self.in_f)
+        self.drop.mask(pass, self.pair.in_f())
     }
 
     /// The folded plain-LoRA factors `(A', B')`: `A' = A + (β_A/g_in)·E_inᵀ` `[r, in]`,
     /// `B' = B + β_B·E_out` `[out, r]`.
     pub fn folded(&self) -> (Vec<f32>, Vec<f32>) {
-        let (r, g_in, g_out) = (
-            self.cfg.rank,
-            self.in_f / self.cfg.rank,
-            self.out_f / self.cfg.rank,
-        );
+        let (r, inf, outf) = (self.cfg.rank, self.pair.in_f(), self.pair.out_f());
+        let (g_in, g_out) = (inf / r, outf / r);
         let (ba, bb) = self.betas();
-        let mut a = self.a.to_vec();
+        let mut a = self.pair.a().to_vec();
         for j in 0..r {
             for t in 0..g_in {
-                a[j * self.in_f + j * g_in + t] += ba / g_in as f32;
+                a[j * inf + j * g_in + t] += ba / g_in as f32;
             }
         }
-        let mut b = self.b.to_vec();
+        let mut b = self.pair.b().to_vec();
         for j in 0..r {
             for t in 0..g_out {
                 b[(j * g_out + t) * r + j] += bb;
@@ -108,10 +94,11 @@ impl Iec {
 
     /// `pool[n, r] = Pool(x)`.
     fn pool(&self, x: &[f32], n: usize, pool: &mut [f32]) {
-        let (r, g_in) = (self.cfg.rank, self.in_f / self.cfg.rank);
+        let (r, inf) = (self.cfg.rank, self.pair.in_f());
+        let g_in = inf / r;
         let inv = 1.0 / g_in as f32;
         for t in 0..n {
-            let row = &x[t * self.in_f..(t + 1) * self.in_f];
+            let row = &x[t * inf..(t + 1) * inf];
             for j in 0..r {
                 pool[t * r + j] = row[j * g_in..(j + 1) * g_in].iter().sum::<f32>() * inv;
             }
@@ -124,14 +111,14 @@ impl Adapter for Iec {
         "iec"
     }
     fn in_features(&self) -> usize {
-        self.in_f
+        self.pair.in_f()
     }
     fn out_features(&self) -> usize {
-        self.out_f
+        self.pair.out_f()
     }
 
     fn params(&self) -> Vec<ParamInfo> {
-        let mut params = lora_pair_params("lora_A", "lora_B", self.cfg.rank, self.in_f, self.out_f);
+        let mut params = self.pair.params("lora_A", "lora_B");
         params.extend([
             ParamInfo {
                 name: "lora_A_scale",
@@ -148,22 +135,18 @@ impl Adapter for Iec {
     }
 
     fn param_buf(&self, i: usize) -> Option<&ParamBuf> {
-        nth_param([&self.a, &self.b, &self.beta_a, &self.beta_b], i)
+        self.pair.param_buf(i, [&self.beta_a, &self.beta_b])
     }
 
     fn param_buf_mut(&mut self, i: usize) -> Option<&mut ParamBuf> {
-        nth_param_mut(
-            [&mut self.a, &mut self.b, &mut self.beta_a, &mut self.beta_b],
-            i,
-        )
+        self.pair
+            .param_buf_mut(i, [&mut self.beta_a, &mut self.beta_b])
     }
 
     /// PEFT LoRA init plus `β_A = β_B = 0` (docs/METHODS.md#ir-qlora-iec).
     fn init(&mut self, seed: u64) {
         self.drop.seed = seed;
-        let mut rng = StdRng::seed_from_u64(seed);
-        kaiming_uniform(&mut rng, self.in_f, &mut self.a);
-        self.b.fill(0.0);
+        self.pair.init(seed);
         self.set_betas(0.0, 0.0);
     }
 
@@ -175,7 +158,7 @@ impl Adapter for Iec {
     /// dropout); the backward's `RepT(dU)`, `dZ`, `Pool(X)` (3r) and `X_d` / `dZ·A` (in, with
     /// dropout).
     fn workspace(&self) -> Workspace {
-        let drop = if self.drop.enabled() { self.in_f } else { 0 };
+        let drop = self.drop.input_len(self.pair.in_f());
         Workspace {
             saved_per_token: self.cfg.rank,
             scratch_per_token: 3 * self.cfg.rank + drop,
@@ -190,9 +173,8 @@ impl Adapter for Iec {
         saved: &mut [f32],
         scratch: &mut [f32],
     ) -> Result<()> {
-        let (n, r, inf, outf) = (pass.n, self.cfg.rank, self.in_f, self.out_f);
-        check_len("iec forward", "x", x.len(), n, inf)?;
-        check_len("iec forward", "y", y.len(), n, outf)?;
+        let (n, r, outf) = (pass.n, self.cfg.rank, self.pair.out_f());
+        self.pair.check_forward("iec forward", n, x, y)?;
         let mut saved = saved;
         let z = take("iec", "saved", &mut saved, n * r)?;
         let mut scratch = scratch;
@@ -200,18 +182,11 @@ impl Adapter for Iec {
         self.pool(x, n, pool);
         // Z = X_d·Aᵀ + β_A·Pool(X).
         z.copy_from_slice(pool);
-        let zd = dims(n, r, inf, false, true);
-        match self.drop.stream(pass) {
-            Some(stream) => {
-                let xd = take("iec", "scratch", &mut scratch, n * inf)?;
-                self.drop.apply(stream, x, xd);
-                gemm(zd, 1.0, xd, &self.a, self.beta_a[0], z)?;
-            }
-            None => gemm(zd, 1.0, x, &self.a, self.beta_a[0], z)?,
-        }
+        let input = self.drop.input(pass, x, "iec", &mut scratch)?;
+        self.pair.mul_at(input.xd(), n, self.beta_a[0], z)?;
         // Y += s·(Z·Bᵀ + β_B·Rep(Z)).
         let s = self.scale();
-        gemm(dims(n, outf, r, false, true), s, z, &self.b, 1.0, y)?;
+        self.pair.mul_bt(z, n, s, 1.0, y)?;
         let (g_out, sb) = (outf / r, s * self.beta_b[0]);
         if sb != 0.0 {
             for t in 0..n {
@@ -236,23 +211,15 @@ impl Adapter for Iec {
         dx: &mut [f32],
         grads: &mut [f32],
     ) -> Result<()> {
-        let (n, r, inf, outf) = (pass.n, self.cfg.rank, self.in_f, self.out_f);
+        let (n, r, inf, outf) = (pass.n, self.cfg.rank, self.pair.in_f(), self.pair.out_f());
         let (s, g_in, g_out) = (self.scale(), inf / r, outf / r);
-        check_len("iec backward", "x", x.len(), n, inf)?;
-        check_len("iec backward", "dx", dx.len(), n, inf)?;
-        check_len("iec backward", "g", g.len(), n, outf)?;
-        check_len(
-            "iec backward",
-            "grads",
-            grads.len(),
-            1,
-            r * (inf + outf) + 2,
-        )?;
+        self.pair.check_backward("iec backward", n, x, g, dx)?;
+        let np = self.pair.numel() + 2;
+        check_len("iec backward", "grads", grads.len(), 1, np)?;
         let z = saved
             .get(..n * r)
             .ok_or_else(|| Error::Invalid(format!("iec: saved shorter than {} values", n * r)))?;
-        let (da, rest) = grads.split_at_mut(r * inf);
-        let (db, betas) = rest.split_at_mut(outf * r);
+        let (da, db, betas) = self.pair.split_grads(grads);
         let mut scratch = scratch;
         let rt = take("iec", "scratch", &mut scratch, n * r)?;
         let dz = take("iec", "scratch", &mut scratch, n * r)?;
@@ -265,36 +232,17 @@ impl Adapter for Iec {
             }
         }
         // dB = s·Gᵀ·Z; dβ_B = Σ Z ⊙ RepT(dU).
-        gemm(dims(outf, r, n, true, false), s, g, z, 0.0, db)?;
+        self.pair.grad_b(g, z, n, s, 0.0, db)?;
         betas[1] = z.iter().zip(rt.iter()).map(|(&a, &b)| a * b).sum();
         // dZ = s·G·B + β_B·RepT(dU).
         dz.copy_from_slice(rt);
-        gemm(
-            dims(n, r, outf, false, false),
-            s,
-            g,
-            &self.b,
-            self.beta_b[0],
-            dz,
-        )?;
+        self.pair.mul_b(g, n, s, self.beta_b[0], dz)?;
         // dβ_A = Σ dZ ⊙ Pool(X).
         self.pool(x, n, pool);
         betas[0] = dz.iter().zip(pool.iter()).map(|(&a, &b)| a * b).sum();
-        let da_dims = d_a(r, inf, n);
-        let dxa = dims(n, inf, r, false, false);
-        match self.drop.stream(pass) {
-            Some(stream) => {
-                let xd = take("iec", "scratch", &mut scratch, n * inf)?;
-                self.drop.apply(stream, x, xd);
-                gemm(da_dims, 1.0, dz, xd, 0.0, da)?;
-                gemm(dxa, 1.0, dz, &self.a, 0.0, xd)?;
-                self.drop.add_masked(stream, xd, dx);
-            }
-            None => {
-                gemm(da_dims, 1.0, dz, x, 0.0, da)?;
-                gemm(dxa, 1.0, dz, &self.a, 1.0, dx)?;
-            }
-        }
+        // dA = dZᵀ·X_d, dX += D'(dZ·A).
+        let input = self.drop.input(pass, x, "iec", &mut scratch)?;
+        self.pair.grad_a_and_x(dz, n, input, da, dx)?;
         // dX += β_A·PoolT(dZ).
         let c = self.beta_a[0] / g_in as f32;
         if c != 0.0 {
@@ -312,16 +260,7 @@ impl Adapter for Iec {
 
     /// `ΔW = s·B'·A'` with the folded factors (exact without dropout).
     fn delta_weight(&self, dw: &mut [f32]) -> Result<()> {
-        let (a, b) = self.folded();
-        let (r, inf, outf) = (self.cfg.rank, self.in_f, self.out_f);
-        gemm(
-            dims(outf, inf, r, false, false),
-            self.scale(),
-            &b,
-            &a,
-            0.0,
-            dw,
-        )
+        export_delta(&self.export(), self.pair.out_f(), self.pair.in_f(), dw)
     }
 
     /// A plain rank-`r` LoRA with the folded factors.
@@ -334,11 +273,6 @@ impl Adapter for Iec {
             scale: self.scale(),
         }
     }
-}
-
-/// `dA [r, in] = dZᵀ·X`: `[n, r]ᵀ × [n, in]`.
-fn d_a(r: usize, inf: usize, n: usize) -> crate::backend::cpu::gemm::GemmDims {
-    dims(r, inf, n, true, false)
 }
 
 /// Scalar specification of the forward, generic over f32/f64 (f64 sums): returns

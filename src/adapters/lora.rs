@@ -10,13 +10,12 @@
 
 use std::str::FromStr;
 
-use rand::{Rng, SeedableRng, rngs::StdRng};
-
-use super::base::{lora_pair_params, nth_param, nth_param_mut};
+use super::base::{Dropout, dims as d};
+use super::pair::LoraPair;
 use super::{Adapter, Export, ParamBuf, ParamInfo, Pass, Workspace};
 use crate::backend::check_len;
 use crate::backend::cpu::Real;
-use crate::backend::cpu::gemm::{GemmDims, gemm, gemm_ref};
+use crate::backend::cpu::gemm::gemm_ref;
 use crate::{Error, Result};
 
 /// A linear layer of a Llama block that can carry an adapter (serialised as its GGUF stem).
@@ -202,51 +201,22 @@ impl LoraConfig {
     }
 }
 
-/// SplitMix64 finaliser: a well-mixed 64-bit hash of `z`.
-pub(crate) fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// Dropout multiplier of element `idx` of `X` `[N, in]`: `0` with probability `p`, else
-/// `1/(1−p)` (`D(X) = X ⊙ M / (1−p)`).
-#[inline]
-pub(crate) fn dropout_factor(stream: u64, idx: usize, p: f32) -> f32 {
-    let u = (mix(stream ^ mix(idx as u64)) >> 40) as f32 / (1u64 << 24) as f32;
-    if u < p { 0.0 } else { 1.0 / (1.0 - p) }
-}
-
 /// A LoRA branch on one linear `[out, in]`.
 #[derive(Clone, Debug)]
 pub struct Lora {
     cfg: LoraConfig,
-    in_f: usize,
-    out_f: usize,
-    /// `[rank, in]`.
-    a: ParamBuf,
-    /// `[out, rank]`.
-    b: ParamBuf,
-    seed: u64,
+    pair: LoraPair,
+    drop: Dropout,
 }
 
 impl Lora {
     /// A LoRA branch for a linear of `in_f` inputs and `out_f` outputs, initialised from `seed`.
     pub fn new(in_f: usize, out_f: usize, cfg: &LoraConfig, seed: u64) -> Result<Lora> {
         cfg.validate()?;
-        if in_f == 0 || out_f == 0 {
-            return Err(Error::Invalid(format!(
-                "LoRA on an empty linear [{out_f}, {in_f}]"
-            )));
-        }
         let mut lora = Lora {
             cfg: cfg.clone(),
-            in_f,
-            out_f,
-            a: ParamBuf::zeros(cfg.rank * in_f),
-            b: ParamBuf::zeros(out_f * cfg.rank),
-            seed,
+            pair: LoraPair::new("LoRA", in_f, out_f, cfg.rank)?,
+            drop: Dropout::new(cfg.dropout, seed)?,
         };
         lora.init(seed);
         Ok(lora)
@@ -257,40 +227,23 @@ impl Lora {
     }
     /// `A` `[rank, in]`.
     pub fn a(&self) -> &[f32] {
-        &self.a
+        self.pair.a()
     }
     /// `B` `[out, rank]`.
     pub fn b(&self) -> &[f32] {
-        &self.b
+        self.pair.b()
     }
     pub fn a_mut(&mut self) -> &mut [f32] {
-        &mut self.a
+        self.pair.a_mut()
     }
     pub fn b_mut(&mut self) -> &mut [f32] {
-        &mut self.b
-    }
-
-    /// The dropout stream of `pass`, or `None` when dropout is off.
-    fn stream(&self, pass: Pass) -> Option<u64> {
-        (pass.training && self.cfg.dropout > 0.0).then(|| mix(self.seed ^ mix(pass.seed)))
+        self.pair.b_mut()
     }
 
     /// The dropout multipliers `M/(1−p)` `[n, in]` of `pass` (`None` when dropout is off): the
     /// mask the forward and backward use, for references and tests (allocates).
     pub fn dropout_mask(&self, pass: Pass) -> Option<Vec<f32>> {
-        let stream = self.stream(pass)?;
-        Some(
-            (0..pass.n * self.in_f)
-                .map(|i| dropout_factor(stream, i, self.cfg.dropout))
-                .collect(),
-        )
-    }
-
-    /// `xd = D(x)` with the pass's mask (`xd` `[n, in]`).
-    fn apply_mask(&self, stream: u64, x: &[f32], xd: &mut [f32]) {
-        for (i, (d, &v)) in xd.iter_mut().zip(x).enumerate() {
-            *d = v * dropout_factor(stream, i, self.cfg.dropout);
-        }
+        self.drop.mask(pass, self.pair.in_f())
     }
 }
 
@@ -299,34 +252,29 @@ impl Adapter for Lora {
         "lora"
     }
     fn in_features(&self) -> usize {
-        self.in_f
+        self.pair.in_f()
     }
     fn out_features(&self) -> usize {
-        self.out_f
+        self.pair.out_f()
     }
 
     fn params(&self) -> Vec<ParamInfo> {
-        lora_pair_params("lora_A", "lora_B", self.cfg.rank, self.in_f, self.out_f)
+        self.pair.params("lora_A", "lora_B")
     }
 
     fn param_buf(&self, i: usize) -> Option<&ParamBuf> {
-        nth_param([&self.a, &self.b], i)
+        self.pair.param_buf(i, [])
     }
 
     fn param_buf_mut(&mut self, i: usize) -> Option<&mut ParamBuf> {
-        nth_param_mut([&mut self.a, &mut self.b], i)
+        self.pair.param_buf_mut(i, [])
     }
 
     /// PEFT init (docs/METHODS.md#lora-and-rslora): `A ~ U(−1/√in, 1/√in)` (kaiming-uniform a=√5),
     /// `B = 0`.
     fn init(&mut self, seed: u64) {
-        self.seed = seed;
-        let bound = 1.0 / (self.in_f as f32).sqrt();
-        let mut rng = StdRng::seed_from_u64(seed);
-        for v in &mut self.a {
-            *v = rng.random_range(-bound..bound);
-        }
-        self.b.fill(0.0);
+        self.drop.seed = seed;
+        self.pair.init(seed);
     }
 
     fn scale(&self) -> f32 {
@@ -336,7 +284,7 @@ impl Adapter for Lora {
     /// Saved: `H` (r per token). Scratch: `dH` (r) in the backward, plus `X_d` / `dH·A` (in)
     /// when dropout is on.
     fn workspace(&self) -> Workspace {
-        let drop = if self.cfg.dropout > 0.0 { self.in_f } else { 0 };
+        let drop = self.drop.input_len(self.pair.in_f());
         Workspace {
             saved_per_token: self.cfg.rank,
             scratch_per_token: self.cfg.rank + drop,
@@ -351,26 +299,20 @@ impl Adapter for Lora {
         saved: &mut [f32],
         scratch: &mut [f32],
     ) -> Result<()> {
-        let (n, r, inf, outf) = (pass.n, self.cfg.rank, self.in_f, self.out_f);
-        check_len("lora forward", "x", x.len(), n, inf)?;
-        check_len("lora forward", "y", y.len(), n, outf)?;
+        let (n, r, inf) = (pass.n, self.cfg.rank, self.pair.in_f());
+        self.pair.check_forward("lora forward", n, x, y)?;
         let h = saved
             .get_mut(..n * r)
             .ok_or_else(|| short("saved", n * r))?;
-        // H = X_d·Aᵀ: [n, in] × [r, in]ᵀ.
-        let hd = d(n, r, inf, false, true);
-        match self.stream(pass) {
-            Some(stream) => {
-                let xd = scratch
-                    .get_mut(..n * inf)
-                    .ok_or_else(|| short("scratch", n * inf))?;
-                self.apply_mask(stream, x, xd);
-                gemm(hd, 1.0, xd, &self.a, 0.0, h)?;
-            }
-            None => gemm(hd, 1.0, x, &self.a, 0.0, h)?,
-        }
-        // Y += s·H·Bᵀ: [n, r] × [out, r]ᵀ.
-        gemm(d(n, outf, r, false, true), self.scale(), h, &self.b, 1.0, y)
+        let stream = self.drop.stream(pass);
+        let need = if stream.is_some() { n * inf } else { 0 };
+        let xd = scratch
+            .get_mut(..need)
+            .ok_or_else(|| short("scratch", need))?;
+        let input = self.drop.input_in(stream, x, xd);
+        // H = X_d·Aᵀ [n, r], Y += s·H·Bᵀ [n, out].
+        self.pair.mul_at(input.xd(), n, 0.0, h)?;
+        self.pair.mul_bt(h, n, self.scale(), 1.0, y)
     }
 
     fn backward(
@@ -383,64 +325,32 @@ impl Adapter for Lora {
         dx: &mut [f32],
         grads: &mut [f32],
     ) -> Result<()> {
-        let (n, r, inf, outf) = (pass.n, self.cfg.rank, self.in_f, self.out_f);
+        let (n, r, inf) = (pass.n, self.cfg.rank, self.pair.in_f());
         let s = self.scale();
-        check_len("lora backward", "x", x.len(), n, inf)?;
-        check_len("lora backward", "dx", dx.len(), n, inf)?;
-        check_len("lora backward", "g", g.len(), n, outf)?;
-        check_len("lora backward", "grads", grads.len(), 1, r * (inf + outf))?;
+        self.pair.check_backward("lora backward", n, x, g, dx)?;
+        check_len("lora backward", "grads", grads.len(), 1, self.pair.numel())?;
         let h = saved.get(..n * r).ok_or_else(|| short("saved", n * r))?;
-        let (da, db) = grads.split_at_mut(r * inf);
-        let stream = self.stream(pass);
+        let (da, db, _) = self.pair.split_grads(grads);
+        let stream = self.drop.stream(pass);
         let need = n * r + if stream.is_some() { n * inf } else { 0 };
         let scratch = scratch
             .get_mut(..need)
             .ok_or_else(|| short("scratch", need))?;
         let (dh, xd) = scratch.split_at_mut(n * r);
-        // dB = s·Gᵀ·H: [n, out]ᵀ × [n, r].
-        gemm(d(outf, r, n, true, false), s, g, h, 0.0, db)?;
-        // dH = s·G·B: [n, out] × [out, r].
-        gemm(d(n, r, outf, false, false), s, g, &self.b, 0.0, dh)?;
-        let da_dims = d(r, inf, n, true, false);
-        let dxa_dims = d(n, inf, r, false, false);
-        match stream {
-            Some(stream) => {
-                // dA = dHᵀ·X_d, then dX += D'(dH·A) through the same buffer.
-                self.apply_mask(stream, x, xd);
-                gemm(da_dims, 1.0, dh, xd, 0.0, da)?;
-                gemm(dxa_dims, 1.0, dh, &self.a, 0.0, xd)?;
-                for (i, (d, &v)) in dx.iter_mut().zip(xd.iter()).enumerate() {
-                    *d += v * dropout_factor(stream, i, self.cfg.dropout);
-                }
-                Ok(())
-            }
-            None => {
-                gemm(da_dims, 1.0, dh, x, 0.0, da)?;
-                gemm(dxa_dims, 1.0, dh, &self.a, 1.0, dx)
-            }
-        }
+        // dB = s·Gᵀ·H [out, r], dH = s·G·B [n, r], dA = dHᵀ·X_d, dX += D'(dH·A).
+        self.pair.grad_b(g, h, n, s, 0.0, db)?;
+        self.pair.mul_b(g, n, s, 0.0, dh)?;
+        let input = self.drop.input_in(stream, x, xd);
+        self.pair.grad_a_and_x(dh, n, input, da, dx)
     }
 
     /// `ΔW = s·B·A` `[out, in]` (docs/METHODS.md#lora-and-rslora).
     fn delta_weight(&self, dw: &mut [f32]) -> Result<()> {
-        let (r, inf, outf) = (self.cfg.rank, self.in_f, self.out_f);
-        gemm(
-            d(outf, inf, r, false, false),
-            self.scale(),
-            &self.b,
-            &self.a,
-            0.0,
-            dw,
-        )
+        self.pair.ba(self.scale(), 0.0, dw)
     }
 
     fn export(&self) -> Export<'_> {
-        Export::LowRank {
-            a: (&self.a[..]).into(),
-            b: (&self.b[..]).into(),
-            rank: self.cfg.rank,
-            scale: self.scale(),
-        }
+        self.pair.export(self.scale())
     }
 }
 
@@ -457,18 +367,8 @@ pub struct BranchDims {
     pub r: usize,
 }
 
-fn d(m: usize, n: usize, k: usize, trans_a: bool, trans_b: bool) -> GemmDims {
-    GemmDims {
-        m,
-        n,
-        k,
-        trans_a,
-        trans_b,
-    }
-}
-
 /// `X_d = X ⊙ mask` (`mask` holds the multipliers `M/(1−p)`), or `X`.
-fn masked<R: Real>(x: &[R], mask: Option<&[R]>) -> Vec<R> {
+pub(crate) fn masked<R: Real>(x: &[R], mask: Option<&[R]>) -> Vec<R> {
     match mask {
         Some(m) => x
             .iter()

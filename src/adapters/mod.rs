@@ -1,6 +1,7 @@
 //! Adapters as plug-ins: the [`Adapter`] trait is one adapted linear layer's trainable branch;
 //! each method (LoRA, DoRA, AdaLoRA, PiSSA/OLoRA, HiRA, DyLoRA, MT-LoRA, ResLoRA, …) implements
-//! it, so the step never names a method.
+//! it, so the step never names a method. The `A`/`B` pair they all train, with its init and
+//! GEMMs, is one type (`pair::LoraPair`) each of them embeds.
 //!
 //! # Why a trait object over host f32 slices
 //!
@@ -36,6 +37,7 @@ pub mod lora;
 pub mod mtlora;
 mod mtlora_config;
 pub mod olora_pissa;
+mod pair;
 pub mod param_buf;
 pub mod reslora;
 

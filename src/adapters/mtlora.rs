@@ -25,11 +25,11 @@ use std::borrow::Cow;
 
 use rand::{SeedableRng, rngs::StdRng};
 
-use super::base::{Dropout, dims, kaiming_uniform, take};
+use super::base::{Dropout, take};
 use super::mtlora_config::{TASK_A, TASK_B};
-use super::{Adapter, Export, Group, ParamBuf, ParamInfo, Pass, Workspace};
+use super::pair::{LoraPair, export_delta};
+use super::{Adapter, Export, ParamBuf, ParamInfo, Pass, Workspace};
 use crate::backend::check_len;
-use crate::backend::cpu::gemm::gemm;
 use crate::{Error, Result};
 
 pub use super::mtlora_config::{AdaptiveTaskWeights, MAX_TASKS, MtLoraConfig};
@@ -38,10 +38,9 @@ pub use super::mtlora_config::{AdaptiveTaskWeights, MAX_TASKS, MtLoraConfig};
 #[derive(Clone, Debug)]
 pub struct MtLora {
     cfg: MtLoraConfig,
-    in_f: usize,
-    out_f: usize,
-    /// `[A_sh, B_sh, A_0, B_0, A_1, B_1, …]` (the order of [`Adapter::params`]).
-    tensors: Vec<ParamBuf>,
+    /// The shared pair, then task 0's, task 1's, …: `[A_sh, B_sh, A_0, B_0, …]` in the order of
+    /// [`Adapter::params`].
+    pairs: Vec<LoraPair>,
     drop: Dropout,
     /// Task of each row of the next micro-batch (empty: all task 0) and the row length.
     row_tasks: Vec<u32>,
@@ -52,22 +51,13 @@ pub struct MtLora {
 impl MtLora {
     pub fn new(in_f: usize, out_f: usize, cfg: &MtLoraConfig, seed: u64) -> Result<MtLora> {
         cfg.validate()?;
-        if in_f == 0 || out_f == 0 {
-            return Err(Error::Invalid(format!(
-                "MT-LoRA on an empty linear [{out_f}, {in_f}]"
-            )));
-        }
-        let (rs, rt) = (cfg.shared.rank, cfg.task_rank);
-        let mut tensors = vec![ParamBuf::zeros(rs * in_f), ParamBuf::zeros(out_f * rs)];
+        let mut pairs = vec![LoraPair::new("MT-LoRA", in_f, out_f, cfg.shared.rank)?];
         for _ in &cfg.tasks {
-            tensors.push(ParamBuf::zeros(rt * in_f));
-            tensors.push(ParamBuf::zeros(out_f * rt));
+            pairs.push(LoraPair::new("MT-LoRA", in_f, out_f, cfg.task_rank)?);
         }
         let mut m = MtLora {
             cfg: cfg.clone(),
-            in_f,
-            out_f,
-            tensors,
+            pairs,
             drop: Dropout::new(cfg.shared.dropout, seed)?,
             row_tasks: Vec::new(),
             seq_len: 0,
@@ -84,9 +74,18 @@ impl MtLora {
         self.cfg.tasks.len()
     }
 
+    /// The shared pair (`A_sh` `[r_sh, in]`, `B_sh` `[out, r_sh]`).
+    fn shared(&self) -> &LoraPair {
+        &self.pairs[0]
+    }
+    /// Task `t`'s pair (`A_t` `[r_t, in]`, `B_t` `[out, r_t]`).
+    fn task(&self, t: usize) -> &LoraPair {
+        &self.pairs[1 + t]
+    }
+
     /// The dropout multipliers of `pass` (`None` when off), for references and tests.
     pub fn dropout_mask(&self, pass: Pass) -> Option<Vec<f32>> {
-        self.drop.mask(pass, self.in_f)
+        self.drop.mask(pass, self.in_features())
     }
 
     /// Routes the next micro-batch: row `i` (tokens `i·seq_len..(i+1)·seq_len`) uses task
@@ -134,18 +133,23 @@ impl MtLora {
                 self.n_tasks()
             )));
         }
-        let (rs, rt, outf) = (self.cfg.shared.rank, self.cfg.task_rank, self.out_f);
+        let (rs, rt, outf) = (
+            self.cfg.shared.rank,
+            self.cfg.task_rank,
+            self.out_features(),
+        );
         let rank = rs + rt;
-        let mut a = self.tensors[0].to_vec();
-        a.extend_from_slice(&self.tensors[2 + 2 * t]);
+        let (shared, task) = (self.shared(), self.task(t));
+        let mut a = shared.a().to_vec();
+        a.extend_from_slice(task.a());
         let (ss, st) = (self.cfg.shared.scale(), self.cfg.task_scale());
         let mut b = vec![0.0f32; outf * rank];
         for o in 0..outf {
             for j in 0..rs {
-                b[o * rank + j] = ss * self.tensors[1][o * rs + j];
+                b[o * rank + j] = ss * shared.b()[o * rs + j];
             }
             for j in 0..rt {
-                b[o * rank + rs + j] = st * self.tensors[3 + 2 * t][o * rt + j];
+                b[o * rank + rs + j] = st * task.b()[o * rt + j];
             }
         }
         Ok(Export::LowRank {
@@ -165,21 +169,13 @@ impl MtLora {
         out: &mut [f32],
         beta: f32,
     ) -> Result<()> {
-        let (inf, rs, rt) = (self.in_f, self.cfg.shared.rank, self.cfg.task_rank);
+        let (inf, rt) = (self.in_features(), self.cfg.task_rank);
         let n = out.len() / inf;
-        gemm(
-            dims(n, inf, rs, false, false),
-            1.0,
-            dhs,
-            &self.tensors[0],
-            beta,
-            out,
-        )?;
+        self.shared().mul_a(dhs, n, 1.0, beta, out)?;
         for (t0, len, task) in runs {
             let dh = &dht[t0 * rt..(t0 + len) * rt];
             let o = &mut out[t0 * inf..(t0 + len) * inf];
-            let a = &self.tensors[2 + 2 * task];
-            gemm(dims(len, inf, rt, false, false), 1.0, dh, a, 1.0, o)?;
+            self.task(task).mul_a(dh, len, 1.0, 1.0, o)?;
         }
         Ok(())
     }
@@ -238,38 +234,17 @@ impl Adapter for MtLora {
         "mtlora"
     }
     fn in_features(&self) -> usize {
-        self.in_f
+        self.shared().in_f()
     }
     fn out_features(&self) -> usize {
-        self.out_f
+        self.shared().out_f()
     }
 
     /// `lora_A`, `lora_B` (shared), then `task<i>_lora_A`, `task<i>_lora_B` per task `i`.
     fn params(&self) -> Vec<ParamInfo> {
-        let (rs, rt) = (self.cfg.shared.rank, self.cfg.task_rank);
-        let mut p = vec![
-            ParamInfo {
-                name: "lora_A",
-                shape: vec![rs, self.in_f],
-                group: Group::A,
-            },
-            ParamInfo {
-                name: "lora_B",
-                shape: vec![self.out_f, rs],
-                group: Group::B,
-            },
-        ];
+        let mut p = self.shared().params("lora_A", "lora_B");
         for i in 0..self.n_tasks() {
-            p.push(ParamInfo {
-                name: TASK_A[i],
-                shape: vec![rt, self.in_f],
-                group: Group::A,
-            });
-            p.push(ParamInfo {
-                name: TASK_B[i],
-                shape: vec![self.out_f, rt],
-                group: Group::B,
-            });
+            p.extend(self.task(i).params(TASK_A[i], TASK_B[i]));
         }
         p
     }
@@ -277,27 +252,23 @@ impl Adapter for MtLora {
     /// Σ of the tensors' sizes, without building [`Adapter::params`] (the backward checks it
     /// every pass, which must not allocate).
     fn n_params(&self) -> usize {
-        self.tensors.iter().map(|t| t.len()).sum()
+        self.pairs.iter().map(LoraPair::numel).sum()
     }
 
     fn param_buf(&self, i: usize) -> Option<&ParamBuf> {
-        self.tensors.get(i)
+        self.pairs.get(i / 2)?.param_buf(i % 2, [])
     }
 
     fn param_buf_mut(&mut self, i: usize) -> Option<&mut ParamBuf> {
-        self.tensors.get_mut(i)
+        self.pairs.get_mut(i / 2)?.param_buf_mut(i % 2, [])
     }
 
-    /// kaiming(√5) `A`s, zero `B`s (docs/METHODS.md#mt-lora).
+    /// kaiming(√5) `A`s, zero `B`s (docs/METHODS.md#mt-lora), every `A` from one stream.
     fn init(&mut self, seed: u64) {
         self.drop.seed = seed;
         let mut rng = StdRng::seed_from_u64(seed);
-        for (i, t) in self.tensors.iter_mut().enumerate() {
-            if i % 2 == 0 {
-                kaiming_uniform(&mut rng, self.in_f, t);
-            } else {
-                t.fill(0.0);
-            }
+        for pair in &mut self.pairs {
+            pair.init_from(&mut rng);
         }
     }
 
@@ -310,7 +281,7 @@ impl Adapter for MtLora {
     /// backward, plus `X_d` / `dX_d` (in) with dropout.
     fn workspace(&self) -> Workspace {
         let r = self.cfg.shared.rank + self.cfg.task_rank;
-        let drop = if self.drop.enabled() { self.in_f } else { 0 };
+        let drop = self.drop.input_len(self.in_features());
         Workspace {
             saved_per_token: r,
             scratch_per_token: r + drop,
@@ -325,55 +296,27 @@ impl Adapter for MtLora {
         saved: &mut [f32],
         scratch: &mut [f32],
     ) -> Result<()> {
-        let (n, inf, outf) = (pass.n, self.in_f, self.out_f);
+        let (n, inf, outf) = (pass.n, self.in_features(), self.out_features());
         let (rs, rt) = (self.cfg.shared.rank, self.cfg.task_rank);
-        check_len("mtlora forward", "x", x.len(), n, inf)?;
-        check_len("mtlora forward", "y", y.len(), n, outf)?;
+        self.shared().check_forward("mtlora forward", n, x, y)?;
         let runs = self.runs(n)?;
         let mut saved = saved;
         let hs = take("mtlora", "saved", &mut saved, n * rs)?;
         let ht = take("mtlora", "saved", &mut saved, n * rt)?;
         let mut scratch = scratch;
-        let xd: &[f32] = match self.drop.stream(pass) {
-            Some(stream) => {
-                let xd = take("mtlora", "scratch", &mut scratch, n * inf)?;
-                self.drop.apply(stream, x, xd);
-                xd
-            }
-            None => x,
-        };
+        let input = self.drop.input(pass, x, "mtlora", &mut scratch)?;
+        let xd = input.xd();
         // Shared: H_sh = X_d·A_shᵀ, Y += s_sh·H_sh·B_shᵀ.
-        gemm(
-            dims(n, rs, inf, false, true),
-            1.0,
-            xd,
-            &self.tensors[0],
-            0.0,
-            hs,
-        )?;
-        gemm(
-            dims(n, outf, rs, false, true),
-            self.scale(),
-            hs,
-            &self.tensors[1],
-            1.0,
-            y,
-        )?;
+        self.shared().mul_at(xd, n, 0.0, hs)?;
+        self.shared().mul_bt(hs, n, self.scale(), 1.0, y)?;
         // Each run of one task's rows: H_τ = X_d·A_τᵀ, Y += s_τ·H_τ·B_τᵀ.
         let st = self.cfg.task_scale();
         for (t0, len, task) in runs {
-            let (a, b) = (&self.tensors[2 + 2 * task], &self.tensors[3 + 2 * task]);
+            let pair = self.task(task);
             let h = &mut ht[t0 * rt..(t0 + len) * rt];
-            gemm(
-                dims(len, rt, inf, false, true),
-                1.0,
-                &xd[t0 * inf..(t0 + len) * inf],
-                a,
-                0.0,
-                h,
-            )?;
+            pair.mul_at(&xd[t0 * inf..(t0 + len) * inf], len, 0.0, h)?;
             let yr = &mut y[t0 * outf..(t0 + len) * outf];
-            gemm(dims(len, outf, rt, false, true), st, h, b, 1.0, yr)?;
+            pair.mul_bt(h, len, st, 1.0, yr)?;
         }
         Ok(())
     }
@@ -388,12 +331,11 @@ impl Adapter for MtLora {
         dx: &mut [f32],
         grads: &mut [f32],
     ) -> Result<()> {
-        let (n, inf, outf) = (pass.n, self.in_f, self.out_f);
+        let (n, inf, outf) = (pass.n, self.in_features(), self.out_features());
         let (rs, rt) = (self.cfg.shared.rank, self.cfg.task_rank);
         let (ss, st) = (self.scale(), self.cfg.task_scale());
-        check_len("mtlora backward", "x", x.len(), n, inf)?;
-        check_len("mtlora backward", "dx", dx.len(), n, inf)?;
-        check_len("mtlora backward", "g", g.len(), n, outf)?;
+        self.shared()
+            .check_backward("mtlora backward", n, x, g, dx)?;
         check_len("mtlora backward", "grads", grads.len(), 1, self.n_params())?;
         let runs = self.runs(n)?;
         let (hs, ht) = (
@@ -405,80 +347,42 @@ impl Adapter for MtLora {
         // grads = [dA_sh, dB_sh, dA_0, dB_0, …]; absent tasks stay zero. Task `t`'s pair is
         // at `shared + t·per_task` (indexed, so nothing is collected per pass).
         grads.fill(0.0);
-        let (shared_grads, task_grads) = grads.split_at_mut(rs * inf + outf * rs);
-        let (da_sh, db_sh) = shared_grads.split_at_mut(rs * inf);
+        let shared = self.shared();
+        let (da_sh, db_sh, task_grads) = shared.split_grads(grads);
         let per_task = rt * inf + outf * rt;
         let mut scratch = scratch;
         let dhs = take("mtlora", "scratch", &mut scratch, n * rs)?;
         let dht = take("mtlora", "scratch", &mut scratch, n * rt)?;
-        let stream = self.drop.stream(pass);
-        let xd_buf = match stream {
-            Some(stream) => {
-                let xd = take("mtlora", "scratch", &mut scratch, n * inf)?;
-                self.drop.apply(stream, x, xd);
-                Some(xd)
-            }
-            None => None,
-        };
-        let xd: &[f32] = xd_buf.as_deref().unwrap_or(x);
+        let input = self.drop.input(pass, x, "mtlora", &mut scratch)?;
+        let xd = input.xd();
         // Shared (docs/METHODS.md#the-lora-branch): dB = s·Gᵀ·H, dH = s·G·B, dA = dHᵀ·X_d.
-        gemm(dims(outf, rs, n, true, false), ss, g, hs, 0.0, db_sh)?;
-        gemm(
-            dims(n, rs, outf, false, false),
-            ss,
-            g,
-            &self.tensors[1],
-            0.0,
-            dhs,
-        )?;
-        gemm(dims(rs, inf, n, true, false), 1.0, dhs, xd, 0.0, da_sh)?;
+        shared.grad_b(g, hs, n, ss, 0.0, db_sh)?;
+        shared.mul_b(g, n, ss, 0.0, dhs)?;
+        shared.grad_a(dhs, xd, n, 0.0, da_sh)?;
         // Task runs: the same restricted to the run's rows, accumulated per task.
         for (t0, len, task) in runs.clone() {
-            let pair = task_grads
+            let pair = self.task(task);
+            let grads = task_grads
                 .get_mut(task * per_task..(task + 1) * per_task)
                 .ok_or_else(|| short(per_task))?;
-            let (da, db) = pair.split_at_mut(rt * inf);
+            let (da, db, _) = pair.split_grads(grads);
             let (gr, hr) = (
                 &g[t0 * outf..(t0 + len) * outf],
                 &ht[t0 * rt..(t0 + len) * rt],
             );
-            gemm(dims(outf, rt, len, true, false), st, gr, hr, 1.0, db)?;
+            pair.grad_b(gr, hr, len, st, 1.0, db)?;
             let dh = &mut dht[t0 * rt..(t0 + len) * rt];
-            gemm(
-                dims(len, rt, outf, false, false),
-                st,
-                gr,
-                &self.tensors[3 + 2 * task],
-                0.0,
-                dh,
-            )?;
-            let xr = &xd[t0 * inf..(t0 + len) * inf];
-            gemm(dims(rt, inf, len, true, false), 1.0, dh, xr, 1.0, da)?;
+            pair.mul_b(gr, len, st, 0.0, dh)?;
+            pair.grad_a(dh, &xd[t0 * inf..(t0 + len) * inf], len, 1.0, da)?;
         }
         // dX += D'(dH_sh·A_sh + dH_τ·A_τ).
-        match (xd_buf, stream) {
-            (Some(buf), Some(stream)) => {
-                self.dh_a(dhs, dht, runs, buf, 0.0)?;
-                self.drop.add_masked(stream, buf, dx);
-            }
-            _ => self.dh_a(dhs, dht, runs, dx, 1.0)?,
-        }
-        Ok(())
+        input.add_grad(dx, |out, beta| self.dh_a(dhs, dht, runs, out, beta))
     }
 
     /// `ΔW` of the export task: `s_sh·B_sh·A_sh + s_t·B_t·A_t`.
     fn delta_weight(&self, dw: &mut [f32]) -> Result<()> {
-        let Export::LowRank { a, b, rank, .. } = self.export_for_task(self.export_task)? else {
-            return Err(Error::Invalid("MT-LoRA export is always low-rank".into()));
-        };
-        gemm(
-            dims(self.out_f, self.in_f, rank, false, false),
-            1.0,
-            &b,
-            &a,
-            0.0,
-            dw,
-        )
+        let export = self.export_for_task(self.export_task)?;
+        export_delta(&export, self.out_features(), self.in_features(), dw)
     }
 
     fn export(&self) -> Export<'_> {

@@ -27,10 +27,11 @@
 use super::base::{dims as d, take};
 use super::linalg::{qr_thin, svd_top};
 use super::lora::{self, BranchDims};
+use super::pair::LoraPair;
 use super::{Adapter, Export, Lora, LoraConfig, ParamBuf, ParamInfo, Pass, Workspace};
 use crate::backend::check_len;
 use crate::backend::cpu::Real;
-use crate::backend::cpu::gemm::{gemm, gemm_ref};
+use crate::backend::cpu::gemm::gemm_ref;
 use crate::{Error, Result};
 
 /// Which decomposition initialises the branch.
@@ -48,10 +49,8 @@ pub enum ResidualInit {
 pub struct ResidualLora {
     kind: ResidualInit,
     lora: Lora,
-    /// `A0` `[r, in]`.
-    a0: Vec<f32>,
-    /// `B0` `[out, r]`.
-    b0: Vec<f32>,
+    /// The frozen `A0` `[r, in]`, `B0` `[out, r]` of the correction (never a parameter).
+    frozen: LoraPair,
 }
 
 impl ResidualLora {
@@ -104,7 +103,8 @@ impl ResidualLora {
         let (r, inf, outf) = (lora.rank(), lora.in_features(), lora.out_features());
         check_len("residual lora", "A0", a0.len(), r, inf)?;
         check_len("residual lora", "B0", b0.len(), outf, r)?;
-        Ok(ResidualLora { kind, lora, a0, b0 })
+        let frozen = LoraPair::from_values(inf, outf, r, a0, b0)?;
+        Ok(ResidualLora { kind, lora, frozen })
     }
 
     pub fn kind(&self) -> ResidualInit {
@@ -119,11 +119,11 @@ impl ResidualLora {
     }
     /// Frozen `A0` `[r, in]`.
     pub fn a0(&self) -> &[f32] {
-        &self.a0
+        self.frozen.a()
     }
     /// Frozen `B0` `[out, r]`.
     pub fn b0(&self) -> &[f32] {
-        &self.b0
+        self.frozen.b()
     }
 }
 
@@ -203,8 +203,8 @@ impl Adapter for ResidualLora {
     /// Back to the decomposition (`A = A0`, `B = B0`); `seed` re-seeds the dropout stream.
     fn init(&mut self, seed: u64) {
         self.lora.init(seed);
-        self.lora.a_mut().copy_from_slice(&self.a0);
-        self.lora.b_mut().copy_from_slice(&self.b0);
+        self.lora.a_mut().copy_from_slice(self.frozen.a());
+        self.lora.b_mut().copy_from_slice(self.frozen.b());
     }
 
     fn scale(&self) -> f32 {
@@ -229,23 +229,12 @@ impl Adapter for ResidualLora {
         scratch: &mut [f32],
     ) -> Result<()> {
         self.lora.forward(pass, x, y, saved, scratch)?;
-        let (n, r, inf, outf) = (
-            pass.n,
-            self.lora.rank(),
-            self.in_features(),
-            self.out_features(),
-        );
+        let n = pass.n;
         let mut sc = scratch;
-        let h0 = take(self.method(), "scratch", &mut sc, n * r)?;
-        gemm(d(n, r, inf, false, true), 1.0, x, &self.a0, 0.0, h0)?;
-        gemm(
-            d(n, outf, r, false, true),
-            -self.scale(),
-            h0,
-            &self.b0,
-            1.0,
-            y,
-        )
+        let h0 = take(self.method(), "scratch", &mut sc, n * self.lora.rank())?;
+        // Y −= s·(X·A0ᵀ)·B0ᵀ through the `[n, r]` transient.
+        self.frozen.mul_at(x, n, 0.0, h0)?;
+        self.frozen.mul_bt(h0, n, -self.scale(), 1.0, y)
     }
 
     fn backward(
@@ -259,56 +248,29 @@ impl Adapter for ResidualLora {
         grads: &mut [f32],
     ) -> Result<()> {
         self.lora.backward(pass, x, g, saved, scratch, dx, grads)?;
-        let (n, r, inf, outf) = (
-            pass.n,
-            self.lora.rank(),
-            self.in_features(),
-            self.out_features(),
-        );
+        let n = pass.n;
         let mut sc = scratch;
-        let t = take(self.method(), "scratch", &mut sc, n * r)?;
-        gemm(d(n, r, outf, false, false), 1.0, g, &self.b0, 0.0, t)?;
-        gemm(
-            d(n, inf, r, false, false),
-            -self.scale(),
-            t,
-            &self.a0,
-            1.0,
-            dx,
-        )
+        let t = take(self.method(), "scratch", &mut sc, n * self.lora.rank())?;
+        // dX −= s·(G·B0)·A0 through the `[n, r]` transient.
+        self.frozen.mul_b(g, n, 1.0, 0.0, t)?;
+        self.frozen.mul_a(t, n, -self.scale(), 1.0, dx)
     }
 
     /// `ΔW = s·(B·A − B0·A0)` `[out, in]`.
     fn delta_weight(&self, dw: &mut [f32]) -> Result<()> {
-        let (r, inf, outf) = (self.lora.rank(), self.in_features(), self.out_features());
-        let s = self.scale();
-        gemm(
-            d(outf, inf, r, false, false),
-            s,
-            self.lora.b(),
-            self.lora.a(),
-            0.0,
-            dw,
-        )?;
-        gemm(
-            d(outf, inf, r, false, false),
-            -s,
-            &self.b0,
-            &self.a0,
-            1.0,
-            dw,
-        )
+        self.lora.delta_weight(dw)?;
+        self.frozen.ba(-self.scale(), 1.0, dw)
     }
 
     /// The rank-2r LoRA `[B | −B0]·[A ; A0]` at the same scale (S3).
     fn export(&self) -> Export<'_> {
         let (r, outf) = (self.lora.rank(), self.out_features());
         let mut a = self.lora.a().to_vec();
-        a.extend_from_slice(&self.a0);
+        a.extend_from_slice(self.frozen.a());
         let mut b = Vec::with_capacity(outf * 2 * r);
         for o in 0..outf {
             b.extend_from_slice(&self.lora.b()[o * r..(o + 1) * r]);
-            b.extend(self.b0[o * r..(o + 1) * r].iter().map(|v| -v));
+            b.extend(self.frozen.b()[o * r..(o + 1) * r].iter().map(|v| -v));
         }
         Export::LowRank {
             a: a.into(),
@@ -320,7 +282,7 @@ impl Adapter for ResidualLora {
 
     /// The frozen `A0`, `B0`.
     fn extra_bytes(&self) -> usize {
-        4 * (self.a0.len() + self.b0.len())
+        4 * self.frozen.numel()
     }
 }
 

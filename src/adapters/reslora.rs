@@ -23,15 +23,12 @@
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
-use rand::{SeedableRng, rngs::StdRng};
-
-use super::base::{Dropout, dims, kaiming_uniform, take};
-use super::base::{lora_pair_params, nth_param, nth_param_mut};
+use super::base::{Dropout, take};
 use super::lora::BranchDims;
+use super::pair::LoraPair;
 use super::{Adapter, Export, LoraConfig, ParamBuf, ParamInfo, Pass, Workspace};
 use crate::backend::check_len;
 use crate::backend::cpu::Real;
-use crate::backend::cpu::gemm::gemm;
 use crate::{Error, Result};
 
 /// ResLoRA's `merge_4_len`: passes in the norm window.
@@ -77,12 +74,7 @@ impl NormWindow {
 #[derive(Debug)]
 pub struct ResLora {
     cfg: LoraConfig,
-    in_f: usize,
-    out_f: usize,
-    /// `[r, in]`.
-    a: ParamBuf,
-    /// `[out, r]`.
-    b: ParamBuf,
+    pair: LoraPair,
     drop: Dropout,
     /// Interior mutability: the forward (`&self`) records the norms.
     window: Mutex<NormWindow>,
@@ -92,10 +84,7 @@ impl Clone for ResLora {
     fn clone(&self) -> Self {
         ResLora {
             cfg: self.cfg.clone(),
-            in_f: self.in_f,
-            out_f: self.out_f,
-            a: self.a.clone(),
-            b: self.b.clone(),
+            pair: self.pair.clone(),
             drop: self.drop,
             window: Mutex::new(self.norm_window()),
         }
@@ -112,17 +101,9 @@ impl ResLora {
         seed: u64,
     ) -> Result<ResLora> {
         cfg.validate()?;
-        if in_f == 0 || out_f == 0 {
-            return Err(Error::Invalid(format!(
-                "ResLoRA on an empty linear [{out_f}, {in_f}]"
-            )));
-        }
         let mut r = ResLora {
             cfg: cfg.clone(),
-            in_f,
-            out_f,
-            a: ParamBuf::zeros(cfg.rank * in_f),
-            b: ParamBuf::zeros(out_f * cfg.rank),
+            pair: LoraPair::new("ResLoRA", in_f, out_f, cfg.rank)?,
             drop: Dropout::new(cfg.dropout, seed)?,
             window: Mutex::new(NormWindow {
                 len: window,
@@ -139,7 +120,7 @@ impl ResLora {
 
     /// The dropout multipliers of `pass` (`None` when off), for references and tests.
     pub fn dropout_mask(&self, pass: Pass) -> Option<Vec<f32>> {
-        self.drop.mask(pass, self.in_f)
+        self.drop.mask(pass, self.pair.in_f())
     }
 
     /// A copy of the norm window (for checkpoints).
@@ -163,6 +144,11 @@ impl ResLora {
             .alpha()
     }
 
+    /// The merged scale `(1 + α_l)·s` of `ΔW = (1 + α_l)·s·B·A`.
+    fn merge_scale(&self) -> f32 {
+        ((1.0 + self.merge_alpha()) * self.scale() as f64) as f32
+    }
+
     /// `s_buf = D(x + x_prev)` (`x_prev = x` when `None`).
     fn summed(&self, pass: Pass, x: &[f32], x_prev: Option<&[f32]>, s_buf: &mut [f32]) {
         match x_prev {
@@ -173,9 +159,7 @@ impl ResLora {
             None => s_buf.iter_mut().zip(x).for_each(|(s, a)| *s = 2.0 * a),
         }
         if let Some(stream) = self.drop.stream(pass) {
-            for (i, v) in s_buf.iter_mut().enumerate() {
-                *v *= super::lora::dropout_factor(stream, i, self.drop.p);
-            }
+            self.drop.apply_in_place(stream, s_buf);
         }
     }
 
@@ -190,7 +174,7 @@ impl ResLora {
         saved: &mut [f32],
         scratch: &mut [f32],
     ) -> Result<()> {
-        let (n, r, inf, outf) = (pass.n, self.cfg.rank, self.in_f, self.out_f);
+        let (n, r, inf, outf) = (pass.n, self.cfg.rank, self.pair.in_f(), self.pair.out_f());
         check_len("reslora forward", "x", x.len(), n, inf)?;
         if let Some(p) = x_prev {
             check_len("reslora forward", "x_prev", p.len(), n, inf)?;
@@ -201,15 +185,9 @@ impl ResLora {
         let mut scratch = scratch;
         let s_buf = take("reslora", "scratch", &mut scratch, n * inf)?;
         self.summed(pass, x, x_prev, s_buf);
-        gemm(dims(n, r, inf, false, true), 1.0, s_buf, &self.a, 0.0, h)?;
-        gemm(
-            dims(n, outf, r, false, true),
-            self.scale(),
-            h,
-            &self.b,
-            1.0,
-            y,
-        )?;
+        // H = S·Aᵀ [n, r], Y += s·H·Bᵀ [n, out].
+        self.pair.mul_at(s_buf, n, 0.0, h)?;
+        self.pair.mul_bt(h, n, self.scale(), 1.0, y)?;
         if pass.training {
             let norm = |v: &[f32]| v.iter().map(|&a| (a as f64).powi(2)).sum::<f64>().sqrt();
             let cur = norm(x);
@@ -237,18 +215,11 @@ impl ResLora {
         dx_prev: Option<&mut [f32]>,
         grads: &mut [f32],
     ) -> Result<()> {
-        let (n, r, inf, outf) = (pass.n, self.cfg.rank, self.in_f, self.out_f);
+        let (n, r, inf) = (pass.n, self.cfg.rank, self.pair.in_f());
         let s = self.scale();
-        check_len("reslora backward", "x", x.len(), n, inf)?;
-        check_len("reslora backward", "dx", dx.len(), n, inf)?;
-        check_len("reslora backward", "g", g.len(), n, outf)?;
-        check_len(
-            "reslora backward",
-            "grads",
-            grads.len(),
-            1,
-            r * (inf + outf),
-        )?;
+        self.pair.check_backward("reslora backward", n, x, g, dx)?;
+        let np = self.pair.numel();
+        check_len("reslora backward", "grads", grads.len(), 1, np)?;
         if x_prev.is_some() != dx_prev.is_some() {
             return Err(Error::Invalid(
                 "reslora backward: x_prev and dx_prev go together".into(),
@@ -260,20 +231,18 @@ impl ResLora {
         let h = saved.get(..n * r).ok_or_else(|| {
             Error::Invalid(format!("reslora: saved shorter than {} values", n * r))
         })?;
-        let (da, db) = grads.split_at_mut(r * inf);
+        let (da, db, _) = self.pair.split_grads(grads);
         let mut scratch = scratch;
         let s_buf = take("reslora", "scratch", &mut scratch, n * inf)?;
         let dh = take("reslora", "scratch", &mut scratch, n * r)?;
         self.summed(pass, x, x_prev, s_buf);
-        gemm(dims(outf, r, n, true, false), s, g, h, 0.0, db)?;
-        gemm(dims(n, r, outf, false, false), s, g, &self.b, 0.0, dh)?;
-        gemm(dims(r, inf, n, true, false), 1.0, dh, s_buf, 0.0, da)?;
+        self.pair.grad_b(g, h, n, s, 0.0, db)?;
+        self.pair.mul_b(g, n, s, 0.0, dh)?;
+        self.pair.grad_a(dh, s_buf, n, 0.0, da)?;
         // V = D'(dH·A), into the S buffer.
-        gemm(dims(n, inf, r, false, false), 1.0, dh, &self.a, 0.0, s_buf)?;
+        self.pair.mul_a(dh, n, 1.0, 0.0, s_buf)?;
         if let Some(stream) = self.drop.stream(pass) {
-            for (i, v) in s_buf.iter_mut().enumerate() {
-                *v *= super::lora::dropout_factor(stream, i, self.drop.p);
-            }
+            self.drop.apply_in_place(stream, s_buf);
         }
         let twice = dx_prev.is_none();
         for (d, &v) in dx.iter_mut().zip(s_buf.iter()) {
@@ -292,30 +261,28 @@ impl Adapter for ResLora {
         "reslora"
     }
     fn in_features(&self) -> usize {
-        self.in_f
+        self.pair.in_f()
     }
     fn out_features(&self) -> usize {
-        self.out_f
+        self.pair.out_f()
     }
 
     fn params(&self) -> Vec<ParamInfo> {
-        lora_pair_params("lora_A", "lora_B", self.cfg.rank, self.in_f, self.out_f)
+        self.pair.params("lora_A", "lora_B")
     }
 
     fn param_buf(&self, i: usize) -> Option<&ParamBuf> {
-        nth_param([&self.a, &self.b], i)
+        self.pair.param_buf(i, [])
     }
 
     fn param_buf_mut(&mut self, i: usize) -> Option<&mut ParamBuf> {
-        nth_param_mut([&mut self.a, &mut self.b], i)
+        self.pair.param_buf_mut(i, [])
     }
 
     /// kaiming(√5) `A`, zero `B` (docs/METHODS.md#reslora); the norm window is emptied.
     fn init(&mut self, seed: u64) {
         self.drop.seed = seed;
-        let mut rng = StdRng::seed_from_u64(seed);
-        kaiming_uniform(&mut rng, self.in_f, &mut self.a);
-        self.b.fill(0.0);
+        self.pair.init(seed);
         let w = self.window.get_mut().unwrap_or_else(|e| e.into_inner());
         *w = NormWindow {
             len: w.len,
@@ -331,7 +298,7 @@ impl Adapter for ResLora {
     fn workspace(&self) -> Workspace {
         Workspace {
             saved_per_token: self.cfg.rank,
-            scratch_per_token: self.in_f + self.cfg.rank,
+            scratch_per_token: self.pair.in_f() + self.cfg.rank,
         }
     }
 
@@ -362,25 +329,11 @@ impl Adapter for ResLora {
 
     /// merge_bw: `ΔW = (1 + α)·s·B·A`.
     fn delta_weight(&self, dw: &mut [f32]) -> Result<()> {
-        let k = ((1.0 + self.merge_alpha()) * self.scale() as f64) as f32;
-        let (r, inf, outf) = (self.cfg.rank, self.in_f, self.out_f);
-        gemm(
-            dims(outf, inf, r, false, false),
-            k,
-            &self.b,
-            &self.a,
-            0.0,
-            dw,
-        )
+        self.pair.ba(self.merge_scale(), 0.0, dw)
     }
 
     fn export(&self) -> Export<'_> {
-        Export::LowRank {
-            a: (&self.a[..]).into(),
-            b: (&self.b[..]).into(),
-            rank: self.cfg.rank,
-            scale: ((1.0 + self.merge_alpha()) * self.scale() as f64) as f32,
-        }
+        self.pair.export(self.merge_scale())
     }
 
     /// The norm window (two f64 per pass).
