@@ -5,16 +5,33 @@
 //! separate held-out file; a failing method recorded, not fatal to the comparison.
 
 use std::path::Path;
+use std::process::Output;
 
 use edgetune::compare::chart::method_color;
 use edgetune::compare::opts::default_lr;
 use edgetune::eval::plot::{BASE_COLOR, svg_hex};
 
-use crate::cli_support::{edgetune, s};
+use crate::cli_support::{assert_ok, edgetune_with, read_json as json, s, stderr, stdout_json};
 use crate::train_support;
 
-fn json(path: &Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+/// `edgetune compare --model MODEL --data DATA FLAGS… TAIL…` (`flags` split at whitespace).
+fn compare(model: &Path, data: &Path, flags: &str, tail: &[&str]) -> Output {
+    edgetune_with(
+        &["compare", "--model", s(model), "--data", s(data)],
+        flags,
+        tail,
+    )
+}
+
+/// `edgetune eval --json` of `suite` with `adapter` (or none), answers of `max_tokens`.
+fn eval(model: &Path, adapter: Option<&Path>, suite: &Path, max_tokens: &str) -> serde_json::Value {
+    let mut args = vec!["eval", "--model", s(model), "--suite", s(suite)];
+    if let Some(a) = adapter {
+        args.extend(["--adapter", s(a)]);
+    }
+    let e = edgetune_with(&args, "--max-tokens", &[max_tokens, "--json"]);
+    assert_ok(&e);
+    stdout_json(&e)
 }
 
 #[test]
@@ -37,32 +54,20 @@ fn compare_lora_writes_consistent_measures() {
     )
     .unwrap();
     let out = dir.path().join("cmp");
-    let o = edgetune(&[
-        "compare",
-        "--model",
-        s(&model),
-        "--data",
-        s(&data),
-        "--methods",
-        "lora",
-        "--steps",
-        "2",
-        "--seq-len",
-        "512",
-        "--rank",
-        "4",
-        "--lr",
-        "1e-3",
-        "--suite",
-        s(&suite),
-        "--retention",
-        s(&retention),
-        "--max-tokens",
-        "4",
-        "--out",
-        s(&out),
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = compare(
+        &model,
+        &data,
+        "--methods lora --steps 2 --seq-len 512 --rank 4 --lr 1e-3 --max-tokens 4",
+        &[
+            "--suite",
+            s(&suite),
+            "--retention",
+            s(&retention),
+            "--out",
+            s(&out),
+        ],
+    );
+    assert_ok(&o);
     let printed = String::from_utf8(o.stdout).unwrap();
     assert!(printed.contains("| lora |"), "{printed}");
     assert!(printed.contains("| base (no adapter) |"), "{printed}");
@@ -123,16 +128,7 @@ fn compare_lora_writes_consistent_measures() {
         "{base_heldout}"
     );
     // Both pass rates are what `edgetune eval` gives with the same adapter (or none) and suite.
-    let eval = |adapter: Option<&Path>, suite: &Path| -> serde_json::Value {
-        let mut args = vec!["eval", "--model", s(&model), "--suite", s(suite)];
-        if let Some(a) = adapter {
-            args.extend(["--adapter", s(a)]);
-        }
-        args.extend(["--max-tokens", "4", "--json"]);
-        let e = edgetune(&args);
-        assert!(e.status.success(), "{}", String::from_utf8_lossy(&e.stderr));
-        serde_json::from_slice(&e.stdout).unwrap()
-    };
+    let eval = |adapter: Option<&Path>, suite: &Path| eval(&model, adapter, suite, "4");
     let report = eval(Some(ckpt), &suite);
     assert_eq!(r["eval_pass_rate"], report["pass_rate"]);
     assert!(
@@ -175,25 +171,8 @@ fn a_failing_method_is_recorded_and_unknown_methods_are_refused() {
     let out = dir.path().join("cmp");
     // A budget nothing fits: the run fails, compare.json says why, the exit status is failure
     // (every method failed).
-    let o = edgetune(&[
-        "compare",
-        "--model",
-        s(&model),
-        "--data",
-        s(&data),
-        "--methods",
-        "lora",
-        "--steps",
-        "1",
-        "--seq-len",
-        "64",
-        "--rank",
-        "4",
-        "--budget",
-        "1MiB",
-        "--out",
-        s(&out),
-    ]);
+    let flags = "--methods lora --steps 1 --seq-len 64 --rank 4 --budget 1MiB";
+    let o = compare(&model, &data, flags, &["--out", s(&out)]);
     assert!(!o.status.success());
     let results = json(&out.join("compare.json"));
     assert_eq!(results[0]["method"], "base");
@@ -209,21 +188,14 @@ fn a_failing_method_is_recorded_and_unknown_methods_are_refused() {
             .contains("lora (failed)")
     );
 
-    let o = edgetune(&[
-        "compare",
-        "--model",
-        s(&model),
-        "--data",
-        s(&data),
-        "--methods",
-        "lora,qqlora",
-        "--steps",
-        "1",
-        "--out",
-        s(&out),
-    ]);
+    let o = compare(
+        &model,
+        &data,
+        "--methods lora,qqlora --steps 1",
+        &["--out", s(&out)],
+    );
     assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("qqlora"));
+    assert!(stderr(&o).contains("qqlora"));
 }
 
 /// MT-LoRA in a comparison: trained on the synthetic data's tasks (its records carry `task`),
@@ -243,28 +215,13 @@ fn compare_runs_mtlora_on_the_data_tasks() {
     )
     .unwrap();
     let out = dir.path().join("cmp");
-    let o = edgetune(&[
-        "compare",
-        "--model",
-        s(&model),
-        "--data",
-        s(&data),
-        "--methods",
-        "lora,mtlora",
-        "--steps",
-        "2",
-        "--seq-len",
-        "256",
-        "--rank",
-        "4",
-        "--suite",
-        s(&suite),
-        "--max-tokens",
-        "2",
-        "--out",
-        s(&out),
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = compare(
+        &model,
+        &data,
+        "--methods lora,mtlora --steps 2 --seq-len 256 --rank 4 --max-tokens 2",
+        &["--suite", s(&suite), "--out", s(&out)],
+    );
+    assert_ok(&o);
     let results = json(&out.join("compare.json"));
     let r = &results.as_array().unwrap()[2];
     assert_eq!(r["method"], "mtlora");
@@ -300,34 +257,13 @@ fn compare_runs_mtlora_on_the_data_tasks() {
     let mut sum = 0.0;
     for name in &names {
         let export = dir.path().join(format!("task-{name}"));
-        let x = edgetune(&[
-            "export",
-            "--model",
-            s(&model),
-            "--adapter",
-            ckpt,
-            "--format",
-            "native",
-            "--task",
-            name,
-            "--out",
-            s(&export),
-        ]);
-        assert!(x.status.success(), "{}", String::from_utf8_lossy(&x.stderr));
-        let e = edgetune(&[
-            "eval",
-            "--model",
-            s(&model),
-            "--adapter",
-            s(&export),
-            "--suite",
-            s(&suite),
-            "--max-tokens",
-            "2",
-            "--json",
-        ]);
-        assert!(e.status.success(), "{}", String::from_utf8_lossy(&e.stderr));
-        let report: serde_json::Value = serde_json::from_slice(&e.stdout).unwrap();
+        let x = edgetune_with(
+            &["export", "--model", s(&model), "--adapter", ckpt],
+            "--format native --task",
+            &[name, "--out", s(&export)],
+        );
+        assert_ok(&x);
+        let report = eval(&model, Some(&export), &suite, "2");
         assert_eq!(by_task[*name], report["pass_rate"], "task {name}");
         sum += report["pass_rate"].as_f64().unwrap();
     }
@@ -352,38 +288,23 @@ fn per_method_learning_rates_and_options_reach_the_runs() {
     let out = dir.path().join("cmp");
     // The same run with a given suite and extra flags.
     let compare = |suite: &Path, extra: &[&str]| {
-        let mut args = vec![
-            "compare",
-            "--model",
-            s(&model),
-            "--data",
-            s(&data),
+        let mut tail = vec![
             "--heldout-data",
             s(&held),
-            "--methods",
-            "adalora",
-            "--steps",
-            "1",
-            "--seq-len",
-            "512",
-            "--rank",
-            "4",
             "--suite",
             s(suite),
-            "--method-opt",
-            "lora:lr=0.003",
-            "--method-opt",
-            "adalora:--adalora-target-r=2",
             "--out",
             s(&out),
         ];
-        args.extend_from_slice(extra);
-        edgetune(&args)
+        tail.extend_from_slice(extra);
+        let flags = "--methods adalora --steps 1 --seq-len 512 --rank 4 \
+                     --method-opt lora:lr=0.003 --method-opt adalora:--adalora-target-r=2";
+        compare(&model, &data, flags, &tail)
     };
     let o = compare(&dir.path().join("none.jsonl"), &[]);
     // A missing --suite file is an error before anything trains.
     assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("none.jsonl"));
+    assert!(stderr(&o).contains("none.jsonl"));
     assert!(!out.join("lora").exists());
 
     let suite = dir.path().join("suite.jsonl");
@@ -396,7 +317,7 @@ fn per_method_learning_rates_and_options_reach_the_runs() {
         &suite,
         &["--max-tokens", "1", "--method-opt", "all:warmup-steps=1"],
     );
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_ok(&o);
     // All 12 records trained on: no split file, the held-out file named in compare.md.
     assert!(!out.join("train.jsonl").exists());
     let md = std::fs::read_to_string(out.join("compare.md")).unwrap();
@@ -447,24 +368,12 @@ fn bad_method_opts_are_refused_before_training() {
     let (model, data) = train_support::write_fixture(dir.path(), "q4_0", 6);
     let out = dir.path().join("cmp");
     let run = |extra: &[&str]| {
-        let mut args = vec![
-            "compare",
-            "--model",
-            s(&model),
-            "--data",
-            s(&data),
-            "--methods",
-            "lora",
-            "--steps",
-            "1",
-            "--out",
-            s(&out),
-        ];
-        args.extend_from_slice(extra);
-        let o = edgetune(&args);
+        let mut tail = vec!["--out", s(&out)];
+        tail.extend_from_slice(extra);
+        let o = compare(&model, &data, "--methods lora --steps 1", &tail);
         assert!(!o.status.success(), "{extra:?} should fail");
         assert!(!out.join("lora").exists(), "{extra:?}: nothing trained");
-        String::from_utf8_lossy(&o.stderr).into_owned()
+        stderr(&o)
     };
     let e = run(&["--method-opt", "qqlora:lr=1e-3"]);
     assert!(e.contains("unknown method `qqlora`"), "{e}");

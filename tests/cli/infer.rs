@@ -2,9 +2,9 @@
 //! them carrying the real Llama 3.1 tokenizer (`testmodel --tokenizer`).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-use crate::cli_support::ok;
+use crate::cli_support::{edgetune_with, ok, ok_with, s, stderr, write_tiny};
 use crate::tiny;
 use crate::train_support;
 
@@ -23,18 +23,8 @@ fn generate_is_deterministic_and_respects_the_token_limit() {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny(dir.path(), "q8_0", &["--seed", "9"]);
     let run = |extra: &[&str]| {
-        let mut args = vec![
-            "generate",
-            "--model",
-            &model,
-            "--prompt",
-            "Sensor 3 reads",
-            "--max-tokens",
-            "12",
-            "--json",
-        ];
-        args.extend_from_slice(extra);
-        ok(&args)
+        let head = ["generate", "--model", &model, "--prompt", "Sensor 3 reads"];
+        ok_with(&head, "--max-tokens 12 --json", extra)
     };
     let greedy = run(&[]);
     let s = summary(&greedy);
@@ -48,7 +38,7 @@ fn generate_is_deterministic_and_respects_the_token_limit() {
         s["tokens"],
         "greedy is deterministic"
     );
-    let a = summary(&run(&[
+    let sample = [
         "--temperature",
         "1.5",
         "--seed",
@@ -57,17 +47,9 @@ fn generate_is_deterministic_and_respects_the_token_limit() {
         "0",
         "--top-p",
         "1",
-    ]));
-    let b = summary(&run(&[
-        "--temperature",
-        "1.5",
-        "--seed",
-        "4",
-        "--top-k",
-        "0",
-        "--top-p",
-        "1",
-    ]));
+    ];
+    let a = summary(&run(&sample));
+    let b = summary(&run(&sample));
     assert_eq!(a["tokens"], b["tokens"], "same seed, same sample");
     for template in ["alpaca", "llama3-chat", "none"] {
         run(&["--template", template]);
@@ -127,18 +109,13 @@ fn compute_flag_selects_the_arithmetic_of_perplexity_and_generate() {
     let tokens = "256,72,101,108,108,111,32,57,46,57,32,100,101,103";
     let dump = |name: &str, extra: &[&str]| {
         let npy = dir.path().join(name);
-        let mut args = vec![
-            "perplexity",
-            "--model",
-            &model,
-            "--tokens",
-            tokens,
+        let mut tail = vec!["--dump-logits", s(&npy)];
+        tail.extend_from_slice(extra);
+        let out = ok_with(
+            &["perplexity", "--model", &model, "--tokens", tokens],
             "--json",
-            "--dump-logits",
-            npy.to_str().unwrap(),
-        ];
-        args.extend_from_slice(extra);
-        let out = ok(&args);
+            &tail,
+        );
         let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         (r, edgetune::npy::read_f32(&npy).unwrap().1)
     };
@@ -163,18 +140,8 @@ fn compute_flag_selects_the_arithmetic_of_perplexity_and_generate() {
     assert!((a - b).abs() < 0.05 * a.abs().max(1.0), "{a} vs {b}");
 
     let generate = |extra: &[&str]| {
-        let mut args = vec![
-            "generate",
-            "--model",
-            &model,
-            "--prompt",
-            "Sensor 3 reads",
-            "--max-tokens",
-            "8",
-            "--json",
-        ];
-        args.extend_from_slice(extra);
-        summary(&ok(&args))["tokens"].clone()
+        let head = ["generate", "--model", &model, "--prompt", "Sensor 3 reads"];
+        summary(&ok_with(&head, "--max-tokens 8 --json", extra))["tokens"].clone()
     };
     assert_eq!(
         generate(&[]),
@@ -182,20 +149,13 @@ fn compute_flag_selects_the_arithmetic_of_perplexity_and_generate() {
         "generate defaults to f32"
     );
     assert!(generate(&["--compute", "int8"]).is_array());
-    let bad = Command::new(env!("CARGO_BIN_EXE_edgetune"))
-        .args([
-            "generate",
-            "--model",
-            &model,
-            "--prompt",
-            "x",
-            "--compute",
-            "f16",
-        ])
-        .output()
-        .unwrap();
+    let bad = edgetune_with(
+        &["generate", "--model", &model],
+        "--prompt x --compute f16",
+        &[],
+    );
     assert!(!bad.status.success());
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("int8"));
+    assert!(stderr(&bad).contains("int8"));
 }
 
 fn llama3_tokenizer() -> PathBuf {
@@ -217,101 +177,50 @@ fn a_test_model_with_the_real_tokenizer_tokenizes_like_hf() {
     let dir = tempfile::tempdir().unwrap();
     let json = llama3_tokenizer();
     let model = dir.path().join("tok.gguf");
-    ok(&[
-        "testmodel",
-        "--preset",
-        "tiny",
-        "--type",
-        "q8_0",
-        "--out",
-        model.to_str().unwrap(),
-        "--tokenizer",
-        json.to_str().unwrap(),
-    ]);
+    write_tiny(&model, "q8_0", &["--tokenizer", s(&json)]);
     let hf = tokenizers::Tokenizer::from_file(&json).unwrap();
+    let tokenize = |text: &str, flags: &str| -> Vec<u32> {
+        let out = ok_with(
+            &["tokenize", "--model", s(&model), "--text", text],
+            flags,
+            &[],
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
     for text in [
         "Which is larger, 9.11 or 9.9?",
         "Suhu di zona B 31,5 °C 🌡️",
         "  fn main() {\n\tprintln!(\"hi\");\n}",
     ] {
-        let out = ok(&[
-            "tokenize",
-            "--model",
-            model.to_str().unwrap(),
-            "--text",
-            text,
-            "--json",
-        ]);
-        let ours: Vec<u32> = serde_json::from_slice(&out.stdout).unwrap();
+        let ours = tokenize(text, "--json");
         let theirs = hf.encode(text, true).unwrap().get_ids().to_vec();
         assert_eq!(ours, theirs, "{text:?}");
     }
     // Special-token text: plain text by default, one id with --special.
-    let plain: Vec<u32> = serde_json::from_slice(
-        &ok(&[
-            "tokenize",
-            "--model",
-            model.to_str().unwrap(),
-            "--text",
-            "<|eot_id|>",
-            "--json",
-            "--no-bos",
-        ])
-        .stdout,
-    )
-    .unwrap();
-    let special: Vec<u32> = serde_json::from_slice(
-        &ok(&[
-            "tokenize",
-            "--model",
-            model.to_str().unwrap(),
-            "--text",
-            "<|eot_id|>",
-            "--json",
-            "--no-bos",
-            "--special",
-        ])
-        .stdout,
-    )
-    .unwrap();
+    let plain = tokenize("<|eot_id|>", "--json --no-bos");
+    let special = tokenize("<|eot_id|>", "--json --no-bos --special");
     assert_eq!(special, vec![128009]);
     assert!(plain.len() > 1 && !plain.contains(&128009), "{plain:?}");
     // The model generates with it (random weights: only the mechanics are checked).
-    ok(&[
-        "generate",
-        "--model",
-        model.to_str().unwrap(),
-        "--prompt",
-        "Hi",
-        "--template",
-        "llama3-chat",
-        "--max-tokens",
-        "4",
-    ]);
+    ok_with(
+        &["generate", "--model", s(&model)],
+        "--prompt Hi --template llama3-chat --max-tokens 4",
+        &[],
+    );
 }
 
 #[test]
 fn perplexity_on_non_finite_logits_and_a_missing_adapter_are_errors() {
     let dir = tempfile::tempdir().unwrap();
     let nan = train_support::write_nan_model(dir.path());
-    let run = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_edgetune"))
-            .args(args)
-            .output()
-            .unwrap()
+    let perplexity = |model: &str, flags: &str, tail: &[&str]| {
+        edgetune_with(&["perplexity", "--model", model], flags, tail)
     };
     // It used to exit 0 printing a NaN perplexity.
-    let o = run(&[
-        "perplexity",
-        "--model",
-        nan.to_str().unwrap(),
-        "--tokens",
-        "1,2,3,4",
-        "--json",
-    ]);
+    let o = perplexity(s(&nan), "--tokens 1,2,3,4 --json", &[]);
     assert_eq!(o.status.code(), Some(1));
     assert!(o.stdout.is_empty());
-    let err = String::from_utf8_lossy(&o.stderr);
+    let err = stderr(&o);
     assert!(
         err.contains("perplexity: position 0") && err.contains("not finite"),
         "{err}"
@@ -319,17 +228,9 @@ fn perplexity_on_non_finite_logits_and_a_missing_adapter_are_errors() {
     // A missing adapter says "not found" with the path (it used to say "entity not found").
     let model = tiny(dir.path(), "q8_0", &["--seed", "9"]);
     let missing = dir.path().join("no-such-adapter");
-    let o = run(&[
-        "perplexity",
-        "--model",
-        &model,
-        "--tokens",
-        "1,2,3",
-        "--adapter",
-        missing.to_str().unwrap(),
-    ]);
+    let o = perplexity(&model, "--tokens 1,2,3", &["--adapter", s(&missing)]);
     assert_eq!(o.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&o.stderr);
+    let err = stderr(&o);
     assert!(
         err.contains(&format!("{}: adapter not found", missing.display())),
         "{err}"

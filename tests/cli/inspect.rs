@@ -11,19 +11,8 @@ use crate::cli_support::ok;
 
 fn tiny_q4km(dir: &Path) -> String {
     let path = dir.join("tiny.gguf");
-    let p = path.to_str().unwrap().to_owned();
-    ok(&[
-        "testmodel",
-        "--preset",
-        "tiny",
-        "--type",
-        "q4_k_m",
-        "--out",
-        &p,
-        "--seed",
-        "3",
-    ]);
-    p
+    crate::cli_support::write_tiny(&path, "q4_k_m", &["--seed", "3"]);
+    path.to_str().unwrap().to_owned()
 }
 
 #[test]

@@ -19,9 +19,7 @@ use std::path::Path;
 /// Writes the `tiny` test model with weights of type `ty` (and `extra` flags of `testmodel`,
 /// e.g. a seed) to `dir/tiny.gguf`; returns its path.
 fn tiny(dir: &Path, ty: &str, extra: &[&str]) -> String {
-    let p = dir.join("tiny.gguf").to_str().unwrap().to_owned();
-    let mut args = vec!["testmodel", "--preset", "tiny", "--type", ty, "--out", &p];
-    args.extend_from_slice(extra);
-    cli_support::ok(&args);
-    p
+    let p = dir.join("tiny.gguf");
+    cli_support::write_tiny(&p, ty, extra);
+    p.to_str().unwrap().to_owned()
 }

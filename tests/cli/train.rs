@@ -1,39 +1,49 @@
 //! `edgetune train`, `demo`, `bench train` and `--adapter` end to end through the binary.
 
 use std::path::Path;
+use std::process::Output;
 
-use crate::cli_support::{edgetune, s};
+use crate::cli_support::{assert_ok, edgetune, edgetune_with, read_json, s, stderr, stdout_json};
 use crate::train_support;
+
+/// `edgetune train --model MODEL --data DATA HEAD… FLAGS… TAIL…` (`flags` split at whitespace).
+fn train_with(model: &Path, data: &Path, head: &[&str], flags: &str, tail: &[&str]) -> Output {
+    let mut args = vec!["train", "--model", s(model), "--data", s(data)];
+    args.extend_from_slice(head);
+    edgetune_with(&args, flags, tail)
+}
+
+/// [`train_with`] into `--out OUT`.
+fn train(model: &Path, data: &Path, out: &Path, flags: &str, tail: &[&str]) -> Output {
+    train_with(model, data, &["--out", s(out)], flags, tail)
+}
+
+/// `train` with the fixture's usual small settings (`--seq-len 256`) and `flags`.
+fn train_run(model: &Path, data: &Path, out: &Path, flags: &str) -> Output {
+    train(model, data, out, &format!("--seq-len 256 {flags}"), &[])
+}
+
+/// The checkpoint a run into `out` wrote after `step`.
+fn checkpoint(out: &Path, step: u32) -> std::path::PathBuf {
+    out.join("checkpoints").join(format!("step-{step:08}"))
+}
 
 #[test]
 fn train_writes_metrics_summary_and_a_checkpoint_and_planned_matches_measured() {
     let dir = tempfile::tempdir().unwrap();
     let (model, data) = train_support::write_fixture(dir.path(), "q4_0", 400);
     let out = dir.path().join("run");
-    let o = edgetune(&[
-        "train",
-        "--model",
-        s(&model),
-        "--data",
-        s(&data),
-        "--out",
-        s(&out),
-        "--steps",
-        "4",
-        "--seq-len",
-        "512",
-        "--batch",
-        "2",
-        "--rank",
-        "4",
-        "--alpha",
-        "8",
-        "--json",
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let on_disk: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+    let settings = "--seq-len 512 --batch 2 --rank 4 --alpha 8";
+    let o = train(
+        &model,
+        &data,
+        &out,
+        &format!("--steps 4 {settings} --json"),
+        &[],
+    );
+    assert_ok(&o);
+    let summary = stdout_json(&o);
+    let on_disk = read_json(&out.join("summary.json"));
     assert_eq!(summary, on_disk);
     assert_eq!(summary["steps"], 4);
     // Planned vs measured: the plan counts weights, arena, adapters, optimizer state and the
@@ -64,7 +74,7 @@ fn train_writes_metrics_summary_and_a_checkpoint_and_planned_matches_measured() 
     let text = metrics.lines().next().unwrap();
     let loss = lines[0]["loss"].as_f64().unwrap();
     assert!(text.contains(&format!("\"loss\":{loss}")), "{text}");
-    let ckpt = out.join("checkpoints").join("step-00000004");
+    let ckpt = checkpoint(&out, 4);
     for f in [
         "adapter.safetensors",
         "adapter.json",
@@ -75,76 +85,35 @@ fn train_writes_metrics_summary_and_a_checkpoint_and_planned_matches_measured() 
     }
 
     // The adapter changes what perplexity and generate see.
-    let tokens = "10,20,30,40,50,60,70,80";
-    let base = edgetune(&[
-        "perplexity",
-        "--model",
-        s(&model),
-        "--tokens",
-        tokens,
-        "--json",
-    ]);
-    let adapted = edgetune(&[
-        "perplexity",
-        "--model",
-        s(&model),
-        "--tokens",
-        tokens,
-        "--json",
-        "--adapter",
-        s(&ckpt),
-    ]);
-    assert!(
-        adapted.status.success(),
-        "{}",
-        String::from_utf8_lossy(&adapted.stderr)
-    );
-    let nll = |o: &std::process::Output| {
-        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-        v["mean_nll"].as_f64().unwrap()
+    let perplexity = |tail: &[&str]| {
+        let flags = "--tokens 10,20,30,40,50,60,70,80 --json";
+        edgetune_with(&["perplexity", "--model", s(&model)], flags, tail)
     };
+    let base = perplexity(&[]);
+    let adapted = perplexity(&["--adapter", s(&ckpt)]);
+    assert_ok(&adapted);
+    let nll = |o: &Output| stdout_json(o)["mean_nll"].as_f64().unwrap();
     assert_ne!(nll(&base), nll(&adapted));
-    let g = edgetune(&[
-        "generate",
-        "--model",
-        s(&model),
-        "--prompt",
-        "Hi",
-        "--max-tokens",
-        "4",
-        "--adapter",
-        s(&ckpt),
-    ]);
-    assert!(g.status.success(), "{}", String::from_utf8_lossy(&g.stderr));
+    let g = edgetune_with(
+        &["generate", "--model", s(&model)],
+        "--prompt Hi --max-tokens 4",
+        &["--adapter", s(&ckpt)],
+    );
+    assert_ok(&g);
 
     // A second run from this adapter (--init-adapter) starts where the first ended.
     let out2 = dir.path().join("run2");
-    let o = edgetune(&[
-        "train",
-        "--model",
-        s(&model),
-        "--data",
-        s(&data),
-        "--out",
-        s(&out2),
-        "--steps",
-        "1",
-        "--seq-len",
-        "512",
-        "--batch",
-        "2",
-        "--rank",
-        "4",
-        "--alpha",
-        "8",
-        "--init-adapter",
-        s(&ckpt),
-        "--json",
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let flags = format!("--steps 1 {settings}");
+    let o = train(
+        &model,
+        &data,
+        &out2,
+        &flags,
+        &["--init-adapter", s(&ckpt), "--json"],
+    );
+    assert_ok(&o);
     let first_fresh = lines[0]["loss"].as_f64().unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_ne!(v["first_loss"].as_f64().unwrap(), first_fresh);
+    assert_ne!(stdout_json(&o)["first_loss"].as_f64().unwrap(), first_fresh);
 }
 
 #[test]
@@ -152,25 +121,10 @@ fn over_budget_is_refused_before_anything_is_written_with_suggestions() {
     let dir = tempfile::tempdir().unwrap();
     let (model, data) = train_support::write_fixture(dir.path(), "q4_0", 50);
     let out = dir.path().join("run");
-    let o = edgetune(&[
-        "train",
-        "--model",
-        s(&model),
-        "--data",
-        s(&data),
-        "--out",
-        s(&out),
-        "--steps",
-        "2",
-        "--seq-len",
-        "512",
-        "--batch",
-        "4",
-        "--budget",
-        "40MiB",
-    ]);
+    let flags = "--steps 2 --seq-len 512 --batch 4 --budget 40MiB";
+    let o = train(&model, &data, &out, flags, &[]);
     assert!(!o.status.success());
-    let err = String::from_utf8_lossy(&o.stderr);
+    let err = stderr(&o);
     assert!(
         err.contains("over budget") && err.contains("41943040"),
         "{err}"
@@ -186,21 +140,13 @@ fn over_budget_is_refused_before_anything_is_written_with_suggestions() {
 fn bench_train_reports_throughput_and_peak_memory() {
     let dir = tempfile::tempdir().unwrap();
     let (model, _) = train_support::write_fixture(dir.path(), "q4_0", 10);
-    let o = edgetune(&[
-        "bench",
-        "train",
-        "--model",
-        s(&model),
-        "--seq-len",
-        "64",
-        "--rank",
-        "4",
-        "--steps",
-        "2",
-        "--json",
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let o = edgetune_with(
+        &["bench", "train", "--model", s(&model)],
+        "--seq-len 64 --rank 4 --steps 2 --json",
+        &[],
+    );
+    assert_ok(&o);
+    let v = stdout_json(&o);
     assert_eq!(v["steps"], 2);
     assert!(v["tok_per_s"].as_f64().unwrap() > 0.0);
     assert!(v["peak_rss_bytes"].as_u64().unwrap() > 0);
@@ -211,23 +157,13 @@ fn bench_forward_reports_prompt_and_generation_speed_for_both_arithmetics() {
     let dir = tempfile::tempdir().unwrap();
     let (model, _) = train_support::write_fixture(dir.path(), "q4_0", 10);
     for compute in ["int8", "f32"] {
-        let o = edgetune(&[
-            "bench",
-            "forward",
-            "--model",
-            s(&model),
-            "--prompt-tokens",
-            "32",
-            "--gen-tokens",
-            "8",
-            "--reps",
-            "1",
-            "--compute",
-            compute,
-            "--json",
-        ]);
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let o = edgetune_with(
+            &["bench", "forward", "--model", s(&model)],
+            "--prompt-tokens 32 --gen-tokens 8 --reps 1 --compute",
+            &[compute, "--json"],
+        );
+        assert_ok(&o);
+        let v = stdout_json(&o);
         assert_eq!(v["compute"], compute);
         assert_eq!(v["prompt_tokens"], 32);
         assert_eq!(v["gen_tokens"], 8);
@@ -253,7 +189,7 @@ fn data_synth_creates_the_directories_it_writes_into() {
         "--suites",
         s(&dir.path().join("suites")),
     ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_ok(&o);
     for f in [
         data.join("train.jsonl"),
         data.join("heldout.jsonl"),
@@ -268,19 +204,12 @@ fn data_synth_creates_the_directories_it_writes_into() {
 #[test]
 fn demo_runs_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
-    let o = edgetune(&[
-        "demo",
-        "--synthetic",
-        "--dir",
-        s(dir.path()),
-        "--steps",
-        "2",
-        "--seq-len",
-        "512",
-        "--batch",
-        "1",
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = edgetune_with(
+        &["demo", "--synthetic", "--dir", s(dir.path())],
+        "--steps 2 --seq-len 512 --batch 1",
+        &[],
+    );
+    assert_ok(&o);
     let out = String::from_utf8_lossy(&o.stdout);
     for want in [
         "memory plan",
@@ -308,29 +237,10 @@ fn layers_adapt_only_the_range_and_train_it_as_a_full_run_does() {
     let (model, data) = train_support::write_fixture(dir.path(), "q4_0", 40);
     let run = |name: &str, extra: &[&str]| {
         let out = dir.path().join(name);
-        let mut args = vec![
-            "train",
-            "--model",
-            s(&model),
-            "--data",
-            s(&data),
-            "--out",
-            s(&out),
-            "--steps",
-            "1",
-            "--seq-len",
-            "512",
-            "--rank",
-            "4",
-            "--max-grad-norm",
-            "0",
-            "--json",
-        ];
-        args.extend_from_slice(extra);
-        let o = edgetune(&args);
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-        (out.join("checkpoints").join("step-00000001"), v)
+        let flags = "--steps 1 --seq-len 512 --rank 4 --max-grad-norm 0 --json";
+        let o = train(&model, &data, &out, flags, extra);
+        assert_ok(&o);
+        (checkpoint(&out, 1), stdout_json(&o))
     };
     let (full, full_summary) = run("full", &[]);
     let (top, top_summary) = run("top", &["--layers", "1-1"]);
@@ -351,24 +261,18 @@ fn layers_adapt_only_the_range_and_train_it_as_a_full_run_does() {
 
     // The PEFT export names the adapted layers; a range past the model is refused.
     let peft = dir.path().join("peft");
-    let o = edgetune(&[
-        "export",
-        "--model",
-        s(&model),
-        "--adapter",
-        s(&dir.path().join("top/checkpoints/step-00000001")),
-        "--format",
-        "peft",
-        "--out",
-        s(&peft),
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let cfg_json: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(peft.join("adapter_config.json")).unwrap()).unwrap();
+    let adapter = dir.path().join("top/checkpoints/step-00000001");
+    let o = edgetune_with(
+        &["export", "--model", s(&model), "--adapter", s(&adapter)],
+        "--format peft",
+        &["--out", s(&peft)],
+    );
+    assert_ok(&o);
+    let cfg_json = read_json(&peft.join("adapter_config.json"));
     assert_eq!(cfg_json["layers_to_transform"], serde_json::json!([1]));
     let o = edgetune(&["plan", "--model", s(&model), "--layers", "1-5"]);
     assert!(!o.status.success());
-    let err = String::from_utf8_lossy(&o.stderr);
+    let err = stderr(&o);
     assert!(err.contains("1-5") && err.contains("2 layers"), "{err}");
 }
 
@@ -377,44 +281,12 @@ fn train_replay_self_plans_generates_caches_and_refuses_bad_settings() {
     let dir = tempfile::tempdir().unwrap();
     let (model, data) = train_support::write_fixture(dir.path(), "q8_0", 40);
     let out = dir.path().join("run");
-    let args = |extra: &[&str]| -> Vec<String> {
-        let mut a: Vec<String> = [
-            "train",
-            "--model",
-            s(&model),
-            "--data",
-            s(&data),
-            "--out",
-            s(&out),
-            "--steps",
-            "2",
-            "--seq-len",
-            "256",
-            "--batch",
-            "2",
-            "--rank",
-            "2",
-            "--json",
-        ]
-        .iter()
-        .map(|x| x.to_string())
-        .collect();
-        a.extend(extra.iter().map(|x| x.to_string()));
-        a
+    let run = |extra: &str| {
+        let flags = format!("--steps 2 --seq-len 256 --batch 2 --rank 2 --json {extra}");
+        train(&model, &data, &out, &flags, &[])
     };
-    let run = |extra: &[&str]| {
-        let a = args(extra);
-        edgetune(&a.iter().map(String::as_str).collect::<Vec<_>>())
-    };
-    let o = run(&[
-        "--replay",
-        "self",
-        "--replay-prompts",
-        "12",
-        "--replay-tokens",
-        "24",
-    ]);
-    let err = String::from_utf8_lossy(&o.stderr);
+    let o = run("--replay self --replay-prompts 12 --replay-tokens 24");
+    let err = stderr(&o);
     assert!(o.status.success(), "{err}");
     // The plan counts the replay data; the run says what it generated and where it is cached.
     assert!(err.contains("replay data"), "{err}");
@@ -422,7 +294,7 @@ fn train_replay_self_plans_generates_caches_and_refuses_bad_settings() {
         err.contains("replay: the base model answered") && err.contains("of 12 general prompts"),
         "{err}"
     );
-    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let summary = stdout_json(&o);
     assert!(summary["replay"]["generate_s"].as_f64().unwrap() > 0.0);
     assert_eq!(summary["replay"]["ratio"].as_f64(), Some(0.25));
     assert_eq!(summary["config"]["replay"]["self"]["prompts"], 12);
@@ -430,16 +302,8 @@ fn train_replay_self_plans_generates_caches_and_refuses_bad_settings() {
     assert!(Path::new(&cache).is_file());
     // The same run again into the same directory (started over): the answers come from the
     // cache, which --overwrite keeps.
-    let o = run(&[
-        "--replay",
-        "self",
-        "--replay-prompts",
-        "12",
-        "--replay-tokens",
-        "24",
-        "--overwrite",
-    ]);
-    let err = String::from_utf8_lossy(&o.stderr);
+    let o = run("--replay self --replay-prompts 12 --replay-tokens 24 --overwrite");
+    let err = stderr(&o);
     assert!(o.status.success(), "{err}");
     assert!(
         err.contains(&format!("answers of the base model from {cache}")),
@@ -447,26 +311,20 @@ fn train_replay_self_plans_generates_caches_and_refuses_bad_settings() {
     );
     // Bad settings are refused by name.
     for (extra, want) in [
+        ("--replay self --replay-ratio 1", "--replay-ratio"),
         (
-            &["--replay", "self", "--replay-ratio", "1"][..],
-            "--replay-ratio",
-        ),
-        (
-            &["--replay-prompts", "3"][..],
+            "--replay-prompts 3",
             "--replay-prompts is for --replay self",
         ),
+        ("--replay self --replay-tokens 2", "8 answer tokens"),
         (
-            &["--replay", "self", "--replay-tokens", "2"][..],
-            "8 answer tokens",
-        ),
-        (
-            &["--replay", "/nonexistent/general.jsonl"][..],
+            "--replay /nonexistent/general.jsonl",
             "/nonexistent/general.jsonl",
         ),
     ] {
         let o = run(extra);
         assert!(!o.status.success(), "{extra:?}");
-        let err = String::from_utf8_lossy(&o.stderr);
+        let err = stderr(&o);
         assert!(err.contains(want), "{extra:?}: {err}");
     }
 }
@@ -475,41 +333,21 @@ fn train_replay_self_plans_generates_caches_and_refuses_bad_settings() {
 fn train_kl_anchor_plans_its_buffers_and_reports_the_kl_of_replay_rows() {
     let dir = tempfile::tempdir().unwrap();
     let (model, data) = train_support::write_fixture(dir.path(), "q8_0", 40);
-    let run = |out: &str, extra: &[&str]| {
-        let mut a = vec![
-            "train",
-            "--model",
-            s(&model),
-            "--data",
-            s(&data),
-            "--steps",
-            "3",
-            "--seq-len",
-            "256",
-            "--batch",
-            "2",
-            "--rank",
-            "2",
-            "--lr",
-            "1e-2",
-            "--json",
-            "--out",
-        ];
-        a.push(out);
-        a.extend_from_slice(extra);
-        edgetune(&a)
+    let run = |out: &Path, extra: &[&str]| {
+        let flags = "--steps 3 --seq-len 256 --batch 2 --rank 2 --lr 1e-2 --json";
+        train(&model, &data, out, flags, extra)
     };
     let out = dir.path().join("kl");
     // Half the rows are replay rows (the training data again, as "general" data); with
     // --replay the anchor is on at λ = 0.5 unless --kl-anchor says otherwise.
-    let o = run(s(&out), &["--replay", s(&data), "--replay-ratio", "0.5"]);
-    let err = String::from_utf8_lossy(&o.stderr);
+    let o = run(&out, &["--replay", s(&data), "--replay-ratio", "0.5"]);
+    let err = stderr(&o);
     assert!(o.status.success(), "{err}");
     assert!(
         err.contains("kl anchor") && err.contains("base hidden states"),
         "{err}"
     );
-    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let summary = stdout_json(&o);
     assert_eq!(summary["config"]["kl_anchor"].as_f64(), Some(0.5));
     let lines = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
     let kl: Vec<f64> = lines
@@ -523,23 +361,21 @@ fn train_kl_anchor_plans_its_buffers_and_reports_the_kl_of_replay_rows() {
     assert_eq!(kl.len(), 3, "{lines}");
     assert!(kl[0].abs() < 1e-6 && kl[2] > 0.0, "{kl:?}");
     // Without the anchor the lines carry no kl; the anchor needs replay rows.
-    let o = run(
-        s(&dir.path().join("plain")),
-        &[
-            "--replay",
-            s(&data),
-            "--replay-ratio",
-            "0.5",
-            "--kl-anchor",
-            "0",
-        ],
-    );
+    let plain = [
+        "--replay",
+        s(&data),
+        "--replay-ratio",
+        "0.5",
+        "--kl-anchor",
+        "0",
+    ];
+    let o = run(&dir.path().join("plain"), &plain);
     assert!(o.status.success());
     let lines = std::fs::read_to_string(dir.path().join("plain/metrics.jsonl")).unwrap();
     assert!(!lines.contains("\"kl\""), "{lines}");
-    let o = run(s(&dir.path().join("bad")), &["--kl-anchor", "0.5"]);
+    let o = run(&dir.path().join("bad"), &["--kl-anchor", "0.5"]);
     assert!(!o.status.success());
-    let err = String::from_utf8_lossy(&o.stderr);
+    let err = stderr(&o);
     assert!(
         err.contains("--kl-anchor") && err.contains("--replay"),
         "{err}"
@@ -564,37 +400,16 @@ fn train_eval_every_records_pass_rates_and_keep_best_keeps_the_first_best_adapte
     )
     .unwrap();
     let train = |steps: &str, extra: &[&str]| {
-        let mut a = vec![
-            "train",
-            "--model",
-            s(&model),
-            "--data",
-            s(&data),
-            "--steps",
-            steps,
-            "--seq-len",
-            "256",
-            "--rank",
-            "2",
-            "--eval-every",
-            "2",
-            "--eval-max-tokens",
-            "4",
-            "--heldout",
-            s(&heldout),
-            "--keep-best",
-            "--save-every",
-            "2",
-            "--json",
-        ];
-        a.extend_from_slice(extra);
-        edgetune(&a)
+        let head = ["--steps", steps, "--heldout", s(&heldout)];
+        let flags = "--seq-len 256 --rank 2 --eval-every 2 --eval-max-tokens 4 --keep-best \
+                     --save-every 2 --json";
+        train_with(&model, &data, &head, flags, extra)
     };
     let o = train("5", &["--out", s(&out)]);
-    let err = String::from_utf8_lossy(&o.stderr);
+    let err = stderr(&o);
     assert!(o.status.success(), "{err}");
     assert!(err.contains("eval after step 2: held-out 50.0 %"), "{err}");
-    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let summary = stdout_json(&o);
     assert_eq!(summary["eval_base"]["step"], 0);
     assert_eq!(summary["eval_base"]["heldout"].as_f64(), Some(0.5));
     let steps: Vec<u64> = summary["evals"]
@@ -608,22 +423,15 @@ fn train_eval_every_records_pass_rates_and_keep_best_keeps_the_first_best_adapte
     assert_eq!(summary["best"]["step"], 2);
     let best = out.join("best");
     assert_eq!(summary["best"]["path"].as_str(), best.to_str());
-    let kept: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(best.join("best.json")).unwrap()).unwrap();
+    let kept = read_json(&best.join("best.json"));
     assert_eq!(kept["step"], 2);
     // The kept adapter is an adapter `--adapter` takes.
-    let g = edgetune(&[
-        "generate",
-        "--model",
-        s(&model),
-        "--adapter",
-        s(&best),
-        "--prompt",
-        "hi",
-        "--max-tokens",
-        "2",
-    ]);
-    assert!(g.status.success(), "{}", String::from_utf8_lossy(&g.stderr));
+    let g = edgetune_with(
+        &["generate", "--model", s(&model), "--adapter", s(&best)],
+        "--prompt hi --max-tokens 2",
+        &[],
+    );
+    assert_ok(&g);
     // The metrics lines of the evaluated steps carry the pass rates.
     let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
     let evaluated: Vec<u64> = metrics
@@ -639,41 +447,12 @@ fn train_eval_every_records_pass_rates_and_keep_best_keeps_the_first_best_adapte
     );
     // A resume keeps the best from before it; the evaluation settings may change.
     let o = train("7", &["--resume", s(&out), "--retention-tolerance", "0.2"]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(summary["best"]["step"], 2);
+    assert_ok(&o);
+    assert_eq!(stdout_json(&o)["best"]["step"], 2);
     // --keep-best without a held-out suite is refused by name.
-    let o = edgetune(&[
-        "train",
-        "--model",
-        s(&model),
-        "--data",
-        s(&data),
-        "--out",
-        s(&out),
-        "--steps",
-        "1",
-        "--keep-best",
-    ]);
+    let o = self::train(&model, &data, &out, "--steps 1 --keep-best", &[]);
     assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("--heldout"));
-}
-
-/// `train` with the fixture's usual small settings and `extra` flags.
-fn train_run(model: &Path, data: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
-    let mut args = vec![
-        "train",
-        "--model",
-        s(model),
-        "--data",
-        s(data),
-        "--out",
-        s(out),
-        "--seq-len",
-        "256",
-    ];
-    args.extend_from_slice(extra);
-    edgetune(&args)
+    assert!(stderr(&o).contains("--heldout"));
 }
 
 #[test]
@@ -682,9 +461,9 @@ fn a_nan_weight_is_named_before_the_first_step() {
     let (_, data) = train_support::write_fixture(dir.path(), "q4_0", 20);
     let model = train_support::write_nan_model(dir.path());
     let out = dir.path().join("run");
-    let o = train_run(&model, &data, &out, &["--steps", "2"]);
+    let o = train_run(&model, &data, &out, "--steps 2");
     assert_eq!(o.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&o.stderr);
+    let err = stderr(&o);
     assert!(
         err.contains("nan.gguf")
             && err.contains("blk.0.attn_q.weight")
@@ -705,23 +484,10 @@ fn a_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint() {
         ("1", "even with the gradient clipped to --max-grad-norm 1"),
     ] {
         let out = dir.path().join(format!("run-{clip}"));
-        let o = train_run(
-            &model,
-            &data,
-            &out,
-            &[
-                "--steps",
-                "6",
-                "--lr",
-                "1e30",
-                "--max-grad-norm",
-                clip,
-                "--save-every",
-                "1",
-            ],
-        );
+        let flags = format!("--steps 6 --lr 1e30 --max-grad-norm {clip} --save-every 1");
+        let o = train_run(&model, &data, &out, &flags);
         assert_eq!(o.status.code(), Some(1));
-        let err = String::from_utf8_lossy(&o.stderr);
+        let err = stderr(&o);
         assert!(
             err.contains("training stopped at step 2")
                 && err.contains("the loss of micro-batch 1 of 1 is")
@@ -744,17 +510,12 @@ fn bad_inputs_and_settings_get_messages_that_name_them() {
     let dir = tempfile::tempdir().unwrap();
     let (model, data) = train_support::write_fixture(dir.path(), "q4_0", 20);
     let out = dir.path().join("run");
-    let err_of = |o: std::process::Output| {
+    let err_of = |o: Output| {
         assert_eq!(o.status.code(), Some(1));
-        String::from_utf8_lossy(&o.stderr).into_owned()
+        stderr(&o)
     };
     // A rank above a projection's width: refused before anything is allocated or written.
-    let e = err_of(train_run(
-        &model,
-        &data,
-        &out,
-        &["--steps", "1", "--rank", "100000"],
-    ));
+    let e = err_of(train_run(&model, &data, &out, "--steps 1 --rank 100000"));
     assert!(
         e.contains("--rank 100000") && e.contains("attn_k") && e.contains("256×128"),
         "{e}"
@@ -767,7 +528,7 @@ fn bad_inputs_and_settings_get_messages_that_name_them() {
         &model,
         &bad,
         &dir.path().join("run2"),
-        &["--steps", "1"],
+        "--steps 1",
     ));
     assert!(
         e.contains("bad.jsonl: line 2") && e.contains("not valid UTF-8") && e.contains("0xff"),
@@ -778,26 +539,13 @@ fn bad_inputs_and_settings_get_messages_that_name_them() {
         dir.path(),
         &data,
         &dir.path().join("run3"),
-        &["--steps", "1"],
+        "--steps 1",
     ));
     assert!(e.contains("is a directory"), "{e}");
     assert!(!e.contains("No such device"), "{e}");
     // Optimizer flags SGD ignores.
-    let e = err_of(train_run(
-        &model,
-        &data,
-        &out,
-        &[
-            "--steps",
-            "1",
-            "--optimizer",
-            "sgd",
-            "--optimizer-state",
-            "disk",
-            "--optimizer-state-bits",
-            "8",
-        ],
-    ));
+    let flags = "--steps 1 --optimizer sgd --optimizer-state disk --optimizer-state-bits 8";
+    let e = err_of(train_run(&model, &data, &out, flags));
     assert!(
         e.contains("--optimizer-state disk and --optimizer-state-bits 8")
             && e.contains("--optimizer sgd"),
@@ -813,27 +561,15 @@ fn train_compute_int8_runs_and_stays_near_f32() {
     let (model, data) = train_support::write_fixture(dir.path(), "q4_0", 40);
     let run = |name: &str, extra: &[&str]| {
         let out = dir.path().join(name);
-        let mut args = vec![
-            "train",
-            "--model",
-            s(&model),
-            "--data",
-            s(&data),
-            "--out",
-            s(&out),
-            "--steps",
-            "2",
-            "--seq-len",
-            "256",
-            "--rank",
-            "4",
-            "--json",
-        ];
-        args.extend_from_slice(extra);
-        let o = edgetune(&args);
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-        v["first_loss"].as_f64().unwrap()
+        let o = train(
+            &model,
+            &data,
+            &out,
+            "--steps 2 --seq-len 256 --rank 4 --json",
+            extra,
+        );
+        assert_ok(&o);
+        stdout_json(&o)["first_loss"].as_f64().unwrap()
     };
     let default = run("default", &[]);
     let f32_ = run("f32", &["--compute", "f32"]);
@@ -844,16 +580,12 @@ fn train_compute_int8_runs_and_stays_near_f32() {
         (int8 - f32_).abs() < 0.05 * f32_,
         "int8 {int8} vs f32 {f32_}"
     );
-    let bad = edgetune(&[
-        "train",
-        "--model",
-        s(&model),
-        "--data",
-        s(&data),
-        "--out",
-        s(&dir.path().join("bad")),
-        "--compute",
-        "int4",
-    ]);
+    let bad = train(
+        &model,
+        &data,
+        &dir.path().join("bad"),
+        "--compute int4",
+        &[],
+    );
     assert!(!bad.status.success());
 }

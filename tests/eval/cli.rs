@@ -3,66 +3,51 @@
 //! plus cases whose outcome the guard fixes (the refusal is known in advance).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use edgetune::eval::REFUSAL;
 
+use crate::cli_support::{assert_ok, edgetune, edgetune_with, ok_with, s, stderr, stdout_json};
 use crate::train_support;
 
-fn edgetune(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_edgetune"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("run edgetune")
-}
+/// The shipped suite.
+const BASIC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/suites/basic.jsonl");
 
-fn ok(args: &[&str]) -> Output {
-    let out = edgetune(args);
-    assert!(
-        out.status.success(),
-        "edgetune {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
+/// `dir/tiny.gguf`: the tiny test model in Q8_0, seed 9.
 fn tiny(dir: &Path) -> PathBuf {
     let p = dir.join("tiny.gguf");
-    ok(&[
-        "testmodel",
-        "--preset",
-        "tiny",
-        "--type",
-        "q8_0",
-        "--out",
-        p.to_str().unwrap(),
-        "--seed",
-        "9",
-    ]);
+    crate::cli_support::write_tiny(&p, "q8_0", &["--seed", "9"]);
     p
 }
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
+/// `edgetune eval --model MODEL --suite SUITE FLAGS…` (`flags` split at whitespace).
+fn eval(model: &Path, suite: &str, flags: &str) -> Output {
+    edgetune_with(&["eval", "--model", s(model), "--suite", suite], flags, &[])
+}
+
+/// [`eval`] that must succeed.
+fn eval_ok(model: &Path, suite: &str, flags: &str) -> Output {
+    let out = eval(model, suite, flags);
+    assert_ok(&out);
+    out
+}
+
+/// `edgetune generate --model MODEL --prompt PROMPT FLAGS… TAIL…` that must succeed.
+fn generate(model: &Path, prompt: &str, flags: &str, tail: &[&str]) -> Output {
+    ok_with(
+        &["generate", "--model", s(model), "--prompt", prompt],
+        flags,
+        tail,
+    )
 }
 
 #[test]
 fn eval_on_the_shipped_suite_reports_consistent_counts() {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny(dir.path());
-    let suite = concat!(env!("CARGO_MANIFEST_DIR"), "/suites/basic.jsonl");
-    let out = ok(&[
-        "eval",
-        "--model",
-        s(&model),
-        "--suite",
-        suite,
-        "--max-tokens",
-        "6",
-        "--json",
-    ]);
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let suite = BASIC;
+    let out = eval_ok(&model, suite, "--max-tokens 6 --json");
+    let r = stdout_json(&out);
     let total = r["total"].as_u64().unwrap();
     let passed = r["passed"].as_u64().unwrap();
     let failures = r["failures"].as_array().unwrap();
@@ -90,40 +75,13 @@ fn eval_on_the_shipped_suite_reports_consistent_counts() {
     }
     // Greedy: the same run gives the same report, whether the cases are generated together
     // (the default, 8 at a time) or one by one.
-    let again = ok(&[
-        "eval",
-        "--model",
-        s(&model),
-        "--suite",
-        suite,
-        "--max-tokens",
-        "6",
-        "--batch",
-        "1",
-        "--json",
-    ]);
+    let again = eval_ok(&model, suite, "--max-tokens 6 --batch 1 --json");
     assert_eq!(out.stdout, again.stdout);
-    let zero = edgetune(&[
-        "eval",
-        "--model",
-        s(&model),
-        "--suite",
-        suite,
-        "--batch",
-        "0",
-    ]);
+    let zero = eval(&model, suite, "--batch 0");
     assert!(!zero.status.success());
-    assert!(String::from_utf8_lossy(&zero.stderr).contains("--batch"));
+    assert!(stderr(&zero).contains("--batch"));
     // The text report has the same counts and names each failure.
-    let text = ok(&[
-        "eval",
-        "--model",
-        s(&model),
-        "--suite",
-        suite,
-        "--max-tokens",
-        "6",
-    ]);
+    let text = eval_ok(&model, suite, "--max-tokens 6");
     let text = String::from_utf8(text.stdout).unwrap();
     assert!(text.contains(&format!("{passed}/{total} passed")), "{text}");
     assert_eq!(text.matches("\nFAIL ").count(), failures.len(), "{text}");
@@ -150,47 +108,27 @@ fn the_guard_fixes_outcomes_in_eval_and_generate() {
         ),
     )
     .unwrap();
-    let out = ok(&[
-        "eval",
-        "--model",
-        s(&model),
-        "--suite",
-        s(&suite),
+    let head = ["eval", "--model", s(&model), "--suite", s(&suite)];
+    let out = ok_with(
+        &head,
         "--guard",
-        s(&policy),
-        "--max-tokens",
-        "4",
-        "--json",
-    ]);
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        &[s(&policy), "--max-tokens", "4", "--json"],
+    );
+    let r = stdout_json(&out);
     assert_eq!(r["passed"], 2, "{r}");
     assert_eq!(r["blocked"], 1, "{r}");
     // Without the guard the first case cannot answer with the refusal (random weights).
-    let out = ok(&[
-        "eval",
-        "--model",
-        s(&model),
-        "--suite",
-        s(&suite),
-        "--max-tokens",
-        "4",
-        "--json",
-    ]);
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = stdout_json(&eval_ok(&model, s(&suite), "--max-tokens 4 --json"));
     assert_eq!(r["passed"], 1, "{r}");
     assert_eq!(r["failures"][0]["id"], "blocked");
 
     // generate: a blocked prompt prints exactly the refusal.
-    let out = ok(&[
-        "generate",
-        "--model",
-        s(&model),
-        "--prompt",
+    let out = generate(
+        &model,
         "the secret   plans?",
         "--guard",
-        s(&policy),
-        "--json",
-    ]);
+        &[s(&policy), "--json"],
+    );
     assert_eq!(
         String::from_utf8(out.stdout).unwrap(),
         format!("{REFUSAL}\n")
@@ -203,18 +141,12 @@ fn the_guard_fixes_outcomes_in_eval_and_generate() {
         "[[rule]]\npatterns = ['(?s).']\napplies_to = \"output\"\n",
     )
     .unwrap();
-    let out = ok(&[
-        "generate",
-        "--model",
-        s(&model),
-        "--prompt",
+    let out = generate(
+        &model,
         "Sensor 3 reads",
-        "--max-tokens",
-        "8",
-        "--guard",
-        s(&any),
-        "--json",
-    ]);
+        "--max-tokens 8 --guard",
+        &[s(&any), "--json"],
+    );
     let text = String::from_utf8(out.stdout).unwrap();
     let summary = String::from_utf8_lossy(&out.stderr).to_string();
     if summary.contains("\"blocked\":null") {
@@ -224,15 +156,7 @@ fn the_guard_fixes_outcomes_in_eval_and_generate() {
         assert_eq!(text, format!("{REFUSAL}\n"), "{summary}");
     }
     // Unguarded, the same prompt is not the refusal.
-    let out = ok(&[
-        "generate",
-        "--model",
-        s(&model),
-        "--prompt",
-        "Sensor 3 reads",
-        "--max-tokens",
-        "8",
-    ]);
+    let out = generate(&model, "Sensor 3 reads", "--max-tokens 8", &[]);
     assert_ne!(
         String::from_utf8(out.stdout).unwrap(),
         format!("{REFUSAL}\n")
@@ -249,9 +173,9 @@ fn bad_suite_and_bad_policy_are_errors_naming_file_and_line() {
         "{\"id\": \"a\", \"input\": \"x\", \"checks\": [{\"contains\": \"y\"}]}\n{\"id\": \"b\", \"input\": 3, \"checks\": []}\n",
     )
     .unwrap();
-    let out = edgetune(&["eval", "--model", s(&model), "--suite", s(&suite)]);
+    let out = eval(&model, s(&suite), "");
     assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = stderr(&out);
     assert!(err.contains(&format!("{}:2:", suite.display())), "{err}");
     let policy = dir.path().join("bad.toml");
     std::fs::write(
@@ -261,15 +185,14 @@ fn bad_suite_and_bad_policy_are_errors_naming_file_and_line() {
     .unwrap();
     for cmd in ["eval", "generate"] {
         let mut args = vec![cmd, "--model", s(&model), "--guard", s(&policy)];
-        let good_suite = concat!(env!("CARGO_MANIFEST_DIR"), "/suites/basic.jsonl");
         if cmd == "eval" {
-            args.extend(["--suite", good_suite]);
+            args.extend(["--suite", BASIC]);
         } else {
             args.extend(["--prompt", "hi"]);
         }
         let out = edgetune(&args);
         assert!(!out.status.success(), "{cmd}");
-        let err = String::from_utf8_lossy(&out.stderr);
+        let err = stderr(&out);
         assert!(
             err.contains(&format!("{}:3:", policy.display())),
             "{cmd}: {err}"
@@ -281,18 +204,9 @@ fn bad_suite_and_bad_policy_are_errors_naming_file_and_line() {
 fn eval_on_a_model_with_non_finite_logits_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let model = train_support::write_nan_model(dir.path());
-    let suite = concat!(env!("CARGO_MANIFEST_DIR"), "/suites/basic.jsonl");
-    let o = edgetune(&[
-        "eval",
-        "--model",
-        s(&model),
-        "--suite",
-        suite,
-        "--max-tokens",
-        "4",
-    ]);
+    let o = eval(&model, BASIC, "--max-tokens 4");
     assert_eq!(o.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&o.stderr);
+    let err = stderr(&o);
     assert!(
         err.contains("basic.jsonl") && err.contains("line 1") && err.contains("not finite"),
         "{err}"
@@ -305,38 +219,21 @@ fn eval_on_a_model_with_non_finite_logits_is_an_error() {
 fn eval_takes_the_compute_flag_and_defaults_to_f32() {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny(dir.path());
-    let suite = concat!(env!("CARGO_MANIFEST_DIR"), "/suites/basic.jsonl");
-    let report = |extra: &[&str]| {
-        let mut args = vec![
-            "eval",
-            "--model",
-            s(&model),
-            "--suite",
-            suite,
-            "--max-tokens",
-            "4",
-            "--json",
-        ];
-        args.extend_from_slice(extra);
-        let r: serde_json::Value = serde_json::from_slice(&ok(&args).stdout).unwrap();
-        r
+    let report = |extra: &str| {
+        stdout_json(&eval_ok(
+            &model,
+            BASIC,
+            &format!("--max-tokens 4 --json {extra}"),
+        ))
     };
-    let default = report(&[]);
-    assert_eq!(default, report(&["--compute", "f32"]));
-    let int8 = report(&["--compute", "int8"]);
+    let default = report("");
+    assert_eq!(default, report("--compute f32"));
+    let int8 = report("--compute int8");
     assert_eq!(int8["total"], default["total"]);
     assert_eq!(
         int8["passed"].as_u64().unwrap() + int8["failures"].as_array().unwrap().len() as u64,
         int8["total"].as_u64().unwrap()
     );
-    let out = edgetune(&[
-        "eval",
-        "--model",
-        s(&model),
-        "--suite",
-        suite,
-        "--compute",
-        "f64",
-    ]);
+    let out = eval(&model, BASIC, "--compute f64");
     assert!(!out.status.success());
 }

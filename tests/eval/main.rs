@@ -2,6 +2,8 @@
 //! comparison run as a library, and `edgetune eval`, one module per concern, so fewer binaries
 //! link. Run one with `cargo test --test eval MODULE::`.
 
+#[path = "../cli_support/mod.rs"]
+mod cli_support;
 #[path = "../train_support/mod.rs"]
 mod train_support;
 

@@ -3,33 +3,35 @@
 //! every path, and a merged F32 model scores like base + adapter.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
+use crate::cli_support::{assert_ok, edgetune_with, s, stderr};
 use crate::export_support::*;
 use edgetune::adapters::LoraConfig;
 use edgetune::export::{load_any, save_adapter};
 use edgetune::npy;
 use edgetune::quant::GgmlType;
 
-fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_edgetune"))
-        .args(args)
-        .output()
-        .expect("run edgetune")
+/// `edgetune CMD --model BASE --adapter ADAPTER --out OUT FLAGS…` (`flags` split at
+/// whitespace): `export` and `merge`.
+fn run(cmd: &str, base: &Path, adapter: &Path, out: &Path, flags: &str) -> Output {
+    let head = [
+        cmd,
+        "--model",
+        s(base),
+        "--adapter",
+        s(adapter),
+        "--out",
+        s(out),
+    ];
+    edgetune_with(&head, flags, &[])
 }
 
-fn ok(args: &[&str]) -> serde_json::Value {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "edgetune {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// [`run`] that must succeed: its stdout as JSON (null when it is not JSON).
+fn ok(cmd: &str, base: &Path, adapter: &Path, out: &Path, flags: &str) -> serde_json::Value {
+    let out = run(cmd, base, adapter, out, flags);
+    assert_ok(&out);
     serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 #[test]
@@ -51,49 +53,32 @@ fn export_merge_and_adapter_flags_work_end_to_end() {
     let ck = d.join("ckpt");
     save_adapter(&set, &ck, &serde_json::json!({"metrics": {"loss": 2.0}})).unwrap();
 
-    let g = ok(&[
+    let g = ok(
         "export",
-        "--model",
-        s(&base),
-        "--adapter",
-        s(&ck),
-        "--format",
-        "gguf",
-        "--out",
-        s(&d.join("a.gguf")),
-        "--dtype",
-        "q8_0",
-        "--json",
-    ]);
+        &base,
+        &ck,
+        &d.join("a.gguf"),
+        "--format gguf --dtype q8_0 --json",
+    );
     assert_eq!(g["alpha"], 8.0);
     assert_eq!(g["adapters"], set.len());
-    let p = ok(&[
+    let p = ok(
         "export",
-        "--model",
-        s(&base),
-        "--adapter",
-        s(&ck),
-        "--format",
-        "peft",
-        "--out",
-        s(&d.join("peft")),
-        "--json",
-    ]);
+        &base,
+        &ck,
+        &d.join("peft"),
+        "--format peft --json",
+    );
     assert!(p["base_sha256"].as_str().unwrap().len() == 64);
     let readme = std::fs::read_to_string(d.join("peft/README.md")).unwrap();
     assert!(readme.contains("\"loss\": 2.0"), "{readme}");
-    ok(&[
+    ok(
         "export",
-        "--model",
-        s(&base),
-        "--adapter",
-        s(&d.join("peft")),
-        "--format",
-        "native",
-        "--out",
-        s(&d.join("again")),
-        "--json",
-    ]);
+        &base,
+        &d.join("peft"),
+        &d.join("again"),
+        "--format native --json",
+    );
     assert_same_sets(
         "ckpt → PEFT → native",
         &set,
@@ -102,23 +87,12 @@ fn export_merge_and_adapter_flags_work_end_to_end() {
 
     // Merge to F32 and compare perplexities with base + adapter through --adapter.
     let merged = d.join("merged.gguf");
-    let r = ok(&[
-        "merge",
-        "--model",
-        s(&base),
-        "--adapter",
-        s(&ck),
-        "--out",
-        s(&merged),
-        "--type",
-        "f32",
-        "--json",
-    ]);
+    let r = ok("merge", &base, &ck, &merged, "--type f32 --json");
     assert_eq!(r["merged"].as_array().unwrap().len(), 14);
     let toks = "1,17,200,5,99,42,130,7";
     let dump = |model: &Path, extra: &[&str], name: &str| {
         let out = d.join(name);
-        let mut args = vec![
+        let head = [
             "perplexity",
             "--model",
             s(model),
@@ -126,10 +100,8 @@ fn export_merge_and_adapter_flags_work_end_to_end() {
             toks,
             "--dump-logits",
             s(&out),
-            "--json",
         ];
-        args.extend_from_slice(extra);
-        ok(&args);
+        assert_ok(&edgetune_with(&head, "--json", extra));
         npy::read_f32(&out).unwrap().1
     };
     let plain = dump(&base, &[], "plain.npy");
@@ -153,45 +125,23 @@ fn export_merge_and_adapter_flags_work_end_to_end() {
     );
 
     // Text output names the tensors and the error; failures say why.
-    let out = run(&[
-        "merge",
-        "--model",
-        s(&base),
-        "--adapter",
-        s(&ck),
-        "--out",
-        s(&d.join("m2.gguf")),
-    ]);
+    let out = run("merge", &base, &ck, &d.join("m2.gguf"), "");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("blk.1.ffn_down.weight") && text.contains("added rms error"),
         "{text}"
     );
-    let out = run(&[
+    let out = run(
         "export",
-        "--model",
-        s(&base),
-        "--adapter",
-        s(&d.join("nope")),
-        "--format",
-        "gguf",
-        "--out",
-        s(&d.join("x.gguf")),
-    ]);
+        &base,
+        &d.join("nope"),
+        &d.join("x.gguf"),
+        "--format gguf",
+    );
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("nope"));
-    let out = run(&[
-        "merge",
-        "--model",
-        s(&base),
-        "--adapter",
-        s(&ck),
-        "--out",
-        s(&d.join("x.gguf")),
-        "--type",
-        "q3_k",
-    ]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("q4_k"));
+    assert!(stderr(&out).contains("nope"));
+    let out = run("merge", &base, &ck, &d.join("x.gguf"), "--type q3_k");
+    assert!(stderr(&out).contains("q4_k"));
 }
 
 #[test]
@@ -207,19 +157,9 @@ fn export_never_writes_over_its_own_model_or_adapter() {
     // The model by another spelling of its path, and the adapter directory itself.
     let other_spelling = d.join(".").join("base.gguf");
     for (out, what) in [(&other_spelling, "base model"), (&ck, "adapter")] {
-        let o = run(&[
-            "export",
-            "--model",
-            s(&base),
-            "--adapter",
-            s(&ck),
-            "--format",
-            "gguf",
-            "--out",
-            s(out),
-        ]);
+        let o = run("export", &base, &ck, out, "--format gguf");
         assert!(!o.status.success());
-        let err = String::from_utf8_lossy(&o.stderr);
+        let err = stderr(&o);
         assert!(
             err.contains("this output is the") && err.contains(what),
             "{err}"

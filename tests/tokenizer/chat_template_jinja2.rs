@@ -13,7 +13,7 @@ use edgetune::tokenizer::chat_template::{
 };
 use edgetune::tokenizer::template::Message;
 
-use crate::cli_support::{edgetune, ok};
+use crate::cli_support::{edgetune, s, stderr, write_tiny};
 use crate::python_support::run_script;
 use crate::template_fixture;
 
@@ -217,28 +217,9 @@ fn the_template_command_prints_exactly_what_jinja2_renders() {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("tiny.gguf");
     let smol_model = dir.path().join("smol.gguf");
-    let m = model.to_str().unwrap();
-    ok(&[
-        "testmodel",
-        "--preset",
-        "tiny",
-        "--type",
-        "q8_0",
-        "--out",
-        m,
-    ]);
+    write_tiny(&model, "q8_0", &[]);
     let smol = template_fixture("smollm2.jinja");
-    ok(&[
-        "testmodel",
-        "--preset",
-        "tiny",
-        "--type",
-        "q8_0",
-        "--out",
-        smol_model.to_str().unwrap(),
-        "--chat-template",
-        smol.to_str().unwrap(),
-    ]);
+    write_tiny(&smol_model, "q8_0", &["--chat-template", s(&smol)]);
     // The test model's BOS and EOS (the byte vocabulary's Llama 3 specials).
     let specials = SpecialTexts {
         bos: "<|begin_of_text|>".into(),
@@ -291,11 +272,7 @@ fn the_template_command_prints_exactly_what_jinja2_renders() {
         let out = edgetune(&args);
         match theirs {
             Ok(text) => {
-                assert!(
-                    out.status.success(),
-                    "{args:?}: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
+                assert!(out.status.success(), "{args:?}: {}", stderr(&out));
                 assert_eq!(String::from_utf8(out.stdout).unwrap(), text, "{args:?}");
                 compared += 1;
             }
@@ -309,42 +286,23 @@ fn the_template_command_prints_exactly_what_jinja2_renders() {
 fn the_template_command_names_the_file_and_position_of_bad_json() {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("tiny.gguf");
-    let m = model.to_str().unwrap();
-    ok(&[
-        "testmodel",
-        "--preset",
-        "tiny",
-        "--type",
-        "q8_0",
-        "--out",
-        m,
-    ]);
+    write_tiny(&model, "q8_0", &[]);
     let bad = dir.path().join("bad.json");
     std::fs::write(
         &bad,
         "[{\"role\": \"user\", \"content\": \"hi\"},\n {\"role\": 3}]",
     )
     .unwrap();
-    let out = edgetune(&[
-        "template",
-        "--model",
-        m,
-        "--messages",
-        bad.to_str().unwrap(),
-    ]);
+    let messages =
+        |file: &Path| edgetune(&["template", "--model", s(&model), "--messages", s(file)]);
+    let out = messages(&bad);
     assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = stderr(&out);
     assert!(err.contains(&format!("{}:2:", bad.display())), "{err}");
     assert!(out.stdout.is_empty());
     let missing = dir.path().join("missing.json");
-    let out = edgetune(&[
-        "template",
-        "--model",
-        m,
-        "--messages",
-        missing.to_str().unwrap(),
-    ]);
+    let out = messages(&missing);
     assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = stderr(&out);
     assert!(err.contains(&missing.display().to_string()), "{err}");
 }

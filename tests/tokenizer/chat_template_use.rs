@@ -14,29 +14,19 @@ use edgetune::tokenizer::Tokenizer;
 use edgetune::tokenizer::chat_template::{self, KEY_CHAT_TEMPLATE};
 use edgetune::tokenizer::template::Message;
 
-use crate::cli_support::{edgetune, ok, s};
+use crate::cli_support::{edgetune, ok, s, write_tiny};
 use crate::template_fixture;
 
 /// The tiny test model (seed 9), with `template` stored as its chat template if given.
 fn tiny(dir: &Path, name: &str, template: Option<&str>) -> PathBuf {
     let p = dir.join(name);
-    let mut args = vec![
-        "testmodel",
-        "--preset",
-        "tiny",
-        "--type",
-        "q8_0",
-        "--out",
-        s(&p),
-        "--seed",
-        "9",
-    ];
+    let mut extra = vec!["--seed", "9"];
     let t;
     if let Some(name) = template {
         t = template_fixture(name);
-        args.extend(["--chat-template", s(&t)]);
+        extra.extend(["--chat-template", s(&t)]);
     }
-    ok(&args);
+    write_tiny(&p, "q8_0", &extra);
     p
 }
 
@@ -398,17 +388,7 @@ fn data_check_and_train_use_the_models_template_for_chat_data() {
     )
     .unwrap();
     let bad = dir.path().join("bad.gguf");
-    ok(&[
-        "testmodel",
-        "--preset",
-        "tiny",
-        "--type",
-        "q8_0",
-        "--out",
-        s(&bad),
-        "--chat-template",
-        s(&counting),
-    ]);
+    write_tiny(&bad, "q8_0", &["--chat-template", s(&counting)]);
     let o = train(&bad);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);

@@ -12,12 +12,12 @@ use edgetune::adapters::reslora::ResLora;
 use edgetune::adapters::{Adapter, LoraConfig, Target};
 use edgetune::data::{Batch, IGNORE};
 use edgetune::gguf::GgufFile;
-use edgetune::memory::plan::TrainShape;
 use edgetune::model::{Llama, LlamaConfig};
 use edgetune::testmodel::{self, TINY, WeightTypes};
-use edgetune::train::step::adapter_shapes;
 use edgetune::train::{AdapterSet, TrainStep, target_shape};
 use rand::{Rng, SeedableRng, rngs::StdRng};
+
+use crate::train_support;
 
 const SEQ: usize = 16;
 const ROWS: usize = 2;
@@ -27,6 +27,40 @@ fn lora() -> LoraConfig {
         rank: 4,
         alpha: 8.0,
         ..LoraConfig::default()
+    }
+}
+
+/// The step's shape over `set`: ROWS rows of SEQ tokens, the loss in chunks of 8.
+fn shape(set: &AdapterSet, checkpointing: bool) -> edgetune::memory::plan::TrainShape {
+    train_support::step_shape(set, SEQ, ROWS, 8, checkpointing)
+}
+
+/// The tiny test model (seed 5) with weights of type `ty`, written to `dir/m.gguf` and opened.
+fn tiny_model(ty: &str) -> (tempfile::TempDir, GgufFile) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.gguf");
+    testmodel::write_test_model(&TINY, WeightTypes::parse(ty).unwrap(), 5, &path).unwrap();
+    let file = GgufFile::open(&path).unwrap();
+    (dir, file)
+}
+
+/// The gradients `step` holds, slot by slot in `set`'s order.
+fn grads(step: &mut TrainStep, set: &AdapterSet) -> Vec<Vec<f32>> {
+    set.iter()
+        .map(|(l, t, _)| {
+            let ti = Target::ALL.iter().position(|&x| x == t).unwrap();
+            step.grads_mut(l, ti).unwrap().to_vec()
+        })
+        .collect()
+}
+
+/// MT-LoRA with two tasks `a` and `b` of rank 2 over the shared [`lora`].
+fn mtlora_config() -> MtLoraConfig {
+    MtLoraConfig {
+        shared: lora(),
+        task_rank: 2,
+        task_alpha: 4.0,
+        tasks: vec!["a".into(), "b".into()],
     }
 }
 
@@ -51,10 +85,7 @@ fn batch(vocab: usize) -> Batch {
 
 /// Runs `steps` Adam steps (lr 1e-2) on one batch; returns the mean losses.
 fn train(make: &dyn Fn(usize, usize, u64) -> Box<dyn Adapter>, steps: usize) -> Vec<f64> {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("m.gguf");
-    testmodel::write_test_model(&TINY, WeightTypes::parse("q8_0").unwrap(), 5, &path).unwrap();
-    let file = GgufFile::open(&path).unwrap();
+    let (_dir, file) = tiny_model("q8_0");
     let llama = Llama::load(&file).unwrap();
     let cfg: LlamaConfig = llama.config().clone();
     let mut set = AdapterSet::empty(cfg.n_layer, lora());
@@ -65,19 +96,7 @@ fn train(make: &dyn Fn(usize, usize, u64) -> Box<dyn Adapter>, steps: usize) -> 
                 .unwrap();
         }
     }
-    let shape = TrainShape {
-        seq_len: SEQ,
-        micro_batch: ROWS,
-        ce_chunk: 8,
-        checkpointing: true,
-        accumulate: false,
-        optimizer_staging: false,
-        fused_update: false,
-        checkpoint_bf16: false,
-        checkpoints_on_disk: false,
-        stream_head: false,
-        adapters: adapter_shapes(&set),
-    };
+    let shape = shape(&set, true);
     let mut step = TrainStep::new(llama.backend_model(), &set, shape).unwrap();
     let b = batch(cfg.n_vocab);
     let (lr, b1, b2) = (1e-2f32, 0.9f32, 0.999f32);
@@ -144,12 +163,7 @@ fn iec_trains_in_the_step() {
 
 #[test]
 fn mtlora_trains_in_the_step_with_rows_routed_by_task() {
-    let cfg = MtLoraConfig {
-        shared: lora(),
-        task_rank: 2,
-        task_alpha: 4.0,
-        tasks: vec!["a".into(), "b".into()],
-    };
+    let cfg = mtlora_config();
     let losses = train(
         &|fin, fout, seed| Box::new(MtLora::new(fin, fout, &cfg, seed).unwrap()),
         8,
@@ -194,26 +208,11 @@ fn reslora_set(cfg: &LlamaConfig) -> AdapterSet {
 }
 
 fn reslora_step(ckpt: bool) -> ResRun {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("m.gguf");
-    testmodel::write_test_model(&TINY, WeightTypes::parse("f32").unwrap(), 5, &path).unwrap();
-    let file = GgufFile::open(&path).unwrap();
+    let (dir, file) = tiny_model("f32");
     let llama = Llama::load(&file).unwrap();
     let cfg = llama.config().clone();
     let set = reslora_set(&cfg);
-    let shape = TrainShape {
-        seq_len: SEQ,
-        micro_batch: ROWS,
-        ce_chunk: 8,
-        checkpointing: ckpt,
-        accumulate: false,
-        optimizer_staging: false,
-        fused_update: false,
-        checkpoint_bf16: false,
-        checkpoints_on_disk: false,
-        stream_head: false,
-        adapters: adapter_shapes(&set),
-    };
+    let shape = shape(&set, ckpt);
     let mut step = TrainStep::new(llama.backend_model(), &set, shape).unwrap();
     let b = batch(cfg.n_vocab);
     let scale = 1.0 / b.n_targets as f32;
@@ -221,13 +220,7 @@ fn reslora_step(ckpt: bool) -> ResRun {
         .micro_batch(llama.backend_model(), &set, &b, scale, true, 0)
         .unwrap()
         / b.n_targets as f64;
-    let grads = set
-        .iter()
-        .map(|(l, t, _)| {
-            let ti = Target::ALL.iter().position(|&x| x == t).unwrap();
-            step.grads_mut(l, ti).unwrap().to_vec()
-        })
-        .collect();
+    let grads = grads(&mut step, &set);
     let reslora_bytes = step.reslora_bytes();
     drop(step);
     drop(llama);
@@ -265,19 +258,7 @@ fn reslora_step_gradients_match_directional_differences_and_checkpointing() {
     let cfg = llama.config().clone();
     let b = batch(cfg.n_vocab);
     let mut set = run.set;
-    let shape = TrainShape {
-        seq_len: SEQ,
-        micro_batch: ROWS,
-        ce_chunk: 8,
-        checkpointing: true,
-        accumulate: false,
-        optimizer_staging: false,
-        fused_update: false,
-        checkpoint_bf16: false,
-        checkpoints_on_disk: false,
-        stream_head: false,
-        adapters: adapter_shapes(&set),
-    };
+    let shape = shape(&set, true);
     let mut step = TrainStep::new(llama.backend_model(), &set, shape).unwrap();
     // Directions: the whole gradient, and only layer 0's part (what the cross-layer pending
     // gradient of layer 1 feeds).
@@ -339,18 +320,10 @@ fn reslora_step_gradients_match_directional_differences_and_checkpointing() {
 /// `(Σ loss, gradients per slot, per-task losses)`.
 #[allow(clippy::type_complexity)]
 fn mtlora_step(weights: &[f32]) -> (f64, Vec<Vec<f32>>, Vec<(f64, usize)>) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("m.gguf");
-    testmodel::write_test_model(&TINY, WeightTypes::parse("f32").unwrap(), 5, &path).unwrap();
-    let file = GgufFile::open(&path).unwrap();
+    let (_dir, file) = tiny_model("f32");
     let llama = Llama::load(&file).unwrap();
     let cfg = llama.config().clone();
-    let mc = MtLoraConfig {
-        shared: lora(),
-        task_rank: 2,
-        task_alpha: 4.0,
-        tasks: vec!["a".into(), "b".into()],
-    };
+    let mc = mtlora_config();
     let mut set = AdapterSet::empty(cfg.n_layer, lora());
     let mut rng = StdRng::seed_from_u64(5);
     for layer in 0..cfg.n_layer {
@@ -365,19 +338,7 @@ fn mtlora_step(weights: &[f32]) -> (f64, Vec<Vec<f32>>, Vec<(f64, usize)>) {
             set.insert(layer, t, Box::new(m)).unwrap();
         }
     }
-    let shape = TrainShape {
-        seq_len: SEQ,
-        micro_batch: ROWS,
-        ce_chunk: 8,
-        checkpointing: true,
-        accumulate: false,
-        optimizer_staging: false,
-        fused_update: false,
-        checkpoint_bf16: false,
-        checkpoints_on_disk: false,
-        stream_head: false,
-        adapters: adapter_shapes(&set),
-    };
+    let shape = shape(&set, true);
     let mut step = TrainStep::new(llama.backend_model(), &set, shape).unwrap();
     step.set_task_weights(weights).unwrap();
     let b = batch(cfg.n_vocab);
@@ -390,13 +351,7 @@ fn mtlora_step(weights: &[f32]) -> (f64, Vec<Vec<f32>>, Vec<(f64, usize)>) {
     let loss = step
         .micro_batch(llama.backend_model(), &set, &b, 1.0, true, 0)
         .unwrap();
-    let grads = set
-        .iter()
-        .map(|(l, t, _)| {
-            let ti = Target::ALL.iter().position(|&x| x == t).unwrap();
-            step.grads_mut(l, ti).unwrap().to_vec()
-        })
-        .collect();
+    let grads = grads(&mut step, &set);
     (loss, grads, step.task_losses().to_vec())
 }
 

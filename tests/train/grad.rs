@@ -25,7 +25,6 @@ use edgetune::memory::plan::TrainShape;
 use edgetune::model::{BackendModel, Llama};
 use edgetune::quant::{Compute, GgmlType};
 use edgetune::testmodel::{self, TINY, WeightTypes};
-use edgetune::train::step::adapter_shapes;
 use edgetune::train::{AdapterSet, TrainStep, target_shape};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
@@ -61,17 +60,9 @@ fn shape(
     checkpoint_bf16: bool,
 ) -> TrainShape {
     TrainShape {
-        seq_len: SEQ,
-        micro_batch: rows,
-        ce_chunk: 5,
-        checkpointing: ckpt,
         accumulate,
-        optimizer_staging: false,
-        fused_update: false,
         checkpoint_bf16,
-        checkpoints_on_disk: false,
-        stream_head: false,
-        adapters: adapter_shapes(set),
+        ..crate::train_support::step_shape(set, SEQ, rows, 5, ckpt)
     }
 }
 

@@ -9,10 +9,8 @@ use edgetune::adapters::LoraConfig;
 use edgetune::data::Batch;
 use edgetune::gguf::GgufFile;
 use edgetune::infer::perplexity;
-use edgetune::memory::plan::TrainShape;
 use edgetune::model::Llama;
 use edgetune::testmodel::{self, TINY, WeightTypes};
-use edgetune::train::step::adapter_shapes;
 use edgetune::train::{AdapterSet, TrainStep};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
@@ -48,19 +46,7 @@ fn training_forward_and_inference_with_adapters_agree() {
         batch.labels[i] = if i == 0 { -100 } else { t as i32 };
     }
     batch.rows = 1;
-    let shape = TrainShape {
-        seq_len: n,
-        micro_batch: 1,
-        ce_chunk: 7,
-        checkpointing: true,
-        accumulate: false,
-        optimizer_staging: false,
-        fused_update: false,
-        checkpoint_bf16: false,
-        checkpoints_on_disk: false,
-        stream_head: false,
-        adapters: adapter_shapes(&set),
-    };
+    let shape = crate::train_support::step_shape(&set, n, 1, 7, true);
     let mut step = TrainStep::new(llama.backend_model(), &set, shape).unwrap();
     let (sum, count) = step.eval_loss(llama.backend_model(), &set, &batch).unwrap();
     assert_eq!(count, n - 1);

@@ -67,10 +67,7 @@ fn every_wired_method_trains_checkpoints_and_reloads() {
     let (model, data) = fixture(dir.path());
     let file = GgufFile::open(&model).unwrap();
     let model_cfg = LlamaConfig::from_gguf(&file).unwrap();
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(2)
-        .build()
-        .unwrap();
+    let pool = train_support::two_threads();
     pool.install(|| {
         for method in Method::ALL {
             let out = dir.path().join(method.name());
@@ -146,14 +143,7 @@ fn every_wired_method_trains_checkpoints_and_reloads() {
             // The run directory is the trainer's until it is dropped (run_dir.rs's lock).
             drop(t);
             // A resumed trainer restores every parameter bit for bit.
-            let resumed = Trainer::new(
-                &file,
-                &TrainConfig {
-                    resume: true,
-                    ..cfg.clone()
-                },
-            )
-            .unwrap();
+            let resumed = Trainer::new(&file, &train_support::resuming(&cfg)).unwrap();
             assert_eq!(resumed.completed(), STEPS, "{method}");
             assert!(
                 train_support::all_params(resumed.adapters()) == trained,
@@ -169,10 +159,7 @@ fn dora_and_adalora_resume_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let (model, data) = fixture(dir.path());
     let file = GgufFile::open(&model).unwrap();
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(2)
-        .build()
-        .unwrap();
+    let pool = train_support::two_threads();
     pool.install(|| {
         for method in [
             Method::Dora,
@@ -185,32 +172,13 @@ fn dora_and_adalora_resume_exactly() {
             cfg.method_opts.adalora_tinit = 0;
             cfg.method_opts.adalora_tfinal = 1;
             let mut full = Trainer::new(&file, &cfg).unwrap();
-            let mut want = Vec::new();
-            while let Some(p) = full.step().unwrap() {
-                want.push(p.loss.to_bits());
-            }
+            let want = train_support::loss_bits(&mut full);
             let cut = TrainConfig {
                 out: dir.path().join(format!("cut-{method}")),
                 ..cfg.clone()
             };
-            let mut first = Trainer::new(&file, &cut).unwrap();
-            let mut got = Vec::new();
-            for _ in 0..2 {
-                got.push(first.step().unwrap().unwrap().loss.to_bits());
-            }
-            first.checkpoint().unwrap();
-            drop(first);
-            let mut second = Trainer::new(
-                &file,
-                &TrainConfig {
-                    resume: true,
-                    ..cut.clone()
-                },
-            )
-            .unwrap();
-            while let Some(p) = second.step().unwrap() {
-                got.push(p.loss.to_bits());
-            }
+            let (mut got, mut second) = train_support::cut_and_resume(&file, &cut);
+            got.extend(train_support::loss_bits(&mut second));
             assert_eq!(got, want, "{method}: per-step losses differ after resume");
             assert!(
                 train_support::all_params(second.adapters())

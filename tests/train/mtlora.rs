@@ -66,10 +66,7 @@ fn mtlora_trains_two_tasks_reports_them_and_plans_its_bytes() {
     let (model, data) = fixture(dir.path());
     let file = GgufFile::open(&model).unwrap();
     let cfg = config(&model, &data, &dir.path().join("run"), 8);
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(2)
-        .build()
-        .unwrap();
+    let pool = train_support::two_threads();
     pool.install(|| {
         let mut t = Trainer::new(&file, &cfg).unwrap();
         assert_eq!(t.config().method_opts.mtlora_tasks, ["sensor", "switch"]);
@@ -121,20 +118,14 @@ fn mtlora_resumes_exactly_and_refuses_other_tasks() {
     let dir = tempfile::tempdir().unwrap();
     let (model, data) = fixture(dir.path());
     let file = GgufFile::open(&model).unwrap();
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(2)
-        .build()
-        .unwrap();
+    let pool = train_support::two_threads();
     pool.install(|| {
         let mut cfg = config(&model, &data, &dir.path().join("full"), 4);
         cfg.method_opts.task_weights = TaskWeights::Adaptive;
         cfg.method_opts.task_weights_every = 3;
         cfg.method_opts.task_weights_alpha = 2.0;
         let mut full = Trainer::new(&file, &cfg).unwrap();
-        let mut want = Vec::new();
-        while let Some(p) = full.step().unwrap() {
-            want.push(p.loss.to_bits());
-        }
+        let want = train_support::loss_bits(&mut full);
         // The adaptive weights moved (after step 3) and still sum to the task count.
         let w = full.hooks().tasks().unwrap().weights().to_vec();
         assert!(w[0] != w[1], "{w:?}");
@@ -144,21 +135,8 @@ fn mtlora_resumes_exactly_and_refuses_other_tasks() {
             out: dir.path().join("cut"),
             ..cfg.clone()
         };
-        let mut first = Trainer::new(&file, &cut).unwrap();
-        let mut got = Vec::new();
-        for _ in 0..2 {
-            got.push(first.step().unwrap().unwrap().loss.to_bits());
-        }
-        first.checkpoint().unwrap();
-        drop(first);
-        let resumed = TrainConfig {
-            resume: true,
-            ..cut.clone()
-        };
-        let mut second = Trainer::new(&file, &resumed).unwrap();
-        while let Some(p) = second.step().unwrap() {
-            got.push(p.loss.to_bits());
-        }
+        let (mut got, mut second) = train_support::cut_and_resume(&file, &cut);
+        got.extend(train_support::loss_bits(&mut second));
         assert_eq!(got, want, "per-step losses differ after resume");
         assert!(
             train_support::all_params(second.adapters())
@@ -176,7 +154,7 @@ fn mtlora_resumes_exactly_and_refuses_other_tasks() {
             &file,
             &TrainConfig {
                 data: other,
-                ..resumed.clone()
+                ..train_support::resuming(&cut)
             },
         )
         .err()

@@ -79,10 +79,7 @@ fn absent_tasks_keep_their_tensors_and_moments() {
     let data = dir.path().join("tasks.jsonl");
     write_data(&data, 24);
     let file = GgufFile::open(&model).unwrap();
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(2)
-        .build()
-        .unwrap();
+    let pool = train_support::two_threads();
     pool.install(|| {
         let steps = 8;
         let mut skip = Trainer::new(
@@ -168,10 +165,7 @@ fn skip_absent_resumes_exactly() {
     let data = dir.path().join("tasks.jsonl");
     write_data(&data, 24);
     let file = GgufFile::open(&model).unwrap();
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(2)
-        .build()
-        .unwrap();
+    let pool = train_support::two_threads();
     pool.install(|| {
         let cfg = config(&model, &data, &dir.path().join("full"), 5, true);
         let mut full = Trainer::new(&file, &cfg).unwrap();
@@ -180,17 +174,7 @@ fn skip_absent_resumes_exactly() {
             out: dir.path().join("cut"),
             ..cfg.clone()
         };
-        let mut first = Trainer::new(&file, &cut).unwrap();
-        for _ in 0..2 {
-            first.step().unwrap().unwrap();
-        }
-        first.checkpoint().unwrap();
-        drop(first);
-        let resumed = TrainConfig {
-            resume: true,
-            ..cut
-        };
-        let mut second = Trainer::new(&file, &resumed).unwrap();
+        let (_, mut second) = train_support::cut_and_resume(&file, &cut);
         while second.step().unwrap().is_some() {}
         assert!(
             train_support::all_params(second.adapters())

@@ -6,6 +6,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use edgetune::data::synth;
+use edgetune::memory::plan::TrainShape;
 use edgetune::testmodel::{self, TINY, WeightTypes};
 use edgetune::train::TrainConfig;
 
@@ -38,6 +39,72 @@ pub fn config(model: &Path, data: &Path, out: &Path, steps: u64) -> TrainConfig 
     cfg.lora.rank = 4;
     cfg.lora.alpha = 8.0;
     cfg
+}
+
+/// The shape of a [`edgetune::train::TrainStep`] over `set`: rows of `seq_len` tokens, the
+/// loss in chunks of `ce_chunk`, every memory lever but `checkpointing` off.
+pub fn step_shape(
+    set: &edgetune::train::AdapterSet,
+    seq_len: usize,
+    micro_batch: usize,
+    ce_chunk: usize,
+    checkpointing: bool,
+) -> TrainShape {
+    TrainShape {
+        seq_len,
+        micro_batch,
+        ce_chunk,
+        checkpointing,
+        accumulate: false,
+        optimizer_staging: false,
+        fused_update: false,
+        checkpoint_bf16: false,
+        checkpoints_on_disk: false,
+        stream_head: false,
+        adapters: edgetune::train::step::adapter_shapes(set),
+    }
+}
+
+/// A pool of two threads (the training tests run their trainers in one).
+pub fn two_threads() -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap()
+}
+
+/// `cfg` resuming its run (`resume: true`).
+pub fn resuming(cfg: &TrainConfig) -> TrainConfig {
+    TrainConfig {
+        resume: true,
+        ..cfg.clone()
+    }
+}
+
+/// Steps `t` to the end of its run; returns the losses of its steps as bits.
+pub fn loss_bits(t: &mut edgetune::train::Trainer) -> Vec<u64> {
+    let mut bits = Vec::new();
+    while let Some(p) = t.step().unwrap() {
+        bits.push(p.loss.to_bits());
+    }
+    bits
+}
+
+/// Trains `cut` for two steps, checkpoints, and opens a trainer resuming it: returns the two
+/// steps' losses as bits and the resumed trainer.
+pub fn cut_and_resume<'f>(
+    file: &'f edgetune::gguf::GgufFile,
+    cut: &TrainConfig,
+) -> (Vec<u64>, edgetune::train::Trainer<'f>) {
+    let mut first = edgetune::train::Trainer::new(file, cut).unwrap();
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        got.push(first.step().unwrap().unwrap().loss.to_bits());
+    }
+    first.checkpoint().unwrap();
+    drop(first);
+    let second = edgetune::train::Trainer::new(file, &resuming(cut)).unwrap();
+    (got, second)
 }
 
 /// Every parameter of `set`, adapter by adapter in the set's order (for exact comparisons of
