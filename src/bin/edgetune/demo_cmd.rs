@@ -73,10 +73,11 @@ pub struct Args {
     /// Worker threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// The training forward's arithmetic through the frozen weights (`train --compute`); the
-    /// evaluations before and after stay f32.
+    /// The training forward's arithmetic through the frozen weights (`train --compute`): int8
+    /// trained 1.4× as fast here with the same pass rates (README); the evaluations before and
+    /// after stay f32.
     #[command(flatten)]
-    pub compute: crate::compute_args::ComputeArgsF32,
+    pub compute: crate::compute_args::ComputeArgs,
     /// --synthetic: the test-model preset (tiny, small, …).
     #[arg(long, default_value = "tiny")]
     pub preset: String,

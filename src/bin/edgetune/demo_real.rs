@@ -216,6 +216,7 @@ pub fn run(args: &Args) -> Result<()> {
         "replay": replay_count,
         "replay_ratio": cfg.replay.as_ref().map(|_| cfg.replay_ratio),
         "kl_anchor": cfg.kl_anchor,
+        "compute": cfg.compute,
         "time_s": start.elapsed().as_secs_f64(),
         "train_time_s": summary.elapsed_s,
         "tok_per_s": summary.tok_per_s,
