@@ -106,12 +106,8 @@ impl MethodImpl for Residual {
     }
 
     fn cost(&self, s: &SlotShape<'_>) -> SlotCost {
-        let (r, inf, outf) = (s.lora.rank, s.fan_in, s.fan_out);
-        SlotCost {
-            saved_per_token: r,
-            scratch_per_token: r + dropout_scratch(s.lora, inf),
-            tensors: pair_tensors(r, inf, outf),
-            extra_bytes: 4 * (r * inf + outf * r) as u64,
-        }
+        // The frozen initial factors A0, B0 in f32.
+        let r = s.lora.rank;
+        SlotCost::pair(s, r, 4 * (r * s.fan_in + s.fan_out * r) as u64)
     }
 }

@@ -77,6 +77,19 @@ pub struct SlotCost {
     pub extra_bytes: u64,
 }
 
+impl SlotCost {
+    /// A plain rank-`r` pair: `r` saved and `r` (+ the masked input under dropout) scratch
+    /// values per token, `A` and `B`, and `extra_bytes` besides.
+    pub fn pair(s: &SlotShape<'_>, r: usize, extra_bytes: u64) -> SlotCost {
+        SlotCost {
+            saved_per_token: r,
+            scratch_per_token: r + dropout_scratch(s.lora, s.fan_in),
+            tensors: pair_tensors(r, s.fan_in, s.fan_out),
+            extra_bytes,
+        }
+    }
+}
+
 /// A method's behaviour (one implementation per method or family; the registry holds a
 /// reference to it).
 pub trait MethodImpl: Sync {
@@ -130,13 +143,7 @@ impl MethodImpl for LoraFamily {
     }
 
     fn cost(&self, s: &SlotShape<'_>) -> SlotCost {
-        let r = s.lora.rank;
-        SlotCost {
-            saved_per_token: r,
-            scratch_per_token: r + dropout_scratch(s.lora, s.fan_in),
-            tensors: pair_tensors(r, s.fan_in, s.fan_out),
-            extra_bytes: 0,
-        }
+        SlotCost::pair(s, s.lora.rank, 0)
     }
 }
 

@@ -135,13 +135,7 @@ impl MethodImpl for DyLoraImpl {
     }
 
     fn cost(&self, s: &SlotShape<'_>) -> SlotCost {
-        let r = s.lora.rank;
-        SlotCost {
-            saved_per_token: r,
-            scratch_per_token: r + dropout_scratch(s.lora, s.fan_in),
-            tensors: pair_tensors(r, s.fan_in, s.fan_out),
-            extra_bytes: 0,
-        }
+        SlotCost::pair(s, s.lora.rank, 0)
     }
 }
 
