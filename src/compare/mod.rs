@@ -98,6 +98,9 @@ pub enum Progress<'a> {
     Training { method: &'a str },
     /// A row is complete (the base row first); `row.error` says what failed, if anything.
     Row { row: &'a MethodResult },
+    /// Every row is scored and the three files are written; `table` is the markdown table
+    /// (sent before [`run`] returns, also when it returns the every-method-failed error).
+    Table { table: &'a str },
 }
 
 /// The comparison's rows, and the markdown table `DIR/compare.md` holds.
@@ -171,6 +174,7 @@ pub fn run(
     write_svg(&cfg.out, &results);
     let table = markdown_table(&results);
     write_markdown(cfg, &split, &results, &table)?;
+    progress(Progress::Table { table: &table });
     if results
         .iter()
         .filter(|r| !r.is_base())

@@ -97,6 +97,7 @@ fn compare_runs_in_process_through_a_runner() {
             Progress::MeasuringBase => "base".to_string(),
             Progress::Training { method } => format!("train {method}"),
             Progress::Row { row } => format!("row {} {}", row.method, row.error.is_some()),
+            Progress::Table { table } => format!("table {}", table.lines().count()),
         })
     })
     .unwrap();
@@ -113,6 +114,8 @@ fn compare_runs_in_process_through_a_runner() {
             "row rslora false",
             "train dora",
             "row dora true",
+            // Header, rule, the four rows, a blank line and the failed method's error.
+            "table 8",
         ]
     );
 
@@ -184,7 +187,15 @@ fn compare_where_every_method_fails_is_an_error_with_its_rows_written() {
         fail: vec!["lora"],
         seen: Vec::new(),
     };
-    let err = compare::run(&cfg, &mut runner, &mut |_| {}).unwrap_err();
+    let mut table = String::new();
+    let err = compare::run(&cfg, &mut runner, &mut |p| {
+        if let Progress::Table { table: t } = p {
+            table = t.to_string();
+        }
+    })
+    .unwrap_err();
+    // The table still reaches the front end (the CLI prints it before the error).
+    assert!(table.contains("| lora (failed) |"), "{table}");
     assert!(err.to_string().contains("every method failed"), "{err}");
     let written: Vec<compare::MethodResult> =
         serde_json::from_slice(&std::fs::read(out.join("compare.json")).unwrap()).unwrap();

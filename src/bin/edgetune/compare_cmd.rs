@@ -160,7 +160,9 @@ pub fn run(args: Args) -> Result<()> {
     // Each method trains in a child process of this binary (per-process peak RSS).
     let exe = std::env::current_exe().map_err(|e| Error::io("<current exe>", e))?;
     let mut runner = ChildProcess { exe };
-    let outcome = compare::run(&cfg, &mut runner, &mut |p| match p {
+    // The table is printed when it is written, so a comparison in which every method failed
+    // still shows it before its error.
+    compare::run(&cfg, &mut runner, &mut |p| match p {
         Progress::Plan { methods, split } => eprintln!(
             "compare: {methods} methods; {} records to train on ({}), {} held out",
             split.train_records,
@@ -174,8 +176,8 @@ pub fn run(args: Args) -> Result<()> {
                 eprintln!("compare: {} failed: {e}", row.method);
             }
         }
+        Progress::Table { table } => print!("{table}"),
     })?;
-    print!("{}", outcome.table);
     Ok(())
 }
 
