@@ -349,19 +349,7 @@ fn train_step(c: &mut Criterion) {
         batch.labels[i] = batch.ids[i] as i32;
     }
     let scale = 1.0 / (TOKENS - 1) as f32;
-    let shape = TrainShape {
-        seq_len: TOKENS,
-        micro_batch: 1,
-        ce_chunk: 64,
-        checkpointing: true,
-        accumulate: false,
-        optimizer_staging: false,
-        fused_update: false,
-        checkpoint_bf16: false,
-        checkpoints_on_disk: false,
-        stream_head: false,
-        adapters: adapter_shapes(&set),
-    };
+    let shape = TrainShape::plain(TOKENS, 1, 64, true, adapter_shapes(&set));
     let mut cpu = TrainStep::new(m, &set, shape.clone()).expect("train step");
     // The same micro-batch as a replay row under the KL anchor: the base pass (a forward with
     // the adapters off) and the fused CE + KL loss on top of the step.

@@ -252,6 +252,30 @@ pub struct TrainShape {
 }
 
 impl TrainShape {
+    /// Rows of `seq_len` tokens, the loss in chunks of `ce_chunk`, `adapters` per projection,
+    /// and every memory lever but `checkpointing` off.
+    pub fn plain(
+        seq_len: usize,
+        micro_batch: usize,
+        ce_chunk: usize,
+        checkpointing: bool,
+        adapters: [Option<AdapterShape>; 7],
+    ) -> TrainShape {
+        TrainShape {
+            seq_len,
+            micro_batch,
+            ce_chunk,
+            checkpointing,
+            accumulate: false,
+            optimizer_staging: false,
+            fused_update: false,
+            checkpoint_bf16: false,
+            checkpoints_on_disk: false,
+            stream_head: false,
+            adapters,
+        }
+    }
+
     /// LoRA of rank `rank` on the first `n_targets` of [`TARGETS`] of a model `cfg`.
     pub fn lora(
         cfg: &LlamaConfig,
@@ -276,19 +300,13 @@ impl TrainShape {
             let (fan_in, fan_out) = projection_shape(cfg, i);
             *slot = Some(AdapterShape::lora(rank, fan_in, fan_out, false));
         }
-        Ok(TrainShape {
+        Ok(TrainShape::plain(
             seq_len,
             micro_batch,
             ce_chunk,
             checkpointing,
-            accumulate: false,
-            optimizer_staging: false,
-            fused_update: false,
-            checkpoint_bf16: false,
-            checkpoints_on_disk: false,
-            stream_head: false,
             adapters,
-        })
+        ))
     }
 }
 

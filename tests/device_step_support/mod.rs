@@ -95,17 +95,8 @@ pub fn train_step(
     ckpt: bool,
 ) -> StepResult {
     let shape = TrainShape {
-        seq_len: SEQ,
-        micro_batch: ROWS,
-        ce_chunk: CHUNK,
-        checkpointing: ckpt,
         accumulate: true,
-        optimizer_staging: false,
-        fused_update: false,
-        checkpoint_bf16: false,
-        checkpoints_on_disk: false,
-        stream_head: false,
-        adapters: adapter_shapes(set),
+        ..TrainShape::plain(SEQ, ROWS, CHUNK, ckpt, adapter_shapes(set))
     };
     let m = llama.backend_model();
     let mut step = TrainStep::new(m, set, shape).unwrap();

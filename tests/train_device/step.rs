@@ -125,19 +125,7 @@ fn unsupported_methods_and_dropout_are_refused_by_name() {
     let mut cpu = edgetune::train::TrainStep::new(
         m,
         &set,
-        edgetune::memory::plan::TrainShape {
-            seq_len: 16,
-            micro_batch: 2,
-            ce_chunk: 5,
-            checkpointing: true,
-            accumulate: false,
-            optimizer_staging: false,
-            fused_update: false,
-            checkpoint_bf16: false,
-            checkpoints_on_disk: false,
-            stream_head: false,
-            adapters: shape,
-        },
+        edgetune::memory::plan::TrainShape::plain(16, 2, 5, true, shape),
     )
     .unwrap();
     let e = cpu

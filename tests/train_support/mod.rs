@@ -50,19 +50,13 @@ pub fn step_shape(
     ce_chunk: usize,
     checkpointing: bool,
 ) -> TrainShape {
-    TrainShape {
+    TrainShape::plain(
         seq_len,
         micro_batch,
         ce_chunk,
         checkpointing,
-        accumulate: false,
-        optimizer_staging: false,
-        fused_update: false,
-        checkpoint_bf16: false,
-        checkpoints_on_disk: false,
-        stream_head: false,
-        adapters: edgetune::train::step::adapter_shapes(set),
-    }
+        edgetune::train::step::adapter_shapes(set),
+    )
 }
 
 /// A pool of two threads (the training tests run their trainers in one).
