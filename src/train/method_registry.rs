@@ -5,8 +5,8 @@
 //! base) are read from it.
 //!
 //! Adding a method: a variant of [`Method`], its entry here (in the variant's position), its
-//! adapter in `src/adapters/`, and the arms that build and plan it (docs/ARCHITECTURE.md, "How
-//! to add a method").
+//! adapter in `src/adapters/`, and its [`super::methods::MethodImpl`] (building and costing
+//! the adapter); docs/ARCHITECTURE.md, "How to add things", lists the rest.
 //!
 //! # Why the comparison's learning rates differ
 //!
