@@ -27,8 +27,8 @@ pub mod runner;
 pub use measure::Bench;
 pub use opts::{MethodOpt, TrainFlags};
 pub use result::{
-    ALL_METHODS, BASE_ROW, BASELINE, MethodResult, Split, adapter_bytes, markdown_table,
-    parse_methods, run_settings, score, score_against, split_data, split_from_file,
+    BASE_ROW, BASELINE, MethodResult, Split, adapter_bytes, markdown_table, parse_methods,
+    run_settings, score, score_against, split_data, split_from_file,
 };
 pub use runner::{ChildProcess, MethodRun, MethodRunner};
 

@@ -7,7 +7,6 @@ use std::str::FromStr;
 
 use crate::{Error, Result};
 
-use super::result::ALL_METHODS;
 use crate::train::Method;
 
 /// The default learning rate of `method` in a comparison (its registry entry's).
@@ -22,7 +21,7 @@ pub fn default_lr(method: &str) -> Result<f32> {
 fn unknown_method(what: &str, name: &str) -> Error {
     Error::Invalid(format!(
         "{what}: unknown method `{name}` (known: {})",
-        ALL_METHODS.join(", ")
+        Method::NAMES.join(", ")
     ))
 }
 
@@ -69,7 +68,7 @@ impl FromStr for MethodOpt {
         };
         let (method, rest) = s.split_once(':').ok_or_else(|| bad("no `:`"))?;
         let method = method.trim().to_ascii_lowercase();
-        if method != ALL && !ALL_METHODS.contains(&method.as_str()) {
+        if method != ALL && !Method::NAMES.contains(&method.as_str()) {
             return Err(unknown_method(&format!("--method-opt {s:?}"), &method));
         }
         let (flag, value) = match rest.split_once('=') {

@@ -32,10 +32,6 @@ use crate::data::{Dataset, formats};
 use crate::train::Method;
 use crate::{Error, Result};
 
-/// The methods of `--methods all`, in [`Method::ALL`]'s order (the names `edgetune train
-/// --method` takes).
-pub const ALL_METHODS: [&str; Method::ALL.len()] = Method::NAMES;
-
 /// The baseline every score is relative to.
 pub const BASELINE: &str = "lora";
 
@@ -132,13 +128,13 @@ pub fn parse_methods(list: &str) -> Result<Vec<String>> {
     for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let name = name.to_ascii_lowercase();
         if name == "all" {
-            picked.extend(ALL_METHODS.iter().map(|s| s.to_string()));
-        } else if ALL_METHODS.contains(&name.as_str()) {
+            picked.extend(Method::NAMES.iter().map(|s| s.to_string()));
+        } else if Method::NAMES.contains(&name.as_str()) {
             picked.push(name);
         } else {
             return Err(Error::Invalid(format!(
                 "--methods: unknown method `{name}` (known: all, {})",
-                ALL_METHODS.join(", ")
+                Method::NAMES.join(", ")
             )));
         }
     }
@@ -519,7 +515,7 @@ mod tests {
             parse_methods("dora, hira,dora").unwrap(),
             ["lora", "dora", "hira"]
         );
-        assert_eq!(parse_methods("all").unwrap().len(), ALL_METHODS.len());
+        assert_eq!(parse_methods("all").unwrap().len(), Method::NAMES.len());
         assert_eq!(parse_methods("hira,lora").unwrap(), ["hira", "lora"]);
         let e = parse_methods("lora,qqlora").unwrap_err().to_string();
         assert!(e.contains("qqlora"), "{e}");

@@ -200,7 +200,7 @@ fn compare_svg_has_a_curve_per_method_and_a_bar_per_measure() {
 
 #[test]
 fn every_method_has_its_own_colour() {
-    let colors: std::collections::BTreeSet<String> = edgetune::compare::ALL_METHODS
+    let colors: std::collections::BTreeSet<String> = edgetune::train::Method::NAMES
         .iter()
         .map(|m| svg_hex(method_color(m)))
         .collect();
