@@ -9,6 +9,7 @@
 //! method comparison, `export` the adapter formats. `docs/ARCHITECTURE.md` maps every file.
 
 pub mod adapters;
+pub mod atomic_file;
 pub mod backend;
 pub mod compare;
 pub mod data;
@@ -22,6 +23,8 @@ pub mod infer;
 pub mod inspect;
 pub mod memory;
 pub mod model;
+#[cfg(test)]
+mod module_graph;
 pub mod npy;
 pub mod optim;
 pub mod quant;

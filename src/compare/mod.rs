@@ -269,7 +269,7 @@ fn write_json(dir: &Path, results: &[MethodResult]) -> Result<()> {
     let path = dir.join("compare.json");
     let text = serde_json::to_string_pretty(results)
         .map_err(|e| Error::Invalid(format!("compare.json: {e}")))?;
-    crate::export::atomic::write_bytes(&path, text.as_bytes())
+    crate::atomic_file::write_bytes(&path, text.as_bytes())
 }
 
 /// `DIR/compare.md`: the settings, the table, how the score is made, each method's settings.
@@ -302,7 +302,7 @@ fn write_markdown(
         run_settings(results),
     );
     let path = cfg.out.join("compare.md");
-    crate::export::atomic::write_bytes(&path, md.as_bytes())
+    crate::atomic_file::write_bytes(&path, md.as_bytes())
 }
 
 /// `DIR/compare.svg` from the results and each run's `metrics.jsonl`. The chart is an extra:
@@ -320,7 +320,7 @@ fn write_svg(dir: &Path, results: &[MethodResult]) {
         .collect();
     let path = dir.join("compare.svg");
     let written = chart::compare_svg(results, &curves)
-        .and_then(|svg| crate::export::atomic::write_bytes(&path, svg.as_bytes()));
+        .and_then(|svg| crate::atomic_file::write_bytes(&path, svg.as_bytes()));
     if let Err(e) = written {
         log::warn!("compare: {}: {e}", path.display());
     }

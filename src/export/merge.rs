@@ -119,7 +119,7 @@ pub fn merge_adapter(
     let cfg = LlamaConfig::from_gguf(base)?;
     LlamaWeights::from_gguf(base, &cfg)?;
     set.check_fits(&cfg)?;
-    super::atomic::check_not_input(out, base.path(), "base model the merge reads")?;
+    crate::atomic_file::check_not_input(out, base.path(), "base model the merge reads")?;
     let mut w = GgufWriter::new(base.alignment());
     for (k, v) in base.metadata().iter() {
         if k != ALIGNMENT_KEY {

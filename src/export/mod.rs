@@ -1,12 +1,14 @@
 //! Adapters out and in (docs/FORMATS.md#adapter-files): our own format ([`native`], for
 //! checkpoints), llama.cpp's GGUF LoRA ([`gguf_lora`]), Hugging Face PEFT ([`peft`]), and merging
-//! an adapter into a new base GGUF ([`merge`]).
+//! an adapter into a new base GGUF ([`merge`]). Also the other model file this crate writes:
+//! a full-precision GGUF quantized into a new one ([`requantize`], `edgetune quantize`).
 //!
 //! All three formats import into an [`AdapterSet`] validated against the base model's
 //! [`LlamaConfig`] ([`collect`]) and export from one ([`lowrank`]); [`load_any`] tells them
 //! apart by what is on disk.
 
-pub mod atomic;
+/// The atomic file writes every writer in the crate uses (kept here under its old path).
+pub use crate::atomic_file as atomic;
 pub mod codec;
 pub mod collect;
 pub mod gguf_lora;
@@ -17,6 +19,7 @@ pub mod peft;
 pub mod peft_config;
 pub mod qk_permute;
 pub mod readme;
+pub mod requantize;
 pub mod sha256;
 
 use std::path::{Path, PathBuf};

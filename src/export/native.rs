@@ -20,10 +20,10 @@ use std::path::Path;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView, View};
 use serde_json::{Map, Value as Json};
 
-use super::atomic;
 use super::collect::{Collector, Half, ReadTensor, build_set, with_rank};
 use super::lowrank::{b_for_scale, low_rank_modules};
 use crate::adapters::{LoraConfig, Target};
+use crate::atomic_file as atomic;
 use crate::model::LlamaConfig;
 use crate::train::AdapterSet;
 use crate::train::adapter_set::tensor_name;

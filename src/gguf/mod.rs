@@ -42,6 +42,8 @@
 //! ```
 
 mod cursor;
+pub mod ggml_type;
+pub mod memlock;
 pub mod metadata;
 pub mod reader;
 pub mod tensor;
@@ -52,6 +54,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+pub use ggml_type::GgmlType;
 pub use metadata::Metadata;
 pub use reader::{ALIGNMENT_KEY, DEFAULT_ALIGNMENT};
 pub use tensor::TensorInfo;
@@ -213,12 +216,7 @@ impl GgufFile {
     pub fn lock(&self) -> crate::Result<()> {
         match &self.backing {
             Backing::Map(m) => m.lock().map_err(|e| {
-                crate::memory::rss::memlock_error(
-                    &self.path,
-                    m.len() as u64,
-                    crate::memory::rss::memlock_limit(),
-                    e,
-                )
+                memlock::memlock_error(&self.path, m.len() as u64, memlock::memlock_limit(), e)
             }),
             Backing::Owned(_) => Err(Error::Invalid(format!(
                 "{}: held in memory, not mapped: there is no map to lock",

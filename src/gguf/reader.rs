@@ -16,11 +16,11 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use super::cursor::Cursor;
+use super::ggml_type::{GgmlType, type_name_of_id};
 use super::metadata::Metadata;
 use super::tensor::{MAX_DIMS, TensorInfo, geometry};
 use super::value::{Array, Value, ValueType};
 use crate::Error;
-use crate::quant::{GgmlType, type_name_of_id};
 
 /// The file magic, `GGUF`.
 pub const MAGIC: [u8; 4] = *b"GGUF";

@@ -6,7 +6,7 @@
 //! Zero-length dims are rejected (llama.cpp accepts them; no model file has one, and every
 //! consumer can then rely on `row_len() ≥ 1` and `n_rows() ≥ 1`).
 
-use crate::quant::GgmlType;
+use super::ggml_type::GgmlType;
 
 /// Most dims a ggml tensor has (`GGML_MAX_DIMS`).
 pub const MAX_DIMS: usize = 4;

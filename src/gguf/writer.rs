@@ -10,6 +10,7 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
+use super::ggml_type::GgmlType;
 use super::metadata::Metadata;
 use super::reader::{
     ALIGNMENT_KEY, DEFAULT_ALIGNMENT, MAGIC, MAX_ARRAY_DEPTH, MAX_NAME_LEN, align_up,
@@ -17,7 +18,6 @@ use super::reader::{
 use super::tensor::{TensorInfo, geometry};
 use super::value::{Array, Value};
 use crate::Error;
-use crate::quant::GgmlType;
 
 /// Longest tensor name llama.cpp loads (`GGML_MAX_NAME` is 64 including the NUL).
 pub const MAX_TENSOR_NAME_LEN: usize = 63;

@@ -1,5 +1,7 @@
 //! Inference: KV-cache generation with streaming output, sampling, and perplexity.
 
+#[cfg(feature = "cuda")]
+pub mod cuda_llama;
 pub mod generate;
 pub mod generate_batch;
 pub mod perplexity;
@@ -15,7 +17,7 @@ use crate::model::{KvCacheOf, Llama, LlamaConfig};
 use crate::{Error, Result};
 
 /// A model [`generate`] and [`perplexity`] can drive: the CPU [`Llama`] or, with the `cuda`
-/// feature, `backend::cuda::llama::CudaLlama` (same checks, same chunking, another backend).
+/// feature, `infer::cuda_llama::CudaLlama` (same checks, same chunking, another backend).
 pub trait CausalLm {
     type Backend: Backend;
     fn config(&self) -> &LlamaConfig;

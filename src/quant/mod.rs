@@ -24,35 +24,11 @@ pub mod q4_0;
 pub mod q4_1;
 pub mod q5;
 pub mod q8;
-pub mod requantize;
 pub(crate) mod simd;
 
 pub use int8::Compute;
 
-use std::fmt;
-
-/// ggml tensor types (the `type` field of a GGUF tensor info).
-#[allow(non_camel_case_types)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[repr(u32)]
-pub enum GgmlType {
-    F32 = 0,
-    F16 = 1,
-    Q4_0 = 2,
-    Q4_1 = 3,
-    Q5_0 = 6,
-    Q5_1 = 7,
-    Q8_0 = 8,
-    Q8_1 = 9,
-    Q2_K = 10,
-    Q3_K = 11,
-    Q4_K = 12,
-    Q5_K = 13,
-    Q6_K = 14,
-    Q8_K = 15,
-    IQ4_NL = 20,
-    BF16 = 30,
-}
+pub use crate::gguf::ggml_type::{GgmlType, type_name_of_id};
 
 /// Decodes `src` (whole blocks) into `dst` (`blocks × block_elems` values).
 pub type DequantizeFn = fn(src: &[u8], dst: &mut [f32]);
@@ -85,23 +61,23 @@ pub struct TypeTraits {
 }
 
 macro_rules! traits {
-    ($ty:ident, $name:literal, $elems:expr, $bytes:expr, $m:path, quantize, rows) => {
-        traits!(@make $ty, $name, $elems, $bytes, $m, Some({ use $m as m; m::quantize_ref }),
+    ($ty:ident, $m:path, quantize, rows) => {
+        traits!(@make $ty, $m, Some({ use $m as m; m::quantize_ref }),
             Some({ use $m as m; m::dot_rows }))
     };
-    ($ty:ident, $name:literal, $elems:expr, $bytes:expr, $m:path, quantize) => {
-        traits!(@make $ty, $name, $elems, $bytes, $m, Some({ use $m as m; m::quantize_ref }), None)
+    ($ty:ident, $m:path, quantize) => {
+        traits!(@make $ty, $m, Some({ use $m as m; m::quantize_ref }), None)
     };
-    ($ty:ident, $name:literal, $elems:expr, $bytes:expr, $m:path) => {
-        traits!(@make $ty, $name, $elems, $bytes, $m, None, None)
+    ($ty:ident, $m:path) => {
+        traits!(@make $ty, $m, None, None)
     };
-    (@make $ty:ident, $name:literal, $elems:expr, $bytes:expr, $m:path, $q:expr, $rows:expr) => {{
+    (@make $ty:ident, $m:path, $q:expr, $rows:expr) => {{
         use $m as m;
         TypeTraits {
             ty: GgmlType::$ty,
-            name: $name,
-            block_elems: $elems,
-            block_bytes: $bytes,
+            name: GgmlType::$ty.name(),
+            block_elems: GgmlType::$ty.block_elems(),
+            block_bytes: GgmlType::$ty.block_bytes(),
             dequantize_ref: m::dequantize_ref,
             dequantize: m::dequantize,
             quantize_ref: $q,
@@ -114,124 +90,35 @@ macro_rules! traits {
 
 /// The table, in type-id order.
 static TABLE: [TypeTraits; 16] = [
-    traits!(F32, "F32", 1, 4, float::fp32, quantize),
-    traits!(F16, "F16", 1, 2, float::fp16, quantize),
-    traits!(Q4_0, "Q4_0", 32, 18, q4_0, quantize, rows),
-    traits!(Q4_1, "Q4_1", 32, 20, q4_1, quantize),
-    traits!(Q5_0, "Q5_0", 32, 22, q5::q5_0, quantize),
-    traits!(Q5_1, "Q5_1", 32, 24, q5::q5_1, quantize),
-    traits!(Q8_0, "Q8_0", 32, 34, q8::q8_0, quantize),
-    traits!(Q8_1, "Q8_1", 32, 36, q8::q8_1),
-    traits!(Q2_K, "Q2_K", 256, 84, k_quants::q2_k),
-    traits!(Q3_K, "Q3_K", 256, 110, k_quants::q3_k),
-    traits!(Q4_K, "Q4_K", 256, 144, k_quants::q4_k, quantize, rows),
-    traits!(Q5_K, "Q5_K", 256, 176, k_quants::q5_k, quantize),
-    traits!(Q6_K, "Q6_K", 256, 210, k_quants::q6_k, quantize),
-    traits!(Q8_K, "Q8_K", 256, 292, k_quants::q8_k),
-    traits!(IQ4_NL, "IQ4_NL", 32, 18, iq4_nl, quantize),
-    traits!(BF16, "BF16", 1, 2, float::bf16, quantize),
+    traits!(F32, float::fp32, quantize),
+    traits!(F16, float::fp16, quantize),
+    traits!(Q4_0, q4_0, quantize, rows),
+    traits!(Q4_1, q4_1, quantize),
+    traits!(Q5_0, q5::q5_0, quantize),
+    traits!(Q5_1, q5::q5_1, quantize),
+    traits!(Q8_0, q8::q8_0, quantize),
+    traits!(Q8_1, q8::q8_1),
+    traits!(Q2_K, k_quants::q2_k),
+    traits!(Q3_K, k_quants::q3_k),
+    traits!(Q4_K, k_quants::q4_k, quantize, rows),
+    traits!(Q5_K, k_quants::q5_k, quantize),
+    traits!(Q6_K, k_quants::q6_k, quantize),
+    traits!(Q8_K, k_quants::q8_k),
+    traits!(IQ4_NL, iq4_nl, quantize),
+    traits!(BF16, float::bf16, quantize),
 ];
 
+/// The kernels of a type: its entry in the table.
+pub fn traits_of(ty: GgmlType) -> &'static TypeTraits {
+    let entry = &TABLE[ty.index()];
+    debug_assert_eq!(entry.ty, ty);
+    entry
+}
+
 impl GgmlType {
-    /// Every type edgetune knows, in id order.
-    pub const ALL: [GgmlType; 16] = [
-        GgmlType::F32,
-        GgmlType::F16,
-        GgmlType::Q4_0,
-        GgmlType::Q4_1,
-        GgmlType::Q5_0,
-        GgmlType::Q5_1,
-        GgmlType::Q8_0,
-        GgmlType::Q8_1,
-        GgmlType::Q2_K,
-        GgmlType::Q3_K,
-        GgmlType::Q4_K,
-        GgmlType::Q5_K,
-        GgmlType::Q6_K,
-        GgmlType::Q8_K,
-        GgmlType::IQ4_NL,
-        GgmlType::BF16,
-    ];
-
-    /// The type with ggml id `id`, if edgetune knows it.
-    pub fn from_id(id: u32) -> Option<GgmlType> {
-        GgmlType::ALL.into_iter().find(|t| *t as u32 == id)
-    }
-
-    /// The type whose name (as ggml prints it, case-insensitive) is `name`.
-    pub fn from_name(name: &str) -> Option<GgmlType> {
-        GgmlType::ALL
-            .into_iter()
-            .find(|t| t.traits().name.eq_ignore_ascii_case(name))
-    }
-
-    /// ggml's id of this type.
-    pub fn id(self) -> u32 {
-        self as u32
-    }
-
-    /// The table entry of this type.
+    /// The kernel table's entry of this type.
     pub fn traits(self) -> &'static TypeTraits {
-        let entry = &TABLE[GgmlType::ALL.iter().position(|t| *t == self).unwrap_or(0)];
-        debug_assert_eq!(entry.ty, self);
-        entry
-    }
-
-    pub fn name(self) -> &'static str {
-        self.traits().name
-    }
-
-    pub fn block_elems(self) -> usize {
-        self.traits().block_elems
-    }
-
-    pub fn block_bytes(self) -> usize {
-        self.traits().block_bytes
-    }
-
-    /// Bytes taken by `n` elements, or `None` when `n` is not a whole number of blocks or the
-    /// size overflows.
-    pub fn bytes_for(self, n: u64) -> Option<u64> {
-        let t = self.traits();
-        if !n.is_multiple_of(t.block_elems as u64) {
-            return None;
-        }
-        (n / t.block_elems as u64).checked_mul(t.block_bytes as u64)
-    }
-}
-
-impl fmt::Display for GgmlType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// Name of a ggml type id for messages, including ids edgetune does not support.
-pub fn type_name_of_id(id: u32) -> &'static str {
-    if let Some(t) = GgmlType::from_id(id) {
-        return t.name();
-    }
-    match id {
-        4 => "Q4_2 (removed)",
-        5 => "Q4_3 (removed)",
-        16 => "IQ2_XXS",
-        17 => "IQ2_XS",
-        18 => "IQ3_XXS",
-        19 => "IQ1_S",
-        21 => "IQ3_S",
-        22 => "IQ2_S",
-        23 => "IQ4_XS",
-        24 => "I8",
-        25 => "I16",
-        26 => "I32",
-        27 => "I64",
-        28 => "F64",
-        29 => "IQ1_M",
-        31..=33 => "Q4_0_4_4/4_8/8_8 (removed)",
-        34 => "TQ1_0",
-        35 => "TQ2_0",
-        39 => "MXFP4",
-        _ => "unknown",
+        traits_of(self)
     }
 }
 
@@ -280,11 +167,7 @@ mod tests {
     fn table_is_in_id_order_and_consistent() {
         for (i, t) in GgmlType::ALL.iter().enumerate() {
             assert_eq!(TABLE[i].ty, *t);
-            assert_eq!(GgmlType::from_id(t.id()), Some(*t));
-            assert_eq!(GgmlType::from_name(t.name()), Some(*t));
+            assert_eq!(TABLE[i].name, t.name());
         }
-        assert_eq!(GgmlType::from_id(4), None);
-        assert_eq!(GgmlType::Q4_K.bytes_for(4096), Some(16 * 144));
-        assert_eq!(GgmlType::Q4_K.bytes_for(100), None);
     }
 }

@@ -187,7 +187,7 @@ impl DuringTraining {
         };
         let json = serde_json::to_vec_pretty(&record)
             .map_err(|e| Error::Invalid(format!("best.json: {e}")))?;
-        crate::export::atomic::write_bytes(&incoming.join("best.json"), &json)?;
+        crate::atomic_file::write_bytes(&incoming.join("best.json"), &json)?;
         if best.exists() {
             std::fs::rename(&best, &old).map_err(|e| Error::io(&best, e))?;
         }

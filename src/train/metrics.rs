@@ -94,7 +94,7 @@ fn keep_through(path: &Path, step: u64) -> Result<Option<f64>> {
             kept.push('\n');
         }
     }
-    crate::export::atomic::write_bytes(path, kept.as_bytes())?;
+    crate::atomic_file::write_bytes(path, kept.as_bytes())?;
     Ok(first)
 }
 

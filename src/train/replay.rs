@@ -281,7 +281,7 @@ pub fn prepare(
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
             }
-            crate::export::atomic::write_bytes(&path, text.as_bytes())?;
+            crate::atomic_file::write_bytes(&path, text.as_bytes())?;
             let meta = CacheMeta {
                 prompts: n,
                 kept: pairs.len(),
@@ -290,7 +290,7 @@ pub fn prepare(
             };
             let meta_text = serde_json::to_vec_pretty(&meta)
                 .map_err(|e| Error::Invalid(format!("{}: {e}", meta_path.display())))?;
-            crate::export::atomic::write_bytes(&meta_path, &meta_text)?;
+            crate::atomic_file::write_bytes(&meta_path, &meta_text)?;
             Ok(Some(ReplayReport {
                 path,
                 conversations: pairs.len(),

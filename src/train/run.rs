@@ -122,6 +122,6 @@ fn run_in_pool(
     };
     let json =
         serde_json::to_vec_pretty(&summary).map_err(|e| Error::Invalid(format!("summary: {e}")))?;
-    crate::export::atomic::write_bytes(&cfg.out.join("summary.json"), &json)?;
+    crate::atomic_file::write_bytes(&cfg.out.join("summary.json"), &json)?;
     Ok(summary)
 }

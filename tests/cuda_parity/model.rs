@@ -257,7 +257,7 @@ fn llama_forward_in_both_weight_modes_matches_the_cpu_model() {
     drop(cuda);
     for mode in [WeightsMode::Upload, WeightsMode::Map] {
         let be = CudaBackend::with_weights(0, mode).unwrap();
-        let gpu = edgetune::backend::cuda::llama::CudaLlama::load(&file, be).unwrap();
+        let gpu = edgetune::infer::cuda_llama::CudaLlama::load(&file, be).unwrap();
         let mut got = vec![0.0f32; tokens.len() * vocab];
         let mut cache = gpu.new_cache(64).unwrap();
         // Two calls: a prompt and then decoding one token at a time reuse the cache.

@@ -8,12 +8,12 @@ use std::path::Path;
 use std::process::Command;
 
 use crate::python_support::run_script;
+use edgetune::export::requantize::{FILE_TYPE_KEY, ICQ_KEY, QuantizeOptions, quantize_gguf};
 use edgetune::gguf::{GgufFile, GgufWriter, Value};
 use edgetune::model::{LlamaConfig, LlamaWeights};
 use edgetune::npy;
 use edgetune::quant::icq::{self, IcqParams, SIGMA, block_codes, code_entropy};
 use edgetune::quant::q4_1::{self, BlockQ4_1};
-use edgetune::quant::requantize::{FILE_TYPE_KEY, ICQ_KEY, QuantizeOptions, quantize_gguf};
 use edgetune::quant::{self, GgmlType};
 use edgetune::testmodel::{self, TINY, WeightTypes};
 use rand::{Rng, SeedableRng, rngs::StdRng};

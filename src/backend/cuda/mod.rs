@@ -35,7 +35,6 @@ pub mod embedding;
 pub mod gemm;
 pub mod grad_norm;
 pub mod launch;
-pub mod llama;
 pub mod matmul;
 pub mod module;
 pub mod pages;

@@ -84,7 +84,7 @@ pub fn run(args: Args) -> Result<()> {
                         .into(),
                 ));
             }
-            let llama = edgetune::backend::cuda::llama::CudaLlama::load(&file, backend)?;
+            let llama = edgetune::infer::cuda_llama::CudaLlama::load(&file, backend)?;
             run_on(&args, &tokens, &llama)
         }
     }

@@ -5,10 +5,10 @@
 
 use std::path::PathBuf;
 
+use edgetune::export::requantize::{QuantizeOptions, quantize_gguf};
 use edgetune::gguf::GgufFile;
 use edgetune::quant::GgmlType;
 use edgetune::quant::icq::IcqParams;
-use edgetune::quant::requantize::{QuantizeOptions, quantize_gguf};
 use edgetune::{Error, Result};
 
 #[derive(clap::Args)]

@@ -1,6 +1,6 @@
 //! Quantizing a full-precision GGUF (F32 / F16 / BF16 weights) into a new GGUF: every 2-D
 //! tensor whose rows are whole blocks is quantized — with ggml's plain rule, or for Q4_1 with
-//! ICQ ([`super::icq`], docs/METHODS.md#ir-qlora-icq) — and every other tensor and all metadata are
+//! ICQ ([`crate::quant::icq`], docs/METHODS.md#ir-qlora-icq) — and every other tensor and all metadata are
 //! copied unchanged, so the result is a standard GGUF (our writer; llama.cpp and gguf-py read
 //! it). This is the offline tool (docs/METHODS.md#read-only-base) behind `edgetune quantize`.
 //!
@@ -14,9 +14,9 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::GgmlType;
-use super::icq::{self, IcqParams};
 use crate::gguf::{ALIGNMENT_KEY, GgufFile, GgufWriter, TensorInfo, TensorSink, Value};
+use crate::quant::GgmlType;
+use crate::quant::icq::{self, IcqParams};
 use crate::{Error, Result};
 
 /// Values per row block (8 MiB of f32).
@@ -228,7 +228,7 @@ fn quantize_tensor(
             &mut back[..n * cols],
             &mut q[..n * dst_row_bytes],
         );
-        super::dequantize(t.ty, &data[r0 * src_row_bytes..(r0 + n) * src_row_bytes], w)?;
+        crate::quant::dequantize(t.ty, &data[r0 * src_row_bytes..(r0 + n) * src_row_bytes], w)?;
         if let Some(k) = w.iter().position(|v| !v.is_finite()) {
             return Err(Error::Tensor {
                 path: path.to_path_buf(),
@@ -249,13 +249,13 @@ fn quantize_tensor(
                 entropy_sum += choices.iter().map(|c| c.entropy).sum::<f64>();
             }
             None => {
-                super::quantize(ty, w, q)?;
+                crate::quant::quantize(ty, w, q)?;
                 if ty == GgmlType::Q4_1 {
                     entropy_sum += icq::mean_code_entropy(q) * (q.len() / 20) as f64;
                 }
             }
         }
-        super::dequantize(ty, q, back)?;
+        crate::quant::dequantize(ty, q, back)?;
         for (&a, &b) in w.iter().zip(back.iter()) {
             let e = (b as f64 - a as f64).abs();
             sum_w2 += (a as f64).powi(2);

@@ -8,7 +8,7 @@
 
 use std::sync::Mutex;
 
-use super::{AttachedWeights, CudaBackend};
+use crate::backend::cuda::{AttachedWeights, CudaBackend};
 use crate::gguf::GgufFile;
 use crate::model::forward::{self, LogitRows, NoAdapters};
 use crate::model::{BackendModel, KvCacheOf, LlamaConfig, LlamaWeights, Workspace};
@@ -170,7 +170,7 @@ impl<'a> CudaLlama<'a> {
     }
 }
 
-impl crate::infer::CausalLm for CudaLlama<'_> {
+impl super::CausalLm for CudaLlama<'_> {
     type Backend = CudaBackend;
     fn config(&self) -> &LlamaConfig {
         CudaLlama::config(self)
