@@ -29,7 +29,10 @@ use rand::{SeedableRng, rngs::StdRng};
 use super::base::{Dropout, Transient, dims as d, normal, take};
 use super::lora::{self, BranchDims};
 use super::pair::{LoraPair, export_delta};
-use super::{Adapter, Export, Group, ParamBuf, ParamInfo, Pass, Workspace};
+use super::{
+    Adapter, Export, Group, ParamBuf, ParamInfo, Pass, RankBudget, StateSource, StateTensor,
+    Workspace,
+};
 use crate::backend::check_len;
 use crate::backend::cpu::Real;
 use crate::backend::cpu::gemm::{gemm, gemm_ref};
@@ -410,6 +413,22 @@ impl Adapter for AdaLora {
     /// `Ī`, `Ū`, the Gram transient and the keep flags.
     fn extra_bytes(&self) -> usize {
         4 * (self.ipt_avg.len() + self.unc_avg.len()) + self.gram.bytes() + self.keep.len()
+    }
+
+    fn rank_budget(&self) -> Option<&dyn RankBudget> {
+        Some(self)
+    }
+
+    fn rank_budget_mut(&mut self) -> Option<&mut dyn RankBudget> {
+        Some(self)
+    }
+
+    fn extra_state(&self) -> Vec<StateTensor<'_>> {
+        self.importance_tensors()
+    }
+
+    fn load_extra_state(&mut self, src: &dyn StateSource) -> Result<()> {
+        self.load_importance_tensors(src)
     }
 }
 

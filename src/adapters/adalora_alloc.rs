@@ -1,6 +1,8 @@
 //! AdaLoRA's hyperparameters and its rank allocator (docs/METHODS.md#rank-allocation): the cubic
 //! budget schedule and the global masking of the least important rank components across all AdaLoRA
-//! layers, as PEFT's `RankAllocator` + `AdaLoraModel.update_and_allocate`.
+//! layers, as PEFT's `RankAllocator` + `AdaLoraModel.update_and_allocate`. Also AdaLoRA's
+//! [`RankBudget`] implementation (what the trainer's budget hooks call through
+//! `Adapter::rank_budget`) and its importance state in checkpoints.
 //!
 //! # Call order (each optimizer step `t`)
 //!
@@ -25,8 +27,17 @@
 //! t < T − tfinal       : update importance first
 //! ```
 
+use std::borrow::Cow;
+
 use super::adalora::AdaLora;
+use super::{Adapter, RankBudget, StateSource, StateTensor};
 use crate::{Error, Result};
+
+/// AdaLoRA's importance state in a checkpoint (per slot): `Ī`, `Ū` (params layout,
+/// `[n_params]`) and the keep flags `[r0]` (1.0 = kept).
+const IPT: &str = "adalora_ipt";
+const UNC: &str = "adalora_unc";
+const KEEP: &str = "adalora_keep";
 
 /// AdaLoRA hyperparameters; the defaults are PEFT's `AdaLoraConfig`
 /// (docs/METHODS.md#rank-allocation) except `total_step`, which has none and must be set.
@@ -272,5 +283,62 @@ impl RankAllocator {
             a.mask_scores(s, thr)?;
         }
         Ok(Some(thr))
+    }
+}
+
+/// The budget hooks' view of one AdaLoRA layer: the inherent methods, through the trait.
+impl RankBudget for AdaLora {
+    fn budget_config(&self) -> &AdaloraConfig {
+        AdaLora::config(self)
+    }
+    fn init_rank(&self) -> usize {
+        AdaLora::init_rank(self)
+    }
+    fn active_rank(&self) -> usize {
+        AdaLora::active_rank(self)
+    }
+    fn orth_regularizer(&self, coef: f32, grads: &mut [f32]) -> Result<f64> {
+        AdaLora::orth_regularizer(self, coef, grads)
+    }
+    fn update_importance(&mut self, grads: &[f32]) -> Result<()> {
+        AdaLora::update_importance(self, grads)
+    }
+    fn reset_importance(&mut self) {
+        AdaLora::reset_importance(self)
+    }
+    fn triplet_scores(&self, out: &mut [f32]) -> Result<()> {
+        AdaLora::triplet_scores(self, out)
+    }
+    fn mask_scores(&mut self, scores: &[f32], threshold: f32) -> Result<()> {
+        AdaLora::mask_scores(self, scores, threshold)
+    }
+    fn apply_keep(&mut self) {
+        AdaLora::apply_keep(self)
+    }
+}
+
+impl AdaLora {
+    /// [`AdaLora::importance_state`] as checkpoint tensors (`Adapter::extra_state`).
+    pub(super) fn importance_tensors(&self) -> Vec<StateTensor<'_>> {
+        let (ipt, unc, keep) = self.importance_state();
+        let keep: Vec<f32> = keep.iter().map(|&k| if k { 1.0 } else { 0.0 }).collect();
+        vec![
+            StateTensor::f32_vec(IPT, Cow::Borrowed(ipt)),
+            StateTensor::f32_vec(UNC, Cow::Borrowed(unc)),
+            StateTensor::f32_vec(KEEP, Cow::Owned(keep)),
+        ]
+    }
+
+    /// Restores [`AdaLora::importance_tensors`] (`Adapter::load_extra_state`).
+    pub(super) fn load_importance_tensors(&mut self, src: &dyn StateSource) -> Result<()> {
+        let n = self.n_params();
+        let ipt = src.f32s(IPT, n)?;
+        let unc = src.f32s(UNC, n)?;
+        let keep: Vec<bool> = src
+            .f32s(KEEP, self.init_rank())?
+            .into_iter()
+            .map(|k| k != 0.0)
+            .collect();
+        self.set_importance_state(&ipt, &unc, &keep)
     }
 }

@@ -29,7 +29,7 @@
 use super::base::{Dropout, mix, take};
 use super::lora::{self, BranchDims};
 use super::pair::{LoraPair, export_delta};
-use super::{Adapter, Export, LoraConfig, ParamBuf, ParamInfo, Pass, Workspace};
+use super::{Adapter, Export, LoraConfig, NestedRanks, ParamBuf, ParamInfo, Pass, Workspace};
 use crate::backend::check_len;
 use crate::backend::cpu::Real;
 use crate::{Error, Result};
@@ -318,6 +318,24 @@ impl Adapter for Dylora {
     /// Draws this step's rank (shared by all layers through `rank_seed`).
     fn on_step(&mut self, step: u64) {
         self.active = self.cfg.rank_for_step(step);
+    }
+
+    fn nested_ranks(&self) -> Option<&dyn NestedRanks> {
+        Some(self)
+    }
+
+    fn nested_ranks_mut(&mut self) -> Option<&mut dyn NestedRanks> {
+        Some(self)
+    }
+}
+
+impl NestedRanks for Dylora {
+    fn eval_rank(&self) -> usize {
+        Dylora::eval_rank(self)
+    }
+
+    fn set_eval_rank(&mut self, rank: usize) -> Result<()> {
+        Dylora::set_eval_rank(self, rank)
     }
 }
 

@@ -352,6 +352,10 @@ impl Adapter for Lora {
     fn export(&self) -> Export<'_> {
         self.pair.export(self.scale())
     }
+
+    fn as_lora(&self) -> Option<&Lora> {
+        Some(self)
+    }
 }
 
 fn short(what: &str, need: usize) -> Error {

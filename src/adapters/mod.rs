@@ -28,6 +28,7 @@
 pub mod adalora;
 pub mod adalora_alloc;
 pub mod base;
+pub mod capability;
 pub mod dora;
 pub mod dylora;
 pub mod hira;
@@ -41,6 +42,9 @@ mod pair;
 pub mod param_buf;
 pub mod reslora;
 
+pub use capability::{
+    NestedRanks, PrevLayerInput, RankBudget, StateSource, StateTensor, StateValues, TaskRouted,
+};
 pub use lora::{LayerRange, Lora, LoraConfig, Target};
 pub use param_buf::ParamBuf;
 
@@ -138,9 +142,13 @@ pub enum Export<'a> {
 }
 
 /// One adapted linear layer's trainable branch. See the module docs for the contract.
-/// `Any` is a supertrait so the trainer can reach a method's own API through `dyn Adapter`
-/// (`downcast_ref` / `downcast_mut` on `dyn Adapter`): AdaLoRA's rank allocator and
-/// regularizer, DyLoRA's evaluation rank.
+///
+/// What only some methods can do (AdaLoRA's rank budget, MT-LoRA's task routing, ResLoRA's
+/// previous-layer input, DyLoRA's nested ranks, extra checkpoint state) is reached through
+/// the accessors at the end of the trait, `None` or nothing by default (the [`capability`]
+/// module), so the trainer never asks which concrete type an adapter is. `Any` stays a
+/// supertrait only for tests and tools that inspect one concrete adapter
+/// (`downcast_ref` / `downcast_mut` on `dyn Adapter`).
 pub trait Adapter: std::any::Any + Send + Sync {
     /// Short method name (`lora`).
     fn method(&self) -> &'static str;
@@ -241,10 +249,55 @@ pub trait Adapter: std::any::Any + Send + Sync {
     fn reads_base_output(&self) -> bool {
         false
     }
+
+    /// The rank-budget side of the adapter (AdaLoRA), or `None`.
+    fn rank_budget(&self) -> Option<&dyn RankBudget> {
+        None
+    }
+    /// [`Adapter::rank_budget`], writable.
+    fn rank_budget_mut(&mut self) -> Option<&mut dyn RankBudget> {
+        None
+    }
+    /// The per-task routing of the adapter (MT-LoRA), or `None`.
+    fn task_routed(&self) -> Option<&dyn TaskRouted> {
+        None
+    }
+    /// [`Adapter::task_routed`], writable.
+    fn task_routed_mut(&mut self) -> Option<&mut dyn TaskRouted> {
+        None
+    }
+    /// The previous-layer-input passes of the adapter (ResLoRA), or `None`.
+    fn prev_layer_input(&self) -> Option<&dyn PrevLayerInput> {
+        None
+    }
+    /// The nested ranks of the adapter (DyLoRA), or `None`.
+    fn nested_ranks(&self) -> Option<&dyn NestedRanks> {
+        None
+    }
+    /// [`Adapter::nested_ranks`], writable.
+    fn nested_ranks_mut(&mut self) -> Option<&mut dyn NestedRanks> {
+        None
+    }
+    /// The adapter as a plain [`Lora`] pair (what the device step runs), or `None`.
+    fn as_lora(&self) -> Option<&Lora> {
+        None
+    }
+
+    /// The state a checkpoint keeps besides [`Adapter::params`] (frozen factors, importance
+    /// EMAs, statistics), by name within the adapter's slot ([`capability`] module doc).
+    /// Default: none.
+    fn extra_state(&self) -> Vec<StateTensor<'_>> {
+        Vec::new()
+    }
+    /// Restores [`Adapter::extra_state`] from `src` (after the parameters). Default: nothing.
+    fn load_extra_state(&mut self, _src: &dyn StateSource) -> Result<()> {
+        Ok(())
+    }
 }
 
 impl dyn Adapter {
-    /// The concrete adapter, if it is a `T`.
+    /// The concrete adapter, if it is a `T` (for tests and inspection; the library goes
+    /// through the capability accessors).
     pub fn downcast_ref<T: Adapter>(&self) -> Option<&T> {
         (self as &dyn std::any::Any).downcast_ref::<T>()
     }

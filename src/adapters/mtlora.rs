@@ -28,7 +28,7 @@ use rand::{SeedableRng, rngs::StdRng};
 use super::base::{Dropout, take};
 use super::mtlora_config::{TASK_A, TASK_B};
 use super::pair::{LoraPair, export_delta};
-use super::{Adapter, Export, ParamBuf, ParamInfo, Pass, Workspace};
+use super::{Adapter, Export, ParamBuf, ParamInfo, Pass, TaskRouted, Workspace};
 use crate::backend::check_len;
 use crate::{Error, Result};
 
@@ -389,6 +389,33 @@ impl Adapter for MtLora {
         // export_task is validated by set_export_task, so this cannot fail.
         self.export_for_task(self.export_task)
             .unwrap_or(Export::MergeOnly)
+    }
+
+    fn task_routed(&self) -> Option<&dyn TaskRouted> {
+        Some(self)
+    }
+
+    fn task_routed_mut(&mut self) -> Option<&mut dyn TaskRouted> {
+        Some(self)
+    }
+}
+
+impl TaskRouted for MtLora {
+    fn task_names(&self) -> &[String] {
+        &self.cfg.tasks
+    }
+
+    fn set_row_tasks(&mut self, tasks: &[u32], seq_len: usize) -> Result<()> {
+        MtLora::set_row_tasks(self, tasks, seq_len)
+    }
+
+    fn set_export_task(&mut self, task: usize) -> Result<()> {
+        MtLora::set_export_task(self, task)
+    }
+
+    /// Params `[A_sh, B_sh, A_0, B_0, …]`: task `(p − 2)/2` from `p = 2` on.
+    fn task_of_param(&self, param: usize) -> Option<usize> {
+        (param >= 2).then(|| (param - 2) / 2)
     }
 }
 

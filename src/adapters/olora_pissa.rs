@@ -24,15 +24,24 @@
 //! Extra memory: `A0`, `B0` (the adapter's size again, f32); the correction's `[N, r]`
 //! transient fits in LoRA's scratch.
 
+use std::borrow::Cow;
+
 use super::base::{dims as d, take};
 use super::linalg::{qr_thin, svd_top};
 use super::lora::{self, BranchDims};
 use super::pair::LoraPair;
-use super::{Adapter, Export, Lora, LoraConfig, ParamBuf, ParamInfo, Pass, Workspace};
+use super::{
+    Adapter, Export, Lora, LoraConfig, ParamBuf, ParamInfo, Pass, StateSource, StateTensor,
+    Workspace,
+};
 use crate::backend::check_len;
 use crate::backend::cpu::Real;
 use crate::backend::cpu::gemm::gemm_ref;
 use crate::{Error, Result};
+
+/// The frozen factors' names in a checkpoint (per slot).
+const A0: &str = "lora_A0";
+const B0: &str = "lora_B0";
 
 /// Which decomposition initialises the branch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -283,6 +292,24 @@ impl Adapter for ResidualLora {
     /// The frozen `A0`, `B0`.
     fn extra_bytes(&self) -> usize {
         4 * self.frozen.numel()
+    }
+
+    /// `lora_A0` `[r, in]`, `lora_B0` `[out, r]`: stored, not recomputed, since
+    /// decompositions differ in signs between builds (docs/METHODS.md#read-only-base).
+    fn extra_state(&self) -> Vec<StateTensor<'_>> {
+        let (r, inf, outf) = (self.lora.rank(), self.in_features(), self.out_features());
+        vec![
+            StateTensor::f32(A0, vec![r, inf], Cow::Borrowed(self.a0())),
+            StateTensor::f32(B0, vec![outf, r], Cow::Borrowed(self.b0())),
+        ]
+    }
+
+    fn load_extra_state(&mut self, src: &dyn StateSource) -> Result<()> {
+        let (r, inf, outf) = (self.lora.rank(), self.in_features(), self.out_features());
+        let a0 = src.f32s(A0, r * inf)?;
+        let b0 = src.f32s(B0, outf * r)?;
+        self.frozen = LoraPair::from_values(inf, outf, r, a0, b0)?;
+        Ok(())
     }
 }
 

@@ -13,7 +13,8 @@
 //!
 //! The [`Adapter`] trait has no second input, so its `forward`/`backward` are the layer-0 rule
 //! (`X_{l−1} = X_l`, `V` added twice to `dx`); a step that plumbs the previous layer's input
-//! calls [`ResLora::forward_res`] / [`ResLora::backward_res`] (through `downcast_ref`).
+//! calls [`PrevLayerInput::forward_res`] / [`PrevLayerInput::backward_res`] (reached through
+//! [`Adapter::prev_layer_input`]).
 //!
 //! Export, merge_bw (docs/METHODS.md#reslora): training keeps a sliding window (default 100 passes)
 //! of the Frobenius norms `‖X_l‖` and `‖X_{l−1}‖` of the micro-batch inputs; then `α_l =
@@ -26,13 +27,21 @@ use std::sync::Mutex;
 use super::base::{Dropout, take};
 use super::lora::BranchDims;
 use super::pair::LoraPair;
-use super::{Adapter, Export, LoraConfig, ParamBuf, ParamInfo, Pass, Workspace};
+use super::{
+    Adapter, Export, LoraConfig, ParamBuf, ParamInfo, Pass, PrevLayerInput, StateSource,
+    StateTensor, Workspace,
+};
 use crate::backend::check_len;
 use crate::backend::cpu::Real;
 use crate::{Error, Result};
 
 /// ResLoRA's `merge_4_len`: passes in the norm window.
 pub const DEFAULT_WINDOW: usize = 100;
+
+/// The norm window's tensors in a checkpoint (per slot).
+const NORM_CUR: &str = "reslora_norm_cur";
+const NORM_PREV: &str = "reslora_norm_prev";
+const LAST_SEED: &str = "reslora_last_seed";
 
 /// The merge_bw statistics: the last `len` passes' `‖X_l‖_F` and `‖X_{l−1}‖_F`.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -162,10 +171,14 @@ impl ResLora {
             self.drop.apply_in_place(stream, s_buf);
         }
     }
+}
 
+/// The step's entry to the shortcut (`src/train/step_reslora.rs` keeps the previous layer's
+/// inputs and carries the pending gradient).
+impl PrevLayerInput for ResLora {
     /// `y += s·D(x + x_prev)·Aᵀ·Bᵀ`; `x_prev` is layer `l−1`'s same-target module input
     /// (`None` in layer 0: `2·x`). Records the norms in training passes.
-    pub fn forward_res(
+    fn forward_res(
         &self,
         pass: Pass,
         x: &[f32],
@@ -200,10 +213,9 @@ impl ResLora {
         Ok(())
     }
 
-    /// The backward of [`ResLora::forward_res`]: `dx += V`, and `dx_prev += V` (the pending
+    /// The backward of [`PrevLayerInput::forward_res`]: `dx += V`, and `dx_prev += V` (the pending
     /// gradient of layer `l−1`'s module input), or `dx += V` once more when `x_prev` is `None`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn backward_res(
+    fn backward_res(
         &self,
         pass: Pass,
         x: &[f32],
@@ -302,7 +314,7 @@ impl Adapter for ResLora {
         }
     }
 
-    /// The layer-0 rule (`X_{l−1} = X_l`); see [`ResLora::forward_res`].
+    /// The layer-0 rule (`X_{l−1} = X_l`); see [`PrevLayerInput::forward_res`].
     fn forward(
         &self,
         pass: Pass,
@@ -339,6 +351,44 @@ impl Adapter for ResLora {
     /// The norm window (two f64 per pass).
     fn extra_bytes(&self) -> usize {
         16 * self.window.lock().unwrap_or_else(|e| e.into_inner()).len
+    }
+
+    fn prev_layer_input(&self) -> Option<&dyn PrevLayerInput> {
+        Some(self)
+    }
+
+    /// The norm window: `reslora_norm_cur`, `reslora_norm_prev` `[k ≤ window]` (F64) and
+    /// `reslora_last_seed` `[0 or 1]` (U64), so merge_bw's `α` after a resume is the
+    /// uninterrupted run's.
+    fn extra_state(&self) -> Vec<StateTensor<'_>> {
+        let w = self.norm_window();
+        vec![
+            StateTensor::f64_vec(NORM_CUR, w.cur.into()),
+            StateTensor::f64_vec(NORM_PREV, w.prev.into()),
+            StateTensor::u64_vec(LAST_SEED, w.last_seed.into_iter().collect()),
+        ]
+    }
+
+    fn load_extra_state(&mut self, src: &dyn StateSource) -> Result<()> {
+        let mut w = self.norm_window();
+        let cur = src.f64s(NORM_CUR, None)?;
+        let prev = src.f64s(NORM_PREV, Some(cur.len()))?;
+        let seed = src.u64s(LAST_SEED, None)?;
+        if cur.len() > w.len || seed.len() > 1 {
+            return Err(src.invalid(
+                NORM_CUR,
+                format!(
+                    "{} norms for a window of {}, {} seeds (at most 1)",
+                    cur.len(),
+                    w.len,
+                    seed.len()
+                ),
+            ));
+        }
+        (w.cur, w.prev) = (cur.into(), prev.into());
+        w.last_seed = seed.first().copied();
+        self.set_norm_window(w);
+        Ok(())
     }
 }
 

@@ -73,7 +73,7 @@ pub struct DeviceStep<B: Backend> {
 
 /// The adapter in `a`, as a [`Lora`] without dropout, or an error naming what it is.
 pub(super) fn plain_lora(a: &dyn Adapter, layer: usize, target: Target) -> Result<&Lora> {
-    let lora = a.downcast_ref::<Lora>().ok_or_else(|| {
+    let lora = a.as_lora().ok_or_else(|| {
         Error::Unsupported(format!(
             "device training step: method {:?} (blk.{layer}.{}) is not supported; only the \
              plain-LoRA family (lora, rslora, loraplus, qlora) runs on a device backend",

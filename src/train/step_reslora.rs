@@ -2,7 +2,8 @@
 //! target `i` reads the same target's module input of layer `l − 1`, and its input gradient
 //! goes to that module input too. Under gradient checkpointing layer `l − 1`'s activations are
 //! gone when layer `l` is recomputed, so the step keeps, for every target that carries a
-//! ResLoRA adapter in some layer:
+//! ResLoRA adapter in some layer (any adapter whose [`Adapter::prev_layer_input`] is `Some`;
+//! the step calls its [`PrevLayerInput`](crate::adapters::PrevLayerInput) passes):
 //! - `inputs[i]`: the module input `[T, in_i]` of EVERY layer for the whole step
 //!   (`[n_layer, T, in_i]`, written by the forward, read by the recompute and the backward);
 //! - `pending[i]`: `[T, in_i]`, the gradient layer `l`'s backward leaves for layer `l − 1`'s
@@ -15,7 +16,6 @@
 
 use super::adapter_set::AdapterSet;
 use super::step::Phase;
-use crate::adapters::reslora::ResLora;
 use crate::adapters::{Adapter, Pass};
 use crate::memory::arena::Arena;
 use crate::memory::plan::BufferId;
@@ -42,7 +42,7 @@ pub fn store_bytes(set: &AdapterSet, n_layer: usize, tokens: usize) -> usize {
 fn widths(set: &AdapterSet) -> [usize; 7] {
     let mut w = [0; 7];
     for (_, target, a) in set.iter() {
-        if a.downcast_ref::<ResLora>().is_some() {
+        if a.prev_layer_input().is_some() {
             w[super::adapter_set::target_index(target)] = a.in_features();
         }
     }
@@ -120,10 +120,10 @@ pub(super) fn forward(
     if phase == Phase::Forward {
         store.inputs[i][l * n..(l + 1) * n].copy_from_slice(&x[..n]);
     }
-    let Some(r) = a.and_then(|a| a.downcast_ref::<ResLora>()) else {
+    let Some((a, r)) = a.and_then(|a| Some((a, a.prev_layer_input()?))) else {
         return Ok(false);
     };
-    let (hl, sl) = (r.saved_len(pass.n), r.scratch_len(pass.n));
+    let (hl, sl) = (a.saved_len(pass.n), a.scratch_len(pass.n));
     if hl > h.len() || sl > s.len() {
         return Err(Error::Invalid(format!(
             "training step: ResLoRA workspace ({hl} saved, {sl} scratch) exceeds the plan's ({}, {})",
@@ -171,12 +171,13 @@ pub(super) fn backward(
     n_params: usize,
     (l, i, first): (usize, usize, bool),
 ) -> Result<bool> {
-    let (Some(store), Some(r)) = (store, a.and_then(|a| a.downcast_ref::<ResLora>())) else {
+    let (Some(store), Some((a, r))) = (store, a.and_then(|a| Some((a, a.prev_layer_input()?))))
+    else {
         return Ok(false);
     };
     let n = store.tokens * store.width[i];
     let [x, g, h, s, dx, grad, tmp] = arena.views_mut_at(step, ids)?;
-    let (hl, sl, np) = (r.saved_len(pass.n), r.scratch_len(pass.n), n_params);
+    let (hl, sl, np) = (a.saved_len(pass.n), a.scratch_len(pass.n), n_params);
     if hl > h.len() || sl > s.len() || np > grad.len() || (!first && np > tmp.len()) || n == 0 {
         return Err(Error::Invalid(format!(
             "training step: ResLoRA backward needs {hl} saved, {sl} scratch, {np} gradient \

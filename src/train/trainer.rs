@@ -697,10 +697,10 @@ impl<'f> Trainer<'f> {
     /// "evaluation at every rank"): evaluates every rank `1..=r_max` on the last step's
     /// micro-batches (no dropout; a proxy for a held-out set, which the trainer does not have),
     /// makes the lowest-loss rank (ties: the smaller) every adapter's evaluation and export rank,
-    /// and returns it with the mean loss per rank. `None` for other methods, when a rank was given,
-    /// or before any step.
+    /// and returns it with the mean loss per rank. `None` for other methods (no adapter has
+    /// nested ranks), when a rank was given, or before any step.
     pub fn choose_dylora_rank(&mut self) -> Result<Option<(usize, Vec<f64>)>> {
-        if !matches!(self.cfg.method, Method::Dylora | Method::Qdylora)
+        if !self.set.iter().any(|(_, _, a)| a.nested_ranks().is_some())
             || self.cfg.method_opts.dylora_eval_rank.is_some()
             || self.completed() == 0
         {
@@ -767,10 +767,10 @@ impl<'f> Trainer<'f> {
     }
 }
 
-/// Sets the evaluation / export rank of every DyLoRA adapter of `set`.
+/// Sets the evaluation / export rank of every adapter of `set` with nested ranks (DyLoRA).
 fn set_dylora_eval_rank(set: &mut AdapterSet, b: usize) -> Result<()> {
     for (_, _, a) in set.iter_mut() {
-        if let Some(d) = a.downcast_mut::<crate::adapters::dylora::Dylora>() {
+        if let Some(d) = a.nested_ranks_mut() {
             d.set_eval_rank(b)?;
         }
     }

@@ -11,7 +11,7 @@ use crate::backend_grad_fd::{assert_grad, fd_grad, random64, to32, to64};
 use edgetune::adapters::base::Dropout;
 use edgetune::adapters::lora::BranchDims;
 use edgetune::adapters::reslora::{ResLora, backward_ref, forward_ref};
-use edgetune::adapters::{Adapter, Export, LoraConfig, Pass};
+use edgetune::adapters::{Adapter, Export, LoraConfig, Pass, PrevLayerInput};
 
 const DM: BranchDims = BranchDims {
     n: 5,
