@@ -24,11 +24,20 @@ use super::adapter_set::AdapterSet;
 use super::checkpoint;
 use super::config::TrainConfig;
 use super::method::{Method, MethodOptions, TaskWeights};
+use super::method_hooks::StepHooks;
+use super::optimizer::Optimizer;
 use super::step::TrainStep;
-use crate::adapters::mtlora::{AdaptiveTaskWeights, MtLora};
+use crate::adapters::mtlora::AdaptiveTaskWeights;
+use crate::adapters::{StateSource, StateTensor};
 use crate::data::tasks::DEFAULT_TASK;
 use crate::data::{Batch, Dataset, IGNORE, formats};
 use crate::{Error, Result};
+
+/// The task weights `γ` `[T]` (f32) and the adaptive window's loss sums and target counts
+/// `[T]` (F64: sums must come back bit for bit) in the method state.
+const MT_GAMMA: &str = "mtlora.gamma";
+const MT_WIN_LOSS: &str = "mtlora.window_loss";
+const MT_WIN_TARGETS: &str = "mtlora.window_targets";
 
 /// The multi-task loss state of a run (`T` tasks; every buffer `[T]`, sized once).
 #[derive(Clone, Debug)]
@@ -101,12 +110,11 @@ impl MtTasks {
         }
         let mut id = 0;
         for (_, _, a) in set.iter() {
-            let is_mt = a.downcast_ref::<MtLora>().is_some();
+            let routed = a.task_routed();
             let mut p = 0;
             while a.param(p).is_some() {
-                // Params `[A_sh, B_sh, A_0, B_0, …]`: task `(p − 2)/2` from p = 2 on.
-                let absent =
-                    is_mt && p >= 2 && self.step_n.get((p - 2) / 2).is_none_or(|&n| n == 0);
+                let task = routed.and_then(|r| r.task_of_param(p));
+                let absent = task.is_some_and(|t| self.step_n.get(t).is_none_or(|&n| n == 0));
                 if let Some(s) = self.skip.get_mut(id) {
                     *s = absent;
                 }
@@ -238,21 +246,76 @@ impl MtTasks {
     }
 }
 
-/// Routes `batch`'s rows: every MT-LoRA adapter of `set` gets the row tasks (allocates
-/// nothing once the adapters have seen a batch of this size).
+/// MT-LoRA's part in the step (`method_hooks.rs`): the row weights, the routing, the
+/// per-task losses, the skip mask and the adaptive weights, and their checkpoint state.
+impl StepHooks for MtTasks {
+    fn bytes(&self) -> usize {
+        MtTasks::bytes(self)
+    }
+
+    fn weigh_tasks(&mut self, batches: &[Batch], step: &mut TrainStep) -> Result<()> {
+        self.weigh(batches, step)
+    }
+
+    fn route(&mut self, set: &mut AdapterSet, batch: &Batch) -> Result<()> {
+        route(set, batch)
+    }
+
+    fn after_micro_batch(&mut self, step: &TrainStep) {
+        self.add_micro_batch(step);
+    }
+
+    fn before_update(&mut self, set: &AdapterSet, opt: &mut Optimizer) -> Result<()> {
+        opt.set_skip(self.skip_mask(set))
+    }
+
+    fn after_update(&mut self, t: u64, _: &mut TrainStep, _: &mut AdapterSet) -> Result<()> {
+        self.finish_step(t + 1)
+    }
+
+    fn tasks(&self) -> Option<&MtTasks> {
+        Some(self)
+    }
+
+    /// `mtlora.gamma`, `mtlora.window_loss`, `mtlora.window_targets` (the task names are
+    /// `method_opts.mtlora_tasks` in `method.json`).
+    fn checkpoint_state(&self) -> Vec<StateTensor<'_>> {
+        let (gamma, win_loss, win_n) = self.state();
+        vec![
+            StateTensor::f32_vec(MT_GAMMA, gamma.into()),
+            StateTensor::f64_vec(MT_WIN_LOSS, win_loss.to_vec()),
+            StateTensor::f64_vec(MT_WIN_TARGETS, win_n.iter().map(|&n| n as f64).collect()),
+        ]
+    }
+
+    fn restore_state(&mut self, src: &dyn StateSource) -> Result<()> {
+        let n = self.n_tasks();
+        let gamma = src.f32s(MT_GAMMA, n)?;
+        let win_loss = src.f64s(MT_WIN_LOSS, Some(n))?;
+        let win_n: Vec<u64> = src
+            .f64s(MT_WIN_TARGETS, Some(n))?
+            .iter()
+            .map(|&v| v as u64)
+            .collect();
+        self.set_state(&gamma, &win_loss, &win_n)
+    }
+}
+
+/// Routes `batch`'s rows: every task-routed (MT-LoRA) adapter of `set` gets the row tasks
+/// (allocates nothing once the adapters have seen a batch of this size).
 pub fn route(set: &mut AdapterSet, batch: &Batch) -> Result<()> {
     for (_, _, a) in set.iter_mut() {
-        if let Some(m) = a.downcast_mut::<MtLora>() {
+        if let Some(m) = a.task_routed_mut() {
             m.set_row_tasks(&batch.tasks, batch.seq_len)?;
         }
     }
     Ok(())
 }
 
-/// The task count of `set`'s MT-LoRA adapters (the first one's; 0 without any).
+/// The task count of `set`'s task-routed (MT-LoRA) adapters (the first one's; 0 without any).
 pub fn set_task_count(set: &AdapterSet) -> usize {
     set.iter()
-        .find_map(|(_, _, a)| a.downcast_ref::<MtLora>().map(MtLora::n_tasks))
+        .find_map(|(_, _, a)| a.task_routed().map(|m| m.task_names().len()))
         .unwrap_or(0)
 }
 
@@ -322,8 +385,8 @@ pub fn prepare(cfg: &TrainConfig) -> Result<(TrainConfig, Option<Dataset>)> {
 /// `--task NAME`, `--all-tasks`) names it in the error when `set` is not MT-LoRA.
 pub fn task_names(set: &AdapterSet, flag: &str) -> Result<Vec<String>> {
     set.iter()
-        .find_map(|(_, _, a)| a.downcast_ref::<MtLora>())
-        .map(|m| m.config().tasks.clone())
+        .find_map(|(_, _, a)| a.task_routed())
+        .map(|m| m.task_names().to_vec())
         .ok_or_else(|| {
             Error::Invalid(format!(
                 "{flag}: the adapter is not MT-LoRA (only MT-LoRA has tasks)"
@@ -342,7 +405,7 @@ pub fn select_task(set: &mut AdapterSet, name: &str) -> Result<usize> {
         ))
     })?;
     for (_, _, a) in set.iter_mut() {
-        if let Some(m) = a.downcast_mut::<MtLora>() {
+        if let Some(m) = a.task_routed_mut() {
             m.set_export_task(id)?;
         }
     }

@@ -1,8 +1,10 @@
 //! Each method's behaviour behind one trait, [`MethodImpl`]: building its adapter on one
-//! linear ([`MethodImpl::build`]) and what that adapter costs, from the shapes alone
-//! ([`MethodImpl::cost`], [`MethodImpl::method_wide_bytes`]). The registry entry of a method
+//! linear ([`MethodImpl::build`]), what that adapter costs, from the shapes alone
+//! ([`MethodImpl::cost`], [`MethodImpl::method_wide_bytes`]), and what it does around the
+//! training step ([`MethodImpl::hooks`]: a [`StepHooks`] object, [`hooks`] for AdaLoRA and
+//! layer importance). The registry entry of a method
 //! ([`super::method_registry::MethodSpec::imp`]) points at its implementation, so
-//! `AdapterSet::new_for` and the memory planner never match on the method.
+//! `AdapterSet::new_for`, the memory planner and `MethodHooks` never match on the method.
 //!
 //! The implementations live here rather than beside the adapters in `src/adapters/` because
 //! they read the run's settings ([`MethodOptions`], the run length, the mapped base weights),
@@ -30,9 +32,12 @@
 //! `extra_bytes()`; tests/train/methods.rs checks them against built adapters for every method.
 
 pub mod base_readers;
+pub mod hooks;
 pub mod scheduled;
 
+use super::adapter_set::AdapterSet;
 use super::method::MethodOptions;
+use super::method_hooks::StepHooks;
 use crate::adapters::iec::Iec;
 use crate::adapters::reslora::{DEFAULT_WINDOW as RESLORA_NORM_WINDOW, ResLora};
 use crate::adapters::{Adapter, Lora, LoraConfig};
@@ -100,7 +105,8 @@ pub trait MethodImpl: Sync {
     fn cost(&self, shape: &SlotShape<'_>) -> SlotCost;
 
     /// Bytes of the method's buffers over the whole model (hooks' state), for `n_layer` layers
-    /// with `adapted` adapted linears.
+    /// with `adapted` adapted linears; [`StepHooks::bytes`] of [`MethodImpl::hooks`] on a set
+    /// of that shape.
     fn method_wide_bytes(
         &self,
         _lora: &LoraConfig,
@@ -109,6 +115,17 @@ pub trait MethodImpl: Sync {
         _adapted: usize,
     ) -> u64 {
         0
+    }
+
+    /// What the method does around the training step for `set` (built by
+    /// [`MethodImpl::build`]), with its own state: `None` (the default) when it does nothing
+    /// there.
+    fn hooks(
+        &self,
+        _set: &AdapterSet,
+        _opts: &MethodOptions,
+    ) -> Result<Option<Box<dyn StepHooks>>> {
+        Ok(None)
     }
 }
 
@@ -168,6 +185,13 @@ impl MethodImpl for LayerImportance {
         _: usize,
     ) -> u64 {
         4 * 7 * n_layer as u64
+    }
+
+    fn hooks(&self, set: &AdapterSet, opts: &MethodOptions) -> Result<Option<Box<dyn StepHooks>>> {
+        Ok(Some(Box::new(hooks::LayerWeights::new(
+            set,
+            opts.layerimp_tau,
+        ))))
     }
 }
 

@@ -3,13 +3,17 @@
 //! shared LoRA plus one per data task, rows routed by task). Their configurations are built
 //! here from the run's LoRA settings and [`MethodOptions`].
 
+use super::hooks::BudgetHooks;
 use super::{MethodImpl, Slot, SlotCost, SlotShape, dropout_scratch, pair_tensors};
 use crate::Result;
 use crate::adapters::adalora::{AdaLora, AdaloraConfig};
 use crate::adapters::dylora::{Dylora, DyloraConfig};
 use crate::adapters::mtlora::{MtLora, MtLoraConfig};
 use crate::adapters::{Adapter, LoraConfig};
+use crate::train::adapter_set::AdapterSet;
 use crate::train::method::MethodOptions;
+use crate::train::method_hooks::StepHooks;
+use crate::train::method_tasks::{self, MtTasks};
 
 /// AdaLoRA's configuration from the run's LoRA settings and the method options.
 pub fn adalora_config(lora: &LoraConfig, opts: &MethodOptions, total_steps: u64) -> AdaloraConfig {
@@ -116,6 +120,12 @@ impl MethodImpl for AdaLoraImpl {
         let r0 = adalora_config(lora, opts, 1).init_r;
         8 * (adapted * r0) as u64
     }
+
+    /// The budget over every adapter of the set (the orthogonal regularizer, importance and
+    /// masking, `methods/hooks.rs`); none for an empty set.
+    fn hooks(&self, set: &AdapterSet, _: &MethodOptions) -> Result<Option<Box<dyn StepHooks>>> {
+        Ok(BudgetHooks::new(set, "adalora")?.map(|h| Box::new(h) as Box<dyn StepHooks>))
+    }
 }
 
 /// DyLoRA (`qdylora: false`, frozen updates) and QDyLoRA (unfrozen): a LoRA pair of rank
@@ -177,5 +187,15 @@ impl MethodImpl for MtLoraImpl {
         _adapted: usize,
     ) -> u64 {
         MT_BYTES_PER_TASK * opts.mtlora_tasks.len().max(1) as u64
+    }
+
+    /// The multi-task loss (row routing, task weights, per-task losses, the skip mask of
+    /// absent tasks with `mtlora_skip_absent`).
+    fn hooks(&self, set: &AdapterSet, opts: &MethodOptions) -> Result<Option<Box<dyn StepHooks>>> {
+        let mut mt = MtTasks::new(method_tasks::set_task_count(set), opts)?;
+        if opts.mtlora_skip_absent {
+            mt.skip_absent(set.param_infos().len());
+        }
+        Ok(Some(Box::new(mt)))
     }
 }
