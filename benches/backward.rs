@@ -321,8 +321,8 @@ fn cross_entropy(c: &mut Criterion) {
 fn train_step(c: &mut Criterion) {
     use edgetune::adapters::LoraConfig;
     use edgetune::data::Batch;
-    use edgetune::memory::plan::TrainShape;
     use edgetune::testmodel::{Preset, WeightTypes, write_test_model};
+    use edgetune::train::plan_llama::TrainShape;
     use edgetune::train::step::adapter_shapes;
     use edgetune::train::{AdapterSet, DeviceStep, TrainStep};
     let dir = tempfile::tempdir().expect("temporary directory");

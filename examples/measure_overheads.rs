@@ -1,4 +1,4 @@
-//! Measures the runtime overheads that `memory::budget` adds to a training plan (its named
+//! Measures the runtime overheads that `train::budget` adds to a training plan (its named
 //! constants quote these runs). Each measurement runs in a fresh process so the allocator's
 //! caches of one do not hide the growth of the next:
 //!

@@ -60,7 +60,7 @@ pub fn load(path: impl AsRef<Path>, format: Option<Format>) -> crate::Result<Dat
 }
 
 /// Reads a dataset file whole. Its size goes into the memory plan before it is read
-/// (`memory/overheads.rs`), so only a regular file is read, and no more than the size it had
+/// (`train/budget/overheads.rs`), so only a regular file is read, and no more than the size it had
 /// then: a directory, a device such as `/dev/zero`, a pipe, or a file that grows while it is read
 /// (any of which could fill memory without bound) is an error naming the file.
 pub fn read_dataset_bytes(path: &Path) -> crate::Result<Vec<u8>> {

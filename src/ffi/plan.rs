@@ -1,5 +1,5 @@
 //! `et_plan_json`: the memory plan of a training run as a JSON report — the budget planner's
-//! breakdown ([`crate::memory::budget::plan_training_for`], the same numbers as `edgetune plan
+//! breakdown ([`crate::train::budget::plan_training_for`], the same numbers as `edgetune plan
 //! --json`: resident weights, the step's arena, adapters and the method's extra bytes,
 //! optimizer state, overheads) with the budget verdict when the configuration gives one. Only
 //! the model's header is read; the weights are not touched.
@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use super::{EtStatus, guard, str_arg, write_text};
 use crate::gguf::GgufFile;
-use crate::memory::budget::{ModelWeights, plan_training_for};
+use crate::train::budget::{ModelWeights, plan_training_for};
 use crate::train::{StatePlace, TrainConfig};
 use crate::{Error, Result};
 
@@ -42,7 +42,7 @@ pub fn train_config_from_json(text: &str) -> Result<TrainConfig> {
 }
 
 /// The plan report of `cfg` for the model at `model_path` (or `cfg.model` when `None`): the
-/// budget planner's [`crate::memory::budget::Breakdown`] (the numbers `edgetune plan --json`
+/// budget planner's [`crate::train::budget::Breakdown`] (the numbers `edgetune plan --json`
 /// prints, every method's extra bytes and the process overheads included) under `breakdown`,
 /// with its headline numbers repeated at the top level for C callers.
 pub fn plan_report(model_path: Option<&Path>, cfg: &TrainConfig) -> Result<Value> {

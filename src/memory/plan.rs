@@ -17,11 +17,6 @@ use std::ops::Range;
 
 use crate::{Error, Result};
 
-pub use super::plan_llama::{
-    AdapterShape, Bwd, Fwd, LlamaSchedule, Loss, TARGETS, TrainShape, llama_training_buffers,
-    llama_training_plan, projection_shape,
-};
-
 /// Alignment of every buffer offset (and of the arena size), in bytes: a cache line, and enough
 /// for any SIMD load or GPU vector access.
 pub const ALIGN: u64 = 64;

@@ -57,7 +57,7 @@ impl std::fmt::Debug for EmbeddingRows {
 impl EmbeddingRows {
     /// Whether the training step of `file` gathers its embedding rows by positioned reads: the
     /// output projection is a separate tensor (or, tied, the head is streamed) and the weights
-    /// are not locked. The memory plan (`memory::budget`) counts the gathered rows accordingly.
+    /// are not locked. The memory plan (`train::budget`) counts the gathered rows accordingly.
     /// A file held in memory ([`GgufFile::from_bytes`]) has no path to read from and keeps the
     /// in-memory gather.
     pub fn applies(file: &GgufFile, lock_weights: bool, head_streamed: bool) -> bool {

@@ -1,5 +1,5 @@
 //! What each method's adapter on one linear costs, computed from the shapes alone (no adapter
-//! is built, no base weight read), for the memory plan (memory/budget.rs): its workspace and
+//! is built, no base weight read), for the memory plan (train/budget/mod.rs): its workspace and
 //! parameter tensors (the [`AdapterShape`] the step plan takes, and the optimizer's tensors) and
 //! the bytes it holds besides them ([`crate::adapters::Adapter::extra_bytes`]). The formulas
 //! are each method's [`super::methods::MethodImpl::cost`] (the table is in
@@ -10,7 +10,7 @@ use super::adapter_set::method_lora_config;
 use super::method::{Method, MethodOptions};
 use super::methods::SlotShape;
 use crate::adapters::LoraConfig;
-use crate::memory::plan::AdapterShape;
+use crate::train::plan_llama::AdapterShape;
 
 /// One adapted linear's cost under a method.
 #[derive(Clone, Debug, PartialEq, Eq)]

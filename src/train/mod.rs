@@ -3,6 +3,7 @@
 //! trainer loop behind `edgetune train`.
 
 pub mod adapter_set;
+pub mod budget;
 pub mod checkpoint;
 pub mod checkpoint_manifest;
 pub mod config;
@@ -20,6 +21,7 @@ pub mod method_tasks;
 pub mod methods;
 pub mod metrics;
 pub mod optimizer;
+pub mod plan_llama;
 pub mod replay;
 mod run;
 pub mod run_dir;

@@ -21,11 +21,12 @@ use crate::adapters::{Adapter, Pass};
 use crate::backend::{Backend, CpuBackend};
 use crate::data::{Batch, IGNORE};
 use crate::memory::arena::Arena;
-use crate::memory::plan::{
-    AdapterShape, Bwd, Category, LlamaSchedule, Plan, TARGETS, TrainShape, llama_training_plan,
-};
+use crate::memory::plan::{Category, Plan};
 use crate::model::stream::{HEAD, StreamStats, WeightStream};
 use crate::model::{BackendModel, LlamaConfig};
+use crate::train::plan_llama::{
+    AdapterShape, Bwd, LlamaSchedule, TARGETS, TrainShape, llama_training_plan,
+};
 use crate::{Error, Result};
 
 /// Which pass of a layer's forward runs (it decides the schedule steps and the buffers).

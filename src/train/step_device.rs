@@ -42,8 +42,8 @@ use super::step_device_plan::{DevicePlan, DeviceShape, plan_device_step};
 use crate::adapters::{Adapter, Lora, Pass, Target};
 use crate::backend::Backend;
 use crate::data::{Batch, IGNORE};
-use crate::memory::plan::TARGETS;
 use crate::model::{BackendModel, LlamaConfig};
+use crate::train::plan_llama::TARGETS;
 use crate::{Error, Result};
 
 /// A training step on backend `B` for the plain-LoRA family. See the module docs.

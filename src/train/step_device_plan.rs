@@ -346,7 +346,7 @@ fn layout(cfg: &LlamaConfig, shape: &DeviceShape, t: usize, tc: usize) -> Result
     add("b.dx", Temporary, &[t, d], B_NORM, B_NORM)?;
     // Adapter activations: H per target (scratch in the forward, saved by the recompute), dH
     // of one adapter backward (FFN chunks, out-projection, Q/K/V).
-    for (i, name) in crate::memory::plan::TARGETS.iter().enumerate() {
+    for (i, name) in crate::train::plan_llama::TARGETS.iter().enumerate() {
         add(
             &format!("h.{name}"),
             AdapterActivation,
@@ -379,7 +379,8 @@ fn layout(cfg: &LlamaConfig, shape: &DeviceShape, t: usize, tc: usize) -> Result
             lse: r(&format!("{p}.lse"))?,
         })
     };
-    let h = [0, 1, 2, 3, 4, 5, 6].map(|i| r(&format!("h.{}", crate::memory::plan::TARGETS[i])));
+    let h =
+        [0, 1, 2, 3, 4, 5, 6].map(|i| r(&format!("h.{}", crate::train::plan_llama::TARGETS[i])));
     let [h0, h1, h2, h3, h4, h5, h6] = h;
     let lay = Layout {
         xs,

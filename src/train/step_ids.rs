@@ -5,7 +5,8 @@
 //! checkpointed forward, …) map to [`StepIds::empty`], a zero-length buffer live for the whole
 //! step, so that every sub-step borrows a fixed number of views.
 
-use crate::memory::plan::{BufferId, Plan, TARGETS};
+use crate::memory::plan::{BufferId, Plan};
+use crate::train::plan_llama::TARGETS;
 use crate::{Error, Result};
 
 /// Where one forward (or recompute) of a layer writes. `[T, ·]` shapes as in plan_llama.

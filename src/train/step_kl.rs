@@ -24,9 +24,9 @@ use crate::adapters::Pass;
 use crate::backend::cpu::cross_entropy_kl::{AnchoredLoss, cross_entropy_kl};
 use crate::backend::{Backend, CpuBackend};
 use crate::data::{Batch, IGNORE};
-use crate::memory::plan::Loss;
 use crate::model::LlamaConfig;
 use crate::quant::matmul::QuantMatrix;
+use crate::train::plan_llama::Loss;
 use crate::{Error, Result};
 
 /// The anchor's weight and buffers (see the module docs).

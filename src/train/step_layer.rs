@@ -26,10 +26,11 @@ use crate::Result;
 use crate::adapters::{Adapter, Pass};
 use crate::backend::{AttentionDims, Backend, CpuBackend, RopeDims};
 use crate::memory::arena::Arena;
-use crate::memory::plan::{BufferId, Bwd, Fwd};
+use crate::memory::plan::BufferId;
 use crate::model::forward::BackendLayer;
 use crate::model::{BackendModel, LlamaConfig};
 use crate::train::AdapterSet;
+use crate::train::plan_llama::{Bwd, Fwd};
 
 const Q: usize = 0;
 const K: usize = 1;

@@ -26,8 +26,8 @@ use crate::backend::cpu::cross_entropy_vocab::{
 };
 use crate::backend::{Backend, CpuBackend};
 use crate::data::IGNORE;
-use crate::memory::plan::Loss;
 use crate::model::stream::{HEAD, LayerSource};
+use crate::train::plan_llama::Loss;
 use crate::{Error, Result};
 
 impl TrainStep {

@@ -11,13 +11,13 @@
 use super::step::TrainStep;
 use crate::backend::CpuBackend;
 use crate::gguf::GgufFile;
-use crate::memory::TrainingPlan;
 use crate::model::BackendModel;
 use crate::model::Llama;
 use crate::model::forward::BackendLayer;
 use crate::model::stream::{LayerSource, StreamOptions, WeightStream};
 use crate::quant::Compute;
 use crate::quant::matmul::QuantMatrix;
+use crate::train::budget::TrainingPlan;
 use crate::{Error, Result};
 
 /// The weights one micro-batch reads.

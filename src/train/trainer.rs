@@ -27,12 +27,12 @@ use crate::data::mix::MixedBatcher;
 use crate::data::tokenize::{TokenizeOptions, chat_template_for, pretokenized_all, tokenize_all};
 use crate::data::{Batch, formats};
 use crate::gguf::GgufFile;
-use crate::memory::budget;
-use crate::memory::plan::TrainShape;
 use crate::memory::rss::{MemoryUsage, memory_usage};
 use crate::model::Llama;
 use crate::model::finite::ScanReads;
 use crate::tokenizer::{Tokenizer, vocab::KEY_EOS};
+use crate::train::budget;
+use crate::train::plan_llama::TrainShape;
 use crate::{Error, Result};
 
 /// One optimizer step, as reported to the callback and written to `metrics.jsonl`.

@@ -3,8 +3,8 @@
 //! false`), and a clear error for an unknown board.
 
 use edgetune::gguf::GgufFile;
-use edgetune::memory::budget::plan_training;
 use edgetune::train::TrainConfig;
+use edgetune::train::budget::plan_training;
 
 use crate::cli_support::{edgetune, ok};
 use crate::tiny;

@@ -47,7 +47,7 @@ fn train_writes_metrics_summary_and_a_checkpoint_and_planned_matches_measured() 
     assert_eq!(summary, on_disk);
     assert_eq!(summary["steps"], 4);
     // Planned vs measured: the plan counts weights, arena, adapters, optimizer state and the
-    // measured overheads (memory/overheads.rs); the peak is the process's VmHWM.
+    // measured overheads (train/budget/overheads.rs); the peak is the process's VmHWM.
     let planned = summary["planned_bytes"].as_f64().unwrap();
     let peak = summary["peak_bytes"].as_f64().unwrap();
     let rel = (peak - planned).abs() / peak;

@@ -7,8 +7,8 @@
 use edgetune::adapters::LoraConfig;
 use edgetune::backend::Backend;
 use edgetune::data::{Batch, IGNORE};
-use edgetune::memory::plan::TrainShape;
 use edgetune::model::{BackendModel, Llama, LlamaConfig};
+use edgetune::train::plan_llama::TrainShape;
 use edgetune::train::step::adapter_shapes;
 use edgetune::train::{AdapterSet, DeviceStep, TrainStep};
 use rand::{Rng, SeedableRng, rngs::StdRng};

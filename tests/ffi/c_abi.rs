@@ -24,7 +24,6 @@ use edgetune::ffi::{EtStatus, et_version};
 use edgetune::gguf::GgufFile;
 use edgetune::gguf::Value;
 use edgetune::infer::{GenerateOptions, SamplingParams, generate};
-use edgetune::memory::plan::{TrainShape, llama_training_plan};
 use edgetune::model::Llama;
 use edgetune::testmodel::{
     TINY, Vocabulary, WeightTypes, synthetic_vocab_metadata, write_test_model,
@@ -33,6 +32,7 @@ use edgetune::testmodel::{
 use edgetune::tokenizer::Tokenizer;
 use edgetune::tokenizer::chat_template::{ChatTemplate, PromptFormat};
 use edgetune::tokenizer::template::Message;
+use edgetune::train::plan_llama::{TrainShape, llama_training_plan};
 
 use crate::{c, last_error};
 
@@ -478,7 +478,7 @@ fn plan_json_matches_the_planner_and_hand_counts() {
     // sum of its parts: resident weights, arena, adapters, optimizer state, overheads.
     let mut planner_cfg = edgetune::ffi::plan::train_config_from_json(cfg).unwrap();
     planner_cfg.model = path.clone();
-    let planner = edgetune::memory::budget::plan_training(
+    let planner = edgetune::train::budget::plan_training(
         &edgetune::gguf::GgufFile::open(&path).unwrap(),
         &planner_cfg,
     )

@@ -1,4 +1,4 @@
-//! The training budget (`memory::budget`): the breakdown of the `tiny` preset computed by hand
+//! The training budget (`train::budget`): the breakdown of the `tiny` preset computed by hand
 //! (tensor bytes from the ggml block sizes, LoRA and AdamW state from the shapes), 8-bit against
 //! f32 state, state on disk, SGD; suggestions that fit when applied; the refusal message; the
 //! flagship 8B plan against 5.5 GiB and the numbers of docs/ARCHITECTURE.md#10-boards; the 70B
@@ -6,13 +6,13 @@
 
 use edgetune::adapters::Target;
 use edgetune::gguf::GgufFile;
-use edgetune::memory::budget::{
+use edgetune::memory::{Board, parse_bytes};
+use edgetune::testmodel::{LLAMA_3_1_8B, LLAMA_3_1_70B, TINY, WeightTypes, write_test_model};
+use edgetune::train::budget::{
     BINARY_RESIDENT_BYTES, Breakdown, ModelWeights, THREAD_RESIDENT_BYTES,
     TOKENIZER_BYTES_PER_ENTRY, TOKENIZER_FIXED_BYTES, plan_training, plan_training_for,
 };
-use edgetune::memory::plan::llama_training_buffers;
-use edgetune::memory::{Board, parse_bytes};
-use edgetune::testmodel::{LLAMA_3_1_8B, LLAMA_3_1_70B, TINY, WeightTypes, write_test_model};
+use edgetune::train::plan_llama::llama_training_buffers;
 use edgetune::train::{OptimizerKind, StatePlace, TrainConfig, WeightsMode};
 
 const GIB: u64 = 1 << 30;

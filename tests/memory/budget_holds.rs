@@ -3,7 +3,7 @@
 //! `tiny` and `small` test models, several shapes, methods and optimizer states.
 //!
 //! The plan is the header-only estimate `plan` prints (weights, arena, adapters, optimizer state,
-//! measured runtime overheads: `memory/overheads.rs`); the peak is what `train` reports in
+//! measured runtime overheads: `train/budget/overheads.rs`); the peak is what `train` reports in
 //! `summary.json` from `/proc/self/status`.
 
 use std::path::Path;

@@ -3,11 +3,11 @@
 //! cross-entropy chunk), lifetimes against the schedule, and checkpointing against no
 //! checkpointing.
 
-use edgetune::memory::plan::{
-    Bwd, Category, Fwd, LlamaSchedule, Plan, TARGETS, TrainShape, llama_training_buffers,
-    llama_training_plan,
-};
+use edgetune::memory::plan::{Category, Plan};
 use edgetune::model::LlamaConfig;
+use edgetune::train::plan_llama::{
+    Bwd, Fwd, LlamaSchedule, TARGETS, TrainShape, llama_training_buffers, llama_training_plan,
+};
 
 fn config(
     n_layer: usize,
@@ -165,8 +165,8 @@ fn the_schedule_runs_forward_loss_backward_optimizer() {
             last = s.fwd(l, f);
         }
     }
-    assert!(s.loss(edgetune::memory::plan::Loss::FinalNorm) > last);
-    last = s.loss(edgetune::memory::plan::Loss::FinalNormBackward);
+    assert!(s.loss(edgetune::train::plan_llama::Loss::FinalNorm) > last);
+    last = s.loss(edgetune::train::plan_llama::Loss::FinalNormBackward);
     for l in (0..3).rev() {
         for step in [
             s.recompute(l, Fwd::AttnNorm),

@@ -195,9 +195,9 @@ fn generate_with_streamed_weights_prints_the_same_text() {
 /// mapped); a budget neither fits is refused before the weights are loaded.
 #[test]
 fn a_budget_streams_inference_when_mapping_does_not_fit() {
-    use edgetune::memory::budget::ModelWeights;
-    use edgetune::memory::budget_infer::{InferenceShape, plan_inference};
     use edgetune::train::WeightsMode;
+    use edgetune::train::budget::ModelWeights;
+    use edgetune::train::budget::infer::{InferenceShape, plan_inference};
     let bin = env!("CARGO_BIN_EXE_edgetune");
     let dir = tempfile::tempdir().unwrap();
     // Deep enough that its layers outweigh the shapes' differences in workspace and cache.

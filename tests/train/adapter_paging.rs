@@ -11,11 +11,11 @@ use std::path::PathBuf;
 use edgetune::adapters::{Adapter, LoraConfig};
 use edgetune::data::Batch;
 use edgetune::gguf::GgufFile;
-use edgetune::memory::budget::plan_training;
-use edgetune::memory::plan::TrainShape;
 use edgetune::memory::rss::mapping_resident_bytes;
 use edgetune::model::Llama;
 use edgetune::testmodel::{Preset, TINY, WeightTypes, write_test_model};
+use edgetune::train::budget::plan_training;
+use edgetune::train::plan_llama::TrainShape;
 use edgetune::train::step::adapter_shapes;
 use edgetune::train::{
     AdapterSet, FusedUpdate, Method, StatePlace, TrainConfig, TrainStep, Trainer, WeightsMode,
@@ -272,7 +272,7 @@ fn inside_a_fused_step_only_the_running_layers_weights_are_resident() {
     }
 }
 
-fn plan_adapters(cfg: &TrainConfig) -> edgetune::memory::budget::Breakdown {
+fn plan_adapters(cfg: &TrainConfig) -> edgetune::train::budget::Breakdown {
     let file = GgufFile::open(&cfg.model).unwrap();
     plan_training(&file, cfg).unwrap().breakdown
 }

@@ -31,7 +31,7 @@ fn lora() -> LoraConfig {
 }
 
 /// The step's shape over `set`: ROWS rows of SEQ tokens, the loss in chunks of 8.
-fn shape(set: &AdapterSet, checkpointing: bool) -> edgetune::memory::plan::TrainShape {
+fn shape(set: &AdapterSet, checkpointing: bool) -> edgetune::train::plan_llama::TrainShape {
     train_support::step_shape(set, SEQ, ROWS, 8, checkpointing)
 }
 

@@ -21,10 +21,10 @@ use edgetune::adapters::{LoraConfig, Target};
 use edgetune::backend::CpuBackend;
 use edgetune::data::{Batch, IGNORE};
 use edgetune::gguf::GgufFile;
-use edgetune::memory::plan::TrainShape;
 use edgetune::model::{BackendModel, Llama};
 use edgetune::quant::{Compute, GgmlType};
 use edgetune::testmodel::{self, TINY, WeightTypes};
+use edgetune::train::plan_llama::TrainShape;
 use edgetune::train::{AdapterSet, TrainStep, target_shape};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 

@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 
 use edgetune::adapters::LayerRange;
 use edgetune::gguf::GgufFile;
-use edgetune::memory::budget::{Breakdown, plan_training};
 use edgetune::testmodel::{Preset, TINY, WeightTypes, write_test_model};
+use edgetune::train::budget::{Breakdown, plan_training};
 use edgetune::train::{
     CheckpointDtype, FusedUpdate, Method, Replay, SPILL_FILE, StatePlace, TrainConfig, Trainer,
     WeightsMode,

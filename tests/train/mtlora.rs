@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use edgetune::adapters::Adapter;
 use edgetune::adapters::mtlora::MtLora;
 use edgetune::gguf::GgufFile;
-use edgetune::memory::budget;
 use edgetune::model::LlamaConfig;
+use edgetune::train::budget;
 use edgetune::train::{Method, TaskWeights, TrainConfig, Trainer, method_io, method_tasks};
 
 use crate::cli_support::edgetune;

@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 
 use edgetune::adapters::LayerRange;
 use edgetune::gguf::GgufFile;
-use edgetune::memory::budget::plan_training;
 use edgetune::model::stream::StreamStats;
 use edgetune::testmodel::{Preset, SMALL, TINY, WeightTypes, write_test_model};
+use edgetune::train::budget::plan_training;
 use edgetune::train::{
     Method, OptimizerKind, Replay, StreamHead, TrainConfig, Trainer, WeightsMode,
 };

@@ -15,11 +15,11 @@ use crate::device_step_support::{StepResult, train_step};
 use edgetune::adapters::{LoraConfig, Target};
 use edgetune::backend::CpuBackend;
 use edgetune::gguf::GgufFile;
-use edgetune::memory::budget::{ModelWeights, plan_training_for};
 use edgetune::memory::parse_bytes;
 use edgetune::model::Llama;
 use edgetune::quant::GgmlType;
 use edgetune::testmodel::{self, LLAMA_3_1_8B, TINY, WeightTypes};
+use edgetune::train::budget::{ModelWeights, plan_training_for};
 use edgetune::train::{AdapterSet, DevicePlan, DeviceShape, DeviceStep, TrainConfig};
 use edgetune::train::{plan_device_step, plan_device_step_within};
 

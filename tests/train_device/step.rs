@@ -125,7 +125,7 @@ fn unsupported_methods_and_dropout_are_refused_by_name() {
     let mut cpu = edgetune::train::TrainStep::new(
         m,
         &set,
-        edgetune::memory::plan::TrainShape::plain(16, 2, 5, true, shape),
+        edgetune::train::plan_llama::TrainShape::plain(16, 2, 5, true, shape),
     )
     .unwrap();
     let e = cpu

@@ -6,9 +6,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use edgetune::data::synth;
-use edgetune::memory::plan::TrainShape;
 use edgetune::testmodel::{self, TINY, WeightTypes};
 use edgetune::train::TrainConfig;
+use edgetune::train::plan_llama::TrainShape;
 
 /// Writes `dir/tiny.gguf` (weights of `ty`) and `dir/iot.jsonl` (`n` Alpaca examples).
 pub fn write_fixture(dir: &Path, ty: &str, n: usize) -> (PathBuf, PathBuf) {

@@ -14,10 +14,10 @@ use edgetune::data::synth;
 use edgetune::eval::plot::LossCurve;
 use edgetune::gguf::GgufFile;
 use edgetune::infer::{GenerateOptions, SamplingParams, generate};
-use edgetune::memory::budget;
 use edgetune::model::Llama;
 use edgetune::testmodel::{self, WeightTypes};
 use edgetune::tokenizer::{Tokenizer, template};
+use edgetune::train::budget;
 use edgetune::train::{Summary, TrainConfig};
 use edgetune::{Error, Result};
 

@@ -15,7 +15,7 @@ use edgetune::{Error, Result};
 
 use crate::compute_args::ComputeArgsF32;
 use crate::template_args::TemplateArgs;
-use edgetune::memory::budget_infer::InferenceShape;
+use edgetune::train::budget::infer::InferenceShape;
 
 #[derive(clap::Args)]
 #[command(

@@ -18,8 +18,8 @@ use crate::backend_args::{BackendArgs, Chosen};
 use crate::compute_args::ComputeArgsF32;
 use crate::infer_budget_args::InferBudgetArgs;
 use crate::template_args::TemplateArgs;
-use edgetune::memory::budget_infer::InferenceShape;
 use edgetune::model::DEFAULT_MAX_BATCH;
+use edgetune::train::budget::infer::InferenceShape;
 
 #[derive(clap::Args)]
 pub struct Args {

@@ -1,16 +1,16 @@
 //! `--budget SIZE | --board NAME` of the inference commands (`generate`, `perplexity`,
 //! `eval`): the
-//! run's memory is planned before the weights are loaded (memory/budget_infer.rs); with
+//! run's memory is planned before the weights are loaded (train/budget/infer.rs); with
 //! `--weights auto` the layers are streamed when mapping them does not fit the budget and
 //! streaming does, and a run that fits neither way is refused with the numbers.
 
 use edgetune::Result;
 use edgetune::gguf::GgufFile;
-use edgetune::memory::budget::ModelWeights;
-use edgetune::memory::budget_infer::{InferenceShape, plan_inference};
 use edgetune::memory::{Board, parse_bytes};
 use edgetune::model::stream::StreamOptions;
 use edgetune::train::StreamHead;
+use edgetune::train::budget::ModelWeights;
+use edgetune::train::budget::infer::{InferenceShape, plan_inference};
 
 use crate::backend_args::WeightsArg;
 

@@ -15,7 +15,7 @@ use crate::backend_args::{BackendArgs, Chosen};
 use crate::compute_args::ComputeArgsF32;
 use crate::infer_budget_args::InferBudgetArgs;
 use edgetune::infer::PERPLEXITY_CHUNK;
-use edgetune::memory::budget_infer::InferenceShape;
+use edgetune::train::budget::infer::InferenceShape;
 
 #[derive(clap::Args)]
 #[command(group(clap::ArgGroup::new("input").required(true).args(["text", "tokens"])))]

@@ -6,9 +6,9 @@
 use std::path::PathBuf;
 
 use edgetune::gguf::GgufFile;
-use edgetune::memory::{ModelWeights, plan_training_for};
 use edgetune::testmodel::{WeightTypes, preset};
 use edgetune::train::TrainConfig;
+use edgetune::train::budget::{ModelWeights, plan_training_for};
 use edgetune::{Error, Result};
 
 use crate::method_args::MethodArgs;

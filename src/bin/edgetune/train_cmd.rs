@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use edgetune::data::Format;
 use edgetune::gguf::GgufFile;
-use edgetune::memory::budget;
+use edgetune::train::budget;
 use edgetune::train::{Decay, Progress, Replay, Summary, TrainConfig};
 use edgetune::{Error, Result};
 use indicatif::{ProgressBar, ProgressStyle};

@@ -1,5 +1,5 @@
 //! The buffer list of one Llama LoRA training step, with and without gradient checkpointing:
-//! the first client of [`super::plan`]. Shapes are f32, `T = seq_len × micro_batch` tokens,
+//! the first client of [`crate::memory::plan`]. Shapes are f32, `T = seq_len × micro_batch` tokens,
 //! `D = dim`, `Q = n_head · head_dim`, `K = n_head_kv · head_dim`, `F = ffn`, `H = n_head`,
 //! `r` the LoRA rank.
 //!
@@ -52,7 +52,7 @@
 //! Attention needs no tile buffer: the backends' attention kernels tile in registers / on the
 //! stack / in shared memory, and recompute scores from the saved `lse`.
 
-use super::plan::{Category, PlanBuilder};
+use crate::memory::plan::{Category, PlanBuilder};
 use crate::model::config::LlamaConfig;
 use crate::{Error, Result};
 

@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use super::budget::ModelWeights;
+use super::ModelWeights;
 use crate::Result;
 use crate::train::TrainConfig;
 

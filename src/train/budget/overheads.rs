@@ -5,7 +5,7 @@
 
 use serde::Serialize;
 
-use super::budget::ModelWeights;
+use super::ModelWeights;
 use crate::backend::cpu::cross_entropy_vocab::RowLse;
 use crate::model::LlamaConfig;
 use crate::train::TrainConfig;

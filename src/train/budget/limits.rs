@@ -1,6 +1,6 @@
 //! The settings a training plan depends on, checked against the model before anything is
 //! counted or allocated: `plan`, `train` and the C ABI all plan through
-//! [`super::budget::train_shape`], which calls [`validate`] first, so a setting refused here is
+//! [`super::train_shape`], which calls [`validate`] first, so a setting refused here is
 //! refused everywhere, naming the flag and the numbers.
 //!
 //! Ranks: an adapter `B·A` on a linear `[out, in]` has rank at most `min(in, out)`; a larger

@@ -7,12 +7,12 @@
 
 use serde::Serialize;
 
-use super::budget::{ModelWeights, WeightsBreakdown, weights_breakdown};
-use super::budget_report::size;
 use super::overheads::{
     BINARY_RESIDENT_BYTES, THREAD_RESIDENT_BYTES, TOKENIZER_BYTES_PER_ENTRY, TOKENIZER_FIXED_BYTES,
     matmul_scratch_bytes,
 };
+use super::report::size;
+use super::{ModelWeights, WeightsBreakdown, weights_breakdown};
 use crate::model::LOGIT_ROWS;
 use crate::train::{StreamHead, TrainConfig, WeightsMode};
 use crate::{Error, Result};

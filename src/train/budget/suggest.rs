@@ -27,14 +27,12 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
-use super::budget::{
-    ArenaBreakdown, Breakdown, CategoryBytes, ModelWeights, assemble, train_shape,
-};
-use super::budget_report::size;
-use super::plan::llama_training_plan;
+use super::report::size;
 pub use super::suggest_levers::{Change, config_flags};
 use super::suggest_levers::{is_exact, levers};
+use super::{ArenaBreakdown, Breakdown, CategoryBytes, ModelWeights, assemble, train_shape};
 use crate::train::TrainConfig;
+use crate::train::plan_llama::llama_training_plan;
 use crate::{Error, Result};
 
 /// Most suggestions listed.
@@ -336,7 +334,7 @@ mod tests {
             crate::testmodel::WeightTypes::parse("q4_0").unwrap(),
         )
         .unwrap();
-        let board = super::super::Board::builtin("orin-nano-4gb").unwrap();
+        let board = crate::memory::Board::builtin("orin-nano-4gb").unwrap();
         let cfg = TrainConfig {
             seq_len: 512,
             threads: Some(board.cpu_cores),

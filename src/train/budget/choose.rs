@@ -1,14 +1,14 @@
-//! The plan's choices between equivalent ways to run (memory/budget.rs evaluates each):
+//! The plan's choices between equivalent ways to run (train/budget/mod.rs evaluates each):
 //! `--weights auto` (mapped unless only streamed layers fit), `--fused-update auto` (each layer
 //! updated after its backward when streamed, with clipping only when the unfused step does not
 //! fit) and `--stream-head auto` (the head streamed too when only that fits). Each choice keeps
 //! the cheaper configuration unless the budget needs the other, and says why in the breakdown.
 //! Each returns the plan with the configuration it was made for (`auto` resolved): the
 //! suggestions of a plan that does not fit are searched once, at the end, from that
-//! configuration ([`super::budget::plan_training_for`]), not for every trial.
+//! configuration ([`super::plan_training_for`]), not for every trial.
 
-use super::budget::{ModelWeights, TrainingPlan, evaluate};
-use super::budget_report::size;
+use super::report::size;
+use super::{ModelWeights, TrainingPlan, evaluate};
 use crate::Result;
 use crate::train::{
     FusedUpdate, StreamHead, TrainConfig, WeightsMode, fused_update_support, stream_head_support,

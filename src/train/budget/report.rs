@@ -1,9 +1,9 @@
 //! The budget breakdown as a text table (`edgetune plan`, and the refusal message of
-//! [`super::budget::Breakdown::check`]).
+//! [`super::Breakdown::check`]).
 
 use std::fmt::Write as _;
 
-use super::budget::Breakdown;
+use super::Breakdown;
 
 const MIB: f64 = (1u64 << 20) as f64;
 const GIB: f64 = (1u64 << 30) as f64;

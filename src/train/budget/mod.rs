@@ -26,35 +26,45 @@
 //! - **Overheads**: the measured constants of overheads.rs (binary, GGUF header, tokenizer,
 //!   dataset, threads; no KV cache in training).
 
+mod choose;
+pub mod infer;
+pub mod limits;
+pub mod overheads;
+mod report;
+mod stream;
+mod suggest;
+mod suggest_levers;
+
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::budget_choose::{choose_fused_update, choose_stream_head, plan_weights};
-pub use super::budget_stream::StreamedLayers;
-use super::budget_stream::{is_layer_matrix, streamed_layers};
-use super::plan::{Plan, TrainShape, llama_training_plan};
-use super::plan_llama::AdapterShape;
 use crate::adapters::Target;
 use crate::adapters::param_buf::paged_bytes;
 use crate::gguf::{GgufFile, Metadata, TensorInfo};
+use crate::memory::plan::Plan;
 use crate::model::LlamaConfig;
 use crate::optim::paged::page_round;
 use crate::optim::state8bit::{MIN_8BIT_NUMEL, state_bytes_8bit};
 use crate::testmodel::{Preset, Vocabulary, WeightTypes, plan_test_model};
 use crate::train::method::Method;
 use crate::train::method_plan::{adapter_cost, method_wide_bytes, reslora_store_bytes};
+use crate::train::plan_llama::AdapterShape;
+use crate::train::plan_llama::{TrainShape, llama_training_plan};
 use crate::train::{
     CheckpointDtype, FusedUpdate, OptimizerKind, StatePlace, StreamHead, TrainConfig, WeightsMode,
     target_shape,
 };
 use crate::{Error, Result};
+use choose::{choose_fused_update, choose_stream_head, plan_weights};
+pub use stream::StreamedLayers;
+use stream::{is_layer_matrix, streamed_layers};
 
-pub use super::overheads::{
+pub use overheads::{
     BINARY_RESIDENT_BYTES, DATASET_BYTES_PER_FILE_BYTE, Overhead, THREAD_RESIDENT_BYTES,
     TOKENIZER_BYTES_PER_ENTRY, TOKENIZER_FIXED_BYTES,
 };
-pub use super::suggest::{Change, Suggestion, Suggestions};
+pub use suggest::{Change, Suggestion, Suggestions};
 
 /// What the budget needs from a model: its shapes, its tensors (name, type, size), the size of
 /// the header (read at open) and the tokenizer's size.
@@ -255,10 +265,10 @@ impl Breakdown {
                     "memory plan over budget: needs {} bytes ({}) but the budget is {} bytes \
                      ({}), {} over; refusing before allocating anything\n\n{}",
                     self.total_bytes,
-                    super::budget_report::size(self.total_bytes),
+                    report::size(self.total_bytes),
                     budget,
-                    super::budget_report::size(budget),
-                    super::budget_report::size(self.total_bytes.saturating_sub(budget)),
+                    report::size(budget),
+                    report::size(self.total_bytes.saturating_sub(budget)),
                     self.report()
                 ),
             }),
@@ -266,9 +276,9 @@ impl Breakdown {
         }
     }
 
-    /// The breakdown as a text table (budget_report.rs).
+    /// The breakdown as a text table (report.rs).
     pub fn report(&self) -> String {
-        super::budget_report::report(self)
+        report::report(self)
     }
 }
 
@@ -293,8 +303,7 @@ pub fn plan_training_for(model: &ModelWeights, cfg: &TrainConfig) -> Result<Trai
     let (mut planned, chosen) = choose_stream_head(model, cfg, planned)?;
     // Over budget: the nearest configurations that fit, from the one chosen.
     if !planned.breakdown.fits {
-        planned.breakdown.suggestions =
-            Some(super::suggest::search(model, &chosen, &planned.breakdown)?);
+        planned.breakdown.suggestions = Some(suggest::search(model, &chosen, &planned.breakdown)?);
     }
     Ok(planned)
 }
@@ -303,7 +312,7 @@ pub fn plan_training_for(model: &ModelWeights, cfg: &TrainConfig) -> Result<Trai
 /// order), gradients accumulated when `accum > 1`, no optimizer staging (the CPU updates state
 /// pages in place), and the cross-entropy chunk capped at the step's tokens.
 pub fn train_shape(model: &LlamaConfig, cfg: &TrainConfig) -> Result<TrainShape> {
-    super::limits::validate(model, cfg)?;
+    limits::validate(model, cfg)?;
     let tokens = cfg.seq_len.checked_mul(cfg.batch).ok_or_else(|| {
         Error::Invalid(format!(
             "plan: {} × {} tokens overflow",
@@ -371,7 +380,7 @@ pub(crate) fn assemble(
     let weights = weights_breakdown(model, tokens, cfg)?;
     let (adapters, tensor_numels) = adapter_breakdown(model, cfg);
     let optimizer = optimizer_breakdown(cfg, &tensor_numels);
-    let overheads = super::overheads::overheads(model, cfg, tokens)?;
+    let overheads = overheads::overheads(model, cfg, tokens)?;
     let overhead_bytes = overheads.iter().map(|o| o.bytes).sum::<u64>();
     let total_bytes = [
         weights.resident_bytes,
@@ -386,7 +395,7 @@ pub(crate) fn assemble(
     .ok_or_else(|| Error::Invalid("plan: the total overflows u64".into()))?;
     Ok(Breakdown {
         model: model.name.clone(),
-        config: super::suggest::config_flags(cfg),
+        config: suggest::config_flags(cfg),
         weights,
         arena,
         adapters,
