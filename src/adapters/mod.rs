@@ -41,12 +41,14 @@ pub mod olora_pissa;
 mod pair;
 pub mod param_buf;
 pub mod reslora;
+pub mod set;
 
 pub use capability::{
     NestedRanks, PrevLayerInput, RankBudget, StateSource, StateTensor, StateValues, TaskRouted,
 };
 pub use lora::{LayerRange, Lora, LoraConfig, Target};
 pub use param_buf::ParamBuf;
+pub use set::{AdapterSet, LinearShapes};
 
 use std::borrow::Cow;
 

@@ -13,10 +13,11 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use crate::adapters::AdapterSet;
+use crate::adapters::set::{slot_seed, target_index};
 use crate::adapters::{Lora, LoraConfig, Target};
 use crate::model::LlamaConfig;
-use crate::train::AdapterSet;
-use crate::train::adapter_set::{slot_seed, target_index, target_shape};
+use crate::model::target_shape;
 use crate::{Error, Result};
 
 /// Which factor of `ΔW = s·B·A` a tensor is.

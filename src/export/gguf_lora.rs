@@ -18,12 +18,12 @@ use serde::Serialize;
 use super::collect::{Collector, Half, ReadTensor, build_set, common_rank, targets_of};
 use super::lowrank::{b_for_scale, low_rank_modules};
 use super::{codec, native::parse_layer};
+use crate::adapters::AdapterSet;
 use crate::adapters::{LoraConfig, Target};
 use crate::gguf::{GgufFile, GgufWriter, Value};
 use crate::model::LlamaConfig;
 use crate::model::config::ARCH;
 use crate::quant::GgmlType;
-use crate::train::AdapterSet;
 use crate::{Error, Result};
 
 pub const GENERAL_TYPE_KEY: &str = "general.type";

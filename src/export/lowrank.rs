@@ -9,8 +9,8 @@
 
 use std::borrow::Cow;
 
+use crate::adapters::AdapterSet;
 use crate::adapters::{Export, Target};
-use crate::train::AdapterSet;
 use crate::{Error, Result};
 
 /// One adapted linear, borrowed from the set.

@@ -12,12 +12,12 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::adapters::AdapterSet;
 use crate::adapters::{Adapter, Export, Target};
 use crate::backend::cpu::gemm::{GemmDims, gemm};
 use crate::gguf::{ALIGNMENT_KEY, GgufFile, GgufWriter, TensorInfo, TensorSink};
 use crate::model::{LlamaConfig, LlamaWeights};
 use crate::quant::{self, GgmlType};
-use crate::train::AdapterSet;
 use crate::{Error, Result};
 
 /// Values per row block of an adapted tensor (8 MiB of f32).

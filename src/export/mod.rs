@@ -24,8 +24,8 @@ pub mod sha256;
 
 use std::path::{Path, PathBuf};
 
+use crate::adapters::AdapterSet;
 use crate::model::LlamaConfig;
-use crate::train::AdapterSet;
 use crate::{Error, Result};
 
 pub use gguf_lora::{export_gguf, load_gguf_adapter};

@@ -1,7 +1,7 @@
 //! Our adapter format (a directory), used for checkpoints and as the import/export hub:
 //!
 //! - `adapter.safetensors`: every trainable tensor in f32, named
-//!   [`crate::train::adapter_set::tensor_name`] (`blk.3.attn_q.lora_A`), row-major with the
+//!   [`crate::adapters::set::tensor_name`] (`blk.3.attn_q.lora_A`), row-major with the
 //!   shapes of [`crate::adapters::Adapter::params`] (`lora_A` `[r, in]`, `lora_B` `[out, r]`);
 //!   safetensors metadata `format = edgetune-adapter`.
 //! - `adapter.json`: `{"format": "edgetune-adapter", "version": 1, "method": "lora",
@@ -22,11 +22,11 @@ use serde_json::{Map, Value as Json};
 
 use super::collect::{Collector, Half, ReadTensor, build_set, with_rank};
 use super::lowrank::{b_for_scale, low_rank_modules};
+use crate::adapters::AdapterSet;
+use crate::adapters::set::tensor_name;
 use crate::adapters::{LoraConfig, Target};
 use crate::atomic_file as atomic;
 use crate::model::LlamaConfig;
-use crate::train::AdapterSet;
-use crate::train::adapter_set::tensor_name;
 use crate::{Error, Result};
 
 /// `format` of `adapter.json` and of the safetensors metadata.

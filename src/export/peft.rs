@@ -24,11 +24,11 @@ use super::native::parse_layer;
 use super::peft_config::{CONFIG_FILE, PeftConfig, lookup, module_key, parent_module};
 use super::qk_permute::{gguf_to_hf_rows, hf_to_gguf_rows};
 use super::{codec, readme, sha256};
+use crate::adapters::AdapterSet;
 use crate::adapters::{LoraConfig, Target};
 use crate::atomic_file as atomic;
 use crate::model::LlamaConfig;
 use crate::quant::GgmlType;
-use crate::train::AdapterSet;
 use crate::{Error, Result};
 
 pub const TENSORS_FILE: &str = "adapter_model.safetensors";

@@ -3,9 +3,9 @@
 
 use super::forward::ProjectionHook;
 use crate::Result;
+use crate::adapters::AdapterSet;
 use crate::adapters::{Pass, Target};
 use crate::backend::CpuBackend;
-use crate::train::AdapterSet;
 
 /// Workspace for the adapters of one model: `saved` and `scratch` for chunks of up to
 /// `max_tokens` tokens (the largest adapter's needs).

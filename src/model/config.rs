@@ -1,6 +1,8 @@
 //! Llama hyper-parameters from GGUF metadata (`{arch}.*` keys,
 //! docs/FORMATS.md#llama-metadata-and-tensors).
 
+use crate::adapters::Target;
+use crate::adapters::set::LinearShapes;
 use crate::gguf::GgufFile;
 use crate::{Error, Result};
 
@@ -149,5 +151,26 @@ impl LlamaConfig {
     /// Width of the key/value projection outputs (`n_head_kv · head_dim`).
     pub fn kv_dim(&self) -> usize {
         self.n_head_kv * self.head_dim
+    }
+}
+
+/// `(in, out)` features of `target`'s linear in a Llama block of `cfg`.
+pub fn target_shape(cfg: &LlamaConfig, target: Target) -> (usize, usize) {
+    match target {
+        Target::AttnQ => (cfg.dim, cfg.q_dim()),
+        Target::AttnK | Target::AttnV => (cfg.dim, cfg.kv_dim()),
+        Target::AttnOutput => (cfg.q_dim(), cfg.dim),
+        Target::FfnGate | Target::FfnUp => (cfg.dim, cfg.ffn),
+        Target::FfnDown => (cfg.ffn, cfg.dim),
+    }
+}
+
+impl LinearShapes for LlamaConfig {
+    fn n_layer(&self) -> usize {
+        self.n_layer
+    }
+
+    fn linear_shape(&self, target: Target) -> (usize, usize) {
+        target_shape(self, target)
     }
 }

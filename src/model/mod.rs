@@ -26,15 +26,15 @@ pub mod weights;
 
 use std::sync::{Arc, Mutex};
 
-pub use config::LlamaConfig;
+pub use config::{LlamaConfig, target_shape};
 pub use forward::{BackendModel, LOGIT_ROWS, Workspace};
 pub use kv_cache::{KvCache, KvCacheOf};
-pub use weights::{LayerWeights, LlamaWeights};
+pub use weights::{LayerWeights, LlamaWeights, target_matrix};
 
+use crate::adapters::AdapterSet;
 use crate::backend::CpuBackend;
 use crate::gguf::GgufFile;
 use crate::quant::Compute;
-use crate::train::AdapterSet;
 use crate::{Error, Result};
 use adapter_hook::{AdapterBuffers, AdapterHook};
 use forward::{LogitRows, NoAdapters};

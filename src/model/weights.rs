@@ -7,6 +7,7 @@
 //! 4-byte aligned in an owned buffer.
 
 use super::config::LlamaConfig;
+use crate::adapters::Target;
 use crate::gguf::{GgufFile, TensorInfo};
 use crate::quant::matmul::QuantMatrix;
 use crate::quant::{self, GgmlType};
@@ -171,5 +172,18 @@ impl<'a> LlamaWeights<'a> {
             tied_output,
             rope_freqs,
         })
+    }
+}
+
+/// The matrix of `target` in a block's weights.
+pub fn target_matrix<'a, 'w>(w: &'a LayerWeights<'w>, target: Target) -> &'a QuantMatrix<'w> {
+    match target {
+        Target::AttnQ => &w.attn_q,
+        Target::AttnK => &w.attn_k,
+        Target::AttnV => &w.attn_v,
+        Target::AttnOutput => &w.attn_output,
+        Target::FfnGate => &w.ffn_gate,
+        Target::FfnUp => &w.ffn_up,
+        Target::FfnDown => &w.ffn_down,
     }
 }
