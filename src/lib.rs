@@ -4,9 +4,11 @@
 //! formats and the quantized products, `tokenizer` builds the model's tokenizer from GGUF
 //! metadata, `backend` holds the ops (CPU, and CUDA with `--features cuda`), `model` the Llama
 //! forward pass, `infer` generation and perplexity, `data` datasets, the replay mix and the
-//! synthetic IoT set, `adapters` the LoRA family, `optim` the optimizers, `memory` the arena,
-//! plans, board profiles and budgets, `train` the trainer and its steps, `eval` suites and
-//! method comparison, `export` the adapter formats. `docs/ARCHITECTURE.md` maps every file.
+//! synthetic IoT set, `adapters` the LoRA family and the set of a model's adapters, `optim`
+//! the optimizers, `memory` the arena, plan packing, board profiles and RSS, `train` the
+//! trainer, its steps and the memory budget, `eval` suites, `compare` the method comparison,
+//! `export` the adapter formats and the quantizer. `docs/ARCHITECTURE.md` maps every file and
+//! the order of the layers (`src/module_graph.rs` checks it).
 
 pub mod adapters;
 pub mod atomic_file;
