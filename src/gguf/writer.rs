@@ -6,9 +6,8 @@
 //! Tensor names are limited to 63 bytes because llama.cpp refuses longer ones (`GGML_MAX_NAME`).
 
 use std::collections::HashSet;
-use std::fs::File;
 use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::ggml_type::GgmlType;
 use super::metadata::Metadata;
@@ -295,33 +294,7 @@ impl GgufWriter {
     where
         F: FnMut(usize, &TensorInfo, &mut TensorSink<'_>) -> crate::Result<()>,
     {
-        let tmp = temp_path(path);
-        let result = (|| {
-            let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-            let mut out = BufWriter::with_capacity(1 << 20, file);
-            self.write_inner(&mut out, path, data)?;
-            let file = out
-                .into_inner()
-                .map_err(|e| Error::io(&tmp, e.into_error()))?;
-            file.sync_all().map_err(|e| Error::io(&tmp, e))?;
-            std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
-        })();
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-            return result;
-        }
-        // Make the rename itself durable; failing to sync a directory is not fatal.
-        let dir = path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
-            log::warn!(
-                "{}: could not fsync the directory after rename: {e}",
-                dir.display()
-            );
-        }
-        Ok(())
+        crate::atomic_file::write_with(path, |out| self.write_inner(out, path, data))
     }
 
     fn write_inner<F>(self, out: &mut dyn Write, path: &Path, mut data: F) -> crate::Result<()>
@@ -364,14 +337,6 @@ impl GgufWriter {
 
 fn valid_alignment(a: u64) -> bool {
     a.is_power_of_two() && a <= 1 << 31
-}
-
-fn temp_path(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
 }
 
 fn write_zeros(out: &mut dyn Write, n: u64) -> std::io::Result<()> {
