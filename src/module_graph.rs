@@ -1,8 +1,7 @@
 //! The layering of `src/`, checked: the `use crate::…` edges between the crate's top-level
-//! modules, read from the source, must form no cycle except among the modules listed in
-//! [`KNOWN_CYCLIC`] (the ones docs/ARCHITECTURE.md §4 names, waiting for the split into
-//! crates). A new cycle fails the test; so does a listed module that has left every cycle, so
-//! the list only shrinks.
+//! modules, read from the source, must follow one order ([`LAYERS`]): each module uses only
+//! the modules before it and the crate-level files, so there is no cycle, and a module missing
+//! from the order fails the test until it is given a place.
 //!
 //! Edges are read from non-test code: comment lines are skipped, and a file's text stops at its
 //! `#[cfg(test)] mod …` block. `src/bin/` (the CLI) sits on top and is not part of the graph.
@@ -10,16 +9,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-/// Modules that today lie on a cycle of `use crate::…` edges (see docs/ARCHITECTURE.md §4:
-/// `export` reads `train`'s method state to explain a merge-only checkpoint, and `train`
-/// writes its checkpoints with `export`).
-const KNOWN_CYCLIC: &[&str] = &["export", "train"];
-
-/// The layers below training, in order: each may use only the entries before it and the
-/// crate-level files (the file format, the arena and plan packing, the quant kernels, the
+/// Every top-level module, lowest first: each may use only the entries before it and the
+/// crate-level files. The file format, the arena and plan packing, the quant kernels, the
 /// tokenizer, the data layer, the optimizers, the backend ops, the adapters, the model,
-/// inference, evaluation, the test models).
-const FOUNDATION: &[&str] = &[
+/// inference, evaluation and the test models form the foundation; above them the adapter
+/// formats (export), training, the method comparison, model inspection and the C ABI.
+const LAYERS: &[&str] = &[
     "gguf",
     "memory",
     "quant",
@@ -32,6 +27,11 @@ const FOUNDATION: &[&str] = &[
     "infer",
     "eval",
     "testmodel",
+    "export",
+    "train",
+    "compare",
+    "inspect",
+    "ffi",
 ];
 
 /// Crate-level files every module may use (they use nothing of the crate but `error`).
@@ -221,29 +221,31 @@ mod tests {
     }
 
     #[test]
-    fn no_cycles_beyond_the_known_ones() {
+    fn no_module_lies_on_a_cycle() {
         let edges = edges();
         let cyclic = cyclic_modules(&edges);
-        let known: BTreeSet<String> = KNOWN_CYCLIC.iter().map(|s| s.to_string()).collect();
-        let new: Vec<_> = cyclic.difference(&known).collect();
         assert!(
-            new.is_empty(),
-            "new module cycles through {new:?}; edges: {edges:#?}"
-        );
-        let gone: Vec<_> = known.difference(&cyclic).collect();
-        assert!(
-            gone.is_empty(),
-            "{gone:?} no longer lie on a cycle: remove them from KNOWN_CYCLIC (and from \
-             docs/ARCHITECTURE.md §4)"
+            cyclic.is_empty(),
+            "module cycles through {cyclic:?}; edges: {edges:#?}"
         );
     }
 
     #[test]
-    fn foundation_modules_use_only_what_is_below_them() {
+    fn every_module_has_a_layer() {
         let edges = edges();
-        for (i, m) in FOUNDATION.iter().enumerate() {
-            let allowed: BTreeSet<&str> =
-                FOUNDATION[..i].iter().chain(CRATE_LEVEL).copied().collect();
+        for m in edges.keys() {
+            assert!(
+                LAYERS.contains(&m.as_str()) || CRATE_LEVEL.contains(&m.as_str()),
+                "module {m} is in neither LAYERS nor CRATE_LEVEL: give it its place"
+            );
+        }
+    }
+
+    #[test]
+    fn modules_use_only_what_is_below_them() {
+        let edges = edges();
+        for (i, m) in LAYERS.iter().enumerate() {
+            let allowed: BTreeSet<&str> = LAYERS[..i].iter().chain(CRATE_LEVEL).copied().collect();
             for used in edges.get(*m).into_iter().flatten() {
                 assert!(
                     allowed.contains(used.as_str()),

@@ -55,9 +55,7 @@ pub fn detect_format(path: &Path) -> Result<(AdapterFormat, PathBuf)> {
         if path.join(peft_config::CONFIG_FILE).is_file() {
             return Ok((AdapterFormat::Peft, path.to_path_buf()));
         }
-        if crate::train::method_io::has_method_state(path) {
-            let method = crate::train::method_io::read_meta(path)
-                .map_or_else(|_| "merge-only".to_string(), |m| m.method.to_string());
+        if let Some(method) = method_state_name(path) {
             return Err(Error::Invalid(format!(
                 "{}: a {method} checkpoint: {method} is merge-only (not a plain B·A), so it \
                  cannot be loaded as a LoRA or exported as GGUF/PEFT; fold it into a new base \
@@ -95,6 +93,21 @@ pub fn detect_format(path: &Path) -> Result<(AdapterFormat, PathBuf)> {
             path.display()
         ))),
     }
+}
+
+/// The method named by `dir/method.json` when the directory holds a method-state checkpoint
+/// (`"merge-only"` when the file is there but unreadable), read as plain JSON so that export
+/// needs nothing of the trainer's types.
+fn method_state_name(dir: &Path) -> Option<String> {
+    let path = dir.join(native::METHOD_JSON);
+    if !path.is_file() {
+        return None;
+    }
+    let name = std::fs::read(&path)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+        .and_then(|meta| meta.get("method")?.as_str().map(str::to_string));
+    Some(name.unwrap_or_else(|| "merge-only".to_string()))
 }
 
 /// Loads an adapter in any of the three formats for `model` (see [`detect_format`]).

@@ -36,6 +36,11 @@ pub const VERSION: u64 = 1;
 /// File names inside the directory.
 pub const ADAPTER_JSON: &str = "adapter.json";
 pub const ADAPTER_TENSORS: &str = "adapter.safetensors";
+/// A checkpoint's full method state beside the plain-LoRA files (written and read by the
+/// trainer's `method_io`; named here because a directory holding only these is what
+/// [`super::detect_format`] reports as a merge-only checkpoint).
+pub const METHOD_JSON: &str = "method.json";
+pub const METHOD_TENSORS: &str = "method.safetensors";
 
 /// Keys of `adapter.json` that `extra_meta` may not set.
 const RESERVED: [&str; 6] = [

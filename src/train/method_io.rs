@@ -41,8 +41,7 @@ use crate::adapters::{LoraConfig, StateSource, StateTensor, StateValues, Target}
 use crate::export::codec::{safetensors_error, safetensors_what};
 use crate::{Error, Result};
 
-pub const METHOD_JSON: &str = "method.json";
-pub const METHOD_TENSORS: &str = "method.safetensors";
+pub use crate::export::native::{METHOD_JSON, METHOD_TENSORS};
 const FORMAT: &str = "edgetune-method-state";
 
 /// `method.json`.

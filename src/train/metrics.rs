@@ -3,16 +3,94 @@
 //! `edgetune train` ([`super::run`]) and the C trainer handle (`et_trainer_step`). Opening it
 //! for a run that resumes at step `s` first cuts the lines after `s` (steps the checkpoint
 //! does not hold, and a line cut by a kill), so a resumed run's file reads like an
-//! uninterrupted one.
+//! uninterrupted one. Beside it, what a finished run reports ([`Summary`], `DIR/summary.json`).
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
+use serde::Serialize;
 use serde_json::Value;
 
-use super::trainer::Progress;
+use super::config::TrainConfig;
+use super::evaluate::{BestPoint, EvalPoint};
+use super::replay::ReplayReport;
+use crate::memory::rss::MemoryUsage;
 use crate::{Error, Result};
+
+/// One optimizer step, as reported to the callback and written to `metrics.jsonl`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Progress {
+    /// 1-based.
+    pub step: u64,
+    pub total_steps: u64,
+    /// Mean loss over the step's target tokens.
+    pub loss: f64,
+    pub lr: f32,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Tokens (`batch × seq_len × micro-batches`) per second of this step.
+    pub tok_per_s: f64,
+    /// Target tokens of this step.
+    pub targets: u64,
+    /// Training seconds so far (this step included).
+    pub elapsed_s: f64,
+    /// The evaluation after this step (`--eval-every`), if it was one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval: Option<EvalPoint>,
+    /// Mean `KL(p_base ‖ p)` over the step's anchored tokens (`--kl-anchor`; `None` when the
+    /// anchor is off or the step had no replay row).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kl: Option<f64>,
+}
+
+/// What a finished run reports (`DIR/summary.json`).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Summary {
+    pub config: TrainConfig,
+    /// Optimizer steps completed (a resumed run counts the earlier ones too).
+    pub steps: u64,
+    pub resumed_from_step: Option<u64>,
+    pub first_loss: Option<f64>,
+    pub final_loss: Option<f64>,
+    pub elapsed_s: f64,
+    pub tokens: u64,
+    pub tok_per_s: f64,
+    pub trainable_params: usize,
+    /// The arena of the step plan.
+    pub arena_bytes: u64,
+    /// The plan's total (weights, arena, adapters, optimizer state, overheads).
+    pub planned_bytes: u64,
+    /// The process's measured high-water mark (VmHWM, weights included); `None` off Linux.
+    pub peak_bytes: Option<u64>,
+    /// The resident set at the end, split into file-backed (the mapped weights) and
+    /// anonymous (everything else); `None` off Linux.
+    pub memory: Option<MemoryUsage>,
+    pub last_checkpoint: Option<PathBuf>,
+    /// DyLoRA / QDyLoRA: the rank chosen for export ([`super::Trainer::choose_dylora_rank`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dylora_rank: Option<usize>,
+    /// Whether the caller stopped the run before its last step (`progress` returned false:
+    /// `edgetune train` on SIGINT/SIGTERM); the last checkpoint is where `--resume` goes on.
+    pub interrupted: bool,
+    /// The replay data mixed in (`--replay`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replay: Option<ReplayReport>,
+    /// `--eval-every`: the base model's pass rates, this process's evaluations, and the
+    /// adapter `--keep-best` kept.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval_base: Option<EvalPoint>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub evals: Vec<EvalPoint>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub best: Option<BestPoint>,
+    /// Streamed weights: this process's layer reads, bytes, and the seconds the reader read and
+    /// the compute waited for it (the rest of `elapsed_s` is compute).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub streamed: Option<crate::model::stream::StreamStats>,
+    /// Each layer's adapters were updated right after its backward (`--fused-update`).
+    pub fused_update: bool,
+}
 
 /// The open `metrics.jsonl` of a run, appended to after every step.
 pub struct MetricsLog {

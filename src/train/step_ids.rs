@@ -1,4 +1,4 @@
-//! The training step's buffer ids: every buffer of the plan (`memory::plan_llama`) looked up
+//! The training step's buffer ids: every buffer of the plan (`train::plan_llama`) looked up
 //! once by name, so the step addresses the arena by id and never by string.
 //!
 //! Buffers a configuration does not have (an unadapted projection's `h.*`, `rstd` in a

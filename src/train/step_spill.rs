@@ -3,7 +3,7 @@
 //! (`--checkpoints-on disk`, f32 or bf16). [`save_layer_input`] runs when layer `k`'s input is
 //! complete (after the embedding, or at the end of layer `k − 1`'s forward);
 //! [`load_layer_input`] at the first sub-step of layer `k`'s recompute, restoring it into the
-//! buffer the recompute and the backward read (`L{k}.xr`, memory::plan_llama).
+//! buffer the recompute and the backward read (`L{k}.xr`, train::plan_llama).
 //!
 //! The spill file holds one slot per layer (`[T, D]` f32, or `[⌈T·D/2⌉]` slots of bf16 pairs),
 //! written with positioned writes and read back with positioned reads: nothing is mapped, so

@@ -7,107 +7,31 @@
 //! `run.rs` drives it.
 
 use std::fs;
-use std::path::PathBuf;
 use std::time::Instant;
 
-use serde::Serialize;
-
 use super::adapter_set::AdapterSet;
-use super::checkpoint::{self, RunState};
+use super::checkpoint;
 use super::config::TrainConfig;
 use super::embed_rows::EmbeddingRows;
-use super::evaluate::{BestPoint, EvalPoint};
-use super::method::Method;
 use super::method_hooks::MethodHooks;
 use super::optimizer::Optimizer;
 use super::replay::ReplayReport;
 use super::step::{TrainStep, adapter_shapes};
-use crate::data::batch::{BatchConfig, Batcher};
+use crate::data::Batch;
 use crate::data::mix::MixedBatcher;
-use crate::data::tokenize::{TokenizeOptions, chat_template_for, pretokenized_all, tokenize_all};
-use crate::data::{Batch, formats};
 use crate::gguf::GgufFile;
-use crate::memory::rss::{MemoryUsage, memory_usage};
+use crate::memory::rss::memory_usage;
 use crate::model::Llama;
 use crate::model::finite::ScanReads;
-use crate::tokenizer::{Tokenizer, vocab::KEY_EOS};
+use crate::tokenizer::vocab::KEY_EOS;
 use crate::train::budget;
 use crate::train::plan_llama::TrainShape;
 use crate::{Error, Result};
 
-/// One optimizer step, as reported to the callback and written to `metrics.jsonl`.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
-pub struct Progress {
-    /// 1-based.
-    pub step: u64,
-    pub total_steps: u64,
-    /// Mean loss over the step's target tokens.
-    pub loss: f64,
-    pub lr: f32,
-    /// Global gradient norm before clipping.
-    pub grad_norm: f64,
-    /// Tokens (`batch × seq_len × micro-batches`) per second of this step.
-    pub tok_per_s: f64,
-    /// Target tokens of this step.
-    pub targets: u64,
-    /// Training seconds so far (this step included).
-    pub elapsed_s: f64,
-    /// The evaluation after this step (`--eval-every`), if it was one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub eval: Option<EvalPoint>,
-    /// Mean `KL(p_base ‖ p)` over the step's anchored tokens (`--kl-anchor`; `None` when the
-    /// anchor is off or the step had no replay row).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub kl: Option<f64>,
-}
+mod batches;
+mod between_steps;
 
-/// What a finished run reports (`DIR/summary.json`).
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Summary {
-    pub config: TrainConfig,
-    /// Optimizer steps completed (a resumed run counts the earlier ones too).
-    pub steps: u64,
-    pub resumed_from_step: Option<u64>,
-    pub first_loss: Option<f64>,
-    pub final_loss: Option<f64>,
-    pub elapsed_s: f64,
-    pub tokens: u64,
-    pub tok_per_s: f64,
-    pub trainable_params: usize,
-    /// The arena of the step plan.
-    pub arena_bytes: u64,
-    /// The plan's total (weights, arena, adapters, optimizer state, overheads).
-    pub planned_bytes: u64,
-    /// The process's measured high-water mark (VmHWM, weights included); `None` off Linux.
-    pub peak_bytes: Option<u64>,
-    /// The resident set at the end, split into file-backed (the mapped weights) and
-    /// anonymous (everything else); `None` off Linux.
-    pub memory: Option<MemoryUsage>,
-    pub last_checkpoint: Option<PathBuf>,
-    /// DyLoRA / QDyLoRA: the rank chosen for export ([`Trainer::choose_dylora_rank`]).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub dylora_rank: Option<usize>,
-    /// Whether the caller stopped the run before its last step (`progress` returned false:
-    /// `edgetune train` on SIGINT/SIGTERM); the last checkpoint is where `--resume` goes on.
-    pub interrupted: bool,
-    /// The replay data mixed in (`--replay`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub replay: Option<ReplayReport>,
-    /// `--eval-every`: the base model's pass rates, this process's evaluations, and the
-    /// adapter `--keep-best` kept.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub eval_base: Option<EvalPoint>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub evals: Vec<EvalPoint>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub best: Option<BestPoint>,
-    /// Streamed weights: this process's layer reads, bytes, and the seconds the reader read and
-    /// the compute waited for it (the rest of `elapsed_s` is compute).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub streamed: Option<crate::model::stream::StreamStats>,
-    /// Each layer's adapters were updated right after its backward (`--fused-update`).
-    pub fused_update: bool,
-}
+pub use super::metrics::{Progress, Summary};
 
 /// A loaded, planned training run over one mapped model.
 pub struct Trainer<'f> {
@@ -178,57 +102,8 @@ impl<'f> Trainer<'f> {
             scan.values,
             scan.seconds
         );
-        let data = match early_data {
-            Some(d) => d,
-            None => formats::load(&cfg.data, cfg.format)?,
-        };
-        // Pre-tokenized data needs no tokenizer, so a model whose tokenizer cannot be built
-        // (e.g. an unknown pre-tokenizer) still trains on it.
-        let examples = match pretokenized_all(&data, model_cfg.n_vocab) {
-            Some(examples) => examples?,
-            None => {
-                let tok = Tokenizer::from_gguf(file)?;
-                let chat = chat_template_for(file, &tok, &data)?;
-                let tokenize_opts = TokenizeOptions {
-                    chat_template: chat.as_ref(),
-                    ..TokenizeOptions::default()
-                };
-                tokenize_all(&tok, &data, &tokenize_opts)?
-            }
-        };
-        let micro_steps = cfg.steps.map(|s| s.saturating_mul(cfg.accum as u64));
-        let main = Batcher::with_tasks(
-            &examples,
-            BatchConfig {
-                seq_len: cfg.seq_len,
-                batch_size: cfg.batch,
-                pack: cfg.pack,
-                seed: cfg.seed,
-                epochs: cfg.epochs,
-                max_steps: micro_steps,
-                // Padding carries no loss and sits after every real token: any id will do.
-                pad_id: eos_id(file).unwrap_or(0),
-            },
-            &cfg.method_opts.mtlora_tasks,
-        )?;
-        // `--replay`: the base model answers general prompts now, before anything of the step
-        // is allocated (or its answers come from the run directory's cache).
-        let (mut batcher, replay) = super::replay::mix(file, &llama, cfg, main)?;
-        if cfg.method == Method::Mtlora && batcher.task_names() != cfg.method_opts.mtlora_tasks {
-            return Err(Error::Invalid(format!(
-                "MT-LoRA: the batcher's tasks {:?} differ from the run's {:?}",
-                batcher.task_names(),
-                cfg.method_opts.mtlora_tasks
-            )));
-        }
-        log_memory("data tokenized and batched");
-        drop(examples);
-        let total_steps = match cfg.steps {
-            Some(s) => s,
-            None => batcher
-                .total_steps()
-                .map_or(0, |m| m.div_ceil(cfg.accum as u64)),
-        };
+        let (mut batcher, replay, total_steps) =
+            batches::load(file, &llama, cfg, early_data, model_cfg.n_vocab)?;
 
         // Adapters: resumed, given, or fresh.
         let resume_dir = if cfg.resume {
@@ -668,113 +543,6 @@ impl<'f> Trainer<'f> {
             checkpoint::checkpoints_dir(&cfg.out).display()
         ))
     }
-
-    /// Replaces adapter parameters from outside the optimizer (federated averaging, an
-    /// adapter received over the network): `f` writes into the set (through
-    /// [`crate::adapters::Adapter::param_mut`]; it must not change shapes), then a device
-    /// engine gets the new values. The optimizer state (moments, step count, hence the
-    /// learning-rate schedule) is kept: the next step trains from the new values.
-    pub fn replace_params<R>(&mut self, f: impl FnOnce(&mut AdapterSet) -> Result<R>) -> Result<R> {
-        let r = f(&mut self.set)?;
-        self.engine.sync_params(&self.set)?;
-        Ok(r)
-    }
-
-    /// The loss of `batch` under the current adapters, without dropout or gradients:
-    /// `(Σ loss over the batch's targets, targets)` — held-out evaluation between steps. The
-    /// CPU step only (after [`Trainer::use_device`] its arena is freed: an error).
-    pub fn eval_loss(&mut self, batch: &Batch) -> Result<(f64, usize)> {
-        if !self.engine.is_cpu() {
-            return Err(Error::Invalid(
-                "eval_loss runs on the CPU step; this trainer runs on a device".into(),
-            ));
-        }
-        self.step
-            .eval_loss(self.llama.backend_model(), &self.set, batch)
-    }
-
-    /// DyLoRA / QDyLoRA without `--dylora-eval-rank` (docs/METHODS.md#dylora-and-qdylora,
-    /// "evaluation at every rank"): evaluates every rank `1..=r_max` on the last step's
-    /// micro-batches (no dropout; a proxy for a held-out set, which the trainer does not have),
-    /// makes the lowest-loss rank (ties: the smaller) every adapter's evaluation and export rank,
-    /// and returns it with the mean loss per rank. `None` for other methods (no adapter has
-    /// nested ranks), when a rank was given, or before any step.
-    pub fn choose_dylora_rank(&mut self) -> Result<Option<(usize, Vec<f64>)>> {
-        if !self.set.iter().any(|(_, _, a)| a.nested_ranks().is_some())
-            || self.cfg.method_opts.dylora_eval_rank.is_some()
-            || self.completed() == 0
-        {
-            return Ok(None);
-        }
-        let r_max = self.set.lora_config().rank;
-        let model = self.llama.backend_model();
-        let mut losses = Vec::with_capacity(r_max);
-        for b in 1..=r_max {
-            set_dylora_eval_rank(&mut self.set, b)?;
-            let (mut sum, mut n) = (0.0, 0usize);
-            for batch in &self.batches {
-                let (l, c) = self.step.eval_loss(model, &self.set, batch)?;
-                sum += l;
-                n += c;
-            }
-            losses.push(sum / n.max(1) as f64);
-        }
-        let best = losses
-            .iter()
-            .enumerate()
-            .fold(
-                (0, f64::INFINITY),
-                |(bi, bl), (i, &l)| {
-                    if l < bl { (i, l) } else { (bi, bl) }
-                },
-            )
-            .0
-            + 1;
-        set_dylora_eval_rank(&mut self.set, best)?;
-        Ok(Some((best, losses)))
-    }
-
-    /// Writes a checkpoint of the current state.
-    pub fn checkpoint(&self) -> Result<PathBuf> {
-        if self.opt.fused_in_flight() {
-            return Err(Error::Invalid(format!(
-                "no checkpoint: a fused step stopped part-way (some layers' adapters updated, \
-                 others not); resume from the last checkpoint in {}",
-                checkpoint::checkpoints_dir(&self.cfg.out).display()
-            )));
-        }
-        let state = RunState {
-            replay_cursor: self.batcher.replay_cursor(),
-            model_fingerprint: Some(self.model_fingerprint.clone()),
-            ..RunState::new(
-                self.completed(),
-                self.batcher.cursor(),
-                self.tokens,
-                self.elapsed_s,
-                &self.cfg,
-            )
-        };
-        let dir = checkpoint::save_with(
-            &self.cfg.out,
-            &self.set,
-            &self.opt,
-            &state,
-            Some(&self.hooks),
-        )?;
-        // The save read every adapter: paged weights go back to the file.
-        self.set.release_all()?;
-        Ok(dir)
-    }
-}
-
-/// Sets the evaluation / export rank of every adapter of `set` with nested ranks (DyLoRA).
-fn set_dylora_eval_rank(set: &mut AdapterSet, b: usize) -> Result<()> {
-    for (_, _, a) in set.iter_mut() {
-        if let Some(d) = a.nested_ranks_mut() {
-            d.set_eval_rank(b)?;
-        }
-    }
-    Ok(())
 }
 
 /// The dropout stream of micro-batch `micro` of step `step`.

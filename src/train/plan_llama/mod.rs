@@ -52,121 +52,18 @@
 //! Attention needs no tile buffer: the backends' attention kernels tile in registers / on the
 //! stack / in shared memory, and recompute scores from the saved `lse`.
 
+mod schedule;
+mod shape;
+
+pub use schedule::{Bwd, Fwd, LlamaSchedule, Loss, TARGETS};
+pub use shape::{AdapterShape, TrainShape, projection_shape};
+
 use crate::memory::plan::{Category, PlanBuilder};
 use crate::model::config::LlamaConfig;
 use crate::{Error, Result};
 
 use Bwd as B;
 use Fwd as F;
-
-/// Forward sub-steps of one layer (and of its recompute), in order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Fwd {
-    AttnNorm = 0,
-    Qkv,
-    Attention,
-    OutProj,
-    FfnNorm,
-    GateUp,
-    Swiglu,
-    Down,
-}
-
-/// Loss sub-steps, in order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Loss {
-    FinalNorm = 0,
-    CrossEntropy,
-    FinalNormBackward,
-}
-
-/// Backward sub-steps of one layer, in order (the reverse of [`Fwd`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Bwd {
-    Down = 0,
-    Swiglu,
-    GateUp,
-    FfnNorm,
-    OutProj,
-    Attention,
-    Qkv,
-    AttnNorm,
-}
-
-const FWD_STEPS: u32 = 8;
-const LOSS_STEPS: u32 = 3;
-/// Recompute (8) then backward (8).
-const BWD_STEPS: u32 = 16;
-
-/// Step numbers of a training step's schedule (see the module docs).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LlamaSchedule {
-    n_layer: u32,
-}
-
-impl LlamaSchedule {
-    /// A schedule for `n_layer` layers; an error when its steps do not fit in `u32`.
-    pub fn new(n_layer: usize) -> Result<LlamaSchedule> {
-        let steps = u32::try_from(n_layer)
-            .ok()
-            .and_then(|l| l.checked_mul(FWD_STEPS + BWD_STEPS))
-            .and_then(|s| s.checked_add(2 + LOSS_STEPS));
-        match steps {
-            Some(_) => Ok(LlamaSchedule {
-                n_layer: n_layer as u32,
-            }),
-            None => Err(Error::Invalid(format!(
-                "plan: {n_layer} layers make more schedule steps than fit in u32"
-            ))),
-        }
-    }
-
-    pub fn embed(&self) -> u32 {
-        0
-    }
-
-    /// Sub-step `sub` of layer `layer`'s forward (`layer < n_layer`).
-    pub fn fwd(&self, layer: usize, sub: Fwd) -> u32 {
-        debug_assert!(layer < self.n_layer as usize);
-        1 + layer as u32 * FWD_STEPS + sub as u32
-    }
-
-    pub fn loss(&self, sub: Loss) -> u32 {
-        1 + self.n_layer * FWD_STEPS + sub as u32
-    }
-
-    fn bwd_base(&self, layer: usize) -> u32 {
-        debug_assert!(layer < self.n_layer as usize);
-        1 + self.n_layer * FWD_STEPS + LOSS_STEPS + (self.n_layer - 1 - layer as u32) * BWD_STEPS
-    }
-
-    /// Sub-step `sub` of the recompute of layer `layer` at the start of its backward.
-    pub fn recompute(&self, layer: usize, sub: Fwd) -> u32 {
-        self.bwd_base(layer) + sub as u32
-    }
-
-    /// Sub-step `sub` of layer `layer`'s backward (after its recompute).
-    pub fn bwd(&self, layer: usize, sub: Bwd) -> u32 {
-        self.bwd_base(layer) + FWD_STEPS + sub as u32
-    }
-
-    /// The first step of the backward (the top layer's recompute).
-    pub fn backward_start(&self) -> u32 {
-        1 + self.n_layer * FWD_STEPS + LOSS_STEPS
-    }
-
-    pub fn optimizer(&self) -> u32 {
-        1 + self.n_layer * (FWD_STEPS + BWD_STEPS) + LOSS_STEPS
-    }
-
-    /// Number of steps (`optimizer() + 1`).
-    pub fn n_steps(&self) -> u32 {
-        self.optimizer() + 1
-    }
-}
-
-/// The adaptable projections, in the order `n_targets` counts them.
-pub const TARGETS: [&str; 7] = ["q", "k", "v", "o", "gate", "up", "down"];
 
 /// One layer activation: produced at forward sub-step `made`, last read by the forward at
 /// `fwd_last` (`None`: the forward need not write it) and by the backward at `bwd_last`
@@ -191,129 +88,6 @@ fn f32_bytes(name: &str, dims: &[usize]) -> Result<u64> {
                 "plan: buffer `{name}` of shape {dims:?} f32 overflows u64 bytes"
             ))
         })
-}
-
-/// What one adapted projection needs from the plan (from its adapter's
-/// [`crate::adapters::Workspace`] and parameter count).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct AdapterShape {
-    /// f32 per token the forward saves for the backward.
-    pub saved_per_token: usize,
-    /// f32 per token of scratch inside one forward or backward call.
-    pub scratch_per_token: usize,
-    /// Trainable values (the gradient buffer's length).
-    pub n_params: usize,
-    /// Values of its largest single tensor (the optimizer staging window).
-    pub largest_param: usize,
-}
-
-impl AdapterShape {
-    /// LoRA of rank `rank` on a linear `[out, in]` (with input dropout: `in` more scratch).
-    pub fn lora(rank: usize, fan_in: usize, fan_out: usize, dropout: bool) -> AdapterShape {
-        AdapterShape {
-            saved_per_token: rank,
-            scratch_per_token: rank + if dropout { fan_in } else { 0 },
-            n_params: rank * (fan_in + fan_out),
-            largest_param: rank * fan_in.max(fan_out),
-        }
-    }
-}
-
-/// The shape of one training step: tokens, loss chunk, checkpointing and the adapters.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TrainShape {
-    pub seq_len: usize,
-    pub micro_batch: usize,
-    /// Tokens per cross-entropy chunk.
-    pub ce_chunk: usize,
-    pub checkpointing: bool,
-    /// Gradients accumulate over several micro-batches (adds `grad.tmp`, and the gradients
-    /// live for the whole step).
-    pub accumulate: bool,
-    /// Stage the largest tensor's optimizer state in the arena (`opt.m`, `opt.v`).
-    pub optimizer_staging: bool,
-    /// The optimizer updates each layer's adapters right after that layer's backward
-    /// (`--fused-update`): a layer's gradients live only through its backward, so the layers
-    /// share their memory. Not with `accumulate`.
-    pub fused_update: bool,
-    /// Layer inputs kept for the backward in bf16 (`--checkpoint-dtype bf16`, with
-    /// checkpointing): `L{l}.xc` holds them packed, `L{l}.x` lives only through the layer's
-    /// forward and `L{l}.xr` (the unpacked copy) only through its recompute and backward.
-    pub checkpoint_bf16: bool,
-    /// Layer inputs kept in a file instead of the arena (`--checkpoints-on disk`, with
-    /// checkpointing): `L{l}.x` and `L{l}.xr` as with bf16 checkpoints, no `L{l}.xc`; with
-    /// bf16 one `ckpt.stage` `[⌈T·D/2⌉]` packs and unpacks them on the way.
-    pub checkpoints_on_disk: bool,
-    /// The output head is streamed in chunks of rows (`--stream-head`, model/stream.rs): the
-    /// loss accumulates `dh` over the chunks through `ce.dh_part` `[ce_chunk, dim]`.
-    pub stream_head: bool,
-    /// Per projection in [`TARGETS`] order: its adapter, or `None`.
-    pub adapters: [Option<AdapterShape>; 7],
-}
-
-impl TrainShape {
-    /// Rows of `seq_len` tokens, the loss in chunks of `ce_chunk`, `adapters` per projection,
-    /// and every memory lever but `checkpointing` off.
-    pub fn plain(
-        seq_len: usize,
-        micro_batch: usize,
-        ce_chunk: usize,
-        checkpointing: bool,
-        adapters: [Option<AdapterShape>; 7],
-    ) -> TrainShape {
-        TrainShape {
-            seq_len,
-            micro_batch,
-            ce_chunk,
-            checkpointing,
-            accumulate: false,
-            optimizer_staging: false,
-            fused_update: false,
-            checkpoint_bf16: false,
-            checkpoints_on_disk: false,
-            stream_head: false,
-            adapters,
-        }
-    }
-
-    /// LoRA of rank `rank` on the first `n_targets` of [`TARGETS`] of a model `cfg`.
-    pub fn lora(
-        cfg: &LlamaConfig,
-        seq_len: usize,
-        micro_batch: usize,
-        rank: usize,
-        n_targets: usize,
-        ce_chunk: usize,
-        checkpointing: bool,
-    ) -> Result<TrainShape> {
-        if n_targets > TARGETS.len() {
-            return Err(Error::Invalid(format!(
-                "plan: {n_targets} adapted projections per layer, a Llama layer has {}",
-                TARGETS.len()
-            )));
-        }
-        if n_targets > 0 && rank == 0 {
-            return Err(Error::Invalid("plan: LoRA rank is 0".into()));
-        }
-        let mut adapters = [None; 7];
-        for (i, slot) in adapters.iter_mut().enumerate().take(n_targets) {
-            let (fan_in, fan_out) = projection_shape(cfg, i);
-            *slot = Some(AdapterShape::lora(rank, fan_in, fan_out, false));
-        }
-        Ok(TrainShape::plain(
-            seq_len,
-            micro_batch,
-            ce_chunk,
-            checkpointing,
-            adapters,
-        ))
-    }
-}
-
-/// `(in, out)` of projection `i` of [`TARGETS`].
-pub fn projection_shape(cfg: &LlamaConfig, i: usize) -> (usize, usize) {
-    let (d, q, kv, f) = (cfg.dim, cfg.q_dim(), cfg.kv_dim(), cfg.ffn);
-    [(d, q), (d, kv), (d, kv), (q, d), (d, f), (d, f), (f, d)][i.min(6)]
 }
 
 /// [`llama_training_plan`] for LoRA of rank `rank` on the first `n_targets` of [`TARGETS`]
