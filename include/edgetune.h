@@ -2,7 +2,7 @@
  * edgetune C API: open a quantized Llama GGUF, inspect it, generate text, plan the memory of a
  * LoRA fine-tuning run, train adapters step by step, export them. Link libedgetune.a (plus
  * -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc on Linux) or libedgetune.so; build them with
- * `cargo rustc --release --lib --features ffi --crate-type cdylib,staticlib` (README, "C API").
+ * `cargo rustc -p edgetune --release --lib --features ffi --crate-type cdylib,staticlib` (README, "C API").
  *
  * Errors: every fallible function returns an EtStatus (ET_STATUS_OK = 0). On failure,
  * et_last_error() returns a message naming the argument, file, offset or numbers involved.

@@ -1,4 +1,4 @@
-// AdamW updates on the GPU, bit-identical to src/optim (adamw.rs `adamw_element`,
+// AdamW updates on the GPU, bit-identical to crates/edgetune-core/src/optim (adamw.rs `adamw_element`,
 // state8bit.rs `adamw_update_8bit`): every element operation is an explicit IEEE round-to-
 // nearest intrinsic in the CPU's order, so nothing is contracted to an FMA.
 //

@@ -1,5 +1,5 @@
 // Causal grouped-query attention, forward and backward, flash-style (Backend::attention,
-// Backend::attention_backward); mirrors src/backend/cpu/attention.rs in f32 SIMT code.
+// Backend::attention_backward); mirrors crates/edgetune-core/src/backend/cpu/attention.rs in f32 SIMT code.
 //
 //   q, out, dout, dq: [n_tokens, n_head · hd]     k, v, dk, dv: [kv_len, n_head_kv · hd]
 //   lse: [n_tokens, n_head]                       kv_len = pos0 + n_tokens, hd ≤ 256

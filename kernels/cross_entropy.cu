@@ -1,5 +1,5 @@
 // The softmax / loss / gradient part of the chunked cross-entropy (Backend::cross_entropy);
-// mirrors softmax_grad_row in src/backend/cpu/cross_entropy.rs. The host composes, per chunk
+// mirrors softmax_grad_row in crates/edgetune-core/src/backend/cpu/cross_entropy.rs. The host composes, per chunk
 // of c tokens (kernels/README.md): matmul_xwt(h_chunk, W_out) → logits [c, vocab]; this kernel;
 // matmul_dyw(dlogits, W_out) → dh_chunk; then sums row_loss[0..c) in f64, in order.
 //

@@ -1,5 +1,5 @@
 // Embedding gather (Backend::embedding): out[i, :] = dequantize(table row tokens[i]), straight
-// from the GGUF blocks of token_embd; mirrors src/backend/cpu/embedding.rs.
+// from the GGUF blocks of token_embd; mirrors crates/edgetune-core/src/backend/cpu/embedding.rs.
 //
 //   table: [vocab, dim] quantized (row r at table + r · row_bytes)   tokens: [n_tokens] u32
 //   (device memory, every id < vocab: validated by the host)          out: [n_tokens, dim] f32

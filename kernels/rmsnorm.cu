@@ -1,5 +1,5 @@
 // RMSNorm forward and input gradient (Backend::rmsnorm, Backend::rmsnorm_backward), one block
-// per row; mirrors src/backend/cpu/rmsnorm.rs.
+// per row; mirrors crates/edgetune-core/src/backend/cpu/rmsnorm.rs.
 //
 //   x, y, dy, dx: [n, dim]   w: [dim]   rstd: [n]
 //   forward:  rstd[i] = 1 / sqrt(Σ_j x[i,j]² / dim + eps),  y[i,j] = x[i,j] · rstd[i] · w[j]

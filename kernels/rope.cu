@@ -1,5 +1,5 @@
 // Rotary position embedding, forward and backward in one kernel (Backend::rope,
-// Backend::rope_backward); mirrors src/backend/cpu/rope.rs (llama.cpp "normal" mode).
+// Backend::rope_backward); mirrors crates/edgetune-core/src/backend/cpu/rope.rs (llama.cpp "normal" mode).
 //
 //   x: [n_tokens, n_head · head_dim], rotated in place      inv_freq: [rope_dim / 2]
 //   pair (2j, 2j+1) of every head of token i rotates by sign · θ, θ = (f32)(pos0 + i) · inv_freq[j]

@@ -1,5 +1,5 @@
 // SwiGLU forward and backward (Backend::swiglu, Backend::swiglu_backward), element-wise over
-// n = n_tokens · ffn values; mirrors src/backend/cpu/swiglu.rs.
+// n = n_tokens · ffn values; mirrors crates/edgetune-core/src/backend/cpu/swiglu.rs.
 //
 //   out = silu(gate) · up,  silu(g) = g / (1 + e^−g)
 //   σ = 1 / (1 + e^−g):  dgate = dh · up · σ · (1 + g·(1 − σ)),  dup = dh · silu(g)

@@ -103,7 +103,7 @@ if [ "$lib" = 1 ]; then
   mkdir -p "$dist/include"
   cp include/edgetune.h "$dist/include/"
   for feat in "${variants[@]}"; do
-    args=(rustc --profile "$profile" --locked --target "$build_target" --lib --features "${feat:+$feat,}ffi"
+    args=(rustc -p edgetune --profile "$profile" --locked --target "$build_target" --lib --features "${feat:+$feat,}ffi"
       --crate-type cdylib,staticlib)
     echo "== $cargo ${args[*]}"
     $cargo "${args[@]}"

@@ -31,7 +31,7 @@ target/release/edgetune testmodel --preset tiny --type q4_k_m --seed 3 --out "$m
 rm -rf "$out"/run-static "$out"/run-dynamic "$out"/run-*.jsonl
 
 if [ "$arch" = host ]; then
-  cargo rustc --locked --release --quiet --lib --features ffi --crate-type cdylib,staticlib
+  cargo rustc -p edgetune --locked --release --quiet --lib --features ffi --crate-type cdylib,staticlib
   lib=target/release
   cc "${cflags[@]}" -I include examples/c/main.c "$lib/libedgetune.a" "${native_libs[@]}" -o "$out/main-static"
   cc "${cflags[@]}" -I include examples/c/main.c -L "$lib" -ledgetune -Wl,-rpath,"$PWD/$lib" -o "$out/main-dynamic"

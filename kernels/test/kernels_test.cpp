@@ -1,7 +1,7 @@
 // Tests of every kernel in kernels/*.cu, run on the CPU through the CUDA emulation of emu.h
 // (g++; scripts/test-kernels.sh builds and runs this). References are independent: gguf-py's
 // dequantized weights (gen_weights.py) and plain double-precision loops written from the
-// Backend trait's definitions (src/backend/mod.rs), not from the kernels.
+// Backend trait's definitions (crates/edgetune-core/src/backend/mod.rs), not from the kernels.
 //
 // Usage: kernels_test WEIGHTS_DIR (the output of gen_weights.py). Exit status 0 iff all pass.
 #include "../adamw.cu"
@@ -338,7 +338,7 @@ static void test_cross_entropy() {
 
 // ---- AdamW --------------------------------------------------------------------------------
 
-// bitsandbytes create_dynamic_map (as src/optim/state8bit.rs): levels from 7 decades.
+// bitsandbytes create_dynamic_map (as crates/edgetune-core/src/optim/state8bit.rs): levels from 7 decades.
 static std::vector<float> dynamic_map(bool sign) {
   std::vector<double> lv;
   for (int i = 0; i < 7; i++) {
@@ -369,7 +369,7 @@ struct Hyper {
   float decay, omb1, beta2, omb2, step, bc2, eps;
 };
 
-// adamw_element of src/optim/adamw.rs (f32 operations in its order; built with
+// adamw_element of crates/edgetune-core/src/optim/adamw.rs (f32 operations in its order; built with
 // -ffp-contract=off, so no FMA).
 static void adamw_ref(float& p, float g, float& m, float& v, const Hyper& k) {
   p *= k.decay;

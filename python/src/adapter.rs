@@ -185,7 +185,7 @@ pub fn fresh_set(cfg: &TrainConfig) -> edgetune::Result<(AdapterSet, LlamaConfig
     let file = GgufFile::open(&cfg.model)?;
     let model = LlamaConfig::from_gguf(&file)?;
     let steps = cfg.steps.unwrap_or(0);
-    let set = AdapterSet::new_for(cfg.method, &model, cfg, steps, cfg.seed, None)?;
+    let set = edgetune::train::build_adapters(cfg.method, &model, cfg, steps, cfg.seed, None)?;
     Ok((set, model))
 }
 

@@ -27,7 +27,7 @@
 //!
 //! This file holds the `Backend` ops; `optim.rs` the optimizer methods,
 //! `model.rs` the Llama layer and the whole forward. A whole `TrainStep` on CUDA is
-//! out of scope in this version: `src/train` runs on the CPU backend only; the layer test
+//! out of scope in this version: `crates/edgetune-train/src/train` runs on the CPU backend only; the layer test
 //! composes the same ops the step uses.
 
 use edgetune::backend::cpu::cross_entropy::count_targets;

@@ -1,4 +1,4 @@
-//! A whole training step on CUDA: `DeviceStep<CudaBackend>` (src/train/step_device.rs)
+//! A whole training step on CUDA: `DeviceStep<CudaBackend>` (crates/edgetune-train/src/train/step_device.rs)
 //! against the CPU `TrainStep` on the tiny generated model — two accumulated micro-batches
 //! of packed rows (several causal segments, trailing padding, ignored labels): `Σ loss` of
 //! each micro-batch within 1e-3 relative, every adapter gradient within 1e-2 relative RMS

@@ -2,7 +2,7 @@
 //! model, gradient checkpointing on): a few Adam steps on one fixed batch, and the loss falls.
 //! MT-LoRA is routed the way the trainer must route it: `set_row_tasks(batch.tasks, seq_len)`
 //! on every MT-LoRA adapter before each micro-batch. ResLoRA runs with the step's cross-layer
-//! plumbing (src/train/step_reslora.rs), whose gradients are checked here against directional
+//! plumbing (crates/edgetune-train/src/train/step_reslora.rs), whose gradients are checked here against directional
 //! central differences of the step's own loss (F32 weights) and between checkpointing on and
 //! off.
 

@@ -15,7 +15,7 @@ use edgetune::model::{LlamaConfig, LlamaWeights};
 use edgetune::train::budget;
 use edgetune::train::method_hooks::MethodHooks;
 use edgetune::train::method_plan::{adapter_cost, method_wide_bytes};
-use edgetune::train::{AdapterSet, Method, TrainConfig, Trainer, method_io, target_shape};
+use edgetune::train::{Method, TrainConfig, Trainer, method_io, target_shape};
 
 use crate::cli_support::edgetune;
 use crate::train_support;
@@ -213,7 +213,8 @@ fn plan_adapter_bytes_match_the_built_adapters() {
     for method in Method::ALL {
         let mut cfg = config(&model, &data, &dir.path().join("p"), method);
         cfg.lora.dropout = if method == Method::Hira { 0.1 } else { 0.0 };
-        let set = AdapterSet::new_for(method, &mc, &cfg, STEPS, 1, Some(&weights)).unwrap();
+        let set =
+            edgetune::train::build_adapters(method, &mc, &cfg, STEPS, 1, Some(&weights)).unwrap();
         let mut extra = 0u64;
         let mut n_params = 0u64;
         for (l, t, a) in set.iter() {

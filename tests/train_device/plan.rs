@@ -1,4 +1,4 @@
-//! The device step's memory plan (src/train/step_device_plan.rs): Llama 3.1 8B (Q4_0 and
+//! The device step's memory plan (crates/edgetune-train/src/train/step_device_plan.rs): Llama 3.1 8B (Q4_0 and
 //! Q4_K_M, 1 × 512 tokens, LoRA r = 16 on all 7 projections, cross-entropy chunk 64) fits
 //! 5.5 GiB as an integrated-GPU plan, the workspace adds up from the shapes by hand; the plan's
 //! bytes are what a `DeviceStep<CpuBackend>` allocates (several shapes) and what the trainer

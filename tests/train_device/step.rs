@@ -1,5 +1,5 @@
 //! `DeviceStep<CpuBackend>` — the whole training micro-batch written in `Backend` ops over one
-//! workspace (src/train/step_device.rs) — against the CPU `TrainStep` (itself checked against
+//! workspace (crates/edgetune-train/src/train/step_device.rs) — against the CPU `TrainStep` (itself checked against
 //! the f64 reference by tests/train/grad.rs), on the tiny generated model: two accumulated
 //! micro-batches of packed rows (several causal segments, trailing padding, ignored labels).
 //!
@@ -82,7 +82,9 @@ fn unsupported_methods_and_dropout_are_refused_by_name() {
     let cfg = llama.config().clone();
     let m: &BackendModel<'_, CpuBackend> = llama.backend_model();
     let tc = TrainConfig::default();
-    let dora = AdapterSet::new_for(Method::Dora, &cfg, &tc, 10, 1, Some(llama.weights())).unwrap();
+    let dora =
+        edgetune::train::build_adapters(Method::Dora, &cfg, &tc, 10, 1, Some(llama.weights()))
+            .unwrap();
     let e = DeviceStep::new(m, &dora, 2, 16, 5, false)
         .err()
         .unwrap()
