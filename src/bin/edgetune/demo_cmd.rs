@@ -41,6 +41,9 @@ pub struct Args {
     /// with the replay rows anchored, kept every general answer (README).
     #[arg(long, default_value = "rslora", value_name = "NAME")]
     pub method: edgetune::train::Method,
+    /// LoRA dropout on the adapters' input (`train --dropout`; 0: off).
+    #[arg(long, default_value_t = 0.0)]
+    pub dropout: f32,
     /// Adapt only these layers (FIRST-LAST, or `all`): the backward stops at the lowest, so
     /// steps are cheaper [default: the top four fifths, 6-29 of SmolLM2's 30 layers].
     #[arg(long, value_name = "FIRST-LAST")]

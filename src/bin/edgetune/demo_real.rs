@@ -94,6 +94,7 @@ pub fn run(args: &Args) -> Result<()> {
     cfg.method = args.method;
     cfg.lora.rank = args.rank;
     cfg.lora.alpha = 2.0 * args.rank as f32;
+    cfg.lora.dropout = args.dropout;
     cfg.lora.layers = match args.layers.as_deref() {
         Some("all") => None,
         Some(r) => Some(LayerRange::parse(r)?),

@@ -13,7 +13,7 @@ use edgetune::export::{self, AdapterFormat, PeftOptions, native};
 use edgetune::gguf::GgufFile;
 use edgetune::model::LlamaConfig;
 use edgetune::quant::GgmlType;
-use edgetune::train::{AdapterSet, Method, method_io, method_tasks};
+use edgetune::train::{AdapterSet, method_io, method_tasks};
 use edgetune::{Error, Result};
 use serde_json::{Value as Json, json};
 
@@ -209,7 +209,7 @@ fn load_method_set(args: &Args, file: &GgufFile, flag: &str) -> Result<AdapterSe
 fn mtlora_tasks(dir: &Path) -> Option<Vec<String>> {
     let meta = method_io::read_meta(dir).ok()?;
     let tasks = meta.method_opts.mtlora_tasks;
-    (meta.method == Method::Mtlora && !tasks.is_empty()).then_some(tasks)
+    (meta.method.task_routed() && !tasks.is_empty()).then_some(tasks)
 }
 
 /// Writes `set` to `out` in `args.format`; the format's report.

@@ -70,7 +70,7 @@ pub fn run(args: Args) -> Result<()> {
     args.method.apply(&mut cfg)?;
     if let Some(data) = &args.data {
         cfg.data = data.clone();
-        if cfg.method == edgetune::train::Method::Mtlora {
+        if cfg.method.task_routed() {
             cfg = edgetune::train::method_tasks::prepare(&cfg)?.0;
         }
     }

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::result::{self as compare, BASE_ROW, MethodResult};
-use crate::train::{Method, method_io, method_tasks};
+use crate::train::{method_io, method_tasks};
 use edgetune_core::data::tasks::DEFAULT_TASK;
 use edgetune_core::data::{IGNORE, TokenizedExample};
 use edgetune_core::eval::{EvalOptions, Suite, heldout_loss, run_suite};
@@ -193,7 +193,7 @@ fn use_task(llama: &mut Llama, file: &GgufFile, checkpoint: &Path, task: &str) -
 /// The task names of an MT-LoRA checkpoint (`None` for other methods).
 fn mtlora_tasks(checkpoint: &Path) -> Option<Vec<String>> {
     let meta = method_io::read_meta(checkpoint).ok()?;
-    (meta.method == Method::Mtlora).then(|| {
+    meta.method.task_routed().then(|| {
         let t = meta.method_opts.mtlora_tasks;
         if t.is_empty() {
             vec![DEFAULT_TASK.to_string()]

@@ -327,7 +327,7 @@ impl TrainConfig {
                     self.replay_ratio.to_string(),
                 );
             }
-            if self.method == Method::Mtlora {
+            if self.method.task_routed() {
                 return Err(Error::Invalid(
                     "train: --replay mixes rows of no task into the batches; MT-LoRA routes every \
                      row by its task, so the two do not go together"

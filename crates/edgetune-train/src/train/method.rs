@@ -84,6 +84,13 @@ impl Method {
     pub const fn plain_lora(self) -> bool {
         self.spec().plain_lora
     }
+
+    /// Whether every row goes to its task's adapter (MT-LoRA; [`MethodSpec::task_routed`]).
+    ///
+    /// [`MethodSpec::task_routed`]: super::method_registry::MethodSpec::task_routed
+    pub const fn task_routed(self) -> bool {
+        self.spec().task_routed
+    }
 }
 
 impl fmt::Display for Method {

@@ -23,7 +23,7 @@
 use super::adapter_set::AdapterSet;
 use super::checkpoint;
 use super::config::TrainConfig;
-use super::method::{Method, MethodOptions, TaskWeights};
+use super::method::{MethodOptions, TaskWeights};
 use super::method_hooks::StepHooks;
 use super::optimizer::Optimizer;
 use super::step::TrainStep;
@@ -325,7 +325,7 @@ pub fn set_task_count(set: &AdapterSet) -> usize {
 /// have exactly those tasks. Other methods: the configuration as given and no data.
 pub fn prepare(cfg: &TrainConfig) -> Result<(TrainConfig, Option<Dataset>)> {
     let mut cfg = cfg.clone();
-    if cfg.method != Method::Mtlora {
+    if !cfg.method.task_routed() {
         return Ok((cfg, None));
     }
     let data = formats::load(&cfg.data, cfg.format)?;

@@ -32,7 +32,7 @@ pub fn method_ranks(cfg: &TrainConfig) -> Vec<(&'static str, usize)> {
         },
         _ => ranks.push(("--rank", cfg.lora.rank)),
     }
-    if cfg.method == Method::Mtlora {
+    if cfg.method.task_routed() {
         ranks.push(("--mtlora-task-rank", cfg.method_opts.mtlora_task_rank));
     }
     ranks

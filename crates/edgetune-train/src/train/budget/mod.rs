@@ -38,7 +38,6 @@ mod weights;
 
 use serde::Serialize;
 
-use crate::train::method::Method;
 use crate::train::method_plan::{adapter_cost, method_wide_bytes, reslora_store_bytes};
 use crate::train::plan_llama::AdapterShape;
 use crate::train::plan_llama::{TrainShape, llama_training_plan};
@@ -357,7 +356,7 @@ fn adapter_breakdown(model: &ModelWeights, cfg: &TrainConfig) -> (AdapterBreakdo
         paged_layer_max = paged_layer_max.max(layer_paged);
     }
     extra += method_wide_bytes(cfg.method, &cfg.lora, &cfg.method_opts, mc.n_layer, adapted);
-    if cfg.method == Method::Reslora {
+    if cfg.method.spec().layer_shortcuts {
         let fan_ins: Vec<usize> = Target::ALL
             .iter()
             .filter(|t| cfg.lora.targets.contains(t))

@@ -5,7 +5,6 @@
 
 use super::{eos_id, log_memory};
 use crate::train::config::TrainConfig;
-use crate::train::method::Method;
 use crate::train::replay::ReplayReport;
 use edgetune_core::data::batch::{BatchConfig, Batcher};
 use edgetune_core::data::mix::MixedBatcher;
@@ -64,7 +63,7 @@ pub(super) fn load(
     // `--replay`: the base model answers general prompts now, before anything of the step
     // is allocated (or its answers come from the run directory's cache).
     let (batcher, replay) = crate::train::replay::mix(file, llama, cfg, main)?;
-    if cfg.method == Method::Mtlora && batcher.task_names() != cfg.method_opts.mtlora_tasks {
+    if cfg.method.task_routed() && batcher.task_names() != cfg.method_opts.mtlora_tasks {
         return Err(Error::Invalid(format!(
             "MT-LoRA: the batcher's tasks {:?} differ from the run's {:?}",
             batcher.task_names(),
