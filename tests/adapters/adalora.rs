@@ -3,6 +3,7 @@
 //! init, the cubic budget schedule (hand-computed), importance scores, masking with ties and
 //! the final pattern, the folded export, and a short fit with the allocator running.
 
+use crate::adapters_support;
 use crate::adapters_support::{close, matmul, run, sgd, xwt};
 use crate::backend_grad_fd::{assert_grad, fd_grad, random64, to32, to64};
 use edgetune::adapters::adalora::{AdaLora, backward_ref, forward_ref, orth_regularizer_ref};
@@ -10,12 +11,7 @@ use edgetune::adapters::adalora_alloc::{AdaloraConfig, RankAllocator};
 use edgetune::adapters::lora::BranchDims;
 use edgetune::adapters::{Adapter, Export, Group, Pass};
 
-const DM: BranchDims = BranchDims {
-    n: 5,
-    in_f: 8,
-    out_f: 12,
-    r: 4,
-};
+const DM: BranchDims = adapters_support::FD_DIMS;
 
 fn cfg(init_r: usize) -> AdaloraConfig {
     AdaloraConfig {
@@ -178,12 +174,7 @@ fn orthogonal_regularizer_gradient_matches_finite_differences() {
 }
 
 fn parity(dropout: f32) {
-    let dm = BranchDims {
-        n: 37,
-        in_f: 50,
-        out_f: 70,
-        r: 6,
-    };
+    let dm = adapters_support::PARITY_DIMS;
     let c = AdaloraConfig {
         alpha: 16.0,
         dropout,

@@ -2,6 +2,7 @@
 //! `A`, `B`, `m`), the f32 adapter against the generic reference (dense and quantized base),
 //! the norm identity of docs/METHODS.md#dora, PEFT init, the merged change, and a short fit.
 
+use crate::adapters_support;
 use crate::adapters_support::{close, matmul, no_post, no_pre, run, sgd, xwt};
 use crate::backend_grad_fd::{assert_grad, fd_grad, random64, to32, to64};
 use edgetune::adapters::base::BaseWeight;
@@ -11,12 +12,7 @@ use edgetune::adapters::{Adapter, Export, Group, LoraConfig, Pass};
 use edgetune::quant::matmul::QuantMatrix;
 use edgetune::quant::{self, GgmlType};
 
-const DM: BranchDims = BranchDims {
-    n: 5,
-    in_f: 8,
-    out_f: 12,
-    r: 4,
-};
+const DM: BranchDims = adapters_support::FD_DIMS;
 
 /// `L = Σ R ⊙ ΔY` written as loops, with the norms `n` given (detached):
 /// `ΔY[t,o] = (c_o − 1)·Z0[t,o] + c_o·s·Σ_j B[o,j]·Σ_i A[j,i]·Xd[t,i]`, `c = m/n`,
@@ -144,12 +140,7 @@ fn trained(w: BaseWeight, cfg: &LoraConfig, seed: u64) -> Dora {
 }
 
 fn parity(dropout: f32, rslora: bool) {
-    let dm = BranchDims {
-        n: 37,
-        in_f: 50,
-        out_f: 70,
-        r: 6,
-    };
+    let dm = adapters_support::PARITY_DIMS;
     let cfg = LoraConfig {
         rank: dm.r,
         alpha: 12.0,

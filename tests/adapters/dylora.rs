@@ -2,18 +2,14 @@
 //! branch (inputs, `A`, `B`; frozen and unfrozen), the f32 adapter against the reference, the
 //! per-step rank draw, evaluation rank and export, and short fits.
 
+use crate::adapters_support;
 use crate::adapters_support::{close, matmul, no_post, no_pre, run, sgd, xwt};
 use crate::backend_grad_fd::{assert_grad, fd_grad, random64, to32, to64};
 use edgetune::adapters::dylora::{Dylora, DyloraConfig, backward_ref, forward_ref};
 use edgetune::adapters::lora::BranchDims;
 use edgetune::adapters::{Adapter, Export, LoraConfig, Pass};
 
-const DM: BranchDims = BranchDims {
-    n: 5,
-    in_f: 8,
-    out_f: 12,
-    r: 4,
-};
+const DM: BranchDims = adapters_support::FD_DIMS;
 const ALPHA: f64 = 6.0;
 
 /// `L = Σ R ⊙ ΔY`, `ΔY[t,o] = (alpha/b)·Σ_{j<b} B[o,j]·Σ_i A[j,i]·Xd[t,i]`.

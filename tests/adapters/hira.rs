@@ -2,6 +2,7 @@
 //! against the dense reference (several tiles, dense and quantized base), PEFT init, merge and
 //! a short fit of a Hadamard change.
 
+use crate::adapters_support;
 use crate::adapters_support::{close, matmul, no_post, no_pre, run, sgd, xwt};
 use crate::backend_grad_fd::{assert_grad, fd_grad, random64, to32, to64};
 use edgetune::adapters::base::BaseWeight;
@@ -11,12 +12,7 @@ use edgetune::adapters::{Adapter, Export, Group, LoraConfig, Pass};
 use edgetune::quant::matmul::QuantMatrix;
 use edgetune::quant::{self, GgmlType};
 
-const DM: BranchDims = BranchDims {
-    n: 5,
-    in_f: 8,
-    out_f: 12,
-    r: 4,
-};
+const DM: BranchDims = adapters_support::FD_DIMS;
 
 /// `L = Σ R ⊙ ΔY`, `ΔY[t,o] = Σ_i Xd[t,i]·W[o,i]·Σ_j B[o,j]·A[j,i]`.
 fn loss(x: &[f64], w: &[f64], a: &[f64], b: &[f64], mask: Option<&[f64]>, rw: &[f64]) -> f64 {

@@ -11,12 +11,7 @@ use edgetune::adapters::iec::{Iec, backward_ref, forward_ref};
 use edgetune::adapters::lora::BranchDims;
 use edgetune::adapters::{Adapter, Export, LoraConfig, Pass};
 
-const DM: BranchDims = BranchDims {
-    n: 5,
-    in_f: 8,
-    out_f: 12,
-    r: 4,
-};
+const DM: BranchDims = adapters_support::FD_DIMS;
 
 /// `L = Σ R ⊙ ΔY`, written from docs/METHODS.md#ir-qlora-iec with explicit loops: `Z = X_d·Aᵀ +
 /// β_A·Pool(X)`, `ΔY = s·(Z·Bᵀ + β_B·Rep(Z))`.

@@ -2,6 +2,7 @@
 //! (docs/METHODS.md#gradient-checks), parity of the f32 adapter with the generic reference, init,
 //! scaling, merge and a short training run.
 
+use crate::adapters_support;
 use edgetune::adapters::lora::{BranchDims, backward_ref, forward_ref};
 use edgetune::adapters::{Adapter, Export, Group, Lora, LoraConfig, Pass, Target};
 use rand::{Rng, SeedableRng, rngs::StdRng};
@@ -15,12 +16,7 @@ fn to_f32(v: &[f64]) -> Vec<f32> {
     v.iter().map(|&x| x as f32).collect()
 }
 
-const DM: BranchDims = BranchDims {
-    n: 5,
-    in_f: 8,
-    out_f: 12,
-    r: 4,
-};
+const DM: BranchDims = adapters_support::FD_DIMS;
 
 /// The loss `L = Σ R ⊙ Y` with the branch written out as loops, independently of the crate:
 /// `Y[t, o] = s · Σ_j B[o, j] · Σ_i A[j, i] · X[t, i] · mask[t, i]`.
@@ -111,12 +107,7 @@ fn branch_gradients_with_fixed_dropout_mask_match_finite_differences_f64() {
 
 /// The f32 adapter (backend GEMM, hashed dropout mask) against the generic reference in f64.
 fn parity(dropout: f32, rslora: bool) {
-    let dm = BranchDims {
-        n: 37,
-        in_f: 50,
-        out_f: 70,
-        r: 6,
-    };
+    let dm = adapters_support::PARITY_DIMS;
     let cfg = LoraConfig {
         rank: dm.r,
         alpha: 12.0,

@@ -2,6 +2,7 @@
 //! differences (inputs, `A`, `B`), the f32 adapter against the reference, inits against the QR /
 //! SVD definitions, exactness at init, the rank-2r export, and a short fit.
 
+use crate::adapters_support;
 use crate::adapters_support::{
     close, gram_schmidt, matmul, no_post, no_pre, run, sgd, with_spectrum, xwt,
 };
@@ -10,12 +11,7 @@ use edgetune::adapters::lora::BranchDims;
 use edgetune::adapters::olora_pissa::{ResidualInit, ResidualLora, backward_ref, forward_ref};
 use edgetune::adapters::{Adapter, Export, LoraConfig, Pass};
 
-const DM: BranchDims = BranchDims {
-    n: 5,
-    in_f: 8,
-    out_f: 12,
-    r: 4,
-};
+const DM: BranchDims = adapters_support::FD_DIMS;
 
 /// `L = Σ R ⊙ ΔY`, `ΔY[t,o] = s·Σ_j B[o,j]·Σ_i A[j,i]·Xd[t,i] − s·Σ_j B0[o,j]·Σ_i A0[j,i]·X[t,i]`.
 #[allow(clippy::too_many_arguments)]
@@ -96,12 +92,7 @@ fn gradients_with_fixed_dropout_mask_match_finite_differences_f64() {
 }
 
 fn parity(kind: ResidualInit, dropout: f32) {
-    let dm = BranchDims {
-        n: 37,
-        in_f: 50,
-        out_f: 70,
-        r: 6,
-    };
+    let dm = adapters_support::PARITY_DIMS;
     let cfg = LoraConfig {
         rank: dm.r,
         alpha: 12.0,

@@ -13,12 +13,7 @@ use edgetune::adapters::lora::BranchDims;
 use edgetune::adapters::reslora::{ResLora, backward_ref, forward_ref};
 use edgetune::adapters::{Adapter, Export, LoraConfig, Pass, PrevLayerInput};
 
-const DM: BranchDims = BranchDims {
-    n: 5,
-    in_f: 8,
-    out_f: 12,
-    r: 4,
-};
+const DM: BranchDims = adapters_support::FD_DIMS;
 
 /// `L = Σ R ⊙ ΔY`, `ΔY[t,o] = s·Σ_j B[o,j]·Σ_i A[j,i]·(X[t,i] + Xp[t,i])·mask[t,i]`.
 fn loss(

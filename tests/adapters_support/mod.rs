@@ -3,7 +3,26 @@
 //! targets, and a plain SGD loop on the adapter alone (the "loss falls" checks).
 #![allow(dead_code)]
 
+use edgetune::adapters::lora::BranchDims;
 use edgetune::adapters::{Adapter, Pass};
+
+/// The shapes of the f64 finite-difference checks: small enough to perturb every value of
+/// every input and parameter, with `r < in_f < out_f` so that transposes cannot hide.
+pub const FD_DIMS: BranchDims = BranchDims {
+    n: 5,
+    in_f: 8,
+    out_f: 12,
+    r: 4,
+};
+
+/// The shapes of the f32-adapter-against-reference parity checks: odd sizes, past every SIMD
+/// width and tail.
+pub const PARITY_DIMS: BranchDims = BranchDims {
+    n: 37,
+    in_f: 50,
+    out_f: 70,
+    r: 6,
+};
 
 /// `y = y0 + branch(x)`, then `dx = dx0 + ∂branch/∂xᵀ·g` and the parameter gradients.
 pub struct Run {
