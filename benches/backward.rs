@@ -17,11 +17,12 @@
 //!
 //! Weights are random valid blocks (`testmodel::fill_random_blocks`), made in well under a second.
 //!
-//! `train_step/{train_step,train_step_kl_anchor,device_step}`: one whole training micro-batch
+//! `train_step/{train_step,train_step_kl_anchor,device_step,device_step_whole_ffn}`: one whole training micro-batch
 //! (256 tokens, rank-16 LoRA on all seven projections, checkpointing) on a 2-layer `small` model
 //! written by `testmodel` (Q4_0): the CPU `TrainStep`, the same with the micro-batch a replay row
 //! under `--kl-anchor` (what the anchor costs), and `DeviceStep<CpuBackend>` (the same step in
-//! `Backend` ops over one workspace, the CUDA engine's code).
+//! `Backend` ops over one workspace, the CUDA engine's code), with its smallest workspace and
+//! with the FFN in one chunk of all rows.
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -358,6 +359,13 @@ fn train_step(c: &mut Criterion) {
     let mut replay_batch = batch.clone();
     replay_batch.replay_rows[0] = true;
     let mut dev = DeviceStep::new(m, &set, 1, TOKENS, 64, false).expect("device step");
+    // The same with the FFN in one chunk of all the micro-batch's rows (the CPU step's shape):
+    // `new` takes the smallest workspace, whose small FFN row chunks each read the FFN
+    // weights again; the trainer takes the largest chunk the budget allows.
+    let mut whole_ffn =
+        edgetune::train::DeviceShape::for_set(&set, 1, TOKENS, 64, false).expect("device shape");
+    whole_ffn.ffn_chunk = Some(TOKENS);
+    let mut dev_whole = DeviceStep::with_shape(m, &set, &whole_ffn).expect("device step");
     let mut g = group(c, "train_step");
     g.throughput(Throughput::Elements(TOKENS as u64));
     g.bench_function("train_step", |b| {
@@ -372,6 +380,9 @@ fn train_step(c: &mut Criterion) {
     });
     g.bench_function("device_step", |b| {
         b.iter(|| dev.micro_batch(m, &batch, scale, true).unwrap())
+    });
+    g.bench_function("device_step_whole_ffn", |b| {
+        b.iter(|| dev_whole.micro_batch(m, &batch, scale, true).unwrap())
     });
     g.finish();
 }
