@@ -33,7 +33,7 @@ pub fn build_adapters(
     lora.validate()?;
     if let Some(r) = lora.layers {
         r.check(model.n_layer)?;
-        if method.spec().layer_shortcuts {
+        if method.spec().behaviour.layer_shortcuts {
             // Its shortcuts sum the adapter inputs of every earlier layer.
             return Err(Error::Invalid(format!(
                 "method reslora adapts every layer (its shortcuts span the layers); --layers                      {r} is for the other methods"
@@ -84,7 +84,7 @@ pub fn build_adapters(
 /// it is (QLoRA's preset is applied to the config beforehand, [`super::method::apply_preset`]).
 pub fn method_lora_config(method: Method, lora: &LoraConfig) -> LoraConfig {
     let mut l = lora.clone();
-    if method.spec().rank_stabilized {
+    if method.spec().behaviour.rank_stabilized {
         l.rslora = true;
     }
     l

@@ -78,7 +78,7 @@ fn step_dir_name(step: u64) -> String {
 /// `method.safetensors`, method_io.rs) and resumes from it; plain LoRA resumes from the
 /// adapter itself, as before methods existed.
 pub fn keeps_method_state(method: Method) -> bool {
-    !method.spec().adapter_is_state
+    !method.spec().behaviour.adapter_is_state
 }
 
 /// Writes a checkpoint of step `state.step` atomically; returns its directory.

@@ -85,11 +85,11 @@ impl Method {
         self.spec().plain_lora
     }
 
-    /// Whether every row goes to its task's adapter (MT-LoRA; [`MethodSpec::task_routed`]).
+    /// Whether every row goes to its task's adapter (MT-LoRA; [`Behaviour::task_routed`]).
     ///
-    /// [`MethodSpec::task_routed`]: super::method_registry::MethodSpec::task_routed
+    /// [`Behaviour::task_routed`]: super::method_registry::Behaviour::task_routed
     pub const fn task_routed(self) -> bool {
-        self.spec().task_routed
+        self.spec().behaviour.task_routed
     }
 }
 

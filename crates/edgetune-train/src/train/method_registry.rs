@@ -50,6 +50,19 @@ pub struct MethodSpec {
     /// Its update of a layer needs only that layer's gradients (no budget, task masks, rank
     /// sampling or cross-layer state), so the update can be fused into the backward.
     pub per_layer_update: bool,
+    /// What sets its training apart beyond its adapter ([`Behaviour::STANDARD`] for most).
+    pub behaviour: Behaviour,
+    /// Its default peak learning rate in a comparison.
+    pub compare_lr: f32,
+    /// Why that rate.
+    pub compare_lr_why: &'static str,
+    /// How it builds its adapters and what they cost.
+    pub imp: &'static dyn MethodImpl,
+}
+
+/// The few ways a method's training differs outside its adapter, each read where it acts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Behaviour {
     /// Scales its update by `alpha/√r` instead of `alpha/r` (rsLoRA).
     pub rank_stabilized: bool,
     /// Trains `lora_B` at the learning rate times `--loraplus-ratio` (LoRA+).
@@ -63,12 +76,17 @@ pub struct MethodSpec {
     /// Its checkpoint is the adapter alone, which a resume reloads (plain LoRA); every other
     /// method also writes its full state (`method.json`, `method.safetensors`).
     pub adapter_is_state: bool,
-    /// Its default peak learning rate in a comparison.
-    pub compare_lr: f32,
-    /// Why that rate.
-    pub compare_lr_why: &'static str,
-    /// How it builds its adapters and what they cost.
-    pub imp: &'static dyn MethodImpl,
+}
+
+impl Behaviour {
+    /// None of the above.
+    pub const STANDARD: Behaviour = Behaviour {
+        rank_stabilized: false,
+        scaled_b_lr: false,
+        task_routed: false,
+        layer_shortcuts: false,
+        adapter_is_state: false,
+    };
 }
 
 impl std::fmt::Debug for MethodSpec {
@@ -79,11 +97,7 @@ impl std::fmt::Debug for MethodSpec {
             .field("merge_only", &self.merge_only)
             .field("reads_base", &self.reads_base)
             .field("per_layer_update", &self.per_layer_update)
-            .field("rank_stabilized", &self.rank_stabilized)
-            .field("scaled_b_lr", &self.scaled_b_lr)
-            .field("task_routed", &self.task_routed)
-            .field("layer_shortcuts", &self.layer_shortcuts)
-            .field("adapter_is_state", &self.adapter_is_state)
+            .field("behaviour", &self.behaviour)
             .field("compare_lr", &self.compare_lr)
             .finish_non_exhaustive()
     }
@@ -100,11 +114,10 @@ pub const REGISTRY: [MethodSpec; 15] = [
         merge_only: false,
         reads_base: false,
         per_layer_update: true,
-        rank_stabilized: false,
-        scaled_b_lr: false,
-        task_routed: false,
-        layer_shortcuts: false,
-        adapter_is_state: true,
+        behaviour: Behaviour {
+            adapter_is_state: true,
+            ..Behaviour::STANDARD
+        },
         compare_lr: LORA_LR,
         compare_lr_why: "the reference: the usual rate for r 16, alpha 32 (QLoRA's and PEFT's examples); \
               B starts at 0, so the first steps move B by lr against A's Kaiming entries",
@@ -118,11 +131,10 @@ pub const REGISTRY: [MethodSpec; 15] = [
         merge_only: false,
         reads_base: false,
         per_layer_update: true,
-        rank_stabilized: true,
-        scaled_b_lr: false,
-        task_routed: false,
-        layer_shortcuts: false,
-        adapter_is_state: false,
+        behaviour: Behaviour {
+            rank_stabilized: true,
+            ..Behaviour::STANDARD
+        },
         compare_lr: LORA_LR,
         compare_lr_why: "its scale alpha/sqrt(r) (4x LoRA's at r 16) is the method: rsLoRA keeps LoRA's \
               rate so that one rate works at every rank",
@@ -136,11 +148,10 @@ pub const REGISTRY: [MethodSpec; 15] = [
         merge_only: false,
         reads_base: false,
         per_layer_update: true,
-        rank_stabilized: false,
-        scaled_b_lr: true,
-        task_routed: false,
-        layer_shortcuts: false,
-        adapter_is_state: false,
+        behaviour: Behaviour {
+            scaled_b_lr: true,
+            ..Behaviour::STANDARD
+        },
         compare_lr: 1e-4,
         compare_lr_why: "B trains at lr x ratio (16); LoRA+'s authors advise A's rate about half of \
               LoRA's so that B's larger steps stay stable",
@@ -154,11 +165,7 @@ pub const REGISTRY: [MethodSpec; 15] = [
         merge_only: false,
         reads_base: false,
         per_layer_update: true,
-        rank_stabilized: false,
-        scaled_b_lr: false,
-        task_routed: false,
-        layer_shortcuts: false,
-        adapter_is_state: false,
+        behaviour: Behaviour::STANDARD,
         compare_lr: LORA_LR,
         compare_lr_why: "QLoRA's reference preset (2e-4 constant), the rate its preset sets anyway",
         imp: &LoraFamily,
@@ -171,11 +178,7 @@ pub const REGISTRY: [MethodSpec; 15] = [
         merge_only: true,
         reads_base: true,
         per_layer_update: true,
-        rank_stabilized: false,
-        scaled_b_lr: false,
-        task_routed: false,
-        layer_shortcuts: false,
-        adapter_is_state: false,
+        behaviour: Behaviour::STANDARD,
         compare_lr: LORA_LR,
         compare_lr_why: "the direction is a LoRA branch at LoRA's scale; the magnitude starts at the row \
               norms of the base (order 1), so lr-sized steps are small relative changes; DoRA \
@@ -190,11 +193,7 @@ pub const REGISTRY: [MethodSpec; 15] = [
         merge_only: false,
         reads_base: false,
         per_layer_update: false,
-        rank_stabilized: false,
-        scaled_b_lr: false,
-        task_routed: false,
-        layer_shortcuts: false,
-        adapter_is_state: false,
+        behaviour: Behaviour::STANDARD,
         compare_lr: 2e-3,
         compare_lr_why: "E starts at 0 and A, B at N(0, 0.02^2): the first steps move only E, scaled by \
               B.A entries of ~4e-4, about 1/60 of LoRA's first update at equal lr (576 inputs); \
@@ -211,11 +210,10 @@ pub const REGISTRY: [MethodSpec; 15] = [
         merge_only: false,
         reads_base: false,
         per_layer_update: false,
-        rank_stabilized: false,
-        scaled_b_lr: false,
-        task_routed: true,
-        layer_shortcuts: false,
-        adapter_is_state: false,
+        behaviour: Behaviour {
+            task_routed: true,
+            ..Behaviour::STANDARD
+        },
         compare_lr: LORA_LR,
         compare_lr_why: "the shared and the task LoRAs are plain LoRAs at LoRA's scale",
         imp: &MtLoraImpl,
@@ -228,11 +226,7 @@ pub const REGISTRY: [MethodSpec; 15] = [
         merge_only: false,
         reads_base: false,
         per_layer_update: true,
-        rank_stabilized: false,
-        scaled_b_lr: false,
-        task_routed: false,
-        layer_shortcuts: false,
-        adapter_is_state: false,
+        behaviour: Behaviour::STANDARD,
         compare_lr: LORA_LR,
         compare_lr_why: "IEC is a LoRA branch plus two shortcut scalars that start at 0; IR-QLoRA uses \
               QLoRA's settings",
@@ -246,11 +240,7 @@ pub const REGISTRY: [MethodSpec; 15] = [
         merge_only: false,
         reads_base: true,
         per_layer_update: true,
-        rank_stabilized: false,
-        scaled_b_lr: false,
-        task_routed: false,
-        layer_shortcuts: false,
-        adapter_is_state: false,
+        behaviour: Behaviour::STANDARD,
         compare_lr: LORA_LR / 5.0,
         compare_lr_why: "A and B start from the base's QR, not from 0 and Kaiming: their entries carry \
               the base weight's scale, so AdamW's lr-sized steps on them move B.A, and the \
@@ -267,11 +257,7 @@ pub const REGISTRY: [MethodSpec; 15] = [
         merge_only: false,
         reads_base: true,
         per_layer_update: true,
-        rank_stabilized: false,
-        scaled_b_lr: false,
-        task_routed: false,
-        layer_shortcuts: false,
-        adapter_is_state: false,
+        behaviour: Behaviour::STANDARD,
         compare_lr: LORA_LR / 5.0,
         compare_lr_why: "A and B start from the base's principal singular components (sqrt of the \
               singular values): as OLoRA, equal-lr steps move the model several times further \
@@ -288,11 +274,10 @@ pub const REGISTRY: [MethodSpec; 15] = [
         merge_only: false,
         reads_base: false,
         per_layer_update: false,
-        rank_stabilized: false,
-        scaled_b_lr: false,
-        task_routed: false,
-        layer_shortcuts: true,
-        adapter_is_state: false,
+        behaviour: Behaviour {
+            layer_shortcuts: true,
+            ..Behaviour::STANDARD
+        },
         compare_lr: LORA_LR,
         compare_lr_why: "a LoRA branch that also reads the previous layer's input (about twice the input \
               norm): that shortcut is the method's speed-up, trained at LoRA's rate",
@@ -306,11 +291,7 @@ pub const REGISTRY: [MethodSpec; 15] = [
         merge_only: false,
         reads_base: false,
         per_layer_update: false,
-        rank_stabilized: false,
-        scaled_b_lr: false,
-        task_routed: false,
-        layer_shortcuts: false,
-        adapter_is_state: false,
+        behaviour: Behaviour::STANDARD,
         compare_lr: 1e-3,
         compare_lr_why: "frozen updates: each step only the drawn rank's newest component has a gradient, \
               so each of the r components gets one step in r (AdamW's momentum spreads a hit \
@@ -327,11 +308,7 @@ pub const REGISTRY: [MethodSpec; 15] = [
         merge_only: false,
         reads_base: false,
         per_layer_update: false,
-        rank_stabilized: false,
-        scaled_b_lr: false,
-        task_routed: false,
-        layer_shortcuts: false,
-        adapter_is_state: false,
+        behaviour: Behaviour::STANDARD,
         compare_lr: LORA_LR,
         compare_lr_why: "unfrozen: every component below the drawn rank trains, component j in (r-j)/r of \
               the steps (half on average), which AdamW's per-parameter normalisation mostly \
@@ -346,11 +323,7 @@ pub const REGISTRY: [MethodSpec; 15] = [
         merge_only: true,
         reads_base: true,
         per_layer_update: true,
-        rank_stabilized: false,
-        scaled_b_lr: false,
-        task_routed: false,
-        layer_shortcuts: false,
-        adapter_is_state: false,
+        behaviour: Behaviour::STANDARD,
         compare_lr: 2e-3,
         compare_lr_why: "dW = W o (B.A) has no scale: where LoRA multiplies B.A by alpha/r = 2, HiRA \
               multiplies it by the base's entries (RMS about 0.19 in SmolLM2-135M's \
@@ -366,11 +339,7 @@ pub const REGISTRY: [MethodSpec; 15] = [
         merge_only: false,
         reads_base: false,
         per_layer_update: false,
-        rank_stabilized: false,
-        scaled_b_lr: false,
-        task_routed: false,
-        layer_shortcuts: false,
-        adapter_is_state: false,
+        behaviour: Behaviour::STANDARD,
         compare_lr: LORA_LR,
         compare_lr_why: "LoRA with per-layer gradient weights; AdamW is invariant to a uniform gradient \
               scale, so LoRA's rate",
@@ -428,10 +397,11 @@ mod tests {
     fn behaviour_flags_are_consistent_with_the_method_kinds() {
         for spec in &REGISTRY {
             let n = spec.name;
-            if spec.rank_stabilized || spec.scaled_b_lr || spec.adapter_is_state {
+            let b = spec.behaviour;
+            if b.rank_stabilized || b.scaled_b_lr || b.adapter_is_state {
                 assert!(spec.plain_lora, "{n}");
             }
-            if spec.task_routed || spec.layer_shortcuts {
+            if b.task_routed || b.layer_shortcuts {
                 assert!(!spec.plain_lora && !spec.per_layer_update, "{n}");
             }
         }

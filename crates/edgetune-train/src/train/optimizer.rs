@@ -76,7 +76,7 @@ impl Optimizer {
     ) -> Result<Optimizer> {
         // LoRA+ (docs/METHODS.md#lora-plus): group B (`lora_B`, 1-D tensors) at `lr·λ`; every other
         // method trains both groups at `lr`.
-        let ratio = if cfg.method.spec().scaled_b_lr {
+        let ratio = if cfg.method.spec().behaviour.scaled_b_lr {
             cfg.method_opts.loraplus_ratio
         } else {
             1.0

@@ -356,7 +356,7 @@ fn adapter_breakdown(model: &ModelWeights, cfg: &TrainConfig) -> (AdapterBreakdo
         paged_layer_max = paged_layer_max.max(layer_paged);
     }
     extra += method_wide_bytes(cfg.method, &cfg.lora, &cfg.method_opts, mc.n_layer, adapted);
-    if cfg.method.spec().layer_shortcuts {
+    if cfg.method.spec().behaviour.layer_shortcuts {
         let fan_ins: Vec<usize> = Target::ALL
             .iter()
             .filter(|t| cfg.lora.targets.contains(t))
