@@ -169,7 +169,7 @@ fn module_edges(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
     let mut edges: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for f in &files {
         let Some(from) = module_of(f) else { continue };
-        if from == "lib" || from == "module_graph" {
+        if from == "lib" {
             continue;
         }
         let text = std::fs::read_to_string(f).unwrap_or_default();
